@@ -171,3 +171,37 @@ class DataPaths:
     @property
     def retrieval_report_dir(self) -> Path:
         return self.root / "eval" / "retrieval"
+
+
+def load_config(path: Path | str | None) -> PipelineConfig:
+    """A PipelineConfig from a .json/.yaml/.toml file (any subset of fields), or the defaults."""
+    if path is None:
+        return PipelineConfig()
+    import json
+
+    from pydantic import ValidationError
+
+    from t0_pipeline.artifacts import T0Error
+
+    path = Path(path)
+    if not path.is_file():
+        raise T0Error(f"config file {path} does not exist; check the --config path.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise T0Error(f"config file {path}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults).") from None
+    except Exception as exc:  # syntax errors from json/yaml/toml
+        raise T0Error(f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}).") from None

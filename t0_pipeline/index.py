@@ -1,0 +1,240 @@
+"""Index: documents → a Chroma collection of chunk embeddings, and a BM25 index.
+
+Input: ``conditions.parquet`` (index ``full``) or ``summaries.parquet`` (index
+``summaries``). Output: a Chroma collection (embedded store under ``<data>/index/chroma``
+or a Chroma server), ``<data>/index/<name>.manifest.json``, and ``<data>/index/bm25_<name>/``.
+
+Incremental and never half-updated. Chunk ids carry the document's content hash, and the
+manifest lists the (slug → hash) pairs that make up the index. An update (1) adds chunks
+for new or changed documents, (2) atomically replaces the manifest, (3) deletes chunks no
+longer listed. Readers only trust chunks the manifest lists, so a crash at any point
+leaves the previous index intact, and the next run finishes the job. Changing the model,
+chunking or distance gives a new collection name, i.e. a clean rebuild with the same
+guarantee.
+
+Run it: ``t0 index --data-dir DIR`` (or ``--pages FILE`` to build from pre-scraped pages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from t0_pipeline.artifacts import T0Error, atomic_path, read_json, write_json
+from t0_pipeline.chunk import chunk_documents
+from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig, IndexName
+from t0_pipeline.embed import chunk_token_limit, model_name
+
+log = logging.getLogger(__name__)
+
+
+def chroma_client(config: ChromaConfig, paths: DataPaths):
+    """An embedded PersistentClient by default, an HttpClient when a host is configured."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if config.host:
+        try:
+            return chromadb.HttpClient(host=config.host, port=config.port, settings=settings)
+        except Exception as exc:  # chromadb raises several types for an unreachable server
+            raise T0Error(f"cannot reach the Chroma server at {config.host}:{config.port} ({exc}); start it "
+                          "(`chroma run --path DIR`) or unset chroma.host to use the embedded store.") from None
+    path = paths.chroma_dir(config)
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+@dataclass
+class IndexSpec:
+    """What determines a collection's contents besides the documents themselves."""
+
+    index: str
+    model: str
+    chunk_size: int
+    overlap: int
+    distance: str
+
+    def collection_name(self, prefix: str) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{prefix}_{self.index}_{digest}"
+
+
+@dataclass
+class IndexStats:
+    index: str
+    collection: str
+    documents: int
+    chunks: int
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    embedded_chunks: int = 0
+    seconds: float = 0.0
+    rebuilt: bool = False
+
+    def summary(self) -> str:
+        return (f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded {self.embedded_chunks} chunks "
+                f"({len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
+                f"{self.unchanged} unchanged) in {self.seconds:.1f}s")
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except (json.JSONDecodeError, OSError) as exc:
+        raise T0Error(f"index manifest {path} is unreadable ({exc}); delete it to rebuild the index from scratch.") from None
+
+
+def _chunk_id(slug: str, doc_hash: str, i: int) -> str:
+    return f"{slug}::{doc_hash[:16]}::{i}"
+
+
+def _complete_docs(collection) -> tuple[dict[tuple[str, str], list[str]], set[tuple[str, str]]]:
+    """Chunk ids per (slug, hash) present in the collection, and which of those are complete."""
+    got = collection.get(include=["metadatas"])
+    by_doc: dict[tuple[str, str], list[str]] = {}
+    expected: dict[tuple[str, str], int] = {}
+    for cid, meta in zip(got["ids"], got["metadatas"]):
+        key = (meta["slug"], meta["doc_hash"])
+        by_doc.setdefault(key, []).append(cid)
+        expected[key] = int(meta["n_chunks"])
+    complete = {key for key, ids in by_doc.items() if len(ids) == expected[key]}
+    return by_doc, complete
+
+
+def build_dense_index(
+    docs: pl.DataFrame,
+    index: IndexName,
+    paths: DataPaths,
+    embedding: EmbeddingConfig,
+    chunking: ChunkConfig,
+    chroma: ChromaConfig,
+    embedder=None,
+    client=None,
+) -> IndexStats:
+    """Bring the Chroma collection for ``index`` in line with ``docs`` (re-embedding only what changed)."""
+    started = time.perf_counter()
+    if docs.is_empty():
+        raise T0Error(f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 clean`).")
+    if embedder is None:
+        from t0_pipeline.embed import load_embedder
+
+        embedder = load_embedder(embedding)
+    client = client or chroma_client(chroma, paths)
+    size = chunking.size or chunk_token_limit(embedder)
+    spec = IndexSpec(index, model_name(embedding), size, chunking.overlap, chroma.distance)
+    name = spec.collection_name(chroma.collection_prefix)
+    manifest_path = paths.index_manifest(index)
+    manifest = read_manifest(manifest_path)
+    old_name = manifest["collection"] if manifest else None
+    committed: dict[str, str] = manifest["docs"] if manifest and old_name == name else {}
+
+    collection = client.get_or_create_collection(
+        name, embedding_function=None, configuration={"hnsw": {"space": chroma.distance}},
+        metadata={"t0_index": index, "t0_model": spec.model, "t0_chunk_size": size, "t0_overlap": chunking.overlap},
+    )
+    target = dict(zip(docs["slug"], docs["content_hash"]))
+    by_doc, complete = _complete_docs(collection)
+
+    need = [s for s, h in target.items() if (s, h) not in complete]
+    todo = docs.filter(pl.col("slug").is_in(need))
+    stats = IndexStats(index=index, collection=name, documents=len(target), chunks=0, rebuilt=old_name != name)
+    # 1. add chunks for new/changed documents (ids carry the hash, so old chunks stay readable)
+    if not todo.is_empty():
+        partial = [cid for s, h in zip(todo["slug"], todo["content_hash"]) for cid in by_doc.get((s, h), [])]
+        if partial:  # left by an interrupted run: redo those documents whole
+            collection.delete(ids=partial)
+        chunks = chunk_documents(todo["slug"].to_list(), todo["text"].to_list(), embedder.tokenizer, size, chunking.overlap)
+        hashes = dict(zip(todo["slug"], todo["content_hash"]))
+        titles = dict(zip(todo["slug"], todo["title"]))
+        counts: dict[str, int] = {}
+        for ch in chunks:
+            counts[ch.slug] = counts.get(ch.slug, 0) + 1
+        vectors = embedder.encode([c.text for c in chunks], batch_size=embedding.batch_size,
+                                  normalize_embeddings=embedding.normalize, show_progress_bar=len(chunks) > 256,
+                                  convert_to_numpy=True)
+        batch = max(1, min(client.get_max_batch_size(), 4096))
+        for i in range(0, len(chunks), batch):
+            part = chunks[i:i + batch]
+            collection.upsert(
+                ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
+                embeddings=vectors[i:i + batch],
+                documents=[c.text for c in part],
+                metadatas=[{"slug": c.slug, "title": titles[c.slug], "doc_hash": hashes[c.slug], "chunk": c.index,
+                            "n_chunks": counts[c.slug], "start": c.start, "end": c.end} for c in part],
+            )
+        stats.embedded_chunks = len(chunks)
+    # 2. commit: the manifest now names the new document versions
+    n_chunks = 0
+    for s, h in target.items():
+        n_chunks += len(by_doc.get((s, h), [])) if (s, h) in complete else 0
+    n_chunks += stats.embedded_chunks
+    write_json({"index": index, "collection": name, **asdict(spec), "docs": target, "n_chunks": n_chunks,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, manifest_path)
+    # 3. garbage-collect chunks the manifest no longer lists
+    stale = [cid for (s, h), ids in by_doc.items() if target.get(s) != h for cid in ids]
+    if stale:
+        collection.delete(ids=stale)
+    if old_name and old_name != name:
+        try:
+            client.delete_collection(old_name)
+        except Exception:  # already gone: nothing to clean
+            pass
+    stats.chunks = n_chunks
+    stats.added = sorted(s for s in need if s not in committed)
+    stats.changed = sorted(s for s in need if s in committed)
+    stats.removed = sorted(set(committed) - set(target))
+    stats.unchanged = len(target) - len(need)
+    stats.seconds = time.perf_counter() - started
+    log.info("dense index %s", stats.summary())
+    return stats
+
+
+# --- BM25 -----------------------------------------------------------------------------
+
+def _stemmer():
+    try:
+        import Stemmer
+
+        return Stemmer.Stemmer("english")
+    except ImportError:  # PyStemmer is optional; BM25 works unstemmed
+        return None
+
+
+def bm25_tokenize(texts: list[str], stemmer=None):
+    import bm25s
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+
+
+def build_bm25_index(docs: pl.DataFrame, index: IndexName, paths: DataPaths) -> dict[str, Any]:
+    """Document-level BM25 (bm25s), saved with its slug order; rebuilt whole (milliseconds)."""
+    import bm25s
+
+    started = time.perf_counter()
+    if docs.is_empty():
+        raise T0Error(f"no documents to index for {index!r}; build the corpus first.")
+    stemmer = _stemmer()
+    texts = [f"{t}\n{x}" for t, x in zip(docs["title"], docs["text"])]
+    retriever = bm25s.BM25()
+    retriever.index(bm25_tokenize(texts, stemmer), show_progress=False)
+    out = paths.bm25_dir(index)
+    with atomic_path(out) as tmp:
+        retriever.save(str(tmp))
+        (tmp / "t0_docs.json").write_text(json.dumps({
+            "slugs": docs["slug"].to_list(), "hashes": docs["content_hash"].to_list(),
+            "stemmer": "english" if stemmer else None,
+        }), encoding="utf-8")
+    return {"index": index, "documents": docs.height, "stemmed": stemmer is not None,
+            "seconds": time.perf_counter() - started, "path": str(out)}

@@ -1,0 +1,159 @@
+"""Retrieval evaluation: p@k for each index × retriever mode on a labelled query file.
+
+p@k is the share of queries whose correct document (any of the acceptable slugs, when
+the target is a list) is among the k retrieved documents (report, Table 1).
+
+Input: a query file (.jsonl/.json/.parquet) with configurable query and target fields,
+and a built data directory. Output under ``<data>/eval/retrieval/``: ``pk.csv``,
+``pk.md`` (the table), ``pk.png`` (p@k curves) and ``ranks.parquet`` (per query, index and
+mode: the rank of the first correct document, or null).
+
+Run it: ``t0 eval-retrieval --data-dir DIR --queries Q.jsonl --target-field condition``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from t0_pipeline.artifacts import T0Error, atomic_path, read_records, write_config_sidecar, write_parquet
+from t0_pipeline.config import DataPaths, RetrievalEvalConfig
+
+log = logging.getLogger(__name__)
+
+
+def sample_queries_path() -> Path:
+    return Path(str(resources.files("t0_pipeline") / "sample" / "queries.jsonl"))
+
+
+@dataclass
+class EvalQuery:
+    query: str
+    targets: list[str]
+    record: dict[str, Any]
+
+
+def load_queries(path: Path, config: RetrievalEvalConfig, corpus: set[str] | None = None) -> list[EvalQuery]:
+    """Validated queries: every record has query text and a target (slug or list of slugs) in the corpus."""
+    queries: list[EvalQuery] = []
+    unknown: list[str] = []
+    for i, rec in enumerate(read_records(path), start=1):
+        text = rec.get(config.query_field)
+        if not isinstance(text, str) or not text.strip():
+            raise T0Error(f"{path} record {i}: field {config.query_field!r} is missing or empty; "
+                          "set --query-field to the field holding the query text.")
+        target = rec.get(config.target_field)
+        targets = [target] if isinstance(target, str) else list(target) if isinstance(target, (list, tuple)) else []
+        targets = [t for t in targets if isinstance(t, str) and t]
+        if not targets:
+            raise T0Error(f"{path} record {i}: field {config.target_field!r} must be a slug or a list of slugs; "
+                          "set --target-field to the field holding the correct document.")
+        if corpus is not None and not any(t in corpus for t in targets):
+            unknown.append(f"record {i} ({', '.join(targets)})")
+        queries.append(EvalQuery(text, targets, rec))
+    if not queries:
+        raise T0Error(f"{path} holds no queries.")
+    if unknown:
+        raise T0Error(f"{path}: {len(unknown)} queries name targets in field {config.target_field!r} that are not in the "
+                      f"corpus, e.g. {'; '.join(unknown[:3])}; fix the labels or rebuild the corpus.")
+    return queries
+
+
+def first_hit_rank(ranked: list[str], targets: list[str]) -> int | None:
+    """1-based rank of the first correct document, or None if none was retrieved."""
+    wanted = set(targets)
+    for rank, slug in enumerate(ranked, start=1):
+        if slug in wanted:
+            return rank
+    return None
+
+
+def precision_at_k(ranks: list[int | None], ks: list[int]) -> dict[int, float]:
+    """p@k from first-hit ranks: share of queries with a correct document in the top k."""
+    if not ranks:
+        return {k: 0.0 for k in ks}
+    return {k: sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in ks}
+
+
+def markdown_table(table: pl.DataFrame, ks: list[int]) -> str:
+    cols = ["index", "mode"] + [f"p@{k}" for k in ks]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(ks)) + "|"]
+    for row in table.iter_rows(named=True):
+        lines.append("| " + " | ".join([row["index"], row["mode"]] + [f"{row[f'p@{k}']:.3f}" for k in ks]) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(table: pl.DataFrame, ks: list[int], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    styles = {"full": "-", "summaries": "--"}
+    for row in table.iter_rows(named=True):
+        ax.plot(ks, [row[f"p@{k}"] for k in ks], styles.get(row["index"], "-"), marker="o", markersize=3,
+                label=f"{row['index']} · {row['mode']}")
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("k (documents retrieved)")
+    ax.set_ylabel("p@k")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class RetrievalReport:
+    table: pl.DataFrame
+    markdown: str
+    n_queries: int
+    csv: Path
+    png: Path
+    ranks: Path
+
+
+def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any]) -> RetrievalReport:
+    """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever."""
+    from t0_pipeline.retrieve import corpus_slugs
+
+    query_file = config.queries or sample_queries_path()
+    queries = load_queries(query_file, config, corpus_slugs(paths))
+    ks = sorted(set(config.ks))
+    depth = max(ks)
+    rows, rank_rows = [], []
+    texts = [q.query for q in queries]
+    for index in config.indexes:
+        for mode in config.modes:
+            ranked = retrievers[index].rank(texts, depth, mode)
+            ranks = [first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)]
+            pk = precision_at_k(ranks, ks)
+            rows.append({"index": index, "mode": mode, "queries": len(queries), **{f"p@{k}": pk[k] for k in ks}})
+            rank_rows.extend({"index": index, "mode": mode, "query": q.query, "targets": q.targets, "rank": r}
+                             for q, r in zip(queries, ranks))
+            log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
+    table = pl.DataFrame(rows)
+    out = paths.retrieval_report_dir
+    csv = out / "pk.csv"
+    with atomic_path(csv) as tmp:
+        table.write_csv(tmp)
+    md = markdown_table(table, ks)
+    with atomic_path(out / "pk.md") as tmp:
+        tmp.write_text(md + "\n", encoding="utf-8")
+    ranks_path = write_parquet(pl.DataFrame(rank_rows, schema={"index": pl.String, "mode": pl.String, "query": pl.String,
+                                                               "targets": pl.List(pl.String), "rank": pl.Int32}),
+                               out / "ranks.parquet")
+    png = plot_curves(table, ks, out / "pk.png", f"Retrieval p@k, {len(queries)} queries ({Path(query_file).name})")
+    write_config_sidecar(csv, config)
+    return RetrievalReport(table, md, len(queries), csv, png, ranks_path)

@@ -1,0 +1,197 @@
+"""Retrieve: query text → the top-k *documents* (full-document retrieval), dense, BM25 or hybrid.
+
+``k`` counts documents, not chunks: dense search pulls chunks from Chroma, keeps each
+document's best chunk, and widens the chunk window until it has k distinct documents
+(or has seen every chunk). The whole document is returned. BM25 ranks whole documents.
+Hybrid fuses the two rankings with reciprocal rank fusion.
+
+Run it: ``t0 query --data-dir DIR "text"`` or ``t0 retrieve --queries Q.jsonl --out ranked.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from t0_pipeline.artifacts import T0Error, read_parquet
+from t0_pipeline.config import ChromaConfig, DataPaths, EmbeddingConfig, IndexName, RetrievalConfig, RetrieverMode
+from t0_pipeline.index import _stemmer, bm25_tokenize, chroma_client, read_manifest
+
+
+@dataclass
+class Hit:
+    slug: str
+    title: str
+    score: float  # higher is better: -distance (l2) / 1-distance (cosine), BM25 score, or RRF score
+    rank: int
+    url: str = ""
+    text: str = ""
+
+
+def reciprocal_rank_fusion(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
+    """Fuse ranked lists of ids: score(d) = Σ 1 / (k + rank_d), rank starting at 1."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, start=1):
+            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+
+
+def best_chunk_per_doc(slugs: list[str], distances: list[float]) -> list[tuple[str, float]]:
+    """Documents ordered by their best (smallest-distance) chunk; input is sorted by distance."""
+    seen: dict[str, float] = {}
+    for slug, dist in zip(slugs, distances):
+        if slug not in seen:
+            seen[slug] = dist
+    return list(seen.items())
+
+
+class Retriever:
+    """Search one index (``full`` or ``summaries``) of a built data directory."""
+
+    def __init__(self, index: IndexName, paths: DataPaths, embedding: EmbeddingConfig | None = None,
+                 chroma: ChromaConfig | None = None, config: RetrievalConfig | None = None,
+                 embedder=None, client=None):
+        self.index = index
+        self.paths = paths
+        self.embedding = embedding or EmbeddingConfig()
+        self.chroma = chroma or ChromaConfig()
+        self.config = config or RetrievalConfig()
+        manifest = read_manifest(paths.index_manifest(index))
+        if manifest is None:
+            raise T0Error(f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`.")
+        self.manifest = manifest
+        self.live: dict[str, str] = manifest["docs"]
+        docs = read_parquet(paths.documents(index), f"{index} documents", "t0 index")
+        self.docs = {r["slug"]: r for r in docs.select("slug", "title", "url", "text").iter_rows(named=True)}
+        self._embedder = embedder
+        self._client = client
+        self._collection = None
+        self._bm25 = None
+        self._bm25_slugs: list[str] = []
+        self._stemmer = None
+
+    # --- dense ---------------------------------------------------------------------
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from t0_pipeline.embed import load_embedder
+
+            self._embedder = load_embedder(self.embedding)
+        return self._embedder
+
+    @property
+    def collection(self):
+        if self._collection is None:
+            client = self._client or chroma_client(self.chroma, self.paths)
+            try:
+                self._collection = client.get_collection(self.manifest["collection"], embedding_function=None)
+            except Exception:
+                raise T0Error(f"Chroma collection {self.manifest['collection']!r} is missing from the store the "
+                              f"manifest {self.paths.index_manifest(self.index)} points to; rebuild with `t0 index`.") from None
+            self._n_chunks = self.collection.count()
+        return self._collection
+
+    def _dense(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
+        """Per query: up to ``depth`` documents with their best chunk distance, nearest first."""
+        collection = self.collection
+        total = self._n_chunks
+        n = min(total, max(depth * self.config.chunk_oversample, 10))
+        results: list[list[tuple[str, float]] | None] = [None] * len(vectors)
+        pending = list(range(len(vectors)))
+        while pending:
+            got = collection.query(query_embeddings=vectors[pending], n_results=n, include=["metadatas", "distances"])
+            still = []
+            for row, metas, dists in zip(pending, got["metadatas"], got["distances"]):
+                live = [(m["slug"], d) for m, d in zip(metas, dists) if self.live.get(m["slug"]) == m["doc_hash"]]
+                docs = best_chunk_per_doc([s for s, _ in live], [d for _, d in live])
+                if len(docs) >= depth or n >= total:
+                    results[row] = docs[:depth]
+                else:
+                    still.append(row)
+            pending = still
+            n = min(total, n * 2)
+        return results  # type: ignore[return-value]
+
+    def _dense_score(self, distance: float) -> float:
+        return 1.0 - distance if self.chroma.distance == "cosine" else -distance
+
+    # --- bm25 ----------------------------------------------------------------------
+    def _load_bm25(self):
+        if self._bm25 is None:
+            import bm25s
+
+            folder = self.paths.bm25_dir(self.index)
+            if not (folder / "t0_docs.json").exists():
+                raise T0Error(f"no BM25 index at {folder}; build it with `t0 index --data-dir {self.paths.root}`.")
+            meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
+            self._bm25 = bm25s.BM25.load(str(folder))
+            self._bm25_slugs = meta["slugs"]
+            self._stemmer = _stemmer() if meta.get("stemmer") else None
+        return self._bm25
+
+    def _bm25_rank(self, queries: list[str], depth: int) -> list[list[tuple[str, float]]]:
+        bm25 = self._load_bm25()
+        depth = min(depth, len(self._bm25_slugs))
+        ids, scores = bm25.retrieve(bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False, n_threads=1)
+        out = []
+        for row_ids, row_scores in zip(ids, scores):
+            out.append([(self._bm25_slugs[i], float(s)) for i, s in zip(row_ids, row_scores) if s > 0])
+        return out
+
+    # --- public --------------------------------------------------------------------
+    def rank(self, queries: list[str], k: int, mode: RetrieverMode | None = None) -> list[list[tuple[str, float]]]:
+        """(slug, score) lists, best first, at most k documents per query."""
+        mode = mode or self.config.mode
+        if k < 1:
+            raise T0Error(f"k must be at least 1, got {k}.")
+        if not queries:
+            return []
+        if mode == "bm25":
+            return [r[:k] for r in self._bm25_rank(queries, k)]
+        depth = k if mode == "dense" else max(k, self.config.fusion_depth)
+        vectors = self.embedder.encode(queries, batch_size=self.embedding.batch_size,
+                                       normalize_embeddings=self.embedding.normalize, convert_to_numpy=True)
+        dense = [[(s, self._dense_score(d)) for s, d in docs] for docs in self._dense(vectors, depth)]
+        if mode == "dense":
+            return [r[:k] for r in dense]
+        if mode != "hybrid":
+            raise T0Error(f"unknown retriever mode {mode!r}; use dense, bm25 or hybrid.")
+        lexical = self._bm25_rank(queries, depth)
+        return [reciprocal_rank_fusion([[s for s, _ in d], [s for s, _ in b]], self.config.rrf_k)[:k]
+                for d, b in zip(dense, lexical)]
+
+    def search(self, query: str, k: int = 5, mode: RetrieverMode | None = None) -> list[Hit]:
+        """Top-k whole documents for one query."""
+        hits = []
+        for rank, (slug, score) in enumerate(self.rank([query], k, mode)[0], start=1):
+            doc = self.docs.get(slug, {})
+            hits.append(Hit(slug, doc.get("title", slug), score, rank, doc.get("url", ""), doc.get("text", "")))
+        return hits
+
+
+def write_ranked(retriever: Retriever, records: list[dict], query_field: str, k: int, mode: RetrieverMode,
+                 out: Path, batch: int = 64) -> int:
+    """Write one JSON line per query: its own fields plus ``ranked`` (slugs) and ``scores``."""
+    from tqdm.auto import tqdm
+
+    from t0_pipeline.artifacts import atomic_path
+
+    for i, rec in enumerate(records, start=1):
+        if not isinstance(rec.get(query_field), str) or not rec[query_field].strip():
+            raise T0Error(f"query record {i}: field {query_field!r} is missing or empty; set --query-field to the field holding the query text.")
+    with atomic_path(Path(out)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for start in tqdm(range(0, len(records), batch), desc=f"retrieve {mode}", leave=False):
+            part = records[start:start + batch]
+            for rec, ranked in zip(part, retriever.rank([r[query_field] for r in part], k, mode)):
+                fh.write(json.dumps({**rec, "ranked": [s for s, _ in ranked],
+                                     "scores": [round(float(x), 6) for _, x in ranked]}, ensure_ascii=False) + "\n")
+    return len(records)
+
+
+def corpus_slugs(paths: DataPaths) -> set[str]:
+    return set(read_parquet(paths.conditions, "conditions dataset", "t0 clean")["slug"].to_list())
+
