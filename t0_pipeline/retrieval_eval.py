@@ -124,12 +124,31 @@ class RetrievalReport:
     ranks: Path
 
 
-def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any]) -> RetrievalReport:
-    """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever."""
+def save_queries(queries: list[EvalQuery], path: Path) -> Path:
+    """The validated query set as Parquet (query, targets, the original record as JSON)."""
+    import json
+
+    return write_parquet(pl.DataFrame({"query": [q.query for q in queries], "targets": [q.targets for q in queries],
+                                       "record": [json.dumps(q.record, ensure_ascii=False) for q in queries]}), path)
+
+
+def read_saved_queries(path: Path) -> list[EvalQuery]:
+    import json
+
+    return [EvalQuery(r["query"], list(r["targets"]), json.loads(r["record"])) for r in pl.read_parquet(path).iter_rows(named=True)]
+
+
+def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any],
+                       queries: list[EvalQuery] | None = None) -> RetrievalReport:
+    """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
+
+    ``queries`` defaults to the configured query file, validated against the corpus.
+    """
     from t0_pipeline.retrieve import corpus_slugs
 
     query_file = config.queries or sample_queries_path()
-    queries = load_queries(query_file, config, corpus_slugs(paths))
+    if queries is None:
+        queries = load_queries(query_file, config, corpus_slugs(paths))
     ks = sorted(set(config.ks))
     depth = max(ks)
     rows, rank_rows = [], []

@@ -1,0 +1,43 @@
+"""The Dagster code location: every asset, check, resource, job, schedule and sensor.
+
+Open it with ``dagster dev`` (``make ui``); materialise it headless with
+``dagster asset materialize -m t0_pipeline.definitions --select '*'`` (``make demo``).
+"""
+
+
+import dagster as dg
+
+from t0_pipeline.defs import corpus, retrieval
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+
+# Everything downstream of the source: what a re-crawl refreshes.
+refresh_corpus = dg.define_asset_job(
+    "refresh_corpus",
+    selection=dg.AssetSelection.assets(corpus.condition_pages).downstream(),
+    description="Re-crawl the source and rebuild whatever changed (indexes update incrementally).",
+)
+observe_corpus = dg.define_asset_job("observe_corpus", selection=[corpus.corpus_source],
+                                     description="Hash the source; a new hash triggers the eager corpus assets.")
+
+weekly_recrawl = dg.ScheduleDefinition(name="weekly_recrawl", job=refresh_corpus, cron_schedule="0 3 * * 1",
+                                       execution_timezone="Europe/London",
+                                       description="Mondays 03:00: re-crawl (conditional requests) and refresh the indexes.")
+daily_observe = dg.ScheduleDefinition(name="daily_corpus_observation", job=observe_corpus, cron_schedule="0 6 * * *",
+                                      execution_timezone="Europe/London")
+corpus_automation = dg.AutomationConditionSensorDefinition(
+    "corpus_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Re-materialises assets whose upstream changed (e.g. a new corpus_source data version).",
+)
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([corpus, retrieval]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval]),
+    jobs=[refresh_corpus, observe_corpus],
+    schedules=[weekly_recrawl, daily_observe],
+    sensors=[corpus_automation],
+    resources={
+        "settings": PipelineSettings(),
+        "embedding_model": EmbeddingModel(),
+        "chroma": ChromaStore(),
+    },
+)

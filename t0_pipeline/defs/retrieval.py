@@ -1,0 +1,165 @@
+"""Retrieval assets: dense (Chroma) and BM25 indexes of full pages and summaries,
+the evaluation query set, and the p@k retrieval report."""
+
+
+import base64
+
+import polars as pl
+
+import dagster as dg
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.defs.corpus import EAGER, conditions, summaries
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
+from t0_pipeline.retrieval_eval import (
+    evaluate_retrieval,
+    load_queries,
+    read_saved_queries,
+    sample_queries_path,
+    save_queries,
+)
+from t0_pipeline.validate import unindexed_documents
+
+INDEX_SOURCES = {"full": conditions, "summaries": summaries}
+DENSE_NAMES = {"full": "full_page_index", "summaries": "summary_index"}
+BM25_NAMES = {"full": "full_page_bm25", "summaries": "summary_bm25"}
+
+
+def _dense_asset(index: str):
+    @dg.asset(
+        name=DENSE_NAMES[index],
+        group_name="retrieval",
+        deps=[INDEX_SOURCES[index]],
+        code_version="1",
+        automation_condition=EAGER,
+        kinds={"chroma"},
+        description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash).",
+    )
+    def dense(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
+              chroma: ChromaStore) -> dg.MaterializeResult:
+        cfg, paths = settings.pipeline_config(), settings.paths()
+        docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
+        stats = build_dense_index(docs, index, paths, embedding_model.config(), cfg.chunk,  # type: ignore[arg-type]
+                                  chroma.config(), embedder=embedding_model.load(), client=chroma.client(paths))
+        context.log.info(stats.summary())
+        return dg.MaterializeResult(metadata={
+            "collection": stats.collection, "documents": stats.documents, "chunks": stats.chunks,
+            "embedded_chunks": stats.embedded_chunks, "added": len(stats.added), "changed": len(stats.changed),
+            "removed": len(stats.removed), "unchanged": stats.unchanged, "rebuilt": stats.rebuilt,
+            "seconds": round(stats.seconds, 2), "model": embedding_model.model or "all-MiniLM-L6-v2 (bundled)",
+            "distance": chroma.distance,
+            "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),  # type: ignore[arg-type]
+        })
+
+    @dg.asset_check(asset=dense, name="every_document_indexed",
+                    description="Every current document is in the index manifest and the collection holds its chunks.")
+    def every_document_indexed(settings: PipelineSettings, chroma: ChromaStore) -> dg.AssetCheckResult:
+        paths = settings.paths()
+        docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
+        manifest = read_manifest(paths.index_manifest(index))  # type: ignore[arg-type]
+        missing = unindexed_documents(docs, manifest)
+        count = chroma.client(paths).get_collection(manifest["collection"]).count() if manifest else 0
+        chunks_ok = manifest is not None and count == manifest["n_chunks"]
+        return dg.AssetCheckResult(passed=not missing and chunks_ok, metadata={
+            "missing_or_stale": dg.MetadataValue.json(missing[:20]), "collection_chunks": count,
+            "manifest_chunks": manifest["n_chunks"] if manifest else 0})
+
+    return dense, every_document_indexed
+
+
+def _bm25_asset(index: str):
+    @dg.asset(
+        name=BM25_NAMES[index],
+        group_name="retrieval",
+        deps=[INDEX_SOURCES[index]],
+        code_version="1",
+        automation_condition=EAGER,
+        kinds={"python"},
+        description=f"Document-level BM25 index (bm25s, English stop words and stemming) of the {index} documents.",
+    )
+    def bm25(settings: PipelineSettings) -> dg.MaterializeResult:
+        paths = settings.paths()
+        info = build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)  # type: ignore[arg-type]
+        return dg.MaterializeResult(metadata={"documents": info["documents"], "stemmed": info["stemmed"],
+                                              "seconds": round(info["seconds"], 3),
+                                              "path": dg.MetadataValue.path(info["path"])})
+
+    @dg.asset_check(asset=bm25, name="every_document_indexed", description="The BM25 index lists every current document.")
+    def bm25_every_document_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
+        import json
+
+        paths = settings.paths()
+        docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
+        meta = json.loads((paths.bm25_dir(index) / "t0_docs.json").read_text())  # type: ignore[arg-type]
+        live = dict(zip(meta["slugs"], meta["hashes"]))
+        missing = unindexed_documents(docs, {"docs": live})
+        return dg.AssetCheckResult(passed=not missing, metadata={"missing_or_stale": dg.MetadataValue.json(missing[:20])})
+
+    return bm25, bm25_every_document_indexed
+
+
+full_page_index, full_page_index_check = _dense_asset("full")
+summary_index, summary_index_check = _dense_asset("summaries")
+full_page_bm25, full_page_bm25_check = _bm25_asset("full")
+summary_bm25, summary_bm25_check = _bm25_asset("summaries")
+
+
+@dg.asset(
+    group_name="retrieval",
+    deps=[conditions],
+    code_version="1",
+    automation_condition=EAGER,
+    kinds={"parquet"},
+    description="The labelled retrieval-evaluation queries (bundled sample set unless configured), validated against the corpus.",
+)
+def eval_queries(settings: PipelineSettings) -> dg.MaterializeResult:
+    from t0_pipeline.retrieve import corpus_slugs
+
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    source = cfg.retrieval_eval.queries or sample_queries_path()
+    queries = load_queries(source, cfg.retrieval_eval, corpus_slugs(paths))
+    save_queries(queries, paths.eval_queries)
+    return dg.MaterializeResult(metadata={"dagster/row_count": len(queries), "source": str(source),
+                                          "path": dg.MetadataValue.path(str(paths.eval_queries))})
+
+
+@dg.asset_check(asset=eval_queries, blocking=True, description="Every query's target is a document in the current corpus.")
+def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
+    from t0_pipeline.retrieve import corpus_slugs
+
+    paths = settings.paths()
+    corpus = corpus_slugs(paths)
+    bad = [q.query[:60] for q in read_saved_queries(paths.eval_queries) if not any(t in corpus for t in q.targets)]
+    return dg.AssetCheckResult(passed=not bad, metadata={"unresolvable": len(bad), "examples": dg.MetadataValue.json(bad[:5])})
+
+
+@dg.asset(
+    group_name="retrieval",
+    deps=[full_page_index, summary_index, full_page_bm25, summary_bm25, eval_queries],
+    code_version="1",
+    automation_condition=EAGER,
+    kinds={"python", "csv"},
+    description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot.",
+)
+def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
+                     chroma: ChromaStore) -> dg.MaterializeResult:
+    from t0_pipeline.retrieve import Retriever
+
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    embedder, client = embedding_model.load(), chroma.client(paths)
+    retrievers = {name: Retriever(name, paths, embedding_model.config(), chroma.config(), cfg.retrieval,  # type: ignore[arg-type]
+                                  embedder=embedder, client=client) for name in cfg.retrieval_eval.indexes}
+    if not paths.eval_queries.exists():
+        raise T0Error("eval_queries has not been materialised; materialise it first.")
+    report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, read_saved_queries(paths.eval_queries))
+    context.log.info("\n" + report.markdown)
+    png = base64.b64encode(report.png.read_bytes()).decode()
+    best = report.table.sort("p@5", descending=True).row(0, named=True)
+    return dg.MaterializeResult(metadata={
+        "queries": report.n_queries,
+        "p_at_k": dg.MetadataValue.md(report.markdown),
+        "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
+        "best_p@5": float(best["p@5"]), "best_p@5_config": f"{best['index']} · {best['mode']}",
+        "csv": dg.MetadataValue.path(str(report.csv)), "png": dg.MetadataValue.path(str(report.png)),
+    })
