@@ -192,10 +192,11 @@ def build_dense_index(
         except Exception:  # already gone: nothing to clean
             pass
     stats.chunks = n_chunks
-    stats.added = sorted(s for s in need if s not in committed)
-    stats.changed = sorted(s for s in need if s in committed)
+    # reported against the last committed manifest, so a run that finishes an interrupted one still says what changed
+    stats.added = sorted(s for s in target if s not in committed)
+    stats.changed = sorted(s for s, h in target.items() if s in committed and committed[s] != h)
     stats.removed = sorted(set(committed) - set(target))
-    stats.unchanged = len(target) - len(need)
+    stats.unchanged = len(target) - len(stats.added) - len(stats.changed)
     stats.seconds = time.perf_counter() - started
     log.info("dense index %s", stats.summary())
     return stats

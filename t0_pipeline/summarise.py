@@ -35,7 +35,7 @@ SYMPTOM = re.compile(
     r"feel(ing)?|lump\w*|discharge|headache|confus\w*)\b",
     re.I,
 )
-SYMPTOM_HEADING = re.compile(r"\b(symptom|check if|signs|how to tell)\b", re.I)
+SYMPTOM_HEADING = re.compile(r"\b(symptoms?|check if|signs?|how to tell)\b", re.I)
 CARE_HEADING = re.compile(r"\b(advice|action required|see a|call|go to|ask for|get help)\b", re.I)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 

@@ -155,11 +155,13 @@ def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettin
     report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, read_saved_queries(paths.eval_queries))
     context.log.info("\n" + report.markdown)
     png = base64.b64encode(report.png.read_bytes()).decode()
-    best = report.table.sort("p@5", descending=True).row(0, named=True)
+    ks = sorted(cfg.retrieval_eval.ks)
+    headline = f"p@{5 if 5 in ks else ks[0]}"  # the report's downstream choice was k=5
+    best = report.table.sort(headline, descending=True).row(0, named=True)
     return dg.MaterializeResult(metadata={
         "queries": report.n_queries,
         "p_at_k": dg.MetadataValue.md(report.markdown),
         "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
-        "best_p@5": float(best["p@5"]), "best_p@5_config": f"{best['index']} · {best['mode']}",
+        f"best_{headline}": float(best[headline]), f"best_{headline}_config": f"{best['index']} · {best['mode']}",
         "csv": dg.MetadataValue.path(str(report.csv)), "png": dg.MetadataValue.path(str(report.png)),
     })

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real embedding model (loaded once) and a data dir built from the sample corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from t0_pipeline.config import DataPaths, EmbeddingConfig, PipelineConfig  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from t0_pipeline.embed import load_embedder
+
+    return load_embedder(EmbeddingConfig())
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, embedder) -> tuple[PipelineConfig, DataPaths]:
+    """The bundled sample corpus crawled, cleaned, summarised and indexed once for the session."""
+    from t0_pipeline.pipeline import build_all
+
+    paths = DataPaths(tmp_path_factory.mktemp("built"))
+    cfg = PipelineConfig()
+    build_all(cfg, paths, embedder=embedder)
+    return cfg, paths
+
+
+@pytest.fixture
+def sample_site() -> Path:
+    from t0_pipeline.crawl import sample_site_dir
+
+    return sample_site_dir()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,76 @@
+"""The t0 command line, in-process (CliRunner) and as a real subprocess for error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from t0_pipeline.cli import app
+from t0_pipeline_tests.conftest import write_jsonl
+
+runner = CliRunner()
+
+PAGES = [
+    {"slug": "chalk-lung", "title": "Chalk lung", "url": "https://example.test/chalk-lung/",
+     "text": "Chalk lung causes a dry cough and wheezing in teachers. See a GP if the cough lasts 3 weeks. Call 999 if you cannot breathe."},
+    {"slug": "ink-rash", "title": "Ink rash", "url": "https://example.test/ink-rash/",
+     "text": "Ink rash is an itchy blue rash on the fingers after handling wet ink. A pharmacist can suggest a cream."},
+    {"slug": "glue-ear-fictional", "title": "Glue ear (fictional)", "url": "https://example.test/glue/",
+     "text": "Muffled hearing and a blocked ear after a cold. Ask for an urgent GP appointment if there is discharge."},
+    {"slug": "paper-cut-fever", "title": "Paper cut fever", "url": "https://example.test/pcf/",
+     "text": "A red, hot, spreading area around a paper cut with a high temperature. Call 111 for urgent advice."},
+]
+
+
+def test_index_retrieve_eval_and_query_from_a_pages_file(tmp_path):
+    data = tmp_path / "data"
+    pages = write_jsonl(tmp_path / "pages.jsonl", PAGES)
+    result = runner.invoke(app, ["index", "--pages", str(pages), "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "4 documents" in result.output and "dense summaries: 4 documents" in result.output
+
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"ask": "my fingers have an itchy blue rash from ink", "gold": "ink-rash", "id": 1},
+        {"ask": "dry cough and wheeze, I work as a teacher", "gold": ["chalk-lung"], "id": 2},
+    ])
+    out = tmp_path / "ranked.jsonl"
+    result = runner.invoke(app, ["retrieve", "-d", str(data), "-q", str(queries), "--query-field", "ask", "--k", "3",
+                                 "--index", "full", "--mode", "hybrid", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == [1, 2] and lines[0]["ranked"][0] == "ink-rash" and len(lines[1]["scores"]) == 3
+
+    result = runner.invoke(app, ["eval-retrieval", "-d", str(data), "-q", str(queries), "--query-field", "ask",
+                                 "--target-field", "gold", "--ks", "1,3", "--mode", "bm25", "--index", "summaries"])
+    assert result.exit_code == 0, result.output
+    assert "| summaries | bm25 | 1.000 | 1.000 |" in result.output
+    assert (data / "eval" / "retrieval" / "pk.png").exists()
+
+    result = runner.invoke(app, ["query", "-d", str(data), "hot red skin around a cut and a fever", "--k", "2"])
+    assert result.exit_code == 0 and result.output.splitlines()[1].split()[2] == "paper-cut-fever"
+
+
+def test_every_command_has_help():
+    for command in ("crawl", "clean", "summarise", "index", "retrieve", "eval-retrieval", "query", "report", "config"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "--data-dir" in result.output or command == "config"
+
+
+def t0(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "t0_pipeline.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
+    missing = t0("query", "--data-dir", str(tmp_path / "nothing"), "cough")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"error: no 'summaries' index in {tmp_path / 'nothing'}; "
+                                                   f"build it with `t0 index --data-dir {tmp_path / 'nothing'}`."]
+    bad_config = tmp_path / "c.yaml"
+    bad_config.write_text("chunk:\n  overlap: -3\n")
+    result = t0("config", "--config", str(bad_config))
+    assert result.returncode == 2 and "field 'chunk.overlap'" in result.stderr and "Traceback" not in result.stderr
+    result = t0("index", "--pages", str(tmp_path / "absent.jsonl"), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2 and "absent.jsonl" in result.stderr and "Traceback" not in result.stderr

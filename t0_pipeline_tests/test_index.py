@@ -1,0 +1,167 @@
+"""Chroma index: incremental by content hash, crash-safe commits, config changes, Chroma server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from t0_pipeline.artifacts import T0Error, sha256_text
+from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig
+from t0_pipeline.index import build_bm25_index, build_dense_index, chroma_client, read_manifest
+from t0_pipeline.retrieve import Retriever
+
+TOPICS = {
+    "rash": "An itchy red rash spreads over the arms and chest after contact with a plant.",
+    "cough": "A dry cough that lasts for weeks, worse at night, with a tickle in the throat.",
+    "knee": "Knee pain and swelling after a sports injury, the joint gives way when walking.",
+    "eye": "A red gritty eye with sticky discharge that glues the lashes together in the morning.",
+    "long": " ".join(f"Part {i}: stomach cramps and diarrhoea after eating reheated rice, section {i}." for i in range(30)),
+}
+
+
+def docs_frame(texts: dict[str, str]) -> pl.DataFrame:
+    return pl.DataFrame({"slug": list(texts), "title": [s.title() for s in texts], "url": [f"u/{s}" for s in texts],
+                         "text": list(texts.values()), "content_hash": [sha256_text(t) for t in texts.values()]})
+
+
+class CountingEmbedder:
+    """The real model, counting what it is asked to encode."""
+
+    def __init__(self, model):
+        self.model, self.encoded = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode(self, texts, **kw):
+        self.encoded.extend(texts)
+        return self.model.encode(texts, **kw)
+
+
+@pytest.fixture
+def setup(tmp_path, embedder):
+    paths = DataPaths(tmp_path)
+    chunking = ChunkConfig(size=32, overlap=8)
+    counting = CountingEmbedder(embedder)
+
+    def build(texts, chroma=None):
+        counting.encoded.clear()
+        df = docs_frame(texts)
+        paths.conditions.parent.mkdir(parents=True, exist_ok=True)
+        df.write_parquet(paths.conditions)
+        return build_dense_index(df, "full", paths, EmbeddingConfig(), chunking, chroma or ChromaConfig(), embedder=counting)
+
+    return paths, build, counting
+
+
+def collection_slugs(paths, name):
+    got = chroma_client(ChromaConfig(), paths).get_collection(name).get(include=["metadatas"])
+    return sorted({(m["slug"], m["doc_hash"]) for m in got["metadatas"]})
+
+
+def test_incremental_update_embeds_only_what_changed(setup):
+    paths, build, counting = setup
+    first = build(TOPICS)
+    assert first.embedded_chunks == first.chunks > len(TOPICS)  # the long document has several chunks
+    assert sorted(first.added) == sorted(TOPICS)
+
+    unchanged = build(TOPICS)
+    assert unchanged.embedded_chunks == 0 and counting.encoded == [] and unchanged.unchanged == 5
+
+    edited = {**{k: v for k, v in TOPICS.items() if k != "eye"}, "rash": TOPICS["rash"] + " It blisters.",
+              "burn": "A scald from boiling water leaves the skin red and blistered."}
+    second = build(edited)
+    assert second.changed == ["rash"] and second.added == ["burn"] and second.removed == ["eye"]
+    assert len(counting.encoded) == second.embedded_chunks == 2  # one chunk each for rash and burn
+    assert collection_slugs(paths, second.collection) == sorted((s, sha256_text(t)) for s, t in edited.items())
+    assert read_manifest(paths.index_manifest("full"))["docs"] == {s: sha256_text(t) for s, t in edited.items()}
+
+
+def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(setup, monkeypatch, embedder):
+    paths, build, counting = setup
+    build(TOPICS)
+    edited = {**TOPICS, "rash": "Completely new text about a sunburn on the shoulders."}
+    import t0_pipeline.index as index_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(index_module, "write_json", crash)
+    with pytest.raises(RuntimeError):
+        build(edited)
+    monkeypatch.undo()
+    # the previous manifest still rules: searches see the old rash text, never the half-committed new one
+    docs = docs_frame(TOPICS)
+    docs.write_parquet(paths.conditions)
+    retriever = Retriever("full", paths, embedder=embedder)
+    hits = retriever.rank(["itchy red rash after touching a plant"], k=5, mode="dense")[0]
+    assert hits[0][0] == "rash" and len({s for s, _ in hits}) == 5
+    # the next run finds the new chunks complete, commits them without re-embedding, and removes the old ones
+    recovered = build(edited)
+    assert recovered.embedded_chunks == 0 and recovered.changed == ["rash"]
+    assert ("rash", sha256_text(TOPICS["rash"])) not in collection_slugs(paths, recovered.collection)
+
+
+def test_changing_distance_builds_a_new_collection_and_drops_the_old(setup):
+    paths, build, _ = setup
+    l2 = build(TOPICS)
+    cosine = build(TOPICS, ChromaConfig(distance="cosine"))
+    assert cosine.collection != l2.collection and cosine.rebuilt
+    names = [c.name for c in chroma_client(ChromaConfig(), paths).list_collections()]
+    assert names == [cosine.collection]
+
+
+def test_bm25_index_is_saved_with_slugs(tmp_path):
+    paths = DataPaths(tmp_path)
+    info = build_bm25_index(docs_frame(TOPICS), "full", paths)
+    assert info["documents"] == 5 and (paths.bm25_dir("full") / "t0_docs.json").exists()
+
+
+def test_unreachable_chroma_server_is_a_clear_error(tmp_path):
+    with pytest.raises(T0Error, match="cannot reach the Chroma server at 127.0.0.1:9"):
+        chroma_client(ChromaConfig(host="127.0.0.1", port=9), DataPaths(tmp_path))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_index_and_search_through_a_real_chroma_server(tmp_path, embedder):
+    exe = shutil.which("chroma") or shutil.which("chroma", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("chroma CLI not installed")
+    port = _free_port()
+    server = subprocess.Popen([exe, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        chroma = ChromaConfig(host="127.0.0.1", port=port)
+        paths = DataPaths(tmp_path / "data")
+        deadline = time.time() + 60
+        while True:
+            try:
+                chroma_client(chroma, paths).heartbeat()
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        df = docs_frame(TOPICS)
+        paths.conditions.parent.mkdir(parents=True)
+        df.write_parquet(paths.conditions)
+        stats = build_dense_index(df, "full", paths, EmbeddingConfig(), ChunkConfig(size=32, overlap=8), chroma, embedder=embedder)
+        assert not (paths.root / "index" / "chroma").exists()  # nothing embedded locally
+        hits = Retriever("full", paths, chroma=chroma, embedder=embedder).search("sticky eye stuck shut in the morning", 2, "dense")
+        assert hits[0].slug == "eye" and stats.chunks == chroma_client(chroma, paths).get_collection(stats.collection).count()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

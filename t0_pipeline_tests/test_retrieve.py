@@ -1,0 +1,67 @@
+"""Retriever: k counts documents, whole documents returned, bm25/dense/hybrid, RRF."""
+
+from __future__ import annotations
+
+import pytest
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.config import DataPaths
+from t0_pipeline.retrieve import Retriever, best_chunk_per_doc, reciprocal_rank_fusion
+
+
+def test_rrf_fuses_by_reciprocal_rank():
+    fused = reciprocal_rank_fusion([["a", "b", "c"], ["c", "a", "d"]], k=60)
+    scores = dict(fused)
+    assert [d for d, _ in fused] == ["a", "c", "b", "d"]
+    assert scores["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert scores["d"] == pytest.approx(1 / 63)
+
+
+def test_best_chunk_per_doc_keeps_first_occurrence():
+    assert best_chunk_per_doc(["a", "b", "a", "c"], [0.1, 0.2, 0.3, 0.4]) == [("a", 0.1), ("b", 0.2), ("c", 0.4)]
+
+
+@pytest.fixture(scope="module")
+def retriever(built, embedder):
+    cfg, paths = built
+    return Retriever("full", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
+
+
+def test_k_counts_documents_not_chunks(retriever):
+    assert retriever.collection.count() > len(retriever.live)  # several chunks per document
+    ranked = retriever.rank(["pain in my tummy and feeling sick"], k=30, mode="dense")[0]
+    assert len(ranked) == 30 == len({slug for slug, _ in ranked})
+    raw = retriever.collection.query(query_embeddings=retriever.embedder.encode(["pain in my tummy and feeling sick"]),
+                                     n_results=30, include=["metadatas"])
+    assert len({m["slug"] for m in raw["metadatas"][0]}) < 30  # 30 chunks would not have been 30 documents
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_every_mode_finds_an_obvious_condition(retriever, mode):
+    hits = retriever.search("my dad's face dropped on one side and his speech is slurred", k=3, mode=mode)
+    assert hits[0].slug == "stroke"
+    assert hits[0].text.startswith("# Stroke") and "Treatment for stroke" in hits[0].text  # the whole guide, all pages
+    assert [h.rank for h in hits] == [1, 2, 3]
+    assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_hybrid_is_rrf_of_dense_and_bm25(retriever):
+    q = ["itchy scalp and tiny eggs stuck to my child's hair"]
+    depth = retriever.config.fusion_depth
+    dense = [s for s, _ in retriever.rank(q, depth, "dense")[0]]
+    bm25 = [s for s, _ in retriever.rank(q, depth, "bm25")[0]]
+    expected = reciprocal_rank_fusion([dense, bm25], retriever.config.rrf_k)[:5]
+    got = retriever.rank(q, 5, "hybrid")[0]
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    assert [x for _, x in got] == pytest.approx([x for _, x in expected])
+
+
+def test_k_larger_than_the_corpus_returns_every_document_once(retriever):
+    for mode in ("dense", "hybrid"):
+        ranked = retriever.rank(["headache"], k=500, mode=mode)[0]
+        assert len(ranked) == len({s for s, _ in ranked}) == len(retriever.live)
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(T0Error, match="no 'summaries' index"):
+        Retriever("summaries", DataPaths(tmp_path))
