@@ -104,8 +104,8 @@ class ChromaConfig(BaseModel):
 class RetrievalConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
     rrf_k: int = 60  # reciprocal rank fusion constant (Cormack et al.)
-    fusion_depth: int = 100  # documents taken from each ranker before fusing
-    chunk_oversample: int = 4  # dense: chunks fetched per wanted document before widening
+    fusion_depth: int = 50  # documents taken from each ranker before fusing (k wins when larger)
+    chunk_oversample: float = 1.5  # dense: first window = depth × chunks-per-document × this; doubles if short
 
 
 class RetrievalEvalConfig(BaseModel):

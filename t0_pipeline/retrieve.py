@@ -99,7 +99,9 @@ class Retriever:
         """Per query: up to ``depth`` documents with their best chunk distance, nearest first."""
         collection = self.collection
         total = self._n_chunks
-        n = min(total, max(depth * self.config.chunk_oversample, 10))
+        # first window sized from this index's chunks per document, so one Chroma query usually suffices
+        per_doc = max(1.0, total / max(1, len(self.live)))
+        n = min(total, max(10, int(depth * per_doc * self.config.chunk_oversample)))
         results: list[list[tuple[str, float]] | None] = [None] * len(vectors)
         pending = list(range(len(vectors)))
         while pending:

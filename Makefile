@@ -1,0 +1,47 @@
+# t0-pipeline: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data
+# The top-level dagster.yaml is the instance config; its storage lives under .dagster/
+export DAGSTER_HOME := $(CURDIR)
+export T0_DATA_DIR ?= $(DATA)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test ui bench clean help
+
+help:
+	@echo "make demo   install, then materialise the corpus -> index -> retrieval-evaluation graph on the bundled sample"
+	@echo "make test   install, then run the test suite"
+	@echo "make ui     open the Dagster web UI (http://127.0.0.1:3000) on the same assets"
+	@echo "make bench  index/query benchmarks (bundled corpus + ../shared/bench/nhs if present)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# the CPU torch wheel first: with it in place nothing else can pull CUDA wheels
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@mkdir -p .dagster
+	@echo "materialising the asset graph on the bundled sample corpus (full log: .dagster/demo.log) ..."
+	@$(BIN)/dagster asset materialize -m t0_pipeline.definitions --select '*' > .dagster/demo.log 2>&1 \
+		|| { tail -n 40 .dagster/demo.log; echo "demo failed: see .dagster/demo.log"; exit 1; }
+	@grep -E 'ASSET_CHECK_EVALUATION' .dagster/demo.log | sed -E 's/^.* - ASSET_CHECK_EVALUATION - /  check: /'
+	@$(BIN)/t0 report --data-dir $(T0_DATA_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install
+	$(BIN)/dagster dev -w workspace.yaml
+
+bench: install
+	$(BIN)/python benchmarks/bench_index.py
+
+clean:
+	rm -rf $(DATA) .dagster
