@@ -265,12 +265,17 @@ def show_config(config: Optional[Path] = ConfigFile):
     typer.echo(load_config(config).model_dump_json(indent=2))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
-        app()
+        app(args=argv)
     except T0Error as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
+
+
+def run_stage(command: str) -> None:
+    """``python -m t0_pipeline.<stage> [options]`` runs ``t0 <command> [options]`` (for Slurm nodes and scripts)."""
+    main([command, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ concurrency limit, retries with backoff honouring Retry-After, conditional reque
 :class:`MirrorFetcher` (a wget-style directory: ``<slug>/index.html``,
 ``<slug>/<sub>/index.html``). The bundled sample corpus is such a mirror.
 
-Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config crawl.json``.
+Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config t0.yaml --data-dir DIR``.
 """
 
 from __future__ import annotations
@@ -460,3 +460,9 @@ def corpus_fingerprint(config: SourceConfig) -> str:
         resp.raise_for_status()
         digest.update(resp.content)
     return digest.hexdigest()
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("crawl")

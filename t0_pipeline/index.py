@@ -204,6 +204,14 @@ def build_dense_index(
 
 # --- BM25 -----------------------------------------------------------------------------
 
+def import_bm25s():
+    """bm25s, with its logger back at WARNING (it sets DEBUG on import and floods the CLI)."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 def _stemmer():
     try:
         import Stemmer
@@ -214,15 +222,12 @@ def _stemmer():
 
 
 def bm25_tokenize(texts: list[str], stemmer=None):
-    import bm25s
-
-    return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+    return import_bm25s().tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
 
 
 def build_bm25_index(docs: pl.DataFrame, index: IndexName, paths: DataPaths) -> dict[str, Any]:
     """Document-level BM25 (bm25s), saved with its slug order; rebuilt whole (milliseconds)."""
-    import bm25s
-
+    bm25s = import_bm25s()
     started = time.perf_counter()
     if docs.is_empty():
         raise T0Error(f"no documents to index for {index!r}; build the corpus first.")
@@ -239,3 +244,9 @@ def build_bm25_index(docs: pl.DataFrame, index: IndexName, paths: DataPaths) -> 
         }), encoding="utf-8")
     return {"index": index, "documents": docs.height, "stemmed": stemmer is not None,
             "seconds": time.perf_counter() - started, "path": str(out)}
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("index")

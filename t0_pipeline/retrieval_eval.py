@@ -176,3 +176,9 @@ def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers
     png = plot_curves(table, ks, out / "pk.png", f"Retrieval p@k, {len(queries)} queries ({Path(query_file).name})")
     write_config_sidecar(csv, config)
     return RetrievalReport(table, md, len(queries), csv, png, ranks_path)
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("eval-retrieval")

@@ -18,7 +18,7 @@ import numpy as np
 
 from t0_pipeline.artifacts import T0Error, read_parquet
 from t0_pipeline.config import ChromaConfig, DataPaths, EmbeddingConfig, IndexName, RetrievalConfig, RetrieverMode
-from t0_pipeline.index import _stemmer, bm25_tokenize, chroma_client, read_manifest
+from t0_pipeline.index import _stemmer, bm25_tokenize, chroma_client, import_bm25s, read_manifest
 
 
 @dataclass
@@ -96,24 +96,37 @@ class Retriever:
         return self._collection
 
     def _dense(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
-        """Per query: up to ``depth`` documents with their best chunk distance, nearest first."""
+        """Per query: up to ``depth`` documents with their best chunk distance, nearest first.
+
+        Chunk ids are ``slug::hash16::i``, so only ids and distances are fetched: no metadata
+        look-ups (faster, and clear of SQLite's variable limit on large batches).
+        """
         collection = self.collection
         total = self._n_chunks
         # first window sized from this index's chunks per document, so one Chroma query usually suffices
         per_doc = max(1.0, total / max(1, len(self.live)))
         n = min(total, max(10, int(depth * per_doc * self.config.chunk_oversample)))
+        live = {slug: digest[:16] for slug, digest in self.live.items()}
         results: list[list[tuple[str, float]] | None] = [None] * len(vectors)
         pending = list(range(len(vectors)))
         while pending:
-            got = collection.query(query_embeddings=vectors[pending], n_results=n, include=["metadatas", "distances"])
             still = []
-            for row, metas, dists in zip(pending, got["metadatas"], got["distances"]):
-                live = [(m["slug"], d) for m, d in zip(metas, dists) if self.live.get(m["slug"]) == m["doc_hash"]]
-                docs = best_chunk_per_doc([s for s, _ in live], [d for _, d in live])
-                if len(docs) >= depth or n >= total:
-                    results[row] = docs[:depth]
-                else:
-                    still.append(row)
+            step = max(1, 20_000 // n)  # queries per Chroma call, bounding results held at once
+            for start in range(0, len(pending), step):
+                rows = pending[start:start + step]
+                got = collection.query(query_embeddings=vectors[rows], n_results=n, include=["distances"])
+                for row, ids, dists in zip(rows, got["ids"], got["distances"]):
+                    slugs, kept = [], []
+                    for cid, dist in zip(ids, dists):
+                        slug, digest, _ = cid.rsplit("::", 2)
+                        if live.get(slug) == digest:
+                            slugs.append(slug)
+                            kept.append(dist)
+                    docs = best_chunk_per_doc(slugs, kept)
+                    if len(docs) >= depth or n >= total:
+                        results[row] = docs[:depth]
+                    else:
+                        still.append(row)
             pending = still
             n = min(total, n * 2)
         return results  # type: ignore[return-value]
@@ -124,8 +137,7 @@ class Retriever:
     # --- bm25 ----------------------------------------------------------------------
     def _load_bm25(self):
         if self._bm25 is None:
-            import bm25s
-
+            bm25s = import_bm25s()
             folder = self.paths.bm25_dir(self.index)
             if not (folder / "t0_docs.json").exists():
                 raise T0Error(f"no BM25 index at {folder}; build it with `t0 index --data-dir {self.paths.root}`.")
@@ -197,3 +209,8 @@ def write_ranked(retriever: Retriever, records: list[dict], query_field: str, k:
 def corpus_slugs(paths: DataPaths) -> set[str]:
     return set(read_parquet(paths.conditions, "conditions dataset", "t0 clean")["slug"].to_list())
 
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("retrieve")

@@ -195,3 +195,9 @@ def run_summarise(paths: DataPaths, config: SummaryConfig) -> pl.DataFrame:
     write_parquet(summaries, paths.summaries)
     write_config_sidecar(paths.summaries, config)
     return summaries
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("summarise")
