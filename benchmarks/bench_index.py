@@ -44,7 +44,7 @@ from t0_pipeline.config import (  # noqa: E402
 from t0_pipeline.crawl import run_crawl  # noqa: E402
 from t0_pipeline.clean import run_clean  # noqa: E402
 from t0_pipeline.embed import chunk_token_limit, load_embedder  # noqa: E402
-from t0_pipeline.index import build_bm25_index, build_dense_index  # noqa: E402
+from t0_pipeline.index import build_bm25_index, build_dense_index, chroma_client  # noqa: E402
 from t0_pipeline.retrieval_eval import evaluate_retrieval, load_queries, sample_queries_path  # noqa: E402
 from t0_pipeline.retrieve import Retriever  # noqa: E402
 from t0_pipeline.summarise import run_summarise  # noqa: E402
@@ -86,8 +86,11 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
 
         chroma = ChromaConfig()
         t = time.perf_counter()
-        stats = build_dense_index(docs, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model)
-        build = time.perf_counter() - t
+        client = chroma_client(chroma, paths)  # embedded store start-up: paid once per process
+        startup = time.perf_counter() - t
+        t = time.perf_counter()
+        stats = build_dense_index(docs, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model, client=client)
+        build = time.perf_counter() - t + startup
         assert stats.chunks == len(chunks)
 
         changed = docs.with_columns(
@@ -106,9 +109,11 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
         build_bm25_index(summaries, "summaries", paths)
 
         out["index"] = {"bare_encode_s": round(bare, 2), "build_s": round(build, 2), "build_over_encode": round(build / bare, 3),
+                        "store_startup_s": round(startup, 3), "build_over_encode_after_startup": round((build - startup) / bare, 3),
                         "reindex_one_page_s": round(reindex, 3), "reindex_share_of_build": round(reindex / build, 4),
                         "reindex_embedded_chunks": restats.embedded_chunks, "bm25_build_s": round(bm25_info["seconds"], 3)}
-        print(f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode (target ≤ 1.15)")
+        print(f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode (target ≤ 1.15); "
+              f"of which Chroma start-up {startup:.2f}s, so {(build - startup) / bare:.3f}× once the store is open")
         print(f"re-index after one page changed: {reindex:.3f}s = {reindex / build:.2%} of a full build (target ≤ 5%), "
               f"{restats.embedded_chunks} chunks re-embedded | bm25 build {bm25_info['seconds']:.3f}s")
 
