@@ -322,7 +322,8 @@ async def crawl_async(
         else:
             root = sample_site_dir() if config.kind == "sample" else Path(config.location or "")
             fetcher = MirrorFetcher(root, index_url)
-    report = CrawlReport(source=f"{config.kind}:{config.location or index_url}", started_at=_now())
+    label = "bundled sample mirror" if config.kind == "sample" else config.location or index_url
+    report = CrawlReport(source=f"{config.kind}: {label}", started_at=_now())
     try:
         if isinstance(fetcher, HttpFetcher):
             await fetcher.load_robots(index_url)
