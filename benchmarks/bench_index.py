@@ -63,7 +63,7 @@ def prepare(corpus: str, root: Path) -> DataPaths:
     source = SourceConfig() if corpus == "sample" else SourceConfig(kind="pages", location=str(NHS))
     run_crawl(source, paths)
     run_clean(paths, source, CleanConfig())
-    run_summarise(paths, SummaryConfig())
+    run_summarise(paths, SummaryConfig())  # extractive
     return paths
 
 

@@ -116,8 +116,10 @@ def summarise(data_dir: Optional[Path] = DataDir, config: Optional[Path] = Confi
     cfg, paths = _setup(data_dir, config)
     if max_words is not None:
         cfg.summary.max_words = max_words
-    summaries = run_summarise(paths, cfg.summary)
-    typer.echo(f"{summaries.height} summaries, mean compression {summaries['compression'].mean():.0%} → {paths.summaries}")
+    summaries, info = run_summarise(paths, cfg.summary, cfg.llm)
+    typer.echo(f"{summaries.height} summaries ({info['backend']}), mean compression {summaries['compression'].mean():.0%} → {paths.summaries}")
+    for slug in info["failures"]:
+        typer.echo(f"  failed: {slug} (kept out; re-run to retry)", err=True)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["sample", "site", "mirror", "pages"]
-IndexName = Literal["full", "summaries"]
+IndexName = Literal["full", "summaries", "llm_summaries"]
 RetrieverMode = Literal["dense", "bm25", "hybrid"]
 Distance = Literal["l2", "cosine"]
 
@@ -117,6 +117,75 @@ class RetrievalEvalConfig(BaseModel):
     queries: Path | None = None  # None = the bundled sample query set
 
 
+class RoleConfig(BaseModel):
+    """One model role: which model, where, and how to sample. Any litellm model string works."""
+
+    model: str = "openai/Qwen/Qwen2.5-32B-Instruct"  # openai/<name> = any OpenAI-compatible server (vLLM, Ollama)
+    api_base: str | None = "http://127.0.0.1:8000/v1"  # a local vLLM server; None = the provider's default
+    api_key_env: str | None = "T0_LLM_API_KEY"  # name of the environment variable holding the key (never the key)
+    temperature: float = 0.7
+    top_p: float | None = None
+    max_tokens: int = 1024
+    seed: int | None = 0  # fixed so a re-run asks the same question (and hits the cache)
+    timeout_s: float = 120.0  # per request
+    extra_body: dict = Field(default_factory=dict)  # provider-specific fields, e.g. vLLM's chat_template_kwargs
+    input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
+    output_cost_per_token: float | None = None
+
+
+def _default_roles() -> dict[str, RoleConfig]:
+    return {
+        "summariser": RoleConfig(temperature=0.2, max_tokens=400),  # report: Qwen2.5-32B-Instruct
+        "query_writer": RoleConfig(temperature=0.9, max_tokens=700),  # report: a frontier model
+        "teacher": RoleConfig(model="openai/deepseek-ai/DeepSeek-R1", temperature=0.6, max_tokens=8192,
+                              timeout_s=600.0),  # report: DeepSeek-R1, a reasoning model
+    }
+
+
+class LLMConfig(BaseModel):
+    roles: dict[str, RoleConfig] = Field(default_factory=_default_roles)
+    concurrency: int = 16  # requests in flight per role
+    requests_per_minute: float | None = None  # None = no limit beyond concurrency
+    max_attempts: int = 5  # per call; then the item is recorded as failed
+    backoff_s: float = 1.0  # first retry wait, doubling, with jitter; Retry-After wins when longer
+    max_backoff_s: float = 60.0
+    cache_path: Path | None = None  # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
+    prompts_dir: Path | None = None  # a folder of replacement prompt templates (same file names)
+
+
+class QueryGenConfig(BaseModel):
+    """Synthetic patient queries (report: 1,000 evaluation + 2,000 training)."""
+
+    n_eval: int = 1000
+    n_train: int = 2000
+    seed: int = 0
+    query_types: list[str] = Field(default_factory=lambda: ["basic", "hypochondriac", "downplay"])
+    dispositions: list[str] = Field(default_factory=lambda: ["Self-care", "Urgent Primary Care", "A&E"])
+    sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
+    max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
+    max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
+    source: Literal["conditions", "summaries"] = "conditions"  # which text the writer sees (report: full page)
+    max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
+
+
+class TraceConfig(BaseModel):
+    k: int = 5  # retrieved summaries per query (report: 5)
+    index: IndexName = "summaries"
+    mode: RetrieverMode = "dense"  # report: dense
+    keep: Literal["all", "parsable", "correct"] = "parsable"  # which traces go into the SFT data
+    correct_on: Literal["condition", "both"] = "condition"  # what "correct" means for keep=correct
+
+
+class SFTConfig(BaseModel):
+    tokenizer: str | None = None  # student tokenizer name or path; None = a Qwen-style template rendered by hand
+    thinking_open: str = "<|im_start|>think\n"  # s1/Qwen style; "<think>\n" for the alternative
+    thinking_close: str = "\n"
+    answer_open: str = "<|im_start|>answer\n"
+    answer_close: str = ""
+    block_size: int = 32768  # tokens (report)
+    overlong: Literal["drop", "truncate"] = "drop"  # truncating would cut the answer off: drop by default
+
+
 class PipelineConfig(BaseModel):
     """Everything one end-to-end run needs; written next to the artefacts it made."""
 
@@ -128,6 +197,10 @@ class PipelineConfig(BaseModel):
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     retrieval_eval: RetrievalEvalConfig = Field(default_factory=RetrievalEvalConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    queries: QueryGenConfig = Field(default_factory=QueryGenConfig)
+    traces: TraceConfig = Field(default_factory=TraceConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
 
 
 class DataPaths:
@@ -165,8 +238,26 @@ class DataPaths:
     def bm25_dir(self, index: IndexName) -> Path:
         return self.root / "index" / f"bm25_{index}"
 
+    @property
+    def llm_summaries(self) -> Path:
+        return self.root / "corpus" / "llm_summaries.parquet"
+
     def documents(self, index: IndexName) -> Path:
-        return self.summaries if index == "summaries" else self.conditions
+        return {"summaries": self.summaries, "llm_summaries": self.llm_summaries}.get(index, self.conditions)
+
+    def llm_cache(self, llm: "LLMConfig") -> Path:
+        return llm.cache_path if llm.cache_path is not None else self.root / "llm_cache.sqlite"
+
+    def synthetic_queries(self, split: str) -> Path:
+        return self.root / "synthetic" / f"queries_{split}.parquet"
+
+    @property
+    def traces(self) -> Path:
+        return self.root / "synthetic" / "traces.parquet"
+
+    @property
+    def sft_dir(self) -> Path:
+        return self.root / "synthetic" / "sft"
 
     @property
     def retrieval_report_dir(self) -> Path:

@@ -46,7 +46,7 @@ def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=No
     """Crawl (or read) the source, clean, summarise and index everything."""
     _, report = run_crawl(config.source, paths)
     conditions, problems = run_clean(paths, config.source, config.clean)
-    summaries = run_summarise(paths, config.summary)
+    summaries, _ = run_summarise(paths, config.summary, config.llm)
     dense, bm25 = build_indexes(config, paths, embedder, client)
     return BuildResult(crawl=report.summary(), documents=conditions.height, problems=problems,
                        compression=float(summaries["compression"].mean()), dense=dense, bm25=bm25)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from t0_pipeline.artifacts import T0Error, read_parquet, sha256_text, write_config_sidecar, write_parquet
+from t0_pipeline.artifacts import T0Error, read_parquet, sha256_text, write_config_sidecar, write_json, write_parquet
 from t0_pipeline.config import DataPaths, SummaryConfig
 
 ACTION = re.compile(
@@ -143,13 +144,49 @@ class ExtractiveSummariser:
         return _render(sorted(chosen, key=lambda u: u.position))
 
 
-def get_summariser(config: SummaryConfig) -> Summariser:
+class LLMSummariser:
+    """The report's method: an LLM writes 3-4 sentences on symptoms and next steps (role ``summariser``)."""
+
+    def __init__(self, client, prompts_dir=None):
+        from t0_pipeline.prompts import load_template
+
+        self.client = client
+        self.template, digest = load_template("summarise", prompts_dir)
+        # the name carries model and prompt, so changing either re-summarises instead of reusing
+        self.name = f"llm:{client.settings.model}:{digest}"
+        self.failures: list[str] = []
+
+    def summarise(self, title: str, text: str) -> str:
+        return self.summarise_many([(title, text)])[0] or ""
+
+    def summarise_many(self, docs: list[tuple[str, str]], progress=None) -> list[str | None]:
+        from t0_pipeline.prompts import render
+
+        async def one(doc: tuple[str, str]):
+            prompt = render(self.template, "summarise", title=doc[0], text=doc[1])
+            return await self.client.complete([{"role": "user", "content": prompt}])
+
+        replies = self.client.run(docs, one, "summarise (llm)", progress)
+        out: list[str | None] = []
+        for (title, _), reply in zip(docs, replies):
+            if reply.ok and reply.content.strip():
+                out.append(reply.content.strip())
+            else:
+                self.failures.append(f"{title}: {reply.error or 'empty reply'}")
+                out.append(None)
+        return out
+
+
+def get_summariser(config: SummaryConfig, llm=None, cache=None) -> Summariser:
+    """The configured backend; ``llm`` (an LLMConfig) and ``cache`` are needed for backend='llm'."""
     if config.backend == "extractive":
         return ExtractiveSummariser(config)
-    raise T0Error(
-        f"summary backend {config.backend!r} needs the LLM client, which is not part of this release yet; "
-        "use backend='extractive' (the default)."
-    )
+    if llm is None or cache is None:
+        raise T0Error("summary backend 'llm' needs the llm section of the config (roles.summariser); "
+                      "or use backend='extractive'.")
+    from t0_pipeline.llm import LLMClient
+
+    return LLMSummariser(LLMClient("summariser", llm, cache), llm.prompts_dir)
 
 
 SUMMARY_SCHEMA = {
@@ -166,38 +203,70 @@ SUMMARY_SCHEMA = {
 }
 
 
-def summarise_documents(conditions: pl.DataFrame, summariser: Summariser,
-                        previous: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Summarise every document; unchanged documents reuse their previous summary."""
+def summarise_documents(conditions: pl.DataFrame, summariser: Summariser, previous: pl.DataFrame | None = None,
+                        progress=None) -> tuple[pl.DataFrame, list[str]]:
+    """Summarise every document; unchanged documents reuse their previous summary.
+
+    Returns (summaries, failures). A document whose summary failed is left out and named
+    in ``failures`` (its page stays in ``conditions``); a re-run retries only those.
+    """
     reuse: dict[str, dict] = {}
     if previous is not None and not previous.is_empty():
         reuse = {r["source_hash"]: r for r in previous.iter_rows(named=True) if r["summariser"] == summariser.name}
-    rows = []
-    for doc in tqdm(conditions.iter_rows(named=True), total=conditions.height, desc="summarise", leave=False):
+    rows, todo = [], []
+    for doc in conditions.iter_rows(named=True):
         old = reuse.get(doc["content_hash"])
         if old is not None and old["slug"] == doc["slug"]:
             rows.append({**old, "title": doc["title"], "url": doc["url"]})
+        else:
+            todo.append(doc)
+    if hasattr(summariser, "summarise_many"):
+        texts = summariser.summarise_many([(d["title"], d["text"]) for d in todo], progress)
+    else:
+        texts = [summariser.summarise(d["title"], d["text"]) or d["text"][:500]
+                 for d in tqdm(todo, desc="summarise", leave=False)]
+    failures = []
+    for doc, summary in zip(todo, texts):
+        if summary is None:
+            failures.append(doc["slug"])
             continue
-        summary = summariser.summarise(doc["title"], doc["text"]) or doc["text"][:500]
         rows.append({
             "slug": doc["slug"], "title": doc["title"], "url": doc["url"], "text": summary,
             "content_hash": sha256_text(summary), "source_hash": doc["content_hash"],
             "summariser": summariser.name, "chars_in": len(doc["text"]), "chars_out": len(summary),
             "compression": 1.0 - len(summary) / max(1, len(doc["text"])),
         })
-    return pl.DataFrame(rows, schema=SUMMARY_SCHEMA)
+    order = {slug: i for i, slug in enumerate(conditions["slug"])}
+    rows.sort(key=lambda r: order[r["slug"]])
+    return pl.DataFrame(rows, schema=SUMMARY_SCHEMA), failures
 
 
-def run_summarise(paths: DataPaths, config: SummaryConfig) -> pl.DataFrame:
+def run_summarise(paths: DataPaths, config: SummaryConfig, llm=None, out: Path | None = None,
+                  progress=None) -> tuple[pl.DataFrame, dict]:
+    """Summaries of the conditions dataset → ``out`` (default summaries.parquet); returns (summaries, run info)."""
+    out = out or paths.summaries
     conditions = read_parquet(paths.conditions, "conditions dataset", "t0 clean")
-    previous = pl.read_parquet(paths.summaries) if paths.summaries.exists() else None
-    summaries = summarise_documents(conditions, get_summariser(config), previous)
-    write_parquet(summaries, paths.summaries)
-    write_config_sidecar(paths.summaries, config)
-    return summaries
+    previous = pl.read_parquet(out) if out.exists() else None
+    cache = None
+    if config.backend == "llm":
+        from t0_pipeline.llm import LLMCache
 
+        cache = LLMCache(paths.llm_cache(llm)) if llm is not None else None
+    summariser = get_summariser(config, llm, cache)
+    summaries, failures = summarise_documents(conditions, summariser, previous, progress)
+    info: dict = {"backend": summariser.name, "failures": failures}
+    client = getattr(summariser, "client", None)
+    if client is not None:
+        from t0_pipeline.llm import require_some_success
 
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("summarise")
+        info["usage"] = client.usage.as_dict()
+        require_some_success(client.usage, "summariser", client.settings)
+    if summaries.is_empty():
+        raise T0Error("no summaries were produced; the previous summaries are kept.")
+    write_parquet(summaries, out)
+    write_config_sidecar(out, config, *([llm] if llm is not None else []))
+    if failures:
+        write_json(failures, out.with_name(out.stem + ".failed.json"))
+    elif out.with_name(out.stem + ".failed.json").exists():
+        out.with_name(out.stem + ".failed.json").unlink()
+    return summaries, info

@@ -111,10 +111,10 @@ def no_empty_or_duplicate_documents(settings: PipelineSettings) -> dg.AssetCheck
 )
 def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
-    out = run_summarise(paths, cfg.summary)
+    out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": out.height,
-        "backend": cfg.summary.backend,
+        "backend": info["backend"], "failed": len(info["failures"]),
         "mean_compression": float(out["compression"].mean()),
         "mean_chars_in": float(out["chars_in"].mean()), "mean_chars_out": float(out["chars_out"].mean()),
         "preview": preview(out, ["slug", "text"], rows=5),

@@ -1,0 +1,359 @@
+"""The one LLM client: every model call in the pipeline goes through here, on litellm.
+
+Roles (``summariser``, ``query_writer``, ``teacher``; later ``agent``, ``reasoner``) each
+name a model and its parameters (:class:`~t0_pipeline.config.RoleConfig`); any litellm
+provider works: a local vLLM or Ollama OpenAI-compatible server (``openai/<name>`` with
+``api_base``), OpenAI, Azure.
+
+- **Cache**: SQLite, keyed by a hash of (model, messages, parameters). Only successful
+  replies are stored, so an interrupted run resumes where it stopped, a re-run costs
+  nothing, and failed items are retried next time. One cache file can be shared by runs.
+- **Throughput**: bounded async concurrency and an optional requests-per-minute limit.
+- **Failures**: 429 / 5xx / timeouts / connection errors are retried with exponential
+  backoff and jitter, honouring ``Retry-After``, up to ``max_attempts``; then the item is
+  recorded as failed (never dropped silently, never retried forever).
+- **Structured output**: JSON validated with pydantic; one repair attempt, then failed.
+- **Reasoning**: thinking is captured whether the provider returns ``reasoning_content``
+  or inline ``<think>…</think>``.
+- **Accounting**: calls, cache hits, retries, failures, tokens and cost (litellm's price
+  table, or per-token prices set on the role for self-hosted models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.config import LLMConfig, RoleConfig
+
+# litellm fetches its model price map from the internet on import unless told otherwise
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+THINK = re.compile(r"<think>(.*?)</think>", re.S)
+
+
+def _litellm():
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.drop_params = True  # a provider that lacks e.g. `seed` ignores it instead of failing
+    return litellm
+
+
+def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[str, str]:
+    """(thinking, answer) from a reply, wherever the provider put the thinking."""
+    content = content or ""
+    if reasoning:
+        return reasoning.strip(), THINK.sub("", content).strip()
+    match = THINK.search(content)
+    if match:
+        return match.group(1).strip(), (content[: match.start()] + content[match.end():]).strip()
+    if "</think>" in content:  # the chat template opened <think> in the prompt
+        thinking, answer = content.split("</think>", 1)
+        return thinking.strip(), answer.strip()
+    return "", content.strip()
+
+
+def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
+    payload = json.dumps({"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class LLMCache:
+    """A SQLite key → reply store, safe across threads and processes (WAL)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, created REAL)")
+        self._db.commit()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, model: str, reply: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)",
+                             (key, model, json.dumps(reply, ensure_ascii=False), time.time()))
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class LLMReply:
+    content: str = ""  # the answer, thinking removed
+    thinking: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    cached: bool = False
+    attempts: int = 0
+    error: str | None = None  # set when the call finally failed
+    finish_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Usage:
+    """What a run spent; goes into asset metadata."""
+
+    requests: int = 0  # HTTP calls made (retries included)
+    completed: int = 0  # calls that returned a reply
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    repairs: int = 0  # malformed JSON re-asked
+    invalid_json: int = 0  # structured replies still invalid after the repair
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
+
+    def add(self, reply: LLMReply) -> None:
+        if reply.cached:
+            self.cache_hits += 1
+        elif reply.ok:
+            self.completed += 1
+            self.prompt_tokens += reply.prompt_tokens
+            self.completion_tokens += reply.completion_tokens
+            self.cost += reply.cost
+        else:
+            self.failures += 1
+            kind = (reply.error or "error").split(":", 1)[0]
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            self.first_error = self.first_error or reply.error
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RETRYABLE = ("RateLimitError", "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
+             "APIConnectionError", "APIError")
+
+
+def _retry_after(exc: Exception) -> float | None:
+    for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
+        value = headers.get("retry-after") if headers else None
+        if value:
+            from t0_pipeline.crawl import parse_retry_after
+
+            return parse_retry_after(value)
+    return None
+
+
+class LLMClient:
+    """Calls for one role, sharing a cache, a concurrency cap and a rate limit."""
+
+    def __init__(self, role: str, config: LLMConfig, cache: LLMCache, overrides: dict[str, Any] | None = None):
+        if role not in config.roles:
+            raise T0Error(f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to the config.")
+        self.role = role
+        self.config = config
+        self.settings: RoleConfig = config.roles[role].model_copy(update=overrides or {})
+        self.cache = cache
+        self.usage = Usage()
+        self._pace_lock: asyncio.Lock | None = None
+        self._last_start = 0.0
+        self._slots: asyncio.Semaphore | None = None
+
+    # --- one call ------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        s = self.settings
+        return {"temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed, "extra_body": s.extra_body,
+                "top_p": s.top_p}
+
+    async def _pace(self) -> None:
+        if not self.config.requests_per_minute:
+            return
+        if self._pace_lock is None:
+            self._pace_lock = asyncio.Lock()
+        async with self._pace_lock:
+            wait = self._last_start + 60.0 / self.config.requests_per_minute - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_start = time.monotonic()
+
+    def _cost(self, response: Any, prompt_tokens: int, completion_tokens: int) -> float:
+        s = self.settings
+        if s.input_cost_per_token is not None or s.output_cost_per_token is not None:
+            return prompt_tokens * (s.input_cost_per_token or 0.0) + completion_tokens * (s.output_cost_per_token or 0.0)
+        try:
+            return float(_litellm().completion_cost(completion_response=response) or 0.0)
+        except Exception:  # unknown model (self-hosted): no price known
+            return 0.0
+
+    async def complete(self, messages: Sequence[dict[str, Any]]) -> LLMReply:
+        """One chat completion, from the cache when possible; failures come back with ``error`` set."""
+        s = self.settings
+        params = self.params()
+        key = cache_key(s.model, messages, params)
+        hit = self.cache.get(key)
+        if hit is not None:
+            reply = LLMReply(**{**hit, "cached": True, "attempts": 0})
+            self.usage.add(reply)
+            return reply
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.concurrency)
+        litellm = _litellm()
+        api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
+        error = "no attempt"
+        for attempt in range(1, self.config.max_attempts + 1):
+            wait_hint = None
+            async with self._slots:
+                await self._pace()
+                self.usage.requests += 1
+                try:
+                    response = await litellm.acompletion(
+                        model=s.model, messages=list(messages), api_base=s.api_base, api_key=api_key or "none",
+                        temperature=s.temperature, max_tokens=s.max_tokens, seed=s.seed, top_p=s.top_p,
+                        timeout=s.timeout_s, num_retries=0, max_retries=0,
+                        **({"extra_body": s.extra_body} if s.extra_body else {}),
+                    )
+                except Exception as exc:  # litellm maps provider errors onto its own exception types
+                    kind = type(exc).__name__
+                    status = getattr(exc, "status_code", None)
+                    error = f"{kind}: {str(exc).splitlines()[0][:200]}"
+                    retryable = kind in RETRYABLE and not (kind == "APIError" and status and int(status) < 500)
+                    if not retryable:
+                        break
+                    wait_hint = _retry_after(exc)
+                else:
+                    message = response.choices[0].message
+                    thinking, answer = split_thinking(message.content, getattr(message, "reasoning_content", None))
+                    usage = getattr(response, "usage", None)
+                    pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+                    ct = int(getattr(usage, "completion_tokens", 0) or 0)
+                    reply = LLMReply(content=answer, thinking=thinking, prompt_tokens=pt, completion_tokens=ct,
+                                     cost=self._cost(response, pt, ct), attempts=attempt,
+                                     finish_reason=response.choices[0].finish_reason)
+                    self.cache.put(key, s.model, {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
+                    self.usage.add(reply)
+                    return reply
+            if attempt < self.config.max_attempts:
+                self.usage.retries += 1
+                backoff = self.config.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
+                wait = min(max(backoff, wait_hint or 0.0), self.config.max_backoff_s)
+                log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
+                await asyncio.sleep(wait)
+        reply = LLMReply(error=error, attempts=attempt)
+        self.usage.add(reply)
+        return reply
+
+    async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M]) -> tuple[M | None, LLMReply]:
+        """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error)."""
+        reply = await self.complete(messages)
+        if not reply.ok:
+            return None, reply
+        parsed, problem = parse_json(reply.content, schema)
+        if parsed is not None:
+            return parsed, reply
+        self.usage.repairs += 1
+        repair = [*messages, {"role": "assistant", "content": reply.content},
+                  {"role": "user", "content": f"That reply was not valid JSON for the requested format ({problem}). "
+                                              "Reply again with only the corrected JSON object and nothing else."}]
+        second = await self.complete(repair)
+        if not second.ok:
+            return None, second
+        parsed, problem = parse_json(second.content, schema)
+        if parsed is None:
+            self.usage.invalid_json += 1
+            second.error = f"InvalidJSON: {problem}"
+        return parsed, second
+
+    # --- many calls ----------------------------------------------------------------
+    def run(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
+            progress: Callable[[str], None] | None = None) -> list[Any]:
+        """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a progress bar."""
+        return asyncio.run(self.arun(items, call, desc, progress))
+
+    async def arun(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
+                   progress: Callable[[str], None] | None = None) -> list[Any]:
+        from tqdm.auto import tqdm
+
+        results: list[Any] = [None] * len(items)
+        step = max(1, len(items) // 10)
+
+        async def one(i: int, item: T) -> None:
+            results[i] = await call(item)
+
+        # the semaphore inside complete() bounds HTTP concurrency; this bounds tasks in flight
+        gate = asyncio.Semaphore(max(1, self.config.concurrency * 2))
+
+        async def gated(i: int, item: T) -> None:
+            async with gate:
+                await one(i, item)
+
+        tasks = [asyncio.ensure_future(gated(i, item)) for i, item in enumerate(items)]
+        done = 0
+        with tqdm(total=len(tasks), desc=desc, unit="call", leave=False) as bar:
+            for fut in asyncio.as_completed(tasks):
+                await fut
+                done += 1
+                bar.update(1)
+                bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
+                if progress and (done % step == 0 or done == len(tasks)):
+                    progress(f"{desc}: {done}/{len(tasks)} ({self.usage.cache_hits} cached, {self.usage.failures} failed)")
+        return results
+
+
+def parse_json(text: str, schema: type[M]) -> tuple[M | None, str]:
+    """The first JSON object in ``text`` (code fences allowed) validated by ``schema``."""
+    body = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.S)
+    if fence:
+        body = fence.group(1).strip()
+    start = body.find("{")
+    if start < 0:
+        return None, "no JSON object found"
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(body[start:])
+    except json.JSONDecodeError as exc:
+        return None, f"JSON syntax error: {exc.msg} at character {exc.pos}"
+    try:
+        return schema.model_validate(obj), ""
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return None, f"field {'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}"
+
+
+def require_some_success(usage: Usage, what: str, settings: RoleConfig) -> None:
+    """A batch in which every call failed means a configuration problem: say so in one line."""
+    if usage.failures and not (usage.completed or usage.cache_hits):
+        first = (usage.first_error or "error").replace("litellm.", "")
+        raise T0Error(f"every {what} call to {settings.model} at {settings.api_base or 'the provider default'} failed "
+                      f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was lost: "
+                      "re-running resumes from the cache.")

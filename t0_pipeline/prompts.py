@@ -1,0 +1,34 @@
+"""Prompt templates: plain text files with ``$name`` placeholders (``string.Template``).
+
+Defaults live in ``t0_pipeline/prompts/``; set ``llm.prompts_dir`` to a folder holding
+files of the same names to replace any of them. Each rendered prompt's template hash is
+recorded with its outputs, so a changed prompt is visible in the artefacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from importlib import resources
+from pathlib import Path
+
+from t0_pipeline.artifacts import T0Error
+
+
+def load_template(name: str, prompts_dir: Path | None = None) -> tuple[str, str]:
+    """(template text, short sha256) for ``<name>.txt``, user folder first."""
+    if prompts_dir is not None and (Path(prompts_dir) / f"{name}.txt").is_file():
+        text = (Path(prompts_dir) / f"{name}.txt").read_text(encoding="utf-8")
+    else:
+        text = (resources.files("t0_pipeline") / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
+    return text, hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def render(template: str, name: str, **values: object) -> str:
+    try:
+        return string.Template(template).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as exc:
+        raise T0Error(f"prompt template {name!r} uses ${exc.args[0]}, which this stage does not provide; "
+                      f"available: {', '.join(sorted(values))}.") from None
+    except ValueError as exc:
+        raise T0Error(f"prompt template {name!r} is malformed ({exc}); write a literal $ as $$.") from None

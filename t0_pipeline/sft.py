@@ -1,0 +1,148 @@
+"""SFT dataset: kept teacher traces → chat examples rendered with the student's chat template.
+
+Input: ``traces.parquet``. Output: ``<data>/synthetic/sft/train.parquet`` (id, messages as
+JSON, text, n_tokens; the trainer loads it directly) and ``README.md`` (a dataset card:
+source assets, counts, filters, teacher model, prompt hashes, token statistics).
+
+Each example: a system turn holding the retrieved documents (context lives in the system
+prompt, as at serving time), a user turn with the demographics and the query, and an
+assistant turn = thinking + answer wrapped in configurable markers (Qwen/s1 style
+``<|im_start|>think`` … ``<|im_start|>answer`` by default; ``<think>…</think>`` is one
+setting away). Nothing is masked here; the trainer masks everything but the assistant turn.
+Examples longer than the block size are dropped or truncated, as configured, and counted.
+
+Run it: ``t0 sft --data-dir DIR [--tokenizer PATH]``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+import polars as pl
+
+from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
+from t0_pipeline.config import DataPaths, SFTConfig
+from t0_pipeline.traces import documents_block
+
+SYSTEM = ("You are a clinical triage assistant. Use the documents below to decide which condition best explains the "
+          "patient's message and how urgently they need care (Self-care, Urgent Primary Care or A&E). Think first, "
+          "then answer with one line: (condition, severity), where condition is a document title or inconclusive.\n\n"
+          "Documents:\n{documents}")
+
+
+def messages_for(trace: dict[str, Any], config: SFTConfig) -> list[dict[str, str]]:
+    """The documents are the ones the teacher saw, as stored in the trace."""
+    docs = documents_block(trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"])
+    assistant = (f"{config.thinking_open}{trace['thinking']}{config.thinking_close}"
+                 f"{config.answer_open}{trace['answer']}{config.answer_close}")
+    return [
+        {"role": "system", "content": SYSTEM.format(documents=docs)},
+        {"role": "user", "content": f"About me: {trace['demographics']}\n\n{trace['query']}"},
+        {"role": "assistant", "content": assistant},
+    ]
+
+
+def load_tokenizer(name_or_path: str | None):
+    if name_or_path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise T0Error(f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local path or a "
+                      "name available offline with sft.tokenizer.") from None
+    if not getattr(tok, "chat_template", None):
+        raise T0Error(f"tokenizer {name_or_path!r} has no chat template; use the student model's instruct tokenizer.")
+    return tok
+
+
+def render_chat(messages: list[dict[str, str]], tokenizer) -> str:
+    """The training text: the tokenizer's own chat template, or ChatML (Qwen's format) when none is set."""
+    if tokenizer is not None:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def count_tokens(text: str, tokenizer) -> int:
+    if tokenizer is None:
+        return len(text.split())  # whitespace words: a stated approximation when no tokenizer is configured
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None) -> tuple[pl.DataFrame, dict]:
+    kept = traces.filter(pl.col("kept"))
+    rows, dropped, truncated = [], 0, 0
+    for trace in kept.iter_rows(named=True):
+        messages = messages_for(trace, config)
+        text = render_chat(messages, tokenizer)
+        n = count_tokens(text, tokenizer)
+        if n > config.block_size:
+            if config.overlong == "drop":
+                dropped += 1
+                continue
+            truncated += 1
+            if tokenizer is not None:
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"][: config.block_size]
+                text = tokenizer.decode(ids)
+            else:
+                text = " ".join(text.split(" ")[: config.block_size])
+            n = config.block_size
+        rows.append({"id": trace["id"], "messages": json.dumps(messages, ensure_ascii=False), "text": text, "n_tokens": n})
+    df = pl.DataFrame(rows, schema={"id": pl.String, "messages": pl.String, "text": pl.String, "n_tokens": pl.Int64})
+    lengths = df["n_tokens"].to_list()
+    stats = {
+        "traces": traces.height, "kept_traces": kept.height, "examples": df.height,
+        "dropped_overlong": dropped, "truncated_overlong": truncated, "block_size": config.block_size,
+        "tokens_mean": round(statistics.mean(lengths), 1) if lengths else 0,
+        "tokens_p50": int(statistics.median(lengths)) if lengths else 0,
+        "tokens_max": max(lengths) if lengths else 0,
+        "token_counts": "tokenizer" if tokenizer is not None else "whitespace words (no tokenizer configured)",
+    }
+    return df, stats
+
+
+def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
+    models = sorted(set(traces["model"].drop_nulls())) if traces.height else []
+    hashes = sorted(set(traces["prompt_hash"].drop_nulls())) if traces.height else []
+    lines = [
+        "# SFT dataset (t0-pipeline)", "",
+        "Chat examples for supervised fine-tuning of a retrieval-augmented reasoning student.", "",
+        "- source assets: `synthetic_queries` (train split) → `reasoning_traces` → `sft_dataset`",
+        f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): {', '.join(hashes) or 'n/a'}",
+        f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, examples: {stats['examples']}",
+        f"- over the block size ({stats['block_size']} tokens): {stats['dropped_overlong']} dropped, "
+        f"{stats['truncated_overlong']} truncated (policy: {config.overlong})",
+        f"- tokens per example: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, max {stats['tokens_max']} "
+        f"({stats['token_counts']})",
+        f"- tokenizer / chat template: {config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
+        f"- assistant markers: thinking {config.thinking_open!r}…{config.thinking_close!r}, "
+        f"answer {config.answer_open!r}…{config.answer_close!r}",
+        "", "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), `n_tokens`.",
+        "Loss masking (assistant turn only) is applied by the trainer, not stored here.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_sft(paths: DataPaths, config: SFTConfig) -> tuple[pl.DataFrame, dict]:
+    traces = read_parquet(paths.traces, "reasoning traces", "t0 traces")
+    df, stats = build_sft(traces, config, load_tokenizer(config.tokenizer))
+    if df.is_empty():
+        raise T0Error(f"no SFT examples: {stats['kept_traces']} of {stats['traces']} traces kept, "
+                      f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise sft.block_size.")
+    out = paths.sft_dir
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        df.write_parquet(tmp / "train.parquet")
+        (tmp / "README.md").write_text(dataset_card(stats, traces, config), encoding="utf-8")
+    write_config_sidecar(out / "train.parquet", config)
+    return df, stats
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("sft")
+

@@ -1,0 +1,224 @@
+"""Synthetic patient queries: conditions → an evaluation set and a training set.
+
+Input: ``conditions.parquet`` (or summaries) and the ``query_writer`` role. Output:
+``<data>/synthetic/queries_eval.parquet``, ``queries_train.parquet`` and
+``queries_report.json`` (requested / produced, refusals, failures, overlaps removed, top-up).
+
+Each draw is a cell (query type × disposition × sex), balanced by cycling through every
+cell in a seeded order, plus a condition picked with a seeded RNG. The writer returns
+demographics and a first-person description as JSON, or a refusal when the page cannot
+support that disposition: refusals are recorded and a new condition is drawn for the
+same cell. The training set is drawn the same way; rows whose (condition, disposition)
+pair is in the evaluation set are removed and the set is topped up with draws that avoid
+those pairs. Every prompt is deterministic in the seed, so a re-run is all cache hits.
+
+Run it: ``t0 synth-queries --data-dir DIR`` (needs the query_writer endpoint).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field, model_validator
+
+from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_json, write_parquet
+from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
+from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
+from t0_pipeline.prompts import load_template, render
+
+log = logging.getLogger(__name__)
+
+STYLE = {
+    "basic": "a plain, honest description of what they are experiencing.",
+    "hypochondriac": "an anxious person who adds several unrelated minor complaints and worries that it is something "
+                     "very serious, while the real symptoms are still in there.",
+    "downplay": "someone who understates how bad things are and plays down their symptoms, though the details still "
+                "show how serious it is.",
+}
+
+
+class Demographics(BaseModel):
+    age: int = Field(ge=0, le=120)
+    sex: str
+    occupation: str
+    social_support: str
+    medical_history: str
+
+
+class WrittenQuery(BaseModel):
+    refused: bool = False
+    reason: str | None = None
+    demographics: Demographics | None = None
+    symptoms_description: str | None = None
+
+    @model_validator(mode="after")
+    def _complete_unless_refused(self) -> "WrittenQuery":
+        if not self.refused and (self.demographics is None or not (self.symptoms_description or "").strip()):
+            raise ValueError("a query that is not refused needs demographics and symptoms_description")
+        return self
+
+
+QUERY_SCHEMA = {
+    "id": pl.String, "split": pl.String, "slug": pl.String, "title": pl.String, "disposition": pl.String,
+    "query_type": pl.String, "sex": pl.String, "age": pl.Int32, "occupation": pl.String, "social_support": pl.String,
+    "medical_history": pl.String, "query": pl.String, "draws": pl.Int32, "refused_slugs": pl.List(pl.String),
+    "model": pl.String, "prompt_hash": pl.String,
+}
+
+
+@dataclass
+class Cell:
+    index: int
+    query_type: str
+    disposition: str
+    sex: str
+
+
+@dataclass
+class SplitReport:
+    requested: int
+    produced: int = 0
+    refusals: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)  # cell, slug, error
+    gave_up: int = 0  # cells that refused max_redraws + 1 times
+    removed_overlaps: int = 0
+    top_up_draws: int = 0
+
+
+def balanced_cells(n: int, config: QueryGenConfig, rng: random.Random, start: int = 0) -> list[Cell]:
+    """n cells cycling through every (type, disposition, sex) combination, shuffled per cycle."""
+    combos = list(itertools.product(config.query_types, config.dispositions, config.sexes))
+    cells: list[Cell] = []
+    while len(cells) < n:
+        cycle = combos[:]
+        rng.shuffle(cycle)
+        cells.extend(Cell(start + len(cells) + i, *c) for i, c in enumerate(cycle[: n - len(cells)]))
+    return cells
+
+
+class QueryWriter:
+    def __init__(self, client: LLMClient, config: QueryGenConfig, pages: pl.DataFrame, prompts_dir=None):
+        self.client = client
+        self.config = config
+        self.pages = {r["slug"]: r for r in pages.iter_rows(named=True)}
+        self.slugs = sorted(self.pages)
+        self.template, self.prompt_hash = load_template("query_writer", prompts_dir)
+
+    def prompt(self, slug: str, cell: Cell) -> str:
+        page = self.pages[slug]
+        return render(self.template, "query_writer", condition=page["title"], disposition=cell.disposition,
+                      sex=cell.sex, query_type=cell.query_type, query_type_instructions=STYLE.get(cell.query_type, cell.query_type),
+                      page=page["text"][: self.config.max_page_chars])
+
+    async def draw(self, split: str, cell: Cell, banned: set[tuple[str, str]], report: SplitReport) -> dict | None:
+        """One query for ``cell``: redraw the condition after a refusal, up to max_redraws times."""
+        refused: list[str] = []
+        for attempt in range(self.config.max_redraws + 1):
+            rng = random.Random(f"{self.config.seed}:{split}:{cell.index}:{attempt}")
+            allowed = [s for s in self.slugs if (s, cell.disposition) not in banned and s not in refused]
+            if not allowed:
+                break
+            slug = rng.choice(allowed)
+            written, reply = await self.client.complete_json([{"role": "user", "content": self.prompt(slug, cell)}],
+                                                             WrittenQuery)
+            if written is None:
+                report.failures.append({"cell": cell.index, "slug": slug, "error": reply.error})
+                return None
+            if written.refused:
+                report.refusals += 1
+                refused.append(slug)
+                continue
+            demo = written.demographics
+            assert demo is not None
+            return {"id": f"{split}-{cell.index:05d}", "split": split, "slug": slug, "title": self.pages[slug]["title"],
+                    "disposition": cell.disposition, "query_type": cell.query_type, "sex": cell.sex, "age": demo.age,
+                    "occupation": demo.occupation, "social_support": demo.social_support,
+                    "medical_history": demo.medical_history, "query": (written.symptoms_description or "").strip(),
+                    "draws": attempt + 1, "refused_slugs": refused, "model": self.client.settings.model,
+                    "prompt_hash": self.prompt_hash}
+        report.gave_up += 1
+        return None
+
+    def draw_many(self, split: str, cells: list[Cell], banned: set[tuple[str, str]], report: SplitReport,
+                  progress=None) -> list[dict]:
+        async def one(cell: Cell):
+            return await self.draw(split, cell, banned, report)
+
+        rows = self.client.run(cells, one, f"queries ({split})", progress)
+        return [r for r in rows if r is not None]
+
+
+def remove_overlaps(train: list[dict], eval_pairs: set[tuple[str, str]]) -> tuple[list[dict], int]:
+    kept = [r for r in train if (r["slug"], r["disposition"]) not in eval_pairs]
+    return kept, len(train) - len(kept)
+
+
+def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None,
+                     progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    writer = QueryWriter(client, config, pages, prompts_dir)
+    rng = random.Random(config.seed)
+    ev = SplitReport(config.n_eval)
+    eval_rows = writer.draw_many("eval", balanced_cells(config.n_eval, config, rng), set(), ev, progress)
+    ev.produced = len(eval_rows)
+    eval_pairs = {(r["slug"], r["disposition"]) for r in eval_rows}
+
+    tr = SplitReport(config.n_train)
+    train_cells = balanced_cells(config.n_train, config, rng, start=0)
+    train_rows = writer.draw_many("train", train_cells, set(), tr, progress)
+    train_rows, tr.removed_overlaps = remove_overlaps(train_rows, eval_pairs)
+    next_index = config.n_train
+    for _ in range(config.max_top_up_rounds):
+        missing = config.n_train - len(train_rows)
+        if missing <= 0:
+            break
+        extra = balanced_cells(missing, config, rng, start=next_index)
+        next_index += missing
+        tr.top_up_draws += missing
+        train_rows += writer.draw_many("train", extra, eval_pairs, tr, progress)
+    tr.produced = len(train_rows)
+    report = {"eval": ev.__dict__, "train": tr.__dict__, "usage": client.usage.as_dict(),
+              "model": client.settings.model, "prompt_hash": writer.prompt_hash, "seed": config.seed}
+    return (pl.DataFrame(eval_rows, schema=QUERY_SCHEMA), pl.DataFrame(train_rows, schema=QUERY_SCHEMA), report)
+
+
+def disjoint_problems(eval_df: pl.DataFrame, train_df: pl.DataFrame) -> list[str]:
+    pairs = set(zip(eval_df["slug"], eval_df["disposition"])) & set(zip(train_df["slug"], train_df["disposition"]))
+    return [f"({s}, {d}) is in both sets" for s, d in sorted(pairs)]
+
+
+def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfig, overrides: dict | None = None,
+                         progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    pages = read_parquet(paths.documents(config.source if config.source == "summaries" else "full"),
+                         f"{config.source} dataset", "t0 index")
+    if pages.is_empty():
+        raise T0Error("no condition pages to write queries from; build the corpus first.")
+    client = LLMClient("query_writer", llm, LLMCache(paths.llm_cache(llm)), overrides)
+    eval_df, train_df, report = generate_queries(pages, client, config, llm.prompts_dir, progress)
+    require_some_success(client.usage, "query_writer", client.settings)
+    problems = disjoint_problems(eval_df, train_df)
+    if problems:  # cannot happen by construction; refuse to write a leaky split if it ever does
+        raise T0Error(f"evaluation and training queries share pairs: {problems[:3]}; nothing was written.")
+    write_parquet(eval_df, paths.synthetic_queries("eval"))
+    write_parquet(train_df, paths.synthetic_queries("train"))
+    write_json(report, paths.synthetic_queries("report").with_suffix(".json"))
+    write_config_sidecar(paths.synthetic_queries("train"), config, llm)
+    for split, df in (("eval", eval_df), ("train", train_df)):
+        log.info("%s queries: %d (requested %d)", split, df.height, report[split]["requested"])
+    return eval_df, train_df, report
+
+
+def demographics_text(row: dict[str, Any]) -> str:
+    return json.dumps({k: row[k] for k in ("age", "sex", "occupation", "social_support", "medical_history")},
+                      ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("synth-queries")

@@ -1,0 +1,148 @@
+"""Teacher reasoning traces: training queries → retrieved summaries → the teacher's thinking + answer.
+
+Input: ``queries_train.parquet``, the summaries index, the ``teacher`` role. Output:
+``<data>/synthetic/traces.parquet``: per query the retrieved slugs, titles and scores, the
+teacher's thinking and answer, the parsed (condition, severity), whether the condition is
+one of the retrieved titles (or "inconclusive"), whether it matches the gold labels,
+tokens, and ``kept`` under the configured filtering policy.
+
+Run it: ``t0 traces --data-dir DIR`` (needs the teacher endpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import polars as pl
+
+from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
+from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
+from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
+from t0_pipeline.prompts import load_template, render
+from t0_pipeline.synth import demographics_text
+
+log = logging.getLogger(__name__)
+
+SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")
+ANSWER = re.compile(r"\(\s*([^()\n]+?)\s*,\s*(self[\s-]?care|urgent primary care|a\s*&\s*e)\s*\)", re.I)
+
+TRACE_SCHEMA = {
+    "id": pl.String, "query": pl.String, "demographics": pl.String, "gold_slug": pl.String,
+    "gold_disposition": pl.String, "query_type": pl.String, "retrieved_slugs": pl.List(pl.String),
+    "retrieved_titles": pl.List(pl.String), "retrieved_texts": pl.List(pl.String), "scores": pl.List(pl.Float64), "gold_retrieved": pl.Boolean,
+    "thinking": pl.String, "answer": pl.String, "pred_condition": pl.String, "pred_slug": pl.String,
+    "pred_severity": pl.String, "parsable": pl.Boolean, "condition_in_retrieved": pl.Boolean,
+    "correct_condition": pl.Boolean, "correct_disposition": pl.Boolean, "kept": pl.Boolean,
+    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "error": pl.String, "model": pl.String,
+    "prompt_hash": pl.String,
+}
+
+
+def parse_answer(answer: str, titles: dict[str, str]) -> tuple[str | None, str | None, str | None]:
+    """(condition text, slug or "inconclusive", severity) from the last "(condition, severity)" in the answer.
+
+    ``titles`` maps lower-cased retrieved titles to slugs; a condition that is neither one of
+    them nor "inconclusive" comes back with slug None.
+    """
+    matches = ANSWER.findall(answer or "")
+    if not matches:
+        return None, None, None
+    condition, severity = matches[-1]
+    condition = condition.strip().strip("\"'*` ")
+    sev = severity.lower().replace(" ", "")
+    severity_name = "Self-care" if sev.startswith("self") else "A&E" if sev.startswith("a&") else "Urgent Primary Care"
+    key = condition.lower()
+    slug = "inconclusive" if key == "inconclusive" else titles.get(key)
+    return condition, slug, severity_name
+
+
+def documents_block(titles: list[str], scores: list[float], texts: list[str]) -> str:
+    return "\n\n".join(f"[{i}] {title} (score {score:.3f})\n{text}"
+                       for i, (title, score, text) in enumerate(zip(titles, scores, texts), start=1))
+
+
+def keep(row: dict[str, Any], config: TraceConfig) -> bool:
+    if row["error"]:
+        return False
+    if config.keep == "all":
+        return True
+    if not (row["parsable"] and row["condition_in_retrieved"]):
+        return False
+    if config.keep == "parsable":
+        return True
+    return bool(row["correct_condition"] and (config.correct_on == "condition" or row["correct_disposition"]))
+
+
+def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: TraceConfig, prompts_dir=None,
+                   progress=None) -> pl.DataFrame:
+    template, prompt_hash = load_template("teacher", prompts_dir)
+    rows = queries.to_dicts()
+    ranked = retriever.rank([r["query"] for r in rows], config.k, config.mode)
+    jobs = []
+    for row, hits in zip(rows, ranked):
+        slugs = [s for s, _ in hits]
+        docs = [retriever.docs[s] for s in slugs]
+        titles = [d["title"] for d in docs]
+        scores = [float(x) for _, x in hits]
+        prompt = render(template, "teacher", query=row["query"], demographics=demographics_text(row),
+                        documents=documents_block(titles, scores, [d["text"] for d in docs]))
+        jobs.append((row, slugs, titles, scores, prompt, [d["text"] for d in docs]))
+
+    async def one(job):
+        return await client.complete([{"role": "user", "content": job[4]}])
+
+    replies = client.run(jobs, one, "teacher traces", progress)
+    out = []
+    for (row, slugs, titles, scores, _, texts), reply in zip(jobs, replies):
+        condition, slug, severity = parse_answer(reply.content, {t.lower(): s for t, s in zip(titles, slugs)})
+        trace = {
+            "id": row["id"], "query": row["query"], "demographics": demographics_text(row), "gold_slug": row["slug"],
+            "gold_disposition": row["disposition"], "query_type": row["query_type"], "retrieved_slugs": slugs,
+            "retrieved_titles": titles, "retrieved_texts": texts, "scores": scores, "gold_retrieved": row["slug"] in slugs,
+            "thinking": reply.thinking, "answer": reply.content, "pred_condition": condition, "pred_slug": slug,
+            "pred_severity": severity, "parsable": condition is not None,
+            "condition_in_retrieved": slug is not None,
+            "correct_condition": slug == row["slug"], "correct_disposition": severity == row["disposition"],
+            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "error": reply.error,
+            "model": client.settings.model, "prompt_hash": prompt_hash,
+        }
+        trace["kept"] = keep(trace, config)
+        out.append(trace)
+    return pl.DataFrame(out, schema=TRACE_SCHEMA)
+
+
+def trace_stats(traces: pl.DataFrame) -> dict[str, Any]:
+    n = max(1, traces.height)
+    ok = traces.filter(pl.col("error").is_null())
+    return {
+        "traces": traces.height, "failed": traces.height - ok.height, "kept": int(traces["kept"].sum()),
+        "parsable_rate": float(ok["parsable"].sum()) / n,
+        "condition_in_retrieved_rate": float(ok["condition_in_retrieved"].sum()) / n,
+        "condition_accuracy": float(ok["correct_condition"].sum()) / n,
+        "disposition_accuracy": float(ok["correct_disposition"].sum()) / n,
+        "gold_retrieved_rate": float(traces["gold_retrieved"].sum()) / n,
+        "mean_completion_tokens": float(ok["completion_tokens"].mean() or 0.0),
+    }
+
+
+def run_traces(paths: DataPaths, config: TraceConfig, llm: LLMConfig, retriever, overrides: dict | None = None,
+               progress=None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    queries = read_parquet(paths.synthetic_queries("train"), "training queries", "t0 synth-queries")
+    if queries.is_empty():
+        raise T0Error("the training query set is empty; run `t0 synth-queries` with a working query_writer first.")
+    client = LLMClient("teacher", llm, LLMCache(paths.llm_cache(llm)), overrides)
+    traces = collect_traces(queries, retriever, client, config, llm.prompts_dir, progress)
+    require_some_success(client.usage, "teacher", client.settings)
+    write_parquet(traces, paths.traces)
+    write_config_sidecar(paths.traces, config, llm)
+    stats = {**trace_stats(traces), "usage": client.usage.as_dict(), "policy": config.keep}
+    log.info("traces: %s", stats)
+    return traces, stats
+
+
+if __name__ == "__main__":
+    from t0_pipeline.cli import run_stage
+
+    run_stage("traces")
