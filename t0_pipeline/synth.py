@@ -201,6 +201,10 @@ def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfi
     client = LLMClient("query_writer", llm, LLMCache(paths.llm_cache(llm)), overrides)
     eval_df, train_df, report = generate_queries(pages, client, config, llm.prompts_dir, progress)
     require_some_success(client.usage, "query_writer", client.settings)
+    if eval_df.is_empty():
+        first = (report["eval"]["failures"] or [{"error": "every draw was refused"}])[0]["error"]
+        raise T0Error(f"no evaluation queries were produced ({len(report['eval']['failures'])} failed draws, first: {first}); "
+                      "check the query_writer model and prompt. Nothing was written; successful calls are cached.")
     problems = disjoint_problems(eval_df, train_df)
     if problems:  # cannot happen by construction; refuse to write a leaky split if it ever does
         raise T0Error(f"evaluation and training queries share pairs: {problems[:3]}; nothing was written.")

@@ -26,7 +26,7 @@ from t0_pipeline.synth import demographics_text
 log = logging.getLogger(__name__)
 
 SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")
-ANSWER = re.compile(r"\(\s*([^()\n]+?)\s*,\s*(self[\s-]?care|urgent primary care|a\s*&\s*e)\s*\)", re.I)
+SEVERITY_TAIL = re.compile(r",\s*(self[\s-]?care|urgent primary care|a\s*&\s*e)\s*\)", re.I)
 
 TRACE_SCHEMA = {
     "id": pl.String, "query": pl.String, "demographics": pl.String, "gold_slug": pl.String,
@@ -46,11 +46,25 @@ def parse_answer(answer: str, titles: dict[str, str]) -> tuple[str | None, str |
     ``titles`` maps lower-cased retrieved titles to slugs; a condition that is neither one of
     them nor "inconclusive" comes back with slug None.
     """
-    matches = ANSWER.findall(answer or "")
+    answer = answer or ""
+    matches = list(SEVERITY_TAIL.finditer(answer))
     if not matches:
         return None, None, None
-    condition, severity = matches[-1]
-    condition = condition.strip().strip("\"'*` ")
+    tail = matches[-1]
+    # walk back to the bracket that opens this answer; titles may contain brackets themselves
+    depth, i = 0, tail.start() - 1
+    while i >= 0 and answer[i] != "\n":
+        if answer[i] == ")":
+            depth += 1
+        elif answer[i] == "(":
+            if depth == 0:
+                break
+            depth -= 1
+        i -= 1
+    if i < 0 or answer[i] != "(":
+        return None, None, None
+    condition = answer[i + 1:tail.start()].strip().strip("\"'*` ")
+    severity = tail.group(1)
     sev = severity.lower().replace(" ", "")
     severity_name = "Self-care" if sev.startswith("self") else "A&E" if sev.startswith("a&") else "Urgent Primary Care"
     key = condition.lower()

@@ -1,0 +1,66 @@
+"""SFT examples render exactly through a (tiny, test-built) tokenizer's chat template."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from t0_pipeline.config import SFTConfig
+from t0_pipeline.sft import build_sft, load_tokenizer, messages_for
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+TRACE = {"id": "t1", "query": "face dropped", "demographics": '{"age": 70}', "retrieved_titles": ["Stroke", "Migraine"],
+         "retrieved_texts": ["Call 999.", "Lie down."], "scores": [-0.5, -0.9], "retrieved_slugs": ["stroke", "migraine"],
+         "thinking": "Face droop is FAST.", "answer": "(Stroke, A&E)", "kept": True, "model": "openai/teacher",
+         "prompt_hash": "abc123"}
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    """A word-level tokenizer with a ChatML template, saved and reloaded through the users' code path."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    words = sorted({w for w in "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] 1 2 Call 999 Lie "
+                    "down face dropped Face droop is FAST About me age 70 score -0.500 -0.900 Documents".split()})
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", additional_special_tokens=specials[1:])
+    tok.chat_template = CHATML
+    tok.save_pretrained(tmp_path / "tok")
+    return load_tokenizer(str(tmp_path / "tok"))
+
+
+def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
+    config = SFTConfig(tokenizer="tiny")
+    df, stats = build_sft(pl.DataFrame([TRACE]), config, tiny_tokenizer)
+    system = json.loads(df["messages"][0])[0]["content"]
+    assert system.endswith("Documents:\n[1] Stroke (score -0.500)\nCall 999.\n\n[2] Migraine (score -0.900)\nLie down.")
+    expected = (
+        f"<|im_start|>system\n{system}<|im_end|>\n"
+        '<|im_start|>user\nAbout me: {"age": 70}\n\nface dropped<|im_end|>\n'
+        "<|im_start|>assistant\n<|im_start|>think\nFace droop is FAST.\n<|im_start|>answer\n(Stroke, A&E)<|im_end|>\n"
+    )
+    assert df["text"][0] == expected
+    assert df["n_tokens"][0] == len(tiny_tokenizer(expected, add_special_tokens=False)["input_ids"])
+    assert stats["examples"] == 1 and stats["token_counts"] == "tokenizer"
+
+
+def test_think_tag_markers_are_a_setting():
+    config = SFTConfig(thinking_open="<think>\n", thinking_close="\n</think>\n\n", answer_open="", answer_close="")
+    assistant = messages_for(TRACE, config)[-1]["content"]
+    assert assistant == "<think>\nFace droop is FAST.\n</think>\n\n(Stroke, A&E)"
+
+
+def test_overlong_examples_are_dropped_or_truncated_by_policy(tiny_tokenizer):
+    traces = pl.DataFrame([TRACE, {**TRACE, "id": "t2", "kept": False}])
+    dropped, stats = build_sft(traces, SFTConfig(block_size=20), tiny_tokenizer)
+    assert dropped.is_empty() and stats["dropped_overlong"] == 1 and stats["kept_traces"] == 1
+    cut, stats = build_sft(traces, SFTConfig(block_size=20, overlong="truncate"), tiny_tokenizer)
+    assert cut["n_tokens"].to_list() == [20] and stats["truncated_overlong"] == 1

@@ -1,0 +1,102 @@
+"""Synthetic queries: balanced seeded draws, refusal → redraw, disjoint eval/train with top-up, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import polars as pl
+
+from t0_pipeline.artifacts import sha256_text
+from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig, RoleConfig
+from t0_pipeline.synth import disjoint_problems, remove_overlaps, run_generate_queries
+from t0_pipeline_tests.fake_llm import FakeLLM
+
+PAGES = {
+    "alpha-itch": ("Alpha itch", "Itchy arms. A pharmacist can help. See a GP if it spreads."),
+    "beta-cough": ("Beta cough", "A cough. Call 111 if you cough blood. Call 999 if you cannot breathe."),
+    "gamma-pain": ("Gamma pain", "Chest pain. Call 999 now."),
+    "delta-rash": ("Delta rash", "A rash. Self-care at home. Urgent GP if fever."),
+    "eps-ache": ("Eps ache", "Back ache. Rest. GP if it lasts."),
+    "zeta-sting": ("Zeta sting", "A sting. Ice it. A&E if the throat swells."),
+}
+
+
+def writer_reply(messages):
+    """Scripted query writer: refuses A&E for 'Alpha itch', otherwise writes a query naming its inputs."""
+    prompt = messages[-1]["content"]
+    condition = re.search(r'has "([^"]+)"', prompt).group(1)
+    disposition = re.search(r"level of care: (.+?)\.\n", prompt).group(1)
+    sex = re.search(r"from a (\w+) patient", prompt).group(1)
+    if condition == "Alpha itch" and disposition == "A&E":
+        return json.dumps({"refused": True, "reason": "the page has no emergency situation"})
+    return json.dumps({"refused": False, "demographics": {"age": 40, "sex": sex, "occupation": "baker",
+                       "social_support": "lives with partner", "medical_history": "none"},
+                       "symptoms_description": f"I feel unwell ({condition} / {disposition})"})
+
+
+def setup(tmp_path, server, **gen):
+    paths = DataPaths(tmp_path / "data")
+    paths.conditions.parent.mkdir(parents=True)
+    pl.DataFrame({"slug": list(PAGES), "title": [t for t, _ in PAGES.values()], "url": [""] * 6,
+                  "text": [x for _, x in PAGES.values()], "content_hash": [sha256_text(x) for _, x in PAGES.values()]}
+                 ).write_parquet(paths.conditions)
+    llm = LLMConfig(roles={"query_writer": RoleConfig(model="openai/writer", api_base=server.api_base)}, backoff_s=0.01)
+    return paths, QueryGenConfig(**{"n_eval": 18, "n_train": 12, "seed": 7, **gen}), llm
+
+
+def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
+    with FakeLLM() as server:
+        server.on("symptom checker", writer_reply)
+        paths, cfg, llm = setup(tmp_path, server)
+        eval_df, train_df, report = run_generate_queries(paths, cfg, llm)
+
+        assert eval_df.height == 18 and train_df.height == 12
+        cells = Counter(zip(eval_df["query_type"], eval_df["disposition"], eval_df["sex"]))
+        assert len(cells) == 18 and set(cells.values()) == {1}  # 3 types × 3 dispositions × 2 sexes, once each
+        assert disjoint_problems(eval_df, train_df) == []
+        assert report["train"]["removed_overlaps"] > 0 and report["train"]["top_up_draws"] > 0
+        # a refusal made a new condition be drawn for the same cell
+        redrawn = pl.concat([eval_df, train_df]).filter(pl.col("refused_slugs").list.len() > 0)
+        assert report["eval"]["refusals"] + report["train"]["refusals"] >= 1 and redrawn.height >= 1
+        assert all(r["slug"] not in r["refused_slugs"] and r["draws"] == len(r["refused_slugs"]) + 1
+                   for r in redrawn.iter_rows(named=True))
+        assert not pl.concat([eval_df, train_df]).filter((pl.col("slug") == "alpha-itch") & (pl.col("disposition") == "A&E")).height
+        assert eval_df["query"][0].startswith("I feel unwell (") and eval_df["age"][0] == 40
+
+        requests = len(server.state.requests)
+        again_eval, again_train, again = run_generate_queries(paths, cfg, llm)
+        assert len(server.state.requests) == requests  # a re-run is all cache hits
+        assert again["usage"]["completed"] == 0 and again["usage"]["cache_hits"] > 0
+        assert again_eval.equals(eval_df) and again_train.equals(train_df)
+
+
+def test_remove_overlaps():
+    rows = [{"slug": "a", "disposition": "A&E"}, {"slug": "a", "disposition": "Self-care"}, {"slug": "b", "disposition": "A&E"}]
+    kept, removed = remove_overlaps(rows, {("a", "A&E")})
+    assert removed == 1 and kept == rows[1:]
+
+
+def test_failed_draws_are_listed_and_a_run_with_no_queries_writes_nothing(tmp_path):
+    import pytest
+
+    from t0_pipeline.artifacts import T0Error
+
+    with FakeLLM() as server:
+        server.on('has "Beta cough"', "Sorry, I can only chat.")  # never JSON, even after the repair request
+        server.on("symptom checker", writer_reply)
+        paths, cfg, llm = setup(tmp_path, server, n_eval=18, n_train=0)
+        eval_df, _, report = run_generate_queries(paths, cfg, llm)
+        failed = report["eval"]["failures"]
+        assert failed and {f["slug"] for f in failed} == {"beta-cough"}
+        assert all(f["error"].startswith("InvalidJSON") for f in failed)
+        assert eval_df.height == 18 - len(failed) and "beta-cough" not in eval_df["slug"].to_list()
+        assert report["usage"]["repairs"] == report["usage"]["invalid_json"] == len(failed)
+
+    with FakeLLM() as server:
+        server.on("symptom checker", "Sorry, I can only chat.")
+        paths, cfg, llm = setup(tmp_path / "second", server, n_eval=3, n_train=0)
+        with pytest.raises(T0Error, match=r"no evaluation queries were produced \(3 failed draws, first: InvalidJSON"):
+            run_generate_queries(paths, cfg, llm)
+        assert not paths.synthetic_queries("eval").exists()
