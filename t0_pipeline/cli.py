@@ -29,7 +29,7 @@ app = typer.Typer(
 
 DataDir = typer.Option(None, "--data-dir", "-d", help="Artefact root (default: $T0_DATA_DIR or ./data).")
 ConfigFile = typer.Option(None, "--config", "-c", help="JSON/YAML/TOML file with any PipelineConfig fields.")
-IndexOpt = typer.Option("summaries", "--index", "-i", help="Which index: full (whole pages) or summaries.")
+IndexOpt = typer.Option("summaries", "--index", "-i", help="Which index: full (whole pages), summaries or llm_summaries.")
 ModeOpt = typer.Option("hybrid", "--mode", "-m", help="Retriever: dense (embeddings), bm25 (lexical) or hybrid (RRF of both).")
 
 
@@ -55,8 +55,8 @@ def _apply_source(cfg: PipelineConfig, source: Optional[str], location: Optional
 def _retriever(cfg: PipelineConfig, paths: DataPaths, index: str):
     from t0_pipeline.retrieve import Retriever
 
-    if index not in ("full", "summaries"):
-        raise T0Error(f"--index must be full or summaries, got {index!r}.")
+    if index not in ("full", "summaries", "llm_summaries"):
+        raise T0Error(f"--index must be full, summaries or llm_summaries, got {index!r}.")
     return Retriever(index, paths, cfg.embedding, cfg.chroma, cfg.retrieval)  # type: ignore[arg-type]
 
 
@@ -109,13 +109,21 @@ def clean(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFil
 
 @app.command()
 def summarise(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile,
-              max_words: Optional[int] = typer.Option(None, help="Word budget per summary.")):
-    """Summarise every document (extractive by default: symptoms and when to get help)."""
+              max_words: Optional[int] = typer.Option(None, help="Word budget per summary (extractive)."),
+              backend: Optional[str] = typer.Option(None, help="extractive (offline default) or llm (role 'summariser')."),
+              model: Optional[str] = typer.Option(None, help="Override the summariser role's model (litellm string)."),
+              api_base: Optional[str] = typer.Option(None, help="Override the summariser role's endpoint.")):
+    """Summarise every document: symptoms and when/where to get help. Unchanged pages reuse their summary."""
     from t0_pipeline.summarise import run_summarise
 
     cfg, paths = _setup(data_dir, config)
     if max_words is not None:
         cfg.summary.max_words = max_words
+    if backend is not None:
+        if backend not in ("extractive", "llm"):
+            raise T0Error(f"--backend must be extractive or llm, got {backend!r}.")
+        cfg.summary.backend = backend  # type: ignore[assignment]
+    _override_role(cfg, "summariser", model, api_base)
     summaries, info = run_summarise(paths, cfg.summary, cfg.llm)
     typer.echo(f"{summaries.height} summaries ({info['backend']}), mean compression {summaries['compression'].mean():.0%} → {paths.summaries}")
     for slug in info["failures"]:
@@ -242,6 +250,99 @@ def query(
         typer.echo(f"{hit.rank:>4}  {hit.score:>9.4f}  {hit.slug} — {hit.title}")
         if show_text:
             typer.echo("      " + hit.text.replace("\n", "\n      ") + "\n")
+
+
+def _override_role(cfg: PipelineConfig, role: str, model: Optional[str], api_base: Optional[str]) -> None:
+    if role not in cfg.llm.roles:
+        raise T0Error(f"no LLM role {role!r} in the config; add llm.roles.{role}.")
+    if model:
+        cfg.llm.roles[role].model = model
+    if api_base:
+        cfg.llm.roles[role].api_base = api_base
+
+
+def _usage_line(usage: dict) -> str:
+    return (f"calls {usage['completed']}, cache hits {usage['cache_hits']}, retries {usage['retries']}, "
+            f"failed {usage['failures']}, tokens {usage['prompt_tokens']}+{usage['completion_tokens']}, "
+            f"cost ${usage['cost']:.4f}")
+
+
+@app.command("synth-queries")
+def synth_queries(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    n_eval: Optional[int] = typer.Option(None, help="Evaluation queries (default 1000)."),
+    n_train: Optional[int] = typer.Option(None, help="Training queries (default 2000)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the balanced draws."),
+    model: Optional[str] = typer.Option(None, help="Override the query_writer role's model."),
+    api_base: Optional[str] = typer.Option(None, help="Override the query_writer role's endpoint."),
+):
+    """Write synthetic patient queries (eval + train, no shared (condition, disposition) pair). Resumable."""
+    from t0_pipeline.synth import run_generate_queries
+
+    cfg, paths = _setup(data_dir, config)
+    for name, value in (("n_eval", n_eval), ("n_train", n_train), ("seed", seed)):
+        if value is not None:
+            setattr(cfg.queries, name, value)
+    _override_role(cfg, "query_writer", model, api_base)
+    eval_df, train_df, info = run_generate_queries(paths, cfg.queries, cfg.llm)
+    for split, df in (("eval", eval_df), ("train", train_df)):
+        r = info[split]
+        typer.echo(f"{split}: {df.height}/{r['requested']} queries, {r['refusals']} refusals, "
+                   f"{len(r['failures'])} failed, {r['removed_overlaps']} overlaps removed → {paths.synthetic_queries(split)}")
+    typer.echo(_usage_line(info["usage"]))
+
+
+@app.command()
+def traces(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    k: Optional[int] = typer.Option(None, help="Summaries retrieved per query (default 5)."),
+    mode: Optional[str] = typer.Option(None, help="Retriever mode (default dense)."),
+    keep: Optional[str] = typer.Option(None, help="Filter: all, parsable or correct."),
+    model: Optional[str] = typer.Option(None, help="Override the teacher role's model."),
+    api_base: Optional[str] = typer.Option(None, help="Override the teacher role's endpoint."),
+):
+    """Collect the teacher's reasoning traces over retrieved summaries for the training queries. Resumable."""
+    from t0_pipeline.traces import run_traces
+
+    cfg, paths = _setup(data_dir, config)
+    if k is not None:
+        cfg.traces.k = k
+    if mode is not None:
+        _check_mode(mode)
+        cfg.traces.mode = mode  # type: ignore[assignment]
+    if keep is not None:
+        if keep not in ("all", "parsable", "correct"):
+            raise T0Error(f"--keep must be all, parsable or correct, got {keep!r}.")
+        cfg.traces.keep = keep  # type: ignore[assignment]
+    _override_role(cfg, "teacher", model, api_base)
+    retriever = _retriever(cfg, paths, cfg.traces.index)
+    df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever)
+    typer.echo(f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable {stats['parsable_rate']:.0%}, "
+               f"condition accuracy {stats['condition_accuracy']:.0%}, disposition accuracy {stats['disposition_accuracy']:.0%} "
+               f"→ {paths.traces}")
+    typer.echo(_usage_line(stats["usage"]))
+
+
+@app.command()
+def sft(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    tokenizer: Optional[str] = typer.Option(None, help="Student tokenizer name or path (its chat template renders the text)."),
+    block_size: Optional[int] = typer.Option(None, help="Maximum tokens per example (default 32768)."),
+):
+    """Turn kept traces into chat examples for fine-tuning (Parquet + dataset card)."""
+    from t0_pipeline.sft import run_sft
+
+    cfg, paths = _setup(data_dir, config)
+    if tokenizer is not None:
+        cfg.sft.tokenizer = tokenizer
+    if block_size is not None:
+        cfg.sft.block_size = block_size
+    df, stats = run_sft(paths, cfg.sft)
+    typer.echo(f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean {stats['tokens_mean']}, "
+               f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over {stats['block_size']} → {paths.sft_dir}")
 
 
 @app.command()

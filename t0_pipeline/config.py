@@ -166,6 +166,8 @@ class QueryGenConfig(BaseModel):
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
     source: Literal["conditions", "summaries"] = "conditions"  # which text the writer sees (report: full page)
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
+    max_failure_rate: float = 0.05  # asset check: failed draws / requested
+    max_refusal_rate: float = 0.5  # asset check: refusals / draws (pages often lack an A&E case)
 
 
 class TraceConfig(BaseModel):
@@ -247,6 +249,10 @@ class DataPaths:
 
     def llm_cache(self, llm: "LLMConfig") -> Path:
         return llm.cache_path if llm.cache_path is not None else self.root / "llm_cache.sqlite"
+
+    @property
+    def summary_comparison_dir(self) -> Path:
+        return self.root / "eval" / "summary_comparison"
 
     def synthetic_queries(self, split: str) -> Path:
         return self.root / "synthetic" / f"queries_{split}.parquet"

@@ -7,15 +7,18 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 
 import dagster as dg
 
-from t0_pipeline.defs import corpus, retrieval
+from t0_pipeline.defs import corpus, retrieval, synthetic
 from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
 
-# Everything downstream of the source: what a re-crawl refreshes.
+# Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
 refresh_corpus = dg.define_asset_job(
     "refresh_corpus",
-    selection=dg.AssetSelection.assets(corpus.condition_pages).downstream(),
+    selection=dg.AssetSelection.assets(corpus.condition_pages).downstream() - dg.AssetSelection.groups("synthetic_data"),
     description="Re-crawl the source and rebuild whatever changed (indexes update incrementally).",
 )
+synthetic_data_job = dg.define_asset_job(
+    "synthetic_data", selection=dg.AssetSelection.groups("synthetic_data"),
+    description="LLM summaries, synthetic queries, teacher traces and the SFT dataset (needs LLM endpoints).")
 observe_corpus = dg.define_asset_job("observe_corpus", selection=[corpus.corpus_source],
                                      description="Hash the source; a new hash triggers the eager corpus assets.")
 
@@ -25,14 +28,15 @@ weekly_recrawl = dg.ScheduleDefinition(name="weekly_recrawl", job=refresh_corpus
 daily_observe = dg.ScheduleDefinition(name="daily_corpus_observation", job=observe_corpus, cron_schedule="0 6 * * *",
                                       execution_timezone="Europe/London")
 corpus_automation = dg.AutomationConditionSensorDefinition(
-    "corpus_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    "corpus_automation", target=dg.AssetSelection.groups("corpus", "retrieval"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-materialises assets whose upstream changed (e.g. a new corpus_source data version).",
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([corpus, retrieval]),
-    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval]),
-    jobs=[refresh_corpus, observe_corpus],
+    assets=dg.load_assets_from_modules([corpus, retrieval, synthetic]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic]),
+    jobs=[refresh_corpus, observe_corpus, synthetic_data_job],
     schedules=[weekly_recrawl, daily_observe],
     sensors=[corpus_automation],
     resources={

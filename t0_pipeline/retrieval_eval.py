@@ -139,7 +139,7 @@ def read_saved_queries(path: Path) -> list[EvalQuery]:
 
 
 def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any],
-                       queries: list[EvalQuery] | None = None) -> RetrievalReport:
+                       queries: list[EvalQuery] | None = None, out_dir: Path | None = None) -> RetrievalReport:
     """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
 
     ``queries`` defaults to the configured query file, validated against the corpus.
@@ -163,7 +163,7 @@ def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers
                              for q, r in zip(queries, ranks))
             log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
     table = pl.DataFrame(rows)
-    out = paths.retrieval_report_dir
+    out = out_dir or paths.retrieval_report_dir
     csv = out / "pk.csv"
     with atomic_path(csv) as tmp:
         table.write_csv(tmp)

@@ -1,0 +1,204 @@
+"""Synthetic-data assets: LLM summaries (+ their index and a comparison with the extractive
+ones), synthetic patient queries, teacher reasoning traces and the SFT dataset.
+
+Every asset here that calls a model runs in the ``llm`` concurrency pool (dagster.yaml)
+and takes an optional run config overriding its role (model, endpoint, sampling).
+"""
+
+import json
+from typing import Optional
+
+import polars as pl
+
+import dagster as dg
+
+from t0_pipeline.config import LLMConfig, PipelineConfig
+from t0_pipeline.defs.corpus import conditions, preview
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.defs.retrieval import eval_queries, summary_bm25, summary_index
+from t0_pipeline.index import build_bm25_index, build_dense_index
+from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
+from t0_pipeline.sft import run_sft
+from t0_pipeline.summarise import run_summarise
+from t0_pipeline.synth import disjoint_problems, run_generate_queries
+from t0_pipeline.traces import run_traces
+from t0_pipeline.validate import summary_problems
+
+GROUP = "synthetic_data"
+
+
+class RoleOverrides(dg.Config):
+    """Per-run overrides of the asset's LLM role (leave empty to use the config file)."""
+
+    model: Optional[str] = None
+    api_base: Optional[str] = None
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    seed: Optional[int] = None
+
+    def apply(self, llm: LLMConfig, role: str) -> LLMConfig:
+        changes = {k: v for k, v in self.model_dump().items() if v is not None}
+        if changes:
+            llm.roles[role] = llm.roles[role].model_copy(update=changes)
+        return llm
+
+
+def usage_metadata(usage: dict) -> dict:
+    return {"llm_calls": usage["completed"], "llm_cache_hits": usage["cache_hits"], "llm_retries": usage["retries"],
+            "llm_failures": usage["failures"], "llm_json_repairs": usage["repairs"],
+            "llm_invalid_json": usage["invalid_json"], "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"], "cost_usd": round(usage["cost"], 6)}
+
+
+def _config(settings: PipelineSettings, overrides: RoleOverrides, role: str) -> PipelineConfig:
+    cfg = settings.pipeline_config()
+    overrides.apply(cfg.llm, role)
+    return cfg
+
+
+@dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
+          description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.")
+def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
+    cfg, paths = _config(settings, config, "summariser"), settings.paths()
+    summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
+    out, info = run_summarise(paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info)
+    for slug in info["failures"]:
+        context.log.warning(f"summary failed for {slug}; re-materialise to retry (successful calls are cached)")
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": out.height, "failed": len(info["failures"]), "summariser": info["backend"],
+        "mean_compression": float(out["compression"].mean()), "preview": preview(out, ["slug", "text"], rows=5),
+        **usage_metadata(info["usage"]), "path": dg.MetadataValue.path(str(paths.llm_summaries)),
+    })
+
+
+@dg.asset_check(asset=llm_summaries, description="Every condition has an LLM summary of its current text (WARN).")
+def every_condition_llm_summarised(settings: PipelineSettings) -> dg.AssetCheckResult:
+    paths = settings.paths()
+    problems = summary_problems(pl.read_parquet(paths.conditions), pl.read_parquet(paths.llm_summaries))
+    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"problems": dg.MetadataValue.json(problems)})
+
+
+@dg.asset(group_name=GROUP, deps=[llm_summaries], code_version="1", kinds={"chroma"},
+          description="Dense (Chroma) and BM25 indexes of the LLM summaries.")
+def llm_summary_index(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
+                      chroma: ChromaStore) -> dg.MaterializeResult:
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    docs = pl.read_parquet(paths.llm_summaries)
+    stats = build_dense_index(docs, "llm_summaries", paths, embedding_model.config(), cfg.chunk, chroma.config(),
+                              embedder=embedding_model.load(), client=chroma.client(paths))
+    bm25 = build_bm25_index(docs, "llm_summaries", paths)
+    context.log.info(stats.summary())
+    return dg.MaterializeResult(metadata={"documents": stats.documents, "chunks": stats.chunks,
+                                          "embedded_chunks": stats.embedded_chunks, "bm25_documents": bm25["documents"]})
+
+
+@dg.asset(group_name=GROUP, deps=[summary_index, summary_bm25, llm_summary_index, eval_queries], code_version="1",
+          kinds={"python", "csv"}, description="p@k of extractive vs LLM summaries, for each retriever mode.")
+def summary_comparison(settings: PipelineSettings, embedding_model: EmbeddingModel, chroma: ChromaStore) -> dg.MaterializeResult:
+    from t0_pipeline.retrieve import Retriever
+
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    embedder, client = embedding_model.load(), chroma.client(paths)
+    retrievers = {name: Retriever(name, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
+                                  embedder=embedder, client=client) for name in ("summaries", "llm_summaries")}
+    ev = cfg.retrieval_eval.model_copy(update={"indexes": ["summaries", "llm_summaries"]})
+    report = evaluate_retrieval(paths, ev, retrievers, read_saved_queries(paths.eval_queries), paths.summary_comparison_dir)
+    return dg.MaterializeResult(metadata={"queries": report.n_queries, "p_at_k": dg.MetadataValue.md(report.markdown),
+                                          "csv": dg.MetadataValue.path(str(report.csv))})
+
+
+@dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
+          description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set sharing "
+                      "no (condition, disposition) pair, balanced over query type, disposition and sex.")
+def synthetic_queries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
+    cfg, paths = _config(settings, config, "query_writer"), settings.paths()
+    eval_df, train_df, report = run_generate_queries(paths, cfg.queries, cfg.llm, progress=context.log.info)
+    counts = lambda df, col: dg.MetadataValue.json(dict(df.group_by(col).len().sort(col).iter_rows()))  # noqa: E731
+    return dg.MaterializeResult(metadata={
+        "eval_queries": eval_df.height, "train_queries": train_df.height,
+        "requested_eval": report["eval"]["requested"], "requested_train": report["train"]["requested"],
+        "refusals": report["eval"]["refusals"] + report["train"]["refusals"],
+        "failed_draws": len(report["eval"]["failures"]) + len(report["train"]["failures"]),
+        "overlaps_removed": report["train"]["removed_overlaps"], "top_up_draws": report["train"]["top_up_draws"],
+        "eval_by_disposition": counts(eval_df, "disposition"), "eval_by_query_type": counts(eval_df, "query_type"),
+        "preview": preview(eval_df, ["slug", "disposition", "query_type", "query"], rows=5),
+        "prompt_hash": report["prompt_hash"], **usage_metadata(report["usage"]),
+        "eval_path": dg.MetadataValue.path(str(paths.synthetic_queries("eval"))),
+        "train_path": dg.MetadataValue.path(str(paths.synthetic_queries("train"))),
+    })
+
+
+def _query_report(settings: PipelineSettings) -> dict:
+    return json.loads(settings.paths().synthetic_queries("report").with_suffix(".json").read_text())
+
+
+@dg.asset_check(asset=synthetic_queries, blocking=True, description="No (condition, disposition) pair is in both sets.")
+def eval_train_disjoint(settings: PipelineSettings) -> dg.AssetCheckResult:
+    paths = settings.paths()
+    problems = disjoint_problems(pl.read_parquet(paths.synthetic_queries("eval")), pl.read_parquet(paths.synthetic_queries("train")))
+    return dg.AssetCheckResult(passed=not problems, metadata={"shared_pairs": dg.MetadataValue.json(problems[:20])})
+
+
+@dg.asset_check(asset=synthetic_queries, description="Valid JSON from the query writer (after one repair) for ≥ 95% of replies.")
+def query_json_validity(settings: PipelineSettings) -> dg.AssetCheckResult:
+    usage = _query_report(settings)["usage"]
+    replies = usage["completed"] + usage["cache_hits"] - usage["repairs"]
+    rate = 1.0 - usage["invalid_json"] / max(1, replies)
+    return dg.AssetCheckResult(passed=rate >= 0.95, metadata={"json_validity_rate": rate, "repairs": usage["repairs"]})
+
+
+@dg.asset_check(asset=synthetic_queries, description="Refusal and failure rates under the configured thresholds.")
+def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheckResult:
+    cfg, report = settings.pipeline_config().queries, _query_report(settings)
+    requested = report["eval"]["requested"] + report["train"]["requested"] + report["train"]["top_up_draws"]
+    failed = len(report["eval"]["failures"]) + len(report["train"]["failures"])
+    refusals = report["eval"]["refusals"] + report["train"]["refusals"]
+    failure_rate, refusal_rate = failed / max(1, requested), refusals / max(1, requested + refusals)
+    return dg.AssetCheckResult(
+        passed=failure_rate <= cfg.max_failure_rate and refusal_rate <= cfg.max_refusal_rate,
+        metadata={"failure_rate": failure_rate, "refusal_rate": refusal_rate, "max_failure_rate": cfg.max_failure_rate,
+                  "max_refusal_rate": cfg.max_refusal_rate})
+
+
+@dg.asset(group_name=GROUP, deps=[synthetic_queries, summary_index, summary_bm25], code_version="1", pool="llm",
+          kinds={"python", "parquet"},
+          description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
+                      "training query, parsed and filtered by the configured policy.")
+def reasoning_traces(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides,
+                     embedding_model: EmbeddingModel, chroma: ChromaStore) -> dg.MaterializeResult:
+    from t0_pipeline.retrieve import Retriever
+
+    cfg, paths = _config(settings, config, "teacher"), settings.paths()
+    retriever = Retriever(cfg.traces.index, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
+                          embedder=embedding_model.load(), client=chroma.client(paths))
+    traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
+    return dg.MaterializeResult(metadata={
+        **{k: v for k, v in stats.items() if k != "usage"}, **usage_metadata(stats["usage"]),
+        "preview": preview(traces, ["gold_slug", "gold_disposition", "pred_slug", "pred_severity", "kept"], rows=8),
+        "path": dg.MetadataValue.path(str(paths.traces)),
+    })
+
+
+@dg.asset_check(asset=reasoning_traces, description="Every kept trace names one of its retrieved documents or 'inconclusive'.")
+def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResult:
+    traces = pl.read_parquet(settings.paths().traces)
+    kept = traces.filter(pl.col("kept"))
+    bad = kept.filter(~pl.col("condition_in_retrieved"))["id"].to_list()
+    parsable = traces.filter(pl.col("parsable"))
+    share = float(parsable["condition_in_retrieved"].mean()) if parsable.height else 1.0
+    return dg.AssetCheckResult(passed=not bad, metadata={"kept_not_in_retrieved": dg.MetadataValue.json(bad[:20]),
+                                                         "share_of_parsable_in_retrieved": share})
+
+
+@dg.asset(group_name=GROUP, deps=[reasoning_traces], code_version="1", kinds={"parquet"},
+          description="Chat examples (system: retrieved context; user: demographics + query; assistant: thinking + "
+                      "answer) rendered with the student's chat template, with a dataset card.")
+def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    df, stats = run_sft(paths, cfg.sft)
+    return dg.MaterializeResult(metadata={
+        **stats, "dagster/row_count": df.height,
+        "card": dg.MetadataValue.md((paths.sft_dir / "README.md").read_text()),
+        "path": dg.MetadataValue.path(str(paths.sft_dir / "train.parquet")),
+    })

@@ -1,0 +1,77 @@
+"""The synthetic_data asset group materialised end to end against the loopback model server."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+import yaml
+
+from t0_pipeline.definitions import defs
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline_tests.conftest import write_jsonl
+from t0_pipeline_tests.fake_llm import FakeLLM
+from t0_pipeline_tests.test_cli import PAGES
+from t0_pipeline_tests.test_synth import writer_reply
+
+
+def teacher_reply(messages):
+    first_title = re.search(r"\[1\] (.+?) \(score", messages[-1]["content"]).group(1)
+    return f"The first document fits best.\n({first_title}, Urgent Primary Care)"
+
+
+def metadata(result):
+    return {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+
+
+def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
+    with FakeLLM() as server:
+        server.on("condensing a health information page", "Symptoms are mild. Call 111 if they get worse.")
+        server.on("symptom checker", writer_reply)
+        server.on("triage assistant", teacher_reply, reasoning="Compare symptoms with each document.")
+        role = {"model": "openai/fake", "api_base": server.api_base}
+        config = tmp_path / "t0.yaml"
+        config.write_text(yaml.safe_dump({
+            "llm": {"roles": {"summariser": role, "query_writer": role, "teacher": role}, "backoff_s": 0.01},
+            "queries": {"n_eval": 6, "n_train": 6, "seed": 3},
+            "traces": {"k": 2, "keep": "parsable"},
+            "sft": {"block_size": 4096},
+            "retrieval_eval": {"ks": [1, 2]},
+        }))
+        queries = write_jsonl(tmp_path / "q.jsonl", [{"query": "itchy blue fingers after ink", "condition": "ink-rash"}])
+        cfg = yaml.safe_load(config.read_text())
+        cfg["retrieval_eval"]["queries"] = str(queries)
+        config.write_text(yaml.safe_dump(cfg))
+        resources = {
+            "settings": PipelineSettings(data_dir=str(tmp_path / "data"), config_file=str(config), source_kind="pages",
+                                         source_location=str(write_jsonl(tmp_path / "pages.jsonl", PAGES))),
+            "embedding_model": EmbeddingModel(),
+            "chroma": ChromaStore(),
+        }
+        assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+        instance = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([*assets, *defs.asset_checks], resources=resources, instance=instance, raise_on_error=True)
+        evaluations = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+        assert all(evaluations.values()), evaluations
+        assert ("synthetic_queries", "eval_train_disjoint") in evaluations
+        assert ("reasoning_traces", "trace_conditions_retrieved") in evaluations
+        meta = metadata(result)
+        assert meta["llm_summaries"]["dagster/row_count"].value == 4 and meta["llm_summaries"]["llm_calls"].value == 4
+        assert meta["synthetic_queries"]["eval_queries"].value == 6 and meta["synthetic_queries"]["train_queries"].value == 6
+        assert meta["reasoning_traces"]["traces"].value == 6 and meta["reasoning_traces"]["kept"].value == 6
+        assert meta["sft_dataset"]["examples"].value == 6
+        assert "| llm_summaries | hybrid |" in meta["summary_comparison"]["p_at_k"].value
+        calls = len(server.state.requests)
+
+        synthetic = [a for a in assets if set(a.group_names_by_key.values()) == {"synthetic_data"}]
+        again = dg.materialize(synthetic, resources=resources, instance=instance, raise_on_error=True)
+        assert len(server.state.requests) == calls  # warm cache: zero model calls
+        meta = metadata(again)
+        assert meta["synthetic_queries"]["llm_calls"].value == 0 and meta["synthetic_queries"]["llm_cache_hits"].value > 0
+        assert meta["reasoning_traces"]["llm_cache_hits"].value == 6
+
+    graph = defs.resolve_asset_graph()
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("reasoning_traces")).parent_keys}
+    assert parents == {"synthetic_queries", "summary_index", "summary_bm25"}
+    assert graph.get(dg.AssetKey("reasoning_traces")).pools == {"llm"}
