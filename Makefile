@@ -42,6 +42,7 @@ ui: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_index.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_llm.py
 
 clean:
 	rm -rf $(DATA) .dagster

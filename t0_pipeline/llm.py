@@ -55,6 +55,7 @@ def _litellm():
     import litellm
 
     litellm.suppress_debug_info = True
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # it warns on every self-hosted model's price entry
     litellm.drop_params = True  # a provider that lacks e.g. `seed` ignores it instead of failing
     return litellm
 
@@ -87,6 +88,7 @@ class LLMCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last replies only
         self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, created REAL)")
         self._db.commit()
 
@@ -175,6 +177,27 @@ def _retry_after(exc: Exception) -> float | None:
     return None
 
 
+async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One litellm call → a plain outcome dict (reply fields, or the error's kind, status and Retry-After)."""
+    litellm = _litellm()
+    try:
+        response = await litellm.acompletion(**kwargs)
+    except Exception as exc:  # litellm maps provider errors onto its own exception types
+        return {"ok": False, "kind": type(exc).__name__, "status": getattr(exc, "status_code", None),
+                "message": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                "retry_after": _retry_after(exc)}
+    message = response.choices[0].message
+    usage = getattr(response, "usage", None)
+    try:
+        cost = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
+    except (TypeError, ValueError):
+        cost = 0.0
+    return {"ok": True, "content": message.content, "reasoning": getattr(message, "reasoning_content", None),
+            "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+            "cost": cost, "finish_reason": response.choices[0].finish_reason}
+
+
 class LLMClient:
     """Calls for one role, sharing a cache, a concurrency cap and a rate limit."""
 
@@ -189,6 +212,8 @@ class LLMClient:
         self._pace_lock: asyncio.Lock | None = None
         self._last_start = 0.0
         self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
 
     # --- one call ------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -199,22 +224,43 @@ class LLMClient:
     async def _pace(self) -> None:
         if not self.config.requests_per_minute:
             return
-        if self._pace_lock is None:
-            self._pace_lock = asyncio.Lock()
-        async with self._pace_lock:
+        async with self._pace_lock:  # type: ignore[union-attr]
             wait = self._last_start + 60.0 / self.config.requests_per_minute - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._last_start = time.monotonic()
 
-    def _cost(self, response: Any, prompt_tokens: int, completion_tokens: int) -> float:
+    def _price_entry(self) -> dict:
+        """This model's price for litellm's table, when litellm lacks it or the role sets one (default 0).
+
+        Besides right costs, a known model keeps litellm's per-reply cost lookup a fast hit
+        instead of a chain of failing fallbacks, which costs more CPU than the HTTP call itself.
+        """
+        litellm = _litellm()
         s = self.settings
-        if s.input_cost_per_token is not None or s.output_cost_per_token is not None:
-            return prompt_tokens * (s.input_cost_per_token or 0.0) + completion_tokens * (s.output_cost_per_token or 0.0)
-        try:
-            return float(_litellm().completion_cost(completion_response=response) or 0.0)
-        except Exception:  # unknown model (self-hosted): no price known
-            return 0.0
+        name = s.model.split("/", 1)[1] if s.model.startswith("openai/") else s.model
+        known = s.model in litellm.model_cost or name in litellm.model_cost
+        if known and s.input_cost_per_token is None and s.output_cost_per_token is None:
+            return {}
+        return {name: {"input_cost_per_token": s.input_cost_per_token or 0.0,
+                       "output_cost_per_token": s.output_cost_per_token or 0.0,
+                       "litellm_provider": "openai" if s.model.startswith("openai/") else "custom", "mode": "chat"}}
+
+    def start(self) -> None:
+        """Prepare to call (import litellm, register the price). Done on the first call anyway."""
+        if self._started:
+            return
+        prices = self._price_entry()
+        if prices:
+            _litellm().register_model(prices)
+        self._started = True
+
+    def _loop_state(self) -> asyncio.Semaphore:
+        """The concurrency gate for the running event loop (asyncio primitives belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._slots, self._pace_lock = loop, asyncio.Semaphore(self.config.concurrency), asyncio.Lock()
+        return self._slots  # type: ignore[return-value]
 
     async def complete(self, messages: Sequence[dict[str, Any]]) -> LLMReply:
         """One chat completion, from the cache when possible; failures come back with ``error`` set."""
@@ -226,47 +272,35 @@ class LLMClient:
             reply = LLMReply(**{**hit, "cached": True, "attempts": 0})
             self.usage.add(reply)
             return reply
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.config.concurrency)
-        litellm = _litellm()
+        self.start()
+        slots = self._loop_state()
         api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
+        kwargs = {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": api_key or "none",
+                  "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed, "top_p": s.top_p,
+                  "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
+                  **({"extra_body": s.extra_body} if s.extra_body else {})}
         error = "no attempt"
         for attempt in range(1, self.config.max_attempts + 1):
-            wait_hint = None
-            async with self._slots:
+            async with slots:
                 await self._pace()
                 self.usage.requests += 1
-                try:
-                    response = await litellm.acompletion(
-                        model=s.model, messages=list(messages), api_base=s.api_base, api_key=api_key or "none",
-                        temperature=s.temperature, max_tokens=s.max_tokens, seed=s.seed, top_p=s.top_p,
-                        timeout=s.timeout_s, num_retries=0, max_retries=0,
-                        **({"extra_body": s.extra_body} if s.extra_body else {}),
-                    )
-                except Exception as exc:  # litellm maps provider errors onto its own exception types
-                    kind = type(exc).__name__
-                    status = getattr(exc, "status_code", None)
-                    error = f"{kind}: {str(exc).splitlines()[0][:200]}"
-                    retryable = kind in RETRYABLE and not (kind == "APIError" and status and int(status) < 500)
-                    if not retryable:
-                        break
-                    wait_hint = _retry_after(exc)
-                else:
-                    message = response.choices[0].message
-                    thinking, answer = split_thinking(message.content, getattr(message, "reasoning_content", None))
-                    usage = getattr(response, "usage", None)
-                    pt = int(getattr(usage, "prompt_tokens", 0) or 0)
-                    ct = int(getattr(usage, "completion_tokens", 0) or 0)
-                    reply = LLMReply(content=answer, thinking=thinking, prompt_tokens=pt, completion_tokens=ct,
-                                     cost=self._cost(response, pt, ct), attempts=attempt,
-                                     finish_reason=response.choices[0].finish_reason)
-                    self.cache.put(key, s.model, {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
-                    self.usage.add(reply)
-                    return reply
+                outcome = await attempt_once(kwargs)
+            if outcome["ok"]:
+                thinking, answer = split_thinking(outcome["content"], outcome["reasoning"])
+                reply = LLMReply(content=answer, thinking=thinking, prompt_tokens=outcome["prompt_tokens"],
+                                 completion_tokens=outcome["completion_tokens"], cost=outcome["cost"], attempts=attempt,
+                                 finish_reason=outcome["finish_reason"])
+                self.cache.put(key, s.model, {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
+                self.usage.add(reply)
+                return reply
+            kind, status = outcome["kind"], outcome["status"]
+            error = f"{kind}: {outcome['message']}"
+            if kind not in RETRYABLE or (kind == "APIError" and status and int(status) < 500):
+                break
             if attempt < self.config.max_attempts:
                 self.usage.retries += 1
                 backoff = self.config.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
-                wait = min(max(backoff, wait_hint or 0.0), self.config.max_backoff_s)
+                wait = min(max(backoff, outcome["retry_after"] or 0.0), self.config.max_backoff_s)
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
                 await asyncio.sleep(wait)
         reply = LLMReply(error=error, attempts=attempt)

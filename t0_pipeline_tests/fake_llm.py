@@ -10,6 +10,7 @@ the client's timeout, malformed JSON, a refusal, or thinking returned either as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -17,8 +18,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from aiohttp import web
 
 Reply = str | Callable[[list[dict[str, Any]]], str]
 
@@ -50,98 +52,81 @@ class FakeLLMState:
 
 
 class FakeLLM:
+    """The server runs on aiohttp's async web server in a background thread (its own event loop)."""
+
     def __init__(self, latency_s: float = 0.0):
         self.state = FakeLLMState(latency_s=latency_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- handlers ------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         state = self.state
+        body = await request.json()
+        with state.lock:
+            state.requests.append(body)
+            rule = state.match(body["messages"])
+            fault = rule.faults.pop(0) if rule and rule.faults else None
+        if fault == "hang":
+            await asyncio.sleep(state.hang_s)
+        if state.latency_s:
+            await asyncio.sleep(state.latency_s)
+        if fault in (429, 503):
+            return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=fault,
+                                     headers={"Retry-After": state.retry_after})
+        if isinstance(fault, int):
+            return web.json_response({"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault)
+        if rule is None:
+            return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
+        content = rule.reply(body["messages"]) if callable(rule.reply) else rule.reply
+        if fault == "malformed":
+            content = content[: max(1, len(content) // 2)]  # truncated JSON
+        if rule.inline_think is not None:
+            content = f"<think>{rule.inline_think}</think>{content}"
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
+                 "total_tokens": prompt_tokens + len(content.split())}
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if rule.reasoning is not None:
+            message["reasoning_content"] = rule.reasoning
+        base = {"id": "chatcmpl-" + uuid.uuid4().hex[:12], "created": int(time.time()), "model": body.get("model", "fake")}
+        if not body.get("stream"):
+            return web.json_response({**base, "object": "chat.completion", "usage": usage,
+                                      "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await stream.prepare(request)
+        pieces = [{"reasoning_content": w + " "} for w in (message.get("reasoning_content") or "").split(" ") if w]
+        pieces += [{"content": w} for w in re.findall(r"\S+\s*|\s+", content)]
+        for i, delta in enumerate(pieces):
+            chunk = {**base, "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": {"role": "assistant", **delta} if i == 0 else delta,
+                                  "finish_reason": None}]}
+            await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        final = {**base, "object": "chat.completion.chunk", "usage": usage,
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await stream.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        await stream.write_eof()
+        return stream
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None):
-                body = raw if raw is not None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
-                    return self._json(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
-                self._json(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                request = json.loads(self.rfile.read(length) or b"{}")
-                with state.lock:
-                    state.requests.append(request)
-                    rule = state.match(request["messages"])
-                    fault = rule.faults.pop(0) if rule and rule.faults else None
-                if fault == "hang":
-                    time.sleep(state.hang_s)
-                    return
-                if state.latency_s:
-                    time.sleep(state.latency_s)
-                if fault in (429, 503):
-                    return self._json(fault, {"error": {"message": "slow down", "type": "rate_limit"}},
-                                      {"Retry-After": state.retry_after})
-                if isinstance(fault, int):
-                    return self._json(fault, {"error": {"message": f"scripted {fault}", "type": "server_error"}})
-                if rule is None:
-                    return self._json(400, {"error": {"message": "no scripted reply matches this prompt"}})
-                content = rule.reply(request["messages"]) if callable(rule.reply) else rule.reply
-                if fault == "malformed":
-                    content = content[: max(1, len(content) // 2)]  # truncated JSON
-                if rule.inline_think is not None:
-                    content = f"<think>{rule.inline_think}</think>{content}"
-                prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
-                         "total_tokens": prompt_tokens + len(content.split())}
-                message: dict[str, Any] = {"role": "assistant", "content": content}
-                if rule.reasoning is not None:
-                    message["reasoning_content"] = rule.reasoning
-                if request.get("stream"):
-                    return self._stream(request, message, usage)
-                self._json(200, {"id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion",
-                                 "created": int(time.time()), "model": request.get("model", "fake"),
-                                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                                 "usage": usage})
-
-            def _stream(self, request, message, usage):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                base = {"id": "chatcmpl-" + uuid.uuid4().hex[:12], "object": "chat.completion.chunk",
-                        "created": int(time.time()), "model": request.get("model", "fake")}
-                pieces = []
-                if message.get("reasoning_content"):
-                    pieces += [{"reasoning_content": w + " "} for w in message["reasoning_content"].split(" ")]
-                pieces += [{"content": w} for w in re.findall(r"\S+\s*|\s+", message["content"])]
-                for i, delta in enumerate(pieces):
-                    if i == 0:
-                        delta = {"role": "assistant", **delta}
-                    chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
-                self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
-                self.wfile.flush()
-                self.close_connection = True
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 128
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    # --- lifecycle -----------------------------------------------------------------
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=512)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def on(self, pattern: str, reply: Reply, **kw) -> Rule:
         rule = Rule(re.compile(pattern, re.S), reply, **kw)
@@ -149,10 +134,34 @@ class FakeLLM:
         return rule
 
     def __enter__(self) -> "FakeLLM":
-        self.thread.start()
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
 
+
+def main() -> None:
+    """Serve a fixed reply on a free port in its own process (benchmarks, manual dry runs)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible server with scripted replies.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    parser.add_argument("--reply", default="ok", help="the reply content for every prompt")
+    args = parser.parse_args()
+    with FakeLLM(latency_s=args.latency) as server:
+        server.on(".*", args.reply)
+        print(server.api_base, flush=True)
+        try:
+            sys.stdin.read()  # serve until the parent closes our stdin
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
