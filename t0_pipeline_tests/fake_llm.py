@@ -41,6 +41,9 @@ class FakeLLMState:
     hang_s: float = 30.0  # how long a "hang" fault sleeps
     retry_after: str = "1"
     requests: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most requests the server was handling at once
+    started_at: list[float] = field(default_factory=list)  # monotonic arrival time of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def match(self, messages: list[dict[str, Any]]) -> Rule | None:
@@ -70,8 +73,19 @@ class FakeLLM:
         body = await request.json()
         with state.lock:
             state.requests.append(body)
+            state.started_at.append(time.monotonic())
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
             rule = state.match(body["messages"])
             fault = rule.faults.pop(0) if rule and rule.faults else None
+        try:
+            return await self._reply(request, body, rule, fault)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    async def _reply(self, request: web.Request, body: dict, rule: Rule | None, fault: str | int | None) -> web.StreamResponse:
+        state = self.state
         if fault == "hang":
             await asyncio.sleep(state.hang_s)
         if state.latency_s:

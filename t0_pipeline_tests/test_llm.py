@@ -180,3 +180,56 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_call(tmp_path, fake):
     resumed = [r["messages"][-1]["content"] for r in fake.state.requests[before:]]
     assert sorted(resumed) == sorted(f"item {i}" for i in range(20) if f"item {i}" not in stored)
     assert client.usage.cache_hits == len(stored) and client.usage.completed == 20 - len(stored)
+
+
+def test_concurrency_is_bounded(tmp_path, fake):
+    fake.on("job", "done")
+    fake.state.latency_s = 0.1
+    client = make_client(tmp_path, fake, concurrency=3)
+
+    async def one(i):
+        return await client.complete([{"role": "user", "content": f"job {i}"}])
+
+    started = time.monotonic()
+    replies = client.run(list(range(12)), one, "bounded")
+    assert all(r.ok for r in replies) and fake.state.max_in_flight == 3
+    assert time.monotonic() - started >= 0.4  # 12 calls / 3 at a time × 0.1 s
+
+
+def test_requests_per_minute_spaces_request_starts(tmp_path, fake):
+    fake.on("paced", "ok")
+    client = make_client(tmp_path, fake, requests_per_minute=600)  # one start every 0.1 s
+
+    async def one(i):
+        return await client.complete([{"role": "user", "content": f"paced {i}"}])
+
+    client.run(list(range(6)), one, "paced")
+    gaps = [b - a for a, b in zip(fake.state.started_at, fake.state.started_at[1:])]
+    assert len(gaps) == 5 and min(gaps) >= 0.09
+
+
+def test_the_double_streams_reasoning_and_content_through_litellm(fake):
+    from t0_pipeline.llm import _litellm
+
+    fake.on("stream me", "(Gout, Self-care)", reasoning="Toe pain.")
+
+    async def collect():
+        stream = await _litellm().acompletion(model="openai/fake", api_base=fake.api_base, api_key="none", stream=True,
+                                              messages=[{"role": "user", "content": "stream me"}])
+        thinking, answer = "", ""
+        async for chunk in stream:
+            delta = chunk.choices[0].delta
+            thinking += getattr(delta, "reasoning_content", None) or ""
+            answer += delta.content or ""
+        return thinking.strip(), answer
+
+    assert asyncio.run(collect()) == ("Toe pain.", "(Gout, Self-care)")
+
+
+def test_per_run_role_overrides_only_touch_what_is_set():
+    from t0_pipeline.defs.synthetic import RoleOverrides
+
+    llm = RoleOverrides(model="openai/other", temperature=0.1).apply(LLMConfig(), "teacher")
+    teacher = llm.roles["teacher"]
+    assert (teacher.model, teacher.temperature, teacher.max_tokens) == ("openai/other", 0.1, 8192)
+    assert llm.roles["summariser"].model == LLMConfig().roles["summariser"].model
