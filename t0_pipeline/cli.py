@@ -346,6 +346,36 @@ def sft(
 
 
 @app.command()
+def train(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    model: Optional[str] = typer.Option(None, help="Base model name or local path (default Qwen/Qwen2.5-1.5B-Instruct)."),
+    dataset: Optional[Path] = typer.Option(None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."),
+    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints/, final/ and metrics.json go."),
+    partition: str = typer.Option("default", help="Partition key (model size) used in the default output path."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (smoke tests)."),
+    deepspeed: Optional[Path] = typer.Option(None, help="DeepSpeed config, e.g. slurm/deepspeed/zero3.json."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
+):
+    """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after preemption."""
+    from t0_pipeline.train import run_train
+
+    cfg, paths = _setup(data_dir, config)
+    t = cfg.train
+    for name, value in (("model", model), ("dataset", dataset), ("output_dir", output_dir), ("max_steps", max_steps),
+                        ("deepspeed", deepspeed)):
+        if value is not None:
+            setattr(t, name, value)
+    if lora:
+        t.lora.enabled = True
+    result = run_train(paths, t, partition)
+    last = result.eval_loss[-1][1] if result.eval_loss else float("nan")
+    typer.echo(f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}); "
+               f"train loss {result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} "
+               f"→ {result.final_dir}")
+
+
+@app.command()
 def report(data_dir: Optional[Path] = DataDir):
     """Print the last retrieval report (p@k table) and the crawl summary."""
     _, paths = _setup(data_dir, None)

@@ -188,6 +188,43 @@ class SFTConfig(BaseModel):
     overlong: Literal["drop", "truncate"] = "drop"  # truncating would cut the answer off: drop by default
 
 
+class LoRAConfig(BaseModel):
+    enabled: bool = False  # train low-rank adapters instead of every weight (small GPUs)
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class TrainConfig(BaseModel):
+    """Student fine-tuning (s1-style SFT); defaults are the report's."""
+
+    model: str = "Qwen/Qwen2.5-1.5B-Instruct"  # base model name or local path
+    dataset: Path | None = None  # SFT Parquet; None = <data_dir>/synthetic/sft/train.parquet
+    output_dir: Path | None = None  # None = <data_dir>/students/<partition>/
+    epochs: float = 5.0
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    block_size: int = 32768  # tokens; longer examples are an error upstream (sft.overlong)
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto = on when a GPU supports it
+    gradient_checkpointing: bool = True
+    eval_fraction: float = 0.05  # held-out split (the reference evaluated on its training set)
+    eval_steps: int = 50
+    save_steps: int = 50  # checkpoints to resume from after preemption
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    max_steps: int = -1  # > 0 overrides epochs (smoke tests)
+    seed: int = 0
+    deepspeed: Path | None = None  # e.g. slurm/deepspeed/zero3.json; None = plain DDP / single device
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+
+
 class PipelineConfig(BaseModel):
     """Everything one end-to-end run needs; written next to the artefacts it made."""
 
@@ -203,6 +240,7 @@ class PipelineConfig(BaseModel):
     queries: QueryGenConfig = Field(default_factory=QueryGenConfig)
     traces: TraceConfig = Field(default_factory=TraceConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 class DataPaths:
@@ -264,6 +302,9 @@ class DataPaths:
     @property
     def sft_dir(self) -> Path:
         return self.root / "synthetic" / "sft"
+
+    def student_dir(self, partition: str) -> Path:
+        return self.root / "students" / partition
 
     @property
     def retrieval_report_dir(self) -> Path:

@@ -43,3 +43,25 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def build_tiny_tokenizer(path: Path, words: str):
+    """A word-level tokenizer with a ChatML template, saved to ``path`` and reloaded the way users load one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from t0_pipeline.sft import load_tokenizer
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(words.split()) - set(specials)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
+                                  additional_special_tokens=specials[1:3])
+    tok.chat_template = CHATML
+    tok.save_pretrained(path)
+    return load_tokenizer(str(path))

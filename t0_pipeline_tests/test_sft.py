@@ -8,10 +8,8 @@ import polars as pl
 import pytest
 
 from t0_pipeline.config import SFTConfig
-from t0_pipeline.sft import build_sft, load_tokenizer, messages_for
-
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+from t0_pipeline.sft import build_sft, messages_for
+from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
 TRACE = {"id": "t1", "query": "face dropped", "demographics": '{"age": 70}', "retrieved_titles": ["Stroke", "Migraine"],
          "retrieved_texts": ["Call 999.", "Lie down."], "scores": [-0.5, -0.9], "retrieved_slugs": ["stroke", "migraine"],
@@ -21,20 +19,8 @@ TRACE = {"id": "t1", "query": "face dropped", "demographics": '{"age": 70}', "re
 
 @pytest.fixture
 def tiny_tokenizer(tmp_path):
-    """A word-level tokenizer with a ChatML template, saved and reloaded through the users' code path."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    words = sorted({w for w in "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] 1 2 Call 999 Lie "
-                    "down face dropped Face droop is FAST About me age 70 score -0.500 -0.900 Documents".split()})
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", additional_special_tokens=specials[1:])
-    tok.chat_template = CHATML
-    tok.save_pretrained(tmp_path / "tok")
-    return load_tokenizer(str(tmp_path / "tok"))
+    return build_tiny_tokenizer(tmp_path / "tok", "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] "
+                                "1 2 Call 999 Lie down face dropped Face droop is FAST About me age 70 score -0.500 -0.900")
 
 
 def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):

@@ -1,0 +1,113 @@
+"""Student training on CPU with a tiny random-initialised Qwen2 model built from a config."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.config import SFTConfig, TrainConfig
+from t0_pipeline.sft import build_sft
+from t0_pipeline.train import IGNORE, tokenize_example, train
+from t0_pipeline_tests.conftest import build_tiny_tokenizer
+
+WORDS = ("system user assistant think answer Stroke Gout Migraine A&E Self-care Urgent Primary Care ( ) , . : [ ] 1 2 "
+         "Call 999 Lie down Rest face dropped toe hot red Face droop is FAST Big toe About me age 70 score -0.500 -0.900 "
+         "Documents You are a clinical triage assistant")
+
+
+def trace(i: int, condition: str, severity: str, query: str, thinking: str) -> dict:
+    return {"id": f"t{i}", "query": query, "demographics": '{"age": 70}', "retrieved_titles": ["Stroke", "Gout"],
+            "retrieved_texts": ["Call 999 .", "Rest ."], "scores": [-0.5, -0.9], "retrieved_slugs": ["stroke", "gout"],
+            "thinking": thinking, "answer": f"( {condition} , {severity} )", "kept": True, "model": "m", "prompt_hash": "p"}
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A 2-layer Qwen2 model + tokenizer saved to a folder, and an SFT dataset made by the real sft stage."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    root = tmp_path_factory.mktemp("student")
+    tok = build_tiny_tokenizer(root / "base", WORDS)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
+    traces = [trace(i, "Stroke", "A&E", "face dropped", "Face droop is FAST .") if i % 2 else
+              trace(i, "Gout", "Urgent Primary Care", "Big toe hot red", "Big toe is hot .") for i in range(12)]
+    df, _ = build_sft(pl.DataFrame(traces), SFTConfig(tokenizer="tiny"), tok)
+    df.write_parquet(root / "sft.parquet")
+    return root, tok
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(epochs=1, max_steps=8, learning_rate=3e-3, warmup_ratio=0.0, eval_fraction=0.25, eval_steps=4,
+                save_steps=4, block_size=512, gradient_checkpointing=False, logging_steps=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_only_the_assistant_turn_is_learned(student):
+    root, tok = student
+    messages = json.loads(pl.read_parquet(root / "sft.parquet")["messages"][0])
+    example = tokenize_example(messages, tok, block_size=512)
+    learned = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE]
+    assert learned == [label for label in example["labels"] if label != IGNORE]
+    text = tok.decode(learned)
+    assert text == tok.decode(tok(messages[-1]["content"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"])
+    assert text.startswith("<|im_start|> think") and "answer" in text
+    masked = tok.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE])
+    assert "<|im_start|> system" in masked and "<|im_start|> user About" in masked and "Big toe hot red" in masked
+    assert masked.endswith("<|im_start|> assistant") and "think" not in masked
+    assert example["labels"][: len(example["labels"]) - len(learned)] == [IGNORE] * (len(example["labels"]) - len(learned))
+
+
+def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(student, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root, _ = student
+    before = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
+    result = train(small(model=str(root / "base"), gradient_checkpointing=True), root / "sft.parquet", tmp_path / "out")
+    losses = [loss for _, loss in result.train_loss]
+    assert result.global_step == 8 and result.train_examples == 9 and result.eval_examples == 3
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learned
+    assert [step for step, _ in result.eval_loss] == [4, 8]  # held-out split evaluated every eval_steps
+    after = AutoModelForCausalLM.from_pretrained(result.final_dir).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (result.final_dir / "README.md").read_text().startswith("# Student model fine-tuned from")
+    assert (result.final_dir / "tokenizer_config.json").exists()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["global_step"] == 8 and len(metrics["eval_loss"]) == 2
+
+
+def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path):
+    root, _ = student
+    first = train(small(model=str(root / "base"), max_steps=4), root / "sft.parquet", tmp_path / "out")
+    assert first.global_step == 4 and first.resumed_from is None
+    second = train(small(model=str(root / "base"), max_steps=8), root / "sft.parquet", tmp_path / "out")
+    assert second.resumed_from.endswith("checkpoint-4") and second.global_step == 8
+    assert min(step for step, _ in second.train_loss) == 1  # the log history came back with the checkpoint
+
+
+def test_lora_trains_adapters_only(student, tmp_path):
+    root, _ = student
+    cfg = small(model=str(root / "base"), max_steps=2, eval_fraction=0.0, lora={"enabled": True, "r": 4, "alpha": 8})
+    result = train(cfg, root / "sft.parquet", tmp_path / "out")
+    assert (result.final_dir / "adapter_config.json").exists() and result.global_step == 2
+
+
+def test_bad_inputs_are_one_clear_error_and_keep_the_previous_model(student, tmp_path):
+    root, _ = student
+    with pytest.raises(T0Error, match="could not load model"):
+        train(small(model=str(tmp_path / "nope")), root / "sft.parquet", tmp_path / "out")
+    with pytest.raises(T0Error, match=r"no trainable tokens .* block_size=8"):
+        train(small(model=str(root / "base"), block_size=8), root / "sft.parquet", tmp_path / "out")
+    with pytest.raises(T0Error, match="SFT dataset .* not found"):
+        train(small(model=str(root / "base")), tmp_path / "missing.parquet", tmp_path / "out")
+    with pytest.raises(T0Error, match="DeepSpeed config"):
+        train(small(model=str(root / "base"), deepspeed=tmp_path / "ds.json"), root / "sft.parquet", tmp_path / "out")
+    assert not (tmp_path / "out" / "final").exists()
