@@ -368,11 +368,41 @@ def train(
             setattr(t, name, value)
     if lora:
         t.lora.enabled = True
+    if model is None and partition in t.sizes:
+        t.model = t.sizes[partition]
     result = run_train(paths, t, partition)
     last = result.eval_loss[-1][1] if result.eval_loss else float("nan")
     typer.echo(f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}); "
                f"train loss {result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} "
                f"→ {result.final_dir}")
+
+
+@app.command()
+def sbatch(
+    site: str = typer.Option(..., help="Site profile in slurm/profiles (baskerville, isambard-ai, or your own)."),
+    size: str = typer.Option(..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."),
+    config: Optional[Path] = ConfigFile,
+    data_dir: Optional[Path] = DataDir,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the script here instead of printing it."),
+    deepspeed: str = typer.Option("slurm/deepspeed/zero3.json", help="DeepSpeed config used by the job."),
+):
+    """Render the training job script for one student size on one cluster (submit it with sbatch)."""
+    from t0_pipeline.cluster import load_profile, render_sbatch
+
+    cfg, paths = _setup(data_dir, config)
+    model = cfg.train.sizes.get(size)
+    if model is None:
+        raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add it to the config.")
+    log_dir = paths.student_dir(size) / "logs"
+    script = render_sbatch(load_profile(site), size, config_file=str(config.resolve()) if config else None,
+                           data_dir=str(paths.root.resolve()), log_dir=str(log_dir.resolve()), model=model,
+                           deepspeed=deepspeed)
+    if out:
+        log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log file before the job starts
+        out.write_text(script, encoding="utf-8")
+        typer.echo(f"wrote {out}; submit with: sbatch {out}")
+    else:
+        typer.echo(script, nl=False)
 
 
 @app.command()

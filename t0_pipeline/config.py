@@ -223,6 +223,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     deepspeed: Path | None = None  # e.g. slurm/deepspeed/zero3.json; None = plain DDP / single device
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    sizes: dict[str, str] = Field(default_factory=lambda: {  # partition key → base model (report's five sizes)
+        size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")})
 
 
 class PipelineConfig(BaseModel):

@@ -54,9 +54,11 @@ def test_index_retrieve_eval_and_query_from_a_pages_file(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ("crawl", "clean", "summarise", "index", "retrieve", "eval-retrieval", "query", "report", "config"):
+    for command in ("crawl", "clean", "summarise", "index", "retrieve", "eval-retrieval", "query", "synth-queries",
+                    "traces", "sft", "train", "sbatch", "report", "config"):
         result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0 and "--data-dir" in result.output or command == "config"
+        assert result.exit_code == 0, command
+        assert "--data-dir" in result.output or command == "config", command
 
 
 def t0(*args: str) -> subprocess.CompletedProcess:
