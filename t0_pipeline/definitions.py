@@ -7,7 +7,7 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 
 import dagster as dg
 
-from t0_pipeline.defs import corpus, retrieval, synthetic
+from t0_pipeline.defs import corpus, retrieval, synthetic, training
 from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
@@ -34,7 +34,7 @@ corpus_automation = dg.AutomationConditionSensorDefinition(
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([corpus, retrieval, synthetic]),
+    assets=dg.load_assets_from_modules([corpus, retrieval, synthetic, training]),
     asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic]),
     jobs=[refresh_corpus, observe_corpus, synthetic_data_job],
     schedules=[weekly_recrawl, daily_observe],
@@ -43,5 +43,6 @@ defs = dg.Definitions(
         "settings": PipelineSettings(),
         "embedding_model": EmbeddingModel(),
         "chroma": ChromaStore(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     },
 )

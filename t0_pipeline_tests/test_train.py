@@ -111,3 +111,32 @@ def test_bad_inputs_are_one_clear_error_and_keep_the_previous_model(student, tmp
     with pytest.raises(T0Error, match="DeepSpeed config"):
         train(small(model=str(root / "base"), deepspeed=tmp_path / "ds.json"), root / "sft.parquet", tmp_path / "out")
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_path):
+    import shutil
+
+    import dagster as dg
+
+    from t0_pipeline.defs.resources import PipelineSettings
+    from t0_pipeline.defs.training import build_student_checkpoint
+
+    root, _ = student
+    data = tmp_path / "data"
+    (data / "synthetic" / "sft").mkdir(parents=True)
+    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
+    config = tmp_path / "t0.yaml"
+    config.write_text(json.dumps({"train": {"sizes": {"tiny": str(root / "base")}, "max_steps": 6, "learning_rate": 3e-3,
+                                            "warmup_ratio": 0.0, "eval_fraction": 0.25, "eval_steps": 3,
+                                            "save_steps": 3, "block_size": 512, "gradient_checkpointing": False}}))
+    asset = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
+    result = dg.materialize([asset], partition_key="tiny", resources={
+        "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient()})
+    assert result.success
+    meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    assert meta["checkpoint"].value == str(data / "students" / "tiny" / "final")  # partition key in the path
+    assert meta["global_step"].value == 6 and meta["base_model"].value == str(root / "base")
+    assert meta["final_train_loss"].value < meta["first_train_loss"].value
+    assert len(json.loads(meta["eval_losses"].value)) == 2
+    assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()

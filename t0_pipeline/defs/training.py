@@ -1,0 +1,43 @@
+"""Training assets: one student_checkpoint partition per student size.
+
+The partitions are ``train.sizes`` from the config file named by ``$T0_CONFIG`` (read when
+the code location loads), so a new size is a new partition and a backfill. Materialising
+a partition runs the training payload (``t0_pipeline.pipes_train``) through Dagster Pipes,
+one partition per run, in the ``gpu`` concurrency pool so two partitions never fight for one
+local GPU.
+"""
+
+import os
+import sys
+
+import dagster as dg
+
+from t0_pipeline.config import load_config
+from t0_pipeline.defs.resources import PipelineSettings
+from t0_pipeline.defs.synthetic import sft_dataset
+
+
+def size_partitions() -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(list(load_config(os.environ.get("T0_CONFIG") or None).train.sizes))
+
+
+def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="student_checkpoint", group_name="training", deps=[sft_dataset], partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1), pool="gpu", code_version="1",
+        kinds={"pytorch"},
+        description="A fine-tuned student (Hugging Face format) per size; checkpoints under "
+                    "<data>/students/<size>/, resumable after preemption.",
+    )
+    def student_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings,
+                           pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        return pipes_subprocess_client.run(
+            context=context,
+            command=[sys.executable, "-m", "t0_pipeline.pipes_train"],
+            extras={"config_file": settings.config_file, "data_dir": settings.data_dir},
+        ).get_materialize_result()
+
+    return student_checkpoint
+
+
+student_checkpoint = build_student_checkpoint(size_partitions())
