@@ -65,3 +65,15 @@ def build_tiny_tokenizer(path: Path, words: str):
     tok.chat_template = CHATML
     tok.save_pretrained(path)
     return load_tokenizer(str(path))
+
+
+def graph_subset(groups: set[str]) -> list:
+    """The Definitions' assets and asset checks belonging to ``groups``, for dagster.materialize."""
+    import dagster as dg
+
+    from t0_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.group_names_by_key.values()) <= groups]
+    checks = [c for c in defs.asset_checks if all(graph.get(k.asset_key).group_name in groups for k in c.check_keys)]
+    return [*assets, *checks]

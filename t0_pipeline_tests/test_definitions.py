@@ -8,7 +8,7 @@ import polars as pl
 from t0_pipeline.definitions import defs
 from t0_pipeline.defs.corpus import corpus_source
 from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
-from t0_pipeline_tests.conftest import write_jsonl
+from t0_pipeline_tests.conftest import graph_subset, write_jsonl
 from t0_pipeline_tests.test_cli import PAGES
 
 
@@ -47,12 +47,9 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
         "embedding_model": EmbeddingModel(),
         "chroma": ChromaStore(),
     }
-    offline = {"corpus", "retrieval"}  # the synthetic_data group needs an LLM endpoint: see test_synthetic_assets
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.group_names_by_key.values()) <= offline]
-    checks = [c for c in defs.asset_checks if all(
-        defs.resolve_asset_graph().get(k.asset_key).group_name in offline for k in c.check_keys)]
+    offline = graph_subset({"corpus", "retrieval"})  # synthetic_data needs an LLM endpoint: see test_synthetic_assets
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([*assets, *checks], resources=resources, instance=instance, raise_on_error=True)
+    result = dg.materialize(offline, resources=resources, instance=instance, raise_on_error=True)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) >= 8 and all(e.passed for e in evaluations), [(e.check_name, e.passed) for e in evaluations]
@@ -72,7 +69,7 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
     write_jsonl(pages, changed)
     after = observe_source(resources, instance)
     assert before and after and before != after
-    again = dg.materialize([*assets, *checks], resources=resources, instance=instance,
+    again = dg.materialize(offline, resources=resources, instance=instance,
                            selection="condition_pages*", raise_on_error=True)
     mats = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
             for e in again.get_asset_materialization_events()}

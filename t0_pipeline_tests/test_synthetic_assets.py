@@ -9,7 +9,7 @@ import yaml
 
 from t0_pipeline.definitions import defs
 from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
-from t0_pipeline_tests.conftest import write_jsonl
+from t0_pipeline_tests.conftest import graph_subset, write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM
 from t0_pipeline_tests.test_cli import PAGES
 from t0_pipeline_tests.test_synth import writer_reply
@@ -49,12 +49,10 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
             "embedding_model": EmbeddingModel(),
             "chroma": ChromaStore(),
         }
-        groups = {"corpus", "retrieval", "synthetic_data"}  # training has its own test (test_train.py)
-        assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.group_names_by_key.values()) <= groups]
-        checks = [c for c in defs.asset_checks
-                  if all(defs.resolve_asset_graph().get(k.asset_key).group_name in groups for k in c.check_keys)]
+        # training has its own test (test_train.py)
+        everything = graph_subset({"corpus", "retrieval", "synthetic_data"})
         instance = dg.DagsterInstance.ephemeral()
-        result = dg.materialize([*assets, *checks], resources=resources, instance=instance, raise_on_error=True)
+        result = dg.materialize(everything, resources=resources, instance=instance, raise_on_error=True)
         evaluations = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
         assert all(evaluations.values()), evaluations
         assert ("synthetic_queries", "eval_train_disjoint") in evaluations
@@ -67,7 +65,7 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
         assert "| llm_summaries | hybrid |" in meta["summary_comparison"]["p_at_k"].value
         calls = len(server.state.requests)
 
-        synthetic = [a for a in assets if set(a.group_names_by_key.values()) == {"synthetic_data"}]
+        synthetic = [a for a in graph_subset({"synthetic_data"}) if isinstance(a, dg.AssetsDefinition)]
         again = dg.materialize(synthetic, resources=resources, instance=instance, raise_on_error=True)
         assert len(server.state.requests) == calls  # warm cache: zero model calls
         meta = metadata(again)
