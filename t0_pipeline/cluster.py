@@ -23,7 +23,7 @@ SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
 
 class Allocation(BaseModel):
     nodes: int = Field(ge=1)
-    gpus_per_node: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=0)  # 0 = a CPU-only job (one process per node)
     hours: int = Field(ge=1)
     mem: str | int = 0  # Slurm --mem per node; 0 = all of it
 
@@ -35,7 +35,7 @@ class SiteProfile(BaseModel):
     partition: str | None = None
     qos: str | None = None
     gpus_per_node: int = 4
-    cpus_per_gpu: int = 8
+    cpus_per_gpu: int = 8  # CPU-only jobs get this many CPUs
     modules: list[str] = Field(default_factory=list)
     container: str | None = None  # an Apptainer image; the command runs inside it
     setup: list[str] = Field(default_factory=list)
@@ -63,7 +63,7 @@ def load_profile(site: str, profiles_dir: Path | None = None) -> SiteProfile:
 
 
 def render_sbatch(profile: SiteProfile, size: str, *, config_file: str | None, data_dir: str, log_dir: str,
-                  model: str | None = None, deepspeed: str = "slurm/deepspeed/zero3.json",
+                  model: str | None = None, deepspeed: str | None = "slurm/deepspeed/zero3.json",
                   template: Path | None = None) -> str:
     """The job script for one student size on one site."""
     import jinja2

@@ -140,3 +140,68 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
     assert len(json.loads(meta["eval_losses"].value)) == 2
     assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()
+
+
+def _slurm_up() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("sbatch") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, tmp_path):
+    """.ci/run starts a one-node Slurm cluster (.ci/slurm-up.sh); the job script comes from a site profile."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    import t0_pipeline
+    from t0_pipeline.cluster import load_profile, render_sbatch
+
+    if not _slurm_up():
+        if os.environ.get("CI"):
+            pytest.fail("CI should have started a Slurm cluster (.ci/slurm-up.sh) but sinfo does not answer")
+        pytest.skip("no Slurm cluster here; start one with `sudo bash .ci/slurm-up.sh`")
+    root, _ = student
+    data = tmp_path / "data"
+    (data / "synthetic" / "sft").mkdir(parents=True)
+    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
+    config = tmp_path / "t0.yaml"
+    config.write_text(yaml.safe_dump({"train": {"max_steps": 6, "learning_rate": 3e-3, "warmup_ratio": 0.0,
+                                                "eval_fraction": 0.25, "eval_steps": 3, "save_steps": 3,
+                                                "block_size": 512, "gradient_checkpointing": False}}))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
+        "name": "ci-cpu", "gpus_per_node": 0, "cpus_per_gpu": 1,
+        "setup": [f'export PATH="{Path(sys.executable).parent}:$PATH"'],
+        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": 2048}}}))
+    logs = data / "students" / "tiny" / "logs"
+    logs.mkdir(parents=True)
+    script = tmp_path / "train-tiny.sbatch"
+    script.write_text(render_sbatch(load_profile("ci-cpu", profiles), "tiny", config_file=str(config), data_dir=str(data),
+                                    log_dir=str(logs), model=str(root / "base"), deepspeed=None))
+    repo = Path(t0_pipeline.__file__).resolve().parents[1]
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True,
+                         cwd=repo).stdout.strip().split(";")[0]
+    state, deadline = "PENDING", time.time() + 300
+    while time.time() < deadline:  # no accounting database here: scontrol remembers finished jobs, squeue does not
+        out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True).stdout
+        state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), state)
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            break
+        time.sleep(1)
+    log = logs / f"t0-train-tiny-{job}.out"
+    assert state == "COMPLETED", log.read_text()[-3000:] if log.exists() else state
+    metrics = json.loads((data / "students" / "tiny" / "metrics.json").read_text())
+    assert metrics["global_step"] == 6
+    losses = [loss for _, loss in metrics["train_loss"]]
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    assert AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final") is not None
