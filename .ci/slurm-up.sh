@@ -2,9 +2,9 @@
 # Start a one-node Slurm 22.05 cluster on this machine (root, no systemd): munge, slurmctld, slurmd.
 # Used by .ci/run before the tests; safe to run again (it restarts the daemons).
 set -euo pipefail
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v sshd >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge openssh-server >/dev/null
 fi
 CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
@@ -42,6 +42,17 @@ sleep 1
 su -s /bin/sh munge -c "munged --force" 2>/dev/null || munged --force
 slurmctld
 slurmd -N localhost
+# sshd with a key, for dagster-slurm's SSH submission. CI logs in as root: the fresh clone and its
+# venv live under root's home, which another user could not read. A site uses its own user.
+mkdir -p /run/sshd /root/.ssh
+chmod 700 /root/.ssh
+[ -f /root/.ssh/t0_ci ] || ssh-keygen -q -t ed25519 -N "" -f /root/.ssh/t0_ci
+grep -qF "$(cat /root/.ssh/t0_ci.pub)" /root/.ssh/authorized_keys 2>/dev/null || cat /root/.ssh/t0_ci.pub >> /root/.ssh/authorized_keys
+chmod 600 /root/.ssh/authorized_keys
+ssh-keygen -A >/dev/null 2>&1
+pgrep -x sshd >/dev/null || /usr/sbin/sshd -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
+ssh-keyscan -H localhost >> /root/.ssh/known_hosts 2>/dev/null || true
+
 for _ in $(seq 1 30); do
   if sinfo -h -o "%T" 2>/dev/null | grep -qE "idle|mixed"; then
     echo "slurm: one-node cluster up ($(sinfo -h -o '%D node, %c CPUs, %T'))"

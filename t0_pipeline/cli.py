@@ -405,6 +405,20 @@ def sbatch(
         typer.echo(script, nl=False)
 
 
+@app.command("slurm-env")
+def slurm_env(
+    path: Path = typer.Option(..., help="Directory on storage the compute nodes share."),
+    venv: Optional[Path] = typer.Option(None, help="The virtual environment holding t0-pipeline (default: this one)."),
+):
+    """Lay out a pre-deployed environment for dagster-slurm (activate.sh + env/ → the venv)."""
+    import sys
+
+    from t0_pipeline.cluster import prepare_env_dir
+
+    out = prepare_env_dir(path, venv or Path(sys.prefix))
+    typer.echo(f"pre-deployed environment ready at {out}; set TrainingCompute.env_path to it")
+
+
 @app.command()
 def report(data_dir: Optional[Path] = DataDir):
     """Print the last retrieval report (p@k table) and the crawl summary."""

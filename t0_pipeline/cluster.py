@@ -81,3 +81,22 @@ def render_sbatch(profile: SiteProfile, size: str, *, config_file: str | None, d
     return env.from_string(source).render(
         profile=profile, size=size, alloc=alloc, job_name=f"t0-train-{size}", config_file=config_file,
         data_dir=data_dir, log_dir=log_dir, model=model, deepspeed=deepspeed, container_prefix=prefix)
+
+
+def prepare_env_dir(path: Path, venv: Path) -> Path:
+    """Lay out ``path`` as dagster-slurm's pre-deployed environment: ``activate.sh`` + ``env/`` (→ the venv).
+
+    The venv itself is linked (not just its bin/), so its interpreter still finds pyvenv.cfg.
+    Use a path on storage the compute nodes share.
+    """
+    path = Path(path)
+    venv = Path(venv).resolve()
+    if not (venv / "bin" / "python").exists():
+        raise T0Error(f"{venv} is not a virtual environment (no bin/python); pass the venv holding t0-pipeline.")
+    path.mkdir(parents=True, exist_ok=True)
+    link = path / "env"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(venv, target_is_directory=True)
+    (path / "activate.sh").write_text(f'source "{venv}/bin/activate"\n', encoding="utf-8")
+    return path

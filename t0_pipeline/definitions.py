@@ -8,7 +8,7 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 import dagster as dg
 
 from t0_pipeline.defs import corpus, retrieval, synthetic, training
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings, TrainingCompute
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
 refresh_corpus = dg.define_asset_job(
@@ -43,6 +43,6 @@ defs = dg.Definitions(
         "settings": PipelineSettings(),
         "embedding_model": EmbeddingModel(),
         "chroma": ChromaStore(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_compute": TrainingCompute(),
     },
 )

@@ -118,7 +118,7 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
 
     import dagster as dg
 
-    from t0_pipeline.defs.resources import PipelineSettings
+    from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
     from t0_pipeline.defs.training import build_student_checkpoint
 
     root, _ = student
@@ -132,7 +132,7 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     asset = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
     result = dg.materialize([asset], partition_key="tiny", resources={
         "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
-        "pipes_subprocess_client": dg.PipesSubprocessClient()})
+        "training_compute": TrainingCompute(mode="local")})
     assert result.success
     meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
     assert meta["checkpoint"].value == str(data / "students" / "tiny" / "final")  # partition key in the path
@@ -205,3 +205,71 @@ def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, t
     losses = [loss for _, loss in metrics["train_loss"]]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     assert AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final") is not None
+
+
+@pytest.mark.slow
+def test_student_checkpoint_partition_trains_through_dagster_slurm_over_ssh(student, tmp_path):
+    """student_checkpoint → dagster-slurm → SSH → sbatch on the one-node cluster that .ci/run starts."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import dagster as dg
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from t0_pipeline.cluster import prepare_env_dir
+    from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
+    from t0_pipeline.defs.training import build_student_checkpoint
+
+    key = Path(os.environ.get("T0_CI_SSH_KEY", "/root/.ssh/t0_ci"))
+    if not (_slurm_up() and key.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("CI should have started Slurm and sshd with a key (.ci/slurm-up.sh)")
+        pytest.skip("no Slurm cluster reachable over SSH here; run `sudo bash .ci/slurm-up.sh`")
+    root, _ = student
+    data = tmp_path / "data"
+    (data / "synthetic" / "sft").mkdir(parents=True)
+    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
+    config = tmp_path / "t0.yaml"
+    config.write_text(yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, "max_steps": 6,
+                                                "learning_rate": 3e-3, "warmup_ratio": 0.0, "eval_fraction": 0.25,
+                                                "eval_steps": 3, "save_steps": 3, "block_size": 512,
+                                                "gradient_checkpointing": False}}))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
+        "name": "ci-cpu", "partition": "debug", "gpus_per_node": 0, "cpus_per_gpu": 1,
+        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": "2G"}}}))
+    env = prepare_env_dir(tmp_path / "deployed", Path(sys.prefix))
+    compute = TrainingCompute(mode="slurm", site="ci-cpu", profiles_dir=str(profiles), ssh_host="localhost",
+                              ssh_user="root", ssh_key_path=str(key), env_path=str(env),
+                              remote_base=str(tmp_path / "remote"))
+    before = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
+    result = dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
+                            resources={"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+                                       "training_compute": compute})
+    assert result.success
+    meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    assert int(meta["slurm_job_id"].value) > 0  # it ran under Slurm
+    assert meta["global_step"].value == 6 and meta["final_train_loss"].value < meta["first_train_loss"].value
+    final = AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final").state_dict()
+    assert any(not torch.equal(before[k], final[k]) for k in before)
+
+    # a cluster that rejects the job: one clear error, and the checkpoint just made stays
+    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
+        "name": "ci-cpu", "partition": "no-such-partition", "gpus_per_node": 0, "cpus_per_gpu": 1,
+        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": "2G"}}}))
+    rejected = dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
+                              resources={"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+                                         "training_compute": compute}, raise_on_error=False)
+    assert not rejected.success
+    failure = next(e for e in rejected.all_events if e.event_type_value == "STEP_FAILURE")
+    messages, err = [], failure.event_specific_data.error
+    while err is not None:  # dagster wraps the T0Error: walk the cause chain
+        messages.append(err.message)
+        err = err.cause
+    assert any("the Slurm job for tiny did not complete: sbatch: error: invalid partition" in m for m in messages)
+    assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()

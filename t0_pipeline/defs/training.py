@@ -2,18 +2,19 @@
 
 The partitions are ``train.sizes`` from the config file named by ``$T0_CONFIG`` (read when
 the code location loads), so a new size is a new partition and a backfill. Materialising
-a partition runs the training payload (``t0_pipeline.pipes_train``) through Dagster Pipes,
-one partition per run, in the ``gpu`` concurrency pool so two partitions never fight for one
+a partition runs the training payload (``t0_pipeline.pipes_train``) through the
+``training_compute`` resource: a local Pipes subprocess, or a Slurm job via dagster-slurm.
+One partition per run, in the ``gpu`` concurrency pool so two partitions never fight for one
 local GPU.
 """
 
 import os
-import sys
+from pathlib import Path
 
 import dagster as dg
 
 from t0_pipeline.config import load_config
-from t0_pipeline.defs.resources import PipelineSettings
+from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
 from t0_pipeline.defs.synthetic import sft_dataset
 
 
@@ -30,12 +31,10 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
                     "<data>/students/<size>/, resumable after preemption.",
     )
     def student_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings,
-                           pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        return pipes_subprocess_client.run(
-            context=context,
-            command=[sys.executable, "-m", "t0_pipeline.pipes_train"],
-            extras={"config_file": settings.config_file, "data_dir": settings.data_dir},
-        ).get_materialize_result()
+                           training_compute: TrainingCompute) -> dg.MaterializeResult:
+        extras = {"config_file": str(Path(settings.config_file).resolve()) if settings.config_file else None,
+                  "data_dir": str(Path(settings.data_dir).resolve())}
+        return training_compute.run(context, extras)
 
     return student_checkpoint
 
