@@ -45,6 +45,7 @@ def main() -> None:
             "resumed_from": result.resumed_from or "",
             "device_hours": round(hours * devices, 4),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "resolved_config": {"raw_value": json.dumps(train_cfg.model_dump(mode="json")), "type": "json"},
         })
 
 

@@ -139,6 +139,9 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     assert meta["global_step"].value == 6 and meta["base_model"].value == str(root / "base")
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
     assert len(json.loads(meta["eval_losses"].value)) == 2
+    resolved = meta["resolved_config"].value
+    resolved = json.loads(resolved) if isinstance(resolved, str) else resolved
+    assert resolved["max_steps"] == 6 and resolved["model"] == str(root / "base")
     assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()
 
 
