@@ -1,0 +1,67 @@
+"""Budget forcing on a tiny random Qwen2 whose greedy choice is pinned to one token.
+
+With the final norm zeroed every logit is 0, so greedy decoding always picks token id 0.
+Making id 0 the end-of-thinking marker gives a model that always tries to stop thinking;
+making it an ordinary word gives one that never stops. Both are real transformers
+generation through the same code users run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.budget import BudgetConfig, generate_with_budget
+
+MARKER = "<|im_start|>answer"
+
+
+def pinned_model(tmp_path, first_token: str):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+    words = [first_token] + [w for w in [MARKER, "<eos>", "<unk>", "Wait", "the", "toe", "is", "hot", "question", "(", ")", ","]
+                             if w != first_token]
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>",
+                                  additional_special_tokens=[MARKER])
+    tok.save_pretrained(tmp_path / "m")
+    config = Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         eos_token_id=tok.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()  # all logits 0: greedy picks id 0
+    model.save_pretrained(tmp_path / "m")
+    return AutoModelForCausalLM.from_pretrained(tmp_path / "m"), PreTrainedTokenizerFast.from_pretrained(tmp_path / "m")
+
+
+def test_early_ends_of_thinking_become_exactly_max_waits_waits(tmp_path):
+    model, tok = pinned_model(tmp_path, MARKER)  # always tries to end thinking at once
+    out = generate_with_budget(model, tok, "question", BudgetConfig(thinking_budget=50, max_waits=3, answer_tokens=3))
+    assert out.waits == 3 and out.thinking.split() == ["Wait"] * 3
+    assert out.thinking_tokens == 3 and not out.budget_exhausted
+    assert out.text.split()[:4] == ["Wait", "Wait", "Wait", MARKER]  # then the forced answer marker
+
+
+def test_a_model_that_never_stops_is_cut_at_the_budget_and_the_answer_is_forced(tmp_path):
+    model, tok = pinned_model(tmp_path, "the")  # never emits the end-of-thinking marker
+    out = generate_with_budget(model, tok, "question", BudgetConfig(thinking_budget=7, max_waits=3, answer_tokens=2))
+    assert out.thinking_tokens == 7 and out.budget_exhausted and out.waits == 0
+    assert out.text.split()[7] == MARKER and out.answer.split() == ["the", "the"]
+
+
+def test_thinking_never_exceeds_the_budget_even_while_waiting(tmp_path):
+    model, tok = pinned_model(tmp_path, MARKER)
+    for budget in (1, 2, 4):
+        out = generate_with_budget(model, tok, "question", BudgetConfig(thinking_budget=budget, max_waits=10, answer_tokens=1))
+        assert out.thinking_tokens <= budget and out.waits == budget
+        assert MARKER in out.text
+
+
+def test_a_marker_the_tokenizer_splits_is_a_clear_error(tmp_path):
+    model, tok = pinned_model(tmp_path, "the")
+    with pytest.raises(T0Error, match="end-of-thinking marker 'toe is' is 2 tokens"):
+        generate_with_budget(model, tok, "question", BudgetConfig(think_end="toe is"))
