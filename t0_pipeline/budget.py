@@ -1,4 +1,4 @@
-"""Budget forcing for reasoning models (s1-style), on local transformers generation.
+"""Budget forcing for reasoning models (s1-style): local transformers generation, or a vLLM server.
 
 Thinking is capped at ``thinking_budget`` tokens. Each time the model tries to end its
 thinking early, the end-of-thinking marker is dropped and ``wait_text`` ("Wait") is
@@ -7,8 +7,11 @@ out (even mid-thought) or the model stops on its own, the end-of-thinking and an
 markers are forced and the answer is generated. Markers come from configuration (or the
 tokenizer), never from the model's name.
 
-Input: a causal LM + tokenizer and a rendered prompt (ending where thinking starts).
-Output: :class:`ForcedGeneration` with the thinking, the answer and the counts.
+Input: a causal LM + tokenizer, or a vLLM OpenAI-compatible ``/v1/completions`` endpoint,
+and a rendered prompt (ending where thinking starts). Output: :class:`ForcedGeneration`
+with the thinking, the answer and the counts. On vLLM the thinking request stops at the
+end-of-thinking marker, sends ``min_tokens``, and each resubmission (prompt + thinking +
+"Wait") asks only for the budget left after the tokens actually generated.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class BudgetConfig(BaseModel):
     think_end: str = "<|im_start|>answer"  # s1/Qwen style; "</think>" for <think> models
     answer_start: str = "\n"  # text forced after think_end, before the answer
     wait_text: str = "Wait"
+    min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
 
 
 @dataclass
@@ -91,3 +95,46 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig) ->
     return ForcedGeneration(thinking=tokenizer.decode(thinking), answer=tokenizer.decode(answer, skip_special_tokens=True),
                             thinking_tokens=len(thinking), waits=waits, budget_exhausted=exhausted,
                             text=tokenizer.decode(generated))
+
+
+def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
+                         api_key: str | None = None) -> ForcedGeneration:
+    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, str]:
+        body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop,
+                "min_tokens": min_tokens, "skip_special_tokens": False, "include_stop_str_in_output": False}
+        try:
+            resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise T0Error(f"cannot reach the completions endpoint at {api_base} ({exc.__class__.__name__}); "
+                          "start the vLLM server or fix api_base.") from None
+        if resp.status_code >= 400:
+            raise T0Error(f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        choice = resp.json()["choices"][0]
+        used = int(resp.json().get("usage", {}).get("completion_tokens") or 0)
+        return choice.get("text") or "", used, choice.get("finish_reason") or "stop"
+
+    thinking, used, waits, exhausted = "", 0, 0, False
+    while True:
+        remaining = config.thinking_budget - used
+        if remaining <= 0:
+            exhausted = True
+            break
+        text, n, finish = complete(prompt + thinking, remaining, [config.think_end], config.min_tokens)
+        thinking += text
+        used += n
+        if finish == "length":  # the budget ran out mid-thought
+            exhausted = True
+            break
+        if waits >= config.max_waits or used >= config.thinking_budget:
+            break
+        waits += 1
+        thinking += " " + config.wait_text
+    forced = prompt + thinking + config.think_end + config.answer_start
+    answer, _, _ = complete(forced, config.answer_tokens, [], 0)
+    return ForcedGeneration(thinking=thinking.strip(), answer=answer.strip(), thinking_tokens=used, waits=waits,
+                            budget_exhausted=exhausted, text=thinking + config.think_end + config.answer_start + answer)

@@ -127,10 +127,30 @@ class FakeLLM:
         await stream.write_eof()
         return stream
 
+    async def _completions(self, request: web.Request) -> web.Response:
+        """vLLM-style text completions: the reply is cut at max_tokens words (finish_reason "length")."""
+        state = self.state
+        body = await request.json()
+        messages = [{"role": "user", "content": body.get("prompt", "")}]
+        with state.lock:
+            state.requests.append(body)
+            rule = state.match(messages)
+        if rule is None:
+            return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
+        words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split(" ")
+        limit = int(body.get("max_tokens") or len(words))
+        text, finish = (" ".join(words[:limit]), "length") if len(words) > limit else (" ".join(words), "stop")
+        n = len(text.split())
+        return web.json_response({"id": "cmpl-" + uuid.uuid4().hex[:12], "object": "text_completion",
+                                  "created": int(time.time()), "model": body.get("model", "fake"),
+                                  "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}})
+
     # --- lifecycle -----------------------------------------------------------------
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -65,3 +65,29 @@ def test_a_marker_the_tokenizer_splits_is_a_clear_error(tmp_path):
     model, tok = pinned_model(tmp_path, "the")
     with pytest.raises(T0Error, match="end-of-thinking marker 'toe is' is 2 tokens"):
         generate_with_budget(model, tok, "question", BudgetConfig(think_end="toe is"))
+
+
+def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget():
+    from t0_pipeline.budget import complete_with_budget
+    from t0_pipeline_tests.fake_llm import FakeLLM
+
+    def server_model(messages):
+        prompt = messages[-1]["content"]
+        if prompt.endswith(MARKER + "\n"):
+            return "(Gout, Urgent Primary Care)"
+        return "the toe is hot"  # 4 tokens of thinking, then (by the stop string) the end of thinking
+
+    with FakeLLM() as server:
+        server.on(".*", server_model)
+        config = BudgetConfig(thinking_budget=10, max_waits=3, answer_tokens=20, min_tokens=1)
+        out = complete_with_budget(server.api_base, "student", "question:", config)
+        sent = server.state.requests
+    thinking_calls = [r for r in sent if r["stop"] == [MARKER]]
+    assert [r["max_tokens"] for r in thinking_calls] == [10, 6, 2]  # decremented by tokens actually generated
+    assert all(r["min_tokens"] == 1 and r["temperature"] == 0.0 for r in thinking_calls)
+    assert thinking_calls[1]["prompt"] == "question:the toe is hot Wait"
+    assert out.waits == 2 and out.thinking_tokens == 10 and out.budget_exhausted  # the third call hit the cap
+    answer_call = sent[-1]
+    assert answer_call["prompt"] == f"question:the toe is hot Waitthe toe is hot Waitthe toe{MARKER}\n"
+    assert answer_call["stop"] == []
+    assert out.answer == "(Gout, Urgent Primary Care)"
