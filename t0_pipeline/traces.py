@@ -12,7 +12,6 @@ Run it: ``t0 traces --data-dir DIR`` (needs the teacher endpoint).
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import polars as pl
@@ -21,12 +20,11 @@ from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, w
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
 from t0_pipeline.prompts import load_template, render
+from t0_pipeline.scoring import last_answer_pair, normalise_severity
 from t0_pipeline.synth import demographics_text
 
 log = logging.getLogger(__name__)
 
-SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")
-SEVERITY_TAIL = re.compile(r",\s*(self[\s-]?care|urgent primary care|a\s*&\s*e)\s*\)", re.I)
 
 TRACE_SCHEMA = {
     "id": pl.String, "query": pl.String, "demographics": pl.String, "gold_slug": pl.String,
@@ -44,32 +42,15 @@ def parse_answer(answer: str, titles: dict[str, str]) -> tuple[str | None, str |
     """(condition text, slug or "inconclusive", severity) from the last "(condition, severity)" in the answer.
 
     ``titles`` maps lower-cased retrieved titles to slugs; a condition that is neither one of
-    them nor "inconclusive" comes back with slug None.
+    them nor "inconclusive" comes back with slug None. No valid severity: unparsable.
     """
-    answer = answer or ""
-    matches = list(SEVERITY_TAIL.finditer(answer))
-    if not matches:
+    pair = last_answer_pair(answer or "")
+    severity = normalise_severity(pair[1]) if pair else None
+    if pair is None or severity is None:
         return None, None, None
-    tail = matches[-1]
-    # walk back to the bracket that opens this answer; titles may contain brackets themselves
-    depth, i = 0, tail.start() - 1
-    while i >= 0 and answer[i] != "\n":
-        if answer[i] == ")":
-            depth += 1
-        elif answer[i] == "(":
-            if depth == 0:
-                break
-            depth -= 1
-        i -= 1
-    if i < 0 or answer[i] != "(":
-        return None, None, None
-    condition = answer[i + 1:tail.start()].strip().strip("\"'*` ")
-    severity = tail.group(1)
-    sev = severity.lower().replace(" ", "")
-    severity_name = "Self-care" if sev.startswith("self") else "A&E" if sev.startswith("a&") else "Urgent Primary Care"
+    condition = pair[0]
     key = condition.lower()
-    slug = "inconclusive" if key == "inconclusive" else titles.get(key)
-    return condition, slug, severity_name
+    return condition, "inconclusive" if key == "inconclusive" else titles.get(key), severity
 
 
 def documents_block(titles: list[str], scores: list[float], texts: list[str]) -> str:

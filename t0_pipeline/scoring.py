@@ -1,0 +1,146 @@
+"""Scoring condition and disposition predictions (report, Tables 2-4).
+
+Pure functions: parse a model's free-text answer tolerantly, validate tool-call arguments,
+score one prediction against its gold labels, and summarise runs (mean ± std over runs,
+by query type, the severity confusion matrix and the share of under- and over-estimates).
+
+Scoring rules: the condition is correct when it is the gold condition, or when the model
+says "inconclusive" and the gold condition was *not* among the documents it was shown.
+Unparsable answers, conditions outside the allowed list and severities outside the three
+are counted in their own columns, never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from t0_pipeline.llm import split_thinking
+
+SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")  # least to most urgent
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+_SEVERITY_WORDS = {"selfcare": "Self-care", "self-care": "Self-care", "self care": "Self-care",
+                   "urgent primary care": "Urgent Primary Care", "urgentprimarycare": "Urgent Primary Care",
+                   "a&e": "A&E", "a & e": "A&E", "ae": "A&E", "emergency": "A&E"}
+
+
+def normalise_severity(text: str | None) -> str | None:
+    if not text:
+        return None
+    key = re.sub(r"\s+", " ", text.strip().strip("\"'*`.").lower())
+    return _SEVERITY_WORDS.get(key) or _SEVERITY_WORDS.get(key.replace(" ", ""))
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9&]+", " ", text.lower()).strip()
+
+
+@dataclass
+class Prediction:
+    condition: str | None  # a slug, "inconclusive", or None
+    severity: str | None
+    status: str  # ok | empty | unparsable | unknown_condition | bad_severity | failed
+    raw: str = ""
+
+
+def resolve_condition(text: str, allowed: dict[str, str]) -> str | None:
+    """A slug for a condition named by title or slug (any case, stray quotes); "inconclusive"; or None.
+
+    ``allowed`` maps slug → title.
+    """
+    key = _key(text.strip().strip("\"'*`"))
+    if key == "inconclusive":
+        return "inconclusive"
+    for slug, title in allowed.items():
+        if key in (_key(slug), _key(title)):
+            return slug
+    return None
+
+
+def parse_answer_text(text: str | None, allowed: dict[str, str]) -> Prediction:
+    """The last "(condition, severity)" after any thinking, tolerant of forms and brackets in titles."""
+    if text is None or not text.strip():
+        return Prediction(None, None, "empty", text or "")
+    _, answer = split_thinking(text)
+    pair = last_answer_pair(answer or text)
+    if pair is None:
+        return Prediction(None, None, "unparsable", text)
+    return judge(pair[0], pair[1], allowed, text)
+
+
+def last_answer_pair(answer: str) -> tuple[str, str] | None:
+    """(condition text, severity text) of the last "(…, …)" in ``answer``; titles may hold brackets."""
+    for close in reversed([m.end() for m in re.finditer(r"\)", answer)]):
+        depth, i = 0, close - 2
+        while i >= 0 and answer[i] != "\n":  # walk back to the bracket that opens this pair
+            if answer[i] == ")":
+                depth += 1
+            elif answer[i] == "(":
+                if depth == 0:
+                    break
+                depth -= 1
+            i -= 1
+        if i < 0 or answer[i] != "(" or "," not in answer[i + 1:close - 1]:
+            continue
+        condition, severity = answer[i + 1:close - 1].rsplit(",", 1)
+        return condition.strip().strip("\"'*` "), severity.strip()
+    return None
+
+
+def judge(condition_text: str | None, severity_text: str | None, allowed: dict[str, str], raw: str = "") -> Prediction:
+    """Validate a (condition, severity) pair from free text or a tool call."""
+    condition = resolve_condition(condition_text or "", allowed)
+    severity = normalise_severity(severity_text)
+    if condition is None:
+        return Prediction(None, severity, "unknown_condition", raw)
+    if severity is None:
+        return Prediction(condition, None, "bad_severity", raw)
+    return Prediction(condition, severity, "ok", raw)
+
+
+def score(pred: Prediction, gold_condition: str, gold_severity: str, retrieved: list[str] | None) -> dict[str, Any]:
+    """Correctness of one prediction; ``retrieved`` None means k=0 (every condition was listed)."""
+    inconclusive_ok = pred.condition == "inconclusive" and retrieved is not None and gold_condition not in retrieved
+    error = None
+    if pred.severity in _RANK and gold_severity in _RANK and pred.severity != gold_severity:
+        error = "under" if _RANK[pred.severity] < _RANK[gold_severity] else "over"
+    return {"condition_correct": pred.condition == gold_condition or inconclusive_ok,
+            "disposition_correct": pred.severity == gold_severity, "severity_error": error, "status": pred.status}
+
+
+def summarise_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over runs, per query type, the confusion matrix and error shares.
+
+    Each row: run, query_type, gold_severity, pred_severity, condition_correct, disposition_correct,
+    severity_error, status.
+    """
+    if not rows:
+        return {"queries": 0, "runs": 0, "notes": "empty query set"}
+    by_run: dict[Any, list[dict]] = {}
+    for row in rows:
+        by_run.setdefault(row["run"], []).append(row)
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    def accuracy(subset: list[dict], field: str) -> float:
+        return sum(1 for r in subset if r[field]) / len(subset)
+
+    out: dict[str, Any] = {"runs": len(by_run), "queries": len(next(iter(by_run.values())))}
+    for field in ("condition", "disposition"):
+        out[f"{field}_accuracy"] = mean_std([accuracy(rs, f"{field}_correct") for rs in by_run.values()])
+    out["by_query_type"] = {}
+    for qtype in sorted({r["query_type"] for r in rows}):
+        per_run = [[r for r in rs if r["query_type"] == qtype] for rs in by_run.values()]
+        out["by_query_type"][qtype] = {f: mean_std([accuracy(rs, f"{f}_correct") for rs in per_run if rs])
+                                       for f in ("condition", "disposition")}
+    matrix = Counter((r["gold_severity"], r["pred_severity"] or "none") for r in rows)
+    out["confusion"] = {gold: {pred: matrix.get((gold, pred), 0) for pred in (*SEVERITIES, "none")} for gold in SEVERITIES}
+    wrong = [r for r in rows if r["severity_error"]]
+    out["under_estimate_share"] = sum(1 for r in wrong if r["severity_error"] == "under") / len(wrong) if wrong else 0.0
+    out["over_estimate_share"] = sum(1 for r in wrong if r["severity_error"] == "over") / len(wrong) if wrong else 0.0
+    out["status_counts"] = dict(Counter(r["status"] for r in rows))
+    return out
