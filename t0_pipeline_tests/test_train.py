@@ -113,8 +113,37 @@ def test_bad_inputs_are_one_clear_error_and_keep_the_previous_model(student, tmp
     assert not (tmp_path / "out" / "final").exists()
 
 
-def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_path):
+SMALL_JOB = {"max_steps": 6, "learning_rate": 3e-3, "warmup_ratio": 0.0, "eval_fraction": 0.25, "eval_steps": 3,
+             "save_steps": 3, "block_size": 512, "gradient_checkpointing": False}
+
+
+def job_workspace(tmp_path, root):
+    """A data dir holding the SFT dataset, and a config training the tiny model for 6 steps as size "tiny"."""
     import shutil
+
+    import yaml
+
+    data = tmp_path / "data"
+    (data / "synthetic" / "sft").mkdir(parents=True)
+    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
+    config = tmp_path / "t0.yaml"
+    config.write_text(yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB}}))
+    return data, config
+
+
+def cpu_profile(tmp_path, **fields):
+    """A site-profile folder with one CPU-only profile, "ci-cpu", offering size "tiny"."""
+    import yaml
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
+        "name": "ci-cpu", "gpus_per_node": 0, "cpus_per_gpu": 1,
+        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": "2G"}}, **fields}))
+    return profiles
+
+
+def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_path):
 
     import dagster as dg
 
@@ -122,13 +151,7 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     from t0_pipeline.defs.training import build_student_checkpoint
 
     root, _ = student
-    data = tmp_path / "data"
-    (data / "synthetic" / "sft").mkdir(parents=True)
-    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
-    config = tmp_path / "t0.yaml"
-    config.write_text(json.dumps({"train": {"sizes": {"tiny": str(root / "base")}, "max_steps": 6, "learning_rate": 3e-3,
-                                            "warmup_ratio": 0.0, "eval_fraction": 0.25, "eval_steps": 3,
-                                            "save_steps": 3, "block_size": 512, "gradient_checkpointing": False}}))
+    data, config = job_workspace(tmp_path, root)
     asset = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
     result = dg.materialize([asset], partition_key="tiny", resources={
         "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
@@ -156,13 +179,11 @@ def _slurm_up() -> bool:
 def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, tmp_path):
     """.ci/run starts a one-node Slurm cluster (.ci/slurm-up.sh); the job script comes from a site profile."""
     import os
-    import shutil
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    import yaml
     from transformers import AutoModelForCausalLM
 
     import t0_pipeline
@@ -173,19 +194,8 @@ def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, t
             pytest.fail("CI should have started a Slurm cluster (.ci/slurm-up.sh) but sinfo does not answer")
         pytest.skip("no Slurm cluster here; start one with `sudo bash .ci/slurm-up.sh`")
     root, _ = student
-    data = tmp_path / "data"
-    (data / "synthetic" / "sft").mkdir(parents=True)
-    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
-    config = tmp_path / "t0.yaml"
-    config.write_text(yaml.safe_dump({"train": {"max_steps": 6, "learning_rate": 3e-3, "warmup_ratio": 0.0,
-                                                "eval_fraction": 0.25, "eval_steps": 3, "save_steps": 3,
-                                                "block_size": 512, "gradient_checkpointing": False}}))
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
-        "name": "ci-cpu", "gpus_per_node": 0, "cpus_per_gpu": 1,
-        "setup": [f'export PATH="{Path(sys.executable).parent}:$PATH"'],
-        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": 2048}}}))
+    data, config = job_workspace(tmp_path, root)
+    profiles = cpu_profile(tmp_path, setup=[f'export PATH="{Path(sys.executable).parent}:$PATH"'])
     logs = data / "students" / "tiny" / "logs"
     logs.mkdir(parents=True)
     script = tmp_path / "train-tiny.sbatch"
@@ -214,13 +224,11 @@ def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, t
 def test_student_checkpoint_partition_trains_through_dagster_slurm_over_ssh(student, tmp_path):
     """student_checkpoint → dagster-slurm → SSH → sbatch on the one-node cluster that .ci/run starts."""
     import os
-    import shutil
     import sys
     from pathlib import Path
 
     import dagster as dg
     import torch
-    import yaml
     from transformers import AutoModelForCausalLM
 
     from t0_pipeline.cluster import prepare_env_dir
@@ -233,19 +241,8 @@ def test_student_checkpoint_partition_trains_through_dagster_slurm_over_ssh(stud
             pytest.fail("CI should have started Slurm and sshd with a key (.ci/slurm-up.sh)")
         pytest.skip("no Slurm cluster reachable over SSH here; run `sudo bash .ci/slurm-up.sh`")
     root, _ = student
-    data = tmp_path / "data"
-    (data / "synthetic" / "sft").mkdir(parents=True)
-    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
-    config = tmp_path / "t0.yaml"
-    config.write_text(yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, "max_steps": 6,
-                                                "learning_rate": 3e-3, "warmup_ratio": 0.0, "eval_fraction": 0.25,
-                                                "eval_steps": 3, "save_steps": 3, "block_size": 512,
-                                                "gradient_checkpointing": False}}))
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
-        "name": "ci-cpu", "partition": "debug", "gpus_per_node": 0, "cpus_per_gpu": 1,
-        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": "2G"}}}))
+    data, config = job_workspace(tmp_path, root)
+    profiles = cpu_profile(tmp_path, partition="debug")
     env = prepare_env_dir(tmp_path / "deployed", Path(sys.prefix))
     compute = TrainingCompute(mode="slurm", site="ci-cpu", profiles_dir=str(profiles), ssh_host="localhost",
                               ssh_user="root", ssh_key_path=str(key), env_path=str(env),
@@ -262,9 +259,7 @@ def test_student_checkpoint_partition_trains_through_dagster_slurm_over_ssh(stud
     assert any(not torch.equal(before[k], final[k]) for k in before)
 
     # a cluster that rejects the job: one clear error, and the checkpoint just made stays
-    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
-        "name": "ci-cpu", "partition": "no-such-partition", "gpus_per_node": 0, "cpus_per_gpu": 1,
-        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": "2G"}}}))
+    cpu_profile(tmp_path, partition="no-such-partition")
     rejected = dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
                               resources={"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
                                          "training_compute": compute}, raise_on_error=False)
