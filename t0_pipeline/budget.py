@@ -18,19 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel
-
 from t0_pipeline.artifacts import T0Error
-
-
-class BudgetConfig(BaseModel):
-    thinking_budget: int = 1024  # tokens of thinking at most (report)
-    max_waits: int = 3  # times an early end of thinking is replaced by wait_text (report)
-    answer_tokens: int = 256  # tokens for the answer after the forced answer marker
-    think_end: str = "<|im_start|>answer"  # s1/Qwen style; "</think>" for <think> models
-    answer_start: str = "\n"  # text forced after think_end, before the answer
-    wait_text: str = "Wait"
-    min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
+from t0_pipeline.config import BudgetConfig  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass
@@ -98,14 +87,16 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig) ->
 
 
 def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
-                         api_key: str | None = None) -> ForcedGeneration:
-    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy)."""
+                         api_key: str | None = None, temperature: float = 0.0,
+                         seed: int | None = None) -> ForcedGeneration:
+    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, str]:
-        body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop,
+        body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+                "stop": stop,
                 "min_tokens": min_tokens, "skip_special_tokens": False, "include_stop_str_in_output": False}
         try:
             resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)

@@ -1,4 +1,4 @@
-"""The ``t0`` command line: every stage of the corpus → index → retrieval-evaluation half.
+"""The ``t0`` command line: one command per pipeline stage, from crawling to evaluation.
 
 Each command reads defaults from :mod:`t0_pipeline.config`, an optional ``--config``
 file (JSON/YAML/TOML with any subset of fields), then its own flags. Problems the user
@@ -21,7 +21,7 @@ from t0_pipeline.config import DataPaths, PipelineConfig, load_config
 
 app = typer.Typer(
     name="t0",
-    help="t0-pipeline: build a retrieval corpus and index from a document collection, and measure retrieval.",
+    help="t0-pipeline: corpus, index and retrieval evaluation; synthetic queries and teacher traces; student fine-tuning; accuracy evaluation.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -417,6 +417,62 @@ def slurm_env(
 
     out = prepare_env_dir(path, venv or Path(sys.prefix))
     typer.echo(f"pre-deployed environment ready at {out}; set TrainingCompute.env_path to it")
+
+
+@app.command()
+def evaluate(
+    model: list[str] = typer.Option([], "--model", help="A name from evaluation.models (repeat for several); see `t0 config`."),
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    queries: Optional[Path] = typer.Option(None, help="Query file (.jsonl/.parquet with query, slug, disposition); "
+                                                       "default: the synthetic evaluation set."),
+    runs: Optional[int] = typer.Option(None, help="Repeated runs per model and k (default 10); seeds recorded."),
+    ks: Optional[str] = typer.Option(None, help="Comma-separated k values (default 0,5; 0 = list every condition)."),
+    max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first n queries (smoke test)."),
+    api_base: Optional[str] = typer.Option(None, help="Override the endpoint of every --model given."),
+):
+    """Condition and disposition accuracy of the given models (cached per model, prompt and seed)."""
+    from t0_pipeline.evaluate import fmt, run_evaluation
+
+    cfg, paths = _setup(data_dir, config)
+    if not model:
+        raise T0Error(f"name at least one --model; configured: {', '.join(cfg.evaluation.models)}.")
+    ev = cfg.evaluation
+    if queries is not None:
+        ev.queries = queries
+    if runs is not None:
+        if runs < 1:
+            raise T0Error("--runs must be at least 1.")
+        ev.runs = runs
+    if ks is not None:
+        try:
+            ev.ks = sorted({int(k) for k in ks.split(",") if k.strip()})
+        except ValueError:
+            raise T0Error(f"--ks must be comma-separated integers such as 0,5; got {ks!r}.") from None
+    if max_queries is not None:
+        ev.max_queries = max_queries
+    for name in model:
+        if api_base and name in ev.models:
+            ev.models[name].api_base = api_base
+        _, summary = run_evaluation(paths, cfg, name)
+        for k, s in summary["by_k"].items():
+            typer.echo(f"{name} k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
+                       f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × {summary['runs']} runs)")
+        typer.echo(f"  notes: {'; '.join(summary['notes']) or 'none'}")
+        typer.echo(f"  {_usage_line(summary['usage'])} → {paths.accuracy_dir(name)}")
+
+
+@app.command("accuracy-report")
+def accuracy_report(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile):
+    """Combine every evaluated model into one table (report.md/.csv) and the accuracy-by-size plot."""
+    from t0_pipeline.evaluate import combine
+
+    cfg, paths = _setup(data_dir, config)
+    report = combine(paths, cfg.evaluation)
+    if not report.models:
+        raise T0Error(f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` first.")
+    typer.echo(report.markdown)
+    typer.echo(f"csv: {report.csv}\nplot: {report.png}")
 
 
 @app.command()

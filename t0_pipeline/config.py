@@ -227,6 +227,63 @@ class TrainConfig(BaseModel):
         size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")})
 
 
+class BudgetConfig(BaseModel):
+    """Budget forcing (s1-style) for reasoning models; see :mod:`t0_pipeline.budget`."""
+
+    thinking_budget: int = 1024  # tokens of thinking at most (report)
+    max_waits: int = 3  # times an early end of thinking is replaced by wait_text (report)
+    answer_tokens: int = 256  # tokens for the answer after the forced answer marker
+    think_start: str = "<|im_start|>think\n"  # opens the thinking after the assistant header; "<think>\n" likewise
+    think_end: str = "<|im_start|>answer"  # s1/Qwen style; "</think>" for <think> models
+    answer_start: str = "\n"  # text forced after think_end, before the answer
+    wait_text: str = "Wait"
+    min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
+
+
+class EvalModelConfig(RoleConfig):
+    """One model under evaluation (a partition of ``accuracy_report``); the role fields say where it runs.
+
+    backend: ``chat`` = any litellm chat model; ``completions`` = a vLLM completions endpoint with
+    budget forcing (reasoning students); ``transformers`` = a local checkpoint (``model`` is its
+    path) with budget forcing; ``retrieval`` = the model-free baseline.
+    """
+
+    backend: Literal["chat", "completions", "transformers", "retrieval"] = "chat"
+    answer: Literal["text", "tool"] = "text"  # chat: free-text "(condition, severity)" or the submit tool
+    kind: Literal["base", "fine-tuned", "api", "baseline"] = "base"  # the plot's series
+    size: str | None = None  # e.g. "1.5B": the plot's x axis
+    base: str | None = None  # fine-tuned: the name of its base model's entry (the "below base" check)
+    budget: BudgetConfig | None = None  # completions/transformers: thinking budget and markers
+    tokenizer: str | None = None  # completions/transformers: chat template source; None = ChatML by hand
+
+
+def _default_eval_models() -> dict[str, EvalModelConfig]:
+    local = "http://127.0.0.1:8000/v1"
+    models = {"retrieval-baseline": EvalModelConfig(backend="retrieval", kind="baseline", model="retrieval")}
+    for size in ("1.5B", "3B", "7B", "14B", "32B"):
+        models[f"qwen2.5-{size.lower()}"] = EvalModelConfig(model=f"openai/Qwen/Qwen2.5-{size}-Instruct", api_base=local,
+                                                            size=size, kind="base", max_tokens=512)
+        models[f"t0-{size.lower()}"] = EvalModelConfig(
+            model=f"t0-{size}", backend="completions", api_base=local, size=size, kind="fine-tuned",
+            base=f"qwen2.5-{size.lower()}", budget=BudgetConfig())  # serve with --served-model-name t0-<size>
+    models["gpt-4o"] = EvalModelConfig(model="gpt-4o", api_base=None, api_key_env="OPENAI_API_KEY", answer="tool",
+                                       kind="api", max_tokens=512)
+    return models
+
+
+class EvaluationConfig(BaseModel):
+    """Condition and disposition accuracy (report, Tables 2-4 and Figure 5)."""
+
+    models: dict[str, EvalModelConfig] = Field(default_factory=_default_eval_models)  # partition key → model
+    ks: list[int] = Field(default_factory=lambda: [0, 5])  # 0 = the list of every condition instead of documents
+    runs: int = 10  # repeated runs per (model, k); seeds are seed, seed+1, ...
+    seed: int = 0
+    queries: Path | None = None  # None = the synthetic evaluation set; or a .jsonl/.parquet with slug, disposition
+    max_queries: int | None = None  # evaluate the first n (smoke tests)
+    index: IndexName = "summaries"  # what k>0 retrieves from (report: summaries, dense)
+    mode: RetrieverMode = "dense"
+
+
 class PipelineConfig(BaseModel):
     """Everything one end-to-end run needs; written next to the artefacts it made."""
 
@@ -243,6 +300,7 @@ class PipelineConfig(BaseModel):
     traces: TraceConfig = Field(default_factory=TraceConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
 
 class DataPaths:
@@ -307,6 +365,10 @@ class DataPaths:
 
     def student_dir(self, partition: str) -> Path:
         return self.root / "students" / partition
+
+    def accuracy_dir(self, model: str | None = None) -> Path:
+        base = self.root / "eval" / "accuracy"
+        return base / model if model else base
 
     @property
     def retrieval_report_dir(self) -> Path:

@@ -7,7 +7,7 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 
 import dagster as dg
 
-from t0_pipeline.defs import corpus, retrieval, synthetic, training
+from t0_pipeline.defs import corpus, evaluation, retrieval, synthetic, training
 from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings, TrainingCompute
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
@@ -19,6 +19,9 @@ refresh_corpus = dg.define_asset_job(
 synthetic_data_job = dg.define_asset_job(
     "synthetic_data", selection=dg.AssetSelection.groups("synthetic_data"),
     description="LLM summaries, synthetic queries, teacher traces and the SFT dataset (needs LLM endpoints).")
+evaluation_job = dg.define_asset_job(
+    "evaluation", selection=dg.AssetSelection.groups("evaluation"),
+    description="Accuracy of every configured model (one run per partition) and the combined report.")
 observe_corpus = dg.define_asset_job("observe_corpus", selection=[corpus.corpus_source],
                                      description="Hash the source; a new hash triggers the eager corpus assets.")
 
@@ -34,9 +37,9 @@ corpus_automation = dg.AutomationConditionSensorDefinition(
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([corpus, retrieval, synthetic, training]),
-    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic]),
-    jobs=[refresh_corpus, observe_corpus, synthetic_data_job],
+    assets=dg.load_assets_from_modules([corpus, retrieval, synthetic, training, evaluation]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic, evaluation]),
+    jobs=[refresh_corpus, observe_corpus, synthetic_data_job, evaluation_job],
     schedules=[weekly_recrawl, daily_observe],
     sensors=[corpus_automation],
     resources={

@@ -122,6 +122,7 @@ class LLMReply:
     attempts: int = 0
     error: str | None = None  # set when the call finally failed
     finish_reason: str | None = None
+    tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"name", "arguments" (JSON text)}
 
     @property
     def ok(self) -> bool:
@@ -192,7 +193,10 @@ async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
         cost = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
     except (TypeError, ValueError):
         cost = 0.0
+    calls = [{"name": c.function.name or "", "arguments": c.function.arguments or ""}
+             for c in (getattr(message, "tool_calls", None) or []) if getattr(c, "function", None)]
     return {"ok": True, "content": message.content, "reasoning": getattr(message, "reasoning_content", None),
+            "tool_calls": calls,
             "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
             "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
             "cost": cost, "finish_reason": response.choices[0].finish_reason}
@@ -262,23 +266,49 @@ class LLMClient:
             self._loop, self._slots, self._pace_lock = loop, asyncio.Semaphore(self.config.concurrency), asyncio.Lock()
         return self._slots  # type: ignore[return-value]
 
-    async def complete(self, messages: Sequence[dict[str, Any]]) -> LLMReply:
-        """One chat completion, from the cache when possible; failures come back with ``error`` set."""
+    async def complete(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                       seed: int | None = None) -> LLMReply:
+        """One chat completion, from the cache when possible; failures come back with ``error`` set.
+
+        ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
+        overrides the role's seed (repeated runs). Both are part of the cache key.
+        """
         s = self.settings
         params = self.params()
+        if seed is not None:
+            params["seed"] = seed
+        if tools:
+            params["tools"] = tools
         key = cache_key(s.model, messages, params)
+        api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
+        kwargs = {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": api_key or "none",
+                  "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": params["seed"], "top_p": s.top_p,
+                  "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
+                  **({"extra_body": s.extra_body} if s.extra_body else {}),
+                  **({"tools": tools, "tool_choice": "auto"} if tools else {})}
+        return await self.cached(key, lambda: self._call_with_retries(kwargs))
+
+    async def cached(self, key: str, produce: Callable[[], Awaitable[LLMReply]]) -> LLMReply:
+        """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded); counted in usage.
+
+        The one caching mechanism for every kind of model call (chat here; budget-forced
+        generation in :mod:`t0_pipeline.evaluate`).
+        """
         hit = self.cache.get(key)
         if hit is not None:
             reply = LLMReply(**{**hit, "cached": True, "attempts": 0})
             self.usage.add(reply)
             return reply
         self.start()
+        reply = await produce()
+        if reply.ok:
+            self.cache.put(key, self.settings.model,
+                           {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
+        self.usage.add(reply)
+        return reply
+
+    async def _call_with_retries(self, kwargs: dict[str, Any]) -> LLMReply:
         slots = self._loop_state()
-        api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
-        kwargs = {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": api_key or "none",
-                  "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed, "top_p": s.top_p,
-                  "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
-                  **({"extra_body": s.extra_body} if s.extra_body else {})}
         error = "no attempt"
         for attempt in range(1, self.config.max_attempts + 1):
             async with slots:
@@ -287,12 +317,9 @@ class LLMClient:
                 outcome = await attempt_once(kwargs)
             if outcome["ok"]:
                 thinking, answer = split_thinking(outcome["content"], outcome["reasoning"])
-                reply = LLMReply(content=answer, thinking=thinking, prompt_tokens=outcome["prompt_tokens"],
-                                 completion_tokens=outcome["completion_tokens"], cost=outcome["cost"], attempts=attempt,
-                                 finish_reason=outcome["finish_reason"])
-                self.cache.put(key, s.model, {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
-                self.usage.add(reply)
-                return reply
+                return LLMReply(content=answer, thinking=thinking, prompt_tokens=outcome["prompt_tokens"],
+                                completion_tokens=outcome["completion_tokens"], cost=outcome["cost"], attempts=attempt,
+                                finish_reason=outcome["finish_reason"], tool_calls=outcome["tool_calls"])
             kind, status = outcome["kind"], outcome["status"]
             error = f"{kind}: {outcome['message']}"
             if kind not in RETRYABLE or (kind == "APIError" and status and int(status) < 500):
@@ -303,9 +330,7 @@ class LLMClient:
                 wait = min(max(backoff, outcome["retry_after"] or 0.0), self.config.max_backoff_s)
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
                 await asyncio.sleep(wait)
-        reply = LLMReply(error=error, attempts=attempt)
-        self.usage.add(reply)
-        return reply
+        return LLMReply(error=error, attempts=attempt)
 
     async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M]) -> tuple[M | None, LLMReply]:
         """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error)."""

@@ -1,13 +1,15 @@
 """Prompt templates: plain text files with ``$name`` placeholders (``string.Template``).
 
 Defaults live in ``t0_pipeline/prompts/``; set ``llm.prompts_dir`` to a folder holding
-files of the same names to replace any of them. Each rendered prompt's template hash is
+files of the same names to replace any of them. A file may hold several named parts, each
+starting on a line ``[name]`` (e.g. a system and a user turn); :func:`load_sections` splits them. Each rendered prompt's template hash is
 recorded with its outputs, so a changed prompt is visible in the artefacts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -32,3 +34,15 @@ def render(template: str, name: str, **values: object) -> str:
                       f"available: {', '.join(sorted(values))}.") from None
     except ValueError as exc:
         raise T0Error(f"prompt template {name!r} is malformed ({exc}); write a literal $ as $$.") from None
+
+
+def load_sections(name: str, required: tuple[str, ...], prompts_dir: Path | None = None) -> tuple[dict[str, str], str]:
+    """({part name: text}, hash) for a template file split into ``[part]`` sections."""
+    text, digest = load_template(name, prompts_dir)
+    pieces = re.split(r"^\[([a-z_]+)\]\s*$", text, flags=re.M)
+    sections = {pieces[i]: pieces[i + 1].strip("\n") for i in range(1, len(pieces) - 1, 2)}
+    missing = [part for part in required if part not in sections]
+    if missing:
+        raise T0Error(f"prompt template {name!r} lacks the section(s) {', '.join(missing)}; each starts on a line "
+                      f"like [{missing[0]}] (see t0_pipeline/prompts/{name}.txt).")
+    return sections, digest

@@ -66,6 +66,13 @@ def render_chat(messages: list[dict[str, str]], tokenizer) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
 
+def generation_prompt(messages: list[dict[str, str]], tokenizer, assistant_open: str = "") -> str:
+    """The text a student continues: the conversation, the assistant header, then ``assistant_open`` (e.g. the thinking marker)."""
+    if tokenizer is not None:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_open
+    return render_chat(messages, None) + "<|im_start|>assistant\n" + assistant_open
+
+
 def count_tokens(text: str, tokenizer) -> int:
     if tokenizer is None:
         return len(text.split())  # whitespace words: a stated approximation when no tokenizer is configured

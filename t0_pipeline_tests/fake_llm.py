@@ -1,11 +1,13 @@
 """A loopback OpenAI-compatible server: a test double for the *model*, nothing else.
 
 It speaks the real protocol (``POST /v1/chat/completions``, JSON or server-sent-event
-streaming, ``GET /v1/models``), so litellm's real client code runs against it. Replies
+streaming, ``POST /v1/completions``, ``GET /v1/models``), so litellm's real client code
+runs against it. Replies
 are scripted: the first rule whose pattern matches the last user message (or any message)
 decides the reply. Faults are queued per rule: 429 with Retry-After, 500, a hang past
 the client's timeout, malformed JSON, a refusal, or thinking returned either as
-``reasoning_content`` or inline ``<think>…</think>``.
+``reasoning_content`` or inline ``<think>…</think>``. A rule may also answer with tool
+calls (when the request offers tools), as a JSON reply or streamed deltas.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Rule:
     reasoning: str | None = None  # returned as reasoning_content
     inline_think: str | None = None  # prepended to the content as <think>…</think>
     faults: list[str | int] = field(default_factory=list)  # consumed one per request: 429, 500, "hang", "malformed"
+    # (name, arguments) pairs, or a function of the messages returning them; used when the request offers tools.
+    # Arguments may be a dict (sent as JSON) or a raw string (to script malformed arguments).
+    tool_calls: list[tuple[str, Any]] | Callable[[list[dict[str, Any]]], list[tuple[str, Any]]] | None = None
 
 
 @dataclass
@@ -108,21 +113,35 @@ class FakeLLM:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if rule.reasoning is not None:
             message["reasoning_content"] = rule.reasoning
+        calls = rule.tool_calls(body["messages"]) if callable(rule.tool_calls) else rule.tool_calls
+        tool_calls = [{"id": "call_" + uuid.uuid4().hex[:8], "type": "function",
+                       "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+                      for name, args in (calls or [])] if body.get("tools") else []
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+            message["content"] = content or None
+        finish = "tool_calls" if tool_calls else "stop"
         base = {"id": "chatcmpl-" + uuid.uuid4().hex[:12], "created": int(time.time()), "model": body.get("model", "fake")}
         if not body.get("stream"):
             return web.json_response({**base, "object": "chat.completion", "usage": usage,
-                                      "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+                                      "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await stream.prepare(request)
         pieces = [{"reasoning_content": w + " "} for w in (message.get("reasoning_content") or "").split(" ") if w]
         pieces += [{"content": w} for w in re.findall(r"\S+\s*|\s+", content)]
+        for i, call in enumerate(tool_calls):  # name first, then the arguments in two fragments
+            args = call["function"]["arguments"]
+            pieces.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                           "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            for part in (args[: len(args) // 2], args[len(args) // 2:]):
+                pieces.append({"tool_calls": [{"index": i, "function": {"arguments": part}}]})
         for i, delta in enumerate(pieces):
             chunk = {**base, "object": "chat.completion.chunk",
                      "choices": [{"index": 0, "delta": {"role": "assistant", **delta} if i == 0 else delta,
                                   "finish_reason": None}]}
             await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
         final = {**base, "object": "chat.completion.chunk", "usage": usage,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
         await stream.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
         await stream.write_eof()
         return stream
@@ -135,6 +154,11 @@ class FakeLLM:
         with state.lock:
             state.requests.append(body)
             rule = state.match(messages)
+            fault = rule.faults.pop(0) if rule and rule.faults else None
+        if fault == "hang":
+            await asyncio.sleep(state.hang_s)
+        if isinstance(fault, int):
+            return web.json_response({"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault)
         if rule is None:
             return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
         words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split(" ")

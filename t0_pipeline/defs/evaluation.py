@@ -1,0 +1,87 @@
+"""Evaluation assets: accuracy_report per model (partition), the combined report and its plot.
+
+The partitions are the names in ``evaluation.models`` of the config file named by
+``$T0_CONFIG`` (read when the code location loads): base Qwen sizes, fine-tuned students,
+API models and the retrieval-only baseline. A new model is a new partition; its runs are
+cached per (model, prompt, seed), so re-materialising with more runs computes only the new
+ones. The check on the combined report warns when a fine-tuned student scores below its
+base model at the same k on the same queries.
+"""
+
+import base64
+import os
+
+import dagster as dg
+
+from t0_pipeline.config import load_config
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.defs.retrieval import summary_bm25, summary_index
+from t0_pipeline.defs.synthetic import synthetic_queries, usage_metadata
+from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, run_evaluation, students_below_base
+
+GROUP = "evaluation"
+
+
+def model_partitions() -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(list(load_config(os.environ.get("T0_CONFIG") or None).evaluation.models))
+
+
+def build_accuracy_report(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="accuracy_report", group_name=GROUP, deps=[synthetic_queries, summary_index, summary_bm25],
+        partitions_def=partitions, pool="llm", code_version="1", kinds={"python", "parquet"},
+        description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std over runs, by query "
+                    "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
+    )
+    def accuracy_report(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
+                        chroma: ChromaStore) -> dg.MaterializeResult:
+        from t0_pipeline.retrieve import Retriever
+
+        cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
+        retriever = None
+        if any(k > 0 for k in cfg.evaluation.ks):
+            retriever = Retriever(cfg.evaluation.index, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
+                                  embedder=embedding_model.load(), client=chroma.client(paths))
+        df, summary = run_evaluation(paths, cfg, name, retriever, progress=context.log.info)
+        for note in summary["notes"]:
+            context.log.warning(f"{name}: {note}")
+        headline = {f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
+                    for k, s in summary["by_k"].items() for field in ("condition", "disposition")}
+        return dg.MaterializeResult(metadata={
+            **headline, "queries": summary["queries"], "runs": summary["runs"], "seeds": dg.MetadataValue.json(summary["seeds"]),
+            "dagster/row_count": df.height, "notes": "; ".join(summary["notes"]) or "none",
+            "table": dg.MetadataValue.md(model_table(summary)), "prompt_hash": summary["prompt_hash"],
+            "queries_hash": summary["queries_hash"], **usage_metadata(summary["usage"]),
+            "predictions": dg.MetadataValue.path(str(paths.accuracy_dir(name) / "predictions.parquet")),
+        })
+
+    return accuracy_report
+
+
+accuracy_report = build_accuracy_report(model_partitions())
+
+
+@dg.asset(group_name=GROUP, deps=[accuracy_report], code_version="1", kinds={"python", "csv"},
+          description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity error shares, "
+                      "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like Figure 5.")
+def accuracy_comparison(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    report = combine(paths, cfg.evaluation)
+    context.log.info("\n" + report.markdown)
+    plot = ""
+    if report.png is not None:
+        plot = f"\n\n![accuracy by size](data:image/png;base64,{base64.b64encode(report.png.read_bytes()).decode()})"
+    return dg.MaterializeResult(metadata={
+        "models": dg.MetadataValue.json(report.models), "not_evaluated": dg.MetadataValue.json(report.missing),
+        "table": dg.MetadataValue.md(report.markdown + plot), "csv": dg.MetadataValue.path(str(report.csv)),
+        "students_below_base": len(report.below_base),
+    })
+
+
+@dg.asset_check(asset=accuracy_comparison, description="No fine-tuned student scores below its base model (same k, "
+                                                       "same queries) on condition accuracy (WARN).")
+def students_not_below_base(settings: PipelineSettings) -> dg.AssetCheckResult:
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    below = students_below_base(read_summaries(paths, cfg.evaluation))
+    return dg.AssetCheckResult(passed=not below, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"below_base": dg.MetadataValue.json(below)})
