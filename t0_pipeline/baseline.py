@@ -19,15 +19,22 @@ TRIGGERS = (  # most urgent first: a line matching several counts as the most ur
                         r"contact (?:your|a) gp urgently|urgent advice|non-urgent advice|see a gp if", re.I)),
 )
 HEADING = re.compile(r"^(#+ |--- |=== |@)")
-STOPWORDS = frozenset("""about after again also been before being could does doing down feel feeling from have having
-into just like more most much only other over really same some such than that their them then there these they this
-those very what when where which while with would your you're i've it's been can't don't days weeks week hours""".split())
+STOPWORDS = frozenset("""the and for you your has have had was were are but not can could its our get got one two all any
+about after again also been before being does doing down feel feeling from having into just like more most much only
+other over really same some such than that their them then there these they this those very what when where which
+while with would i've it's can't don't day days week weeks hour hours since last been see""".split())
 SECTION_LINES = 12  # a passage ends after this many lines even without a new heading
 
 
+def _stem(word: str) -> str:
+    if len(word) > 4:
+        word = re.sub(r"(ful|ing|ed|es|s|ly)$", "", word)
+    return word[:5]
+
+
 def _words(text: str) -> set[str]:
-    """Content words, crudely stemmed (first five letters), so "coughing" meets "cough"."""
-    return {w[:5] for w in re.findall(r"[a-z]{4,}", text.lower()) if w not in STOPWORDS}
+    """Content words (three letters or more: "hot", "red", "arm" matter), crudely stemmed: "painful" meets "pain"."""
+    return {_stem(w) for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOPWORDS}
 
 
 def urgency_passages(page: str) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSett
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
 refresh_corpus = dg.define_asset_job(
     "refresh_corpus",
-    selection=dg.AssetSelection.assets(corpus.condition_pages).downstream() - dg.AssetSelection.groups("synthetic_data"),
+    selection=dg.AssetSelection.assets(corpus.condition_pages).downstream() & dg.AssetSelection.groups("corpus", "retrieval"),
     description="Re-crawl the source and rebuild whatever changed (indexes update incrementally).",
 )
 synthetic_data_job = dg.define_asset_job(

@@ -55,7 +55,7 @@ def test_index_retrieve_eval_and_query_from_a_pages_file(tmp_path):
 
 def test_every_command_has_help():
     for command in ("crawl", "clean", "summarise", "index", "retrieve", "eval-retrieval", "query", "synth-queries",
-                    "traces", "sft", "train", "sbatch", "report", "config"):
+                    "traces", "sft", "train", "sbatch", "evaluate", "accuracy-report", "report", "config"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, command
         assert "--data-dir" in result.output or command == "config", command
@@ -76,3 +76,9 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     assert result.returncode == 2 and "field 'chunk.overlap'" in result.stderr and "Traceback" not in result.stderr
     result = t0("index", "--pages", str(tmp_path / "absent.jsonl"), "--data-dir", str(tmp_path / "d"))
     assert result.returncode == 2 and "absent.jsonl" in result.stderr and "Traceback" not in result.stderr
+    result = t0("evaluate", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2 and "name at least one --model; configured: retrieval-baseline, " in result.stderr
+    result = t0("evaluate", "--model", "gpt-5", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2 and "no model 'gpt-5' in evaluation.models" in result.stderr
+    result = t0("evaluate", "--model", "retrieval-baseline", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2 and "no evaluation queries at" in result.stderr and "t0 synth-queries" in result.stderr
