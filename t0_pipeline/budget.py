@@ -46,9 +46,12 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig) ->
 
     end_id = _single_token(tokenizer, config.think_end, "end-of-thinking")
     wait_ids = tokenizer(" " + config.wait_text, add_special_tokens=False)["input_ids"]
+    if not wait_ids:
+        raise T0Error(f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set budget.wait_text to a word "
+                      "the model's tokenizer knows.")
     stop_ids = [end_id] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     device = next(model.parameters()).device
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.long, device=device)
     prompt_len = ids.shape[1]
     thinking: list[int] = []
     waits = 0
@@ -66,7 +69,7 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig) ->
         if stopped:
             new = new[:-1]  # the marker itself is not thinking; it is re-added when the answer is forced
         thinking.extend(new)
-        ids = torch.tensor([ids[0].tolist() + new], device=device)
+        ids = torch.tensor([ids[0].tolist() + new], dtype=torch.long, device=device)
         if not stopped:  # ran out of budget mid-thought
             exhausted = len(thinking) >= config.thinking_budget
             break
@@ -74,9 +77,9 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig) ->
             break
         waits += 1
         thinking.extend(wait_ids)
-        ids = torch.tensor([ids[0].tolist() + wait_ids], device=device)
+        ids = torch.tensor([ids[0].tolist() + wait_ids], dtype=torch.long, device=device)
     forced = [end_id] + tokenizer(config.answer_start, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([ids[0].tolist() + forced], device=device)
+    ids = torch.tensor([ids[0].tolist() + forced], dtype=torch.long, device=device)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.answer_tokens,
                          do_sample=False, eos_token_id=stop_ids[1:] or None, pad_token_id=pad)
     answer = out[0, ids.shape[1]:].tolist()

@@ -331,3 +331,23 @@ def test_cli_evaluates_the_baseline_and_prints_the_combined_report(built, tmp_pa
     result = runner.invoke(app, ["accuracy-report", "--data-dir", str(paths.root)])
     assert result.exit_code == 0 and "| retrieval-baseline | baseline | — |" in result.output
     assert "Not evaluated yet: qwen2.5-1.5b" in result.output and "accuracy_by_size.png" in result.output
+
+
+def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever, tmp_path):
+    from t0_pipeline_tests.test_budget import MARKER, pinned_model
+
+    import shutil
+
+    pinned_model(tmp_path, MARKER)  # a saved checkpoint that always tries to end its thinking at once
+    (tmp_path / "tok").mkdir()  # its tokenizer on its own, so AutoTokenizer does not swap in the Qwen2 class
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tmp_path / "m" / name, tmp_path / "tok" / name)
+    model = {"model": str(tmp_path / "m"), "tokenizer": str(tmp_path / "tok"), "backend": "transformers", "kind": "fine-tuned",
+             "budget": BudgetConfig(thinking_budget=16, max_waits=2, answer_tokens=3)}
+    cfg, paths = configure(built, tmp_path, {"local": model}, runs=2, ks=[0], queries=QUERIES[:1])
+    df, summary = run_evaluation(paths, cfg, "local", retriever)
+    assert df["thinking"].to_list() == ["Wait Wait"] * 2 and df["completion_tokens"].to_list() == [2, 2]
+    assert df["status"].to_list() == ["empty"] * 2  # the answer is the marker again: nothing to parse, counted
+    assert summary["notes"] == ["2 empty replies"]
+    _, again = run_evaluation(paths, cfg, "local", retriever)
+    assert again["usage"]["cache_hits"] == 2 and again["usage"]["completed"] == 0
