@@ -21,7 +21,7 @@ from t0_pipeline.config import DataPaths, PipelineConfig, load_config
 
 app = typer.Typer(
     name="t0",
-    help="t0-pipeline: corpus, index and retrieval evaluation; synthetic queries and teacher traces; student fine-tuning; accuracy evaluation.",
+    help="t0-pipeline: corpus, index and retrieval evaluation; synthetic queries and teacher traces; student fine-tuning; accuracy evaluation; serving.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -473,6 +473,65 @@ def accuracy_report(data_dir: Optional[Path] = DataDir, config: Optional[Path] =
         raise T0Error(f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` first.")
     typer.echo(report.markdown)
     typer.echo(f"csv: {report.csv}\nplot: {report.png}")
+
+
+@app.command()
+def serve(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8080, help="TCP port."),
+    insecure_local: bool = typer.Option(False, "--insecure-local", help="No API keys: a single user on this machine only."),
+):
+    """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions over the built index."""
+    import uvicorn
+
+    from t0_pipeline.serve.app import create_app
+
+    cfg, paths = _setup(data_dir, config)
+    if insecure_local and host not in ("127.0.0.1", "localhost", "::1"):
+        raise T0Error(f"--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not {host}).")
+    app_ = create_app(cfg, paths, insecure_local=insecure_local)
+    typer.echo(f"t0 serve: http://{host}:{port}/  (API docs /docs; {'no API keys' if insecure_local else 'API keys required'})")
+    uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
+
+
+keys_app = typer.Typer(help="API keys for `t0 serve` (only a hash is stored; a key is shown once).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _store(data_dir: Optional[Path], config: Optional[Path]):
+    from t0_pipeline.serve.store import Store, default_url
+
+    cfg, paths = _setup(data_dir, config)
+    return Store(cfg.serve.database_url or default_url(paths.conversations_db))
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Argument(..., help="Who or what the key is for."), data_dir: Optional[Path] = DataDir,
+                config: Optional[Path] = ConfigFile):
+    """Create a key and print it (store it now: it cannot be shown again)."""
+    key_id, token = _store(data_dir, config).create_key(name)
+    typer.echo(f"key id {key_id} ({name}):\n{token}")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile):
+    """List keys (ids and names; never the keys)."""
+    import datetime
+
+    for k in _store(data_dir, config).list_keys():
+        when = datetime.datetime.fromtimestamp(k["created_at"]).isoformat(timespec="seconds")
+        typer.echo(f"{k['id']}  {k['name']}  created {when}{'  REVOKED' if k['revoked'] else ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `t0 keys list`."), data_dir: Optional[Path] = DataDir,
+                config: Optional[Path] = ConfigFile):
+    """Revoke a key: its requests are refused from now on."""
+    if not _store(data_dir, config).revoke_key(key_id):
+        raise T0Error(f"no key with id {key_id}; see `t0 keys list`.")
+    typer.echo(f"revoked {key_id}")
 
 
 @app.command()

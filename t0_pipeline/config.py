@@ -139,6 +139,10 @@ def _default_roles() -> dict[str, RoleConfig]:
         "query_writer": RoleConfig(temperature=0.9, max_tokens=700),  # report: a frontier model
         "teacher": RoleConfig(model="openai/deepseek-ai/DeepSeek-R1", temperature=0.6, max_tokens=8192,
                               timeout_s=600.0),  # report: DeepSeek-R1, a reasoning model
+        # serving: the conversational agent (tool calling) and the reasoning model (a fine-tuned student)
+        "agent": RoleConfig(model="openai/Qwen/Qwen2.5-7B-Instruct", temperature=0.2, max_tokens=512, seed=None),
+        "reasoner": RoleConfig(model="openai/t0-7B", api_base="http://127.0.0.1:8001/v1", temperature=0.6,
+                               max_tokens=4096, seed=None, timeout_s=300.0),
     }
 
 
@@ -284,6 +288,31 @@ class EvaluationConfig(BaseModel):
     mode: RetrieverMode = "dense"
 
 
+class ServeProfile(BaseModel):
+    """One pipeline configuration behind the service; its name is the model id clients ask for."""
+
+    agent: str = "agent"  # llm.roles entry that talks to the user and decides when to search
+    reasoner: str = "reasoner"  # llm.roles entry that answers over the retrieved documents, thinking first
+    agent_tools: bool = True  # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
+    k: int = 5  # documents retrieved per search
+    index: IndexName = "summaries"
+    mode: RetrieverMode = "hybrid"
+
+
+class ServeConfig(BaseModel):
+    """The HTTP service (``t0 serve``)."""
+
+    profiles: dict[str, ServeProfile] = Field(default_factory=lambda: {"t0": ServeProfile()})
+    database_url: str | None = None  # SQLAlchemy URL; None = SQLite at <data>/serve/conversations.sqlite
+    context_tokens: int = 8192  # history budget sent to a model (system prompt and the new message always kept)
+    tokenizer: str | None = None  # counts tokens for trimming; None = about four characters per token
+    cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API (none by default)
+    max_request_bytes: int = 65536  # larger request bodies are refused (413)
+    max_message_chars: int = 4000  # longer user messages are refused (422)
+    rate_limit_per_minute: int = 60  # requests per API key; 0 = unlimited
+    rate_limit_burst: int = 20
+
+
 class PipelineConfig(BaseModel):
     """Everything one end-to-end run needs; written next to the artefacts it made."""
 
@@ -301,6 +330,7 @@ class PipelineConfig(BaseModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 class DataPaths:
@@ -369,6 +399,10 @@ class DataPaths:
     def accuracy_dir(self, model: str | None = None) -> Path:
         base = self.root / "eval" / "accuracy"
         return base / model if model else base
+
+    @property
+    def conversations_db(self) -> Path:
+        return self.root / "serve" / "conversations.sqlite"
 
     @property
     def retrieval_report_dir(self) -> Path:

@@ -31,7 +31,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +72,39 @@ def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[s
         thinking, answer = content.split("</think>", 1)
         return thinking.strip(), answer.strip()
     return "", content.strip()
+
+
+class ThinkSplitter:
+    """Splits streamed text into thinking and answer at inline ``<think>``/``</think>`` tags, across chunk borders."""
+
+    def __init__(self, open_tag: str = "<think>", close_tag: str = "</think>"):
+        self.open, self.close = open_tag, close_tag
+        self.thinking = False
+        self.buffer = ""
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self.buffer += text
+        out: list[tuple[str, str]] = []
+        while True:
+            tag = self.close if self.thinking else self.open
+            at = self.buffer.find(tag)
+            if at < 0:
+                break
+            if at:
+                out.append(("thinking" if self.thinking else "answer", self.buffer[:at]))
+            self.buffer = self.buffer[at + len(tag):]
+            self.thinking = not self.thinking
+        tag = self.close if self.thinking else self.open
+        keep = next((n for n in range(min(len(tag) - 1, len(self.buffer)), 0, -1) if tag.startswith(self.buffer[-n:])), 0)
+        emit, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
+        if emit:
+            out.append(("thinking" if self.thinking else "answer", emit))
+        return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        out = [("thinking" if self.thinking else "answer", self.buffer)] if self.buffer else []
+        self.buffer = ""
+        return out
 
 
 def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
@@ -205,7 +238,7 @@ async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
 class LLMClient:
     """Calls for one role, sharing a cache, a concurrency cap and a rate limit."""
 
-    def __init__(self, role: str, config: LLMConfig, cache: LLMCache, overrides: dict[str, Any] | None = None):
+    def __init__(self, role: str, config: LLMConfig, cache: LLMCache | None, overrides: dict[str, Any] | None = None):
         if role not in config.roles:
             raise T0Error(f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to the config.")
         self.role = role
@@ -273,20 +306,81 @@ class LLMClient:
         ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
         overrides the role's seed (repeated runs). Both are part of the cache key.
         """
-        s = self.settings
         params = self.params()
         if seed is not None:
             params["seed"] = seed
         if tools:
             params["tools"] = tools
-        key = cache_key(s.model, messages, params)
-        api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
-        kwargs = {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": api_key or "none",
-                  "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": params["seed"], "top_p": s.top_p,
-                  "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
-                  **({"extra_body": s.extra_body} if s.extra_body else {}),
-                  **({"tools": tools, "tool_choice": "auto"} if tools else {})}
+        key = cache_key(self.settings.model, messages, params)
+        kwargs = self._kwargs(messages, tools, params["seed"])
         return await self.cached(key, lambda: self._call_with_retries(kwargs))
+
+    def _kwargs(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, seed: int | None) -> dict:
+        s = self.settings
+        api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
+        return {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": api_key or "none",
+                "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": seed, "top_p": s.top_p,
+                "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
+                **({"extra_body": s.extra_body} if s.extra_body else {}),
+                **({"tools": tools, "tool_choice": "auto"} if tools else {})}
+
+    async def stream(self, messages: Sequence[dict[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+        """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then ("usage", dict).
+
+        Thinking is recognised in ``reasoning_content`` deltas and in inline ``<think>…</think>``.
+        Connection failures before the first piece are retried like :meth:`complete`; a failure
+        raises :class:`T0Error` with one line naming the model and endpoint.
+        """
+        litellm = _litellm()
+        self.start()
+        s = self.settings
+        kwargs = {**self._kwargs(messages, None, s.seed), "stream": True, "stream_options": {"include_usage": True}}
+        response = None
+        for attempt in range(1, self.config.max_attempts + 1):
+            self.usage.requests += 1
+            try:
+                response = await litellm.acompletion(**kwargs)
+                break
+            except Exception as exc:  # litellm maps provider errors onto its own exception types
+                kind = type(exc).__name__
+                if kind not in RETRYABLE or attempt == self.config.max_attempts:
+                    self.usage.failures += 1
+                    first = str(exc).splitlines()[0][:200] if str(exc) else kind
+                    raise T0Error(f"{self.role} model {s.model} at {s.api_base or 'the provider default'} failed "
+                                  f"({kind}: {first.replace('litellm.', '')}); check that the server is up.") from None
+                self.usage.retries += 1
+                await asyncio.sleep(min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s))
+        splitter = ThinkSplitter()
+        usage: dict[str, int] = {}
+        chunks = aiter(response)  # type: ignore[arg-type]
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # the stream broke part-way (connection lost, provider error)
+                self.usage.failures += 1
+                first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                raise T0Error(f"{self.role} model {s.model} stopped mid-answer ({type(exc).__name__}: "
+                              f"{first.replace('litellm.', '')}); ask again.") from None
+            if getattr(chunk, "usage", None):
+                usage = {"prompt_tokens": int(chunk.usage.prompt_tokens or 0),
+                         "completion_tokens": int(chunk.usage.completion_tokens or 0)}
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            reasoning = getattr(delta, "reasoning_content", None)
+            if reasoning:
+                yield "thinking", reasoning
+            if delta.content:
+                for piece in splitter.feed(delta.content):
+                    yield piece
+        for piece in splitter.flush():
+            yield piece
+        self.usage.completed += 1
+        self.usage.prompt_tokens += usage.get("prompt_tokens", 0)
+        self.usage.completion_tokens += usage.get("completion_tokens", 0)
+        yield "usage", usage
 
     async def cached(self, key: str, produce: Callable[[], Awaitable[LLMReply]]) -> LLMReply:
         """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded); counted in usage.
@@ -294,14 +388,14 @@ class LLMClient:
         The one caching mechanism for every kind of model call (chat here; budget-forced
         generation in :mod:`t0_pipeline.evaluate`).
         """
-        hit = self.cache.get(key)
+        hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             reply = LLMReply(**{**hit, "cached": True, "attempts": 0})
             self.usage.add(reply)
             return reply
         self.start()
         reply = await produce()
-        if reply.ok:
+        if reply.ok and self.cache is not None:
             self.cache.put(key, self.settings.model,
                            {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
         self.usage.add(reply)

@@ -6,6 +6,7 @@ CLI and the assets run exactly the same code with the same settings.
 
 
 import os
+import re
 from typing import Optional
 
 import dagster as dg
@@ -128,5 +129,6 @@ class TrainingCompute(dg.ConfigurableResource):
         except RuntimeError as exc:  # dagster-slurm reports rejected or failed jobs this way
             lines = str(exc).splitlines()
             reason = next((ln.strip() for ln in lines if "error:" in ln), lines[0][:160] if lines else "no detail")
+            reason = re.sub(r"^(?:std(?:err|out):\s*)+", "", reason)  # how the SSH layer labels the stream varies
             raise T0Error(f"the Slurm job for {size} did not complete: {reason}; the job's output is in the run's "
                           "logs, and the previous checkpoint is kept.") from None

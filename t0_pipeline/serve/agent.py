@@ -1,0 +1,196 @@
+"""One conversational turn: the agent decides, retrieval runs as its tool, the reasoner answers.
+
+The *agent* model sees the conversation (answers only, earlier thinking stripped) and either
+answers directly (greetings, thanks, small talk) or calls ``search_health_information`` with a
+query it writes from the whole conversation. Models without native tool calling use a
+plain-text protocol instead (a ``SEARCH: …`` line; ``ServeProfile.agent_tools``). After a
+search, the *reasoning* model gets the retrieved documents and the person's demographics in
+its **system** prompt (so context never piles up in the history), plus the trimmed history
+and the new message, and streams its thinking and answer.
+
+Input: a profile name, the stored history, the new message and the demographics. Output: an
+async stream of events: ``("search", query)``, ``("sources", [...])``, ``("thinking", text)``,
+``("answer", text)`` and finally ``("done", Turn)``. Model failures raise ``T0Error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.prompts import load_sections, render
+from t0_pipeline.traces import documents_block
+
+SEARCH_TOOL_NAME = "search_health_information"
+SEARCH_TOOL = {"type": "function", "function": {
+    "name": SEARCH_TOOL_NAME,
+    "description": "Search the health information pages for documents relevant to the person's problem.",
+    "parameters": {"type": "object", "required": ["query"], "properties": {
+        "query": {"type": "string", "description": "A short search query written from the whole conversation."}}}}}
+SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
+DEMOGRAPHIC_FIELDS = ("age", "sex", "occupation", "social_support", "medical_history")
+
+
+@dataclass
+class Turn:
+    answer: str = ""
+    thinking: str = ""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    search_query: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def approx_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def token_counter(tokenizer_name: str | None) -> Callable[[str], int]:
+    if tokenizer_name is None:
+        return approx_tokens
+    from t0_pipeline.sft import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_name)
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_history(system: dict[str, str], history: list[dict[str, Any]], new: dict[str, str], budget: int,
+                count: Callable[[str], int] = approx_tokens) -> list[dict[str, str]]:
+    """The system prompt, as many of the latest turns as fit in ``budget`` tokens, and the new message.
+
+    The system prompt and the new message are always kept; only answers are resent (thinking is
+    stored apart); the kept history never starts with an orphaned assistant turn.
+    """
+    per_message = 4  # role and separators
+    used = count(system["content"]) + count(new["content"]) + 2 * per_message
+    kept: list[dict[str, str]] = []
+    for msg in reversed(history):
+        cost = count(msg["content"]) + per_message
+        if used + cost > budget:
+            break
+        kept.append({"role": msg["role"], "content": msg["content"]})
+        used += cost
+    kept.reverse()
+    while kept and kept[0]["role"] == "assistant":
+        kept.pop(0)
+    return [system, *kept, new]
+
+
+def demographics_text(demographics: dict[str, Any]) -> str:
+    known = {k: demographics[k] for k in DEMOGRAPHIC_FIELDS if demographics.get(k) not in (None, "")}
+    return json.dumps(known, ensure_ascii=False) if known else "not given"
+
+
+class ChatService:
+    """Holds the model clients and retrievers of every profile; runs turns."""
+
+    def __init__(self, cfg: PipelineConfig, paths: DataPaths, retriever_factory: Callable[[ServeProfile], Any] | None = None):
+        self.cfg, self.paths = cfg, paths
+        self.count = token_counter(cfg.serve.tokenizer)
+        self.agent_prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.llm.prompts_dir)
+        self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.llm.prompts_dir)
+        self._retriever_factory = retriever_factory or self._default_retriever
+        self._retrievers: dict[str, Any] = {}
+        self._retrieval_lock = threading.Lock()  # one search at a time: the embedder and store are shared
+        self._clients: dict[str, LLMClient] = {}
+        for name, profile in cfg.serve.profiles.items():
+            for role in (profile.agent, profile.reasoner):
+                if role not in cfg.llm.roles:
+                    raise T0Error(f"serve profile {name!r} uses LLM role {role!r}, which is not configured; add "
+                                  f"llm.roles.{role} (model, api_base).")
+
+    def _default_retriever(self, profile: ServeProfile):
+        from t0_pipeline.retrieve import Retriever
+
+        return Retriever(profile.index, self.paths, self.cfg.embedding, self.cfg.chroma, self.cfg.retrieval)
+
+    def profile(self, name: str) -> ServeProfile:
+        if name not in self.cfg.serve.profiles:
+            raise T0Error(f"unknown model {name!r}; available: {', '.join(self.cfg.serve.profiles)}.")
+        return self.cfg.serve.profiles[name]
+
+    def retriever(self, profile: ServeProfile):
+        key = f"{profile.index}"
+        if key not in self._retrievers:
+            self._retrievers[key] = self._retriever_factory(profile)
+        return self._retrievers[key]
+
+    def client(self, role: str) -> LLMClient:
+        if role not in self._clients:
+            self._clients[role] = LLMClient(role, self.cfg.llm, None)  # conversations are never cached
+        return self._clients[role]
+
+    def _search(self, profile: ServeProfile, query: str) -> list[Any]:
+        with self._retrieval_lock:
+            return self.retriever(profile).search(query, profile.k, profile.mode)
+
+    async def turn(self, profile_name: str, history: list[dict[str, Any]], text: str,
+                   demographics: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+        profile = self.profile(profile_name)
+        budget = self.cfg.serve.context_tokens
+        result = Turn()
+        started = time.perf_counter()
+        new = {"role": "user", "content": text}
+        agent = self.client(profile.agent)
+        system = self.agent_prompts["system" if profile.agent_tools else "system_no_tools"]
+        reply = await agent.complete(fit_history({"role": "system", "content": system}, history, new, budget, self.count),
+                                     tools=[SEARCH_TOOL] if profile.agent_tools else None)
+        if not reply.ok:
+            raise T0Error(f"the agent model {agent.settings.model} failed ({reply.error}); check that it is running.")
+        result.prompt_tokens += reply.prompt_tokens
+        result.completion_tokens += reply.completion_tokens
+        result.timings_ms["agent"] = (time.perf_counter() - started) * 1000
+        query = self._search_query(reply, text, profile)
+        if query is None:  # a direct answer: greetings, thanks, small talk
+            result.answer = reply.content.strip()
+            yield "answer", result.answer
+            yield "done", result
+            return
+        result.search_query = query
+        yield "search", query
+        t0 = time.perf_counter()
+        hits = await asyncio.to_thread(self._search, profile, query)
+        result.timings_ms["retrieval"] = (time.perf_counter() - t0) * 1000
+        result.sources = [{"slug": h.slug, "title": h.title, "url": h.url, "score": round(float(h.score), 4)} for h in hits]
+        yield "sources", result.sources
+        documents = documents_block([h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits])
+        system = render(self.reasoner_prompts["system"], "reasoner", search_query=query, documents=documents,
+                        demographics=demographics_text(demographics))
+        messages = fit_history({"role": "system", "content": system}, history, new, budget, self.count)
+        t0 = time.perf_counter()
+        thinking, answer = [], []
+        async for kind, piece in self.client(profile.reasoner).stream(messages):
+            if kind == "usage":
+                result.prompt_tokens += piece.get("prompt_tokens", 0)
+                result.completion_tokens += piece.get("completion_tokens", 0)
+                continue
+            (thinking if kind == "thinking" else answer).append(piece)
+            yield kind, piece
+        result.timings_ms["reasoner"] = (time.perf_counter() - t0) * 1000
+        result.thinking, result.answer = "".join(thinking).strip(), "".join(answer).strip()
+        yield "done", result
+
+    @staticmethod
+    def _search_query(reply, text: str, profile: ServeProfile) -> str | None:
+        for call in reply.tool_calls:
+            if call.get("name") == SEARCH_TOOL_NAME:
+                try:
+                    args = json.loads(call.get("arguments") or "{}")
+                except json.JSONDecodeError:
+                    args = {}
+                query = args.get("query") if isinstance(args, dict) else None
+                return query.strip() if isinstance(query, str) and query.strip() else text  # bad arguments: the message
+        match = SEARCH_LINE.search(reply.content or "")
+        if match:  # the text protocol (also accepted from tool-calling models that wrote it out)
+            return match.group(1)
+        return None

@@ -1,0 +1,321 @@
+"""The service through uvicorn on loopback, with the loopback model server as agent and reasoner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from t0_pipeline.config import RoleConfig, ServeProfile
+from t0_pipeline.retrieve import Retriever
+from t0_pipeline.serve.agent import ChatService, fit_history
+from t0_pipeline.serve.app import create_app
+from t0_pipeline.serve.store import Store
+from t0_pipeline_tests.fake_llm import FakeLLM
+from t0_pipeline_tests.serving import AGENT_MARK, REASONER_MARK, free_port, running, script
+
+
+@pytest.fixture(scope="module")
+def retriever(built, embedder):
+    cfg, paths = built
+    return Retriever("summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
+
+
+def make_app(built, retriever, tmp_path, api_base, insecure_local=True, **serve):
+    cfg, paths = built
+    cfg = cfg.model_copy(deep=True)
+    cfg.llm.max_attempts, cfg.llm.backoff_s = 1, 0.01
+    for role in ("agent", "reasoner"):
+        cfg.llm.roles[role] = RoleConfig(model=f"openai/{role}", api_base=api_base, seed=None)
+    profiles = serve.pop("profiles", None)
+    if profiles:
+        cfg.serve.profiles = profiles
+    cfg.serve.database_url = f"sqlite:///{tmp_path / 'conversations.sqlite'}"
+    for key, value in serve.items():
+        setattr(cfg.serve, key, value)
+    service = ChatService(cfg, paths, retriever_factory=lambda profile: retriever)
+    return create_app(cfg, paths, insecure_local=insecure_local, service=service), cfg
+
+
+def reasoner_requests(server):
+    return [r for r in server.state.requests if REASONER_MARK in str(r["messages"][0]["content"])]
+
+
+def agent_requests(server):
+    return [r for r in server.state.requests if AGENT_MARK in str(r["messages"][0]["content"])]
+
+
+def test_direct_answers_tool_searches_and_context_only_in_the_system_prompt(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base)
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            thread = client.post("/api/threads", json={"demographics": {"age": 58, "sex": "male"}}).json()
+            tid = thread["id"]
+            hello = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()["message"]
+            assert hello["content"] == "Hello! How can I help you today?"
+            assert hello["sources"] == [] and hello["search_query"] is None and not reasoner_requests(server)
+
+            toe = client.post(f"/api/threads/{tid}/messages", json={"content": "My big toe is red, hot and swollen"}).json()
+            reply = toe["message"]
+            assert reply["content"] == "Answer to: My big toe is red, hot and swollen"
+            assert reply["thinking"] == "I compared the documents with the symptoms."
+            assert reply["search_query"] == "symptoms: My big toe is red, hot and swollen"
+            assert len(reply["sources"]) == 5 and {"slug", "title", "url", "score"} <= set(reply["sources"][0])
+            assert reply["timings_ms"]["retrieval"] > 0 and reply["timings_ms"]["total"] > 0
+
+            client.post(f"/api/threads/{tid}/messages", json={"content": "It started last night"})
+            last = reasoner_requests(server)[-1]["messages"]
+            assert last[0]["role"] == "system" and "Documents:" in last[0]["content"]
+            assert '"age": 58' in last[0]["content"] and "symptoms: It started last night" in last[0]["content"]
+            history = last[1:]
+            assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "user"]
+            assert history[3]["content"] == "Answer to: My big toe is red, hot and swollen"
+            assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in history)
+            # the agent also sees answers only, never the documents or earlier thinking
+            agent_history = agent_requests(server)[-1]["messages"][1:]
+            assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in agent_history)
+            assert agent_requests(server)[-1]["tools"][0]["function"]["name"] == "search_health_information"
+
+            full = client.get(f"/api/threads/{tid}").json()
+            assert [m["role"] for m in full["messages"]] == ["user", "assistant"] * 3
+            assert full["title"] == "hello" and full["demographics"] == {"age": 58, "sex": "male"}
+
+
+def test_streamed_reply_events_in_order(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base)
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            tid = client.post("/api/threads", json={}).json()["id"]
+            events = []
+            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sneezing and itchy eyes"}) as r:
+                assert r.headers["content-type"].startswith("text/event-stream")
+                kind = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        events.append((kind, json.loads(line[6:])))
+    kinds = [k for k, _ in events]
+    assert kinds[:3] == ["user", "search", "sources"] and kinds[-1] == "final"
+    assert kinds.index("thinking") < kinds.index("answer") and kinds.count("answer") > 1  # token by token
+    assert "".join(d["text"] for k, d in events if k == "answer") == "Answer to: sneezing and itchy eyes"
+    assert events[-1][1]["thinking"] == "I compared the documents with the symptoms."
+
+
+def test_history_is_trimmed_by_tokens_but_keeps_the_system_prompt_and_the_new_message():
+    system = {"role": "system", "content": "s" * 400}  # ~100 tokens
+    history = [{"role": r, "content": f"{r} {i} " + "x" * 200, "thinking": "never resent"}
+               for i in range(10) for r in ("user", "assistant")]
+    new = {"role": "user", "content": "now"}
+    kept = fit_history(system, history, new, budget=350)
+    assert kept[0] is system and kept[-1] is new
+    assert [m["content"].split()[1] for m in kept[1:-1]] == ["8", "8", "9", "9"]  # the latest that fit
+    assert all(set(m) == {"role", "content"} for m in kept[1:-1])
+    assert fit_history(system, history, new, budget=10) == [system, new]  # over budget: still system + message
+    # never starts with an orphaned assistant turn
+    assert [m["role"] for m in fit_history(system, history, new, budget=290)] == ["system", "user", "assistant", "user"]
+
+
+def test_trimming_applies_to_what_the_models_receive(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, context_tokens=1200)
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            tid = client.post("/api/threads", json={}).json()["id"]
+            for i in range(6):
+                client.post(f"/api/threads/{tid}/messages", json={"content": f"message {i} " + " ".join(f"w{j}" for j in range(150))})
+    last = reasoner_requests(server)[-1]["messages"]
+    assert last[0]["role"] == "system" and last[-1]["content"].startswith("message 5")
+    assert len(last) < 12 and not any(m["content"].startswith("message 0") for m in last)
+
+
+def test_conversations_survive_a_restart(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server)
+        port = free_port()
+        app, _ = make_app(built, retriever, tmp_path, server.api_base)
+        with running(app, port) as url:
+            tid = httpx.post(f"{url}/api/threads", json={"title": "toe"}).json()["id"]
+            httpx.post(f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=30)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base)  # a new process would open the same file
+        with running(app, port) as url:
+            thread = httpx.get(f"{url}/api/threads/{tid}").json()
+            assert [m["content"] for m in thread["messages"]] == ["sore toe", "Answer to: sore toe"]
+            httpx.post(f"{url}/api/threads/{tid}/messages", json={"content": "still sore"}, timeout=30)
+    assert [m["role"] for m in reasoner_requests(server)[-1]["messages"][1:]] == ["user", "assistant", "user"]
+
+
+def test_api_keys_scope_threads_and_are_hashed_at_rest(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server)
+        app, cfg = make_app(built, retriever, tmp_path, server.api_base, insecure_local=False)
+        store = app.state.store
+        _, alice = store.create_key("alice")
+        bob_id, bob = store.create_key("bob")
+        with running(app) as url:
+            a = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {alice}"}, timeout=30)
+            b = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {bob}"}, timeout=30)
+            assert httpx.get(f"{url}/api/threads").status_code == 401
+            wrong = httpx.get(f"{url}/api/threads", headers={"Authorization": "Bearer t0k_wrong"})
+            assert wrong.status_code == 401 and "t0 keys create" in wrong.json()["detail"]
+            assert wrong.headers["www-authenticate"] == "Bearer"
+            tid = a.post("/api/threads", json={}).json()["id"]
+            assert a.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"}).status_code == 200
+            assert b.get(f"/api/threads/{tid}").status_code == 404
+            assert b.post(f"/api/threads/{tid}/messages", json={"content": "hi"}).status_code == 404
+            assert b.delete(f"/api/threads/{tid}").status_code == 404
+            assert b.put(f"/api/threads/{tid}/demographics", json={"age": 3}).status_code == 404
+            assert b.get("/api/threads").json() == [] and len(a.get("/api/threads").json()) == 1
+            store.revoke_key(bob_id)
+            assert b.get("/api/threads").status_code == 401
+            assert httpx.get(f"{url}/healthz").status_code == 200 and httpx.get(f"{url}/").status_code == 200
+    raw = (tmp_path / "conversations.sqlite").read_bytes() + (tmp_path / "conversations.sqlite-wal").read_bytes() \
+        if (tmp_path / "conversations.sqlite-wal").exists() else (tmp_path / "conversations.sqlite").read_bytes()
+    assert alice.encode() not in raw and bob.encode() not in raw
+
+
+def test_limits_rate_and_cors(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, max_request_bytes=2000, max_message_chars=100,
+                          rate_limit_per_minute=60, rate_limit_burst=4, cors_origins=["https://chat.example"])
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            tid = client.post("/api/threads", json={}).json()["id"]
+            too_big = client.post(f"/api/threads/{tid}/messages", content=json.dumps({"content": "a" * 5000}),
+                                  headers={"Content-Type": "application/json"})
+            assert too_big.status_code == 413 and "2000 bytes" in too_big.json()["detail"]
+            too_long = client.post(f"/api/threads/{tid}/messages", json={"content": "a" * 150})
+            assert too_long.status_code == 422 and "limit is 100" in too_long.json()["detail"]
+            bad = client.put(f"/api/threads/{tid}/demographics", json={"age": 500})
+            assert bad.status_code == 422
+            statuses = [client.get("/api/threads").status_code for _ in range(3)]
+            assert statuses[-1] == 429 and 200 in statuses
+            limited = client.get("/api/threads")
+            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+            ok = client.options("/api/threads", headers={"Origin": "https://chat.example", "Access-Control-Request-Method": "GET"})
+            other = client.options("/api/threads", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    assert ok.headers.get("access-control-allow-origin") == "https://chat.example"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_fifty_concurrent_conversations_nothing_lost_or_mixed(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        script(server, latency_s=0.05)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, rate_limit_per_minute=0)
+        with running(app) as url:
+            async def conversation(client: httpx.AsyncClient, i: int) -> str:
+                tid = (await client.post("/api/threads", json={"title": f"patient {i}"})).json()["id"]
+                for turn in range(2):
+                    r = await client.post(f"/api/threads/{tid}/messages", json={"content": f"patient-{i} turn-{turn} cough"})
+                    assert r.status_code == 200, r.text
+                return tid
+
+            async def main():
+                async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=100)) as client:
+                    tids = await asyncio.gather(*(conversation(client, i) for i in range(50)))
+                    # two messages at once on one thread: serialised, both kept in order
+                    await asyncio.gather(*(client.post(f"/api/threads/{tids[0]}/messages", json={"content": f"patient-0 extra-{j}"})
+                                           for j in range(2)))
+                    return tids, [(await client.get(f"/api/threads/{t}")).json() for t in tids]
+
+            tids, threads = asyncio.run(main())
+    assert server.state.max_in_flight > 1  # the turns really overlapped
+    for i, thread in enumerate(threads):
+        contents = [m["content"] for m in thread["messages"]]
+        expected = [f"patient-{i} turn-0 cough", f"Answer to: patient-{i} turn-0 cough",
+                    f"patient-{i} turn-1 cough", f"Answer to: patient-{i} turn-1 cough"]
+        assert contents[:4] == expected, (i, contents)
+        if i == 0:
+            assert len(contents) == 8 and [m["role"] for m in thread["messages"]] == ["user", "assistant"] * 4
+        else:
+            assert len(contents) == 4
+
+
+def test_openai_client_streaming_and_not(built, retriever, tmp_path):
+    import openai
+
+    with FakeLLM() as server:
+        script(server)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, insecure_local=False)
+        _, key = app.state.store.create_key("openai client")
+        with running(app) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
+            assert [m.id for m in client.models.list()] == ["t0"]
+            history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "<think>x</think>Hi there"},
+                       {"role": "user", "content": "my ear hurts"}]
+            reply = client.chat.completions.create(model="t0", messages=history)
+            assert reply.choices[0].message.content == "Answer to: my ear hurts"
+            assert reply.model_extra["sources"] and reply.usage.total_tokens > 0
+            assert reply.choices[0].message.model_extra["reasoning_content"] == "I compared the documents with the symptoms."
+            sent = reasoner_requests(server)[-1]["messages"]
+            assert [m["content"] for m in sent[1:]] == ["hello", "Hi there", "my ear hurts"]  # client thinking stripped
+
+            pieces, thinking = [], []
+            for chunk in client.chat.completions.create(model="t0", messages=[{"role": "user", "content": "sore throat"}],
+                                                        stream=True):
+                delta = chunk.choices[0].delta
+                pieces.append(delta.content or "")
+                thinking.append((delta.model_extra or {}).get("reasoning_content") or "")
+            assert "".join(pieces) == "Answer to: sore throat"
+            assert "".join(thinking).strip() == "I compared the documents with the symptoms."
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model="gpt-4", messages=history)
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=f"{url}/v1", api_key="t0k_nope").models.list()
+
+
+def test_failing_models_give_readable_errors_and_lose_nothing(built, retriever, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with FakeLLM() as server:
+        script(server)
+        app, cfg = make_app(built, retriever, tmp_path, server.api_base)
+        app.state.service.cfg.llm.roles["reasoner"].api_base = dead  # the reasoner server is down
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            tid = client.post("/api/threads", json={}).json()["id"]
+            r = client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
+            assert r.status_code == 502 and "reasoner model openai/reasoner" in r.json()["detail"]
+            assert "check that the server is up" in r.json()["detail"]
+            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}) as s:
+                body = s.read().decode()
+            assert "event: error" in body and "reasoner model" in body
+            assert [m["content"] for m in client.get(f"/api/threads/{tid}").json()["messages"]] == ["sore toe", "still sore"]
+            health = client.get("/healthz")
+            assert health.status_code == 503 and health.json()["models"]["reasoner"]["reachable"] is False
+            assert health.json()["models"]["agent"]["reachable"] is True and health.json()["index"]["loaded"]
+
+
+def test_agents_without_tool_calling_use_the_text_protocol(built, retriever, tmp_path):
+    with FakeLLM() as server:
+        server.on(REASONER_MARK, "(Gout) see a GP today", reasoning="thinking")
+        server.on("SEARCH:", "SEARCH: red painful big toe joint")
+        profiles = {"plain": ServeProfile(agent_tools=False), "t0": ServeProfile()}
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles=profiles)
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            tid = client.post("/api/threads", json={"profile": "plain"}).json()["id"]
+            reply = client.post(f"/api/threads/{tid}/messages", json={"content": "my toe"}).json()["message"]
+            assert client.post("/api/threads", json={"profile": "nope"}).status_code == 422
+    assert reply["search_query"] == "red painful big toe joint" and reply["content"] == "(Gout) see a GP today"
+    assert "tools" not in agent_requests(server)[0] and any(s["slug"] == "gout" for s in reply["sources"])
+
+
+def test_keys_cli_creates_lists_and_revokes(tmp_path):
+    from typer.testing import CliRunner
+
+    from t0_pipeline.cli import app
+
+    runner = CliRunner()
+    created = runner.invoke(app, ["keys", "create", "laptop", "--data-dir", str(tmp_path)])
+    assert created.exit_code == 0, created.output
+    key_id, token = created.output.split()[2], created.output.strip().splitlines()[-1]
+    store = Store(f"sqlite:///{tmp_path / 'serve' / 'conversations.sqlite'}")
+    assert store.key_owner(token) == key_id
+    listed = runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path)])
+    assert key_id in listed.output and "laptop" in listed.output and token not in listed.output
+    assert runner.invoke(app, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]).exit_code == 0
+    assert store.key_owner(token) is None
+    missing = runner.invoke(app, ["keys", "revoke", "nope", "--data-dir", str(tmp_path)])
+    assert "no key with id nope" in str(missing.exception)  # `t0` prints it as one line, exit status 2
