@@ -14,7 +14,7 @@ help:
 	@echo "make demo   install, then materialise the corpus -> index -> retrieval-evaluation graph on the bundled sample"
 	@echo "make test   install, then run the test suite"
 	@echo "make ui     open the Dagster web UI (http://127.0.0.1:3000) on the same assets"
-	@echo "make bench  index/query benchmarks (bundled corpus + ../shared/bench/nhs if present)"
+	@echo "make bench  index/query, LLM-client and serving benchmarks (bundled corpus + ../shared/bench/nhs)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,7 @@ ui: install
 bench: install
 	$(BIN)/python benchmarks/bench_index.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_llm.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(DATA) .dagster

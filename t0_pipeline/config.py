@@ -297,6 +297,10 @@ class ServeProfile(BaseModel):
     k: int = 5  # documents retrieved per search
     index: IndexName = "summaries"
     mode: RetrieverMode = "hybrid"
+    # how the reasoner marks its thinking when the server does not split it out (reasoning_content):
+    # "<think>"/"</think>", or "<|im_start|>think"/"<|im_start|>answer" for s1-style students
+    think_open: str = "<think>"
+    think_close: str = "</think>"
 
 
 class ServeConfig(BaseModel):

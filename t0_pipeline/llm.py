@@ -324,10 +324,11 @@ class LLMClient:
                 **({"extra_body": s.extra_body} if s.extra_body else {}),
                 **({"tools": tools, "tool_choice": "auto"} if tools else {})}
 
-    async def stream(self, messages: Sequence[dict[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+    async def stream(self, messages: Sequence[dict[str, Any]],
+                     think_tags: tuple[str, str] = ("<think>", "</think>")) -> AsyncIterator[tuple[str, Any]]:
         """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then ("usage", dict).
 
-        Thinking is recognised in ``reasoning_content`` deltas and in inline ``<think>…</think>``.
+        Thinking is recognised in ``reasoning_content`` deltas and between inline ``think_tags``.
         Connection failures before the first piece are retried like :meth:`complete`; a failure
         raises :class:`T0Error` with one line naming the model and endpoint.
         """
@@ -350,7 +351,7 @@ class LLMClient:
                                   f"({kind}: {first.replace('litellm.', '')}); check that the server is up.") from None
                 self.usage.retries += 1
                 await asyncio.sleep(min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s))
-        splitter = ThinkSplitter()
+        splitter = ThinkSplitter(*think_tags)
         usage: dict[str, int] = {}
         chunks = aiter(response)  # type: ignore[arg-type]
         while True:

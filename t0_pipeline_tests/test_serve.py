@@ -319,3 +319,20 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path):
     assert store.key_owner(token) is None
     missing = runner.invoke(app, ["keys", "revoke", "nope", "--data-dir", str(tmp_path)])
     assert "no key with id nope" in str(missing.exception)  # `t0` prints it as one line, exit status 2
+
+
+@pytest.mark.parametrize("tags, text", [
+    (("<think>", "</think>"), "<think>weighing gout</think>It is probably gout."),
+    (("<|im_start|>think", "<|im_start|>answer"), "<|im_start|>think\nweighing gout<|im_start|>answer\nIt is probably gout."),
+])
+def test_inline_thinking_is_split_across_any_chunk_boundaries(tags, text):
+    from t0_pipeline.llm import ThinkSplitter
+
+    for size in (1, 2, 3, 5, 8, len(text)):
+        splitter, pieces = ThinkSplitter(*tags), []
+        for start in range(0, len(text), size):
+            pieces += splitter.feed(text[start:start + size])
+        pieces += splitter.flush()
+        thinking = "".join(p for k, p in pieces if k == "thinking").strip()
+        answer = "".join(p for k, p in pieces if k == "answer").strip()
+        assert (thinking, answer) == ("weighing gout", "It is probably gout."), size

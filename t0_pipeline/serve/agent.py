@@ -169,7 +169,7 @@ class ChatService:
         messages = fit_history({"role": "system", "content": system}, history, new, budget, self.count)
         t0 = time.perf_counter()
         thinking, answer = [], []
-        async for kind, piece in self.client(profile.reasoner).stream(messages):
+        async for kind, piece in self.client(profile.reasoner).stream(messages, (profile.think_open, profile.think_close)):
             if kind == "usage":
                 result.prompt_tokens += piece.get("prompt_tokens", 0)
                 result.completion_tokens += piece.get("completion_tokens", 0)

@@ -121,14 +121,15 @@ async function deleteThread(id) {
 
 async function saveDemographics(event) {
   event.preventDefault();
-  if (!state.current) await newThread();
   const form = $("#demographics");
   const body = {};
   for (const name of ["age", "sex", "occupation", "social_support", "medical_history"]) {
     const value = form.elements[name].value.trim();
     if (value) body[name] = name === "age" ? Number(value) : value;
   }
-  await api(`/api/threads/${state.current}/demographics`, { method: "PUT", body: JSON.stringify(body) });
+  if (!state.current) await newThread();  // read the form first: opening the new thread refills it
+  const thread = await (await api(`/api/threads/${state.current}/demographics`, { method: "PUT", body: JSON.stringify(body) })).json();
+  fillDemographics(thread.demographics);
   $("#demographics-status").textContent = "Saved.";
 }
 
