@@ -43,7 +43,7 @@ from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, read_recor
 from t0_pipeline.baseline import disposition_from_page
 from t0_pipeline.budget import complete_with_budget, generate_with_budget
 from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig, EvaluationConfig, PipelineConfig
-from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, cache_key
+from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, cache_key, function_tool
 from t0_pipeline.prompts import load_sections, render
 from t0_pipeline.scoring import Prediction, judge, normalise_severity, parse_answer_text, score, summarise_runs
 from t0_pipeline.traces import documents_block
@@ -51,13 +51,11 @@ from t0_pipeline.traces import documents_block
 log = logging.getLogger(__name__)
 
 TOOL_NAME = "submit_condition_recommendation"
-TOOL = {"type": "function", "function": {
-    "name": TOOL_NAME,
-    "description": "Submit the condition that best explains the patient's message and how urgently they need care.",
-    "parameters": {"type": "object", "required": ["condition", "severity"], "properties": {
-        "condition": {"type": "string", "description": "One of the allowed condition names, exactly as listed, or "
-                                                       "'inconclusive' when that is allowed."},
-        "severity": {"type": "string", "enum": ["Self-care", "Urgent Primary Care", "A&E"]}}}}}
+TOOL = function_tool(
+    TOOL_NAME, "Submit the condition that best explains the patient's message and how urgently they need care.",
+    {"condition": {"type": "string", "description": "One of the allowed condition names, exactly as listed, or "
+                                                   "'inconclusive' when that is allowed."},
+     "severity": {"type": "string", "enum": ["Self-care", "Urgent Primary Care", "A&E"]}})
 SECTIONS = ("system", "user", "context_none", "context_documents", "answer_text", "answer_tool")
 DEMOGRAPHICS = ("age", "sex", "occupation", "social_support", "medical_history")
 NOTE_LABELS = {"empty": "empty replies", "unparsable": "unparsable answers",

@@ -484,6 +484,12 @@ class LLMClient:
         return results
 
 
+def function_tool(name: str, description: str, properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An OpenAI function-tool schema whose properties are all required."""
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "required": list(properties), "properties": properties}}}
+
+
 def parse_json(text: str, schema: type[M]) -> tuple[M | None, str]:
     """The first JSON object in ``text`` (code fences allowed) validated by ``schema``."""
     body = text.strip()

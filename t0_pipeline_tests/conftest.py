@@ -31,6 +31,15 @@ def built(tmp_path_factory, embedder) -> tuple[PipelineConfig, DataPaths]:
     return cfg, paths
 
 
+@pytest.fixture(scope="session")
+def retriever(built, embedder):
+    """A retriever over the built sample's summaries (the index evaluation and serving use)."""
+    from t0_pipeline.retrieve import Retriever
+
+    cfg, paths = built
+    return Retriever("summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
+
+
 @pytest.fixture
 def sample_site() -> Path:
     from t0_pipeline.crawl import sample_site_dir

@@ -10,7 +10,6 @@ import pytest
 from t0_pipeline.baseline import disposition_from_page, urgency_passages
 from t0_pipeline.config import BudgetConfig, EvalModelConfig
 from t0_pipeline.evaluate import TOOL_NAME, combine, load_eval_queries, run_evaluation, students_below_base
-from t0_pipeline.retrieve import Retriever
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM
 
@@ -38,12 +37,6 @@ def user_query(messages) -> str:
 
 def system(messages) -> str:
     return messages[0]["content"]
-
-
-@pytest.fixture(scope="module")
-def retriever(built, embedder):
-    cfg, paths = built
-    return Retriever("summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
 
 
 def configure(built, tmp_path, models: dict[str, dict], **evaluation):

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
 import pytest
 
 from t0_pipeline.config import RoleConfig, ServeProfile
-from t0_pipeline.retrieve import Retriever
 from t0_pipeline.serve.agent import ChatService, fit_history
 from t0_pipeline.serve.app import create_app
 from t0_pipeline.serve.store import Store
 from t0_pipeline_tests.fake_llm import FakeLLM
 from t0_pipeline_tests.serving import AGENT_MARK, REASONER_MARK, free_port, running, script
-
-
-@pytest.fixture(scope="module")
-def retriever(built, embedder):
-    cfg, paths = built
-    return Retriever("summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
 
 
 def make_app(built, retriever, tmp_path, api_base, insecure_local=True, **serve):
@@ -39,6 +33,16 @@ def make_app(built, retriever, tmp_path, api_base, insecure_local=True, **serve)
     return create_app(cfg, paths, insecure_local=insecure_local, service=service), cfg
 
 
+@contextlib.contextmanager
+def served(built, retriever, tmp_path, latency_s: float = 0.0, **serve):
+    """The scripted model server, the app on it under uvicorn, and an HTTP client for the app."""
+    with FakeLLM() as server:
+        script(server, latency_s)
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, **serve)
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            yield server, app, client
+
+
 def reasoner_requests(server):
     return [r for r in server.state.requests if REASONER_MARK in str(r["messages"][0]["content"])]
 
@@ -48,57 +52,51 @@ def agent_requests(server):
 
 
 def test_direct_answers_tool_searches_and_context_only_in_the_system_prompt(built, retriever, tmp_path):
-    with FakeLLM() as server:
-        script(server)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base)
-        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-            thread = client.post("/api/threads", json={"demographics": {"age": 58, "sex": "male"}}).json()
-            tid = thread["id"]
-            hello = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()["message"]
-            assert hello["content"] == "Hello! How can I help you today?"
-            assert hello["sources"] == [] and hello["search_query"] is None and not reasoner_requests(server)
+    with served(built, retriever, tmp_path) as (server, app, client):
+        thread = client.post("/api/threads", json={"demographics": {"age": 58, "sex": "male"}}).json()
+        tid = thread["id"]
+        hello = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()["message"]
+        assert hello["content"] == "Hello! How can I help you today?"
+        assert hello["sources"] == [] and hello["search_query"] is None and not reasoner_requests(server)
 
-            toe = client.post(f"/api/threads/{tid}/messages", json={"content": "My big toe is red, hot and swollen"}).json()
-            reply = toe["message"]
-            assert reply["content"] == "Answer to: My big toe is red, hot and swollen"
-            assert reply["thinking"] == "I compared the documents with the symptoms."
-            assert reply["search_query"] == "symptoms: My big toe is red, hot and swollen"
-            assert len(reply["sources"]) == 5 and {"slug", "title", "url", "score"} <= set(reply["sources"][0])
-            assert reply["timings_ms"]["retrieval"] > 0 and reply["timings_ms"]["total"] > 0
+        toe = client.post(f"/api/threads/{tid}/messages", json={"content": "My big toe is red, hot and swollen"}).json()
+        reply = toe["message"]
+        assert reply["content"] == "Answer to: My big toe is red, hot and swollen"
+        assert reply["thinking"] == "I compared the documents with the symptoms."
+        assert reply["search_query"] == "symptoms: My big toe is red, hot and swollen"
+        assert len(reply["sources"]) == 5 and {"slug", "title", "url", "score"} <= set(reply["sources"][0])
+        assert reply["timings_ms"]["retrieval"] > 0 and reply["timings_ms"]["total"] > 0
 
-            client.post(f"/api/threads/{tid}/messages", json={"content": "It started last night"})
-            last = reasoner_requests(server)[-1]["messages"]
-            assert last[0]["role"] == "system" and "Documents:" in last[0]["content"]
-            assert '"age": 58' in last[0]["content"] and "symptoms: It started last night" in last[0]["content"]
-            history = last[1:]
-            assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "user"]
-            assert history[3]["content"] == "Answer to: My big toe is red, hot and swollen"
-            assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in history)
-            # the agent also sees answers only, never the documents or earlier thinking
-            agent_history = agent_requests(server)[-1]["messages"][1:]
-            assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in agent_history)
-            assert agent_requests(server)[-1]["tools"][0]["function"]["name"] == "search_health_information"
+        client.post(f"/api/threads/{tid}/messages", json={"content": "It started last night"})
+        last = reasoner_requests(server)[-1]["messages"]
+        assert last[0]["role"] == "system" and "Documents:" in last[0]["content"]
+        assert '"age": 58' in last[0]["content"] and "symptoms: It started last night" in last[0]["content"]
+        history = last[1:]
+        assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "user"]
+        assert history[3]["content"] == "Answer to: My big toe is red, hot and swollen"
+        assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in history)
+        # the agent also sees answers only, never the documents or earlier thinking
+        agent_history = agent_requests(server)[-1]["messages"][1:]
+        assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in agent_history)
+        assert agent_requests(server)[-1]["tools"][0]["function"]["name"] == "search_health_information"
 
-            full = client.get(f"/api/threads/{tid}").json()
-            assert [m["role"] for m in full["messages"]] == ["user", "assistant"] * 3
-            assert full["title"] == "hello" and full["demographics"] == {"age": 58, "sex": "male"}
+        full = client.get(f"/api/threads/{tid}").json()
+        assert [m["role"] for m in full["messages"]] == ["user", "assistant"] * 3
+        assert full["title"] == "hello" and full["demographics"] == {"age": 58, "sex": "male"}
 
 
 def test_streamed_reply_events_in_order(built, retriever, tmp_path):
-    with FakeLLM() as server:
-        script(server)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base)
-        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-            tid = client.post("/api/threads", json={}).json()["id"]
-            events = []
-            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sneezing and itchy eyes"}) as r:
-                assert r.headers["content-type"].startswith("text/event-stream")
-                kind = None
-                for line in r.iter_lines():
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: "):
-                        events.append((kind, json.loads(line[6:])))
+    with served(built, retriever, tmp_path) as (server, app, client):
+        tid = client.post("/api/threads", json={}).json()["id"]
+        events = []
+        with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sneezing and itchy eyes"}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            kind = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
     assert kinds[:3] == ["user", "search", "sources"] and kinds[-1] == "final"
     assert kinds.index("thinking") < kinds.index("answer") and kinds.count("answer") > 1  # token by token
@@ -121,13 +119,10 @@ def test_history_is_trimmed_by_tokens_but_keeps_the_system_prompt_and_the_new_me
 
 
 def test_trimming_applies_to_what_the_models_receive(built, retriever, tmp_path):
-    with FakeLLM() as server:
-        script(server)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base, context_tokens=1200)
-        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-            tid = client.post("/api/threads", json={}).json()["id"]
-            for i in range(6):
-                client.post(f"/api/threads/{tid}/messages", json={"content": f"message {i} " + " ".join(f"w{j}" for j in range(150))})
+    with served(built, retriever, tmp_path, context_tokens=1200) as (server, app, client):
+        tid = client.post("/api/threads", json={}).json()["id"]
+        for i in range(6):
+            client.post(f"/api/threads/{tid}/messages", json={"content": f"message {i} " + " ".join(f"w{j}" for j in range(150))})
     last = reasoner_requests(server)[-1]["messages"]
     assert last[0]["role"] == "system" and last[-1]["content"].startswith("message 5")
     assert len(last) < 12 and not any(m["content"].startswith("message 0") for m in last)
@@ -270,22 +265,19 @@ def test_openai_client_streaming_and_not(built, retriever, tmp_path):
 
 def test_failing_models_give_readable_errors_and_lose_nothing(built, retriever, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    with FakeLLM() as server:
-        script(server)
-        app, cfg = make_app(built, retriever, tmp_path, server.api_base)
-        app.state.service.cfg.llm.roles["reasoner"].api_base = dead  # the reasoner server is down
-        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-            tid = client.post("/api/threads", json={}).json()["id"]
-            r = client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
-            assert r.status_code == 502 and "reasoner model openai/reasoner" in r.json()["detail"]
-            assert "check that the server is up" in r.json()["detail"]
-            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}) as s:
-                body = s.read().decode()
-            assert "event: error" in body and "reasoner model" in body
-            assert [m["content"] for m in client.get(f"/api/threads/{tid}").json()["messages"]] == ["sore toe", "still sore"]
-            health = client.get("/healthz")
-            assert health.status_code == 503 and health.json()["models"]["reasoner"]["reachable"] is False
-            assert health.json()["models"]["agent"]["reachable"] is True and health.json()["index"]["loaded"]
+    with served(built, retriever, tmp_path) as (server, app, client):
+        app.state.service.cfg.llm.roles["reasoner"].api_base = dead  # the reasoner server is down (read on first use)
+        tid = client.post("/api/threads", json={}).json()["id"]
+        r = client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
+        assert r.status_code == 502 and "reasoner model openai/reasoner" in r.json()["detail"]
+        assert "check that the server is up" in r.json()["detail"]
+        with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}) as s:
+            body = s.read().decode()
+        assert "event: error" in body and "reasoner model" in body
+        assert [m["content"] for m in client.get(f"/api/threads/{tid}").json()["messages"]] == ["sore toe", "still sore"]
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["models"]["reasoner"]["reachable"] is False
+        assert health.json()["models"]["agent"]["reachable"] is True and health.json()["index"]["loaded"]
 
 
 def test_agents_without_tool_calling_use_the_text_protocol(built, retriever, tmp_path):

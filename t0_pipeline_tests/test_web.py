@@ -13,7 +13,7 @@ import pytest
 
 from t0_pipeline_tests.fake_llm import FakeLLM
 from t0_pipeline_tests.serving import running, script
-from t0_pipeline_tests.test_serve import make_app, reasoner_requests, retriever  # noqa: F401  (fixture)
+from t0_pipeline_tests.test_serve import make_app, reasoner_requests
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("T0_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
@@ -37,7 +37,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_chat_page_streams_shows_reasoning_sources_demographics_and_threads(built, retriever, tmp_path, browser):  # noqa: F811
+def test_chat_page_streams_shows_reasoning_sources_demographics_and_threads(built, retriever, tmp_path, browser):
     with FakeLLM() as server:
         script(server, latency_s=0.02)
         app, _ = make_app(built, retriever, tmp_path, server.api_base)
@@ -91,7 +91,7 @@ def test_chat_page_streams_shows_reasoning_sources_demographics_and_threads(buil
             page.wait_for_function("document.querySelectorAll('#threads li').length === 1")
 
 
-def test_chat_page_shows_readable_errors(built, retriever, tmp_path, browser):  # noqa: F811
+def test_chat_page_shows_readable_errors(built, retriever, tmp_path, browser):
     with FakeLLM() as server:
         script(server)
         app, _ = make_app(built, retriever, tmp_path, server.api_base)

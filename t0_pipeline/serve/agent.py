@@ -26,16 +26,14 @@ from typing import Any
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
-from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm import LLMClient, function_tool
 from t0_pipeline.prompts import load_sections, render
 from t0_pipeline.traces import documents_block
 
 SEARCH_TOOL_NAME = "search_health_information"
-SEARCH_TOOL = {"type": "function", "function": {
-    "name": SEARCH_TOOL_NAME,
-    "description": "Search the health information pages for documents relevant to the person's problem.",
-    "parameters": {"type": "object", "required": ["query"], "properties": {
-        "query": {"type": "string", "description": "A short search query written from the whole conversation."}}}}}
+SEARCH_TOOL = function_tool(
+    SEARCH_TOOL_NAME, "Search the health information pages for documents relevant to the person's problem.",
+    {"query": {"type": "string", "description": "A short search query written from the whole conversation."}})
 SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
 DEMOGRAPHIC_FIELDS = ("age", "sex", "occupation", "social_support", "medical_history")
 

@@ -136,11 +136,15 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
                                      f"retry in {wait:.1f} s", headers={"Retry-After": str(max(1, round(wait)))})
         return key
 
-    async def thread_of(owner_id: str, thread_id: str) -> dict[str, Any]:
+    async def owned(method, owner_id: str, thread_id: str, *args) -> Any:
+        """A store call on one key's thread, in a worker thread; another key's thread is a 404 like a missing one."""
         try:
-            return await asyncio.to_thread(store.get_thread, owner_id, thread_id)
+            return await asyncio.to_thread(method, owner_id, thread_id, *args)
         except NotFound:
             raise HTTPException(404, f"no thread {thread_id} for this key") from None
+
+    async def thread_of(owner_id: str, thread_id: str) -> dict[str, Any]:
+        return await owned(store.get_thread, owner_id, thread_id)
 
     def check_length(text: str) -> None:
         if len(text) > serve.max_message_chars:
@@ -167,7 +171,7 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
         async with httpx.AsyncClient(timeout=2.0) as client:
             for role in sorted({r for p in serve.profiles.values() for r in (p.agent, p.reasoner)}):
                 settings = cfg.llm.roles[role]
-                entry: dict[str, Any] = {"model": settings.model, "api_base": settings.api_base}
+                entry: dict[str, Any] = {"model": settings.model}  # endpoints stay private: no auth here
                 if settings.api_base:
                     try:
                         entry["reachable"] = (await client.get(settings.api_base.rstrip("/") + "/models")).status_code < 500
@@ -200,17 +204,12 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
 
     @app.delete("/api/threads/{thread_id}", status_code=204, summary="Delete a thread and its messages")
     async def delete_thread(thread_id: str, key: str = Depends(owner)):
-        try:
-            await asyncio.to_thread(store.delete_thread, key, thread_id)
-        except NotFound:
-            raise HTTPException(404, f"no thread {thread_id} for this key") from None
+        await owned(store.delete_thread, key, thread_id)
+        locks.pop(thread_id, None)
 
     @app.put("/api/threads/{thread_id}/demographics", summary="Set the person's details for a thread")
     async def set_demographics(thread_id: str, body: Demographics, key: str = Depends(owner)):
-        try:
-            return await asyncio.to_thread(store.set_demographics, key, thread_id, body.model_dump(exclude_none=True))
-        except NotFound:
-            raise HTTPException(404, f"no thread {thread_id} for this key") from None
+        return await owned(store.set_demographics, key, thread_id, body.model_dump(exclude_none=True))
 
     # --- turns ---------------------------------------------------------------------------
     async def run_turn(thread: dict[str, Any], content: str) -> AsyncIterator[tuple[str, Any]]:
