@@ -132,8 +132,8 @@ def test_all_calls_failing_is_one_clear_error(tmp_path):
 
 
 def test_unknown_role_is_a_clear_error(tmp_path):
-    with pytest.raises(T0Error, match="no LLM role 'agent'"):
-        LLMClient("agent", LLMConfig(), LLMCache(tmp_path / "c.sqlite"))
+    with pytest.raises(T0Error, match="no LLM role 'critic'"):
+        LLMClient("critic", LLMConfig(), LLMCache(tmp_path / "c.sqlite"))
 
 
 CRASHING_RUN = """
