@@ -301,6 +301,10 @@ class ServeProfile(BaseModel):
     # "<think>"/"</think>", or "<|im_start|>think"/"<|im_start|>answer" for s1-style students
     think_open: str = "<think>"
     think_close: str = "</think>"
+    # budget forcing for a reasoning student: the reasoner's api_base is then a vLLM *completions*
+    # endpoint and the reply arrives whole (thinking, then answer) instead of token by token
+    budget: BudgetConfig | None = None
+    tokenizer: str | None = None  # with budget: the student's chat template; None = ChatML (Qwen's format)
 
 
 class ServeConfig(BaseModel):

@@ -328,3 +328,28 @@ def test_inline_thinking_is_split_across_any_chunk_boundaries(tags, text):
         thinking = "".join(p for k, p in pieces if k == "thinking").strip()
         answer = "".join(p for k, p in pieces if k == "answer").strip()
         assert (thinking, answer) == ("weighing gout", "It is probably gout."), size
+
+
+def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_path):
+    from t0_pipeline.config import BudgetConfig
+
+    marker = "<|im_start|>answer"
+
+    def student(messages):
+        prompt = messages[-1]["content"]
+        return "It is probably gout: ask for an urgent GP appointment." if prompt.endswith(marker + "\n") else "toe is hot"
+
+    with FakeLLM() as server:
+        server.on(r"<\|im_start\|>think", student)  # only the completions prompt holds the thinking marker
+        script(server)
+        profile = ServeProfile(budget=BudgetConfig(thinking_budget=6, max_waits=1))
+        app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles={"t0": profile})
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            tid = client.post("/api/threads", json={}).json()["id"]
+            reply = client.post(f"/api/threads/{tid}/messages", json={"content": "red hot toe"}).json()["message"]
+    completions = [r for r in server.state.requests if "prompt" in r]
+    assert completions[0]["prompt"].startswith("<|im_start|>system\n" + REASONER_MARK)
+    assert completions[0]["prompt"].endswith("<|im_start|>user\nred hot toe<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n")
+    assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [6, 3]  # budget decremented
+    assert reply["thinking"] == "toe is hot Waittoe is hot" and reply["content"].startswith("It is probably gout")
+    assert reply["sources"] and reply["completion_tokens"] == 6

@@ -101,6 +101,7 @@ class ChatService:
         self._retrievers: dict[str, Any] = {}
         self._retrieval_lock = threading.Lock()  # one search at a time: the embedder and store are shared
         self._clients: dict[str, LLMClient] = {}
+        self._templates: dict[str | None, Any] = {}  # chat templates for budget-forced reasoners
         for name, profile in cfg.serve.profiles.items():
             for role in (profile.agent, profile.reasoner):
                 if role not in cfg.llm.roles:
@@ -167,7 +168,9 @@ class ChatService:
         messages = fit_history({"role": "system", "content": system}, history, new, budget, self.count)
         t0 = time.perf_counter()
         thinking, answer = [], []
-        async for kind, piece in self.client(profile.reasoner).stream(messages, (profile.think_open, profile.think_close)):
+        pieces = self._budget_forced(profile, messages) if profile.budget else \
+            self.client(profile.reasoner).stream(messages, (profile.think_open, profile.think_close))
+        async for kind, piece in pieces:
             if kind == "usage":
                 result.prompt_tokens += piece.get("prompt_tokens", 0)
                 result.completion_tokens += piece.get("completion_tokens", 0)
@@ -177,6 +180,29 @@ class ChatService:
         result.timings_ms["reasoner"] = (time.perf_counter() - t0) * 1000
         result.thinking, result.answer = "".join(thinking).strip(), "".join(answer).strip()
         yield "done", result
+
+    async def _budget_forced(self, profile: ServeProfile, messages: list[dict[str, str]]) -> AsyncIterator[tuple[str, Any]]:
+        """The reasoner through budget forcing on a completions endpoint (the thinking cap and "Wait" insertions)."""
+        import os
+
+        from t0_pipeline.budget import complete_with_budget
+        from t0_pipeline.sft import generation_prompt, load_tokenizer
+
+        settings = self.cfg.llm.roles[profile.reasoner]
+        if profile.tokenizer not in self._templates:
+            self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
+        prompt = generation_prompt(messages, self._templates[profile.tokenizer], profile.budget.think_start)  # type: ignore[union-attr]
+        model = settings.model.split("/", 1)[1] if settings.model.startswith("openai/") else settings.model
+        api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        try:
+            gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", model, prompt, profile.budget,
+                                          settings.timeout_s, api_key, settings.temperature, settings.seed)
+        except T0Error as exc:
+            raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
+        if gen.thinking:
+            yield "thinking", gen.thinking
+        yield "answer", gen.answer
+        yield "usage", {"completion_tokens": gen.thinking_tokens}
 
     @staticmethod
     def _search_query(reply, text: str, profile: ServeProfile) -> str | None:
