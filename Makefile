@@ -33,6 +33,9 @@ demo: install
 		|| { tail -n 40 .dagster/demo.log; echo "demo failed: see .dagster/demo.log"; exit 1; }
 	@grep -E 'ASSET_CHECK_EVALUATION' .dagster/demo.log | sed -E 's/^.* - ASSET_CHECK_EVALUATION - /  check: /'
 	@$(BIN)/t0 report --data-dir $(T0_DATA_DIR)
+	@echo "\nmodel-free reference row of the accuracy evaluation (retrieval-only baseline, sample queries):"
+	@$(BIN)/t0 evaluate --model retrieval-baseline --queries t0_pipeline/sample/queries.jsonl --data-dir $(T0_DATA_DIR) 2>/dev/null \
+		| grep -v "^  calls"
 
 test: install
 	$(BIN)/python -m pytest
