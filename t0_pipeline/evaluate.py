@@ -44,9 +44,8 @@ from t0_pipeline.baseline import disposition_from_page
 from t0_pipeline.budget import complete_with_budget, generate_with_budget
 from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig, EvaluationConfig, PipelineConfig
 from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, cache_key, function_tool
-from t0_pipeline.prompts import load_sections, render
+from t0_pipeline import triage_prompt
 from t0_pipeline.scoring import Prediction, judge, normalise_severity, parse_answer_text, score, summarise_runs
-from t0_pipeline.traces import documents_block
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ TOOL = function_tool(
     {"condition": {"type": "string", "description": "One of the allowed condition names, exactly as listed, or "
                                                    "'inconclusive' when that is allowed."},
      "severity": {"type": "string", "enum": ["Self-care", "Urgent Primary Care", "A&E"]}})
-SECTIONS = ("system", "user", "context_none", "context_documents", "answer_text", "answer_tool")
 DEMOGRAPHICS = ("age", "sex", "occupation", "social_support", "medical_history")
 NOTE_LABELS = {"empty": "empty replies", "unparsable": "unparsable answers",
                "unknown_condition": "conditions not in the allowed list", "bad_severity": "severities outside the three",
@@ -120,22 +118,18 @@ def build_cases(queries: list[dict[str, Any]], k: int, titles: dict[str, str], r
                 docs: dict[str, dict] | None, sections: dict[str, str], answer_format: str) -> list[Case]:
     """The prompt for every query at one k (``ranked``/``docs`` from the retriever when k > 0)."""
     cases = []
+    every_condition = triage_prompt.with_condition_list(sections, list(titles.values())) if k == 0 else ""
     for i, q in enumerate(queries):
         if k == 0:
-            retrieved, allowed = None, titles
-            context = render(sections["context_none"], "evaluator", allowed="\n".join(f"- {t}" for t in titles.values()))
+            retrieved, allowed, context = None, titles, every_condition
         else:
             hits = ranked[i]  # type: ignore[index]
             retrieved = [slug for slug, _ in hits]
             allowed = {slug: titles.get(slug, docs[slug]["title"]) for slug in retrieved}  # type: ignore[index]
-            block = documents_block([allowed[s] for s in retrieved], [float(x) for _, x in hits],
-                                    [docs[s]["text"] for s in retrieved])  # type: ignore[index]
-            context = render(sections["context_documents"], "evaluator", documents=block,
-                             allowed="\n".join([*(f"- {t}" for t in allowed.values()), "- inconclusive"]))
-        system = render(sections["system"], "evaluator", context=context, answer_format=sections[answer_format])
-        user = render(sections["user"], "evaluator", demographics=q["demographics"], query=q["query"])
-        cases.append(Case(q, k, retrieved, allowed, [{"role": "system", "content": system},
-                                                     {"role": "user", "content": user}]))
+            context = triage_prompt.with_documents(sections, [allowed[s] for s in retrieved], [float(x) for _, x in hits],
+                                                   [docs[s]["text"] for s in retrieved])  # type: ignore[index]
+        cases.append(Case(q, k, retrieved, allowed,
+                          triage_prompt.messages(sections, context, q["demographics"], q["query"], answer_format)))
     return cases
 
 
@@ -290,7 +284,7 @@ def evaluate_model(name: str, settings: EvalModelConfig, queries: list[dict[str,
                    client: LLMClient, titles: dict[str, str], pages: dict[str, str], retriever=None,
                    prompts_dir: Path | None = None, progress=None) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Predictions for every (k, run, query) and the summary for one model."""
-    sections, prompt_hash = load_sections("evaluator", SECTIONS, prompts_dir)
+    sections, prompt_hash = triage_prompt.load(prompts_dir)
     predictor = make_predictor(settings, client, pages)
     deterministic = settings.backend == "retrieval"
     ks = [k for k in config.ks if k > 0] if deterministic else list(config.ks)

@@ -4,8 +4,9 @@ Input: ``traces.parquet``. Output: ``<data>/synthetic/sft/train.parquet`` (id, m
 JSON, text, n_tokens; the trainer loads it directly) and ``README.md`` (a dataset card:
 source assets, counts, filters, teacher model, prompt hashes, token statistics).
 
-Each example: a system turn holding the retrieved documents (context lives in the system
-prompt, as at serving time), a user turn with the demographics and the query, and an
+Each example: a system turn holding the instructions and the retrieved documents (the
+evaluation prompt, ``prompts/evaluator.txt``, at k > 0: students are evaluated on the format
+they learn), a user turn with the demographics and the query, and an
 assistant turn = thinking + answer wrapped in configurable markers (Qwen/s1 style
 ``<|im_start|>think`` … ``<|im_start|>answer`` by default; ``<think>…</think>`` is one
 setting away). Nothing is masked here; the trainer masks everything but the assistant turn.
@@ -24,24 +25,15 @@ import polars as pl
 
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
 from t0_pipeline.config import DataPaths, SFTConfig
-from t0_pipeline.traces import documents_block
+from t0_pipeline import triage_prompt
 
-SYSTEM = ("You are a clinical triage assistant. Use the documents below to decide which condition best explains the "
-          "patient's message and how urgently they need care (Self-care, Urgent Primary Care or A&E). Think first, "
-          "then answer with one line: (condition, severity), where condition is a document title or inconclusive.\n\n"
-          "Documents:\n{documents}")
-
-
-def messages_for(trace: dict[str, Any], config: SFTConfig) -> list[dict[str, str]]:
-    """The documents are the ones the teacher saw, as stored in the trace."""
-    docs = documents_block(trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"])
+def messages_for(trace: dict[str, Any], config: SFTConfig, sections: dict[str, str]) -> list[dict[str, str]]:
+    """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher saw."""
+    context = triage_prompt.with_documents(sections, trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"])
     assistant = (f"{config.thinking_open}{trace['thinking']}{config.thinking_close}"
                  f"{config.answer_open}{trace['answer']}{config.answer_close}")
-    return [
-        {"role": "system", "content": SYSTEM.format(documents=docs)},
-        {"role": "user", "content": f"About me: {trace['demographics']}\n\n{trace['query']}"},
-        {"role": "assistant", "content": assistant},
-    ]
+    return [*triage_prompt.messages(sections, context, trace["demographics"], trace["query"]),
+            {"role": "assistant", "content": assistant}]
 
 
 def load_tokenizer(name_or_path: str | None):
@@ -79,11 +71,12 @@ def count_tokens(text: str, tokenizer) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None) -> tuple[pl.DataFrame, dict]:
+def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_dir=None) -> tuple[pl.DataFrame, dict]:
+    sections, prompt_hash = triage_prompt.load(prompts_dir)
     kept = traces.filter(pl.col("kept"))
     rows, dropped, truncated = [], 0, 0
     for trace in kept.iter_rows(named=True):
-        messages = messages_for(trace, config)
+        messages = messages_for(trace, config, sections)
         text = render_chat(messages, tokenizer)
         n = count_tokens(text, tokenizer)
         if n > config.block_size:
@@ -107,6 +100,7 @@ def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None) -> tuple[
         "tokens_p50": int(statistics.median(lengths)) if lengths else 0,
         "tokens_max": max(lengths) if lengths else 0,
         "token_counts": "tokenizer" if tokenizer is not None else "whitespace words (no tokenizer configured)",
+        "student_prompt_hash": prompt_hash,
     }
     return df, stats
 
@@ -119,6 +113,8 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
         "Chat examples for supervised fine-tuning of a retrieval-augmented reasoning student.", "",
         "- source assets: `synthetic_queries` (train split) → `reasoning_traces` → `sft_dataset`",
         f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): {', '.join(hashes) or 'n/a'}",
+        f"- student prompt: `prompts/evaluator.txt` (hash {stats['student_prompt_hash']}), the k>0 form that "
+        "evaluation uses, so students are evaluated on the format they learnt",
         f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, examples: {stats['examples']}",
         f"- over the block size ({stats['block_size']} tokens): {stats['dropped_overlong']} dropped, "
         f"{stats['truncated_overlong']} truncated (policy: {config.overlong})",
@@ -133,9 +129,9 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_sft(paths: DataPaths, config: SFTConfig) -> tuple[pl.DataFrame, dict]:
+def run_sft(paths: DataPaths, config: SFTConfig, prompts_dir=None) -> tuple[pl.DataFrame, dict]:
     traces = read_parquet(paths.traces, "reasoning traces", "t0 traces")
-    df, stats = build_sft(traces, config, load_tokenizer(config.tokenizer))
+    df, stats = build_sft(traces, config, load_tokenizer(config.tokenizer), prompts_dir)
     if df.is_empty():
         raise T0Error(f"no SFT examples: {stats['kept_traces']} of {stats['traces']} traces kept, "
                       f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise sft.block_size.")

@@ -27,7 +27,9 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
     config = SFTConfig(tokenizer="tiny")
     df, stats = build_sft(pl.DataFrame([TRACE]), config, tiny_tokenizer)
     system = json.loads(df["messages"][0])[0]["content"]
-    assert system.endswith("Documents:\n[1] Stroke (score -0.500)\nCall 999.\n\n[2] Migraine (score -0.900)\nLie down.")
+    # the evaluation prompt at k > 0: the teacher's documents, their titles (or inconclusive) allowed
+    assert "\n[1] Stroke (score -0.500)\nCall 999.\n\n[2] Migraine (score -0.900)\nLie down.\n" in system
+    assert "- Stroke\n- Migraine\n- inconclusive" in system and "(condition, severity)" in system
     expected = (
         f"<|im_start|>system\n{system}<|im_end|>\n"
         '<|im_start|>user\nAbout me: {"age": 70}\n\nface dropped<|im_end|>\n'
@@ -40,7 +42,9 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
 
 def test_think_tag_markers_are_a_setting():
     config = SFTConfig(thinking_open="<think>\n", thinking_close="\n</think>\n\n", answer_open="", answer_close="")
-    assistant = messages_for(TRACE, config)[-1]["content"]
+    from t0_pipeline import triage_prompt
+
+    assistant = messages_for(TRACE, config, triage_prompt.load()[0])[-1]["content"]
     assert assistant == "<think>\nFace droop is FAST.\n</think>\n\n(Stroke, A&E)"
 
 
