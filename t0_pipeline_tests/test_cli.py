@@ -55,7 +55,7 @@ def test_index_retrieve_eval_and_query_from_a_pages_file(tmp_path):
 
 def test_every_command_has_help():
     for command in ("crawl", "clean", "summarise", "index", "retrieve", "eval-retrieval", "query", "synth-queries",
-                    "traces", "sft", "train", "sbatch", "evaluate", "accuracy-report", "report", "config"):
+                    "traces", "sft", "train", "sbatch", "evaluate", "accuracy-report", "serve", "report", "config"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, command
         assert "--data-dir" in result.output or command == "config", command

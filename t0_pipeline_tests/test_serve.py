@@ -168,6 +168,9 @@ def test_api_keys_scope_threads_and_are_hashed_at_rest(built, retriever, tmp_pat
             store.revoke_key(bob_id)
             assert b.get("/api/threads").status_code == 401
             assert httpx.get(f"{url}/healthz").status_code == 200 and httpx.get(f"{url}/").status_code == 200
+            schema = httpx.get(f"{url}/openapi.json").json()["paths"]  # the API documents itself
+            assert {"/api/threads", "/api/threads/{thread_id}/messages/stream", "/v1/chat/completions",
+                    "/api/threads/{thread_id}/demographics", "/healthz"} <= set(schema)
     raw = (tmp_path / "conversations.sqlite").read_bytes() + (tmp_path / "conversations.sqlite-wal").read_bytes() \
         if (tmp_path / "conversations.sqlite-wal").exists() else (tmp_path / "conversations.sqlite").read_bytes()
     assert alice.encode() not in raw and bob.encode() not in raw
