@@ -132,6 +132,17 @@ class RoleConfig(BaseModel):
     input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
     output_cost_per_token: float | None = None
 
+    @property
+    def served_name(self) -> str:
+        """The model's name on its own server (``openai/<name>`` is litellm's prefix for OpenAI-compatible ones)."""
+        return self.model.split("/", 1)[1] if self.model.startswith("openai/") else self.model
+
+    def api_key(self) -> str | None:
+        """The key from the environment variable the role names (the key itself is never in config)."""
+        import os
+
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
 
 def _default_roles() -> dict[str, RoleConfig]:
     return {

@@ -221,12 +221,8 @@ class BudgetPredictor:
                 with self._lock:
                     gen = generate_with_budget(self._local(), self.tokenizer, prompt, self.budget)
             else:
-                import os
-
-                api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
-                model = s.model.split("/", 1)[1] if s.model.startswith("openai/") else s.model
-                gen = complete_with_budget(s.api_base or "", model, prompt, self.budget, timeout_s=s.timeout_s,
-                                           api_key=api_key, temperature=s.temperature, seed=seed)
+                gen = complete_with_budget(s.api_base or "", s.served_name, prompt, self.budget, timeout_s=s.timeout_s,
+                                           api_key=s.api_key(), temperature=s.temperature, seed=seed)
         except T0Error as exc:
             return LLMReply(error=f"{'Timeout' if 'Timeout' in str(exc) else 'BudgetError'}: {exc}")
         return LLMReply(content=gen.answer, thinking=gen.thinking, completion_tokens=gen.thinking_tokens,

@@ -275,7 +275,7 @@ class LLMClient:
         """
         litellm = _litellm()
         s = self.settings
-        name = s.model.split("/", 1)[1] if s.model.startswith("openai/") else s.model
+        name = s.served_name
         known = s.model in litellm.model_cost or name in litellm.model_cost
         if known and s.input_cost_per_token is None and s.output_cost_per_token is None:
             return {}
@@ -317,8 +317,7 @@ class LLMClient:
 
     def _kwargs(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, seed: int | None) -> dict:
         s = self.settings
-        api_key = os.environ.get(s.api_key_env) if s.api_key_env else None
-        return {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": api_key or "none",
+        return {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": s.api_key() or "none",
                 "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": seed, "top_p": s.top_p,
                 "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
                 **({"extra_body": s.extra_body} if s.extra_body else {}),

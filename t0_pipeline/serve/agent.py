@@ -183,8 +183,6 @@ class ChatService:
 
     async def _budget_forced(self, profile: ServeProfile, messages: list[dict[str, str]]) -> AsyncIterator[tuple[str, Any]]:
         """The reasoner through budget forcing on a completions endpoint (the thinking cap and "Wait" insertions)."""
-        import os
-
         from t0_pipeline.budget import complete_with_budget
         from t0_pipeline.sft import generation_prompt, load_tokenizer
 
@@ -192,11 +190,10 @@ class ChatService:
         if profile.tokenizer not in self._templates:
             self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
         prompt = generation_prompt(messages, self._templates[profile.tokenizer], profile.budget.think_start)  # type: ignore[union-attr]
-        model = settings.model.split("/", 1)[1] if settings.model.startswith("openai/") else settings.model
-        api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
         try:
-            gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", model, prompt, profile.budget,
-                                          settings.timeout_s, api_key, settings.temperature, settings.seed)
+            gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", settings.served_name, prompt,
+                                          profile.budget, settings.timeout_s, settings.api_key(), settings.temperature,
+                                          settings.seed)
         except T0Error as exc:
             raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
         if gen.thinking:
