@@ -203,6 +203,15 @@ class FakeLLM:
         self._thread.join(timeout=10)
 
 
+def budget_student(thinking: str, answer: str, marker: str = "<|im_start|>answer") -> Callable[[list[dict[str, Any]]], str]:
+    """A completions-endpoint reply for budget forcing: ``thinking`` until the prompt ends with the forced
+    answer marker, then ``answer``."""
+    def reply(messages: list[dict[str, Any]]) -> str:
+        return answer if messages[-1]["content"].endswith(marker + "\n") else thinking
+
+    return reply
+
+
 def main() -> None:
     """Serve a fixed reply on a free port in its own process (benchmarks, manual dry runs)."""
     import argparse

@@ -69,16 +69,11 @@ def test_a_marker_the_tokenizer_splits_is_a_clear_error(tmp_path):
 
 def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget():
     from t0_pipeline.budget import complete_with_budget
-    from t0_pipeline_tests.fake_llm import FakeLLM
-
-    def server_model(messages):
-        prompt = messages[-1]["content"]
-        if prompt.endswith(MARKER + "\n"):
-            return "(Gout, Urgent Primary Care)"
-        return "the toe is hot"  # 4 tokens of thinking, then (by the stop string) the end of thinking
+    from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 
     with FakeLLM() as server:
-        server.on(".*", server_model)
+        # 4 tokens of thinking, then (by the stop string) the end of thinking
+        server.on(".*", budget_student("the toe is hot", "(Gout, Urgent Primary Care)", MARKER))
         config = BudgetConfig(thinking_budget=10, max_waits=3, answer_tokens=20, min_tokens=1)
         out = complete_with_budget(server.api_base, "student", "question:", config)
         sent = server.state.requests

@@ -11,7 +11,7 @@ from t0_pipeline.baseline import disposition_from_page, urgency_passages
 from t0_pipeline.config import BudgetConfig, EvalModelConfig
 from t0_pipeline.evaluate import TOOL_NAME, combine, load_eval_queries, run_evaluation, students_below_base
 from t0_pipeline_tests.conftest import write_jsonl
-from t0_pipeline_tests.fake_llm import FakeLLM
+from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 
 QUERIES = [
     {"id": "e1", "query": "My face dropped on one side and my speech is slurred", "slug": "stroke",
@@ -150,13 +150,8 @@ def test_text_model_with_thinking_inconclusive_timeouts_and_empty_replies(built,
 
 def test_budget_forced_student_on_a_completions_endpoint(built, retriever, tmp_path):
     marker = "<|im_start|>answer"
-
-    def student(messages):
-        prompt = messages[-1]["content"]
-        return "(Gout, Urgent Primary Care)" if prompt.endswith(marker + "\n") else "the toe is hot"
-
     with FakeLLM() as server:
-        server.on(".*", student)
+        server.on(".*", budget_student("the toe is hot", "(Gout, Urgent Primary Care)", marker))
         model = {"model": "t0-tiny", "backend": "completions", "api_base": server.api_base, "kind": "fine-tuned",
                  "temperature": 0.0, "budget": BudgetConfig(thinking_budget=10, max_waits=1, min_tokens=2)}
         cfg, paths = configure(built, tmp_path, {"t0-tiny": model}, runs=1, ks=[5], queries=QUERIES[1:2])

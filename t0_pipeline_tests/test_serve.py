@@ -13,7 +13,7 @@ from t0_pipeline.config import RoleConfig, ServeProfile
 from t0_pipeline.serve.agent import ChatService, fit_history
 from t0_pipeline.serve.app import create_app
 from t0_pipeline.serve.store import Store
-from t0_pipeline_tests.fake_llm import FakeLLM
+from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 from t0_pipeline_tests.serving import AGENT_MARK, REASONER_MARK, free_port, running, script
 
 
@@ -337,13 +337,9 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_
     from t0_pipeline.config import BudgetConfig
 
     marker = "<|im_start|>answer"
-
-    def student(messages):
-        prompt = messages[-1]["content"]
-        return "It is probably gout: ask for an urgent GP appointment." if prompt.endswith(marker + "\n") else "toe is hot"
-
     with FakeLLM() as server:
-        server.on(r"<\|im_start\|>think", student)  # only the completions prompt holds the thinking marker
+        # only the completions prompt holds the thinking marker
+        server.on(r"<\|im_start\|>think", budget_student("toe is hot", "It is probably gout: ask for an urgent GP appointment."))
         script(server)
         profile = ServeProfile(budget=BudgetConfig(thinking_budget=6, max_waits=1))
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles={"t0": profile})
