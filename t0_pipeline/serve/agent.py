@@ -119,10 +119,9 @@ class ChatService:
         return self.cfg.serve.profiles[name]
 
     def retriever(self, profile: ServeProfile):
-        key = f"{profile.index}"
-        if key not in self._retrievers:
-            self._retrievers[key] = self._retriever_factory(profile)
-        return self._retrievers[key]
+        if profile.index not in self._retrievers:  # one per index, shared by the profiles that use it
+            self._retrievers[profile.index] = self._retriever_factory(profile)
+        return self._retrievers[profile.index]
 
     def client(self, role: str) -> LLMClient:
         if role not in self._clients:
