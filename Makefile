@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU torch wheel first: with it in place nothing else can pull CUDA wheels
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# DeepSpeed (ZeRO-3 on CPU ranks in the tests): its setup imports torch, and no CUDA ops are built here
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation 'deepspeed>=0.15'
 	touch $@
 
 install: $(VENV)/.installed

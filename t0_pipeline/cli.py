@@ -349,16 +349,23 @@ def sft(
 def train(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    model: Optional[str] = typer.Option(None, help="Base model name or local path (default Qwen/Qwen2.5-1.5B-Instruct)."),
+    model: Optional[str] = typer.Option(None, help="Base model name or local path (default: train.sizes[partition], "
+                                                   "else Qwen/Qwen2.5-1.5B-Instruct)."),
     dataset: Optional[Path] = typer.Option(None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."),
-    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints/, final/ and metrics.json go."),
+    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints/, final/, logs/ and metrics.json go."),
     partition: str = typer.Option("default", help="Partition key (model size) used in the default output path."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (smoke tests)."),
-    deepspeed: Optional[Path] = typer.Option(None, help="DeepSpeed config, e.g. slurm/deepspeed/zero3.json."),
+    deepspeed: Optional[str] = typer.Option(None, help="auto (ZeRO-3 when several processes train all weights), "
+                                                       "zero3, zero3_offload, a JSON path, or none."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
 ):
-    """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after preemption."""
-    from t0_pipeline.train import run_train
+    """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after preemption.
+
+    Runs as one process, or as many under torchrun (the Slurm job script does this); reports to Dagster
+    through Pipes when Dagster started it.
+    """
+    from t0_pipeline.train import rank, run_train
+    from t0_pipeline.train_report import dagster_reporter
 
     cfg, paths = _setup(data_dir, config)
     t = cfg.train
@@ -370,23 +377,40 @@ def train(
         t.lora.enabled = True
     if model is None and partition in t.sizes:
         t.model = t.sizes[partition]
-    result = run_train(paths, t, partition)
+    with dagster_reporter() as report:
+        report.info(f"training {t.model} for partition {partition}")
+        result = run_train(paths, t, partition, callbacks=report.callbacks())
+        report.finished(result, t)
+    if rank() != 0:
+        return
+    if result.preempted:
+        typer.echo(f"stopped at step {result.global_step} with a checkpoint; run again to resume")
+        return
     last = result.eval_loss[-1][1] if result.eval_loss else float("nan")
-    typer.echo(f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}); "
-               f"train loss {result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} "
-               f"→ {result.final_dir}")
+    typer.echo(f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}) "
+               f"by {result.world_size} process(es), DeepSpeed {result.deepspeed or 'off'}; train loss "
+               f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} → {result.final_dir}")
 
 
 @app.command()
 def sbatch(
-    site: str = typer.Option(..., help="Site profile in slurm/profiles (baskerville, isambard-ai, or your own)."),
+    site: str = typer.Option(..., help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."),
     size: str = typer.Option(..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."),
     config: Optional[Path] = ConfigFile,
     data_dir: Optional[Path] = DataDir,
+    account: Optional[str] = typer.Option(None, envvar="T0_SLURM_ACCOUNT", help="Project the job is charged to "
+                                          "(required on Baskerville and Isambard-AI)."),
+    partition: Optional[str] = typer.Option(None, help="Slurm partition (default: the profile's)."),
+    qos: Optional[str] = typer.Option(None, help="Slurm QoS (default: the profile's; per project on Baskerville)."),
+    profiles_dir: Optional[Path] = typer.Option(None, help="Folder of your own site profiles (<site>.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the script here instead of printing it."),
-    deepspeed: str = typer.Option("slurm/deepspeed/zero3.json", help="DeepSpeed config used by the job."),
+    deepspeed: str = typer.Option("auto", help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
+                                               "zero3_offload, a path on the cluster, or none."),
 ):
-    """Render the training job script for one student size on one cluster (submit it with sbatch)."""
+    """Render the training job script for one student size on one cluster (submit it with sbatch).
+
+    It is the script Dagster submits for the same size: srun starts torchrun on every node, one rank per GPU.
+    """
     from t0_pipeline.cluster import load_profile, render_sbatch
 
     cfg, paths = _setup(data_dir, config)
@@ -394,9 +418,9 @@ def sbatch(
     if model is None:
         raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add it to the config.")
     log_dir = paths.student_dir(size) / "logs"
-    script = render_sbatch(load_profile(site), size, config_file=str(config.resolve()) if config else None,
+    script = render_sbatch(load_profile(site, profiles_dir), size, config_file=str(config.resolve()) if config else None,
                            data_dir=str(paths.root.resolve()), log_dir=str(log_dir.resolve()), model=model,
-                           deepspeed=deepspeed)
+                           deepspeed=deepspeed, account=account, partition=partition, qos=qos)
     if out:
         log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log file before the job starts
         out.write_text(script, encoding="utf-8")

@@ -1,13 +1,16 @@
-"""Cluster site profiles and the sbatch scripts rendered from them.
+"""Cluster site profiles and the one training job script rendered from them.
 
-A profile (``slurm/profiles/<site>.yaml``) says, per student size, how many nodes and GPUs,
-how many hours and how much memory a training job gets, and which modules, container and
-setup lines a node needs. ``slurm/templates/train.sbatch.j2`` turns a profile + size into a
-job script that launches ``python -m t0_pipeline.train`` under torchrun on every node, with
-the rendezvous taken from Slurm's allocation. Hyperparameters never appear in the script:
-they come from the t0 config file it passes along. A new cluster is a new profile file.
+A profile (``slurm/profiles/<site>.yaml``, shipped inside the package) says what a node has (GPUs, cores),
+how jobs are charged (account, partition, QoS), which modules, container and setup lines a node needs, and
+per student size how many nodes, hours and how much memory a training job gets. :func:`job_spec` resolves
+a profile + size (+ the user's account/partition/QoS) into the job's shape and checks it against the node;
+:func:`render_sbatch` turns that into the job script: ``srun`` starts one ``torchrun`` per node, which
+starts one rank per GPU (or ``procs_per_node`` CPU ranks), rendezvous from Slurm's allocation. The same
+script is printed by ``t0 sbatch`` and submitted by Dagster (dagster-slurm, see ``defs/launcher.py``): one
+way to build a job, two ways to submit it. Hyperparameters never appear in it; they come from the t0
+config file it passes along. A new cluster is a new profile file (``--profiles-dir`` for your own).
 
-Run it: ``t0 sbatch --site baskerville --size 7B --config t0.yaml [--out job.sbatch]``.
+Run it: ``t0 sbatch --site baskerville --size 7B --account myproj --config t0.yaml [--out job.sbatch]``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from t0_pipeline.artifacts import T0Error
 
-SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+SLURM_DIR = Path(__file__).resolve().parent / "slurm"  # package data: profiles, template, DeepSpeed configs
+JOB_ENV_FILE = "t0-job.env"  # a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
+STOP_LEAD_S = 300  # seconds before the time limit at which the trainer checkpoints and the job requeues
 
 
 class Allocation(BaseModel):
     nodes: int = Field(ge=1)
-    gpus_per_node: int = Field(ge=0)  # 0 = a CPU-only job (one process per node)
+    gpus_per_node: int = Field(ge=0)  # 0 = a CPU-only job
+    procs_per_node: int | None = Field(default=None, ge=1)  # ranks per node; None = one per GPU (1 without GPUs)
     hours: int = Field(ge=1)
     mem: str | int = 0  # Slurm --mem per node; 0 = all of it
 
@@ -32,14 +38,40 @@ class SiteProfile(BaseModel):
     name: str
     arch: str = "x86_64"
     account: str | None = None
+    account_required: bool = False  # the site charges every job to a project: refuse to render without one
     partition: str | None = None
     qos: str | None = None
     gpus_per_node: int = 4
-    cpus_per_gpu: int = 8  # CPU-only jobs get this many CPUs
+    cpus_per_node: int = Field(default=8, ge=1)  # cores one job may use on a node
+    cpus_per_rank: int = Field(default=1, ge=1)  # cores per training process (OMP threads, data loading)
     modules: list[str] = Field(default_factory=list)
-    container: str | None = None  # an Apptainer image; the command runs inside it
+    container: str | None = None  # an Apptainer image; torchrun runs inside it
     setup: list[str] = Field(default_factory=list)
     sizes: dict[str, Allocation]
+
+
+class JobSpec(BaseModel):
+    """The shape of one training job, as both submitters ask Slurm for it."""
+
+    nodes: int
+    gpus_per_node: int
+    procs_per_node: int
+    cpus_per_rank: int
+    cpus_per_task: int  # one srun task (torchrun) per node holds all its ranks
+    hours: int
+    mem: str
+    account: str | None
+    partition: str | None
+    qos: str | None
+    stop_lead_s: int = STOP_LEAD_S
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    @property
+    def time_limit(self) -> str:
+        return f"{self.hours:02d}:00:00"
 
 
 def profile_names(profiles_dir: Path | None = None) -> list[str]:
@@ -50,7 +82,7 @@ def profile_names(profiles_dir: Path | None = None) -> list[str]:
 def load_profile(site: str, profiles_dir: Path | None = None) -> SiteProfile:
     import yaml
 
-    folder = profiles_dir or SLURM_DIR / "profiles"
+    folder = Path(profiles_dir) if profiles_dir else SLURM_DIR / "profiles"
     path = folder / f"{site}.yaml"
     if not path.is_file():
         raise T0Error(f"unknown site profile {site!r}; known: {', '.join(profile_names(folder)) or 'none'} "
@@ -62,25 +94,70 @@ def load_profile(site: str, profiles_dir: Path | None = None) -> SiteProfile:
         raise T0Error(f"site profile {path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}.") from None
 
 
-def render_sbatch(profile: SiteProfile, size: str, *, config_file: str | None, data_dir: str, log_dir: str,
-                  model: str | None = None, deepspeed: str | None = "slurm/deepspeed/zero3.json",
-                  template: Path | None = None) -> str:
-    """The job script for one student size on one site."""
-    import jinja2
-
+def job_spec(profile: SiteProfile, size: str, *, account: str | None = None, partition: str | None = None,
+             qos: str | None = None) -> JobSpec:
+    """The job for ``size`` on this site, checked against what a node has; arguments override the profile."""
     if size not in profile.sizes:
         raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r}; "
                       f"it has {', '.join(profile.sizes)}. Add one under sizes:.")
     alloc = profile.sizes[size]
     if alloc.gpus_per_node > profile.gpus_per_node:
         raise T0Error(f"site profile {profile.name!r}: size {size} asks for {alloc.gpus_per_node} GPUs per node "
-                      f"but nodes have {profile.gpus_per_node}.")
+                      f"but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add nodes.")
+    procs = alloc.procs_per_node or max(1, alloc.gpus_per_node)
+    if alloc.gpus_per_node and procs != alloc.gpus_per_node:
+        raise T0Error(f"site profile {profile.name!r}: size {size} runs {procs} ranks on {alloc.gpus_per_node} GPUs "
+                      "per node; a GPU job runs one rank per GPU (drop procs_per_node).")
+    cpus = procs * profile.cpus_per_rank
+    if cpus > profile.cpus_per_node:
+        raise T0Error(f"site profile {profile.name!r}: size {size} needs {procs} ranks × {profile.cpus_per_rank} "
+                      f"cores = {cpus} per node but nodes have {profile.cpus_per_node}; lower cpus_per_rank.")
+    account = account or profile.account
+    if profile.account_required and not account:
+        raise T0Error(f"site profile {profile.name!r} charges every job to a project but no account is set; pass "
+                      "--account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your project.")
+    return JobSpec(nodes=alloc.nodes, gpus_per_node=alloc.gpus_per_node, procs_per_node=procs,
+                   cpus_per_rank=profile.cpus_per_rank, cpus_per_task=cpus, hours=alloc.hours, mem=str(alloc.mem),
+                   account=account, partition=partition or profile.partition, qos=qos or profile.qos,
+                   stop_lead_s=min(STOP_LEAD_S, alloc.hours * 3600 // 10))
+
+
+def render_sbatch(profile: SiteProfile, size: str, *, config_file: str | None, data_dir: str, log_dir: str,
+                  model: str | None = None, deepspeed: str | None = "auto", account: str | None = None,
+                  partition: str | None = None, qos: str | None = None, template: Path | None = None) -> str:
+    """The job script for one student size on one site (``deepspeed``: a name in slurm/deepspeed, a path, auto)."""
+    import jinja2
+
+    job = job_spec(profile, size, account=account, partition=partition, qos=qos)
     source = (template or SLURM_DIR / "templates" / "train.sbatch.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     prefix = f"apptainer exec --nv {profile.container} " if profile.container else ""
     return env.from_string(source).render(
-        profile=profile, size=size, alloc=alloc, job_name=f"t0-train-{size}", config_file=config_file,
-        data_dir=data_dir, log_dir=log_dir, model=model, deepspeed=deepspeed, container_prefix=prefix)
+        profile=profile, size=size, job=job, config_file=config_file, data_dir=data_dir, log_dir=log_dir, model=model,
+        deepspeed=deepspeed, container_prefix=prefix, env_file=JOB_ENV_FILE)
+
+
+def job_env_file(pipes_env: dict[str, str], venv: str | None) -> str:
+    """What Dagster adds to the job: its Pipes context, and where the environment is (``$T0_VENV``)."""
+    import shlex
+
+    lines = ["# written by t0-pipeline's Dagster launcher; sourced by the job script"]
+    if venv:
+        lines.append(f"export T0_VENV={shlex.quote(venv)}")
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(pipes_env.items())]
+    return "\n".join(lines) + "\n"
+
+
+def deepspeed_config_path(name: str) -> Path:
+    """A DeepSpeed config by name (``zero3``, ``zero3_offload`` in slurm/deepspeed) or by path."""
+    shipped = SLURM_DIR / "deepspeed" / f"{name}.json"
+    if shipped.is_file():
+        return shipped
+    path = Path(name)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in (SLURM_DIR / "deepspeed").glob("*.json")))
+        raise T0Error(f"DeepSpeed config {name} not found; use one of {names}, a path to a JSON file, or 'none'.")
+    return path
 
 
 def prepare_env_dir(path: Path, venv: Path) -> Path:

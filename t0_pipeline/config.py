@@ -220,10 +220,10 @@ class TrainConfig(BaseModel):
     epochs: float = 5.0
     learning_rate: float = 1e-5
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)  # share of the steps; transformers ≥5 reads <1 as a ratio
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    block_size: int = 32768  # tokens; longer examples are an error upstream (sft.overlong)
+    block_size: int = 32768  # tokens; longer examples are dropped (and counted), never cut
     weight_decay: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -236,7 +236,9 @@ class TrainConfig(BaseModel):
     logging_steps: int = 1
     max_steps: int = -1  # > 0 overrides epochs (smoke tests)
     seed: int = 0
-    deepspeed: Path | None = None  # e.g. slurm/deepspeed/zero3.json; None = plain DDP / single device
+    # auto = ZeRO-3 (slurm/deepspeed/zero3.json) when several processes fine-tune all weights, else none;
+    # or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP / one device)
+    deepspeed: str | None = "auto"
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     sizes: dict[str, str] = Field(default_factory=lambda: {  # partition key → base model (report's five sizes)
         size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")})

@@ -2,28 +2,42 @@
 
 Input: ``<data>/synthetic/sft/train.parquet`` (``messages`` as JSON) and a base model (name
 or local path). Output under the output directory: ``checkpoints/`` (for resuming after
-preemption), ``final/`` (the Hugging Face model + tokenizer + ``README.md`` model card,
-renamed into place only when complete) and ``metrics.json`` (train and held-out losses).
+preemption), ``final/`` (a consolidated Hugging Face model + tokenizer + ``README.md`` model
+card that loads with plain ``from_pretrained``, renamed into place only when complete),
+``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
+``logs/rank-<N>.error`` for a rank that failed.
 
 Each example is rendered with the student's own chat template; the prompt (system + user,
 plus the assistant header) is tokenised separately from the completion so the boundary is
-exact, and every prompt token's label is -100. A held-out split is evaluated every
-``eval_steps`` (the reference implementation evaluated on its training set). DeepSpeed
-ZeRO-3 is a config file away (``slurm/deepspeed/zero3.json``), LoRA an option for small GPUs.
+exact, and every prompt token's label is -100. Examples longer than ``block_size`` are
+dropped and counted, never cut. A held-out split is evaluated every ``eval_steps`` (the
+reference implementation evaluated on its training set).
+
+Run on one process or under torchrun: several processes fine-tuning all weights use DeepSpeed
+ZeRO-3 by default (``train.deepspeed: auto``), with ``TrainingArguments`` built before the model
+so ZeRO-3 shards it while loading. On CPU ranks DeepSpeed uses gloo (``DS_ACCELERATOR=cpu``).
+When ``$T0_STOP_FILE`` appears (the Slurm job script creates it before the time limit), every
+rank saves a checkpoint at the next step and stops; the requeued job resumes from it.
 Needs no Dagster: a Slurm node runs ``python -m t0_pipeline.train --config t0.yaml``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import socket
+import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.cluster import deepspeed_config_path
 from t0_pipeline.config import DataPaths, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -31,7 +45,7 @@ IGNORE = -100
 
 
 def tokenize_example(messages: list[dict[str, str]], tokenizer, block_size: int) -> dict[str, list[int]] | None:
-    """input_ids / attention_mask / labels for one chat; None when the prompt leaves no room to learn."""
+    """input_ids / attention_mask / labels for one chat; None when it does not fit ``block_size`` whole."""
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full.startswith(prompt):
@@ -39,10 +53,10 @@ def tokenize_example(messages: list[dict[str, str]], tokenizer, block_size: int)
                       "assistant turn cannot be located; use the student model's own instruct tokenizer.")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-    if len(prompt_ids) >= block_size or not completion_ids:
-        return None
-    ids = (prompt_ids + completion_ids)[:block_size]
-    labels = ([IGNORE] * len(prompt_ids) + completion_ids)[:block_size]
+    if len(prompt_ids) + len(completion_ids) > block_size or not completion_ids:
+        return None  # cutting would drop the answer: the example is left out and counted
+    ids = prompt_ids + completion_ids
+    labels = [IGNORE] * len(prompt_ids) + completion_ids
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
@@ -98,8 +112,8 @@ def load_examples(dataset: Path, tokenizer, config: TrainConfig) -> tuple[list[d
         else:
             examples.append(example)
     if not examples:
-        raise T0Error(f"no trainable tokens in {dataset}: all {rows.height} examples have prompts of at least "
-                      f"block_size={config.block_size} tokens (or empty answers); raise train.block_size.")
+        raise T0Error(f"no trainable tokens in {dataset}: all {rows.height} examples are longer than "
+                      f"block_size={config.block_size} tokens (or have empty answers); raise train.block_size.")
     random.Random(config.seed).shuffle(examples)
     n_eval = int(round(len(examples) * config.eval_fraction)) if len(examples) > 1 else 0
     return examples[n_eval:], examples[:n_eval], skipped
@@ -110,25 +124,84 @@ class TrainResult:
     final_dir: Path
     train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     eval_loss: list[tuple[int, float]] = field(default_factory=list)
+    learning_rates: list[tuple[int, float]] = field(default_factory=list)
     global_step: int = 0
     resumed_from: str | None = None
     train_examples: int = 0
     eval_examples: int = 0
-    skipped_examples: int = 0
+    skipped_examples: int = 0  # longer than block_size (or no answer): left out, never cut
+    world_size: int = 1
+    device: str = "cpu"
+    deepspeed: str | None = None  # the DeepSpeed config used, None = none
+    train_seconds: float = 0.0
+    tokens_per_second: float = 0.0  # input tokens seen (all ranks) per second of training
+    peak_memory_gb: list[float] = field(default_factory=list)  # per rank: GPU allocated, or process RSS on CPU
+    params_per_rank: list[int] = field(default_factory=list)  # parameters each rank holds (ZeRO-3: its shard)
+    params_total: int = 0
+    weights_digest: dict[str, str] = field(default_factory=dict)  # per tensor, gathered before saving final/
+    preempted: bool = False  # stopped at a checkpoint before the time limit; final/ not written
+
+    def metrics(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "final_dir"}
+        out["final_dir"] = str(self.final_dir)
+        return out
 
 
-def _load_model_and_tokenizer(config: TrainConfig, bf16: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
+    """The DeepSpeed config this run uses: ``auto`` = ZeRO-3 for several processes fine-tuning all weights."""
+    from importlib.util import find_spec
+
+    name = config.deepspeed
+    if name in (None, "", "none"):
+        return None
+    installed = find_spec("deepspeed") is not None
+    if name == "auto":
+        if processes <= 1 or config.lora.enabled:
+            return None
+        if not installed:
+            log.warning("train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain DDP, each "
+                        "holding the whole model (pip install deepspeed for ZeRO-3)", processes)
+            return None
+        name = "zero3"
+    path = deepspeed_config_path(str(name))
+    if not installed:
+        raise T0Error(f"train.deepspeed is {name} but DeepSpeed is not installed; install it (GPU nodes: "
+                      "pip install 't0-pipeline[gpu]'; CPU: DS_BUILD_OPS=0 pip install deepspeed "
+                      "--no-build-isolation) or set train.deepspeed: none.")
+    return path
+
+
+def _load_tokenizer(config: TrainConfig):
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.model)
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
     except (OSError, ValueError) as exc:
         raise T0Error(f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
                       "or a name available offline with train.model.") from None
     if not getattr(tokenizer, "chat_template", None):
         raise T0Error(f"tokenizer of {config.model!r} has no chat template; use an instruct model.")
+    return tokenizer
+
+
+def _load_model(config: TrainConfig, bf16: bool):
+    """Called after TrainingArguments exist: with ZeRO-3 active, from_pretrained shards while loading."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
+    except (OSError, ValueError) as exc:
+        raise T0Error(f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
+                      "or a name available offline with train.model.") from None
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -137,42 +210,147 @@ def _load_model_and_tokenizer(config: TrainConfig, bf16: bool):
                                                  target_modules=config.lora.target_modules))
         if config.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed frozen embeddings need grads to flow to adapters
-    return model, tokenizer
+    return model
 
 
-def model_card(config: TrainConfig, result: TrainResult) -> str:
-    last_eval = result.eval_loss[-1][1] if result.eval_loss else None
-    return "\n".join([
-        f"# Student model fine-tuned from {config.model}", "",
-        "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved documents, made by t0-pipeline.",
-        "Loss on the assistant turn (thinking + answer) only.", "",
-        f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
-        f"skipped (prompt ≥ block size): {result.skipped_examples}",
-        f"- steps: {result.global_step}; final train loss: {result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
-        f"final held-out loss: {last_eval if last_eval is not None else 'n/a'}",
-        f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup {config.warmup_ratio:.0%}), "
-        f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, block {config.block_size}, "
-        f"weight decay {config.weight_decay}, betas {config.adam_beta1}/{config.adam_beta2}, "
-        f"gradient checkpointing {config.gradient_checkpointing}, LoRA {config.lora.enabled}, "
-        f"DeepSpeed {config.deepspeed or 'off'}",
-        "", "Not medical advice: a research artefact for retrieval-augmented reasoning.", "",
-    ])
+def _stop_file_callback(stop_file: str | None):
+    """Save a checkpoint and stop, on every rank at the same step, once ``stop_file`` exists."""
+    from transformers import TrainerCallback
+
+    class StopFile(TrainerCallback):
+        stopped = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not stop_file:
+                return
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if os.path.exists(stop_file) else 0.0], device=args.device)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # ranks must agree, or the save's collectives hang
+            if flag.item() > 0:
+                log.warning("stop requested (%s): saving a checkpoint at step %d and stopping", stop_file,
+                            state.global_step)
+                control.should_save = True
+                control.should_training_stop = True
+                self.stopped = True
+
+    return StopFile()
 
 
-def train(config: TrainConfig, dataset: Path, output_dir: Path) -> TrainResult:
+def _gather_per_rank(value):
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, value)
+        return out
+    return [value]
+
+
+def _peak_memory_gb(cuda: bool) -> float:
+    import resource
+
+    import torch
+
+    if cuda:
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
+
+
+def _parameter_counts(model) -> tuple[int, int]:
+    """(held by this rank, whole model): a ZeRO-3 parameter keeps only its shard in ``ds_tensor``."""
+    local = total = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_tensor"):
+            local += p.ds_tensor.numel()
+            total += p.ds_numel
+        else:
+            local += p.numel()
+            total += p.numel()
+    return local, total
+
+
+def tensor_digest(tensor) -> str:
+    """A dtype-independent fingerprint of a tensor's values (compared with the saved ``final/``)."""
+    return hashlib.sha256(tensor.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _gathered_digest(model, zero3: bool, is_main: bool) -> dict[str, str]:
+    """Fingerprints of the full trained weights; ZeRO-3 gathers one parameter at a time to bound memory."""
+    digest = {}
+    for name, p in model.named_parameters():
+        if zero3:
+            import deepspeed
+
+            ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=None)
+        else:
+            ctx = nullcontext()
+        with ctx:
+            if is_main:
+                digest[name] = tensor_digest(p)
+    return digest
+
+
+def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
+    """Leave this rank's error where the submitter can read it (Dagster quotes it in the run's error)."""
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        lines = traceback.format_exception(exc)
+        tail = "".join(lines).rstrip().splitlines()[-25:]
+        path = log_dir / f"rank-{rank()}.error"
+        path.write_text(json.dumps({"rank": rank(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID"),
+                                    "error": f"{exc.__class__.__name__}: {exc}"[:500], "tail": tail}), encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+def read_failures(log_dir: Path) -> list[dict[str, Any]]:
+    """The rank errors left in ``log_dir`` by :func:`record_failure`, lowest rank first."""
+    found = []
+    for path in sorted(Path(log_dir).glob("rank-*.error")):
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda f: f.get("rank", 0))
+
+
+def train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list | None = None) -> TrainResult:
     """Train (resuming from the newest checkpoint in ``output_dir`` if any) and save ``final/``."""
+    output_dir = Path(output_dir)
+    logs = output_dir / "logs"
+    (logs / f"rank-{rank()}.error").unlink(missing_ok=True)
+    try:
+        return _train(config, dataset, output_dir, callbacks or [])
+    except BaseException as exc:
+        if world_size() > 1 and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            record_failure(logs, exc)
+        raise
+
+
+def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list) -> TrainResult:
+    import time
+
     import torch
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     cuda = torch.cuda.is_available()
     bf16 = config.bf16 == "on" or (config.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported())
-    if config.deepspeed is not None and not Path(config.deepspeed).is_file():
-        raise T0Error(f"DeepSpeed config {config.deepspeed} not found; use slurm/deepspeed/zero3.json or unset train.deepspeed.")
-    model, tokenizer = _load_model_and_tokenizer(config, bf16)
+    processes = world_size()
+    ds_config = resolve_deepspeed(config, processes)
+    if ds_config is not None and processes > 1 and not cuda:
+        import deepspeed
+
+        # accelerate leaves DeepSpeed's own process group to the GPU path; CPU ranks join one over gloo first
+        deepspeed.init_distributed(dist_backend="gloo")
+    tokenizer = _load_tokenizer(config)
     train_rows, eval_rows, skipped = load_examples(dataset, tokenizer, config)
-    output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
+    # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for from_pretrained below
     args = TrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
         learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio,
@@ -180,27 +358,50 @@ def train(config: TrainConfig, dataset: Path, output_dir: Path) -> TrainResult:
         gradient_accumulation_steps=config.gradient_accumulation_steps, weight_decay=config.weight_decay,
         adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2, bf16=bf16,
         gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         eval_strategy="steps" if eval_rows else "no", eval_steps=config.eval_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps, seed=config.seed, report_to=[], remove_unused_columns=False,
-        deepspeed=str(config.deepspeed) if config.deepspeed else None, use_cpu=not cuda, disable_tqdm=False,
+        deepspeed=str(ds_config) if ds_config else None, use_cpu=not cuda, disable_tqdm=False,
+        include_num_input_tokens_seen=True,
     )
+    model = _load_model(config, bf16)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = _stop_file_callback(os.environ.get("T0_STOP_FILE"))
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset(train_rows),
-                      eval_dataset=ListDataset(eval_rows) if eval_rows else None, data_collator=pad_batch(pad_id or 0))
+                      eval_dataset=ListDataset(eval_rows) if eval_rows else None, data_collator=pad_batch(pad_id or 0),
+                      callbacks=[stop, *callbacks])
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
+    held = _gather_per_rank(_parameter_counts(model))
+    started = time.time()
     trainer.train(resume_from_checkpoint=last)
+    seconds = time.time() - started
 
     result = TrainResult(final_dir=output_dir / "final", global_step=trainer.state.global_step, resumed_from=last,
-                         train_examples=len(train_rows), eval_examples=len(eval_rows), skipped_examples=skipped)
+                         train_examples=len(train_rows), eval_examples=len(eval_rows), skipped_examples=skipped,
+                         world_size=processes, device="cuda" if cuda else "cpu",
+                         deepspeed=ds_config.name if ds_config else None, train_seconds=round(seconds, 3),
+                         params_per_rank=[h[0] for h in held], params_total=held[0][1], preempted=stop.stopped)
+    tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or 0
+    result.tokens_per_second = round(tokens / seconds, 1) if seconds > 0 else 0.0
+    result.peak_memory_gb = _gather_per_rank(_peak_memory_gb(cuda))
     for entry in trainer.state.log_history:
         if "loss" in entry and not math.isnan(entry["loss"]):
             result.train_loss.append((entry["step"], float(entry["loss"])))
+            if "learning_rate" in entry:
+                result.learning_rates.append((entry["step"], float(entry["learning_rate"])))
         if "eval_loss" in entry:
             result.eval_loss.append((entry["step"], float(entry["eval_loss"])))
-    # every rank takes part in saving (ZeRO-3 gathers the shards); rank 0 swaps it into place
+    if stop.stopped:
+        log.warning("stopped at step %d with a checkpoint in %s; a re-run resumes from it", result.global_step, checkpoints)
+        return result
+
+    zero3 = ds_config is not None and trainer.is_deepspeed_enabled
+    if not config.lora.enabled:
+        result.weights_digest = _gathered_digest(model, zero3, trainer.is_world_process_zero())
+    # every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint); rank 0 swaps it in
     staging = output_dir / ".final.tmp"
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
@@ -213,18 +414,35 @@ def train(config: TrainConfig, dataset: Path, output_dir: Path) -> TrainResult:
             result.final_dir.rename(old)
         staging.rename(result.final_dir)
         shutil.rmtree(old, ignore_errors=True)
-        (output_dir / "metrics.json").write_text(json.dumps({
-            "train_loss": result.train_loss, "eval_loss": result.eval_loss, "global_step": result.global_step,
-            "resumed_from": result.resumed_from, "train_examples": result.train_examples,
-            "eval_examples": result.eval_examples, "skipped_examples": skipped,
-            "config": config.model_dump(mode="json")}, indent=2), encoding="utf-8")
+        metrics = result.metrics()
+        metrics["config"] = config.model_dump(mode="json")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return result
 
 
-def run_train(paths: DataPaths, config: TrainConfig, partition: str = "default") -> TrainResult:
+def model_card(config: TrainConfig, result: TrainResult) -> str:
+    last_eval = result.eval_loss[-1][1] if result.eval_loss else None
+    return "\n".join([
+        f"# Student model fine-tuned from {config.model}", "",
+        "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved documents, made by t0-pipeline.",
+        "Loss on the assistant turn (thinking + answer) only.", "",
+        f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
+        f"left out (longer than block {config.block_size} or no answer): {result.skipped_examples}",
+        f"- steps: {result.global_step}; final train loss: {result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
+        f"final held-out loss: {last_eval if last_eval is not None else 'n/a'}",
+        f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup {config.warmup_ratio:.0%}), "
+        f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, block {config.block_size}, "
+        f"weight decay {config.weight_decay}, betas {config.adam_beta1}/{config.adam_beta2}, "
+        f"gradient checkpointing {config.gradient_checkpointing}, LoRA {config.lora.enabled}, "
+        f"{result.world_size} process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",
+        "", "Not medical advice: a research artefact for retrieval-augmented reasoning.", "",
+    ])
+
+
+def run_train(paths: DataPaths, config: TrainConfig, partition: str = "default", callbacks: list | None = None) -> TrainResult:
     dataset = config.dataset or paths.sft_dir / "train.parquet"
     output = config.output_dir or paths.student_dir(partition)
-    return train(config, dataset, output)
+    return train(config, dataset, output, callbacks)
 
 
 if __name__ == "__main__":

@@ -93,23 +93,70 @@ def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path):
     assert min(step for step, _ in second.train_loss) == 1  # the log history came back with the checkpoint
 
 
-def test_lora_trains_adapters_only(student, tmp_path):
+def test_lora_trains_adapters_and_leaves_the_base_weights_unchanged(student, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     root, _ = student
-    cfg = small(model=str(root / "base"), max_steps=2, eval_fraction=0.0, lora={"enabled": True, "r": 4, "alpha": 8})
+    base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(root / "base").state_dict().items()}
+    cfg = small(model=str(root / "base"), max_steps=4, eval_fraction=0.0, lora={"enabled": True, "r": 4, "alpha": 8})
     result = train(cfg, root / "sft.parquet", tmp_path / "out")
-    assert (result.final_dir / "adapter_config.json").exists() and result.global_step == 2
+    assert (result.final_dir / "adapter_config.json").exists() and result.global_step == 4
+    assert result.deepspeed is None  # auto never picks ZeRO-3 for adapters
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "base"), result.final_dir)
+    state = tuned.state_dict()
+    lora_b = [v for k, v in state.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # adapters start at zero: these were trained
+    for key, value in state.items():
+        if "lora_" in key:
+            continue
+        original = key.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(value, base_before[original]), key  # every base weight as it was
+    reloaded = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in base_before.items())  # and the base checkpoint untouched
+
+
+def test_warm_up_is_a_ratio_of_the_steps(student, tmp_path):
+    root, _ = student
+    result = train(small(model=str(root / "base"), max_steps=8, warmup_ratio=0.5, learning_rate=1e-3, eval_fraction=0.0,
+                         save_steps=100), root / "sft.parquet", tmp_path / "out")
+    rates = [lr for _, lr in sorted(result.learning_rates)]
+    assert rates[0] < rates[1] < rates[2] < rates[3]  # rises over the first half (4 of 8 steps)
+    assert max(rates) == pytest.approx(1e-3) and rates[-1] < max(rates)  # then the cosine decay
+
+
+def test_overlong_examples_are_dropped_never_cut(student):
+    root, tok = student
+    messages = json.loads(pl.read_parquet(root / "sft.parquet")["messages"][0])
+    whole = tokenize_example(messages, tok, block_size=512)
+    n = len(whole["input_ids"])
+    assert tokenize_example(messages, tok, block_size=n)["input_ids"] == whole["input_ids"]
+    assert tokenize_example(messages, tok, block_size=n - 1) is None  # one token short: left out, not truncated
+
+
+def test_deepspeed_auto_picks_zero3_for_several_processes_training_all_weights(tmp_path):
+    from t0_pipeline.train import resolve_deepspeed
+
+    assert resolve_deepspeed(TrainConfig(), 1) is None
+    assert resolve_deepspeed(TrainConfig(), 2).name == "zero3.json"
+    assert resolve_deepspeed(TrainConfig(lora={"enabled": True}), 8) is None
+    assert resolve_deepspeed(TrainConfig(deepspeed="none"), 8) is None
+    assert resolve_deepspeed(TrainConfig(deepspeed="zero3_offload"), 1).name == "zero3_offload.json"
+    with pytest.raises(T0Error, match="DeepSpeed config zero4 not found; use one of zero3, zero3_offload"):
+        resolve_deepspeed(TrainConfig(deepspeed="zero4"), 2)
 
 
 def test_bad_inputs_are_one_clear_error_and_keep_the_previous_model(student, tmp_path):
     root, _ = student
     with pytest.raises(T0Error, match="could not load model"):
         train(small(model=str(tmp_path / "nope")), root / "sft.parquet", tmp_path / "out")
-    with pytest.raises(T0Error, match=r"no trainable tokens .* block_size=8"):
+    with pytest.raises(T0Error, match=r"no trainable tokens .* longer than block_size=8"):
         train(small(model=str(root / "base"), block_size=8), root / "sft.parquet", tmp_path / "out")
     with pytest.raises(T0Error, match="SFT dataset .* not found"):
         train(small(model=str(root / "base")), tmp_path / "missing.parquet", tmp_path / "out")
     with pytest.raises(T0Error, match="DeepSpeed config"):
-        train(small(model=str(root / "base"), deepspeed=tmp_path / "ds.json"), root / "sft.parquet", tmp_path / "out")
+        train(small(model=str(root / "base"), deepspeed=str(tmp_path / "ds.json")), root / "sft.parquet", tmp_path / "out")
     assert not (tmp_path / "out" / "final").exists()
 
 
@@ -117,30 +164,36 @@ SMALL_JOB = {"max_steps": 6, "learning_rate": 3e-3, "warmup_ratio": 0.0, "eval_f
              "save_steps": 3, "block_size": 512, "gradient_checkpointing": False}
 
 
-def job_workspace(tmp_path, root):
+def job_workspace(tmp_path, root, **train):
     """A data dir holding the SFT dataset, and a config training the tiny model for 6 steps as size "tiny"."""
     import shutil
 
     import yaml
 
     data = tmp_path / "data"
-    (data / "synthetic" / "sft").mkdir(parents=True)
+    (data / "synthetic" / "sft").mkdir(parents=True, exist_ok=True)
     shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
     config = tmp_path / "t0.yaml"
-    config.write_text(yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB}}))
+    config.write_text(yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB, **train}}))
     return data, config
 
 
-def cpu_profile(tmp_path, **fields):
-    """A site-profile folder with one CPU-only profile, "ci-cpu", offering size "tiny"."""
+def cpu_profile(tmp_path, procs: int = 1, setup: list[str] | None = None, **fields):
+    """A site-profile folder with one CPU-only profile, "ci-cpu", offering size "tiny" as ``procs`` ranks."""
     import yaml
 
     profiles = tmp_path / "profiles"
     profiles.mkdir(exist_ok=True)
     (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
-        "name": "ci-cpu", "gpus_per_node": 0, "cpus_per_gpu": 1,
-        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "hours": 1, "mem": "2G"}}, **fields}))
+        "name": "ci-cpu", "gpus_per_node": 0, "cpus_per_node": 2, "cpus_per_rank": 1,
+        "setup": [*(setup or []), 'source "$T0_VENV/bin/activate"'],
+        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "procs_per_node": procs, "hours": 1, "mem": "4G"}},
+        **fields}))
     return profiles
+
+
+def materialization(result):
+    return result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
 
 
 def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_path):
@@ -153,19 +206,23 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     root, _ = student
     data, config = job_workspace(tmp_path, root)
     asset = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
-    result = dg.materialize([asset], partition_key="tiny", resources={
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([asset], partition_key="tiny", instance=instance, resources={
         "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
         "training_compute": TrainingCompute(mode="local")})
     assert result.success
-    meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    meta = materialization(result)
     assert meta["checkpoint"].value == str(data / "students" / "tiny" / "final")  # partition key in the path
     assert meta["global_step"].value == 6 and meta["base_model"].value == str(root / "base")
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
+    assert meta["world_size"].value == 1 and meta["deepspeed"].value == "none" and meta["tokens_per_second"].value > 0
     assert len(json.loads(meta["eval_losses"].value)) == 2
     resolved = meta["resolved_config"].value
     resolved = json.loads(resolved) if isinstance(resolved, str) else resolved
     assert resolved["max_steps"] == 6 and resolved["model"] == str(root / "base")
     assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()
+    logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(m.startswith("step 6/6: loss") for m in logged)  # the trainer's progress reached the run's log
 
 
 def _slurm_up() -> bool:
@@ -175,9 +232,26 @@ def _slurm_up() -> bool:
     return shutil.which("sbatch") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
 
 
+def _wait_for_job(job: str, until, timeout: float = 300) -> str:
+    import subprocess
+    import time
+
+    state, deadline = "PENDING", time.time() + timeout
+    while time.time() < deadline:  # no accounting database here: scontrol remembers finished jobs, squeue does not
+        out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True).stdout
+        state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), state)
+        if until(state):
+            return state
+        time.sleep(0.5)
+    return state
+
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
 @pytest.mark.slow
-def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, tmp_path):
-    """.ci/run starts a one-node Slurm cluster (.ci/slurm-up.sh); the job script comes from a site profile."""
+def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(student, tmp_path):
+    """The rendered script under a real Slurm cluster: Slurm's pre-timeout signal → checkpoint → requeue → resume."""
     import os
     import subprocess
     import sys
@@ -186,7 +260,6 @@ def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, t
 
     from transformers import AutoModelForCausalLM
 
-    import t0_pipeline
     from t0_pipeline.cluster import load_profile, render_sbatch
 
     if not _slurm_up():
@@ -194,80 +267,141 @@ def test_the_rendered_job_trains_a_student_under_a_real_slurm_cluster(student, t
             pytest.fail("CI should have started a Slurm cluster (.ci/slurm-up.sh) but sinfo does not answer")
         pytest.skip("no Slurm cluster here; start one with `sudo bash .ci/slurm-up.sh`")
     root, _ = student
-    data, config = job_workspace(tmp_path, root)
-    profiles = cpu_profile(tmp_path, setup=[f'export PATH="{Path(sys.executable).parent}:$PATH"'])
+    data, config = job_workspace(tmp_path, root, max_steps=3000, save_steps=10000, eval_fraction=0.0, logging_steps=100)
+    profiles = cpu_profile(tmp_path, setup=[f"export T0_VENV={Path(sys.prefix)}"])
     logs = data / "students" / "tiny" / "logs"
     logs.mkdir(parents=True)
     script = tmp_path / "train-tiny.sbatch"
-    script.write_text(render_sbatch(load_profile("ci-cpu", profiles), "tiny", config_file=str(config), data_dir=str(data),
-                                    log_dir=str(logs), model=str(root / "base"), deepspeed=None))
-    repo = Path(t0_pipeline.__file__).resolve().parents[1]
+    script.write_text(render_sbatch(load_profile("ci-cpu", profiles), "tiny", config_file=str(config),
+                                    data_dir=str(data), log_dir=str(logs), model=str(root / "base")))
     job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True,
-                         cwd=repo).stdout.strip().split(";")[0]
-    state, deadline = "PENDING", time.time() + 300
-    while time.time() < deadline:  # no accounting database here: scontrol remembers finished jobs, squeue does not
-        out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True).stdout
-        state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), state)
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
-            break
-        time.sleep(1)
+                         cwd=tmp_path).stdout.strip().split(";")[0]
     log = logs / f"t0-train-tiny-{job}.out"
-    assert state == "COMPLETED", log.read_text()[-3000:] if log.exists() else state
+    deadline = time.time() + 180
+    while time.time() < deadline and "/3000 [" not in (log.read_bytes().decode(errors="replace") if log.exists() else ""):
+        time.sleep(0.5)  # wait until it is training
+    # what Slurm does STOP_LEAD_S before the time limit (#SBATCH --signal=B:USR1@…), done now
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    state = _wait_for_job(job, lambda s: s in FINAL_STATES, timeout=400)
+    text = log.read_bytes().decode(errors="replace")
+    assert state == "COMPLETED", text[-3000:]
     metrics = json.loads((data / "students" / "tiny" / "metrics.json").read_text())
-    assert metrics["global_step"] == 6
-    losses = [loss for _, loss in metrics["train_loss"]]
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    assert metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"]  # the requeued run resumed
+    assert 0 < int(metrics["resumed_from"].rsplit("-", 1)[1]) < 3000 and metrics["global_step"] == 3000
+    assert f"requeueing job {job} to resume" in text and text.count("/3000 [") >= 2  # both attempts, one log
     assert AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final") is not None
 
 
+FAULT = """import os
+if os.environ.get("RANK") == "1" and os.environ.get("T0_TEST_FAIL_AT_STEP"):
+    import transformers
+
+    at, step = int(os.environ["T0_TEST_FAIL_AT_STEP"]), transformers.Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        if self.state.global_step >= at:
+            raise RuntimeError(f"injected fault on rank 1 at step {self.state.global_step}")
+        return step(self, *args, **kwargs)
+
+    transformers.Trainer.training_step = training_step
+"""
+
+
 @pytest.mark.slow
-def test_student_checkpoint_partition_trains_through_dagster_slurm_over_ssh(student, tmp_path):
-    """student_checkpoint → dagster-slurm → SSH → sbatch on the one-node cluster that .ci/run starts."""
+def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm(student, tmp_path):
+    """student_checkpoint → dagster-slurm → SSH → sbatch → srun → torchrun → 2 CPU ranks, DeepSpeed ZeRO-3 (gloo)."""
     import os
     import sys
     from pathlib import Path
 
     import dagster as dg
     import torch
-    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
 
+    from t0_pipeline.cli import app
     from t0_pipeline.cluster import prepare_env_dir
     from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
     from t0_pipeline.defs.training import build_student_checkpoint
+    from t0_pipeline.train import tensor_digest
 
     key = Path(os.environ.get("T0_CI_SSH_KEY", "/root/.ssh/t0_ci"))
     if not (_slurm_up() and key.exists()):
         if os.environ.get("CI"):
             pytest.fail("CI should have started Slurm and sshd with a key (.ci/slurm-up.sh)")
         pytest.skip("no Slurm cluster reachable over SSH here; run `sudo bash .ci/slurm-up.sh`")
-    root, _ = student
-    data, config = job_workspace(tmp_path, root)
-    profiles = cpu_profile(tmp_path, partition="debug")
-    env = prepare_env_dir(tmp_path / "deployed", Path(sys.prefix))
-    compute = TrainingCompute(mode="slurm", site="ci-cpu", profiles_dir=str(profiles), ssh_host="localhost",
-                              ssh_user="root", ssh_key_path=str(key), env_path=str(env),
-                              remote_base=str(tmp_path / "remote"))
-    before = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
-    result = dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
-                            resources={"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
-                                       "training_compute": compute})
-    assert result.success
-    meta = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
-    assert int(meta["slurm_job_id"].value) > 0  # it ran under Slurm
-    assert meta["global_step"].value == 6 and meta["final_train_loss"].value < meta["first_train_loss"].value
-    final = AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final").state_dict()
-    assert any(not torch.equal(before[k], final[k]) for k in before)
+    from transformers import AutoModelForCausalLM
 
-    # a cluster that rejects the job: one clear error, and the checkpoint just made stays
-    cpu_profile(tmp_path, partition="no-such-partition")
-    rejected = dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
+    root, _ = student
+    data, config = job_workspace(tmp_path, root, max_steps=8, save_steps=2, eval_steps=4)
+    env = prepare_env_dir(tmp_path / "deployed", Path(sys.prefix))
+    remote = tmp_path / "remote"
+    compute = TrainingCompute(mode="slurm", site="ci-cpu", profiles_dir=str(tmp_path / "profiles"), partition="debug",
+                              ssh_host="localhost", ssh_user="root", ssh_key_path=str(key), env_path=str(env),
+                              remote_base=str(remote))
+
+    def materialize():
+        return dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
                               resources={"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
                                          "training_compute": compute}, raise_on_error=False)
+
+    # 1. rank 1 fails at step 4: the run fails with that rank's error; the checkpoint of step 2 stays
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FAULT)
+    cpu_profile(tmp_path, procs=2, setup=[f"export PYTHONPATH={inject}", "export T0_TEST_FAIL_AT_STEP=4"])
+    failed = materialize()
+    assert not failed.success
+    messages = _failure_messages(failed)
+    assert any("the Slurm job for tiny failed on rank 1" in m and "injected fault on rank 1 at step 4" in m
+               and "Last lines of that rank" in m for m in messages), messages
+    assert not (data / "students" / "tiny" / "final").exists()
+    assert (data / "students" / "tiny" / "checkpoints" / "checkpoint-2").is_dir()
+
+    # 2. the job submitted again: both ranks, parameters sharded, resumed from the last checkpoint, loss falls
+    cpu_profile(tmp_path, procs=2)
+    result = materialize()
+    assert result.success, _failure_messages(result)
+    meta = materialization(result)
+    assert int(meta["slurm_job_id"].value) > 0 and meta["world_size"].value == 2
+    assert meta["deepspeed"].value == "zero3.json" and meta["params_sharded"].value is True
+    per_rank, total = json.loads(meta["params_per_rank"].value), meta["params_total"].value
+    assert len(per_rank) == 2 and all(0 < n < total for n in per_rank)  # each rank holds only its ZeRO-3 shard
+    assert len(json.loads(meta["peak_memory_gb_per_rank"].value)) == 2
+    assert meta["resumed_from"].value.endswith("checkpoint-2") and meta["global_step"].value == 8
+    assert meta["final_train_loss"].value < meta["first_train_loss"].value
+    final = data / "students" / "tiny" / "final"
+    loaded = AutoModelForCausalLM.from_pretrained(final)  # plain from_pretrained: consolidated weights
+    digest = json.loads((data / "students" / "tiny" / "metrics.json").read_text())["weights_digest"]
+    params = dict(loaded.named_parameters())
+    assert digest and all(tensor_digest(params[name]) == value for name, value in digest.items())
+    base = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
+    assert any(not torch.equal(base[k], v) for k, v in loaded.state_dict().items())
+
+    # 3. `t0 sbatch` prints exactly the script Dagster submitted
+    submitted = list(remote.glob("runs/*/*/job.sh"))
+    printed = CliRunner().invoke(app, ["sbatch", "--site", "ci-cpu", "--size", "tiny", "--profiles-dir",
+                                       str(tmp_path / "profiles"), "--partition", "debug", "--config", str(config),
+                                       "--data-dir", str(data)])
+    assert printed.exit_code == 0, printed.output
+    assert printed.output in {p.read_text() for p in submitted}
+
+    # 4. a cluster that rejects the job: one clear error, and the checkpoint just made stays
+    cpu_profile(tmp_path, procs=2, partition="no-such-partition")
+    compute = compute.model_copy(update={"partition": None})
+    rejected = materialize()
     assert not rejected.success
-    failure = next(e for e in rejected.all_events if e.event_type_value == "STEP_FAILURE")
-    messages, err = [], failure.event_specific_data.error
-    while err is not None:  # dagster wraps the T0Error: walk the cause chain
-        messages.append(err.message)
-        err = err.cause
-    assert any("the Slurm job for tiny did not complete: sbatch: error: invalid partition" in m for m in messages)
-    assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()
+    assert any("the Slurm job for tiny did not complete: sbatch: error: invalid partition" in m
+               for m in _failure_messages(rejected))
+    assert (final / "model.safetensors").exists()
+
+
+def _failure_messages(result) -> list[str]:
+    messages = []
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        err = event.event_specific_data.error
+        while err is not None:  # dagster wraps the T0Error: walk the cause chain
+            messages.append(err.message)
+            err = err.cause
+    return messages

@@ -69,66 +69,113 @@ class ChromaStore(dg.ConfigurableResource):
 
 
 class TrainingCompute(dg.ConfigurableResource):
-    """Where student training runs; the same payload (t0_pipeline/pipes_train.py) either way.
+    """Where student training runs; ``python -m t0_pipeline.train`` either way, reporting through Pipes.
 
-    ``local``: a Dagster Pipes subprocess on this machine. ``slurm``: dagster-slurm submits it
-    over SSH with sbatch; nodes, GPUs, hours and memory come from the site profile's entry
-    for the partition (student size). Clusters without accounting (no slurmdbd) never show
-    finished jobs to squeue, so the SSH session exports ``SQUEUE_STATES=all`` first.
+    ``local``: a Dagster Pipes subprocess on this machine. ``slurm``: dagster-slurm submits, over SSH, the
+    job script that ``t0 sbatch`` renders for the partition's size from the site profile (nodes × GPUs,
+    torchrun on every node, DeepSpeed ZeRO-3, the profile's modules/container/setup). Rank 0 reports
+    progress and the result; a failing rank's error comes back as the run's error. Clusters without
+    accounting (no slurmdbd) never show finished jobs to squeue, so the SSH session exports
+    ``SQUEUE_STATES=all`` first.
     """
 
     mode: str = "local"  # local | slurm
-    site: Optional[str] = None  # slurm: profile in slurm/profiles (allocation per size)
-    profiles_dir: Optional[str] = None  # where site profiles live; default slurm/profiles
+    site: Optional[str] = None  # slurm: a site profile (slurm/profiles, or profiles_dir)
+    profiles_dir: Optional[str] = None  # a folder of your own site profiles
+    account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None  # project charged (required on most sites)
+    partition: Optional[str] = None  # Slurm partition; defaults to the site profile's
+    qos: Optional[str] = None  # Slurm QoS; defaults to the site profile's
+    deepspeed: str = "auto"  # auto = ZeRO-3 when several GPUs train all weights; zero3, zero3_offload, none
     ssh_host: Optional[str] = None
     ssh_port: int = 22
     ssh_user: Optional[str] = None
     ssh_key_path: Optional[str] = None  # a private key file; never the key itself
     env_path: Optional[str] = None  # pre-deployed environment on shared storage (see `t0 slurm-env`)
-    remote_base: Optional[str] = None  # where dagster-slurm stages payloads and logs on the cluster
-    partition: Optional[str] = None  # Slurm partition; defaults to the site profile's
+    remote_base: Optional[str] = None  # where dagster-slurm stages job scripts and logs on the cluster
+    queue_wait_hours: int = 72  # how long to wait for a job to start before giving up watching it
 
-    def run(self, context: dg.AssetExecutionContext, extras: dict) -> dg.MaterializeResult:
+    def run(self, context: dg.AssetExecutionContext, *, size: str, model: str, config_file: Optional[str],
+            data_dir: str) -> dg.MaterializeResult:
         import sys
-        from pathlib import Path
 
-        payload = Path(__file__).resolve().parents[1] / "pipes_train.py"
         if self.mode == "local":
-            return dg.PipesSubprocessClient().run(context=context, command=[sys.executable, str(payload)],
-                                                  extras=extras).get_materialize_result()
+            command = [sys.executable, "-m", "t0_pipeline.train", "--partition", size, "--model", model,
+                       "--data-dir", data_dir, "--deepspeed", self.deepspeed]
+            if config_file:
+                command += ["--config", config_file]
+            return dg.PipesSubprocessClient().run(context=context, command=command).get_materialize_result()
         if self.mode != "slurm":
             raise T0Error(f"TrainingCompute.mode must be local or slurm, got {self.mode!r}.")
         missing = [n for n in ("site", "ssh_host", "ssh_user", "env_path", "remote_base") if not getattr(self, n)]
         if missing:
             raise T0Error(f"TrainingCompute in slurm mode needs {', '.join(missing)}; set them on the resource.")
-        return self._slurm(context, extras, str(payload))
+        return self._slurm(context, size, model, config_file, data_dir)
 
-    def _slurm(self, context: dg.AssetExecutionContext, extras: dict, payload: str) -> dg.MaterializeResult:
+    def _slurm(self, context: dg.AssetExecutionContext, size: str, model: str, config_file: Optional[str],
+               data_dir: str) -> dg.MaterializeResult:
+        import tempfile
         from pathlib import Path
 
-        from dagster_slurm import BashLauncher, ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+        from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+        from dagster_slurm.helpers.ssh_pool import SSHConnectionPool
 
-        from t0_pipeline.cluster import load_profile
+        from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
+        from t0_pipeline.defs.launcher import TrainingJobLauncher
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
-        size = context.partition_key if context.has_partition_key else "default"
-        if size not in profile.sizes:
-            raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r}; add it under sizes:.")
-        alloc = profile.sizes[size]
-        queue = SlurmQueueConfig(
-            partition=self.partition or profile.partition or "", num_nodes=alloc.nodes,
-            time_limit=f"{alloc.hours:02d}:00:00", gpus_per_node=alloc.gpus_per_node,
-            cpus=max(1, alloc.gpus_per_node) * profile.cpus_per_gpu,
-            mem=str(alloc.mem) if alloc.mem else None, qos=profile.qos, account=profile.account)
+        overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
+        job = job_spec(profile, size, **overrides)
+        log_dir = f"{data_dir}/students/{size}/logs"
+        script = render_sbatch(profile, size, config_file=config_file, data_dir=data_dir, log_dir=log_dir, model=model,
+                               deepspeed=self.deepspeed, **overrides)
+        context.log.info(f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
+                         f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}")
+        queue = SlurmQueueConfig(  # the same shape the script's #SBATCH lines ask for (the command line wins)
+            partition=job.partition or "", num_nodes=job.nodes, time_limit=job.time_limit,
+            gpus_per_node=job.gpus_per_node, cpus=job.cpus_per_task, mem=None if job.mem == "0" else job.mem,
+            qos=job.qos, account=job.account)
         ssh = SSHConnectionResource(host=self.ssh_host, port=self.ssh_port, user=self.ssh_user,  # type: ignore[arg-type]
                                     key_path=self.ssh_key_path, post_login_command="export SQUEUE_STATES=all")
-        compute = ComputeResource(mode="slurm", default_launcher=BashLauncher(), pre_deployed_env_path=self.env_path,
+        launcher = TrainingJobLauncher(script=script)
+        compute = ComputeResource(mode="slurm", default_launcher=launcher, pre_deployed_env_path=self.env_path,
                                   slurm=SlurmResource(ssh=ssh, queue=queue, remote_base=self.remote_base))
+        with SSHConnectionPool(ssh) as pool:  # errors of an earlier run must not be read as this one's
+            pool.run(f"mkdir -p {log_dir} && rm -f {log_dir}/rank-*.error")
+        with tempfile.TemporaryDirectory() as tmp:
+            payload = Path(tmp) / f"train-{size}.sbatch"
+            payload.write_text(script, encoding="utf-8")
+            try:
+                return compute.run(context=context, payload_path=str(payload), launcher=launcher,
+                                   poll_timeout=(job.hours * 2 + self.queue_wait_hours) * 3600).get_materialize_result()
+            except RuntimeError as exc:  # dagster-slurm reports rejected or failed jobs this way
+                with SSHConnectionPool(ssh) as pool:
+                    listing = pool.run(f"for f in {log_dir}/rank-*.error; do [ -f \"$f\" ] && cat \"$f\" && echo; done; true")
+                raise T0Error(job_failure_message(size, str(exc), listing)) from None
+
+
+def job_failure_message(size: str, error: str, rank_errors: str) -> str:
+    """One clear error for a failed training job: the failing rank's error and last lines, else Slurm's reason."""
+    import json
+
+    failures = []
+    for line in rank_errors.splitlines():
         try:
-            return compute.run(context=context, payload_path=payload, extras=extras).get_materialize_result()
-        except RuntimeError as exc:  # dagster-slurm reports rejected or failed jobs this way
-            lines = str(exc).splitlines()
-            reason = next((ln.strip() for ln in lines if "error:" in ln), lines[0][:160] if lines else "no detail")
-            reason = re.sub(r"^(?:std(?:err|out):\s*)+", "", reason)  # how the SSH layer labels the stream varies
-            raise T0Error(f"the Slurm job for {size} did not complete: {reason}; the job's output is in the run's "
-                          "logs, and the previous checkpoint is kept.") from None
+            failures.append(json.loads(line))
+        except ValueError:
+            continue
+    if failures:
+        first = min(failures, key=lambda f: f.get("rank", 0))
+        tail = "\n".join(f"    {ln}" for ln in first.get("tail", [])[-12:])
+        others = sorted({f.get("rank") for f in failures} - {first.get("rank")})
+        more = f" (ranks {', '.join(map(str, others))} failed too)" if others else ""
+        return (f"the Slurm job for {size} failed on rank {first.get('rank')} ({first.get('host')}){more}: "
+                f"{first.get('error')}; the previous checkpoint is kept. Last lines of that rank:\n{tail}")
+    lines = error.splitlines()
+    rejected = next((ln.strip() for ln in lines if "error:" in ln), None)
+    if rejected:
+        reason = re.sub(r"^(?:std(?:err|out):\s*)+", "", rejected)  # how the SSH layer labels the stream varies
+        return (f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the resource "
+                "(partition, account, QoS), and the previous checkpoint is kept.")
+    reason = lines[0][:200] if lines else "no detail"
+    return (f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed by a signal, "
+            "out of memory, or out of time?): the job's output is in the run's logs; the previous checkpoint is kept.")

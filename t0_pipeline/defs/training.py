@@ -2,8 +2,9 @@
 
 The partitions are ``train.sizes`` from the config file named by ``$T0_CONFIG`` (read when
 the code location loads), so a new size is a new partition and a backfill. Materialising
-a partition runs the training payload (``t0_pipeline.pipes_train``) through the
-``training_compute`` resource: a local Pipes subprocess, or a Slurm job via dagster-slurm.
+a partition runs ``python -m t0_pipeline.train`` through the ``training_compute`` resource: a local
+Pipes subprocess, or the site profile's Slurm job (torchrun on every node, DeepSpeed ZeRO-3) via
+dagster-slurm; rank 0 reports back through Pipes.
 One partition per run, in the ``gpu`` concurrency pool so two partitions never fight for one
 local GPU.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import load_config
 from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
 from t0_pipeline.defs.synthetic import sft_dataset
@@ -32,9 +34,13 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
     )
     def student_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings,
                            training_compute: TrainingCompute) -> dg.MaterializeResult:
-        extras = {"config_file": str(Path(settings.config_file).resolve()) if settings.config_file else None,
-                  "data_dir": str(Path(settings.data_dir).resolve())}
-        return training_compute.run(context, extras)
+        size = context.partition_key
+        sizes = settings.pipeline_config().train.sizes
+        if size not in sizes:
+            raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to the config.")
+        return training_compute.run(
+            context, size=size, model=sizes[size], data_dir=str(Path(settings.data_dir).resolve()),
+            config_file=str(Path(settings.config_file).resolve()) if settings.config_file else None)
 
     return student_checkpoint
 
