@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import socket
+import time
 import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -301,6 +302,7 @@ def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
         tail = "".join(lines).rstrip().splitlines()[-25:]
         path = log_dir / f"rank-{rank()}.error"
         path.write_text(json.dumps({"rank": rank(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID"),
+                                    "time": time.time(),
                                     "error": f"{exc.__class__.__name__}: {exc}"[:500], "tail": tail}), encoding="utf-8")
         return path
     except OSError:
@@ -308,14 +310,19 @@ def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
 
 
 def read_failures(log_dir: Path) -> list[dict[str, Any]]:
-    """The rank errors left in ``log_dir`` by :func:`record_failure`, lowest rank first."""
+    """The rank errors left in ``log_dir`` by :func:`record_failure`, first failure first."""
     found = []
     for path in sorted(Path(log_dir).glob("rank-*.error")):
         try:
             found.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):
             continue
-    return sorted(found, key=lambda f: f.get("rank", 0))
+    return sorted(found, key=failure_order)
+
+
+def failure_order(failure: dict[str, Any]) -> tuple[float, int]:
+    """Sort key for rank errors: the rank that failed first caused the others (a dead peer breaks every collective)."""
+    return (failure.get("time", float("inf")), failure.get("rank", 0))
 
 
 def train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list | None = None) -> TrainResult:
@@ -332,8 +339,6 @@ def train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list 
 
 
 def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list) -> TrainResult:
-    import time
-
     import torch
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint

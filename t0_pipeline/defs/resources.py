@@ -157,6 +157,8 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
     """One clear error for a failed training job: the failing rank's error and last lines, else Slurm's reason."""
     import json
 
+    from t0_pipeline.train import failure_order
+
     failures = []
     for line in rank_errors.splitlines():
         try:
@@ -164,10 +166,10 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
         except ValueError:
             continue
     if failures:
-        first = min(failures, key=lambda f: f.get("rank", 0))
+        first = min(failures, key=failure_order)
         tail = "\n".join(f"    {ln}" for ln in first.get("tail", [])[-12:])
         others = sorted({f.get("rank") for f in failures} - {first.get("rank")})
-        more = f" (ranks {', '.join(map(str, others))} failed too)" if others else ""
+        more = f" (then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})" if others else ""
         return (f"the Slurm job for {size} failed on rank {first.get('rank')} ({first.get('host')}){more}: "
                 f"{first.get('error')}; the previous checkpoint is kept. Last lines of that rank:\n{tail}")
     lines = error.splitlines()
