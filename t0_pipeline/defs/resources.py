@@ -111,6 +111,18 @@ class TrainingCompute(dg.ConfigurableResource):
             raise T0Error(f"TrainingCompute in slurm mode needs {', '.join(missing)}; set them on the resource.")
         return self._slurm(context, size, model, config_file, data_dir)
 
+    def job_script(self, *, size: str, model: str, config_file: Optional[str], data_dir: str):
+        """(site profile, job shape, job script) for ``size``: the script is the one ``t0 sbatch`` prints."""
+        from pathlib import Path
+
+        from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
+
+        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
+        overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
+        script = render_sbatch(profile, size, config_file=config_file, data_dir=data_dir, model=model,
+                               log_dir=f"{data_dir}/students/{size}/logs", deepspeed=self.deepspeed, **overrides)
+        return profile, job_spec(profile, size, **overrides), script
+
     def _slurm(self, context: dg.AssetExecutionContext, size: str, model: str, config_file: Optional[str],
                data_dir: str) -> dg.MaterializeResult:
         import tempfile
@@ -119,15 +131,10 @@ class TrainingCompute(dg.ConfigurableResource):
         from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
         from dagster_slurm.helpers.ssh_pool import SSHConnectionPool
 
-        from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
         from t0_pipeline.defs.launcher import TrainingJobLauncher
 
-        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
-        overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
-        job = job_spec(profile, size, **overrides)
+        profile, job, script = self.job_script(size=size, model=model, config_file=config_file, data_dir=data_dir)
         log_dir = f"{data_dir}/students/{size}/logs"
-        script = render_sbatch(profile, size, config_file=config_file, data_dir=data_dir, log_dir=log_dir, model=model,
-                               deepspeed=self.deepspeed, **overrides)
         context.log.info(f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
                          f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}")
         queue = SlurmQueueConfig(  # the same shape the script's #SBATCH lines ask for (the command line wins)
