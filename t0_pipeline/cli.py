@@ -349,8 +349,8 @@ def sft(
 def train(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    model: Optional[str] = typer.Option(None, help="Base model name or local path (default: train.sizes[partition], "
-                                                   "else Qwen/Qwen2.5-1.5B-Instruct)."),
+    model: Optional[str] = typer.Option(None, help="Base model name or local path (default: the partition's entry in "
+                                                   "train.sizes, else Qwen/Qwen2.5-1.5B-Instruct)."),
     dataset: Optional[Path] = typer.Option(None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."),
     output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints/, final/, logs/ and metrics.json go."),
     partition: str = typer.Option("default", help="Partition key (model size) used in the default output path."),
@@ -361,8 +361,8 @@ def train(
 ):
     """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after preemption.
 
-    Runs as one process, or as many under torchrun (the Slurm job script does this); reports to Dagster
-    through Pipes when Dagster started it.
+    One process, or one per GPU under torchrun (as the Slurm job script runs it).
+    Reports to Dagster through Pipes when Dagster started it.
     """
     from t0_pipeline.train import rank, run_train
     from t0_pipeline.train_report import dagster_reporter
