@@ -13,6 +13,9 @@ cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=t0ci
 SlurmctldHost=localhost
 AuthType=auth/munge
+# A requeued job may start again only after its old credential expires (120 s by default); short here, so the
+# requeue test does not wait two minutes. Sites keep the default.
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
