@@ -300,20 +300,26 @@ class LLMClient:
         return self._slots  # type: ignore[return-value]
 
     async def complete(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                       seed: int | None = None) -> LLMReply:
+                       seed: int | None = None, accept: Callable[[LLMReply], bool] | None = None) -> LLMReply:
         """One chat completion, from the cache when possible; failures come back with ``error`` set.
 
         ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
-        overrides the role's seed (repeated runs). Both are part of the cache key.
+        overrides the role's seed (repeated runs). Both are part of the cache key. A reply is cached
+        only when it succeeded and ``accept`` (if given) takes it, so a reply the caller cannot use is
+        asked for again on the next run.
         """
+        key, kwargs = self._request(messages, tools, seed)
+        return await self.cached(key, lambda: self._call_with_retries(kwargs), accept)
+
+    def _request(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                 seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        """(cache key, litellm arguments) of one chat request."""
         params = self.params()
         if seed is not None:
             params["seed"] = seed
         if tools:
             params["tools"] = tools
-        key = cache_key(self.settings.model, messages, params)
-        kwargs = self._kwargs(messages, tools, params["seed"])
-        return await self.cached(key, lambda: self._call_with_retries(kwargs))
+        return cache_key(self.settings.model, messages, params), self._kwargs(messages, tools, params["seed"])
 
     def _kwargs(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, seed: int | None) -> dict:
         s = self.settings
@@ -382,8 +388,10 @@ class LLMClient:
         self.usage.completion_tokens += usage.get("completion_tokens", 0)
         yield "usage", usage
 
-    async def cached(self, key: str, produce: Callable[[], Awaitable[LLMReply]]) -> LLMReply:
-        """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded); counted in usage.
+    async def cached(self, key: str, produce: Callable[[], Awaitable[LLMReply]],
+                     accept: Callable[[LLMReply], bool] | None = None) -> LLMReply:
+        """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded and ``accept`` takes
+        it); counted in usage.
 
         The one caching mechanism for every kind of model call (chat here; budget-forced
         generation in :mod:`t0_pipeline.evaluate`).
@@ -395,11 +403,15 @@ class LLMClient:
             return reply
         self.start()
         reply = await produce()
-        if reply.ok and self.cache is not None:
-            self.cache.put(key, self.settings.model,
-                           {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
+        if reply.ok and (accept is None or accept(reply)):
+            self.store(key, reply)
         self.usage.add(reply)
         return reply
+
+    def store(self, key: str, reply: LLMReply) -> None:
+        if self.cache is not None:
+            self.cache.put(key, self.settings.model,
+                           {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
 
     async def _call_with_retries(self, kwargs: dict[str, Any]) -> LLMReply:
         slots = self._loop_state()
@@ -426,9 +438,17 @@ class LLMClient:
                 await asyncio.sleep(wait)
         return LLMReply(error=error, attempts=attempt)
 
-    async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M]) -> tuple[M | None, LLMReply]:
-        """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error)."""
-        reply = await self.complete(messages)
+    async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M],
+                            seed: int | None = None) -> tuple[M | None, LLMReply]:
+        """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error).
+
+        Only a reply that parses is cached: a repaired one under the original request too (a re-run makes
+        no call), an unusable one not at all (a re-run asks again).
+        """
+        def valid(r: LLMReply) -> bool:
+            return parse_json(r.content, schema)[0] is not None
+
+        reply = await self.complete(messages, seed=seed, accept=valid)
         if not reply.ok:
             return None, reply
         parsed, problem = parse_json(reply.content, schema)
@@ -438,13 +458,15 @@ class LLMClient:
         repair = [*messages, {"role": "assistant", "content": reply.content},
                   {"role": "user", "content": f"That reply was not valid JSON for the requested format ({problem}). "
                                               "Reply again with only the corrected JSON object and nothing else."}]
-        second = await self.complete(repair)
+        second = await self.complete(repair, seed=seed, accept=valid)
         if not second.ok:
             return None, second
         parsed, problem = parse_json(second.content, schema)
         if parsed is None:
             self.usage.invalid_json += 1
             second.error = f"InvalidJSON: {problem}"
+        else:
+            self.store(self._request(messages, seed=seed)[0], second)
         return parsed, second
 
     # --- many calls ----------------------------------------------------------------

@@ -88,6 +88,7 @@ class SplitReport:
     failures: list[dict[str, Any]] = field(default_factory=list)  # cell, slug, error
     gave_up: int = 0  # cells that refused max_redraws + 1 times
     removed_overlaps: int = 0
+    repeated_texts: int = 0  # a query text already written (in either set): left out
     top_up_draws: int = 0
 
 
@@ -98,7 +99,8 @@ def balanced_cells(n: int, config: QueryGenConfig, rng: random.Random, start: in
     while len(cells) < n:
         cycle = combos[:]
         rng.shuffle(cycle)
-        cells.extend(Cell(start + len(cells) + i, *c) for i, c in enumerate(cycle[: n - len(cells)]))
+        first = start + len(cells)  # read once: the list grows while extend consumes the generator
+        cells.extend(Cell(first + i, *c) for i, c in enumerate(cycle[: n - len(cells)]))
     return cells
 
 
@@ -125,8 +127,9 @@ class QueryWriter:
             if not allowed:
                 break
             slug = rng.choice(allowed)
+            # the draw's own sampling seed: cells that share a prompt still get (and cache) their own message
             written, reply = await self.client.complete_json([{"role": "user", "content": self.prompt(slug, cell)}],
-                                                             WrittenQuery)
+                                                             WrittenQuery, seed=rng.randrange(2**31))
             if written is None:
                 report.failures.append({"cell": cell.index, "slug": slug, "error": reply.error})
                 return None
@@ -154,6 +157,23 @@ class QueryWriter:
         return [r for r in rows if r is not None]
 
 
+def drop_repeated_texts(rows: list[dict], seen: set[str]) -> tuple[list[dict], int]:
+    """Rows whose query text (case and spacing aside) is not in ``seen``, which learns the kept ones."""
+    kept = []
+    for row in rows:
+        key = " ".join(row["query"].lower().split())
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def cell_counts(df: pl.DataFrame) -> dict[str, int]:
+    """Queries per "type / disposition / sex" cell, every configured cell that occurs."""
+    return {f"{t} / {d} / {s}": n for t, d, s, n in
+            df.group_by("query_type", "disposition", "sex").len().sort("query_type", "disposition", "sex").iter_rows()}
+
+
 def remove_overlaps(train: list[dict], eval_pairs: set[tuple[str, str]]) -> tuple[list[dict], int]:
     kept = [r for r in train if (r["slug"], r["disposition"]) not in eval_pairs]
     return kept, len(train) - len(kept)
@@ -165,6 +185,8 @@ def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenCon
     rng = random.Random(config.seed)
     ev = SplitReport(config.n_eval)
     eval_rows = writer.draw_many("eval", balanced_cells(config.n_eval, config, rng), set(), ev, progress)
+    texts: set[str] = set()
+    eval_rows, ev.repeated_texts = drop_repeated_texts(eval_rows, texts)
     ev.produced = len(eval_rows)
     eval_pairs = {(r["slug"], r["disposition"]) for r in eval_rows}
 
@@ -172,6 +194,7 @@ def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenCon
     train_cells = balanced_cells(config.n_train, config, rng, start=0)
     train_rows = writer.draw_many("train", train_cells, set(), tr, progress)
     train_rows, tr.removed_overlaps = remove_overlaps(train_rows, eval_pairs)
+    train_rows, tr.repeated_texts = drop_repeated_texts(train_rows, texts)
     next_index = config.n_train
     for _ in range(config.max_top_up_rounds):
         missing = config.n_train - len(train_rows)
@@ -180,11 +203,37 @@ def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenCon
         extra = balanced_cells(missing, config, rng, start=next_index)
         next_index += missing
         tr.top_up_draws += missing
-        train_rows += writer.draw_many("train", extra, eval_pairs, tr, progress)
+        more, repeated = drop_repeated_texts(writer.draw_many("train", extra, eval_pairs, tr, progress), texts)
+        train_rows += more
+        tr.repeated_texts += repeated
     tr.produced = len(train_rows)
-    report = {"eval": ev.__dict__, "train": tr.__dict__, "usage": client.usage.as_dict(),
+    eval_df, train_df = pl.DataFrame(eval_rows, schema=QUERY_SCHEMA), pl.DataFrame(train_rows, schema=QUERY_SCHEMA)
+    report = {"eval": {**ev.__dict__, "cells": cell_counts(eval_df)},
+              "train": {**tr.__dict__, "cells": cell_counts(train_df)}, "usage": client.usage.as_dict(),
               "model": client.settings.model, "prompt_hash": writer.prompt_hash, "seed": config.seed}
-    return (pl.DataFrame(eval_rows, schema=QUERY_SCHEMA), pl.DataFrame(train_rows, schema=QUERY_SCHEMA), report)
+    return eval_df, train_df, report
+
+
+def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: QueryGenConfig) -> list[str]:
+    """What is wrong with one query set: repeated ids or texts, or cells further apart than its losses explain.
+
+    A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most one; each
+    query lost afterwards (failed, refused to the end, overlapping, repeated) may widen that by one more.
+    """
+    problems = []
+    if df["id"].n_unique() != df.height:
+        problems.append(f"{df.height - df['id'].n_unique()} repeated ids")
+    texts = df["query"].str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    if texts.n_unique() != df.height:
+        problems.append(f"{df.height - texts.n_unique()} repeated query texts")
+    if df.height:
+        combos = len(config.query_types) * len(config.dispositions) * len(config.sexes)
+        counts = list(cell_counts(df).values()) + [0] * (combos - len(cell_counts(df)))
+        lost = len(split["failures"]) + split["gave_up"] + split["removed_overlaps"] + split["repeated_texts"]
+        if max(counts) - min(counts) > 1 + lost:
+            problems.append(f"cells range from {min(counts)} to {max(counts)} queries, more than the "
+                            f"{lost} lost draws explain")
+    return problems
 
 
 def disjoint_problems(eval_df: pl.DataFrame, train_df: pl.DataFrame) -> list[str]:
@@ -213,7 +262,9 @@ def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfi
     write_json(report, paths.synthetic_queries("report").with_suffix(".json"))
     write_config_sidecar(paths.synthetic_queries("train"), config, llm)
     for split, df in (("eval", eval_df), ("train", train_df)):
-        log.info("%s queries: %d (requested %d)", split, df.height, report[split]["requested"])
+        cells = report[split]["cells"]
+        log.info("%s queries: %d (requested %d), %d per type / disposition / sex cell (%s)", split, df.height,
+                 report[split]["requested"], len(cells), ", ".join(f"{k}: {n}" for k, n in cells.items()))
     return eval_df, train_df, report
 
 

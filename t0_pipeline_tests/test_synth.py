@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -10,7 +11,7 @@ import polars as pl
 
 from t0_pipeline.artifacts import sha256_text
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig, RoleConfig
-from t0_pipeline.synth import disjoint_problems, remove_overlaps, run_generate_queries
+from t0_pipeline.synth import disjoint_problems, query_set_problems, remove_overlaps, run_generate_queries
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 PAGES = {
@@ -23,8 +24,14 @@ PAGES = {
 }
 
 
+SAMPLES = itertools.count(1)
+
+
 def writer_reply(messages):
-    """Scripted query writer: refuses A&E for 'Alpha itch', otherwise writes a query naming its inputs."""
+    """Scripted query writer: refuses A&E for 'Alpha itch', otherwise writes a query naming its inputs.
+
+    Like a sampling model, no two calls write the same message (the number counts calls).
+    """
     prompt = messages[-1]["content"]
     condition = re.search(r'has "([^"]+)"', prompt).group(1)
     disposition = re.search(r"level of care: (.+?)\.\n", prompt).group(1)
@@ -33,7 +40,7 @@ def writer_reply(messages):
         return json.dumps({"refused": True, "reason": "the page has no emergency situation"})
     return json.dumps({"refused": False, "demographics": {"age": 40, "sex": sex, "occupation": "baker",
                        "social_support": "lives with partner", "medical_history": "none"},
-                       "symptoms_description": f"I feel unwell ({condition} / {disposition})"})
+                       "symptoms_description": f"I feel unwell ({condition} / {disposition}) #{next(SAMPLES)}"})
 
 
 def setup(tmp_path, server, **gen):
@@ -70,6 +77,41 @@ def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
         assert len(server.state.requests) == requests  # a re-run is all cache hits
         assert again["usage"]["completed"] == 0 and again["usage"]["cache_hits"] > 0
         assert again_eval.equals(eval_df) and again_train.equals(train_df)
+
+
+def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
+    with FakeLLM() as server:
+        server.on("symptom checker", writer_reply)
+        paths, cfg, llm = setup(tmp_path, server, n_eval=1000, n_train=0)
+        eval_df, _, report = run_generate_queries(paths, cfg, llm)
+        assert eval_df.height == 1000 and eval_df["id"].n_unique() == 1000 and eval_df["query"].n_unique() == 1000
+        assert sorted(eval_df["id"]) == [f"eval-{i:05d}" for i in range(1000)]
+        # every cell its own seed: the calls differ in seed, so no two cells shared a request (or a cached reply)
+        seeds = [body.get("seed") for body in server.state.requests]
+        assert len(set(seeds)) == len(seeds)
+        cells = report["eval"]["cells"]  # 18 cells: 1000 = 18 × 55 + 10, less the refused Alpha itch A&E redraws
+        assert len(cells) == 18 and max(cells.values()) - min(cells.values()) <= 1
+        assert query_set_problems(eval_df, report["eval"], cfg) == []
+        # the check sees what the old bug produced: ids shared between cells
+        broken = eval_df.with_columns(pl.col("id").str.replace(r"\d$", "0"))
+        assert "repeated ids" in query_set_problems(broken, report["eval"], cfg)[0]
+
+
+def test_unusable_replies_are_not_cached_so_a_rerun_asks_again(tmp_path):
+    with FakeLLM() as server:
+        server.on('has "Beta cough"', "Sorry, I can only chat.")  # never JSON, even after the repair request
+        server.on("symptom checker", writer_reply)
+        paths, cfg, llm = setup(tmp_path, server, n_eval=18, n_train=0)
+        first, _, report = run_generate_queries(paths, cfg, llm)
+        failed = len(report["eval"]["failures"])
+        assert failed and first.height == 18 - failed
+
+    with FakeLLM() as healthy:  # the model behaves now: only the failed draws are asked again, and they succeed
+        healthy.on("symptom checker", writer_reply)
+        llm.roles["query_writer"].api_base = healthy.api_base
+        again, _, report = run_generate_queries(paths, cfg, llm)
+        assert again.height == 18 and report["usage"]["completed"] == failed == len(healthy.state.requests)
+        assert report["eval"]["failures"] == []
 
 
 def test_remove_overlaps():

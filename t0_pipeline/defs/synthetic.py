@@ -20,7 +20,7 @@ from t0_pipeline.index import build_bm25_index, build_dense_index
 from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
 from t0_pipeline.sft import run_sft
 from t0_pipeline.summarise import run_summarise
-from t0_pipeline.synth import disjoint_problems, run_generate_queries
+from t0_pipeline.synth import disjoint_problems, query_set_problems, run_generate_queries
 from t0_pipeline.traces import run_traces
 from t0_pipeline.validate import summary_problems
 
@@ -122,6 +122,9 @@ def synthetic_queries(context: dg.AssetExecutionContext, settings: PipelineSetti
         "failed_draws": len(report["eval"]["failures"]) + len(report["train"]["failures"]),
         "overlaps_removed": report["train"]["removed_overlaps"], "top_up_draws": report["train"]["top_up_draws"],
         "eval_by_disposition": counts(eval_df, "disposition"), "eval_by_query_type": counts(eval_df, "query_type"),
+        "eval_cells": dg.MetadataValue.json(report["eval"]["cells"]),
+        "train_cells": dg.MetadataValue.json(report["train"]["cells"]),
+        "repeated_texts_dropped": report["eval"]["repeated_texts"] + report["train"]["repeated_texts"],
         "preview": preview(eval_df, ["slug", "disposition", "query_type", "query"], rows=5),
         "prompt_hash": report["prompt_hash"], **usage_metadata(report["usage"]),
         "eval_path": dg.MetadataValue.path(str(paths.synthetic_queries("eval"))),
@@ -138,6 +141,17 @@ def eval_train_disjoint(settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths()
     problems = disjoint_problems(pl.read_parquet(paths.synthetic_queries("eval")), pl.read_parquet(paths.synthetic_queries("train")))
     return dg.AssetCheckResult(passed=not problems, metadata={"shared_pairs": dg.MetadataValue.json(problems[:20])})
+
+
+@dg.asset_check(asset=synthetic_queries, blocking=True,
+                description="Distinct ids and texts; type × disposition × sex cells balanced up to the draws lost.")
+def queries_distinct_and_balanced(settings: PipelineSettings) -> dg.AssetCheckResult:
+    paths, cfg, report = settings.paths(), settings.pipeline_config().queries, _query_report(settings)
+    problems = {split: query_set_problems(pl.read_parquet(paths.synthetic_queries(split)), report[split], cfg)
+                for split in ("eval", "train")}
+    return dg.AssetCheckResult(passed=not any(problems.values()), metadata={
+        "problems": dg.MetadataValue.json(problems), "eval_cells": dg.MetadataValue.json(report["eval"].get("cells", {})),
+        "train_cells": dg.MetadataValue.json(report["train"].get("cells", {}))})
 
 
 @dg.asset_check(asset=synthetic_queries, description="Valid JSON from the query writer (after one repair) for ≥ 95% of replies.")
