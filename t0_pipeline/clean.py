@@ -13,6 +13,7 @@ Run it: ``t0 clean --data-dir DIR``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -56,16 +57,24 @@ def _inline(node: Tag | NavigableString) -> str:
 
 
 def _list_blocks(lst: Tag, depth: int) -> list[Block]:
+    """Items of a list, nested lists indented under their item; iterative, so any nesting depth is fine."""
     blocks: list[Block] = []
-    for li in lst.find_all("li", recursive=False):
+    stack = [(iter(lst.find_all("li", recursive=False)), depth)]
+    while stack:
+        items, level = stack[-1]
+        li = next(items, None)
+        if li is None:
+            stack.pop()
+            continue
         nested = li.find_all(["ul", "ol"], recursive=False)
-        for sub in nested:
-            sub.extract()
-        text = _inline(li)
+        # the item's own text, without its nested lists (read around them: extracting them costs their size each)
+        own = (_inline(c) for c in li.children if not (isinstance(c, Tag) and c.name in ("ul", "ol"))
+               and (isinstance(c, Tag) or c.__class__ is NavigableString))
+        text = _SPACE.sub(" ", " ".join(t for t in own if t)).strip()
         if text:
-            blocks.append(Block("item", text, depth))
-        for sub in nested:
-            blocks.extend(_list_blocks(sub, depth + 1))
+            blocks.append(Block("item", text, level))
+        if nested:
+            stack.append((itertools.chain.from_iterable(sub.find_all("li", recursive=False) for sub in nested), level + 1))
     return blocks
 
 
@@ -93,9 +102,32 @@ def _table_blocks(table: Tag) -> list[Block]:
     return blocks
 
 
+BLOCK_TAGS = {*HEADINGS, "p", "ul", "ol", "table", "div", "section"}
+
+
+def _with_block_content(root: Tag) -> set[int]:
+    """ids of the elements under ``root`` that contain a block element: one pass, linear in the page.
+
+    Walking up from each block element stops at the first ancestor already marked (its own ancestors
+    are marked too), so every element is marked at most once, however deep the nesting.
+    """
+    marked: set[int] = set()
+    for el in root.descendants:
+        if isinstance(el, Tag) and el.name in BLOCK_TAGS:
+            parent = el.parent
+            while parent is not None and id(parent) not in marked:
+                marked.add(id(parent))
+                if parent is root:
+                    break
+                parent = parent.parent
+    return marked
+
+
 def _blocks(node: Tag) -> list[Block]:
+    """The blocks of ``node`` in document order, by an explicit stack (no recursion: a page can nest deeply)."""
     blocks: list[Block] = []
-    loose: list[str] = []  # inline text directly inside a container
+    loose: list[str] = []  # inline text directly inside the current container
+    containers = _with_block_content(node)
 
     def flush() -> None:
         text = _SPACE.sub(" ", " ".join(loose)).strip()
@@ -103,7 +135,13 @@ def _blocks(node: Tag) -> list[Block]:
             blocks.append(Block("text", text))
         loose.clear()
 
-    for child in node.children:
+    stack = [iter(node.children)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:  # end of a container: its loose text is a paragraph
+            stack.pop()
+            flush()
+            continue
         if isinstance(child, NavigableString):
             if child.__class__ is NavigableString:  # skip comments, CDATA, doctype
                 loose.append(str(child))
@@ -129,12 +167,11 @@ def _blocks(node: Tag) -> list[Block]:
                 blocks.append(Block("text", text))
         elif name == "br":
             flush()
-        elif name in BLOCK_CONTAINERS and child.find(list(HEADINGS) + ["p", "ul", "ol", "table", "div", "section"]):
+        elif name in BLOCK_CONTAINERS and id(child) in containers:
             flush()
-            blocks.extend(_blocks(child))
+            stack.append(iter(child.children))
         else:
             loose.append(child.get_text(" ", strip=False))
-    flush()
     return blocks
 
 
@@ -196,7 +233,12 @@ def clean_pages(pages: pl.DataFrame, adapter: SiteAdapter, config: CleanConfig) 
         parts = []
         for page in group.iter_rows(named=True):
             body = page["body"] or ""
-            text = html_to_text(body, adapter) if page["format"] == "html" else normalise_text(body)
+            try:
+                text = html_to_text(body, adapter) if page["format"] == "html" else normalise_text(body)
+            except Exception as exc:  # one hostile page must not stop the corpus: report it, leave it out
+                problems.append(f"record {slug} ({page['page_url'] or 'no url'}): could not be cleaned "
+                                f"({exc.__class__.__name__}: {str(exc)[:120]}); that page is left out")
+                continue
             if text:
                 parts.append(text)
             else:

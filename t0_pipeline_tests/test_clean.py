@@ -77,3 +77,36 @@ def test_multi_page_documents_are_joined_in_part_order():
 
 def test_normalise_text_collapses_whitespace():
     assert normalise_text("  a \t b \n\n\n\n c ") == "a b\n\nc"
+
+
+def test_deeply_nested_pages_are_cleaned_without_recursion():
+    depth = 20_000  # far past Python's recursion limit
+    divs = "<main>" + "<div>" * depth + "<p>Deep paragraph text.</p>" + "</div>" * depth + "<p>After it.</p></main>"
+    lists = "<main><ul>" + "<li>level<ul>" * 3000 + "<li>leaf</li>" + "</ul></li>" * 3000 + "</ul></main>"
+    assert html_to_text(divs, NHS) == "Deep paragraph text.\nAfter it."
+    items = html_to_text(lists, NHS).splitlines()
+    assert len(items) == 3001 and items[0] == "- level" and items[-1] == "  " * 3000 + "- leaf"
+
+
+def test_a_page_that_cannot_be_cleaned_is_reported_and_the_rest_go_on(monkeypatch):
+    import t0_pipeline.clean as clean
+
+    real = clean.html_to_text
+
+    def fragile(html, adapter):  # a parser failure we cannot provoke with real HTML any more
+        if "poison" in html:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(html, adapter)
+
+    monkeypatch.setattr(clean, "html_to_text", fragile)
+    page = lambda slug, part, body: {"slug": slug, "title": slug, "url": f"u/{slug}", "part": part,  # noqa: E731
+                                     "page_url": f"u/{slug}/{part}", "format": "html", "body": body, "content_hash": "h",
+                                     "etag": None, "last_modified": None, "fetched_at": "2025-01-01", "source": "s"}
+    pages = pl.DataFrame([page("ok", 0, "<main><p>A perfectly ordinary page.</p></main>"),
+                          page("guide", 0, "<main><p>The first part of a guide.</p></main>"),
+                          page("guide", 1, "<main><p>poison</p></main>")], schema=PAGE_SCHEMA)
+    docs, problems = clean_pages(pages, NHS, CleanConfig(min_chars=10))
+    assert sorted(docs["slug"]) == ["guide", "ok"] and docs.filter(pl.col("slug") == "guide")["n_pages"][0] == 2
+    assert docs.filter(pl.col("slug") == "guide")["text"][0] == "The first part of a guide."
+    assert problems == ["record guide (u/guide/1): could not be cleaned (RecursionError: maximum recursion depth "
+                        "exceeded); that page is left out"]
