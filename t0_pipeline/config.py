@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel as _PydanticModel
+from pydantic import ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["sample", "site", "mirror", "pages"]
@@ -19,6 +20,12 @@ Distance = Literal["l2", "cosine"]
 
 INDEX_NAMES: tuple[IndexName, ...] = ("full", "summaries")
 RETRIEVER_MODES: tuple[RetrieverMode, ...] = ("dense", "bm25", "hybrid")
+
+
+class BaseModel(_PydanticModel):
+    """Every config section: an unknown key (a typo such as ``chunk.sise``) is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Settings(BaseSettings):
@@ -103,8 +110,8 @@ class ChromaConfig(BaseModel):
 
 class RetrievalConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
-    rrf_k: int = 60  # reciprocal rank fusion constant (Cormack et al.)
-    fusion_depth: int = 50  # documents taken from each ranker before fusing (k wins when larger)
+    rrf_k: int = Field(60, gt=0)  # reciprocal rank fusion constant (Cormack et al.)
+    fusion_depth: int = Field(50, ge=1)  # documents taken from each ranker before fusing (k wins when larger)
     chunk_oversample: float = 1.5  # dense: first window = depth × chunks-per-document × this; doubles if short
 
 
@@ -459,6 +466,39 @@ def load_config(path: Path | str | None) -> PipelineConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            import difflib
+
+            known = _fields_at(err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            hint = f"did you mean {'.'.join([*map(str, err['loc'][:-1]), close[0]])!r}?" if close else \
+                f"known here: {', '.join(known)}."
+            raise T0Error(f"config file {path}: unknown setting {where!r}; {hint} (`t0 config` lists them all)") from None
         raise T0Error(f"config file {path}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults).") from None
     except Exception as exc:  # syntax errors from json/yaml/toml
         raise T0Error(f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}).") from None
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The setting names valid at ``loc`` (a path into PipelineConfig; mapping keys are skipped over)."""
+    import typing
+
+    model: typing.Any = PipelineConfig
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        fields = getattr(model, "model_fields", {})
+        if str(part) not in fields:
+            return []
+        annotation = fields[str(part)].annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) is dict:
+            annotation = args[-1]
+            if parts:
+                parts.pop(0)  # the mapping's key (a role or model name)
+            else:
+                return []
+        elif args and not isinstance(annotation, type):
+            annotation = next((a for a in args if isinstance(a, type) and issubclass(a, _PydanticModel)), annotation)
+        model = annotation
+    return sorted(getattr(model, "model_fields", {}))

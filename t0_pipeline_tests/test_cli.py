@@ -74,6 +74,14 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     bad_config.write_text("chunk:\n  overlap: -3\n")
     result = t0("config", "--config", str(bad_config))
     assert result.returncode == 2 and "field 'chunk.overlap'" in result.stderr and "Traceback" not in result.stderr
+    for text, expected in (("chunk:\n  sise: 3\n", "unknown setting 'chunk.sise'; did you mean 'chunk.size'?"),
+                           ("llm:\n  roles:\n    teacher: {modle: x}\n",
+                            "unknown setting 'llm.roles.teacher.modle'; did you mean 'llm.roles.teacher.model'?"),
+                           ("retrieval: {rrf_k: -1}\n", "field 'retrieval.rrf_k': Input should be greater than 0"),
+                           ("retrieval: {fusion_depth: 0}\n", "field 'retrieval.fusion_depth': Input should be greater")):
+        bad_config.write_text(text)
+        result = t0("config", "--config", str(bad_config))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
     result = t0("index", "--pages", str(tmp_path / "absent.jsonl"), "--data-dir", str(tmp_path / "d"))
     assert result.returncode == 2 and "absent.jsonl" in result.stderr and "Traceback" not in result.stderr
     result = t0("evaluate", "--data-dir", str(tmp_path / "d"))
