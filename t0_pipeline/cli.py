@@ -73,7 +73,8 @@ def crawl(
     location: Optional[str] = typer.Option(None, help="Index URL for site, directory for mirror, file for pages."),
     delay: Optional[float] = typer.Option(None, help="Seconds between request starts (politeness)."),
     concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once."),
-    max_pages: Optional[int] = typer.Option(None, help="Stop after this many conditions (smoke test)."),
+    max_pages: Optional[int] = typer.Option(None, help="Crawl at most this many conditions (default 5000; a "
+                                                         "smaller number for a smoke test)."),
     no_robots: bool = typer.Option(False, "--no-robots", help="Ignore robots.txt (only for sites you own)."),
 ):
     """Fetch every condition page (and its sub-pages) into pages.parquet; re-crawls fetch only what changed."""

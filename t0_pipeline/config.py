@@ -56,12 +56,15 @@ class SourceConfig(BaseModel):
     user_agent: str = "t0-pipeline/0.1 (+corpus crawler; contact: set T0 user_agent)"
     delay_s: float = 0.5  # minimum gap between request starts to one host
     concurrency: int = 4  # requests in flight at once
-    timeout_s: float = 20.0  # per request
+    timeout_s: float = 20.0  # per read or connect
+    deadline_s: float = 60.0  # per request, connect to last byte: a server dripping bytes cannot hold a slot longer
+    max_page_bytes: int = 5_000_000  # per response, counted after decompression (a gzip bomb stops here)
+    max_redirects: int = 5  # redirects are followed on the same host only; others fail the page with the reason
     max_attempts: int = 4  # then the page is reported as failed
     backoff_s: float = 1.0  # first retry wait; doubles each attempt, with jitter
     max_backoff_s: float = 60.0  # cap on any single wait, Retry-After included
     respect_robots: bool = True  # read robots.txt and skip what it disallows
-    max_pages: int | None = None  # stop after this many conditions (smoke tests of a live site)
+    max_pages: int | None = 5000  # at most this many conditions per crawl (a runaway index is cut and reported)
 
     @field_validator("concurrency", "max_attempts")
     @classmethod

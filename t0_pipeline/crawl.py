@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
@@ -62,7 +63,38 @@ def sample_site_dir() -> Path:
 
 
 class FetchError(Exception):
-    pass
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Reply:
+    """One HTTP answer, body read (within the size cap) before the connection slot is given back."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+    url: str  # after same-host redirects
+    charset: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(self.charset or "utf-8", errors="replace")
+
+
+TEXT_TYPES = ("text/", "application/xhtml", "application/xml")
+
+
+def refuse_non_text(raw: bytes, content_type: str | None, where: str) -> None:
+    """Raise FetchError for a body that is not text: a non-text Content-Type, or bytes that look binary."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and not kind.startswith(TEXT_TYPES):
+        raise FetchError(f"{where}: not text (Content-Type {kind}); page refused")
+    head = raw[:8192]
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    if b"\x00" in head or (head and controls / len(head) > 0.05):
+        raise FetchError(f"{where}: binary content, not text; page refused")
 
 
 @dataclass
@@ -93,9 +125,10 @@ def decode_body(raw: bytes, declared: str | None, where: str) -> tuple[str, str 
 class MirrorFetcher:
     """Serve URLs under ``base_url`` from a wget-style mirror directory."""
 
-    def __init__(self, root: Path, base_url: str):
+    def __init__(self, root: Path, base_url: str, max_bytes: int = 5_000_000):
         self.root = Path(root)
         self.base_path = urlsplit(base_url).path
+        self.max_bytes = max_bytes
         if not self.root.is_dir():
             raise T0Error(f"mirror directory {self.root} does not exist; pass an existing directory with --location.")
 
@@ -111,7 +144,11 @@ class MirrorFetcher:
         path = self.path_for(url)
         if not path.is_file():
             raise FetchError(f"no file {path} in the mirror")
-        text, warning = decode_body(path.read_bytes(), None, str(path))
+        if path.stat().st_size > self.max_bytes:
+            raise FetchError(f"{path} is {path.stat().st_size} bytes, over the {self.max_bytes}-byte page limit")
+        raw = path.read_bytes()
+        refuse_non_text(raw, None, str(path))
+        text, warning = decode_body(raw, None, str(path))
         return Fetched(url=url, text=text, warning=warning)
 
     def synthetic_index(self, base_url: str) -> str:
@@ -130,9 +167,9 @@ class HttpFetcher:
     def __init__(self, config: SourceConfig, client: httpx.AsyncClient | None = None):
         self.config = config
         self.client = client or httpx.AsyncClient(
-            headers={"User-Agent": config.user_agent},
+            headers={"User-Agent": config.user_agent, "Accept-Encoding": "gzip, deflate"},  # what read_capped inflates
             timeout=config.timeout_s,
-            follow_redirects=True,
+            follow_redirects=False,  # followed by hand: same host only, robots.txt checked, counted
         )
         self._slots = asyncio.Semaphore(config.concurrency)
         self._pace = asyncio.Lock()
@@ -153,8 +190,8 @@ class HttpFetcher:
         try:
             resp = await self._get(robots_url, {})
         except FetchError as exc:
-            if "HTTP 4" in str(exc):
-                parser.parse([])  # no robots.txt: everything allowed
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                parser.parse([])  # no robots.txt (RFC 9309 "unavailable"): everything allowed
             else:
                 raise T0Error(
                     f"robots.txt at {robots_url} could not be read ({exc}); the crawler treats that as disallow-all "
@@ -185,30 +222,52 @@ class HttpFetcher:
             wait = max(wait, parse_retry_after(header))
         return min(wait, self.config.max_backoff_s)
 
-    async def _get(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        error = "no attempt made"
+    async def _get(self, url: str, headers: dict[str, str]) -> Reply:
+        error, status = "no attempt made", None
         for attempt in range(1, self.config.max_attempts + 1):
-            resp: httpx.Response | None = None
+            resp: Reply | None = None
             async with self._slots:
                 await self._wait_turn()
-                self.requests += 1
                 try:
-                    resp = await self.client.get(url, headers=headers)
+                    resp = await self._once(url, headers)
                 except httpx.TimeoutException:
-                    error = f"timed out after {self.config.timeout_s:g}s"
+                    error = f"timed out after {self.config.timeout_s:g}s without a byte"
+                except TimeoutError:
+                    error = f"timed out: the answer took longer than {self.config.deadline_s:g}s in all (deadline_s)"
                 except httpx.TransportError as exc:
                     error = f"{type(exc).__name__}: {exc}"
                 else:
-                    if resp.status_code < 400 or resp.status_code == 304:
+                    if resp.status < 400 or resp.status == 304:
                         return resp
-                    error = f"HTTP {resp.status_code}"
-                    if resp.status_code not in RETRY_STATUS:
-                        raise FetchError(error)
+                    error, status = f"HTTP {resp.status}", resp.status
+                    if resp.status not in RETRY_STATUS:
+                        raise FetchError(error, status)
             if attempt < self.config.max_attempts:
                 wait = self._retry_wait(attempt, resp)
                 log.info("retrying %s in %.1fs (%s, attempt %d/%d)", url, wait, error, attempt, self.config.max_attempts)
                 await asyncio.sleep(wait)
-        raise FetchError(f"{error} after {self.config.max_attempts} attempts")
+        raise FetchError(f"{error} after {self.config.max_attempts} attempts", status)
+
+    async def _once(self, url: str, headers: dict[str, str]) -> Reply:
+        """One GET within the deadline, following same-host redirects, reading at most max_page_bytes."""
+        cap, origin = self.config.max_page_bytes, urlsplit(url)
+        async with asyncio.timeout(self.config.deadline_s):
+            current = url
+            for _ in range(self.config.max_redirects + 1):
+                self.requests += 1
+                async with self.client.stream("GET", current, headers=headers) as resp:
+                    if resp.has_redirect_location:
+                        target = urljoin(current, resp.headers.get("Location", ""))
+                        where = urlsplit(target)
+                        if (where.scheme, where.netloc) != (origin.scheme, origin.netloc):
+                            raise FetchError(f"redirected to another host ({target}); not followed", resp.status_code)
+                        if not self.allowed(target):
+                            raise FetchError(f"redirected to {target}, which robots.txt disallows", resp.status_code)
+                        current = target
+                        continue
+                    body = await read_capped(resp, cap) if resp.status_code < 300 else b""
+                    return Reply(resp.status_code, resp.headers, body, current, resp.charset_encoding)
+            raise FetchError(f"more than {self.config.max_redirects} redirects from {url} (a loop?)")
 
     async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched:
         headers = {}
@@ -218,10 +277,44 @@ class HttpFetcher:
             headers["If-Modified-Since"] = last_modified
         resp = await self._get(url, headers)
         meta = {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified")}
-        if resp.status_code == 304:
+        if resp.status == 304:
             return Fetched(url=url, text=None, **meta)
-        text, warning = decode_body(resp.content, resp.charset_encoding, url)
+        refuse_non_text(resp.content, resp.headers.get("Content-Type"), url)
+        text, warning = decode_body(resp.content, resp.charset, url)
         return Fetched(url=url, text=text, warning=warning, **meta)
+
+
+async def read_capped(resp: httpx.Response, cap: int) -> bytes:
+    """The body, decompressed here in bounded steps, or FetchError once it passes ``cap`` bytes.
+
+    httpx would inflate each network chunk whole (a 64 KB gzip chunk can hold 64 MB); inflating with
+    a output limit keeps memory within the cap whatever the compression ratio.
+    """
+    import zlib
+
+    too_big = f"over the {cap}-byte page limit (max_page_bytes), counted after decompression; page refused"
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+        raise FetchError(f"unsupported Content-Encoding {encoding!r}; page refused")
+    declared = resp.headers.get("Content-Length", "")
+    if encoding in ("identity", "") and declared.isdigit() and int(declared) > cap:
+        raise FetchError(f"{declared} bytes, {too_big}")
+    inflate = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding not in ("identity", "") else None
+    body = bytearray()
+    async for raw in resp.aiter_raw():
+        if inflate is None:
+            body += raw
+        else:
+            data = raw
+            while data and len(body) <= cap:
+                try:
+                    body += inflate.decompress(data, cap + 1 - len(body))
+                except zlib.error as exc:
+                    raise FetchError(f"corrupt {encoding} body ({exc}); page refused") from None
+                data = inflate.unconsumed_tail
+        if len(body) > cap:
+            raise FetchError(too_big)
+    return bytes(body)
 
 
 def parse_retry_after(value: str) -> float:
@@ -309,7 +402,8 @@ async def _crawl_condition(
 
 
 async def crawl_async(
-    config: SourceConfig, previous: pl.DataFrame | None = None, fetcher: Fetcher | None = None
+    config: SourceConfig, previous: pl.DataFrame | None = None, fetcher: Fetcher | None = None,
+    journal: CrawlJournal | None = None,
 ) -> tuple[pl.DataFrame, CrawlReport]:
     """Crawl the configured site or mirror. Failed pages keep their previous version."""
     adapter = get_adapter(config.adapter)
@@ -321,12 +415,15 @@ async def crawl_async(
             fetcher = HttpFetcher(config)
         else:
             root = sample_site_dir() if config.kind == "sample" else Path(config.location or "")
-            fetcher = MirrorFetcher(root, index_url)
+            fetcher = MirrorFetcher(root, index_url, config.max_page_bytes)
     label = "bundled sample mirror" if config.kind == "sample" else config.location or index_url
     report = CrawlReport(source=f"{config.kind}: {label}", started_at=_now())
     try:
         if isinstance(fetcher, HttpFetcher):
             await fetcher.load_robots(index_url)
+            if not fetcher.allowed(index_url):
+                raise T0Error(f"robots.txt disallows the index page {index_url} for user agent "
+                              f"{config.user_agent!r}; nothing was fetched and the previous corpus is kept.")
         try:
             if isinstance(fetcher, MirrorFetcher) and not fetcher.path_for(index_url).is_file():
                 index_html = fetcher.synthetic_index(index_url)
@@ -341,8 +438,11 @@ async def crawl_async(
         links = [lk for lk in links if lk.slug not in set(config.exclude_slugs)]
         report.disallowed = [lk.url for lk in links if not fetcher.allowed(lk.url)]
         links = [lk for lk in links if fetcher.allowed(lk.url)]
-        if config.max_pages is not None:
+        found = len(links)
+        if config.max_pages is not None and found > config.max_pages:
             links = links[: config.max_pages]
+            report.warnings.append(f"the index links to {found} conditions; only the first {config.max_pages} "
+                                   "(source.max_pages) were crawled")
 
         prev_pages = _previous_by_page(previous)
         prev_rows_by_slug: dict[str, list[dict[str, Any]]] = {}
@@ -351,29 +451,50 @@ async def crawl_async(
                 prev_rows_by_slug.setdefault(row["slug"], []).append(row)
 
         rows: list[dict[str, Any]] = []
+        done = journal.load(report.source) if journal else {}
+        if done:
+            log.info("resuming an interrupted crawl: %d conditions already fetched", len(done))
+            report.warnings.append(f"resumed an interrupted crawl: {len(done)} conditions were already fetched")
+        todo: asyncio.Queue[ConditionLink] = asyncio.Queue()
+        for link in links:
+            if link.slug not in done:
+                todo.put_nowait(link)
+        pending = todo.qsize()
+        results: asyncio.Queue[tuple] = asyncio.Queue()
 
-        async def one(link: ConditionLink):
-            try:
-                return link, await _crawl_condition(link, fetcher, adapter, prev_pages, config.kind), None
-            except FetchError as exc:
-                return link, None, str(exc)
+        async def worker() -> None:  # a fixed pool, not one task per link: memory stays flat for any index
+            while True:
+                try:
+                    link = todo.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                try:
+                    result = await _crawl_condition(link, fetcher, adapter, prev_pages, config.kind)
+                    if journal:
+                        journal.add(link.slug, result)
+                    await results.put((link, result, None))
+                except FetchError as exc:
+                    await results.put((link, None, str(exc)))
+                except Exception as exc:  # one odd page must not stall or stop the crawl
+                    await results.put((link, None, f"{exc.__class__.__name__}: {str(exc)[:200]}"))
 
-        tasks = [asyncio.ensure_future(one(link)) for link in links]
-        for fut in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="crawl", unit="condition", leave=False):
-            link, result, error = await fut
-            old_rows = prev_rows_by_slug.get(link.slug, [])
-            if result is None:
-                report.failed.append({"slug": link.slug, "url": link.url, "error": error or "unknown"})
-                log.warning("failed %s: %s%s", link.url, error, " (previous version kept)" if old_rows else "")
-                rows.extend(old_rows)
-                continue
-            new_rows, n304, warnings = result
-            report.not_modified += n304
-            report.warnings.extend(warnings)
-            rows.extend(new_rows)
-            old_hash = "".join(r["content_hash"] for r in sorted(old_rows, key=lambda r: r["part"]))
-            new_hash = "".join(r["content_hash"] for r in new_rows)
-            (report.unchanged if old_hash == new_hash else report.changed if old_rows else report.new).append(link.slug)
+        workers = [asyncio.ensure_future(worker()) for _ in range(max(1, config.concurrency))]
+        by_slug = {lk.slug: lk for lk in links}
+        finished = [(by_slug[slug], result, None) for slug, result in done.items() if slug in by_slug]
+
+        async def outcomes():
+            for item in finished:
+                yield item
+            for _ in range(pending):
+                yield await results.get()
+
+        try:
+            async for link, result, error in tqdm(outcomes(), total=len(links), desc="crawl", unit="condition",
+                                                  leave=False):
+                _tally(link, result, error, prev_rows_by_slug.get(link.slug, []), rows, report)
+        finally:
+            for task in workers:
+                task.cancel()
         if isinstance(fetcher, HttpFetcher):
             report.requests = fetcher.requests
     finally:
@@ -381,13 +502,71 @@ async def crawl_async(
             await fetcher.aclose()
 
     seen = {lk.slug for lk in links}
-    report.removed = sorted(set(prev_rows_by_slug) - seen) if config.max_pages is None else []
+    report.removed = sorted(set(prev_rows_by_slug) - seen) if found == len(links) else []
     if not rows:
         raise T0Error(f"every condition page failed to fetch ({report.failed[0]['error'] if report.failed else 'none found'}); the previous corpus is kept.")
     report.conditions = len({r["slug"] for r in rows})
     report.finished_at = _now()
     df = pl.DataFrame(rows, schema=PAGE_SCHEMA).sort(["slug", "part"])
     return df, report
+
+
+def _tally(link: ConditionLink, result, error: str | None, old_rows: list[dict[str, Any]], rows: list[dict[str, Any]],
+           report: CrawlReport) -> None:
+    """Add one condition's outcome to the pages and the report; a failure keeps the previous version."""
+    if result is None:
+        report.failed.append({"slug": link.slug, "url": link.url, "error": error or "unknown"})
+        log.warning("failed %s: %s%s", link.url, error, " (previous version kept)" if old_rows else "")
+        rows.extend(old_rows)
+        return
+    new_rows, n304, warnings = result
+    report.not_modified += n304
+    report.warnings.extend(warnings)
+    rows.extend(new_rows)
+    old_hash = "".join(r["content_hash"] for r in sorted(old_rows, key=lambda r: r["part"]))
+    new_hash = "".join(r["content_hash"] for r in new_rows)
+    (report.unchanged if old_hash == new_hash else report.changed if old_rows else report.new).append(link.slug)
+
+
+class CrawlJournal:
+    """Conditions fetched by a crawl still in progress, one JSON line each, appended as they arrive.
+
+    An interrupted crawl of the same source resumes from it instead of fetching those pages again;
+    :func:`run_crawl` removes it once pages.parquet is written.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self, source: str) -> dict[str, tuple]:
+        done: dict[str, tuple] = {}
+        if not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"source": source}) + "\n", encoding="utf-8")
+            return done
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except ValueError:
+            header = {}
+        if header.get("source") != source:  # another source's leftovers: start over
+            self.path.write_text(json.dumps({"source": source}) + "\n", encoding="utf-8")
+            return done
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the line being written when the crawl was killed
+            done[entry["slug"]] = (entry["rows"], entry["not_modified"], entry["warnings"])
+        return done
+
+    def add(self, slug: str, result: tuple) -> None:
+        rows, n304, warnings = result
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"slug": slug, "rows": rows, "not_modified": n304, "warnings": warnings}) + "\n")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def read_pages_file(config: SourceConfig) -> pl.DataFrame:
@@ -427,10 +606,13 @@ def run_crawl(config: SourceConfig, paths: DataPaths) -> tuple[pl.DataFrame, Cra
             (report.new if slug not in old else report.unchanged if old[slug] == digest else report.changed).append(slug)
         report.removed = sorted(set(old) - set(df["slug"]))
     else:
-        df, report = asyncio.run(crawl_async(config, previous))
+        journal = CrawlJournal(paths.pages.with_name("crawl_journal.jsonl"))
+        df, report = asyncio.run(crawl_async(config, previous, journal=journal))
     write_parquet(df, paths.pages)
     write_json(report.__dict__, paths.crawl_report)
     write_config_sidecar(paths.pages, config)
+    if config.kind != "pages":
+        journal.remove()
     log.info("crawl: %s", report.summary())
     return df, report
 

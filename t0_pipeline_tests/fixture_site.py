@@ -1,7 +1,8 @@
 """A loopback HTTP server that serves a wget-style mirror under /conditions/ and can misbehave.
 
 Real sockets and real HTTP, so the crawler's httpx code path runs as it would against a
-live site: ETags and 304s, robots.txt, 404/500/503, 429 with Retry-After, slow replies.
+live site: ETags and 304s, robots.txt, 404/500/503, 429 with Retry-After, slow replies, and
+hostile answers written by hand (redirect loops, other hosts, huge or compressed bodies, drips).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Callable
 
 
 @dataclass
@@ -23,6 +25,8 @@ class SiteState:
     always: dict[str, int] = field(default_factory=dict)  # path → status answered every time
     retry_after: str | None = None  # sent with 429/503
     slow: dict[str, float] = field(default_factory=dict)  # path → seconds to sleep before answering
+    robots_status: int = 200  # answer robots.txt with this status (its body only when 200)
+    custom: dict[str, Callable[[Any], None]] = field(default_factory=dict)  # path → writes its own raw answer
     hits: list[tuple[str, int]] = field(default_factory=list)  # (path, status) per request
     user_agents: set[str] = field(default_factory=set)
 
@@ -46,7 +50,15 @@ def make_handler(state: SiteState):
             path = self.path.split("?", 1)[0]
             if path in state.slow:
                 time.sleep(state.slow[path])
+            if path in state.custom:
+                state.hits.append((path, 0))
+                try:
+                    return state.custom[path](self)
+                except (BrokenPipeError, ConnectionResetError):  # the crawler gave up on it: that is the point
+                    return None
             if path == "/robots.txt":
+                if state.robots_status != 200:
+                    return self._send(state.robots_status, b"no")
                 return self._send(200, state.robots.encode(), {"Content-Type": "text/plain"})
             if path in state.always:
                 return self._send(state.always[path], b"error")
@@ -71,10 +83,20 @@ def make_handler(state: SiteState):
     return Handler
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a crawler hanging up is fine
+            super().handle_error(request, client_address)
+
+
 class FixtureSite:
     def __init__(self, root: Path):
         self.state = SiteState(root=root)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.state))
+        self.server = QuietServer(("127.0.0.1", 0), make_handler(self.state))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
