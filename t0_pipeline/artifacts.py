@@ -94,11 +94,19 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise T0Error(f"{path} does not exist; check the path.")
+    if path.is_dir():
+        raise T0Error(f"{path} is a directory; pass a .jsonl, .json or .parquet file.")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return pl.read_parquet(path).to_dicts()
+        try:
+            return pl.read_parquet(path).to_dicts()
+        except Exception as exc:  # polars raises several types for a damaged file
+            raise T0Error(f"{path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it.") from None
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise T0Error(f"{path} is not valid UTF-8 JSON ({exc.__class__.__name__}: {str(exc)[:80]}).") from None
         if not isinstance(data, list):
             raise T0Error(f"{path} must hold a JSON array of objects (or use .jsonl, one object per line).")
         return data
@@ -108,7 +116,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is allowed
             except UnicodeDecodeError as exc:
                 raise T0Error(f"{path}:{lineno} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8.") from None
             try:

@@ -38,7 +38,10 @@ def _setup(data_dir: Optional[Path], config_file: Optional[Path]) -> tuple[Pipel
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return load_config(config_file), DataPaths(data_dir)
+    paths = DataPaths(data_dir)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise T0Error(f"data directory {paths.root} is a file; pass a directory with --data-dir (or $T0_DATA_DIR).")
+    return load_config(config_file), paths
 
 
 def _apply_source(cfg: PipelineConfig, source: Optional[str], location: Optional[str], pages: Optional[Path]) -> None:
@@ -587,6 +590,10 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv)
     except T0Error as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    except OSError as exc:  # the one-line catch-all names the file and the problem
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        typer.secho(f"error:{where}: {exc.strerror or exc}; check the path and its permissions.", fg="red", err=True)
         sys.exit(2)
 
 

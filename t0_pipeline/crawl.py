@@ -576,12 +576,18 @@ def read_pages_file(config: SourceConfig) -> pl.DataFrame:
     path = Path(config.location)
     f = config.fields
     rows = []
-    for i, rec in enumerate(read_records(path), start=1):
-        missing = [name for name in (f.slug, f.title, f.text) if not rec.get(name)]
+    records = read_records(path)
+    if not records:
+        raise T0Error(f"{path} holds no records; the previous corpus is kept.")
+    for i, rec in enumerate(records, start=1):
+        missing = [name for name in (f.slug, f.title, f.text) if not str(rec.get(name) or "").strip()]
         if missing:
             raise T0Error(f"{path} record {i}: missing or empty field(s) {', '.join(map(repr, missing))}; "
                           "fix the record or map the field names with source.fields.")
-        text = str(rec[f.text])
+        if not isinstance(rec[f.text], str):
+            raise T0Error(f"{path} record {i}: field {f.text!r} is {type(rec[f.text]).__name__}, not text; "
+                          "each document's text must be a string.")
+        text = rec[f.text]
         url = str(rec.get(f.url) or "")
         rows.append({"slug": str(rec[f.slug]), "title": str(rec[f.title]), "url": url, "part": 0, "page_url": url,
                      "format": "text", "body": text, "content_hash": sha256_text(text), "etag": None,

@@ -49,7 +49,13 @@ def chroma_client(config: ChromaConfig, paths: DataPaths):
                           "(`chroma run --path DIR`) or unset chroma.host to use the embedded store.") from None
     path = paths.chroma_dir(config)
     path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=settings)
+    try:
+        client = chromadb.PersistentClient(path=str(path), settings=settings)
+        client.list_collections()  # opens the SQLite file: a damaged one fails here, not mid-run
+        return client
+    except Exception as exc:  # chromadb raises several types for a damaged store
+        raise T0Error(f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: {str(exc)[:100]}); "
+                      "move it away and run `t0 index` to rebuild the index.") from None
 
 
 @dataclass

@@ -194,6 +194,8 @@ def write_ranked(retriever: Retriever, records: list[dict], query_field: str, k:
 
     from t0_pipeline.artifacts import atomic_path
 
+    if not records:
+        raise T0Error("the query file holds no queries; nothing was written.")
     for i, rec in enumerate(records, start=1):
         if not isinstance(rec.get(query_field), str) or not rec[query_field].strip():
             raise T0Error(f"query record {i}: field {query_field!r} is missing or empty; set --query-field to the field holding the query text.")
