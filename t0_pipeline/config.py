@@ -109,6 +109,7 @@ class ChromaConfig(BaseModel):
     port: int = 8000
     distance: Distance = "l2"  # report: L2; cosine selectable
     collection_prefix: str = "t0"  # collections are <prefix>_full and <prefix>_summaries
+    write_batch: int = Field(512, ge=1)  # chunks encoded then written together: a kill loses at most one batch
 
 
 class RetrievalConfig(BaseModel):

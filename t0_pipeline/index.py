@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline.artifacts import T0Error, atomic_path, read_json, write_json
+from t0_pipeline.artifacts import T0Error, atomic_path, read_json, write_json, write_parquet
 from t0_pipeline.chunk import chunk_documents
 from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig, IndexName
 from t0_pipeline.embed import chunk_token_limit, model_name
@@ -119,6 +119,35 @@ def _complete_docs(collection) -> tuple[dict[tuple[str, str], list[str]], set[tu
     return by_doc, complete
 
 
+def document_batches(chunks: list, limit: int):
+    """Consecutive runs of chunks holding whole documents, each about ``limit`` chunks (one long document may
+    exceed it: a document is never split between batches)."""
+    part: list = []
+    for i, chunk in enumerate(chunks):
+        part.append(chunk)
+        ends_document = i + 1 == len(chunks) or chunks[i + 1].slug != chunk.slug
+        if ends_document and len(part) >= limit:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def write_docs_snapshot(docs: pl.DataFrame, manifest_path: Path, target: dict[str, str]) -> Path:
+    """The documents an index version serves (slug, title, url, text, hash), written before its manifest.
+
+    Readers take text from here, never from the corpus files, which the next crawl or clean rewrites
+    before the index catches up: a crash in between still serves one consistent version.
+    """
+    digest = hashlib.sha256(json.dumps(sorted(target.items())).encode()).hexdigest()[:12]
+    name = manifest_path.name.replace(".manifest.json", "")
+    path = manifest_path.with_name(f"{name}.docs-{digest}.parquet")
+    if not path.exists():
+        columns = [c for c in ("slug", "title", "url", "text", "content_hash") if c in docs.columns]
+        write_parquet(docs.select(columns), path)
+    return path
+
+
 def build_dense_index(
     docs: pl.DataFrame,
     index: IndexName,
@@ -161,33 +190,43 @@ def build_dense_index(
         partial = [cid for s, h in zip(todo["slug"], todo["content_hash"]) for cid in by_doc.get((s, h), [])]
         if partial:  # left by an interrupted run: redo those documents whole
             collection.delete(ids=partial)
+        from tqdm.auto import tqdm
+
         chunks = chunk_documents(todo["slug"].to_list(), todo["text"].to_list(), embedder.tokenizer, size, chunking.overlap)
         hashes = dict(zip(todo["slug"], todo["content_hash"]))
         titles = dict(zip(todo["slug"], todo["title"]))
         counts: dict[str, int] = {}
         for ch in chunks:
             counts[ch.slug] = counts.get(ch.slug, 0) + 1
-        vectors = embedder.encode([c.text for c in chunks], batch_size=embedding.batch_size,
-                                  normalize_embeddings=embedding.normalize, show_progress_bar=len(chunks) > 256,
-                                  convert_to_numpy=True)
-        batch = max(1, min(client.get_max_batch_size(), 4096))
-        for i in range(0, len(chunks), batch):
-            part = chunks[i:i + batch]
-            collection.upsert(
-                ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
-                embeddings=vectors[i:i + batch],
-                documents=[c.text for c in part],
-                metadatas=[{"slug": c.slug, "title": titles[c.slug], "doc_hash": hashes[c.slug], "chunk": c.index,
-                            "n_chunks": counts[c.slug], "start": c.start, "end": c.end} for c in part],
-            )
-        stats.embedded_chunks = len(chunks)
-    # 2. commit: the manifest now names the new document versions
+        # encode and write batch by batch, whole documents per batch: a kill loses at most the batch in hand,
+        # and the documents already written are complete, so the next run keeps them
+        limit = max(1, min(client.get_max_batch_size(), chroma.write_batch))
+        with tqdm(total=len(chunks), desc=f"embed {index}", unit="chunk", leave=False,
+                  disable=len(chunks) <= 256) as bar:
+            for part in document_batches(chunks, limit):
+                vectors = embedder.encode([c.text for c in part], batch_size=embedding.batch_size,
+                                          normalize_embeddings=embedding.normalize, show_progress_bar=False,
+                                          convert_to_numpy=True)
+                collection.upsert(
+                    ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
+                    embeddings=vectors,
+                    documents=[c.text for c in part],
+                    metadatas=[{"slug": c.slug, "title": titles[c.slug], "doc_hash": hashes[c.slug], "chunk": c.index,
+                                "n_chunks": counts[c.slug], "start": c.start, "end": c.end} for c in part],
+                )
+                stats.embedded_chunks += len(part)
+                bar.update(len(part))
+    # 2. commit: the manifest now names the new document versions, and the copy of their text that readers serve
     n_chunks = 0
     for s, h in target.items():
         n_chunks += len(by_doc.get((s, h), [])) if (s, h) in complete else 0
     n_chunks += stats.embedded_chunks
-    write_json({"index": index, "collection": name, **asdict(spec), "docs": target, "n_chunks": n_chunks,
-                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, manifest_path)
+    snapshot = write_docs_snapshot(docs, manifest_path, target)
+    write_json({"index": index, "collection": name, **asdict(spec), "docs": target, "docs_file": snapshot.name,
+                "n_chunks": n_chunks, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, manifest_path)
+    for old in manifest_path.parent.glob(f"{index}.docs-*.parquet"):
+        if old != snapshot:
+            old.unlink(missing_ok=True)
     # 3. garbage-collect chunks the manifest no longer lists
     stale = [cid for (s, h), ids in by_doc.items() if target.get(s) != h for cid in ids]
     if stale:

@@ -65,8 +65,11 @@ class Retriever:
             raise T0Error(f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`.")
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
-        docs = read_parquet(paths.documents(index), f"{index} documents", "t0 index")
-        self.docs = {r["slug"]: r for r in docs.select("slug", "title", "url", "text").iter_rows(named=True)}
+        snapshot = manifest.get("docs_file")  # the text this index version serves (older manifests: the corpus)
+        source = paths.index_manifest(index).with_name(snapshot) if snapshot else paths.documents(index)
+        docs = read_parquet(source, f"{index} documents", "t0 index")
+        self.docs = {r["slug"]: r for r in docs.select("slug", "title", "url", "text").iter_rows(named=True)
+                     if r["slug"] in self.live}
         self._embedder = embedder
         self._client = client
         self._collection = None
@@ -143,7 +146,11 @@ class Retriever:
                 raise T0Error(f"no BM25 index at {folder}; build it with `t0 index --data-dir {self.paths.root}`.")
             meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
             self._bm25 = bm25s.BM25.load(str(folder))
-            self._bm25_slugs = meta["slugs"]
+            # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the manifest's version count
+            self._bm25_slugs = [slug if self.live.get(slug) == digest else None
+                                for slug, digest in zip(meta["slugs"], meta.get("hashes") or [None] * len(meta["slugs"]))]
+            if "hashes" not in meta:
+                self._bm25_slugs = list(meta["slugs"])
             self._stemmer = _stemmer() if meta.get("stemmer") else None
         return self._bm25
 
@@ -153,7 +160,8 @@ class Retriever:
         ids, scores = bm25.retrieve(bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False, n_threads=1)
         out = []
         for row_ids, row_scores in zip(ids, scores):
-            out.append([(self._bm25_slugs[i], float(s)) for i, s in zip(row_ids, row_scores) if s > 0])
+            out.append([(self._bm25_slugs[i], float(s)) for i, s in zip(row_ids, row_scores)
+                        if s > 0 and self._bm25_slugs[i] is not None])
         return out
 
     # --- public --------------------------------------------------------------------

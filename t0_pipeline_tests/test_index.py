@@ -97,16 +97,38 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(setu
     with pytest.raises(RuntimeError):
         build(edited)
     monkeypatch.undo()
-    # the previous manifest still rules: searches see the old rash text, never the half-committed new one
-    docs = docs_frame(TOPICS)
-    docs.write_parquet(paths.conditions)
+    # the previous manifest still rules: searches see the old rash text, never the half-committed new one,
+    # although conditions.parquet already holds the new text
+    assert "sunburn" in pl.read_parquet(paths.conditions).filter(pl.col("slug") == "rash")["text"][0]
     retriever = Retriever("full", paths, embedder=embedder)
     hits = retriever.rank(["itchy red rash after touching a plant"], k=5, mode="dense")[0]
     assert hits[0][0] == "rash" and len({s for s, _ in hits}) == 5
+    assert retriever.search("itchy red rash after touching a plant", k=1, mode="dense")[0].text == TOPICS["rash"]
     # the next run finds the new chunks complete, commits them without re-embedding, and removes the old ones
     recovered = build(edited)
     assert recovered.embedded_chunks == 0 and recovered.changed == ["rash"]
     assert ("rash", sha256_text(TOPICS["rash"])) not in collection_slugs(paths, recovered.collection)
+
+
+def test_a_corpus_rewritten_ahead_of_its_indexes_is_never_served(setup, embedder):
+    """Crash after the corpus files were rewritten (and after the dense index, before BM25): what is served stays
+    one consistent version, with its text and URLs."""
+    paths, build, _ = setup
+    build(TOPICS)
+    build_bm25_index(docs_frame(TOPICS), "full", paths)
+    edited = {**{k: v for k, v in TOPICS.items() if k != "eye"}, "rash": "A sunburn on the shoulders that peels."}
+    docs_frame(edited).write_parquet(paths.conditions)  # the clean stage's new output; no index update yet
+    eye = Retriever("full", paths, embedder=embedder).search("red gritty eye with sticky discharge", k=1, mode="hybrid")
+    assert eye[0].slug == "eye" and eye[0].text == TOPICS["eye"] and eye[0].url == "u/eye"
+
+    build(edited)  # the dense index commits the new version; BM25 has not been rebuilt yet
+    retriever = Retriever("full", paths, embedder=embedder)
+    for mode in ("hybrid", "bm25", "dense"):
+        hits = retriever.search("red gritty eye with sticky discharge and itchy rash", k=5, mode=mode)
+        assert "eye" not in [h.slug for h in hits]  # removed in the committed version
+        assert all(h.text and h.url for h in hits)
+        assert all(h.text == edited[h.slug] for h in hits)
+    assert len(list(paths.index_manifest("full").parent.glob("full.docs-*.parquet"))) == 1  # old snapshot gone
 
 
 def test_changing_distance_builds_a_new_collection_and_drops_the_old(setup):
@@ -165,3 +187,65 @@ def test_index_and_search_through_a_real_chroma_server(tmp_path, embedder):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+KILL_AT_UPSERT = """import os
+if os.environ.get("T0_TEST_KILL_AT_UPSERT"):
+    from chromadb.api.models.Collection import Collection
+
+    calls, at, upsert = [0], int(os.environ["T0_TEST_KILL_AT_UPSERT"]), Collection.upsert
+
+    def killing_upsert(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), 9)  # SIGKILL while writing this batch: nothing after it runs
+        return upsert(self, *args, **kwargs)
+
+    Collection.upsert = killing_upsert
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [2, 6])  # inside the full-page index (4 batches); inside the summaries index
+def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, kill_at):
+    """`t0 index` SIGKILLed at a chosen batch, then run again: the result equals an uninterrupted build, and
+    the batches written before the kill are not encoded again."""
+    import os
+    import re
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(KILL_AT_UPSERT)
+    config = tmp_path / "t0.yaml"
+    config.write_text("chroma: {write_batch: 16}\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(inject)}
+
+    def t0_index(data, **extra):
+        return subprocess.run([sys.executable, "-m", "t0_pipeline.cli", "index", "--data-dir", str(data),
+                               "--config", str(config)], env={**env, **extra}, capture_output=True, text=True,
+                              timeout=600)
+
+    whole = t0_index(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = t0_index(tmp_path / "killed", T0_TEST_KILL_AT_UPSERT=str(kill_at))
+    assert killed.returncode == -9
+    full_done = DataPaths(tmp_path / "killed").index_manifest("full").exists()  # was the kill in the second index?
+    resumed = t0_index(tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr
+
+    def embedded(out: str) -> dict[str, tuple[int, int]]:
+        return {m[0]: (int(m[2]), int(m[1])) for m in re.findall(r"dense (\w+): \d+ documents / (\d+) chunks; embedded "
+                                                                    r"(\d+) chunks", out)}
+
+    total, again = embedded(whole.stdout), embedded(resumed.stdout)
+    for index in ("full", "summaries"):
+        before = read_manifest(DataPaths(tmp_path / "whole").index_manifest(index))
+        after = read_manifest(DataPaths(tmp_path / "killed").index_manifest(index))
+        assert after["docs"] == before["docs"] and after["n_chunks"] == before["n_chunks"]
+    written_before_kill = (kill_at - 1) * 16  # whole batches of 16 chunks at least (a batch ends on a document)
+    assert full_done == (kill_at == 6)
+    if not full_done:  # killed in the full-page index: its finished batches were kept
+        assert again["full"][0] <= total["full"][0] - written_before_kill
+        assert again["summaries"][0] == total["summaries"][0]
+    else:  # killed in the summaries index: the full-page index was finished and is not touched again
+        assert again["full"][0] == 0 and again["summaries"][0] < total["summaries"][0]
