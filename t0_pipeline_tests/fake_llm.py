@@ -24,7 +24,21 @@ from typing import Any
 
 from aiohttp import web
 
-Reply = str | Callable[[list[dict[str, Any]]], str]
+Reply = str | Callable[[list[dict[str, Any]]], str] | Callable[[list[dict[str, Any]], dict[str, Any]], str]
+
+
+def scripted(reply: Reply, body: dict[str, Any]) -> str:
+    """A rule's reply: fixed text, or made from the messages (and, taking two arguments, the whole request,
+    e.g. its sampling ``seed``, as a sampling model's reply depends on it)."""
+    if not callable(reply):
+        return reply
+    import inspect
+
+    try:
+        takes_body = len(inspect.signature(reply).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_body = False
+    return reply(body["messages"], body) if takes_body else reply(body["messages"])
 
 
 @dataclass
@@ -102,7 +116,7 @@ class FakeLLM:
             return web.json_response({"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault)
         if rule is None:
             return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
-        content = rule.reply(body["messages"]) if callable(rule.reply) else rule.reply
+        content = scripted(rule.reply, body)
         if fault == "malformed":
             content = content[: max(1, len(content) // 2)]  # truncated JSON
         if rule.inline_think is not None:

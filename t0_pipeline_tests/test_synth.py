@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections import Counter
@@ -24,13 +23,11 @@ PAGES = {
 }
 
 
-SAMPLES = itertools.count(1)
-
-
-def writer_reply(messages):
+def writer_reply(messages, body):
     """Scripted query writer: refuses A&E for 'Alpha itch', otherwise writes a query naming its inputs.
 
-    Like a sampling model, no two calls write the same message (the number counts calls).
+    Like a sampling model, the message depends on the request's seed, so two draws of one cell's prompt
+    with different seeds write different messages (and the same seed the same message).
     """
     prompt = messages[-1]["content"]
     condition = re.search(r'has "([^"]+)"', prompt).group(1)
@@ -40,7 +37,7 @@ def writer_reply(messages):
         return json.dumps({"refused": True, "reason": "the page has no emergency situation"})
     return json.dumps({"refused": False, "demographics": {"age": 40, "sex": sex, "occupation": "baker",
                        "social_support": "lives with partner", "medical_history": "none"},
-                       "symptoms_description": f"I feel unwell ({condition} / {disposition}) #{next(SAMPLES)}"})
+                       "symptoms_description": f"I feel unwell ({condition} / {disposition}) #{body.get('seed')}"})
 
 
 def setup(tmp_path, server, **gen):
@@ -142,3 +139,61 @@ def test_failed_draws_are_listed_and_a_run_with_no_queries_writes_nothing(tmp_pa
         with pytest.raises(T0Error, match=r"no evaluation queries were produced \(3 failed draws, first: InvalidJSON"):
             run_generate_queries(paths, cfg, llm)
         assert not paths.synthetic_queries("eval").exists()
+
+
+def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_flight(tmp_path):
+    """`t0 synth-queries` SIGKILLed mid-way and run again gives exactly the sets of an uninterrupted run; the
+    only calls made twice are those in flight at the kill."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from t0_pipeline.config import PipelineConfig
+
+    with FakeLLM(latency_s=0.05) as server:
+        server.on("symptom checker", writer_reply)
+
+        def workspace(name: str):
+            paths, cfg, llm = setup(tmp_path / name, server, n_eval=54, n_train=36)
+            llm = llm.model_copy(update={"concurrency": 3})
+            config = tmp_path / f"{name}.json"
+            config.write_text(PipelineConfig(llm=llm, queries=cfg).model_dump_json())
+            command = [sys.executable, "-m", "t0_pipeline.cli", "synth-queries", "--data-dir", str(paths.root),
+                       "--config", str(config)]
+            return paths, command
+
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        whole_paths, whole = workspace("whole")
+        assert subprocess.run(whole, env=env, capture_output=True).returncode == 0
+        uninterrupted = len(server.state.requests)
+
+        paths, command = workspace("killed")
+        server.state.requests.clear()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cache, stored, deadline = None, 0, time.monotonic() + 120
+        while time.monotonic() < deadline and stored < 30:
+            time.sleep(0.05)
+            cache = next(paths.root.rglob("*.sqlite"), None)
+            if cache is not None:
+                try:
+                    stored = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+                except sqlite3.Error:
+                    pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.3)  # let the server finish answering what was in flight
+        stored = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+        before_kill = len(server.state.requests)
+        assert 30 <= stored < uninterrupted and not paths.synthetic_queries("eval").exists()
+
+        assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+        after = len(server.state.requests) - before_kill
+        in_flight = before_kill - stored
+        assert after == uninterrupted - stored and 0 <= in_flight <= 3  # paid twice: only those in flight
+        for split in ("eval", "train"):
+            resumed = pl.read_parquet(paths.synthetic_queries(split))
+            reference = pl.read_parquet(whole_paths.synthetic_queries(split))
+            assert resumed.equals(reference), split  # same rows, same ids, same texts
