@@ -90,3 +90,52 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     assert result.returncode == 2 and "no model 'gpt-5' in evaluation.models" in result.stderr
     result = t0("evaluate", "--model", "retrieval-baseline", "--data-dir", str(tmp_path / "d"))
     assert result.returncode == 2 and "no evaluation queries at" in result.stderr and "t0 synth-queries" in result.stderr
+
+
+def test_bad_files_and_folders_are_one_line_each_and_keep_what_was_built(tmp_path, capsys):
+    """Each case through the real entry point (`main`): exit status 2 and one line naming the problem."""
+    import pytest
+
+    from t0_pipeline.cli import main
+
+    def error_of(*args: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            main(list(args))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and len(err) == 1, err
+        return err[0]
+
+    data = tmp_path / "data"
+    good = write_jsonl(tmp_path / "pages.jsonl", PAGES)
+    with pytest.raises(SystemExit) as done:
+        main(["index", "--pages", str(good), "--data-dir", str(data)])
+    assert done.value.code == 0
+    capsys.readouterr()
+    built = (data / "corpus" / "pages.parquet").read_bytes()
+
+    assert "is a directory; pass a .jsonl" in error_of("index", "--pages", str(tmp_path), "--data-dir", str(data))
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    assert "data directory" in error_of("index", "--pages", str(good), "--data-dir", str(a_file))
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{**PAGES[0], "text": "   \n "}])
+    assert "record 1: missing or empty field(s) 'text'" in error_of("index", "--pages", str(blank), "--data-dir", str(data))
+    number = write_jsonl(tmp_path / "number.jsonl", [{**PAGES[0], "text": 12345}])
+    assert "field 'text' is int, not text" in error_of("index", "--pages", str(number), "--data-dir", str(data))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "holds no records; the previous corpus is kept" in error_of("index", "--pages", str(empty), "--data-dir", str(data))
+    assert (data / "corpus" / "pages.parquet").read_bytes() == built  # nothing already produced was lost
+    assert "holds no queries; nothing was written" in error_of("retrieve", "-d", str(data), "-q", str(empty), "-o",
+                                                              str(tmp_path / "r.jsonl"))
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"query": "itchy blue fingers"}])
+    unwritable = error_of("retrieve", "-d", str(data), "-q", str(queries), "-o", str(a_file / "r.jsonl"))
+    assert str(a_file) in unwritable and "check the path and its permissions" in unwritable  # under a file
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(PAGES[0]).encode() + b"\n")  # a byte-order mark is fine
+    with pytest.raises(SystemExit) as done:
+        main(["index", "--pages", str(bom), "--data-dir", str(tmp_path / "bom-data")])
+    assert done.value.code == 0
+    capsys.readouterr()
+    sqlite = data / "index" / "chroma" / "chroma.sqlite3"
+    sqlite.write_bytes(b"this is not a database" * 100)
+    assert "the Chroma store at" in error_of("query", "-d", str(data), "itchy fingers")
