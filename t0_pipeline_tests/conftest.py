@@ -47,6 +47,19 @@ def sample_site() -> Path:
     return sample_site_dir()
 
 
+@pytest.fixture
+def site(tmp_path, sample_site):
+    """A loopback HTTP server serving a copy of the sample mirror (its files may be edited per test)."""
+    import shutil
+
+    from t0_pipeline_tests.fixture_site import FixtureSite
+
+    root = tmp_path / "mirror"
+    shutil.copytree(sample_site, root)
+    with FixtureSite(root) as server:
+        yield server
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     import json
 

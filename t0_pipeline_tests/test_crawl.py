@@ -16,14 +16,6 @@ from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fixture_site import FixtureSite
 
 
-@pytest.fixture
-def site(tmp_path, sample_site):
-    root = tmp_path / "mirror"
-    shutil.copytree(sample_site, root)
-    with FixtureSite(root) as server:
-        yield server
-
-
 def http_config(site: FixtureSite, **overrides) -> SourceConfig:
     base = dict(kind="site", location=site.index_url, delay_s=0.0, backoff_s=0.05, max_attempts=3, timeout_s=5.0,
                 concurrency=4, user_agent="t0-test-crawler/1.0")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,22 +20,13 @@ from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import SourceConfig
 from t0_pipeline.crawl import crawl_async
 from t0_pipeline_tests.fixture_site import FixtureSite
+from t0_pipeline_tests.test_crawl import http_config
 
 MB = 1 << 20
 
 
-@pytest.fixture
-def site(tmp_path, sample_site):
-    root = tmp_path / "mirror"
-    shutil.copytree(sample_site, root)
-    with FixtureSite(root) as server:
-        yield server
-
-
 def config(site: FixtureSite, **overrides) -> SourceConfig:
-    base = dict(kind="site", location=site.index_url, delay_s=0.0, backoff_s=0.05, max_attempts=2, timeout_s=5.0,
-                concurrency=4, user_agent="t0-test-crawler/1.0", max_page_bytes=2 * MB, deadline_s=3.0)
-    return SourceConfig(**{**base, **overrides})
+    return http_config(site, **{"max_attempts": 2, "max_page_bytes": 2 * MB, "deadline_s": 3.0, **overrides})
 
 
 def crawl(cfg: SourceConfig):

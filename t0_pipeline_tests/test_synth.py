@@ -94,30 +94,13 @@ def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
         assert "repeated ids" in query_set_problems(broken, report["eval"], cfg)[0]
 
 
-def test_unusable_replies_are_not_cached_so_a_rerun_asks_again(tmp_path):
-    with FakeLLM() as server:
-        server.on('has "Beta cough"', "Sorry, I can only chat.")  # never JSON, even after the repair request
-        server.on("symptom checker", writer_reply)
-        paths, cfg, llm = setup(tmp_path, server, n_eval=18, n_train=0)
-        first, _, report = run_generate_queries(paths, cfg, llm)
-        failed = len(report["eval"]["failures"])
-        assert failed and first.height == 18 - failed
-
-    with FakeLLM() as healthy:  # the model behaves now: only the failed draws are asked again, and they succeed
-        healthy.on("symptom checker", writer_reply)
-        llm.roles["query_writer"].api_base = healthy.api_base
-        again, _, report = run_generate_queries(paths, cfg, llm)
-        assert again.height == 18 and report["usage"]["completed"] == failed == len(healthy.state.requests)
-        assert report["eval"]["failures"] == []
-
-
 def test_remove_overlaps():
     rows = [{"slug": "a", "disposition": "A&E"}, {"slug": "a", "disposition": "Self-care"}, {"slug": "b", "disposition": "A&E"}]
     kept, removed = remove_overlaps(rows, {("a", "A&E")})
     assert removed == 1 and kept == rows[1:]
 
 
-def test_failed_draws_are_listed_and_a_run_with_no_queries_writes_nothing(tmp_path):
+def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writes_nothing(tmp_path):
     import pytest
 
     from t0_pipeline.artifacts import T0Error
@@ -132,6 +115,13 @@ def test_failed_draws_are_listed_and_a_run_with_no_queries_writes_nothing(tmp_pa
         assert all(f["error"].startswith("InvalidJSON") for f in failed)
         assert eval_df.height == 18 - len(failed) and "beta-cough" not in eval_df["slug"].to_list()
         assert report["usage"]["repairs"] == report["usage"]["invalid_json"] == len(failed)
+
+    with FakeLLM() as healthy:  # unusable replies were not cached: only the failed draws are asked again, and succeed
+        healthy.on("symptom checker", writer_reply)
+        llm.roles["query_writer"].api_base = healthy.api_base
+        again, _, report = run_generate_queries(paths, cfg, llm)
+        assert again.height == 18 and report["usage"]["completed"] == len(failed) == len(healthy.state.requests)
+        assert report["eval"]["failures"] == []
 
     with FakeLLM() as server:
         server.on("symptom checker", "Sorry, I can only chat.")
