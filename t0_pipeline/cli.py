@@ -591,10 +591,18 @@ def main(argv: list[str] | None = None) -> None:
     except T0Error as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
-    except OSError as exc:  # the one-line catch-all names the file and the problem
+    except OSError as exc:  # files and folders: name the path and the problem
+        if os.environ.get("T0_TRACEBACK"):
+            raise
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         typer.secho(f"error:{where}: {exc.strerror or exc}; check the path and its permissions.", fg="red", err=True)
         sys.exit(2)
+    except Exception as exc:  # anything else is still one line; T0_TRACEBACK=1 shows where it came from
+        if os.environ.get("T0_TRACEBACK"):
+            raise
+        typer.secho(f"error: unexpected {exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+                    "(set T0_TRACEBACK=1 for the traceback, and please report it)", fg="red", err=True)
+        sys.exit(1)
 
 
 def run_stage(command: str) -> None:
