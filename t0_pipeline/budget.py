@@ -32,103 +32,187 @@ class ForcedGeneration:
     text: str = ""  # everything after the prompt, markers included
 
 
-def _single_token(tokenizer, text: str, what: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise T0Error(f"the {what} marker {text!r} is {len(ids)} tokens for this tokenizer; budget forcing needs it "
-                      "to be one token (add it as a special token, or set the marker the model really uses).")
-    return ids[0]
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig) -> ForcedGeneration:
-    """Greedy generation with the thinking budget and wait insertions described above."""
+class MarkerStop:
+    """A transformers stopping criterion: the text generated so far (a short tail of it) contains ``marker``.
+
+    Matching text, not token ids, works whatever tokens the model spells the marker with.
+    """
+
+    def __init__(self, tokenizer, marker: str, start: int, window: int):
+        self.tokenizer, self.marker, self.start, self.window = tokenizer, marker, start, window
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        tail = input_ids[0, max(self.start, input_ids.shape[1] - self.window):].tolist()
+        done = self.marker in self.tokenizer.decode(tail)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def _before_marker(tokenizer, new: list[int], marker: str) -> list[int] | None:
+    """The tokens of ``new`` before the first occurrence of ``marker`` in their text, or None when it is absent.
+
+    The marker may be several tokens, and the model may spell it with other tokens than the tokenizer would,
+    so it is found in the decoded text; the kept tokens are the longest prefix that decodes to text before it.
+    """
+    text = tokenizer.decode(new)
+    at = text.find(marker)
+    if at < 0:
+        return None
+    keep = len(new)
+    while keep and len(tokenizer.decode(new[:keep])) > at:
+        keep -= 1
+    return new[:keep]
+
+
+def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sample: bool = False,
+                         seed: int | None = None, temperature: float = 1.0) -> ForcedGeneration:
+    """Generation with the thinking budget and wait insertions described above (greedy unless ``sample``).
+
+    Markers may be any number of tokens (Qwen's ``<|im_start|>answer`` is two): generation stops on the
+    marker's text, and every token, "Wait" insertions included, counts against the budget.
+    """
     import torch
 
-    end_id = _single_token(tokenizer, config.think_end, "end-of-thinking")
-    wait_ids = tokenizer(" " + config.wait_text, add_special_tokens=False)["input_ids"]
+    if not config.think_end:
+        raise T0Error("budget.think_end is empty; set the end-of-thinking marker the model uses.")
+    marker_ids = _ids(tokenizer, config.think_end)
+    wait_ids = _ids(tokenizer, " " + config.wait_text)
     if not wait_ids:
         raise T0Error(f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set budget.wait_text to a word "
                       "the model's tokenizer knows.")
-    stop_ids = [end_id] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     device = next(model.parameters()).device
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], dtype=torch.long, device=device)
-    prompt_len = ids.shape[1]
+    sampling = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
+    if sample and seed is not None:
+        torch.manual_seed(seed)
+    ids = _ids(tokenizer, prompt)
+    prompt_len = len(ids)
     thinking: list[int] = []
     waits = 0
     exhausted = False
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[-1]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+    def generate(context: list[int], max_new: int, stop_on_marker: bool) -> list[int]:
+        from transformers import StoppingCriteriaList
+
+        tensor = torch.tensor([context], dtype=torch.long, device=device)
+        stops = StoppingCriteriaList([MarkerStop(tokenizer, config.think_end, len(context), len(marker_ids) + 8)]
+                                     if stop_on_marker else [])
+        out = model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new,
+                             eos_token_id=eos or None, pad_token_id=pad, stopping_criteria=stops, **sampling)
+        return out[0, len(context):].tolist()
+
     while True:
         remaining = config.thinking_budget - len(thinking)
         if remaining <= 0:
             exhausted = True
             break
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=remaining, do_sample=False,
-                             eos_token_id=stop_ids, pad_token_id=pad)
-        new = out[0, ids.shape[1]:].tolist()
-        stopped = bool(new) and new[-1] in stop_ids
-        if stopped:
-            new = new[:-1]  # the marker itself is not thinking; it is re-added when the answer is forced
-        thinking.extend(new)
-        ids = torch.tensor([ids[0].tolist() + new], dtype=torch.long, device=device)
-        if not stopped:  # ran out of budget mid-thought
+        new = generate(ids, remaining, stop_on_marker=True)
+        kept = _before_marker(tokenizer, new, config.think_end)
+        ended = kept is not None or (bool(new) and bool(eos) and new[-1] in eos)
+        if kept is None:
+            kept = new[:-1] if ended else new
+        thinking.extend(kept)
+        ids = ids + kept
+        if not ended:  # ran out of budget mid-thought
             exhausted = len(thinking) >= config.thinking_budget
             break
         if waits >= config.max_waits or len(thinking) + len(wait_ids) > config.thinking_budget:
             break
         waits += 1
         thinking.extend(wait_ids)
-        ids = torch.tensor([ids[0].tolist() + wait_ids], dtype=torch.long, device=device)
-    forced = [end_id] + tokenizer(config.answer_start, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([ids[0].tolist() + forced], dtype=torch.long, device=device)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.answer_tokens,
-                         do_sample=False, eos_token_id=stop_ids[1:] or None, pad_token_id=pad)
-    answer = out[0, ids.shape[1]:].tolist()
-    generated = out[0, prompt_len:].tolist()
+        ids = ids + wait_ids
+    ids = ids + marker_ids + _ids(tokenizer, config.answer_start)
+    answer = generate(ids, config.answer_tokens, stop_on_marker=False)
+    generated = ids[prompt_len:] + answer
     return ForcedGeneration(thinking=tokenizer.decode(thinking), answer=tokenizer.decode(answer, skip_special_tokens=True),
                             thinking_tokens=len(thinking), waits=waits, budget_exhausted=exhausted,
                             text=tokenizer.decode(generated))
 
 
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
 def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
-                         api_key: str | None = None, temperature: float = 0.0,
-                         seed: int | None = None) -> ForcedGeneration:
-    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given)."""
+                         api_key: str | None = None, temperature: float = 0.0, seed: int | None = None,
+                         max_attempts: int = 4, backoff_s: float = 1.0) -> ForcedGeneration:
+    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given).
+
+    Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The "Wait"
+    tokens count against the budget: the server's own prompt-token counts give their number exactly.
+    """
+    import random
+    import time
+
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, str]:
-        body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
-                "stop": stop,
-                "min_tokens": min_tokens, "skip_special_tokens": False, "include_stop_str_in_output": False}
-        try:
-            resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
-        except httpx.HTTPError as exc:
-            raise T0Error(f"cannot reach the completions endpoint at {api_base} ({exc.__class__.__name__}); "
-                          "start the vLLM server or fix api_base.") from None
-        if resp.status_code >= 400:
-            raise T0Error(f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}")
-        choice = resp.json()["choices"][0]
-        used = int(resp.json().get("usage", {}).get("completion_tokens") or 0)
-        return choice.get("text") or "", used, choice.get("finish_reason") or "stop"
+    def post(body: dict) -> dict:
+        problem = "no attempt"
+        for attempt in range(1, max(1, max_attempts) + 1):
+            try:
+                resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
+            except httpx.HTTPError as exc:
+                problem = f"cannot reach the completions endpoint at {api_base} ({exc.__class__.__name__})"
+            else:
+                if resp.status_code < 400:
+                    return resp.json()
+                problem = f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+            if attempt < max_attempts:
+                time.sleep(backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+        raise T0Error(f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base.")
 
+    def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, int, str]:
+        reply = post({"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": temperature,
+                      "seed": seed, "stop": stop, "min_tokens": min_tokens, "skip_special_tokens": False,
+                      "include_stop_str_in_output": False})
+        choice, usage = reply["choices"][0], reply.get("usage") or {}
+        return (choice.get("text") or "", int(usage.get("completion_tokens") or 0),
+                int(usage.get("prompt_tokens") or 0), choice.get("finish_reason") or "stop")
+
+    def count_tokens(text: str) -> int | None:
+        """Tokens of ``text`` by the server's own tokenizer (vLLM's /tokenize), or None where there is none."""
+        root = api_base.rstrip("/").removesuffix("/v1")
+        try:
+            resp = httpx.post(f"{root}/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False},
+                              headers=headers, timeout=min(timeout_s, 30.0))
+            return int(resp.json()["count"]) if resp.status_code < 400 else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+    wait = " " + config.wait_text
+    wait_tokens = count_tokens(wait)  # known up front, so no request is sent for more than the budget left
     thinking, used, waits, exhausted = "", 0, 0, False
+    last_prompt = last_completion = None
     while True:
         remaining = config.thinking_budget - used
         if remaining <= 0:
             exhausted = True
             break
-        text, n, finish = complete(prompt + thinking, remaining, [config.think_end], config.min_tokens)
+        text, n, prompt_tokens, finish = complete(prompt + thinking, remaining, [config.think_end], config.min_tokens)
+        if wait_tokens is None and last_prompt is not None and prompt_tokens:
+            # no /tokenize: what the wait text added to the prompt, counted by the server, after the fact
+            used += max(0, prompt_tokens - last_prompt - last_completion)
+        last_prompt, last_completion = prompt_tokens, n
         thinking += text
         used += n
-        if finish == "length":  # the budget ran out mid-thought
+        if finish == "length" or used >= config.thinking_budget:  # the budget ran out mid-thought
             exhausted = True
             break
-        if waits >= config.max_waits or used >= config.thinking_budget:
+        if waits >= config.max_waits or used + (wait_tokens or 1) > config.thinking_budget:
             break
         waits += 1
-        thinking += " " + config.wait_text
+        thinking += wait
+        used += wait_tokens or 0
     forced = prompt + thinking + config.think_end + config.answer_start
-    answer, _, _ = complete(forced, config.answer_tokens, [], 0)
+    answer = complete(forced, config.answer_tokens, [], 0)[0]
     return ForcedGeneration(thinking=thinking.strip(), answer=answer.strip(), thinking_tokens=used, waits=waits,
                             budget_exhausted=exhausted, text=thinking + config.think_end + config.answer_start + answer)

@@ -175,19 +175,29 @@ class FakeLLM:
             return web.json_response({"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault)
         if rule is None:
             return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
-        words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split(" ")
+        words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split()
         limit = int(body.get("max_tokens") or len(words))
-        text, finish = (" ".join(words[:limit]), "length") if len(words) > limit else (" ".join(words), "stop")
-        n = len(text.split())
+        # a token is a word with its leading space, as BPE tokens carry theirs: texts join without merging words
+        text, finish = ("".join(" " + w for w in words[:limit]), "length") if len(words) > limit else \
+            ("".join(" " + w for w in words), "stop")
+        n, prompt_tokens = len(text.split()), len(str(body.get("prompt", "")).split())
         return web.json_response({"id": "cmpl-" + uuid.uuid4().hex[:12], "object": "text_completion",
                                   "created": int(time.time()), "model": body.get("model", "fake"),
                                   "choices": [{"index": 0, "text": text, "finish_reason": finish}],
-                                  "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}})
+                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                                            "total_tokens": prompt_tokens + n}})
+
+    async def _tokenize(self, request: web.Request) -> web.StreamResponse:
+        """vLLM's /tokenize: the token count of a prompt (here: its words)."""
+        body = await request.json()
+        tokens = list(range(len(str(body.get("prompt", "")).split())))
+        return web.json_response({"count": len(tokens), "tokens": tokens, "max_model_len": 32768})
 
     # --- lifecycle -----------------------------------------------------------------
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

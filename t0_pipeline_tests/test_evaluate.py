@@ -161,11 +161,12 @@ def test_budget_forced_student_on_a_completions_endpoint(built, retriever, tmp_p
         assert len(server.state.requests) == len(sent)  # cached by (model, prompt, seed)
     thinking = [r for r in sent if r["stop"] == [marker]]
     assert thinking[0]["prompt"].endswith("<|im_start|>assistant\n<|im_start|>think\n")
-    assert "<|im_start|>system\n" in thinking[0]["prompt"] and [r["max_tokens"] for r in thinking] == [10, 6]
+    assert "<|im_start|>system\n" in thinking[0]["prompt"]
+    assert [r["max_tokens"] for r in thinking] == [10, 5]  # less the 4 tokens thought and the 1-token " Wait"
     assert all(r["min_tokens"] == 2 for r in thinking)
     row = df.row(0, named=True)
     assert row["status"] == "ok" and row["condition_correct"] and row["disposition_correct"]
-    assert row["thinking"] == "the toe is hot Waitthe toe is hot" and row["completion_tokens"] == 8
+    assert row["thinking"] == "the toe is hot Wait the toe is hot" and row["completion_tokens"] == 9  # Wait counts
 
 
 def test_retrieval_baseline_reads_urgency_off_the_top_page(built, retriever, tmp_path):

@@ -349,6 +349,6 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_
     completions = [r for r in server.state.requests if "prompt" in r]
     assert completions[0]["prompt"].startswith("<|im_start|>system\n" + REASONER_MARK)
     assert completions[0]["prompt"].endswith("<|im_start|>user\nred hot toe<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n")
-    assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [6, 3]  # budget decremented
-    assert reply["thinking"] == "toe is hot Waittoe is hot" and reply["content"].startswith("It is probably gout")
+    assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [6, 2]  # less 3 thought + 1 "Wait"
+    assert reply["thinking"] == "toe is hot Wait toe is" and reply["content"].startswith("It is probably gout")
     assert reply["sources"] and reply["completion_tokens"] == 6
