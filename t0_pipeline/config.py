@@ -289,8 +289,9 @@ def _default_eval_models() -> dict[str, EvalModelConfig]:
     local = "http://127.0.0.1:8000/v1"
     models = {"retrieval-baseline": EvalModelConfig(backend="retrieval", kind="baseline", model="retrieval")}
     for size in ("1.5B", "3B", "7B", "14B", "32B"):
+        # the reference evaluated base models through the submit_condition_recommendation tool
         models[f"qwen2.5-{size.lower()}"] = EvalModelConfig(model=f"openai/Qwen/Qwen2.5-{size}-Instruct", api_base=local,
-                                                            size=size, kind="base", max_tokens=512)
+                                                            size=size, kind="base", max_tokens=512, answer="tool")
         models[f"t0-{size.lower()}"] = EvalModelConfig(
             model=f"t0-{size}", backend="completions", api_base=local, size=size, kind="fine-tuned",
             base=f"qwen2.5-{size.lower()}", budget=BudgetConfig())  # serve with --served-model-name t0-<size>

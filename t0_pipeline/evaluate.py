@@ -219,7 +219,8 @@ class BudgetPredictor:
         try:
             if s.backend == "transformers":
                 with self._lock:
-                    gen = generate_with_budget(self._local(), self.tokenizer, prompt, self.budget)
+                    gen = generate_with_budget(self._local(), self.tokenizer, prompt, self.budget,
+                                               sample=bool(s.temperature), seed=seed, temperature=s.temperature or 1.0)
             else:
                 gen = complete_with_budget(s.api_base or "", s.served_name, prompt, self.budget, timeout_s=s.timeout_s,
                                            api_key=s.api_key(), temperature=s.temperature, seed=seed)
@@ -283,8 +284,10 @@ def evaluate_model(name: str, settings: EvalModelConfig, queries: list[dict[str,
     sections, prompt_hash = triage_prompt.load(prompts_dir)
     predictor = make_predictor(settings, client, pages)
     deterministic = settings.backend == "retrieval"
+    # our own decoding at temperature 0 is greedy: every run would compute the same thing, so one run is made
+    greedy = settings.backend in ("transformers", "completions") and not settings.temperature
     ks = [k for k in config.ks if k > 0] if deterministic else list(config.ks)
-    runs = 1 if deterministic else config.runs
+    runs = 1 if deterministic or greedy else config.runs
     seeds = [config.seed + r for r in range(runs)]
     rows: list[dict[str, Any]] = []
     for k in ks:
@@ -324,7 +327,9 @@ def evaluate_model(name: str, settings: EvalModelConfig, queries: list[dict[str,
                "kind": settings.kind, "size": settings.size, "base": settings.base, "queries": len(queries),
                "queries_hash": queries_hash(queries), "prompt_hash": prompt_hash, "runs": runs, "seeds": seeds,
                "ks": ks, "by_k": by_k, "status_counts": status_counts,
-               "notes": status_notes(status_counts, 0, len(queries)), "usage": client.usage.as_dict()}
+               "notes": status_notes(status_counts, 0, len(queries)) +
+               (["greedy decoding (temperature 0): one run, not repeated"] if greedy and config.runs > 1 else []),
+               "usage": client.usage.as_dict()}
     return df, summary
 
 

@@ -332,11 +332,22 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tmp_path / "m" / name, tmp_path / "tok" / name)
     model = {"model": str(tmp_path / "m"), "tokenizer": str(tmp_path / "tok"), "backend": "transformers", "kind": "fine-tuned",
-             "budget": BudgetConfig(thinking_budget=16, max_waits=2, answer_tokens=3)}
-    cfg, paths = configure(built, tmp_path, {"local": model}, runs=2, ks=[0], queries=QUERIES[:1])
+             "budget": BudgetConfig(thinking_budget=16, max_waits=2, answer_tokens=3), "temperature": 0.0}
+    cfg, paths = configure(built, tmp_path, {"local": model}, runs=3, ks=[0], queries=QUERIES[:1])
     df, summary = run_evaluation(paths, cfg, "local", retriever)
-    assert df["thinking"].to_list() == ["Wait Wait"] * 2 and df["completion_tokens"].to_list() == [2, 2]
-    assert df["status"].to_list() == ["empty"] * 2  # the answer is the marker again: nothing to parse, counted
-    assert summary["notes"] == ["2 empty replies"]
+    # greedy: one run computed and reported as one, not three identical ones
+    assert summary["runs"] == 1 and df["thinking"].to_list() == ["Wait Wait"] and df["completion_tokens"].to_list() == [2]
+    assert df["status"].to_list() == ["empty"]  # the answer is the marker again: nothing to parse, counted
+    assert summary["notes"] == ["1 empty replies", "greedy decoding (temperature 0): one run, not repeated"]
     _, again = run_evaluation(paths, cfg, "local", retriever)
-    assert again["usage"]["cache_hits"] == 2 and again["usage"]["completed"] == 0
+    assert again["usage"]["cache_hits"] == 1 and again["usage"]["completed"] == 0
+
+    # with a temperature, each run samples with its own seed: the runs differ, and a seed reproduces its run
+    sampled = {**model, "temperature": 1.0, "budget": BudgetConfig(thinking_budget=12, max_waits=0, answer_tokens=2)}
+    for sub in ("sampled", "again"):
+        (tmp_path / sub).mkdir()
+    cfg, paths = configure(built, tmp_path / "sampled", {"local": sampled}, runs=3, ks=[0], queries=QUERIES[:1])
+    df, summary = run_evaluation(paths, cfg, "local", retriever)
+    assert summary["runs"] == 3 and df["thinking"].n_unique() == 3
+    cfg, paths = configure(built, tmp_path / "again", {"local": sampled}, runs=3, ks=[0], queries=QUERIES[:1])
+    assert run_evaluation(paths, cfg, "local", retriever)[0]["thinking"].to_list() == df["thinking"].to_list()
