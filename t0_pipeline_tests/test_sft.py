@@ -40,6 +40,25 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
     assert stats["examples"] == 1 and stats["token_counts"] == "tokenizer"
 
 
+def test_a_real_chatml_tokenizer_renders_the_example_and_learns_only_the_answer_turn(smollm2_gguf):
+    """SmolLM2's own tokenizer and chat template (not one built here): the text is the ChatML we expect, and the
+    trainer's labels cover exactly the assistant turn."""
+    from transformers import AutoTokenizer
+
+    from t0_pipeline.train import IGNORE, tokenize_example
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    df, stats = build_sft(pl.DataFrame([TRACE]), SFTConfig(tokenizer="smollm2"), tok)
+    messages = json.loads(df["messages"][0])
+    assistant = "<|im_start|>think\nFace droop is FAST.\n<|im_start|>answer\n(Stroke, A&E)"
+    assert messages[-1]["content"] == assistant
+    assert df["text"][0].endswith(f"<|im_start|>assistant\n{assistant}<|im_end|>\n")
+    assert df["n_tokens"][0] == len(tok(df["text"][0], add_special_tokens=False)["input_ids"])
+    example = tokenize_example(messages, tok, 4096)
+    learned = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE]
+    assert tok.decode(learned).startswith(assistant) and "face dropped" not in tok.decode(learned)
+
+
 def test_think_tag_markers_are_a_setting():
     config = SFTConfig(thinking_open="<think>\n", thinking_close="\n</think>\n\n", answer_open="", answer_close="")
     from t0_pipeline import triage_prompt
