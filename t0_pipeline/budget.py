@@ -140,22 +140,24 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
                          api_key: str | None = None, temperature: float = 0.0, seed: int | None = None,
-                         max_attempts: int = 4, backoff_s: float = 1.0) -> ForcedGeneration:
+                         max_attempts: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 60.0) -> ForcedGeneration:
     """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given).
 
     Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The "Wait"
     tokens count against the budget: the server's own prompt-token counts give their number exactly.
     """
-    import random
     import time
 
     import httpx
+
+    from t0_pipeline.llm import backoff_delay
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def post(body: dict) -> dict:
         problem = "no attempt"
         for attempt in range(1, max(1, max_attempts) + 1):
+            retry_after = None
             try:
                 resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
             except httpx.HTTPError as exc:
@@ -166,8 +168,10 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
                 problem = f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}"
                 if resp.status_code not in RETRY_STATUS:
                     break
+                header = resp.headers.get("Retry-After", "")
+                retry_after = float(header) if header.isdigit() else None
             if attempt < max_attempts:
-                time.sleep(backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+                time.sleep(backoff_delay(attempt, backoff_s, max_backoff_s, retry_after))
         raise T0Error(f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base.")
 
     def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, int, str]:

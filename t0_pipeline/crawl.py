@@ -18,7 +18,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from t0_pipeline.artifacts import T0Error, read_records, sha256_text, write_config_sidecar, write_json, write_parquet
 from t0_pipeline.config import DataPaths, SourceConfig
+from t0_pipeline.llm import backoff_delay
 from t0_pipeline.sites import ConditionLink, SiteAdapter, get_adapter
 
 log = logging.getLogger(__name__)
@@ -215,12 +215,10 @@ class HttpFetcher:
                 await asyncio.sleep(wait)
             self._last_start = time.monotonic()
 
-    def _retry_wait(self, attempt: int, resp: httpx.Response | None) -> float:
-        wait = self.config.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+    def _retry_wait(self, attempt: int, resp: Reply | None) -> float:
         header = resp.headers.get("Retry-After") if resp is not None else None
-        if header:
-            wait = max(wait, parse_retry_after(header))
-        return min(wait, self.config.max_backoff_s)
+        return backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s,
+                             parse_retry_after(header) if header else None)
 
     async def _get(self, url: str, headers: dict[str, str]) -> Reply:
         error, status = "no attempt made", None

@@ -222,8 +222,11 @@ class BudgetPredictor:
                     gen = generate_with_budget(self._local(), self.tokenizer, prompt, self.budget,
                                                sample=bool(s.temperature), seed=seed, temperature=s.temperature or 1.0)
             else:
+                retry = self.client.config  # retried like every other model call
                 gen = complete_with_budget(s.api_base or "", s.served_name, prompt, self.budget, timeout_s=s.timeout_s,
-                                           api_key=s.api_key(), temperature=s.temperature, seed=seed)
+                                           api_key=s.api_key(), temperature=s.temperature, seed=seed,
+                                           max_attempts=retry.max_attempts, backoff_s=retry.backoff_s,
+                                           max_backoff_s=retry.max_backoff_s)
         except T0Error as exc:
             return LLMReply(error=f"{'Timeout' if 'Timeout' in str(exc) else 'BudgetError'}: {exc}")
         return LLMReply(content=gen.answer, thinking=gen.thinking, completion_tokens=gen.thinking_tokens,

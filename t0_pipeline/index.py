@@ -133,15 +133,14 @@ def document_batches(chunks: list, limit: int):
         yield part
 
 
-def write_docs_snapshot(docs: pl.DataFrame, manifest_path: Path, target: dict[str, str]) -> Path:
+def write_docs_snapshot(docs: pl.DataFrame, paths: DataPaths, index: str, target: dict[str, str]) -> Path:
     """The documents an index version serves (slug, title, url, text, hash), written before its manifest.
 
     Readers take text from here, never from the corpus files, which the next crawl or clean rewrites
     before the index catches up: a crash in between still serves one consistent version.
     """
     digest = hashlib.sha256(json.dumps(sorted(target.items())).encode()).hexdigest()[:12]
-    name = manifest_path.name.replace(".manifest.json", "")
-    path = manifest_path.with_name(f"{name}.docs-{digest}.parquet")
+    path = paths.index_manifest(index).with_name(f"{index}.docs-{digest}.parquet")  # named in the manifest
     if not path.exists():
         columns = [c for c in ("slug", "title", "url", "text", "content_hash") if c in docs.columns]
         write_parquet(docs.select(columns), path)
@@ -221,7 +220,7 @@ def build_dense_index(
     for s, h in target.items():
         n_chunks += len(by_doc.get((s, h), [])) if (s, h) in complete else 0
     n_chunks += stats.embedded_chunks
-    snapshot = write_docs_snapshot(docs, manifest_path, target)
+    snapshot = write_docs_snapshot(docs, paths, index, target)
     write_json({"index": index, "collection": name, **asdict(spec), "docs": target, "docs_file": snapshot.name,
                 "n_chunks": n_chunks, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, manifest_path)
     for old in manifest_path.parent.glob(f"{index}.docs-*.parquet"):

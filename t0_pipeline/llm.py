@@ -107,6 +107,13 @@ class ThinkSplitter:
         return out
 
 
+def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry ``attempt + 1``: exponential from ``base_s`` with jitter, at least the server's
+    Retry-After, at most ``cap_s``. Every retrying caller (model calls, budget forcing, the crawler) uses it."""
+    wait = base_s * 2 ** (attempt - 1) * (0.5 + random.random())
+    return min(max(wait, retry_after or 0.0), cap_s)
+
+
 def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
     payload = json.dumps({"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
@@ -432,8 +439,7 @@ class LLMClient:
                 break
             if attempt < self.config.max_attempts:
                 self.usage.retries += 1
-                backoff = self.config.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
-                wait = min(max(backoff, outcome["retry_after"] or 0.0), self.config.max_backoff_s)
+                wait = backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s, outcome["retry_after"])
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
                 await asyncio.sleep(wait)
         return LLMReply(error=error, attempts=attempt)

@@ -147,10 +147,9 @@ class Retriever:
             meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
             self._bm25 = bm25s.BM25.load(str(folder))
             # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the manifest's version count
-            self._bm25_slugs = [slug if self.live.get(slug) == digest else None
-                                for slug, digest in zip(meta["slugs"], meta.get("hashes") or [None] * len(meta["slugs"]))]
-            if "hashes" not in meta:
-                self._bm25_slugs = list(meta["slugs"])
+            hashes = meta.get("hashes")  # absent in indexes written before hashes were saved: trust them all
+            self._bm25_slugs = list(meta["slugs"]) if hashes is None else \
+                [slug if self.live.get(slug) == digest else None for slug, digest in zip(meta["slugs"], hashes)]
             self._stemmer = _stemmer() if meta.get("stemmer") else None
         return self._bm25
 

@@ -157,11 +157,16 @@ class QueryWriter:
         return [r for r in rows if r is not None]
 
 
+def text_key(text: str) -> str:
+    """A query text with case and spacing set aside: two texts with the same key are the same query."""
+    return " ".join(text.lower().split())
+
+
 def drop_repeated_texts(rows: list[dict], seen: set[str]) -> tuple[list[dict], int]:
-    """Rows whose query text (case and spacing aside) is not in ``seen``, which learns the kept ones."""
+    """Rows whose query text (by :func:`text_key`) is not in ``seen``, which learns the kept ones."""
     kept = []
     for row in rows:
-        key = " ".join(row["query"].lower().split())
+        key = text_key(row["query"])
         if key not in seen:
             seen.add(key)
             kept.append(row)
@@ -223,12 +228,13 @@ def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: QueryGen
     problems = []
     if df["id"].n_unique() != df.height:
         problems.append(f"{df.height - df['id'].n_unique()} repeated ids")
-    texts = df["query"].str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
-    if texts.n_unique() != df.height:
-        problems.append(f"{df.height - texts.n_unique()} repeated query texts")
+    distinct = len({text_key(text) for text in df["query"]})
+    if distinct != df.height:
+        problems.append(f"{df.height - distinct} repeated query texts")
     if df.height:
         combos = len(config.query_types) * len(config.dispositions) * len(config.sexes)
-        counts = list(cell_counts(df).values()) + [0] * (combos - len(cell_counts(df)))
+        counts = list(cell_counts(df).values())
+        counts += [0] * (combos - len(counts))  # cells that got no query at all
         lost = len(split["failures"]) + split["gave_up"] + split["removed_overlaps"] + split["repeated_texts"]
         if max(counts) - min(counts) > 1 + lost:
             problems.append(f"cells range from {min(counts)} to {max(counts)} queries, more than the "
@@ -263,7 +269,7 @@ def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfi
     write_config_sidecar(paths.synthetic_queries("train"), config, llm)
     for split, df in (("eval", eval_df), ("train", train_df)):
         cells = report[split]["cells"]
-        log.info("%s queries: %d (requested %d), %d per type / disposition / sex cell (%s)", split, df.height,
+        log.info("%s queries: %d (requested %d), in %d type / disposition / sex cells (%s)", split, df.height,
                  report[split]["requested"], len(cells), ", ".join(f"{k}: {n}" for k, n in cells.items()))
     return eval_df, train_df, report
 

@@ -180,14 +180,18 @@ def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
     return path
 
 
+def _cannot_load(config: TrainConfig, exc: Exception) -> T0Error:
+    return T0Error(f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
+                   "or a name available offline with train.model.")
+
+
 def _load_tokenizer(config: TrainConfig):
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.model)
     except (OSError, ValueError) as exc:
-        raise T0Error(f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
-                      "or a name available offline with train.model.") from None
+        raise _cannot_load(config, exc) from None
     if not getattr(tokenizer, "chat_template", None):
         raise T0Error(f"tokenizer of {config.model!r} has no chat template; use an instruct model.")
     return tokenizer
@@ -201,8 +205,7 @@ def _load_model(config: TrainConfig, bf16: bool):
     try:
         model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
     except (OSError, ValueError) as exc:
-        raise T0Error(f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
-                      "or a name available offline with train.model.") from None
+        raise _cannot_load(config, exc) from None
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -309,14 +312,17 @@ def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
         return None
 
 
-def read_failures(log_dir: Path) -> list[dict[str, Any]]:
-    """The rank errors left in ``log_dir`` by :func:`record_failure`, first failure first."""
+def parse_failures(text: str) -> list[dict[str, Any]]:
+    """Rank errors (left by :func:`record_failure`, one JSON object per line as ``cat`` prints them), first
+    failure first; lines that are not such records are skipped."""
     found = []
-    for path in sorted(Path(log_dir).glob("rank-*.error")):
+    for line in text.splitlines():
         try:
-            found.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
+            record = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(record, dict) and "rank" in record:
+            found.append(record)
     return sorted(found, key=failure_order)
 
 

@@ -120,7 +120,7 @@ class TrainingCompute(dg.ConfigurableResource):
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         script = render_sbatch(profile, size, config_file=config_file, data_dir=data_dir, model=model,
-                               log_dir=f"{data_dir}/students/{size}/logs", deepspeed=self.deepspeed, **overrides)
+                               log_dir=job_log_dir(data_dir, size), deepspeed=self.deepspeed, **overrides)
         return profile, job_spec(profile, size, **overrides), script
 
     def _slurm(self, context: dg.AssetExecutionContext, size: str, model: str, config_file: Optional[str],
@@ -134,7 +134,7 @@ class TrainingCompute(dg.ConfigurableResource):
         from t0_pipeline.defs.launcher import TrainingJobLauncher
 
         profile, job, script = self.job_script(size=size, model=model, config_file=config_file, data_dir=data_dir)
-        log_dir = f"{data_dir}/students/{size}/logs"
+        log_dir = job_log_dir(data_dir, size)
         context.log.info(f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
                          f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}")
         queue = SlurmQueueConfig(  # the same shape the script's #SBATCH lines ask for (the command line wins)
@@ -160,20 +160,20 @@ class TrainingCompute(dg.ConfigurableResource):
                 raise T0Error(job_failure_message(size, str(exc), listing)) from None
 
 
+def job_log_dir(data_dir: str, size: str) -> str:
+    """Where a training job's output, script copy and rank errors go: the student's ``logs/`` folder."""
+    from t0_pipeline.config import DataPaths
+
+    return str(DataPaths(data_dir).student_dir(size) / "logs")
+
+
 def job_failure_message(size: str, error: str, rank_errors: str) -> str:
     """One clear error for a failed training job: the failing rank's error and last lines, else Slurm's reason."""
-    import json
+    from t0_pipeline.train import parse_failures
 
-    from t0_pipeline.train import failure_order
-
-    failures = []
-    for line in rank_errors.splitlines():
-        try:
-            failures.append(json.loads(line))
-        except ValueError:
-            continue
+    failures = parse_failures(rank_errors)
     if failures:
-        first = min(failures, key=failure_order)
+        first = failures[0]
         tail = "\n".join(f"    {ln}" for ln in first.get("tail", [])[-12:])
         others = sorted({f.get("rank") for f in failures} - {first.get("rank")})
         more = f" (then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})" if others else ""

@@ -190,9 +190,10 @@ class ChatService:
             self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
         prompt = generation_prompt(messages, self._templates[profile.tokenizer], profile.budget.think_start)  # type: ignore[union-attr]
         try:
+            retry = self.cfg.llm
             gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", settings.served_name, prompt,
                                           profile.budget, settings.timeout_s, settings.api_key(), settings.temperature,
-                                          settings.seed)
+                                          settings.seed, retry.max_attempts, retry.backoff_s, retry.max_backoff_s)
         except T0Error as exc:
             raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
         if gen.thinking:
