@@ -457,10 +457,17 @@ def evaluate(
     runs: Optional[int] = typer.Option(None, help="Repeated runs per model and k (default 10); seeds recorded."),
     ks: Optional[str] = typer.Option(None, help="Comma-separated k values (default 0,5; 0 = list every condition)."),
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first n queries (smoke test)."),
-    api_base: Optional[str] = typer.Option(None, help="Override the endpoint of every --model given."),
+    api_base: Optional[str] = typer.Option(None, help="Use the server already running here for every --model given "
+                                                      "instead of starting one (models with a serve section)."),
 ):
-    """Condition and disposition accuracy of the given models (cached per model, prompt and seed)."""
-    from t0_pipeline.evaluate import fmt, run_evaluation
+    """Condition and disposition accuracy of the given models (cached per model, prompt and seed).
+
+    A model with a serve section (the base and student of every train.sizes entry) gets its own server
+    on this machine for the run (servers.command, vLLM by default), stopped afterwards; its log is under
+    <data>/servers/. Others are reached at their api_base.
+    """
+    from t0_pipeline.evaluate import fmt, model_settings, run_evaluation
+    from t0_pipeline.model_server import endpoint_for, local_servers
 
     cfg, paths = _setup(data_dir, config)
     if not model:
@@ -480,9 +487,12 @@ def evaluate(
     if max_queries is not None:
         ev.max_queries = max_queries
     for name in model:
-        if api_base and name in ev.models:
-            ev.models[name].api_base = api_base
-        _, summary = run_evaluation(paths, cfg, name)
+        entry = model_settings(ev, name)
+        if api_base:
+            entry.api_base, entry.serve = api_base, None
+        with endpoint_for(name, entry, paths, local_servers(cfg.servers, paths, typer.echo)) as (served, _):
+            ev.models[name] = served
+            _, summary = run_evaluation(paths, cfg, name)
         for k, s in summary["by_k"].items():
             typer.echo(f"{name} k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
                        f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × {summary['runs']} runs)")

@@ -177,3 +177,21 @@ def prepare_env_dir(path: Path, venv: Path) -> Path:
     link.symlink_to(venv, target_is_directory=True)
     (path / "activate.sh").write_text(f'source "{venv}/bin/activate"\n', encoding="utf-8")
     return path
+
+
+def render_serve_sbatch(profile: SiteProfile, size: str, *, name: str, command: str, tp: int, log_dir: str,
+                        time_limit: str, venv: str | None = None, account: str | None = None,
+                        partition: str | None = None, qos: str | None = None) -> str:
+    """The job script of a model server on one node with the GPUs ``size`` gets per node on this site."""
+    import jinja2
+
+    from t0_pipeline.model_server import ENDPOINT_TAG, safe_name
+
+    job = job_spec(profile, size, account=account, partition=partition, qos=qos)
+    source = (SLURM_DIR / "templates" / "serve.sbatch.j2").read_text(encoding="utf-8")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    prefix = f"apptainer exec --nv {profile.container} " if profile.container else ""
+    return env.from_string(source).render(
+        profile=profile, job=job, name=name, safe_name=safe_name(name), command=command, tp=tp,
+        gpus=job.gpus_per_node, cpus=job.cpus_per_task, log_dir=log_dir, time_limit=time_limit, venv=venv,
+        container_prefix=prefix, endpoint_tag=ENDPOINT_TAG)

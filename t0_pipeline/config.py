@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel as _PydanticModel
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["sample", "site", "mirror", "pages"]
@@ -268,6 +268,20 @@ class BudgetConfig(BaseModel):
     min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
 
 
+class LaunchConfig(BaseModel):
+    """A model the pipeline serves itself (the model-server resource) instead of one already running.
+
+    The server is started for the stage that needs it, waited on until healthy, and stopped after; the
+    entry's ``api_base`` is then ignored. Without a ``serve`` section the entry's ``api_base`` must point
+    at a running server (an API, a shared vLLM), as before.
+    """
+
+    checkpoint: str | None = None  # local checkpoint folder or Hugging Face name; None with `student` = its final/
+    tensor_parallel_size: int | None = None  # None = every GPU the server gets (local: visible; Slurm: the profile's)
+    max_model_len: int | None = None  # None = the model's own context length
+    args: list[str] = Field(default_factory=list)  # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
+
+
 class EvalModelConfig(RoleConfig):
     """One model under evaluation (a partition of ``accuracy_report``); the role fields say where it runs.
 
@@ -281,29 +295,50 @@ class EvalModelConfig(RoleConfig):
     kind: Literal["base", "fine-tuned", "api", "baseline"] = "base"  # the plot's series
     size: str | None = None  # e.g. "1.5B": the plot's x axis
     base: str | None = None  # fine-tuned: the name of its base model's entry (the "below base" check)
+    student: str | None = None  # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
+    serve: LaunchConfig | None = None  # the pipeline starts a server for it; None = api_base is already running
     budget: BudgetConfig | None = None  # completions/transformers: thinking budget and markers
-    tokenizer: str | None = None  # completions/transformers: chat template source; None = ChatML by hand
+    tokenizer: str | None = None  # completions/transformers: chat template source; None = a served checkpoint's own
+
+
+def base_entry_name(model: str) -> str:
+    """The evaluation name of a base model: ``Qwen/Qwen2.5-7B-Instruct`` → ``qwen2.5-7b``."""
+    name = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    return name[: -len("-instruct")] if name.endswith("-instruct") else name
+
+
+def student_entry_name(size: str) -> str:
+    return f"t0-{size.lower()}"
+
+
+def size_entries(size: str, base_model: str) -> dict[str, EvalModelConfig]:
+    """The two evaluation entries one student size brings: its base model and the fine-tuned student.
+
+    Both are served by the pipeline (vLLM); the base answers through the submit tool, as the
+    reference evaluated base models, and the student through budget forcing.
+    """
+    base = base_entry_name(base_model)
+    return {
+        base: EvalModelConfig(model=f"openai/{base_model}", size=size, kind="base", max_tokens=512, answer="tool",
+                              serve=LaunchConfig(checkpoint=base_model)),
+        student_entry_name(size): EvalModelConfig(model=f"openai/{student_entry_name(size)}", backend="completions",
+                                                  size=size, kind="fine-tuned", base=base, student=size,
+                                                  serve=LaunchConfig(), budget=BudgetConfig()),
+    }
 
 
 def _default_eval_models() -> dict[str, EvalModelConfig]:
-    local = "http://127.0.0.1:8000/v1"
-    models = {"retrieval-baseline": EvalModelConfig(backend="retrieval", kind="baseline", model="retrieval")}
-    for size in ("1.5B", "3B", "7B", "14B", "32B"):
-        # the reference evaluated base models through the submit_condition_recommendation tool
-        models[f"qwen2.5-{size.lower()}"] = EvalModelConfig(model=f"openai/Qwen/Qwen2.5-{size}-Instruct", api_base=local,
-                                                            size=size, kind="base", max_tokens=512, answer="tool")
-        models[f"t0-{size.lower()}"] = EvalModelConfig(
-            model=f"t0-{size}", backend="completions", api_base=local, size=size, kind="fine-tuned",
-            base=f"qwen2.5-{size.lower()}", budget=BudgetConfig())  # serve with --served-model-name t0-<size>
-    models["gpt-4o"] = EvalModelConfig(model="gpt-4o", api_base=None, api_key_env="OPENAI_API_KEY", answer="tool",
-                                       kind="api", max_tokens=512)
-    return models
+    # the base and student of every train.sizes entry are added by PipelineConfig (one line of config per size)
+    return {"retrieval-baseline": EvalModelConfig(backend="retrieval", kind="baseline", model="retrieval"),
+            "gpt-4o": EvalModelConfig(model="gpt-4o", api_base=None, api_key_env="OPENAI_API_KEY", answer="tool",
+                                      kind="api", max_tokens=512)}
 
 
 class EvaluationConfig(BaseModel):
     """Condition and disposition accuracy (report, Tables 2-4 and Figure 5)."""
 
     models: dict[str, EvalModelConfig] = Field(default_factory=_default_eval_models)  # partition key → model
+    with_sizes: bool = True  # also evaluate every train.sizes student and its base (entries named here win)
     ks: list[int] = Field(default_factory=lambda: [0, 5])  # 0 = the list of every condition instead of documents
     runs: int = 10  # repeated runs per (model, k); seeds are seed, seed+1, ...
     seed: int = 0
@@ -311,6 +346,26 @@ class EvaluationConfig(BaseModel):
     max_queries: int | None = None  # evaluate the first n (smoke tests)
     index: IndexName = "summaries"  # what k>0 retrieves from (report: summaries, dense)
     mode: RetrieverMode = "dense"
+
+
+class ModelServerConfig(BaseModel):
+    """How the pipeline starts a server for a model with a ``serve`` section (see :mod:`t0_pipeline.model_server`).
+
+    ``command`` is the server's argument list; ``{checkpoint}``, ``{name}``, ``{host}``, ``{port}`` and
+    ``{tp}`` are filled in, and ``--max-model-len`` and the entry's ``args`` are appended. The default
+    is vLLM's OpenAI-compatible server; any server speaking the same protocol works.
+    """
+
+    command: list[str] = Field(default_factory=lambda: [
+        "vllm", "serve", "{checkpoint}", "--served-model-name", "{name}", "--host", "{host}", "--port", "{port}",
+        "--tensor-parallel-size", "{tp}"])
+    host: str = "127.0.0.1"  # local servers listen here (Slurm jobs listen on every interface of their node)
+    port: int = Field(0, ge=0, le=65535)  # local servers; 0 = any free port (several evaluations may run at once)
+    health_path: str = "/health"  # polled until it answers 200 (vLLM: /health)
+    startup_timeout_s: float = Field(1800.0, gt=0)  # loading a 32B model from network storage is slow
+    stop_timeout_s: float = Field(30.0, gt=0)  # after SIGTERM, then SIGKILL
+    time_limit: str = "04:00:00"  # Slurm: wall-clock limit of a server job
+    log_dir: Path | None = None  # None = <data_dir>/servers
 
 
 class ServeProfile(BaseModel):
@@ -363,7 +418,17 @@ class PipelineConfig(BaseModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    servers: ModelServerConfig = Field(default_factory=ModelServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _size_entries(self) -> "PipelineConfig":
+        """Every student size is evaluated with its base: adding a size to ``train.sizes`` is one line."""
+        if self.evaluation.with_sizes:
+            for size, base_model in self.train.sizes.items():
+                for name, entry in size_entries(size, base_model).items():
+                    self.evaluation.models.setdefault(name, entry)
+        return self
 
 
 class DataPaths:
@@ -428,6 +493,9 @@ class DataPaths:
 
     def student_dir(self, partition: str) -> Path:
         return self.root / "students" / partition
+
+    def server_logs(self, servers: "ModelServerConfig") -> Path:
+        return servers.log_dir if servers.log_dir is not None else self.root / "servers"
 
     def accuracy_dir(self, model: str | None = None) -> Path:
         base = self.root / "eval" / "accuracy"

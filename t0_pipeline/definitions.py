@@ -8,7 +8,7 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 import dagster as dg
 
 from t0_pipeline.defs import corpus, evaluation, retrieval, synthetic, training
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings, TrainingCompute
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings, TrainingCompute
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
 refresh_corpus = dg.define_asset_job(
@@ -35,17 +35,24 @@ corpus_automation = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-materialises assets whose upstream changed (e.g. a new corpus_source data version).",
 )
+evaluation_automation = dg.AutomationConditionSensorDefinition(
+    "evaluation_automation", target=dg.AssetSelection.assets(evaluation.accuracy_report, evaluation.accuracy_comparison),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Evaluates a student and its base once its checkpoint is materialised (a backfill of a new size), "
+                "then refreshes the comparison table and plot.",
+)
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([corpus, retrieval, synthetic, training, evaluation]),
     asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic, evaluation]),
     jobs=[refresh_corpus, observe_corpus, synthetic_data_job, evaluation_job],
     schedules=[weekly_recrawl, daily_observe],
-    sensors=[corpus_automation],
+    sensors=[corpus_automation, evaluation_automation],
     resources={
         "settings": PipelineSettings(),
         "embedding_model": EmbeddingModel(),
         "chroma": ChromaStore(),
         "training_compute": TrainingCompute(),
+        "model_server": ModelServer(),
     },
 )

@@ -76,16 +76,21 @@ class FakeLLMState:
 class FakeLLM:
     """The server runs on aiohttp's async web server in a background thread (its own event loop)."""
 
-    def __init__(self, latency_s: float = 0.0):
+    def __init__(self, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0, served_name: str = "fake"):
         self.state = FakeLLMState(latency_s=latency_s)
+        self.host, self.served_name, self.healthy = host, served_name, True
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = port
 
     # --- handlers ------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        return web.json_response({"object": "list", "data": [{"id": self.served_name, "object": "model"}]})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        """vLLM's /health: 200 once the engine is ready."""
+        return web.Response(status=200 if self.healthy else 503)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         state = self.state
@@ -200,15 +205,16 @@ class FakeLLM:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=512)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=512)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     @property
     def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     def on(self, pattern: str, reply: Reply, **kw) -> Rule:
         rule = Rule(re.compile(pattern, re.S), reply, **kw)
@@ -237,21 +243,55 @@ def budget_student(thinking: str, answer: str, marker: str = "<|im_start|>answer
 
 
 def main() -> None:
-    """Serve a fixed reply on a free port in its own process (benchmarks, manual dry runs)."""
+    """Serve in its own process: for benchmarks (a fixed reply, until stdin closes), or as a stand-in for
+    ``vllm serve`` (``--port``: until SIGTERM), started by the pipeline's model-server resource in CI."""
     import argparse
+    import os
+    import signal
     import sys
 
     parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible server with scripted replies.")
+    parser.add_argument("checkpoint", nargs="?", help="stand-in for vllm serve: the checkpoint it would load")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
     parser.add_argument("--reply", default="ok", help="the reply content for every prompt")
+    parser.add_argument("--thinking", help="completions: the thinking, until the prompt ends with the answer marker")
+    parser.add_argument("--answer", help="completions: the answer after the marker")
+    parser.add_argument("--tool", nargs=2, metavar=("NAME", "JSON"), help="chat: call this tool when tools are offered")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, help="serve on this port until SIGTERM (as vllm serve does)")
+    parser.add_argument("--served-model-name", default="fake")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'loading' before serving")
+    parser.add_argument("--unhealthy", action="store_true", help="/health answers 503 for ever")
+    parser.add_argument("--fail", help="print this as the loading error and exit 1")
     args = parser.parse_args()
-    with FakeLLM(latency_s=args.latency) as server:
-        server.on(".*", args.reply)
+    print(f"stand-in server: loading {args.checkpoint} as {args.served_model_name} (tp {args.tensor_parallel_size})",
+          flush=True)
+    time.sleep(args.startup_delay)
+    if args.fail:
+        print(args.fail, file=sys.stderr, flush=True)
+        sys.exit(1)
+    if args.checkpoint and args.checkpoint.startswith("/") and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        print(f"OSError: {args.checkpoint} does not appear to have a file named config.json.", file=sys.stderr, flush=True)
+        sys.exit(1)
+    stop = threading.Event()
+    with FakeLLM(latency_s=args.latency, host=args.host, port=args.port or 0, served_name=args.served_model_name) as server:
+        server.healthy = not args.unhealthy
+        if args.thinking is not None:  # completions prompts are rendered chat templates; chat messages are not
+            server.on(r"<\|im_start\|>", budget_student(args.thinking, args.answer or ""))
+        server.on(".*", args.reply, tool_calls=[(args.tool[0], json.loads(args.tool[1]))] if args.tool else None)
         print(server.api_base, flush=True)
-        try:
-            sys.stdin.read()  # serve until the parent closes our stdin
-        except KeyboardInterrupt:
-            pass
+        if args.port is None:
+            try:
+                sys.stdin.read()  # serve until the parent closes our stdin
+            except KeyboardInterrupt:
+                pass
+            return
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print(f"INFO: serving {args.served_model_name} on http://{args.host}:{server.port}", flush=True)
+        stop.wait()
+        print("INFO: shutting down", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ API models and the retrieval-only baseline. A new model is a new partition; its 
 cached per (model, prompt, seed), so re-materialising with more runs computes only the new
 ones. The check on the combined report warns when a fine-tuned student scores below its
 base model at the same k on the same queries.
+
+Each student size maps onto two partitions, ``student_checkpoint[7B]`` → ``accuracy_report[t0-7b]``
+and the base ``accuracy_report[qwen2.5-7b]`` beside it, so the lineage shows which checkpoint a
+report measured. When a checkpoint is materialised (a backfill of a new size), the evaluation sensor
+evaluates both partitions and refreshes ``accuracy_comparison``: no hand step. Models with a ``serve``
+section are served for the run by the ``model_server`` resource (vLLM here or as a Slurm job).
 """
 
 import base64
@@ -13,10 +19,11 @@ import os
 
 import dagster as dg
 
-from t0_pipeline.config import load_config
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.config import PipelineConfig, load_config
+from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings
 from t0_pipeline.defs.retrieval import summary_bm25, summary_index
 from t0_pipeline.defs.synthetic import synthetic_queries, usage_metadata
+from t0_pipeline.defs.training import student_checkpoint
 from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, run_evaluation, students_below_base
 
 GROUP = "evaluation"
@@ -26,15 +33,41 @@ def model_partitions() -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(list(load_config(os.environ.get("T0_CONFIG") or None).evaluation.models))
 
 
-def build_accuracy_report(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
+def student_mapping(cfg: PipelineConfig) -> dict[str, set[str]]:
+    """student size → the evaluation partitions measuring it: the student's entry and its base's."""
+    mapping: dict[str, set[str]] = {}
+    for name, entry in cfg.evaluation.models.items():
+        if entry.student and entry.student in cfg.train.sizes:
+            mapping.setdefault(entry.student, set()).add(name)
+            if entry.base in cfg.evaluation.models:
+                mapping[entry.student].add(entry.base)
+    return mapping
+
+
+# materialised after the student checkpoint it measures is (a backfill of a new size): evaluation follows training
+AFTER_TRAINING = (dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets("student_checkpoint"))
+                  & ~dg.AutomationCondition.in_progress()).with_label("a student checkpoint it measures was updated")
+
+
+def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints: dg.AssetsDefinition | None = None,
+                          cfg: PipelineConfig | None = None) -> dg.AssetsDefinition:
+    deps: list = [synthetic_queries, summary_index, summary_bm25]
+    if checkpoints is not None:
+        mapping = {size: names for size, names in student_mapping(cfg or PipelineConfig()).items()
+                   if size in checkpoints.partitions_def.get_partition_keys()}  # type: ignore[union-attr]
+        if mapping:
+            deps.append(dg.AssetDep(checkpoints, partition_mapping=dg.StaticPartitionMapping(mapping)))
+
     @dg.asset(
-        name="accuracy_report", group_name=GROUP, deps=[synthetic_queries, summary_index, summary_bm25],
+        name="accuracy_report", group_name=GROUP, deps=deps, automation_condition=AFTER_TRAINING,
         partitions_def=partitions, pool="llm", code_version="1", kinds={"python", "parquet"},
         description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std over runs, by query "
                     "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
     )
     def accuracy_report(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
-                        chroma: ChromaStore) -> dg.MaterializeResult:
+                        chroma: ChromaStore, model_server: ModelServer) -> dg.MaterializeResult:
+        from t0_pipeline.evaluate import model_settings
+        from t0_pipeline.model_server import endpoint_for
         from t0_pipeline.retrieve import Retriever
 
         cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
@@ -42,7 +75,11 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition) -> dg.Asset
         if any(k > 0 for k in cfg.evaluation.ks):
             retriever = Retriever(cfg.evaluation.index, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
                                   embedder=embedding_model.load(), client=chroma.client(paths))
-        df, summary = run_evaluation(paths, cfg, name, retriever, progress=context.log.info)
+        entry = model_settings(cfg.evaluation, name)
+        servers = model_server.factory(cfg, paths, entry.size, context.log.info)
+        with endpoint_for(name, entry, paths, servers) as (served, checkpoint):
+            cfg.evaluation.models[name] = served
+            df, summary = run_evaluation(paths, cfg, name, retriever, progress=context.log.info)
         for note in summary["notes"]:
             context.log.warning(f"{name}: {note}")
         headline = {f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
@@ -53,15 +90,19 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition) -> dg.Asset
             "table": dg.MetadataValue.md(model_table(summary)), "prompt_hash": summary["prompt_hash"],
             "queries_hash": summary["queries_hash"], **usage_metadata(summary["usage"]),
             "predictions": dg.MetadataValue.path(str(paths.accuracy_dir(name) / "predictions.parquet")),
+            "served_checkpoint": checkpoint or "none (reached at its api_base)",
         })
 
     return accuracy_report
 
 
-accuracy_report = build_accuracy_report(model_partitions())
+accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint,
+                                        load_config(os.environ.get("T0_CONFIG") or None))
 
 
 @dg.asset(group_name=GROUP, deps=[accuracy_report], code_version="1", kinds={"python", "csv"},
+          automation_condition=(dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress())
+          .with_label("a model's accuracy report was updated"),
           description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity error shares, "
                       "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like Figure 5.")
 def accuracy_comparison(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:

@@ -1,4 +1,4 @@
-"""Dagster resources: the pipeline's settings, the embedding model and the Chroma store.
+"""Dagster resources: the pipeline's settings, the embedding model, the Chroma store, training and model servers.
 
 Each resource only turns its fields into the stage modules' pydantic configs, so the
 CLI and the assets run exactly the same code with the same settings.
@@ -188,3 +188,59 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
     reason = lines[0][:200] if lines else "no detail"
     return (f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed by a signal, "
             "out of memory, or out of time?): the job's output is in the run's logs; the previous checkpoint is kept.")
+
+
+class ModelServer(dg.ConfigurableResource):
+    """Starts the model servers evaluation needs (entries with a ``serve`` section); see :mod:`t0_pipeline.model_server`.
+
+    ``local``: a subprocess on this machine (its GPUs → tensor parallel size), running ``servers.command``
+    from the config (vLLM by default). ``slurm``: a one-node job rendered from the site profile, with the
+    GPUs that profile gives the model's size per node; submitted with ``sbatch`` here, or over SSH on a
+    login node when ``ssh_host`` is set. The server's log lines go to the run's log; it is stopped when
+    the stage ends. Entries without ``serve`` are reached at their ``api_base`` as before.
+    """
+
+    mode: str = "local"  # local | slurm
+    site: Optional[str] = None  # slurm: a site profile (slurm/profiles, or profiles_dir)
+    profiles_dir: Optional[str] = None
+    account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None
+    partition: Optional[str] = None
+    qos: Optional[str] = None
+    venv: Optional[str] = None  # exported as $T0_VENV in the job (profiles' setup lines activate it)
+    ssh_host: Optional[str] = None  # None = sbatch/squeue/scancel run on this machine
+    ssh_port: int = 22
+    ssh_user: Optional[str] = None
+    ssh_key_path: Optional[str] = None
+    queue_wait_hours: float = 24  # give up on a server job still queued after this long
+
+    def factory(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], log):
+        """A function making the server for a plan: here, or as a Slurm job shaped for ``size``."""
+        from t0_pipeline import model_server as ms
+
+        if self.mode == "local":
+            return ms.local_servers(cfg.servers, paths, log)
+        if self.mode != "slurm":
+            raise T0Error(f"ModelServer.mode must be local or slurm, got {self.mode!r}.")
+        if not self.site:
+            raise T0Error("ModelServer in slurm mode needs site (a site profile); set it on the resource.")
+        return lambda plan: self._slurm_server(cfg, paths, size, plan, log)
+
+    def _slurm_server(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], plan, log):
+        from pathlib import Path
+
+        from t0_pipeline import model_server as ms
+        from t0_pipeline.cluster import job_spec, load_profile, render_serve_sbatch
+
+        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
+        if size is None or size not in profile.sizes:
+            raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r} (the model entry's size), "
+                          f"so the server's GPUs are unknown; it has {', '.join(profile.sizes)}.")
+        overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
+        gpus = job_spec(profile, size, **overrides).gpus_per_node
+        tp = plan.tensor_parallel_size or max(1, gpus)
+        log_dir = str(paths.server_logs(cfg.servers).resolve())
+        script = render_serve_sbatch(profile, size, name=plan.name, command=ms.slurm_command(cfg.servers, plan, tp),
+                                     tp=tp, log_dir=log_dir, time_limit=cfg.servers.time_limit, venv=self.venv,
+                                     **overrides)
+        shell = ms.Shell(self.ssh_host, self.ssh_user, self.ssh_port, self.ssh_key_path)
+        return ms.SlurmServer(cfg.servers, plan, script, log_dir, shell, log, queue_wait_s=self.queue_wait_hours * 3600)

@@ -1,0 +1,396 @@
+"""Model servers the pipeline starts itself: a vLLM (or any OpenAI-compatible) server for one model.
+
+An evaluation entry with a ``serve`` section names what to serve (a local checkpoint, a Hugging Face
+name, or a trained student's ``final/``). :func:`serving` starts the server, on this machine
+(:class:`LocalServer`, a subprocess) or as a Slurm job through a site profile (:class:`SlurmServer`,
+the size's GPUs per node → tensor parallel size), follows its log, waits until its health endpoint
+answers and it lists the model, yields its ``api_base``, and stops it whatever happens. A server that
+fails to start ends in one error naming why (out of memory, a checkpoint that cannot be loaded, a port
+already taken, a job Slurm rejected, no health within the timeout) with the log's telling line and path.
+
+The command is ``servers.command`` from the config (vLLM's by default), so CI runs the same code with
+the project's loopback server as the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.config import DataPaths, EvalModelConfig, ModelServerConfig
+
+ENDPOINT_TAG = "t0-server-endpoint"  # a Slurm server job prints this line, then its URL, before starting the server
+PORT_VAR = "T0SERVERPORT"  # stands for the job's port in a Slurm command line (the shell fills it in)
+ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+# what a server's log says when it cannot start, and what to do about it (first match wins)
+FAILURES: list[tuple[str, str]] = [
+    (r"out of memory|OutOfMemoryError|No available memory for the cache blocks|not enough (GPU )?memory",
+     "ran out of GPU memory; lower max_model_len, raise tensor_parallel_size or use larger GPUs"),
+    (r"address already in use|Errno 98", "could not bind its port, which another process holds; set servers.port "
+                                          "to a free port (0 = any free port)"),
+    (r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a file|"
+     r"Unrecognized model|HeaderTooLarge|Error while deserializing|is not a checkpoint",
+     "could not load the checkpoint; check the path or name and that the folder holds config.json, weights and "
+     "tokenizer"),
+]
+
+
+@dataclass
+class ServerPlan:
+    """What one server serves and how: the model's served name, the checkpoint and tensor parallel size."""
+
+    name: str
+    checkpoint: str
+    tensor_parallel_size: int | None = None
+    max_model_len: int | None = None
+    args: list[str] = field(default_factory=list)
+
+    def command(self, servers: ModelServerConfig, host: str, port: str, tp: int) -> list[str]:
+        values = {"checkpoint": self.checkpoint, "name": self.name, "host": host, "port": port, "tp": str(tp)}
+        try:
+            cmd = [part.format(**values) for part in servers.command]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise T0Error(f"servers.command has an unknown placeholder ({exc}); use {{checkpoint}}, {{name}}, "
+                          "{host}, {port} and {tp}.") from None
+        if self.max_model_len:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        return cmd + list(self.args)
+
+
+def plan_for(name: str, entry: EvalModelConfig, paths: DataPaths) -> ServerPlan:
+    """The server an evaluation entry asks for; a student entry serves that student's ``final/``."""
+    launch = entry.serve
+    if launch is None:
+        raise T0Error(f"model {name!r} has no serve section; it is reached at its api_base.")
+    checkpoint = launch.checkpoint
+    if checkpoint is None:
+        if not entry.student:
+            raise T0Error(f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or `student` "
+                          "naming a train.sizes entry whose checkpoint to serve.")
+        final = paths.student_dir(entry.student) / "final"
+        if not (final / "config.json").is_file():
+            raise T0Error(f"model {name!r} serves the {entry.student} student, but {final} holds no trained checkpoint; "
+                          f"materialise student_checkpoint[{entry.student}] (or `t0 train --partition {entry.student}`) first.")
+        checkpoint = str(final.resolve())
+    elif _looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
+        raise T0Error(f"model {name!r}: checkpoint folder {checkpoint} does not exist; fix serve.checkpoint.")
+    return ServerPlan(name=entry.served_name, checkpoint=checkpoint, tensor_parallel_size=launch.tensor_parallel_size,
+                      max_model_len=launch.max_model_len, args=list(launch.args))
+
+
+def _looks_local(checkpoint: str) -> bool:
+    return checkpoint.startswith(("/", "./", "../", "~")) or checkpoint.count("/") >= 2
+
+
+def failure_reason(lines: list[str]) -> tuple[str, str] | None:
+    """(what went wrong, the log line that says so) from a server's log, or None when nothing matches."""
+    for pattern, reason in FAILURES:
+        for line in reversed(lines):
+            if re.search(pattern, line, re.I):
+                return reason, line.strip()[:240]
+    return None
+
+
+def start_error(plan: ServerPlan, what: str, lines: list[str], log_path: str) -> T0Error:
+    """One error for a server that did not come up: the known cause if its log shows one, else its last line."""
+    found = failure_reason(lines)
+    last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+    detail = f"it {found[0]} (log: {found[1]!r})" if found else (f"its last log line: {last[:240]!r}" if last else
+                                                                  "it wrote nothing")
+    return T0Error(f"the model server for {plan.name} ({plan.checkpoint}) {what}: {detail}; full log: {log_path}")
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise T0Error(f"port {port} on {host} is already in use (another server, or one left from an earlier run?); "
+                          "stop it, or set servers.port to a free port (0 = any free port).") from None
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else what torch sees); 1 when none (a CPU server)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(1, len([d for d in visible.split(",") if d.strip()]))
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:
+        return 1
+
+
+def healthy(api_root: str, health_path: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(api_root + health_path, timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def served_models(api_base: str) -> list[str]:
+    import httpx
+
+    try:
+        return [m.get("id") for m in httpx.get(api_base + "/models", timeout=10.0).json().get("data", [])]
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return []
+
+
+class _Server:
+    """The shared start loop: follow the log, watch the process or job, poll health until it answers."""
+
+    log_path: str
+
+    def __init__(self, servers: ModelServerConfig, plan: ServerPlan, log: Callable[[str], None] | None = None):
+        self.servers, self.plan = servers, plan
+        self.log = log or (lambda message: None)
+        self.lines: list[str] = []  # every log line read so far
+        self.api_base: str | None = None
+
+    # implemented per kind
+    def _launch(self) -> None: ...
+    def _dead(self) -> str | None: ...  # why the server is gone (e.g. "exited with code 1"), or None while it runs
+    def _running(self) -> bool: return True  # started (a Slurm job may still be queued)
+    def _new_lines(self) -> list[str]: ...
+    def _endpoint(self) -> str | None: ...
+    def stop(self) -> None: ...
+
+    def _follow(self) -> None:
+        for line in self._new_lines():
+            self.lines.append(line)
+            self.log(f"[{self.plan.name} server] {line}")
+
+    def start(self) -> str:
+        self._launch()
+        started, deadline, wait = time.monotonic(), None, 0.25
+        try:
+            while True:
+                self._follow()
+                dead = self._dead()
+                if dead:
+                    self._follow()
+                    raise start_error(self.plan, f"stopped before it was healthy ({dead})", self.lines, self.log_path)
+                if deadline is None and self._running():
+                    deadline = time.monotonic() + self.servers.startup_timeout_s
+                endpoint = self._endpoint() if deadline is not None else None
+                if endpoint and healthy(endpoint.removesuffix("/v1"), self.servers.health_path):
+                    models = served_models(endpoint)
+                    if self.plan.name not in models:
+                        raise T0Error(f"the model server at {endpoint} is healthy but serves {models or 'no models'}, "
+                                      f"not {self.plan.name!r}; its command must pass {{name}} as the served model name.")
+                    self.api_base = endpoint
+                    self.log(f"model server for {self.plan.name} healthy at {endpoint} after "
+                             f"{time.monotonic() - started:.1f} s")
+                    return endpoint
+                if deadline is not None and time.monotonic() > deadline:
+                    raise start_error(self.plan, f"was not healthy after {self.servers.startup_timeout_s:g} s "
+                                                 "(servers.startup_timeout_s)", self.lines, self.log_path)
+                time.sleep(wait)
+                wait = min(wait * 1.5, 2.0)
+        except BaseException:
+            self.stop()
+            raise
+
+
+class LocalServer(_Server):
+    """A server process on this machine, in its own process group; its output goes to a log file."""
+
+    def __init__(self, servers: ModelServerConfig, plan: ServerPlan, log_dir: Path, log: Callable[[str], None] | None = None):
+        super().__init__(servers, plan, log)
+        self.host = servers.host
+        self.port = servers.port or free_port(self.host)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = str(log_dir / f"{safe_name(plan.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log")
+        self.proc: subprocess.Popen | None = None
+        self._offset = 0
+        self._partial = ""
+
+    def _launch(self) -> None:
+        check_port_free(self.host, self.port)
+        tp = self.plan.tensor_parallel_size or visible_gpus()
+        cmd = self.plan.command(self.servers, self.host, str(self.port), tp)
+        self.log(f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (log: {self.log_path})")
+        with open(self.log_path, "ab") as out:
+            try:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+            except FileNotFoundError:
+                raise T0Error(f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not installed here. "
+                              "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm (ModelServer "
+                              "mode=slurm), or drop the entry's serve section and set api_base to a running server.") from None
+
+    def _dead(self) -> str | None:
+        code = self.proc.poll() if self.proc else None
+        return None if code is None else f"exited with code {code}"
+
+    def _new_lines(self) -> list[str]:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        self._offset += len(chunk)
+        text = self._partial + chunk.decode("utf-8", "replace")
+        *lines, self._partial = text.split("\n")
+        return lines
+
+    def _endpoint(self) -> str | None:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=self.servers.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.log(f"model server for {self.plan.name} stopped")
+
+
+class Shell:
+    """Runs a command on the cluster: here, or over SSH on a login node (OpenSSH, key authentication)."""
+
+    def __init__(self, ssh_host: str | None = None, ssh_user: str | None = None, ssh_port: int = 22,
+                 ssh_key_path: str | None = None):
+        self.prefix: list[str] = []
+        if ssh_host:
+            self.prefix = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-p", str(ssh_port)]
+            if ssh_key_path:
+                self.prefix += ["-i", ssh_key_path]
+            self.prefix.append(f"{ssh_user}@{ssh_host}" if ssh_user else ssh_host)
+
+    def run(self, command: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        argv = [*self.prefix, command] if self.prefix else ["bash", "-c", command]
+        try:
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise T0Error(f"the cluster did not answer within 120 s ({command.split()[0]}); check the SSH settings.") from None
+
+
+class SlurmServer(_Server):
+    """A server as a one-node Slurm job rendered from the site profile; it prints its endpoint, then serves."""
+
+    def __init__(self, servers: ModelServerConfig, plan: ServerPlan, script: str, log_dir: str, shell: Shell,
+                 log: Callable[[str], None] | None = None, queue_wait_s: float = 72 * 3600):
+        super().__init__(servers, plan, log)
+        self.script, self.log_dir, self.shell, self.queue_wait_s = script, log_dir, shell, queue_wait_s
+        self.job: str | None = None
+        self.log_path = f"{log_dir}/(not submitted)"
+        self._seen = 0
+        self._state = "PENDING"
+        self._submitted = 0.0
+
+    def _launch(self) -> None:
+        self.shell.run(f"mkdir -p {shlex.quote(self.log_dir)}")
+        done = self.shell.run("sbatch --parsable", stdin=self.script)
+        if done.returncode != 0:
+            reason = next((ln for ln in done.stderr.splitlines() if "error" in ln.lower()), done.stderr.strip()[:200])
+            raise T0Error(f"Slurm rejected the server job for {self.plan.name}: {reason.strip()}; fix the site profile or "
+                          "the ModelServer resource (partition, account, QoS, GPUs).")
+        self.job = done.stdout.strip().split(";")[0]
+        self.log_path = f"{self.log_dir}/t0-serve-{safe_name(self.plan.name)}-{self.job}.out"
+        self._submitted = time.monotonic()
+        self.log(f"submitted server job {self.job} for {self.plan.name} (log: {self.log_path})")
+
+    def _poll_state(self) -> str:
+        out = self.shell.run(f"SQUEUE_STATES=all squeue -h -j {self.job} -o %T").stdout.strip()
+        state = out.split()[0] if out else "GONE"
+        if state != self._state:
+            self.log(f"server job {self.job}: {state}")
+            self._state = state
+        return state
+
+    def _dead(self) -> str | None:
+        state = self._poll_state()
+        if state in ALIVE_STATES:
+            if state == "PENDING" and time.monotonic() - self._submitted > self.queue_wait_s:
+                return f"still queued after {self.queue_wait_s / 3600:g} h"
+            return None
+        return f"job {self.job} {state.lower()}"
+
+    def _running(self) -> bool:
+        return self._state == "RUNNING"
+
+    def _new_lines(self) -> list[str]:
+        done = self.shell.run(f"tail -n +{self._seen + 1} {shlex.quote(self.log_path)} 2>/dev/null")
+        lines = done.stdout.splitlines() if done.returncode == 0 else []
+        self._seen += len(lines)
+        return lines
+
+    def _endpoint(self) -> str | None:
+        return next((ln.split()[1] for ln in self.lines if ln.startswith(ENDPOINT_TAG + " ")), None)
+
+    def stop(self) -> None:
+        if self.job and self._state in ALIVE_STATES:
+            self.shell.run(f"scancel {self.job}")
+            self.log(f"server job {self.job} for {self.plan.name} cancelled")
+            self._state = "CANCELLED"
+
+
+def safe_name(name: str) -> str:
+    """A served name as a file and job name (``Qwen/Qwen2.5-7B-Instruct`` → ``Qwen_Qwen2.5-7B-Instruct``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def slurm_command(servers: ModelServerConfig, plan: ServerPlan, tp: int) -> str:
+    """The server's command line inside a job: every interface of the node, the job's port from the shell."""
+    return shlex.join(plan.command(servers, "0.0.0.0", PORT_VAR, tp)).replace(PORT_VAR, '"$PORT"')
+
+
+@contextlib.contextmanager
+def serving(server: _Server) -> Iterator[str]:
+    """Start ``server``, yield its api_base once healthy, stop it afterwards (errors included)."""
+    api_base = server.start()
+    try:
+        yield api_base
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def endpoint_for(name: str, entry: EvalModelConfig, paths: DataPaths,
+                 make_server: Callable[[ServerPlan], _Server]) -> Iterator[tuple[EvalModelConfig, str | None]]:
+    """(the entry as the stage should call it, the checkpoint served or None).
+
+    An entry without a ``serve`` section is reached where it says. Otherwise a server is started for it
+    with ``make_server`` and stopped when the block ends; the entry then points at it, and a served local
+    checkpoint's own tokenizer renders budget-forced prompts unless the entry names one.
+    """
+    if entry.serve is None or entry.backend in ("retrieval", "transformers"):
+        yield entry, None
+        return
+    plan = plan_for(name, entry, paths)
+    with serving(make_server(plan)) as api_base:
+        update: dict = {"api_base": api_base, "api_key_env": None}
+        if entry.tokenizer is None and entry.backend == "completions" and Path(plan.checkpoint).is_dir():
+            update["tokenizer"] = plan.checkpoint
+        yield entry.model_copy(update=update), plan.checkpoint
+
+
+def local_servers(servers: ModelServerConfig, paths: DataPaths,
+                  log: Callable[[str], None] | None = None) -> Callable[[ServerPlan], _Server]:
+    """Servers as subprocesses on this machine (its GPUs)."""
+    return lambda plan: LocalServer(servers, plan, paths.server_logs(servers), log)
