@@ -58,11 +58,9 @@ class ServerPlan:
 
     def command(self, servers: ModelServerConfig, host: str, port: str, tp: int) -> list[str]:
         values = {"checkpoint": self.checkpoint, "name": self.name, "host": host, "port": port, "tp": str(tp)}
-        try:
-            cmd = [part.format(**values) for part in servers.command]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise T0Error(f"servers.command has an unknown placeholder ({exc}); use {{checkpoint}}, {{name}}, "
-                          "{host}, {port} and {tp}.") from None
+        # only these placeholders are filled: other braces (JSON arguments) pass through untouched
+        cmd = [re.sub(r"\{(checkpoint|name|host|port|tp)\}", lambda m: values[m.group(1)], part)
+               for part in servers.command]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         return cmd + list(self.args)

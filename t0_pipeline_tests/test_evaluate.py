@@ -259,7 +259,7 @@ def test_accuracy_assets_partitioned_by_model_and_the_below_base_check(built, tm
     import yaml
 
     from t0_pipeline.defs.evaluation import accuracy_comparison, build_accuracy_report, students_not_below_base
-    from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+    from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings
 
     _, paths = built
     with FakeLLM() as server:
@@ -272,7 +272,7 @@ def test_accuracy_assets_partitioned_by_model_and_the_below_base_check(built, tm
                                                                  "base": "base-3b"}},
                            "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:3])), "runs": 2, "mode": "hybrid"}}))
         resources = {"settings": PipelineSettings(data_dir=str(paths.root), config_file=str(config)),
-                     "embedding_model": EmbeddingModel(), "chroma": ChromaStore()}
+                     "embedding_model": EmbeddingModel(), "chroma": ChromaStore(), "model_server": ModelServer()}
         report = build_accuracy_report(dg.StaticPartitionsDefinition(["base-3b", "t0-3b"]))
         instance = dg.DagsterInstance.ephemeral()
         first = dg.materialize([report], partition_key="base-3b", resources=resources, instance=instance)
@@ -300,7 +300,11 @@ def test_the_code_location_partitions_accuracy_by_the_configured_models():
     graph = defs.resolve_asset_graph()
     node = graph.get(dg.AssetKey("accuracy_report"))
     assert node.partitions_def.get_partition_keys() == list(PipelineConfig().evaluation.models)
-    assert {k.to_user_string() for k in node.parent_keys} == {"synthetic_queries", "summary_index", "summary_bm25"}
+    assert {k.to_user_string() for k in node.parent_keys} == {"synthetic_queries", "summary_index", "summary_bm25",
+                                                             "student_checkpoint"}
+    mapping = node.partition_mappings[dg.AssetKey("student_checkpoint")]  # each size → its student and its base
+    assert mapping.downstream_partition_keys_by_upstream_partition_key["7B"] == {"t0-7b", "qwen2.5-7b"}
+    assert node.automation_condition is not None
     assert node.pools == {"llm"} and defs.resolve_job_def("evaluation") is not None
 
 
@@ -319,7 +323,8 @@ def test_cli_evaluates_the_baseline_and_prints_the_combined_report(built, tmp_pa
     assert "2 query records skipped" in result.output
     result = runner.invoke(app, ["accuracy-report", "--data-dir", str(paths.root)])
     assert result.exit_code == 0 and "| retrieval-baseline | baseline | — |" in result.output
-    assert "Not evaluated yet: qwen2.5-1.5b" in result.output and "accuracy_by_size.png" in result.output
+    missing = next(line for line in result.output.splitlines() if line.startswith("Not evaluated yet:"))
+    assert "qwen2.5-1.5b" in missing and "t0-32b" in missing and "accuracy_by_size.png" in result.output
 
 
 def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever, tmp_path):

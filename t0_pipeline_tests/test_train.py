@@ -407,3 +407,70 @@ def _failure_messages(result) -> list[str]:
             messages.append(err.message)
             err = err.cause
     return messages
+
+
+def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_step(student, built, tmp_path):
+    """One line in train.sizes → student_checkpoint[tiny] trains (Pipes) → the evaluation sensor asks for
+    accuracy_report[t0-tiny] and its base → each is served by the model-server resource (the loopback server as
+    the vLLM command), evaluated and stopped → accuracy_comparison gains the rows."""
+    import shutil
+
+    import dagster as dg
+    import yaml
+
+    from t0_pipeline.config import load_config
+    from t0_pipeline.defs.evaluation import accuracy_comparison, build_accuracy_report
+    from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings, TrainingCompute
+    from t0_pipeline.defs.training import build_student_checkpoint
+    from t0_pipeline_tests.conftest import write_jsonl
+    from t0_pipeline_tests.test_evaluate import QUERIES
+    from t0_pipeline_tests.test_model_server import stand_in
+
+    root, _ = student
+    _, built_paths = built
+    data = tmp_path / "data"
+    shutil.copytree(built_paths.root, data, ignore=shutil.ignore_patterns("students", "eval", "llm_cache.sqlite"))
+    (data / "synthetic" / "sft").mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
+    config = tmp_path / "t0.yaml"
+    config.write_text(yaml.safe_dump({
+        "train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB},  # the new size: one line
+        "llm": {"cache_path": str(tmp_path / "cache.sqlite"), "max_attempts": 1},
+        "servers": {"command": stand_in("--thinking", "The face droops . Wait", "--answer", "( Stroke , A&E )",
+                                        "--tool", "submit_condition_recommendation",
+                                        '{"condition": "Stroke", "severity": "A&E"}'), "startup_timeout_s": 60},
+        "evaluation": {"models": {}, "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:2])), "runs": 1,
+                       "ks": [0, 5]}}))
+    cfg = load_config(config)
+    assert set(cfg.evaluation.models) == {"base", "t0-tiny"}  # the size's base (named from its model) and student
+    checkpoint = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
+    report = build_accuracy_report(dg.StaticPartitionsDefinition(list(cfg.evaluation.models)), checkpoint, cfg)
+    assets = [checkpoint, report, accuracy_comparison]
+    resources = {"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+                 "training_compute": TrainingCompute(mode="local"), "embedding_model": EmbeddingModel(),
+                 "chroma": ChromaStore(), "model_server": ModelServer(mode="local")}
+    defs = dg.Definitions(assets=assets, resources=resources)
+    instance = dg.DagsterInstance.ephemeral()
+
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert before.total_requested == 0  # nothing trained yet: nothing to evaluate
+    trained = dg.materialize([checkpoint], partition_key="tiny", instance=instance, resources=resources)
+    assert trained.success
+    asked = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    assert asked.get_requested_partitions(dg.AssetKey("accuracy_report")) == {"t0-tiny", "base"}
+    runs = {}
+    for partition in sorted(asked.get_requested_partitions(dg.AssetKey("accuracy_report"))):
+        runs[partition] = dg.materialize(assets, selection=[report], partition_key=partition, instance=instance,
+                                         resources=resources)
+        logged = [e.user_message for e in instance.all_logs(runs[partition].run_id)]
+        assert any("healthy at http://127.0.0.1:" in m for m in logged) and any("stopped" in m for m in logged)
+    meta = materialization(runs["t0-tiny"])
+    assert meta["served_checkpoint"].value == str((data / "students" / "tiny" / "final").resolve())  # what it measured
+    assert meta["condition_accuracy_k0"].value == "0.50 ± 0.00"  # the stand-in always answers Stroke: 1 of 2 queries
+    assert materialization(runs["base"])["condition_accuracy_k0"].value == "0.50 ± 0.00"  # through the submit tool
+    assert asked.get_requested_partitions(dg.AssetKey("accuracy_comparison")) == set()
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=asked.cursor)
+    assert again.get_num_requested(dg.AssetKey("accuracy_comparison")) == 1  # the table follows the new reports
+    table = materialization(dg.materialize(assets, selection=[accuracy_comparison], instance=instance,
+                                           resources=resources))["table"].value
+    assert "| t0-tiny | fine-tuned | tiny |" in table and "| base | base | tiny |" in table
