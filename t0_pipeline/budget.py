@@ -78,8 +78,9 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sa
     """
     import torch
 
+    config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
     if not config.think_end:
-        raise T0Error("budget.think_end is empty; set the end-of-thinking marker the model uses.")
+        raise T0Error("budget.think_end is empty; set the end-of-thinking marker the model uses (chat_format.think_end).")
     marker_ids = _ids(tokenizer, config.think_end)
     wait_ids = _ids(tokenizer, " " + config.wait_text)
     if not wait_ids:
@@ -152,6 +153,7 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
 
     from t0_pipeline.llm import backoff_delay
 
+    config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def post(body: dict) -> dict:

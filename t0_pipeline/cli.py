@@ -344,7 +344,7 @@ def sft(
         cfg.sft.tokenizer = tokenizer
     if block_size is not None:
         cfg.sft.block_size = block_size
-    df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir)
+    df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
     typer.echo(f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean {stats['tokens_mean']}, "
                f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over {stats['block_size']} → {paths.sft_dir}")
 

@@ -204,12 +204,26 @@ class TraceConfig(BaseModel):
     correct_on: Literal["condition", "both"] = "condition"  # what "correct" means for keep=correct
 
 
+class ChatFormat(BaseModel):
+    """How a reasoning student marks its thinking and its answer: one setting for SFT rendering, budget
+    forcing (evaluation and serving) and the serve page's thinking split.
+
+    The assistant turn is ``think_start`` + thinking + newline + ``think_end`` + ``answer_start`` + answer.
+    s1/Qwen style by default, where ``<|im_start|>`` is the tokenizer's special token and ``think``/``answer``
+    are plain words, so the end marker is two tokens; ``<think>\n`` / ``</think>`` / ``\n\n`` for
+    ``<think>`` models.
+    """
+
+    think_start: str = "<|im_start|>think\n"  # opens the thinking, right after the assistant header
+    think_end: str = "<|im_start|>answer"  # ends it: budget forcing stops on this text, then forces it
+    answer_start: str = "\n"  # between think_end and the answer
+
+    def assistant(self, thinking: str, answer: str) -> str:
+        return f"{self.think_start}{thinking.strip()}\n{self.think_end}{self.answer_start}{answer.strip()}"
+
+
 class SFTConfig(BaseModel):
     tokenizer: str | None = None  # student tokenizer name or path; None = a Qwen-style template rendered by hand
-    thinking_open: str = "<|im_start|>think\n"  # s1/Qwen style; "<think>\n" for the alternative
-    thinking_close: str = "\n"
-    answer_open: str = "<|im_start|>answer\n"
-    answer_close: str = ""
     block_size: int = 32768  # tokens (report)
     overlong: Literal["drop", "truncate"] = "drop"  # truncating would cut the answer off: drop by default
 
@@ -261,11 +275,18 @@ class BudgetConfig(BaseModel):
     thinking_budget: int = 1024  # tokens of thinking at most (report)
     max_waits: int = 3  # times an early end of thinking is replaced by wait_text (report)
     answer_tokens: int = 256  # tokens for the answer after the forced answer marker
-    think_start: str = "<|im_start|>think\n"  # opens the thinking after the assistant header; "<think>\n" likewise
-    think_end: str = "<|im_start|>answer"  # s1/Qwen style; "</think>" for <think> models
-    answer_start: str = "\n"  # text forced after think_end, before the answer
+    # the markers; None = the pipeline's chat_format (set them here only for a model trained on another format)
+    think_start: str | None = None
+    think_end: str | None = None
+    answer_start: str | None = None
     wait_text: str = "Wait"
     min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
+
+    def with_format(self, chat_format: "ChatFormat | None" = None) -> "BudgetConfig":
+        """These settings with every unset marker taken from ``chat_format`` (default: the s1 format)."""
+        fmt = chat_format or ChatFormat()
+        return self.model_copy(update={k: getattr(fmt, k) for k in ("think_start", "think_end", "answer_start")
+                                       if getattr(self, k) is None})
 
 
 class LaunchConfig(BaseModel):
@@ -297,7 +318,7 @@ class EvalModelConfig(RoleConfig):
     base: str | None = None  # fine-tuned: the name of its base model's entry (the "below base" check)
     student: str | None = None  # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
     serve: LaunchConfig | None = None  # the pipeline starts a server for it; None = api_base is already running
-    budget: BudgetConfig | None = None  # completions/transformers: thinking budget and markers
+    budget: BudgetConfig | None = None  # completions/transformers: thinking budget (markers: chat_format)
     tokenizer: str | None = None  # completions/transformers: chat template source; None = a served checkpoint's own
 
 
@@ -415,6 +436,7 @@ class PipelineConfig(BaseModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     queries: QueryGenConfig = Field(default_factory=QueryGenConfig)
     traces: TraceConfig = Field(default_factory=TraceConfig)
+    chat_format: ChatFormat = Field(default_factory=ChatFormat)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -423,11 +445,15 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _size_entries(self) -> "PipelineConfig":
-        """Every student size is evaluated with its base: adding a size to ``train.sizes`` is one line."""
+        """Every student size is evaluated with its base (adding a size to ``train.sizes`` is one line), and
+        every budget takes its markers from ``chat_format`` unless it sets its own."""
         if self.evaluation.with_sizes:
             for size, base_model in self.train.sizes.items():
                 for name, entry in size_entries(size, base_model).items():
                     self.evaluation.models.setdefault(name, entry)
+        for holder in [*self.evaluation.models.values(), *self.serve.profiles.values()]:
+            if holder.budget is not None:
+                holder.budget = holder.budget.with_format(self.chat_format)
         return self
 
 

@@ -184,7 +184,7 @@ class BudgetPredictor:
         from t0_pipeline.sft import load_tokenizer
 
         self.client, self.settings = client, settings
-        self.budget = settings.budget or BudgetConfig()
+        self.budget = (settings.budget or BudgetConfig()).with_format()
         self._lock = threading.Lock()  # one local generation at a time
         self._model = None
         self.tokenizer = None  # generates (transformers)

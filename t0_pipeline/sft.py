@@ -24,16 +24,15 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
-from t0_pipeline.config import DataPaths, SFTConfig
+from t0_pipeline.config import ChatFormat, DataPaths, SFTConfig
 from t0_pipeline import triage_prompt
 
-def messages_for(trace: dict[str, Any], config: SFTConfig, sections: dict[str, str]) -> list[dict[str, str]]:
-    """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher saw."""
+def messages_for(trace: dict[str, Any], chat_format: ChatFormat, sections: dict[str, str]) -> list[dict[str, str]]:
+    """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher saw, and the
+    teacher's thinking and answer in the chat format budget forcing will ask the student for."""
     context = triage_prompt.with_documents(sections, trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"])
-    assistant = (f"{config.thinking_open}{trace['thinking']}{config.thinking_close}"
-                 f"{config.answer_open}{trace['answer']}{config.answer_close}")
     return [*triage_prompt.messages(sections, context, trace["demographics"], trace["query"]),
-            {"role": "assistant", "content": assistant}]
+            {"role": "assistant", "content": chat_format.assistant(trace["thinking"], trace["answer"])}]
 
 
 def load_tokenizer(name_or_path: str | None):
@@ -71,12 +70,14 @@ def count_tokens(text: str, tokenizer) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_dir=None) -> tuple[pl.DataFrame, dict]:
+def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_dir=None,
+              chat_format: ChatFormat | None = None) -> tuple[pl.DataFrame, dict]:
     sections, prompt_hash = triage_prompt.load(prompts_dir)
+    chat_format = chat_format or ChatFormat()
     kept = traces.filter(pl.col("kept"))
     rows, dropped, truncated = [], 0, 0
     for trace in kept.iter_rows(named=True):
-        messages = messages_for(trace, config, sections)
+        messages = messages_for(trace, chat_format, sections)
         text = render_chat(messages, tokenizer)
         n = count_tokens(text, tokenizer)
         if n > config.block_size:
@@ -100,7 +101,7 @@ def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_d
         "tokens_p50": int(statistics.median(lengths)) if lengths else 0,
         "tokens_max": max(lengths) if lengths else 0,
         "token_counts": "tokenizer" if tokenizer is not None else "whitespace words (no tokenizer configured)",
-        "student_prompt_hash": prompt_hash,
+        "student_prompt_hash": prompt_hash, "chat_format": chat_format.model_dump(),
     }
     return df, stats
 
@@ -121,17 +122,18 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
         f"- tokens per example: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, max {stats['tokens_max']} "
         f"({stats['token_counts']})",
         f"- tokenizer / chat template: {config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
-        f"- assistant markers: thinking {config.thinking_open!r}…{config.thinking_close!r}, "
-        f"answer {config.answer_open!r}…{config.answer_close!r}",
+        f"- assistant turn (chat_format): {stats['chat_format']['think_start']!r} thinking "
+        f"{stats['chat_format']['think_end']!r}{stats['chat_format']['answer_start']!r} answer",
         "", "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), `n_tokens`.",
         "Loss masking (assistant turn only) is applied by the trainer, not stored here.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def run_sft(paths: DataPaths, config: SFTConfig, prompts_dir=None) -> tuple[pl.DataFrame, dict]:
+def run_sft(paths: DataPaths, config: SFTConfig, prompts_dir=None,
+            chat_format: ChatFormat | None = None) -> tuple[pl.DataFrame, dict]:
     traces = read_parquet(paths.traces, "reasoning traces", "t0 traces")
-    df, stats = build_sft(traces, config, load_tokenizer(config.tokenizer), prompts_dir)
+    df, stats = build_sft(traces, config, load_tokenizer(config.tokenizer), prompts_dir, chat_format)
     if df.is_empty():
         raise T0Error(f"no SFT examples: {stats['kept_traces']} of {stats['traces']} traces kept, "
                       f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise sft.block_size.")

@@ -333,15 +333,24 @@ def test_inline_thinking_is_split_across_any_chunk_boundaries(tags, text):
         assert (thinking, answer) == ("weighing gout", "It is probably gout."), size
 
 
-def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_path):
+@pytest.mark.parametrize("template", ["chatml-by-hand", "smollm2"])
+def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_path, template, request):
     from t0_pipeline.config import BudgetConfig
 
     marker = "<|im_start|>answer"
+    tokenizer = tok = None
+    if template == "smollm2":  # the prompt rendered by a real ChatML tokenizer's own chat template
+        from transformers import AutoTokenizer
+
+        gguf = request.getfixturevalue("smollm2_gguf")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok.save_pretrained(tmp_path / "smollm2-tokenizer")
+        tokenizer = str(tmp_path / "smollm2-tokenizer")
     with FakeLLM() as server:
         # only the completions prompt holds the thinking marker
         server.on(r"<\|im_start\|>think", budget_student("toe is hot", "It is probably gout: ask for an urgent GP appointment."))
         script(server)
-        profile = ServeProfile(budget=BudgetConfig(thinking_budget=6, max_waits=1))
+        profile = ServeProfile(budget=BudgetConfig(thinking_budget=6, max_waits=1), tokenizer=tokenizer)
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles={"t0": profile})
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             tid = client.post("/api/threads", json={}).json()["id"]
@@ -352,3 +361,8 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_
     assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [6, 2]  # less 3 thought + 1 "Wait"
     assert reply["thinking"] == "toe is hot Wait toe is" and reply["content"].startswith("It is probably gout")
     assert reply["sources"] and reply["completion_tokens"] == 6
+    if tok is not None:  # every ChatML marker is the tokenizer's one special token; "think" is a plain word after it
+        ids = tok(completions[0]["prompt"], add_special_tokens=False)["input_ids"]
+        start = tok.convert_tokens_to_ids("<|im_start|>")
+        assert ids.count(start) == completions[0]["prompt"].count("<|im_start|>") == 4  # system, user, assistant, think
+        assert tok.decode(ids[ids.index(start, len(ids) - 4):]) == "<|im_start|>think\n"

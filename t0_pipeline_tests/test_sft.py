@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from t0_pipeline.config import SFTConfig
+from t0_pipeline.config import BudgetConfig, ChatFormat, SFTConfig
 from t0_pipeline.sft import build_sft, messages_for
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
@@ -59,12 +59,27 @@ def test_a_real_chatml_tokenizer_renders_the_example_and_learns_only_the_answer_
     assert tok.decode(learned).startswith(assistant) and "face dropped" not in tok.decode(learned)
 
 
-def test_think_tag_markers_are_a_setting():
-    config = SFTConfig(thinking_open="<think>\n", thinking_close="\n</think>\n\n", answer_open="", answer_close="")
+def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
     from t0_pipeline import triage_prompt
+    from t0_pipeline.config import load_config
 
-    assistant = messages_for(TRACE, config, triage_prompt.load()[0])[-1]["content"]
+    think = ChatFormat(think_start="<think>\n", think_end="</think>", answer_start="\n\n")
+    assistant = messages_for(TRACE, think, triage_prompt.load()[0])[-1]["content"]
     assert assistant == "<think>\nFace droop is FAST.\n</think>\n\n(Stroke, A&E)"
+
+    default = messages_for(TRACE, ChatFormat(), triage_prompt.load()[0])[-1]["content"]
+    budget = BudgetConfig().with_format()  # what budget forcing stops on and forces, from the same defaults
+    assert default == f"{budget.think_start}Face droop is FAST.\n{budget.think_end}{budget.answer_start}(Stroke, A&E)"
+
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:  # set once in a config file: every budget follows
+        f.write("chat_format: {think_start: \"<think>\\n\", think_end: \"</think>\", answer_start: \"\\n\\n\"}\n"
+                "serve: {profiles: {t0: {budget: {thinking_budget: 64}}}}\n")
+        f.flush()
+        cfg = load_config(f.name)
+    assert cfg.evaluation.models["t0-7b"].budget.think_end == "</think>"
+    assert cfg.serve.profiles["t0"].budget.think_start == "<think>\n" and cfg.serve.profiles["t0"].budget.thinking_budget == 64
 
 
 def test_overlong_examples_are_dropped_or_truncated_by_policy(tiny_tokenizer):

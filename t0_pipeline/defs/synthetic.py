@@ -210,7 +210,7 @@ def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResul
                       "answer) rendered with the student's chat template, with a dataset card.")
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
-    df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir)
+    df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
     return dg.MaterializeResult(metadata={
         **stats, "dagster/row_count": df.height,
         "card": dg.MetadataValue.md((paths.sft_dir / "README.md").read_text()),

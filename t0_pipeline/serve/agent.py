@@ -188,11 +188,12 @@ class ChatService:
         settings = self.cfg.llm.roles[profile.reasoner]
         if profile.tokenizer not in self._templates:
             self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
-        prompt = generation_prompt(messages, self._templates[profile.tokenizer], profile.budget.think_start)  # type: ignore[union-attr]
+        budget = profile.budget.with_format(self.cfg.chat_format)  # type: ignore[union-attr]
+        prompt = generation_prompt(messages, self._templates[profile.tokenizer], budget.think_start)
         try:
             retry = self.cfg.llm
             gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", settings.served_name, prompt,
-                                          profile.budget, settings.timeout_s, settings.api_key(), settings.temperature,
+                                          budget, settings.timeout_s, settings.api_key(), settings.temperature,
                                           settings.seed, retry.max_attempts, retry.backoff_s, retry.max_backoff_s)
         except T0Error as exc:
             raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
