@@ -322,6 +322,10 @@ class EvalModelConfig(RoleConfig):
     tokenizer: str | None = None  # completions/transformers: chat template source; None = a served checkpoint's own
 
 
+# vLLM answers tool calls only when started with these (Qwen2.5 writes hermes-style <tool_call> blocks)
+TOOL_SERVER_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+
+
 def base_entry_name(model: str) -> str:
     """The evaluation name of a base model: ``Qwen/Qwen2.5-7B-Instruct`` → ``qwen2.5-7b``."""
     name = model.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -341,7 +345,7 @@ def size_entries(size: str, base_model: str) -> dict[str, EvalModelConfig]:
     base = base_entry_name(base_model)
     return {
         base: EvalModelConfig(model=f"openai/{base_model}", size=size, kind="base", max_tokens=512, answer="tool",
-                              serve=LaunchConfig(checkpoint=base_model)),
+                              serve=LaunchConfig(checkpoint=base_model, args=list(TOOL_SERVER_ARGS))),
         student_entry_name(size): EvalModelConfig(model=f"openai/{student_entry_name(size)}", backend="completions",
                                                   size=size, kind="fine-tuned", base=base, student=size,
                                                   serve=LaunchConfig(), budget=BudgetConfig()),

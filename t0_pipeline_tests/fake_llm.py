@@ -79,6 +79,7 @@ class FakeLLM:
     def __init__(self, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0, served_name: str = "fake"):
         self.state = FakeLLMState(latency_s=latency_s)
         self.host, self.served_name, self.healthy = host, served_name, True
+        self.tool_choice = True  # as `vllm serve --enable-auto-tool-choice`; off, requests offering tools get vLLM's 400
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -95,6 +96,10 @@ class FakeLLM:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         body = await request.json()
+        if body.get("tools") and not self.tool_choice:
+            return web.json_response({"error": {"message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                                                           "--tool-call-parser to be set", "type": "BadRequestError"}},
+                                     status=400)
         with state.lock:
             state.requests.append(body)
             state.started_at.append(time.monotonic())
@@ -262,6 +267,8 @@ def main() -> None:
     parser.add_argument("--served-model-name", default="fake")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--enable-auto-tool-choice", action="store_true")
+    parser.add_argument("--tool-call-parser")
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'loading' before serving")
     parser.add_argument("--unhealthy", action="store_true", help="/health answers 503 for ever")
     parser.add_argument("--fail", help="print this as the loading error and exit 1")
@@ -278,6 +285,7 @@ def main() -> None:
     stop = threading.Event()
     with FakeLLM(latency_s=args.latency, host=args.host, port=args.port or 0, served_name=args.served_model_name) as server:
         server.healthy = not args.unhealthy
+        server.tool_choice = args.enable_auto_tool_choice and bool(args.tool_call_parser)
         if args.thinking is not None:  # completions prompts are rendered chat templates; chat messages are not
             server.on(r"<\|im_start\|>", budget_student(args.thinking, args.answer or ""))
         server.on(".*", args.reply, tool_calls=[(args.tool[0], json.loads(args.tool[1]))] if args.tool else None)
