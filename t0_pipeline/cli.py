@@ -466,8 +466,8 @@ def evaluate(
     on this machine for the run (servers.command, vLLM by default), stopped afterwards; its log is under
     <data>/servers/. Others are reached at their api_base.
     """
-    from t0_pipeline.evaluate import fmt, model_settings, run_evaluation
-    from t0_pipeline.model_server import endpoint_for, local_servers
+    from t0_pipeline.evaluate import fmt, model_settings, run_served_evaluation
+    from t0_pipeline.model_server import local_servers
 
     cfg, paths = _setup(data_dir, config)
     if not model:
@@ -490,9 +490,7 @@ def evaluate(
         entry = model_settings(ev, name)
         if api_base:
             entry.api_base, entry.serve = api_base, None
-        with endpoint_for(name, entry, paths, local_servers(cfg.servers, paths, typer.echo)) as (served, _):
-            ev.models[name] = served
-            _, summary = run_evaluation(paths, cfg, name)
+        _, summary = run_served_evaluation(paths, cfg, name, local_servers(cfg.servers, paths, typer.echo))
         for k, s in summary["by_k"].items():
             typer.echo(f"{name} k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
                        f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × {summary['runs']} runs)")

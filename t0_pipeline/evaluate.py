@@ -386,9 +386,10 @@ def model_settings(config: EvaluationConfig, name: str) -> EvalModelConfig:
     return config.models[name]
 
 
-def run_evaluation(paths: DataPaths, cfg: PipelineConfig, name: str, retriever=None,
-                   progress=None) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Evaluate one configured model and write its predictions, summary and table."""
+def run_evaluation(paths: DataPaths, cfg: PipelineConfig, name: str, retriever=None, progress=None,
+                   served_checkpoint: str | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Evaluate one configured model and write its predictions, summary and table (``served_checkpoint``:
+    what the pipeline's server for it loaded, recorded in the summary)."""
     config, llm = cfg.evaluation, cfg.llm
     settings = model_settings(config, name)
     queries, skipped = load_queries_for(paths, config)
@@ -409,6 +410,7 @@ def run_evaluation(paths: DataPaths, cfg: PipelineConfig, name: str, retriever=N
     if skipped:
         summary["notes"].append(f"{skipped} query records skipped (no text, condition or valid disposition)")
     summary["skipped_queries"] = skipped
+    summary["served_checkpoint"] = served_checkpoint
     out = paths.accuracy_dir(name)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
@@ -418,6 +420,21 @@ def run_evaluation(paths: DataPaths, cfg: PipelineConfig, name: str, retriever=N
     log.info("%s: %s", name, "; ".join(f"k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
                                        f"{fmt(s.get('disposition_accuracy'))}" for k, s in summary["by_k"].items()))
     return df, summary
+
+
+def run_served_evaluation(paths: DataPaths, cfg: PipelineConfig, name: str, make_server, retriever=None,
+                          progress=None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """:func:`run_evaluation` with the model's server started first when its entry has a ``serve`` section
+    (``make_server``: see :mod:`t0_pipeline.model_server`) and stopped after; the inputs are checked before
+    anything is started, so a missing query set never costs a model load."""
+    from t0_pipeline.model_server import endpoint_for
+
+    load_queries_for(paths, cfg.evaluation)
+    read_parquet(paths.conditions, "conditions dataset", "t0 clean")
+    cfg = cfg.model_copy(deep=True)
+    with endpoint_for(name, model_settings(cfg.evaluation, name), paths, make_server) as (served, checkpoint):
+        cfg.evaluation.models[name] = served
+        return run_evaluation(paths, cfg, name, retriever, progress, served_checkpoint=checkpoint)
 
 
 # --- across models ------------------------------------------------------------------------

@@ -236,7 +236,8 @@ class LocalServer(_Server):
             except FileNotFoundError:
                 raise T0Error(f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not installed here. "
                               "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm (ModelServer "
-                              "mode=slurm), or drop the entry's serve section and set api_base to a running server.") from None
+                              "mode=slurm), or use a server already running (t0 evaluate --api-base URL, or the "
+                              "entry's api_base without a serve section).") from None
 
     def _dead(self) -> str | None:
         code = self.proc.poll() if self.proc else None

@@ -24,7 +24,7 @@ from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer,
 from t0_pipeline.defs.retrieval import summary_bm25, summary_index
 from t0_pipeline.defs.synthetic import synthetic_queries, usage_metadata
 from t0_pipeline.defs.training import student_checkpoint
-from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, run_evaluation, students_below_base
+from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, students_below_base
 
 GROUP = "evaluation"
 
@@ -66,8 +66,7 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints
     )
     def accuracy_report(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
                         chroma: ChromaStore, model_server: ModelServer) -> dg.MaterializeResult:
-        from t0_pipeline.evaluate import model_settings
-        from t0_pipeline.model_server import endpoint_for
+        from t0_pipeline.evaluate import model_settings, run_served_evaluation
         from t0_pipeline.retrieve import Retriever
 
         cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
@@ -75,11 +74,8 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints
         if any(k > 0 for k in cfg.evaluation.ks):
             retriever = Retriever(cfg.evaluation.index, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
                                   embedder=embedding_model.load(), client=chroma.client(paths))
-        entry = model_settings(cfg.evaluation, name)
-        servers = model_server.factory(cfg, paths, entry.size, context.log.info)
-        with endpoint_for(name, entry, paths, servers) as (served, checkpoint):
-            cfg.evaluation.models[name] = served
-            df, summary = run_evaluation(paths, cfg, name, retriever, progress=context.log.info)
+        servers = model_server.factory(cfg, paths, model_settings(cfg.evaluation, name).size, context.log.info)
+        df, summary = run_served_evaluation(paths, cfg, name, servers, retriever, progress=context.log.info)
         for note in summary["notes"]:
             context.log.warning(f"{name}: {note}")
         headline = {f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
@@ -90,7 +86,7 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints
             "table": dg.MetadataValue.md(model_table(summary)), "prompt_hash": summary["prompt_hash"],
             "queries_hash": summary["queries_hash"], **usage_metadata(summary["usage"]),
             "predictions": dg.MetadataValue.path(str(paths.accuracy_dir(name) / "predictions.parquet")),
-            "served_checkpoint": checkpoint or "none (reached at its api_base)",
+            "served_checkpoint": summary["served_checkpoint"] or "none (reached at its api_base)",
         })
 
     return accuracy_report
