@@ -198,6 +198,7 @@ class _Server:
                         raise T0Error(f"the model server at {endpoint} is healthy but serves {models or 'no models'}, "
                                       f"not {self.plan.name!r}; its command must pass {{name}} as the served model name.")
                     self.api_base = endpoint
+                    self._follow()  # what it printed between the last read and answering
                     self.log(f"model server for {self.plan.name} healthy at {endpoint} after "
                              f"{time.monotonic() - started:.1f} s")
                     return endpoint
@@ -256,7 +257,14 @@ class LocalServer(_Server):
         return f"http://{self.host}:{self.port}/v1"
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            if self.api_base:  # it was healthy, then went away under the stage: say so where the run's log shows it
+                self._follow()
+                self.log(f"model server for {self.plan.name} exited during the run (code {self.proc.returncode}); "
+                         f"its last line: {next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; "
+                         f"full log: {self.log_path}")
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -344,6 +352,7 @@ class SlurmServer(_Server):
 
     def stop(self) -> None:
         if self.job and self._state in ALIVE_STATES:
+            self._follow()
             self.shell.run(f"scancel {self.job}")
             self.log(f"server job {self.job} for {self.plan.name} cancelled")
             self._state = "CANCELLED"

@@ -59,6 +59,17 @@ def test_a_server_is_started_waited_on_called_and_stopped(tmp_path):
     assert "shutting down" in Path(server.log_path).read_text()  # SIGTERM: a clean shutdown, log kept
 
 
+def test_a_server_that_dies_during_the_run_is_reported_in_the_runs_log(tmp_path):
+    import signal
+
+    logged: list[str] = []
+    server = LocalServer(servers(), ServerPlan(name="m", checkpoint="org/model"), tmp_path / "logs", logged.append)
+    with serving(server):
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+    assert any("exited during the run (code -9)" in m and server.log_path in m for m in logged)
+
+
 def test_a_server_that_dies_at_start_is_one_error_naming_why(tmp_path):
     oom = servers("--fail", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     plan = ServerPlan(name="big", checkpoint=str(checkpoint(tmp_path)))
