@@ -141,17 +141,20 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
                          api_key: str | None = None, temperature: float = 0.0, seed: int | None = None,
-                         max_attempts: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 60.0) -> ForcedGeneration:
+                         max_attempts: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
+                         on_failure=None) -> ForcedGeneration:
     """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given).
 
     Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The "Wait"
     tokens count against the budget: the server's own prompt-token counts give their number exactly.
+    ``on_failure(trouble, detail)`` hears every failed attempt ("unreachable", "auth", "not_found" or None,
+    see :func:`t0_pipeline.llm.endpoint_trouble`) and may raise to stop the whole stage.
     """
     import time
 
     import httpx
 
-    from t0_pipeline.llm import backoff_delay
+    from t0_pipeline.llm import backoff_delay, endpoint_trouble
 
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -160,18 +163,25 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
         problem = "no attempt"
         for attempt in range(1, max(1, max_attempts) + 1):
             retry_after = None
+            trouble = None
             try:
                 resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
             except httpx.HTTPError as exc:
                 problem = f"cannot reach the completions endpoint at {api_base} ({exc.__class__.__name__})"
+                trouble = endpoint_trouble(type(exc).__name__, None, [type(exc).__name__])
             else:
                 if resp.status_code < 400:
                     return resp.json()
                 problem = f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}"
+                trouble = endpoint_trouble("", resp.status_code)
+                if on_failure:
+                    on_failure(trouble, problem)
                 if resp.status_code not in RETRY_STATUS:
                     break
                 header = resp.headers.get("Retry-After", "")
                 retry_after = float(header) if header.isdigit() else None
+            if on_failure and trouble == "unreachable":
+                on_failure(trouble, problem)
             if attempt < max_attempts:
                 time.sleep(backoff_delay(attempt, backoff_s, max_backoff_s, retry_after))
         raise T0Error(f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base.")

@@ -124,8 +124,8 @@ class RetrievalEvalConfig(BaseModel):
     indexes: list[IndexName] = Field(default_factory=lambda: list(INDEX_NAMES))
     modes: list[RetrieverMode] = Field(default_factory=lambda: list(RETRIEVER_MODES))
     query_field: str = "query"
-    target_field: str = "condition"  # one slug or a list of acceptable slugs
-    queries: Path | None = None  # None = the bundled sample query set
+    target_field: str | None = None  # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
+    queries: Path | None = None  # None = the synthetic evaluation split when written, else the bundled sample
 
 
 class RoleConfig(BaseModel):
@@ -175,6 +175,10 @@ class LLMConfig(BaseModel):
     max_attempts: int = 5  # per call; then the item is recorded as failed
     backoff_s: float = 1.0  # first retry wait, doubling, with jitter; Retry-After wins when longer
     max_backoff_s: float = 60.0
+    # a stage stops with one error instead of retrying every item when the endpoint itself is the problem:
+    unreachable_after_s: float = Field(20.0, gt=0)  # nothing answering (refused, DNS, TLS) this long, no success between
+    max_failure_share: float = Field(0.5, gt=0, le=1)  # share of a stage's calls that may fail (for other reasons) …
+    failure_budget_min_calls: int = Field(20, ge=1)  # … counted once this many calls have finished
     cache_path: Path | None = None  # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
     prompts_dir: Path | None = None  # a folder of replacement prompt templates (same file names)
 
@@ -190,6 +194,7 @@ class QueryGenConfig(BaseModel):
     sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
     max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
+    max_top_up_draws: int | None = Field(None, ge=0)  # draws all those rounds may spend; None = half of n_train
     source: Literal["conditions", "summaries"] = "conditions"  # which text the writer sees (report: full page)
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
     max_failure_rate: float = 0.05  # asset check: failed draws / requested
@@ -540,13 +545,70 @@ class DataPaths:
         return self.root / "eval" / "retrieval"
 
 
-def load_config(path: Path | str | None) -> PipelineConfig:
-    """A PipelineConfig from a .json/.yaml/.toml file (any subset of fields), or the defaults."""
-    if path is None:
-        return PipelineConfig()
-    import json
+ENV_PREFIX = "T0_"
 
-    from pydantic import ValidationError
+
+def default_layer() -> dict:
+    """Every section's defaults as plain data, before size entries and chat-format markers are derived."""
+    return {name: field.default_factory().model_dump()  # type: ignore[misc]
+            for name, field in PipelineConfig.model_fields.items()}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists included) replaces.
+
+    ``null`` over a mapping removes that key, so a default entry (an evaluation model, a role) can be dropped.
+    """
+    out = dict(base)
+    for key, value in override.items():
+        if value is None and isinstance(out.get(key), dict):
+            out.pop(key)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_layer(environ: dict[str, str] | None = None) -> dict[str, tuple[str, object]]:
+    """Settings from ``T0_<SECTION>__<FIELD>[__…]`` variables: {dotted path: (variable, value)}.
+
+    Values are read as JSON when they parse (numbers, lists, ``null``), else as text. Only variables whose
+    first part names a config section count (``T0_DATA_DIR`` and ``T0_LLM_API_KEY`` are other settings).
+    """
+    import json
+    import os
+
+    environ = os.environ if environ is None else environ
+    found: dict[str, tuple[str, object]] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX):].split("__")]
+        if parts[0] not in PipelineConfig.model_fields or not all(parts):
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        found[".".join(parts)] = (var, value)
+    return found
+
+
+def _nest(dotted: dict[str, object]) -> dict:
+    out: dict = {}
+    for path, value in dotted.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def read_config_file(path: Path | str) -> dict:
+    """The settings in a .json/.yaml/.toml file, as data (not yet validated)."""
+    import json
 
     from t0_pipeline.artifacts import T0Error
 
@@ -565,21 +627,84 @@ def load_config(path: Path | str | None) -> PipelineConfig:
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
-        return PipelineConfig.model_validate(data)
+    except Exception as exc:  # syntax errors from json/yaml/toml
+        raise T0Error(f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise T0Error(f"config file {path} must hold a mapping of sections (source:, llm:, …), not {type(data).__name__}.")
+    return data
+
+
+def _has(data: dict, loc: tuple) -> bool:
+    node: object = data
+    for part in loc:
+        if not isinstance(node, dict) or str(part) not in node:
+            return False
+        node = node[str(part)]
+    return True
+
+
+def _running_elsewhere(layer: dict) -> dict:
+    """An evaluation entry given an ``api_base`` but no ``serve`` section is already running there: the
+    default ``serve`` (size entries have one) is dropped rather than silently winning over that address."""
+    models = (layer.get("evaluation") or {}).get("models") if isinstance(layer.get("evaluation"), dict) else None
+    if not isinstance(models, dict):
+        return layer
+    models = {name: {**entry, "serve": None} if isinstance(entry, dict) and "api_base" in entry and "serve" not in entry
+              else entry for name, entry in models.items()}
+    return {**layer, "evaluation": {**layer["evaluation"], "models": models}}
+
+
+def load_config(path: Path | str | None = None, *, overrides: dict | None = None,
+                environ: dict[str, str] | None = None) -> PipelineConfig:
+    """The pipeline's settings: defaults, then the file at ``path``, then ``T0_…__…`` environment variables,
+    then ``overrides`` (run config). Each layer sets exactly the fields it names (a deep merge), so a file
+    with only ``llm.roles.agent.api_base`` keeps every other role and the agent's model, tokens and
+    temperature. ``environ`` defaults to the process environment.
+    """
+    from pydantic import ValidationError
+
+    from t0_pipeline.artifacts import T0Error
+
+    file_data = read_config_file(path) if path is not None else {}
+    env = env_layer(environ)
+    layers = [(f"config file {path}", file_data), ("environment", _nest({k: v for k, (_, v) in env.items()})),
+              ("run config overrides", overrides or {})]
+    layers = [(name, _running_elsewhere(layer)) for name, layer in layers]
+    defaults = default_layer()
+    merged = defaults
+    for _, layer in layers:
+        merged = deep_merge(merged, layer)
+    evaluation, train = merged.get("evaluation") or {}, merged.get("train") or {}
+    if isinstance(evaluation, dict) and evaluation.get("with_sizes", True) and isinstance(train.get("sizes"), dict):
+        # a size's entries are defaults too: settings naming one (t0-7b.api_base) change only those fields
+        derived: dict = {}
+        for size, base_model in train["sizes"].items():
+            if isinstance(base_model, str):
+                derived.update({n: e.model_dump() for n, e in size_entries(size, base_model).items()})
+        models = evaluation.get("models") if isinstance(evaluation.get("models"), dict) else {}
+        combined = deep_merge(derived, models)
+        merged["evaluation"] = {**evaluation, "models": {k: combined[k] for k in dict.fromkeys(
+            [*defaults["evaluation"]["models"], *derived, *models])
+                                                         if k in combined}}
+    try:
+        return PipelineConfig.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        source = next((name for name, layer in reversed(layers) if _has(layer, loc)), layers[0][0] if path else "config")
+        if source == "environment":
+            source = "environment variable " + next((var for dotted, (var, _) in env.items()
+                                                     if where.startswith(dotted) or dotted.startswith(where)), "T0_…")
         if err["type"] == "extra_forbidden":
             import difflib
 
-            known = _fields_at(err["loc"][:-1])
-            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
-            hint = f"did you mean {'.'.join([*map(str, err['loc'][:-1]), close[0]])!r}?" if close else \
+            known = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else \
                 f"known here: {', '.join(known)}."
-            raise T0Error(f"config file {path}: unknown setting {where!r}; {hint} (`t0 config` lists them all)") from None
-        raise T0Error(f"config file {path}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults).") from None
-    except Exception as exc:  # syntax errors from json/yaml/toml
-        raise T0Error(f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}).") from None
+            raise T0Error(f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)") from None
+        raise T0Error(f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults).") from None
 
 
 def _fields_at(loc: tuple) -> list[str]:

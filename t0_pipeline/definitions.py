@@ -8,7 +8,7 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 import dagster as dg
 
 from t0_pipeline.defs import corpus, evaluation, retrieval, synthetic, training
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings, TrainingCompute
+from t0_pipeline.defs.resources import ModelServer, PipelineSettings, TrainingCompute
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
 refresh_corpus = dg.define_asset_job(
@@ -50,8 +50,6 @@ defs = dg.Definitions(
     sensors=[corpus_automation, evaluation_automation],
     resources={
         "settings": PipelineSettings(),
-        "embedding_model": EmbeddingModel(),
-        "chroma": ChromaStore(),
         "training_compute": TrainingCompute(),
         "model_server": ModelServer(),
     },

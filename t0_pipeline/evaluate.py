@@ -43,7 +43,7 @@ from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, read_recor
 from t0_pipeline.baseline import disposition_from_page
 from t0_pipeline.budget import complete_with_budget, generate_with_budget
 from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig, EvaluationConfig, PipelineConfig
-from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, cache_key, function_tool
+from t0_pipeline.llm import EndpointError, LLMCache, LLMClient, LLMReply, cache_key, function_tool
 from t0_pipeline import triage_prompt
 from t0_pipeline.scoring import Prediction, judge, normalise_severity, parse_answer_text, score, summarise_runs
 
@@ -226,7 +226,10 @@ class BudgetPredictor:
                 gen = complete_with_budget(s.api_base or "", s.served_name, prompt, self.budget, timeout_s=s.timeout_s,
                                            api_key=s.api_key(), temperature=s.temperature, seed=seed,
                                            max_attempts=retry.max_attempts, backoff_s=retry.backoff_s,
-                                           max_backoff_s=retry.max_backoff_s)
+                                           max_backoff_s=retry.max_backoff_s, on_failure=self.client.check_endpoint)
+                self.client.endpoint_ok()
+        except EndpointError:
+            raise
         except T0Error as exc:
             return LLMReply(error=f"{'Timeout' if 'Timeout' in str(exc) else 'BudgetError'}: {exc}")
         return LLMReply(content=gen.answer, thinking=gen.thinking, completion_tokens=gen.thinking_tokens,
@@ -293,29 +296,13 @@ def evaluate_model(name: str, settings: EvalModelConfig, queries: list[dict[str,
     runs = 1 if deterministic or greedy else config.runs
     seeds = [config.seed + r for r in range(runs)]
     rows: list[dict[str, Any]] = []
-    for k in ks:
-        ranked = retriever.rank([q["query"] for q in queries], k, config.mode) if k > 0 and queries else None
-        cases = build_cases(queries, k, titles, ranked, retriever.docs if k > 0 else None, sections,
-                            predictor.answer_format)
-        items = [(run, seed, case) for run, seed in enumerate(seeds) for case in cases]
-
-        async def one(item, predictor=predictor):
-            return await predictor.predict(item[2], item[1])
-
-        answers = client.run(items, one, f"{name} k={k}", progress) if items else []
-        for (run, seed, case), answer in zip(items, answers):
-            q, pred = case.query, answer.prediction
-            scored = score(pred, q["slug"], q["disposition"], case.retrieved)
-            rows.append({
-                "model": name, "k": k, "run": run, "seed": seed, "query_id": q["id"], "query_type": q["query_type"],
-                "gold_slug": q["slug"], "gold_severity": q["disposition"], "retrieved_slugs": case.retrieved,
-                "gold_retrieved": None if case.retrieved is None else q["slug"] in case.retrieved,
-                "pred_condition": pred.condition, "pred_severity": pred.severity, "status": pred.status,
-                "condition_correct": scored["condition_correct"], "disposition_correct": scored["disposition_correct"],
-                "severity_error": scored["severity_error"], "thinking": answer.thinking, "answer": pred.raw,
-                "error": answer.error, "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens, "cached": answer.cached, "prompt_hash": prompt_hash,
-            })
+    client.begin_stage(f"evaluate {name}", len(ks) * len(seeds) * len(queries))  # one bar and count for every k
+    try:
+        for k in ks:
+            rows += _predict_at_k(name, k, seeds, queries, config, client, predictor, titles, retriever, sections,
+                                  prompt_hash, progress)
+    finally:
+        client.end_stage()
     df = pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
     by_k = {}
     for k in ks:
@@ -334,6 +321,35 @@ def evaluate_model(name: str, settings: EvalModelConfig, queries: list[dict[str,
                (["greedy decoding (temperature 0): one run, not repeated"] if greedy and config.runs > 1 else []),
                "usage": client.usage.as_dict()}
     return df, summary
+
+
+def _predict_at_k(name: str, k: int, seeds: list[int], queries: list[dict[str, Any]], config: EvaluationConfig,
+                  client: LLMClient, predictor, titles: dict[str, str], retriever, sections, prompt_hash: str,
+                  progress=None) -> list[dict[str, Any]]:
+    """Prediction rows for every (run, query) at one k."""
+    ranked = retriever.rank([q["query"] for q in queries], k, config.mode) if k > 0 and queries else None
+    cases = build_cases(queries, k, titles, ranked, retriever.docs if k > 0 else None, sections, predictor.answer_format)
+    items = [(run, seed, case) for run, seed in enumerate(seeds) for case in cases]
+
+    async def one(item):
+        return await predictor.predict(item[2], item[1])
+
+    answers = client.run(items, one, f"{name} k={k}", progress) if items else []
+    rows = []
+    for (run, seed, case), answer in zip(items, answers):
+        q, pred = case.query, answer.prediction
+        scored = score(pred, q["slug"], q["disposition"], case.retrieved)
+        rows.append({
+            "model": name, "k": k, "run": run, "seed": seed, "query_id": q["id"], "query_type": q["query_type"],
+            "gold_slug": q["slug"], "gold_severity": q["disposition"], "retrieved_slugs": case.retrieved,
+            "gold_retrieved": None if case.retrieved is None else q["slug"] in case.retrieved,
+            "pred_condition": pred.condition, "pred_severity": pred.severity, "status": pred.status,
+            "condition_correct": scored["condition_correct"], "disposition_correct": scored["disposition_correct"],
+            "severity_error": scored["severity_error"], "thinking": answer.thinking, "answer": pred.raw,
+            "error": answer.error, "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens, "cached": answer.cached, "prompt_hash": prompt_hash,
+        })
+    return rows
 
 
 def fmt(value: tuple[float, float] | list[float] | None) -> str:
@@ -404,7 +420,7 @@ def run_evaluation(paths: DataPaths, cfg: PipelineConfig, name: str, retriever=N
     role_llm = llm.model_copy(update={"roles": {name: settings}})
     if settings.backend == "transformers":
         role_llm.concurrency = 1
-    client = LLMClient(name, role_llm, LLMCache(paths.llm_cache(llm)))
+    client = LLMClient(name, role_llm, LLMCache(paths.llm_cache(llm)), setting=f"evaluation.models.{name}")
     df, summary = evaluate_model(name, settings, queries, config, client, titles, pages, retriever,
                                  llm.prompts_dir, progress)
     if skipped:

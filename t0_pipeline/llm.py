@@ -208,6 +208,50 @@ RETRYABLE = ("RateLimitError", "InternalServerError", "ServiceUnavailableError",
              "APIConnectionError", "APIError")
 
 
+def short_error(text: str) -> str:
+    """An error without litellm's stacked prefixes ("InternalServerError: … OpenAIException - Connection error."
+    → "InternalServerError: Connection error.")."""
+    text = text.replace("litellm.", "")
+    kind = text.split(":", 1)[0]
+    tail = re.split(r"\w*Exception - ", text)[-1].strip()
+    return f"{kind}: {tail}" if tail and tail != text else re.sub(r"^(\w+: )\1+", r"\1", text)
+
+
+class EndpointError(T0Error):
+    """The endpoint itself is unusable (nothing answering, key refused, model not served): the stage stops."""
+
+
+AUTH_KINDS = ("AuthenticationError", "PermissionDeniedError")
+
+
+def endpoint_trouble(kind: str, status: int | None, causes: Sequence[str] = ()) -> str | None:
+    """"unreachable", "auth" or "not_found" when an error is the endpoint's rather than one request's.
+
+    litellm reports a refused connection, an unknown host and a TLS failure as an InternalServerError
+    ("Connection error."); the cause chain (openai's APIConnectionError, httpx's ConnectError) tells them
+    apart from a real server error. A timeout is not "unreachable": a slow server may still answer.
+    """
+    if kind in AUTH_KINDS or status in (401, 403):
+        return "auth"
+    if kind == "NotFoundError" or status == 404:
+        return "not_found"
+    if "APITimeoutError" in causes or "Timeout" in kind:
+        return None
+    if kind == "APIConnectionError" or {"ConnectError", "APIConnectionError", "SSLError", "SSLCertVerificationError",
+                                        "ClientConnectorError", "ClientConnectorDNSError"} & set(causes):
+        return "unreachable"
+    return None
+
+
+def _causes(exc: BaseException) -> list[str]:
+    names, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(names) < 12:
+        seen.add(id(exc))
+        names.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return names
+
+
 def _retry_after(exc: Exception) -> float | None:
     for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
         value = headers.get("retry-after") if headers else None
@@ -224,9 +268,10 @@ async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
     try:
         response = await litellm.acompletion(**kwargs)
     except Exception as exc:  # litellm maps provider errors onto its own exception types
-        return {"ok": False, "kind": type(exc).__name__, "status": getattr(exc, "status_code", None),
+        status = getattr(exc, "status_code", None)
+        return {"ok": False, "kind": type(exc).__name__, "status": status,
                 "message": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-                "retry_after": _retry_after(exc)}
+                "retry_after": _retry_after(exc), "trouble": endpoint_trouble(type(exc).__name__, status, _causes(exc))}
     message = response.choices[0].message
     usage = getattr(response, "usage", None)
     try:
@@ -245,10 +290,19 @@ async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
 class LLMClient:
     """Calls for one role, sharing a cache, a concurrency cap and a rate limit."""
 
-    def __init__(self, role: str, config: LLMConfig, cache: LLMCache | None, overrides: dict[str, Any] | None = None):
+    def __init__(self, role: str, config: LLMConfig, cache: LLMCache | None, overrides: dict[str, Any] | None = None,
+                 setting: str | None = None):
         if role not in config.roles:
             raise T0Error(f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to the config.")
         self.role = role
+        self.setting = setting or f"llm.roles.{role}"  # where a user fixes this model's endpoint (for messages)
+        self._batch = False  # inside run(): an endpoint failure stops every item (see check_endpoint)
+        self._fatal: EndpointError | None = None
+        self._down_since: float | None = None
+        self._last_unreachable = ""
+        self._bar = None  # the stage's progress bar, across several run() calls (begin_stage)
+        self._stage: tuple[str, int] | None = None
+        self._done = 0
         self.config = config
         self.settings: RoleConfig = config.roles[role].model_copy(update=overrides or {})
         self.cache = cache
@@ -420,26 +474,85 @@ class LLMClient:
             self.cache.put(key, self.settings.model,
                            {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
 
+    # --- the endpoint as a whole ----------------------------------------------------------
+    def where(self) -> str:
+        return self.settings.api_base or "the provider's default endpoint"
+
+    def endpoint_ok(self) -> None:
+        self._down_since = None
+
+    def check_endpoint(self, trouble: str | None, detail: str) -> None:
+        """After a failed attempt inside a batch: raise :class:`EndpointError` when the endpoint, not the item,
+        is at fault (key refused, model not served, nothing answering for ``llm.unreachable_after_s``)."""
+        if not self._batch:
+            return
+        if self._fatal is None:
+            s, detail = self.settings, short_error(detail)
+            if trouble == "auth":
+                key = f"${s.api_key_env}" if s.api_key_env else "an API key"
+                self._fatal = EndpointError(
+                    f"{self.role}: {self.where()} refused the API key ({detail}); set {key} to a valid key "
+                    f"({self.setting}.api_key_env names the variable).")
+            elif trouble == "not_found":
+                self._fatal = EndpointError(
+                    f"{self.role}: {self.where()} does not serve {s.served_name!r} ({detail}); fix {self.setting}.model "
+                    "or serve the model under that name.")
+            elif trouble == "unreachable":
+                self._last_unreachable = detail
+                now = time.monotonic()
+                self._down_since = self._down_since or now
+                if now - self._down_since >= self.config.unreachable_after_s:
+                    self._fatal = self._unreachable(detail)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _unreachable(self, detail: str) -> EndpointError:
+        self._last_unreachable = detail
+        return EndpointError(f"{self.role}: nothing answers at {self.where()} ({detail}) for "
+                             f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model server "
+                             f"there or fix {self.setting}.api_base. Successful calls are cached: a re-run resumes.")
+
+    def check_failure_budget(self) -> None:
+        """Stop a batch in which more than ``llm.max_failure_share`` of the finished calls failed."""
+        u = self.usage
+        finished = u.completed + u.cache_hits + u.failures - u.repairs  # a repaired reply is one answer, not two
+        failed = u.failures + u.invalid_json
+        if finished < self.config.failure_budget_min_calls or failed <= self.config.max_failure_share * finished:
+            return
+        if self._down_since is not None:  # the failures are the endpoint's: say that, not "N calls failed"
+            raise self._unreachable(self._last_unreachable)
+        common = max(u.errors, key=u.errors.get) if u.errors else "error"
+        raise T0Error(f"{self.role}: {failed} of {finished} calls to {self.settings.model} at {self.where()} failed "
+                      f"(most often {common}; first: {short_error(u.first_error or '')[:200]}), over the "
+                      f"failure budget llm.max_failure_share={self.config.max_failure_share:g}; stopped. Successful "
+                      "calls are cached: fix the cause and re-run.")
+
     async def _call_with_retries(self, kwargs: dict[str, Any]) -> LLMReply:
         slots = self._loop_state()
         error = "no attempt"
         for attempt in range(1, self.config.max_attempts + 1):
+            if self._fatal is not None:
+                raise self._fatal
             async with slots:
                 await self._pace()
                 self.usage.requests += 1
                 outcome = await attempt_once(kwargs)
             if outcome["ok"]:
+                self.endpoint_ok()
                 thinking, answer = split_thinking(outcome["content"], outcome["reasoning"])
                 return LLMReply(content=answer, thinking=thinking, prompt_tokens=outcome["prompt_tokens"],
                                 completion_tokens=outcome["completion_tokens"], cost=outcome["cost"], attempts=attempt,
                                 finish_reason=outcome["finish_reason"], tool_calls=outcome["tool_calls"])
             kind, status = outcome["kind"], outcome["status"]
             error = f"{kind}: {outcome['message']}"
+            self.check_endpoint(outcome.get("trouble"), error)
             if kind not in RETRYABLE or (kind == "APIError" and status and int(status) < 500):
                 break
             if attempt < self.config.max_attempts:
                 self.usage.retries += 1
                 wait = backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s, outcome["retry_after"])
+                if self._down_since is not None:  # look again before the unreachable window closes
+                    wait = min(wait, max(0.5, self._down_since + self.config.unreachable_after_s - time.monotonic()))
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
                 await asyncio.sleep(wait)
         return LLMReply(error=error, attempts=attempt)
@@ -471,14 +584,39 @@ class LLMClient:
         if parsed is None:
             self.usage.invalid_json += 1
             second.error = f"InvalidJSON: {problem}"
+            self.usage.errors["InvalidJSON"] = self.usage.errors.get("InvalidJSON", 0) + 1
+            self.usage.first_error = self.usage.first_error or second.error
         else:
             self.store(self._request(messages, seed=seed)[0], second)
         return parsed, second
 
     # --- many calls ----------------------------------------------------------------
+    def begin_stage(self, name: str, total: int) -> None:
+        """Count several :meth:`run` calls (rounds) as one stage: one bar and one done/total in progress lines."""
+        from tqdm.auto import tqdm
+
+        self.end_stage()
+        self._stage, self._done = (name, total), 0
+        self._bar = tqdm(total=total, desc=name, unit="item", leave=False)
+
+    def grow_stage(self, more: int) -> None:
+        """The stage has ``more`` items than planned (a top-up round)."""
+        if self._stage is not None:
+            self._stage = (self._stage[0], self._stage[1] + more)
+            self._bar.total = self._stage[1]  # type: ignore[union-attr]
+
+    def end_stage(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, None
+
     def run(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
             progress: Callable[[str], None] | None = None) -> list[Any]:
-        """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a progress bar."""
+        """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a progress bar.
+
+        The batch stops with one error as soon as the endpoint is found unusable (:meth:`check_endpoint`) or
+        the failure budget is spent (:meth:`check_failure_budget`); the calls still in flight are cancelled.
+        """
         return asyncio.run(self.arun(items, call, desc, progress))
 
     async def arun(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
@@ -486,7 +624,10 @@ class LLMClient:
         from tqdm.auto import tqdm
 
         results: list[Any] = [None] * len(items)
-        step = max(1, len(items) // 10)
+        own_bar = self._bar is None
+        bar = tqdm(total=len(items), desc=desc, unit="item", leave=False) if own_bar else self._bar
+        name, total = self._stage if self._stage else (desc, len(items))
+        step = max(1, total // 10)
 
         async def one(i: int, item: T) -> None:
             results[i] = await call(item)
@@ -498,16 +639,27 @@ class LLMClient:
             async with gate:
                 await one(i, item)
 
+        self._batch, self._fatal, self._down_since = True, None, None
+        if own_bar:
+            self._done = 0
         tasks = [asyncio.ensure_future(gated(i, item)) for i, item in enumerate(items)]
-        done = 0
-        with tqdm(total=len(tasks), desc=desc, unit="call", leave=False) as bar:
+        try:
             for fut in asyncio.as_completed(tasks):
                 await fut
-                done += 1
+                self._done += 1
                 bar.update(1)
                 bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
-                if progress and (done % step == 0 or done == len(tasks)):
-                    progress(f"{desc}: {done}/{len(tasks)} ({self.usage.cache_hits} cached, {self.usage.failures} failed)")
+                if progress and (self._done % step == 0 or self._done == total):
+                    progress(f"{name}: {self._done}/{total} ({self.usage.cache_hits} cached, "
+                             f"{self.usage.failures} failed)")
+                self.check_failure_budget()
+        finally:
+            self._batch = False
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if own_bar:
+                bar.close()
         return results
 
 

@@ -47,21 +47,59 @@ def load_queries(path: Path, config: RetrievalEvalConfig, corpus: set[str] | Non
         if not isinstance(text, str) or not text.strip():
             raise T0Error(f"{path} record {i}: field {config.query_field!r} is missing or empty; "
                           "set --query-field to the field holding the query text.")
-        target = rec.get(config.target_field)
+        field = next((f for f in target_fields(config) if rec.get(f) is not None), target_fields(config)[0])
+        target = rec.get(field)
         targets = [target] if isinstance(target, str) else list(target) if isinstance(target, (list, tuple)) else []
         targets = [t for t in targets if isinstance(t, str) and t]
         if not targets:
-            raise T0Error(f"{path} record {i}: field {config.target_field!r} must be a slug or a list of slugs; "
-                          "set --target-field to the field holding the correct document.")
+            raise T0Error(f"{path} record {i}: field {' or '.join(map(repr, target_fields(config)))} must be a slug or "
+                          "a list of slugs; set --target-field to the field holding the correct document.")
         if corpus is not None and not any(t in corpus for t in targets):
             unknown.append(f"record {i} ({', '.join(targets)})")
         queries.append(EvalQuery(text, targets, rec))
     if not queries:
         raise T0Error(f"{path} holds no queries.")
     if unknown:
-        raise T0Error(f"{path}: {len(unknown)} queries name targets in field {config.target_field!r} that are not in the "
-                      f"corpus, e.g. {'; '.join(unknown[:3])}; fix the labels or rebuild the corpus.")
+        raise T0Error(f"{path}: {len(unknown)} queries name targets that are not in the corpus, e.g. "
+                      f"{'; '.join(unknown[:3])}; fix the labels or rebuild the corpus.")
     return queries
+
+
+def target_fields(config: RetrievalEvalConfig) -> list[str]:
+    """Where a query record names its correct document: the configured field, else ``condition`` (the bundled
+    sample, most labelled sets) or ``slug`` (the synthetic query sets)."""
+    return [config.target_field] if config.target_field else ["condition", "slug"]
+
+
+@dataclass
+class QuerySource:
+    path: Path
+    kind: str  # "configured" | "synthetic" | "sample"
+
+    @property
+    def label(self) -> str:
+        return {"synthetic": "synthetic evaluation split", "sample": "bundled sample queries"}.get(self.kind, self.path.name)
+
+
+def query_source(paths: DataPaths, config: RetrievalEvalConfig) -> QuerySource:
+    """What retrieval is scored on: the configured file, else the synthetic evaluation split once it is written
+    (the report's Table 1), else the bundled sample."""
+    if config.queries is not None:
+        return QuerySource(Path(config.queries), "configured")
+    if paths.synthetic_queries("eval").exists():
+        return QuerySource(paths.synthetic_queries("eval"), "synthetic")
+    return QuerySource(sample_queries_path(), "sample")
+
+
+def queries_for_corpus(source: QuerySource, config: RetrievalEvalConfig, corpus: set[str]) -> tuple[list[EvalQuery], int]:
+    """(queries, how many were left out). A configured file must match the corpus (an error names the
+    mismatch); the sample and the synthetic split keep the queries whose condition is in it, so the
+    sample's conditions need not exist in another corpus and a removed page drops its queries."""
+    if source.kind == "configured":
+        return load_queries(source.path, config, corpus), 0
+    every = load_queries(source.path, config, None)
+    kept = [q for q in every if any(t in corpus for t in q.targets)]
+    return kept, len(every) - len(kept)
 
 
 def first_hit_rank(ranked: list[str], targets: list[str]) -> int | None:
@@ -129,7 +167,9 @@ def save_queries(queries: list[EvalQuery], path: Path) -> Path:
     import json
 
     return write_parquet(pl.DataFrame({"query": [q.query for q in queries], "targets": [q.targets for q in queries],
-                                       "record": [json.dumps(q.record, ensure_ascii=False) for q in queries]}), path)
+                                       "record": [json.dumps(q.record, ensure_ascii=False) for q in queries]},
+                                      schema={"query": pl.String, "targets": pl.List(pl.String), "record": pl.String}),
+                         path)
 
 
 def read_saved_queries(path: Path) -> list[EvalQuery]:
@@ -139,16 +179,24 @@ def read_saved_queries(path: Path) -> list[EvalQuery]:
 
 
 def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any],
-                       queries: list[EvalQuery] | None = None, out_dir: Path | None = None) -> RetrievalReport:
+                       queries: list[EvalQuery] | None = None, out_dir: Path | None = None,
+                       label: str | None = None) -> RetrievalReport:
     """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
 
-    ``queries`` defaults to the configured query file, validated against the corpus.
+    ``queries`` defaults to :func:`query_source`'s set, validated against the corpus.
     """
     from t0_pipeline.retrieve import corpus_slugs
 
-    query_file = config.queries or sample_queries_path()
+    source = query_source(paths, config)
+    query_file = source.path
     if queries is None:
-        queries = load_queries(query_file, config, corpus_slugs(paths))
+        queries, left_out = queries_for_corpus(source, config, corpus_slugs(paths))
+        label = label or source.label
+        if left_out:
+            log.warning("%d %s name conditions not in this corpus; left out", left_out, source.label)
+        if not queries:
+            raise T0Error(f"none of the {source.label} ({query_file}) matches this corpus; write synthetic queries "
+                          "(`t0 synth-queries`) or pass --queries with labels from this corpus.")
     ks = sorted(set(config.ks))
     depth = max(ks)
     rows, rank_rows = [], []
@@ -173,7 +221,7 @@ def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers
     ranks_path = write_parquet(pl.DataFrame(rank_rows, schema={"index": pl.String, "mode": pl.String, "query": pl.String,
                                                                "targets": pl.List(pl.String), "rank": pl.Int32}),
                                out / "ranks.parquet")
-    png = plot_curves(table, ks, out / "pk.png", f"Retrieval p@k, {len(queries)} queries ({Path(query_file).name})")
+    png = plot_curves(table, ks, out / "pk.png", f"Retrieval p@k, {len(queries)} queries ({label or Path(query_file).name})")
     write_config_sidecar(csv, config)
     return RetrievalReport(table, md, len(queries), csv, png, ranks_path)
 

@@ -63,6 +63,12 @@ class Retriever:
         manifest = read_manifest(paths.index_manifest(index))
         if manifest is None:
             raise T0Error(f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`.")
+        from t0_pipeline.embed import model_name
+
+        built_with, configured = manifest.get("model"), model_name(self.embedding)
+        if built_with and built_with != configured:  # queries would be embedded in another vector space
+            raise T0Error(f"the {index!r} index was built with embedding model {built_with!r}, but embedding.model is "
+                          f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set embedding.model back.")
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
         snapshot = manifest.get("docs_file")  # the text this index version serves (older manifests: the corpus)

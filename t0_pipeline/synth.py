@@ -89,7 +89,7 @@ class SplitReport:
     gave_up: int = 0  # cells that refused max_redraws + 1 times
     removed_overlaps: int = 0
     repeated_texts: int = 0  # a query text already written (in either set): left out
-    top_up_draws: int = 0
+    top_up_draws: int = 0  # at most queries.max_top_up_draws (default: half the training set)
 
 
 def balanced_cells(n: int, config: QueryGenConfig, rng: random.Random, start: int = 0) -> list[Cell]:
@@ -186,6 +186,15 @@ def remove_overlaps(train: list[dict], eval_pairs: set[tuple[str, str]]) -> tupl
 
 def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None,
                      progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    client.begin_stage("synthetic queries", config.n_eval + config.n_train)  # both sets and top-ups: one count
+    try:
+        return _generate(pages, client, config, prompts_dir, progress)
+    finally:
+        client.end_stage()
+
+
+def _generate(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None,
+              progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     writer = QueryWriter(client, config, pages, prompts_dir)
     rng = random.Random(config.seed)
     ev = SplitReport(config.n_eval)
@@ -201,13 +210,15 @@ def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenCon
     train_rows, tr.removed_overlaps = remove_overlaps(train_rows, eval_pairs)
     train_rows, tr.repeated_texts = drop_repeated_texts(train_rows, texts)
     next_index = config.n_train
+    allowance = config.n_train // 2 if config.max_top_up_draws is None else config.max_top_up_draws
     for _ in range(config.max_top_up_rounds):
-        missing = config.n_train - len(train_rows)
+        missing = min(config.n_train - len(train_rows), allowance - tr.top_up_draws)
         if missing <= 0:
             break
         extra = balanced_cells(missing, config, rng, start=next_index)
         next_index += missing
         tr.top_up_draws += missing
+        client.grow_stage(missing)
         more, repeated = drop_repeated_texts(writer.draw_many("train", extra, eval_pairs, tr, progress), texts)
         train_rows += more
         tr.repeated_texts += repeated

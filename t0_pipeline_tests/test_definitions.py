@@ -7,7 +7,7 @@ import polars as pl
 
 from t0_pipeline.definitions import defs
 from t0_pipeline.defs.corpus import corpus_source
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.defs.resources import PipelineSettings
 from t0_pipeline_tests.conftest import graph_subset, write_jsonl
 from t0_pipeline_tests.test_cli import PAGES
 
@@ -42,10 +42,8 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
     config = tmp_path / "t0.yaml"
     config.write_text(f"retrieval_eval:\n  queries: {queries}\n  ks: [1, 2]\n")
     resources = {
-        "settings": PipelineSettings(data_dir=str(tmp_path / "data"), config_file=str(config), source_kind="pages",
-                                     source_location=str(pages)),
-        "embedding_model": EmbeddingModel(),
-        "chroma": ChromaStore(),
+        "settings": PipelineSettings(data_dir=str(tmp_path / "data"), config_file=str(config), overrides={"source": {
+            "kind": "pages", "location": str(pages)}}),
     }
     offline = graph_subset({"corpus", "retrieval"})  # synthetic_data needs an LLM endpoint: see test_synthetic_assets
     instance = dg.DagsterInstance.ephemeral()
@@ -75,3 +73,37 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
             for e in again.get_asset_materialization_events()}
     assert mats["condition_pages"]["changed"].value == 1 and mats["condition_pages"]["unchanged"].value == 3
     assert mats["full_page_index"]["changed"].value == 1 and mats["full_page_index"]["unchanged"].value == 3
+
+
+def test_the_default_graph_builds_on_a_corpus_unlike_the_sample_then_scores_its_synthetic_evaluation_split(tmp_path):
+    """No query file configured: the sample's conditions are not in this corpus, so nothing fails and nothing is
+    scored; once a synthetic evaluation split exists, eval_queries takes it (slug targets) and p@k follows."""
+    pages = write_jsonl(tmp_path / "pages.jsonl", PAGES)
+    resources = {"settings": PipelineSettings(data_dir=str(tmp_path / "data"), overrides={"source": {
+        "kind": "pages", "location": str(pages)}})}
+    offline = graph_subset({"corpus", "retrieval"})
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(offline, resources=resources, instance=instance, raise_on_error=True)
+    mats = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    assert mats["eval_queries"]["source"].value == "bundled sample queries"
+    assert mats["eval_queries"]["dagster/row_count"].value == 0 and mats["eval_queries"]["left_out"].value > 100
+    assert mats["retrieval_report"]["queries"].value == 0
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+    split = tmp_path / "data" / "synthetic" / "queries_eval.parquet"  # what synthetic_queries writes
+    split.parent.mkdir(parents=True)
+    pl.DataFrame({"id": ["eval-00000", "eval-00001"], "slug": ["ink-rash", "chalk-lung"],
+                  "disposition": ["Self-care", "A&E"],
+                  "query": ["my fingers are blue and itchy after the printing job",
+                            "dry cough and wheeze, I teach all day at the blackboard"]}).write_parquet(split)
+    again = dg.materialize(offline, resources=resources, instance=instance, selection="eval_queries*",
+                           raise_on_error=True)
+    mats = {e.asset_key.to_user_string(): e.step_materialization_data.materialization.metadata
+            for e in again.get_asset_materialization_events()}
+    assert mats["eval_queries"]["source"].value == "synthetic evaluation split"
+    assert mats["eval_queries"]["dagster/row_count"].value == 2
+    assert mats["retrieval_report"]["queries"].value == 2 and mats["retrieval_report"]["query_source"].value == \
+        "synthetic evaluation split"
+    assert "| full | dense |" in mats["retrieval_report"]["p_at_k"].value and "| summaries | hybrid |" in \
+        mats["retrieval_report"]["p_at_k"].value

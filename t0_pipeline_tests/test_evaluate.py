@@ -259,7 +259,7 @@ def test_accuracy_assets_partitioned_by_model_and_the_below_base_check(built, tm
     import yaml
 
     from t0_pipeline.defs.evaluation import accuracy_comparison, build_accuracy_report, students_not_below_base
-    from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings
+    from t0_pipeline.defs.resources import ModelServer, PipelineSettings
 
     _, paths = built
     with FakeLLM() as server:
@@ -268,17 +268,16 @@ def test_accuracy_assets_partitioned_by_model_and_the_below_base_check(built, tm
         config = tmp_path / "t0.yaml"
         config.write_text(yaml.safe_dump({
             "llm": {"cache_path": str(tmp_path / "cache.sqlite"), "max_attempts": 1},
-            "evaluation": {"models": {"base-3b": base, "t0-3b": {**base, "model": "openai/t0-3b", "kind": "fine-tuned",
+            "evaluation": {"models": {"base-3b": base, "mine-3b": {**base, "model": "openai/mine-3b", "kind": "fine-tuned",
                                                                  "base": "base-3b"}},
                            "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:3])), "runs": 2, "mode": "hybrid"}}))
-        resources = {"settings": PipelineSettings(data_dir=str(paths.root), config_file=str(config)),
-                     "embedding_model": EmbeddingModel(), "chroma": ChromaStore(), "model_server": ModelServer()}
-        report = build_accuracy_report(dg.StaticPartitionsDefinition(["base-3b", "t0-3b"]))
+        resources = {"settings": PipelineSettings(data_dir=str(paths.root), config_file=str(config)), "model_server": ModelServer()}
+        report = build_accuracy_report(dg.StaticPartitionsDefinition(["base-3b", "mine-3b"]))
         instance = dg.DagsterInstance.ephemeral()
         first = dg.materialize([report], partition_key="base-3b", resources=resources, instance=instance)
         server.state.rules.clear()
         server.on(".*", "(Common cold, A&E)")
-        dg.materialize([report], partition_key="t0-3b", resources=resources, instance=instance)
+        dg.materialize([report], partition_key="mine-3b", resources=resources, instance=instance)
     meta = first.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
     assert meta["condition_accuracy_k0"].value == "1.00 ± 0.00" and meta["runs"].value == 2
     assert meta["dagster/row_count"].value == 3 * 2 * 2 and "## Severity confusion" in meta["table"].value
@@ -286,9 +285,9 @@ def test_accuracy_assets_partitioned_by_model_and_the_below_base_check(built, tm
     result = dg.materialize([accuracy_comparison, students_not_below_base], resources=resources, instance=instance)
     check = result.get_asset_check_evaluations()[0]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert {(b["student"], b["k"]) for b in check.metadata["below_base"].value} == {("t0-3b", 0), ("t0-3b", 5)}
+    assert {(b["student"], b["k"]) for b in check.metadata["below_base"].value} == {("mine-3b", 0), ("mine-3b", 5)}
     table = result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata["table"].value
-    assert "| t0-3b | fine-tuned | 3B |" in table and "data:image/png;base64," in table
+    assert "| mine-3b | fine-tuned | 3B |" in table and "data:image/png;base64," in table
 
 
 def test_the_code_location_partitions_accuracy_by_the_configured_models():

@@ -420,7 +420,7 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
 
     from t0_pipeline.config import load_config
     from t0_pipeline.defs.evaluation import accuracy_comparison, build_accuracy_report
-    from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings, TrainingCompute
+    from t0_pipeline.defs.resources import ModelServer, PipelineSettings, TrainingCompute
     from t0_pipeline.defs.training import build_student_checkpoint
     from t0_pipeline_tests.conftest import write_jsonl
     from t0_pipeline_tests.test_evaluate import QUERIES
@@ -439,7 +439,7 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
         "servers": {"command": stand_in("--thinking", "The face droops . Wait", "--answer", "( Stroke , A&E )",
                                         "--tool", "submit_condition_recommendation",
                                         '{"condition": "Stroke", "severity": "A&E"}'), "startup_timeout_s": 60},
-        "evaluation": {"models": {}, "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:2])), "runs": 1,
+        "evaluation": {"models": {"retrieval-baseline": None, "gpt-4o": None}, "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:2])), "runs": 1,
                        "ks": [0, 5]}}))
     cfg = load_config(config)
     assert set(cfg.evaluation.models) == {"base", "t0-tiny"}  # the size's base (named from its model) and student
@@ -447,8 +447,8 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
     report = build_accuracy_report(dg.StaticPartitionsDefinition(list(cfg.evaluation.models)), checkpoint, cfg)
     assets = [checkpoint, report, accuracy_comparison]
     resources = {"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
-                 "training_compute": TrainingCompute(mode="local"), "embedding_model": EmbeddingModel(),
-                 "chroma": ChromaStore(), "model_server": ModelServer(mode="local")}
+                 "training_compute": TrainingCompute(mode="local"),
+                 "model_server": ModelServer(mode="local")}
     defs = dg.Definitions(assets=assets, resources=resources)
     instance = dg.DagsterInstance.ephemeral()
 

@@ -7,7 +7,8 @@ import dagster as dg
 
 from t0_pipeline.clean import run_clean
 from t0_pipeline.crawl import corpus_fingerprint, run_crawl
-from t0_pipeline.defs.resources import PipelineSettings
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.summarise import run_summarise
 from t0_pipeline.validate import document_problems, summary_problems
 
@@ -101,25 +102,46 @@ def no_empty_or_duplicate_documents(settings: PipelineSettings) -> dg.AssetCheck
                                                               "documents": docs.height})
 
 
-@dg.asset(
-    group_name="corpus",
-    deps=[conditions],
-    code_version="1",
-    automation_condition=EAGER,
-    kinds={"python", "parquet"},
-    description="A short summary of each condition: symptoms and when/where to get help.",
-)
-def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
-    cfg, paths = settings.pipeline_config(), settings.paths()
-    out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": out.height,
-        "backend": info["backend"], "failed": len(info["failures"]),
-        "mean_compression": float(out["compression"].mean()),
-        "mean_chars_in": float(out["chars_in"].mean()), "mean_chars_out": float(out["chars_out"].mean()),
-        "preview": preview(out, ["slug", "text"], rows=5),
-        "path": dg.MetadataValue.path(str(paths.summaries)),
-    })
+def build_summaries(backend: str) -> dg.AssetsDefinition:
+    """The summaries every downstream stage indexes and retrieves from, made by ``summary.backend``: extractive
+    (offline) or the LLM summariser (the report's choice; only new or changed pages are asked for)."""
+    llm = backend == "llm"
+
+    @dg.asset(
+        name="summaries",
+        group_name="corpus",
+        deps=[conditions],
+        code_version="1",
+        automation_condition=EAGER,
+        pool="llm" if llm else None,
+        kinds={"python", "parquet"},
+        description=("LLM summaries (role 'summariser', summary.backend=llm)" if llm else
+                     "Extractive summaries (summary.backend=extractive)") +
+                    " of each condition: symptoms and when/where to get help. What summary_index retrieves from.",
+    )
+    def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        cfg, paths = settings.pipeline_config(), settings.paths()
+        if cfg.summary.backend != backend:
+            raise T0Error(f"summary.backend is {cfg.summary.backend!r} but the code location was loaded with {backend!r}; "
+                          "reload the code location (Deployment → Reload) after changing it.")
+        out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
+        for failure in info["failures"]:
+            context.log.warning(f"summary failed: {failure}; re-materialise to retry (successful calls are cached)")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": out.height,
+            "backend": info["backend"], "failed": len(info["failures"]),
+            "mean_compression": float(out["compression"].mean()),
+            "mean_chars_in": float(out["chars_in"].mean()), "mean_chars_out": float(out["chars_out"].mean()),
+            "preview": preview(out, ["slug", "text"], rows=5),
+            **({"llm_calls": info["usage"]["completed"], "llm_cache_hits": info["usage"]["cache_hits"]}
+               if "usage" in info else {}),
+            "path": dg.MetadataValue.path(str(paths.summaries)),
+        })
+
+    return summaries
+
+
+summaries = build_summaries(location_config().summary.backend)
 
 
 @dg.asset_check(asset=summaries, description="Every condition has a non-empty summary of its current text.")

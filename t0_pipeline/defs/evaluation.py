@@ -15,14 +15,12 @@ section are served for the run by the ``model_server`` resource (vLLM here or as
 """
 
 import base64
-import os
 
 import dagster as dg
 
-from t0_pipeline.config import PipelineConfig, load_config
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, ModelServer, PipelineSettings
-from t0_pipeline.defs.retrieval import summary_bm25, summary_index
-from t0_pipeline.defs.synthetic import synthetic_queries, usage_metadata
+from t0_pipeline.config import PipelineConfig
+from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
+from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries, usage_metadata
 from t0_pipeline.defs.training import student_checkpoint
 from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, students_below_base
 
@@ -30,7 +28,7 @@ GROUP = "evaluation"
 
 
 def model_partitions() -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition(list(load_config(os.environ.get("T0_CONFIG") or None).evaluation.models))
+    return dg.StaticPartitionsDefinition(list(location_config().evaluation.models))
 
 
 def student_mapping(cfg: PipelineConfig) -> dict[str, set[str]]:
@@ -51,7 +49,7 @@ AFTER_TRAINING = (dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelect
 
 def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints: dg.AssetsDefinition | None = None,
                           cfg: PipelineConfig | None = None) -> dg.AssetsDefinition:
-    deps: list = [synthetic_queries, summary_index, summary_bm25]
+    deps: list = [synthetic_queries, *retrieved_from((cfg or PipelineConfig()).evaluation.index)]
     if checkpoints is not None:
         mapping = {size: names for size, names in student_mapping(cfg or PipelineConfig()).items()
                    if size in checkpoints.partitions_def.get_partition_keys()}  # type: ignore[union-attr]
@@ -64,16 +62,13 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints
         description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std over runs, by query "
                     "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
     )
-    def accuracy_report(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
-                        chroma: ChromaStore, model_server: ModelServer) -> dg.MaterializeResult:
+    def accuracy_report(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer) -> dg.MaterializeResult:
         from t0_pipeline.evaluate import model_settings, run_served_evaluation
-        from t0_pipeline.retrieve import Retriever
 
         cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
         retriever = None
         if any(k > 0 for k in cfg.evaluation.ks):
-            retriever = Retriever(cfg.evaluation.index, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
-                                  embedder=embedding_model.load(), client=chroma.client(paths))
+            retriever = settings.retriever(cfg.evaluation.index, cfg)
         servers = model_server.factory(cfg, paths, model_settings(cfg.evaluation, name).size, context.log.info)
         df, summary = run_served_evaluation(paths, cfg, name, servers, retriever, progress=context.log.info)
         for note in summary["notes"]:
@@ -93,7 +88,7 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints
 
 
 accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint,
-                                        load_config(os.environ.get("T0_CONFIG") or None))
+                                        location_config())
 
 
 @dg.asset(group_name=GROUP, deps=[accuracy_report], code_version="1", kinds={"python", "csv"},

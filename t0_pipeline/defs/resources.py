@@ -1,4 +1,4 @@
-"""Dagster resources: the pipeline's settings, the embedding model, the Chroma store, training and model servers.
+"""Dagster resources: the pipeline's settings (which also hand out the embedder, Chroma and retrievers), training and model servers.
 
 Each resource only turns its fields into the stage modules' pydantic configs, so the
 CLI and the assets run exactly the same code with the same settings.
@@ -7,65 +7,57 @@ CLI and the assets run exactly the same code with the same settings.
 
 import os
 import re
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import ChromaConfig, DataPaths, EmbeddingConfig, PipelineConfig, load_config
+from t0_pipeline.config import DataPaths, PipelineConfig, load_config
+
+
+def location_config() -> PipelineConfig:
+    """The config the code location's shape comes from, read when it loads (``$T0_CONFIG`` and ``T0_…__…``):
+    partitions (sizes, evaluated models), which summaries are the retrieval corpus, what each stage
+    retrieves from, and which groups follow upstream changes on their own."""
+    return load_config(os.environ.get("T0_CONFIG") or None)
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """Where artefacts live, an optional config file, and the corpus source."""
+    """Where artefacts live and the pipeline's settings: the config file (``$T0_CONFIG``), ``T0_…__…``
+    environment variables, then ``overrides`` from the launchpad, each setting only the fields it names.
+
+    Every asset reads its settings here, the same ``PipelineConfig`` the CLI reads, so an index built in
+    the UI and a ``t0 serve`` started from the same file use one embedding model and one Chroma store.
+    """
 
     data_dir: str = os.environ.get("T0_DATA_DIR", "data")
     config_file: Optional[str] = os.environ.get("T0_CONFIG") or None
-    source_kind: Optional[str] = None  # overrides the config file: sample | site | mirror | pages
-    source_location: Optional[str] = None  # URL, mirror directory or pages file
+    # any subset of the config, e.g. {"source": {"kind": "pages", "location": "pages.jsonl"}}
+    overrides: Dict[str, Any] = {}
 
     def pipeline_config(self) -> PipelineConfig:
-        cfg = load_config(self.config_file)
-        if self.source_kind:
-            cfg.source.kind = self.source_kind  # type: ignore[assignment]
-        if self.source_location:
-            cfg.source.location = self.source_location
-        return cfg
+        return load_config(self.config_file, overrides=self.overrides)
 
     def paths(self) -> DataPaths:
         return DataPaths(self.data_dir)
 
-
-class EmbeddingModel(dg.ConfigurableResource):
-    """A sentence-transformers model (default: the bundled all-MiniLM-L6-v2)."""
-
-    model: Optional[str] = None
-    device: str = "cpu"
-    batch_size: int = 64
-
-    def config(self) -> EmbeddingConfig:
-        return EmbeddingConfig(model=self.model, device=self.device, batch_size=self.batch_size)
-
-    def load(self):
+    def embedder(self):
+        """The configured sentence-transformers model (loaded once per process)."""
         from t0_pipeline.embed import load_embedder
 
-        return load_embedder(self.config())
+        return load_embedder(self.pipeline_config().embedding)
 
-
-class ChromaStore(dg.ConfigurableResource):
-    """Embedded Chroma under the data dir by default; a Chroma server when host is set."""
-
-    path: Optional[str] = None
-    host: Optional[str] = None
-    port: int = 8000
-    distance: str = "l2"
-
-    def config(self) -> ChromaConfig:
-        return ChromaConfig(path=self.path, host=self.host, port=self.port, distance=self.distance)  # type: ignore[arg-type]
-
-    def client(self, paths: DataPaths):
+    def chroma_client(self):
         from t0_pipeline.index import chroma_client
 
-        return chroma_client(self.config(), paths)
+        return chroma_client(self.pipeline_config().chroma, self.paths())
+
+    def retriever(self, index: str, cfg: Optional[PipelineConfig] = None):
+        """A retriever over ``index`` with the configured embedding model, store and retrieval settings."""
+        from t0_pipeline.retrieve import Retriever
+
+        cfg = cfg or self.pipeline_config()
+        return Retriever(index, self.paths(), cfg.embedding, cfg.chroma, cfg.retrieval)  # type: ignore[arg-type]
 
 
 class TrainingCompute(dg.ConfigurableResource):

@@ -10,15 +10,9 @@ import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
+from t0_pipeline.defs.resources import PipelineSettings
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
-from t0_pipeline.retrieval_eval import (
-    evaluate_retrieval,
-    load_queries,
-    read_saved_queries,
-    sample_queries_path,
-    save_queries,
-)
+from t0_pipeline.retrieval_eval import evaluate_retrieval, queries_for_corpus, query_source, read_saved_queries, save_queries
 from t0_pipeline.validate import unindexed_documents
 
 INDEX_SOURCES = {"full": conditions, "summaries": summaries}
@@ -36,30 +30,29 @@ def _dense_asset(index: str):
         kinds={"chroma"},
         description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash).",
     )
-    def dense(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
-              chroma: ChromaStore) -> dg.MaterializeResult:
+    def dense(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
         docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
-        stats = build_dense_index(docs, index, paths, embedding_model.config(), cfg.chunk,  # type: ignore[arg-type]
-                                  chroma.config(), embedder=embedding_model.load(), client=chroma.client(paths))
+        stats = build_dense_index(docs, index, paths, cfg.embedding, cfg.chunk,  # type: ignore[arg-type]
+                                  cfg.chroma, embedder=settings.embedder(), client=settings.chroma_client())
         context.log.info(stats.summary())
         return dg.MaterializeResult(metadata={
             "collection": stats.collection, "documents": stats.documents, "chunks": stats.chunks,
             "embedded_chunks": stats.embedded_chunks, "added": len(stats.added), "changed": len(stats.changed),
             "removed": len(stats.removed), "unchanged": stats.unchanged, "rebuilt": stats.rebuilt,
-            "seconds": round(stats.seconds, 2), "model": embedding_model.model or "all-MiniLM-L6-v2 (bundled)",
-            "distance": chroma.distance,
+            "seconds": round(stats.seconds, 2), "model": cfg.embedding.model or "all-MiniLM-L6-v2 (bundled)",
+            "distance": cfg.chroma.distance,
             "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),  # type: ignore[arg-type]
         })
 
     @dg.asset_check(asset=dense, name="every_document_indexed",
                     description="Every current document is in the index manifest and the collection holds its chunks.")
-    def every_document_indexed(settings: PipelineSettings, chroma: ChromaStore) -> dg.AssetCheckResult:
+    def every_document_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
         paths = settings.paths()
         docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
         manifest = read_manifest(paths.index_manifest(index))  # type: ignore[arg-type]
         missing = unindexed_documents(docs, manifest)
-        count = chroma.client(paths).get_collection(manifest["collection"]).count() if manifest else 0
+        count = settings.chroma_client().get_collection(manifest["collection"]).count() if manifest else 0
         chunks_ok = manifest is not None and count == manifest["n_chunks"]
         return dg.AssetCheckResult(passed=not missing and chunks_ok, metadata={
             "missing_or_stale": dg.MetadataValue.json(missing[:20]), "collection_chunks": count,
@@ -105,23 +98,39 @@ full_page_bm25, full_page_bm25_check = _bm25_asset("full")
 summary_bm25, summary_bm25_check = _bm25_asset("summaries")
 
 
+SYNTHETIC_QUERIES = dg.AssetKey("synthetic_queries")
+# rebuilt when the corpus changes, and when synthetic queries are written (not waiting for them: they need an LLM)
+FOLLOWS_QUERIES = (EAGER.ignore(dg.AssetSelection.keys(SYNTHETIC_QUERIES))
+                   | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+                      .allow(dg.AssetSelection.keys(SYNTHETIC_QUERIES)) & ~dg.AutomationCondition.in_progress())
+                   ).with_label("eager; also after synthetic_queries")
+
+
 @dg.asset(
     group_name="retrieval",
-    deps=[conditions],
+    deps=[conditions, SYNTHETIC_QUERIES],
     code_version="1",
-    automation_condition=EAGER,
+    automation_condition=FOLLOWS_QUERIES,
     kinds={"parquet"},
-    description="The labelled retrieval-evaluation queries (bundled sample set unless configured), validated against the corpus.",
+    description="The labelled retrieval-evaluation queries: retrieval_eval.queries when set, else the synthetic "
+                "evaluation split once written (the report's Table 1), else the bundled sample; queries whose "
+                "condition is not in the corpus are left out (and counted) unless the file was configured.",
 )
-def eval_queries(settings: PipelineSettings) -> dg.MaterializeResult:
+def eval_queries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     from t0_pipeline.retrieve import corpus_slugs
 
     cfg, paths = settings.pipeline_config(), settings.paths()
-    source = cfg.retrieval_eval.queries or sample_queries_path()
-    queries = load_queries(source, cfg.retrieval_eval, corpus_slugs(paths))
+    source = query_source(paths, cfg.retrieval_eval)
+    queries, left_out = queries_for_corpus(source, cfg.retrieval_eval, corpus_slugs(paths))
+    if left_out:
+        context.log.warning(f"{left_out} {source.label} name conditions that are not in this corpus; left out")
+    if not queries:
+        context.log.warning(f"none of the {source.label} matches this corpus: write synthetic queries "
+                            "(synthetic_queries) or set retrieval_eval.queries to score retrieval")
     save_queries(queries, paths.eval_queries)
-    return dg.MaterializeResult(metadata={"dagster/row_count": len(queries), "source": str(source),
-                                          "path": dg.MetadataValue.path(str(paths.eval_queries))})
+    return dg.MaterializeResult(metadata={"dagster/row_count": len(queries), "source": source.label,
+                                          "source_path": dg.MetadataValue.path(str(source.path)),
+                                          "left_out": left_out, "path": dg.MetadataValue.path(str(paths.eval_queries))})
 
 
 @dg.asset_check(asset=eval_queries, blocking=True, description="Every query's target is a document in the current corpus.")
@@ -142,24 +151,24 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     kinds={"python", "csv"},
     description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot.",
 )
-def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
-                     chroma: ChromaStore) -> dg.MaterializeResult:
-    from t0_pipeline.retrieve import Retriever
-
+def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
-    embedder, client = embedding_model.load(), chroma.client(paths)
-    retrievers = {name: Retriever(name, paths, embedding_model.config(), chroma.config(), cfg.retrieval,  # type: ignore[arg-type]
-                                  embedder=embedder, client=client) for name in cfg.retrieval_eval.indexes}
     if not paths.eval_queries.exists():
         raise T0Error("eval_queries has not been materialised; materialise it first.")
-    report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, read_saved_queries(paths.eval_queries))
+    queries = read_saved_queries(paths.eval_queries)
+    if not queries:
+        context.log.warning("no evaluation queries match this corpus; nothing to score (see eval_queries)")
+        return dg.MaterializeResult(metadata={"queries": 0, "note": "no evaluation queries match this corpus"})
+    retrievers = {name: settings.retriever(name, cfg) for name in cfg.retrieval_eval.indexes}
+    source = query_source(paths, cfg.retrieval_eval)
+    report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, queries, label=source.label)
     context.log.info("\n" + report.markdown)
     png = base64.b64encode(report.png.read_bytes()).decode()
     ks = sorted(cfg.retrieval_eval.ks)
     headline = f"p@{5 if 5 in ks else ks[0]}"  # the report's downstream choice was k=5
     best = report.table.sort(headline, descending=True).row(0, named=True)
     return dg.MaterializeResult(metadata={
-        "queries": report.n_queries,
+        "queries": report.n_queries, "query_source": source.label,
         "p_at_k": dg.MetadataValue.md(report.markdown),
         "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
         f"best_{headline}": float(best[headline]), f"best_{headline}_config": f"{best['index']} · {best['mode']}",

@@ -12,10 +12,12 @@ import polars as pl
 
 import dagster as dg
 
+from t0_pipeline.artifacts import T0Error
+
 from t0_pipeline.config import LLMConfig, PipelineConfig
 from t0_pipeline.defs.corpus import conditions, preview
-from t0_pipeline.defs.resources import ChromaStore, EmbeddingModel, PipelineSettings
-from t0_pipeline.defs.retrieval import eval_queries, summary_bm25, summary_index
+from t0_pipeline.defs.resources import PipelineSettings, location_config
+from t0_pipeline.defs.retrieval import eval_queries, full_page_bm25, full_page_index, summary_bm25, summary_index
 from t0_pipeline.index import build_bm25_index, build_dense_index
 from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
 from t0_pipeline.sft import run_sft
@@ -56,56 +58,73 @@ def _config(settings: PipelineSettings, overrides: RoleOverrides, role: str) -> 
     return cfg
 
 
-@dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
-          description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.")
-def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
-    cfg, paths = _config(settings, config, "summariser"), settings.paths()
-    summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
-    out, info = run_summarise(paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info)
-    for slug in info["failures"]:
-        context.log.warning(f"summary failed for {slug}; re-materialise to retry (successful calls are cached)")
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": out.height, "failed": len(info["failures"]), "summariser": info["backend"],
-        "mean_compression": float(out["compression"].mean()), "preview": preview(out, ["slug", "text"], rows=5),
-        **usage_metadata(info["usage"]), "path": dg.MetadataValue.path(str(paths.llm_summaries)),
-    })
+def build_summary_study() -> list:
+    """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them: their own
+    index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries *are* ``summaries``.)"""
+
+    @dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
+              description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.")
+    def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
+        cfg, paths = _config(settings, config, "summariser"), settings.paths()
+        summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
+        out, info = run_summarise(paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info)
+        for slug in info["failures"]:
+            context.log.warning(f"summary failed for {slug}; re-materialise to retry (successful calls are cached)")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": out.height, "failed": len(info["failures"]), "summariser": info["backend"],
+            "mean_compression": float(out["compression"].mean()), "preview": preview(out, ["slug", "text"], rows=5),
+            **usage_metadata(info["usage"]), "path": dg.MetadataValue.path(str(paths.llm_summaries)),
+        })
 
 
-@dg.asset_check(asset=llm_summaries, description="Every condition has an LLM summary of its current text (WARN).")
-def every_condition_llm_summarised(settings: PipelineSettings) -> dg.AssetCheckResult:
-    paths = settings.paths()
-    problems = summary_problems(pl.read_parquet(paths.conditions), pl.read_parquet(paths.llm_summaries))
-    return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.WARN,
-                               metadata={"problems": dg.MetadataValue.json(problems)})
+    @dg.asset_check(asset=llm_summaries, description="Every condition has an LLM summary of its current text (WARN).")
+    def every_condition_llm_summarised(settings: PipelineSettings) -> dg.AssetCheckResult:
+        paths = settings.paths()
+        problems = summary_problems(pl.read_parquet(paths.conditions), pl.read_parquet(paths.llm_summaries))
+        return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"problems": dg.MetadataValue.json(problems)})
 
 
-@dg.asset(group_name=GROUP, deps=[llm_summaries], code_version="1", kinds={"chroma"},
-          description="Dense (Chroma) and BM25 indexes of the LLM summaries.")
-def llm_summary_index(context: dg.AssetExecutionContext, settings: PipelineSettings, embedding_model: EmbeddingModel,
-                      chroma: ChromaStore) -> dg.MaterializeResult:
-    cfg, paths = settings.pipeline_config(), settings.paths()
-    docs = pl.read_parquet(paths.llm_summaries)
-    stats = build_dense_index(docs, "llm_summaries", paths, embedding_model.config(), cfg.chunk, chroma.config(),
-                              embedder=embedding_model.load(), client=chroma.client(paths))
-    bm25 = build_bm25_index(docs, "llm_summaries", paths)
-    context.log.info(stats.summary())
-    return dg.MaterializeResult(metadata={"documents": stats.documents, "chunks": stats.chunks,
-                                          "embedded_chunks": stats.embedded_chunks, "bm25_documents": bm25["documents"]})
+    @dg.asset(group_name=GROUP, deps=[llm_summaries], code_version="1", kinds={"chroma"},
+              description="Dense (Chroma) and BM25 indexes of the LLM summaries.")
+    def llm_summary_index(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        cfg, paths = settings.pipeline_config(), settings.paths()
+        docs = pl.read_parquet(paths.llm_summaries)
+        stats = build_dense_index(docs, "llm_summaries", paths, cfg.embedding, cfg.chunk, cfg.chroma,
+                                  embedder=settings.embedder(), client=settings.chroma_client())
+        bm25 = build_bm25_index(docs, "llm_summaries", paths)
+        context.log.info(stats.summary())
+        return dg.MaterializeResult(metadata={"documents": stats.documents, "chunks": stats.chunks,
+                                              "embedded_chunks": stats.embedded_chunks, "bm25_documents": bm25["documents"]})
 
 
-@dg.asset(group_name=GROUP, deps=[summary_index, summary_bm25, llm_summary_index, eval_queries], code_version="1",
-          kinds={"python", "csv"}, description="p@k of extractive vs LLM summaries, for each retriever mode.")
-def summary_comparison(settings: PipelineSettings, embedding_model: EmbeddingModel, chroma: ChromaStore) -> dg.MaterializeResult:
-    from t0_pipeline.retrieve import Retriever
+    @dg.asset(group_name=GROUP, deps=[summary_index, summary_bm25, llm_summary_index, eval_queries], code_version="1",
+              kinds={"python", "csv"}, description="p@k of extractive vs LLM summaries, for each retriever mode.")
+    def summary_comparison(settings: PipelineSettings) -> dg.MaterializeResult:
+        cfg, paths = settings.pipeline_config(), settings.paths()
+        retrievers = {name: settings.retriever(name, cfg) for name in ("summaries", "llm_summaries")}
+        ev = cfg.retrieval_eval.model_copy(update={"indexes": ["summaries", "llm_summaries"]})
+        report = evaluate_retrieval(paths, ev, retrievers, read_saved_queries(paths.eval_queries), paths.summary_comparison_dir)
+        return dg.MaterializeResult(metadata={"queries": report.n_queries, "p_at_k": dg.MetadataValue.md(report.markdown),
+                                              "csv": dg.MetadataValue.path(str(report.csv))})
 
-    cfg, paths = settings.pipeline_config(), settings.paths()
-    embedder, client = embedding_model.load(), chroma.client(paths)
-    retrievers = {name: Retriever(name, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
-                                  embedder=embedder, client=client) for name in ("summaries", "llm_summaries")}
-    ev = cfg.retrieval_eval.model_copy(update={"indexes": ["summaries", "llm_summaries"]})
-    report = evaluate_retrieval(paths, ev, retrievers, read_saved_queries(paths.eval_queries), paths.summary_comparison_dir)
-    return dg.MaterializeResult(metadata={"queries": report.n_queries, "p_at_k": dg.MetadataValue.md(report.markdown),
-                                          "csv": dg.MetadataValue.path(str(report.csv))})
+    return [llm_summaries, every_condition_llm_summarised, llm_summary_index, summary_comparison]
+
+
+LOCATION = location_config()
+INDEX_ASSETS = {"full": [full_page_index, full_page_bm25], "summaries": [summary_index, summary_bm25]}
+if LOCATION.summary.backend == "extractive":
+    llm_summaries, every_condition_llm_summarised, llm_summary_index, summary_comparison = build_summary_study()
+    INDEX_ASSETS["llm_summaries"] = [llm_summary_index]
+
+
+def retrieved_from(index: str) -> list:
+    """The index assets a stage retrieving from ``index`` (a config value) depends on: lineage follows config."""
+    assets = INDEX_ASSETS.get(index) or []
+    if not assets:
+        raise T0Error(f"nothing builds the {index!r} index in this code location (with summary.backend=llm the LLM "
+                      "summaries are 'summaries'); set traces.index / evaluation.index to full or summaries.")
+    return assets
 
 
 @dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
@@ -175,17 +194,14 @@ def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheck
                   "max_refusal_rate": cfg.max_refusal_rate})
 
 
-@dg.asset(group_name=GROUP, deps=[synthetic_queries, summary_index, summary_bm25], code_version="1", pool="llm",
+@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index)], code_version="1",
+          pool="llm",
           kinds={"python", "parquet"},
           description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
                       "training query, parsed and filtered by the configured policy.")
-def reasoning_traces(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides,
-                     embedding_model: EmbeddingModel, chroma: ChromaStore) -> dg.MaterializeResult:
-    from t0_pipeline.retrieve import Retriever
-
+def reasoning_traces(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
     cfg, paths = _config(settings, config, "teacher"), settings.paths()
-    retriever = Retriever(cfg.traces.index, paths, embedding_model.config(), chroma.config(), cfg.retrieval,
-                          embedder=embedding_model.load(), client=chroma.client(paths))
+    retriever = settings.retriever(cfg.traces.index, cfg)
     traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
     return dg.MaterializeResult(metadata={
         **{k: v for k, v in stats.items() if k != "usage"}, **usage_metadata(stats["usage"]),

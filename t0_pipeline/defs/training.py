@@ -9,19 +9,18 @@ One partition per run, in the ``gpu`` concurrency pool so two partitions never f
 local GPU.
 """
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import load_config
-from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
+
+from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute, job_log_dir, location_config
 from t0_pipeline.defs.synthetic import sft_dataset
 
 
 def size_partitions() -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition(list(load_config(os.environ.get("T0_CONFIG") or None).train.sizes))
+    return dg.StaticPartitionsDefinition(list(location_config().train.sizes))
 
 
 def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
@@ -35,12 +34,16 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
     def student_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings,
                            training_compute: TrainingCompute) -> dg.MaterializeResult:
         size = context.partition_key
-        sizes = settings.pipeline_config().train.sizes
+        cfg = settings.pipeline_config()
+        sizes = cfg.train.sizes
         if size not in sizes:
             raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to the config.")
-        return training_compute.run(
-            context, size=size, model=sizes[size], data_dir=str(Path(settings.data_dir).resolve()),
-            config_file=str(Path(settings.config_file).resolve()) if settings.config_file else None)
+        # the job reads the settings this run resolved (file, environment, launchpad overrides), wherever it runs
+        resolved = Path(job_log_dir(str(Path(settings.data_dir).resolve()), size)) / "pipeline.config.json"
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        resolved.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+        return training_compute.run(context, size=size, model=sizes[size], data_dir=str(Path(settings.data_dir).resolve()),
+                                    config_file=str(resolved))
 
     return student_checkpoint
 
