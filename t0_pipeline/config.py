@@ -194,7 +194,7 @@ class QueryGenConfig(BaseModel):
     sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
     max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
-    max_top_up_draws: int | None = Field(None, ge=0)  # draws all those rounds may spend; None = half of n_train
+    max_top_up_draws: int | None = Field(None, ge=0)  # draws all those rounds may spend; None = n_train
     source: Literal["conditions", "summaries"] = "conditions"  # which text the writer sees (report: full page)
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
     max_failure_rate: float = 0.05  # asset check: failed draws / requested

@@ -89,7 +89,7 @@ class SplitReport:
     gave_up: int = 0  # cells that refused max_redraws + 1 times
     removed_overlaps: int = 0
     repeated_texts: int = 0  # a query text already written (in either set): left out
-    top_up_draws: int = 0  # at most queries.max_top_up_draws (default: half the training set)
+    top_up_draws: int = 0  # at most queries.max_top_up_draws (default: n_train)
 
 
 def balanced_cells(n: int, config: QueryGenConfig, rng: random.Random, start: int = 0) -> list[Cell]:
@@ -210,7 +210,7 @@ def _generate(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, pr
     train_rows, tr.removed_overlaps = remove_overlaps(train_rows, eval_pairs)
     train_rows, tr.repeated_texts = drop_repeated_texts(train_rows, texts)
     next_index = config.n_train
-    allowance = config.n_train // 2 if config.max_top_up_draws is None else config.max_top_up_draws
+    allowance = config.n_train if config.max_top_up_draws is None else config.max_top_up_draws
     for _ in range(config.max_top_up_rounds):
         missing = min(config.n_train - len(train_rows), allowance - tr.top_up_draws)
         if missing <= 0:

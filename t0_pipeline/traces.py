@@ -16,11 +16,11 @@ from typing import Any
 
 import polars as pl
 
+from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
-from t0_pipeline.prompts import load_template, render
-from t0_pipeline.scoring import last_answer_pair, normalise_severity
+from t0_pipeline.scoring import last_answer_pair, normalise_severity, resolve_condition
 from t0_pipeline.synth import demographics_text
 
 log = logging.getLogger(__name__)
@@ -38,24 +38,18 @@ TRACE_SCHEMA = {
 }
 
 
-def parse_answer(answer: str, titles: dict[str, str]) -> tuple[str | None, str | None, str | None]:
+def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str | None, str | None]:
     """(condition text, slug or "inconclusive", severity) from the last "(condition, severity)" in the answer.
 
-    ``titles`` maps lower-cased retrieved titles to slugs; a condition that is neither one of
-    them nor "inconclusive" comes back with slug None. No valid severity: unparsable.
+    ``allowed`` maps the retrieved slugs to their titles; the condition is resolved as evaluation and serving
+    resolve it (:func:`t0_pipeline.scoring.resolve_condition`: title or slug, any case). A condition that is
+    neither one of them nor "inconclusive" comes back with slug None. No valid severity: unparsable.
     """
     pair = last_answer_pair(answer or "")
     severity = normalise_severity(pair[1]) if pair else None
     if pair is None or severity is None:
         return None, None, None
-    condition = pair[0]
-    key = condition.lower()
-    return condition, "inconclusive" if key == "inconclusive" else titles.get(key), severity
-
-
-def documents_block(titles: list[str], scores: list[float], texts: list[str]) -> str:
-    return "\n\n".join(f"[{i}] {title} (score {score:.3f})\n{text}"
-                       for i, (title, score, text) in enumerate(zip(titles, scores, texts), start=1))
+    return pair[0], resolve_condition(pair[0], allowed), severity
 
 
 def keep(row: dict[str, Any], config: TraceConfig) -> bool:
@@ -72,7 +66,7 @@ def keep(row: dict[str, Any], config: TraceConfig) -> bool:
 
 def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: TraceConfig, prompts_dir=None,
                    progress=None) -> pl.DataFrame:
-    template, prompt_hash = load_template("teacher", prompts_dir)
+    sections, prompt_hash = triage_prompt.load(prompts_dir)  # the very prompt the student learns and is evaluated on
     rows = queries.to_dicts()
     ranked = retriever.rank([r["query"] for r in rows], config.k, config.mode)
     jobs = []
@@ -81,17 +75,17 @@ def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: 
         docs = [retriever.docs[s] for s in slugs]
         titles = [d["title"] for d in docs]
         scores = [float(x) for _, x in hits]
-        prompt = render(template, "teacher", query=row["query"], demographics=demographics_text(row),
-                        documents=documents_block(titles, scores, [d["text"] for d in docs]))
+        context = triage_prompt.with_documents(sections, titles, scores, [d["text"] for d in docs])
+        prompt = triage_prompt.messages(sections, context, demographics_text(row), row["query"])
         jobs.append((row, slugs, titles, scores, prompt, [d["text"] for d in docs]))
 
     async def one(job):
-        return await client.complete([{"role": "user", "content": job[4]}])
+        return await client.complete(job[4])
 
     replies = client.run(jobs, one, "teacher traces", progress)
     out = []
     for (row, slugs, titles, scores, _, texts), reply in zip(jobs, replies):
-        condition, slug, severity = parse_answer(reply.content, {t.lower(): s for t, s in zip(titles, slugs)})
+        condition, slug, severity = parse_answer(reply.content, dict(zip(slugs, titles)))
         trace = {
             "id": row["id"], "query": row["query"], "demographics": demographics_text(row), "gold_slug": row["slug"],
             "gold_disposition": row["disposition"], "query_type": row["query_type"], "retrieved_slugs": slugs,

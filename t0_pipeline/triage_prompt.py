@@ -1,4 +1,4 @@
-"""The triage prompt students are trained on and evaluated with: ``prompts/evaluator.txt``.
+"""The triage prompt the teacher answers, students are trained on and evaluated with: ``prompts/evaluator.txt``.
 
 One template serves both, so a fine-tuned student is evaluated on the very prompt format it
 learnt: the SFT examples are the k > 0 form (retrieved documents with scores, their titles or
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from t0_pipeline.prompts import load_sections, render
-from t0_pipeline.traces import documents_block
 
 NAME = "evaluator"
 SECTIONS = ("system", "user", "context_none", "context_documents", "answer_text", "answer_tool")
@@ -20,6 +19,11 @@ SECTIONS = ("system", "user", "context_none", "context_documents", "answer_text"
 def load(prompts_dir: Path | None = None) -> tuple[dict[str, str], str]:
     """(sections, template hash)."""
     return load_sections(NAME, SECTIONS, prompts_dir)
+
+
+def documents_block(titles: list[str], scores: list[float], texts: list[str]) -> str:
+    return "\n\n".join(f"[{i}] {title} (score {score:.3f})\n{text}"
+                       for i, (title, score, text) in enumerate(zip(titles, scores, texts), start=1))
 
 
 def with_documents(sections: dict[str, str], titles: list[str], scores: list[float], texts: list[str]) -> str:

@@ -53,7 +53,9 @@ def setup(tmp_path, server, **gen):
 def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
     with FakeLLM() as server:
         server.on("symptom checker", writer_reply)
-        paths, cfg, llm = setup(tmp_path, server)
+        # six pages, 18 of their 18 (condition, disposition) pairs in the evaluation set: most training draws
+        # overlap, so this tiny corpus needs more top-up draws than the default allowance (n_train)
+        paths, cfg, llm = setup(tmp_path, server, max_top_up_draws=60)
         eval_df, train_df, report = run_generate_queries(paths, cfg, llm)
 
         assert eval_df.height == 18 and train_df.height == 12

@@ -16,7 +16,7 @@ from t0_pipeline_tests.test_synth import writer_reply
 
 
 def teacher_reply(messages):
-    first_title = re.search(r"\[1\] (.+?) \(score", messages[-1]["content"]).group(1)
+    first_title = re.search(r"\[1\] (.+?) \(score", messages[0]["content"]).group(1)  # documents: the system turn
     return f"The first document fits best.\n({first_title}, Urgent Primary Care)"
 
 
@@ -29,7 +29,7 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
     with FakeLLM() as server:
         server.on("condensing a health information page", "Symptoms are mild. Call 111 if they get worse.")
         server.on("symptom checker", writer_reply)
-        server.on("triage assistant", teacher_reply, reasoning="Compare symptoms with each document.")
+        server.on("triage patients", teacher_reply, reasoning="Compare symptoms with each document.")
         role = {"model": "openai/fake", "api_base": server.api_base}
         config = tmp_path / "t0.yaml"
         config.write_text(yaml.safe_dump({

@@ -11,7 +11,7 @@ from t0_pipeline.synth import QUERY_SCHEMA
 from t0_pipeline.traces import parse_answer, run_traces
 from t0_pipeline_tests.fake_llm import FakeLLM
 
-TITLES = {"stroke": "stroke", "heart attack": "heart-attack", "urinary tract infections (utis)": "urinary-tract-infections"}
+TITLES = {"stroke": "Stroke", "heart-attack": "Heart attack", "urinary-tract-infections": "Urinary tract infections (UTIs)"}
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -29,7 +29,7 @@ def test_parse_answer(answer, expected):
 
 
 def teacher(messages):
-    message = messages[-1]["content"].split("Patient's message:\n", 1)[1].split("\n", 1)[0]
+    message = messages[-1]["content"].rsplit("\n", 1)[-1]  # the evaluation prompt's user turn ends with the message
     if "face has suddenly dropped" in message:
         return "(Stroke, A&E)"
     if "itchy" in message:
@@ -51,11 +51,12 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     pl.DataFrame(full, schema=QUERY_SCHEMA).write_parquet(paths.synthetic_queries("train"))
     retriever = Retriever("summaries", paths, embedder=embedder)
     with FakeLLM() as server:
-        server.on("triage assistant", teacher, reasoning="Weighing the documents against the symptoms.")
+        server.on("triage patients", teacher, reasoning="Weighing the documents against the symptoms.")
         llm = LLMConfig(roles={"teacher": RoleConfig(model="openai/teacher", api_base=server.api_base)})
         traces, stats = run_traces(paths, TraceConfig(k=5, mode="hybrid", keep="parsable"), llm, retriever)
-        prompt = next(r["messages"][-1]["content"] for r in server.state.requests
-                      if "face has suddenly dropped" in r["messages"][-1]["content"])
+        request = next(r["messages"] for r in server.state.requests
+                       if "face has suddenly dropped" in r["messages"][-1]["content"])
+        prompt = "\n".join(m["content"] for m in request)
     by_id = {r["id"]: r for r in traces.iter_rows(named=True)}
     stroke = by_id["train-00000"]
     assert "stroke" in stroke["retrieved_slugs"] and len(set(stroke["retrieved_slugs"])) == 5
@@ -70,3 +71,9 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     assert not by_id["train-00002"]["parsable"] and not by_id["train-00002"]["kept"]
     assert stats["kept"] == 1 and stats["parsable_rate"] == pytest.approx(2 / 3)
     assert (paths.traces).exists()
+    # the teacher was asked exactly what the student is trained on (and evaluated with): the SFT example's turns
+    from t0_pipeline import triage_prompt
+    from t0_pipeline.config import ChatFormat
+    from t0_pipeline.sft import messages_for
+
+    assert messages_for(stroke, ChatFormat(), triage_prompt.load()[0])[:-1] == request

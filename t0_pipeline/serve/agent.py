@@ -28,7 +28,7 @@ from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
 from t0_pipeline.llm import LLMClient, function_tool
 from t0_pipeline.prompts import load_sections, render
-from t0_pipeline.traces import documents_block
+from t0_pipeline.triage_prompt import documents_block
 
 SEARCH_TOOL_NAME = "search_health_information"
 SEARCH_TOOL = function_tool(

@@ -1,0 +1,50 @@
+"""Code versions derived from what each asset's result depends on: the stage modules' source and the prompt
+templates it renders (the user's ``llm.prompts_dir`` copies when set). Editing a prompt file or a stage's code
+changes the version of exactly the assets that use it, and Dagster shows them stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+from t0_pipeline.prompts import load_template
+
+# what each asset's output is computed by (modules under t0_pipeline/, prompt template names)
+DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "condition_pages": (("crawl", "sites/__init__", "sites/nhs"), ()),
+    "conditions": (("clean",), ()),
+    "summaries": (("summarise",), ("summarise",)),
+    "full_page_index": (("index", "chunk", "embed"), ()),
+    "summary_index": (("index", "chunk", "embed"), ()),
+    "full_page_bm25": (("index",), ()),
+    "summary_bm25": (("index",), ()),
+    "eval_queries": (("retrieval_eval",), ()),
+    "retrieval_report": (("retrieval_eval", "retrieve"), ()),
+    "llm_summaries": (("summarise",), ("summarise",)),
+    "llm_summary_index": (("index", "chunk", "embed"), ()),
+    "summary_comparison": (("retrieval_eval", "retrieve"), ()),
+    "synthetic_queries": (("synth",), ("query_writer",)),
+    "reasoning_traces": (("traces", "triage_prompt", "scoring"), ("evaluator",)),
+    "sft_dataset": (("sft", "triage_prompt"), ("evaluator",)),
+    "student_checkpoint": (("train", "sft"), ()),
+    "accuracy_report": (("evaluate", "scoring", "budget", "baseline", "triage_prompt"), ("evaluator",)),
+    "accuracy_comparison": (("evaluate",), ()),
+}
+
+
+def _module_source(name: str) -> bytes:
+    path = Path(str(resources.files("t0_pipeline"))) / f"{name}.py"
+    return path.read_bytes() if path.is_file() else b""
+
+
+def code_version(asset: str, prompts_dir: Path | None = None) -> str:
+    """A short hash of the sources and prompt templates ``asset`` depends on (see :data:`DEPENDS_ON`)."""
+    modules, prompts = DEPENDS_ON[asset]
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(module.encode() + b"\0" + _module_source(module) + b"\0")
+    for prompt in prompts:
+        digest.update(prompt.encode() + b"\0" + load_template(prompt, prompts_dir)[0].encode() + b"\0")
+    return digest.hexdigest()[:12]
