@@ -431,6 +431,16 @@ class ServeConfig(BaseModel):
     rate_limit_burst: int = 20
 
 
+class AutomationConfig(BaseModel):
+    """Which asset groups re-materialise on their own when their inputs change (read when the code location
+    loads; the automation sensors must be running, as they are by default). The corpus, summaries (LLM ones
+    only for new or changed pages), indexes, evaluation queries and reports always follow."""
+
+    synthetic_data: bool = False  # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
+    training: bool = False  # every student size retrains when the SFT data changes: GPU hours
+    evaluation: bool = True  # a student (and its base) is evaluated once its checkpoint is materialised
+
+
 class PipelineConfig(BaseModel):
     """Everything one end-to-end run needs; written next to the artefacts it made."""
 
@@ -451,6 +461,7 @@ class PipelineConfig(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     servers: ModelServerConfig = Field(default_factory=ModelServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
 
     @model_validator(mode="after")
     def _size_entries(self) -> "PipelineConfig":

@@ -28,12 +28,16 @@ observe_corpus = dg.define_asset_job("observe_corpus", selection=[corpus.corpus_
 weekly_recrawl = dg.ScheduleDefinition(name="weekly_recrawl", job=refresh_corpus, cron_schedule="0 3 * * 1",
                                        execution_timezone="Europe/London",
                                        description="Mondays 03:00: re-crawl (conditional requests) and refresh the indexes.")
-daily_observe = dg.ScheduleDefinition(name="daily_corpus_observation", job=observe_corpus, cron_schedule="0 6 * * *",
-                                      execution_timezone="Europe/London")
+daily_observe = dg.ScheduleDefinition(
+    name="daily_corpus_observation", job=observe_corpus, cron_schedule="0 6 * * *", execution_timezone="Europe/London",
+    description="Daily 06:00: hash the source (no crawl of unchanged pages); a new version makes corpus_automation "
+                "rebuild the corpus, summaries, indexes and reports.")
 corpus_automation = dg.AutomationConditionSensorDefinition(
-    "corpus_automation", target=dg.AssetSelection.groups("corpus", "retrieval"),
+    "corpus_automation", target=dg.AssetSelection.all() - dg.AssetSelection.groups("evaluation"),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Re-materialises assets whose upstream changed (e.g. a new corpus_source data version).",
+    description="Re-materialises assets whose upstream changed (a new corpus_source data version, new synthetic "
+                "queries): corpus → summaries → indexes → evaluation queries → reports; the model-calling and "
+                "training groups too when automation.synthetic_data / automation.training are set.",
 )
 evaluation_automation = dg.AutomationConditionSensorDefinition(
     "evaluation_automation", target=dg.AssetSelection.assets(evaluation.accuracy_report, evaluation.accuracy_comparison),
@@ -44,7 +48,7 @@ evaluation_automation = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([corpus, retrieval, synthetic, training, evaluation]),
-    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic, evaluation]),
+    asset_checks=dg.load_asset_checks_from_modules([corpus, retrieval, synthetic, training, evaluation]),
     jobs=[refresh_corpus, observe_corpus, synthetic_data_job, evaluation_job],
     schedules=[weekly_recrawl, daily_observe],
     sensors=[corpus_automation, evaluation_automation],

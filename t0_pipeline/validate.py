@@ -48,3 +48,61 @@ def summary_problems(conditions: pl.DataFrame, summaries: pl.DataFrame) -> list[
     if empty:
         problems.append(f"{len(empty)} empty summaries: {', '.join(empty[:5])}")
     return problems
+
+
+def pk_problems(table: pl.DataFrame, indexes: list[str], modes: list[str]) -> list[str]:
+    """What is wrong with a p@k table: a configured (index, mode) pair missing, a value outside [0, 1], or
+    p@k falling as k grows (a share of queries with a hit in the top k can only rise)."""
+    problems = []
+    seen = {(r["index"], r["mode"]) for r in table.iter_rows(named=True)}
+    problems += [f"{i} · {m} was not scored" for i in indexes for m in modes if (i, m) not in seen]
+    ks = sorted((c for c in table.columns if c.startswith("p@")), key=lambda c: int(c[2:]))
+    for row in table.iter_rows(named=True):
+        values = [row[k] for k in ks]
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            problems.append(f"{row['index']} · {row['mode']}: a p@k outside [0, 1]")
+        if any(b < a for a, b in zip(values, values[1:])):
+            problems.append(f"{row['index']} · {row['mode']}: p@k falls as k grows")
+    return problems
+
+
+def sft_problems(df: pl.DataFrame, block_size: int, think_end: str) -> list[str]:
+    """What is wrong with SFT examples: none at all, one over the block size, or one whose assistant turn does
+    not carry the chat format's end-of-thinking marker (budget forcing would never see the format)."""
+    import json
+
+    if df.is_empty():
+        return ["no examples"]
+    problems = [f"{r['id']}: {r['n_tokens']} tokens > block size {block_size}"
+                for r in df.iter_rows(named=True) if r["n_tokens"] > block_size]
+    for row in df.iter_rows(named=True):
+        turns = json.loads(row["messages"])
+        if not turns or turns[-1]["role"] != "assistant" or think_end not in turns[-1]["content"]:
+            problems.append(f"{row['id']}: the assistant turn lacks {think_end!r}")
+    return problems[:20]
+
+
+def checkpoint_problems(final_dir) -> list[str]:
+    """What a loadable Hugging Face checkpoint folder lacks (config, weights, tokenizer)."""
+    from pathlib import Path
+
+    final = Path(final_dir)
+    if not final.is_dir():
+        return [f"{final} does not exist"]
+    problems = [] if (final / "config.json").is_file() else ["no config.json"]
+    if not any(final.glob("*.safetensors")) and not any(final.glob("*.bin")) and not (final / "adapter_config.json").is_file():
+        problems.append("no weights (*.safetensors, *.bin or a LoRA adapter)")
+    if not any((final / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        problems.append("no tokenizer")
+    return [f"{final}: {p}" for p in problems]
+
+
+def prediction_problems(predictions: pl.DataFrame, summary: dict) -> list[str]:
+    """What is wrong with one model's evaluation: a (k, run, query) missing or repeated."""
+    expected = len(summary.get("ks", [])) * len(summary.get("seeds", [])) * int(summary.get("queries", 0))
+    problems = []
+    if predictions.height != expected:
+        problems.append(f"{predictions.height} predictions, expected {expected} (ks × runs × queries)")
+    if predictions.height and predictions.select("k", "run", "query_id").n_unique() != predictions.height:
+        problems.append("a (k, run, query) is predicted twice")
+    return problems

@@ -107,3 +107,71 @@ def test_the_default_graph_builds_on_a_corpus_unlike_the_sample_then_scores_its_
         "synthetic evaluation split"
     assert "| full | dense |" in mats["retrieval_report"]["p_at_k"].value and "| summaries | hybrid |" in \
         mats["retrieval_report"]["p_at_k"].value
+
+
+def test_a_new_source_version_asks_for_exactly_the_cheap_chain_and_nothing_that_calls_a_model(tmp_path):
+    """Dagster's own automation evaluation over the real definitions: after a source change, the corpus,
+    summaries, indexes, evaluation queries and report are requested in one tick; model-calling, training and
+    evaluation assets are not (automation.synthetic_data / training are off by default)."""
+    from t0_pipeline.definitions import defs as location
+
+    pages = write_jsonl(tmp_path / "pages.jsonl", PAGES)
+    resources = {"settings": PipelineSettings(data_dir=str(tmp_path / "data"), overrides={"source": {
+        "kind": "pages", "location": str(pages)}})}
+    graph = location.resolve_asset_graph()
+    from t0_pipeline.defs.resources import ModelServer, TrainingCompute
+
+    defs = dg.Definitions(assets=list(location.assets), asset_checks=list(location.asset_checks),
+                          resources={**resources, "training_compute": TrainingCompute(), "model_server": ModelServer()})
+    instance = dg.DagsterInstance.ephemeral()
+    observe_source(resources, instance)  # as `make demo` does first: the source's version is on record
+    dg.materialize(graph_subset({"corpus", "retrieval"}), resources=resources, instance=instance, raise_on_error=True)
+
+    def requested(result) -> set[str]:
+        return {k.to_user_string() for k in graph.get_all_asset_keys() if result.get_num_requested(k)}
+
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert requested(quiet) == set()  # everything is up to date with the observed source
+    assert requested(dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)) == set()
+
+    changed = [dict(p) for p in PAGES]
+    changed[0]["text"] += " Teachers who use dustless chalk are less affected."
+    write_jsonl(pages, changed)
+    observe_source(resources, instance)
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    assert requested(after) == {"condition_pages", "conditions", "summaries", "full_page_index", "summary_index",
+                                "full_page_bm25", "summary_bm25", "eval_queries", "retrieval_report"}
+
+
+def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
+    """Code versions hash each asset's stage modules and prompt files; Dagster reads a changed one as stale."""
+    import shutil
+    from importlib import resources as package
+
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from t0_pipeline.defs.versions import DEPENDS_ON, code_version
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(str(package.files("t0_pipeline") / "prompts"), prompts)
+    before = {asset: code_version(asset, prompts) for asset in DEPENDS_ON}
+    assert before == {asset: code_version(asset, None) for asset in DEPENDS_ON}  # identical copies: same versions
+    evaluator = prompts / "evaluator.txt"
+    evaluator.write_text(evaluator.read_text().replace("decide which condition", "work out which condition"))
+    after = {asset: code_version(asset, prompts) for asset in DEPENDS_ON}
+    assert {a for a in DEPENDS_ON if before[a] != after[a]} == {"reasoning_traces", "sft_dataset", "accuracy_report"}
+
+    def traces_at(version: str):
+        @dg.asset(name="reasoning_traces", code_version=version)
+        def traces() -> None:
+            return None
+
+        return traces
+
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize([traces_at(before["reasoning_traces"])], instance=instance)
+    key = dg.AssetKey("reasoning_traces")
+    for version, status in ((before["reasoning_traces"], StaleStatus.FRESH), (after["reasoning_traces"], StaleStatus.STALE)):
+        graph = dg.Definitions(assets=[traces_at(version)]).resolve_asset_graph()
+        assert CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance)).get_status(key) == status

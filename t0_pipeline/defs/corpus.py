@@ -9,6 +9,7 @@ from t0_pipeline.clean import run_clean
 from t0_pipeline.crawl import corpus_fingerprint, run_crawl
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.resources import PipelineSettings, location_config
+from t0_pipeline.defs.versions import version_of
 from t0_pipeline.summarise import run_summarise
 from t0_pipeline.validate import document_problems, summary_problems
 
@@ -36,7 +37,7 @@ def corpus_source(settings: PipelineSettings) -> dg.DataVersion:
 @dg.asset(
     group_name="corpus",
     deps=[corpus_source],
-    code_version="1",
+    code_version=version_of("condition_pages"),
     automation_condition=EAGER,
     kinds={"python", "parquet"},
     description="Raw HTML (or text) of every condition page and sub-page, with fetch time, content hash and ETag.",
@@ -72,7 +73,7 @@ def all_pages_fetched(settings: PipelineSettings) -> dg.AssetCheckResult:
 @dg.asset(
     group_name="corpus",
     deps=[condition_pages],
-    code_version="1",
+    code_version=version_of("conditions"),
     automation_condition=EAGER,
     kinds={"python", "parquet"},
     description="One clean plain-text document per condition (slug, title, url, text, content hash, source).",
@@ -111,7 +112,7 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
         name="summaries",
         group_name="corpus",
         deps=[conditions],
-        code_version="1",
+        code_version=version_of("summaries"),
         automation_condition=EAGER,
         pool="llm" if llm else None,
         kinds={"python", "parquet"},

@@ -20,6 +20,7 @@ import dagster as dg
 
 from t0_pipeline.config import PipelineConfig
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
+from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries, usage_metadata
 from t0_pipeline.defs.training import student_checkpoint
 from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, students_below_base
@@ -57,8 +58,9 @@ def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints
             deps.append(dg.AssetDep(checkpoints, partition_mapping=dg.StaticPartitionMapping(mapping)))
 
     @dg.asset(
-        name="accuracy_report", group_name=GROUP, deps=deps, automation_condition=AFTER_TRAINING,
-        partitions_def=partitions, pool="llm", code_version="1", kinds={"python", "parquet"},
+        name="accuracy_report", group_name=GROUP, deps=deps,
+        automation_condition=AFTER_TRAINING if (cfg or PipelineConfig()).automation.evaluation else None,
+        partitions_def=partitions, pool="llm", code_version=version_of("accuracy_report"), kinds={"python", "parquet"},
         description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std over runs, by query "
                     "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
     )
@@ -91,7 +93,7 @@ accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint,
                                         location_config())
 
 
-@dg.asset(group_name=GROUP, deps=[accuracy_report], code_version="1", kinds={"python", "csv"},
+@dg.asset(group_name=GROUP, deps=[accuracy_report], code_version=version_of("accuracy_comparison"), kinds={"python", "csv"},
           automation_condition=(dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress())
           .with_label("a model's accuracy report was updated"),
           description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity error shares, "
@@ -117,3 +119,22 @@ def students_not_below_base(settings: PipelineSettings) -> dg.AssetCheckResult:
     below = students_below_base(read_summaries(paths, cfg.evaluation))
     return dg.AssetCheckResult(passed=not below, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"below_base": dg.MetadataValue.json(below)})
+
+
+@dg.asset_check(asset=accuracy_report, description="Every evaluated model has one prediction per (k, run, query).")
+def one_prediction_per_case(settings: PipelineSettings) -> dg.AssetCheckResult:
+    import json
+
+    import polars as pl
+
+    from t0_pipeline.validate import prediction_problems
+
+    paths, problems, models = settings.paths(), {}, []
+    for summary_path in sorted(paths.accuracy_dir().glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        models.append(summary["model"])
+        found = prediction_problems(pl.read_parquet(summary_path.with_name("predictions.parquet")), summary)
+        if found:
+            problems[summary["model"]] = found
+    return dg.AssetCheckResult(passed=not problems, metadata={"models": dg.MetadataValue.json(models),
+                                                              "problems": dg.MetadataValue.json(problems)})

@@ -11,6 +11,7 @@ import dagster as dg
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
 from t0_pipeline.defs.resources import PipelineSettings
+from t0_pipeline.defs.versions import version_of
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
 from t0_pipeline.retrieval_eval import evaluate_retrieval, queries_for_corpus, query_source, read_saved_queries, save_queries
 from t0_pipeline.validate import unindexed_documents
@@ -25,7 +26,7 @@ def _dense_asset(index: str):
         name=DENSE_NAMES[index],
         group_name="retrieval",
         deps=[INDEX_SOURCES[index]],
-        code_version="1",
+        code_version=version_of(DENSE_NAMES[index]),
         automation_condition=EAGER,
         kinds={"chroma"},
         description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash).",
@@ -66,7 +67,7 @@ def _bm25_asset(index: str):
         name=BM25_NAMES[index],
         group_name="retrieval",
         deps=[INDEX_SOURCES[index]],
-        code_version="1",
+        code_version=version_of(BM25_NAMES[index]),
         automation_condition=EAGER,
         kinds={"python"},
         description=f"Document-level BM25 index (bm25s, English stop words and stemming) of the {index} documents.",
@@ -109,7 +110,7 @@ FOLLOWS_QUERIES = (EAGER.ignore(dg.AssetSelection.keys(SYNTHETIC_QUERIES))
 @dg.asset(
     group_name="retrieval",
     deps=[conditions, SYNTHETIC_QUERIES],
-    code_version="1",
+    code_version=version_of("eval_queries"),
     automation_condition=FOLLOWS_QUERIES,
     kinds={"parquet"},
     description="The labelled retrieval-evaluation queries: retrieval_eval.queries when set, else the synthetic "
@@ -146,7 +147,7 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
 @dg.asset(
     group_name="retrieval",
     deps=[full_page_index, summary_index, full_page_bm25, summary_bm25, eval_queries],
-    code_version="1",
+    code_version=version_of("retrieval_report"),
     automation_condition=EAGER,
     kinds={"python", "csv"},
     description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot.",
@@ -174,3 +175,16 @@ def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettin
         f"best_{headline}": float(best[headline]), f"best_{headline}_config": f"{best['index']} · {best['mode']}",
         "csv": dg.MetadataValue.path(str(report.csv)), "png": dg.MetadataValue.path(str(report.png)),
     })
+
+
+@dg.asset_check(asset=retrieval_report, description="Every configured index × mode was scored, and each p@k row is a "
+                                                     "share that never falls as k grows.")
+def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
+    from t0_pipeline.validate import pk_problems
+
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    if not read_saved_queries(paths.eval_queries):
+        return dg.AssetCheckResult(passed=True, metadata={"note": "no evaluation queries match this corpus"})
+    problems = pk_problems(pl.read_csv(paths.retrieval_report_dir / "pk.csv"), cfg.retrieval_eval.indexes,
+                           cfg.retrieval_eval.modes)
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})

@@ -15,8 +15,9 @@ import dagster as dg
 from t0_pipeline.artifacts import T0Error
 
 from t0_pipeline.config import LLMConfig, PipelineConfig
-from t0_pipeline.defs.corpus import conditions, preview
+from t0_pipeline.defs.corpus import EAGER, conditions, preview
 from t0_pipeline.defs.resources import PipelineSettings, location_config
+from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.retrieval import eval_queries, full_page_bm25, full_page_index, summary_bm25, summary_index
 from t0_pipeline.index import build_bm25_index, build_dense_index
 from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
@@ -58,11 +59,17 @@ def _config(settings: PipelineSettings, overrides: RoleOverrides, role: str) -> 
     return cfg
 
 
+LOCATION = location_config()
+# the model-calling assets follow their inputs only when automation.synthetic_data says so
+FOLLOW_IF_SET = EAGER if LOCATION.automation.synthetic_data else None
+
+
 def build_summary_study() -> list:
     """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them: their own
     index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries *are* ``summaries``.)"""
 
-    @dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
+    @dg.asset(group_name=GROUP, deps=[conditions], code_version=version_of("llm_summaries"), pool="llm",
+              kinds={"python", "parquet"}, automation_condition=FOLLOW_IF_SET,
               description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.")
     def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
         cfg, paths = _config(settings, config, "summariser"), settings.paths()
@@ -85,7 +92,8 @@ def build_summary_study() -> list:
                                    metadata={"problems": dg.MetadataValue.json(problems)})
 
 
-    @dg.asset(group_name=GROUP, deps=[llm_summaries], code_version="1", kinds={"chroma"},
+    @dg.asset(group_name=GROUP, deps=[llm_summaries], code_version=version_of("llm_summary_index"), kinds={"chroma"},
+              automation_condition=EAGER,
               description="Dense (Chroma) and BM25 indexes of the LLM summaries.")
     def llm_summary_index(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
@@ -98,7 +106,8 @@ def build_summary_study() -> list:
                                               "embedded_chunks": stats.embedded_chunks, "bm25_documents": bm25["documents"]})
 
 
-    @dg.asset(group_name=GROUP, deps=[summary_index, summary_bm25, llm_summary_index, eval_queries], code_version="1",
+    @dg.asset(group_name=GROUP, deps=[summary_index, summary_bm25, llm_summary_index, eval_queries],
+              code_version=version_of("summary_comparison"), automation_condition=EAGER,
               kinds={"python", "csv"}, description="p@k of extractive vs LLM summaries, for each retriever mode.")
     def summary_comparison(settings: PipelineSettings) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
@@ -108,13 +117,36 @@ def build_summary_study() -> list:
         return dg.MaterializeResult(metadata={"queries": report.n_queries, "p_at_k": dg.MetadataValue.md(report.markdown),
                                               "csv": dg.MetadataValue.path(str(report.csv))})
 
-    return [llm_summaries, every_condition_llm_summarised, llm_summary_index, summary_comparison]
+    @dg.asset_check(asset=llm_summary_index, description="Every current LLM summary is in the dense and BM25 indexes.")
+    def every_llm_summary_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
+        from t0_pipeline.index import read_manifest
+        from t0_pipeline.validate import unindexed_documents
+
+        paths = settings.paths()
+        docs = pl.read_parquet(paths.llm_summaries)
+        dense = unindexed_documents(docs, read_manifest(paths.index_manifest("llm_summaries")))
+        meta = json.loads((paths.bm25_dir("llm_summaries") / "t0_docs.json").read_text())
+        bm25 = unindexed_documents(docs, {"docs": dict(zip(meta["slugs"], meta["hashes"]))})
+        return dg.AssetCheckResult(passed=not dense and not bm25, metadata={
+            "missing_dense": dg.MetadataValue.json(dense[:20]), "missing_bm25": dg.MetadataValue.json(bm25[:20])})
+
+    @dg.asset_check(asset=summary_comparison, description="Both kinds of summary were scored in every mode, p@k sane.")
+    def both_summaries_scored(settings: PipelineSettings) -> dg.AssetCheckResult:
+        from t0_pipeline.validate import pk_problems
+
+        cfg, paths = settings.pipeline_config(), settings.paths()
+        problems = pk_problems(pl.read_csv(paths.summary_comparison_dir / "pk.csv"), ["summaries", "llm_summaries"],
+                               cfg.retrieval_eval.modes)
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+
+    return [llm_summaries, every_condition_llm_summarised, llm_summary_index, every_llm_summary_indexed,
+            summary_comparison, both_summaries_scored]
 
 
-LOCATION = location_config()
 INDEX_ASSETS = {"full": [full_page_index, full_page_bm25], "summaries": [summary_index, summary_bm25]}
 if LOCATION.summary.backend == "extractive":
-    llm_summaries, every_condition_llm_summarised, llm_summary_index, summary_comparison = build_summary_study()
+    (llm_summaries, every_condition_llm_summarised, llm_summary_index, every_llm_summary_indexed, summary_comparison,
+     both_summaries_scored) = build_summary_study()
     INDEX_ASSETS["llm_summaries"] = [llm_summary_index]
 
 
@@ -127,7 +159,8 @@ def retrieved_from(index: str) -> list:
     return assets
 
 
-@dg.asset(group_name=GROUP, deps=[conditions], code_version="1", pool="llm", kinds={"python", "parquet"},
+@dg.asset(group_name=GROUP, deps=[conditions], code_version=version_of("synthetic_queries"), pool="llm",
+          kinds={"python", "parquet"}, automation_condition=FOLLOW_IF_SET,
           description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set sharing "
                       "no (condition, disposition) pair, balanced over query type, disposition and sex.")
 def synthetic_queries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
@@ -194,8 +227,8 @@ def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheck
                   "max_refusal_rate": cfg.max_refusal_rate})
 
 
-@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index)], code_version="1",
-          pool="llm",
+@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index)],
+          code_version=version_of("reasoning_traces"), pool="llm", automation_condition=FOLLOW_IF_SET,
           kinds={"python", "parquet"},
           description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
                       "training query, parsed and filtered by the configured policy.")
@@ -221,7 +254,8 @@ def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResul
                                                          "share_of_parsable_in_retrieved": share})
 
 
-@dg.asset(group_name=GROUP, deps=[reasoning_traces], code_version="1", kinds={"parquet"},
+@dg.asset(group_name=GROUP, deps=[reasoning_traces], code_version=version_of("sft_dataset"), kinds={"parquet"},
+          automation_condition=FOLLOW_IF_SET,
           description="Chat examples (system: retrieved context; user: demographics + query; assistant: thinking + "
                       "answer) rendered with the student's chat template, with a dataset card.")
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
@@ -232,3 +266,15 @@ def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
         "card": dg.MetadataValue.md((paths.sft_dir / "README.md").read_text()),
         "path": dg.MetadataValue.path(str(paths.sft_dir / "train.parquet")),
     })
+
+
+@dg.asset_check(asset=sft_dataset, blocking=True, description="Examples exist, fit the block size and end their "
+                                                            "thinking with the chat format's marker.")
+def sft_examples_fit_the_format(settings: PipelineSettings) -> dg.AssetCheckResult:
+    from t0_pipeline.validate import sft_problems
+
+    cfg, paths = settings.pipeline_config(), settings.paths()
+    df = pl.read_parquet(paths.sft_dir / "train.parquet")
+    problems = sft_problems(df, cfg.sft.block_size, cfg.chat_format.think_end)
+    return dg.AssetCheckResult(passed=not problems, metadata={"examples": df.height,
+                                                              "problems": dg.MetadataValue.json(problems)})

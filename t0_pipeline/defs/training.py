@@ -16,6 +16,7 @@ import dagster as dg
 from t0_pipeline.artifacts import T0Error
 
 from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute, job_log_dir, location_config
+from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.synthetic import sft_dataset
 
 
@@ -26,7 +27,8 @@ def size_partitions() -> dg.StaticPartitionsDefinition:
 def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name="student_checkpoint", group_name="training", deps=[sft_dataset], partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1), pool="gpu", code_version="1",
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1), pool="gpu", code_version=version_of("student_checkpoint"),
+        automation_condition=dg.AutomationCondition.eager() if location_config().automation.training else None,
         kinds={"pytorch"},
         description="A fine-tuned student (Hugging Face format) per size; checkpoints under "
                     "<data>/students/<size>/, resumable after preemption.",
@@ -49,3 +51,15 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
 
 
 student_checkpoint = build_student_checkpoint(size_partitions())
+
+
+@dg.asset_check(asset=student_checkpoint, description="Every trained size's final/ is a loadable checkpoint "
+                                                      "(config, weights, tokenizer).")
+def final_checkpoints_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
+    from t0_pipeline.validate import checkpoint_problems
+
+    paths, sizes = settings.paths(), settings.pipeline_config().train.sizes
+    trained = [size for size in sizes if (paths.student_dir(size) / "final").exists()]
+    problems = [p for size in trained for p in checkpoint_problems(paths.student_dir(size) / "final")]
+    return dg.AssetCheckResult(passed=not problems, metadata={"trained_sizes": dg.MetadataValue.json(trained),
+                                                              "problems": dg.MetadataValue.json(problems)})

@@ -5,6 +5,7 @@ changes the version of exactly the assets that use it, and Dagster shows them st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from importlib import resources
 from pathlib import Path
@@ -39,12 +40,23 @@ def _module_source(name: str) -> bytes:
     return path.read_bytes() if path.is_file() else b""
 
 
-def code_version(asset: str, prompts_dir: Path | None = None) -> str:
+def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool = True) -> str:
     """A short hash of the sources and prompt templates ``asset`` depends on (see :data:`DEPENDS_ON`)."""
     modules, prompts = DEPENDS_ON[asset]
+    prompts = prompts if with_prompts else ()
     digest = hashlib.sha256()
     for module in modules:
         digest.update(module.encode() + b"\0" + _module_source(module) + b"\0")
     for prompt in prompts:
         digest.update(prompt.encode() + b"\0" + load_template(prompt, prompts_dir)[0].encode() + b"\0")
     return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
+def version_of(asset: str) -> str:
+    """:func:`code_version` with the prompts folder of the config the code location loads."""
+    from t0_pipeline.defs.resources import location_config
+
+    cfg = location_config()
+    # extractive summaries render no prompt: editing summarise.txt leaves them fresh
+    return code_version(asset, cfg.llm.prompts_dir, with_prompts=not (asset == "summaries" and cfg.summary.backend != "llm"))
