@@ -21,11 +21,12 @@ import itertools
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_json, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
@@ -44,7 +45,18 @@ STYLE = {
 
 
 class Demographics(BaseModel):
-    age: int = Field(ge=0, le=120)
+    age: int = Field(ge=0, le=120)  # writers may answer "above 80" (as the prompt allows): read as 81
+
+    @field_validator("age", mode="before")
+    @classmethod
+    def _age_in_words(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            found = re.search(r"\d+", value)
+            if not found:
+                return value  # left to the int check, which names the field
+            age = int(found.group())
+            return age + 1 if re.search(r"above|over|older|\+", value, re.I) else age
+        return value
     sex: str
     occupation: str
     social_support: str

@@ -52,7 +52,7 @@ def setup(tmp_path, server, **gen):
 
 def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
     with FakeLLM() as server:
-        server.on("symptom checker", writer_reply)
+        server.on("send to NHS 111", writer_reply)
         # six pages, 18 of their 18 (condition, disposition) pairs in the evaluation set: most training draws
         # overlap, so this tiny corpus needs more top-up draws than the default allowance (n_train)
         paths, cfg, llm = setup(tmp_path, server, max_top_up_draws=60)
@@ -80,7 +80,7 @@ def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
 
 def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
     with FakeLLM() as server:
-        server.on("symptom checker", writer_reply)
+        server.on("send to NHS 111", writer_reply)
         paths, cfg, llm = setup(tmp_path, server, n_eval=1000, n_train=0)
         eval_df, _, report = run_generate_queries(paths, cfg, llm)
         assert eval_df.height == 1000 and eval_df["id"].n_unique() == 1000 and eval_df["query"].n_unique() == 1000
@@ -109,7 +109,7 @@ def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writ
 
     with FakeLLM() as server:
         server.on('has "Beta cough"', "Sorry, I can only chat.")  # never JSON, even after the repair request
-        server.on("symptom checker", writer_reply)
+        server.on("send to NHS 111", writer_reply)
         paths, cfg, llm = setup(tmp_path, server, n_eval=18, n_train=0)
         eval_df, _, report = run_generate_queries(paths, cfg, llm)
         failed = report["eval"]["failures"]
@@ -119,14 +119,14 @@ def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writ
         assert report["usage"]["repairs"] == report["usage"]["invalid_json"] == len(failed)
 
     with FakeLLM() as healthy:  # unusable replies were not cached: only the failed draws are asked again, and succeed
-        healthy.on("symptom checker", writer_reply)
+        healthy.on("send to NHS 111", writer_reply)
         llm.roles["query_writer"].api_base = healthy.api_base
         again, _, report = run_generate_queries(paths, cfg, llm)
         assert again.height == 18 and report["usage"]["completed"] == len(failed) == len(healthy.state.requests)
         assert report["eval"]["failures"] == []
 
     with FakeLLM() as server:
-        server.on("symptom checker", "Sorry, I can only chat.")
+        server.on("send to NHS 111", "Sorry, I can only chat.")
         paths, cfg, llm = setup(tmp_path / "second", server, n_eval=3, n_train=0)
         with pytest.raises(T0Error, match=r"no evaluation queries were produced \(3 failed draws, first: InvalidJSON"):
             run_generate_queries(paths, cfg, llm)
@@ -146,7 +146,7 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
     from t0_pipeline.config import PipelineConfig
 
     with FakeLLM(latency_s=0.05) as server:
-        server.on("symptom checker", writer_reply)
+        server.on("send to NHS 111", writer_reply)
 
         def workspace(name: str):
             paths, cfg, llm = setup(tmp_path / name, server, n_eval=54, n_train=36)
@@ -189,3 +189,21 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
             resumed = pl.read_parquet(paths.synthetic_queries(split))
             reference = pl.read_parquet(whole_paths.synthetic_queries(split))
             assert resumed.equals(reference), split  # same rows, same ids, same texts
+
+
+def test_an_age_written_as_above_80_is_kept_not_failed(tmp_path):
+    """The prompt lets the writer answer "above 80", as the reference's did; such a draw is a query, not a failure."""
+    def elderly(messages, body):
+        reply = json.loads(writer_reply(messages, body))
+        if not reply["refused"]:
+            reply["demographics"]["age"] = "above 80"
+        return json.dumps(reply)
+
+    with FakeLLM() as server:
+        server.on("send to NHS 111", elderly)
+        paths, cfg, llm = setup(tmp_path, server, n_eval=6, n_train=0)
+        eval_df, _, report = run_generate_queries(paths, cfg, llm)
+    assert eval_df.height == 6 and not report["eval"]["failures"]
+    assert set(eval_df["age"]) == {81}
+    prompt = server.state.requests[0]["messages"][-1]["content"]
+    assert "NHS 111" in prompt and "A&E: emergency hospital treatment" in prompt and 'write "above 80"' in prompt

@@ -28,7 +28,7 @@ def metadata(result):
 def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
     with FakeLLM() as server:
         server.on("condensing a health information page", "Symptoms are mild. Call 111 if they get worse.")
-        server.on("symptom checker", writer_reply)
+        server.on("send to NHS 111", writer_reply)
         server.on("triage patients", teacher_reply, reasoning="Compare symptoms with each document.")
         role = {"model": "openai/fake", "api_base": server.api_base}
         config = tmp_path / "t0.yaml"
