@@ -28,7 +28,8 @@ app = typer.Typer(
 )
 
 DataDir = typer.Option(None, "--data-dir", "-d", help="Artefact root (default: $T0_DATA_DIR or ./data).")
-ConfigFile = typer.Option(None, "--config", "-c", help="JSON/YAML/TOML file with any PipelineConfig fields.")
+ConfigFile = typer.Option(None, "--config", "-c", help="JSON/YAML/TOML file with any subset of the settings (merged "
+                          "into the defaults field by field; T0_<SECTION>__<FIELD> variables go on top).")
 IndexOpt = typer.Option("summaries", "--index", "-i", help="Which index: full (whole pages), summaries or llm_summaries.")
 ModeOpt = typer.Option("hybrid", "--mode", "-m", help="Retriever: dense (embeddings), bm25 (lexical) or hybrid (RRF of both).")
 
@@ -589,7 +590,8 @@ def report(data_dir: Optional[Path] = DataDir):
 
 @app.command("config")
 def show_config(config: Optional[Path] = ConfigFile):
-    """Print the resolved configuration (defaults + --config file) as JSON."""
+    """Print the resolved configuration as JSON: defaults, then the --config file, then T0_<SECTION>__<FIELD>
+    environment variables (e.g. T0_LLM__ROLES__AGENT__API_BASE), each setting only the fields it names."""
     typer.echo(load_config(config).model_dump_json(indent=2))
 
 

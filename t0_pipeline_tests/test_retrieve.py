@@ -65,3 +65,14 @@ def test_k_larger_than_the_corpus_returns_every_document_once(retriever):
 def test_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(T0Error, match="no 'summaries' index"):
         Retriever("summaries", DataPaths(tmp_path))
+
+
+def test_a_retriever_refuses_an_index_built_with_another_embedding_model(built):
+    from t0_pipeline.artifacts import T0Error
+    from t0_pipeline.config import EmbeddingConfig
+    from t0_pipeline.retrieve import Retriever
+
+    cfg, paths = built
+    with pytest.raises(T0Error, match=r"the 'summaries' index was built with embedding model 'all-MiniLM-L6-v2 \(bundled\)'"
+                                      r", but embedding.model is 'sentence-transformers/all-mpnet-base-v2'; rebuild it"):
+        Retriever("summaries", paths, EmbeddingConfig(model="sentence-transformers/all-mpnet-base-v2"))

@@ -77,7 +77,7 @@ class TrainingCompute(dg.ConfigurableResource):
     account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None  # project charged (required on most sites)
     partition: Optional[str] = None  # Slurm partition; defaults to the site profile's
     qos: Optional[str] = None  # Slurm QoS; defaults to the site profile's
-    deepspeed: str = "auto"  # auto = ZeRO-3 when several GPUs train all weights; zero3, zero3_offload, none
+    deepspeed: Optional[str] = None  # None = the config's train.deepspeed; or auto, zero3, zero3_offload, none
     ssh_host: Optional[str] = None
     ssh_port: int = 22
     ssh_user: Optional[str] = None
@@ -92,7 +92,7 @@ class TrainingCompute(dg.ConfigurableResource):
 
         if self.mode == "local":
             command = [sys.executable, "-m", "t0_pipeline.train", "--partition", size, "--model", model,
-                       "--data-dir", data_dir, "--deepspeed", self.deepspeed]
+                       "--data-dir", data_dir, *(["--deepspeed", self.deepspeed] if self.deepspeed else [])]
             if config_file:
                 command += ["--config", config_file]
             return dg.PipesSubprocessClient().run(context=context, command=command).get_materialize_result()
