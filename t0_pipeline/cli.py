@@ -409,8 +409,9 @@ def sbatch(
     qos: Optional[str] = typer.Option(None, help="Slurm QoS (default: the profile's; per project on Baskerville)."),
     profiles_dir: Optional[Path] = typer.Option(None, help="Folder of your own site profiles (<site>.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the script here instead of printing it."),
-    deepspeed: str = typer.Option("auto", help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
-                                               "zero3_offload, a path on the cluster, or none."),
+    deepspeed: Optional[str] = typer.Option(None, help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
+                                                          "zero3_offload, a path on the cluster, or none "
+                                                          "(default: train.deepspeed)."),
 ):
     """Render the training job script for one student size on one cluster (submit it with sbatch).
 
@@ -425,7 +426,7 @@ def sbatch(
     log_dir = paths.student_dir(size) / "logs"
     script = render_sbatch(load_profile(site, profiles_dir), size, config_file=str(config.resolve()) if config else None,
                            data_dir=str(paths.root.resolve()), log_dir=str(log_dir.resolve()), model=model,
-                           deepspeed=deepspeed, account=account, partition=partition, qos=qos)
+                           deepspeed=deepspeed or cfg.train.deepspeed, account=account, partition=partition, qos=qos)
     if out:
         log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log file before the job starts
         out.write_text(script, encoding="utf-8")

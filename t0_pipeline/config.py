@@ -565,17 +565,41 @@ def default_layer() -> dict:
             for name, field in PipelineConfig.model_fields.items()}
 
 
-def deep_merge(base: dict, override: dict) -> dict:
+def _named_entry_maps(model: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
+    """Dotted paths of the settings that are maps of named entries (``llm.roles``, ``train.sizes``, …; ``*``
+    stands for an entry's name), where ``null`` removes an entry instead of setting a value."""
+    import typing
+
+    found: set[str] = set()
+    for name, field in (model or PipelineConfig).model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        if typing.get_origin(annotation) is dict:
+            found.add(path)
+            value = typing.get_args(annotation)[-1]
+            if isinstance(value, type) and issubclass(value, _PydanticModel):
+                found |= _named_entry_maps(value, f"{path}.*.")
+        elif isinstance(annotation, type) and issubclass(annotation, _PydanticModel):
+            found |= _named_entry_maps(annotation, f"{path}.")
+    return found
+
+
+def deep_merge(base: dict, override: dict, path: str = "", entry_maps: set[str] | None = None) -> dict:
     """``override`` on top of ``base``: mappings merge key by key, anything else (lists included) replaces.
 
-    ``null`` over a mapping removes that key, so a default entry (an evaluation model, a role) can be dropped.
+    In a map of named entries (``llm.roles``, ``evaluation.models``, ``train.sizes``, ``serve.profiles``),
+    ``null`` removes the entry, so a default model, role or size can be dropped; elsewhere it sets the value.
     """
+    import fnmatch
+
+    entry_maps = _named_entry_maps() if entry_maps is None else entry_maps
+    in_entry_map = any(fnmatch.fnmatchcase(path, pattern) for pattern in entry_maps)
     out = dict(base)
     for key, value in override.items():
-        if value is None and isinstance(out.get(key), dict):
-            out.pop(key)
+        if value is None and in_entry_map:
+            out.pop(key, None)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value, f"{path}.{key}" if path else str(key), entry_maps)
         else:
             out[key] = value
     return out

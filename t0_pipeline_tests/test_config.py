@@ -107,3 +107,12 @@ def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_null_drops_a_default_size_and_its_evaluation_entries_but_sets_none_elsewhere(tmp_path):
+    path = write(tmp_path, "train:\n  sizes: {0.5B: Qwen/Qwen2.5-0.5B-Instruct, 32B: null}\n"
+                           "llm:\n  roles:\n    agent: {api_base: null}\n")
+    cfg = load_config(path, environ={})
+    assert list(cfg.train.sizes) == ["1.5B", "3B", "7B", "14B", "0.5B"]
+    assert "t0-32b" not in cfg.evaluation.models and "qwen2.5-0.5b" in cfg.evaluation.models
+    assert cfg.llm.roles["agent"].api_base is None and cfg.llm.roles["agent"].model == PipelineConfig().llm.roles["agent"].model

@@ -382,7 +382,8 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     # 3. `t0 sbatch` prints exactly the script Slurm ran for Dagster (each job keeps a copy beside its output)
     ran = (data / "students" / "tiny" / "logs" / f"t0-train-tiny-{meta['slurm_job_id'].value}.sbatch").read_text()
     printed = CliRunner().invoke(app, ["sbatch", "--site", "ci-cpu", "--size", "tiny", "--profiles-dir",
-                                       str(tmp_path / "profiles"), "--partition", "debug", "--config", str(config),
+                                       str(tmp_path / "profiles"), "--partition", "debug", "--config",
+                                       str(data / "students" / "tiny" / "logs" / "pipeline.config.json"),  # as resolved
                                        "--data-dir", str(data)])
     assert printed.exit_code == 0, printed.output
     assert printed.output == ran
@@ -434,7 +435,8 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
     shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
     config = tmp_path / "t0.yaml"
     config.write_text(yaml.safe_dump({
-        "train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB},  # the new size: one line
+        # the new size: one line (the five default sizes are dropped here to keep the test small)
+        "train": {"sizes": {"tiny": str(root / "base"), **dict.fromkeys(["1.5B", "3B", "7B", "14B", "32B"])}, **SMALL_JOB},
         "llm": {"cache_path": str(tmp_path / "cache.sqlite"), "max_attempts": 1},
         "servers": {"command": stand_in("--thinking", "The face droops . Wait", "--answer", "( Stroke , A&E )",
                                         "--tool", "submit_condition_recommendation",

@@ -112,7 +112,8 @@ class TrainingCompute(dg.ConfigurableResource):
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         script = render_sbatch(profile, size, config_file=config_file, data_dir=data_dir, model=model,
-                               log_dir=job_log_dir(data_dir, size), deepspeed=self.deepspeed, **overrides)
+                               log_dir=job_log_dir(data_dir, size),
+                               deepspeed=self.deepspeed or load_config(config_file).train.deepspeed, **overrides)
         return profile, job_spec(profile, size, **overrides), script
 
     def _slurm(self, context: dg.AssetExecutionContext, size: str, model: str, config_file: Optional[str],
