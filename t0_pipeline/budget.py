@@ -162,8 +162,7 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
     def post(body: dict) -> dict:
         problem = "no attempt"
         for attempt in range(1, max(1, max_attempts) + 1):
-            retry_after = None
-            trouble = None
+            retry_after, trouble, resp = None, None, None
             try:
                 resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
             except httpx.HTTPError as exc:
@@ -174,14 +173,12 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
                     return resp.json()
                 problem = f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}"
                 trouble = endpoint_trouble("", resp.status_code)
-                if on_failure:
-                    on_failure(trouble, problem)
-                if resp.status_code not in RETRY_STATUS:
-                    break
                 header = resp.headers.get("Retry-After", "")
                 retry_after = float(header) if header.isdigit() else None
-            if on_failure and trouble == "unreachable":
+            if on_failure:
                 on_failure(trouble, problem)
+            if resp is not None and resp.status_code not in RETRY_STATUS:
+                break
             if attempt < max_attempts:
                 time.sleep(backoff_delay(attempt, backoff_s, max_backoff_s, retry_after))
         raise T0Error(f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base.")

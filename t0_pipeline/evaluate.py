@@ -296,13 +296,10 @@ def evaluate_model(name: str, settings: EvalModelConfig, queries: list[dict[str,
     runs = 1 if deterministic or greedy else config.runs
     seeds = [config.seed + r for r in range(runs)]
     rows: list[dict[str, Any]] = []
-    client.begin_stage(f"evaluate {name}", len(ks) * len(seeds) * len(queries))  # one bar and count for every k
-    try:
+    with client.stage(f"evaluate {name}", len(ks) * len(seeds) * len(queries)):  # one bar and count for every k
         for k in ks:
             rows += _predict_at_k(name, k, seeds, queries, config, client, predictor, titles, retriever, sections,
                                   prompt_hash, progress)
-    finally:
-        client.end_stage()
     df = pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
     by_k = {}
     for k in ks:

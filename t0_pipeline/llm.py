@@ -22,6 +22,7 @@ provider works: a local vLLM or Ollama OpenAI-compatible server (``openai/<name>
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -300,7 +301,7 @@ class LLMClient:
         self._fatal: EndpointError | None = None
         self._down_since: float | None = None
         self._last_unreachable = ""
-        self._bar = None  # the stage's progress bar, across several run() calls (begin_stage)
+        self._bar = None  # the stage's progress bar, across several run() calls (stage)
         self._stage: tuple[str, int] | None = None
         self._done = 0
         self.config = config
@@ -416,7 +417,8 @@ class LLMClient:
                     raise T0Error(f"{self.role} model {s.model} at {s.api_base or 'the provider default'} failed "
                                   f"({kind}: {first.replace('litellm.', '')}); check that the server is up.") from None
                 self.usage.retries += 1
-                await asyncio.sleep(min(self.config.backoff_s * 2 ** (attempt - 1), self.config.max_backoff_s))
+                await asyncio.sleep(backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s,
+                                                  _retry_after(exc)))
         splitter = ThinkSplitter(*think_tags)
         usage: dict[str, int] = {}
         chunks = aiter(response)  # type: ignore[arg-type]
@@ -507,7 +509,6 @@ class LLMClient:
             raise self._fatal
 
     def _unreachable(self, detail: str) -> EndpointError:
-        self._last_unreachable = detail
         return EndpointError(f"{self.role}: nothing answers at {self.where()} ({detail}) for "
                              f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model server "
                              f"there or fix {self.setting}.api_base. Successful calls are cached: a re-run resumes.")
@@ -591,24 +592,24 @@ class LLMClient:
         return parsed, second
 
     # --- many calls ----------------------------------------------------------------
-    def begin_stage(self, name: str, total: int) -> None:
-        """Count several :meth:`run` calls (rounds) as one stage: one bar and one done/total in progress lines."""
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int) -> Iterator[None]:
+        """Count the :meth:`run` calls (rounds) inside as one stage: one bar and one done/total in progress lines."""
         from tqdm.auto import tqdm
 
-        self.end_stage()
         self._stage, self._done = (name, total), 0
         self._bar = tqdm(total=total, desc=name, unit="item", leave=False)
+        try:
+            yield
+        finally:
+            self._bar.close()
+            self._bar, self._stage = None, None
 
     def grow_stage(self, more: int) -> None:
         """The stage has ``more`` items than planned (a top-up round)."""
         if self._stage is not None:
             self._stage = (self._stage[0], self._stage[1] + more)
             self._bar.total = self._stage[1]  # type: ignore[union-attr]
-
-    def end_stage(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self._bar, self._stage = None, None
 
     def run(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
             progress: Callable[[str], None] | None = None) -> list[Any]:

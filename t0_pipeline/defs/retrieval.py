@@ -12,6 +12,7 @@ from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
 from t0_pipeline.defs.resources import PipelineSettings
 from t0_pipeline.defs.versions import version_of
+from t0_pipeline.embed import model_name
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
 from t0_pipeline.retrieval_eval import evaluate_retrieval, queries_for_corpus, query_source, read_saved_queries, save_queries
 from t0_pipeline.validate import unindexed_documents
@@ -41,7 +42,7 @@ def _dense_asset(index: str):
             "collection": stats.collection, "documents": stats.documents, "chunks": stats.chunks,
             "embedded_chunks": stats.embedded_chunks, "added": len(stats.added), "changed": len(stats.changed),
             "removed": len(stats.removed), "unchanged": stats.unchanged, "rebuilt": stats.rebuilt,
-            "seconds": round(stats.seconds, 2), "model": cfg.embedding.model or "all-MiniLM-L6-v2 (bundled)",
+            "seconds": round(stats.seconds, 2), "model": model_name(cfg.embedding),
             "distance": cfg.chroma.distance,
             "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),  # type: ignore[arg-type]
         })
