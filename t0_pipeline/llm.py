@@ -362,26 +362,32 @@ class LLMClient:
         return self._slots  # type: ignore[return-value]
 
     async def complete(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                       seed: int | None = None, accept: Callable[[LLMReply], bool] | None = None) -> LLMReply:
+                       seed: int | None = None, accept: Callable[[LLMReply], bool] | None = None,
+                       response_format: dict[str, Any] | None = None) -> LLMReply:
         """One chat completion, from the cache when possible; failures come back with ``error`` set.
 
         ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
         overrides the role's seed (repeated runs). Both are part of the cache key. A reply is cached
         only when it succeeded and ``accept`` (if given) takes it, so a reply the caller cannot use is
-        asked for again on the next run.
+        asked for again on the next run. ``response_format`` (a JSON schema) constrains the reply.
         """
-        key, kwargs = self._request(messages, tools, seed)
+        key, kwargs = self._request(messages, tools, seed, response_format)
         return await self.cached(key, lambda: self._call_with_retries(kwargs), accept)
 
     def _request(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                 seed: int | None = None) -> tuple[str, dict[str, Any]]:
+                 seed: int | None = None, response_format: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """(cache key, litellm arguments) of one chat request."""
         params = self.params()
         if seed is not None:
             params["seed"] = seed
         if tools:
             params["tools"] = tools
-        return cache_key(self.settings.model, messages, params), self._kwargs(messages, tools, params["seed"])
+        if response_format:
+            params["response_format"] = response_format
+        kwargs = self._kwargs(messages, tools, params["seed"])
+        if response_format:
+            kwargs["response_format"] = response_format
+        return cache_key(self.settings.model, messages, params), kwargs
 
     def _kwargs(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, seed: int | None) -> dict:
         s = self.settings
@@ -568,7 +574,8 @@ class LLMClient:
         def valid(r: LLMReply) -> bool:
             return parse_json(r.content, schema)[0] is not None
 
-        reply = await self.complete(messages, seed=seed, accept=valid)
+        fmt = json_schema_format(schema) if self.settings.structured_output else None
+        reply = await self.complete(messages, seed=seed, accept=valid, response_format=fmt)
         if not reply.ok:
             return None, reply
         parsed, problem = parse_json(reply.content, schema)
@@ -578,7 +585,7 @@ class LLMClient:
         repair = [*messages, {"role": "assistant", "content": reply.content},
                   {"role": "user", "content": f"That reply was not valid JSON for the requested format ({problem}). "
                                               "Reply again with only the corrected JSON object and nothing else."}]
-        second = await self.complete(repair, seed=seed, accept=valid)
+        second = await self.complete(repair, seed=seed, accept=valid, response_format=fmt)
         if not second.ok:
             return None, second
         parsed, problem = parse_json(second.content, schema)
@@ -588,7 +595,7 @@ class LLMClient:
             self.usage.errors["InvalidJSON"] = self.usage.errors.get("InvalidJSON", 0) + 1
             self.usage.first_error = self.usage.first_error or second.error
         else:
-            self.store(self._request(messages, seed=seed)[0], second)
+            self.store(self._request(messages, seed=seed, response_format=fmt)[0], second)
         return parsed, second
 
     # --- many calls ----------------------------------------------------------------
@@ -668,6 +675,15 @@ def function_tool(name: str, description: str, properties: dict[str, dict[str, A
     """An OpenAI function-tool schema whose properties are all required."""
     return {"type": "function", "function": {"name": name, "description": description, "parameters": {
         "type": "object", "required": list(properties), "properties": properties}}}
+
+
+def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
+    """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM structured outputs,
+    OpenAI, the CPU server): a role with ``structured_output`` sends it with every JSON request. A schema class
+    may narrow what is sent with a ``response_schema()`` classmethod."""
+    narrowed = getattr(schema, "response_schema", None)
+    body = narrowed() if callable(narrowed) else schema.model_json_schema()
+    return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": body}}
 
 
 def parse_json(text: str, schema: type[M]) -> tuple[M | None, str]:

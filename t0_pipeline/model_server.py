@@ -21,14 +21,17 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, EvalModelConfig, ModelServerConfig
+from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, RoleConfig
 
+R = TypeVar("R", bound=RoleConfig)
 ENDPOINT_TAG = "t0-server-endpoint"  # a Slurm server job prints this line, then its URL, before starting the server
 PORT_VAR = "T0SERVERPORT"  # stands for the job's port in a Slurm command line (the shell fills it in)
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
@@ -57,32 +60,36 @@ class ServerPlan:
     args: list[str] = field(default_factory=list)
 
     def command(self, servers: ModelServerConfig, host: str, port: str, tp: int) -> list[str]:
-        values = {"checkpoint": self.checkpoint, "name": self.name, "host": host, "port": port, "tp": str(tp)}
+        values = {"checkpoint": self.checkpoint, "name": self.name, "host": host, "port": port, "tp": str(tp),
+                  "python": sys.executable}
         # only these placeholders are filled: other braces (JSON arguments) pass through untouched
-        cmd = [re.sub(r"\{(checkpoint|name|host|port|tp)\}", lambda m: values[m.group(1)], part)
+        cmd = [re.sub(r"\{(checkpoint|name|host|port|tp|python)\}", lambda m: values[m.group(1)], part)
                for part in servers.command]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         return cmd + list(self.args)
 
 
-def plan_for(name: str, entry: EvalModelConfig, paths: DataPaths) -> ServerPlan:
-    """The server an evaluation entry asks for; a student entry serves that student's ``final/``."""
+def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
+    """The server a role or an evaluation entry asks for; a student entry serves that student's ``final/``."""
     launch = entry.serve
     if launch is None:
         raise T0Error(f"model {name!r} has no serve section; it is reached at its api_base.")
     checkpoint = launch.checkpoint
+    student = getattr(entry, "student", None)
     if checkpoint is None:
-        if not entry.student:
+        if not student:
             raise T0Error(f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or `student` "
                           "naming a train.sizes entry whose checkpoint to serve.")
-        final = paths.student_dir(entry.student) / "final"
+        final = paths.student_dir(student) / "final"
         if not (final / "config.json").is_file():
-            raise T0Error(f"model {name!r} serves the {entry.student} student, but {final} holds no trained checkpoint; "
-                          f"materialise student_checkpoint[{entry.student}] (or `t0 train --partition {entry.student}`) first.")
+            raise T0Error(f"model {name!r} serves the {student} student, but {final} holds no trained checkpoint; "
+                          f"materialise student_checkpoint[{student}] (or `t0 train --partition {student}`) first.")
         checkpoint = str(final.resolve())
     elif _looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
-        raise T0Error(f"model {name!r}: checkpoint folder {checkpoint} does not exist; fix serve.checkpoint.")
+        hint = ("materialise base_models first (`t0 base-models`)" if Path(checkpoint).parent.name == "models"
+                else "fix serve.checkpoint")
+        raise T0Error(f"model {name!r}: checkpoint folder {checkpoint} does not exist; {hint}.")
     return ServerPlan(name=entry.served_name, checkpoint=checkpoint, tensor_parallel_size=launch.tensor_parallel_size,
                       max_model_len=launch.max_model_len, args=list(launch.args))
 
@@ -379,23 +386,42 @@ def serving(server: _Server) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def endpoint_for(name: str, entry: EvalModelConfig, paths: DataPaths,
-                 make_server: Callable[[ServerPlan], _Server]) -> Iterator[tuple[EvalModelConfig, str | None]]:
-    """(the entry as the stage should call it, the checkpoint served or None).
+def endpoint_for(name: str, entry: R, paths: DataPaths,
+                 make_server: Callable[[ServerPlan], _Server]) -> Iterator[tuple[R, str | None]]:
+    """(the entry as the stage should call it, the checkpoint served or None), for a role or an evaluation entry.
 
     An entry without a ``serve`` section is reached where it says. Otherwise a server is started for it
     with ``make_server`` and stopped when the block ends; the entry then points at it, and a served local
     checkpoint's own tokenizer renders budget-forced prompts unless the entry names one.
     """
-    if entry.serve is None or entry.backend in ("retrieval", "transformers"):
+    backend = getattr(entry, "backend", "chat")
+    if entry.serve is None or backend in ("retrieval", "transformers"):
         yield entry, None
         return
     plan = plan_for(name, entry, paths)
     with serving(make_server(plan)) as api_base:
         update: dict = {"api_base": api_base, "api_key_env": None}
-        if entry.tokenizer is None and entry.backend == "completions" and Path(plan.checkpoint).is_dir():
+        if getattr(entry, "tokenizer", "") is None and backend == "completions" and Path(plan.checkpoint).is_dir():
             update["tokenizer"] = plan.checkpoint
         yield entry.model_copy(update=update), plan.checkpoint
+
+
+@contextlib.contextmanager
+def roles_served(cfg: PipelineConfig, roles: list[str], paths: DataPaths,
+                 make_server: Callable[[ServerPlan], _Server]) -> Iterator[PipelineConfig]:
+    """``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server started for the block
+    (one server per distinct model: two roles on one checkpoint share it)."""
+    with contextlib.ExitStack() as stack:
+        started: dict[tuple, RoleConfig] = {}
+        for role in roles:
+            entry = cfg.llm.roles.get(role)
+            if entry is None or entry.serve is None:
+                continue
+            key = (entry.served_name, entry.serve.model_dump_json())
+            if key not in started:
+                started[key], _ = stack.enter_context(endpoint_for(role, entry, paths, make_server))
+            cfg.llm.roles[role] = entry.model_copy(update={"api_base": started[key].api_base, "api_key_env": None})
+        yield cfg
 
 
 def local_servers(servers: ModelServerConfig, paths: DataPaths,

@@ -147,13 +147,13 @@ class ExtractiveSummariser:
 class LLMSummariser:
     """The report's method: an LLM writes 3-4 sentences on symptoms and next steps (role ``summariser``)."""
 
-    def __init__(self, client, prompts_dir=None):
+    def __init__(self, client, prompts_dir=None, max_page_chars: int = 12000):
         from t0_pipeline.prompts import load_template
 
-        self.client = client
+        self.client, self.max_page_chars = client, max_page_chars
         self.template, digest = load_template("summarise", prompts_dir)
-        # the name carries model and prompt, so changing either re-summarises instead of reusing
-        self.name = f"llm:{client.settings.model}:{digest}"
+        # the name carries model, prompt and cut, so changing any re-summarises instead of reusing
+        self.name = f"llm:{client.settings.model}:{digest}:{max_page_chars}"
         self.failures: list[str] = []
 
     def summarise(self, title: str, text: str) -> str:
@@ -163,7 +163,7 @@ class LLMSummariser:
         from t0_pipeline.prompts import render
 
         async def one(doc: tuple[str, str]):
-            prompt = render(self.template, "summarise", title=doc[0], text=doc[1])
+            prompt = render(self.template, "summarise", title=doc[0], text=doc[1][: self.max_page_chars])
             return await self.client.complete([{"role": "user", "content": prompt}])
 
         replies = self.client.run(docs, one, "summarise (llm)", progress)
@@ -186,7 +186,7 @@ def get_summariser(config: SummaryConfig, llm=None, cache=None) -> Summariser:
                       "or use backend='extractive'.")
     from t0_pipeline.llm import LLMClient
 
-    return LLMSummariser(LLMClient("summariser", llm, cache), llm.prompts_dir)
+    return LLMSummariser(LLMClient("summariser", llm, cache), llm.prompts_dir, config.max_page_chars)
 
 
 SUMMARY_SCHEMA = {

@@ -69,6 +69,20 @@ class WrittenQuery(BaseModel):
     demographics: Demographics | None = None
     symptoms_description: str | None = None
 
+    @classmethod
+    def response_schema(cls) -> dict[str, Any]:
+        """What a server constraining its output (``structured_output``) may write: the refusal flag first, then a
+        complete query (ignored when refused), with bounded strings so a rambling model still closes its JSON.
+        The model's own schema would also allow an empty object."""
+        demographics = Demographics.model_json_schema()
+        for prop in demographics["properties"].values():
+            if prop.get("type") == "string":
+                prop["maxLength"] = 80
+        return {"type": "object", "additionalProperties": False,
+                "required": ["refused", "demographics", "symptoms_description"],
+                "properties": {"refused": {"type": "boolean"}, "demographics": demographics,
+                               "symptoms_description": {"type": "string", "minLength": 40, "maxLength": 600}}}
+
     @model_validator(mode="after")
     def _complete_unless_refused(self) -> "WrittenQuery":
         if not self.refused and (self.demographics is None or not (self.symptoms_description or "").strip()):

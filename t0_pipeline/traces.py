@@ -12,6 +12,7 @@ Run it: ``t0 traces --data-dir DIR`` (needs the teacher endpoint).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -19,8 +20,8 @@ import polars as pl
 from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
-from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
-from t0_pipeline.scoring import last_answer_pair, normalise_severity, resolve_condition
+from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, require_some_success
+from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
 from t0_pipeline.synth import demographics_text
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,31 @@ def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str 
     return pair[0], resolve_condition(pair[0], allowed), severity
 
 
+def answer_schema(titles: list[str]) -> dict[str, Any]:
+    """The teacher's reply as JSON when its role has ``structured_output`` (a small or non-reasoning teacher that
+    cannot keep the answer format): its thinking, then one of the retrieved conditions (or "inconclusive") and a
+    level of care, so every trace parses. A reasoning model's own thinking (``reasoning_content``) comes first."""
+    return {"type": "json_schema", "json_schema": {"name": "TriageAnswer", "schema": {
+        "type": "object", "additionalProperties": False, "required": ["thinking", "condition", "severity"],
+        "properties": {"thinking": {"type": "string", "minLength": 1, "maxLength": 1200},
+                       "condition": {"enum": [*titles, "inconclusive"]}, "severity": {"enum": list(SEVERITIES)}}}}}
+
+
+def from_structured(reply: LLMReply) -> LLMReply:
+    """A structured reply (:func:`answer_schema`) as a free-text one: its thinking, then "(condition, severity)"."""
+    import json
+
+    if not reply.ok:
+        return reply
+    try:
+        data = json.loads(reply.content)
+        answer = f"({data['condition']}, {data['severity']})"
+        return replace(reply, thinking="\n".join(t for t in (reply.thinking, data["thinking"].strip()) if t),
+                       content=answer)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return replace(reply, error=f"InvalidJSON: the structured answer did not parse: {reply.content[:120]!r}")
+
+
 def keep(row: dict[str, Any], config: TraceConfig) -> bool:
     if row["error"]:
         return False
@@ -80,6 +106,8 @@ def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: 
         jobs.append((row, slugs, titles, scores, prompt, [d["text"] for d in docs]))
 
     async def one(job):
+        if client.settings.structured_output:
+            return from_structured(await client.complete(job[4], response_format=answer_schema(job[2])))
         return await client.complete(job[4])
 
     replies = client.run(jobs, one, "teacher traces", progress)

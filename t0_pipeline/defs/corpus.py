@@ -8,7 +8,8 @@ import dagster as dg
 from t0_pipeline.clean import run_clean
 from t0_pipeline.crawl import corpus_fingerprint, run_crawl
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.defs.resources import PipelineSettings, location_config
+from t0_pipeline.defs.models import MODEL_DEPS
+from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.summarise import run_summarise
 from t0_pipeline.validate import document_problems, summary_problems
@@ -111,7 +112,7 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
     @dg.asset(
         name="summaries",
         group_name="corpus",
-        deps=[conditions],
+        deps=[conditions, *(MODEL_DEPS if llm else [])],
         code_version=version_of("summaries"),
         automation_condition=EAGER,
         pool="llm" if llm else None,
@@ -120,12 +121,14 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
                      "Extractive summaries (summary.backend=extractive)") +
                     " of each condition: symptoms and when/where to get help. What summary_index retrieves from.",
     )
-    def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings,
+                  model_server: ModelServer) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
         if cfg.summary.backend != backend:
             raise T0Error(f"summary.backend is {cfg.summary.backend!r} but the code location was loaded with {backend!r}; "
                           "reload the code location (Deployment → Reload) after changing it.")
-        out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
+        with model_server.roles(cfg, paths, ["summariser"] if llm else [], context.log.info) as cfg:
+            out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
         for failure in info["failures"]:
             context.log.warning(f"summary failed: {failure}; re-materialise to retry (successful calls are cached)")
         return dg.MaterializeResult(metadata={

@@ -19,6 +19,7 @@ import base64
 import dagster as dg
 
 from t0_pipeline.config import PipelineConfig
+from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries, usage_metadata
@@ -50,7 +51,7 @@ AFTER_TRAINING = (dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelect
 
 def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints: dg.AssetsDefinition | None = None,
                           cfg: PipelineConfig | None = None) -> dg.AssetsDefinition:
-    deps: list = [synthetic_queries, *retrieved_from((cfg or PipelineConfig()).evaluation.index)]
+    deps: list = [synthetic_queries, *retrieved_from((cfg or PipelineConfig()).evaluation.index), *MODEL_DEPS]
     if checkpoints is not None:
         mapping = {size: names for size, names in student_mapping(cfg or PipelineConfig()).items()
                    if size in checkpoints.partitions_def.get_partition_keys()}  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, PipelineConfig, load_config
+from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models
 
 
 def location_config() -> PipelineConfig:
@@ -36,7 +36,8 @@ class PipelineSettings(dg.ConfigurableResource):
     overrides: Dict[str, Any] = {}
 
     def pipeline_config(self) -> PipelineConfig:
-        return load_config(self.config_file, overrides=self.overrides)
+        """The merged settings, with base_models names standing for their folders under the data root."""
+        return with_base_models(load_config(self.config_file, overrides=self.overrides), self.paths())
 
     def paths(self) -> DataPaths:
         return DataPaths(self.data_dir)
@@ -218,6 +219,13 @@ class ModelServer(dg.ConfigurableResource):
             raise T0Error("ModelServer in slurm mode needs site (a site profile); set it on the resource.")
         return lambda plan: self._slurm_server(cfg, paths, size, plan, log)
 
+    def roles(self, cfg: PipelineConfig, paths: DataPaths, roles: list, log):
+        """A context manager: ``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server
+        started for the block (see :func:`t0_pipeline.model_server.roles_served`)."""
+        from t0_pipeline.model_server import roles_served
+
+        return roles_served(cfg, roles, paths, self.factory(cfg, paths, None, log))
+
     def _slurm_server(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], plan, log):
         from pathlib import Path
 
@@ -226,8 +234,9 @@ class ModelServer(dg.ConfigurableResource):
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         if size is None or size not in profile.sizes:
-            raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r} (the model entry's size), "
-                          f"so the server's GPUs are unknown; it has {', '.join(profile.sizes)}.")
+            raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r} (the model entry's size; "
+                          f"role servers run with ModelServer mode=local), so the server's GPUs are unknown; it has "
+                          f"{', '.join(profile.sizes)}.")
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         gpus = job_spec(profile, size, **overrides).gpus_per_node
         tp = plan.tensor_parallel_size or max(1, gpus)

@@ -16,7 +16,8 @@ from t0_pipeline.artifacts import T0Error
 
 from t0_pipeline.config import LLMConfig, PipelineConfig
 from t0_pipeline.defs.corpus import EAGER, conditions, preview
-from t0_pipeline.defs.resources import PipelineSettings, location_config
+from t0_pipeline.defs.models import MODEL_DEPS
+from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.retrieval import eval_queries, full_page_bm25, full_page_index, summary_bm25, summary_index
 from t0_pipeline.index import build_bm25_index, build_dense_index
@@ -68,13 +69,15 @@ def build_summary_study() -> list:
     """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them: their own
     index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries *are* ``summaries``.)"""
 
-    @dg.asset(group_name=GROUP, deps=[conditions], code_version=version_of("llm_summaries"), pool="llm",
+    @dg.asset(group_name=GROUP, deps=[conditions, *MODEL_DEPS], code_version=version_of("llm_summaries"), pool="llm",
               kinds={"python", "parquet"}, automation_condition=FOLLOW_IF_SET,
               description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.")
-    def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
+    def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer,
+                      config: RoleOverrides) -> dg.MaterializeResult:
         cfg, paths = _config(settings, config, "summariser"), settings.paths()
         summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
-        out, info = run_summarise(paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info)
+        with model_server.roles(cfg, paths, ["summariser"], context.log.info) as cfg:
+            out, info = run_summarise(paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info)
         for slug in info["failures"]:
             context.log.warning(f"summary failed for {slug}; re-materialise to retry (successful calls are cached)")
         return dg.MaterializeResult(metadata={
@@ -159,13 +162,15 @@ def retrieved_from(index: str) -> list:
     return assets
 
 
-@dg.asset(group_name=GROUP, deps=[conditions], code_version=version_of("synthetic_queries"), pool="llm",
+@dg.asset(group_name=GROUP, deps=[conditions, *MODEL_DEPS], code_version=version_of("synthetic_queries"), pool="llm",
           kinds={"python", "parquet"}, automation_condition=FOLLOW_IF_SET,
           description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set sharing "
                       "no (condition, disposition) pair, balanced over query type, disposition and sex.")
-def synthetic_queries(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
+def synthetic_queries(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer,
+                      config: RoleOverrides) -> dg.MaterializeResult:
     cfg, paths = _config(settings, config, "query_writer"), settings.paths()
-    eval_df, train_df, report = run_generate_queries(paths, cfg.queries, cfg.llm, progress=context.log.info)
+    with model_server.roles(cfg, paths, ["query_writer"], context.log.info) as cfg:
+        eval_df, train_df, report = run_generate_queries(paths, cfg.queries, cfg.llm, progress=context.log.info)
     counts = lambda df, col: dg.MetadataValue.json(dict(df.group_by(col).len().sort(col).iter_rows()))  # noqa: E731
     return dg.MaterializeResult(metadata={
         "eval_queries": eval_df.height, "train_queries": train_df.height,
@@ -227,15 +232,17 @@ def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheck
                   "max_refusal_rate": cfg.max_refusal_rate})
 
 
-@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index)],
+@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index), *MODEL_DEPS],
           code_version=version_of("reasoning_traces"), pool="llm", automation_condition=FOLLOW_IF_SET,
           kinds={"python", "parquet"},
           description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
                       "training query, parsed and filtered by the configured policy.")
-def reasoning_traces(context: dg.AssetExecutionContext, settings: PipelineSettings, config: RoleOverrides) -> dg.MaterializeResult:
+def reasoning_traces(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer,
+                     config: RoleOverrides) -> dg.MaterializeResult:
     cfg, paths = _config(settings, config, "teacher"), settings.paths()
     retriever = settings.retriever(cfg.traces.index, cfg)
-    traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
+    with model_server.roles(cfg, paths, ["teacher"], context.log.info) as cfg:
+        traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
     return dg.MaterializeResult(metadata={
         **{k: v for k, v in stats.items() if k != "usage"}, **usage_metadata(stats["usage"]),
         "preview": preview(traces, ["gold_slug", "gold_disposition", "pred_slug", "pred_severity", "kept"], rows=8),
@@ -254,7 +261,7 @@ def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResul
                                                          "share_of_parsable_in_retrieved": share})
 
 
-@dg.asset(group_name=GROUP, deps=[reasoning_traces], code_version=version_of("sft_dataset"), kinds={"parquet"},
+@dg.asset(group_name=GROUP, deps=[reasoning_traces, *MODEL_DEPS], code_version=version_of("sft_dataset"), kinds={"parquet"},
           automation_condition=FOLLOW_IF_SET,
           description="Chat examples (system: retrieved context; user: demographics + query; assistant: thinking + "
                       "answer) rendered with the student's chat template, with a dataset card.")

@@ -15,6 +15,7 @@ import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
 
+from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute, job_log_dir, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.synthetic import sft_dataset
@@ -26,7 +27,7 @@ def size_partitions() -> dg.StaticPartitionsDefinition:
 
 def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        name="student_checkpoint", group_name="training", deps=[sft_dataset], partitions_def=partitions,
+        name="student_checkpoint", group_name="training", deps=[sft_dataset, *MODEL_DEPS], partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1), pool="gpu", code_version=version_of("student_checkpoint"),
         automation_condition=dg.AutomationCondition.eager() if location_config().automation.training else None,
         kinds={"pytorch"},
