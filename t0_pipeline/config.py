@@ -213,6 +213,7 @@ class QueryGenConfig(BaseModel):
     dispositions: list[str] = Field(default_factory=lambda: ["Self-care", "Urgent Primary Care", "A&E"])
     sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
     max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
+    allow_refusal: bool = True  # the writer may refuse a (condition, disposition) it cannot write (structured: a flag)
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
     max_top_up_draws: int | None = Field(None, ge=0)  # draws all those rounds may spend; None = n_train
     source: Literal["conditions", "summaries"] = "conditions"  # which text the writer sees (report: full page)

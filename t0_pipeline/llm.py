@@ -564,9 +564,12 @@ class LLMClient:
                 await asyncio.sleep(wait)
         return LLMReply(error=error, attempts=attempt)
 
-    async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M],
-                            seed: int | None = None) -> tuple[M | None, LLMReply]:
+    async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M], seed: int | None = None,
+                            response_schema: dict[str, Any] | None = None) -> tuple[M | None, LLMReply]:
         """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error).
+
+        With the role's ``structured_output`` the server is asked for JSON of ``response_schema`` (default:
+        ``schema``'s own JSON schema) and can produce nothing else.
 
         Only a reply that parses is cached: a repaired one under the original request too (a re-run makes
         no call), an unusable one not at all (a re-run asks again).
@@ -574,7 +577,8 @@ class LLMClient:
         def valid(r: LLMReply) -> bool:
             return parse_json(r.content, schema)[0] is not None
 
-        fmt = json_schema_format(schema) if self.settings.structured_output else None
+        fmt = json_schema_format(schema.__name__, response_schema or schema.model_json_schema()) \
+            if self.settings.structured_output else None
         reply = await self.complete(messages, seed=seed, accept=valid, response_format=fmt)
         if not reply.ok:
             return None, reply
@@ -677,13 +681,10 @@ def function_tool(name: str, description: str, properties: dict[str, dict[str, A
         "type": "object", "required": list(properties), "properties": properties}}}
 
 
-def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
+def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM structured outputs,
-    OpenAI, the CPU server): a role with ``structured_output`` sends it with every JSON request. A schema class
-    may narrow what is sent with a ``response_schema()`` classmethod."""
-    narrowed = getattr(schema, "response_schema", None)
-    body = narrowed() if callable(narrowed) else schema.model_json_schema()
-    return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": body}}
+    OpenAI, the CPU server): a role with ``structured_output`` sends it with every JSON request."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 
 def parse_json(text: str, schema: type[M]) -> tuple[M | None, str]:

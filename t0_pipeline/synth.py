@@ -70,18 +70,22 @@ class WrittenQuery(BaseModel):
     symptoms_description: str | None = None
 
     @classmethod
-    def response_schema(cls) -> dict[str, Any]:
-        """What a server constraining its output (``structured_output``) may write: the refusal flag first, then a
-        complete query (ignored when refused), with bounded strings so a rambling model still closes its JSON.
-        The model's own schema would also allow an empty object."""
+    def response_schema(cls, allow_refusal: bool = True, max_tokens: int = 1024) -> dict[str, Any]:
+        """What a server constraining its output (``structured_output``) may write: the refusal flag first (when
+        allowed), then a complete query (ignored when refused). Strings are bounded (about two characters a
+        token, the demographics' 120 tokens set aside) and free of escapes, so a rambling model still closes its
+        JSON within ``max_tokens``; the model's own schema would allow ``{}``."""
+        def text(low: int, high: int) -> dict[str, Any]:
+            return {"type": "string", "minLength": low, "maxLength": high, "pattern": "^[^\\\\]*$"}
+
         demographics = Demographics.model_json_schema()
-        for prop in demographics["properties"].values():
+        for name, prop in demographics["properties"].items():
             if prop.get("type") == "string":
-                prop["maxLength"] = 80
-        return {"type": "object", "additionalProperties": False,
-                "required": ["refused", "demographics", "symptoms_description"],
-                "properties": {"refused": {"type": "boolean"}, "demographics": demographics,
-                               "symptoms_description": {"type": "string", "minLength": 40, "maxLength": 600}}}
+                demographics["properties"][name] = {**prop, **text(1, 40)}
+        properties = {"refused": {"type": "boolean"}} if allow_refusal else {}
+        properties.update(demographics=demographics,
+                          symptoms_description=text(40, max(40, min(1500, 2 * (max_tokens - 120)))))
+        return {"type": "object", "additionalProperties": False, "required": list(properties), "properties": properties}
 
     @model_validator(mode="after")
     def _complete_unless_refused(self) -> "WrittenQuery":
@@ -154,8 +158,9 @@ class QueryWriter:
                 break
             slug = rng.choice(allowed)
             # the draw's own sampling seed: cells that share a prompt still get (and cache) their own message
-            written, reply = await self.client.complete_json([{"role": "user", "content": self.prompt(slug, cell)}],
-                                                             WrittenQuery, seed=rng.randrange(2**31))
+            written, reply = await self.client.complete_json(
+                [{"role": "user", "content": self.prompt(slug, cell)}], WrittenQuery, seed=rng.randrange(2**31),
+                response_schema=WrittenQuery.response_schema(self.config.allow_refusal, self.client.settings.max_tokens))
             if written is None:
                 report.failures.append({"cell": cell.index, "slug": slug, "error": reply.error})
                 return None

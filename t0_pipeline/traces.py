@@ -20,7 +20,7 @@ import polars as pl
 from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
-from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, require_some_success
+from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, json_schema_format, require_some_success
 from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
 from t0_pipeline.synth import demographics_text
 
@@ -53,14 +53,17 @@ def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str 
     return pair[0], resolve_condition(pair[0], allowed), severity
 
 
-def answer_schema(titles: list[str]) -> dict[str, Any]:
+def answer_schema(titles: list[str], max_tokens: int = 1024) -> dict[str, Any]:
     """The teacher's reply as JSON when its role has ``structured_output`` (a small or non-reasoning teacher that
     cannot keep the answer format): its thinking, then one of the retrieved conditions (or "inconclusive") and a
-    level of care, so every trace parses. A reasoning model's own thinking (``reasoning_content``) comes first."""
-    return {"type": "json_schema", "json_schema": {"name": "TriageAnswer", "schema": {
+    level of care, so every trace parses. A reasoning model's own thinking (``reasoning_content``) comes first.
+    The thinking is bounded (about two characters a token, room left for the answer) so it ends within the
+    role's ``max_tokens`` and the JSON closes."""
+    thinking_chars = max(40, 2 * (max_tokens - 40))
+    return json_schema_format("TriageAnswer", {
         "type": "object", "additionalProperties": False, "required": ["thinking", "condition", "severity"],
-        "properties": {"thinking": {"type": "string", "minLength": 1, "maxLength": 1200},
-                       "condition": {"enum": [*titles, "inconclusive"]}, "severity": {"enum": list(SEVERITIES)}}}}}
+        "properties": {"thinking": {"type": "string", "minLength": 1, "maxLength": thinking_chars, "pattern": "^[^\\\\]*$"},
+                       "condition": {"enum": [*titles, "inconclusive"]}, "severity": {"enum": list(SEVERITIES)}}})
 
 
 def from_structured(reply: LLMReply) -> LLMReply:
@@ -107,7 +110,7 @@ def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: 
 
     async def one(job):
         if client.settings.structured_output:
-            return from_structured(await client.complete(job[4], response_format=answer_schema(job[2])))
+            return from_structured(await client.complete(job[4], response_format=answer_schema(job[2], client.settings.max_tokens)))
         return await client.complete(job[4])
 
     replies = client.run(jobs, one, "teacher traces", progress)
