@@ -116,9 +116,13 @@ class Engine:
                     break
             batch = [first] + [j for j in waiting if j.batch_key() == first.batch_key()][: self.max_batch - 1]
             waiting = [j for j in waiting if j not in batch]
+            started = time.monotonic()
             try:
                 for job, result in zip(batch, self.generate(batch)):
                     job.result = result
+                tokens = sum(j.result["completion_tokens"] for j in batch)  # type: ignore[index]
+                print(f"batch of {len(batch)}: {tokens} tokens in {time.monotonic() - started:.1f} s "
+                      f"({len(waiting)} waiting)", flush=True)
             except Exception as exc:  # reported to each caller; the server keeps serving
                 for job in batch:
                     job.error = f"{type(exc).__name__}: {exc}"

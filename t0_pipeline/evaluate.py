@@ -494,6 +494,18 @@ class CombinedReport:
     below_base: list[dict[str, Any]]
 
 
+def parsable_share(stats: dict[str, Any]) -> float | None:
+    """Share of a k's replies that parsed to a condition and a severity (right or wrong); None when not run."""
+    counts = stats.get("status_counts") or {}
+    total = sum(counts.values())
+    return sum(n for status, n in counts.items() if status not in ("empty", "unparsable", "failed")) / total \
+        if total else None
+
+
+def fmt_share(share: float | None) -> str:
+    return "—" if share is None else f"{share:.0%}"
+
+
 def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
     """The cross-model table (report's Table 2/4 layout), query-type table and Figure 5 style plot."""
     summaries = read_summaries(paths, config)
@@ -533,6 +545,10 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
                   "| model | under | over |", "|---|---|---|"]
         lines += [f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | {s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
                   for n, s in summaries.items() if "under_estimate_share" in s["by_k"].get(str(qk), {})]
+    lines += ["", "## Answers in the format: share of replies that parse to a condition and a level of care", "",
+              "| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (1 + len(ks)) + "|"]
+    lines += [f"| {name} | " + " | ".join(fmt_share(parsable_share(s["by_k"].get(str(k), {}))) for k in ks) + " |"
+              for name, s in summaries.items()]
     below = students_below_base(summaries)
     if below:
         lines += ["", "Students below their base model: " + "; ".join(

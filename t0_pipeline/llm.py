@@ -681,6 +681,14 @@ def function_tool(name: str, description: str, properties: dict[str, dict[str, A
         "type": "object", "required": list(properties), "properties": properties}}}
 
 
+def bounded_text(low: int, high: int) -> dict[str, Any]:
+    """A JSON-schema string for constrained output: ``low``..``high`` printable ASCII characters, no escapes. A small
+    model writing under a grammar otherwise spends its tokens on byte pieces of rare characters and never closes
+    the string; one token per character at worst keeps ``high`` within a token budget. The bounds are in the
+    pattern too: xgrammar (vLLM's default backend) ignores min/maxLength beside a pattern."""
+    return {"type": "string", "minLength": low, "maxLength": high, "pattern": f"^[ -\\[\\]-~]{{{low},{high}}}$"}
+
+
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM structured outputs,
     OpenAI, the CPU server): a role with ``structured_output`` sends it with every JSON request."""

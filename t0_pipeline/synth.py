@@ -73,18 +73,17 @@ class WrittenQuery(BaseModel):
     def response_schema(cls, allow_refusal: bool = True, max_tokens: int = 1024) -> dict[str, Any]:
         """What a server constraining its output (``structured_output``) may write: the refusal flag first (when
         allowed), then a complete query (ignored when refused). Strings are bounded (about two characters a
-        token, the demographics' 120 tokens set aside) and free of escapes, so a rambling model still closes its
+        token at worst, 220 set aside for the demographics and the keys) and free of escapes, so a rambling model still closes its
         JSON within ``max_tokens``; the model's own schema would allow ``{}``."""
-        def text(low: int, high: int) -> dict[str, Any]:
-            return {"type": "string", "minLength": low, "maxLength": high, "pattern": "^[^\\\\]*$"}
+        from t0_pipeline.llm import bounded_text
 
         demographics = Demographics.model_json_schema()
         for name, prop in demographics["properties"].items():
             if prop.get("type") == "string":
-                demographics["properties"][name] = {**prop, **text(1, 40)}
+                demographics["properties"][name] = {**prop, **bounded_text(1, 24)}
         properties = {"refused": {"type": "boolean"}} if allow_refusal else {}
         properties.update(demographics=demographics,
-                          symptoms_description=text(40, max(40, min(1500, 2 * (max_tokens - 120)))))
+                          symptoms_description=bounded_text(40, max(40, min(1500, max_tokens - 220))))
         return {"type": "object", "additionalProperties": False, "required": list(properties), "properties": properties}
 
     @model_validator(mode="after")

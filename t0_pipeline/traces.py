@@ -20,7 +20,7 @@ import polars as pl
 from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
-from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, json_schema_format, require_some_success
+from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, bounded_text, json_schema_format, require_some_success
 from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
 from t0_pipeline.synth import demographics_text
 
@@ -57,12 +57,12 @@ def answer_schema(titles: list[str], max_tokens: int = 1024) -> dict[str, Any]:
     """The teacher's reply as JSON when its role has ``structured_output`` (a small or non-reasoning teacher that
     cannot keep the answer format): its thinking, then one of the retrieved conditions (or "inconclusive") and a
     level of care, so every trace parses. A reasoning model's own thinking (``reasoning_content``) comes first.
-    The thinking is bounded (about two characters a token, room left for the answer) so it ends within the
+    The thinking is bounded (a token a character at worst, room left for the answer) so it ends within the
     role's ``max_tokens`` and the JSON closes."""
-    thinking_chars = max(40, 2 * (max_tokens - 40))
+    thinking_chars = max(40, max_tokens - 60)
     return json_schema_format("TriageAnswer", {
         "type": "object", "additionalProperties": False, "required": ["thinking", "condition", "severity"],
-        "properties": {"thinking": {"type": "string", "minLength": 1, "maxLength": thinking_chars, "pattern": "^[^\\\\]*$"},
+        "properties": {"thinking": bounded_text(1, thinking_chars),
                        "condition": {"enum": [*titles, "inconclusive"]}, "severity": {"enum": list(SEVERITIES)}}})
 
 

@@ -63,6 +63,16 @@ def smollm2_gguf() -> Path:
     return next(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))
 
 
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
+    """The bundled SmolLM2-135M-Instruct converted to a safetensors checkpoint by base_models (once per session)."""
+    from t0_pipeline.base_models import materialise
+    from t0_pipeline.config import DataPaths
+
+    paths = DataPaths(tmp_path_factory.mktemp("base-models"))
+    return Path(materialise("smollm2-135m-instruct", "bundled:smollm2-135m-instruct", paths, lambda m: None)["path"])
+
+
 @pytest.fixture
 def site(tmp_path, sample_site):
     """A loopback HTTP server serving a copy of the sample mirror (its files may be edited per test)."""

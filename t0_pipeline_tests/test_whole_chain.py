@@ -16,7 +16,7 @@ DEMO = Path(__file__).resolve().parents[1] / "t0_pipeline" / "demo.yaml"
 TINY = {
     "T0_QUERIES__N_EVAL": "3", "T0_QUERIES__N_TRAIN": "4",
     "T0_SUMMARY__MAX_PAGE_CHARS": "300", "T0_LLM__ROLES__SUMMARISER__MAX_TOKENS": "16",
-    "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "96", "T0_LLM__ROLES__QUERY_WRITER__MAX_TOKENS": "180",
+    "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "96", "T0_LLM__ROLES__QUERY_WRITER__MAX_TOKENS": "280",
     "T0_TRAIN__MAX_STEPS": "2", "T0_TRAIN__SAVE_STEPS": "100", "T0_TRAIN__EVAL_STEPS": "100",
     "T0_EVALUATION__MAX_QUERIES": "2", "T0_EVALUATION__MODELS__SMOLLM2-135M__MAX_TOKENS": "24",
     "T0_EVALUATION__MODELS__T0-135M__BUDGET": json.dumps({"thinking_budget": 12, "max_waits": 1, "answer_tokens": 16}),
