@@ -47,11 +47,12 @@ def _setup(data_dir: Optional[Path], config_file: Optional[Path]) -> tuple[Pipel
     return with_base_models(load_config(config_file), paths), paths
 
 
-def _served(cfg: PipelineConfig, paths: DataPaths, role: str):
-    """``cfg`` with ``role`` pointed at a model server started on this machine when it has a serve section."""
+def _served(cfg: PipelineConfig, paths: DataPaths, *roles: str):
+    """``cfg`` with each of ``roles`` that has a serve section pointed at a model server started on this machine
+    for the block (one per distinct model)."""
     from t0_pipeline.model_server import local_servers, roles_served
 
-    return roles_served(cfg, [role], paths, local_servers(cfg.servers, paths, typer.echo))
+    return roles_served(cfg, list(roles), paths, local_servers(cfg.servers, paths, typer.echo))
 
 
 def _apply_source(cfg: PipelineConfig, source: Optional[str], location: Optional[str], pages: Optional[Path]) -> None:
