@@ -8,7 +8,7 @@ import dagster as dg
 import yaml
 
 from t0_pipeline.definitions import defs
-from t0_pipeline.defs.resources import PipelineSettings
+from t0_pipeline.defs.resources import ModelServer, PipelineSettings
 from t0_pipeline_tests.conftest import graph_subset, write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM
 from t0_pipeline_tests.test_cli import PAGES
@@ -46,6 +46,7 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
         resources = {
             "settings": PipelineSettings(data_dir=str(tmp_path / "data"), config_file=str(config), overrides={"source": {
                 "kind": "pages", "location": str(write_jsonl(tmp_path / "pages.jsonl", PAGES))}}),
+            "model_server": ModelServer(),  # no role here has a serve section: none is started
         }
         # training has its own test (test_train.py)
         everything = graph_subset({"corpus", "retrieval", "synthetic_data"})

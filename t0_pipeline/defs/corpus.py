@@ -1,6 +1,8 @@
 """Corpus assets: corpus_source (observed) → condition_pages → conditions → summaries."""
 
 
+import contextlib
+
 import polars as pl
 
 import dagster as dg
@@ -9,7 +11,7 @@ from t0_pipeline.clean import run_clean
 from t0_pipeline.crawl import corpus_fingerprint, run_crawl
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.models import MODEL_DEPS
-from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
+from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.summarise import run_summarise
 from t0_pipeline.validate import document_problems, summary_problems
@@ -116,18 +118,20 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
         code_version=version_of("summaries"),
         automation_condition=EAGER,
         pool="llm" if llm else None,
+        required_resource_keys={"model_server"} if llm else set(),  # the corpus group needs no model otherwise
         kinds={"python", "parquet"},
         description=("LLM summaries (role 'summariser', summary.backend=llm)" if llm else
                      "Extractive summaries (summary.backend=extractive)") +
                     " of each condition: symptoms and when/where to get help. What summary_index retrieves from.",
     )
-    def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings,
-                  model_server: ModelServer) -> dg.MaterializeResult:
+    def summaries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
         if cfg.summary.backend != backend:
             raise T0Error(f"summary.backend is {cfg.summary.backend!r} but the code location was loaded with {backend!r}; "
                           "reload the code location (Deployment → Reload) after changing it.")
-        with model_server.roles(cfg, paths, ["summariser"] if llm else [], context.log.info) as cfg:
+        serving = context.resources.model_server.roles(cfg, paths, ["summariser"], context.log.info) if llm \
+            else contextlib.nullcontext(cfg)
+        with serving as cfg:
             out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
         for failure in info["failures"]:
             context.log.warning(f"summary failed: {failure}; re-materialise to retry (successful calls are cached)")
