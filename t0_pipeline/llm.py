@@ -685,7 +685,10 @@ def bounded_text(low: int, high: int) -> dict[str, Any]:
     """A JSON-schema string for constrained output: ``low``..``high`` printable ASCII characters, no escapes. A small
     model writing under a grammar otherwise spends its tokens on byte pieces of rare characters and never closes
     the string; one token per character at worst keeps ``high`` within a token budget. The bounds are in the
-    pattern too: xgrammar (vLLM's default backend) ignores min/maxLength beside a pattern."""
+    pattern (xgrammar, vLLM's default backend, ignores min/maxLength beside one), and ``high`` is capped at 128:
+    xgrammar refuses longer repetitions and takes seconds to compile chains of them."""
+    high = min(high, 128)
+    low = min(low, high)
     return {"type": "string", "minLength": low, "maxLength": high, "pattern": f"^[ -\\[\\]-~]{{{low},{high}}}$"}
 
 
