@@ -93,27 +93,22 @@ def materialise(name: str, source: str, paths: DataPaths, log: Callable[[str], N
         log(f"{name}: converting {gguf.name} (dequantised) to a safetensors checkpoint")
         _convert_gguf(gguf, staging)
         kind = "bundled GGUF, dequantised"
-    elif is_local_folder(source):
+    elif is_local_folder(source):  # linked, not copied: the entry's folder is the link itself
         folder = Path(source).expanduser().resolve()
         if not (folder / "config.json").is_file():
             raise T0Error(f"base_models.{name}: {folder} holds no config.json; point it at a Hugging Face checkpoint "
                           "folder (config.json, weights, tokenizer).")
-        staging.mkdir()
-        (staging / "checkpoint").symlink_to(folder, target_is_directory=True)
-        kind = "local folder (linked)"
+        if out.exists():
+            shutil.rmtree(out)
+        out.symlink_to(folder, target_is_directory=True)
+        return {"name": name, "source": source, "kind": "local folder (linked)", "made": True,
+                "seconds": round(time.monotonic() - started, 1), "bytes": folder_bytes(out), "path": str(out)}
     else:
         log(f"{name}: downloading {source} from the Hugging Face hub")
         _download(source, staging)
         kind = "Hugging Face hub"
     info = {"name": name, "source": source, "kind": kind, "seconds": round(time.monotonic() - started, 1),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if (staging / "checkpoint").is_symlink():  # a linked folder: the entry's path is the link itself
-        target = (staging / "checkpoint").resolve()
-        shutil.rmtree(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        out.symlink_to(target, target_is_directory=True)
-        return {**info, "made": True, "bytes": folder_bytes(out), "path": str(out)}
     (staging / SOURCE_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
