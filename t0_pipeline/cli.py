@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models
+from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models, with_local_models
 
 app = typer.Typer(
     name="t0",
@@ -36,7 +36,7 @@ IndexOpt = typer.Option("summaries", "--index", "-i", help="Which index: full (w
 ModeOpt = typer.Option("hybrid", "--mode", "-m", help="Retriever: dense (embeddings), bm25 (lexical) or hybrid (RRF of both).")
 
 
-def _setup(data_dir: Optional[Path], config_file: Optional[Path]) -> tuple[PipelineConfig, DataPaths]:
+def _setup(data_dir: Optional[Path], config_file: Optional[Path], tuned: bool = True) -> tuple[PipelineConfig, DataPaths]:
     logging.basicConfig(level=os.environ.get("T0_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s"):
@@ -44,7 +44,8 @@ def _setup(data_dir: Optional[Path], config_file: Optional[Path]) -> tuple[Pipel
     paths = DataPaths(data_dir)
     if paths.root.exists() and not paths.root.is_dir():
         raise T0Error(f"data directory {paths.root} is a file; pass a directory with --data-dir (or $T0_DATA_DIR).")
-    return with_base_models(load_config(config_file), paths), paths
+    cfg = load_config(config_file)
+    return (with_local_models(cfg, paths) if tuned else with_base_models(cfg, paths)), paths
 
 
 def _served(cfg: PipelineConfig, paths: DataPaths, *roles: str):
@@ -245,6 +246,36 @@ def eval_retrieval(
     report = evaluate_retrieval(paths, ev, retrievers)
     typer.echo(f"\np@k over {report.n_queries} queries\n\n{report.markdown}\n")
     typer.echo(f"saved {report.csv}, {report.png}")
+
+
+@app.command("tune-retriever")
+def tune_retriever(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training pairs (default: retriever_tune.epochs)."),
+    reindex: bool = typer.Option(True, help="Rebuild the dense indexes with whichever embedder is now in use."),
+):
+    """Fine-tune the embedder on the synthetic training queries; use it when it retrieves better on the
+    evaluation split (p@k before/after printed), then re-index."""
+    from t0_pipeline.index import build_dense_index
+    from t0_pipeline.tune_retriever import run_tune
+
+    base_cfg, paths = _setup(data_dir, config, tuned=False)
+    if epochs:
+        base_cfg.retriever_tune.epochs = epochs
+    result = run_tune(base_cfg, paths, log_fn=typer.echo)
+    typer.echo(result.table())
+    typer.echo(f"{result.pairs} pairs, {result.steps} steps, {result.seconds:.0f} s; "
+               + (f"in use: {result.model_dir}" if result.used else "kept the current embedder"))
+    if reindex:
+        import polars as pl
+
+        cfg, _ = _setup(data_dir, config)
+        for name in ("full", "summaries"):
+            if paths.documents(name).exists():  # type: ignore[arg-type]
+                stats = build_dense_index(pl.read_parquet(paths.documents(name)), name, paths, cfg.embedding,  # type: ignore[arg-type]
+                                          cfg.chunk, cfg.chroma)
+                typer.echo(f"dense {stats.summary()}")
 
 
 @app.command()

@@ -30,7 +30,7 @@ import polars as pl
 from t0_pipeline.artifacts import T0Error, atomic_path, read_json, write_json, write_parquet
 from t0_pipeline.chunk import chunk_documents
 from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig, IndexName
-from t0_pipeline.embed import chunk_token_limit, model_name
+from t0_pipeline.embed import chunk_token_limit, document_encoder, model_name
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,7 @@ def build_dense_index(
     started = time.perf_counter()
     if docs.is_empty():
         raise T0Error(f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 clean`).")
-    if embedder is None:
-        from t0_pipeline.embed import load_embedder
-
-        embedder = load_embedder(embedding)
+    embedder = document_encoder(embedding, embedder)  # int8 on CPU unless embedding.quantize says otherwise
     client = client or chroma_client(chroma, paths)
     size = chunking.size or chunk_token_limit(embedder)
     spec = IndexSpec(index, model_name(embedding), size, chunking.overlap, chroma.distance)

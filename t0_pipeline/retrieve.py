@@ -63,10 +63,10 @@ class Retriever:
         manifest = read_manifest(paths.index_manifest(index))
         if manifest is None:
             raise T0Error(f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`.")
-        from t0_pipeline.embed import model_name
+        from t0_pipeline.embed import model_name, vector_space
 
         built_with, configured = manifest.get("model"), model_name(self.embedding)
-        if built_with and built_with != configured:  # queries would be embedded in another vector space
+        if built_with and vector_space(built_with) != vector_space(configured):  # queries would be embedded in another vector space
             raise T0Error(f"the {index!r} index was built with embedding model {built_with!r}, but embedding.model is "
                           f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set embedding.model back.")
         self.manifest = manifest

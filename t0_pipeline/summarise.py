@@ -25,19 +25,22 @@ from tqdm.auto import tqdm
 from t0_pipeline.artifacts import T0Error, read_parquet, sha256_text, write_config_sidecar, write_json, write_parquet
 from t0_pipeline.config import DataPaths, SummaryConfig
 
-ACTION = re.compile(
-    r"\b(999|111|a&e|gp|pharmacist|pharmacy|urgent|emergency|immediately|ambulance|hospital|call|"
-    r"see a|get help|go to|doctor|nurse|dentist)\b",
-    re.I,
-)
+ACTION = re.compile(r"\b(999|111|a&e|urgent(ly)?|emergency|immediately|ambulance|right away|straight away)\b", re.I)
+SEE_IF = re.compile(r"\b(gp|pharmacist|doctor|nurse|dentist|midwife|health visitor)\b[^.]*\bif\b|\bif\b[^.]*\b(see|contact|call|ask) "
+                    r"(a|your) (gp|pharmacist|doctor)\b", re.I)
 SYMPTOM = re.compile(
-    r"\b(symptoms?|signs?|pain(ful)?|ache|itch(y|ing)?|rash|swollen|swelling|temperature|fever|sick|"
-    r"vomit\w*|cough\w*|breath\w*|blister\w*|bleed\w*|red|sore|tired|dizz\w*|numb\w*|weak\w*|"
-    r"feel(ing)?|lump\w*|discharge|headache|confus\w*)\b",
+    r"\b(symptoms?|signs?|pain(ful)?|aches?|aching|itch(y|ing)?|rash|swollen|swelling|lumps?|temperature|fever|sick|"
+    r"vomit\w*|cough\w*|breath\w*|blisters?|bleed\w*|blood|red|sore|tired\w*|dizz\w*|numb\w*|weak\w*|tingl\w*|"
+    r"feel(s|ing)?|discharge|headaches?|confus\w*|stiff\w*|diarrhoea|constipation|pee\w*|poo\w*|skin|tummy)\b",
     re.I,
 )
-SYMPTOM_HEADING = re.compile(r"\b(symptoms?|check if|signs?|how to tell)\b", re.I)
-CARE_HEADING = re.compile(r"\b(advice|action required|see a|call|go to|ask for|get help)\b", re.I)
+SYMPTOM_CUE = re.compile(r"\b(symptoms?|signs?|check if|how to tell|you (may|might|could|can) (also )?(notice|have|feel|get|see)|"
+                         r"can (cause|include|make)|feel(s|ing)? like)\b", re.I)
+OFF_TOPIC = re.compile(r"\b(treat(ed|ing|ment|ments)?|medicines?|prescri\w+|surgery|operations?|tablets?|creams?|"
+                       r"antibiotics?|injections?|therapy|vaccin\w+|screening|tests?|scans?|diagnos\w+|caused? by|causes|"
+                       r"triggers?|risks?|prevent\w*|things you can do|tips|how to|recover\w*|complications?)\b", re.I)
+EXTRACTIVE_VERSION = 2  # bump when the selection changes, so stored summaries are redone
+MIN_SCORE = 2.0  # below this a unit is filler: a shorter summary retrieves better than a padded one
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 
 
@@ -51,46 +54,63 @@ class Summariser(Protocol):
 class Unit:
     text: str
     position: int
-    heading: str  # nearest heading above, "" at the top
+    lead: str  # the heading or "…:" line the unit belongs under, "" when none
     is_item: bool
+    block: int  # passage number: a new one starts at each heading or blank line
     score: float = 0.0
 
 
 def _units(text: str) -> list[Unit]:
+    """Sentences and list items in page order, each with the heading or lead-in line above it.
+
+    Lists come as ``- item`` lines (our cleaner) or as bare lines after a line ending in ":" (plain extracts).
+    """
     units: list[Unit] = []
-    heading = ""
-    for line in text.splitlines():
-        line = line.strip()
+    heading, lead, block = "", "", 0
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line:
+            block, lead = block + 1, ""
             continue
         if line.startswith("#"):
-            heading = line.lstrip("#").strip()
+            heading, lead, block = line.lstrip("#").strip(), "", block + 1
             continue
-        if line.startswith("- "):
-            units.append(Unit(line[2:].strip(), len(units), heading, True))
+        bare_item = bool(lead) and line[-1] not in ".!?"
+        if line.startswith("- ") or bare_item:
+            units.append(Unit(line.lstrip("- ").strip(), len(units), lead or heading, True, block))
             continue
+        if line.endswith(":"):
+            lead = line.rstrip(":").strip()
+            units.append(Unit(line, len(units), heading, False, block))
+            continue
+        lead = ""
         for sentence in SENTENCE_END.split(line):
             if sentence.strip():
-                units.append(Unit(sentence.strip(), len(units), heading, False))
+                units.append(Unit(sentence.strip(), len(units), heading, False, block))
     return units
 
 
-def _score(unit: Unit, first: bool) -> float:
-    score = 0.0
-    care = bool(CARE_HEADING.search(unit.heading)) and unit.is_item
-    if ACTION.search(unit.text) or care:
-        score += 2.0 + (1.0 if care else 0.0)
-    if SYMPTOM_HEADING.search(unit.heading):
-        score += 1.5
-    if SYMPTOM.search(unit.text):
-        score += 1.0
+def _score(unit: Unit, first: bool, symptom_blocks: set[int]) -> float:
+    """What a patient would describe (symptoms, in the page's words) and when to get help score; treatment,
+    causes and tests do not."""
     if first:
-        score += 5.0  # the opening sentence usually says what the condition is
+        return 10.0  # the opening sentence usually says what the condition is, or its main symptom
+    context = unit.lead if unit.is_item else ""
+    score = 0.0
+    if ACTION.search(unit.text) or ACTION.search(unit.lead) or SEE_IF.search(unit.text):
+        score += 3.0
+    if (unit.block in symptom_blocks and unit.is_item) or SYMPTOM_CUE.search(unit.lead) or SYMPTOM_CUE.search(unit.text):
+        score += 3.0
+    score += min(2, len(SYMPTOM.findall(unit.text))) * 0.75
+    if OFF_TOPIC.search(context or unit.lead):
+        score -= 3.0
+    elif OFF_TOPIC.search(unit.text):
+        score -= 1.5
     return score
 
 
 def _render(units: list[Unit]) -> str:
-    """Selected units in page order; list items under one heading become one sentence."""
+    """Selected units in page order; consecutive list items under one lead-in become one sentence."""
     parts: list[str] = []
     i = 0
     while i < len(units):
@@ -100,11 +120,11 @@ def _render(units: list[Unit]) -> str:
             i += 1
             continue
         group = [unit.text]
-        while i + 1 < len(units) and units[i + 1].is_item and units[i + 1].heading == unit.heading:
+        while i + 1 < len(units) and units[i + 1].is_item and units[i + 1].lead == unit.lead:
             i += 1
-            group.append(units[i].text)
-        lead = unit.heading.rstrip(":").strip()
-        parts.append((f"{lead}: " if lead else "") + "; ".join(group) + ".")
+            group.append(units[i].text.rstrip(".;"))
+        lead = unit.lead.rstrip(":").strip()
+        parts.append((f"{lead}: " if lead else "") + "; ".join(g.rstrip(".;") for g in group) + ".")
         i += 1
     return " ".join(parts)
 
@@ -112,35 +132,39 @@ def _render(units: list[Unit]) -> str:
 class ExtractiveSummariser:
     """Model-free summary: the most symptom- and action-bearing units within a word budget."""
 
-    name = "extractive"
-
     def __init__(self, config: SummaryConfig):
         self.config = config
+        # the name carries the method's version and budget: changing either re-summarises instead of reusing
+        self.name = f"extractive:{EXTRACTIVE_VERSION}:{config.max_words}:{config.max_sentences}"
 
     def summarise(self, title: str, text: str) -> str:
-        units = _units(text)
+        units = [u for u in _units(text) if u.text.strip().lower() != title.strip().lower()]  # a repeated title
         if not units:
             return ""
+        # lists in the opening passage say how the condition shows; so do lists in passages that name symptoms
+        symptom_blocks = {units[0].block} | {u.block for u in units if SYMPTOM_CUE.search(u.lead) or SYMPTOM_CUE.search(u.text)}
+        opening = next((u.position for u in units if not u.text.endswith(":")), -1)
         for unit in units:
-            unit.score = _score(unit, unit.position == 0)
+            unit.score = _score(unit, unit.position == opening, symptom_blocks)
         budget = self.config.max_words
         chosen: list[Unit] = []
         used = 0
-        per_heading: dict[str, int] = {}
-        candidates = list(units)
-        while candidates and len(chosen) < self.config.max_sentences * 3:
-            # diminishing returns per heading, so symptoms and each level of care all get a say
-            best = max(candidates, key=lambda u: (u.score * 0.6 ** per_heading.get(u.heading, 0), -u.position))
-            candidates.remove(best)
-            words = len(best.text.split()) + (len(best.heading.split()) if best.is_item else 0)
-            if best.score <= 0 or used + words > budget:
+        leads: set[str] = set()
+        # best first, earlier first on ties; lead-in lines ("…include:") are printed with their items, not alone
+        for best in sorted(units, key=lambda u: (-u.score, u.position)):
+            if best.score < MIN_SCORE or len(chosen) >= self.config.max_sentences * 4:
+                break
+            if best.text.endswith(":"):
+                continue
+            words = len(best.text.split()) + (len(best.lead.split()) if best.is_item and best.lead not in leads else 0)
+            if used + words > budget:
                 continue
             chosen.append(best)
             used += words
-            per_heading[best.heading] = per_heading.get(best.heading, 0) + 1
+            if best.is_item:
+                leads.add(best.lead)
         if not chosen:  # even the best unit is over budget: keep its first words
-            words = units[0].text.split()[:budget]
-            return " ".join(words)
+            return " ".join(units[0].text.split()[:budget])
         return _render(sorted(chosen, key=lambda u: u.position))
 
 

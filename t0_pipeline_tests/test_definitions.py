@@ -20,7 +20,8 @@ def test_definitions_load_with_lineage_groups_and_checks():
             "full_page_bm25", "summary_bm25", "eval_queries", "retrieval_report"} <= keys
     parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
     assert parents("condition_pages") == {"corpus_source"}
-    assert parents("summary_index") == {"summaries"}
+    assert parents("summary_index") == {"summaries", "retriever_model"}
+    assert parents("retriever_model") == {"summaries", "conditions", "synthetic_queries"}
     assert parents("retrieval_report") == {"full_page_index", "summary_index", "full_page_bm25", "summary_bm25", "eval_queries"}
     assert graph.get(dg.AssetKey("conditions")).group_name == "corpus"
     assert graph.get(dg.AssetKey("retrieval_report")).group_name == "retrieval"

@@ -56,7 +56,9 @@ def setup(tmp_path, embedder):
         df = docs_frame(texts)
         paths.conditions.parent.mkdir(parents=True, exist_ok=True)
         df.write_parquet(paths.conditions)
-        return build_dense_index(df, "full", paths, EmbeddingConfig(), chunking, chroma or ChromaConfig(), embedder=counting)
+        # float documents: the counting wrapper must see every encode (int8 would encode with a quantised copy)
+        return build_dense_index(df, "full", paths, EmbeddingConfig(quantize="none"), chunking, chroma or ChromaConfig(),
+                                 embedder=counting)
 
     return paths, build, counting
 

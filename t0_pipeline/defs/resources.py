@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models
+from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models, with_local_models
 
 
 def location_config() -> PipelineConfig:
@@ -35,9 +35,11 @@ class PipelineSettings(dg.ConfigurableResource):
     # any subset of the config, e.g. {"source": {"kind": "pages", "location": "pages.jsonl"}}
     overrides: Dict[str, Any] = {}
 
-    def pipeline_config(self) -> PipelineConfig:
-        """The merged settings, with base_models names standing for their folders under the data root."""
-        return with_base_models(load_config(self.config_file, overrides=self.overrides), self.paths())
+    def pipeline_config(self, tuned: bool = True) -> PipelineConfig:
+        """The merged settings, with base_models names standing for their folders under the data root, and the
+        fine-tuned embedder in use once retriever_model measured it better (unless ``tuned`` is False)."""
+        cfg = load_config(self.config_file, overrides=self.overrides)
+        return with_local_models(cfg, self.paths()) if tuned else with_base_models(cfg, self.paths())
 
     def paths(self) -> DataPaths:
         return DataPaths(self.data_dir)

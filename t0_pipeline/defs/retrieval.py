@@ -18,6 +18,17 @@ from t0_pipeline.retrieval_eval import evaluate_retrieval, queries_for_corpus, q
 from t0_pipeline.validate import unindexed_documents
 
 INDEX_SOURCES = {"full": conditions, "summaries": summaries}
+SYNTHETIC_QUERIES = dg.AssetKey("synthetic_queries")
+RETRIEVER_MODEL = dg.AssetKey("retriever_model")
+
+
+def follows(*keys: dg.AssetKey) -> dg.AutomationCondition:
+    """Eager on the other deps, not waiting for ``keys`` (they need an LLM or a training run), and re-run
+    whenever one of them is newly materialised."""
+    selection = dg.AssetSelection.keys(*keys)
+    return (EAGER.ignore(selection) | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+                                       .allow(selection) & ~dg.AutomationCondition.in_progress())
+            ).with_label("eager; also after " + ", ".join(k.to_user_string() for k in keys))
 DENSE_NAMES = {"full": "full_page_index", "summaries": "summary_index"}
 BM25_NAMES = {"full": "full_page_bm25", "summaries": "summary_bm25"}
 
@@ -26,11 +37,12 @@ def _dense_asset(index: str):
     @dg.asset(
         name=DENSE_NAMES[index],
         group_name="retrieval",
-        deps=[INDEX_SOURCES[index]],
+        deps=[INDEX_SOURCES[index], RETRIEVER_MODEL],
         code_version=version_of(DENSE_NAMES[index]),
-        automation_condition=EAGER,
+        automation_condition=follows(RETRIEVER_MODEL),
         kinds={"chroma"},
-        description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash).",
+        description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash), "
+                    "embedded by the configured model, or by retriever_model's tuned one once it measured better.",
     )
     def dense(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
@@ -100,12 +112,8 @@ full_page_bm25, full_page_bm25_check = _bm25_asset("full")
 summary_bm25, summary_bm25_check = _bm25_asset("summaries")
 
 
-SYNTHETIC_QUERIES = dg.AssetKey("synthetic_queries")
 # rebuilt when the corpus changes, and when synthetic queries are written (not waiting for them: they need an LLM)
-FOLLOWS_QUERIES = (EAGER.ignore(dg.AssetSelection.keys(SYNTHETIC_QUERIES))
-                   | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
-                      .allow(dg.AssetSelection.keys(SYNTHETIC_QUERIES)) & ~dg.AutomationCondition.in_progress())
-                   ).with_label("eager; also after synthetic_queries")
+FOLLOWS_QUERIES = follows(SYNTHETIC_QUERIES)
 
 
 @dg.asset(
@@ -189,3 +197,45 @@ def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     problems = pk_problems(pl.read_csv(paths.retrieval_report_dir / "pk.csv"), cfg.retrieval_eval.indexes,
                            cfg.retrieval_eval.modes)
     return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+
+
+@dg.asset(
+    group_name="models",
+    deps=[summaries, conditions, SYNTHETIC_QUERIES],
+    code_version=version_of("retriever_model"),
+    automation_condition=(dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
+                          .allow(dg.AssetSelection.keys(SYNTHETIC_QUERIES)) & ~dg.AutomationCondition.in_progress()
+                          ).with_label("after new synthetic queries"),
+    kinds={"pytorch"},
+    description="The embedder fine-tuned on the synthetic training queries (query → its condition's document; "
+                "in-batch and mined hard negatives), compared with the current one on the evaluation split; "
+                "when better it becomes the embedder of every dense index, which then re-index.",
+)
+def retriever_model(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    from t0_pipeline.tune_retriever import run_tune
+
+    cfg, paths = settings.pipeline_config(tuned=False), settings.paths()
+    result = run_tune(cfg, paths, log_fn=context.log.info)
+    context.log.info("\n" + result.table())
+    return dg.MaterializeResult(metadata={
+        "p_at_k": dg.MetadataValue.md(result.table()), "used": result.used, "mean_gain": round(result.gain, 4),
+        "pairs": result.pairs, "eval_queries": result.eval_queries, "steps": result.steps,
+        "train_loss": result.train_loss, "seconds": result.seconds, "base": result.base,
+        "model": dg.MetadataValue.path(result.model_dir), "notes": dg.MetadataValue.json(result.notes),
+    })
+
+
+@dg.asset_check(asset=retriever_model, description="The dense indexes use whichever embedder scored better on the "
+                                                    "evaluation split: the tuned one only when it gained p@k.")
+def better_embedder_in_use(settings: PipelineSettings) -> dg.AssetCheckResult:
+    import json
+
+    paths = settings.paths()
+    last = json.loads((paths.retriever_dir / "last_run.json").read_text(encoding="utf-8"))
+    active = paths.retriever_dir / "active.json"
+    in_use = settings.pipeline_config().embedding.model
+    tuned_in_use = in_use is not None and active.exists() and in_use == last["model_dir"]
+    passed = tuned_in_use == last["used"] and (not last["used"] or last["gain"] > 0)
+    return dg.AssetCheckResult(passed=passed, metadata={
+        "before": dg.MetadataValue.json(last["before"]), "after": dg.MetadataValue.json(last["after"]),
+        "tuned_in_use": tuned_in_use, "embedder": in_use or "configured default"})

@@ -23,6 +23,7 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "full_page_bm25": (("index",), ()),
     "summary_bm25": (("index",), ()),
     "eval_queries": (("retrieval_eval",), ()),
+    "retriever_model": (("tune_retriever", "retrieval_eval"), ()),
     "retrieval_report": (("retrieval_eval", "retrieve"), ()),
     "llm_summaries": (("summarise",), ("summarise",)),
     "llm_summary_index": (("index", "chunk", "embed"), ()),

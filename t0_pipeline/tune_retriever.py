@@ -1,0 +1,197 @@
+"""Tune the retriever: fine-tune the embedder on the pipeline's own synthetic queries.
+
+Pairs: each synthetic query of the *training* split → the document of its condition (a summary by
+default: what traces, evaluation and serving retrieve from). Loss: multiple-negatives ranking (every
+other document in a batch is a negative) plus ``hard_negatives`` per query, the best-ranked wrong
+documents under the current embedder. Trained with sentence-transformers' own trainer, float weights.
+
+Judged on the *evaluation* split: dense p@k over the same documents before and after. The tuned model
+is made the embedder of every index (``<data>/models/retriever/active.json``, read by
+:func:`t0_pipeline.config.with_tuned_retriever`) only when its mean p@k gain is above ``min_gain``.
+
+Run it: ``t0 tune-retriever --data-dir DIR`` (or materialise ``retriever_model``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from t0_pipeline.artifacts import T0Error, atomic_path, write_json
+from t0_pipeline.config import DataPaths, RetrieverTuneConfig
+from t0_pipeline.retrieval_eval import EvalQuery, first_hit_rank, precision_at_k
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneResult:
+    base: str
+    model_dir: str
+    pairs: int
+    eval_queries: int
+    steps: int
+    seconds: float
+    before: dict[int, float]
+    after: dict[int, float]
+    gain: float  # mean p@k gain over the configured ks
+    used: bool  # the tuned model is now the indexes' embedder
+    hard_negatives: int
+    train_loss: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        ks = sorted(self.before)
+        lines = ["| embedder | " + " | ".join(f"p@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        for name, pk in (("current", self.before), ("tuned", self.after)):
+            lines.append(f"| {name} | " + " | ".join(f"{pk[k]:.3f}" for k in ks) + " |")
+        return "\n".join(lines)
+
+
+def dense_rankings(model, queries: list[str], slugs: list[str], texts: list[str], depth: int,
+                   batch_size: int = 16) -> list[list[str]]:
+    """Slugs by cosine similarity of query to document (one vector per document, its first chunk's worth)."""
+    docs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    qs = model.encode(queries, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    order = np.argsort(-(qs @ docs.T), axis=1)[:, :depth]
+    return [[slugs[i] for i in row] for row in order]
+
+
+def p_at_k(model, queries: list[EvalQuery], slugs: list[str], texts: list[str], ks: list[int]) -> dict[int, float]:
+    ranked = dense_rankings(model, [q.query for q in queries], slugs, texts, max(ks))
+    return precision_at_k([first_hit_rank(r, q.targets) for r, q in zip(ranked, queries)], ks)
+
+
+def training_rows(model, train: list[EvalQuery], docs: dict[str, str], hard_negatives: int,
+                  max_pairs: int | None, seed: int) -> list[dict[str, str]]:
+    """(anchor, positive[, negative_1 …]) rows: one per training query whose condition is a document."""
+    import random
+
+    usable = [q for q in train if any(t in docs for t in q.targets)]
+    if max_pairs is not None and len(usable) > max_pairs:
+        usable = random.Random(seed).sample(usable, max_pairs)
+    if not usable:
+        return []
+    slugs, texts = list(docs), list(docs.values())
+    mined = dense_rankings(model, [q.query for q in usable], slugs, texts, hard_negatives + 10) if hard_negatives else []
+    rows = []
+    for i, q in enumerate(usable):
+        row = {"anchor": q.query, "positive": docs[next(t for t in q.targets if t in docs)]}
+        if hard_negatives:
+            wrong = [s for s in mined[i] if s not in q.targets][:hard_negatives]
+            row.update({f"negative_{j + 1}": docs[s] for j, s in enumerate(wrong)})
+        rows.append(row)
+    return rows
+
+
+def _digest(base: str, rows: list[dict], config: RetrieverTuneConfig) -> str:
+    payload = json.dumps({"base": base, "rows": rows, "config": config.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def tune_retriever(base: str, train: list[EvalQuery], evaluation: list[EvalQuery], docs: dict[str, str],
+                   config: RetrieverTuneConfig, paths: DataPaths, device: str = "cpu",
+                   log_fn=log.info) -> TuneResult:
+    """Fine-tune ``base`` (a sentence-transformers name or folder) and make it the indexes' embedder if better.
+
+    A run with the same base, pairs and settings as a finished one reuses its model (no retraining).
+    """
+    import logging as _logging
+
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
+                                                                          SentenceTransformerTrainingArguments)
+
+    if not evaluation:
+        raise T0Error("no evaluation queries match the documents; write synthetic queries (synthetic_queries) "
+                      "so the tuned retriever can be compared with the current one.")
+    started = time.perf_counter()
+    model = SentenceTransformer(base, device=device)
+    slugs, texts = list(docs), list(docs.values())
+    ks = sorted(set(config.ks))
+    before = p_at_k(model, evaluation, slugs, texts, ks)
+    log_fn("current embedder on %d evaluation queries: %s" % (len(evaluation), _pk(before)))
+    rows = training_rows(model, train, docs, config.hard_negatives, config.max_pairs, config.seed)
+    if len(rows) < 2:
+        raise T0Error(f"only {len(rows)} training queries match the documents; write more synthetic queries "
+                      "(queries.n_train) before tuning the retriever.")
+    out = paths.retriever_dir / f"tuned-{_digest(base, rows, config)}"
+    notes: list[str] = []
+    steps, loss = 0, None
+    if (out / "t0_tune.json").exists():
+        notes.append(f"reused {out.name}: same base, pairs and settings as a finished run")
+        log_fn(notes[-1])
+        meta = json.loads((out / "t0_tune.json").read_text(encoding="utf-8"))
+        steps, loss = meta.get("steps", 0), meta.get("train_loss")
+    else:
+        from datasets import Dataset
+
+        log_fn(f"fine-tuning on {len(rows)} pairs with {config.hard_negatives} hard negative(s) each, "
+               f"batch {config.batch_size}, {config.epochs:g} epoch(s)")
+        with atomic_path(out) as tmp:
+            args = SentenceTransformerTrainingArguments(
+                output_dir=str(tmp / "trainer"), num_train_epochs=config.epochs,
+                per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+                warmup_steps=config.warmup, seed=config.seed, batch_sampler=BatchSamplers.NO_DUPLICATES,
+                save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=False,
+                use_cpu=device == "cpu", dataloader_num_workers=0)
+            _logging.getLogger("sentence_transformers").setLevel(_logging.WARNING)
+            trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                                 loss=MultipleNegativesRankingLoss(model))
+            state = trainer.train()
+            steps, loss = int(state.global_step), float(state.training_loss)
+            shutil.rmtree(tmp / "trainer", ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            write_json({"base": base, "pairs": len(rows), "steps": steps, "train_loss": loss,
+                        "config": config.model_dump(mode="json")}, tmp / "t0_tune.json")
+    tuned = SentenceTransformer(str(out), device=device)
+    after = p_at_k(tuned, evaluation, slugs, texts, ks)
+    gain = float(np.mean([after[k] - before[k] for k in ks]))
+    used = gain > config.min_gain
+    log_fn(f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); "
+           + ("now the embedder of every index" if used else "not used: no better than the current one"))
+    result = TuneResult(base=base, model_dir=str(out), pairs=len(rows), eval_queries=len(evaluation), steps=steps,
+                        seconds=round(time.perf_counter() - started, 1), before=before, after=after, gain=gain,
+                        used=used, hard_negatives=config.hard_negatives, train_loss=loss, notes=notes)
+    write_json(asdict(result), paths.retriever_dir / "last_run.json")
+    if used:
+        write_json({"path": out.name, "base": base, "gain": gain, "before": before, "after": after},
+                   paths.retriever_dir / "active.json")
+    return result
+
+
+def _pk(pk: dict[int, float]) -> str:
+    return ", ".join(f"p@{k}={v:.3f}" for k, v in sorted(pk.items()))
+
+
+def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
+    """Tune from the configured base embedder (never from an earlier tuned one, so re-runs do not compound) on
+    the synthetic splits; ``cfg`` is the pipeline config without the tuned embedder substituted."""
+    from t0_pipeline.artifacts import read_parquet
+    from t0_pipeline.embed import default_model_path
+    from t0_pipeline.retrieval_eval import load_queries
+
+    tune = cfg.retriever_tune
+    split_files = {split: paths.synthetic_queries(split) for split in ("train", "eval")}
+    for split, path in split_files.items():
+        if not path.exists():
+            raise T0Error(f"no synthetic {split} queries at {path}; write them first (`t0 synth-queries`, or "
+                          "materialise synthetic_queries).")
+    documents = read_parquet(paths.documents(tune.documents), f"{tune.documents} documents", "t0 summarise")
+    docs = dict(zip(documents["slug"].to_list(), documents["text"].to_list()))
+    eval_cfg = cfg.retrieval_eval.model_copy(update={"query_field": "query", "target_field": "slug"})
+    train = load_queries(split_files["train"], eval_cfg)
+    evaluation = [q for q in load_queries(split_files["eval"], eval_cfg) if any(t in docs for t in q.targets)]
+    base = cfg.embedding.model or default_model_path()
+    result = tune_retriever(base, train, evaluation, docs, tune, paths, cfg.embedding.device, log_fn)
+    if not result.used:
+        (paths.retriever_dir / "active.json").unlink(missing_ok=True)  # the indexes go back to the base embedder
+    return result
