@@ -219,9 +219,11 @@ def eval_retrieval(
     index: Optional[list[str]] = typer.Option(None, "--index", "-i", help="Index to score (repeatable; default both)."),
     mode: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Mode to score (repeatable; default all three)."),
     ks: Optional[str] = typer.Option(None, help="Comma-separated k values (default 1,5,10,30,50,100)."),
+    rewrite_with: Optional[str] = typer.Option(None, help="A serve profile: also score each query as its agent "
+                                                          "rewrites it into a search query (rows '<mode>+agent')."),
 ):
     """Print and save the p@k table (CSV, Markdown, PNG) for each index × retriever mode."""
-    from t0_pipeline.retrieval_eval import evaluate_retrieval
+    from t0_pipeline.retrieval_eval import evaluate_retrieval, scored_queries
 
     cfg, paths = _setup(data_dir, config)
     ev = cfg.retrieval_eval
@@ -242,8 +244,24 @@ def eval_retrieval(
             ev.ks = [int(x) for x in ks.split(",")]
         except ValueError:
             raise T0Error(f"--ks must be comma-separated integers, got {ks!r}.") from None
+    if rewrite_with:
+        ev.rewrite_with = rewrite_with
     retrievers = {name: _retriever(cfg, paths, name) for name in ev.indexes}
-    report = evaluate_retrieval(paths, ev, retrievers)
+    rewritten = None
+    if ev.rewrite_with:
+        from t0_pipeline.llm import LLMCache
+        from t0_pipeline.serve.agent import agent_search_queries
+
+        queries_list = scored_queries(paths, ev)
+        agent_role = cfg.serve.profiles[ev.rewrite_with].agent if ev.rewrite_with in cfg.serve.profiles else ""
+        with _served(cfg, paths, *([agent_role] if agent_role else [])) as served:
+            rewritten, counts = agent_search_queries(served, ev.rewrite_with, [q.query for q in queries_list],
+                                                     LLMCache(paths.llm_cache(served.llm)))
+        typer.echo(f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as written, "
+                   f"{counts['failed']} failed (kept as written)")
+        report = evaluate_retrieval(paths, ev, retrievers, queries_list, rewritten=rewritten)
+    else:
+        report = evaluate_retrieval(paths, ev, retrievers)
     typer.echo(f"\np@k over {report.n_queries} queries\n\n{report.markdown}\n")
     typer.echo(f"saved {report.csv}, {report.png}")
 

@@ -147,6 +147,9 @@ class RetrievalEvalConfig(BaseModel):
     query_field: str = "query"
     target_field: str | None = None  # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
     queries: Path | None = None  # None = the synthetic evaluation split when written, else the bundled sample
+    # a serve profile: each query also goes through its agent's search-query step (as a served turn would) and
+    # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting adds
+    rewrite_with: str | None = None
 
 
 class LaunchConfig(BaseModel):

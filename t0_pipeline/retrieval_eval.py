@@ -178,38 +178,50 @@ def read_saved_queries(path: Path) -> list[EvalQuery]:
     return [EvalQuery(r["query"], list(r["targets"]), json.loads(r["record"])) for r in pl.read_parquet(path).iter_rows(named=True)]
 
 
-def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any],
-                       queries: list[EvalQuery] | None = None, out_dir: Path | None = None,
-                       label: str | None = None) -> RetrievalReport:
-    """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
-
-    ``queries`` defaults to :func:`query_source`'s set, validated against the corpus.
-    """
+def scored_queries(paths: DataPaths, config: RetrievalEvalConfig) -> list[EvalQuery]:
+    """:func:`query_source`'s queries whose condition is in the corpus (an error when none is)."""
     from t0_pipeline.retrieve import corpus_slugs
 
     source = query_source(paths, config)
+    queries, left_out = queries_for_corpus(source, config, corpus_slugs(paths))
+    if left_out:
+        log.warning("%d %s name conditions not in this corpus; left out", left_out, source.label)
+    if not queries:
+        raise T0Error(f"none of the {source.label} ({source.path}) matches this corpus; write synthetic queries "
+                      "(`t0 synth-queries`) or pass --queries with labels from this corpus.")
+    return queries
+
+
+def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any],
+                       queries: list[EvalQuery] | None = None, out_dir: Path | None = None,
+                       label: str | None = None, rewritten: list[str] | None = None) -> RetrievalReport:
+    """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
+
+    ``queries`` defaults to :func:`query_source`'s set, validated against the corpus. ``rewritten`` (one text
+    per query, e.g. the agent's search queries) adds a ``<mode>+agent`` row per pair scored on those texts.
+    """
+    source = query_source(paths, config)
     query_file = source.path
     if queries is None:
-        queries, left_out = queries_for_corpus(source, config, corpus_slugs(paths))
+        queries = scored_queries(paths, config)
         label = label or source.label
-        if left_out:
-            log.warning("%d %s name conditions not in this corpus; left out", left_out, source.label)
-        if not queries:
-            raise T0Error(f"none of the {source.label} ({query_file}) matches this corpus; write synthetic queries "
-                          "(`t0 synth-queries`) or pass --queries with labels from this corpus.")
     ks = sorted(set(config.ks))
     depth = max(ks)
     rows, rank_rows = [], []
-    texts = [q.query for q in queries]
+    if rewritten is not None and len(rewritten) != len(queries):
+        raise T0Error(f"{len(rewritten)} rewritten queries for {len(queries)} queries; they must pair up.")
+    variants = [("", [q.query for q in queries])] + ([("+agent", rewritten)] if rewritten is not None else [])
     for index in config.indexes:
-        for mode in config.modes:
-            ranked = retrievers[index].rank(texts, depth, mode)
-            ranks = [first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)]
-            pk = precision_at_k(ranks, ks)
-            rows.append({"index": index, "mode": mode, "queries": len(queries), **{f"p@{k}": pk[k] for k in ks}})
-            rank_rows.extend({"index": index, "mode": mode, "query": q.query, "targets": q.targets, "rank": r}
-                             for q, r in zip(queries, ranks))
-            log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
+        for base_mode in config.modes:
+            for suffix, texts in variants:
+                mode = base_mode + suffix
+                ranked = retrievers[index].rank(texts, depth, base_mode)
+                ranks = [first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)]
+                pk = precision_at_k(ranks, ks)
+                rows.append({"index": index, "mode": mode, "queries": len(queries), **{f"p@{k}": pk[k] for k in ks}})
+                rank_rows.extend({"index": index, "mode": mode, "query": q.query, "targets": q.targets, "rank": r}
+                                 for q, r in zip(queries, ranks))
+                log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
     table = pl.DataFrame(rows)
     out = out_dir or paths.retrieval_report_dir
     csv = out / "pk.csv"

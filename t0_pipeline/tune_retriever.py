@@ -20,7 +20,6 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 

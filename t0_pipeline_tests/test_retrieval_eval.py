@@ -50,3 +50,39 @@ def test_report_on_the_sample_corpus(built, embedder):
     assert "| full | hybrid |" in report.markdown
     ranks = pl.read_parquet(report.ranks)
     assert ranks.height == 6 * 123 and ranks["rank"].null_count() == 0
+
+
+def test_agent_search_queries_are_scored_beside_the_queries_as_written(built, embedder, tmp_path):
+    """The agent of a serve profile (the scripted model server, OpenAI tool calls) turns each query into its
+    search query exactly as a served turn does; the report scores both and says how many were rewritten."""
+    from t0_pipeline.config import RoleConfig
+    from t0_pipeline.llm import LLMCache
+    from t0_pipeline.serve.agent import agent_search_queries
+    from t0_pipeline_tests.fake_llm import FakeLLM
+    from t0_pipeline_tests.serving import script
+
+    cfg, paths = built
+    cfg = cfg.model_copy(deep=True)
+    texts = ["hello", "my big toe is red hot and swollen", "sneezing and itchy eyes every summer"]
+    with FakeLLM() as server:
+        script(server)
+        cfg.llm.roles["agent"] = RoleConfig(model="openai/agent", api_base=server.api_base, seed=None)
+        cache = LLMCache(tmp_path / "cache.sqlite")
+        rewritten, counts = agent_search_queries(cfg, "t0", texts, cache)
+        asked = len(server.state.requests)
+        again, _ = agent_search_queries(cfg, "t0", texts, cache)  # cached: no new calls
+        assert len(server.state.requests) == asked
+    assert rewritten == again == ["hello", f"symptoms: {texts[1]}", f"symptoms: {texts[2]}"]  # a greeting is not searched
+    assert counts == {"rewritten": 2, "kept": 1, "failed": 0}
+
+    queries = load_queries(write_jsonl(tmp_path / "q.jsonl", [
+        {"query": t, "condition": c} for t, c in zip(texts, ["common-cold", "gout", "hay-fever"])]), RetrievalEvalConfig())
+    ev = RetrievalEvalConfig(indexes=["summaries"], modes=["dense"], ks=[1, 5])
+    retrievers = {"summaries": Retriever("summaries", paths, embedder=embedder)}
+    report = evaluate_retrieval(paths, ev, retrievers, queries, out_dir=tmp_path / "out", rewritten=rewritten)
+    assert report.table["mode"].to_list() == ["dense", "dense+agent"]
+    assert "| summaries | dense+agent |" in report.markdown
+    with pytest.raises(T0Error, match="must pair up"):
+        evaluate_retrieval(paths, ev, retrievers, queries, out_dir=tmp_path / "out", rewritten=rewritten[:2])
+    with pytest.raises(T0Error, match="serve profile 'nope'"):
+        agent_search_queries(cfg, "nope", texts)

@@ -10,7 +10,7 @@ import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
-from t0_pipeline.defs.resources import PipelineSettings
+from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.embed import model_name
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
@@ -159,7 +159,10 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     code_version=version_of("retrieval_report"),
     automation_condition=EAGER,
     kinds={"python", "csv"},
-    description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot.",
+    # with retrieval_eval.rewrite_with the agent's model writes search queries (started here when it has serve:)
+    required_resource_keys={"model_server"} if location_config().retrieval_eval.rewrite_with else set(),
+    description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot; "
+                "with retrieval_eval.rewrite_with also on the agent's search queries ('<mode>+agent' rows).",
 )
 def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
@@ -171,14 +174,25 @@ def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettin
         return dg.MaterializeResult(metadata={"queries": 0, "note": "no evaluation queries match this corpus"})
     retrievers = {name: settings.retriever(name, cfg) for name in cfg.retrieval_eval.indexes}
     source = query_source(paths, cfg.retrieval_eval)
-    report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, queries, label=source.label)
+    rewritten, counts = None, {}
+    if cfg.retrieval_eval.rewrite_with:
+        from t0_pipeline.llm import LLMCache
+        from t0_pipeline.serve.agent import agent_search_queries
+
+        profile = cfg.serve.profiles.get(cfg.retrieval_eval.rewrite_with)
+        roles = [profile.agent] if profile else []
+        with context.resources.model_server.roles(cfg, paths, roles, context.log.info) as served:
+            rewritten, counts = agent_search_queries(served, cfg.retrieval_eval.rewrite_with, [q.query for q in queries],
+                                                     LLMCache(paths.llm_cache(served.llm)), context.log.info)
+        context.log.info(f"agent search queries: {counts}")
+    report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, queries, label=source.label, rewritten=rewritten)
     context.log.info("\n" + report.markdown)
     png = base64.b64encode(report.png.read_bytes()).decode()
     ks = sorted(cfg.retrieval_eval.ks)
     headline = f"p@{5 if 5 in ks else ks[0]}"  # the report's downstream choice was k=5
     best = report.table.sort(headline, descending=True).row(0, named=True)
     return dg.MaterializeResult(metadata={
-        "queries": report.n_queries, "query_source": source.label,
+        "queries": report.n_queries, "query_source": source.label, "agent_search_queries": dg.MetadataValue.json(counts),
         "p_at_k": dg.MetadataValue.md(report.markdown),
         "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
         f"best_{headline}": float(best[headline]), f"best_{headline}_config": f"{best['index']} · {best['mode']}",

@@ -216,3 +216,30 @@ class ChatService:
         if match:  # the text protocol (also accepted from tool-calling models that wrote it out)
             return match.group(1)
         return None
+
+
+def agent_search_queries(cfg: PipelineConfig, profile_name: str, texts: list[str], cache=None,
+                         progress=None) -> tuple[list[str], dict[str, int]]:
+    """What the agent of serve profile ``profile_name`` searches for when each text opens a conversation: the
+    same system prompt, tool and parsing as a served turn. A text the agent answers without searching, or a
+    failed call, keeps its own words. Returns (queries, counts of rewritten / kept / failed)."""
+    if profile_name not in cfg.serve.profiles:
+        raise T0Error(f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not configured; "
+                      f"available: {', '.join(cfg.serve.profiles)}.")
+    profile = cfg.serve.profiles[profile_name]
+    prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.llm.prompts_dir)
+    client = LLMClient(profile.agent, cfg.llm, cache)
+    system = prompts["system" if profile.agent_tools else "system_no_tools"]
+
+    async def one(text: str):
+        return await client.complete([{"role": "system", "content": system}, {"role": "user", "content": text}],
+                                     tools=[SEARCH_TOOL] if profile.agent_tools else None)
+
+    replies = client.run(texts, one, f"search queries ({profile.agent})", progress)
+    counts = {"rewritten": 0, "kept": 0, "failed": 0}
+    out = []
+    for text, reply in zip(texts, replies):
+        query = ChatService._search_query(reply, text, profile) if reply.ok else None
+        counts["failed" if not reply.ok else "rewritten" if query and query != text else "kept"] += 1
+        out.append(query or text)
+    return out, counts
