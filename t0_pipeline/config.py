@@ -138,6 +138,9 @@ class RetrievalConfig(BaseModel):
     rrf_k: int = Field(60, gt=0)  # reciprocal rank fusion constant (Cormack et al.)
     fusion_depth: int = Field(50, ge=1)  # documents taken from each ranker before fusing (k wins when larger)
     chunk_oversample: float = 1.5  # dense: first window = depth × chunks-per-document × this; doubles if short
+    # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded once):
+    # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the full index)
+    fuse_full_pages: bool = True
 
 
 class RetrievalEvalConfig(BaseModel):

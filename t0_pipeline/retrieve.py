@@ -82,6 +82,7 @@ class Retriever:
         self._bm25 = None
         self._bm25_slugs: list[str] = []
         self._stemmer = None
+        self._full: Retriever | None = None
 
     # --- dense ---------------------------------------------------------------------
     @property
@@ -169,6 +170,21 @@ class Retriever:
                         if s > 0 and self._bm25_slugs[i] is not None])
         return out
 
+    # --- fusion with the full pages ---------------------------------------------------
+    def _full_pages(self) -> "Retriever | None":
+        """The full-page index whose dense ranking joins this index's hybrid fusion (retrieval.fuse_full_pages)."""
+        if not self.config.fuse_full_pages or self.index == "full":
+            return None
+        if self._full is None:
+            if read_manifest(self.paths.index_manifest("full")) is None:
+                raise T0Error(f"hybrid search of {self.index!r} also ranks the full pages (retrieval.fuse_full_pages), "
+                              f"but there is no full-page index in {self.paths.root}; build it (`t0 index`) or set "
+                              "retrieval.fuse_full_pages: false.")
+            self._full = Retriever("full", self.paths, self.embedding, self.chroma,
+                                   self.config.model_copy(update={"fuse_full_pages": False}),
+                                   embedder=self._embedder, client=self._client)
+        return self._full
+
     # --- public --------------------------------------------------------------------
     def rank(self, queries: list[str], k: int, mode: RetrieverMode | None = None) -> list[list[tuple[str, float]]]:
         """(slug, score) lists, best first, at most k documents per query."""
@@ -187,9 +203,11 @@ class Retriever:
             return [r[:k] for r in dense]
         if mode != "hybrid":
             raise T0Error(f"unknown retriever mode {mode!r}; use dense, bm25 or hybrid.")
-        lexical = self._bm25_rank(queries, depth)
-        return [reciprocal_rank_fusion([[s for s, _ in d], [s for s, _ in b]], self.config.rrf_k)[:k]
-                for d, b in zip(dense, lexical)]
+        rankings = [[[s for s, _ in d] for d in dense], [[s for s, _ in b] for b in self._bm25_rank(queries, depth)]]
+        full = self._full_pages()
+        if full is not None:  # same model, so the query vectors serve both indexes
+            rankings.append([[s for s, _ in docs if s in self.live] for docs in full._dense(vectors, depth)])
+        return [reciprocal_rank_fusion(list(per_query), self.config.rrf_k)[:k] for per_query in zip(*rankings)]
 
     def search(self, query: str, k: int = 5, mode: RetrieverMode | None = None) -> list[Hit]:
         """Top-k whole documents for one query."""

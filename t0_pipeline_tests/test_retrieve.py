@@ -76,3 +76,30 @@ def test_a_retriever_refuses_an_index_built_with_another_embedding_model(built):
     with pytest.raises(T0Error, match=r"the 'summaries' index was built with embedding model 'all-MiniLM-L6-v2 \(bundled\) \[int8 documents\]'"
                                       r", but embedding.model is 'sentence-transformers/all-mpnet-base-v2 \[int8 documents\]'; rebuild it"):
         Retriever("summaries", paths, EmbeddingConfig(model="sentence-transformers/all-mpnet-base-v2"))
+
+
+def test_hybrid_search_of_the_summaries_fuses_the_full_pages_and_says_when_they_are_missing(built, embedder, tmp_path):
+    import shutil
+
+    from t0_pipeline.config import RetrievalConfig
+    from t0_pipeline.retrieve import Retriever
+
+    cfg, paths = built
+    fused = Retriever("summaries", paths, cfg.embedding, cfg.chroma, RetrievalConfig(), embedder=embedder)
+    alone = Retriever("summaries", paths, cfg.embedding, cfg.chroma, RetrievalConfig(fuse_full_pages=False), embedder=embedder)
+    query = ["I sneeze all the time and my eyes itch and water every summer"]
+    with_full, without = fused.rank(query, 10, "hybrid")[0], alone.rank(query, 10, "hybrid")[0]
+    assert with_full[0][0] == without[0][0] == "hay-fever"
+    full_rank = [s for s, _ in Retriever("full", paths, cfg.embedding, cfg.chroma, embedder=embedder).rank(query, 50, "dense")[0]]
+    # RRF over three rankings: the top document gains exactly its full-page dense term
+    assert with_full[0][1] == pytest.approx(without[0][1] + 1 / (60 + full_rank.index("hay-fever") + 1))
+    assert all(slug in fused.live for slug, _ in with_full)
+    assert fused.rank(query, 10, "dense") == alone.rank(query, 10, "dense")  # only hybrid fuses
+
+    # summaries indexed without the full pages: one clear error naming the setting
+    copy = DataPaths(tmp_path / "data")
+    shutil.copytree(paths.root / "index", copy.root / "index")
+    (copy.root / "index" / "full.manifest.json").unlink()
+    lonely = Retriever("summaries", copy, cfg.embedding, cfg.chroma, RetrievalConfig(), embedder=embedder)
+    with pytest.raises(T0Error, match="retrieval.fuse_full_pages: false"):
+        lonely.rank(query, 5, "hybrid")

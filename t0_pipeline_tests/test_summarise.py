@@ -59,3 +59,38 @@ def test_unchanged_documents_reuse_their_summary_and_compression_is_recorded():
 def test_llm_backend_without_llm_config_is_a_clear_error():
     with pytest.raises(T0Error, match="needs the llm section"):
         get_summariser(SummaryConfig(backend="llm"))
+
+
+PLAIN = """Wobbly knee
+
+Wobbly knee often starts slowly.
+Other symptoms of wobbly knee can include:
+a clicking sound when you climb stairs
+the knee giving way on slopes
+a dull ache behind the kneecap
+
+Wobbly knee is usually treated with physiotherapy.
+Your doctor may prescribe a brace to wear at night.
+A scan can show the loose ligament.
+
+Go to A&E if your knee is suddenly very swollen and you cannot stand."""
+
+
+def test_plain_extracts_keep_the_symptom_list_and_urgency_and_drop_treatment():
+    """Page extracts without Markdown: a list is the bare lines after a line ending in ':'."""
+    summary = ExtractiveSummariser(SummaryConfig()).summarise("Wobbly knee", PLAIN)
+    assert "Other symptoms of wobbly knee can include: a clicking sound when you climb stairs; the knee giving way on " \
+           "slopes; a dull ache behind the kneecap." in summary
+    assert "A&E" in summary and "cannot stand" in summary
+    for treatment in ("physiotherapy", "brace", "scan"):
+        assert treatment not in summary
+    assert not summary.startswith("Wobbly knee.")  # the repeated title line is not a sentence
+
+
+def test_the_method_and_budget_are_part_of_the_summaries_provenance():
+    """Stored summaries are reused only when made by the same method with the same budget."""
+    docs = pl.DataFrame({"slug": ["wk"], "title": ["Wobbly knee"], "url": ["u"], "text": [PLAIN],
+                         "content_hash": [sha256_text(PLAIN)]})
+    first, _ = summarise_documents(docs, ExtractiveSummariser(SummaryConfig(max_words=120)))
+    shorter, _ = summarise_documents(docs, ExtractiveSummariser(SummaryConfig(max_words=15)), previous=first)
+    assert shorter["summariser"][0] != first["summariser"][0] and len(shorter["text"][0].split()) <= 15

@@ -155,7 +155,9 @@ if LOCATION.summary.backend == "extractive":
 
 def retrieved_from(index: str) -> list:
     """The index assets a stage retrieving from ``index`` (a config value) depends on: lineage follows config."""
-    assets = INDEX_ASSETS.get(index) or []
+    assets = list(INDEX_ASSETS.get(index) or [])
+    if index != "full" and LOCATION.retrieval.fuse_full_pages:  # hybrid search fuses the full pages' ranking
+        assets.append(full_page_index)
     if not assets:
         raise T0Error(f"nothing builds the {index!r} index in this code location (with summary.backend=llm the LLM "
                       "summaries are 'summaries'); set traces.index / evaluation.index to full or summaries.")
