@@ -79,23 +79,64 @@ def load_embedder(config: EmbeddingConfig) -> "SentenceTransformer":
     return _load(config.model or default_model_path(), config.device, False)
 
 
-_INT8_COPIES: dict[int, tuple["SentenceTransformer", "SentenceTransformer"]] = {}
+_COPIES: dict[tuple[int, str], tuple["SentenceTransformer", "SentenceTransformer"]] = {}
+
+
+def _converted(embedder: "SentenceTransformer", kind: str) -> "SentenceTransformer":
+    """An int8 or bf16 copy of ``embedder``, made once per model object."""
+    cached = _COPIES.get((id(embedder), kind))
+    if cached is None or cached[0] is not embedder:
+        import copy
+
+        import torch
+
+        twin = copy.deepcopy(embedder)
+        twin = quantize_int8(twin) if kind == "int8" else twin.to(torch.bfloat16)
+        cached = _COPIES[(id(embedder), kind)] = (embedder, twin)
+    return cached[1]
 
 
 def document_encoder(config: EmbeddingConfig, embedder: "SentenceTransformer | None" = None) -> "SentenceTransformer":
     """What encodes documents for an index: ``embedder`` (default: the configured model), as an int8 copy when
-    :func:`quantized`. Queries stay float: only one side of each similarity carries quantisation error, which
-    kept p@k within 0.01 of all-float on our query sets, where int8 on both sides lost up to 0.015."""
+    :func:`quantized`. Queries stay (nearly) float: only one side of each similarity carries quantisation
+    error, which kept p@k within about 0.01 of all-float on our query sets, where int8 on both sides lost more."""
     if not quantized(config):
         return embedder or load_embedder(config)
     if embedder is None:
         return _load(config.model or default_model_path(), config.device, True)
-    cached = _INT8_COPIES.get(id(embedder))
-    if cached is None or cached[0] is not embedder:
-        import copy
+    return _converted(embedder, "int8")
 
-        cached = _INT8_COPIES[id(embedder)] = (embedder, quantize_int8(copy.deepcopy(embedder)))
-    return cached[1]
+
+def _bf16_is_native() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def encode_queries(config: EmbeddingConfig, embedder: "SentenceTransformer", texts: list[str]):
+    """Query vectors (numpy, float32). With documents in int8 on a CPU with native bf16, queries run in bf16:
+    a short query's time is reading the weights, so halving them halves it (~13 → ~6 ms for MiniLM here),
+    at a cosine of 0.998 or more to float. One forward pass per 64 texts, without sentence-transformers'
+    per-call bookkeeping."""
+    import torch
+
+    model = _converted(embedder, "bf16") if quantized(config) and config.device.startswith("cpu") and _bf16_is_native() \
+        else embedder
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            features = model.preprocess(texts[start:start + 64])
+            features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
+            vectors = model.forward(features)["sentence_embedding"].float()
+            if config.normalize:
+                vectors = torch.nn.functional.normalize(vectors, dim=1)
+            parts.append(vectors.cpu().numpy())
+    import numpy as np
+
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
 
 
 def chunk_token_limit(model: "SentenceTransformer") -> int:

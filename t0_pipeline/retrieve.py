@@ -196,8 +196,9 @@ class Retriever:
         if mode == "bm25":
             return [r[:k] for r in self._bm25_rank(queries, k)]
         depth = k if mode == "dense" else max(k, self.config.fusion_depth)
-        vectors = self.embedder.encode(queries, batch_size=self.embedding.batch_size,
-                                       normalize_embeddings=self.embedding.normalize, convert_to_numpy=True)
+        from t0_pipeline.embed import encode_queries
+
+        vectors = encode_queries(self.embedding, self.embedder, queries)
         dense = [[(s, self._dense_score(d)) for s, d in docs] for docs in self._dense(vectors, depth)]
         if mode == "dense":
             return [r[:k] for r in dense]

@@ -39,7 +39,7 @@ SYMPTOM_CUE = re.compile(r"\b(symptoms?|signs?|check if|how to tell|you (may|mig
 OFF_TOPIC = re.compile(r"\b(treat(ed|ing|ment|ments)?|medicines?|prescri\w+|surgery|operations?|tablets?|creams?|"
                        r"antibiotics?|injections?|therapy|vaccin\w+|screening|tests?|scans?|diagnos\w+|caused? by|causes|"
                        r"triggers?|risks?|prevent\w*|things you can do|tips|how to|recover\w*|complications?)\b", re.I)
-EXTRACTIVE_VERSION = 2  # bump when the selection changes, so stored summaries are redone
+EXTRACTIVE_VERSION = 3  # bump when the selection changes, so stored summaries are redone
 MIN_SCORE = 2.0  # below this a unit is filler: a shorter summary retrieves better than a padded one
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 
@@ -101,6 +101,8 @@ def _score(unit: Unit, first: bool, symptom_blocks: set[int]) -> float:
         score += 3.0
     if (unit.block in symptom_blocks and unit.is_item) or SYMPTOM_CUE.search(unit.lead) or SYMPTOM_CUE.search(unit.text):
         score += 3.0
+    elif unit.block in symptom_blocks:  # a sentence beside a symptom list: kept when it names a symptom itself
+        score += 1.5
     score += min(2, len(SYMPTOM.findall(unit.text))) * 0.75
     if OFF_TOPIC.search(context or unit.lead):
         score -= 3.0
