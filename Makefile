@@ -15,7 +15,7 @@ help:
 	@echo "            with the bundled SmolLM2-135M-Instruct in every model role, on CPU (t0_pipeline/demo.yaml)"
 	@echo "make test   install, then run the test suite"
 	@echo "make ui     open the Dagster web UI (http://127.0.0.1:3000) on the same assets"
-	@echo "make bench  index/query, LLM-client and serving benchmarks (bundled corpus + ../shared/bench/nhs)"
+	@echo "make bench  index/query, retrieval quality, LLM-client and serving benchmarks (bundled corpus + ../shared/bench/nhs)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,7 @@ ui: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_retrieval.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_llm.py
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_serve.py
 

@@ -71,6 +71,7 @@ class Retriever:
                           f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set embedding.model back.")
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
+        self._live16 = {slug: digest[:16] for slug, digest in self.live.items()}  # as chunk ids carry them
         snapshot = manifest.get("docs_file")  # the text this index version serves (older manifests: the corpus)
         source = paths.index_manifest(index).with_name(snapshot) if snapshot else paths.documents(index)
         docs = read_parquet(source, f"{index} documents", "t0 index")
@@ -116,7 +117,7 @@ class Retriever:
         # first window sized from this index's chunks per document, so one Chroma query usually suffices
         per_doc = max(1.0, total / max(1, len(self.live)))
         n = min(total, max(10, int(depth * per_doc * self.config.chunk_oversample)))
-        live = {slug: digest[:16] for slug, digest in self.live.items()}
+        live = self._live16
         results: list[list[tuple[str, float]] | None] = [None] * len(vectors)
         pending = list(range(len(vectors)))
         while pending:
