@@ -124,7 +124,7 @@ def _render(units: list[Unit]) -> str:
         group = [unit.text]
         while i + 1 < len(units) and units[i + 1].is_item and units[i + 1].lead == unit.lead:
             i += 1
-            group.append(units[i].text.rstrip(".;"))
+            group.append(units[i].text)
         lead = unit.lead.rstrip(":").strip()
         parts.append((f"{lead}: " if lead else "") + "; ".join(g.rstrip(".;") for g in group) + ".")
         i += 1

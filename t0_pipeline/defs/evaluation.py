@@ -51,7 +51,8 @@ AFTER_TRAINING = (dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelect
 
 def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints: dg.AssetsDefinition | None = None,
                           cfg: PipelineConfig | None = None) -> dg.AssetsDefinition:
-    deps: list = [synthetic_queries, *retrieved_from((cfg or PipelineConfig()).evaluation.index), *MODEL_DEPS]
+    evaluation = (cfg or PipelineConfig()).evaluation
+    deps: list = [synthetic_queries, *retrieved_from(evaluation.index, evaluation.mode), *MODEL_DEPS]
     if checkpoints is not None:
         mapping = {size: names for size, names in student_mapping(cfg or PipelineConfig()).items()
                    if size in checkpoints.partitions_def.get_partition_keys()}  # type: ignore[union-attr]

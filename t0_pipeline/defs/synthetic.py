@@ -153,10 +153,11 @@ if LOCATION.summary.backend == "extractive":
     INDEX_ASSETS["llm_summaries"] = [llm_summary_index]
 
 
-def retrieved_from(index: str) -> list:
-    """The index assets a stage retrieving from ``index`` (a config value) depends on: lineage follows config."""
+def retrieved_from(index: str, mode: str) -> list:
+    """The index assets a stage retrieving from ``index`` in ``mode`` (config values) depends on: lineage follows
+    config."""
     assets = list(INDEX_ASSETS.get(index) or [])
-    if index != "full" and LOCATION.retrieval.fuse_full_pages:  # hybrid search fuses the full pages' ranking
+    if index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages:  # fuses the full pages' ranking
         assets.append(full_page_index)
     if not assets:
         raise T0Error(f"nothing builds the {index!r} index in this code location (with summary.backend=llm the LLM "
@@ -234,7 +235,7 @@ def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheck
                   "max_refusal_rate": cfg.max_refusal_rate})
 
 
-@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index), *MODEL_DEPS],
+@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index, LOCATION.traces.mode), *MODEL_DEPS],
           code_version=version_of("reasoning_traces"), pool="llm", automation_condition=FOLLOW_IF_SET,
           kinds={"python", "parquet"},
           description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
