@@ -643,7 +643,7 @@ def with_tuned_retriever(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfi
         raise T0Error(f"{active} is unreadable ({exc.__class__.__name__}); delete it to use the base embedder, "
                       "or re-materialise retriever_model.") from None
     if not chosen.is_absolute():
-        chosen = paths.retriever_dir / chosen
+        chosen = (paths.retriever_dir / chosen).resolve()
     cfg = cfg.model_copy(deep=True)
     cfg.embedding.model = str(chosen)
     return cfg

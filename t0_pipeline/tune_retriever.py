@@ -122,7 +122,7 @@ def tune_retriever(base: str, train: list[EvalQuery], evaluation: list[EvalQuery
     if len(rows) < 2:
         raise T0Error(f"only {len(rows)} training queries match the documents; write more synthetic queries "
                       "(queries.n_train) before tuning the retriever.")
-    out = paths.retriever_dir / f"tuned-{_digest(base, rows, config)}"
+    out = (paths.retriever_dir / f"tuned-{_digest(base, rows, config)}").resolve()
     notes: list[str] = []
     steps, loss = 0, None
     if (out / "t0_tune.json").exists():
