@@ -250,11 +250,10 @@ def eval_retrieval(
     rewritten = None
     if ev.rewrite_with:
         from t0_pipeline.llm import LLMCache
-        from t0_pipeline.serve.agent import agent_search_queries
+        from t0_pipeline.serve.agent import agent_search_queries, search_query_roles
 
         queries_list = scored_queries(paths, ev)
-        agent_role = cfg.serve.profiles[ev.rewrite_with].agent if ev.rewrite_with in cfg.serve.profiles else ""
-        with _served(cfg, paths, *([agent_role] if agent_role else [])) as served:
+        with _served(cfg, paths, *search_query_roles(cfg, ev.rewrite_with)) as served:
             rewritten, counts = agent_search_queries(served, ev.rewrite_with, [q.query for q in queries_list],
                                                      LLMCache(paths.llm_cache(served.llm)))
         typer.echo(f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as written, "
@@ -275,7 +274,6 @@ def tune_retriever(
 ):
     """Fine-tune the embedder on the synthetic training queries; use it when it retrieves better on the
     evaluation split (p@k before/after printed), then re-index."""
-    from t0_pipeline.index import build_dense_index
     from t0_pipeline.tune_retriever import run_tune
 
     base_cfg, paths = _setup(data_dir, config, tuned=False)
@@ -286,14 +284,12 @@ def tune_retriever(
     typer.echo(f"{result.pairs} pairs, {result.steps} steps, {result.seconds:.0f} s; "
                + (f"in use: {result.model_dir}" if result.used else "kept the current embedder"))
     if reindex:
-        import polars as pl
+        from t0_pipeline.pipeline import build_indexes
 
         cfg, _ = _setup(data_dir, config)
-        for name in ("full", "summaries"):
-            if paths.documents(name).exists():  # type: ignore[arg-type]
-                stats = build_dense_index(pl.read_parquet(paths.documents(name)), name, paths, cfg.embedding,  # type: ignore[arg-type]
-                                          cfg.chunk, cfg.chroma)
-                typer.echo(f"dense {stats.summary()}")
+        dense, _ = build_indexes(cfg, paths)
+        for stats in dense.values():
+            typer.echo(f"dense {stats.summary()}")
 
 
 @app.command()

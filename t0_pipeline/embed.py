@@ -63,20 +63,20 @@ def quantize_int8(model: "SentenceTransformer") -> "SentenceTransformer":
 
 
 @functools.lru_cache(maxsize=4)
-def _load(name_or_path: str, device: str, int8: bool) -> "SentenceTransformer":
+def _load(name_or_path: str, device: str) -> "SentenceTransformer":
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(name_or_path, device=device)
+        return SentenceTransformer(name_or_path, device=device)
     except OSError as exc:
         raise T0Error(f"could not load embedding model {name_or_path!r} ({exc.__class__.__name__}); "
                       "pass a local path or a model available offline.") from None
-    return quantize_int8(model) if int8 else model
 
 
 def load_embedder(config: EmbeddingConfig) -> "SentenceTransformer":
-    """Load (once per process) the configured sentence-transformers model, float: what encodes queries."""
-    return _load(config.model or default_model_path(), config.device, False)
+    """Load (once per process) the configured sentence-transformers model, float (int8 and bf16 copies of it
+    encode documents and queries: :func:`document_encoder`, :func:`encode_queries`)."""
+    return _load(config.model or default_model_path(), config.device)
 
 
 _COPIES: dict[tuple[int, str], tuple["SentenceTransformer", "SentenceTransformer"]] = {}
@@ -100,11 +100,8 @@ def document_encoder(config: EmbeddingConfig, embedder: "SentenceTransformer | N
     """What encodes documents for an index: ``embedder`` (default: the configured model), as an int8 copy when
     :func:`quantized`. Queries stay (nearly) float: only one side of each similarity carries quantisation
     error, which kept p@k within about 0.01 of all-float on our query sets, where int8 on both sides lost more."""
-    if not quantized(config):
-        return embedder or load_embedder(config)
-    if embedder is None:
-        return _load(config.model or default_model_path(), config.device, True)
-    return _converted(embedder, "int8")
+    embedder = embedder or load_embedder(config)
+    return _converted(embedder, "int8") if quantized(config) else embedder
 
 
 def _bf16_is_native() -> bool:

@@ -177,10 +177,9 @@ def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettin
     rewritten, counts = None, {}
     if cfg.retrieval_eval.rewrite_with:
         from t0_pipeline.llm import LLMCache
-        from t0_pipeline.serve.agent import agent_search_queries
+        from t0_pipeline.serve.agent import agent_search_queries, search_query_roles
 
-        profile = cfg.serve.profiles.get(cfg.retrieval_eval.rewrite_with)
-        roles = [profile.agent] if profile else []
+        roles = search_query_roles(cfg, cfg.retrieval_eval.rewrite_with)
         with context.resources.model_server.roles(cfg, paths, roles, context.log.info) as served:
             rewritten, counts = agent_search_queries(served, cfg.retrieval_eval.rewrite_with, [q.query for q in queries],
                                                      LLMCache(paths.llm_cache(served.llm)), context.log.info)

@@ -218,6 +218,12 @@ class ChatService:
         return None
 
 
+def search_query_roles(cfg: PipelineConfig, profile_name: str) -> list[str]:
+    """The LLM role that writes serve profile ``profile_name``'s search queries (to start its server first)."""
+    profile = cfg.serve.profiles.get(profile_name)
+    return [profile.agent] if profile else []
+
+
 def agent_search_queries(cfg: PipelineConfig, profile_name: str, texts: list[str], cache=None,
                          progress=None) -> tuple[list[str], dict[str, int]]:
     """What the agent of serve profile ``profile_name`` searches for when each text opens a conversation: the
