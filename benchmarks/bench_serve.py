@@ -9,7 +9,9 @@ persistence. Reported:
   1. per-message overhead p50/p99 = the server's own time (retrieval + prompt building +
      persistence + bookkeeping: total minus the two model calls), from each reply's
      ``timings_ms``; and client-observed latency p50/p99, one client;
-  2. messages per second with 16 concurrent clients, each on its own thread.
+  2. messages per second with 16 concurrent clients, each on its own thread;
+  3. for scale, the very same searches run alone in this process right after (the machine's
+     speed drifts by tens of percent from minute to minute on a shared host).
 
     PYTHONPATH=. python benchmarks/bench_serve.py [--messages 200] [--clients 16]
 
@@ -84,6 +86,26 @@ def start_server(data: Path, api_base: str, port: int) -> subprocess.Popen:
     raise SystemExit("t0 serve did not become healthy in 180 s")
 
 
+def message(i: int) -> str:
+    return f"For two days I have had {SYMPTOMS[i % len(SYMPTOMS)]} (message {i})"
+
+
+def searches_alone(data: Path, n: int) -> list[float]:
+    """The searches the service ran (the scripted agent searches "symptoms: <message>"), timed alone."""
+    from t0_pipeline.config import load_config
+    from t0_pipeline.retrieve import Retriever
+
+    cfg = load_config(None)
+    retriever = Retriever("summaries", DataPaths(data), cfg.embedding, cfg.chroma, cfg.retrieval)
+    retriever.search("warm-up")
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        retriever.search(f"symptoms: {message(i)}", 5, "hybrid")
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 async def client_run(url: str, key: str, n: int, clients: int) -> tuple[list[float], list[dict], float]:
     headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []
@@ -93,7 +115,7 @@ async def client_run(url: str, key: str, n: int, clients: int) -> tuple[list[flo
     async def worker(client: httpx.AsyncClient, w: int) -> None:
         tid = (await client.post("/api/threads", json={"title": f"bench {w}"})).json()["id"]
         for i in counter:
-            text = f"For two days I have had {SYMPTOMS[i % len(SYMPTOMS)]} (message {i})"
+            text = message(i)
             started = time.perf_counter()
             r = await client.post(f"/api/threads/{tid}/messages", json={"content": text})
             latencies.append((time.perf_counter() - started) * 1000)
@@ -130,6 +152,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    alone = searches_alone(data, args.messages)
     own = [t["total"] - t.get("agent", 0) - t.get("reasoner", 0) for t in tim1]
     parts = {k: statistics.median(t[k] for t in tim1) for k in ("agent", "retrieval", "reasoner", "persist", "total")}
     result = {
@@ -141,6 +164,7 @@ def main() -> None:
         "concurrent_latency_ms_p50": round(percentile(latn, 50), 1),
         "concurrent_latency_ms_p99": round(percentile(latn, 99), 1),
         "messages_per_s": round(args.messages / elapsed, 1),
+        "search_alone_ms_p50": round(percentile(alone, 50), 1),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -148,6 +172,8 @@ def main() -> None:
     print(f"  own overhead per message (retrieval + prompts + persistence): p50 {result['overhead_ms_p50']} ms, "
           f"p99 {result['overhead_ms_p99']} ms")
     print(f"  median parts (ms): {result['median_parts_ms']}")
+    print(f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms "
+          f"(in the service: {result['median_parts_ms']['retrieval']} ms)")
     print(f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 {result['client_latency_ms_p99']} ms")
     print(f"  {args.clients} concurrent clients: {result['messages_per_s']} messages/s "
           f"(latency p50 {result['concurrent_latency_ms_p50']} ms, p99 {result['concurrent_latency_ms_p99']} ms)")

@@ -141,6 +141,9 @@ class RetrievalConfig(BaseModel):
     # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded once):
     # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the full index)
     fuse_full_pages: bool = True
+    # dense search of an index with at most this many chunks scores every chunk exactly, from vectors read once
+    # out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW query at this size; 0 = always Chroma
+    exact_max_chunks: int = Field(50_000, ge=0)
 
 
 class RetrievalEvalConfig(BaseModel):

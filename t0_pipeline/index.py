@@ -17,6 +17,7 @@ Run it: ``t0 index --data-dir DIR`` (or ``--pages FILE`` to build from pre-scrap
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -245,8 +246,10 @@ def build_dense_index(
 
 # --- BM25 -----------------------------------------------------------------------------
 
+@functools.cache
 def import_bm25s():
-    """bm25s, with its logger back at WARNING (it sets DEBUG on import and floods the CLI)."""
+    """bm25s, with its logger back at WARNING (it sets DEBUG on import and floods the CLI). Once: setting a
+    logger's level clears every logger's cache, which a search would otherwise pay for each time."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)

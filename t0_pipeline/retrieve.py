@@ -1,8 +1,10 @@
 """Retrieve: query text → the top-k *documents* (full-document retrieval), dense, BM25 or hybrid.
 
-``k`` counts documents, not chunks: dense search pulls chunks from Chroma, keeps each
-document's best chunk, and widens the chunk window until it has k distinct documents
-(or has seen every chunk). The whole document is returned. BM25 ranks whole documents.
+``k`` counts documents, not chunks: dense search scores chunks, keeps each document's best
+chunk and returns the whole document. An index of up to ``retrieval.exact_max_chunks`` chunks
+is scored exactly in memory (its vectors read once from Chroma); a larger one asks Chroma's
+HNSW index, widening the chunk window until it has k distinct documents (or has seen every
+chunk). BM25 ranks whole documents.
 Hybrid fuses the two rankings with reciprocal rank fusion.
 
 Run it: ``t0 query --data-dir DIR "text"`` or ``t0 retrieve --queries Q.jsonl --out ranked.jsonl``.
@@ -49,6 +51,73 @@ def best_chunk_per_doc(slugs: list[str], distances: list[float]) -> list[tuple[s
     return list(seen.items())
 
 
+class ExactChunks:
+    """Every live chunk vector of one index, grouped by document, scored exactly against query vectors.
+
+    Distances are Chroma's own (squared L2, 1 - cosine, 1 - inner product), so scores and thresholds
+    read the same whichever path answered.
+    """
+
+    def __init__(self, vectors: np.ndarray, slugs: list[str], starts: np.ndarray, distance: str):
+        self.vectors, self.slugs, self.starts, self.distance = vectors, slugs, starts, distance
+        self.sq_norms = np.einsum("ij,ij->i", vectors, vectors)
+        if distance == "cosine":
+            self.vectors = vectors / np.maximum(np.sqrt(self.sq_norms), 1e-12)[:, None]
+        self._torch_vectors = None
+
+    @classmethod
+    def read(cls, collection, live16: dict[str, str], distance: str, page: int = 5_000) -> "ExactChunks":
+        rows: list[tuple[str, np.ndarray]] = []
+        offset = 0
+        while True:
+            got = collection.get(include=["embeddings"], limit=page, offset=offset)
+            for cid, vector in zip(got["ids"], got["embeddings"]):
+                slug, digest, _ = cid.rsplit("::", 2)
+                if live16.get(slug) == digest:  # chunks of older versions of a document are not searched
+                    rows.append((slug, vector))
+            if len(got["ids"]) < page:
+                break
+            offset += page
+        rows.sort(key=lambda row: row[0])
+        slugs = sorted({slug for slug, _ in rows})
+        doc_of = [slug for slug, _ in rows]
+        starts = np.searchsorted(np.array(doc_of, dtype=object), np.array(slugs, dtype=object)) if rows else np.zeros(0, int)
+        vectors = np.array([v for _, v in rows], dtype=np.float32).reshape(len(rows), -1)
+        return cls(vectors, slugs, starts.astype(np.int64), distance)
+
+    def _matmul(self, queries: np.ndarray) -> np.ndarray:
+        """queries @ vectors.T in torch, on the threads that just encoded the queries: numpy's BLAS would keep a
+        second pool of threads spinning after the call, and the next query's encode would wait on them."""
+        import torch
+
+        if self._torch_vectors is None:
+            self._torch_vectors = torch.from_numpy(self.vectors)
+        with torch.inference_mode():
+            return (torch.from_numpy(queries) @ self._torch_vectors.T).numpy()
+
+    def rank(self, queries: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
+        if not self.slugs:
+            return [[] for _ in queries]
+        depth = min(depth, len(self.slugs))
+        out: list[list[tuple[str, float]]] = []
+        block = max(1, 20_000_000 // len(self.vectors))  # bounds the (queries x chunks) matrix held at once
+        for start in range(0, len(queries), block):
+            q = np.asarray(queries[start:start + block], dtype=np.float32)
+            dots = self._matmul(q)
+            if self.distance == "l2":
+                dist = np.einsum("ij,ij->i", q, q)[:, None] + self.sq_norms[None, :] - 2 * dots
+            elif self.distance == "cosine":
+                dist = 1 - dots / np.maximum(np.linalg.norm(q, axis=1), 1e-12)[:, None]
+            else:  # ip
+                dist = 1 - dots
+            best = np.minimum.reduceat(dist, self.starts, axis=1)  # each document's nearest chunk
+            top = np.argpartition(best, depth - 1, axis=1)[:, :depth]
+            for row, cols in zip(best, top):
+                cols = cols[np.lexsort((cols, row[cols]))]
+                out.append([(self.slugs[c], float(row[c])) for c in cols])
+        return out
+
+
 class Retriever:
     """Search one index (``full`` or ``summaries``) of a built data directory."""
 
@@ -84,6 +153,7 @@ class Retriever:
         self._bm25_slugs: list[str] = []
         self._stemmer = None
         self._full: Retriever | None = None
+        self._exact_chunks: ExactChunks | bool | None = None  # None = not read yet, False = too many chunks
 
     # --- dense ---------------------------------------------------------------------
     @property
@@ -107,7 +177,22 @@ class Retriever:
         return self._collection
 
     def _dense(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
-        """Per query: up to ``depth`` documents with their best chunk distance, nearest first.
+        """Per query: up to ``depth`` documents with their best chunk distance, nearest first."""
+        exact = self._exact()
+        return self._dense_chroma(vectors, depth) if exact is None else exact.rank(vectors, depth)
+
+    def _exact(self) -> "ExactChunks | None":
+        """The index's live chunk vectors in memory, when it is small enough (retrieval.exact_max_chunks)."""
+        if self._exact_chunks is None:
+            collection = self.collection
+            if self._n_chunks > self.config.exact_max_chunks:
+                self._exact_chunks = False
+            else:
+                self._exact_chunks = ExactChunks.read(collection, self._live16, self.chroma.distance)
+        return self._exact_chunks or None
+
+    def _dense_chroma(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
+        """Dense search through Chroma's HNSW index, widening the chunk window until ``depth`` documents.
 
         Chunk ids are ``slug::hash16::i``, so only ids and distances are fetched: no metadata
         look-ups (faster, and clear of SQLite's variable limit on large batches).
@@ -164,7 +249,8 @@ class Retriever:
     def _bm25_rank(self, queries: list[str], depth: int) -> list[list[tuple[str, float]]]:
         bm25 = self._load_bm25()
         depth = min(depth, len(self._bm25_slugs))
-        ids, scores = bm25.retrieve(bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False, n_threads=1)
+        ids, scores = bm25.retrieve(bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False,
+                                     n_threads=0)  # 0: in this thread (1 would start a pool per call)
         out = []
         for row_ids, row_scores in zip(ids, scores):
             out.append([(self._bm25_slugs[i], float(s)) for i, s in zip(row_ids, row_scores)

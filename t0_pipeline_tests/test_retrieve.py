@@ -6,7 +6,10 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths
-from t0_pipeline.retrieve import Retriever, best_chunk_per_doc, reciprocal_rank_fusion
+import numpy as np
+
+from t0_pipeline.embed import encode_queries
+from t0_pipeline.retrieve import ExactChunks, Retriever, best_chunk_per_doc, reciprocal_rank_fusion
 
 
 def test_rrf_fuses_by_reciprocal_rank():
@@ -19,6 +22,34 @@ def test_rrf_fuses_by_reciprocal_rank():
 
 def test_best_chunk_per_doc_keeps_first_occurrence():
     assert best_chunk_per_doc(["a", "b", "a", "c"], [0.1, 0.2, 0.3, 0.4]) == [("a", 0.1), ("b", 0.2), ("c", 0.4)]
+
+
+@pytest.mark.parametrize("distance", ["l2", "cosine", "ip"])
+def test_exact_chunks_rank_documents_by_their_nearest_chunk_in_chromas_distance(distance):
+    vectors = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0], [0.8, 0.6]], dtype=np.float32)
+    chunks = ExactChunks(vectors, ["a", "b", "c"], np.array([0, 2, 4]), distance)  # a: rows 0-1, b: 2-3, c: 4
+    query = np.array([[0.0, 2.0]], dtype=np.float32)
+    # l2 is Chroma's squared distance (|q|^2 + |d|^2 - 2 q.d), cosine 1 - cos, ip 1 - q.d
+    expected = {"l2": {"a": 1.0, "b": 1.8, "c": 2.6}, "cosine": {"a": 0.0, "b": 0.2, "c": 0.4},
+                "ip": {"a": -1.0, "b": -0.6, "c": -0.2}}[distance]
+    ranked = chunks.rank(query, depth=10)[0]
+    assert [slug for slug, _ in ranked] == ["a", "b", "c"]  # depth beyond the documents: each once
+    assert dict(ranked) == pytest.approx(expected, abs=1e-6)
+    assert chunks.rank(query, depth=1)[0] == [("a", pytest.approx(expected["a"], abs=1e-6))]
+
+
+def test_exact_search_in_memory_matches_chromas_hnsw(built, embedder):
+    cfg, paths = built
+    exact = Retriever("full", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
+    hnsw = Retriever("full", paths, cfg.embedding, cfg.chroma, cfg.retrieval.model_copy(update={"exact_max_chunks": 0}),
+                     embedder=embedder)
+    vectors = encode_queries(cfg.embedding, embedder, ["a rash that spreads", "chest pain when I walk uphill",
+                                                       "my child has a temperature and won't eat"])
+    got, want = exact._dense(vectors, 10), hnsw._dense(vectors, 10)
+    assert exact._exact() is not None and hnsw._exact() is None  # the two paths really differ
+    for mine, chroma in zip(got, want):
+        assert [s for s, _ in mine] == [s for s, _ in chroma]
+        assert [d for _, d in mine] == pytest.approx([d for _, d in chroma], abs=1e-4)
 
 
 @pytest.fixture(scope="module")

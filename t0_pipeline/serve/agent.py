@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,9 @@ class ChatService:
         self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.llm.prompts_dir)
         self._retriever_factory = retriever_factory or self._default_retriever
         self._retrievers: dict[str, Any] = {}
-        self._retrieval_lock = threading.Lock()  # one search at a time: the embedder and store are shared
+        # searches run one at a time (the embedder and store are shared) on one thread of their own, so torch's
+        # worker threads stay with it between searches instead of being set up again for each pool thread
+        self._retrieval = ThreadPoolExecutor(1, thread_name_prefix="retrieval")
         self._clients: dict[str, LLMClient] = {}
         self._templates: dict[str | None, Any] = {}  # chat templates for budget-forced reasoners
         for name, profile in cfg.serve.profiles.items():
@@ -128,9 +130,11 @@ class ChatService:
             self._clients[role] = LLMClient(role, self.cfg.llm, None)  # conversations are never cached
         return self._clients[role]
 
-    def _search(self, profile: ServeProfile, query: str) -> list[Any]:
-        with self._retrieval_lock:
+    async def _search(self, profile: ServeProfile, query: str) -> list[Any]:
+        def search() -> list[Any]:  # the retriever is opened (and its models loaded) on that thread too
             return self.retriever(profile).search(query, profile.k, profile.mode)
+
+        return await asyncio.get_running_loop().run_in_executor(self._retrieval, search)
 
     async def turn(self, profile_name: str, history: list[dict[str, Any]], text: str,
                    demographics: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
@@ -157,7 +161,7 @@ class ChatService:
         result.search_query = query
         yield "search", query
         t0 = time.perf_counter()
-        hits = await asyncio.to_thread(self._search, profile, query)
+        hits = await self._search(profile, query)
         result.timings_ms["retrieval"] = (time.perf_counter() - t0) * 1000
         result.sources = [{"slug": h.slug, "title": h.title, "url": h.url, "score": round(float(h.score), 4)} for h in hits]
         yield "sources", result.sources
