@@ -463,8 +463,16 @@ class ServeConfig(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API (none by default)
     max_request_bytes: int = 65536  # larger request bodies are refused (413)
     max_message_chars: int = 4000  # longer user messages are refused (422)
-    rate_limit_per_minute: int = 60  # requests per API key; 0 = unlimited
+    rate_limit_per_minute: int = 60  # requests per API key, shared by every process on the database; 0 = unlimited
     rate_limit_burst: int = 20
+    auth_failures_per_minute: int = 10  # wrong or missing keys per client address before 429s; 0 = unlimited
+    # Host names the service answers to (a leading "*." allows subdomains); empty = any with API keys, and
+    # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS rebinding
+    allowed_hosts: list[str] = Field(default_factory=list)
+    model_attempts: int = Field(2, ge=1)  # tries per model call in a turn: a person is waiting, so fail fast
+    model_backoff_s: float = 0.5  # wait before the second try
+    health_cache_s: float = Field(15.0, ge=0)  # /healthz probes the model servers at most this often
+    turn_lease_s: float = Field(30.0, gt=1)  # a thread's turn lease; renewed while it runs, lapses if its process dies
 
 
 class AutomationConfig(BaseModel):

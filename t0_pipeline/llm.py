@@ -152,6 +152,15 @@ class LLMCache:
         self._db.close()
 
 
+class ModelCallError(T0Error):
+    """A model call that failed for good; ``trouble`` says why when known: "unreachable", "auth",
+    "not_found" (the endpoint's fault) or "interrupted" (a stream that broke part-way)."""
+
+    def __init__(self, message: str, trouble: str | None = None):
+        super().__init__(message)
+        self.trouble = trouble
+
+
 @dataclass
 class LLMReply:
     content: str = ""  # the answer, thinking removed
@@ -164,6 +173,7 @@ class LLMReply:
     error: str | None = None  # set when the call finally failed
     finish_reason: str | None = None
     tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"name", "arguments" (JSON text)}
+    trouble: str | None = None  # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
 
     @property
     def ok(self) -> bool:
@@ -420,8 +430,10 @@ class LLMClient:
                 if kind not in RETRYABLE or attempt == self.config.max_attempts:
                     self.usage.failures += 1
                     first = str(exc).splitlines()[0][:200] if str(exc) else kind
-                    raise T0Error(f"{self.role} model {s.model} at {s.api_base or 'the provider default'} failed "
-                                  f"({kind}: {first.replace('litellm.', '')}); check that the server is up.") from None
+                    raise ModelCallError(
+                        f"{self.role} model {s.model} at {s.api_base or 'the provider default'} failed "
+                        f"({kind}: {first.replace('litellm.', '')}); check that the server is up.",
+                        endpoint_trouble(kind, getattr(exc, "status_code", None), _causes(exc))) from None
                 self.usage.retries += 1
                 await asyncio.sleep(backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s,
                                                   _retry_after(exc)))
@@ -436,8 +448,8 @@ class LLMClient:
             except Exception as exc:  # the stream broke part-way (connection lost, provider error)
                 self.usage.failures += 1
                 first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                raise T0Error(f"{self.role} model {s.model} stopped mid-answer ({type(exc).__name__}: "
-                              f"{first.replace('litellm.', '')}); ask again.") from None
+                raise ModelCallError(f"{self.role} model {s.model} stopped mid-answer ({type(exc).__name__}: "
+                                     f"{first.replace('litellm.', '')}); ask again.", "interrupted") from None
             if getattr(chunk, "usage", None):
                 usage = {"prompt_tokens": int(chunk.usage.prompt_tokens or 0),
                          "completion_tokens": int(chunk.usage.completion_tokens or 0)}
@@ -562,7 +574,7 @@ class LLMClient:
                     wait = min(wait, max(0.5, self._down_since + self.config.unreachable_after_s - time.monotonic()))
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
                 await asyncio.sleep(wait)
-        return LLMReply(error=error, attempts=attempt)
+        return LLMReply(error=error, attempts=attempt, trouble=outcome.get("trouble"))
 
     async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M], seed: int | None = None,
                             response_schema: dict[str, Any] | None = None) -> tuple[M | None, LLMReply]:

@@ -10,19 +10,20 @@ import httpx
 import pytest
 
 from t0_pipeline.config import RoleConfig, ServeProfile
-from t0_pipeline.serve.agent import ChatService, fit_history
+from t0_pipeline.serve.agent import UNREACHABLE, ChatService, fit_history
 from t0_pipeline.serve.app import create_app
 from t0_pipeline.serve.store import Store
 from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 from t0_pipeline_tests.serving import AGENT_MARK, REASONER_MARK, free_port, running, script
 
 
-def make_app(built, retriever, tmp_path, api_base, insecure_local=True, **serve):
+def make_app(built, retriever, tmp_path, api_base, insecure_local=True, reasoner_api_base=None, **serve):
     cfg, paths = built
     cfg = cfg.model_copy(deep=True)
     cfg.llm.max_attempts, cfg.llm.backoff_s = 1, 0.01
     for role in ("agent", "reasoner"):
-        cfg.llm.roles[role] = RoleConfig(model=f"openai/{role}", api_base=api_base, seed=None)
+        base = reasoner_api_base if role == "reasoner" and reasoner_api_base else api_base
+        cfg.llm.roles[role] = RoleConfig(model=f"openai/{role}", api_base=base, seed=None)
     profiles = serve.pop("profiles", None)
     if profiles:
         cfg.serve.profiles = profiles
@@ -266,21 +267,44 @@ def test_openai_client_streaming_and_not(built, retriever, tmp_path):
                 openai.OpenAI(base_url=f"{url}/v1", api_key="t0k_nope").models.list()
 
 
-def test_failing_models_give_readable_errors_and_lose_nothing(built, retriever, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    with served(built, retriever, tmp_path) as (server, app, client):
-        app.state.service.cfg.llm.roles["reasoner"].api_base = dead  # the reasoner server is down (read on first use)
-        tid = client.post("/api/threads", json={}).json()["id"]
-        r = client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
-        assert r.status_code == 502 and "reasoner model openai/reasoner" in r.json()["detail"]
-        assert "check that the server is up" in r.json()["detail"]
-        with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}) as s:
-            body = s.read().decode()
-        assert "event: error" in body and "reasoner model" in body
-        assert [m["content"] for m in client.get(f"/api/threads/{tid}").json()["messages"]] == ["sore toe", "still sore"]
-        health = client.get("/healthz")
-        assert health.status_code == 503 and health.json()["models"]["reasoner"]["reachable"] is False
-        assert health.json()["models"]["agent"]["reachable"] is True and health.json()["index"]["loaded"]
+def test_failing_models_give_plain_errors_mark_the_turn_failed_and_retry_works_once_back(built, retriever, tmp_path):
+    import time
+
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}/v1"
+    with FakeLLM() as server:
+        script(server)
+        app, cfg = make_app(built, retriever, tmp_path, server.api_base, reasoner_api_base=dead)
+        cfg.llm.max_attempts = 5  # the pipeline's patience: serving must not use it (serve.model_attempts)
+        with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+            tid = client.post("/api/threads", json={}).json()["id"]
+            started = time.monotonic()
+            r = client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
+            assert time.monotonic() - started < 10
+            assert r.status_code == 502 and r.json()["detail"] == UNREACHABLE
+            assert "reasoner model openai/reasoner" in r.json()["technical"] and "litellm" not in r.json()["detail"]
+            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}) as s:
+                events = [e for e in s.read().decode().split("\n\n") if e]
+            error = json.loads(events[-1].split("data: ", 1)[1])
+            assert events[-1].startswith("event: error") and error["message"] == UNREACHABLE
+            messages = client.get(f"/api/threads/{tid}").json()["messages"]
+            assert [(m["content"], m["status"]) for m in messages] == [("sore toe", "failed"), ("still sore", "failed")]
+            assert error["message_id"] == messages[1]["id"] and "check that the server is up" in messages[1]["error"]
+            health = client.get("/healthz")
+            assert health.status_code == 503 and health.json()["models"]["reasoner"]["reachable"] is False
+            assert health.json()["models"]["agent"]["reachable"] is True and health.json()["index"]["loaded"]
+
+            with FakeLLM(port=port) as back:  # the reasoner's server returns
+                script(back)
+                again = client.post(f"/api/threads/{tid}/messages", json={"content": "still sore", "retry_of": error["message_id"]})
+                assert again.status_code == 200 and again.json()["message"]["content"] == "Answer to: still sore"
+                sent = back.state.requests[-1]["messages"]
+                assert [m["content"] for m in sent[1:]] == ["still sore"]  # failed turns are never resent
+                refused = client.post(f"/api/threads/{tid}/messages", json={"content": "x", "retry_of": again.json()["message"]["id"]})
+                assert refused.status_code == 502 and "cannot be sent again" in refused.json()["detail"]
+            messages = client.get(f"/api/threads/{tid}").json()["messages"]
+            assert [(m["content"], m["status"]) for m in messages] == [
+                ("sore toe", "failed"), ("still sore", "ok"), ("Answer to: still sore", "ok")]
 
 
 def test_agents_without_tool_calling_use_the_text_protocol(built, retriever, tmp_path):

@@ -10,7 +10,8 @@ and the new message, and streams its thinking and answer.
 
 Input: a profile name, the stored history, the new message and the demographics. Output: an
 async stream of events: ``("search", query)``, ``("sources", [...])``, ``("thinking", text)``,
-``("answer", text)`` and finally ``("done", Turn)``. Model failures raise ``T0Error``.
+``("answer", text)`` and finally ``("done", Turn)``. A failure raises :class:`TurnFailed`: one
+plain sentence for the person, and the technical detail for whoever runs the service.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
-from t0_pipeline.llm import LLMClient, function_tool
+from t0_pipeline.llm import LLMClient, ModelCallError, function_tool
 from t0_pipeline.prompts import load_sections, render
 from t0_pipeline.triage_prompt import documents_block
 
@@ -36,6 +37,25 @@ SEARCH_TOOL = function_tool(
     {"query": {"type": "string", "description": "A short search query written from the whole conversation."}})
 SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
 DEMOGRAPHIC_FIELDS = ("age", "sex", "occupation", "social_support", "medical_history")
+
+
+UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
+PLAIN = {
+    "unreachable": UNREACHABLE,
+    "auth": "The assistant's model refused this service's credentials; please tell whoever runs the service.",
+    "not_found": "The assistant's model is not set up correctly; please tell whoever runs the service.",
+    "interrupted": "The assistant stopped before finishing its answer; try again.",
+    "search": "The health information search failed; try again, or tell whoever runs the service.",
+    None: "The assistant could not answer this time; try again.",
+}
+
+
+class TurnFailed(T0Error):
+    """A turn that could not finish: ``str(exc)`` is for the person, ``detail`` for the operator."""
+
+    def __init__(self, trouble: str | None, detail: str):
+        super().__init__(PLAIN.get(trouble, PLAIN[None]))
+        self.trouble, self.detail = trouble, detail
 
 
 @dataclass
@@ -126,9 +146,30 @@ class ChatService:
         return self._retrievers[profile.index]
 
     def client(self, role: str) -> LLMClient:
-        if role not in self._clients:
-            self._clients[role] = LLMClient(role, self.cfg.llm, None)  # conversations are never cached
+        if role not in self._clients:  # conversations are never cached; a person is waiting: few, short retries
+            fast = self.cfg.llm.model_copy(update={"max_attempts": self.cfg.serve.model_attempts,
+                                                   "backoff_s": self.cfg.serve.model_backoff_s,
+                                                   "max_backoff_s": self.cfg.serve.model_backoff_s})
+            self._clients[role] = LLMClient(role, fast, None)
         return self._clients[role]
+
+    def warm_up(self) -> int:
+        """Load at start-up what a first turn would otherwise wait for: each profile's index, embedder and BM25
+        (one search), its model clients and litellm, a budget-forced reasoner's tokenizer. Documents served."""
+        from t0_pipeline.llm import _litellm
+        from t0_pipeline.sft import load_tokenizer
+
+        _litellm()
+        documents = 0
+        for profile in self.cfg.serve.profiles.values():
+            retriever = self._retrieval.submit(self.retriever, profile).result()
+            self._retrieval.submit(retriever.search, "warm up", 1, profile.mode).result()
+            documents = max(documents, len(retriever.docs))
+            for role in (profile.agent, profile.reasoner):
+                self.client(role)
+            if profile.budget and profile.tokenizer not in self._templates:
+                self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
+        return documents
 
     async def _search(self, profile: ServeProfile, query: str) -> list[Any]:
         def search() -> list[Any]:  # the retriever is opened (and its models loaded) on that thread too
@@ -148,7 +189,8 @@ class ChatService:
         reply = await agent.complete(fit_history({"role": "system", "content": system}, history, new, budget, self.count),
                                      tools=[SEARCH_TOOL] if profile.agent_tools else None)
         if not reply.ok:
-            raise T0Error(f"the agent model {agent.settings.model} failed ({reply.error}); check that it is running.")
+            raise TurnFailed(reply.trouble, f"the agent model {agent.settings.model} at {agent.where()} failed "
+                                            f"({reply.error}); check that it is running.")
         result.prompt_tokens += reply.prompt_tokens
         result.completion_tokens += reply.completion_tokens
         result.timings_ms["agent"] = (time.perf_counter() - started) * 1000
@@ -161,7 +203,10 @@ class ChatService:
         result.search_query = query
         yield "search", query
         t0 = time.perf_counter()
-        hits = await self._search(profile, query)
+        try:
+            hits = await self._search(profile, query)
+        except T0Error as exc:
+            raise TurnFailed("search", f"search of the {profile.index!r} index failed: {exc}") from None
         result.timings_ms["retrieval"] = (time.perf_counter() - t0) * 1000
         result.sources = [{"slug": h.slug, "title": h.title, "url": h.url, "score": round(float(h.score), 4)} for h in hits]
         yield "sources", result.sources
@@ -173,13 +218,18 @@ class ChatService:
         thinking, answer = [], []
         pieces = self._budget_forced(profile, messages) if profile.budget else \
             self.client(profile.reasoner).stream(messages, (profile.think_open, profile.think_close))
-        async for kind, piece in pieces:
-            if kind == "usage":
-                result.prompt_tokens += piece.get("prompt_tokens", 0)
-                result.completion_tokens += piece.get("completion_tokens", 0)
-                continue
-            (thinking if kind == "thinking" else answer).append(piece)
-            yield kind, piece
+        try:
+            async for kind, piece in pieces:
+                if kind == "usage":
+                    result.prompt_tokens += piece.get("prompt_tokens", 0)
+                    result.completion_tokens += piece.get("completion_tokens", 0)
+                    continue
+                (thinking if kind == "thinking" else answer).append(piece)
+                yield kind, piece
+        except ModelCallError as exc:
+            raise TurnFailed(exc.trouble, str(exc)) from None
+        except T0Error as exc:
+            raise TurnFailed(None, str(exc)) from None
         result.timings_ms["reasoner"] = (time.perf_counter() - t0) * 1000
         result.thinking, result.answer = "".join(thinking).strip(), "".join(answer).strip()
         yield "done", result
@@ -195,10 +245,11 @@ class ChatService:
         budget = profile.budget.with_format(self.cfg.chat_format)  # type: ignore[union-attr]
         prompt = generation_prompt(messages, self._templates[profile.tokenizer], budget.think_start)
         try:
-            retry = self.cfg.llm
+            serve = self.cfg.serve
             gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", settings.served_name, prompt,
                                           budget, settings.timeout_s, settings.api_key(), settings.temperature,
-                                          settings.seed, retry.max_attempts, retry.backoff_s, retry.max_backoff_s)
+                                          settings.seed, serve.model_attempts, serve.model_backoff_s,
+                                          serve.model_backoff_s)
         except T0Error as exc:
             raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
         if gen.thinking:

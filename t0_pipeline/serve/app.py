@@ -10,9 +10,14 @@ Routes (the OpenAPI schema at ``/docs`` and ``/openapi.json`` documents them):
 
 Every request except the page, its assets, ``/healthz`` and ``/api/config`` needs an API key
 (``Authorization: Bearer …``, created with ``t0 keys create``) unless the app runs with
-``insecure_local``; a key sees only its own threads. Bodies over ``serve.max_request_bytes``
-get 413, messages over ``serve.max_message_chars`` 422, keys over their rate 429. One
-thread's turns run one at a time; different threads run concurrently.
+``insecure_local``; a key sees only its own threads, and has its own personal details
+(``/api/me/demographics``) that new threads start from. Bodies over ``serve.max_request_bytes``
+get 413, empty messages or ones over ``serve.max_message_chars`` 422, keys over their rate and
+addresses sending wrong keys too often 429 (both limits kept in the database, shared by every
+process on it). One thread's turns run one at a time across processes (see ``turns``); a failed
+turn's message is marked failed and can be retried (``retry_of``). Requests for another Host
+than the service's names get 421; every response carries a CSP, frame denial, nosniff and a
+referrer policy.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any, Optional
 
@@ -30,18 +34,19 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig
 from t0_pipeline.llm import split_thinking
-from t0_pipeline.serve.agent import ChatService, Turn
-from t0_pipeline.serve.security import BodySizeLimit, RateLimiter
+from t0_pipeline.serve.agent import ChatService, Turn, TurnFailed
+from t0_pipeline.serve.health import ModelProbe
+from t0_pipeline.serve.security import LOCAL_HOSTS, BodySizeLimit, HostCheck, SecurityHeaders
 from t0_pipeline.serve.store import NotFound, Store, default_url
+from t0_pipeline.serve.turns import DEFAULT_TITLE, TurnRunner
 
 log = logging.getLogger("t0_pipeline.serve")
 LOCAL_OWNER = "local"
-DEFAULT_TITLE = "New conversation"
 
 
 class Demographics(BaseModel):
@@ -60,9 +65,17 @@ class ThreadCreate(BaseModel):
     demographics: Optional[Demographics] = None
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the message is empty; write what you would like to ask")
+    return text
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     content: str = Field(..., min_length=1)
+    retry_of: Optional[int] = Field(None, description="id of a failed user message this one replaces (a retry)")
+    _blank = field_validator("content")(_not_blank)
 
 
 class ChatMessage(BaseModel):
@@ -86,23 +99,20 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
     serve = cfg.serve
     store = store or Store(serve.database_url or default_url(paths.conversations_db))
     service = service or ChatService(cfg, paths)
-    limiter = RateLimiter(serve.rate_limit_per_minute, serve.rate_limit_burst)
-    locks: dict[str, asyncio.Lock] = {}
+    turns = TurnRunner(store, service, serve.turn_lease_s)
+    probe = ModelProbe(cfg)
     index_state: dict[str, Any] = {"loaded": False, "error": None, "documents": 0}
 
     async def lifespan(app: FastAPI):
-        def load() -> None:
-            for profile in cfg.serve.profiles.values():
-                retriever = service.retriever(profile)
-                retriever.search("warm up", 1, profile.mode)  # loads the embedder, the collection and BM25
-                index_state["documents"] = len(retriever.docs)
-        try:
-            await asyncio.to_thread(load)
+        try:  # warm start: the first turn should not wait for models, indexes or clients to load
+            index_state["documents"] = await asyncio.to_thread(service.warm_up)
             index_state["loaded"] = True
         except T0Error as exc:
             index_state["error"] = str(exc)
             log.error("index not loaded: %s", exc)
+        await probe.warn_unreachable()
         yield
+        await turns.drain(timeout_s=30)  # answers being written are stored before the process goes
         store.close()
 
     app = FastAPI(title="t0 conversational agent", version="1", lifespan=lifespan,
@@ -111,6 +121,8 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
         app.add_middleware(CORSMiddleware, allow_origins=serve.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodySizeLimit, max_bytes=serve.max_request_bytes)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(HostCheck, allowed=[*serve.allowed_hosts, *(LOCAL_HOSTS if insecure_local else ())])
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
@@ -121,19 +133,26 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
         return response
 
     # --- auth ----------------------------------------------------------------------------
-    async def owner(authorization: Optional[str] = Header(None)) -> str:
+    async def limited(bucket: str, per_minute: int, burst: int, what: str) -> None:
+        wait = await asyncio.to_thread(store.take_token, bucket, per_minute, burst) if per_minute > 0 else 0.0
+        if wait:
+            raise HTTPException(429, f"{what}; retry in {wait:.1f} s", headers={"Retry-After": str(max(1, round(wait)))})
+
+    async def owner(request: Request, authorization: Optional[str] = Header(None)) -> str:
         if insecure_local:
             key = LOCAL_OWNER
         else:
             token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
             key = await asyncio.to_thread(store.key_owner, token) if token else None
             if key is None:
+                address = request.client.host if request.client else "unknown"
+                per = serve.auth_failures_per_minute
+                await limited(f"auth-failures:{address}", per, per, "too many requests with a wrong or missing API key "
+                                                                     "from this address")
                 raise HTTPException(401, "missing or unknown API key: create one with `t0 keys create NAME` and send "
                                          "it as 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
-        wait = limiter.allow(key)
-        if wait:
-            raise HTTPException(429, f"rate limit of {serve.rate_limit_per_minute} requests per minute reached; "
-                                     f"retry in {wait:.1f} s", headers={"Retry-After": str(max(1, round(wait)))})
+        await limited(f"key:{key}", serve.rate_limit_per_minute, serve.rate_limit_burst,
+                      f"rate limit of {serve.rate_limit_per_minute} requests per minute reached")
         return key
 
     async def owned(method, owner_id: str, thread_id: str, *args) -> Any:
@@ -163,34 +182,30 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
         return {"auth_required": not insecure_local, "profiles": list(serve.profiles),
                 "max_message_chars": serve.max_message_chars}
 
-    @app.get("/healthz", summary="Index loaded and models reachable")
+    @app.get("/healthz", summary="Index loaded and models reachable (model servers probed at most every "
+                                 "serve.health_cache_s)")
     async def healthz():
-        import httpx
-
-        models: dict[str, Any] = {}
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            for role in sorted({r for p in serve.profiles.values() for r in (p.agent, p.reasoner)}):
-                settings = cfg.llm.roles[role]
-                entry: dict[str, Any] = {"model": settings.model}  # endpoints stay private: no auth here
-                if settings.api_base:
-                    try:
-                        entry["reachable"] = (await client.get(settings.api_base.rstrip("/") + "/models")).status_code < 500
-                    except httpx.HTTPError as exc:
-                        entry["reachable"], entry["error"] = False, exc.__class__.__name__
-                else:
-                    entry["reachable"] = None  # a hosted provider: not probed
-                models[role] = entry
+        models = await probe.status()
         ok = index_state["loaded"] and all(m["reachable"] is not False for m in models.values())
         return JSONResponse({"status": "ok" if ok else "degraded", "index": index_state, "models": models},
                             status_code=200 if ok else 503)
 
     # --- threads -------------------------------------------------------------------------
-    @app.post("/api/threads", status_code=201, summary="Create a thread")
+    @app.get("/api/me/demographics", summary="This key's own personal details (new threads start from them)")
+    async def my_demographics(key: str = Depends(owner)):
+        return await asyncio.to_thread(store.user_demographics, key)
+
+    @app.put("/api/me/demographics", summary="Set this key's own personal details")
+    async def set_my_demographics(body: Demographics, key: str = Depends(owner)):
+        return await asyncio.to_thread(store.set_user_demographics, key, body.model_dump(exclude_none=True))
+
+    @app.post("/api/threads", status_code=201, summary="Create a thread (with the key's details unless given)")
     async def create_thread(body: ThreadCreate, key: str = Depends(owner)):
         profile = body.profile or next(iter(serve.profiles))
         if profile not in serve.profiles:
             raise HTTPException(422, f"unknown profile {profile!r}; available: {', '.join(serve.profiles)}")
-        demographics = body.demographics.model_dump(exclude_none=True) if body.demographics else {}
+        demographics = body.demographics.model_dump(exclude_none=True) if body.demographics is not None else \
+            await asyncio.to_thread(store.user_demographics, key)
         return await asyncio.to_thread(store.create_thread, key, body.title or DEFAULT_TITLE, profile, demographics)
 
     @app.get("/api/threads", summary="List this key's threads, most recent first")
@@ -205,53 +220,22 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
     @app.delete("/api/threads/{thread_id}", status_code=204, summary="Delete a thread and its messages")
     async def delete_thread(thread_id: str, key: str = Depends(owner)):
         await owned(store.delete_thread, key, thread_id)
-        locks.pop(thread_id, None)
+        turns.forget(thread_id)
 
     @app.put("/api/threads/{thread_id}/demographics", summary="Set the person's details for a thread")
     async def set_demographics(thread_id: str, body: Demographics, key: str = Depends(owner)):
         return await owned(store.set_demographics, key, thread_id, body.model_dump(exclude_none=True))
 
     # --- turns ---------------------------------------------------------------------------
-    async def run_turn(thread: dict[str, Any], content: str) -> AsyncIterator[tuple[str, Any]]:
-        """One turn on a stored thread: the user message is stored first, the answer when complete."""
-        thread_id = thread["id"]
-        lock = locks.setdefault(thread_id, asyncio.Lock())
-        async with lock:  # turns of one thread never interleave
-            history = await asyncio.to_thread(store.history, thread_id)
-            title = content[:60] if thread["title"] == DEFAULT_TITLE and not history else None
-            user = await asyncio.to_thread(store.add_message, thread_id, "user", content, title=title)
-            yield "user", user
-            started = time.perf_counter()
-            turn: Turn | None = None
-            try:
-                async for kind, data in service.turn(thread["profile"], history, content, thread["demographics"]):
-                    if kind == "done":
-                        turn = data
-                    else:
-                        yield kind, data
-            except T0Error as exc:
-                log.warning("turn failed on thread %s: %s", thread_id, exc)
-                yield "error", {"detail": str(exc)}
-                return
-            assert turn is not None
-            t0 = time.perf_counter()
-            message = await asyncio.to_thread(
-                store.add_message, thread_id, "assistant", turn.answer, thinking=turn.thinking, sources=turn.sources,
-                search_query=turn.search_query, prompt_tokens=turn.prompt_tokens, completion_tokens=turn.completion_tokens)
-            timings = {**turn.timings_ms, "persist": (time.perf_counter() - t0) * 1000,
-                       "total": (time.perf_counter() - started) * 1000}
-            log.info("turn thread=%s search=%s tokens=%d+%d timings_ms=%s", thread_id, turn.search_query is not None,
-                     turn.prompt_tokens, turn.completion_tokens, {k: round(v, 1) for k, v in timings.items()})
-            yield "final", {**message, "timings_ms": timings}
-
     @app.post("/api/threads/{thread_id}/messages", summary="Send a message; the reply comes back as JSON")
     async def post_message(thread_id: str, body: MessageIn, key: str = Depends(owner)):
         check_length(body.content)
         thread = await thread_of(key, thread_id)
         out: dict[str, Any] = {}
-        async for kind, data in run_turn(thread, body.content):
-            if kind == "error":
-                raise HTTPException(502, data["detail"])
+        async for kind, data in turns.events(turns.start(thread, body.content, body.retry_of)):
+            if kind == "error":  # the person's sentence in detail; what went wrong for the operator in technical
+                return JSONResponse({"detail": data["message"], "technical": data["detail"],
+                                     "message_id": data["message_id"]}, status_code=502)
             if kind in ("user", "final"):
                 out[kind] = data
         return {"user_message": out["user"], "message": out["final"]}
@@ -260,14 +244,18 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
     async def stream_message(thread_id: str, body: MessageIn, key: str = Depends(owner)):
         check_length(body.content)
         thread = await thread_of(key, thread_id)
+        queue = turns.start(thread, body.content, body.retry_of)  # runs on if the client goes: the answer is stored
 
         async def events():
-            async for kind, data in run_turn(thread, body.content):
+            async for kind, data in turns.events(queue):
                 yield sse(kind, data if isinstance(data, (dict, list)) else {"text": data})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # --- OpenAI-compatible ---------------------------------------------------------------
+    def explained(exc: T0Error) -> str:
+        return f"{exc} ({exc.detail})" if isinstance(exc, TurnFailed) else str(exc)
+
     def openai_error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
 
@@ -279,14 +267,16 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
     async def chat_completions(body: ChatCompletionRequest, key: str = Depends(owner)):
         if body.model not in serve.profiles:
             return openai_error(404, f"unknown model {body.model!r}; available: {', '.join(serve.profiles)}")
-        turns = [m for m in body.messages if m.role in ("user", "assistant")]
-        if not turns or turns[-1].role != "user" or not isinstance(turns[-1].content, str):
+        said = [m for m in body.messages if m.role in ("user", "assistant")]
+        if not said or said[-1].role != "user" or not isinstance(said[-1].content, str):
             return openai_error(400, "the last message must be a user message with text content")
-        text = turns[-1].content
+        text = said[-1].content
+        if not text.strip():
+            return openai_error(422, "the last user message is empty")
         if len(text) > serve.max_message_chars:
             return openai_error(422, f"message is {len(text)} characters; the limit is {serve.max_message_chars}")
         history = [{"role": m.role, "content": split_thinking(str(m.content or ""))[1] if m.role == "assistant"
-                    else str(m.content or "")} for m in turns[:-1]]
+                    else str(m.content or "")} for m in said[:-1]]
         demographics = body.demographics.model_dump(exclude_none=True) if body.demographics else {}
         base = {"id": "chatcmpl-" + uuid.uuid4().hex[:16], "created": int(time.time()), "model": body.model}
 
@@ -297,7 +287,7 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
                     if kind == "done":
                         turn = data
             except T0Error as exc:
-                return openai_error(502, str(exc))
+                return openai_error(502, explained(exc))
             assert turn is not None
             return {**base, "object": "chat.completion", "sources": turn.sources,
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -321,10 +311,10 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
                     elif kind == "done":
                         yield chunk({}, "stop", sources=data.sources)
             except T0Error as exc:
-                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n".encode()
+                yield f"data: {json.dumps({'error': {'message': explained(exc), 'type': 'server_error'}})}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    app.state.store, app.state.service = store, service
+    app.state.store, app.state.service, app.state.turns, app.state.probe = store, service, turns, probe
     return app

@@ -1,16 +1,22 @@
 """Conversation state in a real database (SQLite by default, any SQLAlchemy URL, e.g. Postgres).
 
-Tables: ``api_keys`` (only a SHA-256 of each key is stored), ``threads`` (owned by one key,
-with demographics as JSON) and ``messages`` (user and assistant turns; the assistant's
-thinking, sources and search query kept apart from its answer, so earlier thinking is never
-resent to a model). Every method is one short transaction; callers in async code run them
-in a worker thread. JSON is the only serialisation used.
+Tables: ``api_keys`` (only a SHA-256 of each key is stored), ``users`` (each key's own personal
+details, copied into its new threads), ``threads`` (owned by one key, with their details as JSON),
+``messages`` (user and assistant turns; the assistant's thinking, sources and search query kept
+apart from its answer, so earlier thinking is never resent to a model; a user message is
+``pending`` while its turn runs and ``failed`` when it found no answer), and the two tables that
+make several server processes on one database behave as one: ``leases`` (who runs a thread's turn
+now, renewed while it runs and expiring if its process dies) and ``rate_buckets`` (token buckets,
+updated in one statement so that concurrent processes share them). Every method is one short
+transaction; callers in async code run them in a worker thread. JSON is the only serialisation used.
+A SQLite file is created readable by its owner only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import time
 import uuid
@@ -53,7 +59,28 @@ messages = sa.Table(
     sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="ok", server_default="ok"),  # ok | pending | failed
+    sa.Column("error", sa.Text, nullable=False, default="", server_default=""),  # why a turn failed (technical)
 )
+users = sa.Table(
+    "users", metadata,
+    sa.Column("owner", sa.String(32), primary_key=True),
+    sa.Column("demographics", sa.Text, nullable=False, default="{}"),
+)
+leases = sa.Table(
+    "leases", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+rate_buckets = sa.Table(
+    "rate_buckets", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("allowed", sa.Integer, nullable=False, default=0),  # the last take's verdict, read back in its transaction
+)
+ADDED_COLUMNS = {"messages": {"status": "VARCHAR(16) NOT NULL DEFAULT 'ok'", "error": "TEXT NOT NULL DEFAULT ''"}}
 
 
 class NotFound(Exception):
@@ -69,6 +96,16 @@ def default_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _private_sqlite_file(url: sa.engine.URL) -> None:
+    """Create a SQLite database file readable by its owner only (SQLite gives its -wal/-shm files the same mode)."""
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = Path(url.database)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 class Store:
     def __init__(self, url: str):
         try:
@@ -82,10 +119,22 @@ class Store:
                     cur.execute("PRAGMA foreign_keys=ON")
                     cur.execute("PRAGMA synchronous=NORMAL")
                     cur.close()
+            _private_sqlite_file(self.engine.url)
             metadata.create_all(self.engine)
+            self._add_missing_columns()
         except (sa.exc.ArgumentError, sa.exc.OperationalError, ModuleNotFoundError) as exc:
             raise T0Error(f"cannot open the conversation database {url!r} ({exc.__class__.__name__}: "
                           f"{str(exc).splitlines()[0][:120]}); check serve.database_url.") from None
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was created (a conversation database outlives releases)."""
+        inspector = sa.inspect(self.engine)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {c["name"] for c in inspector.get_columns(table)}
+            with self.engine.begin() as conn:
+                for name, ddl in columns.items():
+                    if name not in have:
+                        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
 
     # --- keys -------------------------------------------------------------------------
     def create_key(self, name: str) -> tuple[str, str]:
@@ -112,6 +161,19 @@ class Store:
     def revoke_key(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
             return conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked=True)).rowcount > 0
+
+    # --- a key's own details ------------------------------------------------------------
+    def user_demographics(self, owner: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(users.c.demographics).where(users.c.owner == owner)).first()
+        return json.loads(row[0]) if row else {}
+
+    def set_user_demographics(self, owner: str, demographics: dict[str, Any]) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            if not conn.execute(users.update().where(users.c.owner == owner)
+                                .values(demographics=json.dumps(demographics))).rowcount:
+                conn.execute(users.insert().values(owner=owner, demographics=json.dumps(demographics)))
+        return demographics
 
     # --- threads ----------------------------------------------------------------------
     def create_thread(self, owner: str, title: str, profile: str, demographics: dict[str, Any] | None = None) -> dict:
@@ -160,16 +222,36 @@ class Store:
     # --- messages ---------------------------------------------------------------------
     def add_message(self, thread_id: str, role: str, content: str, thinking: str = "", sources: list | None = None,
                     search_query: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
-                    title: str | None = None) -> dict[str, Any]:
+                    title: str | None = None, status: str = "ok", answers: int | None = None) -> dict[str, Any]:
+        """Store a message (an answer marks the user message it ``answers`` ok in the same transaction);
+        NotFound when its thread is gone (deleted, say, while the answer was written)."""
         now = time.time()
         row = {"thread_id": thread_id, "role": role, "content": content, "thinking": thinking,
                "sources": json.dumps(sources or []), "search_query": search_query, "prompt_tokens": prompt_tokens,
-               "completion_tokens": completion_tokens, "created_at": now}
+               "completion_tokens": completion_tokens, "created_at": now, "status": status, "error": ""}
         with self.engine.begin() as conn:
-            new_id = conn.execute(messages.insert().values(**row)).inserted_primary_key[0]
             update = {"updated_at": now, **({"title": title} if title else {})}
-            conn.execute(threads.update().where(threads.c.id == thread_id).values(**update))
+            if not conn.execute(threads.update().where(threads.c.id == thread_id).values(**update)).rowcount:
+                raise NotFound(thread_id)
+            new_id = conn.execute(messages.insert().values(**row)).inserted_primary_key[0]
+            if answers is not None:
+                conn.execute(messages.update().where(messages.c.id == answers).values(status="ok", error=""))
         return self._message_out({**row, "id": new_id})
+
+    def set_status(self, message_id: int, status: str, error: str = "") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(messages.update().where(messages.c.id == message_id).values(status=status, error=error[:2000]))
+
+    def take_failed(self, thread_id: str, message_id: int) -> str:
+        """Remove a failed user message to send it again; its text. NotFound if it is not a failed message here."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(messages.c.content).where(
+                messages.c.id == message_id, messages.c.thread_id == thread_id, messages.c.role == "user",
+                messages.c.status.in_(("failed", "pending")))).first()
+            if row is None:
+                raise NotFound(f"message {message_id}")
+            conn.execute(messages.delete().where(messages.c.id == message_id))
+        return row[0]
 
     @staticmethod
     def _message_out(row) -> dict[str, Any]:
@@ -178,10 +260,62 @@ class Store:
         return out
 
     def history(self, thread_id: str) -> list[dict[str, Any]]:
+        """Every message, oldest first; a ``pending`` one whose turn no process is running any more (its
+        server was stopped mid-turn) reads as ``failed``."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(messages).where(messages.c.thread_id == thread_id)
                                 .order_by(messages.c.id)).mappings().all()
-        return [self._message_out(r) for r in rows]
+            running = conn.execute(sa.select(leases.c.name).where(leases.c.name == f"thread:{thread_id}",
+                                                                   leases.c.expires_at > time.time())).first()
+        out = [self._message_out(r) for r in rows]
+        for m in out:
+            if m["status"] == "pending" and running is None:
+                m["status"], m["error"] = "failed", m["error"] or "the server stopped before this turn finished"
+        return out
+
+    # --- leases: one holder at a time, across processes ------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.time()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(leases.insert().values(name=name, holder=holder, expires_at=now + ttl_s))
+            return True
+        except sa.exc.IntegrityError:  # held, or left behind by a process that died: take it once it has expired
+            with self.engine.begin() as conn:
+                return conn.execute(leases.update().where(leases.c.name == name, leases.c.expires_at < now)
+                                    .values(holder=holder, expires_at=now + ttl_s)).rowcount > 0
+
+    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder)
+                                .values(expires_at=time.time() + ttl_s)).rowcount > 0
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    # --- rate limits shared by every process on this database -----------------------------
+    def take_token(self, name: str, per_minute: float, burst: int) -> float:
+        """Token bucket ``name``: 0 when a request may go now, else the seconds until one may."""
+        rate, burst = per_minute / 60.0, max(1, burst)
+        now = time.time()
+        with self.engine.begin() as conn:
+            refilled = rate_buckets.c.tokens + (now - rate_buckets.c.updated_at) * rate
+            capped = sa.case((refilled > burst, float(burst)), else_=refilled)
+            # one UPDATE reads and writes the row (every SET sees the old values): no lost update between processes
+            done = conn.execute(rate_buckets.update().where(rate_buckets.c.name == name).values(
+                allowed=sa.case((capped >= 1, 1), else_=0), tokens=sa.case((capped >= 1, capped - 1), else_=capped),
+                updated_at=now)).rowcount
+            if done:
+                allowed, tokens = conn.execute(sa.select(rate_buckets.c.allowed, rate_buckets.c.tokens)
+                                               .where(rate_buckets.c.name == name)).one()
+                return 0.0 if allowed else (1 - tokens) / rate
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(rate_buckets.insert().values(name=name, tokens=burst - 1, updated_at=now, allowed=1))
+            return 0.0
+        except sa.exc.IntegrityError:  # another process created it first
+            return self.take_token(name, per_minute, burst)
 
     def close(self) -> None:
         self.engine.dispose()
