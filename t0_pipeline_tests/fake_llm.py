@@ -58,6 +58,7 @@ class FakeLLMState:
     rules: list[Rule] = field(default_factory=list)
     latency_s: float = 0.0  # added to every reply
     hang_s: float = 30.0  # how long a "hang" fault sleeps
+    chunk_delay_s: float = 0.0  # between streamed pieces (a slow model; lets a test kill the server mid-answer)
     retry_after: str = "1"
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
@@ -164,6 +165,8 @@ class FakeLLM:
                      "choices": [{"index": 0, "delta": {"role": "assistant", **delta} if i == 0 else delta,
                                   "finish_reason": None}]}
             await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if state.chunk_delay_s:
+                await asyncio.sleep(state.chunk_delay_s)
         final = {**base, "object": "chat.completion.chunk", "usage": usage,
                  "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
         await stream.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
@@ -258,6 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible server with scripted replies.")
     parser.add_argument("checkpoint", nargs="?", help="stand-in for vllm serve: the checkpoint it would load")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed pieces")
     parser.add_argument("--reply", default="ok", help="the reply content for every prompt")
     parser.add_argument("--thinking", help="completions: the thinking, until the prompt ends with the answer marker")
     parser.add_argument("--answer", help="completions: the answer after the marker")
@@ -285,6 +289,7 @@ def main() -> None:
     stop = threading.Event()
     with FakeLLM(latency_s=args.latency, host=args.host, port=args.port or 0, served_name=args.served_model_name) as server:
         server.healthy = not args.unhealthy
+        server.state.chunk_delay_s = args.chunk_delay
         server.tool_choice = args.enable_auto_tool_choice and bool(args.tool_call_parser)
         if args.thinking is not None:  # completions prompts are rendered chat templates; chat messages are not
             server.on(r"<\|im_start\|>", budget_student(args.thinking, args.answer or ""))
