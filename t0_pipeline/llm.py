@@ -407,6 +407,19 @@ class LLMClient:
                 **({"extra_body": s.extra_body} if s.extra_body else {}),
                 **({"tools": tools, "tool_choice": "auto"} if tools else {})}
 
+    async def rehearse(self, tools: list[dict[str, Any]] | None = None, stream: bool = False) -> None:
+        """Go through litellm's request path once without calling the model (its ``mock_response``): its lazy
+        imports and set-up then happen at start-up instead of in a waiting person's first turn."""
+        kwargs = {**self._kwargs([{"role": "user", "content": "warm-up"}], tools, None), "mock_response": "ok"}
+        response = await _litellm().acompletion(**kwargs, **({"stream": True} if stream else {}))
+        if stream:
+            async for _ in response:  # type: ignore[union-attr]
+                pass
+        try:  # what a mock leaves cold: the OpenAI SDK imports its API resources (~1 s) on the first real request
+            import openai.resources  # noqa: F401
+        except ImportError:
+            pass
+
     async def stream(self, messages: Sequence[dict[str, Any]],
                      think_tags: tuple[str, str] = ("<think>", "</think>")) -> AsyncIterator[tuple[str, Any]]:
         """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then ("usage", dict).

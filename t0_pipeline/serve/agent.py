@@ -153,6 +153,13 @@ class ChatService:
             self._clients[role] = LLMClient(role, fast, None)
         return self._clients[role]
 
+    async def rehearse_clients(self) -> None:
+        """Each profile's agent (with its tool) and streamed reasoner through litellm once, no model called."""
+        for profile in self.cfg.serve.profiles.values():
+            await self.client(profile.agent).rehearse([SEARCH_TOOL] if profile.agent_tools else None)
+            if not profile.budget:
+                await self.client(profile.reasoner).rehearse(stream=True)
+
     def warm_up(self) -> int:
         """Load at start-up what a first turn would otherwise wait for: each profile's index, embedder and BM25
         (one search), its model clients and litellm, a budget-forced reasoner's tokenizer. Documents served."""

@@ -107,6 +107,7 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
         try:  # warm start: the first turn should not wait for models, indexes or clients to load
             index_state["documents"] = await asyncio.to_thread(service.warm_up)
             index_state["loaded"] = True
+            await service.rehearse_clients()
         except T0Error as exc:
             index_state["error"] = str(exc)
             log.error("index not loaded: %s", exc)
