@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -416,7 +417,7 @@ class LLMClient:
             async for _ in response:  # type: ignore[union-attr]
                 pass
         try:  # what a mock leaves cold: the OpenAI SDK imports its API resources (~1 s) on the first real request
-            import openai.resources  # noqa: F401
+            importlib.import_module("openai.resources")
         except ImportError:
             pass
 

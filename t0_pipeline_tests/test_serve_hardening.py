@@ -6,12 +6,11 @@ import asyncio
 import json
 import re
 import stat
+import time
 
 import httpx
 
-from t0_pipeline_tests.fake_llm import FakeLLM
-from t0_pipeline_tests.serving import running, script
-from t0_pipeline_tests.test_serve import make_app, reasoner_requests, served
+from t0_pipeline_tests.test_serve import reasoner_requests, served
 
 
 def test_a_rebinding_host_header_is_refused_in_local_mode_and_named_hosts_pass(built, retriever, tmp_path):
@@ -79,44 +78,39 @@ def test_chunked_oversize_bodies_get_413_and_blank_messages_422(built, retriever
 
 
 def test_deleting_a_thread_mid_turn_ends_its_stream_with_an_error_event(built, retriever, tmp_path):
-    with FakeLLM() as server:
-        script(server, latency_s=0.6)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base)
-        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-            tid = client.post("/api/threads", json={}).json()["id"]
-            events = []
-            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sore toe"}) as s:
-                for line in s.iter_lines():
-                    if line.startswith("event: "):
-                        events.append(line[7:])
-                        if line == "event: search":
-                            assert client.delete(f"/api/threads/{tid}").status_code == 204
-                    elif line.startswith("data: ") and events[-1] == "error":
-                        error = json.loads(line[6:])
-            assert events[-1] == "error" and "deleted" in error["message"]
-            assert client.get(f"/api/threads/{tid}").status_code == 404
+    with served(built, retriever, tmp_path, latency_s=0.6) as (_, _, client):
+        tid = client.post("/api/threads", json={}).json()["id"]
+        events = []
+        with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sore toe"}) as s:
+            for line in s.iter_lines():
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                    if line == "event: search":
+                        assert client.delete(f"/api/threads/{tid}").status_code == 204
+                elif line.startswith("data: ") and events[-1] == "error":
+                    error = json.loads(line[6:])
+        assert events[-1] == "error" and "deleted" in error["message"]
+        assert client.get(f"/api/threads/{tid}").status_code == 404
 
 
 def test_an_answer_is_stored_even_when_the_client_has_gone(built, retriever, tmp_path):
-    with FakeLLM() as server:
-        script(server, latency_s=0.5)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base)
-        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
-            tid = client.post("/api/threads", json={}).json()["id"]
+    with served(built, retriever, tmp_path, latency_s=0.5) as (server, _, client):
+        url = str(client.base_url)
+        tid = client.post("/api/threads", json={}).json()["id"]
 
-            async def leave_early():
-                async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-                    async with c.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sore toe"}) as s:
-                        async for line in s.aiter_lines():
-                            if line == "event: user":
-                                return  # the browser tab is closed
+        async def leave_early():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                async with c.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sore toe"}) as s:
+                    async for line in s.aiter_lines():
+                        if line == "event: user":
+                            return  # the browser tab is closed
 
-            asyncio.run(leave_early())
-            for _ in range(100):
-                messages = client.get(f"/api/threads/{tid}").json()["messages"]
-                if len(messages) == 2:
-                    break
-                asyncio.run(asyncio.sleep(0.1))
+        asyncio.run(leave_early())
+        for _ in range(100):
+            messages = client.get(f"/api/threads/{tid}").json()["messages"]
+            if len(messages) == 2:
+                break
+            time.sleep(0.1)
     assert [(m["content"], m["status"]) for m in messages] == [("sore toe", "ok"), ("Answer to: sore toe", "ok")]
     assert len(reasoner_requests(server)) == 1
 
