@@ -10,8 +10,9 @@ persistence. Reported:
      persistence + bookkeeping: total minus the two model calls), from each reply's
      ``timings_ms``; and client-observed latency p50/p99, one client;
   2. messages per second with 16 concurrent clients, each on its own thread;
-  3. for scale, the very same searches run alone in this process right after (the machine's
-     speed drifts by tens of percent from minute to minute on a shared host).
+  3. for scale, the very same searches run alone in this process right after, back to back and
+     one every 0.1 s (the machine's speed drifts by tens of percent from minute to minute on a
+     shared host, and a search after an idle pause is slower than one of a tight loop).
 
     PYTHONPATH=. python benchmarks/bench_serve.py [--messages 200] [--clients 16]
 
@@ -90,8 +91,9 @@ def message(i: int) -> str:
     return f"For two days I have had {SYMPTOMS[i % len(SYMPTOMS)]} (message {i})"
 
 
-def searches_alone(data: Path, n: int) -> list[float]:
-    """The searches the service ran (the scripted agent searches "symptoms: <message>"), timed alone."""
+def searches_alone(data: Path, n: int, gap_s: float = 0.0) -> list[float]:
+    """The searches the service ran (the scripted agent searches "symptoms: <message>"), timed alone: back to
+    back, or with ``gap_s`` idle between them as in the service (caches and idle cores cool between messages)."""
     from t0_pipeline.config import load_config
     from t0_pipeline.retrieve import Retriever
 
@@ -100,6 +102,7 @@ def searches_alone(data: Path, n: int) -> list[float]:
     retriever.search("warm-up")
     times = []
     for i in range(n):
+        time.sleep(gap_s)
         started = time.perf_counter()
         retriever.search(f"symptoms: {message(i)}", 5, "hybrid")
         times.append((time.perf_counter() - started) * 1000)
@@ -153,6 +156,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
     alone = searches_alone(data, args.messages)
+    spaced = searches_alone(data, args.messages, 0.1)
     own = [t["total"] - t.get("agent", 0) - t.get("reasoner", 0) for t in tim1]
     parts = {k: statistics.median(t[k] for t in tim1) for k in ("agent", "retrieval", "reasoner", "persist", "total")}
     result = {
@@ -165,6 +169,7 @@ def main() -> None:
         "concurrent_latency_ms_p99": round(percentile(latn, 99), 1),
         "messages_per_s": round(args.messages / elapsed, 1),
         "search_alone_ms_p50": round(percentile(alone, 50), 1),
+        "search_alone_spaced_ms_p50": round(percentile(spaced, 50), 1),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -172,7 +177,8 @@ def main() -> None:
     print(f"  own overhead per message (retrieval + prompts + persistence): p50 {result['overhead_ms_p50']} ms, "
           f"p99 {result['overhead_ms_p99']} ms")
     print(f"  median parts (ms): {result['median_parts_ms']}")
-    print(f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms "
+    print(f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms back to back, "
+          f"{result['search_alone_spaced_ms_p50']} ms one every 0.1 s "
           f"(in the service: {result['median_parts_ms']['retrieval']} ms)")
     print(f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 {result['client_latency_ms_p99']} ms")
     print(f"  {args.clients} concurrent clients: {result['messages_per_s']} messages/s "
