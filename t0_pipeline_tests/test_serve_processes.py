@@ -140,3 +140,29 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
             proc.wait(timeout=30)
     later = statistics.median(times[1:])
     assert times[0] < 3 * later + 0.5, times  # a cold first turn took 8 s against an instant model server
+
+
+def test_replicas_starting_together_on_a_fresh_database_all_open_it(tmp_path):
+    """Each Store is its own engine and connection, as in separate processes: the loser of the race to create a
+    table must not fail the start (it did, with "table api_keys already exists", in a CI run)."""
+    import threading
+
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'fresh{round_}.sqlite'}"
+        gate, errors = threading.Barrier(6), []
+
+        def open_store():
+            gate.wait()
+            try:
+                Store(url).close()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+                errors.append(str(exc))
+
+        workers = [threading.Thread(target=open_store) for _ in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+        _, key = Store(url).create_key("after")
+        assert Store(url).key_owner(key) is not None

@@ -120,11 +120,23 @@ class Store:
                     cur.execute("PRAGMA synchronous=NORMAL")
                     cur.close()
             _private_sqlite_file(self.engine.url)
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
-        except (sa.exc.ArgumentError, sa.exc.OperationalError, ModuleNotFoundError) as exc:
+            self._create_schema()
+        except (sa.exc.ArgumentError, sa.exc.DBAPIError, ModuleNotFoundError) as exc:
             raise T0Error(f"cannot open the conversation database {url!r} ({exc.__class__.__name__}: "
                           f"{str(exc).splitlines()[0][:120]}); check serve.database_url.") from None
+
+    def _create_schema(self, attempts: int = 6) -> None:
+        """Tables and added columns. Replicas starting together on a fresh database race to create the same
+        tables ("already exists" for the loser): the schema is then there, so the loser looks again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                metadata.create_all(self.engine)
+                self._add_missing_columns()
+                return
+            except sa.exc.DBAPIError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.05 * attempt)
 
     def _add_missing_columns(self) -> None:
         """Columns added since a database was created (a conversation database outlives releases)."""
