@@ -136,9 +136,6 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sa
                             text=tokenizer.decode(generated))
 
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
 def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
                          api_key: str | None = None, temperature: float = 0.0, seed: int | None = None,
                          max_attempts: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
@@ -154,14 +151,16 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
 
     import httpx
 
-    from t0_pipeline.llm import backoff_delay, endpoint_trouble
+    from t0_pipeline.llm import endpoint_trouble
+    from t0_pipeline.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    retry = RetryPolicy(max(1, max_attempts), backoff_s, max_backoff_s)
 
     def post(body: dict) -> dict:
         problem = "no attempt"
-        for attempt in range(1, max(1, max_attempts) + 1):
+        for attempt in range(1, retry.max_attempts + 1):
             retry_after, trouble, resp = None, None, None
             try:
                 resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
@@ -173,14 +172,13 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
                     return resp.json()
                 problem = f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}"
                 trouble = endpoint_trouble("", resp.status_code)
-                header = resp.headers.get("Retry-After", "")
-                retry_after = float(header) if header.isdigit() else None
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             if on_failure:
                 on_failure(trouble, problem)
-            if resp is not None and resp.status_code not in RETRY_STATUS:
+            if resp is not None and resp.status_code not in RETRYABLE_STATUS:
                 break
-            if attempt < max_attempts:
-                time.sleep(backoff_delay(attempt, backoff_s, max_backoff_s, retry_after))
+            if retry.another(attempt):
+                time.sleep(retry.delay(attempt, retry_after))
         raise T0Error(f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base.")
 
     def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, int, str]:

@@ -15,7 +15,6 @@ Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config t0.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import time
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from t0_pipeline.artifacts import T0Error, read_records, sha256_text, write_config_sidecar, write_json, write_parquet
 from t0_pipeline.config import DataPaths, SourceConfig
-from t0_pipeline.llm import backoff_delay
+from t0_pipeline.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from t0_pipeline.sites import ConditionLink, SiteAdapter, get_adapter
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ PAGE_SCHEMA = {
     "source": pl.String,
 }
 
-RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 def sample_site_dir() -> Path:
@@ -166,6 +164,7 @@ class HttpFetcher:
 
     def __init__(self, config: SourceConfig, client: httpx.AsyncClient | None = None):
         self.config = config
+        self.retry = RetryPolicy(config.max_attempts, config.backoff_s, config.max_backoff_s)
         self.client = client or httpx.AsyncClient(
             headers={"User-Agent": config.user_agent, "Accept-Encoding": "gzip, deflate"},  # what read_capped inflates
             timeout=config.timeout_s,
@@ -215,11 +214,6 @@ class HttpFetcher:
                 await asyncio.sleep(wait)
             self._last_start = time.monotonic()
 
-    def _retry_wait(self, attempt: int, resp: Reply | None) -> float:
-        header = resp.headers.get("Retry-After") if resp is not None else None
-        return backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s,
-                             parse_retry_after(header) if header else None)
-
     async def _get(self, url: str, headers: dict[str, str]) -> Reply:
         error, status = "no attempt made", None
         for attempt in range(1, self.config.max_attempts + 1):
@@ -238,10 +232,10 @@ class HttpFetcher:
                     if resp.status < 400 or resp.status == 304:
                         return resp
                     error, status = f"HTTP {resp.status}", resp.status
-                    if resp.status not in RETRY_STATUS:
+                    if resp.status not in RETRYABLE_STATUS:
                         raise FetchError(error, status)
-            if attempt < self.config.max_attempts:
-                wait = self._retry_wait(attempt, resp)
+            if self.retry.another(attempt):
+                wait = self.retry.delay(attempt, parse_retry_after(resp.headers.get("Retry-After")) if resp else None)
                 log.info("retrying %s in %.1fs (%s, attempt %d/%d)", url, wait, error, attempt, self.config.max_attempts)
                 await asyncio.sleep(wait)
         raise FetchError(f"{error} after {self.config.max_attempts} attempts", status)
@@ -313,18 +307,6 @@ async def read_capped(resp: httpx.Response, cap: int) -> bytes:
         if len(body) > cap:
             raise FetchError(too_big)
     return bytes(body)
-
-
-def parse_retry_after(value: str) -> float:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 @dataclass

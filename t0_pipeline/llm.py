@@ -28,7 +28,6 @@ import importlib
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -42,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import LLMConfig, RoleConfig
+from t0_pipeline.retry import RetryPolicy, parse_retry_after
 
 # litellm fetches its model price map from the internet on import unless told otherwise
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -107,13 +107,6 @@ class ThinkSplitter:
         out = [("thinking" if self.thinking else "answer", self.buffer)] if self.buffer else []
         self.buffer = ""
         return out
-
-
-def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: float | None = None) -> float:
-    """Seconds to wait before retry ``attempt + 1``: exponential from ``base_s`` with jitter, at least the server's
-    Retry-After, at most ``cap_s``. Every retrying caller (model calls, budget forcing, the crawler) uses it."""
-    wait = base_s * 2 ** (attempt - 1) * (0.5 + random.random())
-    return min(max(wait, retry_after or 0.0), cap_s)
 
 
 def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
@@ -268,8 +261,6 @@ def _retry_after(exc: Exception) -> float | None:
     for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
         value = headers.get("retry-after") if headers else None
         if value:
-            from t0_pipeline.crawl import parse_retry_after
-
             return parse_retry_after(value)
     return None
 
@@ -316,6 +307,7 @@ class LLMClient:
         self._stage: tuple[str, int] | None = None
         self._done = 0
         self.config = config
+        self.retry = RetryPolicy(config.max_attempts, config.backoff_s, config.max_backoff_s)
         self.settings: RoleConfig = config.roles[role].model_copy(update=overrides or {})
         self.cache = cache
         self.usage = Usage()
@@ -434,14 +426,14 @@ class LLMClient:
         s = self.settings
         kwargs = {**self._kwargs(messages, None, s.seed), "stream": True, "stream_options": {"include_usage": True}}
         response = None
-        for attempt in range(1, self.config.max_attempts + 1):
+        for attempt in range(1, self.retry.max_attempts + 1):
             self.usage.requests += 1
             try:
                 response = await litellm.acompletion(**kwargs)
                 break
             except Exception as exc:  # litellm maps provider errors onto its own exception types
                 kind = type(exc).__name__
-                if kind not in RETRYABLE or attempt == self.config.max_attempts:
+                if kind not in RETRYABLE or not self.retry.another(attempt):
                     self.usage.failures += 1
                     first = str(exc).splitlines()[0][:200] if str(exc) else kind
                     raise ModelCallError(
@@ -449,8 +441,7 @@ class LLMClient:
                         f"({kind}: {first.replace('litellm.', '')}); check that the server is up.",
                         endpoint_trouble(kind, getattr(exc, "status_code", None), _causes(exc))) from None
                 self.usage.retries += 1
-                await asyncio.sleep(backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s,
-                                                  _retry_after(exc)))
+                await asyncio.sleep(self.retry.delay(attempt, _retry_after(exc)))
         splitter = ThinkSplitter(*think_tags)
         usage: dict[str, int] = {}
         chunks = aiter(response)  # type: ignore[arg-type]
@@ -563,7 +554,7 @@ class LLMClient:
     async def _call_with_retries(self, kwargs: dict[str, Any]) -> LLMReply:
         slots = self._loop_state()
         error = "no attempt"
-        for attempt in range(1, self.config.max_attempts + 1):
+        for attempt in range(1, self.retry.max_attempts + 1):
             if self._fatal is not None:
                 raise self._fatal
             async with slots:
@@ -581,9 +572,9 @@ class LLMClient:
             self.check_endpoint(outcome.get("trouble"), error)
             if kind not in RETRYABLE or (kind == "APIError" and status and int(status) < 500):
                 break
-            if attempt < self.config.max_attempts:
+            if self.retry.another(attempt):
                 self.usage.retries += 1
-                wait = backoff_delay(attempt, self.config.backoff_s, self.config.max_backoff_s, outcome["retry_after"])
+                wait = self.retry.delay(attempt, outcome["retry_after"])
                 if self._down_since is not None:  # look again before the unreachable window closes
                     wait = min(wait, max(0.5, self._down_since + self.config.unreachable_after_s - time.monotonic()))
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)

@@ -11,7 +11,7 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PageFields, SourceConfig
-from t0_pipeline.crawl import crawl_async, parse_retry_after, read_pages_file, run_crawl
+from t0_pipeline.crawl import crawl_async, read_pages_file, run_crawl
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fixture_site import FixtureSite
 
@@ -108,12 +108,6 @@ def test_unreachable_site_is_one_clear_error_and_previous_corpus_survives(tmp_pa
         run_crawl(SourceConfig(kind="site", location="http://127.0.0.1:9/conditions/", respect_robots=False,
                                max_attempts=1, timeout_s=1), paths)
     assert paths.pages.read_bytes() == before
-
-
-def test_retry_after_accepts_seconds_and_http_dates():
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert parse_retry_after("soon") == 0.0
 
 
 def test_mirror_without_index_page_is_discovered_from_folders(tmp_path, sample_site):
