@@ -43,6 +43,7 @@ from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, read_recor
 from t0_pipeline.baseline import disposition_from_page
 from t0_pipeline.budget import complete_with_budget, generate_with_budget
 from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig, EvaluationConfig, PipelineConfig
+from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import EndpointError, LLMCache, LLMClient, LLMReply, cache_key, function_tool
 from t0_pipeline import triage_prompt
 from t0_pipeline.scoring import Prediction, judge, normalise_severity, parse_answer_text, score, summarise_runs
@@ -55,7 +56,6 @@ TOOL = function_tool(
     {"condition": {"type": "string", "description": "One of the allowed condition names, exactly as listed, or "
                                                    "'inconclusive' when that is allowed."},
      "severity": {"type": "string", "enum": ["Self-care", "Urgent Primary Care", "A&E"]}})
-DEMOGRAPHICS = ("age", "sex", "occupation", "social_support", "medical_history")
 NOTE_LABELS = {"empty": "empty replies", "unparsable": "unparsable answers",
                "unknown_condition": "conditions not in the allowed list", "bad_severity": "severities outside the three",
                "wrong_tool": "calls to another tool", "timeout": "timeouts", "failed": "failed calls"}
@@ -83,10 +83,9 @@ def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:
         if not (isinstance(text, str) and text.strip() and isinstance(slug, str) and severity):
             skipped += 1
             continue
-        demographics = {k: rec[k] for k in DEMOGRAPHICS if rec.get(k) not in (None, "")}
         queries.append({"id": str(rec.get("id") or f"q{i:05d}"), "query": text.strip(), "slug": slug,
                         "disposition": severity, "query_type": rec.get("query_type") or "unspecified",
-                        "demographics": json.dumps(demographics, ensure_ascii=False) if demographics else "not given"})
+                        "demographics": demographics_text(rec)})
     return queries, skipped
 
 

@@ -18,18 +18,17 @@ Run it: ``t0 synth-queries --data-dir DIR`` (needs the query_writer endpoint).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, model_validator
 
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_json, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
+from t0_pipeline.demographics import WrittenDemographics
 from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
 from t0_pipeline.prompts import load_template, render
 
@@ -44,29 +43,10 @@ STYLE = {
 }
 
 
-class Demographics(BaseModel):
-    age: int = Field(ge=0, le=120)  # writers may answer "above 80" (as the prompt allows): read as 81
-
-    @field_validator("age", mode="before")
-    @classmethod
-    def _age_in_words(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            found = re.search(r"\d+", value)
-            if not found:
-                return value  # left to the int check, which names the field
-            age = int(found.group())
-            return age + 1 if re.search(r"above|over|older|\+", value, re.I) else age
-        return value
-    sex: str
-    occupation: str
-    social_support: str
-    medical_history: str
-
-
 class WrittenQuery(BaseModel):
     refused: bool = False
     reason: str | None = None
-    demographics: Demographics | None = None
+    demographics: WrittenDemographics | None = None
     symptoms_description: str | None = None
 
     @classmethod
@@ -77,7 +57,7 @@ class WrittenQuery(BaseModel):
         JSON within ``max_tokens``; the model's own schema would allow ``{}``."""
         from t0_pipeline.llm import bounded_text
 
-        demographics = Demographics.model_json_schema()
+        demographics = WrittenDemographics.model_json_schema()
         for name, prop in demographics["properties"].items():
             if prop.get("type") == "string":
                 demographics["properties"][name] = {**prop, **bounded_text(1, 24)}
@@ -310,11 +290,6 @@ def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfi
         log.info("%s queries: %d (requested %d), in %d type / disposition / sex cells (%s)", split, df.height,
                  report[split]["requested"], len(cells), ", ".join(f"{k}: {n}" for k, n in cells.items()))
     return eval_df, train_df, report
-
-
-def demographics_text(row: dict[str, Any]) -> str:
-    return json.dumps({k: row[k] for k in ("age", "sex", "occupation", "social_support", "medical_history")},
-                      ensure_ascii=False)
 
 
 if __name__ == "__main__":

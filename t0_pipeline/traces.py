@@ -20,9 +20,9 @@ import polars as pl
 from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
+from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, bounded_text, json_schema_format, require_some_success
 from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
-from t0_pipeline.synth import demographics_text
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
+from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import LLMClient, ModelCallError, function_tool
 from t0_pipeline.prompts import load_sections, render
 from t0_pipeline.triage_prompt import documents_block
@@ -36,7 +37,6 @@ SEARCH_TOOL = function_tool(
     SEARCH_TOOL_NAME, "Search the health information pages for documents relevant to the person's problem.",
     {"query": {"type": "string", "description": "A short search query written from the whole conversation."}})
 SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
-DEMOGRAPHIC_FIELDS = ("age", "sex", "occupation", "social_support", "medical_history")
 
 
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
@@ -102,11 +102,6 @@ def fit_history(system: dict[str, str], history: list[dict[str, Any]], new: dict
     while kept and kept[0]["role"] == "assistant":
         kept.pop(0)
     return [system, *kept, new]
-
-
-def demographics_text(demographics: dict[str, Any]) -> str:
-    known = {k: demographics[k] for k in DEMOGRAPHIC_FIELDS if demographics.get(k) not in (None, "")}
-    return json.dumps(known, ensure_ascii=False) if known else "not given"
 
 
 class ChatService:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig
+from t0_pipeline.demographics import Demographics
 from t0_pipeline.llm import split_thinking
 from t0_pipeline.serve.agent import ChatService, Turn, TurnFailed
 from t0_pipeline.serve.health import ModelProbe
@@ -47,15 +48,6 @@ from t0_pipeline.serve.turns import DEFAULT_TITLE, TurnRunner
 
 log = logging.getLogger("t0_pipeline.serve")
 LOCAL_OWNER = "local"
-
-
-class Demographics(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    age: Optional[int] = Field(None, ge=0, le=130)
-    sex: Optional[str] = Field(None, max_length=40)
-    occupation: Optional[str] = Field(None, max_length=200)
-    social_support: Optional[str] = Field(None, max_length=500)
-    medical_history: Optional[str] = Field(None, max_length=2000)
 
 
 class ThreadCreate(BaseModel):
