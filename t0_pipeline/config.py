@@ -13,6 +13,8 @@ from pydantic import BaseModel as _PydanticModel
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from t0_pipeline.chat import ChatFormat  # a config section, defined beside the rendering it drives
+
 SourceKind = Literal["sample", "site", "mirror", "pages"]
 IndexName = Literal["full", "summaries", "llm_summaries"]
 RetrieverMode = Literal["dense", "bm25", "hybrid"]
@@ -257,24 +259,6 @@ class TraceConfig(BaseModel):
     mode: RetrieverMode = "dense"  # report: dense
     keep: Literal["all", "parsable", "correct"] = "parsable"  # which traces go into the SFT data
     correct_on: Literal["condition", "both"] = "condition"  # what "correct" means for keep=correct
-
-
-class ChatFormat(BaseModel):
-    """How a reasoning student marks its thinking and its answer: one setting for SFT rendering, budget
-    forcing (evaluation and serving) and the serve page's thinking split.
-
-    The assistant turn is ``think_start`` + thinking + newline + ``think_end`` + ``answer_start`` + answer.
-    s1/Qwen style by default, where ``<|im_start|>`` is the tokenizer's special token and ``think``/``answer``
-    are plain words, so the end marker is two tokens; ``<think>\n`` / ``</think>`` / ``\n\n`` for
-    ``<think>`` models.
-    """
-
-    think_start: str = "<|im_start|>think\n"  # opens the thinking, right after the assistant header
-    think_end: str = "<|im_start|>answer"  # ends it: budget forcing stops on this text, then forces it
-    answer_start: str = "\n"  # between think_end and the answer
-
-    def assistant(self, thinking: str, answer: str) -> str:
-        return f"{self.think_start}{thinking.strip()}\n{self.think_end}{self.answer_start}{answer.strip()}"
 
 
 class SFTConfig(BaseModel):

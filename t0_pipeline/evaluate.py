@@ -180,7 +180,7 @@ class BudgetPredictor:
     answer_format = "answer_text"
 
     def __init__(self, client: LLMClient, settings: EvalModelConfig):
-        from t0_pipeline.sft import load_tokenizer
+        from t0_pipeline.chat import load_tokenizer
 
         self.client, self.settings = client, settings
         self.budget = (settings.budget or BudgetConfig()).with_format()
@@ -235,7 +235,7 @@ class BudgetPredictor:
                         finish_reason="budget" if gen.budget_exhausted else "stop")
 
     async def predict(self, case: Case, seed: int) -> Answer:
-        from t0_pipeline.sft import generation_prompt
+        from t0_pipeline.chat import generation_prompt
 
         prompt = generation_prompt(case.messages, self.template, self.budget.think_start)
         key = cache_key(self.settings.model, [{"role": "prompt", "content": prompt}],

@@ -24,8 +24,10 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
-from t0_pipeline.config import ChatFormat, DataPaths, SFTConfig
 from t0_pipeline import triage_prompt
+from t0_pipeline.chat import ChatFormat, count_tokens, load_tokenizer, render_chat
+from t0_pipeline.config import DataPaths, SFTConfig
+
 
 def messages_for(trace: dict[str, Any], chat_format: ChatFormat, sections: dict[str, str]) -> list[dict[str, str]]:
     """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher saw, and the
@@ -33,41 +35,6 @@ def messages_for(trace: dict[str, Any], chat_format: ChatFormat, sections: dict[
     context = triage_prompt.with_documents(sections, trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"])
     return [*triage_prompt.messages(sections, context, trace["demographics"], trace["query"]),
             {"role": "assistant", "content": chat_format.assistant(trace["thinking"], trace["answer"])}]
-
-
-def load_tokenizer(name_or_path: str | None):
-    if name_or_path is None:
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as exc:
-        raise T0Error(f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local path or a "
-                      "name available offline with sft.tokenizer.") from None
-    if not getattr(tok, "chat_template", None):
-        raise T0Error(f"tokenizer {name_or_path!r} has no chat template; use the student model's instruct tokenizer.")
-    return tok
-
-
-def render_chat(messages: list[dict[str, str]], tokenizer) -> str:
-    """The training text: the tokenizer's own chat template, or ChatML (Qwen's format) when none is set."""
-    if tokenizer is not None:
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-
-
-def generation_prompt(messages: list[dict[str, str]], tokenizer, assistant_open: str = "") -> str:
-    """The text a student continues: the conversation, the assistant header, then ``assistant_open`` (e.g. the thinking marker)."""
-    if tokenizer is not None:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_open
-    return render_chat(messages, None) + "<|im_start|>assistant\n" + assistant_open
-
-
-def count_tokens(text: str, tokenizer) -> int:
-    if tokenizer is None:
-        return len(text.split())  # whitespace words: a stated approximation when no tokenizer is configured
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_dir=None,

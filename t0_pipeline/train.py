@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.chat import generation_prompt, render_chat
 from t0_pipeline.cluster import deepspeed_config_path
 from t0_pipeline.config import DataPaths, TrainConfig
 
@@ -47,8 +48,8 @@ IGNORE = -100
 
 def tokenize_example(messages: list[dict[str, str]], tokenizer, block_size: int) -> dict[str, list[int]] | None:
     """input_ids / attention_mask / labels for one chat; None when it does not fit ``block_size`` whole."""
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = generation_prompt(messages[:-1], tokenizer)
+    full = render_chat(messages, tokenizer)
     if not full.startswith(prompt):
         raise T0Error("the tokenizer's chat template does not render the prompt as a prefix of the full chat, so the "
                       "assistant turn cannot be located; use the student model's own instruct tokenizer.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from t0_pipeline.chat import documents_block
 from t0_pipeline.prompts import load_sections, render
 
 NAME = "evaluator"
@@ -19,11 +20,6 @@ SECTIONS = ("system", "user", "context_none", "context_documents", "answer_text"
 def load(prompts_dir: Path | None = None) -> tuple[dict[str, str], str]:
     """(sections, template hash)."""
     return load_sections(NAME, SECTIONS, prompts_dir)
-
-
-def documents_block(titles: list[str], scores: list[float], texts: list[str]) -> str:
-    return "\n\n".join(f"[{i}] {title} (score {score:.3f})\n{text}"
-                       for i, (title, score, text) in enumerate(zip(titles, scores, texts), start=1))
 
 
 def with_documents(sections: dict[str, str], titles: list[str], scores: list[float], texts: list[str]) -> str:

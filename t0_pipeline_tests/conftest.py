@@ -102,7 +102,7 @@ def build_tiny_tokenizer(path: Path, words: str):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from t0_pipeline.sft import load_tokenizer
+    from t0_pipeline.chat import load_tokenizer
 
     specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
     vocab = {tok: i for i, tok in enumerate(specials + sorted(set(words.split()) - set(specials)))}

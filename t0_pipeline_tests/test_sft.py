@@ -7,7 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from t0_pipeline.config import BudgetConfig, ChatFormat, SFTConfig
+from t0_pipeline.chat import ChatFormat
+from t0_pipeline.config import BudgetConfig, SFTConfig
 from t0_pipeline.sft import build_sft, messages_for
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 

@@ -73,7 +73,7 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     assert (paths.traces).exists()
     # the teacher was asked exactly what the student is trained on (and evaluated with): the SFT example's turns
     from t0_pipeline import triage_prompt
-    from t0_pipeline.config import ChatFormat
+    from t0_pipeline.chat import ChatFormat
     from t0_pipeline.sft import messages_for
 
     assert messages_for(stroke, ChatFormat(), triage_prompt.load()[0])[:-1] == request

@@ -28,11 +28,12 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llm_summaries": (("summarise",), ("summarise",)),
     "llm_summary_index": (("index", "chunk", "embed"), ()),
     "summary_comparison": (("retrieval_eval", "retrieve"), ()),
-    "synthetic_queries": (("synth",), ("query_writer",)),
-    "reasoning_traces": (("traces", "triage_prompt", "scoring"), ("evaluator",)),
-    "sft_dataset": (("sft", "triage_prompt"), ("evaluator",)),
-    "student_checkpoint": (("train", "sft"), ()),
-    "accuracy_report": (("evaluate", "scoring", "budget", "baseline", "triage_prompt"), ("evaluator",)),
+    "synthetic_queries": (("synth", "demographics"), ("query_writer",)),
+    "reasoning_traces": (("traces", "triage_prompt", "chat", "demographics", "scoring"), ("evaluator",)),
+    "sft_dataset": (("sft", "triage_prompt", "chat"), ("evaluator",)),
+    "student_checkpoint": (("train", "sft", "chat"), ()),
+    "accuracy_report": (("evaluate", "scoring", "budget", "baseline", "triage_prompt", "chat", "demographics"),
+                        ("evaluator",)),
     "accuracy_comparison": (("evaluate",), ()),
 }
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.chat import documents_block
 from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
 from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import LLMClient, ModelCallError, function_tool
 from t0_pipeline.prompts import load_sections, render
-from t0_pipeline.triage_prompt import documents_block
 
 SEARCH_TOOL_NAME = "search_health_information"
 SEARCH_TOOL = function_tool(
@@ -76,7 +76,7 @@ def approx_tokens(text: str) -> int:
 def token_counter(tokenizer_name: str | None) -> Callable[[str], int]:
     if tokenizer_name is None:
         return approx_tokens
-    from t0_pipeline.sft import load_tokenizer
+    from t0_pipeline.chat import load_tokenizer
 
     tok = load_tokenizer(tokenizer_name)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
@@ -159,7 +159,7 @@ class ChatService:
         """Load at start-up what a first turn would otherwise wait for: each profile's index, embedder and BM25
         (one search), its model clients and litellm, a budget-forced reasoner's tokenizer. Documents served."""
         from t0_pipeline.llm import _litellm
-        from t0_pipeline.sft import load_tokenizer
+        from t0_pipeline.chat import load_tokenizer
 
         _litellm()
         documents = 0
@@ -239,7 +239,7 @@ class ChatService:
     async def _budget_forced(self, profile: ServeProfile, messages: list[dict[str, str]]) -> AsyncIterator[tuple[str, Any]]:
         """The reasoner through budget forcing on a completions endpoint (the thinking cap and "Wait" insertions)."""
         from t0_pipeline.budget import complete_with_budget
-        from t0_pipeline.sft import generation_prompt, load_tokenizer
+        from t0_pipeline.chat import generation_prompt, load_tokenizer
 
         settings = self.cfg.llm.roles[profile.reasoner]
         if profile.tokenizer not in self._templates:
