@@ -1,8 +1,11 @@
 """The ``t0`` command line: one command per pipeline stage, from crawling to evaluation.
 
 Each command reads defaults from :mod:`t0_pipeline.config`, an optional ``--config``
-file (JSON/YAML/TOML with any subset of fields), then its own flags. Problems the user
-can fix print one line and exit with status 2; nothing already produced is touched.
+file (JSON/YAML/TOML with any subset of fields), ``T0_<SECTION>__<FIELD>`` variables, then
+the command line: ``--set section.field=value`` (any setting, repeatable) and the command's
+own flags, which are shorthands for settings (``t0 index --chunk-size 128`` is
+``--set chunk.size=128``) and go through the same validation. Problems the user can fix
+print one line and exit with status 2; nothing already produced is touched.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -34,9 +37,45 @@ ConfigFile = typer.Option(None, "--config", "-c", help="JSON/YAML/TOML file with
                           "into the defaults field by field; T0_<SECTION>__<FIELD> variables go on top).")
 IndexOpt = typer.Option("summaries", "--index", "-i", help="Which index: full (whole pages), summaries or llm_summaries.")
 ModeOpt = typer.Option("hybrid", "--mode", "-m", help="Retriever: dense (embeddings), bm25 (lexical) or hybrid (RRF of both).")
+SetOpt = typer.Option(None, "--set", help="Any setting for this run: section.field=value (repeatable; the value is "
+                      "read as YAML, so 5, true, null and [a, b] work). `t0 config` lists the settings.")
 
 
-def _setup(data_dir: Optional[Path], config_file: Optional[Path], tuned: bool = True) -> tuple[PipelineConfig, DataPaths]:
+def _put(tree: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = tree.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise T0Error(f"--set {dotted}: {part} was given a value already, so it cannot hold settings too.")
+        tree = child
+    tree[last] = value
+
+
+def command_line_settings(sets: Optional[list[str]], flags: Optional[dict[str, Any]] = None) -> dict:
+    """The command line's settings as one nested layer: each ``--set section.field=value``, then every flag
+    given (``flags`` maps a dotted setting to the flag's value; None = not given)."""
+    import yaml
+
+    tree: dict = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "" in key.split("."):
+            raise T0Error(f"--set {item!r}: write section.field=value, e.g. --set chunk.size=128.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: the text as it is
+        _put(tree, key, value)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _put(tree, dotted, str(value) if isinstance(value, Path) else value)
+    return tree
+
+
+def _setup(data_dir: Optional[Path], config_file: Optional[Path], tuned: bool = True, sets: Optional[list[str]] = None,
+           flags: Optional[dict[str, Any]] = None) -> tuple[PipelineConfig, DataPaths]:
+    """Logging, the data folder and the settings: defaults ← file ← environment ← command line."""
     logging.basicConfig(level=os.environ.get("T0_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s"):
@@ -44,7 +83,7 @@ def _setup(data_dir: Optional[Path], config_file: Optional[Path], tuned: bool = 
     paths = DataPaths(data_dir)
     if paths.root.exists() and not paths.root.is_dir():
         raise T0Error(f"data directory {paths.root} is a file; pass a directory with --data-dir (or $T0_DATA_DIR).")
-    cfg = load_config(config_file)
+    cfg = load_config(config_file, overrides=command_line_settings(sets, flags), overrides_from="command line")
     return (with_local_models(cfg, paths) if tuned else with_base_models(cfg, paths)), paths
 
 
@@ -56,15 +95,16 @@ def _served(cfg: PipelineConfig, paths: DataPaths, *roles: str):
     return roles_served(cfg, list(roles), paths, local_servers(cfg.servers, paths, typer.echo))
 
 
-def _apply_source(cfg: PipelineConfig, source: Optional[str], location: Optional[str], pages: Optional[Path]) -> None:
+def _source_flags(source: Optional[str], location: Optional[str], pages: Optional[Path]) -> dict[str, Any]:
+    """--pages FILE is --source pages --location FILE."""
     if pages is not None:
-        cfg.source.kind, cfg.source.location = "pages", str(pages)
-    if source is not None:
-        if source not in ("sample", "site", "mirror", "pages"):
-            raise T0Error(f"--source must be sample, site, mirror or pages, got {source!r}.")
-        cfg.source.kind = source  # type: ignore[assignment]
-    if location is not None:
-        cfg.source.location = location
+        return {"source.kind": "pages", "source.location": str(pages)}
+    return {"source.kind": source, "source.location": location}
+
+
+def _role_flags(role: str, model: Optional[str], api_base: Optional[str]) -> dict[str, Any]:
+    """A role's model and endpoint; an endpoint given here is a server already running there (none is started)."""
+    return {f"llm.roles.{role}.model": model or None, f"llm.roles.{role}.api_base": api_base or None}
 
 
 def _retriever(cfg: PipelineConfig, paths: DataPaths, index: str):
@@ -91,20 +131,14 @@ def crawl(
     max_pages: Optional[int] = typer.Option(None, help="Crawl at most this many conditions (default 5000; a "
                                                          "smaller number for a smoke test)."),
     no_robots: bool = typer.Option(False, "--no-robots", help="Ignore robots.txt (only for sites you own)."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Fetch every condition page (and its sub-pages) into pages.parquet; re-crawls fetch only what changed."""
     from t0_pipeline.crawl import run_crawl
 
-    cfg, paths = _setup(data_dir, config)
-    _apply_source(cfg, source, location, None)
-    if delay is not None:
-        cfg.source.delay_s = delay
-    if concurrency is not None:
-        cfg.source.concurrency = concurrency
-    if max_pages is not None:
-        cfg.source.max_pages = max_pages
-    if no_robots:
-        cfg.source.respect_robots = False
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        **_source_flags(source, location, None), "source.delay_s": delay, "source.concurrency": concurrency,
+        "source.max_pages": max_pages, "source.respect_robots": False if no_robots else None})
     _, report = run_crawl(cfg.source, paths)
     typer.echo(f"{report.summary()} → {paths.pages}")
     for failure in report.failed:
@@ -112,11 +146,11 @@ def crawl(
 
 
 @app.command()
-def clean(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile):
+def clean(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile, sets: Optional[list[str]] = SetOpt):
     """Turn raw pages into the conditions dataset (plain text, one document per condition)."""
     from t0_pipeline.clean import run_clean
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     conditions, problems = run_clean(paths, cfg.source, cfg.clean)
     typer.echo(f"{conditions.height} documents → {paths.conditions} (+ .jsonl)")
     for problem in problems:
@@ -128,18 +162,13 @@ def summarise(data_dir: Optional[Path] = DataDir, config: Optional[Path] = Confi
               max_words: Optional[int] = typer.Option(None, help="Word budget per summary (extractive)."),
               backend: Optional[str] = typer.Option(None, help="extractive (offline default) or llm (role 'summariser')."),
               model: Optional[str] = typer.Option(None, help="Override the summariser role's model (litellm string)."),
-              api_base: Optional[str] = typer.Option(None, help="Override the summariser role's endpoint.")):
+              api_base: Optional[str] = typer.Option(None, help="Override the summariser role's endpoint."),
+              sets: Optional[list[str]] = SetOpt):
     """Summarise every document: symptoms and when/where to get help. Unchanged pages reuse their summary."""
     from t0_pipeline.summarise import run_summarise
 
-    cfg, paths = _setup(data_dir, config)
-    if max_words is not None:
-        cfg.summary.max_words = max_words
-    if backend is not None:
-        if backend not in ("extractive", "llm"):
-            raise T0Error(f"--backend must be extractive or llm, got {backend!r}.")
-        cfg.summary.backend = backend  # type: ignore[assignment]
-    _override_role(cfg, "summariser", model, api_base)
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        "summary.max_words": max_words, "summary.backend": backend, **_role_flags("summariser", model, api_base)})
     with _served(cfg, paths, "summariser") if cfg.summary.backend == "llm" else contextlib.nullcontext(cfg) as cfg:
         summaries, info = run_summarise(paths, cfg.summary, cfg.llm)
     typer.echo(f"{summaries.height} summaries ({info['backend']}), mean compression {summaries['compression'].mean():.0%} → {paths.summaries}")
@@ -159,24 +188,15 @@ def index(
     distance: Optional[str] = typer.Option(None, help="l2 (report) or cosine."),
     chroma_host: Optional[str] = typer.Option(None, help="Use a Chroma server at this host instead of the embedded store."),
     chroma_port: Optional[int] = typer.Option(None, help="Chroma server port."),
+    sets: Optional[list[str]] = SetOpt,
 ):
-    """Build conditions, summaries and every index (dense + BM25, full pages + summaries). Incremental."""
+    """Build conditions, summaries and every index (dense + BM25, full pages + summaries). Incremental: each
+    stage it runs (crawl or read, clean, summarise, index) is logged as it starts."""
     from t0_pipeline.pipeline import build_all
 
-    cfg, paths = _setup(data_dir, config)
-    _apply_source(cfg, source, location, pages)
-    if model:
-        cfg.embedding.model = model
-    if chunk_size:
-        cfg.chunk.size = chunk_size
-    if distance:
-        if distance not in ("l2", "cosine"):
-            raise T0Error(f"--distance must be l2 or cosine, got {distance!r}.")
-        cfg.chroma.distance = distance  # type: ignore[assignment]
-    if chroma_host:
-        cfg.chroma.host = chroma_host
-    if chroma_port:
-        cfg.chroma.port = chroma_port
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        **_source_flags(source, location, pages), "embedding.model": model or None, "chunk.size": chunk_size or None,
+        "chroma.distance": distance or None, "chroma.host": chroma_host or None, "chroma.port": chroma_port or None})
     result = build_all(cfg, paths)
     typer.echo(f"crawl: {result.crawl}")
     typer.echo(f"{result.documents} documents; summaries {result.compression:.0%} shorter than pages")
@@ -198,12 +218,13 @@ def retrieve(
     mode: str = ModeOpt,
     query_field: str = typer.Option("query", help="Field holding the query text."),
     k: int = typer.Option(100, help="Documents per query (k counts documents, not chunks)."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Write the ranked document list for every query, for any outside scorer."""
     from t0_pipeline.artifacts import read_records
     from t0_pipeline.retrieve import write_ranked
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     _check_mode(mode)
     n = write_ranked(_retriever(cfg, paths, index), read_records(queries), query_field, k, mode, out)  # type: ignore[arg-type]
     typer.echo(f"{n} queries ranked ({index}, {mode}, k={k}) → {out}")
@@ -221,31 +242,19 @@ def eval_retrieval(
     ks: Optional[str] = typer.Option(None, help="Comma-separated k values (default 1,5,10,30,50,100)."),
     rewrite_with: Optional[str] = typer.Option(None, help="A serve profile: also score each query as its agent "
                                                           "rewrites it into a search query (rows '<mode>+agent')."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Print and save the p@k table (CSV, Markdown, PNG) for each index × retriever mode."""
     from t0_pipeline.retrieval_eval import evaluate_retrieval, scored_queries
 
-    cfg, paths = _setup(data_dir, config)
+    for m in mode or []:
+        _check_mode(m)
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        "retrieval_eval.queries": queries or None, "retrieval_eval.query_field": query_field or None,
+        "retrieval_eval.target_field": target_field or None, "retrieval_eval.indexes": index or None,
+        "retrieval_eval.modes": mode or None, "retrieval_eval.ks": _int_list(ks, "--ks", "1,5,10") if ks else None,
+        "retrieval_eval.rewrite_with": rewrite_with or None})
     ev = cfg.retrieval_eval
-    if queries:
-        ev.queries = queries
-    if query_field:
-        ev.query_field = query_field
-    if target_field:
-        ev.target_field = target_field
-    if index:
-        ev.indexes = index  # type: ignore[assignment]
-    if mode:
-        for m in mode:
-            _check_mode(m)
-        ev.modes = mode  # type: ignore[assignment]
-    if ks:
-        try:
-            ev.ks = [int(x) for x in ks.split(",")]
-        except ValueError:
-            raise T0Error(f"--ks must be comma-separated integers, got {ks!r}.") from None
-    if rewrite_with:
-        ev.rewrite_with = rewrite_with
     retrievers = {name: _retriever(cfg, paths, name) for name in ev.indexes}
     rewritten = None
     if ev.rewrite_with:
@@ -271,14 +280,14 @@ def tune_retriever(
     config: Optional[Path] = ConfigFile,
     epochs: Optional[float] = typer.Option(None, help="Passes over the training pairs (default: retriever_tune.epochs)."),
     reindex: bool = typer.Option(True, help="Rebuild the dense indexes with whichever embedder is now in use."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Fine-tune the embedder on the synthetic training queries; use it when it retrieves better on the
     evaluation split (p@k before/after printed), then re-index."""
     from t0_pipeline.tune_retriever import run_tune
 
-    base_cfg, paths = _setup(data_dir, config, tuned=False)
-    if epochs:
-        base_cfg.retriever_tune.epochs = epochs
+    flags = {"retriever_tune.epochs": epochs or None}
+    base_cfg, paths = _setup(data_dir, config, tuned=False, sets=sets, flags=flags)
     result = run_tune(base_cfg, paths, log_fn=typer.echo)
     typer.echo(result.table())
     typer.echo(f"{result.pairs} pairs, {result.steps} steps, {result.seconds:.0f} s; "
@@ -286,7 +295,7 @@ def tune_retriever(
     if reindex:
         from t0_pipeline.pipeline import build_indexes
 
-        cfg, _ = _setup(data_dir, config)
+        cfg, _ = _setup(data_dir, config, sets=sets, flags=flags)
         dense, _ = build_indexes(cfg, paths)
         for stats in dense.values():
             typer.echo(f"dense {stats.summary()}")
@@ -301,9 +310,10 @@ def query(
     mode: str = ModeOpt,
     k: int = typer.Option(5, help="Documents to show."),
     show_text: bool = typer.Option(False, "--text", help="Print each document's text too."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Print the top documents for one query, with scores."""
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     _check_mode(mode)
     hits = _retriever(cfg, paths, index).search(text, k, mode)  # type: ignore[arg-type]
     typer.echo(f"{'rank':>4}  {'score':>9}  slug — title")
@@ -313,13 +323,11 @@ def query(
             typer.echo("      " + hit.text.replace("\n", "\n      ") + "\n")
 
 
-def _override_role(cfg: PipelineConfig, role: str, model: Optional[str], api_base: Optional[str]) -> None:
-    if role not in cfg.llm.roles:
-        raise T0Error(f"no LLM role {role!r} in the config; add llm.roles.{role}.")
-    if model:
-        cfg.llm.roles[role].model = model
-    if api_base:  # a server already running there: none is started for the role
-        cfg.llm.roles[role].api_base, cfg.llm.roles[role].serve = api_base, None
+def _int_list(text: str, flag: str, example: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise T0Error(f"{flag} must be comma-separated integers such as {example}; got {text!r}.") from None
 
 
 def _usage_line(usage: dict) -> str:
@@ -337,15 +345,14 @@ def synth_queries(
     seed: Optional[int] = typer.Option(None, help="Seed for the balanced draws."),
     model: Optional[str] = typer.Option(None, help="Override the query_writer role's model."),
     api_base: Optional[str] = typer.Option(None, help="Override the query_writer role's endpoint."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Write synthetic patient queries (eval + train, no shared (condition, disposition) pair). Resumable."""
     from t0_pipeline.synth import run_generate_queries
 
-    cfg, paths = _setup(data_dir, config)
-    for name, value in (("n_eval", n_eval), ("n_train", n_train), ("seed", seed)):
-        if value is not None:
-            setattr(cfg.queries, name, value)
-    _override_role(cfg, "query_writer", model, api_base)
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        "queries.n_eval": n_eval, "queries.n_train": n_train, "queries.seed": seed,
+        **_role_flags("query_writer", model, api_base)})
     with _served(cfg, paths, "query_writer") as cfg:
         eval_df, train_df, info = run_generate_queries(paths, cfg.queries, cfg.llm)
     for split, df in (("eval", eval_df), ("train", train_df)):
@@ -364,21 +371,13 @@ def traces(
     keep: Optional[str] = typer.Option(None, help="Filter: all, parsable or correct."),
     model: Optional[str] = typer.Option(None, help="Override the teacher role's model."),
     api_base: Optional[str] = typer.Option(None, help="Override the teacher role's endpoint."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Collect the teacher's reasoning traces over retrieved summaries for the training queries. Resumable."""
     from t0_pipeline.traces import run_traces
 
-    cfg, paths = _setup(data_dir, config)
-    if k is not None:
-        cfg.traces.k = k
-    if mode is not None:
-        _check_mode(mode)
-        cfg.traces.mode = mode  # type: ignore[assignment]
-    if keep is not None:
-        if keep not in ("all", "parsable", "correct"):
-            raise T0Error(f"--keep must be all, parsable or correct, got {keep!r}.")
-        cfg.traces.keep = keep  # type: ignore[assignment]
-    _override_role(cfg, "teacher", model, api_base)
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        "traces.k": k, "traces.mode": mode, "traces.keep": keep, **_role_flags("teacher", model, api_base)})
     retriever = _retriever(cfg, paths, cfg.traces.index)
     with _served(cfg, paths, "teacher") as cfg:
         df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever)
@@ -394,27 +393,25 @@ def sft(
     config: Optional[Path] = ConfigFile,
     tokenizer: Optional[str] = typer.Option(None, help="Student tokenizer name or path (its chat template renders the text)."),
     block_size: Optional[int] = typer.Option(None, help="Maximum tokens per example (default 32768)."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Turn kept traces into chat examples for fine-tuning (Parquet + dataset card)."""
     from t0_pipeline.sft import run_sft
 
-    cfg, paths = _setup(data_dir, config)
-    if tokenizer is not None:
-        cfg.sft.tokenizer = tokenizer
-    if block_size is not None:
-        cfg.sft.block_size = block_size
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={"sft.tokenizer": tokenizer, "sft.block_size": block_size})
     df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
     typer.echo(f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean {stats['tokens_mean']}, "
                f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over {stats['block_size']} → {paths.sft_dir}")
 
 
 @app.command("base-models")
-def base_models(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile):
+def base_models(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile,
+                sets: Optional[list[str]] = SetOpt):
     """Make the local checkpoints named in base_models (the bundled SmolLM2 converted, folders linked, hub names
     downloaded when online) under <data>/models/; other settings name them by their entry's name."""
     from t0_pipeline.base_models import materialise_all
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     if not cfg.base_models:
         typer.echo("no base_models configured; add e.g. base_models: {smollm2-135m-instruct: "
                    "'bundled:smollm2-135m-instruct'} to the config.")
@@ -437,6 +434,7 @@ def train(
     deepspeed: Optional[str] = typer.Option(None, help="auto (ZeRO-3 when several processes train all weights), "
                                                        "zero3, zero3_offload, a JSON path, or none."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after preemption.
 
@@ -446,14 +444,10 @@ def train(
     from t0_pipeline.train import rank, run_train
     from t0_pipeline.train_report import dagster_reporter
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        "train.model": model, "train.dataset": dataset, "train.output_dir": output_dir, "train.max_steps": max_steps,
+        "train.deepspeed": deepspeed, "train.lora.enabled": True if lora else None})
     t = cfg.train
-    for name, value in (("model", model), ("dataset", dataset), ("output_dir", output_dir), ("max_steps", max_steps),
-                        ("deepspeed", deepspeed)):
-        if value is not None:
-            setattr(t, name, value)
-    if lora:
-        t.lora.enabled = True
     if model is None and partition in t.sizes:
         t.model = t.sizes[partition]
     elif model in cfg.base_models:  # a base_models entry's name stands for its folder
@@ -488,6 +482,7 @@ def sbatch(
     deepspeed: Optional[str] = typer.Option(None, help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
                                                           "zero3_offload, a path on the cluster, or none "
                                                           "(default: train.deepspeed)."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Render the training job script for one student size on one cluster (submit it with sbatch).
 
@@ -495,7 +490,7 @@ def sbatch(
     """
     from t0_pipeline.cluster import load_profile, render_sbatch
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     model = cfg.train.sizes.get(size)
     if model is None:
         raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add it to the config.")
@@ -537,6 +532,7 @@ def evaluate(
     max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first n queries (smoke test)."),
     api_base: Optional[str] = typer.Option(None, help="Use the server already running here for every --model given "
                                                       "instead of starting one (models with a serve section)."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Condition and disposition accuracy of the given models (cached per model, prompt and seed).
 
@@ -547,23 +543,14 @@ def evaluate(
     from t0_pipeline.evaluate import fmt, model_settings, run_served_evaluation
     from t0_pipeline.model_server import local_servers
 
-    cfg, paths = _setup(data_dir, config)
+    if runs is not None and runs < 1:
+        raise T0Error("--runs must be at least 1.")
+    cfg, paths = _setup(data_dir, config, sets=sets, flags={
+        "evaluation.queries": queries, "evaluation.runs": runs, "evaluation.max_queries": max_queries,
+        "evaluation.ks": sorted(set(_int_list(ks, "--ks", "0,5"))) if ks is not None else None})
     if not model:
         raise T0Error(f"name at least one --model; configured: {', '.join(cfg.evaluation.models)}.")
     ev = cfg.evaluation
-    if queries is not None:
-        ev.queries = queries
-    if runs is not None:
-        if runs < 1:
-            raise T0Error("--runs must be at least 1.")
-        ev.runs = runs
-    if ks is not None:
-        try:
-            ev.ks = sorted({int(k) for k in ks.split(",") if k.strip()})
-        except ValueError:
-            raise T0Error(f"--ks must be comma-separated integers such as 0,5; got {ks!r}.") from None
-    if max_queries is not None:
-        ev.max_queries = max_queries
     for name in model:
         entry = model_settings(ev, name)
         if api_base:
@@ -577,11 +564,12 @@ def evaluate(
 
 
 @app.command("accuracy-report")
-def accuracy_report(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile):
+def accuracy_report(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile,
+                    sets: Optional[list[str]] = SetOpt):
     """Combine every evaluated model into one table (report.md/.csv) and the accuracy-by-size plot."""
     from t0_pipeline.evaluate import combine
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     report = combine(paths, cfg.evaluation)
     if not report.models:
         raise T0Error(f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` first.")
@@ -596,6 +584,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8080, help="TCP port."),
     insecure_local: bool = typer.Option(False, "--insecure-local", help="No API keys: a single user on this machine only."),
+    sets: Optional[list[str]] = SetOpt,
 ):
     """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions over the built index."""
     # Before torch loads OpenMP: a query's encode is many short parallel regions with Python between them, and
@@ -606,7 +595,7 @@ def serve(
 
     from t0_pipeline.serve.app import create_app
 
-    cfg, paths = _setup(data_dir, config)
+    cfg, paths = _setup(data_dir, config, sets=sets)
     if insecure_local and host not in ("127.0.0.1", "localhost", "::1"):
         raise T0Error(f"--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not {host}).")
     app_ = create_app(cfg, paths, insecure_local=insecure_local)
@@ -706,10 +695,11 @@ def run_all(
 
 
 @app.command("config")
-def show_config(config: Optional[Path] = ConfigFile):
+def show_config(config: Optional[Path] = ConfigFile, sets: Optional[list[str]] = SetOpt):
     """Print the resolved configuration as JSON: defaults, then the --config file, then T0_<SECTION>__<FIELD>
-    environment variables (e.g. T0_LLM__ROLES__AGENT__API_BASE), each setting only the fields it names."""
-    typer.echo(load_config(config).model_dump_json(indent=2))
+    environment variables (e.g. T0_LLM__ROLES__AGENT__API_BASE), then --set, each setting only the fields it names."""
+    cfg = load_config(config, overrides=command_line_settings(sets), overrides_from="command line")
+    typer.echo(cfg.model_dump_json(indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

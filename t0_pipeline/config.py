@@ -787,11 +787,12 @@ def _running_elsewhere(layer: dict) -> dict:
 
 
 def load_config(path: Path | str | None = None, *, overrides: dict | None = None,
-                environ: dict[str, str] | None = None) -> PipelineConfig:
+                environ: dict[str, str] | None = None, overrides_from: str = "run config overrides") -> PipelineConfig:
     """The pipeline's settings: defaults, then the file at ``path``, then ``T0_…__…`` environment variables,
     then ``overrides`` (run config). Each layer sets exactly the fields it names (a deep merge), so a file
     with only ``llm.roles.agent.api_base`` keeps every other role and the agent's model, tokens and
-    temperature. ``environ`` defaults to the process environment.
+    temperature. ``environ`` defaults to the process environment; ``overrides_from`` names the last layer in
+    errors (the command line, for ``t0``).
     """
     from pydantic import ValidationError
 
@@ -800,7 +801,7 @@ def load_config(path: Path | str | None = None, *, overrides: dict | None = None
     file_data = read_config_file(path) if path is not None else {}
     env = env_layer(environ)
     layers = [(f"config file {path}", file_data), ("environment", _nest({k: v for k, (_, v) in env.items()})),
-              ("run config overrides", overrides or {})]
+              (overrides_from, overrides or {})]
     layers = [(name, _running_elsewhere(layer)) for name, layer in layers]
     defaults = default_layer()
     merged = defaults

@@ -1,4 +1,5 @@
-"""The corpus → index half of the pipeline as plain function calls (no Dagster).
+"""The corpus → index half of the pipeline as plain function calls (no Dagster): crawl or read the source,
+clean, summarise, index, each stage logged.
 
 Used by the ``t0 index`` command and by benchmarks; the Dagster assets call the same
 stage functions one at a time.
@@ -6,7 +7,9 @@ stage functions one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +46,26 @@ def build_indexes(config: PipelineConfig, paths: DataPaths, embedder=None, clien
 
 
 def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=None) -> BuildResult:
-    """Crawl (or read) the source, clean, summarise and index everything."""
-    _, report = run_crawl(config.source, paths)
-    conditions, problems = run_clean(paths, config.source, config.clean)
-    summaries, _ = run_summarise(paths, config.summary, config.llm)
-    dense, bm25 = build_indexes(config, paths, embedder, client)
+    """Crawl (or read) the source, clean, summarise and index everything; each stage is logged as it starts
+    and ends (what ``t0 index`` shows)."""
+    source = config.source
+    with _stage(1, f"corpus: {'crawl' if source.kind == 'site' else 'read'} the {source.kind} source "
+                   f"{source.location or '(bundled sample)'} into {paths.pages}"):
+        _, report = run_crawl(source, paths)
+    with _stage(2, f"clean: pages → conditions dataset {paths.conditions}"):
+        conditions, problems = run_clean(paths, source, config.clean)
+    with _stage(3, f"summarise ({config.summary.backend}): conditions → {paths.summaries}"):
+        summaries, _ = run_summarise(paths, config.summary, config.llm)
+    with _stage(4, f"index: dense ({config.embedding.model or 'bundled all-MiniLM-L6-v2'}) and BM25, "
+                   f"{' and '.join(INDEX_NAMES)}"):
+        dense, bm25 = build_indexes(config, paths, embedder, client)
     return BuildResult(crawl=report.summary(), documents=conditions.height, problems=problems,
                        compression=float(summaries["compression"].mean()), dense=dense, bm25=bm25)
+
+
+@contextlib.contextmanager
+def _stage(number: int, what: str, stages: int = 4):
+    log.info("stage %d/%d %s", number, stages, what)
+    started = time.monotonic()
+    yield
+    log.info("stage %d/%d done in %.1f s", number, stages, time.monotonic() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -139,3 +140,36 @@ def test_bad_files_and_folders_are_one_line_each_and_keep_what_was_built(tmp_pat
     sqlite = data / "index" / "chroma" / "chroma.sqlite3"
     sqlite.write_bytes(b"this is not a database" * 100)
     assert "the Chroma store at" in error_of("query", "-d", str(data), "itchy fingers")
+
+
+def test_set_reaches_any_setting_and_flags_are_shorthands_in_the_same_checked_layer(tmp_path):
+    def resolved(*args: str) -> dict:
+        result = runner.invoke(app, ["config", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    default = resolved()
+    cfg = resolved("--set", "chunk.size=64", "--set", "llm.roles.agent.api_base=http://gpu-box:8000/v1",
+                   "--set", "retrieval_eval.ks=[1, 3]", "--set", "serve.allowed_hosts=[t0.example.org]")
+    assert cfg["chunk"]["size"] == 64 and cfg["retrieval_eval"]["ks"] == [1, 3]
+    assert cfg["serve"]["allowed_hosts"] == ["t0.example.org"]
+    agent, before = cfg["llm"]["roles"]["agent"], default["llm"]["roles"]["agent"]
+    assert agent["api_base"] == "http://gpu-box:8000/v1"  # only that field; the agent's model and tokens stay
+    assert {k: v for k, v in agent.items() if k not in ("api_base", "serve")} == \
+        {k: v for k, v in before.items() if k not in ("api_base", "serve")}
+    demo = str(Path(__file__).parents[1] / "t0_pipeline" / "demo.yaml")  # its teacher has a serve section
+    assert resolved("-c", demo)["llm"]["roles"]["teacher"]["serve"]
+    served = resolved("-c", demo, "--set", "llm.roles.teacher.api_base=http://gpu-box:8000/v1")["llm"]["roles"]["teacher"]
+    assert served["serve"] is None  # an endpoint given on the command line is a server already running there
+
+    for args, expected in (
+            (["config", "--set", "chunk.sise=5"], "command line: unknown setting 'chunk.sise'; did you mean 'chunk.size'?"),
+            (["config", "--set", "chunk"], "--set 'chunk': write section.field=value"),
+            (["traces", "--keep", "sometimes", "-d", str(tmp_path)], "command line: field 'traces.keep'"),
+            (["index", "--distance", "manhattan", "-d", str(tmp_path)], "command line: field 'chroma.distance'"),
+            (["evaluate", "--model", "retrieval-baseline", "--ks", "0,five", "-d", str(tmp_path)],
+             "--ks must be comma-separated integers such as 0,5")):
+        result = t0(*args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "indexes").exists()  # refused before any stage ran
