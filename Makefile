@@ -8,12 +8,13 @@ export DAGSTER_HOME := $(CURDIR)
 export T0_DATA_DIR ?= $(DATA)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test ui bench clean help
+.PHONY: install demo test format ui bench clean help
 
 help:
 	@echo "make demo   install, then materialise every asset (corpus -> ... -> student -> accuracy) on the bundled sample"
 	@echo "            with the bundled SmolLM2-135M-Instruct in every model role, on CPU (t0_pipeline/demo.yaml)"
-	@echo "make test   install, then run the test suite"
+	@echo "make test   install, then lint (ruff: pyflakes, import order, formatting) and run the test suite"
+	@echo "make format rewrite the code in the project's format (ruff)"
 	@echo "make ui     open the Dagster web UI (http://127.0.0.1:3000) on the same assets"
 	@echo "make bench  index/query, retrieval quality, LLM-client and serving benchmarks (bundled corpus + ../shared/bench/nhs)"
 
@@ -42,7 +43,13 @@ demo: install
 		|| { tail -n 25 .dagster/demo.log; echo "demo failed: see .dagster/demo.log"; exit 1; }
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml

@@ -176,3 +176,13 @@ def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
     for version, status in ((before["reasoning_traces"], StaleStatus.FRESH), (after["reasoning_traces"], StaleStatus.STALE)):
         graph = dg.Definitions(assets=[traces_at(version)]).resolve_asset_graph()
         assert CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance)).get_status(key) == status
+
+
+def test_code_versions_follow_the_code_not_its_layout_or_comments():
+    from t0_pipeline.defs.versions import code_fingerprint
+
+    original = b"def cut(x, limit=5):\n    return x[:limit]  # keep the head\n"
+    reformatted = b"# a helper\ndef cut(\n    x,\n    limit=5,\n):\n    return x[\n        :limit\n    ]\n"
+    changed = b"def cut(x, limit=6):\n    return x[:limit]  # keep the head\n"
+    assert code_fingerprint(original) == code_fingerprint(reformatted)
+    assert code_fingerprint(original) != code_fingerprint(changed)

@@ -1,10 +1,12 @@
 """Code versions derived from what each asset's result depends on: the stage modules' source and the prompt
 templates it renders (the user's ``llm.prompts_dir`` copies when set). Editing a prompt file or a stage's code
-changes the version of exactly the assets that use it, and Dagster shows them stale.
+changes the version of exactly the assets that use it, and Dagster shows them stale; reformatting code or editing
+its comments does not (the code is hashed as its syntax tree).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 from importlib import resources
@@ -38,9 +40,17 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def code_fingerprint(source: bytes) -> bytes:
+    """Python source as its syntax tree: reformatting it or editing its comments leaves its assets fresh."""
+    try:
+        return ast.dump(ast.parse(source)).encode()
+    except SyntaxError:
+        return source
+
+
 def _module_source(name: str) -> bytes:
     path = Path(str(resources.files("t0_pipeline"))) / f"{name}.py"
-    return path.read_bytes() if path.is_file() else b""
+    return code_fingerprint(path.read_bytes()) if path.is_file() else b""
 
 
 def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool = True) -> str:
