@@ -32,10 +32,11 @@ import polars as pl  # noqa: E402
 
 from t0_pipeline.artifacts import sha256_text  # noqa: E402
 from t0_pipeline.chunk import chunk_documents  # noqa: E402
+from t0_pipeline.clean import run_clean  # noqa: E402
 from t0_pipeline.config import (  # noqa: E402
     ChromaConfig,
-    CleanConfig,
     ChunkConfig,
+    CleanConfig,
     DataPaths,
     EmbeddingConfig,
     RetrievalEvalConfig,
@@ -43,7 +44,6 @@ from t0_pipeline.config import (  # noqa: E402
     SummaryConfig,
 )
 from t0_pipeline.crawl import run_crawl  # noqa: E402
-from t0_pipeline.clean import run_clean  # noqa: E402
 from t0_pipeline.embed import chunk_token_limit, document_encoder, load_embedder  # noqa: E402
 from t0_pipeline.index import build_bm25_index, build_dense_index, chroma_client  # noqa: E402
 from t0_pipeline.retrieval_eval import evaluate_retrieval, load_queries, sample_queries_path  # noqa: E402
@@ -77,14 +77,24 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
         paths = prepare(corpus, Path(tmp) / "data")
         docs = pl.read_parquet(paths.conditions)
         size = chunk_token_limit(model)
-        chunks = chunk_documents(docs["slug"].to_list(), docs["text"].to_list(), model.tokenizer, size, 50)
-        out.update(documents=docs.height, chunks=len(chunks), mean_doc_chars=round(docs["text"].str.len_chars().mean()))
+        chunks = chunk_documents(
+            docs["slug"].to_list(), docs["text"].to_list(), model.tokenizer, size, 50
+        )
+        out.update(
+            documents=docs.height,
+            chunks=len(chunks),
+            mean_doc_chars=round(docs["text"].str.len_chars().mean()),
+        )
         print(f"\n== {corpus}: {docs.height} documents, {len(chunks)} chunks of ≤{size} tokens")
 
-        encoder = document_encoder(emb_cfg, model)  # what the build encodes with (int8 on CPU by default)
+        encoder = document_encoder(
+            emb_cfg, model
+        )  # what the build encodes with (int8 on CPU by default)
         encoder.encode([c.text for c in chunks[:8]])
         t = time.perf_counter()
-        encoder.encode([c.text for c in chunks], batch_size=emb_cfg.batch_size, convert_to_numpy=True)
+        encoder.encode(
+            [c.text for c in chunks], batch_size=emb_cfg.batch_size, convert_to_numpy=True
+        )
         bare = time.perf_counter() - t
 
         chroma = ChromaConfig()
@@ -92,33 +102,55 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
         client = chroma_client(chroma, paths)  # embedded store start-up: paid once per process
         startup = time.perf_counter() - t
         t = time.perf_counter()
-        stats = build_dense_index(docs, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model, client=client)
+        stats = build_dense_index(
+            docs, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model, client=client
+        )
         build = time.perf_counter() - t + startup
         assert stats.chunks == len(chunks)
 
         changed = docs.with_columns(
-            pl.when(pl.col("slug") == docs["slug"][0]).then(pl.col("text") + "\nEdited sentence about symptoms.")
-            .otherwise(pl.col("text")).alias("text"))
-        changed = changed.with_columns(pl.col("text").map_elements(sha256_text, return_dtype=pl.String).alias("content_hash"))
+            pl.when(pl.col("slug") == docs["slug"][0])
+            .then(pl.col("text") + "\nEdited sentence about symptoms.")
+            .otherwise(pl.col("text"))
+            .alias("text")
+        )
+        changed = changed.with_columns(
+            pl.col("text").map_elements(sha256_text, return_dtype=pl.String).alias("content_hash")
+        )
         t = time.perf_counter()
-        restats = build_dense_index(changed, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model)
+        restats = build_dense_index(
+            changed, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model
+        )
         reindex = time.perf_counter() - t
         # put the original back so retrieval below matches the corpus on disk
         build_dense_index(docs, "full", paths, emb_cfg, ChunkConfig(), chroma, embedder=model)
 
         summaries = pl.read_parquet(paths.summaries)
-        build_dense_index(summaries, "summaries", paths, emb_cfg, ChunkConfig(), chroma, embedder=model)
+        build_dense_index(
+            summaries, "summaries", paths, emb_cfg, ChunkConfig(), chroma, embedder=model
+        )
         bm25_info = build_bm25_index(docs, "full", paths)
         build_bm25_index(summaries, "summaries", paths)
 
-        out["index"] = {"bare_encode_s": round(bare, 2), "build_s": round(build, 2), "build_over_encode": round(build / bare, 3),
-                        "store_startup_s": round(startup, 3), "build_over_encode_after_startup": round((build - startup) / bare, 3),
-                        "reindex_one_page_s": round(reindex, 3), "reindex_share_of_build": round(reindex / build, 4),
-                        "reindex_embedded_chunks": restats.embedded_chunks, "bm25_build_s": round(bm25_info["seconds"], 3)}
-        print(f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode (target ≤ 1.15); "
-              f"of which Chroma start-up {startup:.2f}s, so {(build - startup) / bare:.3f}× once the store is open")
-        print(f"re-index after one page changed: {reindex:.3f}s = {reindex / build:.2%} of a full build (target ≤ 5%), "
-              f"{restats.embedded_chunks} chunks re-embedded | bm25 build {bm25_info['seconds']:.3f}s")
+        out["index"] = {
+            "bare_encode_s": round(bare, 2),
+            "build_s": round(build, 2),
+            "build_over_encode": round(build / bare, 3),
+            "store_startup_s": round(startup, 3),
+            "build_over_encode_after_startup": round((build - startup) / bare, 3),
+            "reindex_one_page_s": round(reindex, 3),
+            "reindex_share_of_build": round(reindex / build, 4),
+            "reindex_embedded_chunks": restats.embedded_chunks,
+            "bm25_build_s": round(bm25_info["seconds"], 3),
+        }
+        print(
+            f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode (target ≤ 1.15); "
+            f"of which Chroma start-up {startup:.2f}s, so {(build - startup) / bare:.3f}× once the store is open"
+        )
+        print(
+            f"re-index after one page changed: {reindex:.3f}s = {reindex / build:.2%} of a full build (target ≤ 5%), "
+            f"{restats.embedded_chunks} chunks re-embedded | bm25 build {bm25_info['seconds']:.3f}s"
+        )
 
         sample = [json.loads(line) for line in sample_queries_path().read_text().splitlines()]
         texts = [q["query"] for q in sample]
@@ -134,25 +166,40 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
                 t = time.perf_counter()
                 retriever.rank([q], 5, mode)
                 times.append((time.perf_counter() - t) * 1000)
-            latency[mode] = {"p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2),
-                             "mean_ms": round(statistics.mean(times), 2)}
-            print(f"{mode:<8}{latency[mode]['p50_ms']:>8.2f}{latency[mode]['p99_ms']:>8.2f}{latency[mode]['mean_ms']:>8.2f}")
+            latency[mode] = {
+                "p50_ms": round(percentile(times, 50), 2),
+                "p99_ms": round(percentile(times, 99), 2),
+                "mean_ms": round(statistics.mean(times), 2),
+            }
+            print(
+                f"{mode:<8}{latency[mode]['p50_ms']:>8.2f}{latency[mode]['p99_ms']:>8.2f}{latency[mode]['mean_ms']:>8.2f}"
+            )
         out["latency"] = latency
 
         slugs = set(docs["slug"])
         ev = RetrievalEvalConfig()
-        usable = [q for q in load_queries(sample_queries_path(), ev) if any(t in slugs for t in q.targets)]
-        retrievers = {i: Retriever(i, paths, emb_cfg, chroma, embedder=model) for i in ("full", "summaries")}
+        usable = [
+            q for q in load_queries(sample_queries_path(), ev) if any(t in slugs for t in q.targets)
+        ]
+        retrievers = {
+            i: Retriever(i, paths, emb_cfg, chroma, embedder=model) for i in ("full", "summaries")
+        }
         report = evaluate_retrieval(paths, ev, retrievers, usable)
         out["p_at_k"] = report.table.to_dicts()
-        print(f"\np@k on {len(usable)} sample queries whose condition is in this corpus\n{report.markdown}")
+        print(
+            f"\np@k on {len(usable)} sample queries whose condition is in this corpus\n{report.markdown}"
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", choices=["sample", "nhs", "all"], default="all")
-    parser.add_argument("--queries", type=int, default=300, help="single-query calls per mode for latency")
+    parser.add_argument(
+        "--queries", type=int, default=300, help="single-query calls per mode for latency"
+    )
     args = parser.parse_args()
     corpora = ["sample", "nhs"] if args.corpus == "all" else [args.corpus]
     if "nhs" in corpora and not NHS.exists():

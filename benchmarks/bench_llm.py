@@ -47,10 +47,14 @@ def bare_aiohttp(api_base: str, calls: int, concurrency: int) -> float:
 
     async def main() -> float:
         async with aiohttp.ClientSession() as session:
+
             async def call(i: int):
-                async with session.post(f"{api_base}/chat/completions",
-                                        json={"model": "x", "messages": [{"role": "user", "content": f"raw {i}"}]}) as r:
+                async with session.post(
+                    f"{api_base}/chat/completions",
+                    json={"model": "x", "messages": [{"role": "user", "content": f"raw {i}"}]},
+                ) as r:
                     await r.json()
+
             await call(-1)
             return await _gather_bounded(calls, concurrency, call)
 
@@ -59,12 +63,25 @@ def bare_aiohttp(api_base: str, calls: int, concurrency: int) -> float:
 
 def bare_litellm(api_base: str, calls: int, concurrency: int) -> float:
     litellm = _litellm()
-    litellm.register_model({"bare": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
-                                     "litellm_provider": "openai", "mode": "chat"}})
+    litellm.register_model(
+        {
+            "bare": {
+                "input_cost_per_token": 0.0,
+                "output_cost_per_token": 0.0,
+                "litellm_provider": "openai",
+                "mode": "chat",
+            }
+        }
+    )
 
     async def call(i: int):
-        await litellm.acompletion(model="openai/bare", api_base=api_base, api_key="none", num_retries=0,
-                                  messages=[{"role": "user", "content": f"bare {i}"}])
+        await litellm.acompletion(
+            model="openai/bare",
+            api_base=api_base,
+            api_key="none",
+            num_retries=0,
+            messages=[{"role": "user", "content": f"bare {i}"}],
+        )
 
     async def main() -> float:
         await call(-1)
@@ -89,21 +106,31 @@ def client_run(client: LLMClient, calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.2, help="server reply latency, seconds")
     args = parser.parse_args()
     ideal = args.calls * args.latency / args.concurrency
-    server = subprocess.Popen([sys.executable, "-m", "t0_pipeline_tests.fake_llm", "--latency", str(args.latency)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "t0_pipeline_tests.fake_llm", "--latency", str(args.latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     api_base = server.stdout.readline().strip()
     try:
         raw = bare_aiohttp(api_base, args.calls, args.concurrency)
         bare = bare_litellm(api_base, args.calls, args.concurrency)
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = LLMConfig(roles={"teacher": RoleConfig(model="openai/bench", api_base=api_base, timeout_s=30)},
-                            concurrency=args.concurrency)
+            cfg = LLMConfig(
+                roles={
+                    "teacher": RoleConfig(model="openai/bench", api_base=api_base, timeout_s=30)
+                },
+                concurrency=args.concurrency,
+            )
             client = LLMClient("teacher", cfg, LLMCache(Path(tmp) / "cache.sqlite"))
             client.start()
             cold = client_run(client, args.calls)
@@ -113,18 +140,34 @@ def main() -> None:
     finally:
         server.stdin.close()
         server.wait(timeout=30)
-    result = {"calls": args.calls, "concurrency": args.concurrency, "latency_s": args.latency, "ideal_s": round(ideal, 2),
-              "bare_aiohttp_s": round(raw, 2), "bare_litellm_s": round(bare, 2), "client_cold_s": round(cold, 2),
-              "client_over_ideal": round(cold / ideal, 3), "client_over_bare_litellm": round(cold / bare, 3),
-              "cold_requests": cold_requests, "warm_s": round(warm, 2), "warm_requests": warm_requests,
-              "warm_cache_hits": warm_hits}
-    print(f"{args.calls} calls, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms; "
-          f"ideal {ideal:.2f}s")
+    result = {
+        "calls": args.calls,
+        "concurrency": args.concurrency,
+        "latency_s": args.latency,
+        "ideal_s": round(ideal, 2),
+        "bare_aiohttp_s": round(raw, 2),
+        "bare_litellm_s": round(bare, 2),
+        "client_cold_s": round(cold, 2),
+        "client_over_ideal": round(cold / ideal, 3),
+        "client_over_bare_litellm": round(cold / bare, 3),
+        "cold_requests": cold_requests,
+        "warm_s": round(warm, 2),
+        "warm_requests": warm_requests,
+        "warm_cache_hits": warm_hits,
+    }
+    print(
+        f"{args.calls} calls, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms; "
+        f"ideal {ideal:.2f}s"
+    )
     print(f"  bare aiohttp (server floor):  {raw:.2f}s = {raw / ideal:.3f}× ideal")
     print(f"  bare litellm.acompletion:     {bare:.2f}s = {bare / ideal:.3f}× ideal")
-    print(f"  t0 LLM client, cold cache:    {cold:.2f}s = {cold / ideal:.3f}× ideal (target ≤ 1.15), "
-          f"{cold / bare:.3f}× bare litellm, {cold_requests} requests")
-    print(f"  t0 LLM client, warm cache:    {warm:.2f}s, {warm_requests} requests, {warm_hits} cache hits (target: 0 requests)")
+    print(
+        f"  t0 LLM client, cold cache:    {cold:.2f}s = {cold / ideal:.3f}× ideal (target ≤ 1.15), "
+        f"{cold / bare:.3f}× bare litellm, {cold_requests} requests"
+    )
+    print(
+        f"  t0 LLM client, warm cache:    {warm:.2f}s, {warm_requests} requests, {warm_hits} cache hits (target: 0 requests)"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "llm.json").write_text(json.dumps(result, indent=2))
 

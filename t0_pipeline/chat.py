@@ -28,7 +28,9 @@ class ChatFormat(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     think_start: str = "<|im_start|>think\n"  # opens the thinking, right after the assistant header
-    think_end: str = "<|im_start|>answer"  # ends it: budget forcing stops on this text, then forces it
+    think_end: str = (
+        "<|im_start|>answer"  # ends it: budget forcing stops on this text, then forces it
+    )
     answer_start: str = "\n"  # between think_end and the answer
 
     def assistant(self, thinking: str, answer: str) -> str:
@@ -44,10 +46,14 @@ def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
-        raise T0Error(f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local path or a "
-                      f"name available offline with {setting}.") from None
+        raise T0Error(
+            f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local path or a "
+            f"name available offline with {setting}."
+        ) from None
     if not getattr(tok, "chat_template", None):
-        raise T0Error(f"tokenizer {name_or_path!r} has no chat template; use the student model's instruct tokenizer.")
+        raise T0Error(
+            f"tokenizer {name_or_path!r} has no chat template; use the student model's instruct tokenizer."
+        )
     return tok
 
 
@@ -62,17 +68,24 @@ def generation_prompt(messages: list[dict[str, str]], tokenizer, assistant_open:
     """The text a model continues: the chat, the assistant header, then ``assistant_open`` (e.g. the thinking
     marker)."""
     if tokenizer is not None:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_open
+        return (
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            + assistant_open
+        )
     return render_chat(messages, None) + "<|im_start|>assistant\n" + assistant_open
 
 
 def count_tokens(text: str, tokenizer) -> int:
     if tokenizer is None:
-        return len(text.split())  # whitespace words: a stated approximation when no tokenizer is configured
+        return len(
+            text.split()
+        )  # whitespace words: a stated approximation when no tokenizer is configured
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def documents_block(titles: list[str], scores: list[float], texts: list[str]) -> str:
     """Retrieved documents as every prompt shows them: numbered, titled, scored."""
-    return "\n\n".join(f"[{i}] {title} (score {score:.3f})\n{text}"
-                       for i, (title, score, text) in enumerate(zip(titles, scores, texts), start=1))
+    return "\n\n".join(
+        f"[{i}] {title} (score {score:.3f})\n{text}"
+        for i, (title, score, text) in enumerate(zip(titles, scores, texts), start=1)
+    )

@@ -25,7 +25,9 @@ class Chunk:
 def token_windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) token windows of ``size`` covering ``n_tokens`` with ``overlap`` shared tokens."""
     if size <= overlap:
-        raise T0Error(f"chunk size ({size} tokens) must be larger than the overlap ({overlap}); raise chunk.size or lower chunk.overlap.")
+        raise T0Error(
+            f"chunk size ({size} tokens) must be larger than the overlap ({overlap}); raise chunk.size or lower chunk.overlap."
+        )
     if n_tokens == 0:
         return []
     step = size - overlap
@@ -39,11 +41,19 @@ def token_windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int
         start += step
 
 
-def chunk_documents(slugs: list[str], texts: list[str], tokenizer, size: int, overlap: int) -> list[Chunk]:
+def chunk_documents(
+    slugs: list[str], texts: list[str], tokenizer, size: int, overlap: int
+) -> list[Chunk]:
     """Chunks for every document, in document order (one batched tokenizer call)."""
     if not texts:
         return []
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+    encoded = tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        truncation=False,
+        verbose=False,
+    )
     chunks: list[Chunk] = []
     for slug, text, offsets in zip(slugs, texts, encoded["offset_mapping"]):
         for i, (a, b) in enumerate(token_windows(len(offsets), size, overlap)):

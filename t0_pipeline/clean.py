@@ -21,15 +21,34 @@ from dataclasses import dataclass
 import polars as pl
 from bs4 import BeautifulSoup, NavigableString, Tag
 
-from t0_pipeline.artifacts import T0Error, read_parquet, sha256_text, write_config_sidecar, write_jsonl, write_parquet
+from t0_pipeline.artifacts import (
+    T0Error,
+    read_parquet,
+    sha256_text,
+    write_config_sidecar,
+    write_jsonl,
+    write_parquet,
+)
 from t0_pipeline.config import CleanConfig, DataPaths, SourceConfig
 from t0_pipeline.sites import SiteAdapter, get_adapter
 
 log = logging.getLogger(__name__)
 
 HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
-BLOCK_CONTAINERS = {"div", "section", "article", "main", "body", "html", "details", "summary", "figure",
-                    "blockquote", "dl", "span"}
+BLOCK_CONTAINERS = {
+    "div",
+    "section",
+    "article",
+    "main",
+    "body",
+    "html",
+    "details",
+    "summary",
+    "figure",
+    "blockquote",
+    "dl",
+    "span",
+}
 _SPACE = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 CONDITION_SCHEMA = {
@@ -68,13 +87,24 @@ def _list_blocks(lst: Tag, depth: int) -> list[Block]:
             continue
         nested = li.find_all(["ul", "ol"], recursive=False)
         # the item's own text, without its nested lists (read around them: extracting them costs their size each)
-        own = (_inline(c) for c in li.children if not (isinstance(c, Tag) and c.name in ("ul", "ol"))
-               and (isinstance(c, Tag) or c.__class__ is NavigableString))
+        own = (
+            _inline(c)
+            for c in li.children
+            if not (isinstance(c, Tag) and c.name in ("ul", "ol"))
+            and (isinstance(c, Tag) or c.__class__ is NavigableString)
+        )
         text = _SPACE.sub(" ", " ".join(t for t in own if t)).strip()
         if text:
             blocks.append(Block("item", text, level))
         if nested:
-            stack.append((itertools.chain.from_iterable(sub.find_all("li", recursive=False) for sub in nested), level + 1))
+            stack.append(
+                (
+                    itertools.chain.from_iterable(
+                        sub.find_all("li", recursive=False) for sub in nested
+                    ),
+                    level + 1,
+                )
+            )
     return blocks
 
 
@@ -182,7 +212,9 @@ def _drop_sections(blocks: list[Block], adapter: SiteAdapter) -> list[Block]:
         if block.kind == "heading":
             if skip_level is not None and block.level <= skip_level:
                 skip_level = None
-            if skip_level is None and any(p.search(block.text) for p in adapter.drop_section_headings):
+            if skip_level is None and any(
+                p.search(block.text) for p in adapter.drop_section_headings
+            ):
                 skip_level = block.level
         if skip_level is None and not any(p.search(block.text) for p in adapter.drop_line_patterns):
             kept.append(block)
@@ -221,7 +253,9 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def clean_pages(pages: pl.DataFrame, adapter: SiteAdapter, config: CleanConfig) -> tuple[pl.DataFrame, list[str]]:
+def clean_pages(
+    pages: pl.DataFrame, adapter: SiteAdapter, config: CleanConfig
+) -> tuple[pl.DataFrame, list[str]]:
     """Join each condition's pages into one clean document; returns (conditions, problems).
 
     A document whose text is empty or shorter than ``config.min_chars`` after cleaning is
@@ -234,43 +268,61 @@ def clean_pages(pages: pl.DataFrame, adapter: SiteAdapter, config: CleanConfig) 
         for page in group.iter_rows(named=True):
             body = page["body"] or ""
             try:
-                text = html_to_text(body, adapter) if page["format"] == "html" else normalise_text(body)
-            except Exception as exc:  # one hostile page must not stop the corpus: report it, leave it out
-                problems.append(f"record {slug} ({page['page_url'] or 'no url'}): could not be cleaned "
-                                f"({exc.__class__.__name__}: {str(exc)[:120]}); that page is left out")
+                text = (
+                    html_to_text(body, adapter)
+                    if page["format"] == "html"
+                    else normalise_text(body)
+                )
+            except (
+                Exception
+            ) as exc:  # one hostile page must not stop the corpus: report it, leave it out
+                problems.append(
+                    f"record {slug} ({page['page_url'] or 'no url'}): could not be cleaned "
+                    f"({exc.__class__.__name__}: {str(exc)[:120]}); that page is left out"
+                )
                 continue
             if text:
                 parts.append(text)
             else:
-                problems.append(f"record {slug} ({page['page_url'] or 'no url'}): field 'body' has no text after cleaning "
-                                "(empty or malformed HTML); that page is left out")
+                problems.append(
+                    f"record {slug} ({page['page_url'] or 'no url'}): field 'body' has no text after cleaning "
+                    "(empty or malformed HTML); that page is left out"
+                )
         text = "\n\n".join(parts)
         first = group.row(0, named=True)
         if len(text) < config.min_chars:
-            problems.append(f"record {slug}: cleaned text is {len(text)} characters (< min_chars={config.min_chars}); "
-                            "the document is left out; check the page or the adapter's content selector")
+            problems.append(
+                f"record {slug}: cleaned text is {len(text)} characters (< min_chars={config.min_chars}); "
+                "the document is left out; check the page or the adapter's content selector"
+            )
             continue
-        rows.append({
-            "slug": slug,
-            "title": first["title"] or slug,
-            "url": first["url"],
-            "text": text,
-            "content_hash": sha256_text(text),
-            "source": first["source"],
-            "fetched_at": group["fetched_at"].max(),
-            "n_pages": group.height,
-        })
+        rows.append(
+            {
+                "slug": slug,
+                "title": first["title"] or slug,
+                "url": first["url"],
+                "text": text,
+                "content_hash": sha256_text(text),
+                "source": first["source"],
+                "fetched_at": group["fetched_at"].max(),
+                "n_pages": group.height,
+            }
+        )
     return pl.DataFrame(rows, schema=CONDITION_SCHEMA), problems
 
 
-def run_clean(paths: DataPaths, source: SourceConfig, config: CleanConfig) -> tuple[pl.DataFrame, list[str]]:
+def run_clean(
+    paths: DataPaths, source: SourceConfig, config: CleanConfig
+) -> tuple[pl.DataFrame, list[str]]:
     pages = read_parquet(paths.pages, "raw pages", "t0 crawl")
     conditions, problems = clean_pages(pages, get_adapter(source.adapter), config)
     for problem in problems:
         log.warning(problem)
     if conditions.is_empty():
-        raise T0Error(f"no document survived cleaning ({len(problems)} problems, first: {problems[0] if problems else 'no pages'}); "
-                      "the previous conditions dataset is kept.")
+        raise T0Error(
+            f"no document survived cleaning ({len(problems)} problems, first: {problems[0] if problems else 'no pages'}); "
+            "the previous conditions dataset is kept."
+        )
     write_parquet(conditions, paths.conditions)
     write_jsonl(conditions.to_dicts(), paths.conditions.with_suffix(".jsonl"))
     write_config_sidecar(paths.conditions, source, config)

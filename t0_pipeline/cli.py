@@ -22,7 +22,13 @@ from typing import Any, Optional
 import typer
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models, with_local_models
+from t0_pipeline.config import (
+    DataPaths,
+    PipelineConfig,
+    load_config,
+    with_base_models,
+    with_local_models,
+)
 
 app = typer.Typer(
     name="t0",
@@ -32,13 +38,34 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataDir = typer.Option(None, "--data-dir", "-d", help="Artefact root (default: $T0_DATA_DIR or ./data).")
-ConfigFile = typer.Option(None, "--config", "-c", help="JSON/YAML/TOML file with any subset of the settings (merged "
-                          "into the defaults field by field; T0_<SECTION>__<FIELD> variables go on top).")
-IndexOpt = typer.Option("summaries", "--index", "-i", help="Which index: full (whole pages), summaries or llm_summaries.")
-ModeOpt = typer.Option("hybrid", "--mode", "-m", help="Retriever: dense (embeddings), bm25 (lexical) or hybrid (RRF of both).")
-SetOpt = typer.Option(None, "--set", help="Any setting for this run: section.field=value (repeatable; the value is "
-                      "read as YAML, so 5, true, null and [a, b] work). `t0 config` lists the settings.")
+DataDir = typer.Option(
+    None, "--data-dir", "-d", help="Artefact root (default: $T0_DATA_DIR or ./data)."
+)
+ConfigFile = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="JSON/YAML/TOML file with any subset of the settings (merged "
+    "into the defaults field by field; T0_<SECTION>__<FIELD> variables go on top).",
+)
+IndexOpt = typer.Option(
+    "summaries",
+    "--index",
+    "-i",
+    help="Which index: full (whole pages), summaries or llm_summaries.",
+)
+ModeOpt = typer.Option(
+    "hybrid",
+    "--mode",
+    "-m",
+    help="Retriever: dense (embeddings), bm25 (lexical) or hybrid (RRF of both).",
+)
+SetOpt = typer.Option(
+    None,
+    "--set",
+    help="Any setting for this run: section.field=value (repeatable; the value is "
+    "read as YAML, so 5, true, null and [a, b] work). `t0 config` lists the settings.",
+)
 
 
 def _put(tree: dict, dotted: str, value: Any) -> None:
@@ -46,12 +73,16 @@ def _put(tree: dict, dotted: str, value: Any) -> None:
     for part in parents:
         child = tree.setdefault(part, {})
         if not isinstance(child, dict):
-            raise T0Error(f"--set {dotted}: {part} was given a value already, so it cannot hold settings too.")
+            raise T0Error(
+                f"--set {dotted}: {part} was given a value already, so it cannot hold settings too."
+            )
         tree = child
     tree[last] = value
 
 
-def command_line_settings(sets: Optional[list[str]], flags: Optional[dict[str, Any]] = None) -> dict:
+def command_line_settings(
+    sets: Optional[list[str]], flags: Optional[dict[str, Any]] = None
+) -> dict:
     """The command line's settings as one nested layer: each ``--set section.field=value``, then every flag
     given (``flags`` maps a dotted setting to the flag's value; None = not given)."""
     import yaml
@@ -73,17 +104,29 @@ def command_line_settings(sets: Optional[list[str]], flags: Optional[dict[str, A
     return tree
 
 
-def _setup(data_dir: Optional[Path], config_file: Optional[Path], tuned: bool = True, sets: Optional[list[str]] = None,
-           flags: Optional[dict[str, Any]] = None) -> tuple[PipelineConfig, DataPaths]:
+def _setup(
+    data_dir: Optional[Path],
+    config_file: Optional[Path],
+    tuned: bool = True,
+    sets: Optional[list[str]] = None,
+    flags: Optional[dict[str, Any]] = None,
+) -> tuple[PipelineConfig, DataPaths]:
     """Logging, the data folder and the settings: defaults ← file ← environment ← command line."""
-    logging.basicConfig(level=os.environ.get("T0_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=os.environ.get("T0_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     paths = DataPaths(data_dir)
     if paths.root.exists() and not paths.root.is_dir():
-        raise T0Error(f"data directory {paths.root} is a file; pass a directory with --data-dir (or $T0_DATA_DIR).")
-    cfg = load_config(config_file, overrides=command_line_settings(sets, flags), overrides_from="command line")
+        raise T0Error(
+            f"data directory {paths.root} is a file; pass a directory with --data-dir (or $T0_DATA_DIR)."
+        )
+    cfg = load_config(
+        config_file, overrides=command_line_settings(sets, flags), overrides_from="command line"
+    )
     return (with_local_models(cfg, paths) if tuned else with_base_models(cfg, paths)), paths
 
 
@@ -95,7 +138,9 @@ def _served(cfg: PipelineConfig, paths: DataPaths, *roles: str):
     return roles_served(cfg, list(roles), paths, local_servers(cfg.servers, paths, typer.echo))
 
 
-def _source_flags(source: Optional[str], location: Optional[str], pages: Optional[Path]) -> dict[str, Any]:
+def _source_flags(
+    source: Optional[str], location: Optional[str], pages: Optional[Path]
+) -> dict[str, Any]:
     """--pages FILE is --source pages --location FILE."""
     if pages is not None:
         return {"source.kind": "pages", "source.location": str(pages)}
@@ -104,7 +149,10 @@ def _source_flags(source: Optional[str], location: Optional[str], pages: Optiona
 
 def _role_flags(role: str, model: Optional[str], api_base: Optional[str]) -> dict[str, Any]:
     """A role's model and endpoint; an endpoint given here is a server already running there (none is started)."""
-    return {f"llm.roles.{role}.model": model or None, f"llm.roles.{role}.api_base": api_base or None}
+    return {
+        f"llm.roles.{role}.model": model or None,
+        f"llm.roles.{role}.api_base": api_base or None,
+    }
 
 
 def _retriever(cfg: PipelineConfig, paths: DataPaths, index: str):
@@ -124,21 +172,42 @@ def _check_mode(mode: str) -> None:
 def crawl(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    source: Optional[str] = typer.Option(None, help="sample (bundled, offline), site (live HTTP), mirror (wget directory) or pages (JSONL/Parquet)."),
-    location: Optional[str] = typer.Option(None, help="Index URL for site, directory for mirror, file for pages."),
-    delay: Optional[float] = typer.Option(None, help="Seconds between request starts (politeness)."),
+    source: Optional[str] = typer.Option(
+        None,
+        help="sample (bundled, offline), site (live HTTP), mirror (wget directory) or pages (JSONL/Parquet).",
+    ),
+    location: Optional[str] = typer.Option(
+        None, help="Index URL for site, directory for mirror, file for pages."
+    ),
+    delay: Optional[float] = typer.Option(
+        None, help="Seconds between request starts (politeness)."
+    ),
     concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once."),
-    max_pages: Optional[int] = typer.Option(None, help="Crawl at most this many conditions (default 5000; a "
-                                                         "smaller number for a smoke test)."),
-    no_robots: bool = typer.Option(False, "--no-robots", help="Ignore robots.txt (only for sites you own)."),
+    max_pages: Optional[int] = typer.Option(
+        None,
+        help="Crawl at most this many conditions (default 5000; a "
+        "smaller number for a smoke test).",
+    ),
+    no_robots: bool = typer.Option(
+        False, "--no-robots", help="Ignore robots.txt (only for sites you own)."
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Fetch every condition page (and its sub-pages) into pages.parquet; re-crawls fetch only what changed."""
     from t0_pipeline.crawl import run_crawl
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        **_source_flags(source, location, None), "source.delay_s": delay, "source.concurrency": concurrency,
-        "source.max_pages": max_pages, "source.respect_robots": False if no_robots else None})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            **_source_flags(source, location, None),
+            "source.delay_s": delay,
+            "source.concurrency": concurrency,
+            "source.max_pages": max_pages,
+            "source.respect_robots": False if no_robots else None,
+        },
+    )
     _, report = run_crawl(cfg.source, paths)
     typer.echo(f"{report.summary()} → {paths.pages}")
     for failure in report.failed:
@@ -146,7 +215,11 @@ def crawl(
 
 
 @app.command()
-def clean(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile, sets: Optional[list[str]] = SetOpt):
+def clean(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    sets: Optional[list[str]] = SetOpt,
+):
     """Turn raw pages into the conditions dataset (plain text, one document per condition)."""
     from t0_pipeline.clean import run_clean
 
@@ -158,35 +231,68 @@ def clean(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFil
 
 
 @app.command()
-def summarise(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile,
-              max_words: Optional[int] = typer.Option(None, help="Word budget per summary (extractive)."),
-              backend: Optional[str] = typer.Option(None, help="extractive (offline default) or llm (role 'summariser')."),
-              model: Optional[str] = typer.Option(None, help="Override the summariser role's model (litellm string)."),
-              api_base: Optional[str] = typer.Option(None, help="Override the summariser role's endpoint."),
-              sets: Optional[list[str]] = SetOpt):
+def summarise(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    max_words: Optional[int] = typer.Option(None, help="Word budget per summary (extractive)."),
+    backend: Optional[str] = typer.Option(
+        None, help="extractive (offline default) or llm (role 'summariser')."
+    ),
+    model: Optional[str] = typer.Option(
+        None, help="Override the summariser role's model (litellm string)."
+    ),
+    api_base: Optional[str] = typer.Option(None, help="Override the summariser role's endpoint."),
+    sets: Optional[list[str]] = SetOpt,
+):
     """Summarise every document: symptoms and when/where to get help. Unchanged pages reuse their summary."""
     from t0_pipeline.summarise import run_summarise
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        "summary.max_words": max_words, "summary.backend": backend, **_role_flags("summariser", model, api_base)})
-    with _served(cfg, paths, "summariser") if cfg.summary.backend == "llm" else contextlib.nullcontext(cfg) as cfg:
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            "summary.max_words": max_words,
+            "summary.backend": backend,
+            **_role_flags("summariser", model, api_base),
+        },
+    )
+    with (
+        _served(cfg, paths, "summariser")
+        if cfg.summary.backend == "llm"
+        else contextlib.nullcontext(cfg) as cfg
+    ):
         summaries, info = run_summarise(paths, cfg.summary, cfg.llm)
-    typer.echo(f"{summaries.height} summaries ({info['backend']}), mean compression {summaries['compression'].mean():.0%} → {paths.summaries}")
+    typer.echo(
+        f"{summaries.height} summaries ({info['backend']}), mean compression {summaries['compression'].mean():.0%} → {paths.summaries}"
+    )
     for slug in info["failures"]:
         typer.echo(f"  failed: {slug} (kept out; re-run to retry)", err=True)
 
 
 @app.command()
 def index(
-    pages: Optional[Path] = typer.Option(None, "--pages", help="Pre-scraped pages (.jsonl/.parquet with slug, title, url, text)."),
+    pages: Optional[Path] = typer.Option(
+        None, "--pages", help="Pre-scraped pages (.jsonl/.parquet with slug, title, url, text)."
+    ),
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    source: Optional[str] = typer.Option(None, help="Corpus source when --pages is not given (default: the bundled sample)."),
-    location: Optional[str] = typer.Option(None, help="URL, mirror directory or pages file for --source."),
-    model: Optional[str] = typer.Option(None, help="sentence-transformers model name or path (default: bundled all-MiniLM-L6-v2)."),
-    chunk_size: Optional[int] = typer.Option(None, help="Tokens per chunk (default: the model's maximum)."),
+    source: Optional[str] = typer.Option(
+        None, help="Corpus source when --pages is not given (default: the bundled sample)."
+    ),
+    location: Optional[str] = typer.Option(
+        None, help="URL, mirror directory or pages file for --source."
+    ),
+    model: Optional[str] = typer.Option(
+        None, help="sentence-transformers model name or path (default: bundled all-MiniLM-L6-v2)."
+    ),
+    chunk_size: Optional[int] = typer.Option(
+        None, help="Tokens per chunk (default: the model's maximum)."
+    ),
     distance: Optional[str] = typer.Option(None, help="l2 (report) or cosine."),
-    chroma_host: Optional[str] = typer.Option(None, help="Use a Chroma server at this host instead of the embedded store."),
+    chroma_host: Optional[str] = typer.Option(
+        None, help="Use a Chroma server at this host instead of the embedded store."
+    ),
     chroma_port: Optional[int] = typer.Option(None, help="Chroma server port."),
     sets: Optional[list[str]] = SetOpt,
 ):
@@ -194,12 +300,24 @@ def index(
     stage it runs (crawl or read, clean, summarise, index) is logged as it starts."""
     from t0_pipeline.pipeline import build_all
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        **_source_flags(source, location, pages), "embedding.model": model or None, "chunk.size": chunk_size or None,
-        "chroma.distance": distance or None, "chroma.host": chroma_host or None, "chroma.port": chroma_port or None})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            **_source_flags(source, location, pages),
+            "embedding.model": model or None,
+            "chunk.size": chunk_size or None,
+            "chroma.distance": distance or None,
+            "chroma.host": chroma_host or None,
+            "chroma.port": chroma_port or None,
+        },
+    )
     result = build_all(cfg, paths)
     typer.echo(f"crawl: {result.crawl}")
-    typer.echo(f"{result.documents} documents; summaries {result.compression:.0%} shorter than pages")
+    typer.echo(
+        f"{result.documents} documents; summaries {result.compression:.0%} shorter than pages"
+    )
     for stats in result.dense.values():
         typer.echo(f"dense {stats.summary()}")
     for name, info in result.bm25.items():
@@ -210,8 +328,12 @@ def index(
 
 @app.command()
 def retrieve(
-    queries: Path = typer.Option(..., "--queries", "-q", help="Query file (.jsonl/.json/.parquet)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL: each query's fields + ranked slugs + scores."),
+    queries: Path = typer.Option(
+        ..., "--queries", "-q", help="Query file (.jsonl/.json/.parquet)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output JSONL: each query's fields + ranked slugs + scores."
+    ),
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
     index: str = IndexOpt,
@@ -226,7 +348,9 @@ def retrieve(
 
     cfg, paths = _setup(data_dir, config, sets=sets)
     _check_mode(mode)
-    n = write_ranked(_retriever(cfg, paths, index), read_records(queries), query_field, k, mode, out)  # type: ignore[arg-type]
+    n = write_ranked(
+        _retriever(cfg, paths, index), read_records(queries), query_field, k, mode, out
+    )  # type: ignore[arg-type]
     typer.echo(f"{n} queries ranked ({index}, {mode}, k={k}) → {out}")
 
 
@@ -234,14 +358,29 @@ def retrieve(
 def eval_retrieval(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    queries: Optional[Path] = typer.Option(None, "--queries", "-q", help="Labelled queries (default: bundled sample set)."),
-    query_field: Optional[str] = typer.Option(None, help="Field holding the query text (default: query)."),
-    target_field: Optional[str] = typer.Option(None, help="Field holding the correct slug or list of slugs (default: condition)."),
-    index: Optional[list[str]] = typer.Option(None, "--index", "-i", help="Index to score (repeatable; default both)."),
-    mode: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Mode to score (repeatable; default all three)."),
-    ks: Optional[str] = typer.Option(None, help="Comma-separated k values (default 1,5,10,30,50,100)."),
-    rewrite_with: Optional[str] = typer.Option(None, help="A serve profile: also score each query as its agent "
-                                                          "rewrites it into a search query (rows '<mode>+agent')."),
+    queries: Optional[Path] = typer.Option(
+        None, "--queries", "-q", help="Labelled queries (default: bundled sample set)."
+    ),
+    query_field: Optional[str] = typer.Option(
+        None, help="Field holding the query text (default: query)."
+    ),
+    target_field: Optional[str] = typer.Option(
+        None, help="Field holding the correct slug or list of slugs (default: condition)."
+    ),
+    index: Optional[list[str]] = typer.Option(
+        None, "--index", "-i", help="Index to score (repeatable; default both)."
+    ),
+    mode: Optional[list[str]] = typer.Option(
+        None, "--mode", "-m", help="Mode to score (repeatable; default all three)."
+    ),
+    ks: Optional[str] = typer.Option(
+        None, help="Comma-separated k values (default 1,5,10,30,50,100)."
+    ),
+    rewrite_with: Optional[str] = typer.Option(
+        None,
+        help="A serve profile: also score each query as its agent "
+        "rewrites it into a search query (rows '<mode>+agent').",
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Print and save the p@k table (CSV, Markdown, PNG) for each index × retriever mode."""
@@ -249,11 +388,20 @@ def eval_retrieval(
 
     for m in mode or []:
         _check_mode(m)
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        "retrieval_eval.queries": queries or None, "retrieval_eval.query_field": query_field or None,
-        "retrieval_eval.target_field": target_field or None, "retrieval_eval.indexes": index or None,
-        "retrieval_eval.modes": mode or None, "retrieval_eval.ks": _int_list(ks, "--ks", "1,5,10") if ks else None,
-        "retrieval_eval.rewrite_with": rewrite_with or None})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            "retrieval_eval.queries": queries or None,
+            "retrieval_eval.query_field": query_field or None,
+            "retrieval_eval.target_field": target_field or None,
+            "retrieval_eval.indexes": index or None,
+            "retrieval_eval.modes": mode or None,
+            "retrieval_eval.ks": _int_list(ks, "--ks", "1,5,10") if ks else None,
+            "retrieval_eval.rewrite_with": rewrite_with or None,
+        },
+    )
     ev = cfg.retrieval_eval
     retrievers = {name: _retriever(cfg, paths, name) for name in ev.indexes}
     rewritten = None
@@ -263,10 +411,16 @@ def eval_retrieval(
 
         queries_list = scored_queries(paths, ev)
         with _served(cfg, paths, *search_query_roles(cfg, ev.rewrite_with)) as served:
-            rewritten, counts = agent_search_queries(served, ev.rewrite_with, [q.query for q in queries_list],
-                                                     LLMCache(paths.llm_cache(served.llm)))
-        typer.echo(f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as written, "
-                   f"{counts['failed']} failed (kept as written)")
+            rewritten, counts = agent_search_queries(
+                served,
+                ev.rewrite_with,
+                [q.query for q in queries_list],
+                LLMCache(paths.llm_cache(served.llm)),
+            )
+        typer.echo(
+            f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as written, "
+            f"{counts['failed']} failed (kept as written)"
+        )
         report = evaluate_retrieval(paths, ev, retrievers, queries_list, rewritten=rewritten)
     else:
         report = evaluate_retrieval(paths, ev, retrievers)
@@ -278,8 +432,12 @@ def eval_retrieval(
 def tune_retriever(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    epochs: Optional[float] = typer.Option(None, help="Passes over the training pairs (default: retriever_tune.epochs)."),
-    reindex: bool = typer.Option(True, help="Rebuild the dense indexes with whichever embedder is now in use."),
+    epochs: Optional[float] = typer.Option(
+        None, help="Passes over the training pairs (default: retriever_tune.epochs)."
+    ),
+    reindex: bool = typer.Option(
+        True, help="Rebuild the dense indexes with whichever embedder is now in use."
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Fine-tune the embedder on the synthetic training queries; use it when it retrieves better on the
@@ -290,8 +448,10 @@ def tune_retriever(
     base_cfg, paths = _setup(data_dir, config, tuned=False, sets=sets, flags=flags)
     result = run_tune(base_cfg, paths, log_fn=typer.echo)
     typer.echo(result.table())
-    typer.echo(f"{result.pairs} pairs, {result.steps} steps, {result.seconds:.0f} s; "
-               + (f"in use: {result.model_dir}" if result.used else "kept the current embedder"))
+    typer.echo(
+        f"{result.pairs} pairs, {result.steps} steps, {result.seconds:.0f} s; "
+        + (f"in use: {result.model_dir}" if result.used else "kept the current embedder")
+    )
     if reindex:
         from t0_pipeline.pipeline import build_indexes
 
@@ -327,13 +487,17 @@ def _int_list(text: str, flag: str, example: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise T0Error(f"{flag} must be comma-separated integers such as {example}; got {text!r}.") from None
+        raise T0Error(
+            f"{flag} must be comma-separated integers such as {example}; got {text!r}."
+        ) from None
 
 
 def _usage_line(usage: dict) -> str:
-    return (f"calls {usage['completed']}, cache hits {usage['cache_hits']}, retries {usage['retries']}, "
-            f"failed {usage['failures']}, tokens {usage['prompt_tokens']}+{usage['completion_tokens']}, "
-            f"cost ${usage['cost']:.4f}")
+    return (
+        f"calls {usage['completed']}, cache hits {usage['cache_hits']}, retries {usage['retries']}, "
+        f"failed {usage['failures']}, tokens {usage['prompt_tokens']}+{usage['completion_tokens']}, "
+        f"cost ${usage['cost']:.4f}"
+    )
 
 
 @app.command("synth-queries")
@@ -350,15 +514,25 @@ def synth_queries(
     """Write synthetic patient queries (eval + train, no shared (condition, disposition) pair). Resumable."""
     from t0_pipeline.synth import run_generate_queries
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        "queries.n_eval": n_eval, "queries.n_train": n_train, "queries.seed": seed,
-        **_role_flags("query_writer", model, api_base)})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            "queries.n_eval": n_eval,
+            "queries.n_train": n_train,
+            "queries.seed": seed,
+            **_role_flags("query_writer", model, api_base),
+        },
+    )
     with _served(cfg, paths, "query_writer") as cfg:
         eval_df, train_df, info = run_generate_queries(paths, cfg.queries, cfg.llm)
     for split, df in (("eval", eval_df), ("train", train_df)):
         r = info[split]
-        typer.echo(f"{split}: {df.height}/{r['requested']} queries, {r['refusals']} refusals, "
-                   f"{len(r['failures'])} failed, {r['removed_overlaps']} overlaps removed → {paths.synthetic_queries(split)}")
+        typer.echo(
+            f"{split}: {df.height}/{r['requested']} queries, {r['refusals']} refusals, "
+            f"{len(r['failures'])} failed, {r['removed_overlaps']} overlaps removed → {paths.synthetic_queries(split)}"
+        )
     typer.echo(_usage_line(info["usage"]))
 
 
@@ -376,14 +550,25 @@ def traces(
     """Collect the teacher's reasoning traces over retrieved summaries for the training queries. Resumable."""
     from t0_pipeline.traces import run_traces
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        "traces.k": k, "traces.mode": mode, "traces.keep": keep, **_role_flags("teacher", model, api_base)})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            "traces.k": k,
+            "traces.mode": mode,
+            "traces.keep": keep,
+            **_role_flags("teacher", model, api_base),
+        },
+    )
     retriever = _retriever(cfg, paths, cfg.traces.index)
     with _served(cfg, paths, "teacher") as cfg:
         df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever)
-    typer.echo(f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable {stats['parsable_rate']:.0%}, "
-               f"condition accuracy {stats['condition_accuracy']:.0%}, disposition accuracy {stats['disposition_accuracy']:.0%} "
-               f"→ {paths.traces}")
+    typer.echo(
+        f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable {stats['parsable_rate']:.0%}, "
+        f"condition accuracy {stats['condition_accuracy']:.0%}, disposition accuracy {stats['disposition_accuracy']:.0%} "
+        f"→ {paths.traces}"
+    )
     typer.echo(_usage_line(stats["usage"]))
 
 
@@ -391,48 +576,80 @@ def traces(
 def sft(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    tokenizer: Optional[str] = typer.Option(None, help="Student tokenizer name or path (its chat template renders the text)."),
-    block_size: Optional[int] = typer.Option(None, help="Maximum tokens per example (default 32768)."),
+    tokenizer: Optional[str] = typer.Option(
+        None, help="Student tokenizer name or path (its chat template renders the text)."
+    ),
+    block_size: Optional[int] = typer.Option(
+        None, help="Maximum tokens per example (default 32768)."
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Turn kept traces into chat examples for fine-tuning (Parquet + dataset card)."""
     from t0_pipeline.sft import run_sft
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={"sft.tokenizer": tokenizer, "sft.block_size": block_size})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={"sft.tokenizer": tokenizer, "sft.block_size": block_size},
+    )
     df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
-    typer.echo(f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean {stats['tokens_mean']}, "
-               f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over {stats['block_size']} → {paths.sft_dir}")
+    typer.echo(
+        f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean {stats['tokens_mean']}, "
+        f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over {stats['block_size']} → {paths.sft_dir}"
+    )
 
 
 @app.command("base-models")
-def base_models(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile,
-                sets: Optional[list[str]] = SetOpt):
+def base_models(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    sets: Optional[list[str]] = SetOpt,
+):
     """Make the local checkpoints named in base_models (the bundled SmolLM2 converted, folders linked, hub names
     downloaded when online) under <data>/models/; other settings name them by their entry's name."""
     from t0_pipeline.base_models import materialise_all
 
     cfg, paths = _setup(data_dir, config, sets=sets)
     if not cfg.base_models:
-        typer.echo("no base_models configured; add e.g. base_models: {smollm2-135m-instruct: "
-                   "'bundled:smollm2-135m-instruct'} to the config.")
+        typer.echo(
+            "no base_models configured; add e.g. base_models: {smollm2-135m-instruct: "
+            "'bundled:smollm2-135m-instruct'} to the config."
+        )
         return
     for info in materialise_all(cfg.base_models, paths, typer.echo):
-        typer.echo(f"{info['name']}: {'made' if info['made'] else 'up to date'} from {info['source']} "
-                   f"({info['bytes'] / 1e6:.0f} MB) → {info['path']}")
+        typer.echo(
+            f"{info['name']}: {'made' if info['made'] else 'up to date'} from {info['source']} "
+            f"({info['bytes'] / 1e6:.0f} MB) → {info['path']}"
+        )
 
 
 @app.command()
 def train(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    model: Optional[str] = typer.Option(None, help="Base model name or local path (default: the partition's entry in "
-                                                   "train.sizes, else Qwen/Qwen2.5-1.5B-Instruct)."),
-    dataset: Optional[Path] = typer.Option(None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."),
-    output_dir: Optional[Path] = typer.Option(None, help="Where checkpoints/, final/, logs/ and metrics.json go."),
-    partition: str = typer.Option("default", help="Partition key (model size) used in the default output path."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (smoke tests)."),
-    deepspeed: Optional[str] = typer.Option(None, help="auto (ZeRO-3 when several processes train all weights), "
-                                                       "zero3, zero3_offload, a JSON path, or none."),
+    model: Optional[str] = typer.Option(
+        None,
+        help="Base model name or local path (default: the partition's entry in "
+        "train.sizes, else Qwen/Qwen2.5-1.5B-Instruct).",
+    ),
+    dataset: Optional[Path] = typer.Option(
+        None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."
+    ),
+    output_dir: Optional[Path] = typer.Option(
+        None, help="Where checkpoints/, final/, logs/ and metrics.json go."
+    ),
+    partition: str = typer.Option(
+        "default", help="Partition key (model size) used in the default output path."
+    ),
+    max_steps: Optional[int] = typer.Option(
+        None, help="Stop after this many optimizer steps (smoke tests)."
+    ),
+    deepspeed: Optional[str] = typer.Option(
+        None,
+        help="auto (ZeRO-3 when several processes train all weights), "
+        "zero3, zero3_offload, a JSON path, or none.",
+    ),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
     sets: Optional[list[str]] = SetOpt,
 ):
@@ -444,9 +661,19 @@ def train(
     from t0_pipeline.train import rank, run_train
     from t0_pipeline.train_report import dagster_reporter
 
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        "train.model": model, "train.dataset": dataset, "train.output_dir": output_dir, "train.max_steps": max_steps,
-        "train.deepspeed": deepspeed, "train.lora.enabled": True if lora else None})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            "train.model": model,
+            "train.dataset": dataset,
+            "train.output_dir": output_dir,
+            "train.max_steps": max_steps,
+            "train.deepspeed": deepspeed,
+            "train.lora.enabled": True if lora else None,
+        },
+    )
     t = cfg.train
     if model is None and partition in t.sizes:
         t.model = t.sizes[partition]
@@ -462,26 +689,44 @@ def train(
         typer.echo(f"stopped at step {result.global_step} with a checkpoint; run again to resume")
         return
     last = result.eval_loss[-1][1] if result.eval_loss else float("nan")
-    typer.echo(f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}) "
-               f"by {result.world_size} process(es), DeepSpeed {result.deepspeed or 'off'}; train loss "
-               f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} → {result.final_dir}")
+    typer.echo(
+        f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}) "
+        f"by {result.world_size} process(es), DeepSpeed {result.deepspeed or 'off'}; train loss "
+        f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} → {result.final_dir}"
+    )
 
 
 @app.command()
 def sbatch(
-    site: str = typer.Option(..., help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."),
-    size: str = typer.Option(..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."),
+    site: str = typer.Option(
+        ..., help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."
+    ),
+    size: str = typer.Option(
+        ..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."
+    ),
     config: Optional[Path] = ConfigFile,
     data_dir: Optional[Path] = DataDir,
-    account: Optional[str] = typer.Option(None, envvar="T0_SLURM_ACCOUNT", help="Project the job is charged to "
-                                          "(required on Baskerville and Isambard-AI)."),
+    account: Optional[str] = typer.Option(
+        None,
+        envvar="T0_SLURM_ACCOUNT",
+        help="Project the job is charged to (required on Baskerville and Isambard-AI).",
+    ),
     partition: Optional[str] = typer.Option(None, help="Slurm partition (default: the profile's)."),
-    qos: Optional[str] = typer.Option(None, help="Slurm QoS (default: the profile's; per project on Baskerville)."),
-    profiles_dir: Optional[Path] = typer.Option(None, help="Folder of your own site profiles (<site>.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the script here instead of printing it."),
-    deepspeed: Optional[str] = typer.Option(None, help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
-                                                          "zero3_offload, a path on the cluster, or none "
-                                                          "(default: train.deepspeed)."),
+    qos: Optional[str] = typer.Option(
+        None, help="Slurm QoS (default: the profile's; per project on Baskerville)."
+    ),
+    profiles_dir: Optional[Path] = typer.Option(
+        None, help="Folder of your own site profiles (<site>.yaml)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write the script here instead of printing it."
+    ),
+    deepspeed: Optional[str] = typer.Option(
+        None,
+        help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
+        "zero3_offload, a path on the cluster, or none "
+        "(default: train.deepspeed).",
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Render the training job script for one student size on one cluster (submit it with sbatch).
@@ -493,11 +738,22 @@ def sbatch(
     cfg, paths = _setup(data_dir, config, sets=sets)
     model = cfg.train.sizes.get(size)
     if model is None:
-        raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add it to the config.")
+        raise T0Error(
+            f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add it to the config."
+        )
     log_dir = paths.student_dir(size) / "logs"
-    script = render_sbatch(load_profile(site, profiles_dir), size, config_file=str(config.resolve()) if config else None,
-                           data_dir=str(paths.root.resolve()), log_dir=str(log_dir.resolve()), model=model,
-                           deepspeed=deepspeed or cfg.train.deepspeed, account=account, partition=partition, qos=qos)
+    script = render_sbatch(
+        load_profile(site, profiles_dir),
+        size,
+        config_file=str(config.resolve()) if config else None,
+        data_dir=str(paths.root.resolve()),
+        log_dir=str(log_dir.resolve()),
+        model=model,
+        deepspeed=deepspeed or cfg.train.deepspeed,
+        account=account,
+        partition=partition,
+        qos=qos,
+    )
     if out:
         log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log file before the job starts
         out.write_text(script, encoding="utf-8")
@@ -509,7 +765,9 @@ def sbatch(
 @app.command("slurm-env")
 def slurm_env(
     path: Path = typer.Option(..., help="Directory on storage the compute nodes share."),
-    venv: Optional[Path] = typer.Option(None, help="The virtual environment holding t0-pipeline (default: this one)."),
+    venv: Optional[Path] = typer.Option(
+        None, help="The virtual environment holding t0-pipeline (default: this one)."
+    ),
 ):
     """Lay out a pre-deployed environment for dagster-slurm (activate.sh + env/ → the venv)."""
     import sys
@@ -522,16 +780,30 @@ def slurm_env(
 
 @app.command()
 def evaluate(
-    model: list[str] = typer.Option([], "--model", help="A name from evaluation.models (repeat for several); see `t0 config`."),
+    model: list[str] = typer.Option(
+        [], "--model", help="A name from evaluation.models (repeat for several); see `t0 config`."
+    ),
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    queries: Optional[Path] = typer.Option(None, help="Query file (.jsonl/.parquet with query, slug, disposition); "
-                                                       "default: the synthetic evaluation set."),
-    runs: Optional[int] = typer.Option(None, help="Repeated runs per model and k (default 10); seeds recorded."),
-    ks: Optional[str] = typer.Option(None, help="Comma-separated k values (default 0,5; 0 = list every condition)."),
-    max_queries: Optional[int] = typer.Option(None, help="Evaluate only the first n queries (smoke test)."),
-    api_base: Optional[str] = typer.Option(None, help="Use the server already running here for every --model given "
-                                                      "instead of starting one (models with a serve section)."),
+    queries: Optional[Path] = typer.Option(
+        None,
+        help="Query file (.jsonl/.parquet with query, slug, disposition); "
+        "default: the synthetic evaluation set.",
+    ),
+    runs: Optional[int] = typer.Option(
+        None, help="Repeated runs per model and k (default 10); seeds recorded."
+    ),
+    ks: Optional[str] = typer.Option(
+        None, help="Comma-separated k values (default 0,5; 0 = list every condition)."
+    ),
+    max_queries: Optional[int] = typer.Option(
+        None, help="Evaluate only the first n queries (smoke test)."
+    ),
+    api_base: Optional[str] = typer.Option(
+        None,
+        help="Use the server already running here for every --model given "
+        "instead of starting one (models with a serve section).",
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Condition and disposition accuracy of the given models (cached per model, prompt and seed).
@@ -545,9 +817,17 @@ def evaluate(
 
     if runs is not None and runs < 1:
         raise T0Error("--runs must be at least 1.")
-    cfg, paths = _setup(data_dir, config, sets=sets, flags={
-        "evaluation.queries": queries, "evaluation.runs": runs, "evaluation.max_queries": max_queries,
-        "evaluation.ks": sorted(set(_int_list(ks, "--ks", "0,5"))) if ks is not None else None})
+    cfg, paths = _setup(
+        data_dir,
+        config,
+        sets=sets,
+        flags={
+            "evaluation.queries": queries,
+            "evaluation.runs": runs,
+            "evaluation.max_queries": max_queries,
+            "evaluation.ks": sorted(set(_int_list(ks, "--ks", "0,5"))) if ks is not None else None,
+        },
+    )
     if not model:
         raise T0Error(f"name at least one --model; configured: {', '.join(cfg.evaluation.models)}.")
     ev = cfg.evaluation
@@ -555,24 +835,33 @@ def evaluate(
         entry = model_settings(ev, name)
         if api_base:
             entry.api_base, entry.serve = api_base, None
-        _, summary = run_served_evaluation(paths, cfg, name, local_servers(cfg.servers, paths, typer.echo))
+        _, summary = run_served_evaluation(
+            paths, cfg, name, local_servers(cfg.servers, paths, typer.echo)
+        )
         for k, s in summary["by_k"].items():
-            typer.echo(f"{name} k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
-                       f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × {summary['runs']} runs)")
+            typer.echo(
+                f"{name} k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
+                f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × {summary['runs']} runs)"
+            )
         typer.echo(f"  notes: {'; '.join(summary['notes']) or 'none'}")
         typer.echo(f"  {_usage_line(summary['usage'])} → {paths.accuracy_dir(name)}")
 
 
 @app.command("accuracy-report")
-def accuracy_report(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile,
-                    sets: Optional[list[str]] = SetOpt):
+def accuracy_report(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    sets: Optional[list[str]] = SetOpt,
+):
     """Combine every evaluated model into one table (report.md/.csv) and the accuracy-by-size plot."""
     from t0_pipeline.evaluate import combine
 
     cfg, paths = _setup(data_dir, config, sets=sets)
     report = combine(paths, cfg.evaluation)
     if not report.models:
-        raise T0Error(f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` first.")
+        raise T0Error(
+            f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` first."
+        )
     typer.echo(report.markdown)
     typer.echo(f"csv: {report.csv}\nplot: {report.png}")
 
@@ -581,9 +870,13 @@ def accuracy_report(data_dir: Optional[Path] = DataDir, config: Optional[Path] =
 def serve(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."
+    ),
     port: int = typer.Option(8080, help="TCP port."),
-    insecure_local: bool = typer.Option(False, "--insecure-local", help="No API keys: a single user on this machine only."),
+    insecure_local: bool = typer.Option(
+        False, "--insecure-local", help="No API keys: a single user on this machine only."
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions over the built index."""
@@ -597,13 +890,20 @@ def serve(
 
     cfg, paths = _setup(data_dir, config, sets=sets)
     if insecure_local and host not in ("127.0.0.1", "localhost", "::1"):
-        raise T0Error(f"--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not {host}).")
+        raise T0Error(
+            f"--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not {host})."
+        )
     app_ = create_app(cfg, paths, insecure_local=insecure_local)
-    typer.echo(f"t0 serve: http://{host}:{port}/  (API docs /docs; {'no API keys' if insecure_local else 'API keys required'})")
+    typer.echo(
+        f"t0 serve: http://{host}:{port}/  (API docs /docs; {'no API keys' if insecure_local else 'API keys required'})"
+    )
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
 
 
-keys_app = typer.Typer(help="API keys for `t0 serve` (only a hash is stored; a key is shown once).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for `t0 serve` (only a hash is stored; a key is shown once).",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -615,8 +915,11 @@ def _store(data_dir: Optional[Path], config: Optional[Path]):
 
 
 @keys_app.command("create")
-def keys_create(name: str = typer.Argument(..., help="Who or what the key is for."), data_dir: Optional[Path] = DataDir,
-                config: Optional[Path] = ConfigFile):
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what the key is for."),
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+):
     """Create a key and print it (store it now: it cannot be shown again)."""
     key_id, token = _store(data_dir, config).create_key(name)
     typer.echo(f"key id {key_id} ({name}):\n{token}")
@@ -633,8 +936,11 @@ def keys_list(data_dir: Optional[Path] = DataDir, config: Optional[Path] = Confi
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="The key id from `t0 keys list`."), data_dir: Optional[Path] = DataDir,
-                config: Optional[Path] = ConfigFile):
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key id from `t0 keys list`."),
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+):
     """Revoke a key: its requests are refused from now on."""
     if not _store(data_dir, config).revoke_key(key_id):
         raise T0Error(f"no key with id {key_id}; see `t0 keys list`.")
@@ -648,11 +954,15 @@ def report(data_dir: Optional[Path] = DataDir):
     crawl_report = paths.crawl_report
     if crawl_report.exists():
         data = json.loads(crawl_report.read_text())
-        typer.echo(f"corpus: {data['conditions']} conditions from {data['source']} "
-                   f"({len(data['new'])} new, {len(data['changed'])} changed, {len(data['failed'])} failed)")
+        typer.echo(
+            f"corpus: {data['conditions']} conditions from {data['source']} "
+            f"({len(data['new'])} new, {len(data['changed'])} changed, {len(data['failed'])} failed)"
+        )
     table = paths.retrieval_report_dir / "pk.md"
     if not table.exists():
-        raise T0Error(f"no retrieval report in {paths.root}; run `make demo` or `t0 eval-retrieval` first.")
+        raise T0Error(
+            f"no retrieval report in {paths.root}; run `make demo` or `t0 eval-retrieval` first."
+        )
     typer.echo("\nRetrieval p@k (share of queries whose condition is in the top k documents)\n")
     typer.echo(table.read_text())
     typer.echo(f"plot: {paths.retrieval_report_dir / 'pk.png'}")
@@ -662,19 +972,26 @@ def report(data_dir: Optional[Path] = DataDir):
 def run_all(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    select: Optional[list[str]] = typer.Option(None, "--select", help="Only these assets (repeatable); default all."),
+    select: Optional[list[str]] = typer.Option(
+        None, "--select", help="Only these assets (repeatable); default all."
+    ),
 ):
     """Materialise every asset of the graph in dependency order, in this process (`make demo`): each asset and
     each partition is a Dagster run in the instance at $DAGSTER_HOME (the UI shows them). Prints the time of
     each stage and its checks, then the retrieval and accuracy tables. A failed stage stops the chain; the
     stages before it stay materialised, and model calls are cached, so a re-run resumes."""
-    if config is not None:  # the code location's shape (partitions, lineage) is read from these when it loads
+    if (
+        config is not None
+    ):  # the code location's shape (partitions, lineage) is read from these when it loads
         os.environ["T0_CONFIG"] = str(config.resolve())
     if data_dir is not None:
         os.environ["T0_DATA_DIR"] = str(data_dir)
     if not os.environ.get("DAGSTER_HOME"):
-        raise T0Error("set DAGSTER_HOME to a folder for Dagster's run history (make demo uses the repository root).")
-    from t0_pipeline.defs.run_all import run_all as materialise_all, timing_table
+        raise T0Error(
+            "set DAGSTER_HOME to a folder for Dagster's run history (make demo uses the repository root)."
+        )
+    from t0_pipeline.defs.run_all import run_all as materialise_all
+    from t0_pipeline.defs.run_all import timing_table
     from t0_pipeline.evaluate import combine
 
     cfg, paths = _setup(data_dir, config)
@@ -687,10 +1004,14 @@ def run_all(
         typer.echo(report_table.read_text())
     accuracy = combine(paths, cfg.evaluation)
     if accuracy.models:
-        typer.echo(f"\nAccuracy (mean ± std over runs; the plot: {accuracy.png})\n\n{accuracy.markdown}")
+        typer.echo(
+            f"\nAccuracy (mean ± std over runs; the plot: {accuracy.png})\n\n{accuracy.markdown}"
+        )
     if cfg.base_models:
-        typer.echo("\nStand-in: the models above are the small bundled ones named in base_models; every artefact is "
-                   "real, no figure here is the method's result.")
+        typer.echo(
+            "\nStand-in: the models above are the small bundled ones named in base_models; every artefact is "
+            "real, no figure here is the method's result."
+        )
     typer.echo(f"\nall stages materialised in {time.monotonic() - started:.0f} s")
 
 
@@ -712,13 +1033,23 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("T0_TRACEBACK"):
             raise
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        typer.secho(f"error:{where}: {exc.strerror or exc}; check the path and its permissions.", fg="red", err=True)
+        typer.secho(
+            f"error:{where}: {exc.strerror or exc}; check the path and its permissions.",
+            fg="red",
+            err=True,
+        )
         sys.exit(2)
-    except Exception as exc:  # anything else is still one line; T0_TRACEBACK=1 shows where it came from
+    except (
+        Exception
+    ) as exc:  # anything else is still one line; T0_TRACEBACK=1 shows where it came from
         if os.environ.get("T0_TRACEBACK"):
             raise
-        typer.secho(f"error: unexpected {exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
-                    "(set T0_TRACEBACK=1 for the traceback, and please report it)", fg="red", err=True)
+        typer.secho(
+            f"error: unexpected {exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+            "(set T0_TRACEBACK=1 for the traceback, and please report it)",
+            fg="red",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -21,15 +21,21 @@ from pydantic import BaseModel, Field, ValidationError
 
 from t0_pipeline.artifacts import T0Error
 
-SLURM_DIR = Path(__file__).resolve().parent / "slurm"  # package data: profiles, template, DeepSpeed configs
+SLURM_DIR = (
+    Path(__file__).resolve().parent / "slurm"
+)  # package data: profiles, template, DeepSpeed configs
 JOB_ENV_FILE = "t0-job.env"  # a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
-STOP_LEAD_S = 300  # seconds before the time limit at which the trainer checkpoints and the job requeues
+STOP_LEAD_S = (
+    300  # seconds before the time limit at which the trainer checkpoints and the job requeues
+)
 
 
 class Allocation(BaseModel):
     nodes: int = Field(ge=1)
     gpus_per_node: int = Field(ge=0)  # 0 = a CPU-only job
-    procs_per_node: int | None = Field(default=None, ge=1)  # ranks per node; None = one per GPU (1 without GPUs)
+    procs_per_node: int | None = Field(
+        default=None, ge=1
+    )  # ranks per node; None = one per GPU (1 without GPUs)
     hours: int = Field(ge=1)
     mem: str | int = 0  # Slurm --mem per node; 0 = all of it
 
@@ -38,12 +44,16 @@ class SiteProfile(BaseModel):
     name: str
     arch: str = "x86_64"
     account: str | None = None
-    account_required: bool = False  # the site charges every job to a project: refuse to render without one
+    account_required: bool = (
+        False  # the site charges every job to a project: refuse to render without one
+    )
     partition: str | None = None
     qos: str | None = None
     gpus_per_node: int = 4
     cpus_per_node: int = Field(default=8, ge=1)  # cores one job may use on a node
-    cpus_per_rank: int = Field(default=1, ge=1)  # cores per training process (OMP threads, data loading)
+    cpus_per_rank: int = Field(
+        default=1, ge=1
+    )  # cores per training process (OMP threads, data loading)
     modules: list[str] = Field(default_factory=list)
     container: str | None = None  # an Apptainer image; torchrun runs inside it
     setup: list[str] = Field(default_factory=list)
@@ -85,46 +95,86 @@ def load_profile(site: str, profiles_dir: Path | None = None) -> SiteProfile:
     folder = Path(profiles_dir) if profiles_dir else SLURM_DIR / "profiles"
     path = folder / f"{site}.yaml"
     if not path.is_file():
-        raise T0Error(f"unknown site profile {site!r}; known: {', '.join(profile_names(folder)) or 'none'} "
-                      f"(add {path} to define it).")
+        raise T0Error(
+            f"unknown site profile {site!r}; known: {', '.join(profile_names(folder)) or 'none'} "
+            f"(add {path} to define it)."
+        )
     try:
         return SiteProfile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise T0Error(f"site profile {path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}.") from None
+        raise T0Error(
+            f"site profile {path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}."
+        ) from None
 
 
-def job_spec(profile: SiteProfile, size: str, *, account: str | None = None, partition: str | None = None,
-             qos: str | None = None) -> JobSpec:
+def job_spec(
+    profile: SiteProfile,
+    size: str,
+    *,
+    account: str | None = None,
+    partition: str | None = None,
+    qos: str | None = None,
+) -> JobSpec:
     """The job for ``size`` on this site, checked against what a node has; arguments override the profile."""
     if size not in profile.sizes:
-        raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r}; "
-                      f"it has {', '.join(profile.sizes)}. Add one under sizes:.")
+        raise T0Error(
+            f"site profile {profile.name!r} has no allocation for size {size!r}; "
+            f"it has {', '.join(profile.sizes)}. Add one under sizes:."
+        )
     alloc = profile.sizes[size]
     if alloc.gpus_per_node > profile.gpus_per_node:
-        raise T0Error(f"site profile {profile.name!r}: size {size} asks for {alloc.gpus_per_node} GPUs per node "
-                      f"but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add nodes.")
+        raise T0Error(
+            f"site profile {profile.name!r}: size {size} asks for {alloc.gpus_per_node} GPUs per node "
+            f"but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add nodes."
+        )
     procs = alloc.procs_per_node or max(1, alloc.gpus_per_node)
     if alloc.gpus_per_node and procs != alloc.gpus_per_node:
-        raise T0Error(f"site profile {profile.name!r}: size {size} runs {procs} ranks on {alloc.gpus_per_node} GPUs "
-                      "per node; a GPU job runs one rank per GPU (drop procs_per_node).")
+        raise T0Error(
+            f"site profile {profile.name!r}: size {size} runs {procs} ranks on {alloc.gpus_per_node} GPUs "
+            "per node; a GPU job runs one rank per GPU (drop procs_per_node)."
+        )
     cpus = procs * profile.cpus_per_rank
     if cpus > profile.cpus_per_node:
-        raise T0Error(f"site profile {profile.name!r}: size {size} needs {procs} ranks × {profile.cpus_per_rank} "
-                      f"cores = {cpus} per node but nodes have {profile.cpus_per_node}; lower cpus_per_rank.")
+        raise T0Error(
+            f"site profile {profile.name!r}: size {size} needs {procs} ranks × {profile.cpus_per_rank} "
+            f"cores = {cpus} per node but nodes have {profile.cpus_per_node}; lower cpus_per_rank."
+        )
     account = account or profile.account
     if profile.account_required and not account:
-        raise T0Error(f"site profile {profile.name!r} charges every job to a project but no account is set; pass "
-                      "--account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your project.")
-    return JobSpec(nodes=alloc.nodes, gpus_per_node=alloc.gpus_per_node, procs_per_node=procs,
-                   cpus_per_rank=profile.cpus_per_rank, cpus_per_task=cpus, hours=alloc.hours, mem=str(alloc.mem),
-                   account=account, partition=partition or profile.partition, qos=qos or profile.qos,
-                   stop_lead_s=min(STOP_LEAD_S, alloc.hours * 3600 // 10))
+        raise T0Error(
+            f"site profile {profile.name!r} charges every job to a project but no account is set; pass "
+            "--account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your project."
+        )
+    return JobSpec(
+        nodes=alloc.nodes,
+        gpus_per_node=alloc.gpus_per_node,
+        procs_per_node=procs,
+        cpus_per_rank=profile.cpus_per_rank,
+        cpus_per_task=cpus,
+        hours=alloc.hours,
+        mem=str(alloc.mem),
+        account=account,
+        partition=partition or profile.partition,
+        qos=qos or profile.qos,
+        stop_lead_s=min(STOP_LEAD_S, alloc.hours * 3600 // 10),
+    )
 
 
-def render_sbatch(profile: SiteProfile, size: str, *, config_file: str | None, data_dir: str, log_dir: str,
-                  model: str | None = None, deepspeed: str | None = "auto", account: str | None = None,
-                  partition: str | None = None, qos: str | None = None, template: Path | None = None) -> str:
+def render_sbatch(
+    profile: SiteProfile,
+    size: str,
+    *,
+    config_file: str | None,
+    data_dir: str,
+    log_dir: str,
+    model: str | None = None,
+    deepspeed: str | None = "auto",
+    account: str | None = None,
+    partition: str | None = None,
+    qos: str | None = None,
+    template: Path | None = None,
+) -> str:
     """The job script for one student size on one site (``deepspeed``: a name in slurm/deepspeed, a path, auto)."""
     import jinja2
 
@@ -133,8 +183,17 @@ def render_sbatch(profile: SiteProfile, size: str, *, config_file: str | None, d
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     prefix = f"apptainer exec --nv {profile.container} " if profile.container else ""
     return env.from_string(source).render(
-        profile=profile, size=size, job=job, config_file=config_file, data_dir=data_dir, log_dir=log_dir, model=model,
-        deepspeed=deepspeed, container_prefix=prefix, env_file=JOB_ENV_FILE)
+        profile=profile,
+        size=size,
+        job=job,
+        config_file=config_file,
+        data_dir=data_dir,
+        log_dir=log_dir,
+        model=model,
+        deepspeed=deepspeed,
+        container_prefix=prefix,
+        env_file=JOB_ENV_FILE,
+    )
 
 
 def job_env_file(pipes_env: dict[str, str], venv: str | None) -> str:
@@ -156,7 +215,9 @@ def deepspeed_config_path(name: str) -> Path:
     path = Path(name)
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in (SLURM_DIR / "deepspeed").glob("*.json")))
-        raise T0Error(f"DeepSpeed config {name} not found; use one of {names}, a path to a JSON file, or 'none'.")
+        raise T0Error(
+            f"DeepSpeed config {name} not found; use one of {names}, a path to a JSON file, or 'none'."
+        )
     return path
 
 
@@ -169,7 +230,9 @@ def prepare_env_dir(path: Path, venv: Path) -> Path:
     path = Path(path)
     venv = Path(venv).resolve()
     if not (venv / "bin" / "python").exists():
-        raise T0Error(f"{venv} is not a virtual environment (no bin/python); pass the venv holding t0-pipeline.")
+        raise T0Error(
+            f"{venv} is not a virtual environment (no bin/python); pass the venv holding t0-pipeline."
+        )
     path.mkdir(parents=True, exist_ok=True)
     link = path / "env"
     if link.is_symlink() or link.exists():
@@ -179,9 +242,20 @@ def prepare_env_dir(path: Path, venv: Path) -> Path:
     return path
 
 
-def render_serve_sbatch(profile: SiteProfile, size: str, *, name: str, command: str, tp: int, log_dir: str,
-                        time_limit: str, venv: str | None = None, account: str | None = None,
-                        partition: str | None = None, qos: str | None = None) -> str:
+def render_serve_sbatch(
+    profile: SiteProfile,
+    size: str,
+    *,
+    name: str,
+    command: str,
+    tp: int,
+    log_dir: str,
+    time_limit: str,
+    venv: str | None = None,
+    account: str | None = None,
+    partition: str | None = None,
+    qos: str | None = None,
+) -> str:
     """The job script of a model server on one node with the GPUs ``size`` gets per node on this site."""
     import jinja2
 
@@ -192,6 +266,17 @@ def render_serve_sbatch(profile: SiteProfile, size: str, *, name: str, command: 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     prefix = f"apptainer exec --nv {profile.container} " if profile.container else ""
     return env.from_string(source).render(
-        profile=profile, job=job, name=name, safe_name=safe_name(name), command=command, tp=tp,
-        gpus=job.gpus_per_node, cpus=job.cpus_per_task, log_dir=log_dir, time_limit=time_limit, venv=venv,
-        container_prefix=prefix, endpoint_tag=ENDPOINT_TAG)
+        profile=profile,
+        job=job,
+        name=name,
+        safe_name=safe_name(name),
+        command=command,
+        tp=tp,
+        gpus=job.gpus_per_node,
+        cpus=job.cpus_per_task,
+        log_dir=log_dir,
+        time_limit=time_limit,
+        venv=venv,
+        container_prefix=prefix,
+        endpoint_tag=ENDPOINT_TAG,
+    )

@@ -53,20 +53,30 @@ class SourceConfig(BaseModel):
     kind: SourceKind = "sample"  # sample = the bundled offline mirror; site = live HTTP crawl
     location: str | None = None  # site: index URL; mirror: directory; pages: .jsonl/.parquet file
     adapter: str = "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.sites)
-    exclude_slugs: list[str] = Field(default_factory=lambda: ["mental-health"])  # aggregate pages, not conditions
+    exclude_slugs: list[str] = Field(
+        default_factory=lambda: ["mental-health"]
+    )  # aggregate pages, not conditions
     fields: PageFields = Field(default_factory=PageFields)
     user_agent: str = "t0-pipeline/0.1 (+corpus crawler; contact: set T0 user_agent)"
     delay_s: float = 0.5  # minimum gap between request starts to one host
     concurrency: int = 4  # requests in flight at once
     timeout_s: float = 20.0  # per read or connect
-    deadline_s: float = 60.0  # per request, connect to last byte: a server dripping bytes cannot hold a slot longer
-    max_page_bytes: int = 5_000_000  # per response, counted after decompression (a gzip bomb stops here)
-    max_redirects: int = 5  # redirects are followed on the same host only; others fail the page with the reason
+    deadline_s: float = (
+        60.0  # per request, connect to last byte: a server dripping bytes cannot hold a slot longer
+    )
+    max_page_bytes: int = (
+        5_000_000  # per response, counted after decompression (a gzip bomb stops here)
+    )
+    max_redirects: int = (
+        5  # redirects are followed on the same host only; others fail the page with the reason
+    )
     max_attempts: int = 4  # then the page is reported as failed
     backoff_s: float = 1.0  # first retry wait; doubles each attempt, with jitter
     max_backoff_s: float = 60.0  # cap on any single wait, Retry-After included
     respect_robots: bool = True  # read robots.txt and skip what it disallows
-    max_pages: int | None = 5000  # at most this many conditions per crawl (a runaway index is cut and reported)
+    max_pages: int | None = (
+        5000  # at most this many conditions per crawl (a runaway index is cut and reported)
+    )
 
     @field_validator("concurrency", "max_attempts")
     @classmethod
@@ -88,10 +98,14 @@ class SummaryConfig(BaseModel):
 
 
 class EmbeddingConfig(BaseModel):
-    model: str | None = None  # sentence-transformers name or path; None = bundled all-MiniLM-L6-v2 (or the tuned one)
+    model: str | None = (
+        None  # sentence-transformers name or path; None = bundled all-MiniLM-L6-v2 (or the tuned one)
+    )
     device: str = "cpu"
     batch_size: int = 16  # encode batch; on 2 CPU cores 8-16 encode fastest (64 is ~10% slower)
-    normalize: bool = False  # keep raw vectors so L2 matches the report; cosine needs no normalising
+    normalize: bool = (
+        False  # keep raw vectors so L2 matches the report; cosine needs no normalising
+    )
     # documents (index builds) encoded with int8 linear layers (dynamic, per channel): ~2.4x faster on CPU, p@k
     # within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU, float on GPU; none = float
     quantize: Literal["auto", "int8", "none"] = "auto"
@@ -102,12 +116,18 @@ class EmbeddingConfig(BaseModel):
 class RetrieverTuneConfig(BaseModel):
     """Fine-tuning the embedder on the synthetic training queries (the ``retriever_model`` asset)."""
 
-    documents: IndexName = "summaries"  # what a query is paired with, and what p@k before/after is measured on
+    documents: IndexName = (
+        "summaries"  # what a query is paired with, and what p@k before/after is measured on
+    )
     epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=2)  # in-batch negatives: every other document in the batch is a negative
+    batch_size: int = Field(
+        32, ge=2
+    )  # in-batch negatives: every other document in the batch is a negative
     learning_rate: float = Field(5e-5, gt=0)
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps
-    hard_negatives: int = Field(1, ge=0)  # per query: best-ranked wrong documents under the current embedder
+    hard_negatives: int = Field(
+        1, ge=0
+    )  # per query: best-ranked wrong documents under the current embedder
     max_pairs: int | None = None  # cap on training pairs (None = every training query)
     seed: int = 0
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 30])
@@ -115,7 +135,9 @@ class RetrieverTuneConfig(BaseModel):
 
 
 class ChunkConfig(BaseModel):
-    size: int | None = None  # tokens per chunk; None = the model's max sequence length minus special tokens
+    size: int | None = (
+        None  # tokens per chunk; None = the model's max sequence length minus special tokens
+    )
     overlap: int = 50  # tokens shared by neighbouring chunks (report: 50)
 
     @field_validator("overlap")
@@ -132,14 +154,20 @@ class ChromaConfig(BaseModel):
     port: int = 8000
     distance: Distance = "l2"  # report: L2; cosine selectable
     collection_prefix: str = "t0"  # collections are <prefix>_full and <prefix>_summaries
-    write_batch: int = Field(512, ge=1)  # chunks encoded then written together: a kill loses at most one batch
+    write_batch: int = Field(
+        512, ge=1
+    )  # chunks encoded then written together: a kill loses at most one batch
 
 
 class RetrievalConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
     rrf_k: int = Field(60, gt=0)  # reciprocal rank fusion constant (Cormack et al.)
-    fusion_depth: int = Field(50, ge=1)  # documents taken from each ranker before fusing (k wins when larger)
-    chunk_oversample: float = 1.5  # dense: first window = depth × chunks-per-document × this; doubles if short
+    fusion_depth: int = Field(
+        50, ge=1
+    )  # documents taken from each ranker before fusing (k wins when larger)
+    chunk_oversample: float = (
+        1.5  # dense: first window = depth × chunks-per-document × this; doubles if short
+    )
     # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded once):
     # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the full index)
     fuse_full_pages: bool = True
@@ -153,8 +181,12 @@ class RetrievalEvalConfig(BaseModel):
     indexes: list[IndexName] = Field(default_factory=lambda: list(INDEX_NAMES))
     modes: list[RetrieverMode] = Field(default_factory=lambda: list(RETRIEVER_MODES))
     query_field: str = "query"
-    target_field: str | None = None  # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
-    queries: Path | None = None  # None = the synthetic evaluation split when written, else the bundled sample
+    target_field: str | None = (
+        None  # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
+    )
+    queries: Path | None = (
+        None  # None = the synthetic evaluation split when written, else the bundled sample
+    )
     # a serve profile: each query also goes through its agent's search-query step (as a served turn would) and
     # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting adds
     rewrite_with: str | None = None
@@ -170,29 +202,41 @@ class LaunchConfig(BaseModel):
 
     # local checkpoint folder, Hugging Face name, or a base_models entry's name; None with `student` = its final/
     checkpoint: str | None = None
-    tensor_parallel_size: int | None = None  # None = every GPU the server gets (local: visible; Slurm: the profile's)
+    tensor_parallel_size: int | None = (
+        None  # None = every GPU the server gets (local: visible; Slurm: the profile's)
+    )
     max_model_len: int | None = None  # None = the model's own context length
-    args: list[str] = Field(default_factory=list)  # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
+    args: list[str] = Field(
+        default_factory=list
+    )  # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
 
 
 class RoleConfig(BaseModel):
     """One model role: which model, where, and how to sample. Any litellm model string works."""
 
     model: str = "openai/Qwen/Qwen2.5-32B-Instruct"  # openai/<name> = any OpenAI-compatible server (vLLM, Ollama)
-    api_base: str | None = "http://127.0.0.1:8000/v1"  # a local vLLM server; None = the provider's default
-    api_key_env: str | None = "T0_LLM_API_KEY"  # name of the environment variable holding the key (never the key)
+    api_base: str | None = (
+        "http://127.0.0.1:8000/v1"  # a local vLLM server; None = the provider's default
+    )
+    api_key_env: str | None = (
+        "T0_LLM_API_KEY"  # name of the environment variable holding the key (never the key)
+    )
     temperature: float = 0.7
     top_p: float | None = None
     max_tokens: int = 1024
     seed: int | None = 0  # fixed so a re-run asks the same question (and hits the cache)
     timeout_s: float = 120.0  # per request
-    extra_body: dict = Field(default_factory=dict)  # provider-specific fields, e.g. vLLM's chat_template_kwargs
+    extra_body: dict = Field(
+        default_factory=dict
+    )  # provider-specific fields, e.g. vLLM's chat_template_kwargs
     # JSON requests send their schema as response_format and the server only produces valid JSON (vLLM's
     # structured outputs, OpenAI, the CPU server); off by default because some providers refuse the field
     structured_output: bool = False
     input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
     output_cost_per_token: float | None = None
-    serve: LaunchConfig | None = None  # the pipeline starts a server for it; None = api_base is already running
+    serve: LaunchConfig | None = (
+        None  # the pipeline starts a server for it; None = api_base is already running
+    )
 
     @property
     def served_name(self) -> str:
@@ -210,12 +254,24 @@ def _default_roles() -> dict[str, RoleConfig]:
     return {
         "summariser": RoleConfig(temperature=0.2, max_tokens=400),  # report: Qwen2.5-32B-Instruct
         "query_writer": RoleConfig(temperature=0.9, max_tokens=700),  # report: a frontier model
-        "teacher": RoleConfig(model="openai/deepseek-ai/DeepSeek-R1", temperature=0.6, max_tokens=8192,
-                              timeout_s=600.0),  # report: DeepSeek-R1, a reasoning model
+        "teacher": RoleConfig(
+            model="openai/deepseek-ai/DeepSeek-R1",
+            temperature=0.6,
+            max_tokens=8192,
+            timeout_s=600.0,
+        ),  # report: DeepSeek-R1, a reasoning model
         # serving: the conversational agent (tool calling) and the reasoning model (a fine-tuned student)
-        "agent": RoleConfig(model="openai/Qwen/Qwen2.5-7B-Instruct", temperature=0.2, max_tokens=512, seed=None),
-        "reasoner": RoleConfig(model="openai/t0-7B", api_base="http://127.0.0.1:8001/v1", temperature=0.6,
-                               max_tokens=4096, seed=None, timeout_s=300.0),
+        "agent": RoleConfig(
+            model="openai/Qwen/Qwen2.5-7B-Instruct", temperature=0.2, max_tokens=512, seed=None
+        ),
+        "reasoner": RoleConfig(
+            model="openai/t0-7B",
+            api_base="http://127.0.0.1:8001/v1",
+            temperature=0.6,
+            max_tokens=4096,
+            seed=None,
+            timeout_s=300.0,
+        ),
     }
 
 
@@ -227,10 +283,16 @@ class LLMConfig(BaseModel):
     backoff_s: float = 1.0  # first retry wait, doubling, with jitter; Retry-After wins when longer
     max_backoff_s: float = 60.0
     # a stage stops with one error instead of retrying every item when the endpoint itself is the problem:
-    unreachable_after_s: float = Field(20.0, gt=0)  # nothing answering (refused, DNS, TLS) this long, no success between
-    max_failure_share: float = Field(0.5, gt=0, le=1)  # share of a stage's calls that may fail (for other reasons) …
+    unreachable_after_s: float = Field(
+        20.0, gt=0
+    )  # nothing answering (refused, DNS, TLS) this long, no success between
+    max_failure_share: float = Field(
+        0.5, gt=0, le=1
+    )  # share of a stage's calls that may fail (for other reasons) …
     failure_budget_min_calls: int = Field(20, ge=1)  # … counted once this many calls have finished
-    cache_path: Path | None = None  # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
+    cache_path: Path | None = (
+        None  # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
+    )
     prompts_dir: Path | None = None  # a folder of replacement prompt templates (same file names)
 
 
@@ -241,13 +303,19 @@ class QueryGenConfig(BaseModel):
     n_train: int = 2000
     seed: int = 0
     query_types: list[str] = Field(default_factory=lambda: ["basic", "hypochondriac", "downplay"])
-    dispositions: list[str] = Field(default_factory=lambda: ["Self-care", "Urgent Primary Care", "A&E"])
+    dispositions: list[str] = Field(
+        default_factory=lambda: ["Self-care", "Urgent Primary Care", "A&E"]
+    )
     sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
     max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
     allow_refusal: bool = True  # the writer may refuse a (condition, disposition) it cannot write (structured: a flag)
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
-    max_top_up_draws: int | None = Field(None, ge=0)  # draws all those rounds may spend; None = n_train
-    source: Literal["conditions", "summaries"] = "conditions"  # which text the writer sees (report: full page)
+    max_top_up_draws: int | None = Field(
+        None, ge=0
+    )  # draws all those rounds may spend; None = n_train
+    source: Literal["conditions", "summaries"] = (
+        "conditions"  # which text the writer sees (report: full page)
+    )
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
     max_failure_rate: float = 0.05  # asset check: failed draws / requested
     max_refusal_rate: float = 0.5  # asset check: refusals / draws (pages often lack an A&E case)
@@ -262,9 +330,13 @@ class TraceConfig(BaseModel):
 
 
 class SFTConfig(BaseModel):
-    tokenizer: str | None = None  # student tokenizer name or path; None = a Qwen-style template rendered by hand
+    tokenizer: str | None = (
+        None  # student tokenizer name or path; None = a Qwen-style template rendered by hand
+    )
     block_size: int = 32768  # tokens (report)
-    overlong: Literal["drop", "truncate"] = "drop"  # truncating would cut the answer off: drop by default
+    overlong: Literal["drop", "truncate"] = (
+        "drop"  # truncating would cut the answer off: drop by default
+    )
 
 
 class LoRAConfig(BaseModel):
@@ -272,7 +344,9 @@ class LoRAConfig(BaseModel):
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
 
 
 class TrainConfig(BaseModel):
@@ -284,7 +358,9 @@ class TrainConfig(BaseModel):
     epochs: float = 5.0
     learning_rate: float = 1e-5
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)  # share of the steps; transformers ≥5 reads <1 as a ratio
+    warmup_ratio: float = Field(
+        default=0.05, ge=0, lt=1
+    )  # share of the steps; transformers ≥5 reads <1 as a ratio
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     block_size: int = 32768  # tokens; longer examples are dropped (and counted), never cut
@@ -304,8 +380,11 @@ class TrainConfig(BaseModel):
     # or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP / one device)
     deepspeed: str | None = "auto"
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
-    sizes: dict[str, str] = Field(default_factory=lambda: {  # partition key → base model (report's five sizes)
-        size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")})
+    sizes: dict[str, str] = Field(
+        default_factory=lambda: {  # partition key → base model (report's five sizes)
+            size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")
+        }
+    )
 
 
 class BudgetConfig(BaseModel):
@@ -324,8 +403,13 @@ class BudgetConfig(BaseModel):
     def with_format(self, chat_format: "ChatFormat | None" = None) -> "BudgetConfig":
         """These settings with every unset marker taken from ``chat_format`` (default: the s1 format)."""
         fmt = chat_format or ChatFormat()
-        return self.model_copy(update={k: getattr(fmt, k) for k in ("think_start", "think_end", "answer_start")
-                                       if getattr(self, k) is None})
+        return self.model_copy(
+            update={
+                k: getattr(fmt, k)
+                for k in ("think_start", "think_end", "answer_start")
+                if getattr(self, k) is None
+            }
+        )
 
 
 class EvalModelConfig(RoleConfig):
@@ -337,13 +421,23 @@ class EvalModelConfig(RoleConfig):
     """
 
     backend: Literal["chat", "completions", "transformers", "retrieval"] = "chat"
-    answer: Literal["text", "tool"] = "text"  # chat: free-text "(condition, severity)" or the submit tool
+    answer: Literal["text", "tool"] = (
+        "text"  # chat: free-text "(condition, severity)" or the submit tool
+    )
     kind: Literal["base", "fine-tuned", "api", "baseline"] = "base"  # the plot's series
     size: str | None = None  # e.g. "1.5B": the plot's x axis
-    base: str | None = None  # fine-tuned: the name of its base model's entry (the "below base" check)
-    student: str | None = None  # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
-    budget: BudgetConfig | None = None  # completions/transformers: thinking budget (markers: chat_format)
-    tokenizer: str | None = None  # completions/transformers: chat template source; None = a served checkpoint's own
+    base: str | None = (
+        None  # fine-tuned: the name of its base model's entry (the "below base" check)
+    )
+    student: str | None = (
+        None  # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
+    )
+    budget: BudgetConfig | None = (
+        None  # completions/transformers: thinking budget (markers: chat_format)
+    )
+    tokenizer: str | None = (
+        None  # completions/transformers: chat template source; None = a served checkpoint's own
+    )
 
 
 # vLLM answers tool calls only when started with these (Qwen2.5 writes hermes-style <tool_call> blocks)
@@ -368,30 +462,61 @@ def size_entries(size: str, base_model: str) -> dict[str, EvalModelConfig]:
     """
     base = base_entry_name(base_model)
     return {
-        base: EvalModelConfig(model=f"openai/{base_model}", size=size, kind="base", max_tokens=512, answer="tool",
-                              serve=LaunchConfig(checkpoint=base_model, args=list(TOOL_SERVER_ARGS))),
-        student_entry_name(size): EvalModelConfig(model=f"openai/{student_entry_name(size)}", backend="completions",
-                                                  size=size, kind="fine-tuned", base=base, student=size,
-                                                  serve=LaunchConfig(), budget=BudgetConfig()),
+        base: EvalModelConfig(
+            model=f"openai/{base_model}",
+            size=size,
+            kind="base",
+            max_tokens=512,
+            answer="tool",
+            serve=LaunchConfig(checkpoint=base_model, args=list(TOOL_SERVER_ARGS)),
+        ),
+        student_entry_name(size): EvalModelConfig(
+            model=f"openai/{student_entry_name(size)}",
+            backend="completions",
+            size=size,
+            kind="fine-tuned",
+            base=base,
+            student=size,
+            serve=LaunchConfig(),
+            budget=BudgetConfig(),
+        ),
     }
 
 
 def _default_eval_models() -> dict[str, EvalModelConfig]:
     # the base and student of every train.sizes entry are added by PipelineConfig (one line of config per size)
-    return {"retrieval-baseline": EvalModelConfig(backend="retrieval", kind="baseline", model="retrieval"),
-            "gpt-4o": EvalModelConfig(model="gpt-4o", api_base=None, api_key_env="OPENAI_API_KEY", answer="tool",
-                                      kind="api", max_tokens=512)}
+    return {
+        "retrieval-baseline": EvalModelConfig(
+            backend="retrieval", kind="baseline", model="retrieval"
+        ),
+        "gpt-4o": EvalModelConfig(
+            model="gpt-4o",
+            api_base=None,
+            api_key_env="OPENAI_API_KEY",
+            answer="tool",
+            kind="api",
+            max_tokens=512,
+        ),
+    }
 
 
 class EvaluationConfig(BaseModel):
     """Condition and disposition accuracy (report, Tables 2-4 and Figure 5)."""
 
-    models: dict[str, EvalModelConfig] = Field(default_factory=_default_eval_models)  # partition key → model
-    with_sizes: bool = True  # also evaluate every train.sizes student and its base (entries named here win)
-    ks: list[int] = Field(default_factory=lambda: [0, 5])  # 0 = the list of every condition instead of documents
+    models: dict[str, EvalModelConfig] = Field(
+        default_factory=_default_eval_models
+    )  # partition key → model
+    with_sizes: bool = (
+        True  # also evaluate every train.sizes student and its base (entries named here win)
+    )
+    ks: list[int] = Field(
+        default_factory=lambda: [0, 5]
+    )  # 0 = the list of every condition instead of documents
     runs: int = 10  # repeated runs per (model, k); seeds are seed, seed+1, ...
     seed: int = 0
-    queries: Path | None = None  # None = the synthetic evaluation set; or a .jsonl/.parquet with slug, disposition
+    queries: Path | None = (
+        None  # None = the synthetic evaluation set; or a .jsonl/.parquet with slug, disposition
+    )
     max_queries: int | None = None  # evaluate the first n (smoke tests)
     index: IndexName = "summaries"  # what k>0 retrieves from (report: summaries, dense)
     mode: RetrieverMode = "dense"
@@ -406,13 +531,29 @@ class ModelServerConfig(BaseModel):
     protocol works: ``[{python}, -m, t0_pipeline.cpu_server, …]`` serves small models on CPU (``make demo``).
     """
 
-    command: list[str] = Field(default_factory=lambda: [
-        "vllm", "serve", "{checkpoint}", "--served-model-name", "{name}", "--host", "{host}", "--port", "{port}",
-        "--tensor-parallel-size", "{tp}"])
+    command: list[str] = Field(
+        default_factory=lambda: [
+            "vllm",
+            "serve",
+            "{checkpoint}",
+            "--served-model-name",
+            "{name}",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--tensor-parallel-size",
+            "{tp}",
+        ]
+    )
     host: str = "127.0.0.1"  # local servers listen here (Slurm jobs listen on every interface of their node)
-    port: int = Field(0, ge=0, le=65535)  # local servers; 0 = any free port (several evaluations may run at once)
+    port: int = Field(
+        0, ge=0, le=65535
+    )  # local servers; 0 = any free port (several evaluations may run at once)
     health_path: str = "/health"  # polled until it answers 200 (vLLM: /health)
-    startup_timeout_s: float = Field(1800.0, gt=0)  # loading a 32B model from network storage is slow
+    startup_timeout_s: float = Field(
+        1800.0, gt=0
+    )  # loading a 32B model from network storage is slow
     stop_timeout_s: float = Field(30.0, gt=0)  # after SIGTERM, then SIGKILL
     time_limit: str = "04:00:00"  # Slurm: wall-clock limit of a server job
     log_dir: Path | None = None  # None = <data_dir>/servers
@@ -422,8 +563,12 @@ class ServeProfile(BaseModel):
     """One pipeline configuration behind the service; its name is the model id clients ask for."""
 
     agent: str = "agent"  # llm.roles entry that talks to the user and decides when to search
-    reasoner: str = "reasoner"  # llm.roles entry that answers over the retrieved documents, thinking first
-    agent_tools: bool = True  # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
+    reasoner: str = (
+        "reasoner"  # llm.roles entry that answers over the retrieved documents, thinking first
+    )
+    agent_tools: bool = (
+        True  # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
+    )
     k: int = 5  # documents retrieved per search
     index: IndexName = "summaries"
     mode: RetrieverMode = "hybrid"
@@ -434,29 +579,49 @@ class ServeProfile(BaseModel):
     # budget forcing for a reasoning student: the reasoner's api_base is then a vLLM *completions*
     # endpoint and the reply arrives whole (thinking, then answer) instead of token by token
     budget: BudgetConfig | None = None
-    tokenizer: str | None = None  # with budget: the student's chat template; None = ChatML (Qwen's format)
+    tokenizer: str | None = (
+        None  # with budget: the student's chat template; None = ChatML (Qwen's format)
+    )
 
 
 class ServeConfig(BaseModel):
     """The HTTP service (``t0 serve``)."""
 
     profiles: dict[str, ServeProfile] = Field(default_factory=lambda: {"t0": ServeProfile()})
-    database_url: str | None = None  # SQLAlchemy URL; None = SQLite at <data>/serve/conversations.sqlite
-    context_tokens: int = 8192  # history budget sent to a model (system prompt and the new message always kept)
-    tokenizer: str | None = None  # counts tokens for trimming; None = about four characters per token
-    cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API (none by default)
+    database_url: str | None = (
+        None  # SQLAlchemy URL; None = SQLite at <data>/serve/conversations.sqlite
+    )
+    context_tokens: int = (
+        8192  # history budget sent to a model (system prompt and the new message always kept)
+    )
+    tokenizer: str | None = (
+        None  # counts tokens for trimming; None = about four characters per token
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list
+    )  # browser origins allowed to call the API (none by default)
     max_request_bytes: int = 65536  # larger request bodies are refused (413)
     max_message_chars: int = 4000  # longer user messages are refused (422)
-    rate_limit_per_minute: int = 60  # requests per API key, shared by every process on the database; 0 = unlimited
+    rate_limit_per_minute: int = (
+        60  # requests per API key, shared by every process on the database; 0 = unlimited
+    )
     rate_limit_burst: int = 20
-    auth_failures_per_minute: int = 10  # wrong or missing keys per client address before 429s; 0 = unlimited
+    auth_failures_per_minute: int = (
+        10  # wrong or missing keys per client address before 429s; 0 = unlimited
+    )
     # Host names the service answers to (a leading "*." allows subdomains); empty = any with API keys, and
     # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS rebinding
     allowed_hosts: list[str] = Field(default_factory=list)
-    model_attempts: int = Field(2, ge=1)  # tries per model call in a turn: a person is waiting, so fail fast
+    model_attempts: int = Field(
+        2, ge=1
+    )  # tries per model call in a turn: a person is waiting, so fail fast
     model_backoff_s: float = 0.5  # wait before the second try
-    health_cache_s: float = Field(15.0, ge=0)  # /healthz probes the model servers at most this often
-    turn_lease_s: float = Field(30.0, gt=1)  # a thread's turn lease; renewed while it runs, lapses if its process dies
+    health_cache_s: float = Field(
+        15.0, ge=0
+    )  # /healthz probes the model servers at most this often
+    turn_lease_s: float = Field(
+        30.0, gt=1
+    )  # a thread's turn lease; renewed while it runs, lapses if its process dies
 
 
 class AutomationConfig(BaseModel):
@@ -464,9 +629,13 @@ class AutomationConfig(BaseModel):
     loads; the automation sensors must be running, as they are by default). The corpus, summaries (LLM ones
     only for new or changed pages), indexes, evaluation queries and reports always follow."""
 
-    synthetic_data: bool = False  # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
+    synthetic_data: bool = (
+        False  # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
+    )
     training: bool = False  # every student size retrains when the SFT data changes: GPU hours
-    evaluation: bool = True  # a student (and its base) is evaluated once its checkpoint is materialised
+    evaluation: bool = (
+        True  # a student (and its base) is evaluated once its checkpoint is materialised
+    )
 
 
 class PipelineConfig(BaseModel):
@@ -551,7 +720,9 @@ class DataPaths:
         return self.root / "corpus" / "llm_summaries.parquet"
 
     def documents(self, index: IndexName) -> Path:
-        return {"summaries": self.summaries, "llm_summaries": self.llm_summaries}.get(index, self.conditions)
+        return {"summaries": self.summaries, "llm_summaries": self.llm_summaries}.get(
+            index, self.conditions
+        )
 
     def llm_cache(self, llm: "LLMConfig") -> Path:
         return llm.cache_path if llm.cache_path is not None else self.root / "llm_cache.sqlite"
@@ -635,8 +806,10 @@ def with_tuned_retriever(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfi
     try:
         chosen = Path(json.loads(active.read_text(encoding="utf-8"))["path"])
     except (OSError, ValueError, KeyError) as exc:
-        raise T0Error(f"{active} is unreadable ({exc.__class__.__name__}); delete it to use the base embedder, "
-                      "or re-materialise retriever_model.") from None
+        raise T0Error(
+            f"{active} is unreadable ({exc.__class__.__name__}); delete it to use the base embedder, "
+            "or re-materialise retriever_model."
+        ) from None
     if not chosen.is_absolute():
         chosen = (paths.retriever_dir / chosen).resolve()
     cfg = cfg.model_copy(deep=True)
@@ -656,8 +829,10 @@ def default_layer() -> dict:
     """Every section's defaults as plain data, before size entries and chat-format markers are derived."""
     from pydantic import TypeAdapter
 
-    return {name: TypeAdapter(field.annotation).dump_python(field.default_factory(), mode="python")  # type: ignore[misc]
-            for name, field in PipelineConfig.model_fields.items()}
+    return {
+        name: TypeAdapter(field.annotation).dump_python(field.default_factory(), mode="python")  # type: ignore[misc]
+        for name, field in PipelineConfig.model_fields.items()
+    }
 
 
 def _named_entry_maps(model: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
@@ -679,7 +854,9 @@ def _named_entry_maps(model: type = None, prefix: str = "") -> set[str]:  # type
     return found
 
 
-def deep_merge(base: dict, override: dict, path: str = "", entry_maps: set[str] | None = None) -> dict:
+def deep_merge(
+    base: dict, override: dict, path: str = "", entry_maps: set[str] | None = None
+) -> dict:
     """``override`` on top of ``base``: mappings merge key by key, anything else (lists included) replaces.
 
     In a map of named entries (``llm.roles``, ``evaluation.models``, ``train.sizes``, ``serve.profiles``),
@@ -694,7 +871,9 @@ def deep_merge(base: dict, override: dict, path: str = "", entry_maps: set[str] 
         if value is None and in_entry_map:
             out.pop(key, None)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value, f"{path}.{key}" if path else str(key), entry_maps)
+            out[key] = deep_merge(
+                out[key], value, f"{path}.{key}" if path else str(key), entry_maps
+            )
         else:
             out[key] = value
     return out
@@ -714,7 +893,7 @@ def env_layer(environ: dict[str, str] | None = None) -> dict[str, tuple[str, obj
     for var, raw in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX) or "__" not in var:
             continue
-        parts = [p.lower() for p in var[len(ENV_PREFIX):].split("__")]
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
         if parts[0] not in PipelineConfig.model_fields or not all(parts):
             continue
         try:
@@ -758,9 +937,13 @@ def read_config_file(path: Path | str) -> dict:
         else:
             data = json.loads(text)
     except Exception as exc:  # syntax errors from json/yaml/toml
-        raise T0Error(f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}).") from None
+        raise T0Error(
+            f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})."
+        ) from None
     if not isinstance(data, dict):
-        raise T0Error(f"config file {path} must hold a mapping of sections (source:, llm:, …), not {type(data).__name__}.")
+        raise T0Error(
+            f"config file {path} must hold a mapping of sections (source:, llm:, …), not {type(data).__name__}."
+        )
     return data
 
 
@@ -777,17 +960,28 @@ def _running_elsewhere(layer: dict) -> dict:
     """An evaluation entry or role given an ``api_base`` but no ``serve`` section is already running there: a
     ``serve`` from a lower layer (size entries have one) is dropped rather than silently winning over that address."""
     for section, key in (("evaluation", "models"), ("llm", "roles")):
-        entries = (layer.get(section) or {}).get(key) if isinstance(layer.get(section), dict) else None
+        entries = (
+            (layer.get(section) or {}).get(key) if isinstance(layer.get(section), dict) else None
+        )
         if not isinstance(entries, dict):
             continue
-        entries = {name: {**entry, "serve": None} if isinstance(entry, dict) and "api_base" in entry
-                   and "serve" not in entry else entry for name, entry in entries.items()}
+        entries = {
+            name: {**entry, "serve": None}
+            if isinstance(entry, dict) and "api_base" in entry and "serve" not in entry
+            else entry
+            for name, entry in entries.items()
+        }
         layer = {**layer, section: {**layer[section], key: entries}}
     return layer
 
 
-def load_config(path: Path | str | None = None, *, overrides: dict | None = None,
-                environ: dict[str, str] | None = None, overrides_from: str = "run config overrides") -> PipelineConfig:
+def load_config(
+    path: Path | str | None = None,
+    *,
+    overrides: dict | None = None,
+    environ: dict[str, str] | None = None,
+    overrides_from: str = "run config overrides",
+) -> PipelineConfig:
     """The pipeline's settings: defaults, then the file at ``path``, then ``T0_…__…`` environment variables,
     then ``overrides`` (run config). Each layer sets exactly the fields it names (a deep merge), so a file
     with only ``llm.roles.agent.api_base`` keeps every other role and the agent's model, tokens and
@@ -800,44 +994,74 @@ def load_config(path: Path | str | None = None, *, overrides: dict | None = None
 
     file_data = read_config_file(path) if path is not None else {}
     env = env_layer(environ)
-    layers = [(f"config file {path}", file_data), ("environment", _nest({k: v for k, (_, v) in env.items()})),
-              (overrides_from, overrides or {})]
+    layers = [
+        (f"config file {path}", file_data),
+        ("environment", _nest({k: v for k, (_, v) in env.items()})),
+        (overrides_from, overrides or {}),
+    ]
     layers = [(name, _running_elsewhere(layer)) for name, layer in layers]
     defaults = default_layer()
     merged = defaults
     for _, layer in layers:
         merged = deep_merge(merged, layer)
     evaluation, train = merged.get("evaluation") or {}, merged.get("train") or {}
-    if isinstance(evaluation, dict) and evaluation.get("with_sizes", True) and isinstance(train.get("sizes"), dict):
+    if (
+        isinstance(evaluation, dict)
+        and evaluation.get("with_sizes", True)
+        and isinstance(train.get("sizes"), dict)
+    ):
         # a size's entries are defaults too: settings naming one (t0-7b.api_base) change only those fields
         derived: dict = {}
         for size, base_model in train["sizes"].items():
             if isinstance(base_model, str):
-                derived.update({n: e.model_dump() for n, e in size_entries(size, base_model).items()})
+                derived.update(
+                    {n: e.model_dump() for n, e in size_entries(size, base_model).items()}
+                )
         models = evaluation.get("models") if isinstance(evaluation.get("models"), dict) else {}
         combined = deep_merge(derived, models)
-        merged["evaluation"] = {**evaluation, "models": {k: combined[k] for k in dict.fromkeys(
-            [*defaults["evaluation"]["models"], *derived, *models])
-                                                         if k in combined}}
+        merged["evaluation"] = {
+            **evaluation,
+            "models": {
+                k: combined[k]
+                for k in dict.fromkeys([*defaults["evaluation"]["models"], *derived, *models])
+                if k in combined
+            },
+        }
     try:
         return PipelineConfig.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc)
-        source = next((name for name, layer in reversed(layers) if _has(layer, loc)), layers[0][0] if path else "config")
+        source = next(
+            (name for name, layer in reversed(layers) if _has(layer, loc)),
+            layers[0][0] if path else "config",
+        )
         if source == "environment":
-            source = "environment variable " + next((var for dotted, (var, _) in env.items()
-                                                     if where.startswith(dotted) or dotted.startswith(where)), "T0_…")
+            source = "environment variable " + next(
+                (
+                    var
+                    for dotted, (var, _) in env.items()
+                    if where.startswith(dotted) or dotted.startswith(where)
+                ),
+                "T0_…",
+            )
         if err["type"] == "extra_forbidden":
             import difflib
 
             known = _fields_at(loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else \
-                f"known here: {', '.join(known)}."
-            raise T0Error(f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)") from None
-        raise T0Error(f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults).") from None
+            hint = (
+                f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
+                if close
+                else f"known here: {', '.join(known)}."
+            )
+            raise T0Error(
+                f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)"
+            ) from None
+        raise T0Error(
+            f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults)."
+        ) from None
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -860,6 +1084,9 @@ def _fields_at(loc: tuple) -> list[str]:
             else:
                 return []
         elif args and not isinstance(annotation, type):
-            annotation = next((a for a in args if isinstance(a, type) and issubclass(a, _PydanticModel)), annotation)
+            annotation = next(
+                (a for a in args if isinstance(a, type) and issubclass(a, _PydanticModel)),
+                annotation,
+            )
         model = annotation
     return sorted(getattr(model, "model_fields", {}))

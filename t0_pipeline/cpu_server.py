@@ -53,7 +53,13 @@ class Job:
 class Engine:
     """The model, its tokenizer and a worker thread generating batches of compatible jobs."""
 
-    def __init__(self, checkpoint: str, quantize: str = "none", max_batch: int = 8, threads: int | None = None):
+    def __init__(
+        self,
+        checkpoint: str,
+        quantize: str = "none",
+        max_batch: int = 8,
+        threads: int | None = None,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,17 +67,23 @@ class Engine:
             torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{checkpoint} has a tokenizer without a chat template; serve an instruct checkpoint")
+            raise ValueError(
+                f"{checkpoint} has a tokenizer without a chat template; serve an instruct checkpoint"
+            )
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        if quantize == "int8":  # weights as int8, activations quantised per batch: ~2× the tokens per second here
+        if (
+            quantize == "int8"
+        ):  # weights as int8, activations quantised per batch: ~2× the tokens per second here
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                model = torch.ao.quantization.quantize_dynamic(
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
         self.model, self.vocab_size, self.max_batch = model, model.config.vocab_size, max_batch
         self.max_len = int(getattr(model.config, "max_position_embeddings", 8192))
         self.jobs: queue.Queue[Job] = queue.Queue()
@@ -81,7 +93,9 @@ class Engine:
 
     # --- prompts and grammars ------------------------------------------------------------
     def render(self, messages: list[dict[str, Any]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -92,11 +106,16 @@ class Engine:
             import xgrammar as xgr
 
             if self._compiler is None:
-                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size)
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.vocab_size
+                )
                 self._compiler = xgr.GrammarCompiler(info)
             # compact JSON (no free whitespace): a small model otherwise pads its output with spaces
-            self._grammars[schema] = (self._compiler.compile_json_schema(schema, any_whitespace=False) if schema
-                                      else self._compiler.compile_builtin_json_grammar())
+            self._grammars[schema] = (
+                self._compiler.compile_json_schema(schema, any_whitespace=False)
+                if schema
+                else self._compiler.compile_builtin_json_grammar()
+            )
         return self._grammars[schema]
 
     # --- the worker ------------------------------------------------------------------------
@@ -108,21 +127,28 @@ class Engine:
         waiting: list[Job] = []
         while True:
             first = waiting.pop(0) if waiting else self.jobs.get()
-            time.sleep(0.02)  # requests sent together arrive a few ms apart: let them join this batch
+            time.sleep(
+                0.02
+            )  # requests sent together arrive a few ms apart: let them join this batch
             while True:
                 try:
                     waiting.append(self.jobs.get_nowait())
                 except queue.Empty:
                     break
-            batch = [first] + [j for j in waiting if j.batch_key() == first.batch_key()][: self.max_batch - 1]
+            batch = [first] + [j for j in waiting if j.batch_key() == first.batch_key()][
+                : self.max_batch - 1
+            ]
             waiting = [j for j in waiting if j not in batch]
             started = time.monotonic()
             try:
                 for job, result in zip(batch, self.generate(batch)):
                     job.result = result
                 tokens = sum(j.result["completion_tokens"] for j in batch)  # type: ignore[index]
-                print(f"batch of {len(batch)}: {tokens} tokens in {time.monotonic() - started:.1f} s "
-                      f"({len(waiting)} waiting)", flush=True)
+                print(
+                    f"batch of {len(batch)}: {tokens} tokens in {time.monotonic() - started:.1f} s "
+                    f"({len(waiting)} waiting)",
+                    flush=True,
+                )
             except Exception as exc:  # reported to each caller; the server keeps serving
                 for job in batch:
                     job.error = f"{type(exc).__name__}: {exc}"
@@ -133,14 +159,21 @@ class Engine:
         import torch
 
         first = batch[0]
-        enc = self.tokenizer([j.prompt for j in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self.tokenizer(
+            [j.prompt for j in batch], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         width = enc["input_ids"].shape[1]
         longest = max(j.max_tokens for j in batch)
         if width + longest > self.max_len:
-            raise ValueError(f"prompt ({width} tokens) + max_tokens ({longest}) exceed the model's context "
-                             f"({self.max_len}); shorten the prompt or lower max_tokens")
-        kwargs: dict[str, Any] = {"max_new_tokens": longest, "pad_token_id": self.tokenizer.pad_token_id,
-                                  "eos_token_id": self.tokenizer.eos_token_id}
+            raise ValueError(
+                f"prompt ({width} tokens) + max_tokens ({longest}) exceed the model's context "
+                f"({self.max_len}); shorten the prompt or lower max_tokens"
+            )
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": longest,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
         if first.temperature > 0:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
         else:
@@ -152,7 +185,9 @@ class Engine:
         if first.schema is not None:
             import xgrammar as xgr
 
-            kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor([self.grammar(first.schema)] * len(batch))]
+            kwargs["logits_processor"] = [
+                xgr.contrib.hf.LogitsProcessor([self.grammar(first.schema)] * len(batch))
+            ]
         if first.seed is not None:
             torch.manual_seed(first.seed)
         with torch.inference_mode():
@@ -170,8 +205,14 @@ class Engine:
                 text, ended = text[:cut], True
             finish = "stop" if ended or len(new) < job.max_tokens else "length"
             prompt_tokens = int(enc["attention_mask"][row].sum())
-            results.append({"text": text, "finish_reason": finish, "prompt_tokens": prompt_tokens,
-                            "completion_tokens": len(new)})
+            results.append(
+                {
+                    "text": text,
+                    "finish_reason": finish,
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(new),
+                }
+            )
         return results
 
 
@@ -180,14 +221,23 @@ def _job(body: dict[str, Any], prompt: str) -> Job:
     schema = None
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_schema":
-        schema = json.dumps((fmt.get("json_schema") or {}).get("schema") or {})  # key order is the output's order
+        schema = json.dumps(
+            (fmt.get("json_schema") or {}).get("schema") or {}
+        )  # key order is the output's order
     elif fmt.get("type") == "json_object":
         schema = ""
-    return Job(prompt=prompt, max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
-               temperature=float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0),
-               top_p=float(body.get("top_p") or 1.0), seed=body.get("seed"),
-               stop=tuple([stop] if isinstance(stop, str) else stop), min_tokens=int(body.get("min_tokens") or 0),
-               schema=schema)
+    return Job(
+        prompt=prompt,
+        max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+        temperature=float(
+            body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0
+        ),
+        top_p=float(body.get("top_p") or 1.0),
+        seed=body.get("seed"),
+        stop=tuple([stop] if isinstance(stop, str) else stop),
+        min_tokens=int(body.get("min_tokens") or 0),
+        schema=schema,
+    )
 
 
 def build_app(engine: Engine, served_name: str, checkpoint: str):
@@ -198,16 +248,24 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
     created = int(time.time())
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": status}},
-                            status_code=status)
+        return JSONResponse(
+            {"error": {"message": message, "type": "invalid_request_error", "code": status}},
+            status_code=status,
+        )
 
     def check(body: dict[str, Any]) -> JSONResponse | None:
         if body.get("model") != served_name:
-            return error(404, f"The model `{body.get('model')}` does not exist; this server serves `{served_name}`.")
+            return error(
+                404,
+                f"The model `{body.get('model')}` does not exist; this server serves `{served_name}`.",
+            )
         used = [k for k in UNSUPPORTED if body.get(k) not in (None, [], 1, False)]
         if used:
-            return error(400, f"this CPU server does not support {', '.join(used)}; small models here answer in "
-                              "text (set answer: text on the model's evaluation entry)")
+            return error(
+                400,
+                f"this CPU server does not support {', '.join(used)}; small models here answer in "
+                "text (set answer: text on the model's evaluation entry)",
+            )
         return None
 
     async def run(job: Job) -> dict[str, Any]:
@@ -218,8 +276,11 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
         return job.result  # type: ignore[return-value]
 
     def usage(result: dict[str, Any]) -> dict[str, int]:
-        return {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
-                "total_tokens": result["prompt_tokens"] + result["completion_tokens"]}
+        return {
+            "prompt_tokens": result["prompt_tokens"],
+            "completion_tokens": result["completion_tokens"],
+            "total_tokens": result["prompt_tokens"] + result["completion_tokens"],
+        }
 
     @app.get("/health")
     def health() -> dict:
@@ -227,8 +288,18 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
 
     @app.get("/v1/models")
     def models() -> dict:
-        return {"object": "list", "data": [{"id": served_name, "object": "model", "created": created,
-                                            "owned_by": "t0-pipeline", "root": checkpoint}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": served_name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "t0-pipeline",
+                    "root": checkpoint,
+                }
+            ],
+        }
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
@@ -250,10 +321,20 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
             result = await run(_job(body, engine.render(body.get("messages") or [])))
         except ValueError as exc:
             return error(400, str(exc))
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": served_name, "usage": usage(result),
-                "choices": [{"index": 0, "finish_reason": result["finish_reason"],
-                             "message": {"role": "assistant", "content": result["text"]}}]}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": served_name,
+            "usage": usage(result),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": result["finish_reason"],
+                    "message": {"role": "assistant", "content": result["text"]},
+                }
+            ],
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -262,29 +343,58 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
             return bad
         prompt = body.get("prompt")
         if isinstance(prompt, list):
-            prompt = prompt[0] if prompt and isinstance(prompt[0], str) else engine.tokenizer.decode(prompt)
+            prompt = (
+                prompt[0]
+                if prompt and isinstance(prompt[0], str)
+                else engine.tokenizer.decode(prompt)
+            )
         try:
             result = await run(_job(body, prompt or ""))
         except ValueError as exc:
             return error(400, str(exc))
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": served_name, "usage": usage(result),
-                "choices": [{"index": 0, "text": result["text"], "finish_reason": result["finish_reason"],
-                             "logprobs": None}]}
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": served_name,
+            "usage": usage(result),
+            "choices": [
+                {
+                    "index": 0,
+                    "text": result["text"],
+                    "finish_reason": result["finish_reason"],
+                    "logprobs": None,
+                }
+            ],
+        }
 
     return app
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m t0_pipeline.cpu_server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a Hugging Face checkpoint folder (config.json, weights, tokenizer)")
-    parser.add_argument("--served-model-name", help="the name clients ask for (default: the folder's name)")
+    parser = argparse.ArgumentParser(
+        prog="python -m t0_pipeline.cpu_server", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "checkpoint", help="a Hugging Face checkpoint folder (config.json, weights, tokenizer)"
+    )
+    parser.add_argument(
+        "--served-model-name", help="the name clients ask for (default: the folder's name)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
-                        help="int8: dynamic int8 linear layers, ~2x faster on CPU, slightly different tokens")
-    parser.add_argument("--max-batch", type=int, default=8, help="requests generated together at most")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    parser.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: dynamic int8 linear layers, ~2x faster on CPU, slightly different tokens",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="requests generated together at most"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: every core)"
+    )
     args = parser.parse_args(argv)
     name = args.served_model_name or Path(args.checkpoint).name
     print(f"loading {args.checkpoint} as {name!r} (quantize={args.quantize})", flush=True)
@@ -295,13 +405,24 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine(args.checkpoint, args.quantize, args.max_batch, args.threads)
     except Exception as exc:
         # the model-server resource reads this line to say why the server did not start
-        print(f"error: {args.checkpoint} is not a checkpoint this server can load "
-              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", flush=True)
+        print(
+            f"error: {args.checkpoint} is not a checkpoint this server can load "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            flush=True,
+        )
         return 1
-    print(f"loaded in {time.monotonic() - started:.1f} s; serving on http://{args.host}:{args.port}/v1", flush=True)
+    print(
+        f"loaded in {time.monotonic() - started:.1f} s; serving on http://{args.host}:{args.port}/v1",
+        flush=True,
+    )
     import uvicorn
 
-    uvicorn.run(build_app(engine, name, str(args.checkpoint)), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        build_app(engine, name, str(args.checkpoint)),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )
     return 0
 
 

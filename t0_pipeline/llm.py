@@ -57,7 +57,9 @@ def _litellm():
     import litellm
 
     litellm.suppress_debug_info = True
-    logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # it warns on every self-hosted model's price entry
+    logging.getLogger("LiteLLM").setLevel(
+        logging.ERROR
+    )  # it warns on every self-hosted model's price entry
     litellm.drop_params = True  # a provider that lacks e.g. `seed` ignores it instead of failing
     return litellm
 
@@ -69,7 +71,7 @@ def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[s
         return reasoning.strip(), THINK.sub("", content).strip()
     match = THINK.search(content)
     if match:
-        return match.group(1).strip(), (content[: match.start()] + content[match.end():]).strip()
+        return match.group(1).strip(), (content[: match.start()] + content[match.end() :]).strip()
     if "</think>" in content:  # the chat template opened <think> in the prompt
         thinking, answer = content.split("</think>", 1)
         return thinking.strip(), answer.strip()
@@ -94,11 +96,21 @@ class ThinkSplitter:
                 break
             if at:
                 out.append(("thinking" if self.thinking else "answer", self.buffer[:at]))
-            self.buffer = self.buffer[at + len(tag):]
+            self.buffer = self.buffer[at + len(tag) :]
             self.thinking = not self.thinking
         tag = self.close if self.thinking else self.open
-        keep = next((n for n in range(min(len(tag) - 1, len(self.buffer)), 0, -1) if tag.startswith(self.buffer[-n:])), 0)
-        emit, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep:]
+        keep = next(
+            (
+                n
+                for n in range(min(len(tag) - 1, len(self.buffer)), 0, -1)
+                if tag.startswith(self.buffer[-n:])
+            ),
+            0,
+        )
+        emit, self.buffer = (
+            self.buffer[: len(self.buffer) - keep],
+            self.buffer[len(self.buffer) - keep :],
+        )
         if emit:
             out.append(("thinking" if self.thinking else "answer", emit))
         return out
@@ -110,7 +122,11 @@ class ThinkSplitter:
 
 
 def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
-    payload = json.dumps({"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {"model": model, "messages": list(messages), "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -123,8 +139,12 @@ class LLMCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last replies only
-        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, created REAL)")
+        self._db.execute(
+            "PRAGMA synchronous=NORMAL"
+        )  # WAL stays consistent; a power cut may lose the last replies only
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, created REAL)"
+        )
         self._db.commit()
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -134,8 +154,10 @@ class LLMCache:
 
     def put(self, key: str, model: str, reply: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)",
-                             (key, model, json.dumps(reply, ensure_ascii=False), time.time()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)",
+                (key, model, json.dumps(reply, ensure_ascii=False), time.time()),
+            )
             self._db.commit()
 
     def __len__(self) -> int:
@@ -166,8 +188,12 @@ class LLMReply:
     attempts: int = 0
     error: str | None = None  # set when the call finally failed
     finish_reason: str | None = None
-    tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"name", "arguments" (JSON text)}
-    trouble: str | None = None  # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
+    tool_calls: list[dict[str, str]] = field(
+        default_factory=list
+    )  # {"name", "arguments" (JSON text)}
+    trouble: str | None = (
+        None  # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
+    )
 
     @property
     def ok(self) -> bool:
@@ -209,8 +235,15 @@ class Usage:
         return asdict(self)
 
 
-RETRYABLE = ("RateLimitError", "InternalServerError", "ServiceUnavailableError", "BadGatewayError", "Timeout",
-             "APIConnectionError", "APIError")
+RETRYABLE = (
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+    "BadGatewayError",
+    "Timeout",
+    "APIConnectionError",
+    "APIError",
+)
 
 
 def short_error(text: str) -> str:
@@ -230,7 +263,7 @@ AUTH_KINDS = ("AuthenticationError", "PermissionDeniedError")
 
 
 def endpoint_trouble(kind: str, status: int | None, causes: Sequence[str] = ()) -> str | None:
-    """"unreachable", "auth" or "not_found" when an error is the endpoint's rather than one request's.
+    """ "unreachable", "auth" or "not_found" when an error is the endpoint's rather than one request's.
 
     litellm reports a refused connection, an unknown host and a TLS failure as an InternalServerError
     ("Connection error."); the cause chain (openai's APIConnectionError, httpx's ConnectError) tells them
@@ -242,8 +275,14 @@ def endpoint_trouble(kind: str, status: int | None, causes: Sequence[str] = ()) 
         return "not_found"
     if "APITimeoutError" in causes or "Timeout" in kind:
         return None
-    if kind == "APIConnectionError" or {"ConnectError", "APIConnectionError", "SSLError", "SSLCertVerificationError",
-                                        "ClientConnectorError", "ClientConnectorDNSError"} & set(causes):
+    if kind == "APIConnectionError" or {
+        "ConnectError",
+        "APIConnectionError",
+        "SSLError",
+        "SSLCertVerificationError",
+        "ClientConnectorError",
+        "ClientConnectorDNSError",
+    } & set(causes):
         return "unreachable"
     return None
 
@@ -258,7 +297,10 @@ def _causes(exc: BaseException) -> list[str]:
 
 
 def _retry_after(exc: Exception) -> float | None:
-    for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
+    for headers in (
+        getattr(exc, "litellm_response_headers", None),
+        getattr(getattr(exc, "response", None), "headers", None),
+    ):
         value = headers.get("retry-after") if headers else None
         if value:
             return parse_retry_after(value)
@@ -272,34 +314,59 @@ async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
         response = await litellm.acompletion(**kwargs)
     except Exception as exc:  # litellm maps provider errors onto its own exception types
         status = getattr(exc, "status_code", None)
-        return {"ok": False, "kind": type(exc).__name__, "status": status,
-                "message": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-                "retry_after": _retry_after(exc), "trouble": endpoint_trouble(type(exc).__name__, status, _causes(exc))}
+        return {
+            "ok": False,
+            "kind": type(exc).__name__,
+            "status": status,
+            "message": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+            "retry_after": _retry_after(exc),
+            "trouble": endpoint_trouble(type(exc).__name__, status, _causes(exc)),
+        }
     message = response.choices[0].message
     usage = getattr(response, "usage", None)
     try:
         cost = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
     except (TypeError, ValueError):
         cost = 0.0
-    calls = [{"name": c.function.name or "", "arguments": c.function.arguments or ""}
-             for c in (getattr(message, "tool_calls", None) or []) if getattr(c, "function", None)]
-    return {"ok": True, "content": message.content, "reasoning": getattr(message, "reasoning_content", None),
-            "tool_calls": calls,
-            "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
-            "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
-            "cost": cost, "finish_reason": response.choices[0].finish_reason}
+    calls = [
+        {"name": c.function.name or "", "arguments": c.function.arguments or ""}
+        for c in (getattr(message, "tool_calls", None) or [])
+        if getattr(c, "function", None)
+    ]
+    return {
+        "ok": True,
+        "content": message.content,
+        "reasoning": getattr(message, "reasoning_content", None),
+        "tool_calls": calls,
+        "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+        "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+        "cost": cost,
+        "finish_reason": response.choices[0].finish_reason,
+    }
 
 
 class LLMClient:
     """Calls for one role, sharing a cache, a concurrency cap and a rate limit."""
 
-    def __init__(self, role: str, config: LLMConfig, cache: LLMCache | None, overrides: dict[str, Any] | None = None,
-                 setting: str | None = None):
+    def __init__(
+        self,
+        role: str,
+        config: LLMConfig,
+        cache: LLMCache | None,
+        overrides: dict[str, Any] | None = None,
+        setting: str | None = None,
+    ):
         if role not in config.roles:
-            raise T0Error(f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to the config.")
+            raise T0Error(
+                f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to the config."
+            )
         self.role = role
-        self.setting = setting or f"llm.roles.{role}"  # where a user fixes this model's endpoint (for messages)
-        self._batch = False  # inside run(): an endpoint failure stops every item (see check_endpoint)
+        self.setting = (
+            setting or f"llm.roles.{role}"
+        )  # where a user fixes this model's endpoint (for messages)
+        self._batch = (
+            False  # inside run(): an endpoint failure stops every item (see check_endpoint)
+        )
         self._fatal: EndpointError | None = None
         self._down_since: float | None = None
         self._last_unreachable = ""
@@ -320,8 +387,13 @@ class LLMClient:
     # --- one call ------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         s = self.settings
-        return {"temperature": s.temperature, "max_tokens": s.max_tokens, "seed": s.seed, "extra_body": s.extra_body,
-                "top_p": s.top_p}
+        return {
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+            "extra_body": s.extra_body,
+            "top_p": s.top_p,
+        }
 
     async def _pace(self) -> None:
         if not self.config.requests_per_minute:
@@ -344,9 +416,14 @@ class LLMClient:
         known = s.model in litellm.model_cost or name in litellm.model_cost
         if known and s.input_cost_per_token is None and s.output_cost_per_token is None:
             return {}
-        return {name: {"input_cost_per_token": s.input_cost_per_token or 0.0,
-                       "output_cost_per_token": s.output_cost_per_token or 0.0,
-                       "litellm_provider": "openai" if s.model.startswith("openai/") else "custom", "mode": "chat"}}
+        return {
+            name: {
+                "input_cost_per_token": s.input_cost_per_token or 0.0,
+                "output_cost_per_token": s.output_cost_per_token or 0.0,
+                "litellm_provider": "openai" if s.model.startswith("openai/") else "custom",
+                "mode": "chat",
+            }
+        }
 
     def start(self) -> None:
         """Prepare to call (import litellm, register the price). Done on the first call anyway."""
@@ -361,12 +438,21 @@ class LLMClient:
         """The concurrency gate for the running event loop (asyncio primitives belong to one loop)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._slots, self._pace_lock = loop, asyncio.Semaphore(self.config.concurrency), asyncio.Lock()
+            self._loop, self._slots, self._pace_lock = (
+                loop,
+                asyncio.Semaphore(self.config.concurrency),
+                asyncio.Lock(),
+            )
         return self._slots  # type: ignore[return-value]
 
-    async def complete(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                       seed: int | None = None, accept: Callable[[LLMReply], bool] | None = None,
-                       response_format: dict[str, Any] | None = None) -> LLMReply:
+    async def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        seed: int | None = None,
+        accept: Callable[[LLMReply], bool] | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> LLMReply:
         """One chat completion, from the cache when possible; failures come back with ``error`` set.
 
         ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
@@ -377,8 +463,13 @@ class LLMClient:
         key, kwargs = self._request(messages, tools, seed, response_format)
         return await self.cached(key, lambda: self._call_with_retries(kwargs), accept)
 
-    def _request(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                 seed: int | None = None, response_format: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def _request(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         """(cache key, litellm arguments) of one chat request."""
         params = self.params()
         if seed is not None:
@@ -392,18 +483,38 @@ class LLMClient:
             kwargs["response_format"] = response_format
         return cache_key(self.settings.model, messages, params), kwargs
 
-    def _kwargs(self, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None, seed: int | None) -> dict:
+    def _kwargs(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        seed: int | None,
+    ) -> dict:
         s = self.settings
-        return {"model": s.model, "messages": list(messages), "api_base": s.api_base, "api_key": s.api_key() or "none",
-                "temperature": s.temperature, "max_tokens": s.max_tokens, "seed": seed, "top_p": s.top_p,
-                "timeout": s.timeout_s, "num_retries": 0, "max_retries": 0,
-                **({"extra_body": s.extra_body} if s.extra_body else {}),
-                **({"tools": tools, "tool_choice": "auto"} if tools else {})}
+        return {
+            "model": s.model,
+            "messages": list(messages),
+            "api_base": s.api_base,
+            "api_key": s.api_key() or "none",
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+            "seed": seed,
+            "top_p": s.top_p,
+            "timeout": s.timeout_s,
+            "num_retries": 0,
+            "max_retries": 0,
+            **({"extra_body": s.extra_body} if s.extra_body else {}),
+            **({"tools": tools, "tool_choice": "auto"} if tools else {}),
+        }
 
-    async def rehearse(self, tools: list[dict[str, Any]] | None = None, stream: bool = False) -> None:
+    async def rehearse(
+        self, tools: list[dict[str, Any]] | None = None, stream: bool = False
+    ) -> None:
         """Go through litellm's request path once without calling the model (its ``mock_response``): its lazy
         imports and set-up then happen at start-up instead of in a waiting person's first turn."""
-        kwargs = {**self._kwargs([{"role": "user", "content": "warm-up"}], tools, None), "mock_response": "ok"}
+        kwargs = {
+            **self._kwargs([{"role": "user", "content": "warm-up"}], tools, None),
+            "mock_response": "ok",
+        }
         response = await _litellm().acompletion(**kwargs, **({"stream": True} if stream else {}))
         if stream:
             async for _ in response:  # type: ignore[union-attr]
@@ -413,8 +524,11 @@ class LLMClient:
         except ImportError:
             pass
 
-    async def stream(self, messages: Sequence[dict[str, Any]],
-                     think_tags: tuple[str, str] = ("<think>", "</think>")) -> AsyncIterator[tuple[str, Any]]:
+    async def stream(
+        self,
+        messages: Sequence[dict[str, Any]],
+        think_tags: tuple[str, str] = ("<think>", "</think>"),
+    ) -> AsyncIterator[tuple[str, Any]]:
         """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then ("usage", dict).
 
         Thinking is recognised in ``reasoning_content`` deltas and between inline ``think_tags``.
@@ -424,7 +538,11 @@ class LLMClient:
         litellm = _litellm()
         self.start()
         s = self.settings
-        kwargs = {**self._kwargs(messages, None, s.seed), "stream": True, "stream_options": {"include_usage": True}}
+        kwargs = {
+            **self._kwargs(messages, None, s.seed),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         response = None
         for attempt in range(1, self.retry.max_attempts + 1):
             self.usage.requests += 1
@@ -439,7 +557,8 @@ class LLMClient:
                     raise ModelCallError(
                         f"{self.role} model {s.model} at {s.api_base or 'the provider default'} failed "
                         f"({kind}: {first.replace('litellm.', '')}); check that the server is up.",
-                        endpoint_trouble(kind, getattr(exc, "status_code", None), _causes(exc))) from None
+                        endpoint_trouble(kind, getattr(exc, "status_code", None), _causes(exc)),
+                    ) from None
                 self.usage.retries += 1
                 await asyncio.sleep(self.retry.delay(attempt, _retry_after(exc)))
         splitter = ThinkSplitter(*think_tags)
@@ -453,11 +572,16 @@ class LLMClient:
             except Exception as exc:  # the stream broke part-way (connection lost, provider error)
                 self.usage.failures += 1
                 first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                raise ModelCallError(f"{self.role} model {s.model} stopped mid-answer ({type(exc).__name__}: "
-                                     f"{first.replace('litellm.', '')}); ask again.", "interrupted") from None
+                raise ModelCallError(
+                    f"{self.role} model {s.model} stopped mid-answer ({type(exc).__name__}: "
+                    f"{first.replace('litellm.', '')}); ask again.",
+                    "interrupted",
+                ) from None
             if getattr(chunk, "usage", None):
-                usage = {"prompt_tokens": int(chunk.usage.prompt_tokens or 0),
-                         "completion_tokens": int(chunk.usage.completion_tokens or 0)}
+                usage = {
+                    "prompt_tokens": int(chunk.usage.prompt_tokens or 0),
+                    "completion_tokens": int(chunk.usage.completion_tokens or 0),
+                }
             if not chunk.choices:
                 continue
             delta = chunk.choices[0].delta
@@ -474,8 +598,12 @@ class LLMClient:
         self.usage.completion_tokens += usage.get("completion_tokens", 0)
         yield "usage", usage
 
-    async def cached(self, key: str, produce: Callable[[], Awaitable[LLMReply]],
-                     accept: Callable[[LLMReply], bool] | None = None) -> LLMReply:
+    async def cached(
+        self,
+        key: str,
+        produce: Callable[[], Awaitable[LLMReply]],
+        accept: Callable[[LLMReply], bool] | None = None,
+    ) -> LLMReply:
         """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded and ``accept`` takes
         it); counted in usage.
 
@@ -496,8 +624,15 @@ class LLMClient:
 
     def store(self, key: str, reply: LLMReply) -> None:
         if self.cache is not None:
-            self.cache.put(key, self.settings.model,
-                           {k: v for k, v in asdict(reply).items() if k not in ("cached", "attempts", "error")})
+            self.cache.put(
+                key,
+                self.settings.model,
+                {
+                    k: v
+                    for k, v in asdict(reply).items()
+                    if k not in ("cached", "attempts", "error")
+                },
+            )
 
     # --- the endpoint as a whole ----------------------------------------------------------
     def where(self) -> str:
@@ -517,11 +652,13 @@ class LLMClient:
                 key = f"${s.api_key_env}" if s.api_key_env else "an API key"
                 self._fatal = EndpointError(
                     f"{self.role}: {self.where()} refused the API key ({detail}); set {key} to a valid key "
-                    f"({self.setting}.api_key_env names the variable).")
+                    f"({self.setting}.api_key_env names the variable)."
+                )
             elif trouble == "not_found":
                 self._fatal = EndpointError(
                     f"{self.role}: {self.where()} does not serve {s.served_name!r} ({detail}); fix {self.setting}.model "
-                    "or serve the model under that name.")
+                    "or serve the model under that name."
+                )
             elif trouble == "unreachable":
                 self._last_unreachable = detail
                 now = time.monotonic()
@@ -532,24 +669,35 @@ class LLMClient:
             raise self._fatal
 
     def _unreachable(self, detail: str) -> EndpointError:
-        return EndpointError(f"{self.role}: nothing answers at {self.where()} ({detail}) for "
-                             f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model server "
-                             f"there or fix {self.setting}.api_base. Successful calls are cached: a re-run resumes.")
+        return EndpointError(
+            f"{self.role}: nothing answers at {self.where()} ({detail}) for "
+            f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model server "
+            f"there or fix {self.setting}.api_base. Successful calls are cached: a re-run resumes."
+        )
 
     def check_failure_budget(self) -> None:
         """Stop a batch in which more than ``llm.max_failure_share`` of the finished calls failed."""
         u = self.usage
-        finished = u.completed + u.cache_hits + u.failures - u.repairs  # a repaired reply is one answer, not two
+        finished = (
+            u.completed + u.cache_hits + u.failures - u.repairs
+        )  # a repaired reply is one answer, not two
         failed = u.failures + u.invalid_json
-        if finished < self.config.failure_budget_min_calls or failed <= self.config.max_failure_share * finished:
+        if (
+            finished < self.config.failure_budget_min_calls
+            or failed <= self.config.max_failure_share * finished
+        ):
             return
-        if self._down_since is not None:  # the failures are the endpoint's: say that, not "N calls failed"
+        if (
+            self._down_since is not None
+        ):  # the failures are the endpoint's: say that, not "N calls failed"
             raise self._unreachable(self._last_unreachable)
         common = max(u.errors, key=u.errors.get) if u.errors else "error"
-        raise T0Error(f"{self.role}: {failed} of {finished} calls to {self.settings.model} at {self.where()} failed "
-                      f"(most often {common}; first: {short_error(u.first_error or '')[:200]}), over the "
-                      f"failure budget llm.max_failure_share={self.config.max_failure_share:g}; stopped. Successful "
-                      "calls are cached: fix the cause and re-run.")
+        raise T0Error(
+            f"{self.role}: {failed} of {finished} calls to {self.settings.model} at {self.where()} failed "
+            f"(most often {common}; first: {short_error(u.first_error or '')[:200]}), over the "
+            f"failure budget llm.max_failure_share={self.config.max_failure_share:g}; stopped. Successful "
+            "calls are cached: fix the cause and re-run."
+        )
 
     async def _call_with_retries(self, kwargs: dict[str, Any]) -> LLMReply:
         slots = self._loop_state()
@@ -564,9 +712,16 @@ class LLMClient:
             if outcome["ok"]:
                 self.endpoint_ok()
                 thinking, answer = split_thinking(outcome["content"], outcome["reasoning"])
-                return LLMReply(content=answer, thinking=thinking, prompt_tokens=outcome["prompt_tokens"],
-                                completion_tokens=outcome["completion_tokens"], cost=outcome["cost"], attempts=attempt,
-                                finish_reason=outcome["finish_reason"], tool_calls=outcome["tool_calls"])
+                return LLMReply(
+                    content=answer,
+                    thinking=thinking,
+                    prompt_tokens=outcome["prompt_tokens"],
+                    completion_tokens=outcome["completion_tokens"],
+                    cost=outcome["cost"],
+                    attempts=attempt,
+                    finish_reason=outcome["finish_reason"],
+                    tool_calls=outcome["tool_calls"],
+                )
             kind, status = outcome["kind"], outcome["status"]
             error = f"{kind}: {outcome['message']}"
             self.check_endpoint(outcome.get("trouble"), error)
@@ -576,13 +731,24 @@ class LLMClient:
                 self.usage.retries += 1
                 wait = self.retry.delay(attempt, outcome["retry_after"])
                 if self._down_since is not None:  # look again before the unreachable window closes
-                    wait = min(wait, max(0.5, self._down_since + self.config.unreachable_after_s - time.monotonic()))
+                    wait = min(
+                        wait,
+                        max(
+                            0.5,
+                            self._down_since + self.config.unreachable_after_s - time.monotonic(),
+                        ),
+                    )
                 log.debug("%s: retry %d in %.1fs after %s", self.role, attempt, wait, error)
                 await asyncio.sleep(wait)
         return LLMReply(error=error, attempts=attempt, trouble=outcome.get("trouble"))
 
-    async def complete_json(self, messages: Sequence[dict[str, Any]], schema: type[M], seed: int | None = None,
-                            response_schema: dict[str, Any] | None = None) -> tuple[M | None, LLMReply]:
+    async def complete_json(
+        self,
+        messages: Sequence[dict[str, Any]],
+        schema: type[M],
+        seed: int | None = None,
+        response_schema: dict[str, Any] | None = None,
+    ) -> tuple[M | None, LLMReply]:
         """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error).
 
         With the role's ``structured_output`` the server is asked for JSON of ``response_schema`` (default:
@@ -591,11 +757,15 @@ class LLMClient:
         Only a reply that parses is cached: a repaired one under the original request too (a re-run makes
         no call), an unusable one not at all (a re-run asks again).
         """
+
         def valid(r: LLMReply) -> bool:
             return parse_json(r.content, schema)[0] is not None
 
-        fmt = json_schema_format(schema.__name__, response_schema or schema.model_json_schema()) \
-            if self.settings.structured_output else None
+        fmt = (
+            json_schema_format(schema.__name__, response_schema or schema.model_json_schema())
+            if self.settings.structured_output
+            else None
+        )
         reply = await self.complete(messages, seed=seed, accept=valid, response_format=fmt)
         if not reply.ok:
             return None, reply
@@ -603,9 +773,15 @@ class LLMClient:
         if parsed is not None:
             return parsed, reply
         self.usage.repairs += 1
-        repair = [*messages, {"role": "assistant", "content": reply.content},
-                  {"role": "user", "content": f"That reply was not valid JSON for the requested format ({problem}). "
-                                              "Reply again with only the corrected JSON object and nothing else."}]
+        repair = [
+            *messages,
+            {"role": "assistant", "content": reply.content},
+            {
+                "role": "user",
+                "content": f"That reply was not valid JSON for the requested format ({problem}). "
+                "Reply again with only the corrected JSON object and nothing else.",
+            },
+        ]
         second = await self.complete(repair, seed=seed, accept=valid, response_format=fmt)
         if not second.ok:
             return None, second
@@ -639,8 +815,13 @@ class LLMClient:
             self._stage = (self._stage[0], self._stage[1] + more)
             self._bar.total = self._stage[1]  # type: ignore[union-attr]
 
-    def run(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
-            progress: Callable[[str], None] | None = None) -> list[Any]:
+    def run(
+        self,
+        items: Sequence[T],
+        call: Callable[[T], Awaitable[Any]],
+        desc: str,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Any]:
         """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a progress bar.
 
         The batch stops with one error as soon as the endpoint is found unusable (:meth:`check_endpoint`) or
@@ -648,8 +829,13 @@ class LLMClient:
         """
         return asyncio.run(self.arun(items, call, desc, progress))
 
-    async def arun(self, items: Sequence[T], call: Callable[[T], Awaitable[Any]], desc: str,
-                   progress: Callable[[str], None] | None = None) -> list[Any]:
+    async def arun(
+        self,
+        items: Sequence[T],
+        call: Callable[[T], Awaitable[Any]],
+        desc: str,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Any]:
         from tqdm.auto import tqdm
 
         results: list[Any] = [None] * len(items)
@@ -677,10 +863,14 @@ class LLMClient:
                 await fut
                 self._done += 1
                 bar.update(1)
-                bar.set_postfix(cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False)
+                bar.set_postfix(
+                    cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False
+                )
                 if progress and (self._done % step == 0 or self._done == total):
-                    progress(f"{name}: {self._done}/{total} ({self.usage.cache_hits} cached, "
-                             f"{self.usage.failures} failed)")
+                    progress(
+                        f"{name}: {self._done}/{total} ({self.usage.cache_hits} cached, "
+                        f"{self.usage.failures} failed)"
+                    )
                 self.check_failure_budget()
         finally:
             self._batch = False
@@ -692,10 +882,22 @@ class LLMClient:
         return results
 
 
-def function_tool(name: str, description: str, properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def function_tool(
+    name: str, description: str, properties: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """An OpenAI function-tool schema whose properties are all required."""
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "required": list(properties), "properties": properties}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "required": list(properties),
+                "properties": properties,
+            },
+        },
+    }
 
 
 def bounded_text(low: int, high: int) -> dict[str, Any]:
@@ -706,7 +908,12 @@ def bounded_text(low: int, high: int) -> dict[str, Any]:
     xgrammar refuses longer repetitions and takes seconds to compile chains of them."""
     high = min(high, 128)
     low = min(low, high)
-    return {"type": "string", "minLength": low, "maxLength": high, "pattern": f"^[ -\\[\\]-~]{{{low},{high}}}$"}
+    return {
+        "type": "string",
+        "minLength": low,
+        "maxLength": high,
+        "pattern": f"^[ -\\[\\]-~]{{{low},{high}}}$",
+    }
 
 
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -739,6 +946,8 @@ def require_some_success(usage: Usage, what: str, settings: RoleConfig) -> None:
     """A batch in which every call failed means a configuration problem: say so in one line."""
     if usage.failures and not (usage.completed or usage.cache_hits):
         first = (usage.first_error or "error").replace("litellm.", "")
-        raise T0Error(f"every {what} call to {settings.model} at {settings.api_base or 'the provider default'} failed "
-                      f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was lost: "
-                      "re-running resumes from the cache.")
+        raise T0Error(
+            f"every {what} call to {settings.model} at {settings.api_base or 'the provider default'} failed "
+            f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was lost: "
+            "re-running resumes from the cache."
+        )

@@ -33,19 +33,28 @@ from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, Rol
 
 R = TypeVar("R", bound=RoleConfig)
 ENDPOINT_TAG = "t0-server-endpoint"  # a Slurm server job prints this line, then its URL, before starting the server
-PORT_VAR = "T0SERVERPORT"  # stands for the job's port in a Slurm command line (the shell fills it in)
+PORT_VAR = (
+    "T0SERVERPORT"  # stands for the job's port in a Slurm command line (the shell fills it in)
+)
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 # what a server's log says when it cannot start, and what to do about it (first match wins)
 FAILURES: list[tuple[str, str]] = [
-    (r"out of memory|OutOfMemoryError|No available memory for the cache blocks|not enough (GPU )?memory",
-     "ran out of GPU memory; lower max_model_len, raise tensor_parallel_size or use larger GPUs"),
-    (r"address already in use|Errno 98", "could not bind its port, which another process holds; set servers.port "
-                                          "to a free port (0 = any free port)"),
-    (r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a file|"
-     r"Unrecognized model|HeaderTooLarge|Error while deserializing|is not a checkpoint",
-     "could not load the checkpoint; check the path or name and that the folder holds config.json, weights and "
-     "tokenizer"),
+    (
+        r"out of memory|OutOfMemoryError|No available memory for the cache blocks|not enough (GPU )?memory",
+        "ran out of GPU memory; lower max_model_len, raise tensor_parallel_size or use larger GPUs",
+    ),
+    (
+        r"address already in use|Errno 98",
+        "could not bind its port, which another process holds; set servers.port "
+        "to a free port (0 = any free port)",
+    ),
+    (
+        r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a file|"
+        r"Unrecognized model|HeaderTooLarge|Error while deserializing|is not a checkpoint",
+        "could not load the checkpoint; check the path or name and that the folder holds config.json, weights and "
+        "tokenizer",
+    ),
 ]
 
 
@@ -60,11 +69,19 @@ class ServerPlan:
     args: list[str] = field(default_factory=list)
 
     def command(self, servers: ModelServerConfig, host: str, port: str, tp: int) -> list[str]:
-        values = {"checkpoint": self.checkpoint, "name": self.name, "host": host, "port": port, "tp": str(tp),
-                  "python": sys.executable}
+        values = {
+            "checkpoint": self.checkpoint,
+            "name": self.name,
+            "host": host,
+            "port": port,
+            "tp": str(tp),
+            "python": sys.executable,
+        }
         # only these placeholders are filled: other braces (JSON arguments) pass through untouched
-        cmd = [re.sub(r"\{(checkpoint|name|host|port|tp|python)\}", lambda m: values[m.group(1)], part)
-               for part in servers.command]
+        cmd = [
+            re.sub(r"\{(checkpoint|name|host|port|tp|python)\}", lambda m: values[m.group(1)], part)
+            for part in servers.command
+        ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         return cmd + list(self.args)
@@ -79,19 +96,31 @@ def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
     student = getattr(entry, "student", None)
     if checkpoint is None:
         if not student:
-            raise T0Error(f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or `student` "
-                          "naming a train.sizes entry whose checkpoint to serve.")
+            raise T0Error(
+                f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or `student` "
+                "naming a train.sizes entry whose checkpoint to serve."
+            )
         final = paths.student_dir(student) / "final"
         if not (final / "config.json").is_file():
-            raise T0Error(f"model {name!r} serves the {student} student, but {final} holds no trained checkpoint; "
-                          f"materialise student_checkpoint[{student}] (or `t0 train --partition {student}`) first.")
+            raise T0Error(
+                f"model {name!r} serves the {student} student, but {final} holds no trained checkpoint; "
+                f"materialise student_checkpoint[{student}] (or `t0 train --partition {student}`) first."
+            )
         checkpoint = str(final.resolve())
     elif _looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
-        hint = ("materialise base_models first (`t0 base-models`)" if Path(checkpoint).parent.name == "models"
-                else "fix serve.checkpoint")
+        hint = (
+            "materialise base_models first (`t0 base-models`)"
+            if Path(checkpoint).parent.name == "models"
+            else "fix serve.checkpoint"
+        )
         raise T0Error(f"model {name!r}: checkpoint folder {checkpoint} does not exist; {hint}.")
-    return ServerPlan(name=entry.served_name, checkpoint=checkpoint, tensor_parallel_size=launch.tensor_parallel_size,
-                      max_model_len=launch.max_model_len, args=list(launch.args))
+    return ServerPlan(
+        name=entry.served_name,
+        checkpoint=checkpoint,
+        tensor_parallel_size=launch.tensor_parallel_size,
+        max_model_len=launch.max_model_len,
+        args=list(launch.args),
+    )
 
 
 def _looks_local(checkpoint: str) -> bool:
@@ -111,9 +140,14 @@ def start_error(plan: ServerPlan, what: str, lines: list[str], log_path: str) ->
     """One error for a server that did not come up: the known cause if its log shows one, else its last line."""
     found = failure_reason(lines)
     last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
-    detail = f"it {found[0]} (log: {found[1]!r})" if found else (f"its last log line: {last[:240]!r}" if last else
-                                                                  "it wrote nothing")
-    return T0Error(f"the model server for {plan.name} ({plan.checkpoint}) {what}: {detail}; full log: {log_path}")
+    detail = (
+        f"it {found[0]} (log: {found[1]!r})"
+        if found
+        else (f"its last log line: {last[:240]!r}" if last else "it wrote nothing")
+    )
+    return T0Error(
+        f"the model server for {plan.name} ({plan.checkpoint}) {what}: {detail}; full log: {log_path}"
+    )
 
 
 def free_port(host: str) -> int:
@@ -127,8 +161,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError:
-            raise T0Error(f"port {port} on {host} is already in use (another server, or one left from an earlier run?); "
-                          "stop it, or set servers.port to a free port (0 = any free port).") from None
+            raise T0Error(
+                f"port {port} on {host} is already in use (another server, or one left from an earlier run?); "
+                "stop it, or set servers.port to a free port (0 = any free port)."
+            ) from None
 
 
 def visible_gpus() -> int:
@@ -157,7 +193,10 @@ def served_models(api_base: str) -> list[str]:
     import httpx
 
     try:
-        return [m.get("id") for m in httpx.get(api_base + "/models", timeout=10.0).json().get("data", [])]
+        return [
+            m.get("id")
+            for m in httpx.get(api_base + "/models", timeout=10.0).json().get("data", [])
+        ]
     except (httpx.HTTPError, ValueError, AttributeError):
         return []
 
@@ -167,7 +206,9 @@ class _Server:
 
     log_path: str
 
-    def __init__(self, servers: ModelServerConfig, plan: ServerPlan, log: Callable[[str], None] | None = None):
+    def __init__(
+        self, servers: ModelServerConfig, plan: ServerPlan, log: Callable[[str], None] | None = None
+    ):
         self.servers, self.plan = servers, plan
         self.log = log or (lambda message: None)
         self.lines: list[str] = []  # every log line read so far
@@ -175,8 +216,14 @@ class _Server:
 
     # implemented per kind
     def _launch(self) -> None: ...
-    def _dead(self) -> str | None: ...  # why the server is gone (e.g. "exited with code 1"), or None while it runs
-    def _running(self) -> bool: return True  # started (a Slurm job may still be queued)
+    def _dead(
+        self,
+    ) -> (
+        str | None
+    ): ...  # why the server is gone (e.g. "exited with code 1"), or None while it runs
+    def _running(self) -> bool:
+        return True  # started (a Slurm job may still be queued)
+
     def _new_lines(self) -> list[str]: ...
     def _endpoint(self) -> str | None: ...
     def stop(self) -> None: ...
@@ -195,23 +242,37 @@ class _Server:
                 dead = self._dead()
                 if dead:
                     self._follow()
-                    raise start_error(self.plan, f"stopped before it was healthy ({dead})", self.lines, self.log_path)
+                    raise start_error(
+                        self.plan,
+                        f"stopped before it was healthy ({dead})",
+                        self.lines,
+                        self.log_path,
+                    )
                 if deadline is None and self._running():
                     deadline = time.monotonic() + self.servers.startup_timeout_s
                 endpoint = self._endpoint() if deadline is not None else None
                 if endpoint and healthy(endpoint.removesuffix("/v1"), self.servers.health_path):
                     models = served_models(endpoint)
                     if self.plan.name not in models:
-                        raise T0Error(f"the model server at {endpoint} is healthy but serves {models or 'no models'}, "
-                                      f"not {self.plan.name!r}; its command must pass {{name}} as the served model name.")
+                        raise T0Error(
+                            f"the model server at {endpoint} is healthy but serves {models or 'no models'}, "
+                            f"not {self.plan.name!r}; its command must pass {{name}} as the served model name."
+                        )
                     self.api_base = endpoint
                     self._follow()  # what it printed between the last read and answering
-                    self.log(f"model server for {self.plan.name} healthy at {endpoint} after "
-                             f"{time.monotonic() - started:.1f} s")
+                    self.log(
+                        f"model server for {self.plan.name} healthy at {endpoint} after "
+                        f"{time.monotonic() - started:.1f} s"
+                    )
                     return endpoint
                 if deadline is not None and time.monotonic() > deadline:
-                    raise start_error(self.plan, f"was not healthy after {self.servers.startup_timeout_s:g} s "
-                                                 "(servers.startup_timeout_s)", self.lines, self.log_path)
+                    raise start_error(
+                        self.plan,
+                        f"was not healthy after {self.servers.startup_timeout_s:g} s "
+                        "(servers.startup_timeout_s)",
+                        self.lines,
+                        self.log_path,
+                    )
                 time.sleep(wait)
                 wait = min(wait * 1.5, 2.0)
         except BaseException:
@@ -222,12 +283,20 @@ class _Server:
 class LocalServer(_Server):
     """A server process on this machine, in its own process group; its output goes to a log file."""
 
-    def __init__(self, servers: ModelServerConfig, plan: ServerPlan, log_dir: Path, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        servers: ModelServerConfig,
+        plan: ServerPlan,
+        log_dir: Path,
+        log: Callable[[str], None] | None = None,
+    ):
         super().__init__(servers, plan, log)
         self.host = servers.host
         self.port = servers.port or free_port(self.host)
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = str(log_dir / f"{safe_name(plan.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log")
+        self.log_path = str(
+            log_dir / f"{safe_name(plan.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
+        )
         self.proc: subprocess.Popen | None = None
         self._offset = 0
         self._partial = ""
@@ -236,16 +305,25 @@ class LocalServer(_Server):
         check_port_free(self.host, self.port)
         tp = self.plan.tensor_parallel_size or visible_gpus()
         cmd = self.plan.command(self.servers, self.host, str(self.port), tp)
-        self.log(f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (log: {self.log_path})")
+        self.log(
+            f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (log: {self.log_path})"
+        )
         with open(self.log_path, "ab") as out:
             try:
-                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             except FileNotFoundError:
-                raise T0Error(f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not installed here. "
-                              "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm (ModelServer "
-                              "mode=slurm), or use a server already running (t0 evaluate --api-base URL, or the "
-                              "entry's api_base without a serve section).") from None
+                raise T0Error(
+                    f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not installed here. "
+                    "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm (ModelServer "
+                    "mode=slurm), or use a server already running (t0 evaluate --api-base URL, or the "
+                    "entry's api_base without a serve section)."
+                ) from None
 
     def _dead(self) -> str | None:
         code = self.proc.poll() if self.proc else None
@@ -269,9 +347,11 @@ class LocalServer(_Server):
         if self.proc.poll() is not None:
             if self.api_base:  # it was healthy, then went away under the stage: say so where the run's log shows it
                 self._follow()
-                self.log(f"model server for {self.plan.name} exited during the run (code {self.proc.returncode}); "
-                         f"its last line: {next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; "
-                         f"full log: {self.log_path}")
+                self.log(
+                    f"model server for {self.plan.name} exited during the run (code {self.proc.returncode}); "
+                    f"its last line: {next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; "
+                    f"full log: {self.log_path}"
+                )
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -287,11 +367,24 @@ class LocalServer(_Server):
 class Shell:
     """Runs a command on the cluster: here, or over SSH on a login node (OpenSSH, key authentication)."""
 
-    def __init__(self, ssh_host: str | None = None, ssh_user: str | None = None, ssh_port: int = 22,
-                 ssh_key_path: str | None = None):
+    def __init__(
+        self,
+        ssh_host: str | None = None,
+        ssh_user: str | None = None,
+        ssh_port: int = 22,
+        ssh_key_path: str | None = None,
+    ):
         self.prefix: list[str] = []
         if ssh_host:
-            self.prefix = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-p", str(ssh_port)]
+            self.prefix = [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-p",
+                str(ssh_port),
+            ]
             if ssh_key_path:
                 self.prefix += ["-i", ssh_key_path]
             self.prefix.append(f"{ssh_user}@{ssh_host}" if ssh_user else ssh_host)
@@ -301,16 +394,31 @@ class Shell:
         try:
             return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
-            raise T0Error(f"the cluster did not answer within 120 s ({command.split()[0]}); check the SSH settings.") from None
+            raise T0Error(
+                f"the cluster did not answer within 120 s ({command.split()[0]}); check the SSH settings."
+            ) from None
 
 
 class SlurmServer(_Server):
     """A server as a one-node Slurm job rendered from the site profile; it prints its endpoint, then serves."""
 
-    def __init__(self, servers: ModelServerConfig, plan: ServerPlan, script: str, log_dir: str, shell: Shell,
-                 log: Callable[[str], None] | None = None, queue_wait_s: float = 72 * 3600):
+    def __init__(
+        self,
+        servers: ModelServerConfig,
+        plan: ServerPlan,
+        script: str,
+        log_dir: str,
+        shell: Shell,
+        log: Callable[[str], None] | None = None,
+        queue_wait_s: float = 72 * 3600,
+    ):
         super().__init__(servers, plan, log)
-        self.script, self.log_dir, self.shell, self.queue_wait_s = script, log_dir, shell, queue_wait_s
+        self.script, self.log_dir, self.shell, self.queue_wait_s = (
+            script,
+            log_dir,
+            shell,
+            queue_wait_s,
+        )
         self.job: str | None = None
         self.log_path = f"{log_dir}/(not submitted)"
         self._seen = 0
@@ -321,9 +429,14 @@ class SlurmServer(_Server):
         self.shell.run(f"mkdir -p {shlex.quote(self.log_dir)}")
         done = self.shell.run("sbatch --parsable", stdin=self.script)
         if done.returncode != 0:
-            reason = next((ln for ln in done.stderr.splitlines() if "error" in ln.lower()), done.stderr.strip()[:200])
-            raise T0Error(f"Slurm rejected the server job for {self.plan.name}: {reason.strip()}; fix the site profile or "
-                          "the ModelServer resource (partition, account, QoS, GPUs).")
+            reason = next(
+                (ln for ln in done.stderr.splitlines() if "error" in ln.lower()),
+                done.stderr.strip()[:200],
+            )
+            raise T0Error(
+                f"Slurm rejected the server job for {self.plan.name}: {reason.strip()}; fix the site profile or "
+                "the ModelServer resource (partition, account, QoS, GPUs)."
+            )
         self.job = done.stdout.strip().split(";")[0]
         self.log_path = f"{self.log_dir}/t0-serve-{safe_name(self.plan.name)}-{self.job}.out"
         self._submitted = time.monotonic()
@@ -386,8 +499,9 @@ def serving(server: _Server) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def endpoint_for(name: str, entry: R, paths: DataPaths,
-                 make_server: Callable[[ServerPlan], _Server]) -> Iterator[tuple[R, str | None]]:
+def endpoint_for(
+    name: str, entry: R, paths: DataPaths, make_server: Callable[[ServerPlan], _Server]
+) -> Iterator[tuple[R, str | None]]:
     """(the entry as the stage should call it, the checkpoint served or None), for a role or an evaluation entry.
 
     An entry without a ``serve`` section is reached where it says. Otherwise a server is started for it
@@ -401,14 +515,22 @@ def endpoint_for(name: str, entry: R, paths: DataPaths,
     plan = plan_for(name, entry, paths)
     with serving(make_server(plan)) as api_base:
         update: dict = {"api_base": api_base, "api_key_env": None}
-        if getattr(entry, "tokenizer", "") is None and backend == "completions" and Path(plan.checkpoint).is_dir():
+        if (
+            getattr(entry, "tokenizer", "") is None
+            and backend == "completions"
+            and Path(plan.checkpoint).is_dir()
+        ):
             update["tokenizer"] = plan.checkpoint
         yield entry.model_copy(update=update), plan.checkpoint
 
 
 @contextlib.contextmanager
-def roles_served(cfg: PipelineConfig, roles: list[str], paths: DataPaths,
-                 make_server: Callable[[ServerPlan], _Server]) -> Iterator[PipelineConfig]:
+def roles_served(
+    cfg: PipelineConfig,
+    roles: list[str],
+    paths: DataPaths,
+    make_server: Callable[[ServerPlan], _Server],
+) -> Iterator[PipelineConfig]:
     """``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server started for the block
     (one server per distinct model: two roles on one checkpoint share it)."""
     with contextlib.ExitStack() as stack:
@@ -420,11 +542,14 @@ def roles_served(cfg: PipelineConfig, roles: list[str], paths: DataPaths,
             key = (entry.served_name, entry.serve.model_dump_json())
             if key not in started:
                 started[key], _ = stack.enter_context(endpoint_for(role, entry, paths, make_server))
-            cfg.llm.roles[role] = entry.model_copy(update={"api_base": started[key].api_base, "api_key_env": None})
+            cfg.llm.roles[role] = entry.model_copy(
+                update={"api_base": started[key].api_base, "api_key_env": None}
+            )
         yield cfg
 
 
-def local_servers(servers: ModelServerConfig, paths: DataPaths,
-                  log: Callable[[str], None] | None = None) -> Callable[[ServerPlan], _Server]:
+def local_servers(
+    servers: ModelServerConfig, paths: DataPaths, log: Callable[[str], None] | None = None
+) -> Callable[[ServerPlan], _Server]:
     """Servers as subprocesses on this machine (its GPUs)."""
     return lambda plan: LocalServer(servers, plan, paths.server_logs(servers), log)

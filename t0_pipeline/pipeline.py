@@ -32,15 +32,25 @@ class BuildResult:
     bm25: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def build_indexes(config: PipelineConfig, paths: DataPaths, embedder=None, client=None) -> tuple[dict, dict]:
+def build_indexes(
+    config: PipelineConfig, paths: DataPaths, embedder=None, client=None
+) -> tuple[dict, dict]:
     """Dense and BM25 indexes for full pages and summaries from the datasets already on disk."""
     import polars as pl
 
     dense, bm25 = {}, {}
     for index in INDEX_NAMES:
         docs = pl.read_parquet(paths.documents(index))
-        dense[index] = build_dense_index(docs, index, paths, config.embedding, config.chunk, config.chroma,
-                                         embedder=embedder, client=client)
+        dense[index] = build_dense_index(
+            docs,
+            index,
+            paths,
+            config.embedding,
+            config.chunk,
+            config.chroma,
+            embedder=embedder,
+            client=client,
+        )
         bm25[index] = build_bm25_index(docs, index, paths)
     return dense, bm25
 
@@ -49,18 +59,30 @@ def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=No
     """Crawl (or read) the source, clean, summarise and index everything; each stage is logged as it starts
     and ends (what ``t0 index`` shows)."""
     source = config.source
-    with _stage(1, f"corpus: {'crawl' if source.kind == 'site' else 'read'} the {source.kind} source "
-                   f"{source.location or '(bundled sample)'} into {paths.pages}"):
+    with _stage(
+        1,
+        f"corpus: {'crawl' if source.kind == 'site' else 'read'} the {source.kind} source "
+        f"{source.location or '(bundled sample)'} into {paths.pages}",
+    ):
         _, report = run_crawl(source, paths)
     with _stage(2, f"clean: pages → conditions dataset {paths.conditions}"):
         conditions, problems = run_clean(paths, source, config.clean)
     with _stage(3, f"summarise ({config.summary.backend}): conditions → {paths.summaries}"):
         summaries, _ = run_summarise(paths, config.summary, config.llm)
-    with _stage(4, f"index: dense ({config.embedding.model or 'bundled all-MiniLM-L6-v2'}) and BM25, "
-                   f"{' and '.join(INDEX_NAMES)}"):
+    with _stage(
+        4,
+        f"index: dense ({config.embedding.model or 'bundled all-MiniLM-L6-v2'}) and BM25, "
+        f"{' and '.join(INDEX_NAMES)}",
+    ):
         dense, bm25 = build_indexes(config, paths, embedder, client)
-    return BuildResult(crawl=report.summary(), documents=conditions.height, problems=problems,
-                       compression=float(summaries["compression"].mean()), dense=dense, bm25=bm25)
+    return BuildResult(
+        crawl=report.summary(),
+        documents=conditions.height,
+        problems=problems,
+        compression=float(summaries["compression"].mean()),
+        dense=dense,
+        bm25=bm25,
+    )
 
 
 @contextlib.contextmanager

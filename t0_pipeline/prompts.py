@@ -22,7 +22,9 @@ def load_template(name: str, prompts_dir: Path | None = None) -> tuple[str, str]
     if prompts_dir is not None and (Path(prompts_dir) / f"{name}.txt").is_file():
         text = (Path(prompts_dir) / f"{name}.txt").read_text(encoding="utf-8")
     else:
-        text = (resources.files("t0_pipeline") / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
+        text = (resources.files("t0_pipeline") / "prompts" / f"{name}.txt").read_text(
+            encoding="utf-8"
+        )
     return text, hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -30,19 +32,27 @@ def render(template: str, name: str, **values: object) -> str:
     try:
         return string.Template(template).substitute({k: str(v) for k, v in values.items()})
     except KeyError as exc:
-        raise T0Error(f"prompt template {name!r} uses ${exc.args[0]}, which this stage does not provide; "
-                      f"available: {', '.join(sorted(values))}.") from None
+        raise T0Error(
+            f"prompt template {name!r} uses ${exc.args[0]}, which this stage does not provide; "
+            f"available: {', '.join(sorted(values))}."
+        ) from None
     except ValueError as exc:
-        raise T0Error(f"prompt template {name!r} is malformed ({exc}); write a literal $ as $$.") from None
+        raise T0Error(
+            f"prompt template {name!r} is malformed ({exc}); write a literal $ as $$."
+        ) from None
 
 
-def load_sections(name: str, required: tuple[str, ...], prompts_dir: Path | None = None) -> tuple[dict[str, str], str]:
+def load_sections(
+    name: str, required: tuple[str, ...], prompts_dir: Path | None = None
+) -> tuple[dict[str, str], str]:
     """({part name: text}, hash) for a template file split into ``[part]`` sections."""
     text, digest = load_template(name, prompts_dir)
     pieces = re.split(r"^\[([a-z_]+)\]\s*$", text, flags=re.M)
     sections = {pieces[i]: pieces[i + 1].strip("\n") for i in range(1, len(pieces) - 1, 2)}
     missing = [part for part in required if part not in sections]
     if missing:
-        raise T0Error(f"prompt template {name!r} lacks the section(s) {', '.join(missing)}; each starts on a line "
-                      f"like [{missing[0]}] (see t0_pipeline/prompts/{name}.txt).")
+        raise T0Error(
+            f"prompt template {name!r} lacks the section(s) {', '.join(missing)}; each starts on a line "
+            f"like [{missing[0]}] (see t0_pipeline/prompts/{name}.txt)."
+        )
     return sections, digest

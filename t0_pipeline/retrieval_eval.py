@@ -21,7 +21,13 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline.artifacts import T0Error, atomic_path, read_records, write_config_sidecar, write_parquet
+from t0_pipeline.artifacts import (
+    T0Error,
+    atomic_path,
+    read_records,
+    write_config_sidecar,
+    write_parquet,
+)
 from t0_pipeline.config import DataPaths, RetrievalEvalConfig
 
 log = logging.getLogger(__name__)
@@ -38,30 +44,46 @@ class EvalQuery:
     record: dict[str, Any]
 
 
-def load_queries(path: Path, config: RetrievalEvalConfig, corpus: set[str] | None = None) -> list[EvalQuery]:
+def load_queries(
+    path: Path, config: RetrievalEvalConfig, corpus: set[str] | None = None
+) -> list[EvalQuery]:
     """Validated queries: every record has query text and a target (slug or list of slugs) in the corpus."""
     queries: list[EvalQuery] = []
     unknown: list[str] = []
     for i, rec in enumerate(read_records(path), start=1):
         text = rec.get(config.query_field)
         if not isinstance(text, str) or not text.strip():
-            raise T0Error(f"{path} record {i}: field {config.query_field!r} is missing or empty; "
-                          "set --query-field to the field holding the query text.")
-        field = next((f for f in target_fields(config) if rec.get(f) is not None), target_fields(config)[0])
+            raise T0Error(
+                f"{path} record {i}: field {config.query_field!r} is missing or empty; "
+                "set --query-field to the field holding the query text."
+            )
+        field = next(
+            (f for f in target_fields(config) if rec.get(f) is not None), target_fields(config)[0]
+        )
         target = rec.get(field)
-        targets = [target] if isinstance(target, str) else list(target) if isinstance(target, (list, tuple)) else []
+        targets = (
+            [target]
+            if isinstance(target, str)
+            else list(target)
+            if isinstance(target, (list, tuple))
+            else []
+        )
         targets = [t for t in targets if isinstance(t, str) and t]
         if not targets:
-            raise T0Error(f"{path} record {i}: field {' or '.join(map(repr, target_fields(config)))} must be a slug or "
-                          "a list of slugs; set --target-field to the field holding the correct document.")
+            raise T0Error(
+                f"{path} record {i}: field {' or '.join(map(repr, target_fields(config)))} must be a slug or "
+                "a list of slugs; set --target-field to the field holding the correct document."
+            )
         if corpus is not None and not any(t in corpus for t in targets):
             unknown.append(f"record {i} ({', '.join(targets)})")
         queries.append(EvalQuery(text, targets, rec))
     if not queries:
         raise T0Error(f"{path} holds no queries.")
     if unknown:
-        raise T0Error(f"{path}: {len(unknown)} queries name targets that are not in the corpus, e.g. "
-                      f"{'; '.join(unknown[:3])}; fix the labels or rebuild the corpus.")
+        raise T0Error(
+            f"{path}: {len(unknown)} queries name targets that are not in the corpus, e.g. "
+            f"{'; '.join(unknown[:3])}; fix the labels or rebuild the corpus."
+        )
     return queries
 
 
@@ -78,7 +100,9 @@ class QuerySource:
 
     @property
     def label(self) -> str:
-        return {"synthetic": "synthetic evaluation split", "sample": "bundled sample queries"}.get(self.kind, self.path.name)
+        return {"synthetic": "synthetic evaluation split", "sample": "bundled sample queries"}.get(
+            self.kind, self.path.name
+        )
 
 
 def query_source(paths: DataPaths, config: RetrievalEvalConfig) -> QuerySource:
@@ -91,7 +115,9 @@ def query_source(paths: DataPaths, config: RetrievalEvalConfig) -> QuerySource:
     return QuerySource(sample_queries_path(), "sample")
 
 
-def queries_for_corpus(source: QuerySource, config: RetrievalEvalConfig, corpus: set[str]) -> tuple[list[EvalQuery], int]:
+def queries_for_corpus(
+    source: QuerySource, config: RetrievalEvalConfig, corpus: set[str]
+) -> tuple[list[EvalQuery], int]:
     """(queries, how many were left out). A configured file must match the corpus (an error names the
     mismatch); the sample and the synthetic split keep the queries whose condition is in it, so the
     sample's conditions need not exist in another corpus and a removed page drops its queries."""
@@ -122,7 +148,11 @@ def markdown_table(table: pl.DataFrame, ks: list[int]) -> str:
     cols = ["index", "mode"] + [f"p@{k}" for k in ks]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(ks)) + "|"]
     for row in table.iter_rows(named=True):
-        lines.append("| " + " | ".join([row["index"], row["mode"]] + [f"{row[f'p@{k}']:.3f}" for k in ks]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([row["index"], row["mode"]] + [f"{row[f'p@{k}']:.3f}" for k in ks])
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -135,8 +165,14 @@ def plot_curves(table: pl.DataFrame, ks: list[int], path: Path, title: str) -> P
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     styles = {"full": "-", "summaries": "--"}
     for row in table.iter_rows(named=True):
-        ax.plot(ks, [row[f"p@{k}"] for k in ks], styles.get(row["index"], "-"), marker="o", markersize=3,
-                label=f"{row['index']} · {row['mode']}")
+        ax.plot(
+            ks,
+            [row[f"p@{k}"] for k in ks],
+            styles.get(row["index"], "-"),
+            marker="o",
+            markersize=3,
+            label=f"{row['index']} · {row['mode']}",
+        )
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_ylim(0, 1.02)
@@ -166,16 +202,26 @@ def save_queries(queries: list[EvalQuery], path: Path) -> Path:
     """The validated query set as Parquet (query, targets, the original record as JSON)."""
     import json
 
-    return write_parquet(pl.DataFrame({"query": [q.query for q in queries], "targets": [q.targets for q in queries],
-                                       "record": [json.dumps(q.record, ensure_ascii=False) for q in queries]},
-                                      schema={"query": pl.String, "targets": pl.List(pl.String), "record": pl.String}),
-                         path)
+    return write_parquet(
+        pl.DataFrame(
+            {
+                "query": [q.query for q in queries],
+                "targets": [q.targets for q in queries],
+                "record": [json.dumps(q.record, ensure_ascii=False) for q in queries],
+            },
+            schema={"query": pl.String, "targets": pl.List(pl.String), "record": pl.String},
+        ),
+        path,
+    )
 
 
 def read_saved_queries(path: Path) -> list[EvalQuery]:
     import json
 
-    return [EvalQuery(r["query"], list(r["targets"]), json.loads(r["record"])) for r in pl.read_parquet(path).iter_rows(named=True)]
+    return [
+        EvalQuery(r["query"], list(r["targets"]), json.loads(r["record"]))
+        for r in pl.read_parquet(path).iter_rows(named=True)
+    ]
 
 
 def scored_queries(paths: DataPaths, config: RetrievalEvalConfig) -> list[EvalQuery]:
@@ -187,14 +233,22 @@ def scored_queries(paths: DataPaths, config: RetrievalEvalConfig) -> list[EvalQu
     if left_out:
         log.warning("%d %s name conditions not in this corpus; left out", left_out, source.label)
     if not queries:
-        raise T0Error(f"none of the {source.label} ({source.path}) matches this corpus; write synthetic queries "
-                      "(`t0 synth-queries`) or pass --queries with labels from this corpus.")
+        raise T0Error(
+            f"none of the {source.label} ({source.path}) matches this corpus; write synthetic queries "
+            "(`t0 synth-queries`) or pass --queries with labels from this corpus."
+        )
     return queries
 
 
-def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers: dict[str, Any],
-                       queries: list[EvalQuery] | None = None, out_dir: Path | None = None,
-                       label: str | None = None, rewritten: list[str] | None = None) -> RetrievalReport:
+def evaluate_retrieval(
+    paths: DataPaths,
+    config: RetrievalEvalConfig,
+    retrievers: dict[str, Any],
+    queries: list[EvalQuery] | None = None,
+    out_dir: Path | None = None,
+    label: str | None = None,
+    rewritten: list[str] | None = None,
+) -> RetrievalReport:
     """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
 
     ``queries`` defaults to :func:`query_source`'s set, validated against the corpus. ``rewritten`` (one text
@@ -209,18 +263,39 @@ def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers
     depth = max(ks)
     rows, rank_rows = [], []
     if rewritten is not None and len(rewritten) != len(queries):
-        raise T0Error(f"{len(rewritten)} rewritten queries for {len(queries)} queries; they must pair up.")
-    variants = [("", [q.query for q in queries])] + ([("+agent", rewritten)] if rewritten is not None else [])
+        raise T0Error(
+            f"{len(rewritten)} rewritten queries for {len(queries)} queries; they must pair up."
+        )
+    variants = [("", [q.query for q in queries])] + (
+        [("+agent", rewritten)] if rewritten is not None else []
+    )
     for index in config.indexes:
         for base_mode in config.modes:
             for suffix, texts in variants:
                 mode = base_mode + suffix
                 ranked = retrievers[index].rank(texts, depth, base_mode)
-                ranks = [first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)]
+                ranks = [
+                    first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)
+                ]
                 pk = precision_at_k(ranks, ks)
-                rows.append({"index": index, "mode": mode, "queries": len(queries), **{f"p@{k}": pk[k] for k in ks}})
-                rank_rows.extend({"index": index, "mode": mode, "query": q.query, "targets": q.targets, "rank": r}
-                                 for q, r in zip(queries, ranks))
+                rows.append(
+                    {
+                        "index": index,
+                        "mode": mode,
+                        "queries": len(queries),
+                        **{f"p@{k}": pk[k] for k in ks},
+                    }
+                )
+                rank_rows.extend(
+                    {
+                        "index": index,
+                        "mode": mode,
+                        "query": q.query,
+                        "targets": q.targets,
+                        "rank": r,
+                    }
+                    for q, r in zip(queries, ranks)
+                )
                 log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
     table = pl.DataFrame(rows)
     out = out_dir or paths.retrieval_report_dir
@@ -230,10 +305,25 @@ def evaluate_retrieval(paths: DataPaths, config: RetrievalEvalConfig, retrievers
     md = markdown_table(table, ks)
     with atomic_path(out / "pk.md") as tmp:
         tmp.write_text(md + "\n", encoding="utf-8")
-    ranks_path = write_parquet(pl.DataFrame(rank_rows, schema={"index": pl.String, "mode": pl.String, "query": pl.String,
-                                                               "targets": pl.List(pl.String), "rank": pl.Int32}),
-                               out / "ranks.parquet")
-    png = plot_curves(table, ks, out / "pk.png", f"Retrieval p@k, {len(queries)} queries ({label or Path(query_file).name})")
+    ranks_path = write_parquet(
+        pl.DataFrame(
+            rank_rows,
+            schema={
+                "index": pl.String,
+                "mode": pl.String,
+                "query": pl.String,
+                "targets": pl.List(pl.String),
+                "rank": pl.Int32,
+            },
+        ),
+        out / "ranks.parquet",
+    )
+    png = plot_curves(
+        table,
+        ks,
+        out / "pk.png",
+        f"Retrieval p@k, {len(queries)} queries ({label or Path(query_file).name})",
+    )
     write_config_sidecar(csv, config)
     return RetrievalReport(table, md, len(queries), csv, png, ranks_path)
 

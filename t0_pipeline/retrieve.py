@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from t0_pipeline.artifacts import T0Error, read_parquet
-from t0_pipeline.config import ChromaConfig, DataPaths, EmbeddingConfig, IndexName, RetrievalConfig, RetrieverMode
+from t0_pipeline.config import (
+    ChromaConfig,
+    DataPaths,
+    EmbeddingConfig,
+    IndexName,
+    RetrievalConfig,
+    RetrieverMode,
+)
 from t0_pipeline.index import _stemmer, bm25_tokenize, chroma_client, import_bm25s, read_manifest
 
 
@@ -66,14 +73,18 @@ class ExactChunks:
         self._torch_vectors = None
 
     @classmethod
-    def read(cls, collection, live16: dict[str, str], distance: str, page: int = 5_000) -> "ExactChunks":
+    def read(
+        cls, collection, live16: dict[str, str], distance: str, page: int = 5_000
+    ) -> "ExactChunks":
         rows: list[tuple[str, np.ndarray]] = []
         offset = 0
         while True:
             got = collection.get(include=["embeddings"], limit=page, offset=offset)
             for cid, vector in zip(got["ids"], got["embeddings"]):
                 slug, digest, _ = cid.rsplit("::", 2)
-                if live16.get(slug) == digest:  # chunks of older versions of a document are not searched
+                if (
+                    live16.get(slug) == digest
+                ):  # chunks of older versions of a document are not searched
                     rows.append((slug, vector))
             if len(got["ids"]) < page:
                 break
@@ -81,7 +92,11 @@ class ExactChunks:
         rows.sort(key=lambda row: row[0])
         slugs = sorted({slug for slug, _ in rows})
         doc_of = [slug for slug, _ in rows]
-        starts = np.searchsorted(np.array(doc_of, dtype=object), np.array(slugs, dtype=object)) if rows else np.zeros(0, int)
+        starts = (
+            np.searchsorted(np.array(doc_of, dtype=object), np.array(slugs, dtype=object))
+            if rows
+            else np.zeros(0, int)
+        )
         vectors = np.array([v for _, v in rows], dtype=np.float32).reshape(len(rows), -1)
         return cls(vectors, slugs, starts.astype(np.int64), distance)
 
@@ -100,9 +115,11 @@ class ExactChunks:
             return [[] for _ in queries]
         depth = min(depth, len(self.slugs))
         out: list[list[tuple[str, float]]] = []
-        block = max(1, 20_000_000 // len(self.vectors))  # bounds the (queries x chunks) matrix held at once
+        block = max(
+            1, 20_000_000 // len(self.vectors)
+        )  # bounds the (queries x chunks) matrix held at once
         for start in range(0, len(queries), block):
-            q = np.asarray(queries[start:start + block], dtype=np.float32)
+            q = np.asarray(queries[start : start + block], dtype=np.float32)
             dots = self._matmul(q)
             if self.distance == "l2":
                 dist = np.einsum("ij,ij->i", q, q)[:, None] + self.sq_norms[None, :] - 2 * dots
@@ -121,9 +138,16 @@ class ExactChunks:
 class Retriever:
     """Search one index (``full`` or ``summaries``) of a built data directory."""
 
-    def __init__(self, index: IndexName, paths: DataPaths, embedding: EmbeddingConfig | None = None,
-                 chroma: ChromaConfig | None = None, config: RetrievalConfig | None = None,
-                 embedder=None, client=None):
+    def __init__(
+        self,
+        index: IndexName,
+        paths: DataPaths,
+        embedding: EmbeddingConfig | None = None,
+        chroma: ChromaConfig | None = None,
+        config: RetrievalConfig | None = None,
+        embedder=None,
+        client=None,
+    ):
         self.index = index
         self.paths = paths
         self.embedding = embedding or EmbeddingConfig()
@@ -131,21 +155,36 @@ class Retriever:
         self.config = config or RetrievalConfig()
         manifest = read_manifest(paths.index_manifest(index))
         if manifest is None:
-            raise T0Error(f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`.")
+            raise T0Error(
+                f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`."
+            )
         from t0_pipeline.embed import model_name, vector_space
 
         built_with, configured = manifest.get("model"), model_name(self.embedding)
-        if built_with and vector_space(built_with) != vector_space(configured):  # queries would be embedded in another vector space
-            raise T0Error(f"the {index!r} index was built with embedding model {built_with!r}, but embedding.model is "
-                          f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set embedding.model back.")
+        if built_with and vector_space(built_with) != vector_space(
+            configured
+        ):  # queries would be embedded in another vector space
+            raise T0Error(
+                f"the {index!r} index was built with embedding model {built_with!r}, but embedding.model is "
+                f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set embedding.model back."
+            )
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
-        self._live16 = {slug: digest[:16] for slug, digest in self.live.items()}  # as chunk ids carry them
-        snapshot = manifest.get("docs_file")  # the text this index version serves (older manifests: the corpus)
-        source = paths.index_manifest(index).with_name(snapshot) if snapshot else paths.documents(index)
+        self._live16 = {
+            slug: digest[:16] for slug, digest in self.live.items()
+        }  # as chunk ids carry them
+        snapshot = manifest.get(
+            "docs_file"
+        )  # the text this index version serves (older manifests: the corpus)
+        source = (
+            paths.index_manifest(index).with_name(snapshot) if snapshot else paths.documents(index)
+        )
         docs = read_parquet(source, f"{index} documents", "t0 index")
-        self.docs = {r["slug"]: r for r in docs.select("slug", "title", "url", "text").iter_rows(named=True)
-                     if r["slug"] in self.live}
+        self.docs = {
+            r["slug"]: r
+            for r in docs.select("slug", "title", "url", "text").iter_rows(named=True)
+            if r["slug"] in self.live
+        }
         self._embedder = embedder
         self._client = client
         self._collection = None
@@ -153,7 +192,9 @@ class Retriever:
         self._bm25_slugs: list[str] = []
         self._stemmer = None
         self._full: Retriever | None = None
-        self._exact_chunks: ExactChunks | bool | None = None  # None = not read yet, False = too many chunks
+        self._exact_chunks: ExactChunks | bool | None = (
+            None  # None = not read yet, False = too many chunks
+        )
 
     # --- dense ---------------------------------------------------------------------
     @property
@@ -169,10 +210,14 @@ class Retriever:
         if self._collection is None:
             client = self._client or chroma_client(self.chroma, self.paths)
             try:
-                self._collection = client.get_collection(self.manifest["collection"], embedding_function=None)
+                self._collection = client.get_collection(
+                    self.manifest["collection"], embedding_function=None
+                )
             except Exception:
-                raise T0Error(f"Chroma collection {self.manifest['collection']!r} is missing from the store the "
-                              f"manifest {self.paths.index_manifest(self.index)} points to; rebuild with `t0 index`.") from None
+                raise T0Error(
+                    f"Chroma collection {self.manifest['collection']!r} is missing from the store the "
+                    f"manifest {self.paths.index_manifest(self.index)} points to; rebuild with `t0 index`."
+                ) from None
             self._n_chunks = self.collection.count()
         return self._collection
 
@@ -188,7 +233,9 @@ class Retriever:
             if self._n_chunks > self.config.exact_max_chunks:
                 self._exact_chunks = False
             else:
-                self._exact_chunks = ExactChunks.read(collection, self._live16, self.chroma.distance)
+                self._exact_chunks = ExactChunks.read(
+                    collection, self._live16, self.chroma.distance
+                )
         return self._exact_chunks or None
 
     def _dense_chroma(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
@@ -209,8 +256,10 @@ class Retriever:
             still = []
             step = max(1, 20_000 // n)  # queries per Chroma call, bounding results held at once
             for start in range(0, len(pending), step):
-                rows = pending[start:start + step]
-                got = collection.query(query_embeddings=vectors[rows], n_results=n, include=["distances"])
+                rows = pending[start : start + step]
+                got = collection.query(
+                    query_embeddings=vectors[rows], n_results=n, include=["distances"]
+                )
                 for row, ids, dists in zip(rows, got["ids"], got["distances"]):
                     slugs, kept = [], []
                     for cid, dist in zip(ids, dists):
@@ -236,25 +285,41 @@ class Retriever:
             bm25s = import_bm25s()
             folder = self.paths.bm25_dir(self.index)
             if not (folder / "t0_docs.json").exists():
-                raise T0Error(f"no BM25 index at {folder}; build it with `t0 index --data-dir {self.paths.root}`.")
+                raise T0Error(
+                    f"no BM25 index at {folder}; build it with `t0 index --data-dir {self.paths.root}`."
+                )
             meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
             self._bm25 = bm25s.BM25.load(str(folder))
             # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the manifest's version count
-            hashes = meta.get("hashes")  # absent in indexes written before hashes were saved: trust them all
-            self._bm25_slugs = list(meta["slugs"]) if hashes is None else \
-                [slug if self.live.get(slug) == digest else None for slug, digest in zip(meta["slugs"], hashes)]
+            hashes = meta.get(
+                "hashes"
+            )  # absent in indexes written before hashes were saved: trust them all
+            self._bm25_slugs = (
+                list(meta["slugs"])
+                if hashes is None
+                else [
+                    slug if self.live.get(slug) == digest else None
+                    for slug, digest in zip(meta["slugs"], hashes)
+                ]
+            )
             self._stemmer = _stemmer() if meta.get("stemmer") else None
         return self._bm25
 
     def _bm25_rank(self, queries: list[str], depth: int) -> list[list[tuple[str, float]]]:
         bm25 = self._load_bm25()
         depth = min(depth, len(self._bm25_slugs))
-        ids, scores = bm25.retrieve(bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False,
-                                     n_threads=0)  # 0: in this thread (1 would start a pool per call)
+        ids, scores = bm25.retrieve(
+            bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False, n_threads=0
+        )  # 0: in this thread (1 would start a pool per call)
         out = []
         for row_ids, row_scores in zip(ids, scores):
-            out.append([(self._bm25_slugs[i], float(s)) for i, s in zip(row_ids, row_scores)
-                        if s > 0 and self._bm25_slugs[i] is not None])
+            out.append(
+                [
+                    (self._bm25_slugs[i], float(s))
+                    for i, s in zip(row_ids, row_scores)
+                    if s > 0 and self._bm25_slugs[i] is not None
+                ]
+            )
         return out
 
     # --- fusion with the full pages ---------------------------------------------------
@@ -264,16 +329,26 @@ class Retriever:
             return None
         if self._full is None:
             if read_manifest(self.paths.index_manifest("full")) is None:
-                raise T0Error(f"hybrid search of {self.index!r} also ranks the full pages (retrieval.fuse_full_pages), "
-                              f"but there is no full-page index in {self.paths.root}; build it (`t0 index`) or set "
-                              "retrieval.fuse_full_pages: false.")
-            self._full = Retriever("full", self.paths, self.embedding, self.chroma,
-                                   self.config.model_copy(update={"fuse_full_pages": False}),
-                                   embedder=self._embedder, client=self._client)
+                raise T0Error(
+                    f"hybrid search of {self.index!r} also ranks the full pages (retrieval.fuse_full_pages), "
+                    f"but there is no full-page index in {self.paths.root}; build it (`t0 index`) or set "
+                    "retrieval.fuse_full_pages: false."
+                )
+            self._full = Retriever(
+                "full",
+                self.paths,
+                self.embedding,
+                self.chroma,
+                self.config.model_copy(update={"fuse_full_pages": False}),
+                embedder=self._embedder,
+                client=self._client,
+            )
         return self._full
 
     # --- public --------------------------------------------------------------------
-    def rank(self, queries: list[str], k: int, mode: RetrieverMode | None = None) -> list[list[tuple[str, float]]]:
+    def rank(
+        self, queries: list[str], k: int, mode: RetrieverMode | None = None
+    ) -> list[list[tuple[str, float]]]:
         """(slug, score) lists, best first, at most k documents per query."""
         mode = mode or self.config.mode
         if k < 1:
@@ -286,28 +361,54 @@ class Retriever:
         from t0_pipeline.embed import encode_queries
 
         vectors = encode_queries(self.embedding, self.embedder, queries)
-        dense = [[(s, self._dense_score(d)) for s, d in docs] for docs in self._dense(vectors, depth)]
+        dense = [
+            [(s, self._dense_score(d)) for s, d in docs] for docs in self._dense(vectors, depth)
+        ]
         if mode == "dense":
             return [r[:k] for r in dense]
         if mode != "hybrid":
             raise T0Error(f"unknown retriever mode {mode!r}; use dense, bm25 or hybrid.")
-        rankings = [[[s for s, _ in d] for d in dense], [[s for s, _ in b] for b in self._bm25_rank(queries, depth)]]
+        rankings = [
+            [[s for s, _ in d] for d in dense],
+            [[s for s, _ in b] for b in self._bm25_rank(queries, depth)],
+        ]
         full = self._full_pages()
         if full is not None:  # same model, so the query vectors serve both indexes
-            rankings.append([[s for s, _ in docs if s in self.live] for docs in full._dense(vectors, depth)])
-        return [reciprocal_rank_fusion(list(per_query), self.config.rrf_k)[:k] for per_query in zip(*rankings)]
+            rankings.append(
+                [[s for s, _ in docs if s in self.live] for docs in full._dense(vectors, depth)]
+            )
+        return [
+            reciprocal_rank_fusion(list(per_query), self.config.rrf_k)[:k]
+            for per_query in zip(*rankings)
+        ]
 
     def search(self, query: str, k: int = 5, mode: RetrieverMode | None = None) -> list[Hit]:
         """Top-k whole documents for one query."""
         hits = []
         for rank, (slug, score) in enumerate(self.rank([query], k, mode)[0], start=1):
             doc = self.docs.get(slug, {})
-            hits.append(Hit(slug, doc.get("title", slug), score, rank, doc.get("url", ""), doc.get("text", "")))
+            hits.append(
+                Hit(
+                    slug,
+                    doc.get("title", slug),
+                    score,
+                    rank,
+                    doc.get("url", ""),
+                    doc.get("text", ""),
+                )
+            )
         return hits
 
 
-def write_ranked(retriever: Retriever, records: list[dict], query_field: str, k: int, mode: RetrieverMode,
-                 out: Path, batch: int = 64) -> int:
+def write_ranked(
+    retriever: Retriever,
+    records: list[dict],
+    query_field: str,
+    k: int,
+    mode: RetrieverMode,
+    out: Path,
+    batch: int = 64,
+) -> int:
     """Write one JSON line per query: its own fields plus ``ranked`` (slugs) and ``scores``."""
     from tqdm.auto import tqdm
 
@@ -317,13 +418,24 @@ def write_ranked(retriever: Retriever, records: list[dict], query_field: str, k:
         raise T0Error("the query file holds no queries; nothing was written.")
     for i, rec in enumerate(records, start=1):
         if not isinstance(rec.get(query_field), str) or not rec[query_field].strip():
-            raise T0Error(f"query record {i}: field {query_field!r} is missing or empty; set --query-field to the field holding the query text.")
+            raise T0Error(
+                f"query record {i}: field {query_field!r} is missing or empty; set --query-field to the field holding the query text."
+            )
     with atomic_path(Path(out)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for start in tqdm(range(0, len(records), batch), desc=f"retrieve {mode}", leave=False):
-            part = records[start:start + batch]
+            part = records[start : start + batch]
             for rec, ranked in zip(part, retriever.rank([r[query_field] for r in part], k, mode)):
-                fh.write(json.dumps({**rec, "ranked": [s for s, _ in ranked],
-                                     "scores": [round(float(x), 6) for _, x in ranked]}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            **rec,
+                            "ranked": [s for s, _ in ranked],
+                            "scores": [round(float(x), 6) for _, x in ranked],
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
     return len(records)
 
 

@@ -22,9 +22,17 @@ from t0_pipeline.llm import split_thinking
 
 SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")  # least to most urgent
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
-_SEVERITY_WORDS = {"selfcare": "Self-care", "self-care": "Self-care", "self care": "Self-care",
-                   "urgent primary care": "Urgent Primary Care", "urgentprimarycare": "Urgent Primary Care",
-                   "a&e": "A&E", "a & e": "A&E", "ae": "A&E", "emergency": "A&E"}
+_SEVERITY_WORDS = {
+    "selfcare": "Self-care",
+    "self-care": "Self-care",
+    "self care": "Self-care",
+    "urgent primary care": "Urgent Primary Care",
+    "urgentprimarycare": "Urgent Primary Care",
+    "a&e": "A&E",
+    "a & e": "A&E",
+    "ae": "A&E",
+    "emergency": "A&E",
+}
 
 
 def normalise_severity(text: str | None) -> str | None:
@@ -83,14 +91,16 @@ def last_answer_pair(answer: str) -> tuple[str, str] | None:
                     break
                 depth -= 1
             i -= 1
-        if i < 0 or answer[i] != "(" or "," not in answer[i + 1:close - 1]:
+        if i < 0 or answer[i] != "(" or "," not in answer[i + 1 : close - 1]:
             continue
-        condition, severity = answer[i + 1:close - 1].rsplit(",", 1)
+        condition, severity = answer[i + 1 : close - 1].rsplit(",", 1)
         return condition.strip().strip("\"'*` "), severity.strip()
     return None
 
 
-def judge(condition_text: str | None, severity_text: str | None, allowed: dict[str, str], raw: str = "") -> Prediction:
+def judge(
+    condition_text: str | None, severity_text: str | None, allowed: dict[str, str], raw: str = ""
+) -> Prediction:
     """Validate a (condition, severity) pair from free text or a tool call."""
     condition = resolve_condition(condition_text or "", allowed)
     severity = normalise_severity(severity_text)
@@ -101,14 +111,24 @@ def judge(condition_text: str | None, severity_text: str | None, allowed: dict[s
     return Prediction(condition, severity, "ok", raw)
 
 
-def score(pred: Prediction, gold_condition: str, gold_severity: str, retrieved: list[str] | None) -> dict[str, Any]:
+def score(
+    pred: Prediction, gold_condition: str, gold_severity: str, retrieved: list[str] | None
+) -> dict[str, Any]:
     """Correctness of one prediction; ``retrieved`` None means k=0 (every condition was listed)."""
-    inconclusive_ok = pred.condition == "inconclusive" and retrieved is not None and gold_condition not in retrieved
+    inconclusive_ok = (
+        pred.condition == "inconclusive"
+        and retrieved is not None
+        and gold_condition not in retrieved
+    )
     error = None
     if pred.severity in _RANK and gold_severity in _RANK and pred.severity != gold_severity:
         error = "under" if _RANK[pred.severity] < _RANK[gold_severity] else "over"
-    return {"condition_correct": pred.condition == gold_condition or inconclusive_ok,
-            "disposition_correct": pred.severity == gold_severity, "severity_error": error, "status": pred.status}
+    return {
+        "condition_correct": pred.condition == gold_condition or inconclusive_ok,
+        "disposition_correct": pred.severity == gold_severity,
+        "severity_error": error,
+        "status": pred.status,
+    }
 
 
 def summarise_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,16 +151,27 @@ def summarise_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"runs": len(by_run), "queries": len(next(iter(by_run.values())))}
     for field in ("condition", "disposition"):
-        out[f"{field}_accuracy"] = mean_std([accuracy(rs, f"{field}_correct") for rs in by_run.values()])
+        out[f"{field}_accuracy"] = mean_std(
+            [accuracy(rs, f"{field}_correct") for rs in by_run.values()]
+        )
     out["by_query_type"] = {}
     for qtype in sorted({r["query_type"] for r in rows}):
         per_run = [[r for r in rs if r["query_type"] == qtype] for rs in by_run.values()]
-        out["by_query_type"][qtype] = {f: mean_std([accuracy(rs, f"{f}_correct") for rs in per_run if rs])
-                                       for f in ("condition", "disposition")}
+        out["by_query_type"][qtype] = {
+            f: mean_std([accuracy(rs, f"{f}_correct") for rs in per_run if rs])
+            for f in ("condition", "disposition")
+        }
     matrix = Counter((r["gold_severity"], r["pred_severity"] or "none") for r in rows)
-    out["confusion"] = {gold: {pred: matrix.get((gold, pred), 0) for pred in (*SEVERITIES, "none")} for gold in SEVERITIES}
+    out["confusion"] = {
+        gold: {pred: matrix.get((gold, pred), 0) for pred in (*SEVERITIES, "none")}
+        for gold in SEVERITIES
+    }
     wrong = [r for r in rows if r["severity_error"]]
-    out["under_estimate_share"] = sum(1 for r in wrong if r["severity_error"] == "under") / len(wrong) if wrong else 0.0
-    out["over_estimate_share"] = sum(1 for r in wrong if r["severity_error"] == "over") / len(wrong) if wrong else 0.0
+    out["under_estimate_share"] = (
+        sum(1 for r in wrong if r["severity_error"] == "under") / len(wrong) if wrong else 0.0
+    )
+    out["over_estimate_share"] = (
+        sum(1 for r in wrong if r["severity_error"] == "over") / len(wrong) if wrong else 0.0
+    )
     out["status_counts"] = dict(Counter(r["status"] for r in rows))
     return out

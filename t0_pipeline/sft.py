@@ -23,22 +23,33 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
 from t0_pipeline import triage_prompt
+from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
 from t0_pipeline.chat import ChatFormat, count_tokens, load_tokenizer, render_chat
 from t0_pipeline.config import DataPaths, SFTConfig
 
 
-def messages_for(trace: dict[str, Any], chat_format: ChatFormat, sections: dict[str, str]) -> list[dict[str, str]]:
+def messages_for(
+    trace: dict[str, Any], chat_format: ChatFormat, sections: dict[str, str]
+) -> list[dict[str, str]]:
     """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher saw, and the
     teacher's thinking and answer in the chat format budget forcing will ask the student for."""
-    context = triage_prompt.with_documents(sections, trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"])
-    return [*triage_prompt.messages(sections, context, trace["demographics"], trace["query"]),
-            {"role": "assistant", "content": chat_format.assistant(trace["thinking"], trace["answer"])}]
+    context = triage_prompt.with_documents(
+        sections, trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"]
+    )
+    return [
+        *triage_prompt.messages(sections, context, trace["demographics"], trace["query"]),
+        {"role": "assistant", "content": chat_format.assistant(trace["thinking"], trace["answer"])},
+    ]
 
 
-def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_dir=None,
-              chat_format: ChatFormat | None = None) -> tuple[pl.DataFrame, dict]:
+def build_sft(
+    traces: pl.DataFrame,
+    config: SFTConfig,
+    tokenizer=None,
+    prompts_dir=None,
+    chat_format: ChatFormat | None = None,
+) -> tuple[pl.DataFrame, dict]:
     sections, prompt_hash = triage_prompt.load(prompts_dir)
     chat_format = chat_format or ChatFormat()
     kept = traces.filter(pl.col("kept"))
@@ -58,17 +69,34 @@ def build_sft(traces: pl.DataFrame, config: SFTConfig, tokenizer=None, prompts_d
             else:
                 text = " ".join(text.split(" ")[: config.block_size])
             n = config.block_size
-        rows.append({"id": trace["id"], "messages": json.dumps(messages, ensure_ascii=False), "text": text, "n_tokens": n})
-    df = pl.DataFrame(rows, schema={"id": pl.String, "messages": pl.String, "text": pl.String, "n_tokens": pl.Int64})
+        rows.append(
+            {
+                "id": trace["id"],
+                "messages": json.dumps(messages, ensure_ascii=False),
+                "text": text,
+                "n_tokens": n,
+            }
+        )
+    df = pl.DataFrame(
+        rows,
+        schema={"id": pl.String, "messages": pl.String, "text": pl.String, "n_tokens": pl.Int64},
+    )
     lengths = df["n_tokens"].to_list()
     stats = {
-        "traces": traces.height, "kept_traces": kept.height, "examples": df.height,
-        "dropped_overlong": dropped, "truncated_overlong": truncated, "block_size": config.block_size,
+        "traces": traces.height,
+        "kept_traces": kept.height,
+        "examples": df.height,
+        "dropped_overlong": dropped,
+        "truncated_overlong": truncated,
+        "block_size": config.block_size,
         "tokens_mean": round(statistics.mean(lengths), 1) if lengths else 0,
         "tokens_p50": int(statistics.median(lengths)) if lengths else 0,
         "tokens_max": max(lengths) if lengths else 0,
-        "token_counts": "tokenizer" if tokenizer is not None else "whitespace words (no tokenizer configured)",
-        "student_prompt_hash": prompt_hash, "chat_format": chat_format.model_dump(),
+        "token_counts": "tokenizer"
+        if tokenizer is not None
+        else "whitespace words (no tokenizer configured)",
+        "student_prompt_hash": prompt_hash,
+        "chat_format": chat_format.model_dump(),
     }
     return df, stats
 
@@ -77,8 +105,10 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
     models = sorted(set(traces["model"].drop_nulls())) if traces.height else []
     hashes = sorted(set(traces["prompt_hash"].drop_nulls())) if traces.height else []
     lines = [
-        "# SFT dataset (t0-pipeline)", "",
-        "Chat examples for supervised fine-tuning of a retrieval-augmented reasoning student.", "",
+        "# SFT dataset (t0-pipeline)",
+        "",
+        "Chat examples for supervised fine-tuning of a retrieval-augmented reasoning student.",
+        "",
         "- source assets: `synthetic_queries` (train split) → `reasoning_traces` → `sft_dataset`",
         f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): {', '.join(hashes) or 'n/a'}",
         f"- student prompt: `prompts/evaluator.txt` (hash {stats['student_prompt_hash']}), the k>0 form that "
@@ -91,19 +121,25 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
         f"- tokenizer / chat template: {config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
         f"- assistant turn (chat_format): {stats['chat_format']['think_start']!r} thinking "
         f"{stats['chat_format']['think_end']!r}{stats['chat_format']['answer_start']!r} answer",
-        "", "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), `n_tokens`.",
+        "",
+        "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), `n_tokens`.",
         "Loss masking (assistant turn only) is applied by the trainer, not stored here.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def run_sft(paths: DataPaths, config: SFTConfig, prompts_dir=None,
-            chat_format: ChatFormat | None = None) -> tuple[pl.DataFrame, dict]:
+def run_sft(
+    paths: DataPaths, config: SFTConfig, prompts_dir=None, chat_format: ChatFormat | None = None
+) -> tuple[pl.DataFrame, dict]:
     traces = read_parquet(paths.traces, "reasoning traces", "t0 traces")
-    df, stats = build_sft(traces, config, load_tokenizer(config.tokenizer), prompts_dir, chat_format)
+    df, stats = build_sft(
+        traces, config, load_tokenizer(config.tokenizer), prompts_dir, chat_format
+    )
     if df.is_empty():
-        raise T0Error(f"no SFT examples: {stats['kept_traces']} of {stats['traces']} traces kept, "
-                      f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise sft.block_size.")
+        raise T0Error(
+            f"no SFT examples: {stats['kept_traces']} of {stats['traces']} traces kept, "
+            f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise sft.block_size."
+        )
     out = paths.sft_dir
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
@@ -117,4 +153,3 @@ if __name__ == "__main__":
     from t0_pipeline.cli import run_stage
 
     run_stage("sft")
-

@@ -22,23 +22,41 @@ from typing import Protocol
 import polars as pl
 from tqdm.auto import tqdm
 
-from t0_pipeline.artifacts import T0Error, read_parquet, sha256_text, write_config_sidecar, write_json, write_parquet
+from t0_pipeline.artifacts import (
+    T0Error,
+    read_parquet,
+    sha256_text,
+    write_config_sidecar,
+    write_json,
+    write_parquet,
+)
 from t0_pipeline.config import DataPaths, SummaryConfig
 
-ACTION = re.compile(r"\b(999|111|a&e|urgent(ly)?|emergency|immediately|ambulance|right away|straight away)\b", re.I)
-SEE_IF = re.compile(r"\b(gp|pharmacist|doctor|nurse|dentist|midwife|health visitor)\b[^.]*\bif\b|\bif\b[^.]*\b(see|contact|call|ask) "
-                    r"(a|your) (gp|pharmacist|doctor)\b", re.I)
+ACTION = re.compile(
+    r"\b(999|111|a&e|urgent(ly)?|emergency|immediately|ambulance|right away|straight away)\b", re.I
+)
+SEE_IF = re.compile(
+    r"\b(gp|pharmacist|doctor|nurse|dentist|midwife|health visitor)\b[^.]*\bif\b|\bif\b[^.]*\b(see|contact|call|ask) "
+    r"(a|your) (gp|pharmacist|doctor)\b",
+    re.I,
+)
 SYMPTOM = re.compile(
     r"\b(symptoms?|signs?|pain(ful)?|aches?|aching|itch(y|ing)?|rash|swollen|swelling|lumps?|temperature|fever|sick|"
     r"vomit\w*|cough\w*|breath\w*|blisters?|bleed\w*|blood|red|sore|tired\w*|dizz\w*|numb\w*|weak\w*|tingl\w*|"
     r"feel(s|ing)?|discharge|headaches?|confus\w*|stiff\w*|diarrhoea|constipation|pee\w*|poo\w*|skin|tummy)\b",
     re.I,
 )
-SYMPTOM_CUE = re.compile(r"\b(symptoms?|signs?|check if|how to tell|you (may|might|could|can) (also )?(notice|have|feel|get|see)|"
-                         r"can (cause|include|make)|feel(s|ing)? like)\b", re.I)
-OFF_TOPIC = re.compile(r"\b(treat(ed|ing|ment|ments)?|medicines?|prescri\w+|surgery|operations?|tablets?|creams?|"
-                       r"antibiotics?|injections?|therapy|vaccin\w+|screening|tests?|scans?|diagnos\w+|caused? by|causes|"
-                       r"triggers?|risks?|prevent\w*|things you can do|tips|how to|recover\w*|complications?)\b", re.I)
+SYMPTOM_CUE = re.compile(
+    r"\b(symptoms?|signs?|check if|how to tell|you (may|might|could|can) (also )?(notice|have|feel|get|see)|"
+    r"can (cause|include|make)|feel(s|ing)? like)\b",
+    re.I,
+)
+OFF_TOPIC = re.compile(
+    r"\b(treat(ed|ing|ment|ments)?|medicines?|prescri\w+|surgery|operations?|tablets?|creams?|"
+    r"antibiotics?|injections?|therapy|vaccin\w+|screening|tests?|scans?|diagnos\w+|caused? by|causes|"
+    r"triggers?|risks?|prevent\w*|things you can do|tips|how to|recover\w*|complications?)\b",
+    re.I,
+)
 EXTRACTIVE_VERSION = 3  # bump when the selection changes, so stored summaries are redone
 MIN_SCORE = 2.0  # below this a unit is filler: a shorter summary retrieves better than a padded one
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
@@ -99,9 +117,15 @@ def _score(unit: Unit, first: bool, symptom_blocks: set[int]) -> float:
     score = 0.0
     if ACTION.search(unit.text) or ACTION.search(unit.lead) or SEE_IF.search(unit.text):
         score += 3.0
-    if (unit.block in symptom_blocks and unit.is_item) or SYMPTOM_CUE.search(unit.lead) or SYMPTOM_CUE.search(unit.text):
+    if (
+        (unit.block in symptom_blocks and unit.is_item)
+        or SYMPTOM_CUE.search(unit.lead)
+        or SYMPTOM_CUE.search(unit.text)
+    ):
         score += 3.0
-    elif unit.block in symptom_blocks:  # a sentence beside a symptom list: kept when it names a symptom itself
+    elif (
+        unit.block in symptom_blocks
+    ):  # a sentence beside a symptom list: kept when it names a symptom itself
         score += 1.5
     score += min(2, len(SYMPTOM.findall(unit.text))) * 0.75
     if OFF_TOPIC.search(context or unit.lead):
@@ -140,11 +164,15 @@ class ExtractiveSummariser:
         self.name = f"extractive:{EXTRACTIVE_VERSION}:{config.max_words}:{config.max_sentences}"
 
     def summarise(self, title: str, text: str) -> str:
-        units = [u for u in _units(text) if u.text.strip().lower() != title.strip().lower()]  # a repeated title
+        units = [
+            u for u in _units(text) if u.text.strip().lower() != title.strip().lower()
+        ]  # a repeated title
         if not units:
             return ""
         # lists in the opening passage say how the condition shows; so do lists in passages that name symptoms
-        symptom_blocks = {units[0].block} | {u.block for u in units if SYMPTOM_CUE.search(u.lead) or SYMPTOM_CUE.search(u.text)}
+        symptom_blocks = {units[0].block} | {
+            u.block for u in units if SYMPTOM_CUE.search(u.lead) or SYMPTOM_CUE.search(u.text)
+        }
         opening = next((u.position for u in units if not u.text.endswith(":")), -1)
         for unit in units:
             unit.score = _score(unit, unit.position == opening, symptom_blocks)
@@ -158,7 +186,9 @@ class ExtractiveSummariser:
                 break
             if best.text.endswith(":"):
                 continue
-            words = len(best.text.split()) + (len(best.lead.split()) if best.is_item and best.lead not in leads else 0)
+            words = len(best.text.split()) + (
+                len(best.lead.split()) if best.is_item and best.lead not in leads else 0
+            )
             if used + words > budget:
                 continue
             chosen.append(best)
@@ -189,7 +219,9 @@ class LLMSummariser:
         from t0_pipeline.prompts import render
 
         async def one(doc: tuple[str, str]):
-            prompt = render(self.template, "summarise", title=doc[0], text=doc[1][: self.max_page_chars])
+            prompt = render(
+                self.template, "summarise", title=doc[0], text=doc[1][: self.max_page_chars]
+            )
             return await self.client.complete([{"role": "user", "content": prompt}])
 
         replies = self.client.run(docs, one, "summarise (llm)", progress)
@@ -208,11 +240,15 @@ def get_summariser(config: SummaryConfig, llm=None, cache=None) -> Summariser:
     if config.backend == "extractive":
         return ExtractiveSummariser(config)
     if llm is None or cache is None:
-        raise T0Error("summary backend 'llm' needs the llm section of the config (roles.summariser); "
-                      "or use backend='extractive'.")
+        raise T0Error(
+            "summary backend 'llm' needs the llm section of the config (roles.summariser); "
+            "or use backend='extractive'."
+        )
     from t0_pipeline.llm import LLMClient
 
-    return LLMSummariser(LLMClient("summariser", llm, cache), llm.prompts_dir, config.max_page_chars)
+    return LLMSummariser(
+        LLMClient("summariser", llm, cache), llm.prompts_dir, config.max_page_chars
+    )
 
 
 SUMMARY_SCHEMA = {
@@ -229,8 +265,12 @@ SUMMARY_SCHEMA = {
 }
 
 
-def summarise_documents(conditions: pl.DataFrame, summariser: Summariser, previous: pl.DataFrame | None = None,
-                        progress=None) -> tuple[pl.DataFrame, list[str]]:
+def summarise_documents(
+    conditions: pl.DataFrame,
+    summariser: Summariser,
+    previous: pl.DataFrame | None = None,
+    progress=None,
+) -> tuple[pl.DataFrame, list[str]]:
     """Summarise every document; unchanged documents reuse their previous summary.
 
     Returns (summaries, failures). A document whose summary failed is left out and named
@@ -238,7 +278,11 @@ def summarise_documents(conditions: pl.DataFrame, summariser: Summariser, previo
     """
     reuse: dict[str, dict] = {}
     if previous is not None and not previous.is_empty():
-        reuse = {r["source_hash"]: r for r in previous.iter_rows(named=True) if r["summariser"] == summariser.name}
+        reuse = {
+            r["source_hash"]: r
+            for r in previous.iter_rows(named=True)
+            if r["summariser"] == summariser.name
+        }
     rows, todo = [], []
     for doc in conditions.iter_rows(named=True):
         old = reuse.get(doc["content_hash"])
@@ -249,26 +293,37 @@ def summarise_documents(conditions: pl.DataFrame, summariser: Summariser, previo
     if hasattr(summariser, "summarise_many"):
         texts = summariser.summarise_many([(d["title"], d["text"]) for d in todo], progress)
     else:
-        texts = [summariser.summarise(d["title"], d["text"]) or d["text"][:500]
-                 for d in tqdm(todo, desc="summarise", leave=False)]
+        texts = [
+            summariser.summarise(d["title"], d["text"]) or d["text"][:500]
+            for d in tqdm(todo, desc="summarise", leave=False)
+        ]
     failures = []
     for doc, summary in zip(todo, texts):
         if summary is None:
             failures.append(doc["slug"])
             continue
-        rows.append({
-            "slug": doc["slug"], "title": doc["title"], "url": doc["url"], "text": summary,
-            "content_hash": sha256_text(summary), "source_hash": doc["content_hash"],
-            "summariser": summariser.name, "chars_in": len(doc["text"]), "chars_out": len(summary),
-            "compression": 1.0 - len(summary) / max(1, len(doc["text"])),
-        })
+        rows.append(
+            {
+                "slug": doc["slug"],
+                "title": doc["title"],
+                "url": doc["url"],
+                "text": summary,
+                "content_hash": sha256_text(summary),
+                "source_hash": doc["content_hash"],
+                "summariser": summariser.name,
+                "chars_in": len(doc["text"]),
+                "chars_out": len(summary),
+                "compression": 1.0 - len(summary) / max(1, len(doc["text"])),
+            }
+        )
     order = {slug: i for i, slug in enumerate(conditions["slug"])}
     rows.sort(key=lambda r: order[r["slug"]])
     return pl.DataFrame(rows, schema=SUMMARY_SCHEMA), failures
 
 
-def run_summarise(paths: DataPaths, config: SummaryConfig, llm=None, out: Path | None = None,
-                  progress=None) -> tuple[pl.DataFrame, dict]:
+def run_summarise(
+    paths: DataPaths, config: SummaryConfig, llm=None, out: Path | None = None, progress=None
+) -> tuple[pl.DataFrame, dict]:
     """Summaries of the conditions dataset → ``out`` (default summaries.parquet); returns (summaries, run info)."""
     out = out or paths.summaries
     conditions = read_parquet(paths.conditions, "conditions dataset", "t0 clean")

@@ -26,7 +26,13 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, model_validator
 
-from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_json, write_parquet
+from t0_pipeline.artifacts import (
+    T0Error,
+    read_parquet,
+    write_config_sidecar,
+    write_json,
+    write_parquet,
+)
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
 from t0_pipeline.demographics import WrittenDemographics
 from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
@@ -37,9 +43,9 @@ log = logging.getLogger(__name__)
 STYLE = {
     "basic": "a plain, honest description of what they are experiencing.",
     "hypochondriac": "an anxious person who adds several unrelated minor complaints and worries that it is something "
-                     "very serious, while the real symptoms are still in there.",
+    "very serious, while the real symptoms are still in there.",
     "downplay": "someone who understates how bad things are and plays down their symptoms, though the details still "
-                "show how serious it is.",
+    "show how serious it is.",
 }
 
 
@@ -62,22 +68,45 @@ class WrittenQuery(BaseModel):
             if prop.get("type") == "string":
                 demographics["properties"][name] = {**prop, **bounded_text(1, 24)}
         properties = {"refused": {"type": "boolean"}} if allow_refusal else {}
-        properties.update(demographics=demographics,
-                          symptoms_description=bounded_text(40, max(40, min(1500, max_tokens - 220))))
-        return {"type": "object", "additionalProperties": False, "required": list(properties), "properties": properties}
+        properties.update(
+            demographics=demographics,
+            symptoms_description=bounded_text(40, max(40, min(1500, max_tokens - 220))),
+        )
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": list(properties),
+            "properties": properties,
+        }
 
     @model_validator(mode="after")
     def _complete_unless_refused(self) -> "WrittenQuery":
-        if not self.refused and (self.demographics is None or not (self.symptoms_description or "").strip()):
-            raise ValueError("a query that is not refused needs demographics and symptoms_description")
+        if not self.refused and (
+            self.demographics is None or not (self.symptoms_description or "").strip()
+        ):
+            raise ValueError(
+                "a query that is not refused needs demographics and symptoms_description"
+            )
         return self
 
 
 QUERY_SCHEMA = {
-    "id": pl.String, "split": pl.String, "slug": pl.String, "title": pl.String, "disposition": pl.String,
-    "query_type": pl.String, "sex": pl.String, "age": pl.Int32, "occupation": pl.String, "social_support": pl.String,
-    "medical_history": pl.String, "query": pl.String, "draws": pl.Int32, "refused_slugs": pl.List(pl.String),
-    "model": pl.String, "prompt_hash": pl.String,
+    "id": pl.String,
+    "split": pl.String,
+    "slug": pl.String,
+    "title": pl.String,
+    "disposition": pl.String,
+    "query_type": pl.String,
+    "sex": pl.String,
+    "age": pl.Int32,
+    "occupation": pl.String,
+    "social_support": pl.String,
+    "medical_history": pl.String,
+    "query": pl.String,
+    "draws": pl.Int32,
+    "refused_slugs": pl.List(pl.String),
+    "model": pl.String,
+    "prompt_hash": pl.String,
 }
 
 
@@ -101,7 +130,9 @@ class SplitReport:
     top_up_draws: int = 0  # at most queries.max_top_up_draws (default: n_train)
 
 
-def balanced_cells(n: int, config: QueryGenConfig, rng: random.Random, start: int = 0) -> list[Cell]:
+def balanced_cells(
+    n: int, config: QueryGenConfig, rng: random.Random, start: int = 0
+) -> list[Cell]:
     """n cells cycling through every (type, disposition, sex) combination, shuffled per cycle."""
     combos = list(itertools.product(config.query_types, config.dispositions, config.sexes))
     cells: list[Cell] = []
@@ -114,7 +145,9 @@ def balanced_cells(n: int, config: QueryGenConfig, rng: random.Random, start: in
 
 
 class QueryWriter:
-    def __init__(self, client: LLMClient, config: QueryGenConfig, pages: pl.DataFrame, prompts_dir=None):
+    def __init__(
+        self, client: LLMClient, config: QueryGenConfig, pages: pl.DataFrame, prompts_dir=None
+    ):
         self.client = client
         self.config = config
         self.pages = {r["slug"]: r for r in pages.iter_rows(named=True)}
@@ -123,23 +156,39 @@ class QueryWriter:
 
     def prompt(self, slug: str, cell: Cell) -> str:
         page = self.pages[slug]
-        return render(self.template, "query_writer", condition=page["title"], disposition=cell.disposition,
-                      sex=cell.sex, query_type=cell.query_type, query_type_instructions=STYLE.get(cell.query_type, cell.query_type),
-                      page=page["text"][: self.config.max_page_chars])
+        return render(
+            self.template,
+            "query_writer",
+            condition=page["title"],
+            disposition=cell.disposition,
+            sex=cell.sex,
+            query_type=cell.query_type,
+            query_type_instructions=STYLE.get(cell.query_type, cell.query_type),
+            page=page["text"][: self.config.max_page_chars],
+        )
 
-    async def draw(self, split: str, cell: Cell, banned: set[tuple[str, str]], report: SplitReport) -> dict | None:
+    async def draw(
+        self, split: str, cell: Cell, banned: set[tuple[str, str]], report: SplitReport
+    ) -> dict | None:
         """One query for ``cell``: redraw the condition after a refusal, up to max_redraws times."""
         refused: list[str] = []
         for attempt in range(self.config.max_redraws + 1):
             rng = random.Random(f"{self.config.seed}:{split}:{cell.index}:{attempt}")
-            allowed = [s for s in self.slugs if (s, cell.disposition) not in banned and s not in refused]
+            allowed = [
+                s for s in self.slugs if (s, cell.disposition) not in banned and s not in refused
+            ]
             if not allowed:
                 break
             slug = rng.choice(allowed)
             # the draw's own sampling seed: cells that share a prompt still get (and cache) their own message
             written, reply = await self.client.complete_json(
-                [{"role": "user", "content": self.prompt(slug, cell)}], WrittenQuery, seed=rng.randrange(2**31),
-                response_schema=WrittenQuery.response_schema(self.config.allow_refusal, self.client.settings.max_tokens))
+                [{"role": "user", "content": self.prompt(slug, cell)}],
+                WrittenQuery,
+                seed=rng.randrange(2**31),
+                response_schema=WrittenQuery.response_schema(
+                    self.config.allow_refusal, self.client.settings.max_tokens
+                ),
+            )
             if written is None:
                 report.failures.append({"cell": cell.index, "slug": slug, "error": reply.error})
                 return None
@@ -149,17 +198,35 @@ class QueryWriter:
                 continue
             demo = written.demographics
             assert demo is not None
-            return {"id": f"{split}-{cell.index:05d}", "split": split, "slug": slug, "title": self.pages[slug]["title"],
-                    "disposition": cell.disposition, "query_type": cell.query_type, "sex": cell.sex, "age": demo.age,
-                    "occupation": demo.occupation, "social_support": demo.social_support,
-                    "medical_history": demo.medical_history, "query": (written.symptoms_description or "").strip(),
-                    "draws": attempt + 1, "refused_slugs": refused, "model": self.client.settings.model,
-                    "prompt_hash": self.prompt_hash}
+            return {
+                "id": f"{split}-{cell.index:05d}",
+                "split": split,
+                "slug": slug,
+                "title": self.pages[slug]["title"],
+                "disposition": cell.disposition,
+                "query_type": cell.query_type,
+                "sex": cell.sex,
+                "age": demo.age,
+                "occupation": demo.occupation,
+                "social_support": demo.social_support,
+                "medical_history": demo.medical_history,
+                "query": (written.symptoms_description or "").strip(),
+                "draws": attempt + 1,
+                "refused_slugs": refused,
+                "model": self.client.settings.model,
+                "prompt_hash": self.prompt_hash,
+            }
         report.gave_up += 1
         return None
 
-    def draw_many(self, split: str, cells: list[Cell], banned: set[tuple[str, str]], report: SplitReport,
-                  progress=None) -> list[dict]:
+    def draw_many(
+        self,
+        split: str,
+        cells: list[Cell],
+        banned: set[tuple[str, str]],
+        report: SplitReport,
+        progress=None,
+    ) -> list[dict]:
         async def one(cell: Cell):
             return await self.draw(split, cell, banned, report)
 
@@ -185,8 +252,13 @@ def drop_repeated_texts(rows: list[dict], seen: set[str]) -> tuple[list[dict], i
 
 def cell_counts(df: pl.DataFrame) -> dict[str, int]:
     """Queries per "type / disposition / sex" cell, every configured cell that occurs."""
-    return {f"{t} / {d} / {s}": n for t, d, s, n in
-            df.group_by("query_type", "disposition", "sex").len().sort("query_type", "disposition", "sex").iter_rows()}
+    return {
+        f"{t} / {d} / {s}": n
+        for t, d, s, n in df.group_by("query_type", "disposition", "sex")
+        .len()
+        .sort("query_type", "disposition", "sex")
+        .iter_rows()
+    }
 
 
 def remove_overlaps(train: list[dict], eval_pairs: set[tuple[str, str]]) -> tuple[list[dict], int]:
@@ -194,18 +266,24 @@ def remove_overlaps(train: list[dict], eval_pairs: set[tuple[str, str]]) -> tupl
     return kept, len(train) - len(kept)
 
 
-def generate_queries(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None,
-                     progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    with client.stage("synthetic queries", config.n_eval + config.n_train):  # both sets and top-ups: one count
+def generate_queries(
+    pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None, progress=None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    with client.stage(
+        "synthetic queries", config.n_eval + config.n_train
+    ):  # both sets and top-ups: one count
         return _generate(pages, client, config, prompts_dir, progress)
 
 
-def _generate(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None,
-              progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+def _generate(
+    pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None, progress=None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     writer = QueryWriter(client, config, pages, prompts_dir)
     rng = random.Random(config.seed)
     ev = SplitReport(config.n_eval)
-    eval_rows = writer.draw_many("eval", balanced_cells(config.n_eval, config, rng), set(), ev, progress)
+    eval_rows = writer.draw_many(
+        "eval", balanced_cells(config.n_eval, config, rng), set(), ev, progress
+    )
     texts: set[str] = set()
     eval_rows, ev.repeated_texts = drop_repeated_texts(eval_rows, texts)
     ev.produced = len(eval_rows)
@@ -226,18 +304,30 @@ def _generate(pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, pr
         next_index += missing
         tr.top_up_draws += missing
         client.grow_stage(missing)
-        more, repeated = drop_repeated_texts(writer.draw_many("train", extra, eval_pairs, tr, progress), texts)
+        more, repeated = drop_repeated_texts(
+            writer.draw_many("train", extra, eval_pairs, tr, progress), texts
+        )
         train_rows += more
         tr.repeated_texts += repeated
     tr.produced = len(train_rows)
-    eval_df, train_df = pl.DataFrame(eval_rows, schema=QUERY_SCHEMA), pl.DataFrame(train_rows, schema=QUERY_SCHEMA)
-    report = {"eval": {**ev.__dict__, "cells": cell_counts(eval_df)},
-              "train": {**tr.__dict__, "cells": cell_counts(train_df)}, "usage": client.usage.as_dict(),
-              "model": client.settings.model, "prompt_hash": writer.prompt_hash, "seed": config.seed}
+    eval_df, train_df = (
+        pl.DataFrame(eval_rows, schema=QUERY_SCHEMA),
+        pl.DataFrame(train_rows, schema=QUERY_SCHEMA),
+    )
+    report = {
+        "eval": {**ev.__dict__, "cells": cell_counts(eval_df)},
+        "train": {**tr.__dict__, "cells": cell_counts(train_df)},
+        "usage": client.usage.as_dict(),
+        "model": client.settings.model,
+        "prompt_hash": writer.prompt_hash,
+        "seed": config.seed,
+    }
     return eval_df, train_df, report
 
 
-def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: QueryGenConfig) -> list[str]:
+def query_set_problems(
+    df: pl.DataFrame, split: dict[str, Any], config: QueryGenConfig
+) -> list[str]:
     """What is wrong with one query set: repeated ids or texts, or cells further apart than its losses explain.
 
     A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most one; each
@@ -253,22 +343,39 @@ def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: QueryGen
         combos = len(config.query_types) * len(config.dispositions) * len(config.sexes)
         counts = list(cell_counts(df).values())
         counts += [0] * (combos - len(counts))  # cells that got no query at all
-        lost = len(split["failures"]) + split["gave_up"] + split["removed_overlaps"] + split["repeated_texts"]
+        lost = (
+            len(split["failures"])
+            + split["gave_up"]
+            + split["removed_overlaps"]
+            + split["repeated_texts"]
+        )
         if max(counts) - min(counts) > 1 + lost:
-            problems.append(f"cells range from {min(counts)} to {max(counts)} queries, more than the "
-                            f"{lost} lost draws explain")
+            problems.append(
+                f"cells range from {min(counts)} to {max(counts)} queries, more than the "
+                f"{lost} lost draws explain"
+            )
     return problems
 
 
 def disjoint_problems(eval_df: pl.DataFrame, train_df: pl.DataFrame) -> list[str]:
-    pairs = set(zip(eval_df["slug"], eval_df["disposition"])) & set(zip(train_df["slug"], train_df["disposition"]))
+    pairs = set(zip(eval_df["slug"], eval_df["disposition"])) & set(
+        zip(train_df["slug"], train_df["disposition"])
+    )
     return [f"({s}, {d}) is in both sets" for s, d in sorted(pairs)]
 
 
-def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfig, overrides: dict | None = None,
-                         progress=None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    pages = read_parquet(paths.documents(config.source if config.source == "summaries" else "full"),
-                         f"{config.source} dataset", "t0 index")
+def run_generate_queries(
+    paths: DataPaths,
+    config: QueryGenConfig,
+    llm: LLMConfig,
+    overrides: dict | None = None,
+    progress=None,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    pages = read_parquet(
+        paths.documents(config.source if config.source == "summaries" else "full"),
+        f"{config.source} dataset",
+        "t0 index",
+    )
     if pages.is_empty():
         raise T0Error("no condition pages to write queries from; build the corpus first.")
     client = LLMClient("query_writer", llm, LLMCache(paths.llm_cache(llm)), overrides)
@@ -276,19 +383,29 @@ def run_generate_queries(paths: DataPaths, config: QueryGenConfig, llm: LLMConfi
     require_some_success(client.usage, "query_writer", client.settings)
     if eval_df.is_empty():
         first = (report["eval"]["failures"] or [{"error": "every draw was refused"}])[0]["error"]
-        raise T0Error(f"no evaluation queries were produced ({len(report['eval']['failures'])} failed draws, first: {first}); "
-                      "check the query_writer model and prompt. Nothing was written; successful calls are cached.")
+        raise T0Error(
+            f"no evaluation queries were produced ({len(report['eval']['failures'])} failed draws, first: {first}); "
+            "check the query_writer model and prompt. Nothing was written; successful calls are cached."
+        )
     problems = disjoint_problems(eval_df, train_df)
     if problems:  # cannot happen by construction; refuse to write a leaky split if it ever does
-        raise T0Error(f"evaluation and training queries share pairs: {problems[:3]}; nothing was written.")
+        raise T0Error(
+            f"evaluation and training queries share pairs: {problems[:3]}; nothing was written."
+        )
     write_parquet(eval_df, paths.synthetic_queries("eval"))
     write_parquet(train_df, paths.synthetic_queries("train"))
     write_json(report, paths.synthetic_queries("report").with_suffix(".json"))
     write_config_sidecar(paths.synthetic_queries("train"), config, llm)
     for split, df in (("eval", eval_df), ("train", train_df)):
         cells = report[split]["cells"]
-        log.info("%s queries: %d (requested %d), in %d type / disposition / sex cells (%s)", split, df.height,
-                 report[split]["requested"], len(cells), ", ".join(f"{k}: {n}" for k, n in cells.items()))
+        log.info(
+            "%s queries: %d (requested %d), in %d type / disposition / sex cells (%s)",
+            split,
+            df.height,
+            report[split]["requested"],
+            len(cells),
+            ", ".join(f"{k}: {n}" for k, n in cells.items()),
+        )
     return eval_df, train_df, report
 
 

@@ -21,20 +21,45 @@ from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.llm import LLMCache, LLMClient, LLMReply, bounded_text, json_schema_format, require_some_success
+from t0_pipeline.llm import (
+    LLMCache,
+    LLMClient,
+    LLMReply,
+    bounded_text,
+    json_schema_format,
+    require_some_success,
+)
 from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
 
 log = logging.getLogger(__name__)
 
 
 TRACE_SCHEMA = {
-    "id": pl.String, "query": pl.String, "demographics": pl.String, "gold_slug": pl.String,
-    "gold_disposition": pl.String, "query_type": pl.String, "retrieved_slugs": pl.List(pl.String),
-    "retrieved_titles": pl.List(pl.String), "retrieved_texts": pl.List(pl.String), "scores": pl.List(pl.Float64), "gold_retrieved": pl.Boolean,
-    "thinking": pl.String, "answer": pl.String, "pred_condition": pl.String, "pred_slug": pl.String,
-    "pred_severity": pl.String, "parsable": pl.Boolean, "condition_in_retrieved": pl.Boolean,
-    "correct_condition": pl.Boolean, "correct_disposition": pl.Boolean, "kept": pl.Boolean,
-    "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64, "error": pl.String, "model": pl.String,
+    "id": pl.String,
+    "query": pl.String,
+    "demographics": pl.String,
+    "gold_slug": pl.String,
+    "gold_disposition": pl.String,
+    "query_type": pl.String,
+    "retrieved_slugs": pl.List(pl.String),
+    "retrieved_titles": pl.List(pl.String),
+    "retrieved_texts": pl.List(pl.String),
+    "scores": pl.List(pl.Float64),
+    "gold_retrieved": pl.Boolean,
+    "thinking": pl.String,
+    "answer": pl.String,
+    "pred_condition": pl.String,
+    "pred_slug": pl.String,
+    "pred_severity": pl.String,
+    "parsable": pl.Boolean,
+    "condition_in_retrieved": pl.Boolean,
+    "correct_condition": pl.Boolean,
+    "correct_disposition": pl.Boolean,
+    "kept": pl.Boolean,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "error": pl.String,
+    "model": pl.String,
     "prompt_hash": pl.String,
 }
 
@@ -60,10 +85,19 @@ def answer_schema(titles: list[str], max_tokens: int = 1024) -> dict[str, Any]:
     The thinking is bounded (a token a character at worst, room left for the answer) so it ends within the
     role's ``max_tokens`` and the JSON closes."""
     thinking_chars = max(40, max_tokens - 60)
-    return json_schema_format("TriageAnswer", {
-        "type": "object", "additionalProperties": False, "required": ["thinking", "condition", "severity"],
-        "properties": {"thinking": bounded_text(1, thinking_chars),
-                       "condition": {"enum": [*titles, "inconclusive"]}, "severity": {"enum": list(SEVERITIES)}}})
+    return json_schema_format(
+        "TriageAnswer",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["thinking", "condition", "severity"],
+            "properties": {
+                "thinking": bounded_text(1, thinking_chars),
+                "condition": {"enum": [*titles, "inconclusive"]},
+                "severity": {"enum": list(SEVERITIES)},
+            },
+        },
+    )
 
 
 def from_structured(reply: LLMReply) -> LLMReply:
@@ -75,10 +109,16 @@ def from_structured(reply: LLMReply) -> LLMReply:
     try:
         data = json.loads(reply.content)
         answer = f"({data['condition']}, {data['severity']})"
-        return replace(reply, thinking="\n".join(t for t in (reply.thinking, data["thinking"].strip()) if t),
-                       content=answer)
+        return replace(
+            reply,
+            thinking="\n".join(t for t in (reply.thinking, data["thinking"].strip()) if t),
+            content=answer,
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
-        return replace(reply, error=f"InvalidJSON: the structured answer did not parse: {reply.content[:120]!r}")
+        return replace(
+            reply,
+            error=f"InvalidJSON: the structured answer did not parse: {reply.content[:120]!r}",
+        )
 
 
 def keep(row: dict[str, Any], config: TraceConfig) -> bool:
@@ -90,12 +130,23 @@ def keep(row: dict[str, Any], config: TraceConfig) -> bool:
         return False
     if config.keep == "parsable":
         return True
-    return bool(row["correct_condition"] and (config.correct_on == "condition" or row["correct_disposition"]))
+    return bool(
+        row["correct_condition"]
+        and (config.correct_on == "condition" or row["correct_disposition"])
+    )
 
 
-def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: TraceConfig, prompts_dir=None,
-                   progress=None) -> pl.DataFrame:
-    sections, prompt_hash = triage_prompt.load(prompts_dir)  # the very prompt the student learns and is evaluated on
+def collect_traces(
+    queries: pl.DataFrame,
+    retriever,
+    client: LLMClient,
+    config: TraceConfig,
+    prompts_dir=None,
+    progress=None,
+) -> pl.DataFrame:
+    sections, prompt_hash = triage_prompt.load(
+        prompts_dir
+    )  # the very prompt the student learns and is evaluated on
     rows = queries.to_dicts()
     ranked = retriever.rank([r["query"] for r in rows], config.k, config.mode)
     jobs = []
@@ -110,7 +161,11 @@ def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: 
 
     async def one(job):
         if client.settings.structured_output:
-            return from_structured(await client.complete(job[4], response_format=answer_schema(job[2], client.settings.max_tokens)))
+            return from_structured(
+                await client.complete(
+                    job[4], response_format=answer_schema(job[2], client.settings.max_tokens)
+                )
+            )
         return await client.complete(job[4])
 
     replies = client.run(jobs, one, "teacher traces", progress)
@@ -118,15 +173,31 @@ def collect_traces(queries: pl.DataFrame, retriever, client: LLMClient, config: 
     for (row, slugs, titles, scores, _, texts), reply in zip(jobs, replies):
         condition, slug, severity = parse_answer(reply.content, dict(zip(slugs, titles)))
         trace = {
-            "id": row["id"], "query": row["query"], "demographics": demographics_text(row), "gold_slug": row["slug"],
-            "gold_disposition": row["disposition"], "query_type": row["query_type"], "retrieved_slugs": slugs,
-            "retrieved_titles": titles, "retrieved_texts": texts, "scores": scores, "gold_retrieved": row["slug"] in slugs,
-            "thinking": reply.thinking, "answer": reply.content, "pred_condition": condition, "pred_slug": slug,
-            "pred_severity": severity, "parsable": condition is not None,
+            "id": row["id"],
+            "query": row["query"],
+            "demographics": demographics_text(row),
+            "gold_slug": row["slug"],
+            "gold_disposition": row["disposition"],
+            "query_type": row["query_type"],
+            "retrieved_slugs": slugs,
+            "retrieved_titles": titles,
+            "retrieved_texts": texts,
+            "scores": scores,
+            "gold_retrieved": row["slug"] in slugs,
+            "thinking": reply.thinking,
+            "answer": reply.content,
+            "pred_condition": condition,
+            "pred_slug": slug,
+            "pred_severity": severity,
+            "parsable": condition is not None,
             "condition_in_retrieved": slug is not None,
-            "correct_condition": slug == row["slug"], "correct_disposition": severity == row["disposition"],
-            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "error": reply.error,
-            "model": client.settings.model, "prompt_hash": prompt_hash,
+            "correct_condition": slug == row["slug"],
+            "correct_disposition": severity == row["disposition"],
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "error": reply.error,
+            "model": client.settings.model,
+            "prompt_hash": prompt_hash,
         }
         trace["kept"] = keep(trace, config)
         out.append(trace)
@@ -137,7 +208,9 @@ def trace_stats(traces: pl.DataFrame) -> dict[str, Any]:
     n = max(1, traces.height)
     ok = traces.filter(pl.col("error").is_null())
     return {
-        "traces": traces.height, "failed": traces.height - ok.height, "kept": int(traces["kept"].sum()),
+        "traces": traces.height,
+        "failed": traces.height - ok.height,
+        "kept": int(traces["kept"].sum()),
         "parsable_rate": float(ok["parsable"].sum()) / n,
         "condition_in_retrieved_rate": float(ok["condition_in_retrieved"].sum()) / n,
         "condition_accuracy": float(ok["correct_condition"].sum()) / n,
@@ -147,11 +220,19 @@ def trace_stats(traces: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def run_traces(paths: DataPaths, config: TraceConfig, llm: LLMConfig, retriever, overrides: dict | None = None,
-               progress=None) -> tuple[pl.DataFrame, dict[str, Any]]:
+def run_traces(
+    paths: DataPaths,
+    config: TraceConfig,
+    llm: LLMConfig,
+    retriever,
+    overrides: dict | None = None,
+    progress=None,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     queries = read_parquet(paths.synthetic_queries("train"), "training queries", "t0 synth-queries")
     if queries.is_empty():
-        raise T0Error("the training query set is empty; run `t0 synth-queries` with a working query_writer first.")
+        raise T0Error(
+            "the training query set is empty; run `t0 synth-queries` with a working query_writer first."
+        )
     client = LLMClient("teacher", llm, LLMCache(paths.llm_cache(llm)), overrides)
     traces = collect_traces(queries, retriever, client, config, llm.prompts_dir, progress)
     require_some_success(client.usage, "teacher", client.settings)

@@ -46,15 +46,19 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 
 
-def tokenize_example(messages: list[dict[str, str]], tokenizer, block_size: int) -> dict[str, list[int]] | None:
+def tokenize_example(
+    messages: list[dict[str, str]], tokenizer, block_size: int
+) -> dict[str, list[int]] | None:
     """input_ids / attention_mask / labels for one chat; None when it does not fit ``block_size`` whole."""
     prompt = generation_prompt(messages[:-1], tokenizer)
     full = render_chat(messages, tokenizer)
     if not full.startswith(prompt):
-        raise T0Error("the tokenizer's chat template does not render the prompt as a prefix of the full chat, so the "
-                      "assistant turn cannot be located; use the student model's own instruct tokenizer.")
+        raise T0Error(
+            "the tokenizer's chat template does not render the prompt as a prefix of the full chat, so the "
+            "assistant turn cannot be located; use the student model's own instruct tokenizer."
+        )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     if len(prompt_ids) + len(completion_ids) > block_size or not completion_ids:
         return None  # cutting would drop the answer: the example is left out and counted
     ids = prompt_ids + completion_ids
@@ -91,31 +95,41 @@ def pad_batch(pad_id: int):
     return collate
 
 
-def load_examples(dataset: Path, tokenizer, config: TrainConfig) -> tuple[list[dict], list[dict], int]:
+def load_examples(
+    dataset: Path, tokenizer, config: TrainConfig
+) -> tuple[list[dict], list[dict], int]:
     """(train, held-out, skipped) tokenised examples; a seeded split."""
     import random
 
     import polars as pl
 
     if not Path(dataset).exists():
-        raise T0Error(f"SFT dataset {dataset} not found; build it with `t0 sft` (or pass --dataset).")
+        raise T0Error(
+            f"SFT dataset {dataset} not found; build it with `t0 sft` (or pass --dataset)."
+        )
     rows = pl.read_parquet(dataset)
     if "messages" not in rows.columns:
-        raise T0Error(f"{dataset} has no 'messages' column; it is not an SFT dataset made by `t0 sft`.")
+        raise T0Error(
+            f"{dataset} has no 'messages' column; it is not an SFT dataset made by `t0 sft`."
+        )
     examples, skipped = [], 0
     for i, raw in enumerate(rows["messages"], start=1):
         try:
             messages = json.loads(raw)
         except json.JSONDecodeError:
-            raise T0Error(f"{dataset} row {i}: field 'messages' is not valid JSON; rebuild the dataset with `t0 sft`.") from None
+            raise T0Error(
+                f"{dataset} row {i}: field 'messages' is not valid JSON; rebuild the dataset with `t0 sft`."
+            ) from None
         example = tokenize_example(messages, tokenizer, config.block_size)
         if example is None:
             skipped += 1
         else:
             examples.append(example)
     if not examples:
-        raise T0Error(f"no trainable tokens in {dataset}: all {rows.height} examples are longer than "
-                      f"block_size={config.block_size} tokens (or have empty answers); raise train.block_size.")
+        raise T0Error(
+            f"no trainable tokens in {dataset}: all {rows.height} examples are longer than "
+            f"block_size={config.block_size} tokens (or have empty answers); raise train.block_size."
+        )
     random.Random(config.seed).shuffle(examples)
     n_eval = int(round(len(examples) * config.eval_fraction)) if len(examples) > 1 else 0
     return examples[n_eval:], examples[:n_eval], skipped
@@ -137,10 +151,16 @@ class TrainResult:
     deepspeed: str | None = None  # the DeepSpeed config used, None = none
     train_seconds: float = 0.0
     tokens_per_second: float = 0.0  # input tokens seen (all ranks) per second of training
-    peak_memory_gb: list[float] = field(default_factory=list)  # per rank: GPU allocated, or process RSS on CPU
-    params_per_rank: list[int] = field(default_factory=list)  # parameters each rank holds (ZeRO-3: its shard)
+    peak_memory_gb: list[float] = field(
+        default_factory=list
+    )  # per rank: GPU allocated, or process RSS on CPU
+    params_per_rank: list[int] = field(
+        default_factory=list
+    )  # parameters each rank holds (ZeRO-3: its shard)
     params_total: int = 0
-    weights_digest: dict[str, str] = field(default_factory=dict)  # per tensor, gathered before saving final/
+    weights_digest: dict[str, str] = field(
+        default_factory=dict
+    )  # per tensor, gathered before saving final/
     preempted: bool = False  # stopped at a checkpoint before the time limit; final/ not written
 
     def metrics(self) -> dict[str, Any]:
@@ -169,21 +189,28 @@ def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
         if processes <= 1 or config.lora.enabled:
             return None
         if not installed:
-            log.warning("train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain DDP, each "
-                        "holding the whole model (pip install deepspeed for ZeRO-3)", processes)
+            log.warning(
+                "train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain DDP, each "
+                "holding the whole model (pip install deepspeed for ZeRO-3)",
+                processes,
+            )
             return None
         name = "zero3"
     path = deepspeed_config_path(str(name))
     if not installed:
-        raise T0Error(f"train.deepspeed is {name} but DeepSpeed is not installed; install it (GPU nodes: "
-                      "pip install 't0-pipeline[gpu]'; CPU: DS_BUILD_OPS=0 pip install deepspeed "
-                      "--no-build-isolation) or set train.deepspeed: none.")
+        raise T0Error(
+            f"train.deepspeed is {name} but DeepSpeed is not installed; install it (GPU nodes: "
+            "pip install 't0-pipeline[gpu]'; CPU: DS_BUILD_OPS=0 pip install deepspeed "
+            "--no-build-isolation) or set train.deepspeed: none."
+        )
     return path
 
 
 def _cannot_load(config: TrainConfig, exc: Exception) -> T0Error:
-    return T0Error(f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
-                   "or a name available offline with train.model.")
+    return T0Error(
+        f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
+        "or a name available offline with train.model."
+    )
 
 
 def _load_tokenizer(config: TrainConfig):
@@ -204,15 +231,24 @@ def _load_model(config: TrainConfig, bf16: bool):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.bfloat16 if bf16 else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model, dtype=torch.bfloat16 if bf16 else torch.float32
+        )
     except (OSError, ValueError) as exc:
         raise _cannot_load(config, exc) from None
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
-                                                 lora_dropout=config.lora.dropout, task_type="CAUSAL_LM",
-                                                 target_modules=config.lora.target_modules))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora.r,
+                lora_alpha=config.lora.alpha,
+                lora_dropout=config.lora.dropout,
+                task_type="CAUSAL_LM",
+                target_modules=config.lora.target_modules,
+            ),
+        )
         if config.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed frozen embeddings need grads to flow to adapters
     return model
@@ -233,10 +269,15 @@ def _stop_file_callback(stop_file: str | None):
 
             flag = torch.tensor([1.0 if os.path.exists(stop_file) else 0.0], device=args.device)
             if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # ranks must agree, or the save's collectives hang
+                dist.all_reduce(
+                    flag, op=dist.ReduceOp.MAX
+                )  # ranks must agree, or the save's collectives hang
             if flag.item() > 0:
-                log.warning("stop requested (%s): saving a checkpoint at step %d and stopping", stop_file,
-                            state.global_step)
+                log.warning(
+                    "stop requested (%s): saving a checkpoint at step %d and stopping",
+                    stop_file,
+                    state.global_step,
+                )
                 control.should_save = True
                 control.should_training_stop = True
                 self.stopped = True
@@ -279,7 +320,9 @@ def _parameter_counts(model) -> tuple[int, int]:
 
 def tensor_digest(tensor) -> str:
     """A dtype-independent fingerprint of a tensor's values (compared with the saved ``final/``)."""
-    return hashlib.sha256(tensor.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(tensor.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[
+        :16
+    ]
 
 
 def _gathered_digest(model, zero3: bool, is_main: bool) -> dict[str, str]:
@@ -305,9 +348,19 @@ def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
         lines = traceback.format_exception(exc)
         tail = "".join(lines).rstrip().splitlines()[-25:]
         path = log_dir / f"rank-{rank()}.error"
-        path.write_text(json.dumps({"rank": rank(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID"),
-                                    "time": time.time(),
-                                    "error": f"{exc.__class__.__name__}: {exc}"[:500], "tail": tail}), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {
+                    "rank": rank(),
+                    "host": socket.gethostname(),
+                    "job": os.environ.get("SLURM_JOB_ID"),
+                    "time": time.time(),
+                    "error": f"{exc.__class__.__name__}: {exc}"[:500],
+                    "tail": tail,
+                }
+            ),
+            encoding="utf-8",
+        )
         return path
     except OSError:
         return None
@@ -332,7 +385,9 @@ def failure_order(failure: dict[str, Any]) -> tuple[float, int]:
     return (failure.get("time", float("inf")), failure.get("rank", 0))
 
 
-def train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list | None = None
+) -> TrainResult:
     """Train (resuming from the newest checkpoint in ``output_dir`` if any) and save ``final/``."""
     output_dir = Path(output_dir)
     logs = output_dir / "logs"
@@ -351,7 +406,9 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     from transformers.trainer_utils import get_last_checkpoint
 
     cuda = torch.cuda.is_available()
-    bf16 = config.bf16 == "on" or (config.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported())
+    bf16 = config.bf16 == "on" or (
+        config.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported()
+    )
     processes = world_size()
     ds_config = resolve_deepspeed(config, processes)
     if ds_config is not None and processes > 1 and not cuda:
@@ -364,25 +421,50 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     checkpoints = output_dir / "checkpoints"
     # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for from_pretrained below
     args = TrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, warmup_steps=config.warmup_ratio,
-        per_device_train_batch_size=config.per_device_batch_size, per_device_eval_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, weight_decay=config.weight_decay,
-        adam_beta1=config.adam_beta1, adam_beta2=config.adam_beta2, bf16=bf16,
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        bf16=bf16,
         gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        eval_strategy="steps" if eval_rows else "no", eval_steps=config.eval_steps,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps, seed=config.seed, report_to=[], remove_unused_columns=False,
-        deepspeed=str(ds_config) if ds_config else None, use_cpu=not cuda, disable_tqdm=False,
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if config.gradient_checkpointing
+        else None,
+        eval_strategy="steps" if eval_rows else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        deepspeed=str(ds_config) if ds_config else None,
+        use_cpu=not cuda,
+        disable_tqdm=False,
         include_num_input_tokens_seen=True,
     )
     model = _load_model(config, bf16)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     stop = _stop_file_callback(os.environ.get("T0_STOP_FILE"))
-    trainer = Trainer(model=model, args=args, train_dataset=ListDataset(train_rows),
-                      eval_dataset=ListDataset(eval_rows) if eval_rows else None, data_collator=pad_batch(pad_id or 0),
-                      callbacks=[stop, *callbacks])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(train_rows),
+        eval_dataset=ListDataset(eval_rows) if eval_rows else None,
+        data_collator=pad_batch(pad_id or 0),
+        callbacks=[stop, *callbacks],
+    )
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
@@ -391,11 +473,21 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
 
-    result = TrainResult(final_dir=output_dir / "final", global_step=trainer.state.global_step, resumed_from=last,
-                         train_examples=len(train_rows), eval_examples=len(eval_rows), skipped_examples=skipped,
-                         world_size=processes, device="cuda" if cuda else "cpu",
-                         deepspeed=ds_config.name if ds_config else None, train_seconds=round(seconds, 3),
-                         params_per_rank=[h[0] for h in held], params_total=held[0][1], preempted=stop.stopped)
+    result = TrainResult(
+        final_dir=output_dir / "final",
+        global_step=trainer.state.global_step,
+        resumed_from=last,
+        train_examples=len(train_rows),
+        eval_examples=len(eval_rows),
+        skipped_examples=skipped,
+        world_size=processes,
+        device="cuda" if cuda else "cpu",
+        deepspeed=ds_config.name if ds_config else None,
+        train_seconds=round(seconds, 3),
+        params_per_rank=[h[0] for h in held],
+        params_total=held[0][1],
+        preempted=stop.stopped,
+    )
     tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or 0
     result.tokens_per_second = round(tokens / seconds, 1) if seconds > 0 else 0.0
     result.peak_memory_gb = _gather_per_rank(_peak_memory_gb(cuda))
@@ -407,7 +499,11 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         if "eval_loss" in entry:
             result.eval_loss.append((entry["step"], float(entry["eval_loss"])))
     if stop.stopped:
-        log.warning("stopped at step %d with a checkpoint in %s; a re-run resumes from it", result.global_step, checkpoints)
+        log.warning(
+            "stopped at step %d with a checkpoint in %s; a re-run resumes from it",
+            result.global_step,
+            checkpoints,
+        )
         return result
 
     zero3 = ds_config is not None and trainer.is_deepspeed_enabled
@@ -434,24 +530,32 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
 
 def model_card(config: TrainConfig, result: TrainResult) -> str:
     last_eval = result.eval_loss[-1][1] if result.eval_loss else None
-    return "\n".join([
-        f"# Student model fine-tuned from {config.model}", "",
-        "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved documents, made by t0-pipeline.",
-        "Loss on the assistant turn (thinking + answer) only.", "",
-        f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
-        f"left out (longer than block {config.block_size} or no answer): {result.skipped_examples}",
-        f"- steps: {result.global_step}; final train loss: {result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
-        f"final held-out loss: {last_eval if last_eval is not None else 'n/a'}",
-        f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup {config.warmup_ratio:.0%}), "
-        f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, block {config.block_size}, "
-        f"weight decay {config.weight_decay}, betas {config.adam_beta1}/{config.adam_beta2}, "
-        f"gradient checkpointing {config.gradient_checkpointing}, LoRA {config.lora.enabled}, "
-        f"{result.world_size} process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",
-        "", "Not medical advice: a research artefact for retrieval-augmented reasoning.", "",
-    ])
+    return "\n".join(
+        [
+            f"# Student model fine-tuned from {config.model}",
+            "",
+            "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved documents, made by t0-pipeline.",
+            "Loss on the assistant turn (thinking + answer) only.",
+            "",
+            f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
+            f"left out (longer than block {config.block_size} or no answer): {result.skipped_examples}",
+            f"- steps: {result.global_step}; final train loss: {result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
+            f"final held-out loss: {last_eval if last_eval is not None else 'n/a'}",
+            f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup {config.warmup_ratio:.0%}), "
+            f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, block {config.block_size}, "
+            f"weight decay {config.weight_decay}, betas {config.adam_beta1}/{config.adam_beta2}, "
+            f"gradient checkpointing {config.gradient_checkpointing}, LoRA {config.lora.enabled}, "
+            f"{result.world_size} process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",
+            "",
+            "Not medical advice: a research artefact for retrieval-augmented reasoning.",
+            "",
+        ]
+    )
 
 
-def run_train(paths: DataPaths, config: TrainConfig, partition: str = "default", callbacks: list | None = None) -> TrainResult:
+def run_train(
+    paths: DataPaths, config: TrainConfig, partition: str = "default", callbacks: list | None = None
+) -> TrainResult:
     dataset = config.dataset or paths.sft_dir / "train.parquet"
     output = config.output_dir or paths.student_dir(partition)
     return train(config, dataset, output, callbacks)

@@ -47,7 +47,10 @@ def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any
         "params_sharded": sharded,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
         "slurm_nodes": int(os.environ.get("SLURM_JOB_NUM_NODES", "0") or 0),
-        "resolved_config": {"raw_value": json.dumps(config.model_dump(mode="json")), "type": "json"},
+        "resolved_config": {
+            "raw_value": json.dumps(config.model_dump(mode="json")),
+            "type": "json",
+        },
     }
 
 
@@ -67,7 +70,10 @@ class Reporter:
         class Progress(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if state.is_world_process_zero and logs:
-                    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+                    shown = ", ".join(
+                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in logs.items()
+                    )
                     pipes.log.info(f"step {state.global_step}/{state.max_steps}: {shown}")
 
         return [Progress()]
@@ -79,8 +85,12 @@ class Reporter:
     def finished(self, result: TrainResult, config: TrainConfig) -> None:
         if self.pipes is None:
             return
-        if result.preempted:  # the job requeues and resumes; the materialisation comes from the run that finishes
-            self.pipes.log.warning(f"stopped at step {result.global_step} before the time limit; checkpoint saved")
+        if (
+            result.preempted
+        ):  # the job requeues and resumes; the materialisation comes from the run that finishes
+            self.pipes.log.warning(
+                f"stopped at step {result.global_step} before the time limit; checkpoint saved"
+            )
             return
         self.pipes.report_asset_materialization(metadata=training_metadata(result, config))
 

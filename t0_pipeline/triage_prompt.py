@@ -22,10 +22,16 @@ def load(prompts_dir: Path | None = None) -> tuple[dict[str, str], str]:
     return load_sections(NAME, SECTIONS, prompts_dir)
 
 
-def with_documents(sections: dict[str, str], titles: list[str], scores: list[float], texts: list[str]) -> str:
+def with_documents(
+    sections: dict[str, str], titles: list[str], scores: list[float], texts: list[str]
+) -> str:
     """The context for k > 0: the documents with their scores; their titles (or inconclusive) are allowed."""
-    return render(sections["context_documents"], NAME, documents=documents_block(titles, scores, texts),
-                  allowed="\n".join([*(f"- {t}" for t in titles), "- inconclusive"]))
+    return render(
+        sections["context_documents"],
+        NAME,
+        documents=documents_block(titles, scores, texts),
+        allowed="\n".join([*(f"- {t}" for t in titles), "- inconclusive"]),
+    )
 
 
 def with_condition_list(sections: dict[str, str], titles: list[str]) -> str:
@@ -33,9 +39,16 @@ def with_condition_list(sections: dict[str, str], titles: list[str]) -> str:
     return render(sections["context_none"], NAME, allowed="\n".join(f"- {t}" for t in titles))
 
 
-def messages(sections: dict[str, str], context: str, demographics: str, query: str,
-             answer_format: str = "answer_text") -> list[dict[str, str]]:
+def messages(
+    sections: dict[str, str],
+    context: str,
+    demographics: str,
+    query: str,
+    answer_format: str = "answer_text",
+) -> list[dict[str, str]]:
     """The system turn (instructions, context, answer format) and the user turn (demographics, message)."""
-    system = render(sections["system"], NAME, context=context, answer_format=sections[answer_format])
+    system = render(
+        sections["system"], NAME, context=context, answer_format=sections[answer_format]
+    )
     user = render(sections["user"], NAME, demographics=demographics, query=query)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

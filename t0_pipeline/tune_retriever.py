@@ -48,28 +48,44 @@ class TuneResult:
 
     def table(self) -> str:
         ks = sorted(self.before)
-        lines = ["| embedder | " + " | ".join(f"p@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+        lines = [
+            "| embedder | " + " | ".join(f"p@{k}" for k in ks) + " |",
+            "|---|" + "---:|" * len(ks),
+        ]
         for name, pk in (("current", self.before), ("tuned", self.after)):
             lines.append(f"| {name} | " + " | ".join(f"{pk[k]:.3f}" for k in ks) + " |")
         return "\n".join(lines)
 
 
-def dense_rankings(model, queries: list[str], slugs: list[str], texts: list[str], depth: int,
-                   batch_size: int = 16) -> list[list[str]]:
+def dense_rankings(
+    model, queries: list[str], slugs: list[str], texts: list[str], depth: int, batch_size: int = 16
+) -> list[list[str]]:
     """Slugs by cosine similarity of query to document (one vector per document, its first chunk's worth)."""
-    docs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    qs = model.encode(queries, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    docs = model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+    )
+    qs = model.encode(
+        queries, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+    )
     order = np.argsort(-(qs @ docs.T), axis=1)[:, :depth]
     return [[slugs[i] for i in row] for row in order]
 
 
-def p_at_k(model, queries: list[EvalQuery], slugs: list[str], texts: list[str], ks: list[int]) -> dict[int, float]:
+def p_at_k(
+    model, queries: list[EvalQuery], slugs: list[str], texts: list[str], ks: list[int]
+) -> dict[int, float]:
     ranked = dense_rankings(model, [q.query for q in queries], slugs, texts, max(ks))
     return precision_at_k([first_hit_rank(r, q.targets) for r, q in zip(ranked, queries)], ks)
 
 
-def training_rows(model, train: list[EvalQuery], docs: dict[str, str], hard_negatives: int,
-                  max_pairs: int | None, seed: int) -> list[dict[str, str]]:
+def training_rows(
+    model,
+    train: list[EvalQuery],
+    docs: dict[str, str],
+    hard_negatives: int,
+    max_pairs: int | None,
+    seed: int,
+) -> list[dict[str, str]]:
     """(anchor, positive[, negative_1 …]) rows: one per training query whose condition is a document."""
     import random
 
@@ -79,7 +95,11 @@ def training_rows(model, train: list[EvalQuery], docs: dict[str, str], hard_nega
     if not usable:
         return []
     slugs, texts = list(docs), list(docs.values())
-    mined = dense_rankings(model, [q.query for q in usable], slugs, texts, hard_negatives + 10) if hard_negatives else []
+    mined = (
+        dense_rankings(model, [q.query for q in usable], slugs, texts, hard_negatives + 10)
+        if hard_negatives
+        else []
+    )
     rows = []
     for i, q in enumerate(usable):
         row = {"anchor": q.query, "positive": docs[next(t for t in q.targets if t in docs)]}
@@ -91,13 +111,22 @@ def training_rows(model, train: list[EvalQuery], docs: dict[str, str], hard_nega
 
 
 def _digest(base: str, rows: list[dict], config: RetrieverTuneConfig) -> str:
-    payload = json.dumps({"base": base, "rows": rows, "config": config.model_dump(mode="json")}, sort_keys=True)
+    payload = json.dumps(
+        {"base": base, "rows": rows, "config": config.model_dump(mode="json")}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def tune_retriever(base: str, train: list[EvalQuery], evaluation: list[EvalQuery], docs: dict[str, str],
-                   config: RetrieverTuneConfig, paths: DataPaths, device: str = "cpu",
-                   log_fn=log.info) -> TuneResult:
+def tune_retriever(
+    base: str,
+    train: list[EvalQuery],
+    evaluation: list[EvalQuery],
+    docs: dict[str, str],
+    config: RetrieverTuneConfig,
+    paths: DataPaths,
+    device: str = "cpu",
+    log_fn=log.info,
+) -> TuneResult:
     """Fine-tune ``base`` (a sentence-transformers name or folder) and make it the indexes' embedder if better.
 
     A run with the same base, pairs and settings as a finished one reuses its model (no retraining).
@@ -106,12 +135,16 @@ def tune_retriever(base: str, train: list[EvalQuery], evaluation: list[EvalQuery
 
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.training_args import (BatchSamplers,
-                                                                          SentenceTransformerTrainingArguments)
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
 
     if not evaluation:
-        raise T0Error("no evaluation queries match the documents; write synthetic queries (synthetic_queries) "
-                      "so the tuned retriever can be compared with the current one.")
+        raise T0Error(
+            "no evaluation queries match the documents; write synthetic queries (synthetic_queries) "
+            "so the tuned retriever can be compared with the current one."
+        )
     started = time.perf_counter()
     model = SentenceTransformer(base, device=device)
     slugs, texts = list(docs), list(docs.values())
@@ -120,8 +153,10 @@ def tune_retriever(base: str, train: list[EvalQuery], evaluation: list[EvalQuery
     log_fn("current embedder on %d evaluation queries: %s" % (len(evaluation), _pk(before)))
     rows = training_rows(model, train, docs, config.hard_negatives, config.max_pairs, config.seed)
     if len(rows) < 2:
-        raise T0Error(f"only {len(rows)} training queries match the documents; write more synthetic queries "
-                      "(queries.n_train) before tuning the retriever.")
+        raise T0Error(
+            f"only {len(rows)} training queries match the documents; write more synthetic queries "
+            "(queries.n_train) before tuning the retriever."
+        )
     out = (paths.retriever_dir / f"tuned-{_digest(base, rows, config)}").resolve()
     notes: list[str] = []
     steps, loss = 0, None
@@ -133,37 +168,80 @@ def tune_retriever(base: str, train: list[EvalQuery], evaluation: list[EvalQuery
     else:
         from datasets import Dataset
 
-        log_fn(f"fine-tuning on {len(rows)} pairs with {config.hard_negatives} hard negative(s) each, "
-               f"batch {config.batch_size}, {config.epochs:g} epoch(s)")
+        log_fn(
+            f"fine-tuning on {len(rows)} pairs with {config.hard_negatives} hard negative(s) each, "
+            f"batch {config.batch_size}, {config.epochs:g} epoch(s)"
+        )
         with atomic_path(out) as tmp:
             args = SentenceTransformerTrainingArguments(
-                output_dir=str(tmp / "trainer"), num_train_epochs=config.epochs,
-                per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-                warmup_steps=config.warmup, seed=config.seed, batch_sampler=BatchSamplers.NO_DUPLICATES,
-                save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=False,
-                use_cpu=device == "cpu", dataloader_num_workers=0)
+                output_dir=str(tmp / "trainer"),
+                num_train_epochs=config.epochs,
+                per_device_train_batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                warmup_steps=config.warmup,
+                seed=config.seed,
+                batch_sampler=BatchSamplers.NO_DUPLICATES,
+                save_strategy="no",
+                report_to="none",
+                logging_steps=10,
+                disable_tqdm=False,
+                use_cpu=device == "cpu",
+                dataloader_num_workers=0,
+            )
             _logging.getLogger("sentence_transformers").setLevel(_logging.WARNING)
-            trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                                 loss=MultipleNegativesRankingLoss(model))
+            trainer = SentenceTransformerTrainer(
+                model=model,
+                args=args,
+                train_dataset=Dataset.from_list(rows),
+                loss=MultipleNegativesRankingLoss(model),
+            )
             state = trainer.train()
             steps, loss = int(state.global_step), float(state.training_loss)
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
             model.save_pretrained(str(tmp))
-            write_json({"base": base, "pairs": len(rows), "steps": steps, "train_loss": loss,
-                        "config": config.model_dump(mode="json")}, tmp / "t0_tune.json")
+            write_json(
+                {
+                    "base": base,
+                    "pairs": len(rows),
+                    "steps": steps,
+                    "train_loss": loss,
+                    "config": config.model_dump(mode="json"),
+                },
+                tmp / "t0_tune.json",
+            )
     tuned = SentenceTransformer(str(out), device=device)
     after = p_at_k(tuned, evaluation, slugs, texts, ks)
     gain = float(np.mean([after[k] - before[k] for k in ks]))
     used = gain > config.min_gain
-    log_fn(f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); "
-           + ("now the embedder of every index" if used else "not used: no better than the current one"))
-    result = TuneResult(base=base, model_dir=str(out), pairs=len(rows), eval_queries=len(evaluation), steps=steps,
-                        seconds=round(time.perf_counter() - started, 1), before=before, after=after, gain=gain,
-                        used=used, hard_negatives=config.hard_negatives, train_loss=loss, notes=notes)
+    log_fn(
+        f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); "
+        + (
+            "now the embedder of every index"
+            if used
+            else "not used: no better than the current one"
+        )
+    )
+    result = TuneResult(
+        base=base,
+        model_dir=str(out),
+        pairs=len(rows),
+        eval_queries=len(evaluation),
+        steps=steps,
+        seconds=round(time.perf_counter() - started, 1),
+        before=before,
+        after=after,
+        gain=gain,
+        used=used,
+        hard_negatives=config.hard_negatives,
+        train_loss=loss,
+        notes=notes,
+    )
     write_json(asdict(result), paths.retriever_dir / "last_run.json")
     if used:
-        write_json({"path": out.name, "base": base, "gain": gain, "before": before, "after": after},
-                   paths.retriever_dir / "active.json")
+        write_json(
+            {"path": out.name, "base": base, "gain": gain, "before": before, "after": after},
+            paths.retriever_dir / "active.json",
+        )
     return result
 
 
@@ -182,15 +260,27 @@ def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
     split_files = {split: paths.synthetic_queries(split) for split in ("train", "eval")}
     for split, path in split_files.items():
         if not path.exists():
-            raise T0Error(f"no synthetic {split} queries at {path}; write them first (`t0 synth-queries`, or "
-                          "materialise synthetic_queries).")
-    documents = read_parquet(paths.documents(tune.documents), f"{tune.documents} documents", "t0 summarise")
+            raise T0Error(
+                f"no synthetic {split} queries at {path}; write them first (`t0 synth-queries`, or "
+                "materialise synthetic_queries)."
+            )
+    documents = read_parquet(
+        paths.documents(tune.documents), f"{tune.documents} documents", "t0 summarise"
+    )
     docs = dict(zip(documents["slug"].to_list(), documents["text"].to_list()))
-    eval_cfg = cfg.retrieval_eval.model_copy(update={"query_field": "query", "target_field": "slug"})
+    eval_cfg = cfg.retrieval_eval.model_copy(
+        update={"query_field": "query", "target_field": "slug"}
+    )
     train = load_queries(split_files["train"], eval_cfg)
-    evaluation = [q for q in load_queries(split_files["eval"], eval_cfg) if any(t in docs for t in q.targets)]
+    evaluation = [
+        q for q in load_queries(split_files["eval"], eval_cfg) if any(t in docs for t in q.targets)
+    ]
     base = cfg.embedding.model or default_model_path()
-    result = tune_retriever(base, train, evaluation, docs, tune, paths, cfg.embedding.device, log_fn)
+    result = tune_retriever(
+        base, train, evaluation, docs, tune, paths, cfg.embedding.device, log_fn
+    )
     if not result.used:
-        (paths.retriever_dir / "active.json").unlink(missing_ok=True)  # the indexes go back to the base embedder
+        (paths.retriever_dir / "active.json").unlink(
+            missing_ok=True
+        )  # the indexes go back to the base embedder
     return result

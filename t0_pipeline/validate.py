@@ -15,15 +15,24 @@ def document_problems(docs: pl.DataFrame, min_chars: int = 1) -> list[str]:
     problems: list[str] = []
     if docs.is_empty():
         return ["the dataset has no documents"]
-    short = docs.filter(pl.col("text").str.strip_chars().str.len_chars() < min_chars)["slug"].to_list()
+    short = docs.filter(pl.col("text").str.strip_chars().str.len_chars() < min_chars)[
+        "slug"
+    ].to_list()
     if short:
         problems.append(f"{len(short)} empty or too-short documents: {', '.join(short[:5])}")
     dup_slugs = docs.group_by("slug").len().filter(pl.col("len") > 1)["slug"].to_list()
     if dup_slugs:
         problems.append(f"duplicate slugs: {', '.join(sorted(dup_slugs)[:5])}")
-    dup_text = (docs.group_by("content_hash").agg(pl.col("slug")).filter(pl.col("slug").list.len() > 1)["slug"].to_list())
+    dup_text = (
+        docs.group_by("content_hash")
+        .agg(pl.col("slug"))
+        .filter(pl.col("slug").list.len() > 1)["slug"]
+        .to_list()
+    )
     if dup_text:
-        problems.append("documents with identical text: " + "; ".join(", ".join(g) for g in dup_text[:3]))
+        problems.append(
+            "documents with identical text: " + "; ".join(", ".join(g) for g in dup_text[:3])
+        )
     return problems
 
 
@@ -41,7 +50,11 @@ def summary_problems(conditions: pl.DataFrame, summaries: pl.DataFrame) -> list[
     if missing:
         problems.append(f"{len(missing)} conditions without a summary: {', '.join(missing[:5])}")
     current = conditions.select("slug", pl.col("content_hash").alias("page_hash"))
-    stale = summaries.join(current, on="slug").filter(pl.col("source_hash") != pl.col("page_hash"))["slug"].to_list()
+    stale = (
+        summaries.join(current, on="slug")
+        .filter(pl.col("source_hash") != pl.col("page_hash"))["slug"]
+        .to_list()
+    )
     if stale:
         problems.append(f"{len(stale)} summaries made from an older page: {', '.join(stale[:5])}")
     empty = summaries.filter(pl.col("text").str.strip_chars() == "")["slug"].to_list()
@@ -73,8 +86,11 @@ def sft_problems(df: pl.DataFrame, block_size: int, think_end: str) -> list[str]
 
     if df.is_empty():
         return ["no examples"]
-    problems = [f"{r['id']}: {r['n_tokens']} tokens > block size {block_size}"
-                for r in df.iter_rows(named=True) if r["n_tokens"] > block_size]
+    problems = [
+        f"{r['id']}: {r['n_tokens']} tokens > block size {block_size}"
+        for r in df.iter_rows(named=True)
+        if r["n_tokens"] > block_size
+    ]
     for row in df.iter_rows(named=True):
         turns = json.loads(row["messages"])
         if not turns or turns[-1]["role"] != "assistant" or think_end not in turns[-1]["content"]:
@@ -90,7 +106,11 @@ def checkpoint_problems(final_dir) -> list[str]:
     if not final.is_dir():
         return [f"{final} does not exist"]
     problems = [] if (final / "config.json").is_file() else ["no config.json"]
-    if not any(final.glob("*.safetensors")) and not any(final.glob("*.bin")) and not (final / "adapter_config.json").is_file():
+    if (
+        not any(final.glob("*.safetensors"))
+        and not any(final.glob("*.bin"))
+        and not (final / "adapter_config.json").is_file()
+    ):
         problems.append("no weights (*.safetensors, *.bin or a LoRA adapter)")
     if not any((final / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         problems.append("no tokenizer")
@@ -99,10 +119,17 @@ def checkpoint_problems(final_dir) -> list[str]:
 
 def prediction_problems(predictions: pl.DataFrame, summary: dict) -> list[str]:
     """What is wrong with one model's evaluation: a (k, run, query) missing or repeated."""
-    expected = len(summary.get("ks", [])) * len(summary.get("seeds", [])) * int(summary.get("queries", 0))
+    expected = (
+        len(summary.get("ks", [])) * len(summary.get("seeds", [])) * int(summary.get("queries", 0))
+    )
     problems = []
     if predictions.height != expected:
-        problems.append(f"{predictions.height} predictions, expected {expected} (ks × runs × queries)")
-    if predictions.height and predictions.select("k", "run", "query_id").n_unique() != predictions.height:
+        problems.append(
+            f"{predictions.height} predictions, expected {expected} (ks × runs × queries)"
+        )
+    if (
+        predictions.height
+        and predictions.select("k", "run", "query_id").n_unique() != predictions.height
+    ):
         problems.append("a (k, run, query) is predicted twice")
     return problems

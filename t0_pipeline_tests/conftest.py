@@ -37,7 +37,9 @@ def retriever(built, embedder):
     from t0_pipeline.retrieve import Retriever
 
     cfg, paths = built
-    return Retriever("summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
+    return Retriever(
+        "summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder
+    )
 
 
 @pytest.fixture
@@ -70,7 +72,11 @@ def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
     from t0_pipeline.config import DataPaths
 
     paths = DataPaths(tmp_path_factory.mktemp("base-models"))
-    return Path(materialise("smollm2-135m-instruct", "bundled:smollm2-135m-instruct", paths, lambda m: None)["path"])
+    return Path(
+        materialise(
+            "smollm2-135m-instruct", "bundled:smollm2-135m-instruct", paths, lambda m: None
+        )["path"]
+    )
 
 
 @pytest.fixture
@@ -93,8 +99,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def build_tiny_tokenizer(path: Path, words: str):
@@ -108,8 +116,13 @@ def build_tiny_tokenizer(path: Path, words: str):
     vocab = {tok: i for i, tok in enumerate(specials + sorted(set(words.split()) - set(specials)))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
-                                  additional_special_tokens=specials[1:3])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=specials[1:3],
+    )
     tok.chat_template = CHATML
     tok.save_pretrained(path)
     return load_tokenizer(str(path))
@@ -122,6 +135,14 @@ def graph_subset(groups: set[str]) -> list:
     from t0_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.group_names_by_key.values()) <= groups]
-    checks = [c for c in defs.asset_checks if all(graph.get(k.asset_key).group_name in groups for k in c.check_keys)]
+    assets = [
+        a
+        for a in defs.assets
+        if isinstance(a, dg.AssetsDefinition) and set(a.group_names_by_key.values()) <= groups
+    ]
+    checks = [
+        c
+        for c in defs.asset_checks
+        if all(graph.get(k.asset_key).group_name in groups for k in c.check_keys)
+    ]
     return [*assets, *checks]

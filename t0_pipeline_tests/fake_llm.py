@@ -24,7 +24,11 @@ from typing import Any
 
 from aiohttp import web
 
-Reply = str | Callable[[list[dict[str, Any]]], str] | Callable[[list[dict[str, Any]], dict[str, Any]], str]
+Reply = (
+    str
+    | Callable[[list[dict[str, Any]]], str]
+    | Callable[[list[dict[str, Any]], dict[str, Any]], str]
+)
 
 
 def scripted(reply: Reply, body: dict[str, Any]) -> str:
@@ -47,10 +51,14 @@ class Rule:
     reply: Reply  # the content, or a function of the messages returning it
     reasoning: str | None = None  # returned as reasoning_content
     inline_think: str | None = None  # prepended to the content as <think>…</think>
-    faults: list[str | int] = field(default_factory=list)  # consumed one per request: 429, 500, "hang", "malformed"
+    faults: list[str | int] = field(
+        default_factory=list
+    )  # consumed one per request: 429, 500, "hang", "malformed"
     # (name, arguments) pairs, or a function of the messages returning them; used when the request offers tools.
     # Arguments may be a dict (sent as JSON) or a raw string (to script malformed arguments).
-    tool_calls: list[tuple[str, Any]] | Callable[[list[dict[str, Any]]], list[tuple[str, Any]]] | None = None
+    tool_calls: (
+        list[tuple[str, Any]] | Callable[[list[dict[str, Any]]], list[tuple[str, Any]]] | None
+    ) = None
 
 
 @dataclass
@@ -58,7 +66,9 @@ class FakeLLMState:
     rules: list[Rule] = field(default_factory=list)
     latency_s: float = 0.0  # added to every reply
     hang_s: float = 30.0  # how long a "hang" fault sleeps
-    chunk_delay_s: float = 0.0  # between streamed pieces (a slow model; lets a test kill the server mid-answer)
+    chunk_delay_s: float = (
+        0.0  # between streamed pieces (a slow model; lets a test kill the server mid-answer)
+    )
     retry_after: str = "1"
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
@@ -71,13 +81,23 @@ class FakeLLMState:
         return next((rule for rule in self.rules if rule.pattern.search(text)), None)
 
     def calls_matching(self, text: str) -> int:
-        return sum(1 for r in self.requests if any(text in str(m.get("content", "")) for m in r["messages"]))
+        return sum(
+            1
+            for r in self.requests
+            if any(text in str(m.get("content", "")) for m in r["messages"])
+        )
 
 
 class FakeLLM:
     """The server runs on aiohttp's async web server in a background thread (its own event loop)."""
 
-    def __init__(self, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0, served_name: str = "fake"):
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        served_name: str = "fake",
+    ):
         self.state = FakeLLMState(latency_s=latency_s)
         self.host, self.served_name, self.healthy = host, served_name, True
         self.tool_choice = True  # as `vllm serve --enable-auto-tool-choice`; off, requests offering tools get vLLM's 400
@@ -88,7 +108,9 @@ class FakeLLM:
 
     # --- handlers ------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.served_name, "object": "model"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.served_name, "object": "model"}]}
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         """vLLM's /health: 200 once the engine is ready."""
@@ -98,9 +120,16 @@ class FakeLLM:
         state = self.state
         body = await request.json()
         if body.get("tools") and not self.tool_choice:
-            return web.json_response({"error": {"message": '"auto" tool choice requires --enable-auto-tool-choice and '
-                                                           "--tool-call-parser to be set", "type": "BadRequestError"}},
-                                     status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+                        "--tool-call-parser to be set",
+                        "type": "BadRequestError",
+                    }
+                },
+                status=400,
+            )
         with state.lock:
             state.requests.append(body)
             state.started_at.append(time.monotonic())
@@ -114,61 +143,123 @@ class FakeLLM:
             with state.lock:
                 state.in_flight -= 1
 
-    async def _reply(self, request: web.Request, body: dict, rule: Rule | None, fault: str | int | None) -> web.StreamResponse:
+    async def _reply(
+        self, request: web.Request, body: dict, rule: Rule | None, fault: str | int | None
+    ) -> web.StreamResponse:
         state = self.state
         if fault == "hang":
             await asyncio.sleep(state.hang_s)
         if state.latency_s:
             await asyncio.sleep(state.latency_s)
         if fault in (429, 503):
-            return web.json_response({"error": {"message": "slow down", "type": "rate_limit"}}, status=fault,
-                                     headers={"Retry-After": state.retry_after})
+            return web.json_response(
+                {"error": {"message": "slow down", "type": "rate_limit"}},
+                status=fault,
+                headers={"Retry-After": state.retry_after},
+            )
         if isinstance(fault, int):
-            return web.json_response({"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault)
+            return web.json_response(
+                {"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault
+            )
         if rule is None:
-            return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
+            return web.json_response(
+                {"error": {"message": "no scripted reply matches this prompt"}}, status=400
+            )
         content = scripted(rule.reply, body)
         if fault == "malformed":
             content = content[: max(1, len(content) // 2)]  # truncated JSON
         if rule.inline_think is not None:
             content = f"<think>{rule.inline_think}</think>{content}"
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
-                 "total_tokens": prompt_tokens + len(content.split())}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(content.split()),
+            "total_tokens": prompt_tokens + len(content.split()),
+        }
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if rule.reasoning is not None:
             message["reasoning_content"] = rule.reasoning
         calls = rule.tool_calls(body["messages"]) if callable(rule.tool_calls) else rule.tool_calls
-        tool_calls = [{"id": "call_" + uuid.uuid4().hex[:8], "type": "function",
-                       "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
-                      for name, args in (calls or [])] if body.get("tools") else []
+        tool_calls = (
+            [
+                {
+                    "id": "call_" + uuid.uuid4().hex[:8],
+                    "type": "function",
+                    "function": {
+                        "name": name,
+                        "arguments": args if isinstance(args, str) else json.dumps(args),
+                    },
+                }
+                for name, args in (calls or [])
+            ]
+            if body.get("tools")
+            else []
+        )
         if tool_calls:
             message["tool_calls"] = tool_calls
             message["content"] = content or None
         finish = "tool_calls" if tool_calls else "stop"
-        base = {"id": "chatcmpl-" + uuid.uuid4().hex[:12], "created": int(time.time()), "model": body.get("model", "fake")}
+        base = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:12],
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+        }
         if not body.get("stream"):
-            return web.json_response({**base, "object": "chat.completion", "usage": usage,
-                                      "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                }
+            )
+        stream = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await stream.prepare(request)
-        pieces = [{"reasoning_content": w + " "} for w in (message.get("reasoning_content") or "").split(" ") if w]
+        pieces = [
+            {"reasoning_content": w + " "}
+            for w in (message.get("reasoning_content") or "").split(" ")
+            if w
+        ]
         pieces += [{"content": w} for w in re.findall(r"\S+\s*|\s+", content)]
         for i, call in enumerate(tool_calls):  # name first, then the arguments in two fragments
             args = call["function"]["arguments"]
-            pieces.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                           "function": {"name": call["function"]["name"], "arguments": ""}}]})
-            for part in (args[: len(args) // 2], args[len(args) // 2:]):
+            pieces.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": i,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for part in (args[: len(args) // 2], args[len(args) // 2 :]):
                 pieces.append({"tool_calls": [{"index": i, "function": {"arguments": part}}]})
         for i, delta in enumerate(pieces):
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": {"role": "assistant", **delta} if i == 0 else delta,
-                                  "finish_reason": None}]}
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", **delta} if i == 0 else delta,
+                        "finish_reason": None,
+                    }
+                ],
+            }
             await stream.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if state.chunk_delay_s:
                 await asyncio.sleep(state.chunk_delay_s)
-        final = {**base, "object": "chat.completion.chunk", "usage": usage,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        final = {
+            **base,
+            "object": "chat.completion.chunk",
+            "usage": usage,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+        }
         await stream.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
         await stream.write_eof()
         return stream
@@ -185,20 +276,36 @@ class FakeLLM:
         if fault == "hang":
             await asyncio.sleep(state.hang_s)
         if isinstance(fault, int):
-            return web.json_response({"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault)
+            return web.json_response(
+                {"error": {"message": f"scripted {fault}", "type": "server_error"}}, status=fault
+            )
         if rule is None:
-            return web.json_response({"error": {"message": "no scripted reply matches this prompt"}}, status=400)
+            return web.json_response(
+                {"error": {"message": "no scripted reply matches this prompt"}}, status=400
+            )
         words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split()
         limit = int(body.get("max_tokens") or len(words))
         # a token is a word with its leading space, as BPE tokens carry theirs: texts join without merging words
-        text, finish = ("".join(" " + w for w in words[:limit]), "length") if len(words) > limit else \
-            ("".join(" " + w for w in words), "stop")
+        text, finish = (
+            ("".join(" " + w for w in words[:limit]), "length")
+            if len(words) > limit
+            else ("".join(" " + w for w in words), "stop")
+        )
         n, prompt_tokens = len(text.split()), len(str(body.get("prompt", "")).split())
-        return web.json_response({"id": "cmpl-" + uuid.uuid4().hex[:12], "object": "text_completion",
-                                  "created": int(time.time()), "model": body.get("model", "fake"),
-                                  "choices": [{"index": 0, "text": text, "finish_reason": finish}],
-                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                                            "total_tokens": prompt_tokens + n}})
+        return web.json_response(
+            {
+                "id": "cmpl-" + uuid.uuid4().hex[:12],
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": prompt_tokens + n,
+                },
+            }
+        )
 
     async def _tokenize(self, request: web.Request) -> web.StreamResponse:
         """vLLM's /tokenize: the token count of a prompt (here: its words)."""
@@ -241,9 +348,12 @@ class FakeLLM:
         self._thread.join(timeout=10)
 
 
-def budget_student(thinking: str, answer: str, marker: str = "<|im_start|>answer") -> Callable[[list[dict[str, Any]]], str]:
+def budget_student(
+    thinking: str, answer: str, marker: str = "<|im_start|>answer"
+) -> Callable[[list[dict[str, Any]]], str]:
     """A completions-endpoint reply for budget forcing: ``thinking`` until the prompt ends with the forced
     answer marker, then ``answer``."""
+
     def reply(messages: list[dict[str, Any]]) -> str:
         return answer if messages[-1]["content"].endswith(marker + "\n") else thinking
 
@@ -258,42 +368,80 @@ def main() -> None:
     import signal
     import sys
 
-    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible server with scripted replies.")
-    parser.add_argument("checkpoint", nargs="?", help="stand-in for vllm serve: the checkpoint it would load")
+    parser = argparse.ArgumentParser(
+        description="Loopback OpenAI-compatible server with scripted replies."
+    )
+    parser.add_argument(
+        "checkpoint", nargs="?", help="stand-in for vllm serve: the checkpoint it would load"
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed pieces")
+    parser.add_argument(
+        "--chunk-delay", type=float, default=0.0, help="seconds between streamed pieces"
+    )
     parser.add_argument("--reply", default="ok", help="the reply content for every prompt")
-    parser.add_argument("--thinking", help="completions: the thinking, until the prompt ends with the answer marker")
+    parser.add_argument(
+        "--thinking", help="completions: the thinking, until the prompt ends with the answer marker"
+    )
     parser.add_argument("--answer", help="completions: the answer after the marker")
-    parser.add_argument("--tool", nargs=2, metavar=("NAME", "JSON"), help="chat: call this tool when tools are offered")
+    parser.add_argument(
+        "--tool",
+        nargs=2,
+        metavar=("NAME", "JSON"),
+        help="chat: call this tool when tools are offered",
+    )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, help="serve on this port until SIGTERM (as vllm serve does)")
+    parser.add_argument(
+        "--port", type=int, help="serve on this port until SIGTERM (as vllm serve does)"
+    )
     parser.add_argument("--served-model-name", default="fake")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--enable-auto-tool-choice", action="store_true")
     parser.add_argument("--tool-call-parser")
-    parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds of 'loading' before serving")
+    parser.add_argument(
+        "--startup-delay", type=float, default=0.0, help="seconds of 'loading' before serving"
+    )
     parser.add_argument("--unhealthy", action="store_true", help="/health answers 503 for ever")
     parser.add_argument("--fail", help="print this as the loading error and exit 1")
     args = parser.parse_args()
-    print(f"stand-in server: loading {args.checkpoint} as {args.served_model_name} (tp {args.tensor_parallel_size})",
-          flush=True)
+    print(
+        f"stand-in server: loading {args.checkpoint} as {args.served_model_name} (tp {args.tensor_parallel_size})",
+        flush=True,
+    )
     time.sleep(args.startup_delay)
     if args.fail:
         print(args.fail, file=sys.stderr, flush=True)
         sys.exit(1)
-    if args.checkpoint and args.checkpoint.startswith("/") and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
-        print(f"OSError: {args.checkpoint} does not appear to have a file named config.json.", file=sys.stderr, flush=True)
+    if (
+        args.checkpoint
+        and args.checkpoint.startswith("/")
+        and not os.path.isfile(os.path.join(args.checkpoint, "config.json"))
+    ):
+        print(
+            f"OSError: {args.checkpoint} does not appear to have a file named config.json.",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(1)
     stop = threading.Event()
-    with FakeLLM(latency_s=args.latency, host=args.host, port=args.port or 0, served_name=args.served_model_name) as server:
+    with FakeLLM(
+        latency_s=args.latency,
+        host=args.host,
+        port=args.port or 0,
+        served_name=args.served_model_name,
+    ) as server:
         server.healthy = not args.unhealthy
         server.state.chunk_delay_s = args.chunk_delay
         server.tool_choice = args.enable_auto_tool_choice and bool(args.tool_call_parser)
-        if args.thinking is not None:  # completions prompts are rendered chat templates; chat messages are not
+        if (
+            args.thinking is not None
+        ):  # completions prompts are rendered chat templates; chat messages are not
             server.on(r"<\|im_start\|>", budget_student(args.thinking, args.answer or ""))
-        server.on(".*", args.reply, tool_calls=[(args.tool[0], json.loads(args.tool[1]))] if args.tool else None)
+        server.on(
+            ".*",
+            args.reply,
+            tool_calls=[(args.tool[0], json.loads(args.tool[1]))] if args.tool else None,
+        )
         print(server.api_base, flush=True)
         if args.port is None:
             try:
@@ -302,7 +450,10 @@ def main() -> None:
                 pass
             return
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        print(f"INFO: serving {args.served_model_name} on http://{args.host}:{server.port}", flush=True)
+        print(
+            f"INFO: serving {args.served_model_name} on http://{args.host}:{server.port}",
+            flush=True,
+        )
         stop.wait()
         print("INFO: shutting down", flush=True)
 

@@ -20,13 +20,19 @@ from typing import Any, Callable
 class SiteState:
     root: Path
     robots: str = "User-agent: *\nAllow: /\n"
-    overrides: dict[str, bytes] = field(default_factory=dict)  # path → body replacing the mirror file
-    fail: dict[str, list[int]] = field(default_factory=dict)  # path → statuses to answer first, in order
+    overrides: dict[str, bytes] = field(
+        default_factory=dict
+    )  # path → body replacing the mirror file
+    fail: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # path → statuses to answer first, in order
     always: dict[str, int] = field(default_factory=dict)  # path → status answered every time
     retry_after: str | None = None  # sent with 429/503
     slow: dict[str, float] = field(default_factory=dict)  # path → seconds to sleep before answering
     robots_status: int = 200  # answer robots.txt with this status (its body only when 200)
-    custom: dict[str, Callable[[Any], None]] = field(default_factory=dict)  # path → writes its own raw answer
+    custom: dict[str, Callable[[Any], None]] = field(
+        default_factory=dict
+    )  # path → writes its own raw answer
     hits: list[tuple[str, int]] = field(default_factory=list)  # (path, status) per request
     user_agents: set[str] = field(default_factory=set)
 
@@ -54,7 +60,10 @@ def make_handler(state: SiteState):
                 state.hits.append((path, 0))
                 try:
                     return state.custom[path](self)
-                except (BrokenPipeError, ConnectionResetError):  # the crawler gave up on it: that is the point
+                except (
+                    BrokenPipeError,
+                    ConnectionResetError,
+                ):  # the crawler gave up on it: that is the point
                     return None
             if path == "/robots.txt":
                 if state.robots_status != 200:
@@ -65,13 +74,17 @@ def make_handler(state: SiteState):
             queue = state.fail.get(path)
             if queue:
                 status = queue.pop(0)
-                extra = {"Retry-After": state.retry_after} if state.retry_after and status in (429, 503) else {}
+                extra = (
+                    {"Retry-After": state.retry_after}
+                    if state.retry_after and status in (429, 503)
+                    else {}
+                )
                 return self._send(status, b"try later", extra)
             if not path.startswith("/conditions/"):
                 return self._send(404, b"not found")
             body = state.overrides.get(path)
             if body is None:
-                file = state.root / path[len("/conditions/"):].strip("/") / "index.html"
+                file = state.root / path[len("/conditions/") :].strip("/") / "index.html"
                 if not file.is_file():
                     return self._send(404, b"not found")
                 body = file.read_bytes()
@@ -89,7 +102,9 @@ class QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         import sys
 
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a crawler hanging up is fine
+        if not isinstance(
+            sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)
+        ):  # a crawler hanging up is fine
             super().handle_error(request, client_address)
 
 

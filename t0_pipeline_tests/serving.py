@@ -37,7 +37,9 @@ def reasoner_answer(messages) -> str:
 def script(server, latency_s: float = 0.0) -> None:
     """The agent searches for anything but a greeting; the reasoner thinks, then echoes the question."""
     server.state.latency_s = latency_s
-    server.on(REASONER_MARK, reasoner_answer, reasoning="I compared the documents with the symptoms.")
+    server.on(
+        REASONER_MARK, reasoner_answer, reasoning="I compared the documents with the symptoms."
+    )
     server.on(AGENT_MARK, agent_text, tool_calls=agent_tool_calls)
 
 
@@ -53,7 +55,9 @@ def running(app, port: int | None = None):
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -26,7 +26,7 @@ def test_chunks_are_exact_slices_that_fit_and_overlap(embedder):
     chunks = chunk_documents(["doc"], [text], tok, size=64, overlap=16)
     assert len(chunks) > 3
     for c in chunks:
-        assert c.text == text[c.start:c.end]
+        assert c.text == text[c.start : c.end]
         assert len(tok(c.text, add_special_tokens=False)["input_ids"]) <= 64
     a = tok(chunks[0].text, add_special_tokens=False)["input_ids"]
     b = tok(chunks[1].text, add_special_tokens=False)["input_ids"]

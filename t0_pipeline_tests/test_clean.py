@@ -42,34 +42,102 @@ def test_boilerplate_removed_and_structure_kept():
     assert "### Urgent advice: Call 111 if:\n- the humming gets louder" in text
     assert "Stages\n- Stage: Early; Sign: purple tongue\n- Stage: Late; Sign: humming" in text
     assert "## Treatment\nRest." in text
-    for gone in ("cookies", "Live Well", "Health A to Z", "Contents", "Further information", "Links to other sites",
-                 "Page last reviewed", "Next", "Crown copyright", "var x"):
+    for gone in (
+        "cookies",
+        "Live Well",
+        "Health A to Z",
+        "Contents",
+        "Further information",
+        "Links to other sites",
+        "Page last reviewed",
+        "Next",
+        "Crown copyright",
+        "var x",
+    ):
         assert gone not in text, gone
 
 
 def test_empty_and_malformed_pages_are_reported_and_others_kept():
     rows = [
-        {"slug": "good", "title": "Good", "url": "u/good", "part": 0, "page_url": "u/good", "format": "html", "body": PAGE},
-        {"slug": "empty", "title": "Empty", "url": "u/empty", "part": 0, "page_url": "u/empty", "format": "html", "body": "   "},
-        {"slug": "broken", "title": "Broken", "url": "u/b", "part": 0, "page_url": "u/b", "format": "html",
-         "body": "<html><body><main><div><p></p></div"},
-        {"slug": "text", "title": "Text", "url": "u/t", "part": 0, "page_url": "u/t", "format": "text",
-         "body": "Line one   here.\r\n\n\n\nLine two is long enough to keep."},
+        {
+            "slug": "good",
+            "title": "Good",
+            "url": "u/good",
+            "part": 0,
+            "page_url": "u/good",
+            "format": "html",
+            "body": PAGE,
+        },
+        {
+            "slug": "empty",
+            "title": "Empty",
+            "url": "u/empty",
+            "part": 0,
+            "page_url": "u/empty",
+            "format": "html",
+            "body": "   ",
+        },
+        {
+            "slug": "broken",
+            "title": "Broken",
+            "url": "u/b",
+            "part": 0,
+            "page_url": "u/b",
+            "format": "html",
+            "body": "<html><body><main><div><p></p></div",
+        },
+        {
+            "slug": "text",
+            "title": "Text",
+            "url": "u/t",
+            "part": 0,
+            "page_url": "u/t",
+            "format": "text",
+            "body": "Line one   here.\r\n\n\n\nLine two is long enough to keep.",
+        },
     ]
-    pages = pl.DataFrame([{**r, "content_hash": "h", "etag": None, "last_modified": None, "fetched_at": "t", "source": "s"}
-                          for r in rows], schema=PAGE_SCHEMA)
+    pages = pl.DataFrame(
+        [
+            {
+                **r,
+                "content_hash": "h",
+                "etag": None,
+                "last_modified": None,
+                "fetched_at": "t",
+                "source": "s",
+            }
+            for r in rows
+        ],
+        schema=PAGE_SCHEMA,
+    )
     docs, problems = clean_pages(pages, NHS, CleanConfig(min_chars=20))
     assert sorted(docs["slug"].to_list()) == ["good", "text"]
-    assert docs.filter(pl.col("slug") == "text")["text"][0] == "Line one here.\n\nLine two is long enough to keep."
+    assert (
+        docs.filter(pl.col("slug") == "text")["text"][0]
+        == "Line one here.\n\nLine two is long enough to keep."
+    )
     assert any(p.startswith("record empty (u/empty): field 'body' has no text") for p in problems)
     assert any(p.startswith("record broken") for p in problems)
 
 
 def test_multi_page_documents_are_joined_in_part_order():
-    part = lambda n, body: {"slug": "ff", "title": "FF", "url": "u", "part": n, "page_url": f"u/{n}", "format": "html",
-                            "body": f"<main><h1>Page {n}</h1><p>{body}</p></main>", "content_hash": "h", "etag": None,
-                            "last_modified": None, "fetched_at": f"2025-01-0{n + 1}", "source": "s"}
-    pages = pl.DataFrame([part(1, "second part text"), part(0, "first part text")], schema=PAGE_SCHEMA)
+    part = lambda n, body: {
+        "slug": "ff",
+        "title": "FF",
+        "url": "u",
+        "part": n,
+        "page_url": f"u/{n}",
+        "format": "html",
+        "body": f"<main><h1>Page {n}</h1><p>{body}</p></main>",
+        "content_hash": "h",
+        "etag": None,
+        "last_modified": None,
+        "fetched_at": f"2025-01-0{n + 1}",
+        "source": "s",
+    }
+    pages = pl.DataFrame(
+        [part(1, "second part text"), part(0, "first part text")], schema=PAGE_SCHEMA
+    )
     docs, _ = clean_pages(pages, NHS, CleanConfig(min_chars=5))
     assert docs["text"][0] == "# Page 0\nfirst part text\n\n# Page 1\nsecond part text"
     assert docs["n_pages"][0] == 2 and docs["fetched_at"][0] == "2025-01-02"
@@ -81,8 +149,20 @@ def test_normalise_text_collapses_whitespace():
 
 def test_deeply_nested_pages_are_cleaned_without_recursion():
     depth = 20_000  # far past Python's recursion limit
-    divs = "<main>" + "<div>" * depth + "<p>Deep paragraph text.</p>" + "</div>" * depth + "<p>After it.</p></main>"
-    lists = "<main><ul>" + "<li>level<ul>" * 3000 + "<li>leaf</li>" + "</ul></li>" * 3000 + "</ul></main>"
+    divs = (
+        "<main>"
+        + "<div>" * depth
+        + "<p>Deep paragraph text.</p>"
+        + "</div>" * depth
+        + "<p>After it.</p></main>"
+    )
+    lists = (
+        "<main><ul>"
+        + "<li>level<ul>" * 3000
+        + "<li>leaf</li>"
+        + "</ul></li>" * 3000
+        + "</ul></main>"
+    )
     assert html_to_text(divs, NHS) == "Deep paragraph text.\nAfter it."
     items = html_to_text(lists, NHS).splitlines()
     assert len(items) == 3001 and items[0] == "- level" and items[-1] == "  " * 3000 + "- leaf"
@@ -99,14 +179,35 @@ def test_a_page_that_cannot_be_cleaned_is_reported_and_the_rest_go_on(monkeypatc
         return real(html, adapter)
 
     monkeypatch.setattr(clean, "html_to_text", fragile)
-    page = lambda slug, part, body: {"slug": slug, "title": slug, "url": f"u/{slug}", "part": part,  # noqa: E731
-                                     "page_url": f"u/{slug}/{part}", "format": "html", "body": body, "content_hash": "h",
-                                     "etag": None, "last_modified": None, "fetched_at": "2025-01-01", "source": "s"}
-    pages = pl.DataFrame([page("ok", 0, "<main><p>A perfectly ordinary page.</p></main>"),
-                          page("guide", 0, "<main><p>The first part of a guide.</p></main>"),
-                          page("guide", 1, "<main><p>poison</p></main>")], schema=PAGE_SCHEMA)
+    page = lambda slug, part, body: {
+        "slug": slug,
+        "title": slug,
+        "url": f"u/{slug}",
+        "part": part,  # noqa: E731
+        "page_url": f"u/{slug}/{part}",
+        "format": "html",
+        "body": body,
+        "content_hash": "h",
+        "etag": None,
+        "last_modified": None,
+        "fetched_at": "2025-01-01",
+        "source": "s",
+    }
+    pages = pl.DataFrame(
+        [
+            page("ok", 0, "<main><p>A perfectly ordinary page.</p></main>"),
+            page("guide", 0, "<main><p>The first part of a guide.</p></main>"),
+            page("guide", 1, "<main><p>poison</p></main>"),
+        ],
+        schema=PAGE_SCHEMA,
+    )
     docs, problems = clean_pages(pages, NHS, CleanConfig(min_chars=10))
-    assert sorted(docs["slug"]) == ["guide", "ok"] and docs.filter(pl.col("slug") == "guide")["n_pages"][0] == 2
+    assert (
+        sorted(docs["slug"]) == ["guide", "ok"]
+        and docs.filter(pl.col("slug") == "guide")["n_pages"][0] == 2
+    )
     assert docs.filter(pl.col("slug") == "guide")["text"][0] == "The first part of a guide."
-    assert problems == ["record guide (u/guide/1): could not be cleaned (RecursionError: maximum recursion depth "
-                        "exceeded); that page is left out"]
+    assert problems == [
+        "record guide (u/guide/1): could not be cleaned (RecursionError: maximum recursion depth "
+        "exceeded); that page is left out"
+    ]

@@ -26,48 +26,89 @@ def write(tmp_path, text: str, name: str = "t0.yaml") -> Path:
 
 def test_a_file_naming_one_field_of_one_role_changes_that_field_only(tmp_path):
     default = PipelineConfig()
-    cfg = load_config(write(tmp_path, "llm:\n  roles:\n    agent:\n      api_base: http://gpu-node:8000/v1\n"), environ={})
+    cfg = load_config(
+        write(tmp_path, "llm:\n  roles:\n    agent:\n      api_base: http://gpu-node:8000/v1\n"),
+        environ={},
+    )
     assert set(cfg.llm.roles) == set(default.llm.roles)  # the other roles are still there
     agent = cfg.llm.roles["agent"]
     assert agent.api_base == "http://gpu-node:8000/v1"
-    assert agent.model_dump(exclude={"api_base"}) == default.llm.roles["agent"].model_dump(exclude={"api_base"})
+    assert agent.model_dump(exclude={"api_base"}) == default.llm.roles["agent"].model_dump(
+        exclude={"api_base"}
+    )
     assert agent.model != RoleConfig().model  # the agent's own default model, not the class default
     assert cfg.llm.roles["teacher"] == default.llm.roles["teacher"]
 
 
 def test_file_then_environment_then_run_config_each_override_only_their_fields(tmp_path):
-    path = write(tmp_path, "llm:\n  roles:\n    teacher: {max_tokens: 100, temperature: 0.1}\nqueries: {n_eval: 10}\n")
-    env = {"T0_LLM__ROLES__TEACHER__MAX_TOKENS": "200", "T0_QUERIES__DISPOSITIONS": '["A&E", "Self-care"]',
-           "T0_DATA_DIR": "elsewhere", "T0_LLM_API_KEY": "sk-not-a-setting"}
-    cfg = load_config(path, environ=env, overrides={"llm": {"roles": {"teacher": {"temperature": 0.3}}}})
+    path = write(
+        tmp_path,
+        "llm:\n  roles:\n    teacher: {max_tokens: 100, temperature: 0.1}\nqueries: {n_eval: 10}\n",
+    )
+    env = {
+        "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "200",
+        "T0_QUERIES__DISPOSITIONS": '["A&E", "Self-care"]',
+        "T0_DATA_DIR": "elsewhere",
+        "T0_LLM_API_KEY": "sk-not-a-setting",
+    }
+    cfg = load_config(
+        path, environ=env, overrides={"llm": {"roles": {"teacher": {"temperature": 0.3}}}}
+    )
     teacher = cfg.llm.roles["teacher"]
-    assert (teacher.max_tokens, teacher.temperature, teacher.timeout_s) == (200, 0.3, 600.0)  # env, run config, default
-    assert cfg.queries.n_eval == 10 and cfg.queries.dispositions == ["A&E", "Self-care"]  # lists replace whole
+    assert (teacher.max_tokens, teacher.temperature, teacher.timeout_s) == (
+        200,
+        0.3,
+        600.0,
+    )  # env, run config, default
+    assert cfg.queries.n_eval == 10 and cfg.queries.dispositions == [
+        "A&E",
+        "Self-care",
+    ]  # lists replace whole
     assert cfg.queries.n_train == 2000
 
 
 def test_evaluation_entries_merge_into_the_size_entries_and_null_removes_a_default(tmp_path):
-    path = write(tmp_path, "evaluation:\n  models:\n    t0-7b: {api_base: http://node:9000/v1}\n    gpt-4o: null\n"
-                           "    mine: {model: openai/mine}\n")
+    path = write(
+        tmp_path,
+        "evaluation:\n  models:\n    t0-7b: {api_base: http://node:9000/v1}\n    gpt-4o: null\n"
+        "    mine: {model: openai/mine}\n",
+    )
     cfg = load_config(path, environ={})
     student = cfg.evaluation.models["t0-7b"]
     assert student.api_base == "http://node:9000/v1"
-    assert (student.backend, student.student, student.base, student.budget is not None) == ("completions", "7B",
-                                                                                           "qwen2.5-7b", True)
-    assert student.serve is None  # an address given and no serve section: it is already running there
-    assert cfg.evaluation.models["t0-3b"].serve is not None  # the untouched sizes are still served by the pipeline
+    assert (student.backend, student.student, student.base, student.budget is not None) == (
+        "completions",
+        "7B",
+        "qwen2.5-7b",
+        True,
+    )
+    assert (
+        student.serve is None
+    )  # an address given and no serve section: it is already running there
+    assert (
+        cfg.evaluation.models["t0-3b"].serve is not None
+    )  # the untouched sizes are still served by the pipeline
     assert "gpt-4o" not in cfg.evaluation.models and "retrieval-baseline" in cfg.evaluation.models
-    assert cfg.evaluation.models["mine"].backend == "chat"  # a new name starts from the class defaults
+    assert (
+        cfg.evaluation.models["mine"].backend == "chat"
+    )  # a new name starts from the class defaults
     assert list(cfg.evaluation.models)[:3] == ["retrieval-baseline", "qwen2.5-1.5b", "t0-1.5b"]
 
 
 def test_mistakes_name_their_layer_and_the_setting(tmp_path):
-    with pytest.raises(T0Error, match=r"environment variable T0_LLM__ROLES__TEACHER__MAX_TOKENS: field "
-                                      r"'llm.roles.teacher.max_tokens'"):
+    with pytest.raises(
+        T0Error,
+        match=r"environment variable T0_LLM__ROLES__TEACHER__MAX_TOKENS: field "
+        r"'llm.roles.teacher.max_tokens'",
+    ):
         load_config(None, environ={"T0_LLM__ROLES__TEACHER__MAX_TOKENS": "lots"})
-    with pytest.raises(T0Error, match=r"T0_CHUNK__SISE: unknown setting 'chunk.sise'; did you mean 'chunk.size'\?"):
+    with pytest.raises(
+        T0Error, match=r"T0_CHUNK__SISE: unknown setting 'chunk.sise'; did you mean 'chunk.size'\?"
+    ):
         load_config(None, environ={"T0_CHUNK__SISE": "3"})
-    with pytest.raises(T0Error, match=r"config file .*t0.yaml: unknown setting 'llm.roles.agent.temprature'"):
+    with pytest.raises(
+        T0Error, match=r"config file .*t0.yaml: unknown setting 'llm.roles.agent.temprature'"
+    ):
         load_config(write(tmp_path, "llm:\n  roles:\n    agent: {temprature: 0.1}\n"), environ={})
     with pytest.raises(T0Error, match=r"run config overrides: field 'chunk.overlap'"):
         load_config(None, environ={}, overrides={"chunk": {"overlap": -1}})
@@ -76,7 +117,11 @@ def test_mistakes_name_their_layer_and_the_setting(tmp_path):
 
 
 def readme_configs() -> list[str]:
-    return [block for block in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S) if "t0.yaml" in block]
+    return [
+        block
+        for block in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+        if "t0.yaml" in block
+    ]
 
 
 def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, built):
@@ -88,13 +133,30 @@ def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, 
         data = yaml.safe_load(text)
         for role, fields in data.get("llm", {}).get("roles", {}).items():
             assert cfg.llm.roles[role].model_dump(include=set(fields)) == fields
-        assert {"agent", "reasoner"} <= set(cfg.llm.roles)  # what `t0 serve` needs is still configured
+        assert {"agent", "reasoner"} <= set(
+            cfg.llm.roles
+        )  # what `t0 serve` needs is still configured
     from t0_pipeline_tests.serving import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "t0_pipeline.cli", "serve", "--data-dir", str(paths.root), "--config",
-                             str(tmp_path / "t0.yaml"), "--port", str(port), "--insecure-local"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "t0_pipeline.cli",
+            "serve",
+            "--data-dir",
+            str(paths.root),
+            "--config",
+            str(tmp_path / "t0.yaml"),
+            "--port",
+            str(port),
+            "--insecure-local",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, answered = time.monotonic() + 90, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -103,16 +165,24 @@ def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, 
                 break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        assert answered is not None and answered.status_code == 200, proc.stdout.read() if proc.poll() is not None else ""
+        assert answered is not None and answered.status_code == 200, (
+            proc.stdout.read() if proc.poll() is not None else ""
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 def test_null_drops_a_default_size_and_its_evaluation_entries_but_sets_none_elsewhere(tmp_path):
-    path = write(tmp_path, "train:\n  sizes: {0.5B: Qwen/Qwen2.5-0.5B-Instruct, 32B: null}\n"
-                           "llm:\n  roles:\n    agent: {api_base: null}\n")
+    path = write(
+        tmp_path,
+        "train:\n  sizes: {0.5B: Qwen/Qwen2.5-0.5B-Instruct, 32B: null}\n"
+        "llm:\n  roles:\n    agent: {api_base: null}\n",
+    )
     cfg = load_config(path, environ={})
     assert list(cfg.train.sizes) == ["1.5B", "3B", "7B", "14B", "0.5B"]
     assert "t0-32b" not in cfg.evaluation.models and "qwen2.5-0.5b" in cfg.evaluation.models
-    assert cfg.llm.roles["agent"].api_base is None and cfg.llm.roles["agent"].model == PipelineConfig().llm.roles["agent"].model
+    assert (
+        cfg.llm.roles["agent"].api_base is None
+        and cfg.llm.roles["agent"].model == PipelineConfig().llm.roles["agent"].model
+    )

@@ -17,8 +17,20 @@ from t0_pipeline.llm import LLMCache, LLMClient
 from t0_pipeline.model_server import LocalServer, ServerPlan, serving
 from t0_pipeline.synth import WrittenQuery
 
-CPU_SERVER = ["{python}", "-m", "t0_pipeline.cpu_server", "{checkpoint}", "--served-model-name", "{name}",
-              "--host", "{host}", "--port", "{port}", "--quantize", "int8"]
+CPU_SERVER = [
+    "{python}",
+    "-m",
+    "t0_pipeline.cpu_server",
+    "{checkpoint}",
+    "--served-model-name",
+    "{name}",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+    "--quantize",
+    "int8",
+]
 
 
 def cpu_servers() -> ModelServerConfig:
@@ -28,7 +40,9 @@ def cpu_servers() -> ModelServerConfig:
 @pytest.fixture(scope="module")
 def smol_server(smollm2_checkpoint, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
-    with serving(LocalServer(cpu_servers(), ServerPlan("smol", str(smollm2_checkpoint)), logs)) as api_base:
+    with serving(
+        LocalServer(cpu_servers(), ServerPlan("smol", str(smollm2_checkpoint)), logs)
+    ) as api_base:
         yield api_base
 
 
@@ -37,22 +51,47 @@ def test_the_server_speaks_the_protocol_the_stages_use(smol_server, smollm2_chec
 
     assert [m["id"] for m in httpx.get(smol_server + "/models").json()["data"]] == ["smol"]
     prompt = "<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n"
-    done = httpx.post(smol_server + "/completions", timeout=60, json={
-        "model": "smol", "prompt": prompt, "max_tokens": 40, "temperature": 0, "stop": ["."]}).json()
+    done = httpx.post(
+        smol_server + "/completions",
+        timeout=60,
+        json={"model": "smol", "prompt": prompt, "max_tokens": 40, "temperature": 0, "stop": ["."]},
+    ).json()
     text = done["choices"][0]["text"]
-    assert "." not in text and done["usage"]["completion_tokens"] <= 40  # stop strings are not returned
-    counted = httpx.post(smol_server.removesuffix("/v1") + "/tokenize", json={"prompt": prompt}).json()["count"]
-    assert counted == len(AutoTokenizer.from_pretrained(smollm2_checkpoint)(prompt, add_special_tokens=False)["input_ids"])
+    assert (
+        "." not in text and done["usage"]["completion_tokens"] <= 40
+    )  # stop strings are not returned
+    counted = httpx.post(
+        smol_server.removesuffix("/v1") + "/tokenize", json={"prompt": prompt}
+    ).json()["count"]
+    assert counted == len(
+        AutoTokenizer.from_pretrained(smollm2_checkpoint)(prompt, add_special_tokens=False)[
+            "input_ids"
+        ]
+    )
     wrong = httpx.post(smol_server + "/chat/completions", json={"model": "other", "messages": []})
     assert wrong.status_code == 404 and "serves `smol`" in wrong.text
-    tools = httpx.post(smol_server + "/chat/completions", json={
-        "model": "smol", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]})
+    tools = httpx.post(
+        smol_server + "/chat/completions",
+        json={
+            "model": "smol",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function"}],
+        },
+    )
     assert tools.status_code == 400 and "answer: text" in tools.text
 
 
-def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(smol_server, tmp_path):
-    role = RoleConfig(model="openai/smol", api_base=smol_server, api_key_env=None, temperature=0.9, max_tokens=200,
-                      structured_output=True)
+def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(
+    smol_server, tmp_path
+):
+    role = RoleConfig(
+        model="openai/smol",
+        api_base=smol_server,
+        api_key_env=None,
+        temperature=0.9,
+        max_tokens=200,
+        structured_output=True,
+    )
     llm = LLMConfig(roles={"query_writer": role}, concurrency=8)
     client = LLMClient("query_writer", llm, LLMCache(tmp_path / "cache.sqlite"))
     prompt = [{"role": "user", "content": "Write a patient with tonsillitis as JSON."}]
@@ -62,16 +101,25 @@ def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(s
         return await client.complete_json(prompt, WrittenQuery, seed=seed, response_schema=schema)
 
     results = client.run(list(range(6)), one, "queries")  # six at once: generated as one batch
-    assert all(parsed is not None and not parsed.refused for parsed, _ in results), [r.error for _, r in results]
+    assert all(parsed is not None and not parsed.refused for parsed, _ in results), [
+        r.error for _, r in results
+    ]
     assert len({parsed.symptoms_description for parsed, _ in results}) > 1  # each its own seed
     assert client.usage.invalid_json == 0
 
 
 def test_a_request_longer_than_the_context_fails_alone_with_the_reason(smol_server):
-    long = httpx.post(smol_server + "/completions", timeout=60, json={
-        "model": "smol", "prompt": "word " * 9000, "max_tokens": 10})
+    long = httpx.post(
+        smol_server + "/completions",
+        timeout=60,
+        json={"model": "smol", "prompt": "word " * 9000, "max_tokens": 10},
+    )
     assert long.status_code == 400 and "exceed the model's context" in long.text
-    fine = httpx.post(smol_server + "/completions", timeout=60, json={"model": "smol", "prompt": "Hi", "max_tokens": 3})
+    fine = httpx.post(
+        smol_server + "/completions",
+        timeout=60,
+        json={"model": "smol", "prompt": "Hi", "max_tokens": 3},
+    )
     assert fine.status_code == 200  # the server keeps serving
 
 
@@ -82,28 +130,64 @@ def test_a_checkpoint_that_does_not_load_is_one_clear_error(smollm2_checkpoint, 
     with pytest.raises(T0Error) as err:
         LocalServer(cpu_servers(), ServerPlan("t0-135m", str(broken)), tmp_path / "logs").start()
     message = str(err.value)
-    assert "could not load the checkpoint" in message and "t0-135m" in message and "full log:" in message
+    assert (
+        "could not load the checkpoint" in message
+        and "t0-135m" in message
+        and "full log:" in message
+    )
 
 
-def test_a_role_with_a_serve_section_gets_its_own_server_for_the_stage(smollm2_checkpoint, tmp_path):
+def test_a_role_with_a_serve_section_gets_its_own_server_for_the_stage(
+    smollm2_checkpoint, tmp_path
+):
     from t0_pipeline.config import load_config, with_base_models
     from t0_pipeline.model_server import local_servers, roles_served
 
     paths = DataPaths(tmp_path)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "smol").symlink_to(smollm2_checkpoint)
-    cfg = with_base_models(load_config(overrides={
-        "base_models": {"smol": str(smollm2_checkpoint)}, "servers": {"command": CPU_SERVER},
-        "llm": {"roles": {r: {"model": "openai/smol", "max_tokens": 16, "serve": {"checkpoint": "smol"}}
-                           for r in ("teacher", "agent")}}}),
-        paths)
+    cfg = with_base_models(
+        load_config(
+            overrides={
+                "base_models": {"smol": str(smollm2_checkpoint)},
+                "servers": {"command": CPU_SERVER},
+                "llm": {
+                    "roles": {
+                        r: {
+                            "model": "openai/smol",
+                            "max_tokens": 16,
+                            "serve": {"checkpoint": "smol"},
+                        }
+                        for r in ("teacher", "agent")
+                    }
+                },
+            }
+        ),
+        paths,
+    )
     logged: list[str] = []
-    with roles_served(cfg, ["teacher", "agent", "query_writer"], paths, local_servers(cfg.servers, paths, logged.append)) as served:
+    with roles_served(
+        cfg,
+        ["teacher", "agent", "query_writer"],
+        paths,
+        local_servers(cfg.servers, paths, logged.append),
+    ) as served:
         teacher, agent = served.llm.roles["teacher"], served.llm.roles["agent"]
-        assert teacher.api_base == agent.api_base != "http://127.0.0.1:8000/v1"  # one server for one model
-        assert served.llm.roles["query_writer"].api_base == "http://127.0.0.1:8000/v1"  # no serve: left alone
-        reply = asyncio.run(LLMClient("teacher", served.llm, LLMCache(tmp_path / "c.sqlite")).complete(
-            [{"role": "user", "content": "Hi"}]))
+        assert (
+            teacher.api_base == agent.api_base != "http://127.0.0.1:8000/v1"
+        )  # one server for one model
+        assert (
+            served.llm.roles["query_writer"].api_base == "http://127.0.0.1:8000/v1"
+        )  # no serve: left alone
+        reply = asyncio.run(
+            LLMClient("teacher", served.llm, LLMCache(tmp_path / "c.sqlite")).complete(
+                [{"role": "user", "content": "Hi"}]
+            )
+        )
         assert reply.ok and reply.content
-    assert sum("starting a model server" in m for m in logged) == 1 and any("stopped" in m for m in logged)
-    assert str(smollm2_checkpoint.resolve()) in json.dumps(logged) or "models/smol" in json.dumps(logged)
+    assert sum("starting a model server" in m for m in logged) == 1 and any(
+        "stopped" in m for m in logged
+    )
+    assert str(smollm2_checkpoint.resolve()) in json.dumps(logged) or "models/smol" in json.dumps(
+        logged
+    )

@@ -17,8 +17,16 @@ from t0_pipeline_tests.fixture_site import FixtureSite
 
 
 def http_config(site: FixtureSite, **overrides) -> SourceConfig:
-    base = dict(kind="site", location=site.index_url, delay_s=0.0, backoff_s=0.05, max_attempts=3, timeout_s=5.0,
-                concurrency=4, user_agent="t0-test-crawler/1.0")
+    base = dict(
+        kind="site",
+        location=site.index_url,
+        delay_s=0.0,
+        backoff_s=0.05,
+        max_attempts=3,
+        timeout_s=5.0,
+        concurrency=4,
+        user_agent="t0-test-crawler/1.0",
+    )
     return SourceConfig(**{**base, **overrides})
 
 
@@ -31,7 +39,9 @@ def test_http_crawl_joins_subpages_in_order_and_excludes_aggregate_page(site):
     assert report.conditions == 41 and not report.failed
     assert report.excluded == ["mental-health"] and "mental-health" not in df["slug"].to_list()
     stroke = df.filter(pl.col("slug") == "stroke").sort("part")
-    assert stroke["page_url"].to_list() == [site.index_url + p for p in ("stroke/", "stroke/symptoms/", "stroke/treatment/")]
+    assert stroke["page_url"].to_list() == [
+        site.index_url + p for p in ("stroke/", "stroke/symptoms/", "stroke/treatment/")
+    ]
     assert stroke["body"][1].count("Symptoms of stroke") >= 1
     assert all(len(h) == 64 for h in df["content_hash"]) and df["etag"].null_count() == 0
     assert site.state.user_agents == {"t0-test-crawler/1.0"}
@@ -40,14 +50,19 @@ def test_http_crawl_joins_subpages_in_order_and_excludes_aggregate_page(site):
 
 def test_recrawl_sends_conditional_requests_and_reports_only_the_changed_page(site):
     first, _ = crawl(http_config(site))
-    edited = (site.state.root / "acne" / "index.html").read_bytes().replace(b"oily skin", b"greasy skin")
+    edited = (
+        (site.state.root / "acne" / "index.html").read_bytes().replace(b"oily skin", b"greasy skin")
+    )
     site.state.overrides["/conditions/acne/"] = edited
     site.state.hits.clear()
     second, report = crawl(http_config(site), previous=first)
     assert report.changed == ["acne"] and not report.new and len(report.unchanged) == 40
     assert report.not_modified == first.height - 1  # every page but the edited one answered 304
     assert second.filter(pl.col("slug") == "acne")["body"][0].count("greasy skin") == 1
-    assert second.filter(pl.col("slug") != "acne")["body"].to_list() == first.filter(pl.col("slug") != "acne")["body"].to_list()
+    assert (
+        second.filter(pl.col("slug") != "acne")["body"].to_list()
+        == first.filter(pl.col("slug") != "acne")["body"].to_list()
+    )
 
 
 def test_transient_errors_are_retried_and_retry_after_is_honoured(site):
@@ -91,7 +106,11 @@ def test_timeouts_fail_only_the_slow_page(site):
 
 
 def test_non_utf8_bytes_are_replaced_and_reported(site):
-    body = (site.state.root / "gout" / "index.html").read_bytes().replace(b"Gout is", b"Gout \xe9\xff is")
+    body = (
+        (site.state.root / "gout" / "index.html")
+        .read_bytes()
+        .replace(b"Gout is", b"Gout \xe9\xff is")
+    )
     site.state.overrides["/conditions/gout/"] = body
     df, report = crawl(http_config(site))
     assert any("gout" in w and "not valid utf-8" in w for w in report.warnings)
@@ -103,10 +122,23 @@ def test_unreachable_site_is_one_clear_error_and_previous_corpus_survives(tmp_pa
     run_crawl(http_config(site), paths)
     before = paths.pages.read_bytes()
     with pytest.raises(T0Error, match="could not be read"):
-        run_crawl(SourceConfig(kind="site", location="http://127.0.0.1:9/conditions/", max_attempts=1, timeout_s=1), paths)
+        run_crawl(
+            SourceConfig(
+                kind="site", location="http://127.0.0.1:9/conditions/", max_attempts=1, timeout_s=1
+            ),
+            paths,
+        )
     with pytest.raises(T0Error, match="could not fetch the index page"):
-        run_crawl(SourceConfig(kind="site", location="http://127.0.0.1:9/conditions/", respect_robots=False,
-                               max_attempts=1, timeout_s=1), paths)
+        run_crawl(
+            SourceConfig(
+                kind="site",
+                location="http://127.0.0.1:9/conditions/",
+                respect_robots=False,
+                max_attempts=1,
+                timeout_s=1,
+            ),
+            paths,
+        )
     assert paths.pages.read_bytes() == before
 
 
@@ -120,21 +152,47 @@ def test_mirror_without_index_page_is_discovered_from_folders(tmp_path, sample_s
 
 
 def test_pages_file_with_custom_field_names(tmp_path):
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"id": "a", "name": "Alpha", "link": "u/a", "body": "Alpha text about pain."},
-        {"id": "b", "name": "Beta", "link": "u/b", "body": "Beta text about rash."},
-    ])
-    cfg = SourceConfig(kind="pages", location=str(path), fields=PageFields(slug="id", title="name", url="link", text="body"))
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "name": "Alpha", "link": "u/a", "body": "Alpha text about pain."},
+            {"id": "b", "name": "Beta", "link": "u/b", "body": "Beta text about rash."},
+        ],
+    )
+    cfg = SourceConfig(
+        kind="pages",
+        location=str(path),
+        fields=PageFields(slug="id", title="name", url="link", text="body"),
+    )
     df = read_pages_file(cfg)
     assert df["slug"].to_list() == ["a", "b"] and df["format"].unique().to_list() == ["text"]
 
 
-@pytest.mark.parametrize("rows, raw, message", [
-    ([{"slug": "a", "title": "A", "text": ""}], None, r"record 1: missing or empty field\(s\) 'text'"),
-    ([{"slug": "a", "title": "A", "text": "x"}, {"slug": "a", "title": "B", "text": "y"}], None, "duplicate slug"),
-    (None, b'{"slug": "a", "title": "A", "text": "ok"}\n{"slug": "b", "title": "\xff"}\n', r"p.jsonl:2 is not valid UTF-8"),
-    (None, b'{"slug": "a", "title": "A", "text": "ok"}\n{"slug": \n', r"p.jsonl:2 is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "rows, raw, message",
+    [
+        (
+            [{"slug": "a", "title": "A", "text": ""}],
+            None,
+            r"record 1: missing or empty field\(s\) 'text'",
+        ),
+        (
+            [{"slug": "a", "title": "A", "text": "x"}, {"slug": "a", "title": "B", "text": "y"}],
+            None,
+            "duplicate slug",
+        ),
+        (
+            None,
+            b'{"slug": "a", "title": "A", "text": "ok"}\n{"slug": "b", "title": "\xff"}\n',
+            r"p.jsonl:2 is not valid UTF-8",
+        ),
+        (
+            None,
+            b'{"slug": "a", "title": "A", "text": "ok"}\n{"slug": \n',
+            r"p.jsonl:2 is not valid JSON",
+        ),
+    ],
+)
 def test_bad_pages_file_names_the_record_and_field(tmp_path, rows, raw, message):
     path = tmp_path / "p.jsonl"
     if raw is not None:

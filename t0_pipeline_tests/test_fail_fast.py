@@ -12,7 +12,15 @@ import polars as pl
 import pytest
 
 from t0_pipeline.artifacts import T0Error, sha256_text
-from t0_pipeline.config import BudgetConfig, DataPaths, LLMConfig, QueryGenConfig, RoleConfig, SummaryConfig, TraceConfig
+from t0_pipeline.config import (
+    BudgetConfig,
+    DataPaths,
+    LLMConfig,
+    QueryGenConfig,
+    RoleConfig,
+    SummaryConfig,
+    TraceConfig,
+)
 from t0_pipeline.llm import EndpointError
 from t0_pipeline_tests.fake_llm import FakeLLM
 from t0_pipeline_tests.serving import free_port
@@ -22,9 +30,15 @@ from t0_pipeline_tests.test_synth import PAGES, writer_reply
 def corpus(tmp_path) -> DataPaths:
     paths = DataPaths(tmp_path / "data")
     paths.conditions.parent.mkdir(parents=True)
-    pl.DataFrame({"slug": list(PAGES), "title": [t for t, _ in PAGES.values()], "url": [""] * len(PAGES),
-                  "text": [x for _, x in PAGES.values()], "content_hash": [sha256_text(x) for _, x in PAGES.values()]}
-                 ).write_parquet(paths.conditions)
+    pl.DataFrame(
+        {
+            "slug": list(PAGES),
+            "title": [t for t, _ in PAGES.values()],
+            "url": [""] * len(PAGES),
+            "text": [x for _, x in PAGES.values()],
+            "content_hash": [sha256_text(x) for _, x in PAGES.values()],
+        }
+    ).write_parquet(paths.conditions)
     return paths
 
 
@@ -33,22 +47,44 @@ def closed_url() -> str:
 
 
 def llm_for(role: str, api_base: str, **llm) -> LLMConfig:
-    return LLMConfig(roles={role: RoleConfig(model="openai/m", api_base=api_base, timeout_s=5)}, **llm)
+    return LLMConfig(
+        roles={role: RoleConfig(model="openai/m", api_base=api_base, timeout_s=5)}, **llm
+    )
 
 
 def test_query_writing_with_no_server_stops_within_30_s_at_the_default_settings(tmp_path):
     """As a new user meets it: `t0 synth-queries` with nothing listening, every retry setting at its default."""
     paths, url = corpus(tmp_path), closed_url()
     config = tmp_path / "t0.yaml"
-    config.write_text(f"llm:\n  roles:\n    query_writer:\n      api_base: {url}\n")  # a partial file: the rest default
+    config.write_text(
+        f"llm:\n  roles:\n    query_writer:\n      api_base: {url}\n"
+    )  # a partial file: the rest default
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "t0_pipeline.cli", "synth-queries", "--data-dir", str(paths.root),
-                           "--config", str(config), "--n-eval", "300", "--n-train", "600"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t0_pipeline.cli",
+            "synth-queries",
+            "--data-dir",
+            str(paths.root),
+            "--config",
+            str(config),
+            "--n-eval",
+            "300",
+            "--n-train",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - started
     assert done.returncode != 0 and took < 30, (took, done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]
-    assert "query_writer" in last and url in last and "nothing answers" in last and "api_base" in last, last
+    assert (
+        "query_writer" in last and url in last and "nothing answers" in last and "api_base" in last
+    ), last
     assert not paths.synthetic_queries("eval").exists()  # nothing half-written
 
 
@@ -67,9 +103,20 @@ def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, ret
             run_summarise(paths, SummaryConfig(backend="llm"), llm_for("summariser", url, **fast))
         elif stage == "traces":
             paths = corpus(tmp_path)
-            queries = [{"id": f"t{i}", "slug": "stroke", "disposition": "A&E", "query": f"my face dropped {i}",
-                        "age": 70, "sex": "male", "occupation": "retired", "social_support": "lives alone",
-                        "medical_history": "none"} for i in range(40)]
+            queries = [
+                {
+                    "id": f"t{i}",
+                    "slug": "stroke",
+                    "disposition": "A&E",
+                    "query": f"my face dropped {i}",
+                    "age": 70,
+                    "sex": "male",
+                    "occupation": "retired",
+                    "social_support": "lives alone",
+                    "medical_history": "none",
+                }
+                for i in range(40)
+            ]
             paths.synthetic_queries("train").parent.mkdir(parents=True)
             pl.DataFrame(queries).write_parquet(paths.synthetic_queries("train"))
             run_traces(paths, TraceConfig(), llm_for("teacher", url, **fast), retriever)
@@ -80,7 +127,11 @@ def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, ret
             cfg, paths = built
             cfg = cfg.model_copy(deep=True)
             cfg.llm = cfg.llm.model_copy(update={**fast, "cache_path": tmp_path / "cache.sqlite"})
-            budget = {"backend": "completions", "budget": BudgetConfig().with_format()} if stage == "evaluate-budget" else {}
+            budget = (
+                {"backend": "completions", "budget": BudgetConfig().with_format()}
+                if stage == "evaluate-budget"
+                else {}
+            )
             cfg.evaluation.models = {"m": EvalModelConfig(model="openai/m", api_base=url, **budget)}
             from t0_pipeline_tests.conftest import write_jsonl
 
@@ -92,20 +143,31 @@ def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, ret
     assert url in message and "nothing answers" in message and took < 15, (took, message)
     role = {"summarise": "summariser", "traces": "teacher"}.get(stage, "m")
     assert message.startswith(f"{role}:")
-    assert ("evaluation.models.m.api_base" if stage.startswith("evaluate") else f"llm.roles.{role}.api_base") in message
+    assert (
+        "evaluation.models.m.api_base"
+        if stage.startswith("evaluate")
+        else f"llm.roles.{role}.api_base"
+    ) in message
 
 
 def test_a_refused_key_stops_the_stage_at_the_first_answer(tmp_path):
     from t0_pipeline.synth import run_generate_queries
 
     with FakeLLM() as server:
-        server.on(".*", writer_reply, faults=[401] * 1000)  # every request: HTTP 401, as a gateway answers a bad key
+        server.on(
+            ".*", writer_reply, faults=[401] * 1000
+        )  # every request: HTTP 401, as a gateway answers a bad key
         paths = corpus(tmp_path)
         llm = llm_for("query_writer", server.api_base, backoff_s=0.01)
-        with pytest.raises(EndpointError, match=r"query_writer: http://127\.0\.0\.1:\d+/v1 refused the API key .*"
-                                                r"set \$T0_LLM_API_KEY to a valid key"):
+        with pytest.raises(
+            EndpointError,
+            match=r"query_writer: http://127\.0\.0\.1:\d+/v1 refused the API key .*"
+            r"set \$T0_LLM_API_KEY to a valid key",
+        ):
             run_generate_queries(paths, QueryGenConfig(n_eval=200, n_train=200), llm)
-        assert len(server.state.requests) <= llm.concurrency * 2  # the calls already in flight, then nothing
+        assert (
+            len(server.state.requests) <= llm.concurrency * 2
+        )  # the calls already in flight, then nothing
 
 
 def test_a_model_the_server_does_not_serve_is_named(tmp_path):
@@ -114,11 +176,19 @@ def test_a_model_the_server_does_not_serve_is_named(tmp_path):
     with FakeLLM() as server:
         server.on(".*", "unused", faults=[404] * 100)
         paths = corpus(tmp_path)
-        with pytest.raises(EndpointError, match=r"does not serve 'm' .*fix llm\.roles\.summariser\.model"):
-            run_summarise(paths, SummaryConfig(backend="llm"), llm_for("summariser", server.api_base, backoff_s=0.01))
+        with pytest.raises(
+            EndpointError, match=r"does not serve 'm' .*fix llm\.roles\.summariser\.model"
+        ):
+            run_summarise(
+                paths,
+                SummaryConfig(backend="llm"),
+                llm_for("summariser", server.api_base, backoff_s=0.01),
+            )
 
 
-def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_what_succeeded(tmp_path):
+def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_what_succeeded(
+    tmp_path,
+):
     from t0_pipeline.llm import LLMCache
     from t0_pipeline.synth import run_generate_queries
 
@@ -128,8 +198,11 @@ def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_wha
         server.on(".*", writer_reply)
         paths = corpus(tmp_path)
         llm = llm_for("query_writer", server.api_base, backoff_s=0.01, concurrency=2)
-        with pytest.raises(T0Error, match=r"query_writer: \d+ of \d+ calls .* failed \(most often BadRequestError.*"
-                                          r"failure budget llm\.max_failure_share=0\.5; stopped"):
+        with pytest.raises(
+            T0Error,
+            match=r"query_writer: \d+ of \d+ calls .* failed \(most often BadRequestError.*"
+            r"failure budget llm\.max_failure_share=0\.5; stopped",
+        ):
             run_generate_queries(paths, QueryGenConfig(n_eval=300, n_train=300), llm)
         assert len(server.state.requests) < 100  # not 600 draws
         assert not paths.synthetic_queries("eval").exists()
@@ -144,14 +217,22 @@ def test_progress_counts_the_whole_stage_across_top_up_rounds(tmp_path):
         paths = corpus(tmp_path)
         lines: list[str] = []
         cfg = QueryGenConfig(n_eval=18, n_train=12, seed=7)
-        _, _, report = run_generate_queries(paths, cfg, llm_for("query_writer", server.api_base, backoff_s=0.01),
-                                            progress=lines.append)
+        _, _, report = run_generate_queries(
+            paths,
+            cfg,
+            llm_for("query_writer", server.api_base, backoff_s=0.01),
+            progress=lines.append,
+        )
     counts = [tuple(map(int, line.split(": ", 1)[1].split(" ")[0].split("/"))) for line in lines]
     assert all(line.startswith("synthetic queries: ") for line in lines)
-    assert [d for d, _ in counts] == sorted(d for d, _ in counts)  # one count, never restarting per round
+    assert [d for d, _ in counts] == sorted(
+        d for d, _ in counts
+    )  # one count, never restarting per round
     planned = 18 + 12 + report["train"]["top_up_draws"]
     assert report["train"]["top_up_draws"] > 0 and counts[-1] == (planned, planned)
-    assert report["train"]["top_up_draws"] <= 12  # top-ups may spend at most as many draws as the training set
+    assert (
+        report["train"]["top_up_draws"] <= 12
+    )  # top-ups may spend at most as many draws as the training set
 
 
 def test_top_up_draws_are_bounded_by_the_setting(tmp_path):
@@ -161,7 +242,16 @@ def test_top_up_draws_are_bounded_by_the_setting(tmp_path):
         server.on(".*", writer_reply)
         paths = corpus(tmp_path)
         llm = llm_for("query_writer", server.api_base, backoff_s=0.01)
-        _, train, report = run_generate_queries(paths, QueryGenConfig(n_eval=18, n_train=12, seed=7, max_top_up_draws=0), llm)
+        _, train, report = run_generate_queries(
+            paths, QueryGenConfig(n_eval=18, n_train=12, seed=7, max_top_up_draws=0), llm
+        )
     assert report["train"]["top_up_draws"] == 0 and report["train"]["removed_overlaps"] > 0
-    assert train.height == 12 - report["train"]["removed_overlaps"] - report["train"]["repeated_texts"]
-    assert json.loads(paths.synthetic_queries("report").with_suffix(".json").read_text())["train"]["top_up_draws"] == 0
+    assert (
+        train.height == 12 - report["train"]["removed_overlaps"] - report["train"]["repeated_texts"]
+    )
+    assert (
+        json.loads(paths.synthetic_queries("report").with_suffix(".json").read_text())["train"][
+            "top_up_draws"
+        ]
+        == 0
+    )

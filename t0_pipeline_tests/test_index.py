@@ -22,13 +22,23 @@ TOPICS = {
     "cough": "A dry cough that lasts for weeks, worse at night, with a tickle in the throat.",
     "knee": "Knee pain and swelling after a sports injury, the joint gives way when walking.",
     "eye": "A red gritty eye with sticky discharge that glues the lashes together in the morning.",
-    "long": " ".join(f"Part {i}: stomach cramps and diarrhoea after eating reheated rice, section {i}." for i in range(30)),
+    "long": " ".join(
+        f"Part {i}: stomach cramps and diarrhoea after eating reheated rice, section {i}."
+        for i in range(30)
+    ),
 }
 
 
 def docs_frame(texts: dict[str, str]) -> pl.DataFrame:
-    return pl.DataFrame({"slug": list(texts), "title": [s.title() for s in texts], "url": [f"u/{s}" for s in texts],
-                         "text": list(texts.values()), "content_hash": [sha256_text(t) for t in texts.values()]})
+    return pl.DataFrame(
+        {
+            "slug": list(texts),
+            "title": [s.title() for s in texts],
+            "url": [f"u/{s}" for s in texts],
+            "text": list(texts.values()),
+            "content_hash": [sha256_text(t) for t in texts.values()],
+        }
+    )
 
 
 class CountingEmbedder:
@@ -57,8 +67,15 @@ def setup(tmp_path, embedder):
         paths.conditions.parent.mkdir(parents=True, exist_ok=True)
         df.write_parquet(paths.conditions)
         # float documents: the counting wrapper must see every encode (int8 would encode with a quantised copy)
-        return build_dense_index(df, "full", paths, EmbeddingConfig(quantize="none"), chunking, chroma or ChromaConfig(),
-                                 embedder=counting)
+        return build_dense_index(
+            df,
+            "full",
+            paths,
+            EmbeddingConfig(quantize="none"),
+            chunking,
+            chroma or ChromaConfig(),
+            embedder=counting,
+        )
 
     return paths, build, counting
 
@@ -71,22 +88,33 @@ def collection_slugs(paths, name):
 def test_incremental_update_embeds_only_what_changed(setup):
     paths, build, counting = setup
     first = build(TOPICS)
-    assert first.embedded_chunks == first.chunks > len(TOPICS)  # the long document has several chunks
+    assert (
+        first.embedded_chunks == first.chunks > len(TOPICS)
+    )  # the long document has several chunks
     assert sorted(first.added) == sorted(TOPICS)
 
     unchanged = build(TOPICS)
     assert unchanged.embedded_chunks == 0 and counting.encoded == [] and unchanged.unchanged == 5
 
-    edited = {**{k: v for k, v in TOPICS.items() if k != "eye"}, "rash": TOPICS["rash"] + " It blisters.",
-              "burn": "A scald from boiling water leaves the skin red and blistered."}
+    edited = {
+        **{k: v for k, v in TOPICS.items() if k != "eye"},
+        "rash": TOPICS["rash"] + " It blisters.",
+        "burn": "A scald from boiling water leaves the skin red and blistered.",
+    }
     second = build(edited)
     assert second.changed == ["rash"] and second.added == ["burn"] and second.removed == ["eye"]
     assert len(counting.encoded) == second.embedded_chunks == 2  # one chunk each for rash and burn
-    assert collection_slugs(paths, second.collection) == sorted((s, sha256_text(t)) for s, t in edited.items())
-    assert read_manifest(paths.index_manifest("full"))["docs"] == {s: sha256_text(t) for s, t in edited.items()}
+    assert collection_slugs(paths, second.collection) == sorted(
+        (s, sha256_text(t)) for s, t in edited.items()
+    )
+    assert read_manifest(paths.index_manifest("full"))["docs"] == {
+        s: sha256_text(t) for s, t in edited.items()
+    }
 
 
-def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(setup, monkeypatch, embedder):
+def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(
+    setup, monkeypatch, embedder
+):
     paths, build, counting = setup
     build(TOPICS)
     edited = {**TOPICS, "rash": "Completely new text about a sunburn on the shoulders."}
@@ -101,15 +129,22 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(setu
     monkeypatch.undo()
     # the previous manifest still rules: searches see the old rash text, never the half-committed new one,
     # although conditions.parquet already holds the new text
-    assert "sunburn" in pl.read_parquet(paths.conditions).filter(pl.col("slug") == "rash")["text"][0]
+    assert (
+        "sunburn" in pl.read_parquet(paths.conditions).filter(pl.col("slug") == "rash")["text"][0]
+    )
     retriever = Retriever("full", paths, embedder=embedder)
     hits = retriever.rank(["itchy red rash after touching a plant"], k=5, mode="dense")[0]
     assert hits[0][0] == "rash" and len({s for s, _ in hits}) == 5
-    assert retriever.search("itchy red rash after touching a plant", k=1, mode="dense")[0].text == TOPICS["rash"]
+    assert (
+        retriever.search("itchy red rash after touching a plant", k=1, mode="dense")[0].text
+        == TOPICS["rash"]
+    )
     # the next run finds the new chunks complete, commits them without re-embedding, and removes the old ones
     recovered = build(edited)
     assert recovered.embedded_chunks == 0 and recovered.changed == ["rash"]
-    assert ("rash", sha256_text(TOPICS["rash"])) not in collection_slugs(paths, recovered.collection)
+    assert ("rash", sha256_text(TOPICS["rash"])) not in collection_slugs(
+        paths, recovered.collection
+    )
 
 
 def test_a_corpus_rewritten_ahead_of_its_indexes_is_never_served(setup, embedder):
@@ -118,19 +153,30 @@ def test_a_corpus_rewritten_ahead_of_its_indexes_is_never_served(setup, embedder
     paths, build, _ = setup
     build(TOPICS)
     build_bm25_index(docs_frame(TOPICS), "full", paths)
-    edited = {**{k: v for k, v in TOPICS.items() if k != "eye"}, "rash": "A sunburn on the shoulders that peels."}
-    docs_frame(edited).write_parquet(paths.conditions)  # the clean stage's new output; no index update yet
-    eye = Retriever("full", paths, embedder=embedder).search("red gritty eye with sticky discharge", k=1, mode="hybrid")
+    edited = {
+        **{k: v for k, v in TOPICS.items() if k != "eye"},
+        "rash": "A sunburn on the shoulders that peels.",
+    }
+    docs_frame(edited).write_parquet(
+        paths.conditions
+    )  # the clean stage's new output; no index update yet
+    eye = Retriever("full", paths, embedder=embedder).search(
+        "red gritty eye with sticky discharge", k=1, mode="hybrid"
+    )
     assert eye[0].slug == "eye" and eye[0].text == TOPICS["eye"] and eye[0].url == "u/eye"
 
     build(edited)  # the dense index commits the new version; BM25 has not been rebuilt yet
     retriever = Retriever("full", paths, embedder=embedder)
     for mode in ("hybrid", "bm25", "dense"):
-        hits = retriever.search("red gritty eye with sticky discharge and itchy rash", k=5, mode=mode)
+        hits = retriever.search(
+            "red gritty eye with sticky discharge and itchy rash", k=5, mode=mode
+        )
         assert "eye" not in [h.slug for h in hits]  # removed in the committed version
         assert all(h.text and h.url for h in hits)
         assert all(h.text == edited[h.slug] for h in hits)
-    assert len(list(paths.index_manifest("full").parent.glob("full.docs-*.parquet"))) == 1  # old snapshot gone
+    assert (
+        len(list(paths.index_manifest("full").parent.glob("full.docs-*.parquet"))) == 1
+    )  # old snapshot gone
 
 
 def test_changing_distance_builds_a_new_collection_and_drops_the_old(setup):
@@ -165,8 +211,20 @@ def test_index_and_search_through_a_real_chroma_server(tmp_path, embedder):
     if exe is None:
         pytest.skip("chroma CLI not installed")
     port = _free_port()
-    server = subprocess.Popen([exe, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            exe,
+            "run",
+            "--path",
+            str(tmp_path / "server"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         chroma = ChromaConfig(host="127.0.0.1", port=port)
         paths = DataPaths(tmp_path / "data")
@@ -182,10 +240,24 @@ def test_index_and_search_through_a_real_chroma_server(tmp_path, embedder):
         df = docs_frame(TOPICS)
         paths.conditions.parent.mkdir(parents=True)
         df.write_parquet(paths.conditions)
-        stats = build_dense_index(df, "full", paths, EmbeddingConfig(), ChunkConfig(size=32, overlap=8), chroma, embedder=embedder)
+        stats = build_dense_index(
+            df,
+            "full",
+            paths,
+            EmbeddingConfig(),
+            ChunkConfig(size=32, overlap=8),
+            chroma,
+            embedder=embedder,
+        )
         assert not (paths.root / "index" / "chroma").exists()  # nothing embedded locally
-        hits = Retriever("full", paths, chroma=chroma, embedder=embedder).search("sticky eye stuck shut in the morning", 2, "dense")
-        assert hits[0].slug == "eye" and stats.chunks == chroma_client(chroma, paths).get_collection(stats.collection).count()
+        hits = Retriever("full", paths, chroma=chroma, embedder=embedder).search(
+            "sticky eye stuck shut in the morning", 2, "dense"
+        )
+        assert (
+            hits[0].slug == "eye"
+            and stats.chunks
+            == chroma_client(chroma, paths).get_collection(stats.collection).count()
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -208,7 +280,9 @@ if os.environ.get("T0_TEST_KILL_AT_UPSERT"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [2, 6])  # inside the full-page index (4 batches); inside the summaries index
+@pytest.mark.parametrize(
+    "kill_at", [2, 6]
+)  # inside the full-page index (4 batches); inside the summaries index
 def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, kill_at):
     """`t0 index` SIGKILLed at a chosen batch, then run again: the result equals an uninterrupted build, and
     the batches written before the kill are not encoded again."""
@@ -223,28 +297,51 @@ def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(inject)}
 
     def t0_index(data, **extra):
-        return subprocess.run([sys.executable, "-m", "t0_pipeline.cli", "index", "--data-dir", str(data),
-                               "--config", str(config)], env={**env, **extra}, capture_output=True, text=True,
-                              timeout=600)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "t0_pipeline.cli",
+                "index",
+                "--data-dir",
+                str(data),
+                "--config",
+                str(config),
+            ],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     whole = t0_index(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     killed = t0_index(tmp_path / "killed", T0_TEST_KILL_AT_UPSERT=str(kill_at))
     assert killed.returncode == -9
-    full_done = DataPaths(tmp_path / "killed").index_manifest("full").exists()  # was the kill in the second index?
+    full_done = (
+        DataPaths(tmp_path / "killed").index_manifest("full").exists()
+    )  # was the kill in the second index?
     resumed = t0_index(tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr
 
     def embedded(out: str) -> dict[str, tuple[int, int]]:
-        return {m[0]: (int(m[2]), int(m[1])) for m in re.findall(r"dense (\w+): \d+ documents / (\d+) chunks; embedded "
-                                                                    r"(\d+) chunks", out)}
+        return {
+            m[0]: (int(m[2]), int(m[1]))
+            for m in re.findall(
+                r"dense (\w+): \d+ documents / (\d+) chunks; embedded "
+                r"(\d+) chunks",
+                out,
+            )
+        }
 
     total, again = embedded(whole.stdout), embedded(resumed.stdout)
     for index in ("full", "summaries"):
         before = read_manifest(DataPaths(tmp_path / "whole").index_manifest(index))
         after = read_manifest(DataPaths(tmp_path / "killed").index_manifest(index))
         assert after["docs"] == before["docs"] and after["n_chunks"] == before["n_chunks"]
-    written_before_kill = (kill_at - 1) * 16  # whole batches of 16 chunks at least (a batch ends on a document)
+    written_before_kill = (
+        kill_at - 1
+    ) * 16  # whole batches of 16 chunks at least (a batch ends on a document)
     assert full_done == (kill_at == 6)
     if not full_done:  # killed in the full-page index: its finished batches were kept
         assert again["full"][0] <= total["full"][0] - written_before_kill

@@ -27,8 +27,13 @@ def fake():
 
 
 def make_client(tmp_path, server, role="teacher", **llm):
-    cfg = LLMConfig(roles={role: RoleConfig(model="openai/fake-model", api_base=server.api_base, timeout_s=5.0)},
-                    backoff_s=0.01, **llm)
+    cfg = LLMConfig(
+        roles={
+            role: RoleConfig(model="openai/fake-model", api_base=server.api_base, timeout_s=5.0)
+        },
+        backoff_s=0.01,
+        **llm,
+    )
     return LLMClient(role, cfg, LLMCache(tmp_path / "cache.sqlite"))
 
 
@@ -107,27 +112,43 @@ def test_malformed_json_gets_one_repair_then_is_recorded_as_failed(tmp_path, fak
     fake.on("That reply was not valid JSON", '{"condition": "Gout", "severity": "Self-care"}')
     fake.on("fixable", '{"condition": "Gout", "severity": "Self-care"}', faults=["malformed"])
     client = make_client(tmp_path, fake)
-    parsed, reply = asyncio.run(client.complete_json([{"role": "user", "content": "fixable"}], Answer))
+    parsed, reply = asyncio.run(
+        client.complete_json([{"role": "user", "content": "fixable"}], Answer)
+    )
     assert parsed == Answer(condition="Gout", severity="Self-care") and client.usage.repairs == 1
 
     fake.state.rules.clear()
     fake.on(".*", "I would rather not answer in JSON")
-    parsed, reply = asyncio.run(client.complete_json([{"role": "user", "content": "hopeless"}], Answer))
-    assert parsed is None and reply.error.startswith("InvalidJSON") and client.usage.invalid_json == 1
+    parsed, reply = asyncio.run(
+        client.complete_json([{"role": "user", "content": "hopeless"}], Answer)
+    )
+    assert (
+        parsed is None and reply.error.startswith("InvalidJSON") and client.usage.invalid_json == 1
+    )
 
 
 def test_parse_json_accepts_fences_and_reports_fields():
-    assert parse_json('```json\n{"condition": "A", "severity": "B"}\n```', Answer)[0] == Answer(condition="A", severity="B")
+    assert parse_json('```json\n{"condition": "A", "severity": "B"}\n```', Answer)[0] == Answer(
+        condition="A", severity="B"
+    )
     assert parse_json('{"condition": "A"}', Answer)[1] == "field severity: Field required"
     assert parse_json("nothing here", Answer)[1] == "no JSON object found"
 
 
 def test_all_calls_failing_is_one_clear_error(tmp_path):
-    cfg = LLMConfig(roles={"teacher": RoleConfig(model="openai/x", api_base="http://127.0.0.1:9/v1", timeout_s=2)},
-                    max_attempts=2, backoff_s=0.01)
+    cfg = LLMConfig(
+        roles={
+            "teacher": RoleConfig(model="openai/x", api_base="http://127.0.0.1:9/v1", timeout_s=2)
+        },
+        max_attempts=2,
+        backoff_s=0.01,
+    )
     client = LLMClient("teacher", cfg, LLMCache(tmp_path / "c.sqlite"))
     assert not ask(client, "anyone there?").ok
-    with pytest.raises(T0Error, match=r"every teacher call to openai/x at http://127.0.0.1:9/v1 failed \(.*Connection error"):
+    with pytest.raises(
+        T0Error,
+        match=r"every teacher call to openai/x at http://127.0.0.1:9/v1 failed \(.*Connection error",
+    ):
         require_some_success(client.usage, "teacher", client.settings)
 
 
@@ -152,25 +173,36 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_call(tmp_path, fake):
     fake.on("item", lambda messages: "reply to " + messages[-1]["content"])
     fake.state.latency_s = 0.1
     cache_path = tmp_path / "cache.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", CRASHING_RUN, fake.api_base, str(cache_path)],
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, fake.api_base, str(cache_path)],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         if cache_path.exists():
             try:
-                if sqlite3.connect(cache_path).execute("SELECT COUNT(*) FROM replies").fetchone()[0] >= 6:
+                if (
+                    sqlite3.connect(cache_path)
+                    .execute("SELECT COUNT(*) FROM replies")
+                    .fetchone()[0]
+                    >= 6
+                ):
                     break
             except sqlite3.OperationalError:
                 pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stored = {json.loads(r)["content"].removeprefix("reply to ")
-              for (r,) in sqlite3.connect(cache_path).execute("SELECT reply FROM replies")}
+    stored = {
+        json.loads(r)["content"].removeprefix("reply to ")
+        for (r,) in sqlite3.connect(cache_path).execute("SELECT reply FROM replies")
+    }
     before = len(fake.state.requests)
     assert 6 <= len(stored) < 20  # it really died mid-run
 
-    client = make_client(tmp_path, fake)  # same model, messages and sampling parameters: same cache keys
+    client = make_client(
+        tmp_path, fake
+    )  # same model, messages and sampling parameters: same cache keys
 
     async def one(i):
         return await client.complete([{"role": "user", "content": f"item {i}"}])
@@ -214,8 +246,13 @@ def test_the_double_streams_reasoning_and_content_through_litellm(fake):
     fake.on("stream me", "(Gout, Self-care)", reasoning="Toe pain.")
 
     async def collect():
-        stream = await _litellm().acompletion(model="openai/fake", api_base=fake.api_base, api_key="none", stream=True,
-                                              messages=[{"role": "user", "content": "stream me"}])
+        stream = await _litellm().acompletion(
+            model="openai/fake",
+            api_base=fake.api_base,
+            api_key="none",
+            stream=True,
+            messages=[{"role": "user", "content": "stream me"}],
+        )
         thinking, answer = "", ""
         async for chunk in stream:
             delta = chunk.choices[0].delta

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths
-import numpy as np
-
 from t0_pipeline.embed import encode_queries
 from t0_pipeline.retrieve import ExactChunks, Retriever, best_chunk_per_doc, reciprocal_rank_fusion
 
@@ -21,17 +20,26 @@ def test_rrf_fuses_by_reciprocal_rank():
 
 
 def test_best_chunk_per_doc_keeps_first_occurrence():
-    assert best_chunk_per_doc(["a", "b", "a", "c"], [0.1, 0.2, 0.3, 0.4]) == [("a", 0.1), ("b", 0.2), ("c", 0.4)]
+    assert best_chunk_per_doc(["a", "b", "a", "c"], [0.1, 0.2, 0.3, 0.4]) == [
+        ("a", 0.1),
+        ("b", 0.2),
+        ("c", 0.4),
+    ]
 
 
 @pytest.mark.parametrize("distance", ["l2", "cosine", "ip"])
 def test_exact_chunks_rank_documents_by_their_nearest_chunk_in_chromas_distance(distance):
     vectors = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0], [0.8, 0.6]], dtype=np.float32)
-    chunks = ExactChunks(vectors, ["a", "b", "c"], np.array([0, 2, 4]), distance)  # a: rows 0-1, b: 2-3, c: 4
+    chunks = ExactChunks(
+        vectors, ["a", "b", "c"], np.array([0, 2, 4]), distance
+    )  # a: rows 0-1, b: 2-3, c: 4
     query = np.array([[0.0, 2.0]], dtype=np.float32)
     # l2 is Chroma's squared distance (|q|^2 + |d|^2 - 2 q.d), cosine 1 - cos, ip 1 - q.d
-    expected = {"l2": {"a": 1.0, "b": 1.8, "c": 2.6}, "cosine": {"a": 0.0, "b": 0.2, "c": 0.4},
-                "ip": {"a": -1.0, "b": -0.6, "c": -0.2}}[distance]
+    expected = {
+        "l2": {"a": 1.0, "b": 1.8, "c": 2.6},
+        "cosine": {"a": 0.0, "b": 0.2, "c": 0.4},
+        "ip": {"a": -1.0, "b": -0.6, "c": -0.2},
+    }[distance]
     ranked = chunks.rank(query, depth=10)[0]
     assert [slug for slug, _ in ranked] == ["a", "b", "c"]  # depth beyond the documents: each once
     assert dict(ranked) == pytest.approx(expected, abs=1e-6)
@@ -41,10 +49,23 @@ def test_exact_chunks_rank_documents_by_their_nearest_chunk_in_chromas_distance(
 def test_exact_search_in_memory_matches_chromas_hnsw(built, embedder):
     cfg, paths = built
     exact = Retriever("full", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
-    hnsw = Retriever("full", paths, cfg.embedding, cfg.chroma, cfg.retrieval.model_copy(update={"exact_max_chunks": 0}),
-                     embedder=embedder)
-    vectors = encode_queries(cfg.embedding, embedder, ["a rash that spreads", "chest pain when I walk uphill",
-                                                       "my child has a temperature and won't eat"])
+    hnsw = Retriever(
+        "full",
+        paths,
+        cfg.embedding,
+        cfg.chroma,
+        cfg.retrieval.model_copy(update={"exact_max_chunks": 0}),
+        embedder=embedder,
+    )
+    vectors = encode_queries(
+        cfg.embedding,
+        embedder,
+        [
+            "a rash that spreads",
+            "chest pain when I walk uphill",
+            "my child has a temperature and won't eat",
+        ],
+    )
     got, want = exact._dense(vectors, 10), hnsw._dense(vectors, 10)
     assert exact._exact() is not None and hnsw._exact() is None  # the two paths really differ
     for mine, chroma in zip(got, want):
@@ -62,16 +83,25 @@ def test_k_counts_documents_not_chunks(retriever):
     assert retriever.collection.count() > len(retriever.live)  # several chunks per document
     ranked = retriever.rank(["pain in my tummy and feeling sick"], k=30, mode="dense")[0]
     assert len(ranked) == 30 == len({slug for slug, _ in ranked})
-    raw = retriever.collection.query(query_embeddings=retriever.embedder.encode(["pain in my tummy and feeling sick"]),
-                                     n_results=30, include=["metadatas"])
-    assert len({m["slug"] for m in raw["metadatas"][0]}) < 30  # 30 chunks would not have been 30 documents
+    raw = retriever.collection.query(
+        query_embeddings=retriever.embedder.encode(["pain in my tummy and feeling sick"]),
+        n_results=30,
+        include=["metadatas"],
+    )
+    assert (
+        len({m["slug"] for m in raw["metadatas"][0]}) < 30
+    )  # 30 chunks would not have been 30 documents
 
 
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
 def test_every_mode_finds_an_obvious_condition(retriever, mode):
-    hits = retriever.search("my dad's face dropped on one side and his speech is slurred", k=3, mode=mode)
+    hits = retriever.search(
+        "my dad's face dropped on one side and his speech is slurred", k=3, mode=mode
+    )
     assert hits[0].slug == "stroke"
-    assert hits[0].text.startswith("# Stroke") and "Treatment for stroke" in hits[0].text  # the whole guide, all pages
+    assert (
+        hits[0].text.startswith("# Stroke") and "Treatment for stroke" in hits[0].text
+    )  # the whole guide, all pages
     assert [h.rank for h in hits] == [1, 2, 3]
     assert hits[0].score >= hits[1].score >= hits[2].score
 
@@ -104,26 +134,49 @@ def test_a_retriever_refuses_an_index_built_with_another_embedding_model(built):
     from t0_pipeline.retrieve import Retriever
 
     cfg, paths = built
-    with pytest.raises(T0Error, match=r"the 'summaries' index was built with embedding model 'all-MiniLM-L6-v2 \(bundled\) \[int8 documents\]'"
-                                      r", but embedding.model is 'sentence-transformers/all-mpnet-base-v2 \[int8 documents\]'; rebuild it"):
-        Retriever("summaries", paths, EmbeddingConfig(model="sentence-transformers/all-mpnet-base-v2"))
+    with pytest.raises(
+        T0Error,
+        match=r"the 'summaries' index was built with embedding model 'all-MiniLM-L6-v2 \(bundled\) \[int8 documents\]'"
+        r", but embedding.model is 'sentence-transformers/all-mpnet-base-v2 \[int8 documents\]'; rebuild it",
+    ):
+        Retriever(
+            "summaries", paths, EmbeddingConfig(model="sentence-transformers/all-mpnet-base-v2")
+        )
 
 
-def test_hybrid_search_of_the_summaries_fuses_the_full_pages_and_says_when_they_are_missing(built, embedder, tmp_path):
+def test_hybrid_search_of_the_summaries_fuses_the_full_pages_and_says_when_they_are_missing(
+    built, embedder, tmp_path
+):
     import shutil
 
     from t0_pipeline.config import RetrievalConfig
     from t0_pipeline.retrieve import Retriever
 
     cfg, paths = built
-    fused = Retriever("summaries", paths, cfg.embedding, cfg.chroma, RetrievalConfig(), embedder=embedder)
-    alone = Retriever("summaries", paths, cfg.embedding, cfg.chroma, RetrievalConfig(fuse_full_pages=False), embedder=embedder)
+    fused = Retriever(
+        "summaries", paths, cfg.embedding, cfg.chroma, RetrievalConfig(), embedder=embedder
+    )
+    alone = Retriever(
+        "summaries",
+        paths,
+        cfg.embedding,
+        cfg.chroma,
+        RetrievalConfig(fuse_full_pages=False),
+        embedder=embedder,
+    )
     query = ["I sneeze all the time and my eyes itch and water every summer"]
     with_full, without = fused.rank(query, 10, "hybrid")[0], alone.rank(query, 10, "hybrid")[0]
     assert with_full[0][0] == without[0][0] == "hay-fever"
-    full_rank = [s for s, _ in Retriever("full", paths, cfg.embedding, cfg.chroma, embedder=embedder).rank(query, 50, "dense")[0]]
+    full_rank = [
+        s
+        for s, _ in Retriever("full", paths, cfg.embedding, cfg.chroma, embedder=embedder).rank(
+            query, 50, "dense"
+        )[0]
+    ]
     # RRF over three rankings: the top document gains exactly its full-page dense term
-    assert with_full[0][1] == pytest.approx(without[0][1] + 1 / (60 + full_rank.index("hay-fever") + 1))
+    assert with_full[0][1] == pytest.approx(
+        without[0][1] + 1 / (60 + full_rank.index("hay-fever") + 1)
+    )
     assert all(slug in fused.live for slug, _ in with_full)
     assert fused.rank(query, 10, "dense") == alone.rank(query, 10, "dense")  # only hybrid fuses
 
@@ -131,6 +184,8 @@ def test_hybrid_search_of_the_summaries_fuses_the_full_pages_and_says_when_they_
     copy = DataPaths(tmp_path / "data")
     shutil.copytree(paths.root / "index", copy.root / "index")
     (copy.root / "index" / "full.manifest.json").unlink()
-    lonely = Retriever("summaries", copy, cfg.embedding, cfg.chroma, RetrievalConfig(), embedder=embedder)
+    lonely = Retriever(
+        "summaries", copy, cfg.embedding, cfg.chroma, RetrievalConfig(), embedder=embedder
+    )
     with pytest.raises(T0Error, match="retrieval.fuse_full_pages: false"):
         lonely.rank(query, 5, "hybrid")

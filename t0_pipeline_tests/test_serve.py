@@ -17,7 +17,9 @@ from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 from t0_pipeline_tests.serving import AGENT_MARK, REASONER_MARK, free_port, running, script
 
 
-def make_app(built, retriever, tmp_path, api_base, insecure_local=True, reasoner_api_base=None, **serve):
+def make_app(
+    built, retriever, tmp_path, api_base, insecure_local=True, reasoner_api_base=None, **serve
+):
     cfg, paths = built
     cfg = cfg.model_copy(deep=True)
     cfg.llm.max_attempts, cfg.llm.backoff_s = 1, 0.01
@@ -52,34 +54,58 @@ def agent_requests(server):
     return [r for r in server.state.requests if AGENT_MARK in str(r["messages"][0]["content"])]
 
 
-def test_direct_answers_tool_searches_and_context_only_in_the_system_prompt(built, retriever, tmp_path):
+def test_direct_answers_tool_searches_and_context_only_in_the_system_prompt(
+    built, retriever, tmp_path
+):
     with served(built, retriever, tmp_path) as (server, app, client):
-        thread = client.post("/api/threads", json={"demographics": {"age": 58, "sex": "male"}}).json()
+        thread = client.post(
+            "/api/threads", json={"demographics": {"age": 58, "sex": "male"}}
+        ).json()
         tid = thread["id"]
-        hello = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()["message"]
+        hello = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()[
+            "message"
+        ]
         assert hello["content"] == "Hello! How can I help you today?"
-        assert hello["sources"] == [] and hello["search_query"] is None and not reasoner_requests(server)
+        assert (
+            hello["sources"] == []
+            and hello["search_query"] is None
+            and not reasoner_requests(server)
+        )
 
-        toe = client.post(f"/api/threads/{tid}/messages", json={"content": "My big toe is red, hot and swollen"}).json()
+        toe = client.post(
+            f"/api/threads/{tid}/messages", json={"content": "My big toe is red, hot and swollen"}
+        ).json()
         reply = toe["message"]
         assert reply["content"] == "Answer to: My big toe is red, hot and swollen"
         assert reply["thinking"] == "I compared the documents with the symptoms."
         assert reply["search_query"] == "symptoms: My big toe is red, hot and swollen"
-        assert len(reply["sources"]) == 5 and {"slug", "title", "url", "score"} <= set(reply["sources"][0])
+        assert len(reply["sources"]) == 5 and {"slug", "title", "url", "score"} <= set(
+            reply["sources"][0]
+        )
         assert reply["timings_ms"]["retrieval"] > 0 and reply["timings_ms"]["total"] > 0
 
         client.post(f"/api/threads/{tid}/messages", json={"content": "It started last night"})
         last = reasoner_requests(server)[-1]["messages"]
         assert last[0]["role"] == "system" and "Documents:" in last[0]["content"]
-        assert '"age": 58' in last[0]["content"] and "symptoms: It started last night" in last[0]["content"]
+        assert (
+            '"age": 58' in last[0]["content"]
+            and "symptoms: It started last night" in last[0]["content"]
+        )
         history = last[1:]
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "user"]
         assert history[3]["content"] == "Answer to: My big toe is red, hot and swollen"
-        assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in history)
+        assert not any(
+            "Documents:" in m["content"] or "I compared" in m["content"] for m in history
+        )
         # the agent also sees answers only, never the documents or earlier thinking
         agent_history = agent_requests(server)[-1]["messages"][1:]
-        assert not any("Documents:" in m["content"] or "I compared" in m["content"] for m in agent_history)
-        assert agent_requests(server)[-1]["tools"][0]["function"]["name"] == "search_health_information"
+        assert not any(
+            "Documents:" in m["content"] or "I compared" in m["content"] for m in agent_history
+        )
+        assert (
+            agent_requests(server)[-1]["tools"][0]["function"]["name"]
+            == "search_health_information"
+        )
 
         full = client.get(f"/api/threads/{tid}").json()
         assert [m["role"] for m in full["messages"]] == ["user", "assistant"] * 3
@@ -90,7 +116,11 @@ def test_streamed_reply_events_in_order(built, retriever, tmp_path):
     with served(built, retriever, tmp_path) as (server, app, client):
         tid = client.post("/api/threads", json={}).json()["id"]
         events = []
-        with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "sneezing and itchy eyes"}) as r:
+        with client.stream(
+            "POST",
+            f"/api/threads/{tid}/messages/stream",
+            json={"content": "sneezing and itchy eyes"},
+        ) as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             kind = None
             for line in r.iter_lines():
@@ -100,30 +130,54 @@ def test_streamed_reply_events_in_order(built, retriever, tmp_path):
                     events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
     assert kinds[:3] == ["user", "search", "sources"] and kinds[-1] == "final"
-    assert kinds.index("thinking") < kinds.index("answer") and kinds.count("answer") > 1  # token by token
-    assert "".join(d["text"] for k, d in events if k == "answer") == "Answer to: sneezing and itchy eyes"
+    assert (
+        kinds.index("thinking") < kinds.index("answer") and kinds.count("answer") > 1
+    )  # token by token
+    assert (
+        "".join(d["text"] for k, d in events if k == "answer")
+        == "Answer to: sneezing and itchy eyes"
+    )
     assert events[-1][1]["thinking"] == "I compared the documents with the symptoms."
 
 
 def test_history_is_trimmed_by_tokens_but_keeps_the_system_prompt_and_the_new_message():
     system = {"role": "system", "content": "s" * 400}  # ~100 tokens
-    history = [{"role": r, "content": f"{r} {i} " + "x" * 200, "thinking": "never resent"}
-               for i in range(10) for r in ("user", "assistant")]
+    history = [
+        {"role": r, "content": f"{r} {i} " + "x" * 200, "thinking": "never resent"}
+        for i in range(10)
+        for r in ("user", "assistant")
+    ]
     new = {"role": "user", "content": "now"}
     kept = fit_history(system, history, new, budget=350)
     assert kept[0] is system and kept[-1] is new
-    assert [m["content"].split()[1] for m in kept[1:-1]] == ["8", "8", "9", "9"]  # the latest that fit
+    assert [m["content"].split()[1] for m in kept[1:-1]] == [
+        "8",
+        "8",
+        "9",
+        "9",
+    ]  # the latest that fit
     assert all(set(m) == {"role", "content"} for m in kept[1:-1])
-    assert fit_history(system, history, new, budget=10) == [system, new]  # over budget: still system + message
+    assert fit_history(system, history, new, budget=10) == [
+        system,
+        new,
+    ]  # over budget: still system + message
     # never starts with an orphaned assistant turn
-    assert [m["role"] for m in fit_history(system, history, new, budget=290)] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in fit_history(system, history, new, budget=290)] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
 
 
 def test_trimming_applies_to_what_the_models_receive(built, retriever, tmp_path):
     with served(built, retriever, tmp_path, context_tokens=1200) as (server, app, client):
         tid = client.post("/api/threads", json={}).json()["id"]
         for i in range(6):
-            client.post(f"/api/threads/{tid}/messages", json={"content": f"message {i} " + " ".join(f"w{j}" for j in range(150))})
+            client.post(
+                f"/api/threads/{tid}/messages",
+                json={"content": f"message {i} " + " ".join(f"w{j}" for j in range(150))},
+            )
     last = reasoner_requests(server)[-1]["messages"]
     assert last[0]["role"] == "system" and last[-1]["content"].startswith("message 5")
     assert len(last) < 12 and not any(m["content"].startswith("message 0") for m in last)
@@ -136,13 +190,23 @@ def test_conversations_survive_a_restart(built, retriever, tmp_path):
         app, _ = make_app(built, retriever, tmp_path, server.api_base)
         with running(app, port) as url:
             tid = httpx.post(f"{url}/api/threads", json={"title": "toe"}).json()["id"]
-            httpx.post(f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=30)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base)  # a new process would open the same file
+            httpx.post(
+                f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=30
+            )
+        app, _ = make_app(
+            built, retriever, tmp_path, server.api_base
+        )  # a new process would open the same file
         with running(app, port) as url:
             thread = httpx.get(f"{url}/api/threads/{tid}").json()
             assert [m["content"] for m in thread["messages"]] == ["sore toe", "Answer to: sore toe"]
-            httpx.post(f"{url}/api/threads/{tid}/messages", json={"content": "still sore"}, timeout=30)
-    assert [m["role"] for m in reasoner_requests(server)[-1]["messages"][1:]] == ["user", "assistant", "user"]
+            httpx.post(
+                f"{url}/api/threads/{tid}/messages", json={"content": "still sore"}, timeout=30
+            )
+    assert [m["role"] for m in reasoner_requests(server)[-1]["messages"][1:]] == [
+        "user",
+        "assistant",
+        "user",
+    ]
 
 
 def test_api_keys_scope_threads_and_are_hashed_at_rest(built, retriever, tmp_path):
@@ -160,7 +224,10 @@ def test_api_keys_scope_threads_and_are_hashed_at_rest(built, retriever, tmp_pat
             assert wrong.status_code == 401 and "t0 keys create" in wrong.json()["detail"]
             assert wrong.headers["www-authenticate"] == "Bearer"
             tid = a.post("/api/threads", json={}).json()["id"]
-            assert a.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"}).status_code == 200
+            assert (
+                a.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"}).status_code
+                == 200
+            )
             assert b.get(f"/api/threads/{tid}").status_code == 404
             assert b.post(f"/api/threads/{tid}/messages", json={"content": "hi"}).status_code == 404
             assert b.delete(f"/api/threads/{tid}").status_code == 404
@@ -168,24 +235,48 @@ def test_api_keys_scope_threads_and_are_hashed_at_rest(built, retriever, tmp_pat
             assert b.get("/api/threads").json() == [] and len(a.get("/api/threads").json()) == 1
             store.revoke_key(bob_id)
             assert b.get("/api/threads").status_code == 401
-            assert httpx.get(f"{url}/healthz").status_code == 200 and httpx.get(f"{url}/").status_code == 200
+            assert (
+                httpx.get(f"{url}/healthz").status_code == 200
+                and httpx.get(f"{url}/").status_code == 200
+            )
             schema = httpx.get(f"{url}/openapi.json").json()["paths"]  # the API documents itself
-            assert {"/api/threads", "/api/threads/{thread_id}/messages/stream", "/v1/chat/completions",
-                    "/api/threads/{thread_id}/demographics", "/healthz"} <= set(schema)
-    raw = (tmp_path / "conversations.sqlite").read_bytes() + (tmp_path / "conversations.sqlite-wal").read_bytes() \
-        if (tmp_path / "conversations.sqlite-wal").exists() else (tmp_path / "conversations.sqlite").read_bytes()
+            assert {
+                "/api/threads",
+                "/api/threads/{thread_id}/messages/stream",
+                "/v1/chat/completions",
+                "/api/threads/{thread_id}/demographics",
+                "/healthz",
+            } <= set(schema)
+    raw = (
+        (tmp_path / "conversations.sqlite").read_bytes()
+        + (tmp_path / "conversations.sqlite-wal").read_bytes()
+        if (tmp_path / "conversations.sqlite-wal").exists()
+        else (tmp_path / "conversations.sqlite").read_bytes()
+    )
     assert alice.encode() not in raw and bob.encode() not in raw
 
 
 def test_limits_rate_and_cors(built, retriever, tmp_path):
     with FakeLLM() as server:
         script(server)
-        app, _ = make_app(built, retriever, tmp_path, server.api_base, max_request_bytes=2000, max_message_chars=100,
-                          rate_limit_per_minute=60, rate_limit_burst=4, cors_origins=["https://chat.example"])
+        app, _ = make_app(
+            built,
+            retriever,
+            tmp_path,
+            server.api_base,
+            max_request_bytes=2000,
+            max_message_chars=100,
+            rate_limit_per_minute=60,
+            rate_limit_burst=4,
+            cors_origins=["https://chat.example"],
+        )
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             tid = client.post("/api/threads", json={}).json()["id"]
-            too_big = client.post(f"/api/threads/{tid}/messages", content=json.dumps({"content": "a" * 5000}),
-                                  headers={"Content-Type": "application/json"})
+            too_big = client.post(
+                f"/api/threads/{tid}/messages",
+                content=json.dumps({"content": "a" * 5000}),
+                headers={"Content-Type": "application/json"},
+            )
             assert too_big.status_code == 413 and "2000 bytes" in too_big.json()["detail"]
             too_long = client.post(f"/api/threads/{tid}/messages", json={"content": "a" * 150})
             assert too_long.status_code == 422 and "limit is 100" in too_long.json()["detail"]
@@ -195,8 +286,14 @@ def test_limits_rate_and_cors(built, retriever, tmp_path):
             assert statuses[-1] == 429 and 200 in statuses
             limited = client.get("/api/threads")
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
-            ok = client.options("/api/threads", headers={"Origin": "https://chat.example", "Access-Control-Request-Method": "GET"})
-            other = client.options("/api/threads", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+            ok = client.options(
+                "/api/threads",
+                headers={"Origin": "https://chat.example", "Access-Control-Request-Method": "GET"},
+            )
+            other = client.options(
+                "/api/threads",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+            )
     assert ok.headers.get("access-control-allow-origin") == "https://chat.example"
     assert "access-control-allow-origin" not in other.headers
 
@@ -206,30 +303,52 @@ def test_fifty_concurrent_conversations_nothing_lost_or_mixed(built, retriever, 
         script(server, latency_s=0.05)
         app, _ = make_app(built, retriever, tmp_path, server.api_base, rate_limit_per_minute=0)
         with running(app) as url:
+
             async def conversation(client: httpx.AsyncClient, i: int) -> str:
-                tid = (await client.post("/api/threads", json={"title": f"patient {i}"})).json()["id"]
+                tid = (await client.post("/api/threads", json={"title": f"patient {i}"})).json()[
+                    "id"
+                ]
                 for turn in range(2):
-                    r = await client.post(f"/api/threads/{tid}/messages", json={"content": f"patient-{i} turn-{turn} cough"})
+                    r = await client.post(
+                        f"/api/threads/{tid}/messages",
+                        json={"content": f"patient-{i} turn-{turn} cough"},
+                    )
                     assert r.status_code == 200, r.text
                 return tid
 
             async def main():
-                async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=100)) as client:
+                async with httpx.AsyncClient(
+                    base_url=url, timeout=120, limits=httpx.Limits(max_connections=100)
+                ) as client:
                     tids = await asyncio.gather(*(conversation(client, i) for i in range(50)))
                     # two messages at once on one thread: serialised, both kept in order
-                    await asyncio.gather(*(client.post(f"/api/threads/{tids[0]}/messages", json={"content": f"patient-0 extra-{j}"})
-                                           for j in range(2)))
+                    await asyncio.gather(
+                        *(
+                            client.post(
+                                f"/api/threads/{tids[0]}/messages",
+                                json={"content": f"patient-0 extra-{j}"},
+                            )
+                            for j in range(2)
+                        )
+                    )
                     return tids, [(await client.get(f"/api/threads/{t}")).json() for t in tids]
 
             tids, threads = asyncio.run(main())
     assert server.state.max_in_flight > 1  # the turns really overlapped
     for i, thread in enumerate(threads):
         contents = [m["content"] for m in thread["messages"]]
-        expected = [f"patient-{i} turn-0 cough", f"Answer to: patient-{i} turn-0 cough",
-                    f"patient-{i} turn-1 cough", f"Answer to: patient-{i} turn-1 cough"]
+        expected = [
+            f"patient-{i} turn-0 cough",
+            f"Answer to: patient-{i} turn-0 cough",
+            f"patient-{i} turn-1 cough",
+            f"Answer to: patient-{i} turn-1 cough",
+        ]
         assert contents[:4] == expected, (i, contents)
         if i == 0:
-            assert len(contents) == 8 and [m["role"] for m in thread["messages"]] == ["user", "assistant"] * 4
+            assert (
+                len(contents) == 8
+                and [m["role"] for m in thread["messages"]] == ["user", "assistant"] * 4
+            )
         else:
             assert len(contents) == 4
 
@@ -244,18 +363,29 @@ def test_openai_client_streaming_and_not(built, retriever, tmp_path):
         with running(app) as url:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
             assert [m.id for m in client.models.list()] == ["t0"]
-            history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "<think>x</think>Hi there"},
-                       {"role": "user", "content": "my ear hurts"}]
+            history = [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "<think>x</think>Hi there"},
+                {"role": "user", "content": "my ear hurts"},
+            ]
             reply = client.chat.completions.create(model="t0", messages=history)
             assert reply.choices[0].message.content == "Answer to: my ear hurts"
             assert reply.model_extra["sources"] and reply.usage.total_tokens > 0
-            assert reply.choices[0].message.model_extra["reasoning_content"] == "I compared the documents with the symptoms."
+            assert (
+                reply.choices[0].message.model_extra["reasoning_content"]
+                == "I compared the documents with the symptoms."
+            )
             sent = reasoner_requests(server)[-1]["messages"]
-            assert [m["content"] for m in sent[1:]] == ["hello", "Hi there", "my ear hurts"]  # client thinking stripped
+            assert [m["content"] for m in sent[1:]] == [
+                "hello",
+                "Hi there",
+                "my ear hurts",
+            ]  # client thinking stripped
 
             pieces, thinking = [], []
-            for chunk in client.chat.completions.create(model="t0", messages=[{"role": "user", "content": "sore throat"}],
-                                                        stream=True):
+            for chunk in client.chat.completions.create(
+                model="t0", messages=[{"role": "user", "content": "sore throat"}], stream=True
+            ):
                 delta = chunk.choices[0].delta
                 pieces.append(delta.content or "")
                 thinking.append((delta.model_extra or {}).get("reasoning_content") or "")
@@ -267,7 +397,9 @@ def test_openai_client_streaming_and_not(built, retriever, tmp_path):
                 openai.OpenAI(base_url=f"{url}/v1", api_key="t0k_nope").models.list()
 
 
-def test_failing_models_give_plain_errors_mark_the_turn_failed_and_retry_works_once_back(built, retriever, tmp_path):
+def test_failing_models_give_plain_errors_mark_the_turn_failed_and_retry_works_once_back(
+    built, retriever, tmp_path
+):
     import time
 
     port = free_port()
@@ -275,36 +407,72 @@ def test_failing_models_give_plain_errors_mark_the_turn_failed_and_retry_works_o
     with FakeLLM() as server:
         script(server)
         app, cfg = make_app(built, retriever, tmp_path, server.api_base, reasoner_api_base=dead)
-        cfg.llm.max_attempts = 5  # the pipeline's patience: serving must not use it (serve.model_attempts)
+        cfg.llm.max_attempts = (
+            5  # the pipeline's patience: serving must not use it (serve.model_attempts)
+        )
         with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
             tid = client.post("/api/threads", json={}).json()["id"]
             started = time.monotonic()
             r = client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
             assert time.monotonic() - started < 10
             assert r.status_code == 502 and r.json()["detail"] == UNREACHABLE
-            assert "reasoner model openai/reasoner" in r.json()["technical"] and "litellm" not in r.json()["detail"]
-            with client.stream("POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}) as s:
+            assert (
+                "reasoner model openai/reasoner" in r.json()["technical"]
+                and "litellm" not in r.json()["detail"]
+            )
+            with client.stream(
+                "POST", f"/api/threads/{tid}/messages/stream", json={"content": "still sore"}
+            ) as s:
                 events = [e for e in s.read().decode().split("\n\n") if e]
             error = json.loads(events[-1].split("data: ", 1)[1])
             assert events[-1].startswith("event: error") and error["message"] == UNREACHABLE
             messages = client.get(f"/api/threads/{tid}").json()["messages"]
-            assert [(m["content"], m["status"]) for m in messages] == [("sore toe", "failed"), ("still sore", "failed")]
-            assert error["message_id"] == messages[1]["id"] and "check that the server is up" in messages[1]["error"]
+            assert [(m["content"], m["status"]) for m in messages] == [
+                ("sore toe", "failed"),
+                ("still sore", "failed"),
+            ]
+            assert (
+                error["message_id"] == messages[1]["id"]
+                and "check that the server is up" in messages[1]["error"]
+            )
             health = client.get("/healthz")
-            assert health.status_code == 503 and health.json()["models"]["reasoner"]["reachable"] is False
-            assert health.json()["models"]["agent"]["reachable"] is True and health.json()["index"]["loaded"]
+            assert (
+                health.status_code == 503
+                and health.json()["models"]["reasoner"]["reachable"] is False
+            )
+            assert (
+                health.json()["models"]["agent"]["reachable"] is True
+                and health.json()["index"]["loaded"]
+            )
 
             with FakeLLM(port=port) as back:  # the reasoner's server returns
                 script(back)
-                again = client.post(f"/api/threads/{tid}/messages", json={"content": "still sore", "retry_of": error["message_id"]})
-                assert again.status_code == 200 and again.json()["message"]["content"] == "Answer to: still sore"
+                again = client.post(
+                    f"/api/threads/{tid}/messages",
+                    json={"content": "still sore", "retry_of": error["message_id"]},
+                )
+                assert (
+                    again.status_code == 200
+                    and again.json()["message"]["content"] == "Answer to: still sore"
+                )
                 sent = back.state.requests[-1]["messages"]
-                assert [m["content"] for m in sent[1:]] == ["still sore"]  # failed turns are never resent
-                refused = client.post(f"/api/threads/{tid}/messages", json={"content": "x", "retry_of": again.json()["message"]["id"]})
-                assert refused.status_code == 502 and "cannot be sent again" in refused.json()["detail"]
+                assert [m["content"] for m in sent[1:]] == [
+                    "still sore"
+                ]  # failed turns are never resent
+                refused = client.post(
+                    f"/api/threads/{tid}/messages",
+                    json={"content": "x", "retry_of": again.json()["message"]["id"]},
+                )
+                assert (
+                    refused.status_code == 502
+                    and "cannot be sent again" in refused.json()["detail"]
+                )
             messages = client.get(f"/api/threads/{tid}").json()["messages"]
             assert [(m["content"], m["status"]) for m in messages] == [
-                ("sore toe", "failed"), ("still sore", "ok"), ("Answer to: still sore", "ok")]
+                ("sore toe", "failed"),
+                ("still sore", "ok"),
+                ("Answer to: still sore", "ok"),
+            ]
 
 
 def test_agents_without_tool_calling_use_the_text_protocol(built, retriever, tmp_path):
@@ -315,10 +483,17 @@ def test_agents_without_tool_calling_use_the_text_protocol(built, retriever, tmp
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles=profiles)
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             tid = client.post("/api/threads", json={"profile": "plain"}).json()["id"]
-            reply = client.post(f"/api/threads/{tid}/messages", json={"content": "my toe"}).json()["message"]
+            reply = client.post(f"/api/threads/{tid}/messages", json={"content": "my toe"}).json()[
+                "message"
+            ]
             assert client.post("/api/threads", json={"profile": "nope"}).status_code == 422
-    assert reply["search_query"] == "red painful big toe joint" and reply["content"] == "(Gout) see a GP today"
-    assert "tools" not in agent_requests(server)[0] and any(s["slug"] == "gout" for s in reply["sources"])
+    assert (
+        reply["search_query"] == "red painful big toe joint"
+        and reply["content"] == "(Gout) see a GP today"
+    )
+    assert "tools" not in agent_requests(server)[0] and any(
+        s["slug"] == "gout" for s in reply["sources"]
+    )
 
 
 def test_keys_cli_creates_lists_and_revokes(tmp_path):
@@ -334,23 +509,33 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path):
     assert store.key_owner(token) == key_id
     listed = runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path)])
     assert key_id in listed.output and "laptop" in listed.output and token not in listed.output
-    assert runner.invoke(app, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]).exit_code == 0
+    assert (
+        runner.invoke(app, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]).exit_code == 0
+    )
     assert store.key_owner(token) is None
     missing = runner.invoke(app, ["keys", "revoke", "nope", "--data-dir", str(tmp_path)])
-    assert "no key with id nope" in str(missing.exception)  # `t0` prints it as one line, exit status 2
+    assert "no key with id nope" in str(
+        missing.exception
+    )  # `t0` prints it as one line, exit status 2
 
 
-@pytest.mark.parametrize("tags, text", [
-    (("<think>", "</think>"), "<think>weighing gout</think>It is probably gout."),
-    (("<|im_start|>think", "<|im_start|>answer"), "<|im_start|>think\nweighing gout<|im_start|>answer\nIt is probably gout."),
-])
+@pytest.mark.parametrize(
+    "tags, text",
+    [
+        (("<think>", "</think>"), "<think>weighing gout</think>It is probably gout."),
+        (
+            ("<|im_start|>think", "<|im_start|>answer"),
+            "<|im_start|>think\nweighing gout<|im_start|>answer\nIt is probably gout.",
+        ),
+    ],
+)
 def test_inline_thinking_is_split_across_any_chunk_boundaries(tags, text):
     from t0_pipeline.llm import ThinkSplitter
 
     for size in (1, 2, 3, 5, 8, len(text)):
         splitter, pieces = ThinkSplitter(*tags), []
         for start in range(0, len(text), size):
-            pieces += splitter.feed(text[start:start + size])
+            pieces += splitter.feed(text[start : start + size])
         pieces += splitter.flush()
         thinking = "".join(p for k, p in pieces if k == "thinking").strip()
         answer = "".join(p for k, p in pieces if k == "answer").strip()
@@ -358,7 +543,9 @@ def test_inline_thinking_is_split_across_any_chunk_boundaries(tags, text):
 
 
 @pytest.mark.parametrize("template", ["chatml-by-hand", "smollm2"])
-def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_path, template, request):
+def test_budget_forced_reasoner_on_a_completions_endpoint(
+    built, retriever, tmp_path, template, request
+):
     from t0_pipeline.config import BudgetConfig
 
     marker = "<|im_start|>answer"
@@ -372,21 +559,39 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(built, retriever, tmp_
         tokenizer = str(tmp_path / "smollm2-tokenizer")
     with FakeLLM() as server:
         # only the completions prompt holds the thinking marker
-        server.on(r"<\|im_start\|>think", budget_student("toe is hot", "It is probably gout: ask for an urgent GP appointment."))
+        server.on(
+            r"<\|im_start\|>think",
+            budget_student("toe is hot", "It is probably gout: ask for an urgent GP appointment."),
+        )
         script(server)
-        profile = ServeProfile(budget=BudgetConfig(thinking_budget=6, max_waits=1), tokenizer=tokenizer)
+        profile = ServeProfile(
+            budget=BudgetConfig(thinking_budget=6, max_waits=1), tokenizer=tokenizer
+        )
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles={"t0": profile})
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             tid = client.post("/api/threads", json={}).json()["id"]
-            reply = client.post(f"/api/threads/{tid}/messages", json={"content": "red hot toe"}).json()["message"]
+            reply = client.post(
+                f"/api/threads/{tid}/messages", json={"content": "red hot toe"}
+            ).json()["message"]
     completions = [r for r in server.state.requests if "prompt" in r]
     assert completions[0]["prompt"].startswith("<|im_start|>system\n" + REASONER_MARK)
-    assert completions[0]["prompt"].endswith("<|im_start|>user\nred hot toe<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n")
-    assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [6, 2]  # less 3 thought + 1 "Wait"
-    assert reply["thinking"] == "toe is hot Wait toe is" and reply["content"].startswith("It is probably gout")
+    assert completions[0]["prompt"].endswith(
+        "<|im_start|>user\nred hot toe<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n"
+    )
+    assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [
+        6,
+        2,
+    ]  # less 3 thought + 1 "Wait"
+    assert reply["thinking"] == "toe is hot Wait toe is" and reply["content"].startswith(
+        "It is probably gout"
+    )
     assert reply["sources"] and reply["completion_tokens"] == 6
-    if tok is not None:  # every ChatML marker is the tokenizer's one special token; "think" is a plain word after it
+    if (
+        tok is not None
+    ):  # every ChatML marker is the tokenizer's one special token; "think" is a plain word after it
         ids = tok(completions[0]["prompt"], add_special_tokens=False)["input_ids"]
         start = tok.convert_tokens_to_ids("<|im_start|>")
-        assert ids.count(start) == completions[0]["prompt"].count("<|im_start|>") == 4  # system, user, assistant, think
-        assert tok.decode(ids[ids.index(start, len(ids) - 4):]) == "<|im_start|>think\n"
+        assert (
+            ids.count(start) == completions[0]["prompt"].count("<|im_start|>") == 4
+        )  # system, user, assistant, think
+        assert tok.decode(ids[ids.index(start, len(ids) - 4) :]) == "<|im_start|>think\n"

@@ -22,17 +22,39 @@ from t0_pipeline_tests.test_serve import reasoner_requests
 
 
 def write_config(path: Path, api_base: str, db: Path, **serve) -> Path:
-    roles = {r: {"model": f"openai/{r}", "api_base": api_base, "seed": None} for r in ("agent", "reasoner")}
-    path.write_text(yaml.safe_dump({"llm": {"roles": roles}, "serve": {"database_url": f"sqlite:///{db}", **serve}}))
+    roles = {
+        r: {"model": f"openai/{r}", "api_base": api_base, "seed": None}
+        for r in ("agent", "reasoner")
+    }
+    path.write_text(
+        yaml.safe_dump(
+            {"llm": {"roles": roles}, "serve": {"database_url": f"sqlite:///{db}", **serve}}
+        )
+    )
     return path
 
 
 def start_serve(data: Path, config: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "t0_pipeline.cli", "serve", "--data-dir", str(data), "--config",
-                             str(config), "--port", str(port), *extra], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "t0_pipeline.cli",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -55,8 +77,13 @@ def two_servers(built, tmp_path):
     with FakeLLM() as model:
         script(model, latency_s=0.05)
         db = tmp_path / "shared.sqlite"
-        config = write_config(tmp_path / "serve.yaml", model.api_base, db, rate_limit_per_minute=6,
-                              rate_limit_burst=30)
+        config = write_config(
+            tmp_path / "serve.yaml",
+            model.api_base,
+            db,
+            rate_limit_per_minute=6,
+            rate_limit_burst=30,
+        )
         procs = [start_serve(paths.root, config, tmp_path / f"serve{i}.log") for i in range(2)]
         try:
             for i, (proc, url) in enumerate(procs):
@@ -77,7 +104,9 @@ def test_two_processes_on_one_database_serialise_a_thread_and_share_the_rate_lim
 
     async def post(i: int) -> int:
         async with httpx.AsyncClient(timeout=120, headers=auth) as client:
-            r = await client.post(f"{(a, b)[i % 2]}/api/threads/{tid}/messages", json={"content": f"turn {i} cough"})
+            r = await client.post(
+                f"{(a, b)[i % 2]}/api/threads/{tid}/messages", json={"content": f"turn {i} cough"}
+            )
             return r.status_code
 
     async def main():
@@ -86,17 +115,27 @@ def test_two_processes_on_one_database_serialise_a_thread_and_share_the_rate_lim
     assert asyncio.run(main()) == [200] * 20
     messages = httpx.get(f"{b}/api/threads/{tid}", headers=auth).json()["messages"]
     assert len(messages) == 40 and [m["role"] for m in messages] == ["user", "assistant"] * 20
-    for question, answer in zip(messages[::2], messages[1::2]):  # each answer right after its own question
-        assert answer["content"] == f"Answer to: {question['content']}" and question["status"] == "ok"
-    assert sorted(int(m["content"].split()[1]) for m in messages[::2]) == list(range(20))  # none lost
+    for question, answer in zip(
+        messages[::2], messages[1::2]
+    ):  # each answer right after its own question
+        assert (
+            answer["content"] == f"Answer to: {question['content']}" and question["status"] == "ok"
+        )
+    assert sorted(int(m["content"].split()[1]) for m in messages[::2]) == list(
+        range(20)
+    )  # none lost
     # every turn saw all the turns before it: the history sent grows by one exchange each time
     sizes = [len(r["messages"]) for r in reasoner_requests(model)]
     assert sizes == [2 + 2 * i for i in range(20)], sizes
 
     # the per-key rate limit (burst 30, 6 a minute) is one bucket for both processes, not one each
     async def hammer():
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {other}"}) as client:
-            return [(await client.get(f"{(a, b)[i % 2]}/api/threads")).status_code for i in range(50)]
+        async with httpx.AsyncClient(
+            timeout=30, headers={"Authorization": f"Bearer {other}"}
+        ) as client:
+            return [
+                (await client.get(f"{(a, b)[i % 2]}/api/threads")).status_code for i in range(50)
+            ]
 
     codes = asyncio.run(hammer())
     assert 30 <= codes.count(200) <= 32 and codes.count(429) >= 18, codes
@@ -115,9 +154,16 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
             assert f"the {role} model (openai/{role}) does not answer at {dead}" in log, log
         tid = httpx.post(f"{url}/api/threads", json={}).json()["id"]
         started = time.monotonic()
-        r = httpx.post(f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=60)
-        assert r.status_code == 502 and time.monotonic() - started < 10  # fails fast, in plain words
-        assert r.json()["detail"] == "The assistant's model is not reachable right now; try again in a minute."
+        r = httpx.post(
+            f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=60
+        )
+        assert (
+            r.status_code == 502 and time.monotonic() - started < 10
+        )  # fails fast, in plain words
+        assert (
+            r.json()["detail"]
+            == "The assistant's model is not reachable right now; try again in a minute."
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -132,14 +178,22 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
             times = []
             for i in range(6):
                 started = time.monotonic()
-                assert httpx.post(f"{url}/api/threads/{tid}/messages", json={"content": f"sore toe {i}"},
-                                  timeout=60).status_code == 200
+                assert (
+                    httpx.post(
+                        f"{url}/api/threads/{tid}/messages",
+                        json={"content": f"sore toe {i}"},
+                        timeout=60,
+                    ).status_code
+                    == 200
+                )
                 times.append(time.monotonic() - started)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     later = statistics.median(times[1:])
-    assert times[0] < 3 * later + 0.5, times  # a cold first turn took 8 s against an instant model server
+    assert times[0] < 3 * later + 0.5, (
+        times
+    )  # a cold first turn took 8 s against an instant model server
 
 
 def test_replicas_starting_together_on_a_fresh_database_all_open_it(tmp_path):

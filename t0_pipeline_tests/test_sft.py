@@ -12,16 +12,29 @@ from t0_pipeline.config import BudgetConfig, SFTConfig
 from t0_pipeline.sft import build_sft, messages_for
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
-TRACE = {"id": "t1", "query": "face dropped", "demographics": '{"age": 70}', "retrieved_titles": ["Stroke", "Migraine"],
-         "retrieved_texts": ["Call 999.", "Lie down."], "scores": [-0.5, -0.9], "retrieved_slugs": ["stroke", "migraine"],
-         "thinking": "Face droop is FAST.", "answer": "(Stroke, A&E)", "kept": True, "model": "openai/teacher",
-         "prompt_hash": "abc123"}
+TRACE = {
+    "id": "t1",
+    "query": "face dropped",
+    "demographics": '{"age": 70}',
+    "retrieved_titles": ["Stroke", "Migraine"],
+    "retrieved_texts": ["Call 999.", "Lie down."],
+    "scores": [-0.5, -0.9],
+    "retrieved_slugs": ["stroke", "migraine"],
+    "thinking": "Face droop is FAST.",
+    "answer": "(Stroke, A&E)",
+    "kept": True,
+    "model": "openai/teacher",
+    "prompt_hash": "abc123",
+}
 
 
 @pytest.fixture
 def tiny_tokenizer(tmp_path):
-    return build_tiny_tokenizer(tmp_path / "tok", "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] "
-                                "1 2 Call 999 Lie down face dropped Face droop is FAST About me age 70 score -0.500 -0.900")
+    return build_tiny_tokenizer(
+        tmp_path / "tok",
+        "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] "
+        "1 2 Call 999 Lie down face dropped Face droop is FAST About me age 70 score -0.500 -0.900",
+    )
 
 
 def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
@@ -29,7 +42,10 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
     df, stats = build_sft(pl.DataFrame([TRACE]), config, tiny_tokenizer)
     system = json.loads(df["messages"][0])[0]["content"]
     # the evaluation prompt at k > 0: the teacher's documents, their titles (or inconclusive) allowed
-    assert "\n[1] Stroke (score -0.500)\nCall 999.\n\n[2] Migraine (score -0.900)\nLie down.\n" in system
+    assert (
+        "\n[1] Stroke (score -0.500)\nCall 999.\n\n[2] Migraine (score -0.900)\nLie down.\n"
+        in system
+    )
     assert "- Stroke\n- Migraine\n- inconclusive" in system and "(condition, severity)" in system
     expected = (
         f"<|im_start|>system\n{system}<|im_end|>\n"
@@ -69,18 +85,30 @@ def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
     assert assistant == "<think>\nFace droop is FAST.\n</think>\n\n(Stroke, A&E)"
 
     default = messages_for(TRACE, ChatFormat(), triage_prompt.load()[0])[-1]["content"]
-    budget = BudgetConfig().with_format()  # what budget forcing stops on and forces, from the same defaults
-    assert default == f"{budget.think_start}Face droop is FAST.\n{budget.think_end}{budget.answer_start}(Stroke, A&E)"
+    budget = (
+        BudgetConfig().with_format()
+    )  # what budget forcing stops on and forces, from the same defaults
+    assert (
+        default
+        == f"{budget.think_start}Face droop is FAST.\n{budget.think_end}{budget.answer_start}(Stroke, A&E)"
+    )
 
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:  # set once in a config file: every budget follows
-        f.write("chat_format: {think_start: \"<think>\\n\", think_end: \"</think>\", answer_start: \"\\n\\n\"}\n"
-                "serve: {profiles: {t0: {budget: {thinking_budget: 64}}}}\n")
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".yaml"
+    ) as f:  # set once in a config file: every budget follows
+        f.write(
+            'chat_format: {think_start: "<think>\\n", think_end: "</think>", answer_start: "\\n\\n"}\n'
+            "serve: {profiles: {t0: {budget: {thinking_budget: 64}}}}\n"
+        )
         f.flush()
         cfg = load_config(f.name)
     assert cfg.evaluation.models["t0-7b"].budget.think_end == "</think>"
-    assert cfg.serve.profiles["t0"].budget.think_start == "<think>\n" and cfg.serve.profiles["t0"].budget.thinking_budget == 64
+    assert (
+        cfg.serve.profiles["t0"].budget.think_start == "<think>\n"
+        and cfg.serve.profiles["t0"].budget.thinking_budget == 64
+    )
 
 
 def test_overlong_examples_are_dropped_or_truncated_by_policy(tiny_tokenizer):

@@ -38,7 +38,15 @@ def test_budget_is_respected():
 
 
 def test_unchanged_documents_reuse_their_summary_and_compression_is_recorded():
-    docs = pl.DataFrame({"slug": ["ff"], "title": ["FF"], "url": ["u"], "text": [DOC], "content_hash": [sha256_text(DOC)]})
+    docs = pl.DataFrame(
+        {
+            "slug": ["ff"],
+            "title": ["FF"],
+            "url": ["u"],
+            "text": [DOC],
+            "content_hash": [sha256_text(DOC)],
+        }
+    )
 
     class Counting(ExtractiveSummariser):
         calls = 0
@@ -79,8 +87,10 @@ Go to A&E if your knee is suddenly very swollen and you cannot stand."""
 def test_plain_extracts_keep_the_symptom_list_and_urgency_and_drop_treatment():
     """Page extracts without Markdown: a list is the bare lines after a line ending in ':'."""
     summary = ExtractiveSummariser(SummaryConfig()).summarise("Wobbly knee", PLAIN)
-    assert "Other symptoms of wobbly knee can include: a clicking sound when you climb stairs; the knee giving way on " \
-           "slopes; a dull ache behind the kneecap." in summary
+    assert (
+        "Other symptoms of wobbly knee can include: a clicking sound when you climb stairs; the knee giving way on "
+        "slopes; a dull ache behind the kneecap." in summary
+    )
     assert "A&E" in summary and "cannot stand" in summary
     for treatment in ("physiotherapy", "brace", "scan"):
         assert treatment not in summary
@@ -89,8 +99,19 @@ def test_plain_extracts_keep_the_symptom_list_and_urgency_and_drop_treatment():
 
 def test_the_method_and_budget_are_part_of_the_summaries_provenance():
     """Stored summaries are reused only when made by the same method with the same budget."""
-    docs = pl.DataFrame({"slug": ["wk"], "title": ["Wobbly knee"], "url": ["u"], "text": [PLAIN],
-                         "content_hash": [sha256_text(PLAIN)]})
+    docs = pl.DataFrame(
+        {
+            "slug": ["wk"],
+            "title": ["Wobbly knee"],
+            "url": ["u"],
+            "text": [PLAIN],
+            "content_hash": [sha256_text(PLAIN)],
+        }
+    )
     first, _ = summarise_documents(docs, ExtractiveSummariser(SummaryConfig(max_words=120)))
-    shorter, _ = summarise_documents(docs, ExtractiveSummariser(SummaryConfig(max_words=15)), previous=first)
-    assert shorter["summariser"][0] != first["summariser"][0] and len(shorter["text"][0].split()) <= 15
+    shorter, _ = summarise_documents(
+        docs, ExtractiveSummariser(SummaryConfig(max_words=15)), previous=first
+    )
+    assert (
+        shorter["summariser"][0] != first["summariser"][0] and len(shorter["text"][0].split()) <= 15
+    )

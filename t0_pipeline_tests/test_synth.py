@@ -10,12 +10,20 @@ import polars as pl
 
 from t0_pipeline.artifacts import sha256_text
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig, RoleConfig
-from t0_pipeline.synth import disjoint_problems, query_set_problems, remove_overlaps, run_generate_queries
+from t0_pipeline.synth import (
+    disjoint_problems,
+    query_set_problems,
+    remove_overlaps,
+    run_generate_queries,
+)
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 PAGES = {
     "alpha-itch": ("Alpha itch", "Itchy arms. A pharmacist can help. See a GP if it spreads."),
-    "beta-cough": ("Beta cough", "A cough. Call 111 if you cough blood. Call 999 if you cannot breathe."),
+    "beta-cough": (
+        "Beta cough",
+        "A cough. Call 111 if you cough blood. Call 999 if you cannot breathe.",
+    ),
     "gamma-pain": ("Gamma pain", "Chest pain. Call 999 now."),
     "delta-rash": ("Delta rash", "A rash. Self-care at home. Urgent GP if fever."),
     "eps-ache": ("Eps ache", "Back ache. Rest. GP if it lasts."),
@@ -35,18 +43,37 @@ def writer_reply(messages, body):
     sex = re.search(r"from a (\w+) patient", prompt).group(1)
     if condition == "Alpha itch" and disposition == "A&E":
         return json.dumps({"refused": True, "reason": "the page has no emergency situation"})
-    return json.dumps({"refused": False, "demographics": {"age": 40, "sex": sex, "occupation": "baker",
-                       "social_support": "lives with partner", "medical_history": "none"},
-                       "symptoms_description": f"I feel unwell ({condition} / {disposition}) #{body.get('seed')}"})
+    return json.dumps(
+        {
+            "refused": False,
+            "demographics": {
+                "age": 40,
+                "sex": sex,
+                "occupation": "baker",
+                "social_support": "lives with partner",
+                "medical_history": "none",
+            },
+            "symptoms_description": f"I feel unwell ({condition} / {disposition}) #{body.get('seed')}",
+        }
+    )
 
 
 def setup(tmp_path, server, **gen):
     paths = DataPaths(tmp_path / "data")
     paths.conditions.parent.mkdir(parents=True)
-    pl.DataFrame({"slug": list(PAGES), "title": [t for t, _ in PAGES.values()], "url": [""] * 6,
-                  "text": [x for _, x in PAGES.values()], "content_hash": [sha256_text(x) for _, x in PAGES.values()]}
-                 ).write_parquet(paths.conditions)
-    llm = LLMConfig(roles={"query_writer": RoleConfig(model="openai/writer", api_base=server.api_base)}, backoff_s=0.01)
+    pl.DataFrame(
+        {
+            "slug": list(PAGES),
+            "title": [t for t, _ in PAGES.values()],
+            "url": [""] * 6,
+            "text": [x for _, x in PAGES.values()],
+            "content_hash": [sha256_text(x) for _, x in PAGES.values()],
+        }
+    ).write_parquet(paths.conditions)
+    llm = LLMConfig(
+        roles={"query_writer": RoleConfig(model="openai/writer", api_base=server.api_base)},
+        backoff_s=0.01,
+    )
     return paths, QueryGenConfig(**{"n_eval": 18, "n_train": 12, "seed": 7, **gen}), llm
 
 
@@ -60,15 +87,23 @@ def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
 
         assert eval_df.height == 18 and train_df.height == 12
         cells = Counter(zip(eval_df["query_type"], eval_df["disposition"], eval_df["sex"]))
-        assert len(cells) == 18 and set(cells.values()) == {1}  # 3 types × 3 dispositions × 2 sexes, once each
+        assert len(cells) == 18 and set(cells.values()) == {
+            1
+        }  # 3 types × 3 dispositions × 2 sexes, once each
         assert disjoint_problems(eval_df, train_df) == []
         assert report["train"]["removed_overlaps"] > 0 and report["train"]["top_up_draws"] > 0
         # a refusal made a new condition be drawn for the same cell
         redrawn = pl.concat([eval_df, train_df]).filter(pl.col("refused_slugs").list.len() > 0)
         assert report["eval"]["refusals"] + report["train"]["refusals"] >= 1 and redrawn.height >= 1
-        assert all(r["slug"] not in r["refused_slugs"] and r["draws"] == len(r["refused_slugs"]) + 1
-                   for r in redrawn.iter_rows(named=True))
-        assert not pl.concat([eval_df, train_df]).filter((pl.col("slug") == "alpha-itch") & (pl.col("disposition") == "A&E")).height
+        assert all(
+            r["slug"] not in r["refused_slugs"] and r["draws"] == len(r["refused_slugs"]) + 1
+            for r in redrawn.iter_rows(named=True)
+        )
+        assert (
+            not pl.concat([eval_df, train_df])
+            .filter((pl.col("slug") == "alpha-itch") & (pl.col("disposition") == "A&E"))
+            .height
+        )
         assert eval_df["query"][0].startswith("I feel unwell (") and eval_df["age"][0] == 40
 
         requests = len(server.state.requests)
@@ -83,12 +118,18 @@ def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
         server.on("send to NHS 111", writer_reply)
         paths, cfg, llm = setup(tmp_path, server, n_eval=1000, n_train=0)
         eval_df, _, report = run_generate_queries(paths, cfg, llm)
-        assert eval_df.height == 1000 and eval_df["id"].n_unique() == 1000 and eval_df["query"].n_unique() == 1000
+        assert (
+            eval_df.height == 1000
+            and eval_df["id"].n_unique() == 1000
+            and eval_df["query"].n_unique() == 1000
+        )
         assert sorted(eval_df["id"]) == [f"eval-{i:05d}" for i in range(1000)]
         # every cell its own seed: the calls differ in seed, so no two cells shared a request (or a cached reply)
         seeds = [body.get("seed") for body in server.state.requests]
         assert len(set(seeds)) == len(seeds)
-        cells = report["eval"]["cells"]  # 18 cells: 1000 = 18 × 55 + 10, less the refused Alpha itch A&E redraws
+        cells = report["eval"][
+            "cells"
+        ]  # 18 cells: 1000 = 18 × 55 + 10, less the refused Alpha itch A&E redraws
         assert len(cells) == 18 and max(cells.values()) - min(cells.values()) <= 1
         assert query_set_problems(eval_df, report["eval"], cfg) == []
         # the check sees what the old bug produced: ids shared between cells
@@ -97,18 +138,26 @@ def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
 
 
 def test_remove_overlaps():
-    rows = [{"slug": "a", "disposition": "A&E"}, {"slug": "a", "disposition": "Self-care"}, {"slug": "b", "disposition": "A&E"}]
+    rows = [
+        {"slug": "a", "disposition": "A&E"},
+        {"slug": "a", "disposition": "Self-care"},
+        {"slug": "b", "disposition": "A&E"},
+    ]
     kept, removed = remove_overlaps(rows, {("a", "A&E")})
     assert removed == 1 and kept == rows[1:]
 
 
-def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writes_nothing(tmp_path):
+def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writes_nothing(
+    tmp_path,
+):
     import pytest
 
     from t0_pipeline.artifacts import T0Error
 
     with FakeLLM() as server:
-        server.on('has "Beta cough"', "Sorry, I can only chat.")  # never JSON, even after the repair request
+        server.on(
+            'has "Beta cough"', "Sorry, I can only chat."
+        )  # never JSON, even after the repair request
         server.on("send to NHS 111", writer_reply)
         paths, cfg, llm = setup(tmp_path, server, n_eval=18, n_train=0)
         eval_df, _, report = run_generate_queries(paths, cfg, llm)
@@ -118,17 +167,24 @@ def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writ
         assert eval_df.height == 18 - len(failed) and "beta-cough" not in eval_df["slug"].to_list()
         assert report["usage"]["repairs"] == report["usage"]["invalid_json"] == len(failed)
 
-    with FakeLLM() as healthy:  # unusable replies were not cached: only the failed draws are asked again, and succeed
+    with (
+        FakeLLM() as healthy
+    ):  # unusable replies were not cached: only the failed draws are asked again, and succeed
         healthy.on("send to NHS 111", writer_reply)
         llm.roles["query_writer"].api_base = healthy.api_base
         again, _, report = run_generate_queries(paths, cfg, llm)
-        assert again.height == 18 and report["usage"]["completed"] == len(failed) == len(healthy.state.requests)
+        assert again.height == 18 and report["usage"]["completed"] == len(failed) == len(
+            healthy.state.requests
+        )
         assert report["eval"]["failures"] == []
 
     with FakeLLM() as server:
         server.on("send to NHS 111", "Sorry, I can only chat.")
         paths, cfg, llm = setup(tmp_path / "second", server, n_eval=3, n_train=0)
-        with pytest.raises(T0Error, match=r"no evaluation queries were produced \(3 failed draws, first: InvalidJSON"):
+        with pytest.raises(
+            T0Error,
+            match=r"no evaluation queries were produced \(3 failed draws, first: InvalidJSON",
+        ):
             run_generate_queries(paths, cfg, llm)
         assert not paths.synthetic_queries("eval").exists()
 
@@ -153,8 +209,16 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
             llm = llm.model_copy(update={"concurrency": 3})
             config = tmp_path / f"{name}.json"
             config.write_text(PipelineConfig(llm=llm, queries=cfg).model_dump_json())
-            command = [sys.executable, "-m", "t0_pipeline.cli", "synth-queries", "--data-dir", str(paths.root),
-                       "--config", str(config)]
+            command = [
+                sys.executable,
+                "-m",
+                "t0_pipeline.cli",
+                "synth-queries",
+                "--data-dir",
+                str(paths.root),
+                "--config",
+                str(config),
+            ]
             return paths, command
 
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -164,14 +228,18 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
 
         paths, command = workspace("killed")
         server.state.requests.clear()
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         cache, stored, deadline = None, 0, time.monotonic() + 120
         while time.monotonic() < deadline and stored < 30:
             time.sleep(0.05)
             cache = next(paths.root.rglob("*.sqlite"), None)
             if cache is not None:
                 try:
-                    stored = sqlite3.connect(cache).execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+                    stored = (
+                        sqlite3.connect(cache).execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+                    )
                 except sqlite3.Error:
                     pass
         proc.send_signal(signal.SIGKILL)
@@ -184,7 +252,9 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
         assert subprocess.run(command, env=env, capture_output=True).returncode == 0
         after = len(server.state.requests) - before_kill
         in_flight = before_kill - stored
-        assert after == uninterrupted - stored and 0 <= in_flight <= 3  # paid twice: only those in flight
+        assert (
+            after == uninterrupted - stored and 0 <= in_flight <= 3
+        )  # paid twice: only those in flight
         for split in ("eval", "train"):
             resumed = pl.read_parquet(paths.synthetic_queries(split))
             reference = pl.read_parquet(whole_paths.synthetic_queries(split))
@@ -193,6 +263,7 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
 
 def test_an_age_written_as_above_80_is_kept_not_failed(tmp_path):
     """The prompt lets the writer answer "above 80", as the reference's did; such a draw is a query, not a failure."""
+
     def elderly(messages, body):
         reply = json.loads(writer_reply(messages, body))
         if not reply["refused"]:
@@ -206,4 +277,8 @@ def test_an_age_written_as_above_80_is_kept_not_failed(tmp_path):
     assert eval_df.height == 6 and not report["eval"]["failures"]
     assert set(eval_df["age"]) == {81}
     prompt = server.state.requests[0]["messages"][-1]["content"]
-    assert "NHS 111" in prompt and "A&E: emergency hospital treatment" in prompt and 'write "above 80"' in prompt
+    assert (
+        "NHS 111" in prompt
+        and "A&E: emergency hospital treatment" in prompt
+        and 'write "above 80"' in prompt
+    )

@@ -11,25 +11,42 @@ from t0_pipeline.synth import QUERY_SCHEMA
 from t0_pipeline.traces import parse_answer, run_traces
 from t0_pipeline_tests.fake_llm import FakeLLM
 
-TITLES = {"stroke": "Stroke", "heart-attack": "Heart attack", "urinary-tract-infections": "Urinary tract infections (UTIs)"}
+TITLES = {
+    "stroke": "Stroke",
+    "heart-attack": "Heart attack",
+    "urinary-tract-infections": "Urinary tract infections (UTIs)",
+}
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("So the answer is (Stroke, A&E)", ("Stroke", "stroke", "A&E")),
-    ("(Heart attack, Self-care) no wait... (heart attack, a & e)", ("heart attack", "heart-attack", "A&E")),
-    ("**(Urinary tract infections (UTIs), Urgent Primary Care)**",
-     ("Urinary tract infections (UTIs)", "urinary-tract-infections", "Urgent Primary Care")),
-    ('("Stroke", urgent primary care)', ("Stroke", "stroke", "Urgent Primary Care")),
-    ("(inconclusive, Self-care)", ("inconclusive", "inconclusive", "Self-care")),
-    ("(Migraine, Self-care)", ("Migraine", None, "Self-care")),  # not among the retrieved titles
-    ("I cannot decide.", (None, None, None)),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("So the answer is (Stroke, A&E)", ("Stroke", "stroke", "A&E")),
+        (
+            "(Heart attack, Self-care) no wait... (heart attack, a & e)",
+            ("heart attack", "heart-attack", "A&E"),
+        ),
+        (
+            "**(Urinary tract infections (UTIs), Urgent Primary Care)**",
+            ("Urinary tract infections (UTIs)", "urinary-tract-infections", "Urgent Primary Care"),
+        ),
+        ('("Stroke", urgent primary care)', ("Stroke", "stroke", "Urgent Primary Care")),
+        ("(inconclusive, Self-care)", ("inconclusive", "inconclusive", "Self-care")),
+        (
+            "(Migraine, Self-care)",
+            ("Migraine", None, "Self-care"),
+        ),  # not among the retrieved titles
+        ("I cannot decide.", (None, None, None)),
+    ],
+)
 def test_parse_answer(answer, expected):
     assert parse_answer(answer, TITLES) == expected
 
 
 def teacher(messages):
-    message = messages[-1]["content"].rsplit("\n", 1)[-1]  # the evaluation prompt's user turn ends with the message
+    message = messages[-1]["content"].rsplit("\n", 1)[
+        -1
+    ]  # the evaluation prompt's user turn ends with the message
     if "face has suddenly dropped" in message:
         return "(Stroke, A&E)"
     if "itchy" in message:
@@ -40,32 +57,83 @@ def teacher(messages):
 def test_traces_carry_context_thinking_and_policy(built, embedder):
     cfg, paths = built
     rows = [
-        {"id": "train-00000", "slug": "stroke", "disposition": "A&E", "query": "My dad's face has suddenly dropped on one side and he can't lift his left arm, his speech is slurred."},
-        {"id": "train-00001", "slug": "hay-fever", "disposition": "Self-care", "query": "itchy eyes and sneezing in June"},
-        {"id": "train-00002", "slug": "gout", "disposition": "Urgent Primary Care", "query": "my big toe is red and sore"},
+        {
+            "id": "train-00000",
+            "slug": "stroke",
+            "disposition": "A&E",
+            "query": "My dad's face has suddenly dropped on one side and he can't lift his left arm, his speech is slurred.",
+        },
+        {
+            "id": "train-00001",
+            "slug": "hay-fever",
+            "disposition": "Self-care",
+            "query": "itchy eyes and sneezing in June",
+        },
+        {
+            "id": "train-00002",
+            "slug": "gout",
+            "disposition": "Urgent Primary Care",
+            "query": "my big toe is red and sore",
+        },
     ]
-    full = [{**{k: None for k in QUERY_SCHEMA}, "split": "train", "title": r["slug"], "query_type": "basic", "sex": "male",
-             "age": 70, "occupation": "retired", "social_support": "wife", "medical_history": "none", "draws": 1,
-             "refused_slugs": [], "model": "m", "prompt_hash": "p", **r} for r in rows]
+    full = [
+        {
+            **{k: None for k in QUERY_SCHEMA},
+            "split": "train",
+            "title": r["slug"],
+            "query_type": "basic",
+            "sex": "male",
+            "age": 70,
+            "occupation": "retired",
+            "social_support": "wife",
+            "medical_history": "none",
+            "draws": 1,
+            "refused_slugs": [],
+            "model": "m",
+            "prompt_hash": "p",
+            **r,
+        }
+        for r in rows
+    ]
     paths.synthetic_queries("train").parent.mkdir(parents=True, exist_ok=True)
     pl.DataFrame(full, schema=QUERY_SCHEMA).write_parquet(paths.synthetic_queries("train"))
     retriever = Retriever("summaries", paths, embedder=embedder)
     with FakeLLM() as server:
-        server.on("triage patients", teacher, reasoning="Weighing the documents against the symptoms.")
-        llm = LLMConfig(roles={"teacher": RoleConfig(model="openai/teacher", api_base=server.api_base)})
-        traces, stats = run_traces(paths, TraceConfig(k=5, mode="hybrid", keep="parsable"), llm, retriever)
-        request = next(r["messages"] for r in server.state.requests
-                       if "face has suddenly dropped" in r["messages"][-1]["content"])
+        server.on(
+            "triage patients", teacher, reasoning="Weighing the documents against the symptoms."
+        )
+        llm = LLMConfig(
+            roles={"teacher": RoleConfig(model="openai/teacher", api_base=server.api_base)}
+        )
+        traces, stats = run_traces(
+            paths, TraceConfig(k=5, mode="hybrid", keep="parsable"), llm, retriever
+        )
+        request = next(
+            r["messages"]
+            for r in server.state.requests
+            if "face has suddenly dropped" in r["messages"][-1]["content"]
+        )
         prompt = "\n".join(m["content"] for m in request)
     by_id = {r["id"]: r for r in traces.iter_rows(named=True)}
     stroke = by_id["train-00000"]
     assert "stroke" in stroke["retrieved_slugs"] and len(set(stroke["retrieved_slugs"])) == 5
     assert stroke["gold_retrieved"] and "] Stroke (score" in prompt and '"age": 70' in prompt
     position = stroke["retrieved_slugs"].index("stroke")
-    assert stroke["retrieved_texts"][position].startswith("A stroke is") and stroke["retrieved_titles"][position] == "Stroke"
+    assert (
+        stroke["retrieved_texts"][position].startswith("A stroke is")
+        and stroke["retrieved_titles"][position] == "Stroke"
+    )
     assert stroke["scores"] == sorted(stroke["scores"], reverse=True)
-    assert stroke["thinking"] == "Weighing the documents against the symptoms." and stroke["answer"] == "(Stroke, A&E)"
-    assert stroke["pred_slug"] == "stroke" and stroke["correct_condition"] and stroke["correct_disposition"] and stroke["kept"]
+    assert (
+        stroke["thinking"] == "Weighing the documents against the symptoms."
+        and stroke["answer"] == "(Stroke, A&E)"
+    )
+    assert (
+        stroke["pred_slug"] == "stroke"
+        and stroke["correct_condition"]
+        and stroke["correct_disposition"]
+        and stroke["kept"]
+    )
     made_up = by_id["train-00001"]
     assert made_up["parsable"] and not made_up["condition_in_retrieved"] and not made_up["kept"]
     assert not by_id["train-00002"]["parsable"] and not by_id["train-00002"]["kept"]

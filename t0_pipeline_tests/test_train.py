@@ -13,15 +13,28 @@ from t0_pipeline.sft import build_sft
 from t0_pipeline.train import IGNORE, tokenize_example, train
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
-WORDS = ("system user assistant think answer Stroke Gout Migraine A&E Self-care Urgent Primary Care ( ) , . : [ ] 1 2 "
-         "Call 999 Lie down Rest face dropped toe hot red Face droop is FAST Big toe About me age 70 score -0.500 -0.900 "
-         "Documents You are a clinical triage assistant")
+WORDS = (
+    "system user assistant think answer Stroke Gout Migraine A&E Self-care Urgent Primary Care ( ) , . : [ ] 1 2 "
+    "Call 999 Lie down Rest face dropped toe hot red Face droop is FAST Big toe About me age 70 score -0.500 -0.900 "
+    "Documents You are a clinical triage assistant"
+)
 
 
 def trace(i: int, condition: str, severity: str, query: str, thinking: str) -> dict:
-    return {"id": f"t{i}", "query": query, "demographics": '{"age": 70}', "retrieved_titles": ["Stroke", "Gout"],
-            "retrieved_texts": ["Call 999 .", "Rest ."], "scores": [-0.5, -0.9], "retrieved_slugs": ["stroke", "gout"],
-            "thinking": thinking, "answer": f"( {condition} , {severity} )", "kept": True, "model": "m", "prompt_hash": "p"}
+    return {
+        "id": f"t{i}",
+        "query": query,
+        "demographics": '{"age": 70}',
+        "retrieved_titles": ["Stroke", "Gout"],
+        "retrieved_texts": ["Call 999 .", "Rest ."],
+        "scores": [-0.5, -0.9],
+        "retrieved_slugs": ["stroke", "gout"],
+        "thinking": thinking,
+        "answer": f"( {condition} , {severity} )",
+        "kept": True,
+        "model": "m",
+        "prompt_hash": "p",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +46,43 @@ def student(tmp_path_factory):
     root = tmp_path_factory.mktemp("student")
     tok = build_tiny_tokenizer(root / "base", WORDS)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
-    traces = [trace(i, "Stroke", "A&E", "face dropped", "Face droop is FAST .") if i % 2 else
-              trace(i, "Gout", "Urgent Primary Care", "Big toe hot red", "Big toe is hot .") for i in range(12)]
+    traces = [
+        trace(i, "Stroke", "A&E", "face dropped", "Face droop is FAST .")
+        if i % 2
+        else trace(i, "Gout", "Urgent Primary Care", "Big toe hot red", "Big toe is hot .")
+        for i in range(12)
+    ]
     df, _ = build_sft(pl.DataFrame(traces), SFTConfig(tokenizer="tiny"), tok)
     df.write_parquet(root / "sft.parquet")
     return root, tok
 
 
 def small(**kw) -> TrainConfig:
-    base = dict(epochs=1, max_steps=8, learning_rate=3e-3, warmup_ratio=0.0, eval_fraction=0.25, eval_steps=4,
-                save_steps=4, block_size=512, gradient_checkpointing=False, logging_steps=1)
+    base = dict(
+        epochs=1,
+        max_steps=8,
+        learning_rate=3e-3,
+        warmup_ratio=0.0,
+        eval_fraction=0.25,
+        eval_steps=4,
+        save_steps=4,
+        block_size=512,
+        gradient_checkpointing=False,
+        logging_steps=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -57,12 +93,22 @@ def test_only_the_assistant_turn_is_learned(student):
     learned = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE]
     assert learned == [label for label in example["labels"] if label != IGNORE]
     text = tok.decode(learned)
-    assert text == tok.decode(tok(messages[-1]["content"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"])
+    assert text == tok.decode(
+        tok(messages[-1]["content"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    )
     assert text.startswith("<|im_start|> think") and "answer" in text
-    masked = tok.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE])
-    assert "<|im_start|> system" in masked and "<|im_start|> user About" in masked and "Big toe hot red" in masked
+    masked = tok.decode(
+        [t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE]
+    )
+    assert (
+        "<|im_start|> system" in masked
+        and "<|im_start|> user About" in masked
+        and "Big toe hot red" in masked
+    )
     assert masked.endswith("<|im_start|> assistant") and "think" not in masked
-    assert example["labels"][: len(example["labels"]) - len(learned)] == [IGNORE] * (len(example["labels"]) - len(learned))
+    assert example["labels"][: len(example["labels"]) - len(learned)] == [IGNORE] * (
+        len(example["labels"]) - len(learned)
+    )
 
 
 def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(student, tmp_path):
@@ -71,14 +117,23 @@ def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(stu
 
     root, _ = student
     before = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
-    result = train(small(model=str(root / "base"), gradient_checkpointing=True), root / "sft.parquet", tmp_path / "out")
+    result = train(
+        small(model=str(root / "base"), gradient_checkpointing=True),
+        root / "sft.parquet",
+        tmp_path / "out",
+    )
     losses = [loss for _, loss in result.train_loss]
     assert result.global_step == 8 and result.train_examples == 9 and result.eval_examples == 3
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learned
-    assert [step for step, _ in result.eval_loss] == [4, 8]  # held-out split evaluated every eval_steps
+    assert [step for step, _ in result.eval_loss] == [
+        4,
+        8,
+    ]  # held-out split evaluated every eval_steps
     after = AutoModelForCausalLM.from_pretrained(result.final_dir).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    assert (result.final_dir / "README.md").read_text().startswith("# Student model fine-tuned from")
+    assert (
+        (result.final_dir / "README.md").read_text().startswith("# Student model fine-tuned from")
+    )
     assert (result.final_dir / "tokenizer_config.json").exists()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["global_step"] == 8 and len(metrics["eval_loss"]) == 2
@@ -86,11 +141,17 @@ def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(stu
 
 def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path):
     root, _ = student
-    first = train(small(model=str(root / "base"), max_steps=4), root / "sft.parquet", tmp_path / "out")
+    first = train(
+        small(model=str(root / "base"), max_steps=4), root / "sft.parquet", tmp_path / "out"
+    )
     assert first.global_step == 4 and first.resumed_from is None
-    second = train(small(model=str(root / "base"), max_steps=8), root / "sft.parquet", tmp_path / "out")
+    second = train(
+        small(model=str(root / "base"), max_steps=8), root / "sft.parquet", tmp_path / "out"
+    )
     assert second.resumed_from.endswith("checkpoint-4") and second.global_step == 8
-    assert min(step for step, _ in second.train_loss) == 1  # the log history came back with the checkpoint
+    assert (
+        min(step for step, _ in second.train_loss) == 1
+    )  # the log history came back with the checkpoint
 
 
 def test_lora_trains_adapters_and_leaves_the_base_weights_unchanged(student, tmp_path):
@@ -99,28 +160,52 @@ def test_lora_trains_adapters_and_leaves_the_base_weights_unchanged(student, tmp
     from transformers import AutoModelForCausalLM
 
     root, _ = student
-    base_before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(root / "base").state_dict().items()}
-    cfg = small(model=str(root / "base"), max_steps=4, eval_fraction=0.0, lora={"enabled": True, "r": 4, "alpha": 8})
+    base_before = {
+        k: v.clone()
+        for k, v in AutoModelForCausalLM.from_pretrained(root / "base").state_dict().items()
+    }
+    cfg = small(
+        model=str(root / "base"),
+        max_steps=4,
+        eval_fraction=0.0,
+        lora={"enabled": True, "r": 4, "alpha": 8},
+    )
     result = train(cfg, root / "sft.parquet", tmp_path / "out")
     assert (result.final_dir / "adapter_config.json").exists() and result.global_step == 4
     assert result.deepspeed is None  # auto never picks ZeRO-3 for adapters
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "base"), result.final_dir)
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(root / "base"), result.final_dir
+    )
     state = tuned.state_dict()
     lora_b = [v for k, v in state.items() if "lora_B" in k]
-    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # adapters start at zero: these were trained
+    assert lora_b and any(
+        v.abs().sum() > 0 for v in lora_b
+    )  # adapters start at zero: these were trained
     for key, value in state.items():
         if "lora_" in key:
             continue
         original = key.replace("base_model.model.", "").replace(".base_layer", "")
         assert torch.equal(value, base_before[original]), key  # every base weight as it was
     reloaded = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
-    assert all(torch.equal(reloaded[k], v) for k, v in base_before.items())  # and the base checkpoint untouched
+    assert all(
+        torch.equal(reloaded[k], v) for k, v in base_before.items()
+    )  # and the base checkpoint untouched
 
 
 def test_warm_up_is_a_ratio_of_the_steps(student, tmp_path):
     root, _ = student
-    result = train(small(model=str(root / "base"), max_steps=8, warmup_ratio=0.5, learning_rate=1e-3, eval_fraction=0.0,
-                         save_steps=100), root / "sft.parquet", tmp_path / "out")
+    result = train(
+        small(
+            model=str(root / "base"),
+            max_steps=8,
+            warmup_ratio=0.5,
+            learning_rate=1e-3,
+            eval_fraction=0.0,
+            save_steps=100,
+        ),
+        root / "sft.parquet",
+        tmp_path / "out",
+    )
     rates = [lr for _, lr in sorted(result.learning_rates)]
     assert rates[0] < rates[1] < rates[2] < rates[3]  # rises over the first half (4 of 8 steps)
     assert max(rates) == pytest.approx(1e-3) and rates[-1] < max(rates)  # then the cosine decay
@@ -132,7 +217,9 @@ def test_overlong_examples_are_dropped_never_cut(student):
     whole = tokenize_example(messages, tok, block_size=512)
     n = len(whole["input_ids"])
     assert tokenize_example(messages, tok, block_size=n)["input_ids"] == whole["input_ids"]
-    assert tokenize_example(messages, tok, block_size=n - 1) is None  # one token short: left out, not truncated
+    assert (
+        tokenize_example(messages, tok, block_size=n - 1) is None
+    )  # one token short: left out, not truncated
 
 
 def test_deepspeed_auto_picks_zero3_for_several_processes_training_all_weights(tmp_path):
@@ -143,7 +230,9 @@ def test_deepspeed_auto_picks_zero3_for_several_processes_training_all_weights(t
     assert resolve_deepspeed(TrainConfig(lora={"enabled": True}), 8) is None
     assert resolve_deepspeed(TrainConfig(deepspeed="none"), 8) is None
     assert resolve_deepspeed(TrainConfig(deepspeed="zero3_offload"), 1).name == "zero3_offload.json"
-    with pytest.raises(T0Error, match="DeepSpeed config zero4 not found; use one of zero3, zero3_offload"):
+    with pytest.raises(
+        T0Error, match="DeepSpeed config zero4 not found; use one of zero3, zero3_offload"
+    ):
         resolve_deepspeed(TrainConfig(deepspeed="zero4"), 2)
 
 
@@ -156,12 +245,24 @@ def test_bad_inputs_are_one_clear_error_and_keep_the_previous_model(student, tmp
     with pytest.raises(T0Error, match="SFT dataset .* not found"):
         train(small(model=str(root / "base")), tmp_path / "missing.parquet", tmp_path / "out")
     with pytest.raises(T0Error, match="DeepSpeed config"):
-        train(small(model=str(root / "base"), deepspeed=str(tmp_path / "ds.json")), root / "sft.parquet", tmp_path / "out")
+        train(
+            small(model=str(root / "base"), deepspeed=str(tmp_path / "ds.json")),
+            root / "sft.parquet",
+            tmp_path / "out",
+        )
     assert not (tmp_path / "out" / "final").exists()
 
 
-SMALL_JOB = {"max_steps": 6, "learning_rate": 3e-3, "warmup_ratio": 0.0, "eval_fraction": 0.25, "eval_steps": 3,
-             "save_steps": 3, "block_size": 512, "gradient_checkpointing": False}
+SMALL_JOB = {
+    "max_steps": 6,
+    "learning_rate": 3e-3,
+    "warmup_ratio": 0.0,
+    "eval_fraction": 0.25,
+    "eval_steps": 3,
+    "save_steps": 3,
+    "block_size": 512,
+    "gradient_checkpointing": False,
+}
 
 
 def job_workspace(tmp_path, root, **train):
@@ -174,7 +275,9 @@ def job_workspace(tmp_path, root, **train):
     (data / "synthetic" / "sft").mkdir(parents=True, exist_ok=True)
     shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
     config = tmp_path / "t0.yaml"
-    config.write_text(yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB, **train}}))
+    config.write_text(
+        yaml.safe_dump({"train": {"sizes": {"tiny": str(root / "base")}, **SMALL_JOB, **train}})
+    )
     return data, config
 
 
@@ -184,16 +287,34 @@ def cpu_profile(tmp_path, procs: int = 1, setup: list[str] | None = None, **fiel
 
     profiles = tmp_path / "profiles"
     profiles.mkdir(exist_ok=True)
-    (profiles / "ci-cpu.yaml").write_text(yaml.safe_dump({
-        "name": "ci-cpu", "gpus_per_node": 0, "cpus_per_node": 2, "cpus_per_rank": 1,
-        "setup": [*(setup or []), 'source "$T0_VENV/bin/activate"'],
-        "sizes": {"tiny": {"nodes": 1, "gpus_per_node": 0, "procs_per_node": procs, "hours": 1, "mem": "4G"}},
-        **fields}))
+    (profiles / "ci-cpu.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "ci-cpu",
+                "gpus_per_node": 0,
+                "cpus_per_node": 2,
+                "cpus_per_rank": 1,
+                "setup": [*(setup or []), 'source "$T0_VENV/bin/activate"'],
+                "sizes": {
+                    "tiny": {
+                        "nodes": 1,
+                        "gpus_per_node": 0,
+                        "procs_per_node": procs,
+                        "hours": 1,
+                        "mem": "4G",
+                    }
+                },
+                **fields,
+            }
+        )
+    )
     return profiles
 
 
 def materialization(result):
-    return result.get_asset_materialization_events()[0].step_materialization_data.materialization.metadata
+    return result.get_asset_materialization_events()[
+        0
+    ].step_materialization_data.materialization.metadata
 
 
 def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_path):
@@ -207,29 +328,46 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     data, config = job_workspace(tmp_path, root)
     asset = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize([asset], partition_key="tiny", instance=instance, resources={
-        "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
-        "training_compute": TrainingCompute(mode="local")})
+    result = dg.materialize(
+        [asset],
+        partition_key="tiny",
+        instance=instance,
+        resources={
+            "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+            "training_compute": TrainingCompute(mode="local"),
+        },
+    )
     assert result.success
     meta = materialization(result)
-    assert meta["checkpoint"].value == str(data / "students" / "tiny" / "final")  # partition key in the path
+    assert meta["checkpoint"].value == str(
+        data / "students" / "tiny" / "final"
+    )  # partition key in the path
     assert meta["global_step"].value == 6 and meta["base_model"].value == str(root / "base")
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
-    assert meta["world_size"].value == 1 and meta["deepspeed"].value == "none" and meta["tokens_per_second"].value > 0
+    assert (
+        meta["world_size"].value == 1
+        and meta["deepspeed"].value == "none"
+        and meta["tokens_per_second"].value > 0
+    )
     assert len(json.loads(meta["eval_losses"].value)) == 2
     resolved = meta["resolved_config"].value
     resolved = json.loads(resolved) if isinstance(resolved, str) else resolved
     assert resolved["max_steps"] == 6 and resolved["model"] == str(root / "base")
     assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()
     logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
-    assert any(m.startswith("step 6/6: loss") for m in logged)  # the trainer's progress reached the run's log
+    assert any(
+        m.startswith("step 6/6: loss") for m in logged
+    )  # the trainer's progress reached the run's log
 
 
 def _slurm_up() -> bool:
     import shutil
     import subprocess
 
-    return shutil.which("sbatch") is not None and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    return (
+        shutil.which("sbatch") is not None
+        and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    )
 
 
 def _wait_for_job(job: str, until, timeout: float = 300) -> str:
@@ -237,8 +375,12 @@ def _wait_for_job(job: str, until, timeout: float = 300) -> str:
     import time
 
     state, deadline = "PENDING", time.time() + timeout
-    while time.time() < deadline:  # no accounting database here: scontrol remembers finished jobs, squeue does not
-        out = subprocess.run(["scontrol", "show", "job", job, "-o"], capture_output=True, text=True).stdout
+    while (
+        time.time() < deadline
+    ):  # no accounting database here: scontrol remembers finished jobs, squeue does not
+        out = subprocess.run(
+            ["scontrol", "show", "job", job, "-o"], capture_output=True, text=True
+        ).stdout
         state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), state)
         if until(state):
             return state
@@ -264,21 +406,44 @@ def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(st
 
     if not _slurm_up():
         if os.environ.get("CI"):
-            pytest.fail("CI should have started a Slurm cluster (.ci/slurm-up.sh) but sinfo does not answer")
+            pytest.fail(
+                "CI should have started a Slurm cluster (.ci/slurm-up.sh) but sinfo does not answer"
+            )
         pytest.skip("no Slurm cluster here; start one with `sudo bash .ci/slurm-up.sh`")
     root, _ = student
-    data, config = job_workspace(tmp_path, root, max_steps=3000, save_steps=10000, eval_fraction=0.0, logging_steps=100)
+    data, config = job_workspace(
+        tmp_path, root, max_steps=3000, save_steps=10000, eval_fraction=0.0, logging_steps=100
+    )
     profiles = cpu_profile(tmp_path, setup=[f"export T0_VENV={Path(sys.prefix)}"])
     logs = data / "students" / "tiny" / "logs"
     logs.mkdir(parents=True)
     script = tmp_path / "train-tiny.sbatch"
-    script.write_text(render_sbatch(load_profile("ci-cpu", profiles), "tiny", config_file=str(config),
-                                    data_dir=str(data), log_dir=str(logs), model=str(root / "base")))
-    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True,
-                         cwd=tmp_path).stdout.strip().split(";")[0]
+    script.write_text(
+        render_sbatch(
+            load_profile("ci-cpu", profiles),
+            "tiny",
+            config_file=str(config),
+            data_dir=str(data),
+            log_dir=str(logs),
+            model=str(root / "base"),
+        )
+    )
+    job = (
+        subprocess.run(
+            ["sbatch", "--parsable", str(script)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     log = logs / f"t0-train-tiny-{job}.out"
     deadline = time.time() + 180
-    while time.time() < deadline and "/3000 [" not in (log.read_bytes().decode(errors="replace") if log.exists() else ""):
+    while time.time() < deadline and "/3000 [" not in (
+        log.read_bytes().decode(errors="replace") if log.exists() else ""
+    ):
         time.sleep(0.5)  # wait until it is training
     # what Slurm does STOP_LEAD_S before the time limit (#SBATCH --signal=B:USR1@…), done now
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
@@ -287,9 +452,15 @@ def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(st
     text = log.read_bytes().decode(errors="replace")
     assert state == "COMPLETED", text[-3000:]
     metrics = json.loads((data / "students" / "tiny" / "metrics.json").read_text())
-    assert metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"]  # the requeued run resumed
-    assert 0 < int(metrics["resumed_from"].rsplit("-", 1)[1]) < 3000 and metrics["global_step"] == 3000
-    assert f"requeueing job {job} to resume" in text and text.count("/3000 [") >= 2  # both attempts, one log
+    assert (
+        metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"]
+    )  # the requeued run resumed
+    assert (
+        0 < int(metrics["resumed_from"].rsplit("-", 1)[1]) < 3000 and metrics["global_step"] == 3000
+    )
+    assert (
+        f"requeueing job {job} to resume" in text and text.count("/3000 [") >= 2
+    )  # both attempts, one log
     assert AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final") is not None
 
 
@@ -336,27 +507,50 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     data, config = job_workspace(tmp_path, root, max_steps=8, save_steps=2, eval_steps=4)
     env = prepare_env_dir(tmp_path / "deployed", Path(sys.prefix))
     remote = tmp_path / "remote"
-    where = dict(mode="slurm", site="ci-cpu", profiles_dir=str(tmp_path / "profiles"), ssh_host="localhost",
-                 ssh_user="root", ssh_key_path=str(key), env_path=str(env), remote_base=str(remote))
+    where = dict(
+        mode="slurm",
+        site="ci-cpu",
+        profiles_dir=str(tmp_path / "profiles"),
+        ssh_host="localhost",
+        ssh_user="root",
+        ssh_key_path=str(key),
+        env_path=str(env),
+        remote_base=str(remote),
+    )
     compute = TrainingCompute(**where, partition="debug")
 
     def materialize():
-        return dg.materialize([build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))], partition_key="tiny",
-                              resources={"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
-                                         "training_compute": compute}, raise_on_error=False)
+        return dg.materialize(
+            [build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))],
+            partition_key="tiny",
+            resources={
+                "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+                "training_compute": compute,
+            },
+            raise_on_error=False,
+        )
 
     # 1. rank 1 fails at step 4: the run fails with that rank's error; the checkpoints already saved stay
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(FAULT)
-    cpu_profile(tmp_path, procs=2, setup=[f"export PYTHONPATH={inject}", "export T0_TEST_FAIL_AT_STEP=4"])
+    cpu_profile(
+        tmp_path, procs=2, setup=[f"export PYTHONPATH={inject}", "export T0_TEST_FAIL_AT_STEP=4"]
+    )
     failed = materialize()
     assert not failed.success
     messages = _failure_messages(failed)
-    assert any("the Slurm job for tiny failed on rank 1" in m and "injected fault on rank 1 at step 4" in m
-               and "Last lines of that rank" in m for m in messages), messages
+    assert any(
+        "the Slurm job for tiny failed on rank 1" in m
+        and "injected fault on rank 1 at step 4" in m
+        and "Last lines of that rank" in m
+        for m in messages
+    ), messages
     assert not (data / "students" / "tiny" / "final").exists()
-    saved = sorted((data / "students" / "tiny" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name[11:]))
+    saved = sorted(
+        (data / "students" / "tiny" / "checkpoints").glob("checkpoint-*"),
+        key=lambda p: int(p.name[11:]),
+    )
     assert saved and saved[0].name == "checkpoint-2"
 
     # 2. the job submitted again: both ranks, parameters sharded, resumed from the last checkpoint, loss falls
@@ -367,12 +561,16 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     assert int(meta["slurm_job_id"].value) > 0 and meta["world_size"].value == 2
     assert meta["deepspeed"].value == "zero3.json" and meta["params_sharded"].value is True
     per_rank, total = json.loads(meta["params_per_rank"].value), meta["params_total"].value
-    assert len(per_rank) == 2 and all(0 < n < total for n in per_rank)  # each rank holds only its ZeRO-3 shard
+    assert len(per_rank) == 2 and all(
+        0 < n < total for n in per_rank
+    )  # each rank holds only its ZeRO-3 shard
     assert len(json.loads(meta["peak_memory_gb_per_rank"].value)) == 2
     assert meta["resumed_from"].value == str(saved[-1]) and meta["global_step"].value == 8
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
     final = data / "students" / "tiny" / "final"
-    loaded = AutoModelForCausalLM.from_pretrained(final)  # plain from_pretrained: consolidated weights
+    loaded = AutoModelForCausalLM.from_pretrained(
+        final
+    )  # plain from_pretrained: consolidated weights
     digest = json.loads((data / "students" / "tiny" / "metrics.json").read_text())["weights_digest"]
     params = dict(loaded.named_parameters())
     assert digest and all(tensor_digest(params[name]) == value for name, value in digest.items())
@@ -380,11 +578,27 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     assert any(not torch.equal(base[k], v) for k, v in loaded.state_dict().items())
 
     # 3. `t0 sbatch` prints exactly the script Slurm ran for Dagster (each job keeps a copy beside its output)
-    ran = (data / "students" / "tiny" / "logs" / f"t0-train-tiny-{meta['slurm_job_id'].value}.sbatch").read_text()
-    printed = CliRunner().invoke(app, ["sbatch", "--site", "ci-cpu", "--size", "tiny", "--profiles-dir",
-                                       str(tmp_path / "profiles"), "--partition", "debug", "--config",
-                                       str(data / "students" / "tiny" / "logs" / "pipeline.config.json"),  # as resolved
-                                       "--data-dir", str(data)])
+    ran = (
+        data / "students" / "tiny" / "logs" / f"t0-train-tiny-{meta['slurm_job_id'].value}.sbatch"
+    ).read_text()
+    printed = CliRunner().invoke(
+        app,
+        [
+            "sbatch",
+            "--site",
+            "ci-cpu",
+            "--size",
+            "tiny",
+            "--profiles-dir",
+            str(tmp_path / "profiles"),
+            "--partition",
+            "debug",
+            "--config",
+            str(data / "students" / "tiny" / "logs" / "pipeline.config.json"),  # as resolved
+            "--data-dir",
+            str(data),
+        ],
+    )
     assert printed.exit_code == 0, printed.output
     assert printed.output == ran
 
@@ -393,8 +607,10 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     compute = TrainingCompute(**where)  # the profile's partition, not an override
     rejected = materialize()
     assert not rejected.success
-    assert any("the Slurm job for tiny did not complete: sbatch: error: invalid partition" in m
-               for m in _failure_messages(rejected))
+    assert any(
+        "the Slurm job for tiny did not complete: sbatch: error: invalid partition" in m
+        for m in _failure_messages(rejected)
+    )
     assert (final / "model.safetensors").exists()
 
 
@@ -410,7 +626,9 @@ def _failure_messages(result) -> list[str]:
     return messages
 
 
-def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_step(student, built, tmp_path):
+def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_step(
+    student, built, tmp_path
+):
     """One line in train.sizes → student_checkpoint[tiny] trains (Pipes) → the evaluation sensor asks for
     accuracy_report[t0-tiny] and its base → each is served by the model-server resource (the loopback server as
     the vLLM command), evaluated and stopped → accuracy_comparison gains the rows."""
@@ -430,49 +648,104 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
     root, _ = student
     _, built_paths = built
     data = tmp_path / "data"
-    shutil.copytree(built_paths.root, data, ignore=shutil.ignore_patterns("students", "eval", "llm_cache.sqlite"))
+    shutil.copytree(
+        built_paths.root,
+        data,
+        ignore=shutil.ignore_patterns("students", "eval", "llm_cache.sqlite"),
+    )
     (data / "synthetic" / "sft").mkdir(parents=True, exist_ok=True)
     shutil.copy(root / "sft.parquet", data / "synthetic" / "sft" / "train.parquet")
     config = tmp_path / "t0.yaml"
-    config.write_text(yaml.safe_dump({
-        # the new size: one line (the five default sizes are dropped here to keep the test small)
-        "train": {"sizes": {"tiny": str(root / "base"), **dict.fromkeys(["1.5B", "3B", "7B", "14B", "32B"])}, **SMALL_JOB},
-        "llm": {"cache_path": str(tmp_path / "cache.sqlite"), "max_attempts": 1},
-        "servers": {"command": stand_in("--thinking", "The face droops . Wait", "--answer", "( Stroke , A&E )",
-                                        "--tool", "submit_condition_recommendation",
-                                        '{"condition": "Stroke", "severity": "A&E"}'), "startup_timeout_s": 60},
-        "evaluation": {"models": {"retrieval-baseline": None, "gpt-4o": None}, "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:2])), "runs": 1,
-                       "ks": [0, 5]}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                # the new size: one line (the five default sizes are dropped here to keep the test small)
+                "train": {
+                    "sizes": {
+                        "tiny": str(root / "base"),
+                        **dict.fromkeys(["1.5B", "3B", "7B", "14B", "32B"]),
+                    },
+                    **SMALL_JOB,
+                },
+                "llm": {"cache_path": str(tmp_path / "cache.sqlite"), "max_attempts": 1},
+                "servers": {
+                    "command": stand_in(
+                        "--thinking",
+                        "The face droops . Wait",
+                        "--answer",
+                        "( Stroke , A&E )",
+                        "--tool",
+                        "submit_condition_recommendation",
+                        '{"condition": "Stroke", "severity": "A&E"}',
+                    ),
+                    "startup_timeout_s": 60,
+                },
+                "evaluation": {
+                    "models": {"retrieval-baseline": None, "gpt-4o": None},
+                    "queries": str(write_jsonl(tmp_path / "q.jsonl", QUERIES[:2])),
+                    "runs": 1,
+                    "ks": [0, 5],
+                },
+            }
+        )
+    )
     cfg = load_config(config)
-    assert set(cfg.evaluation.models) == {"base", "t0-tiny"}  # the size's base (named from its model) and student
+    assert set(cfg.evaluation.models) == {
+        "base",
+        "t0-tiny",
+    }  # the size's base (named from its model) and student
     checkpoint = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
-    report = build_accuracy_report(dg.StaticPartitionsDefinition(list(cfg.evaluation.models)), checkpoint, cfg)
+    report = build_accuracy_report(
+        dg.StaticPartitionsDefinition(list(cfg.evaluation.models)), checkpoint, cfg
+    )
     assets = [checkpoint, report, accuracy_comparison]
-    resources = {"settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
-                 "training_compute": TrainingCompute(mode="local"),
-                 "model_server": ModelServer(mode="local")}
+    resources = {
+        "settings": PipelineSettings(data_dir=str(data), config_file=str(config)),
+        "training_compute": TrainingCompute(mode="local"),
+        "model_server": ModelServer(mode="local"),
+    }
     defs = dg.Definitions(assets=assets, resources=resources)
     instance = dg.DagsterInstance.ephemeral()
 
     before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert before.total_requested == 0  # nothing trained yet: nothing to evaluate
-    trained = dg.materialize([checkpoint], partition_key="tiny", instance=instance, resources=resources)
+    trained = dg.materialize(
+        [checkpoint], partition_key="tiny", instance=instance, resources=resources
+    )
     assert trained.success
     asked = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
     assert asked.get_requested_partitions(dg.AssetKey("accuracy_report")) == {"t0-tiny", "base"}
     runs = {}
     for partition in sorted(asked.get_requested_partitions(dg.AssetKey("accuracy_report"))):
-        runs[partition] = dg.materialize(assets, selection=[report], partition_key=partition, instance=instance,
-                                         resources=resources)
+        runs[partition] = dg.materialize(
+            assets,
+            selection=[report],
+            partition_key=partition,
+            instance=instance,
+            resources=resources,
+        )
         logged = [e.user_message for e in instance.all_logs(runs[partition].run_id)]
-        assert any("healthy at http://127.0.0.1:" in m for m in logged) and any("stopped" in m for m in logged)
+        assert any("healthy at http://127.0.0.1:" in m for m in logged) and any(
+            "stopped" in m for m in logged
+        )
     meta = materialization(runs["t0-tiny"])
-    assert meta["served_checkpoint"].value == str((data / "students" / "tiny" / "final").resolve())  # what it measured
-    assert meta["condition_accuracy_k0"].value == "0.50 ± 0.00"  # the stand-in always answers Stroke: 1 of 2 queries
-    assert materialization(runs["base"])["condition_accuracy_k0"].value == "0.50 ± 0.00"  # through the submit tool
+    assert meta["served_checkpoint"].value == str(
+        (data / "students" / "tiny" / "final").resolve()
+    )  # what it measured
+    assert (
+        meta["condition_accuracy_k0"].value == "0.50 ± 0.00"
+    )  # the stand-in always answers Stroke: 1 of 2 queries
+    assert (
+        materialization(runs["base"])["condition_accuracy_k0"].value == "0.50 ± 0.00"
+    )  # through the submit tool
     assert asked.get_requested_partitions(dg.AssetKey("accuracy_comparison")) == set()
     again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=asked.cursor)
-    assert again.get_num_requested(dg.AssetKey("accuracy_comparison")) == 1  # the table follows the new reports
-    table = materialization(dg.materialize(assets, selection=[accuracy_comparison], instance=instance,
-                                           resources=resources))["table"].value
+    assert (
+        again.get_num_requested(dg.AssetKey("accuracy_comparison")) == 1
+    )  # the table follows the new reports
+    table = materialization(
+        dg.materialize(
+            assets, selection=[accuracy_comparison], instance=instance, resources=resources
+        )
+    )["table"].value
     assert "| t0-tiny | fine-tuned | tiny |" in table and "| base | base | tiny |" in table

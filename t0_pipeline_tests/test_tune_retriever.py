@@ -32,8 +32,9 @@ def tune_data(built, tmp_path):
 
 def _config(min_gain: float) -> PipelineConfig:
     cfg = PipelineConfig()
-    cfg.retriever_tune = cfg.retriever_tune.model_copy(update={"epochs": 1, "batch_size": 16, "min_gain": min_gain,
-                                                               "max_pairs": 40})
+    cfg.retriever_tune = cfg.retriever_tune.model_copy(
+        update={"epochs": 1, "batch_size": 16, "min_gain": min_gain, "max_pairs": 40}
+    )
     return cfg
 
 
@@ -44,18 +45,24 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
 
     paths = tune_data
     result = run_tune(_config(min_gain=-1.0), paths)  # any outcome counts as better
-    assert result.used and result.pairs == 40 and result.steps == 3  # 40 pairs / batch 16, one epoch
+    assert (
+        result.used and result.pairs == 40 and result.steps == 3
+    )  # 40 pairs / batch 16, one epoch
     assert result.train_loss is not None and result.train_loss > 0
     assert set(result.before) == set(result.after) == {1, 5, 10, 30}
     assert (paths.retriever_dir / "active.json").exists()
     cfg = with_local_models(PipelineConfig(), paths)
-    assert cfg.embedding.model == result.model_dir  # every index and query now embeds with the tuned model
+    assert (
+        cfg.embedding.model == result.model_dir
+    )  # every index and query now embeds with the tuned model
 
     # the index is rebuilt in the tuned model's space and answers queries
     docs = pl.read_parquet(paths.summaries)
     stats = build_dense_index(docs, "summaries", paths, cfg.embedding, cfg.chunk, cfg.chroma)
     assert stats.embedded_chunks > 0
-    hits = Retriever("summaries", paths, cfg.embedding, cfg.chroma).search("itchy red eyes and sneezing in summer", 5, "dense")
+    hits = Retriever("summaries", paths, cfg.embedding, cfg.chroma).search(
+        "itchy red eyes and sneezing in summer", 5, "dense"
+    )
     assert len(hits) == 5
     # a retriever configured with the base model refuses the tuned index rather than mixing vector spaces
     with pytest.raises(T0Error, match="rebuild it"):

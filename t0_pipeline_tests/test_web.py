@@ -23,11 +23,17 @@ from t0_pipeline_tests.test_serve import make_app, reasoner_requests
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("T0_TEST_ARTIFACTS", ROOT / "test-artifacts"))
-AXE = Path(os.environ.get("T0_AXE_JS", ROOT / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"))
+AXE = Path(
+    os.environ.get(
+        "T0_AXE_JS", ROOT / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"
+    )
+)
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1366, "height": 768}
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
-                                reason="no Chromium here; `apt-get install chromium` (CI installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true",
+    reason="no Chromium here; `apt-get install chromium` (CI installs it)",
+)
 
 
 @pytest.fixture
@@ -52,20 +58,27 @@ def shot(page, name: str) -> None:
 
 
 def wait_answer(page, text: str) -> None:
-    page.wait_for_function("t => [...document.querySelectorAll('.msg.assistant .answer')]"
-                           ".some(e => e.textContent.trim() === t)", arg=text)
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('.msg.assistant .answer')]"
+        ".some(e => e.textContent.trim() === t)",
+        arg=text,
+    )
 
 
 def tab_to(page, selector: str, limit: int = 60, back: bool = False) -> None:
     """Press Tab (Shift+Tab) until the focused element matches ``selector``: keyboard only."""
     for _ in range(limit):
-        if page.evaluate("s => document.activeElement && document.activeElement.matches(s)", selector):
+        if page.evaluate(
+            "s => document.activeElement && document.activeElement.matches(s)", selector
+        ):
             return
         page.keyboard.press("Shift+Tab" if back else "Tab")
     raise AssertionError(f"{selector} cannot be reached with the keyboard")
 
 
-def test_chat_page_streams_markdown_reasoning_sources_details_and_threads(built, retriever, tmp_path, browser):
+def test_chat_page_streams_markdown_reasoning_sources_details_and_threads(
+    built, retriever, tmp_path, browser
+):
     with FakeLLM() as server:
         script(server, latency_s=0.02)
         app, _ = make_app(built, retriever, tmp_path, server.api_base)
@@ -88,7 +101,10 @@ def test_chat_page_streams_markdown_reasoning_sources_details_and_threads(built,
             reasoning = page.locator(".msg.assistant details.reasoning").last
             assert not reasoning.evaluate("d => d.open")
             reasoning.locator("summary").click()
-            assert reasoning.evaluate("d => d.open") and "I compared the documents" in reasoning.inner_text()
+            assert (
+                reasoning.evaluate("d => d.open")
+                and "I compared the documents" in reasoning.inner_text()
+            )
             links = page.locator(".msg.assistant .sources a")
             assert links.count() == 5 and links.first.get_attribute("href").startswith("http")
             shot(page, "chat-desktop")
@@ -106,7 +122,9 @@ def test_chat_page_streams_markdown_reasoning_sources_details_and_threads(built,
             page.click("#send")
             wait_answer(page, "Hello! How can I help you today?")
             page.locator("#threads .thread", has_text="My big toe").click()
-            page.wait_for_function("document.querySelector('.msg.user')?.textContent.includes('big toe')")
+            page.wait_for_function(
+                "document.querySelector('.msg.user')?.textContent.includes('big toe')"
+            )
             assert page.locator(".msg").count() == 2
 
 
@@ -119,16 +137,23 @@ def test_phone_and_desktop_layouts(built, retriever, tmp_path, browser):
             page.goto(url)
             page.fill("#input", "I have had a **sore** throat for two days")
             page.click("#send")
-            wait_answer(page, "Answer to: I have had a sore throat for two days")  # Markdown, rendered
+            wait_answer(
+                page, "Answer to: I have had a sore throat for two days"
+            )  # Markdown, rendered
             assert page.locator(".msg.assistant .answer strong").count() == 1
             box = page.locator("#input").bounding_box()
             assert box["width"] >= 300, box
             send = page.locator("#send").bounding_box()
-            assert send["y"] + send["height"] <= PHONE["height"] and box["y"] + box["height"] <= PHONE["height"]
+            assert (
+                send["y"] + send["height"] <= PHONE["height"]
+                and box["y"] + box["height"] <= PHONE["height"]
+            )
             assert not page.locator("#sidebar").is_visible()  # a drawer on a phone
             shot(page, "chat-phone")
             page.click("#drawer-toggle")
-            page.wait_for_function("getComputedStyle(document.querySelector('#sidebar')).transform === 'none'")
+            page.wait_for_function(
+                "getComputedStyle(document.querySelector('#sidebar')).transform === 'none'"
+            )
             assert page.locator("#drawer-toggle").get_attribute("aria-expanded") == "true"
             assert page.locator("#threads .thread").count() == 1
             shot(page, "chat-phone-drawer")
@@ -138,7 +163,10 @@ def test_phone_and_desktop_layouts(built, retriever, tmp_path, browser):
             desktop = open_page(browser, DESKTOP)
             desktop.goto(url)
             desktop.wait_for_selector("#threads .thread")
-            assert desktop.locator("#sidebar").is_visible() and not desktop.locator("#drawer-toggle").is_visible()
+            assert (
+                desktop.locator("#sidebar").is_visible()
+                and not desktop.locator("#drawer-toggle").is_visible()
+            )
             assert desktop.locator("#input").bounding_box()["width"] >= 600
 
 
@@ -153,9 +181,11 @@ class HostileSources:
         return [dataclasses.replace(hits[0], url="javascript:window.__pwned='source'"), *hits[1:]]
 
 
-PAYLOAD = ("**Gout** is likely.\n\n- rest the joint\n- see a GP\n\n"
-           "<img src=x onerror=\"window.__pwned='img'\"> <script>window.__pwned='script'</script>\n\n"
-           "[click me](javascript:window.__pwned='link') or [the NHS page](https://www.nhs.uk/conditions/gout/)")
+PAYLOAD = (
+    "**Gout** is likely.\n\n- rest the joint\n- see a GP\n\n"
+    "<img src=x onerror=\"window.__pwned='img'\"> <script>window.__pwned='script'</script>\n\n"
+    "[click me](javascript:window.__pwned='link') or [the NHS page](https://www.nhs.uk/conditions/gout/)"
+)
 THINKING = "I weighed **gout** <img src=y onerror=\"window.__pwned='thinking'\"> [x](javascript:window.__pwned='t')"
 
 
@@ -171,7 +201,10 @@ def test_model_output_and_corpus_urls_cannot_run_script(built, retriever, tmp_pa
             page.click("#send")
             page.wait_for_selector(".msg.assistant .answer strong")
             answer = page.locator(".msg.assistant .answer").last
-            assert answer.locator("li").count() == 2 and answer.locator("strong").inner_text() == "Gout"
+            assert (
+                answer.locator("li").count() == 2
+                and answer.locator("strong").inner_text() == "Gout"
+            )
             assert page.locator(".msg img, .msg script").count() == 0
             assert "<img src=x" in answer.inner_text()  # raw HTML from the model is shown as text
             bad = answer.locator("a", has_text="click me")
@@ -185,13 +218,18 @@ def test_model_output_and_corpus_urls_cannot_run_script(built, retriever, tmp_pa
             first_source.click()
             page.locator(".msg.assistant details.reasoning summary").last.click()
             thinking = page.locator(".msg.assistant .thinking").last
-            assert thinking.locator("strong").inner_text() == "gout" and thinking.locator("a").get_attribute("href") is None
+            assert (
+                thinking.locator("strong").inner_text() == "gout"
+                and thinking.locator("a").get_attribute("href") is None
+            )
             page.wait_for_timeout(300)
             assert page.evaluate("window.__pwned") is None
             shot(page, "chat-hostile-output")
 
 
-def test_keyboard_only_create_switch_delete_send_and_open_reasoning(built, retriever, tmp_path, browser):
+def test_keyboard_only_create_switch_delete_send_and_open_reasoning(
+    built, retriever, tmp_path, browser
+):
     with FakeLLM() as server:
         script(server)
         app, _ = make_app(built, retriever, tmp_path, server.api_base)
@@ -200,7 +238,9 @@ def test_keyboard_only_create_switch_delete_send_and_open_reasoning(built, retri
             page.goto(url)
             page.wait_for_load_state("networkidle")
             tab_to(page, "#new-thread")
-            assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"  # focus is visible
+            assert (
+                page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+            )  # focus is visible
             page.keyboard.press("Enter")
             page.wait_for_function("document.activeElement.id === 'input'")
             page.keyboard.type("hello")
@@ -215,12 +255,16 @@ def test_keyboard_only_create_switch_delete_send_and_open_reasoning(built, retri
             tab_to(page, ".msg.assistant details.reasoning summary")
             page.keyboard.press("Enter")
             assert page.locator(".msg.assistant details.reasoning").last.evaluate("d => d.open")
-            tab_to(page, "#threads li:nth-child(2) .thread", back=True)  # the first conversation ("hello")
+            tab_to(
+                page, "#threads li:nth-child(2) .thread", back=True
+            )  # the first conversation ("hello")
             page.keyboard.press("Enter")
             page.wait_for_function("document.querySelector('.msg.user')?.textContent === 'hello'")
             tab_to(page, "#threads li:nth-child(2) .delete")
             page.keyboard.press("Enter")
-            page.wait_for_function("document.activeElement.textContent === 'Keep'")  # asks first, safe choice focused
+            page.wait_for_function(
+                "document.activeElement.textContent === 'Keep'"
+            )  # asks first, safe choice focused
             assert page.locator("#threads li").count() == 2
             page.keyboard.press("Shift+Tab")
             assert page.evaluate("document.activeElement.textContent") == "Delete"
@@ -232,10 +276,28 @@ def test_keyboard_only_create_switch_delete_send_and_open_reasoning(built, retri
 def start_model_process(port: int, chunk_delay: float) -> subprocess.Popen:
     """The scripted model server as its own process (agent tool call + a long streamed answer), killable."""
     answer = " ".join(["Gout"] + [f"word{i}" for i in range(60)])
-    proc = subprocess.Popen([sys.executable, "-m", "t0_pipeline_tests.fake_llm", "--port", str(port), "--reply", answer,
-                             "--tool", "search_health_information", json.dumps({"query": "red hot toe"}),
-                             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-                             "--chunk-delay", str(chunk_delay)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "t0_pipeline_tests.fake_llm",
+            "--port",
+            str(port),
+            "--reply",
+            answer,
+            "--tool",
+            "search_health_information",
+            json.dumps({"query": "red hot toe"}),
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "hermes",
+            "--chunk-delay",
+            str(chunk_delay),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith("INFO: serving"):
             return proc
@@ -252,15 +314,21 @@ def test_model_server_killed_mid_answer_then_back_and_retry(built, retriever, tm
             page.goto(url)
             page.fill("#input", "my big toe is red and hot")
             page.click("#send")
-            page.wait_for_function("document.querySelector('.msg.assistant .answer')?.textContent.includes('word3')")
+            page.wait_for_function(
+                "document.querySelector('.msg.assistant .answer')?.textContent.includes('word3')"
+            )
             proc.kill()  # SIGKILL, mid-answer
             proc.wait()
             page.wait_for_selector(".msg.error")
             error = page.locator(".msg.error")
             assert "stopped before finishing" in error.locator("p").inner_text()
-            assert not error.locator("details").evaluate("d => d.open")  # the technical line is folded away
+            assert not error.locator("details").evaluate(
+                "d => d.open"
+            )  # the technical line is folded away
             assert "litellm" not in error.locator("p").inner_text()
-            assert page.locator(".msg.assistant:not(.error)").count() == 0  # no half or empty reply left
+            assert (
+                page.locator(".msg.assistant:not(.error)").count() == 0
+            )  # no half or empty reply left
             assert page.locator(".msg.user.failed .failure button").inner_text() == "Retry"
             shot(page, "chat-model-killed")
             page.reload()  # the failure is stored: it is still shown, and not silently resent
@@ -268,18 +336,27 @@ def test_model_server_killed_mid_answer_then_back_and_retry(built, retriever, tm
 
             proc = start_model_process(port, chunk_delay=0.0)
             page.click(".msg.user.failed .failure button")
-            page.wait_for_function("document.querySelector('.msg.assistant .answer')?.textContent.includes('word59')")
-            assert page.locator(".msg.user.failed").count() == 0 and page.locator(".msg.error").count() == 0
+            page.wait_for_function(
+                "document.querySelector('.msg.assistant .answer')?.textContent.includes('word59')"
+            )
+            assert (
+                page.locator(".msg.user.failed").count() == 0
+                and page.locator(".msg.error").count() == 0
+            )
             page.reload()
             page.wait_for_selector(".msg.assistant .answer")
-            assert page.locator(".msg").count() == 2 and page.locator(".msg.user.failed").count() == 0
+            assert (
+                page.locator(".msg").count() == 2 and page.locator(".msg.user.failed").count() == 0
+            )
     finally:
         proc.kill()
         proc.wait()
 
 
-@pytest.mark.skipif(not AXE.exists() and os.environ.get("CI") != "true",
-                    reason="axe-core not installed (`make install` fetches it with npm)")
+@pytest.mark.skipif(
+    not AXE.exists() and os.environ.get("CI") != "true",
+    reason="axe-core not installed (`make install` fetches it with npm)",
+)
 def test_accessibility_audit_finds_nothing_serious(built, retriever, tmp_path, browser):
     findings = {}
     with FakeLLM() as server:
@@ -296,9 +373,21 @@ def test_accessibility_audit_finds_nothing_serious(built, retriever, tmp_path, b
                 page.locator(".msg.assistant details.reasoning summary").last.click()
                 page.add_script_tag(path=str(AXE))
                 result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
-                findings[name] = [{"id": v["id"], "impact": v["impact"], "help": v["help"], "nodes": len(v["nodes"])}
-                                  for v in result["violations"]]
+                findings[name] = [
+                    {
+                        "id": v["id"],
+                        "impact": v["impact"],
+                        "help": v["help"],
+                        "nodes": len(v["nodes"]),
+                    }
+                    for v in result["violations"]
+                ]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "axe-findings.json").write_text(json.dumps(findings, indent=2))
-    serious = [(name, v) for name, vs in findings.items() for v in vs if v["impact"] in ("serious", "critical")]
+    serious = [
+        (name, v)
+        for name, vs in findings.items()
+        for v in vs
+        if v["impact"] in ("serious", "critical")
+    ]
     assert not serious, serious

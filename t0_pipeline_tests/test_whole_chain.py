@@ -14,54 +14,108 @@ DEMO = Path(__file__).resolve().parents[1] / "t0_pipeline" / "demo.yaml"
 
 # the smallest sizes that still exercise every stage (the demo's own are in demo.yaml)
 TINY = {
-    "T0_QUERIES__N_EVAL": "3", "T0_QUERIES__N_TRAIN": "4", "T0_QUERIES__MAX_PAGE_CHARS": "400",
-    "T0_SUMMARY__MAX_PAGE_CHARS": "300", "T0_LLM__ROLES__SUMMARISER__MAX_TOKENS": "16",
-    "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "96", "T0_LLM__ROLES__QUERY_WRITER__MAX_TOKENS": "280",
-    "T0_TRAIN__MAX_STEPS": "2", "T0_TRAIN__SAVE_STEPS": "100", "T0_TRAIN__EVAL_STEPS": "100",
-    "T0_EVALUATION__MAX_QUERIES": "2", "T0_EVALUATION__MODELS__SMOLLM2-135M__MAX_TOKENS": "24",
-    "T0_EVALUATION__MODELS__T0-135M__BUDGET": json.dumps({"thinking_budget": 12, "max_waits": 1, "answer_tokens": 16}),
+    "T0_QUERIES__N_EVAL": "3",
+    "T0_QUERIES__N_TRAIN": "4",
+    "T0_QUERIES__MAX_PAGE_CHARS": "400",
+    "T0_SUMMARY__MAX_PAGE_CHARS": "300",
+    "T0_LLM__ROLES__SUMMARISER__MAX_TOKENS": "16",
+    "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "96",
+    "T0_LLM__ROLES__QUERY_WRITER__MAX_TOKENS": "280",
+    "T0_TRAIN__MAX_STEPS": "2",
+    "T0_TRAIN__SAVE_STEPS": "100",
+    "T0_TRAIN__EVAL_STEPS": "100",
+    "T0_EVALUATION__MAX_QUERIES": "2",
+    "T0_EVALUATION__MODELS__SMOLLM2-135M__MAX_TOKENS": "24",
+    "T0_EVALUATION__MODELS__T0-135M__BUDGET": json.dumps(
+        {"thinking_budget": 12, "max_waits": 1, "answer_tokens": 16}
+    ),
 }
-ASSETS = ["base_models", "condition_pages", "conditions", "summaries", "full_page_index", "summary_index",
-          "full_page_bm25", "summary_bm25", "eval_queries", "retrieval_report", "llm_summaries", "llm_summary_index",
-          "summary_comparison", "synthetic_queries", "reasoning_traces", "sft_dataset", "student_checkpoint[135M]",
-          "accuracy_report[retrieval-baseline]", "accuracy_report[smollm2-135m]", "accuracy_report[t0-135m]",
-          "accuracy_comparison"]
+ASSETS = [
+    "base_models",
+    "condition_pages",
+    "conditions",
+    "summaries",
+    "full_page_index",
+    "summary_index",
+    "full_page_bm25",
+    "summary_bm25",
+    "eval_queries",
+    "retrieval_report",
+    "llm_summaries",
+    "llm_summary_index",
+    "summary_comparison",
+    "synthetic_queries",
+    "reasoning_traces",
+    "sft_dataset",
+    "student_checkpoint[135M]",
+    "accuracy_report[retrieval-baseline]",
+    "accuracy_report[smollm2-135m]",
+    "accuracy_report[t0-135m]",
+    "accuracy_comparison",
+]
 
 
 def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path, smollm2_gguf):
     home, data = tmp_path / "dagster", tmp_path / "data"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, **TINY, "DAGSTER_HOME": str(home), "T0_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        **TINY,
+        "DAGSTER_HOME": str(home),
+        "T0_DATA_DIR": str(data),
+        "HF_HUB_OFFLINE": "1",
+    }
     env.pop("T0_CONFIG", None)
-    done = subprocess.run([sys.executable, "-m", "t0_pipeline.cli", "run-all", "--config", str(DEMO)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "t0_pipeline.cli", "run-all", "--config", str(DEMO)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     out = done.stdout
-    table = out[out.index("Time per stage"):out.index("Retrieval p@k")]
+    table = out[out.index("Time per stage") : out.index("Retrieval p@k")]
     for asset in ASSETS:  # each one a successful Dagster run, its checks evaluated
         assert f"| {asset} |" in table, f"{asset} missing from\n{table}"
     # no ERROR check fails (a WARN may: 16 summariser tokens sometimes give an empty summary, reported per page)
     failed = [line for line in table.splitlines() if "(ERROR)" in line]
     assert not failed, failed
-    assert "| summaries | dense |" in out and "| t0-135m | fine-tuned | 135M |" in out and "Stand-in:" in out
+    assert (
+        "| summaries | dense |" in out
+        and "| t0-135m | fine-tuned | 135M |" in out
+        and "Stand-in:" in out
+    )
 
     # every role was served by the pipeline itself, from the converted checkpoint or the trained student
     logs = sorted(p.name for p in (data / "servers").glob("*.log"))
-    assert sum(name.startswith("smollm2-135m-instruct-") for name in logs) == 4  # summariser, writer, teacher, base
+    assert (
+        sum(name.startswith("smollm2-135m-instruct-") for name in logs) == 4
+    )  # summariser, writer, teacher, base
     assert sum(name.startswith("t0-135m-") for name in logs) == 1  # the student, from its final/
 
     # structured output: every query and every trace parses (a 135M model writes valid JSON only when constrained)
     queries = pl.read_parquet(data / "synthetic" / "queries_train.parquet")
     assert queries.height >= 1 and queries["query"].str.len_chars().min() >= 40
     traces = pl.read_parquet(data / "synthetic" / "traces.parquet")
-    assert traces["parsable"].all() and traces["condition_in_retrieved"].all() and traces["kept"].any()
+    assert (
+        traces["parsable"].all() and traces["condition_in_retrieved"].all() and traces["kept"].any()
+    )
 
     # the student is a real fine-tune of the converted base, evaluated with budget forcing against it
     metrics = json.loads((data / "students" / "135M" / "metrics.json").read_text())
-    assert metrics["global_step"] == 2 and metrics["config"]["model"].endswith("models/smollm2-135m-instruct")
+    assert metrics["global_step"] == 2 and metrics["config"]["model"].endswith(
+        "models/smollm2-135m-instruct"
+    )
     student = json.loads((data / "eval" / "accuracy" / "t0-135m" / "summary.json").read_text())
     base = json.loads((data / "eval" / "accuracy" / "smollm2-135m" / "summary.json").read_text())
-    assert student["served_checkpoint"].endswith("students/135M/final") and student["queries"] == base["queries"] == 2
+    assert (
+        student["served_checkpoint"].endswith("students/135M/final")
+        and student["queries"] == base["queries"] == 2
+    )
     predictions = pl.read_parquet(data / "eval" / "accuracy" / "t0-135m" / "predictions.parquet")
-    assert predictions.height == 2 * len(student["ks"]) and predictions["thinking"].str.len_chars().max() > 0
+    assert (
+        predictions.height == 2 * len(student["ks"])
+        and predictions["thinking"].str.len_chars().max() > 0
+    )

@@ -21,9 +21,9 @@ import dagster as dg
 from t0_pipeline.config import PipelineConfig
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
-from t0_pipeline.defs.versions import version_of
 from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries, usage_metadata
 from t0_pipeline.defs.training import student_checkpoint
+from t0_pipeline.defs.versions import version_of
 from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, students_below_base
 
 GROUP = "evaluation"
@@ -45,85 +45,146 @@ def student_mapping(cfg: PipelineConfig) -> dict[str, set[str]]:
 
 
 # materialised after the student checkpoint it measures is (a backfill of a new size): evaluation follows training
-AFTER_TRAINING = (dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets("student_checkpoint"))
-                  & ~dg.AutomationCondition.in_progress()).with_label("a student checkpoint it measures was updated")
+AFTER_TRAINING = (
+    dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets("student_checkpoint"))
+    & ~dg.AutomationCondition.in_progress()
+).with_label("a student checkpoint it measures was updated")
 
 
-def build_accuracy_report(partitions: dg.StaticPartitionsDefinition, checkpoints: dg.AssetsDefinition | None = None,
-                          cfg: PipelineConfig | None = None) -> dg.AssetsDefinition:
+def build_accuracy_report(
+    partitions: dg.StaticPartitionsDefinition,
+    checkpoints: dg.AssetsDefinition | None = None,
+    cfg: PipelineConfig | None = None,
+) -> dg.AssetsDefinition:
     evaluation = (cfg or PipelineConfig()).evaluation
-    deps: list = [synthetic_queries, *retrieved_from(evaluation.index, evaluation.mode), *MODEL_DEPS]
+    deps: list = [
+        synthetic_queries,
+        *retrieved_from(evaluation.index, evaluation.mode),
+        *MODEL_DEPS,
+    ]
     if checkpoints is not None:
-        mapping = {size: names for size, names in student_mapping(cfg or PipelineConfig()).items()
-                   if size in checkpoints.partitions_def.get_partition_keys()}  # type: ignore[union-attr]
+        mapping = {
+            size: names
+            for size, names in student_mapping(cfg or PipelineConfig()).items()
+            if size in checkpoints.partitions_def.get_partition_keys()
+        }  # type: ignore[union-attr]
         if mapping:
-            deps.append(dg.AssetDep(checkpoints, partition_mapping=dg.StaticPartitionMapping(mapping)))
+            deps.append(
+                dg.AssetDep(checkpoints, partition_mapping=dg.StaticPartitionMapping(mapping))
+            )
 
     @dg.asset(
-        name="accuracy_report", group_name=GROUP, deps=deps,
-        automation_condition=AFTER_TRAINING if (cfg or PipelineConfig()).automation.evaluation else None,
-        partitions_def=partitions, pool="llm", code_version=version_of("accuracy_report"), kinds={"python", "parquet"},
+        name="accuracy_report",
+        group_name=GROUP,
+        deps=deps,
+        automation_condition=AFTER_TRAINING
+        if (cfg or PipelineConfig()).automation.evaluation
+        else None,
+        partitions_def=partitions,
+        pool="llm",
+        code_version=version_of("accuracy_report"),
+        kinds={"python", "parquet"},
         description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std over runs, by query "
-                    "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
+        "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
     )
-    def accuracy_report(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer) -> dg.MaterializeResult:
+    def accuracy_report(
+        context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer
+    ) -> dg.MaterializeResult:
         from t0_pipeline.evaluate import model_settings, run_served_evaluation
 
         cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
         retriever = None
         if any(k > 0 for k in cfg.evaluation.ks):
             retriever = settings.retriever(cfg.evaluation.index, cfg)
-        servers = model_server.factory(cfg, paths, model_settings(cfg.evaluation, name).size, context.log.info)
-        df, summary = run_served_evaluation(paths, cfg, name, servers, retriever, progress=context.log.info)
+        servers = model_server.factory(
+            cfg, paths, model_settings(cfg.evaluation, name).size, context.log.info
+        )
+        df, summary = run_served_evaluation(
+            paths, cfg, name, servers, retriever, progress=context.log.info
+        )
         for note in summary["notes"]:
             context.log.warning(f"{name}: {note}")
-        headline = {f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
-                    for k, s in summary["by_k"].items() for field in ("condition", "disposition")}
-        return dg.MaterializeResult(metadata={
-            **headline, "queries": summary["queries"], "runs": summary["runs"], "seeds": dg.MetadataValue.json(summary["seeds"]),
-            "dagster/row_count": df.height, "notes": "; ".join(summary["notes"]) or "none",
-            "table": dg.MetadataValue.md(model_table(summary)), "prompt_hash": summary["prompt_hash"],
-            "queries_hash": summary["queries_hash"], **usage_metadata(summary["usage"]),
-            "predictions": dg.MetadataValue.path(str(paths.accuracy_dir(name) / "predictions.parquet")),
-            "served_checkpoint": summary["served_checkpoint"] or "none (reached at its api_base)",
-        })
+        headline = {
+            f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
+            for k, s in summary["by_k"].items()
+            for field in ("condition", "disposition")
+        }
+        return dg.MaterializeResult(
+            metadata={
+                **headline,
+                "queries": summary["queries"],
+                "runs": summary["runs"],
+                "seeds": dg.MetadataValue.json(summary["seeds"]),
+                "dagster/row_count": df.height,
+                "notes": "; ".join(summary["notes"]) or "none",
+                "table": dg.MetadataValue.md(model_table(summary)),
+                "prompt_hash": summary["prompt_hash"],
+                "queries_hash": summary["queries_hash"],
+                **usage_metadata(summary["usage"]),
+                "predictions": dg.MetadataValue.path(
+                    str(paths.accuracy_dir(name) / "predictions.parquet")
+                ),
+                "served_checkpoint": summary["served_checkpoint"]
+                or "none (reached at its api_base)",
+            }
+        )
 
     return accuracy_report
 
 
-accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint,
-                                        location_config())
+accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint, location_config())
 
 
-@dg.asset(group_name=GROUP, deps=[accuracy_report], code_version=version_of("accuracy_comparison"), kinds={"python", "csv"},
-          automation_condition=(dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress())
-          .with_label("a model's accuracy report was updated"),
-          description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity error shares, "
-                      "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like Figure 5.")
-def accuracy_comparison(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[accuracy_report],
+    code_version=version_of("accuracy_comparison"),
+    kinds={"python", "csv"},
+    automation_condition=(
+        dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress()
+    ).with_label("a model's accuracy report was updated"),
+    description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity error shares, "
+    "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like Figure 5.",
+)
+def accuracy_comparison(
+    context: dg.AssetExecutionContext, settings: PipelineSettings
+) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
     report = combine(paths, cfg.evaluation)
     context.log.info("\n" + report.markdown)
     plot = ""
     if report.png is not None:
         plot = f"\n\n![accuracy by size](data:image/png;base64,{base64.b64encode(report.png.read_bytes()).decode()})"
-    return dg.MaterializeResult(metadata={
-        "models": dg.MetadataValue.json(report.models), "not_evaluated": dg.MetadataValue.json(report.missing),
-        "table": dg.MetadataValue.md(report.markdown + plot), "csv": dg.MetadataValue.path(str(report.csv)),
-        "students_below_base": len(report.below_base),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "models": dg.MetadataValue.json(report.models),
+            "not_evaluated": dg.MetadataValue.json(report.missing),
+            "table": dg.MetadataValue.md(report.markdown + plot),
+            "csv": dg.MetadataValue.path(str(report.csv)),
+            "students_below_base": len(report.below_base),
+        }
+    )
 
 
-@dg.asset_check(asset=accuracy_comparison, description="No fine-tuned student scores below its base model (same k, "
-                                                       "same queries) on condition accuracy (WARN).")
+@dg.asset_check(
+    asset=accuracy_comparison,
+    description="No fine-tuned student scores below its base model (same k, "
+    "same queries) on condition accuracy (WARN).",
+)
 def students_not_below_base(settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
     below = students_below_base(read_summaries(paths, cfg.evaluation))
-    return dg.AssetCheckResult(passed=not below, severity=dg.AssetCheckSeverity.WARN,
-                               metadata={"below_base": dg.MetadataValue.json(below)})
+    return dg.AssetCheckResult(
+        passed=not below,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"below_base": dg.MetadataValue.json(below)},
+    )
 
 
-@dg.asset_check(asset=accuracy_report, description="Every evaluated model has one prediction per (k, run, query).")
+@dg.asset_check(
+    asset=accuracy_report,
+    description="Every evaluated model has one prediction per (k, run, query).",
+)
 def one_prediction_per_case(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json
 
@@ -135,8 +196,15 @@ def one_prediction_per_case(settings: PipelineSettings) -> dg.AssetCheckResult:
     for summary_path in sorted(paths.accuracy_dir().glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
         models.append(summary["model"])
-        found = prediction_problems(pl.read_parquet(summary_path.with_name("predictions.parquet")), summary)
+        found = prediction_problems(
+            pl.read_parquet(summary_path.with_name("predictions.parquet")), summary
+        )
         if found:
             problems[summary["model"]] = found
-    return dg.AssetCheckResult(passed=not problems, metadata={"models": dg.MetadataValue.json(models),
-                                                              "problems": dg.MetadataValue.json(problems)})
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "models": dg.MetadataValue.json(models),
+            "problems": dg.MetadataValue.json(problems),
+        },
+    )

@@ -35,5 +35,10 @@ class TrainingJobLauncher(ComputeLauncher):
     ) -> ExecutionPlan:
         venv = str(Path(python_executable).parent.parent) if python_executable else None
         env = {**pipes_context, **(extra_env or {})}
-        return ExecutionPlan(kind=RuntimeVariant.SHELL, payload=self.script.split("\n"), environment=env, resources={},
-                             auxiliary_scripts={JOB_ENV_FILE: job_env_file(env, venv)})
+        return ExecutionPlan(
+            kind=RuntimeVariant.SHELL,
+            payload=self.script.split("\n"),
+            environment=env,
+            resources={},
+            auxiliary_scripts={JOB_ENV_FILE: job_env_file(env, venv)},
+        )

@@ -14,32 +14,56 @@ LOCATION = location_config()
 
 
 def build_base_models() -> list:
-    @dg.asset(group_name="models", code_version=version_of("base_models"), kinds={"pytorch"},
-              description="Local Hugging Face checkpoints named in base_models: the bundled SmolLM2-135M-Instruct "
-                          "converted once, folders linked, hub names downloaded when online.")
-    def base_models(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name="models",
+        code_version=version_of("base_models"),
+        kinds={"pytorch"},
+        description="Local Hugging Face checkpoints named in base_models: the bundled SmolLM2-135M-Instruct "
+        "converted once, folders linked, hub names downloaded when online.",
+    )
+    def base_models(
+        context: dg.AssetExecutionContext, settings: PipelineSettings
+    ) -> dg.MaterializeResult:
         from t0_pipeline.base_models import materialise_all
 
         cfg, paths = settings.pipeline_config(), settings.paths()
         made = materialise_all(cfg.base_models, paths, context.log.info)
-        rows = "\n".join(f"| {m['name']} | {m['source']} | {m['kind']} | {m['bytes'] / 1e6:.0f} MB | "
-                         f"{'made' if m['made'] else 'up to date'} |" for m in made)
-        return dg.MaterializeResult(metadata={
-            "models": dg.MetadataValue.md("| name | source | kind | size | this run |\n|---|---|---|---|---|\n" + rows),
-            "paths": dg.MetadataValue.json({m["name"]: m["path"] for m in made}),
-            "stand_in": ("bundled tiny models (SmolLM2-135M) stand in for the report's Qwen2.5 / DeepSeek-R1: every "
-                         "artefact is real, no figure made with them is the method's result")
-            if any(m["source"].startswith("bundled:") for m in made) else "none",
-        })
+        rows = "\n".join(
+            f"| {m['name']} | {m['source']} | {m['kind']} | {m['bytes'] / 1e6:.0f} MB | "
+            f"{'made' if m['made'] else 'up to date'} |"
+            for m in made
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "models": dg.MetadataValue.md(
+                    "| name | source | kind | size | this run |\n|---|---|---|---|---|\n" + rows
+                ),
+                "paths": dg.MetadataValue.json({m["name"]: m["path"] for m in made}),
+                "stand_in": (
+                    "bundled tiny models (SmolLM2-135M) stand in for the report's Qwen2.5 / DeepSeek-R1: every "
+                    "artefact is real, no figure made with them is the method's result"
+                )
+                if any(m["source"].startswith("bundled:") for m in made)
+                else "none",
+            }
+        )
 
-    @dg.asset_check(asset=base_models, blocking=True, description="Every base model is a loadable checkpoint "
-                                                                  "(config, weights, tokenizer with a chat template).")
+    @dg.asset_check(
+        asset=base_models,
+        blocking=True,
+        description="Every base model is a loadable checkpoint "
+        "(config, weights, tokenizer with a chat template).",
+    )
     def base_models_loadable(settings: PipelineSettings) -> dg.AssetCheckResult:
         from t0_pipeline.validate import checkpoint_problems
 
         cfg, paths = settings.pipeline_config(), settings.paths()
-        problems = [p for name in cfg.base_models for p in checkpoint_problems(paths.base_model(name))]
-        return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+        problems = [
+            p for name in cfg.base_models for p in checkpoint_problems(paths.base_model(name))
+        ]
+        return dg.AssetCheckResult(
+            passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)}
+        )
 
     return [base_models, base_models_loadable]
 

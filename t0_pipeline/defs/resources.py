@@ -4,7 +4,6 @@ Each resource only turns its fields into the stage modules' pydantic configs, so
 CLI and the assets run exactly the same code with the same settings.
 """
 
-
 import os
 import re
 from typing import Any, Dict, Optional
@@ -12,7 +11,13 @@ from typing import Any, Dict, Optional
 import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, PipelineConfig, load_config, with_base_models, with_local_models
+from t0_pipeline.config import (
+    DataPaths,
+    PipelineConfig,
+    load_config,
+    with_base_models,
+    with_local_models,
+)
 
 
 def location_config() -> PipelineConfig:
@@ -39,7 +44,9 @@ class PipelineSettings(dg.ConfigurableResource):
         """The merged settings, with base_models names standing for their folders under the data root, and the
         fine-tuned embedder in use once retriever_model measured it better (unless ``tuned`` is False)."""
         cfg = load_config(self.config_file, overrides=self.overrides)
-        return with_local_models(cfg, self.paths()) if tuned else with_base_models(cfg, self.paths())
+        return (
+            with_local_models(cfg, self.paths()) if tuned else with_base_models(cfg, self.paths())
+        )
 
     def paths(self) -> DataPaths:
         return DataPaths(self.data_dir)
@@ -77,33 +84,68 @@ class TrainingCompute(dg.ConfigurableResource):
     mode: str = "local"  # local | slurm
     site: Optional[str] = None  # slurm: a site profile (slurm/profiles, or profiles_dir)
     profiles_dir: Optional[str] = None  # a folder of your own site profiles
-    account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None  # project charged (required on most sites)
+    account: Optional[str] = (
+        os.environ.get("T0_SLURM_ACCOUNT") or None
+    )  # project charged (required on most sites)
     partition: Optional[str] = None  # Slurm partition; defaults to the site profile's
     qos: Optional[str] = None  # Slurm QoS; defaults to the site profile's
-    deepspeed: Optional[str] = None  # None = the config's train.deepspeed; or auto, zero3, zero3_offload, none
+    deepspeed: Optional[str] = (
+        None  # None = the config's train.deepspeed; or auto, zero3, zero3_offload, none
+    )
     ssh_host: Optional[str] = None
     ssh_port: int = 22
     ssh_user: Optional[str] = None
     ssh_key_path: Optional[str] = None  # a private key file; never the key itself
-    env_path: Optional[str] = None  # pre-deployed environment on shared storage (see `t0 slurm-env`)
-    remote_base: Optional[str] = None  # where dagster-slurm stages job scripts and logs on the cluster
+    env_path: Optional[str] = (
+        None  # pre-deployed environment on shared storage (see `t0 slurm-env`)
+    )
+    remote_base: Optional[str] = (
+        None  # where dagster-slurm stages job scripts and logs on the cluster
+    )
     queue_wait_hours: int = 72  # how long to wait for a job to start before giving up watching it
 
-    def run(self, context: dg.AssetExecutionContext, *, size: str, model: str, config_file: Optional[str],
-            data_dir: str) -> dg.MaterializeResult:
+    def run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        size: str,
+        model: str,
+        config_file: Optional[str],
+        data_dir: str,
+    ) -> dg.MaterializeResult:
         import sys
 
         if self.mode == "local":
-            command = [sys.executable, "-m", "t0_pipeline.train", "--partition", size, "--model", model,
-                       "--data-dir", data_dir, *(["--deepspeed", self.deepspeed] if self.deepspeed else [])]
+            command = [
+                sys.executable,
+                "-m",
+                "t0_pipeline.train",
+                "--partition",
+                size,
+                "--model",
+                model,
+                "--data-dir",
+                data_dir,
+                *(["--deepspeed", self.deepspeed] if self.deepspeed else []),
+            ]
             if config_file:
                 command += ["--config", config_file]
-            return dg.PipesSubprocessClient().run(context=context, command=command).get_materialize_result()
+            return (
+                dg.PipesSubprocessClient()
+                .run(context=context, command=command)
+                .get_materialize_result()
+            )
         if self.mode != "slurm":
             raise T0Error(f"TrainingCompute.mode must be local or slurm, got {self.mode!r}.")
-        missing = [n for n in ("site", "ssh_host", "ssh_user", "env_path", "remote_base") if not getattr(self, n)]
+        missing = [
+            n
+            for n in ("site", "ssh_host", "ssh_user", "env_path", "remote_base")
+            if not getattr(self, n)
+        ]
         if missing:
-            raise T0Error(f"TrainingCompute in slurm mode needs {', '.join(missing)}; set them on the resource.")
+            raise T0Error(
+                f"TrainingCompute in slurm mode needs {', '.join(missing)}; set them on the resource."
+            )
         return self._slurm(context, size, model, config_file, data_dir)
 
     def job_script(self, *, size: str, model: str, config_file: Optional[str], data_dir: str):
@@ -114,45 +156,90 @@ class TrainingCompute(dg.ConfigurableResource):
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
-        script = render_sbatch(profile, size, config_file=config_file, data_dir=data_dir, model=model,
-                               log_dir=job_log_dir(data_dir, size),
-                               deepspeed=self.deepspeed or load_config(config_file).train.deepspeed, **overrides)
+        script = render_sbatch(
+            profile,
+            size,
+            config_file=config_file,
+            data_dir=data_dir,
+            model=model,
+            log_dir=job_log_dir(data_dir, size),
+            deepspeed=self.deepspeed or load_config(config_file).train.deepspeed,
+            **overrides,
+        )
         return profile, job_spec(profile, size, **overrides), script
 
-    def _slurm(self, context: dg.AssetExecutionContext, size: str, model: str, config_file: Optional[str],
-               data_dir: str) -> dg.MaterializeResult:
+    def _slurm(
+        self,
+        context: dg.AssetExecutionContext,
+        size: str,
+        model: str,
+        config_file: Optional[str],
+        data_dir: str,
+    ) -> dg.MaterializeResult:
         import tempfile
         from pathlib import Path
 
-        from dagster_slurm import ComputeResource, SlurmQueueConfig, SlurmResource, SSHConnectionResource
+        from dagster_slurm import (
+            ComputeResource,
+            SlurmQueueConfig,
+            SlurmResource,
+            SSHConnectionResource,
+        )
         from dagster_slurm.helpers.ssh_pool import SSHConnectionPool
 
         from t0_pipeline.defs.launcher import TrainingJobLauncher
 
-        profile, job, script = self.job_script(size=size, model=model, config_file=config_file, data_dir=data_dir)
+        profile, job, script = self.job_script(
+            size=size, model=model, config_file=config_file, data_dir=data_dir
+        )
         log_dir = job_log_dir(data_dir, size)
-        context.log.info(f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
-                         f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}")
+        context.log.info(
+            f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
+            f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}"
+        )
         queue = SlurmQueueConfig(  # the same shape the script's #SBATCH lines ask for (the command line wins)
-            partition=job.partition or "", num_nodes=job.nodes, time_limit=job.time_limit,
-            gpus_per_node=job.gpus_per_node, cpus=job.cpus_per_task, mem=None if job.mem == "0" else job.mem,
-            qos=job.qos, account=job.account)
-        ssh = SSHConnectionResource(host=self.ssh_host, port=self.ssh_port, user=self.ssh_user,  # type: ignore[arg-type]
-                                    key_path=self.ssh_key_path, post_login_command="export SQUEUE_STATES=all")
+            partition=job.partition or "",
+            num_nodes=job.nodes,
+            time_limit=job.time_limit,
+            gpus_per_node=job.gpus_per_node,
+            cpus=job.cpus_per_task,
+            mem=None if job.mem == "0" else job.mem,
+            qos=job.qos,
+            account=job.account,
+        )
+        ssh = SSHConnectionResource(
+            host=self.ssh_host,
+            port=self.ssh_port,
+            user=self.ssh_user,  # type: ignore[arg-type]
+            key_path=self.ssh_key_path,
+            post_login_command="export SQUEUE_STATES=all",
+        )
         launcher = TrainingJobLauncher(script=script)
-        compute = ComputeResource(mode="slurm", default_launcher=launcher, pre_deployed_env_path=self.env_path,
-                                  slurm=SlurmResource(ssh=ssh, queue=queue, remote_base=self.remote_base))
-        with SSHConnectionPool(ssh) as pool:  # errors of an earlier run must not be read as this one's
+        compute = ComputeResource(
+            mode="slurm",
+            default_launcher=launcher,
+            pre_deployed_env_path=self.env_path,
+            slurm=SlurmResource(ssh=ssh, queue=queue, remote_base=self.remote_base),
+        )
+        with SSHConnectionPool(
+            ssh
+        ) as pool:  # errors of an earlier run must not be read as this one's
             pool.run(f"mkdir -p {log_dir} && rm -f {log_dir}/rank-*.error")
         with tempfile.TemporaryDirectory() as tmp:
             payload = Path(tmp) / f"train-{size}.sbatch"
             payload.write_text(script, encoding="utf-8")
             try:
-                return compute.run(context=context, payload_path=str(payload), launcher=launcher,
-                                   poll_timeout=(job.hours * 2 + self.queue_wait_hours) * 3600).get_materialize_result()
+                return compute.run(
+                    context=context,
+                    payload_path=str(payload),
+                    launcher=launcher,
+                    poll_timeout=(job.hours * 2 + self.queue_wait_hours) * 3600,
+                ).get_materialize_result()
             except RuntimeError as exc:  # dagster-slurm reports rejected or failed jobs this way
                 with SSHConnectionPool(ssh) as pool:
-                    listing = pool.run(f"for f in {log_dir}/rank-*.error; do [ -f \"$f\" ] && cat \"$f\" && echo; done; true")
+                    listing = pool.run(
+                        f'for f in {log_dir}/rank-*.error; do [ -f "$f" ] && cat "$f" && echo; done; true'
+                    )
                 raise T0Error(job_failure_message(size, str(exc), listing)) from None
 
 
@@ -172,18 +259,30 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
         first = failures[0]
         tail = "\n".join(f"    {ln}" for ln in first.get("tail", [])[-12:])
         others = sorted({f.get("rank") for f in failures} - {first.get("rank")})
-        more = f" (then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})" if others else ""
-        return (f"the Slurm job for {size} failed on rank {first.get('rank')} ({first.get('host')}){more}: "
-                f"{first.get('error')}; the previous checkpoint is kept. Last lines of that rank:\n{tail}")
+        more = (
+            f" (then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})"
+            if others
+            else ""
+        )
+        return (
+            f"the Slurm job for {size} failed on rank {first.get('rank')} ({first.get('host')}){more}: "
+            f"{first.get('error')}; the previous checkpoint is kept. Last lines of that rank:\n{tail}"
+        )
     lines = error.splitlines()
     rejected = next((ln.strip() for ln in lines if "error:" in ln), None)
     if rejected:
-        reason = re.sub(r"^(?:std(?:err|out):\s*)+", "", rejected)  # how the SSH layer labels the stream varies
-        return (f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the resource "
-                "(partition, account, QoS), and the previous checkpoint is kept.")
+        reason = re.sub(
+            r"^(?:std(?:err|out):\s*)+", "", rejected
+        )  # how the SSH layer labels the stream varies
+        return (
+            f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the resource "
+            "(partition, account, QoS), and the previous checkpoint is kept."
+        )
     reason = lines[0][:200] if lines else "no detail"
-    return (f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed by a signal, "
-            "out of memory, or out of time?): the job's output is in the run's logs; the previous checkpoint is kept.")
+    return (
+        f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed by a signal, "
+        "out of memory, or out of time?): the job's output is in the run's logs; the previous checkpoint is kept."
+    )
 
 
 class ModelServer(dg.ConfigurableResource):
@@ -202,7 +301,9 @@ class ModelServer(dg.ConfigurableResource):
     account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None
     partition: Optional[str] = None
     qos: Optional[str] = None
-    venv: Optional[str] = None  # exported as $T0_VENV in the job (profiles' setup lines activate it)
+    venv: Optional[str] = (
+        None  # exported as $T0_VENV in the job (profiles' setup lines activate it)
+    )
     ssh_host: Optional[str] = None  # None = sbatch/squeue/scancel run on this machine
     ssh_port: int = 22
     ssh_user: Optional[str] = None
@@ -218,7 +319,9 @@ class ModelServer(dg.ConfigurableResource):
         if self.mode != "slurm":
             raise T0Error(f"ModelServer.mode must be local or slurm, got {self.mode!r}.")
         if not self.site:
-            raise T0Error("ModelServer in slurm mode needs site (a site profile); set it on the resource.")
+            raise T0Error(
+                "ModelServer in slurm mode needs site (a site profile); set it on the resource."
+            )
         return lambda plan: self._slurm_server(cfg, paths, size, plan, log)
 
     def roles(self, cfg: PipelineConfig, paths: DataPaths, roles: list, log):
@@ -236,15 +339,33 @@ class ModelServer(dg.ConfigurableResource):
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         if size is None or size not in profile.sizes:
-            raise T0Error(f"site profile {profile.name!r} has no allocation for size {size!r} (the model entry's size; "
-                          f"role servers run with ModelServer mode=local), so the server's GPUs are unknown; it has "
-                          f"{', '.join(profile.sizes)}.")
+            raise T0Error(
+                f"site profile {profile.name!r} has no allocation for size {size!r} (the model entry's size; "
+                f"role servers run with ModelServer mode=local), so the server's GPUs are unknown; it has "
+                f"{', '.join(profile.sizes)}."
+            )
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         gpus = job_spec(profile, size, **overrides).gpus_per_node
         tp = plan.tensor_parallel_size or max(1, gpus)
         log_dir = str(paths.server_logs(cfg.servers).resolve())
-        script = render_serve_sbatch(profile, size, name=plan.name, command=ms.slurm_command(cfg.servers, plan, tp),
-                                     tp=tp, log_dir=log_dir, time_limit=cfg.servers.time_limit, venv=self.venv,
-                                     **overrides)
+        script = render_serve_sbatch(
+            profile,
+            size,
+            name=plan.name,
+            command=ms.slurm_command(cfg.servers, plan, tp),
+            tp=tp,
+            log_dir=log_dir,
+            time_limit=cfg.servers.time_limit,
+            venv=self.venv,
+            **overrides,
+        )
         shell = ms.Shell(self.ssh_host, self.ssh_user, self.ssh_port, self.ssh_key_path)
-        return ms.SlurmServer(cfg.servers, plan, script, log_dir, shell, log, queue_wait_s=self.queue_wait_hours * 3600)
+        return ms.SlurmServer(
+            cfg.servers,
+            plan,
+            script,
+            log_dir,
+            shell,
+            log,
+            queue_wait_s=self.queue_wait_hours * 3600,
+        )

@@ -1,12 +1,10 @@
 """Retrieval assets: dense (Chroma) and BM25 indexes of full pages and summaries,
 the evaluation query set, and the p@k retrieval report."""
 
-
 import base64
 
-import polars as pl
-
 import dagster as dg
+import polars as pl
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
@@ -14,7 +12,13 @@ from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.embed import model_name
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
-from t0_pipeline.retrieval_eval import evaluate_retrieval, queries_for_corpus, query_source, read_saved_queries, save_queries
+from t0_pipeline.retrieval_eval import (
+    evaluate_retrieval,
+    queries_for_corpus,
+    query_source,
+    read_saved_queries,
+    save_queries,
+)
 from t0_pipeline.validate import unindexed_documents
 
 INDEX_SOURCES = {"full": conditions, "summaries": summaries}
@@ -26,9 +30,17 @@ def follows(*keys: dg.AssetKey) -> dg.AutomationCondition:
     """Eager on the other deps, not waiting for ``keys`` (they need an LLM or a training run), and re-run
     whenever one of them is newly materialised."""
     selection = dg.AssetSelection.keys(*keys)
-    return (EAGER.ignore(selection) | (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
-                                       .allow(selection) & ~dg.AutomationCondition.in_progress())
-            ).with_label("eager; also after " + ", ".join(k.to_user_string() for k in keys))
+    return (
+        EAGER.ignore(selection)
+        | (
+            dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).allow(
+                selection
+            )
+            & ~dg.AutomationCondition.in_progress()
+        )
+    ).with_label("eager; also after " + ", ".join(k.to_user_string() for k in keys))
+
+
 DENSE_NAMES = {"full": "full_page_index", "summaries": "summary_index"}
 BM25_NAMES = {"full": "full_page_bm25", "summaries": "summary_bm25"}
 
@@ -42,35 +54,66 @@ def _dense_asset(index: str):
         automation_condition=follows(RETRIEVER_MODEL),
         kinds={"chroma"},
         description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash), "
-                    "embedded by the configured model, or by retriever_model's tuned one once it measured better.",
+        "embedded by the configured model, or by retriever_model's tuned one once it measured better.",
     )
-    def dense(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    def dense(
+        context: dg.AssetExecutionContext, settings: PipelineSettings
+    ) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
         docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
-        stats = build_dense_index(docs, index, paths, cfg.embedding, cfg.chunk,  # type: ignore[arg-type]
-                                  cfg.chroma, embedder=settings.embedder(), client=settings.chroma_client())
+        stats = build_dense_index(
+            docs,
+            index,
+            paths,
+            cfg.embedding,
+            cfg.chunk,  # type: ignore[arg-type]
+            cfg.chroma,
+            embedder=settings.embedder(),
+            client=settings.chroma_client(),
+        )
         context.log.info(stats.summary())
-        return dg.MaterializeResult(metadata={
-            "collection": stats.collection, "documents": stats.documents, "chunks": stats.chunks,
-            "embedded_chunks": stats.embedded_chunks, "added": len(stats.added), "changed": len(stats.changed),
-            "removed": len(stats.removed), "unchanged": stats.unchanged, "rebuilt": stats.rebuilt,
-            "seconds": round(stats.seconds, 2), "model": model_name(cfg.embedding),
-            "distance": cfg.chroma.distance,
-            "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),  # type: ignore[arg-type]
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "collection": stats.collection,
+                "documents": stats.documents,
+                "chunks": stats.chunks,
+                "embedded_chunks": stats.embedded_chunks,
+                "added": len(stats.added),
+                "changed": len(stats.changed),
+                "removed": len(stats.removed),
+                "unchanged": stats.unchanged,
+                "rebuilt": stats.rebuilt,
+                "seconds": round(stats.seconds, 2),
+                "model": model_name(cfg.embedding),
+                "distance": cfg.chroma.distance,
+                "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),  # type: ignore[arg-type]
+            }
+        )
 
-    @dg.asset_check(asset=dense, name="every_document_indexed",
-                    description="Every current document is in the index manifest and the collection holds its chunks.")
+    @dg.asset_check(
+        asset=dense,
+        name="every_document_indexed",
+        description="Every current document is in the index manifest and the collection holds its chunks.",
+    )
     def every_document_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
         paths = settings.paths()
         docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
         manifest = read_manifest(paths.index_manifest(index))  # type: ignore[arg-type]
         missing = unindexed_documents(docs, manifest)
-        count = settings.chroma_client().get_collection(manifest["collection"]).count() if manifest else 0
+        count = (
+            settings.chroma_client().get_collection(manifest["collection"]).count()
+            if manifest
+            else 0
+        )
         chunks_ok = manifest is not None and count == manifest["n_chunks"]
-        return dg.AssetCheckResult(passed=not missing and chunks_ok, metadata={
-            "missing_or_stale": dg.MetadataValue.json(missing[:20]), "collection_chunks": count,
-            "manifest_chunks": manifest["n_chunks"] if manifest else 0})
+        return dg.AssetCheckResult(
+            passed=not missing and chunks_ok,
+            metadata={
+                "missing_or_stale": dg.MetadataValue.json(missing[:20]),
+                "collection_chunks": count,
+                "manifest_chunks": manifest["n_chunks"] if manifest else 0,
+            },
+        )
 
     return dense, every_document_indexed
 
@@ -88,11 +131,20 @@ def _bm25_asset(index: str):
     def bm25(settings: PipelineSettings) -> dg.MaterializeResult:
         paths = settings.paths()
         info = build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)  # type: ignore[arg-type]
-        return dg.MaterializeResult(metadata={"documents": info["documents"], "stemmed": info["stemmed"],
-                                              "seconds": round(info["seconds"], 3),
-                                              "path": dg.MetadataValue.path(info["path"])})
+        return dg.MaterializeResult(
+            metadata={
+                "documents": info["documents"],
+                "stemmed": info["stemmed"],
+                "seconds": round(info["seconds"], 3),
+                "path": dg.MetadataValue.path(info["path"]),
+            }
+        )
 
-    @dg.asset_check(asset=bm25, name="every_document_indexed", description="The BM25 index lists every current document.")
+    @dg.asset_check(
+        asset=bm25,
+        name="every_document_indexed",
+        description="The BM25 index lists every current document.",
+    )
     def bm25_every_document_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
         import json
 
@@ -101,7 +153,9 @@ def _bm25_asset(index: str):
         meta = json.loads((paths.bm25_dir(index) / "t0_docs.json").read_text())  # type: ignore[arg-type]
         live = dict(zip(meta["slugs"], meta["hashes"]))
         missing = unindexed_documents(docs, {"docs": live})
-        return dg.AssetCheckResult(passed=not missing, metadata={"missing_or_stale": dg.MetadataValue.json(missing[:20])})
+        return dg.AssetCheckResult(
+            passed=not missing, metadata={"missing_or_stale": dg.MetadataValue.json(missing[:20])}
+        )
 
     return bm25, bm25_every_document_indexed
 
@@ -123,34 +177,57 @@ FOLLOWS_QUERIES = follows(SYNTHETIC_QUERIES)
     automation_condition=FOLLOWS_QUERIES,
     kinds={"parquet"},
     description="The labelled retrieval-evaluation queries: retrieval_eval.queries when set, else the synthetic "
-                "evaluation split once written (the report's Table 1), else the bundled sample; queries whose "
-                "condition is not in the corpus are left out (and counted) unless the file was configured.",
+    "evaluation split once written (the report's Table 1), else the bundled sample; queries whose "
+    "condition is not in the corpus are left out (and counted) unless the file was configured.",
 )
-def eval_queries(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+def eval_queries(
+    context: dg.AssetExecutionContext, settings: PipelineSettings
+) -> dg.MaterializeResult:
     from t0_pipeline.retrieve import corpus_slugs
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     source = query_source(paths, cfg.retrieval_eval)
     queries, left_out = queries_for_corpus(source, cfg.retrieval_eval, corpus_slugs(paths))
     if left_out:
-        context.log.warning(f"{left_out} {source.label} name conditions that are not in this corpus; left out")
+        context.log.warning(
+            f"{left_out} {source.label} name conditions that are not in this corpus; left out"
+        )
     if not queries:
-        context.log.warning(f"none of the {source.label} matches this corpus: write synthetic queries "
-                            "(synthetic_queries) or set retrieval_eval.queries to score retrieval")
+        context.log.warning(
+            f"none of the {source.label} matches this corpus: write synthetic queries "
+            "(synthetic_queries) or set retrieval_eval.queries to score retrieval"
+        )
     save_queries(queries, paths.eval_queries)
-    return dg.MaterializeResult(metadata={"dagster/row_count": len(queries), "source": source.label,
-                                          "source_path": dg.MetadataValue.path(str(source.path)),
-                                          "left_out": left_out, "path": dg.MetadataValue.path(str(paths.eval_queries))})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(queries),
+            "source": source.label,
+            "source_path": dg.MetadataValue.path(str(source.path)),
+            "left_out": left_out,
+            "path": dg.MetadataValue.path(str(paths.eval_queries)),
+        }
+    )
 
 
-@dg.asset_check(asset=eval_queries, blocking=True, description="Every query's target is a document in the current corpus.")
+@dg.asset_check(
+    asset=eval_queries,
+    blocking=True,
+    description="Every query's target is a document in the current corpus.",
+)
 def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.retrieve import corpus_slugs
 
     paths = settings.paths()
     corpus = corpus_slugs(paths)
-    bad = [q.query[:60] for q in read_saved_queries(paths.eval_queries) if not any(t in corpus for t in q.targets)]
-    return dg.AssetCheckResult(passed=not bad, metadata={"unresolvable": len(bad), "examples": dg.MetadataValue.json(bad[:5])})
+    bad = [
+        q.query[:60]
+        for q in read_saved_queries(paths.eval_queries)
+        if not any(t in corpus for t in q.targets)
+    ]
+    return dg.AssetCheckResult(
+        passed=not bad,
+        metadata={"unresolvable": len(bad), "examples": dg.MetadataValue.json(bad[:5])},
+    )
 
 
 @dg.asset(
@@ -160,18 +237,26 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     automation_condition=EAGER,
     kinds={"python", "csv"},
     # with retrieval_eval.rewrite_with the agent's model writes search queries (started here when it has serve:)
-    required_resource_keys={"model_server"} if location_config().retrieval_eval.rewrite_with else set(),
+    required_resource_keys={"model_server"}
+    if location_config().retrieval_eval.rewrite_with
+    else set(),
     description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot; "
-                "with retrieval_eval.rewrite_with also on the agent's search queries ('<mode>+agent' rows).",
+    "with retrieval_eval.rewrite_with also on the agent's search queries ('<mode>+agent' rows).",
 )
-def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+def retrieval_report(
+    context: dg.AssetExecutionContext, settings: PipelineSettings
+) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
     if not paths.eval_queries.exists():
         raise T0Error("eval_queries has not been materialised; materialise it first.")
     queries = read_saved_queries(paths.eval_queries)
     if not queries:
-        context.log.warning("no evaluation queries match this corpus; nothing to score (see eval_queries)")
-        return dg.MaterializeResult(metadata={"queries": 0, "note": "no evaluation queries match this corpus"})
+        context.log.warning(
+            "no evaluation queries match this corpus; nothing to score (see eval_queries)"
+        )
+        return dg.MaterializeResult(
+            metadata={"queries": 0, "note": "no evaluation queries match this corpus"}
+        )
     retrievers = {name: settings.retriever(name, cfg) for name in cfg.retrieval_eval.indexes}
     source = query_source(paths, cfg.retrieval_eval)
     rewritten, counts = None, {}
@@ -181,65 +266,105 @@ def retrieval_report(context: dg.AssetExecutionContext, settings: PipelineSettin
 
         roles = search_query_roles(cfg, cfg.retrieval_eval.rewrite_with)
         with context.resources.model_server.roles(cfg, paths, roles, context.log.info) as served:
-            rewritten, counts = agent_search_queries(served, cfg.retrieval_eval.rewrite_with, [q.query for q in queries],
-                                                     LLMCache(paths.llm_cache(served.llm)), context.log.info)
+            rewritten, counts = agent_search_queries(
+                served,
+                cfg.retrieval_eval.rewrite_with,
+                [q.query for q in queries],
+                LLMCache(paths.llm_cache(served.llm)),
+                context.log.info,
+            )
         context.log.info(f"agent search queries: {counts}")
-    report = evaluate_retrieval(paths, cfg.retrieval_eval, retrievers, queries, label=source.label, rewritten=rewritten)
+    report = evaluate_retrieval(
+        paths, cfg.retrieval_eval, retrievers, queries, label=source.label, rewritten=rewritten
+    )
     context.log.info("\n" + report.markdown)
     png = base64.b64encode(report.png.read_bytes()).decode()
     ks = sorted(cfg.retrieval_eval.ks)
     headline = f"p@{5 if 5 in ks else ks[0]}"  # the report's downstream choice was k=5
     best = report.table.sort(headline, descending=True).row(0, named=True)
-    return dg.MaterializeResult(metadata={
-        "queries": report.n_queries, "query_source": source.label, "agent_search_queries": dg.MetadataValue.json(counts),
-        "p_at_k": dg.MetadataValue.md(report.markdown),
-        "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
-        f"best_{headline}": float(best[headline]), f"best_{headline}_config": f"{best['index']} · {best['mode']}",
-        "csv": dg.MetadataValue.path(str(report.csv)), "png": dg.MetadataValue.path(str(report.png)),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "queries": report.n_queries,
+            "query_source": source.label,
+            "agent_search_queries": dg.MetadataValue.json(counts),
+            "p_at_k": dg.MetadataValue.md(report.markdown),
+            "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
+            f"best_{headline}": float(best[headline]),
+            f"best_{headline}_config": f"{best['index']} · {best['mode']}",
+            "csv": dg.MetadataValue.path(str(report.csv)),
+            "png": dg.MetadataValue.path(str(report.png)),
+        }
+    )
 
 
-@dg.asset_check(asset=retrieval_report, description="Every configured index × mode was scored, and each p@k row is a "
-                                                     "share that never falls as k grows.")
+@dg.asset_check(
+    asset=retrieval_report,
+    description="Every configured index × mode was scored, and each p@k row is a "
+    "share that never falls as k grows.",
+)
 def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.validate import pk_problems
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     if not read_saved_queries(paths.eval_queries):
-        return dg.AssetCheckResult(passed=True, metadata={"note": "no evaluation queries match this corpus"})
-    problems = pk_problems(pl.read_csv(paths.retrieval_report_dir / "pk.csv"), cfg.retrieval_eval.indexes,
-                           cfg.retrieval_eval.modes)
-    return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+        return dg.AssetCheckResult(
+            passed=True, metadata={"note": "no evaluation queries match this corpus"}
+        )
+    problems = pk_problems(
+        pl.read_csv(paths.retrieval_report_dir / "pk.csv"),
+        cfg.retrieval_eval.indexes,
+        cfg.retrieval_eval.modes,
+    )
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)}
+    )
 
 
 @dg.asset(
     group_name="models",
     deps=[summaries, conditions, SYNTHETIC_QUERIES],
     code_version=version_of("retriever_model"),
-    automation_condition=(dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated())
-                          .allow(dg.AssetSelection.keys(SYNTHETIC_QUERIES)) & ~dg.AutomationCondition.in_progress()
-                          ).with_label("after new synthetic queries"),
+    automation_condition=(
+        dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).allow(
+            dg.AssetSelection.keys(SYNTHETIC_QUERIES)
+        )
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("after new synthetic queries"),
     kinds={"pytorch"},
     description="The embedder fine-tuned on the synthetic training queries (query → its condition's document; "
-                "in-batch and mined hard negatives), compared with the current one on the evaluation split; "
-                "when better it becomes the embedder of every dense index, which then re-index.",
+    "in-batch and mined hard negatives), compared with the current one on the evaluation split; "
+    "when better it becomes the embedder of every dense index, which then re-index.",
 )
-def retriever_model(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+def retriever_model(
+    context: dg.AssetExecutionContext, settings: PipelineSettings
+) -> dg.MaterializeResult:
     from t0_pipeline.tune_retriever import run_tune
 
     cfg, paths = settings.pipeline_config(tuned=False), settings.paths()
     result = run_tune(cfg, paths, log_fn=context.log.info)
     context.log.info("\n" + result.table())
-    return dg.MaterializeResult(metadata={
-        "p_at_k": dg.MetadataValue.md(result.table()), "used": result.used, "mean_gain": round(result.gain, 4),
-        "pairs": result.pairs, "eval_queries": result.eval_queries, "steps": result.steps,
-        "train_loss": result.train_loss, "seconds": result.seconds, "base": result.base,
-        "model": dg.MetadataValue.path(result.model_dir), "notes": dg.MetadataValue.json(result.notes),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "p_at_k": dg.MetadataValue.md(result.table()),
+            "used": result.used,
+            "mean_gain": round(result.gain, 4),
+            "pairs": result.pairs,
+            "eval_queries": result.eval_queries,
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "seconds": result.seconds,
+            "base": result.base,
+            "model": dg.MetadataValue.path(result.model_dir),
+            "notes": dg.MetadataValue.json(result.notes),
+        }
+    )
 
 
-@dg.asset_check(asset=retriever_model, description="The dense indexes use whichever embedder scored better on the "
-                                                    "evaluation split: the tuned one only when it gained p@k.")
+@dg.asset_check(
+    asset=retriever_model,
+    description="The dense indexes use whichever embedder scored better on the "
+    "evaluation split: the tuned one only when it gained p@k.",
+)
 def better_embedder_in_use(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json
 
@@ -249,6 +374,12 @@ def better_embedder_in_use(settings: PipelineSettings) -> dg.AssetCheckResult:
     in_use = settings.pipeline_config().embedding.model
     tuned_in_use = in_use is not None and active.exists() and in_use == last["model_dir"]
     passed = tuned_in_use == last["used"] and (not last["used"] or last["gain"] > 0)
-    return dg.AssetCheckResult(passed=passed, metadata={
-        "before": dg.MetadataValue.json(last["before"]), "after": dg.MetadataValue.json(last["after"]),
-        "tuned_in_use": tuned_in_use, "embedder": in_use or "configured default"})
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={
+            "before": dg.MetadataValue.json(last["before"]),
+            "after": dg.MetadataValue.json(last["after"]),
+            "tuned_in_use": tuned_in_use,
+            "embedder": in_use or "configured default",
+        },
+    )

@@ -41,13 +41,19 @@ def run_all(echo: Callable[[str], None] = print, select: set[str] | None = None)
         name = key.to_user_string()
         if not node.is_materializable or (select is not None and name not in select):
             continue
-        for partition in node.partitions_def.get_partition_keys() if node.partitions_def else [None]:
+        for partition in (
+            node.partitions_def.get_partition_keys() if node.partitions_def else [None]
+        ):
             label = f"{name}[{partition}]" if partition else name
             echo(f"materialising {label} ...")
             started = time.monotonic()
             job = defs.resolve_implicit_job_def_def_for_assets([key])
-            result = job.execute_in_process(instance=instance, asset_selection=[key], partition_key=partition,
-                                            raise_on_error=False)
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=[key],
+                partition_key=partition,
+                raise_on_error=False,
+            )
             row = StageTime(name, partition, time.monotonic() - started)
             for evaluation in result.get_asset_check_evaluations():
                 check = evaluation.check_name
@@ -57,11 +63,16 @@ def run_all(echo: Callable[[str], None] = print, select: set[str] | None = None)
                     row.checks_failed.append(f"{check} ({evaluation.severity.value})")
             rows.append(row)
             if not result.success:
-                raise T0Error(f"{label} failed after {row.seconds:.0f} s: {failure_message(result)} (every asset "
-                              "materialised before it is kept; fix and run again: finished stages are cached)")
+                raise T0Error(
+                    f"{label} failed after {row.seconds:.0f} s: {failure_message(result)} (every asset "
+                    "materialised before it is kept; fix and run again: finished stages are cached)"
+                )
             checks = f"; checks: {len(row.checks_passed)} passed" + (
-                f", failed: {', '.join(row.checks_failed)}" if row.checks_failed else "")
-            echo(f"  {label}: {row.seconds:.1f} s{checks if row.checks_passed or row.checks_failed else ''}")
+                f", failed: {', '.join(row.checks_failed)}" if row.checks_failed else ""
+            )
+            echo(
+                f"  {label}: {row.seconds:.1f} s{checks if row.checks_passed or row.checks_failed else ''}"
+            )
     return rows
 
 
@@ -72,7 +83,11 @@ def failure_message(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and "Error occurred while executing" in error.message:
                 error = error.cause
-            return error.message.strip().splitlines()[-1][:600] if error.message.strip() else "unknown error"
+            return (
+                error.message.strip().splitlines()[-1][:600]
+                if error.message.strip()
+                else "unknown error"
+            )
     return "the run did not succeed (see the Dagster UI for its log)"
 
 
@@ -80,7 +95,11 @@ def timing_table(rows: list[StageTime]) -> str:
     lines = ["| stage | seconds | checks |", "|---|---:|---|"]
     for r in rows:
         label = f"{r.asset}[{r.partition}]" if r.partition else r.asset
-        checks = f"{len(r.checks_passed)} passed" + (f"; failed: {', '.join(r.checks_failed)}" if r.checks_failed else "")
-        lines.append(f"| {label} | {r.seconds:.1f} | {checks if r.checks_passed or r.checks_failed else '-'} |")
+        checks = f"{len(r.checks_passed)} passed" + (
+            f"; failed: {', '.join(r.checks_failed)}" if r.checks_failed else ""
+        )
+        lines.append(
+            f"| {label} | {r.seconds:.1f} | {checks if r.checks_passed or r.checks_failed else '-'} |"
+        )
     lines.append(f"| **total** | {sum(r.seconds for r in rows):.1f} | |")
     return "\n".join(lines)

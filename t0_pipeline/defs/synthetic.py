@@ -8,18 +8,22 @@ and takes an optional run config overriding its role (model, endpoint, sampling)
 import json
 from typing import Optional
 
+import dagster as dg
 import polars as pl
 
-import dagster as dg
-
 from t0_pipeline.artifacts import T0Error
-
 from t0_pipeline.config import LLMConfig, PipelineConfig
 from t0_pipeline.defs.corpus import EAGER, conditions, preview
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
+from t0_pipeline.defs.retrieval import (
+    eval_queries,
+    full_page_bm25,
+    full_page_index,
+    summary_bm25,
+    summary_index,
+)
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.defs.retrieval import eval_queries, full_page_bm25, full_page_index, summary_bm25, summary_index
 from t0_pipeline.index import build_bm25_index, build_dense_index
 from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
 from t0_pipeline.sft import run_sft
@@ -48,10 +52,17 @@ class RoleOverrides(dg.Config):
 
 
 def usage_metadata(usage: dict) -> dict:
-    return {"llm_calls": usage["completed"], "llm_cache_hits": usage["cache_hits"], "llm_retries": usage["retries"],
-            "llm_failures": usage["failures"], "llm_json_repairs": usage["repairs"],
-            "llm_invalid_json": usage["invalid_json"], "prompt_tokens": usage["prompt_tokens"],
-            "completion_tokens": usage["completion_tokens"], "cost_usd": round(usage["cost"], 6)}
+    return {
+        "llm_calls": usage["completed"],
+        "llm_cache_hits": usage["cache_hits"],
+        "llm_retries": usage["retries"],
+        "llm_failures": usage["failures"],
+        "llm_json_repairs": usage["repairs"],
+        "llm_invalid_json": usage["invalid_json"],
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "cost_usd": round(usage["cost"], 6),
+    }
 
 
 def _config(settings: PipelineSettings, overrides: RoleOverrides, role: str) -> PipelineConfig:
@@ -69,58 +80,125 @@ def build_summary_study() -> list:
     """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them: their own
     index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries *are* ``summaries``.)"""
 
-    @dg.asset(group_name=GROUP, deps=[conditions, *MODEL_DEPS], code_version=version_of("llm_summaries"), pool="llm",
-              kinds={"python", "parquet"}, automation_condition=FOLLOW_IF_SET,
-              description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.")
-    def llm_summaries(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer,
-                      config: RoleOverrides) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name=GROUP,
+        deps=[conditions, *MODEL_DEPS],
+        code_version=version_of("llm_summaries"),
+        pool="llm",
+        kinds={"python", "parquet"},
+        automation_condition=FOLLOW_IF_SET,
+        description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.",
+    )
+    def llm_summaries(
+        context: dg.AssetExecutionContext,
+        settings: PipelineSettings,
+        model_server: ModelServer,
+        config: RoleOverrides,
+    ) -> dg.MaterializeResult:
         cfg, paths = _config(settings, config, "summariser"), settings.paths()
         summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
         with model_server.roles(cfg, paths, ["summariser"], context.log.info) as cfg:
-            out, info = run_summarise(paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info)
+            out, info = run_summarise(
+                paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info
+            )
         for slug in info["failures"]:
-            context.log.warning(f"summary failed for {slug}; re-materialise to retry (successful calls are cached)")
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": out.height, "failed": len(info["failures"]), "summariser": info["backend"],
-            "mean_compression": float(out["compression"].mean()), "preview": preview(out, ["slug", "text"], rows=5),
-            **usage_metadata(info["usage"]), "path": dg.MetadataValue.path(str(paths.llm_summaries)),
-        })
+            context.log.warning(
+                f"summary failed for {slug}; re-materialise to retry (successful calls are cached)"
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": out.height,
+                "failed": len(info["failures"]),
+                "summariser": info["backend"],
+                "mean_compression": float(out["compression"].mean()),
+                "preview": preview(out, ["slug", "text"], rows=5),
+                **usage_metadata(info["usage"]),
+                "path": dg.MetadataValue.path(str(paths.llm_summaries)),
+            }
+        )
 
-
-    @dg.asset_check(asset=llm_summaries, description="Every condition has an LLM summary of its current text (WARN).")
+    @dg.asset_check(
+        asset=llm_summaries,
+        description="Every condition has an LLM summary of its current text (WARN).",
+    )
     def every_condition_llm_summarised(settings: PipelineSettings) -> dg.AssetCheckResult:
         paths = settings.paths()
-        problems = summary_problems(pl.read_parquet(paths.conditions), pl.read_parquet(paths.llm_summaries))
-        return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.WARN,
-                                   metadata={"problems": dg.MetadataValue.json(problems)})
+        problems = summary_problems(
+            pl.read_parquet(paths.conditions), pl.read_parquet(paths.llm_summaries)
+        )
+        return dg.AssetCheckResult(
+            passed=not problems,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"problems": dg.MetadataValue.json(problems)},
+        )
 
-
-    @dg.asset(group_name=GROUP, deps=[llm_summaries], code_version=version_of("llm_summary_index"), kinds={"chroma"},
-              automation_condition=EAGER,
-              description="Dense (Chroma) and BM25 indexes of the LLM summaries.")
-    def llm_summary_index(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name=GROUP,
+        deps=[llm_summaries],
+        code_version=version_of("llm_summary_index"),
+        kinds={"chroma"},
+        automation_condition=EAGER,
+        description="Dense (Chroma) and BM25 indexes of the LLM summaries.",
+    )
+    def llm_summary_index(
+        context: dg.AssetExecutionContext, settings: PipelineSettings
+    ) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
         docs = pl.read_parquet(paths.llm_summaries)
-        stats = build_dense_index(docs, "llm_summaries", paths, cfg.embedding, cfg.chunk, cfg.chroma,
-                                  embedder=settings.embedder(), client=settings.chroma_client())
+        stats = build_dense_index(
+            docs,
+            "llm_summaries",
+            paths,
+            cfg.embedding,
+            cfg.chunk,
+            cfg.chroma,
+            embedder=settings.embedder(),
+            client=settings.chroma_client(),
+        )
         bm25 = build_bm25_index(docs, "llm_summaries", paths)
         context.log.info(stats.summary())
-        return dg.MaterializeResult(metadata={"documents": stats.documents, "chunks": stats.chunks,
-                                              "embedded_chunks": stats.embedded_chunks, "bm25_documents": bm25["documents"]})
+        return dg.MaterializeResult(
+            metadata={
+                "documents": stats.documents,
+                "chunks": stats.chunks,
+                "embedded_chunks": stats.embedded_chunks,
+                "bm25_documents": bm25["documents"],
+            }
+        )
 
-
-    @dg.asset(group_name=GROUP, deps=[summary_index, summary_bm25, llm_summary_index, eval_queries],
-              code_version=version_of("summary_comparison"), automation_condition=EAGER,
-              kinds={"python", "csv"}, description="p@k of extractive vs LLM summaries, for each retriever mode.")
+    @dg.asset(
+        group_name=GROUP,
+        deps=[summary_index, summary_bm25, llm_summary_index, eval_queries],
+        code_version=version_of("summary_comparison"),
+        automation_condition=EAGER,
+        kinds={"python", "csv"},
+        description="p@k of extractive vs LLM summaries, for each retriever mode.",
+    )
     def summary_comparison(settings: PipelineSettings) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
-        retrievers = {name: settings.retriever(name, cfg) for name in ("summaries", "llm_summaries")}
+        retrievers = {
+            name: settings.retriever(name, cfg) for name in ("summaries", "llm_summaries")
+        }
         ev = cfg.retrieval_eval.model_copy(update={"indexes": ["summaries", "llm_summaries"]})
-        report = evaluate_retrieval(paths, ev, retrievers, read_saved_queries(paths.eval_queries), paths.summary_comparison_dir)
-        return dg.MaterializeResult(metadata={"queries": report.n_queries, "p_at_k": dg.MetadataValue.md(report.markdown),
-                                              "csv": dg.MetadataValue.path(str(report.csv))})
+        report = evaluate_retrieval(
+            paths,
+            ev,
+            retrievers,
+            read_saved_queries(paths.eval_queries),
+            paths.summary_comparison_dir,
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "queries": report.n_queries,
+                "p_at_k": dg.MetadataValue.md(report.markdown),
+                "csv": dg.MetadataValue.path(str(report.csv)),
+            }
+        )
 
-    @dg.asset_check(asset=llm_summary_index, description="Every current LLM summary is in the dense and BM25 indexes.")
+    @dg.asset_check(
+        asset=llm_summary_index,
+        description="Every current LLM summary is in the dense and BM25 indexes.",
+    )
     def every_llm_summary_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
         from t0_pipeline.index import read_manifest
         from t0_pipeline.validate import unindexed_documents
@@ -130,26 +208,54 @@ def build_summary_study() -> list:
         dense = unindexed_documents(docs, read_manifest(paths.index_manifest("llm_summaries")))
         meta = json.loads((paths.bm25_dir("llm_summaries") / "t0_docs.json").read_text())
         bm25 = unindexed_documents(docs, {"docs": dict(zip(meta["slugs"], meta["hashes"]))})
-        return dg.AssetCheckResult(passed=not dense and not bm25, metadata={
-            "missing_dense": dg.MetadataValue.json(dense[:20]), "missing_bm25": dg.MetadataValue.json(bm25[:20])})
+        return dg.AssetCheckResult(
+            passed=not dense and not bm25,
+            metadata={
+                "missing_dense": dg.MetadataValue.json(dense[:20]),
+                "missing_bm25": dg.MetadataValue.json(bm25[:20]),
+            },
+        )
 
-    @dg.asset_check(asset=summary_comparison, description="Both kinds of summary were scored in every mode, p@k sane.")
+    @dg.asset_check(
+        asset=summary_comparison,
+        description="Both kinds of summary were scored in every mode, p@k sane.",
+    )
     def both_summaries_scored(settings: PipelineSettings) -> dg.AssetCheckResult:
         from t0_pipeline.validate import pk_problems
 
         cfg, paths = settings.pipeline_config(), settings.paths()
-        problems = pk_problems(pl.read_csv(paths.summary_comparison_dir / "pk.csv"), ["summaries", "llm_summaries"],
-                               cfg.retrieval_eval.modes)
-        return dg.AssetCheckResult(passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+        problems = pk_problems(
+            pl.read_csv(paths.summary_comparison_dir / "pk.csv"),
+            ["summaries", "llm_summaries"],
+            cfg.retrieval_eval.modes,
+        )
+        return dg.AssetCheckResult(
+            passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)}
+        )
 
-    return [llm_summaries, every_condition_llm_summarised, llm_summary_index, every_llm_summary_indexed,
-            summary_comparison, both_summaries_scored]
+    return [
+        llm_summaries,
+        every_condition_llm_summarised,
+        llm_summary_index,
+        every_llm_summary_indexed,
+        summary_comparison,
+        both_summaries_scored,
+    ]
 
 
-INDEX_ASSETS = {"full": [full_page_index, full_page_bm25], "summaries": [summary_index, summary_bm25]}
+INDEX_ASSETS = {
+    "full": [full_page_index, full_page_bm25],
+    "summaries": [summary_index, summary_bm25],
+}
 if LOCATION.summary.backend == "extractive":
-    (llm_summaries, every_condition_llm_summarised, llm_summary_index, every_llm_summary_indexed, summary_comparison,
-     both_summaries_scored) = build_summary_study()
+    (
+        llm_summaries,
+        every_condition_llm_summarised,
+        llm_summary_index,
+        every_llm_summary_indexed,
+        summary_comparison,
+        both_summaries_scored,
+    ) = build_summary_study()
     INDEX_ASSETS["llm_summaries"] = [llm_summary_index]
 
 
@@ -157,134 +263,242 @@ def retrieved_from(index: str, mode: str) -> list:
     """The index assets a stage retrieving from ``index`` in ``mode`` (config values) depends on: lineage follows
     config."""
     assets = list(INDEX_ASSETS.get(index) or [])
-    if index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages:  # fuses the full pages' ranking
+    if (
+        index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages
+    ):  # fuses the full pages' ranking
         assets.append(full_page_index)
     if not assets:
-        raise T0Error(f"nothing builds the {index!r} index in this code location (with summary.backend=llm the LLM "
-                      "summaries are 'summaries'); set traces.index / evaluation.index to full or summaries.")
+        raise T0Error(
+            f"nothing builds the {index!r} index in this code location (with summary.backend=llm the LLM "
+            "summaries are 'summaries'); set traces.index / evaluation.index to full or summaries."
+        )
     return assets
 
 
-@dg.asset(group_name=GROUP, deps=[conditions, *MODEL_DEPS], code_version=version_of("synthetic_queries"), pool="llm",
-          kinds={"python", "parquet"}, automation_condition=FOLLOW_IF_SET,
-          description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set sharing "
-                      "no (condition, disposition) pair, balanced over query type, disposition and sex.")
-def synthetic_queries(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer,
-                      config: RoleOverrides) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[conditions, *MODEL_DEPS],
+    code_version=version_of("synthetic_queries"),
+    pool="llm",
+    kinds={"python", "parquet"},
+    automation_condition=FOLLOW_IF_SET,
+    description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set sharing "
+    "no (condition, disposition) pair, balanced over query type, disposition and sex.",
+)
+def synthetic_queries(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    model_server: ModelServer,
+    config: RoleOverrides,
+) -> dg.MaterializeResult:
     cfg, paths = _config(settings, config, "query_writer"), settings.paths()
     with model_server.roles(cfg, paths, ["query_writer"], context.log.info) as cfg:
-        eval_df, train_df, report = run_generate_queries(paths, cfg.queries, cfg.llm, progress=context.log.info)
-    counts = lambda df, col: dg.MetadataValue.json(dict(df.group_by(col).len().sort(col).iter_rows()))  # noqa: E731
-    return dg.MaterializeResult(metadata={
-        "eval_queries": eval_df.height, "train_queries": train_df.height,
-        "requested_eval": report["eval"]["requested"], "requested_train": report["train"]["requested"],
-        "refusals": report["eval"]["refusals"] + report["train"]["refusals"],
-        "failed_draws": len(report["eval"]["failures"]) + len(report["train"]["failures"]),
-        "overlaps_removed": report["train"]["removed_overlaps"], "top_up_draws": report["train"]["top_up_draws"],
-        "eval_by_disposition": counts(eval_df, "disposition"), "eval_by_query_type": counts(eval_df, "query_type"),
-        "eval_cells": dg.MetadataValue.json(report["eval"]["cells"]),
-        "train_cells": dg.MetadataValue.json(report["train"]["cells"]),
-        "repeated_texts_dropped": report["eval"]["repeated_texts"] + report["train"]["repeated_texts"],
-        "preview": preview(eval_df, ["slug", "disposition", "query_type", "query"], rows=5),
-        "prompt_hash": report["prompt_hash"], **usage_metadata(report["usage"]),
-        "eval_path": dg.MetadataValue.path(str(paths.synthetic_queries("eval"))),
-        "train_path": dg.MetadataValue.path(str(paths.synthetic_queries("train"))),
-    })
+        eval_df, train_df, report = run_generate_queries(
+            paths, cfg.queries, cfg.llm, progress=context.log.info
+        )
+    counts = lambda df, col: dg.MetadataValue.json(
+        dict(df.group_by(col).len().sort(col).iter_rows())
+    )  # noqa: E731
+    return dg.MaterializeResult(
+        metadata={
+            "eval_queries": eval_df.height,
+            "train_queries": train_df.height,
+            "requested_eval": report["eval"]["requested"],
+            "requested_train": report["train"]["requested"],
+            "refusals": report["eval"]["refusals"] + report["train"]["refusals"],
+            "failed_draws": len(report["eval"]["failures"]) + len(report["train"]["failures"]),
+            "overlaps_removed": report["train"]["removed_overlaps"],
+            "top_up_draws": report["train"]["top_up_draws"],
+            "eval_by_disposition": counts(eval_df, "disposition"),
+            "eval_by_query_type": counts(eval_df, "query_type"),
+            "eval_cells": dg.MetadataValue.json(report["eval"]["cells"]),
+            "train_cells": dg.MetadataValue.json(report["train"]["cells"]),
+            "repeated_texts_dropped": report["eval"]["repeated_texts"]
+            + report["train"]["repeated_texts"],
+            "preview": preview(eval_df, ["slug", "disposition", "query_type", "query"], rows=5),
+            "prompt_hash": report["prompt_hash"],
+            **usage_metadata(report["usage"]),
+            "eval_path": dg.MetadataValue.path(str(paths.synthetic_queries("eval"))),
+            "train_path": dg.MetadataValue.path(str(paths.synthetic_queries("train"))),
+        }
+    )
 
 
 def _query_report(settings: PipelineSettings) -> dict:
     return json.loads(settings.paths().synthetic_queries("report").with_suffix(".json").read_text())
 
 
-@dg.asset_check(asset=synthetic_queries, blocking=True, description="No (condition, disposition) pair is in both sets.")
+@dg.asset_check(
+    asset=synthetic_queries,
+    blocking=True,
+    description="No (condition, disposition) pair is in both sets.",
+)
 def eval_train_disjoint(settings: PipelineSettings) -> dg.AssetCheckResult:
     paths = settings.paths()
-    problems = disjoint_problems(pl.read_parquet(paths.synthetic_queries("eval")), pl.read_parquet(paths.synthetic_queries("train")))
-    return dg.AssetCheckResult(passed=not problems, metadata={"shared_pairs": dg.MetadataValue.json(problems[:20])})
+    problems = disjoint_problems(
+        pl.read_parquet(paths.synthetic_queries("eval")),
+        pl.read_parquet(paths.synthetic_queries("train")),
+    )
+    return dg.AssetCheckResult(
+        passed=not problems, metadata={"shared_pairs": dg.MetadataValue.json(problems[:20])}
+    )
 
 
-@dg.asset_check(asset=synthetic_queries, blocking=True,
-                description="Distinct ids and texts; type × disposition × sex cells balanced up to the draws lost.")
+@dg.asset_check(
+    asset=synthetic_queries,
+    blocking=True,
+    description="Distinct ids and texts; type × disposition × sex cells balanced up to the draws lost.",
+)
 def queries_distinct_and_balanced(settings: PipelineSettings) -> dg.AssetCheckResult:
-    paths, cfg, report = settings.paths(), settings.pipeline_config().queries, _query_report(settings)
-    problems = {split: query_set_problems(pl.read_parquet(paths.synthetic_queries(split)), report[split], cfg)
-                for split in ("eval", "train")}
-    return dg.AssetCheckResult(passed=not any(problems.values()), metadata={
-        "problems": dg.MetadataValue.json(problems), "eval_cells": dg.MetadataValue.json(report["eval"].get("cells", {})),
-        "train_cells": dg.MetadataValue.json(report["train"].get("cells", {}))})
+    paths, cfg, report = (
+        settings.paths(),
+        settings.pipeline_config().queries,
+        _query_report(settings),
+    )
+    problems = {
+        split: query_set_problems(
+            pl.read_parquet(paths.synthetic_queries(split)), report[split], cfg
+        )
+        for split in ("eval", "train")
+    }
+    return dg.AssetCheckResult(
+        passed=not any(problems.values()),
+        metadata={
+            "problems": dg.MetadataValue.json(problems),
+            "eval_cells": dg.MetadataValue.json(report["eval"].get("cells", {})),
+            "train_cells": dg.MetadataValue.json(report["train"].get("cells", {})),
+        },
+    )
 
 
-@dg.asset_check(asset=synthetic_queries, description="Valid JSON from the query writer (after one repair) for ≥ 95% of replies.")
+@dg.asset_check(
+    asset=synthetic_queries,
+    description="Valid JSON from the query writer (after one repair) for ≥ 95% of replies.",
+)
 def query_json_validity(settings: PipelineSettings) -> dg.AssetCheckResult:
     usage = _query_report(settings)["usage"]
     replies = usage["completed"] + usage["cache_hits"] - usage["repairs"]
     rate = 1.0 - usage["invalid_json"] / max(1, replies)
-    return dg.AssetCheckResult(passed=rate >= 0.95, metadata={"json_validity_rate": rate, "repairs": usage["repairs"]})
+    return dg.AssetCheckResult(
+        passed=rate >= 0.95, metadata={"json_validity_rate": rate, "repairs": usage["repairs"]}
+    )
 
 
-@dg.asset_check(asset=synthetic_queries, description="Refusal and failure rates under the configured thresholds.")
+@dg.asset_check(
+    asset=synthetic_queries,
+    description="Refusal and failure rates under the configured thresholds.",
+)
 def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg, report = settings.pipeline_config().queries, _query_report(settings)
-    requested = report["eval"]["requested"] + report["train"]["requested"] + report["train"]["top_up_draws"]
+    requested = (
+        report["eval"]["requested"] + report["train"]["requested"] + report["train"]["top_up_draws"]
+    )
     failed = len(report["eval"]["failures"]) + len(report["train"]["failures"])
     refusals = report["eval"]["refusals"] + report["train"]["refusals"]
     failure_rate, refusal_rate = failed / max(1, requested), refusals / max(1, requested + refusals)
     return dg.AssetCheckResult(
         passed=failure_rate <= cfg.max_failure_rate and refusal_rate <= cfg.max_refusal_rate,
-        metadata={"failure_rate": failure_rate, "refusal_rate": refusal_rate, "max_failure_rate": cfg.max_failure_rate,
-                  "max_refusal_rate": cfg.max_refusal_rate})
+        metadata={
+            "failure_rate": failure_rate,
+            "refusal_rate": refusal_rate,
+            "max_failure_rate": cfg.max_failure_rate,
+            "max_refusal_rate": cfg.max_refusal_rate,
+        },
+    )
 
 
-@dg.asset(group_name=GROUP, deps=[synthetic_queries, *retrieved_from(LOCATION.traces.index, LOCATION.traces.mode), *MODEL_DEPS],
-          code_version=version_of("reasoning_traces"), pool="llm", automation_condition=FOLLOW_IF_SET,
-          kinds={"python", "parquet"},
-          description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
-                      "training query, parsed and filtered by the configured policy.")
-def reasoning_traces(context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer,
-                     config: RoleOverrides) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    deps=[
+        synthetic_queries,
+        *retrieved_from(LOCATION.traces.index, LOCATION.traces.mode),
+        *MODEL_DEPS,
+    ],
+    code_version=version_of("reasoning_traces"),
+    pool="llm",
+    automation_condition=FOLLOW_IF_SET,
+    kinds={"python", "parquet"},
+    description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
+    "training query, parsed and filtered by the configured policy.",
+)
+def reasoning_traces(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    model_server: ModelServer,
+    config: RoleOverrides,
+) -> dg.MaterializeResult:
     cfg, paths = _config(settings, config, "teacher"), settings.paths()
     retriever = settings.retriever(cfg.traces.index, cfg)
     with model_server.roles(cfg, paths, ["teacher"], context.log.info) as cfg:
         traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
-    return dg.MaterializeResult(metadata={
-        **{k: v for k, v in stats.items() if k != "usage"}, **usage_metadata(stats["usage"]),
-        "preview": preview(traces, ["gold_slug", "gold_disposition", "pred_slug", "pred_severity", "kept"], rows=8),
-        "path": dg.MetadataValue.path(str(paths.traces)),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in stats.items() if k != "usage"},
+            **usage_metadata(stats["usage"]),
+            "preview": preview(
+                traces,
+                ["gold_slug", "gold_disposition", "pred_slug", "pred_severity", "kept"],
+                rows=8,
+            ),
+            "path": dg.MetadataValue.path(str(paths.traces)),
+        }
+    )
 
 
-@dg.asset_check(asset=reasoning_traces, description="Every kept trace names one of its retrieved documents or 'inconclusive'.")
+@dg.asset_check(
+    asset=reasoning_traces,
+    description="Every kept trace names one of its retrieved documents or 'inconclusive'.",
+)
 def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResult:
     traces = pl.read_parquet(settings.paths().traces)
     kept = traces.filter(pl.col("kept"))
     bad = kept.filter(~pl.col("condition_in_retrieved"))["id"].to_list()
     parsable = traces.filter(pl.col("parsable"))
     share = float(parsable["condition_in_retrieved"].mean()) if parsable.height else 1.0
-    return dg.AssetCheckResult(passed=not bad, metadata={"kept_not_in_retrieved": dg.MetadataValue.json(bad[:20]),
-                                                         "share_of_parsable_in_retrieved": share})
+    return dg.AssetCheckResult(
+        passed=not bad,
+        metadata={
+            "kept_not_in_retrieved": dg.MetadataValue.json(bad[:20]),
+            "share_of_parsable_in_retrieved": share,
+        },
+    )
 
 
-@dg.asset(group_name=GROUP, deps=[reasoning_traces, *MODEL_DEPS], code_version=version_of("sft_dataset"), kinds={"parquet"},
-          automation_condition=FOLLOW_IF_SET,
-          description="Chat examples (system: retrieved context; user: demographics + query; assistant: thinking + "
-                      "answer) rendered with the student's chat template, with a dataset card.")
+@dg.asset(
+    group_name=GROUP,
+    deps=[reasoning_traces, *MODEL_DEPS],
+    code_version=version_of("sft_dataset"),
+    kinds={"parquet"},
+    automation_condition=FOLLOW_IF_SET,
+    description="Chat examples (system: retrieved context; user: demographics + query; assistant: thinking + "
+    "answer) rendered with the student's chat template, with a dataset card.",
+)
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
     df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
-    return dg.MaterializeResult(metadata={
-        **stats, "dagster/row_count": df.height,
-        "card": dg.MetadataValue.md((paths.sft_dir / "README.md").read_text()),
-        "path": dg.MetadataValue.path(str(paths.sft_dir / "train.parquet")),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **stats,
+            "dagster/row_count": df.height,
+            "card": dg.MetadataValue.md((paths.sft_dir / "README.md").read_text()),
+            "path": dg.MetadataValue.path(str(paths.sft_dir / "train.parquet")),
+        }
+    )
 
 
-@dg.asset_check(asset=sft_dataset, blocking=True, description="Examples exist, fit the block size and end their "
-                                                            "thinking with the chat format's marker.")
+@dg.asset_check(
+    asset=sft_dataset,
+    blocking=True,
+    description="Examples exist, fit the block size and end their "
+    "thinking with the chat format's marker.",
+)
 def sft_examples_fit_the_format(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.validate import sft_problems
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     df = pl.read_parquet(paths.sft_dir / "train.parquet")
     problems = sft_problems(df, cfg.sft.block_size, cfg.chat_format.think_end)
-    return dg.AssetCheckResult(passed=not problems, metadata={"examples": df.height,
-                                                              "problems": dg.MetadataValue.json(problems)})
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"examples": df.height, "problems": dg.MetadataValue.json(problems)},
+    )

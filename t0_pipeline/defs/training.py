@@ -14,11 +14,15 @@ from pathlib import Path
 import dagster as dg
 
 from t0_pipeline.artifacts import T0Error
-
 from t0_pipeline.defs.models import MODEL_DEPS
-from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute, job_log_dir, location_config
-from t0_pipeline.defs.versions import version_of
+from t0_pipeline.defs.resources import (
+    PipelineSettings,
+    TrainingCompute,
+    job_log_dir,
+    location_config,
+)
 from t0_pipeline.defs.synthetic import sft_dataset
+from t0_pipeline.defs.versions import version_of
 
 
 def size_partitions() -> dg.StaticPartitionsDefinition:
@@ -27,26 +31,45 @@ def size_partitions() -> dg.StaticPartitionsDefinition:
 
 def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        name="student_checkpoint", group_name="training", deps=[sft_dataset, *MODEL_DEPS], partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1), pool="gpu", code_version=version_of("student_checkpoint"),
-        automation_condition=dg.AutomationCondition.eager() if location_config().automation.training else None,
+        name="student_checkpoint",
+        group_name="training",
+        deps=[sft_dataset, *MODEL_DEPS],
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        pool="gpu",
+        code_version=version_of("student_checkpoint"),
+        automation_condition=dg.AutomationCondition.eager()
+        if location_config().automation.training
+        else None,
         kinds={"pytorch"},
         description="A fine-tuned student (Hugging Face format) per size; checkpoints under "
-                    "<data>/students/<size>/, resumable after preemption.",
+        "<data>/students/<size>/, resumable after preemption.",
     )
-    def student_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings,
-                           training_compute: TrainingCompute) -> dg.MaterializeResult:
+    def student_checkpoint(
+        context: dg.AssetExecutionContext,
+        settings: PipelineSettings,
+        training_compute: TrainingCompute,
+    ) -> dg.MaterializeResult:
         size = context.partition_key
         cfg = settings.pipeline_config()
         sizes = cfg.train.sizes
         if size not in sizes:
-            raise T0Error(f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to the config.")
+            raise T0Error(
+                f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to the config."
+            )
         # the job reads the settings this run resolved (file, environment, launchpad overrides), wherever it runs
-        resolved = Path(job_log_dir(str(Path(settings.data_dir).resolve()), size)) / "pipeline.config.json"
+        resolved = (
+            Path(job_log_dir(str(Path(settings.data_dir).resolve()), size)) / "pipeline.config.json"
+        )
         resolved.parent.mkdir(parents=True, exist_ok=True)
         resolved.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
-        return training_compute.run(context, size=size, model=sizes[size], data_dir=str(Path(settings.data_dir).resolve()),
-                                    config_file=str(resolved))
+        return training_compute.run(
+            context,
+            size=size,
+            model=sizes[size],
+            data_dir=str(Path(settings.data_dir).resolve()),
+            config_file=str(resolved),
+        )
 
     return student_checkpoint
 
@@ -54,13 +77,23 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
 student_checkpoint = build_student_checkpoint(size_partitions())
 
 
-@dg.asset_check(asset=student_checkpoint, description="Every trained size's final/ is a loadable checkpoint "
-                                                      "(config, weights, tokenizer).")
+@dg.asset_check(
+    asset=student_checkpoint,
+    description="Every trained size's final/ is a loadable checkpoint "
+    "(config, weights, tokenizer).",
+)
 def final_checkpoints_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.validate import checkpoint_problems
 
     paths, sizes = settings.paths(), settings.pipeline_config().train.sizes
     trained = [size for size in sizes if (paths.student_dir(size) / "final").exists()]
-    problems = [p for size in trained for p in checkpoint_problems(paths.student_dir(size) / "final")]
-    return dg.AssetCheckResult(passed=not problems, metadata={"trained_sizes": dg.MetadataValue.json(trained),
-                                                              "problems": dg.MetadataValue.json(problems)})
+    problems = [
+        p for size in trained for p in checkpoint_problems(paths.student_dir(size) / "final")
+    ]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "trained_sizes": dg.MetadataValue.json(trained),
+            "problems": dg.MetadataValue.json(problems),
+        },
+    )

@@ -31,11 +31,16 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llm_summary_index": (("index", "chunk", "embed"), ()),
     "summary_comparison": (("retrieval_eval", "retrieve"), ()),
     "synthetic_queries": (("synth", "demographics"), ("query_writer",)),
-    "reasoning_traces": (("traces", "triage_prompt", "chat", "demographics", "scoring"), ("evaluator",)),
+    "reasoning_traces": (
+        ("traces", "triage_prompt", "chat", "demographics", "scoring"),
+        ("evaluator",),
+    ),
     "sft_dataset": (("sft", "triage_prompt", "chat"), ("evaluator",)),
     "student_checkpoint": (("train", "sft", "chat"), ()),
-    "accuracy_report": (("evaluate", "scoring", "budget", "baseline", "triage_prompt", "chat", "demographics"),
-                        ("evaluator",)),
+    "accuracy_report": (
+        ("evaluate", "scoring", "budget", "baseline", "triage_prompt", "chat", "demographics"),
+        ("evaluator",),
+    ),
     "accuracy_comparison": (("evaluate",), ()),
 }
 
@@ -61,7 +66,9 @@ def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool
     for module in modules:
         digest.update(module.encode() + b"\0" + _module_source(module) + b"\0")
     for prompt in prompts:
-        digest.update(prompt.encode() + b"\0" + load_template(prompt, prompts_dir)[0].encode() + b"\0")
+        digest.update(
+            prompt.encode() + b"\0" + load_template(prompt, prompts_dir)[0].encode() + b"\0"
+        )
     return digest.hexdigest()[:12]
 
 
@@ -72,4 +79,8 @@ def version_of(asset: str) -> str:
 
     cfg = location_config()
     # extractive summaries render no prompt: editing summarise.txt leaves them fresh
-    return code_version(asset, cfg.llm.prompts_dir, with_prompts=not (asset == "summaries" and cfg.summary.backend != "llm"))
+    return code_version(
+        asset,
+        cfg.llm.prompts_dir,
+        with_prompts=not (asset == "summaries" and cfg.summary.backend != "llm"),
+    )

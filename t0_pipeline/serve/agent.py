@@ -34,8 +34,15 @@ from t0_pipeline.prompts import load_sections, render
 
 SEARCH_TOOL_NAME = "search_health_information"
 SEARCH_TOOL = function_tool(
-    SEARCH_TOOL_NAME, "Search the health information pages for documents relevant to the person's problem.",
-    {"query": {"type": "string", "description": "A short search query written from the whole conversation."}})
+    SEARCH_TOOL_NAME,
+    "Search the health information pages for documents relevant to the person's problem.",
+    {
+        "query": {
+            "type": "string",
+            "description": "A short search query written from the whole conversation.",
+        }
+    },
+)
 SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
 
 
@@ -82,8 +89,13 @@ def token_counter(tokenizer_name: str | None) -> Callable[[str], int]:
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def fit_history(system: dict[str, str], history: list[dict[str, Any]], new: dict[str, str], budget: int,
-                count: Callable[[str], int] = approx_tokens) -> list[dict[str, str]]:
+def fit_history(
+    system: dict[str, str],
+    history: list[dict[str, Any]],
+    new: dict[str, str],
+    budget: int,
+    count: Callable[[str], int] = approx_tokens,
+) -> list[dict[str, str]]:
     """The system prompt, as many of the latest turns as fit in ``budget`` tokens, and the new message.
 
     The system prompt and the new message are always kept; only answers are resent (thinking is
@@ -107,10 +119,17 @@ def fit_history(system: dict[str, str], history: list[dict[str, Any]], new: dict
 class ChatService:
     """Holds the model clients and retrievers of every profile; runs turns."""
 
-    def __init__(self, cfg: PipelineConfig, paths: DataPaths, retriever_factory: Callable[[ServeProfile], Any] | None = None):
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        paths: DataPaths,
+        retriever_factory: Callable[[ServeProfile], Any] | None = None,
+    ):
         self.cfg, self.paths = cfg, paths
         self.count = token_counter(cfg.serve.tokenizer)
-        self.agent_prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.llm.prompts_dir)
+        self.agent_prompts, _ = load_sections(
+            "agent", ("system", "system_no_tools"), cfg.llm.prompts_dir
+        )
         self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.llm.prompts_dir)
         self._retriever_factory = retriever_factory or self._default_retriever
         self._retrievers: dict[str, Any] = {}
@@ -122,44 +141,60 @@ class ChatService:
         for name, profile in cfg.serve.profiles.items():
             for role in (profile.agent, profile.reasoner):
                 if role not in cfg.llm.roles:
-                    raise T0Error(f"serve profile {name!r} uses LLM role {role!r}, which is not configured; add "
-                                  f"llm.roles.{role} (model, api_base).")
+                    raise T0Error(
+                        f"serve profile {name!r} uses LLM role {role!r}, which is not configured; add "
+                        f"llm.roles.{role} (model, api_base)."
+                    )
 
     def _default_retriever(self, profile: ServeProfile):
         from t0_pipeline.retrieve import Retriever
 
-        return Retriever(profile.index, self.paths, self.cfg.embedding, self.cfg.chroma, self.cfg.retrieval)
+        return Retriever(
+            profile.index, self.paths, self.cfg.embedding, self.cfg.chroma, self.cfg.retrieval
+        )
 
     def profile(self, name: str) -> ServeProfile:
         if name not in self.cfg.serve.profiles:
-            raise T0Error(f"unknown model {name!r}; available: {', '.join(self.cfg.serve.profiles)}.")
+            raise T0Error(
+                f"unknown model {name!r}; available: {', '.join(self.cfg.serve.profiles)}."
+            )
         return self.cfg.serve.profiles[name]
 
     def retriever(self, profile: ServeProfile):
-        if profile.index not in self._retrievers:  # one per index, shared by the profiles that use it
+        if (
+            profile.index not in self._retrievers
+        ):  # one per index, shared by the profiles that use it
             self._retrievers[profile.index] = self._retriever_factory(profile)
         return self._retrievers[profile.index]
 
     def client(self, role: str) -> LLMClient:
-        if role not in self._clients:  # conversations are never cached; a person is waiting: few, short retries
-            fast = self.cfg.llm.model_copy(update={"max_attempts": self.cfg.serve.model_attempts,
-                                                   "backoff_s": self.cfg.serve.model_backoff_s,
-                                                   "max_backoff_s": self.cfg.serve.model_backoff_s})
+        if (
+            role not in self._clients
+        ):  # conversations are never cached; a person is waiting: few, short retries
+            fast = self.cfg.llm.model_copy(
+                update={
+                    "max_attempts": self.cfg.serve.model_attempts,
+                    "backoff_s": self.cfg.serve.model_backoff_s,
+                    "max_backoff_s": self.cfg.serve.model_backoff_s,
+                }
+            )
             self._clients[role] = LLMClient(role, fast, None)
         return self._clients[role]
 
     async def rehearse_clients(self) -> None:
         """Each profile's agent (with its tool) and streamed reasoner through litellm once, no model called."""
         for profile in self.cfg.serve.profiles.values():
-            await self.client(profile.agent).rehearse([SEARCH_TOOL] if profile.agent_tools else None)
+            await self.client(profile.agent).rehearse(
+                [SEARCH_TOOL] if profile.agent_tools else None
+            )
             if not profile.budget:
                 await self.client(profile.reasoner).rehearse(stream=True)
 
     def warm_up(self) -> int:
         """Load at start-up what a first turn would otherwise wait for: each profile's index, embedder and BM25
         (one search), its model clients and litellm, a budget-forced reasoner's tokenizer. Documents served."""
-        from t0_pipeline.llm import _litellm
         from t0_pipeline.chat import load_tokenizer
+        from t0_pipeline.llm import _litellm
 
         _litellm()
         documents = 0
@@ -174,13 +209,20 @@ class ChatService:
         return documents
 
     async def _search(self, profile: ServeProfile, query: str) -> list[Any]:
-        def search() -> list[Any]:  # the retriever is opened (and its models loaded) on that thread too
+        def search() -> list[
+            Any
+        ]:  # the retriever is opened (and its models loaded) on that thread too
             return self.retriever(profile).search(query, profile.k, profile.mode)
 
         return await asyncio.get_running_loop().run_in_executor(self._retrieval, search)
 
-    async def turn(self, profile_name: str, history: list[dict[str, Any]], text: str,
-                   demographics: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+    async def turn(
+        self,
+        profile_name: str,
+        history: list[dict[str, Any]],
+        text: str,
+        demographics: dict[str, Any],
+    ) -> AsyncIterator[tuple[str, Any]]:
         profile = self.profile(profile_name)
         budget = self.cfg.serve.context_tokens
         result = Turn()
@@ -188,11 +230,16 @@ class ChatService:
         new = {"role": "user", "content": text}
         agent = self.client(profile.agent)
         system = self.agent_prompts["system" if profile.agent_tools else "system_no_tools"]
-        reply = await agent.complete(fit_history({"role": "system", "content": system}, history, new, budget, self.count),
-                                     tools=[SEARCH_TOOL] if profile.agent_tools else None)
+        reply = await agent.complete(
+            fit_history({"role": "system", "content": system}, history, new, budget, self.count),
+            tools=[SEARCH_TOOL] if profile.agent_tools else None,
+        )
         if not reply.ok:
-            raise TurnFailed(reply.trouble, f"the agent model {agent.settings.model} at {agent.where()} failed "
-                                            f"({reply.error}); check that it is running.")
+            raise TurnFailed(
+                reply.trouble,
+                f"the agent model {agent.settings.model} at {agent.where()} failed "
+                f"({reply.error}); check that it is running.",
+            )
         result.prompt_tokens += reply.prompt_tokens
         result.completion_tokens += reply.completion_tokens
         result.timings_ms["agent"] = (time.perf_counter() - started) * 1000
@@ -208,18 +255,37 @@ class ChatService:
         try:
             hits = await self._search(profile, query)
         except T0Error as exc:
-            raise TurnFailed("search", f"search of the {profile.index!r} index failed: {exc}") from None
+            raise TurnFailed(
+                "search", f"search of the {profile.index!r} index failed: {exc}"
+            ) from None
         result.timings_ms["retrieval"] = (time.perf_counter() - t0) * 1000
-        result.sources = [{"slug": h.slug, "title": h.title, "url": h.url, "score": round(float(h.score), 4)} for h in hits]
+        result.sources = [
+            {"slug": h.slug, "title": h.title, "url": h.url, "score": round(float(h.score), 4)}
+            for h in hits
+        ]
         yield "sources", result.sources
-        documents = documents_block([h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits])
-        system = render(self.reasoner_prompts["system"], "reasoner", search_query=query, documents=documents,
-                        demographics=demographics_text(demographics))
-        messages = fit_history({"role": "system", "content": system}, history, new, budget, self.count)
+        documents = documents_block(
+            [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
+        )
+        system = render(
+            self.reasoner_prompts["system"],
+            "reasoner",
+            search_query=query,
+            documents=documents,
+            demographics=demographics_text(demographics),
+        )
+        messages = fit_history(
+            {"role": "system", "content": system}, history, new, budget, self.count
+        )
         t0 = time.perf_counter()
         thinking, answer = [], []
-        pieces = self._budget_forced(profile, messages) if profile.budget else \
-            self.client(profile.reasoner).stream(messages, (profile.think_open, profile.think_close))
+        pieces = (
+            self._budget_forced(profile, messages)
+            if profile.budget
+            else self.client(profile.reasoner).stream(
+                messages, (profile.think_open, profile.think_close)
+            )
+        )
         try:
             async for kind, piece in pieces:
                 if kind == "usage":
@@ -236,7 +302,9 @@ class ChatService:
         result.thinking, result.answer = "".join(thinking).strip(), "".join(answer).strip()
         yield "done", result
 
-    async def _budget_forced(self, profile: ServeProfile, messages: list[dict[str, str]]) -> AsyncIterator[tuple[str, Any]]:
+    async def _budget_forced(
+        self, profile: ServeProfile, messages: list[dict[str, str]]
+    ) -> AsyncIterator[tuple[str, Any]]:
         """The reasoner through budget forcing on a completions endpoint (the thinking cap and "Wait" insertions)."""
         from t0_pipeline.budget import complete_with_budget
         from t0_pipeline.chat import generation_prompt, load_tokenizer
@@ -248,10 +316,20 @@ class ChatService:
         prompt = generation_prompt(messages, self._templates[profile.tokenizer], budget.think_start)
         try:
             serve = self.cfg.serve
-            gen = await asyncio.to_thread(complete_with_budget, settings.api_base or "", settings.served_name, prompt,
-                                          budget, settings.timeout_s, settings.api_key(), settings.temperature,
-                                          settings.seed, serve.model_attempts, serve.model_backoff_s,
-                                          serve.model_backoff_s)
+            gen = await asyncio.to_thread(
+                complete_with_budget,
+                settings.api_base or "",
+                settings.served_name,
+                prompt,
+                budget,
+                settings.timeout_s,
+                settings.api_key(),
+                settings.temperature,
+                settings.seed,
+                serve.model_attempts,
+                serve.model_backoff_s,
+                serve.model_backoff_s,
+            )
         except T0Error as exc:
             raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
         if gen.thinking:
@@ -268,7 +346,9 @@ class ChatService:
                 except json.JSONDecodeError:
                     args = {}
                 query = args.get("query") if isinstance(args, dict) else None
-                return query.strip() if isinstance(query, str) and query.strip() else text  # bad arguments: the message
+                return (
+                    query.strip() if isinstance(query, str) and query.strip() else text
+                )  # bad arguments: the message
         match = SEARCH_LINE.search(reply.content or "")
         if match:  # the text protocol (also accepted from tool-calling models that wrote it out)
             return match.group(1)
@@ -281,28 +361,35 @@ def search_query_roles(cfg: PipelineConfig, profile_name: str) -> list[str]:
     return [profile.agent] if profile else []
 
 
-def agent_search_queries(cfg: PipelineConfig, profile_name: str, texts: list[str], cache=None,
-                         progress=None) -> tuple[list[str], dict[str, int]]:
+def agent_search_queries(
+    cfg: PipelineConfig, profile_name: str, texts: list[str], cache=None, progress=None
+) -> tuple[list[str], dict[str, int]]:
     """What the agent of serve profile ``profile_name`` searches for when each text opens a conversation: the
     same system prompt, tool and parsing as a served turn. A text the agent answers without searching, or a
     failed call, keeps its own words. Returns (queries, counts of rewritten / kept / failed)."""
     if profile_name not in cfg.serve.profiles:
-        raise T0Error(f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not configured; "
-                      f"available: {', '.join(cfg.serve.profiles)}.")
+        raise T0Error(
+            f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not configured; "
+            f"available: {', '.join(cfg.serve.profiles)}."
+        )
     profile = cfg.serve.profiles[profile_name]
     prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.llm.prompts_dir)
     client = LLMClient(profile.agent, cfg.llm, cache)
     system = prompts["system" if profile.agent_tools else "system_no_tools"]
 
     async def one(text: str):
-        return await client.complete([{"role": "system", "content": system}, {"role": "user", "content": text}],
-                                     tools=[SEARCH_TOOL] if profile.agent_tools else None)
+        return await client.complete(
+            [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            tools=[SEARCH_TOOL] if profile.agent_tools else None,
+        )
 
     replies = client.run(texts, one, f"search queries ({profile.agent})", progress)
     counts = {"rewritten": 0, "kept": 0, "failed": 0}
     out = []
     for text, reply in zip(texts, replies):
         query = ChatService._search_query(reply, text, profile) if reply.ok else None
-        counts["failed" if not reply.ok else "rewritten" if query and query != text else "kept"] += 1
+        counts[
+            "failed" if not reply.ok else "rewritten" if query and query != text else "kept"
+        ] += 1
         out.append(query or text)
     return out, counts

@@ -46,13 +46,24 @@ from t0_pipeline.serve.turns import TurnRunner
 log = logging.getLogger("t0_pipeline.serve")
 
 
-def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = False, service: ChatService | None = None,
-               store: Store | None = None) -> FastAPI:
+def create_app(
+    cfg: PipelineConfig,
+    paths: DataPaths,
+    insecure_local: bool = False,
+    service: ChatService | None = None,
+    store: Store | None = None,
+) -> FastAPI:
     serve = cfg.serve
     store = store or Store(serve.database_url or default_url(paths.conversations_db))
     service = service or ChatService(cfg, paths)
-    ctx = ServeContext(cfg, store, service, TurnRunner(store, service, serve.turn_lease_s), ModelProbe(cfg),
-                       insecure_local)
+    ctx = ServeContext(
+        cfg,
+        store,
+        service,
+        TurnRunner(store, service, serve.turn_lease_s),
+        ModelProbe(cfg),
+        insecure_local,
+    )
 
     async def lifespan(app: FastAPI):
         try:  # warm start: the first turn should not wait for models, indexes or clients to load
@@ -64,29 +75,51 @@ def create_app(cfg: PipelineConfig, paths: DataPaths, insecure_local: bool = Fal
             log.error("index not loaded: %s", exc)
         await ctx.probe.warn_unreachable()
         yield
-        await ctx.turns.drain(timeout_s=30)  # answers being written are stored before the process goes
+        await ctx.turns.drain(
+            timeout_s=30
+        )  # answers being written are stored before the process goes
         store.close()
 
-    app = FastAPI(title="t0 conversational agent", version="1", lifespan=lifespan,
-                  description="Retrieval-augmented reasoning over the indexed collection. Not medical advice.")
+    app = FastAPI(
+        title="t0 conversational agent",
+        version="1",
+        lifespan=lifespan,
+        description="Retrieval-augmented reasoning over the indexed collection. Not medical advice.",
+    )
     if serve.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=serve.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=serve.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(BodySizeLimit, max_bytes=serve.max_request_bytes)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(HostCheck, allowed=[*serve.allowed_hosts, *(LOCAL_HOSTS if insecure_local else ())])
+    app.add_middleware(
+        HostCheck, allowed=[*serve.allowed_hosts, *(LOCAL_HOSTS if insecure_local else ())]
+    )
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
         started = time.perf_counter()
         response = await call_next(request)
-        log.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code,
-                 (time.perf_counter() - started) * 1000)
+        log.info(
+            "%s %s %d %.1f ms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
         return response
 
     app.mount("/static", StaticFiles(directory=str(page.STATIC)), name="static")
     for router in (page.router, threads.router, messages.router, openai_compat.router):
         app.include_router(router)
     app.state.ctx = ctx
-    app.state.store, app.state.service, app.state.turns, app.state.probe = store, service, ctx.turns, ctx.probe
+    app.state.store, app.state.service, app.state.turns, app.state.probe = (
+        store,
+        service,
+        ctx.turns,
+        ctx.probe,
+    )
     return app

@@ -27,7 +27,9 @@ class ServeContext:
     turns: TurnRunner
     probe: ModelProbe
     insecure_local: bool = False
-    index: dict[str, Any] = field(default_factory=lambda: {"loaded": False, "error": None, "documents": 0})
+    index: dict[str, Any] = field(
+        default_factory=lambda: {"loaded": False, "error": None, "documents": 0}
+    )
 
     @property
     def serve(self) -> ServeConfig:
@@ -40,29 +42,56 @@ def context(request: Request) -> ServeContext:
 
 async def limited(ctx: ServeContext, bucket: str, per_minute: int, burst: int, what: str) -> None:
     """429 with Retry-After when ``bucket`` (kept in the database, shared by every process) is empty."""
-    wait = await asyncio.to_thread(ctx.store.take_token, bucket, per_minute, burst) if per_minute > 0 else 0.0
+    wait = (
+        await asyncio.to_thread(ctx.store.take_token, bucket, per_minute, burst)
+        if per_minute > 0
+        else 0.0
+    )
     if wait:
-        raise HTTPException(429, f"{what}; retry in {wait:.1f} s", headers={"Retry-After": str(max(1, round(wait)))})
+        raise HTTPException(
+            429, f"{what}; retry in {wait:.1f} s", headers={"Retry-After": str(max(1, round(wait)))}
+        )
 
 
-async def owner(request: Request, authorization: Optional[str] = Header(None),
-                ctx: ServeContext = Depends(context)) -> str:
+async def owner(
+    request: Request,
+    authorization: Optional[str] = Header(None),
+    ctx: ServeContext = Depends(context),
+) -> str:
     """The calling key (its owner id), within its rate; wrong keys are limited per client address."""
     serve = ctx.serve
     if ctx.insecure_local:
         key = LOCAL_OWNER
     else:
-        token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
+        token = (
+            authorization[7:].strip()
+            if authorization and authorization[:7].lower() == "bearer "
+            else None
+        )
         key = await asyncio.to_thread(ctx.store.key_owner, token) if token else None
         if key is None:
             address = request.client.host if request.client else "unknown"
             per = serve.auth_failures_per_minute
-            await limited(ctx, f"auth-failures:{address}", per, per,
-                          "too many requests with a wrong or missing API key from this address")
-            raise HTTPException(401, "missing or unknown API key: create one with `t0 keys create NAME` and send "
-                                     "it as 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
-    await limited(ctx, f"key:{key}", serve.rate_limit_per_minute, serve.rate_limit_burst,
-                  f"rate limit of {serve.rate_limit_per_minute} requests per minute reached")
+            await limited(
+                ctx,
+                f"auth-failures:{address}",
+                per,
+                per,
+                "too many requests with a wrong or missing API key from this address",
+            )
+            raise HTTPException(
+                401,
+                "missing or unknown API key: create one with `t0 keys create NAME` and send "
+                "it as 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    await limited(
+        ctx,
+        f"key:{key}",
+        serve.rate_limit_per_minute,
+        serve.rate_limit_burst,
+        f"rate limit of {serve.rate_limit_per_minute} requests per minute reached",
+    )
     return key
 
 

@@ -43,7 +43,9 @@ class ModelProbe:
                 entry: dict[str, Any] = {"model": settings.model}
                 if settings.api_base:
                     try:
-                        entry["reachable"] = (await client.get(settings.api_base.rstrip("/") + "/models")).status_code < 500
+                        entry["reachable"] = (
+                            await client.get(settings.api_base.rstrip("/") + "/models")
+                        ).status_code < 500
                     except httpx.HTTPError as exc:
                         entry["reachable"], entry["error"] = False, exc.__class__.__name__
                 else:
@@ -57,8 +59,14 @@ class ModelProbe:
         for role, entry in (await self.status(fresh=True)).items():
             if entry["reachable"] is False:
                 settings = self.cfg.llm.roles[role]
-                log.warning("the %s model (%s) does not answer at %s (%s): turns will fail until it does; start it "
-                            "or fix llm.roles.%s.api_base", role, settings.model, settings.api_base,
-                            entry.get("error", "error"), role)
+                log.warning(
+                    "the %s model (%s) does not answer at %s (%s): turns will fail until it does; start it "
+                    "or fix llm.roles.%s.api_base",
+                    role,
+                    settings.model,
+                    settings.api_base,
+                    entry.get("error", "error"),
+                    role,
+                )
                 down.append(role)
         return down

@@ -9,22 +9,36 @@ from __future__ import annotations
 import json
 
 # the chat page loads its own scripts and styles only: no inline script, no other origin, never framed
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline bootstrap script
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-            "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
-            "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 DOCS_PATHS = ("/docs", "/redoc")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-async def _reply(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _reply(
+    send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -68,7 +82,9 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send):
-        await _reply(send, 413, f"request body larger than {self.max_bytes} bytes; send a shorter message")
+        await _reply(
+            send, 413, f"request body larger than {self.max_bytes} bytes; send a shorter message"
+        )
 
 
 class HostCheck:
@@ -86,16 +102,25 @@ class HostCheck:
         if not self.allowed:
             return True
         name = host.lower()
-        name = name[1:name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0] \
-            if name.count(":") == 1 else name
+        name = (
+            name[1 : name.index("]")]
+            if name.startswith("[") and "]" in name
+            else name.rsplit(":", 1)[0]
+            if name.count(":") == 1
+            else name
+        )
         return any(name == h or (h.startswith("*.") and name.endswith(h[1:])) for h in self.allowed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if not self._ok(host):
-                return await _reply(send, 421, f"this service does not answer to host {host!r}; use its own "
-                                               "address, or add the name to serve.allowed_hosts")
+                return await _reply(
+                    send,
+                    421,
+                    f"this service does not answer to host {host!r}; use its own "
+                    "address, or add the name to serve.allowed_hosts",
+                )
         return await self.app(scope, receive, send)
 
 
@@ -112,11 +137,16 @@ class SecurityHeaders:
 
         async def with_headers(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []),
-                                                   (b"content-security-policy", csp.encode()),
-                                                   (b"x-frame-options", b"DENY"),
-                                                   (b"x-content-type-options", b"nosniff"),
-                                                   (b"referrer-policy", b"no-referrer")]}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"content-security-policy", csp.encode()),
+                        (b"x-frame-options", b"DENY"),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"referrer-policy", b"no-referrer"),
+                    ],
+                }
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -30,7 +30,8 @@ from t0_pipeline.artifacts import T0Error
 KEY_PREFIX = "t0k_"
 metadata = sa.MetaData()
 api_keys = sa.Table(
-    "api_keys", metadata,
+    "api_keys",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
@@ -38,7 +39,8 @@ api_keys = sa.Table(
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
 )
 threads = sa.Table(
-    "threads", metadata,
+    "threads",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("owner", sa.String(32), nullable=False, index=True),
     sa.Column("title", sa.String(200), nullable=False),
@@ -48,9 +50,16 @@ threads = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 messages = sa.Table(
-    "messages", metadata,
+    "messages",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("thread_id", sa.String(32), sa.ForeignKey("threads.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "thread_id",
+        sa.String(32),
+        sa.ForeignKey("threads.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("thinking", sa.Text, nullable=False, default=""),
@@ -59,28 +68,39 @@ messages = sa.Table(
     sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, default="ok", server_default="ok"),  # ok | pending | failed
-    sa.Column("error", sa.Text, nullable=False, default="", server_default=""),  # why a turn failed (technical)
+    sa.Column(
+        "status", sa.String(16), nullable=False, default="ok", server_default="ok"
+    ),  # ok | pending | failed
+    sa.Column(
+        "error", sa.Text, nullable=False, default="", server_default=""
+    ),  # why a turn failed (technical)
 )
 users = sa.Table(
-    "users", metadata,
+    "users",
+    metadata,
     sa.Column("owner", sa.String(32), primary_key=True),
     sa.Column("demographics", sa.Text, nullable=False, default="{}"),
 )
 leases = sa.Table(
-    "leases", metadata,
+    "leases",
+    metadata,
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
 )
 rate_buckets = sa.Table(
-    "rate_buckets", metadata,
+    "rate_buckets",
+    metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("tokens", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("allowed", sa.Integer, nullable=False, default=0),  # the last take's verdict, read back in its transaction
+    sa.Column(
+        "allowed", sa.Integer, nullable=False, default=0
+    ),  # the last take's verdict, read back in its transaction
 )
-ADDED_COLUMNS = {"messages": {"status": "VARCHAR(16) NOT NULL DEFAULT 'ok'", "error": "TEXT NOT NULL DEFAULT ''"}}
+ADDED_COLUMNS = {
+    "messages": {"status": "VARCHAR(16) NOT NULL DEFAULT 'ok'", "error": "TEXT NOT NULL DEFAULT ''"}
+}
 
 
 class NotFound(Exception):
@@ -109,9 +129,17 @@ def _private_sqlite_file(url: sa.engine.URL) -> None:
 class Store:
     def __init__(self, url: str):
         try:
-            self.engine = sa.create_engine(url, future=True, **({"connect_args": {"timeout": 30, "check_same_thread": False}}
-                                                                if url.startswith("sqlite") else {"pool_pre_ping": True}))
+            self.engine = sa.create_engine(
+                url,
+                future=True,
+                **(
+                    {"connect_args": {"timeout": 30, "check_same_thread": False}}
+                    if url.startswith("sqlite")
+                    else {"pool_pre_ping": True}
+                ),
+            )
             if url.startswith("sqlite"):
+
                 @sa.event.listens_for(self.engine, "connect")
                 def _pragmas(conn, _record):  # WAL: readers never block the writer
                     cur = conn.cursor()
@@ -119,11 +147,14 @@ class Store:
                     cur.execute("PRAGMA foreign_keys=ON")
                     cur.execute("PRAGMA synchronous=NORMAL")
                     cur.close()
+
             _private_sqlite_file(self.engine.url)
             self._create_schema()
         except (sa.exc.ArgumentError, sa.exc.DBAPIError, ModuleNotFoundError) as exc:
-            raise T0Error(f"cannot open the conversation database {url!r} ({exc.__class__.__name__}: "
-                          f"{str(exc).splitlines()[0][:120]}); check serve.database_url.") from None
+            raise T0Error(
+                f"cannot open the conversation database {url!r} ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:120]}); check serve.database_url."
+            ) from None
 
     def _create_schema(self, attempts: int = 6) -> None:
         """Tables and added columns. Replicas starting together on a fresh database race to create the same
@@ -154,44 +185,82 @@ class Store:
         token = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = uuid.uuid4().hex
         with self.engine.begin() as conn:
-            conn.execute(api_keys.insert().values(id=key_id, name=name, key_hash=hash_key(token), created_at=time.time(),
-                                                  revoked=False))
+            conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    name=name,
+                    key_hash=hash_key(token),
+                    created_at=time.time(),
+                    revoked=False,
+                )
+            )
         return key_id, token
 
     def key_owner(self, token: str) -> str | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(token),
-                                                              api_keys.c.revoked.is_(False))).first()
+            row = conn.execute(
+                sa.select(api_keys.c.id).where(
+                    api_keys.c.key_hash == hash_key(token), api_keys.c.revoked.is_(False)
+                )
+            ).first()
         return row[0] if row else None
 
     def list_keys(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked)
-                                .order_by(api_keys.c.created_at)).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(
+                        api_keys.c.id, api_keys.c.name, api_keys.c.created_at, api_keys.c.revoked
+                    ).order_by(api_keys.c.created_at)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         with self.engine.begin() as conn:
-            return conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked=True)).rowcount > 0
+            return (
+                conn.execute(
+                    api_keys.update().where(api_keys.c.id == key_id).values(revoked=True)
+                ).rowcount
+                > 0
+            )
 
     # --- a key's own details ------------------------------------------------------------
     def user_demographics(self, owner: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(users.c.demographics).where(users.c.owner == owner)).first()
+            row = conn.execute(
+                sa.select(users.c.demographics).where(users.c.owner == owner)
+            ).first()
         return json.loads(row[0]) if row else {}
 
     def set_user_demographics(self, owner: str, demographics: dict[str, Any]) -> dict[str, Any]:
         with self.engine.begin() as conn:
-            if not conn.execute(users.update().where(users.c.owner == owner)
-                                .values(demographics=json.dumps(demographics))).rowcount:
-                conn.execute(users.insert().values(owner=owner, demographics=json.dumps(demographics)))
+            if not conn.execute(
+                users.update()
+                .where(users.c.owner == owner)
+                .values(demographics=json.dumps(demographics))
+            ).rowcount:
+                conn.execute(
+                    users.insert().values(owner=owner, demographics=json.dumps(demographics))
+                )
         return demographics
 
     # --- threads ----------------------------------------------------------------------
-    def create_thread(self, owner: str, title: str, profile: str, demographics: dict[str, Any] | None = None) -> dict:
+    def create_thread(
+        self, owner: str, title: str, profile: str, demographics: dict[str, Any] | None = None
+    ) -> dict:
         now = time.time()
-        row = {"id": uuid.uuid4().hex, "owner": owner, "title": title, "profile": profile,
-               "demographics": json.dumps(demographics or {}), "created_at": now, "updated_at": now}
+        row = {
+            "id": uuid.uuid4().hex,
+            "owner": owner,
+            "title": title,
+            "profile": profile,
+            "demographics": json.dumps(demographics or {}),
+            "created_at": now,
+            "updated_at": now,
+        }
         with self.engine.begin() as conn:
             conn.execute(threads.insert().values(**row))
         return self._thread_out(row)
@@ -205,61 +274,122 @@ class Store:
 
     def list_threads(self, owner: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(threads).where(threads.c.owner == owner)
-                                .order_by(threads.c.updated_at.desc())).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(threads)
+                    .where(threads.c.owner == owner)
+                    .order_by(threads.c.updated_at.desc())
+                )
+                .mappings()
+                .all()
+            )
         return [self._thread_out(r) for r in rows]
 
     def get_thread(self, owner: str, thread_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(threads).where(threads.c.id == thread_id, threads.c.owner == owner)).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(threads).where(threads.c.id == thread_id, threads.c.owner == owner)
+                )
+                .mappings()
+                .first()
+            )
         if row is None:
             raise NotFound(thread_id)
         return self._thread_out(row)
 
     def delete_thread(self, owner: str, thread_id: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(messages.delete().where(messages.c.thread_id == thread_id,
-                                                 sa.exists().where(threads.c.id == thread_id, threads.c.owner == owner)))
-            if conn.execute(threads.delete().where(threads.c.id == thread_id, threads.c.owner == owner)).rowcount == 0:
+            conn.execute(
+                messages.delete().where(
+                    messages.c.thread_id == thread_id,
+                    sa.exists().where(threads.c.id == thread_id, threads.c.owner == owner),
+                )
+            )
+            if (
+                conn.execute(
+                    threads.delete().where(threads.c.id == thread_id, threads.c.owner == owner)
+                ).rowcount
+                == 0
+            ):
                 raise NotFound(thread_id)
 
-    def set_demographics(self, owner: str, thread_id: str, demographics: dict[str, Any]) -> dict[str, Any]:
+    def set_demographics(
+        self, owner: str, thread_id: str, demographics: dict[str, Any]
+    ) -> dict[str, Any]:
         with self.engine.begin() as conn:
-            done = conn.execute(threads.update().where(threads.c.id == thread_id, threads.c.owner == owner)
-                                .values(demographics=json.dumps(demographics), updated_at=time.time())).rowcount
+            done = conn.execute(
+                threads.update()
+                .where(threads.c.id == thread_id, threads.c.owner == owner)
+                .values(demographics=json.dumps(demographics), updated_at=time.time())
+            ).rowcount
         if not done:
             raise NotFound(thread_id)
         return self.get_thread(owner, thread_id)
 
     # --- messages ---------------------------------------------------------------------
-    def add_message(self, thread_id: str, role: str, content: str, thinking: str = "", sources: list | None = None,
-                    search_query: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
-                    title: str | None = None, status: str = "ok", answers: int | None = None) -> dict[str, Any]:
+    def add_message(
+        self,
+        thread_id: str,
+        role: str,
+        content: str,
+        thinking: str = "",
+        sources: list | None = None,
+        search_query: str | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        title: str | None = None,
+        status: str = "ok",
+        answers: int | None = None,
+    ) -> dict[str, Any]:
         """Store a message (an answer marks the user message it ``answers`` ok in the same transaction);
         NotFound when its thread is gone (deleted, say, while the answer was written)."""
         now = time.time()
-        row = {"thread_id": thread_id, "role": role, "content": content, "thinking": thinking,
-               "sources": json.dumps(sources or []), "search_query": search_query, "prompt_tokens": prompt_tokens,
-               "completion_tokens": completion_tokens, "created_at": now, "status": status, "error": ""}
+        row = {
+            "thread_id": thread_id,
+            "role": role,
+            "content": content,
+            "thinking": thinking,
+            "sources": json.dumps(sources or []),
+            "search_query": search_query,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "created_at": now,
+            "status": status,
+            "error": "",
+        }
         with self.engine.begin() as conn:
             update = {"updated_at": now, **({"title": title} if title else {})}
-            if not conn.execute(threads.update().where(threads.c.id == thread_id).values(**update)).rowcount:
+            if not conn.execute(
+                threads.update().where(threads.c.id == thread_id).values(**update)
+            ).rowcount:
                 raise NotFound(thread_id)
             new_id = conn.execute(messages.insert().values(**row)).inserted_primary_key[0]
             if answers is not None:
-                conn.execute(messages.update().where(messages.c.id == answers).values(status="ok", error=""))
+                conn.execute(
+                    messages.update().where(messages.c.id == answers).values(status="ok", error="")
+                )
         return self._message_out({**row, "id": new_id})
 
     def set_status(self, message_id: int, status: str, error: str = "") -> None:
         with self.engine.begin() as conn:
-            conn.execute(messages.update().where(messages.c.id == message_id).values(status=status, error=error[:2000]))
+            conn.execute(
+                messages.update()
+                .where(messages.c.id == message_id)
+                .values(status=status, error=error[:2000])
+            )
 
     def take_failed(self, thread_id: str, message_id: int) -> str:
         """Remove a failed user message to send it again; its text. NotFound if it is not a failed message here."""
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(messages.c.content).where(
-                messages.c.id == message_id, messages.c.thread_id == thread_id, messages.c.role == "user",
-                messages.c.status.in_(("failed", "pending")))).first()
+            row = conn.execute(
+                sa.select(messages.c.content).where(
+                    messages.c.id == message_id,
+                    messages.c.thread_id == thread_id,
+                    messages.c.role == "user",
+                    messages.c.status.in_(("failed", "pending")),
+                )
+            ).first()
             if row is None:
                 raise NotFound(f"message {message_id}")
             conn.execute(messages.delete().where(messages.c.id == message_id))
@@ -275,14 +405,27 @@ class Store:
         """Every message, oldest first; a ``pending`` one whose turn no process is running any more (its
         server was stopped mid-turn) reads as ``failed``."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(messages).where(messages.c.thread_id == thread_id)
-                                .order_by(messages.c.id)).mappings().all()
-            running = conn.execute(sa.select(leases.c.name).where(leases.c.name == f"thread:{thread_id}",
-                                                                   leases.c.expires_at > time.time())).first()
+            rows = (
+                conn.execute(
+                    sa.select(messages)
+                    .where(messages.c.thread_id == thread_id)
+                    .order_by(messages.c.id)
+                )
+                .mappings()
+                .all()
+            )
+            running = conn.execute(
+                sa.select(leases.c.name).where(
+                    leases.c.name == f"thread:{thread_id}", leases.c.expires_at > time.time()
+                )
+            ).first()
         out = [self._message_out(r) for r in rows]
         for m in out:
             if m["status"] == "pending" and running is None:
-                m["status"], m["error"] = "failed", m["error"] or "the server stopped before this turn finished"
+                m["status"], m["error"] = (
+                    "failed",
+                    m["error"] or "the server stopped before this turn finished",
+                )
         return out
 
     # --- leases: one holder at a time, across processes ------------------------------------
@@ -290,17 +433,33 @@ class Store:
         now = time.time()
         try:
             with self.engine.begin() as conn:
-                conn.execute(leases.insert().values(name=name, holder=holder, expires_at=now + ttl_s))
+                conn.execute(
+                    leases.insert().values(name=name, holder=holder, expires_at=now + ttl_s)
+                )
             return True
-        except sa.exc.IntegrityError:  # held, or left behind by a process that died: take it once it has expired
+        except (
+            sa.exc.IntegrityError
+        ):  # held, or left behind by a process that died: take it once it has expired
             with self.engine.begin() as conn:
-                return conn.execute(leases.update().where(leases.c.name == name, leases.c.expires_at < now)
-                                    .values(holder=holder, expires_at=now + ttl_s)).rowcount > 0
+                return (
+                    conn.execute(
+                        leases.update()
+                        .where(leases.c.name == name, leases.c.expires_at < now)
+                        .values(holder=holder, expires_at=now + ttl_s)
+                    ).rowcount
+                    > 0
+                )
 
     def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         with self.engine.begin() as conn:
-            return conn.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder)
-                                .values(expires_at=time.time() + ttl_s)).rowcount > 0
+            return (
+                conn.execute(
+                    leases.update()
+                    .where(leases.c.name == name, leases.c.holder == holder)
+                    .values(expires_at=time.time() + ttl_s)
+                ).rowcount
+                > 0
+            )
 
     def release_lease(self, name: str, holder: str) -> None:
         with self.engine.begin() as conn:
@@ -315,16 +474,29 @@ class Store:
             refilled = rate_buckets.c.tokens + (now - rate_buckets.c.updated_at) * rate
             capped = sa.case((refilled > burst, float(burst)), else_=refilled)
             # one UPDATE reads and writes the row (every SET sees the old values): no lost update between processes
-            done = conn.execute(rate_buckets.update().where(rate_buckets.c.name == name).values(
-                allowed=sa.case((capped >= 1, 1), else_=0), tokens=sa.case((capped >= 1, capped - 1), else_=capped),
-                updated_at=now)).rowcount
+            done = conn.execute(
+                rate_buckets.update()
+                .where(rate_buckets.c.name == name)
+                .values(
+                    allowed=sa.case((capped >= 1, 1), else_=0),
+                    tokens=sa.case((capped >= 1, capped - 1), else_=capped),
+                    updated_at=now,
+                )
+            ).rowcount
             if done:
-                allowed, tokens = conn.execute(sa.select(rate_buckets.c.allowed, rate_buckets.c.tokens)
-                                               .where(rate_buckets.c.name == name)).one()
+                allowed, tokens = conn.execute(
+                    sa.select(rate_buckets.c.allowed, rate_buckets.c.tokens).where(
+                        rate_buckets.c.name == name
+                    )
+                ).one()
                 return 0.0 if allowed else (1 - tokens) / rate
         try:
             with self.engine.begin() as conn:
-                conn.execute(rate_buckets.insert().values(name=name, tokens=burst - 1, updated_at=now, allowed=1))
+                conn.execute(
+                    rate_buckets.insert().values(
+                        name=name, tokens=burst - 1, updated_at=now, allowed=1
+                    )
+                )
             return 0.0
         except sa.exc.IntegrityError:  # another process created it first
             return self.take_token(name, per_minute, burst)

@@ -27,7 +27,9 @@ from t0_pipeline.serve.store import NotFound, Store
 log = logging.getLogger("t0_pipeline.serve")
 DEFAULT_TITLE = "New conversation"
 DELETED = "This conversation was deleted while the answer was being written."
-NOT_RETRYABLE = "That message cannot be sent again: it is not a failed message of this conversation."
+NOT_RETRYABLE = (
+    "That message cannot be sent again: it is not a failed message of this conversation."
+)
 
 
 def failure(message: str, detail: str, message_id: int | None = None) -> tuple[str, dict[str, Any]]:
@@ -41,7 +43,9 @@ class TurnRunner:
         self._local: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
 
-    def start(self, thread: dict[str, Any], content: str, retry_of: int | None = None) -> asyncio.Queue:
+    def start(
+        self, thread: dict[str, Any], content: str, retry_of: int | None = None
+    ) -> asyncio.Queue:
         """Start a turn in its own task; its events arrive on the returned queue, then ``None``."""
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -80,7 +84,9 @@ class TurnRunner:
         name = f"thread:{thread_id}"
         async with self._local.setdefault(thread_id, asyncio.Lock()):
             wait = 0.02
-            while not await asyncio.to_thread(self.store.acquire_lease, name, self.holder, self.lease_s):
+            while not await asyncio.to_thread(
+                self.store.acquire_lease, name, self.holder, self.lease_s
+            ):
                 await asyncio.sleep(wait)  # another process runs this thread's turn
                 wait = min(0.25, wait * 1.5)
             renew = asyncio.create_task(self._renew(name))
@@ -95,21 +101,29 @@ class TurnRunner:
             await asyncio.sleep(self.lease_s / 3)
             await asyncio.to_thread(self.store.renew_lease, name, self.holder, self.lease_s)
 
-    async def _run(self, thread: dict[str, Any], content: str, retry_of: int | None) -> AsyncIterator[tuple[str, Any]]:
+    async def _run(
+        self, thread: dict[str, Any], content: str, retry_of: int | None
+    ) -> AsyncIterator[tuple[str, Any]]:
         thread_id, store = thread["id"], self.store
         async with self._lease(thread_id):
-            if retry_of is not None:  # the failed message goes; the same text is sent again as a new turn
+            if (
+                retry_of is not None
+            ):  # the failed message goes; the same text is sent again as a new turn
                 try:
                     await asyncio.to_thread(store.take_failed, thread_id, retry_of)
                 except NotFound:
-                    yield failure(NOT_RETRYABLE, f"message {retry_of} is not a failed user message of thread {thread_id}")
+                    yield failure(
+                        NOT_RETRYABLE,
+                        f"message {retry_of} is not a failed user message of thread {thread_id}",
+                    )
                     return
             stored = await asyncio.to_thread(store.history, thread_id)
             history = [m for m in stored if m["status"] == "ok"]  # failed messages are never resent
             title = content[:60] if thread["title"] == DEFAULT_TITLE and not history else None
             try:
-                user = await asyncio.to_thread(store.add_message, thread_id, "user", content, title=title,
-                                               status="pending")
+                user = await asyncio.to_thread(
+                    store.add_message, thread_id, "user", content, title=title, status="pending"
+                )
             except NotFound:
                 yield failure(DELETED, f"thread {thread_id} was deleted before the turn began")
                 return
@@ -117,7 +131,9 @@ class TurnRunner:
             started = time.perf_counter()
             turn: Turn | None = None
             try:
-                async for kind, data in self.service.turn(thread["profile"], history, content, thread["demographics"]):
+                async for kind, data in self.service.turn(
+                    thread["profile"], history, content, thread["demographics"]
+                ):
                     if kind == "done":
                         turn = data
                     else:
@@ -132,14 +148,31 @@ class TurnRunner:
             t0 = time.perf_counter()
             try:
                 message = await asyncio.to_thread(
-                    store.add_message, thread_id, "assistant", turn.answer, thinking=turn.thinking, sources=turn.sources,
-                    search_query=turn.search_query, prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens, answers=user["id"])
+                    store.add_message,
+                    thread_id,
+                    "assistant",
+                    turn.answer,
+                    thinking=turn.thinking,
+                    sources=turn.sources,
+                    search_query=turn.search_query,
+                    prompt_tokens=turn.prompt_tokens,
+                    completion_tokens=turn.completion_tokens,
+                    answers=user["id"],
+                )
             except NotFound:
                 yield failure(DELETED, f"thread {thread_id} was deleted during the turn")
                 return
-            timings = {**turn.timings_ms, "persist": (time.perf_counter() - t0) * 1000,
-                       "total": (time.perf_counter() - started) * 1000}
-            log.info("turn thread=%s search=%s tokens=%d+%d timings_ms=%s", thread_id, turn.search_query is not None,
-                     turn.prompt_tokens, turn.completion_tokens, {k: round(v, 1) for k, v in timings.items()})
+            timings = {
+                **turn.timings_ms,
+                "persist": (time.perf_counter() - t0) * 1000,
+                "total": (time.perf_counter() - started) * 1000,
+            }
+            log.info(
+                "turn thread=%s search=%s tokens=%d+%d timings_ms=%s",
+                thread_id,
+                turn.search_query is not None,
+                turn.prompt_tokens,
+                turn.completion_tokens,
+                {k: round(v, 1) for k, v in timings.items()},
+            )
             yield "final", {**message, "timings_ms": timings}

@@ -34,8 +34,12 @@ class SiteAdapter:
     subpage_link_selector: str  # CSS selector for a multi-page guide's page links, in order
     content_selector: str  # CSS selector of the element holding the page's own content
     drop_selectors: tuple[str, ...]  # boilerplate removed before text extraction
-    drop_section_headings: tuple[re.Pattern[str], ...] = field(default_factory=tuple)  # heading text → drop section
-    drop_line_patterns: tuple[re.Pattern[str], ...] = field(default_factory=tuple)  # stray boilerplate lines
+    drop_section_headings: tuple[re.Pattern[str], ...] = field(
+        default_factory=tuple
+    )  # heading text → drop section
+    drop_line_patterns: tuple[re.Pattern[str], ...] = field(
+        default_factory=tuple
+    )  # stray boilerplate lines
 
     def condition_links(self, index_html: str, index_url: str) -> list[ConditionLink]:
         """Condition pages linked from the index, in page order, first link per slug."""
@@ -87,5 +91,7 @@ def get_adapter(name: str) -> SiteAdapter:
 
     adapters = {NHS.name: NHS}
     if name not in adapters:
-        raise T0Error(f"unknown site adapter {name!r}; choose one of {sorted(adapters)} or register a new one in t0_pipeline/sites.")
+        raise T0Error(
+            f"unknown site adapter {name!r}; choose one of {sorted(adapters)} or register a new one in t0_pipeline/sites."
+        )
     return adapters[name]

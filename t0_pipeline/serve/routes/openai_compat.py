@@ -31,7 +31,9 @@ class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessage]
     stream: bool = False
-    demographics: Optional[Demographics] = None  # an extension: the person's details for the reasoner
+    demographics: Optional[Demographics] = (
+        None  # an extension: the person's details for the reasoner
+    )
 
 
 def explained(exc: T0Error) -> str:
@@ -39,10 +41,14 @@ def explained(exc: T0Error) -> str:
 
 
 def openai_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": "invalid_request_error"}}, status_code=status
+    )
 
 
-def conversation(body: ChatCompletionRequest, ctx: ServeContext) -> tuple[list[dict[str, str]], str] | JSONResponse:
+def conversation(
+    body: ChatCompletionRequest, ctx: ServeContext
+) -> tuple[list[dict[str, str]], str] | JSONResponse:
     """(history, the new user text) from the request, or the error reply saying what is wrong with it."""
     profiles, limit = ctx.serve.profiles, ctx.serve.max_message_chars
     if body.model not in profiles:
@@ -55,27 +61,49 @@ def conversation(body: ChatCompletionRequest, ctx: ServeContext) -> tuple[list[d
         return openai_error(422, "the last user message is empty")
     if len(text) > limit:
         return openai_error(422, f"message is {len(text)} characters; the limit is {limit}")
-    history = [{"role": m.role, "content": split_thinking(str(m.content or ""))[1] if m.role == "assistant"
-                else str(m.content or "")} for m in said[:-1]]
+    history = [
+        {
+            "role": m.role,
+            "content": split_thinking(str(m.content or ""))[1]
+            if m.role == "assistant"
+            else str(m.content or ""),
+        }
+        for m in said[:-1]
+    ]
     return history, text
 
 
 @router.get("/v1/models", summary="Serve profiles, as OpenAI models")
 async def models(key: str = Depends(owner), ctx: ServeContext = Depends(context)):
-    return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "t0"} for name in ctx.serve.profiles]}
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "owned_by": "t0"} for name in ctx.serve.profiles],
+    }
 
 
-@router.post("/v1/chat/completions", summary="OpenAI-compatible chat (the client holds the history)")
-async def chat_completions(body: ChatCompletionRequest, key: str = Depends(owner), ctx: ServeContext = Depends(context)):
+@router.post(
+    "/v1/chat/completions", summary="OpenAI-compatible chat (the client holds the history)"
+)
+async def chat_completions(
+    body: ChatCompletionRequest, key: str = Depends(owner), ctx: ServeContext = Depends(context)
+):
     parsed = conversation(body, ctx)
     if isinstance(parsed, JSONResponse):
         return parsed
     history, text = parsed
     demographics = body.demographics.model_dump(exclude_none=True) if body.demographics else {}
-    base = {"id": "chatcmpl-" + uuid.uuid4().hex[:16], "created": int(time.time()), "model": body.model}
+    base = {
+        "id": "chatcmpl-" + uuid.uuid4().hex[:16],
+        "created": int(time.time()),
+        "model": body.model,
+    }
     turn = ctx.service.turn(body.model, history, text, demographics)
     if body.stream:
-        return StreamingResponse(stream(turn, base), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            stream(turn, base),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     return await complete(turn, base)
 
 
@@ -89,18 +117,39 @@ async def complete(events, base: dict[str, Any]):
     except T0Error as exc:
         return openai_error(502, explained(exc))
     assert turn is not None
-    return {**base, "object": "chat.completion", "sources": turn.sources,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": turn.answer, "reasoning_content": turn.thinking or None}}],
-            "usage": {"prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.completion_tokens,
-                      "total_tokens": turn.prompt_tokens + turn.completion_tokens}}
+    return {
+        **base,
+        "object": "chat.completion",
+        "sources": turn.sources,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": turn.answer,
+                    "reasoning_content": turn.thinking or None,
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": turn.prompt_tokens,
+            "completion_tokens": turn.completion_tokens,
+            "total_tokens": turn.prompt_tokens + turn.completion_tokens,
+        },
+    }
 
 
 async def stream(events, base: dict[str, Any]):
     """chat.completion.chunk events: the role, thinking and answer deltas, the stop with the sources, [DONE]."""
+
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra) -> bytes:
-        payload = {**base, "object": "chat.completion.chunk", **extra,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        payload = {
+            **base,
+            "object": "chat.completion.chunk",
+            **extra,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
     yield chunk({"role": "assistant", "content": ""})

@@ -20,14 +20,22 @@ async def page():
 
 @router.get("/api/config", summary="What the chat page needs to know")
 async def page_config(ctx: ServeContext = Depends(context)):
-    return {"auth_required": not ctx.insecure_local, "profiles": list(ctx.serve.profiles),
-            "max_message_chars": ctx.serve.max_message_chars}
+    return {
+        "auth_required": not ctx.insecure_local,
+        "profiles": list(ctx.serve.profiles),
+        "max_message_chars": ctx.serve.max_message_chars,
+    }
 
 
-@router.get("/healthz", summary="Index loaded and models reachable (model servers probed at most every "
-                                "serve.health_cache_s)")
+@router.get(
+    "/healthz",
+    summary="Index loaded and models reachable (model servers probed at most every "
+    "serve.health_cache_s)",
+)
 async def healthz(ctx: ServeContext = Depends(context)):
     models = await ctx.probe.status()
     ok = ctx.index["loaded"] and all(m["reachable"] is not False for m in models.values())
-    return JSONResponse({"status": "ok" if ok else "degraded", "index": ctx.index, "models": models},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ok" if ok else "degraded", "index": ctx.index, "models": models},
+        status_code=200 if ok else 503,
+    )

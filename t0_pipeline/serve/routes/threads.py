@@ -19,22 +19,34 @@ router = APIRouter()
 class ThreadCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: Optional[str] = Field(None, max_length=200)
-    profile: Optional[str] = Field(None, max_length=100, description="serve profile (model id); default: the first")
+    profile: Optional[str] = Field(
+        None, max_length=100, description="serve profile (model id); default: the first"
+    )
     demographics: Optional[Demographics] = None
 
 
-@router.get("/api/me/demographics", summary="This key's own personal details (new threads start from them)")
+@router.get(
+    "/api/me/demographics", summary="This key's own personal details (new threads start from them)"
+)
 async def my_demographics(key: str = Depends(owner), ctx: ServeContext = Depends(context)):
     return await asyncio.to_thread(ctx.store.user_demographics, key)
 
 
 @router.put("/api/me/demographics", summary="Set this key's own personal details")
-async def set_my_demographics(body: Demographics, key: str = Depends(owner), ctx: ServeContext = Depends(context)):
-    return await asyncio.to_thread(ctx.store.set_user_demographics, key, body.model_dump(exclude_none=True))
+async def set_my_demographics(
+    body: Demographics, key: str = Depends(owner), ctx: ServeContext = Depends(context)
+):
+    return await asyncio.to_thread(
+        ctx.store.set_user_demographics, key, body.model_dump(exclude_none=True)
+    )
 
 
-@router.post("/api/threads", status_code=201, summary="Create a thread (with the key's details unless given)")
-async def create_thread(body: ThreadCreate, key: str = Depends(owner), ctx: ServeContext = Depends(context)):
+@router.post(
+    "/api/threads", status_code=201, summary="Create a thread (with the key's details unless given)"
+)
+async def create_thread(
+    body: ThreadCreate, key: str = Depends(owner), ctx: ServeContext = Depends(context)
+):
     profiles = ctx.serve.profiles
     profile = body.profile or next(iter(profiles))
     if profile not in profiles:
@@ -43,7 +55,9 @@ async def create_thread(body: ThreadCreate, key: str = Depends(owner), ctx: Serv
         demographics = body.demographics.model_dump(exclude_none=True)
     else:
         demographics = await asyncio.to_thread(ctx.store.user_demographics, key)
-    return await asyncio.to_thread(ctx.store.create_thread, key, body.title or DEFAULT_TITLE, profile, demographics)
+    return await asyncio.to_thread(
+        ctx.store.create_thread, key, body.title or DEFAULT_TITLE, profile, demographics
+    )
 
 
 @router.get("/api/threads", summary="List this key's threads, most recent first")
@@ -52,18 +66,32 @@ async def list_threads(key: str = Depends(owner), ctx: ServeContext = Depends(co
 
 
 @router.get("/api/threads/{thread_id}", summary="A thread and its messages")
-async def get_thread(thread_id: str, key: str = Depends(owner), ctx: ServeContext = Depends(context)):
+async def get_thread(
+    thread_id: str, key: str = Depends(owner), ctx: ServeContext = Depends(context)
+):
     thread = await owned(ctx.store.get_thread, key, thread_id)
     return {**thread, "messages": await asyncio.to_thread(ctx.store.history, thread_id)}
 
 
-@router.delete("/api/threads/{thread_id}", status_code=204, summary="Delete a thread and its messages")
-async def delete_thread(thread_id: str, key: str = Depends(owner), ctx: ServeContext = Depends(context)):
+@router.delete(
+    "/api/threads/{thread_id}", status_code=204, summary="Delete a thread and its messages"
+)
+async def delete_thread(
+    thread_id: str, key: str = Depends(owner), ctx: ServeContext = Depends(context)
+):
     await owned(ctx.store.delete_thread, key, thread_id)
     ctx.turns.forget(thread_id)
 
 
-@router.put("/api/threads/{thread_id}/demographics", summary="Set the person's details for a thread")
-async def set_demographics(thread_id: str, body: Demographics, key: str = Depends(owner),
-                           ctx: ServeContext = Depends(context)):
-    return await owned(ctx.store.set_demographics, key, thread_id, body.model_dump(exclude_none=True))
+@router.put(
+    "/api/threads/{thread_id}/demographics", summary="Set the person's details for a thread"
+)
+async def set_demographics(
+    thread_id: str,
+    body: Demographics,
+    key: str = Depends(owner),
+    ctx: ServeContext = Depends(context),
+):
+    return await owned(
+        ctx.store.set_demographics, key, thread_id, body.model_dump(exclude_none=True)
+    )
