@@ -28,9 +28,8 @@ class ChatFormat(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     think_start: str = "<|im_start|>think\n"  # opens the thinking, right after the assistant header
-    think_end: str = (
-        "<|im_start|>answer"  # ends it: budget forcing stops on this text, then forces it
-    )
+    # ends it: budget forcing stops on this text, then forces it
+    think_end: str = "<|im_start|>answer"
     answer_start: str = "\n"  # between think_end and the answer
 
     def assistant(self, thinking: str, answer: str) -> str:

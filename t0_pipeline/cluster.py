@@ -25,9 +25,8 @@ SLURM_DIR = (
     Path(__file__).resolve().parent / "slurm"
 )  # package data: profiles, template, DeepSpeed configs
 JOB_ENV_FILE = "t0-job.env"  # a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
-STOP_LEAD_S = (
-    300  # seconds before the time limit at which the trainer checkpoints and the job requeues
-)
+# seconds before the time limit at which the trainer checkpoints and the job requeues
+STOP_LEAD_S = 300
 
 
 class Allocation(BaseModel):
@@ -44,9 +43,8 @@ class SiteProfile(BaseModel):
     name: str
     arch: str = "x86_64"
     account: str | None = None
-    account_required: bool = (
-        False  # the site charges every job to a project: refuse to render without one
-    )
+    # the site charges every job to a project: refuse to render without one
+    account_required: bool = False
     partition: str | None = None
     qos: str | None = None
     gpus_per_node: int = 4

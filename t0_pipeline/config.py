@@ -61,22 +61,18 @@ class SourceConfig(BaseModel):
     delay_s: float = 0.5  # minimum gap between request starts to one host
     concurrency: int = 4  # requests in flight at once
     timeout_s: float = 20.0  # per read or connect
-    deadline_s: float = (
-        60.0  # per request, connect to last byte: a server dripping bytes cannot hold a slot longer
-    )
-    max_page_bytes: int = (
-        5_000_000  # per response, counted after decompression (a gzip bomb stops here)
-    )
-    max_redirects: int = (
-        5  # redirects are followed on the same host only; others fail the page with the reason
-    )
+    # per request, connect to last byte: a server dripping bytes cannot hold a slot longer
+    deadline_s: float = 60.0
+    # per response, counted after decompression (a gzip bomb stops here)
+    max_page_bytes: int = 5_000_000
+    # redirects are followed on the same host only; others fail the page with the reason
+    max_redirects: int = 5
     max_attempts: int = 4  # then the page is reported as failed
     backoff_s: float = 1.0  # first retry wait; doubles each attempt, with jitter
     max_backoff_s: float = 60.0  # cap on any single wait, Retry-After included
     respect_robots: bool = True  # read robots.txt and skip what it disallows
-    max_pages: int | None = (
-        5000  # at most this many conditions per crawl (a runaway index is cut and reported)
-    )
+    # at most this many conditions per crawl (a runaway index is cut and reported)
+    max_pages: int | None = 5000
 
     @field_validator("concurrency", "max_attempts")
     @classmethod
@@ -98,14 +94,12 @@ class SummaryConfig(BaseModel):
 
 
 class EmbeddingConfig(BaseModel):
-    model: str | None = (
-        None  # sentence-transformers name or path; None = bundled all-MiniLM-L6-v2 (or the tuned one)
-    )
+    # sentence-transformers name or path; None = bundled all-MiniLM-L6-v2 (or the tuned one)
+    model: str | None = None
     device: str = "cpu"
     batch_size: int = 16  # encode batch; on 2 CPU cores 8-16 encode fastest (64 is ~10% slower)
-    normalize: bool = (
-        False  # keep raw vectors so L2 matches the report; cosine needs no normalising
-    )
+    # keep raw vectors so L2 matches the report; cosine needs no normalising
+    normalize: bool = False
     # documents (index builds) encoded with int8 linear layers (dynamic, per channel): ~2.4x faster on CPU, p@k
     # within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU, float on GPU; none = float
     quantize: Literal["auto", "int8", "none"] = "auto"
@@ -116,9 +110,8 @@ class EmbeddingConfig(BaseModel):
 class RetrieverTuneConfig(BaseModel):
     """Fine-tuning the embedder on the synthetic training queries (the ``retriever_model`` asset)."""
 
-    documents: IndexName = (
-        "summaries"  # what a query is paired with, and what p@k before/after is measured on
-    )
+    # what a query is paired with, and what p@k before/after is measured on
+    documents: IndexName = "summaries"
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(
         32, ge=2
@@ -135,9 +128,8 @@ class RetrieverTuneConfig(BaseModel):
 
 
 class ChunkConfig(BaseModel):
-    size: int | None = (
-        None  # tokens per chunk; None = the model's max sequence length minus special tokens
-    )
+    # tokens per chunk; None = the model's max sequence length minus special tokens
+    size: int | None = None
     overlap: int = 50  # tokens shared by neighbouring chunks (report: 50)
 
     @field_validator("overlap")
@@ -165,9 +157,8 @@ class RetrievalConfig(BaseModel):
     fusion_depth: int = Field(
         50, ge=1
     )  # documents taken from each ranker before fusing (k wins when larger)
-    chunk_oversample: float = (
-        1.5  # dense: first window = depth × chunks-per-document × this; doubles if short
-    )
+    # dense: first window = depth × chunks-per-document × this; doubles if short
+    chunk_oversample: float = 1.5
     # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded once):
     # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the full index)
     fuse_full_pages: bool = True
@@ -181,12 +172,10 @@ class RetrievalEvalConfig(BaseModel):
     indexes: list[IndexName] = Field(default_factory=lambda: list(INDEX_NAMES))
     modes: list[RetrieverMode] = Field(default_factory=lambda: list(RETRIEVER_MODES))
     query_field: str = "query"
-    target_field: str | None = (
-        None  # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
-    )
-    queries: Path | None = (
-        None  # None = the synthetic evaluation split when written, else the bundled sample
-    )
+    # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
+    target_field: str | None = None
+    # None = the synthetic evaluation split when written, else the bundled sample
+    queries: Path | None = None
     # a serve profile: each query also goes through its agent's search-query step (as a served turn would) and
     # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting adds
     rewrite_with: str | None = None
@@ -202,9 +191,8 @@ class LaunchConfig(BaseModel):
 
     # local checkpoint folder, Hugging Face name, or a base_models entry's name; None with `student` = its final/
     checkpoint: str | None = None
-    tensor_parallel_size: int | None = (
-        None  # None = every GPU the server gets (local: visible; Slurm: the profile's)
-    )
+    # None = every GPU the server gets (local: visible; Slurm: the profile's)
+    tensor_parallel_size: int | None = None
     max_model_len: int | None = None  # None = the model's own context length
     args: list[str] = Field(
         default_factory=list
@@ -215,12 +203,10 @@ class RoleConfig(BaseModel):
     """One model role: which model, where, and how to sample. Any litellm model string works."""
 
     model: str = "openai/Qwen/Qwen2.5-32B-Instruct"  # openai/<name> = any OpenAI-compatible server (vLLM, Ollama)
-    api_base: str | None = (
-        "http://127.0.0.1:8000/v1"  # a local vLLM server; None = the provider's default
-    )
-    api_key_env: str | None = (
-        "T0_LLM_API_KEY"  # name of the environment variable holding the key (never the key)
-    )
+    # a local vLLM server; None = the provider's default
+    api_base: str | None = "http://127.0.0.1:8000/v1"
+    # name of the environment variable holding the key (never the key)
+    api_key_env: str | None = "T0_LLM_API_KEY"
     temperature: float = 0.7
     top_p: float | None = None
     max_tokens: int = 1024
@@ -234,9 +220,8 @@ class RoleConfig(BaseModel):
     structured_output: bool = False
     input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
     output_cost_per_token: float | None = None
-    serve: LaunchConfig | None = (
-        None  # the pipeline starts a server for it; None = api_base is already running
-    )
+    # the pipeline starts a server for it; None = api_base is already running
+    serve: LaunchConfig | None = None
 
     @property
     def served_name(self) -> str:
@@ -290,9 +275,8 @@ class LLMConfig(BaseModel):
         0.5, gt=0, le=1
     )  # share of a stage's calls that may fail (for other reasons) …
     failure_budget_min_calls: int = Field(20, ge=1)  # … counted once this many calls have finished
-    cache_path: Path | None = (
-        None  # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
-    )
+    # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
+    cache_path: Path | None = None
     prompts_dir: Path | None = None  # a folder of replacement prompt templates (same file names)
 
 
@@ -313,9 +297,8 @@ class QueryGenConfig(BaseModel):
     max_top_up_draws: int | None = Field(
         None, ge=0
     )  # draws all those rounds may spend; None = n_train
-    source: Literal["conditions", "summaries"] = (
-        "conditions"  # which text the writer sees (report: full page)
-    )
+    # which text the writer sees (report: full page)
+    source: Literal["conditions", "summaries"] = "conditions"
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
     max_failure_rate: float = 0.05  # asset check: failed draws / requested
     max_refusal_rate: float = 0.5  # asset check: refusals / draws (pages often lack an A&E case)
@@ -330,13 +313,11 @@ class TraceConfig(BaseModel):
 
 
 class SFTConfig(BaseModel):
-    tokenizer: str | None = (
-        None  # student tokenizer name or path; None = a Qwen-style template rendered by hand
-    )
+    # student tokenizer name or path; None = a Qwen-style template rendered by hand
+    tokenizer: str | None = None
     block_size: int = 32768  # tokens (report)
-    overlong: Literal["drop", "truncate"] = (
-        "drop"  # truncating would cut the answer off: drop by default
-    )
+    # truncating would cut the answer off: drop by default
+    overlong: Literal["drop", "truncate"] = "drop"
 
 
 class LoRAConfig(BaseModel):
@@ -421,23 +402,18 @@ class EvalModelConfig(RoleConfig):
     """
 
     backend: Literal["chat", "completions", "transformers", "retrieval"] = "chat"
-    answer: Literal["text", "tool"] = (
-        "text"  # chat: free-text "(condition, severity)" or the submit tool
-    )
+    # chat: free-text "(condition, severity)" or the submit tool
+    answer: Literal["text", "tool"] = "text"
     kind: Literal["base", "fine-tuned", "api", "baseline"] = "base"  # the plot's series
     size: str | None = None  # e.g. "1.5B": the plot's x axis
-    base: str | None = (
-        None  # fine-tuned: the name of its base model's entry (the "below base" check)
-    )
-    student: str | None = (
-        None  # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
-    )
-    budget: BudgetConfig | None = (
-        None  # completions/transformers: thinking budget (markers: chat_format)
-    )
-    tokenizer: str | None = (
-        None  # completions/transformers: chat template source; None = a served checkpoint's own
-    )
+    # fine-tuned: the name of its base model's entry (the "below base" check)
+    base: str | None = None
+    # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
+    student: str | None = None
+    # completions/transformers: thinking budget (markers: chat_format)
+    budget: BudgetConfig | None = None
+    # completions/transformers: chat template source; None = a served checkpoint's own
+    tokenizer: str | None = None
 
 
 # vLLM answers tool calls only when started with these (Qwen2.5 writes hermes-style <tool_call> blocks)
@@ -506,17 +482,15 @@ class EvaluationConfig(BaseModel):
     models: dict[str, EvalModelConfig] = Field(
         default_factory=_default_eval_models
     )  # partition key → model
-    with_sizes: bool = (
-        True  # also evaluate every train.sizes student and its base (entries named here win)
-    )
+    # also evaluate every train.sizes student and its base (entries named here win)
+    with_sizes: bool = True
     ks: list[int] = Field(
         default_factory=lambda: [0, 5]
     )  # 0 = the list of every condition instead of documents
     runs: int = 10  # repeated runs per (model, k); seeds are seed, seed+1, ...
     seed: int = 0
-    queries: Path | None = (
-        None  # None = the synthetic evaluation set; or a .jsonl/.parquet with slug, disposition
-    )
+    # None = the synthetic evaluation set; or a .jsonl/.parquet with slug, disposition
+    queries: Path | None = None
     max_queries: int | None = None  # evaluate the first n (smoke tests)
     index: IndexName = "summaries"  # what k>0 retrieves from (report: summaries, dense)
     mode: RetrieverMode = "dense"
@@ -563,12 +537,10 @@ class ServeProfile(BaseModel):
     """One pipeline configuration behind the service; its name is the model id clients ask for."""
 
     agent: str = "agent"  # llm.roles entry that talks to the user and decides when to search
-    reasoner: str = (
-        "reasoner"  # llm.roles entry that answers over the retrieved documents, thinking first
-    )
-    agent_tools: bool = (
-        True  # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
-    )
+    # llm.roles entry that answers over the retrieved documents, thinking first
+    reasoner: str = "reasoner"
+    # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
+    agent_tools: bool = True
     k: int = 5  # documents retrieved per search
     index: IndexName = "summaries"
     mode: RetrieverMode = "hybrid"
@@ -579,36 +551,30 @@ class ServeProfile(BaseModel):
     # budget forcing for a reasoning student: the reasoner's api_base is then a vLLM *completions*
     # endpoint and the reply arrives whole (thinking, then answer) instead of token by token
     budget: BudgetConfig | None = None
-    tokenizer: str | None = (
-        None  # with budget: the student's chat template; None = ChatML (Qwen's format)
-    )
+    # with budget: the student's chat template; None = ChatML (Qwen's format)
+    tokenizer: str | None = None
 
 
 class ServeConfig(BaseModel):
     """The HTTP service (``t0 serve``)."""
 
     profiles: dict[str, ServeProfile] = Field(default_factory=lambda: {"t0": ServeProfile()})
-    database_url: str | None = (
-        None  # SQLAlchemy URL; None = SQLite at <data>/serve/conversations.sqlite
-    )
-    context_tokens: int = (
-        8192  # history budget sent to a model (system prompt and the new message always kept)
-    )
-    tokenizer: str | None = (
-        None  # counts tokens for trimming; None = about four characters per token
-    )
+    # SQLAlchemy URL; None = SQLite at <data>/serve/conversations.sqlite
+    database_url: str | None = None
+    # history budget sent to a model (system prompt and the new message always kept)
+    context_tokens: int = 8192
+    # counts tokens for trimming; None = about four characters per token
+    tokenizer: str | None = None
     cors_origins: list[str] = Field(
         default_factory=list
     )  # browser origins allowed to call the API (none by default)
     max_request_bytes: int = 65536  # larger request bodies are refused (413)
     max_message_chars: int = 4000  # longer user messages are refused (422)
-    rate_limit_per_minute: int = (
-        60  # requests per API key, shared by every process on the database; 0 = unlimited
-    )
+    # requests per API key, shared by every process on the database; 0 = unlimited
+    rate_limit_per_minute: int = 60
     rate_limit_burst: int = 20
-    auth_failures_per_minute: int = (
-        10  # wrong or missing keys per client address before 429s; 0 = unlimited
-    )
+    # wrong or missing keys per client address before 429s; 0 = unlimited
+    auth_failures_per_minute: int = 10
     # Host names the service answers to (a leading "*." allows subdomains); empty = any with API keys, and
     # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS rebinding
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -629,13 +595,11 @@ class AutomationConfig(BaseModel):
     loads; the automation sensors must be running, as they are by default). The corpus, summaries (LLM ones
     only for new or changed pages), indexes, evaluation queries and reports always follow."""
 
-    synthetic_data: bool = (
-        False  # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
-    )
+    # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
+    synthetic_data: bool = False
     training: bool = False  # every student size retrains when the SFT data changes: GPU hours
-    evaluation: bool = (
-        True  # a student (and its base) is evaluated once its checkpoint is materialised
-    )
+    # a student (and its base) is evaluated once its checkpoint is materialised
+    evaluation: bool = True
 
 
 class PipelineConfig(BaseModel):

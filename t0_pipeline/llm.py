@@ -191,9 +191,8 @@ class LLMReply:
     tool_calls: list[dict[str, str]] = field(
         default_factory=list
     )  # {"name", "arguments" (JSON text)}
-    trouble: str | None = (
-        None  # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
-    )
+    # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
+    trouble: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -364,9 +363,8 @@ class LLMClient:
         self.setting = (
             setting or f"llm.roles.{role}"
         )  # where a user fixes this model's endpoint (for messages)
-        self._batch = (
-            False  # inside run(): an endpoint failure stops every item (see check_endpoint)
-        )
+        # inside run(): an endpoint failure stops every item (see check_endpoint)
+        self._batch = False
         self._fatal: EndpointError | None = None
         self._down_since: float | None = None
         self._last_unreachable = ""

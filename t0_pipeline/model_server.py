@@ -33,9 +33,8 @@ from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, Rol
 
 R = TypeVar("R", bound=RoleConfig)
 ENDPOINT_TAG = "t0-server-endpoint"  # a Slurm server job prints this line, then its URL, before starting the server
-PORT_VAR = (
-    "T0SERVERPORT"  # stands for the job's port in a Slurm command line (the shell fills it in)
-)
+# stands for the job's port in a Slurm command line (the shell fills it in)
+PORT_VAR = "T0SERVERPORT"
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 # what a server's log says when it cannot start, and what to do about it (first match wins)

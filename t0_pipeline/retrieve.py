@@ -192,9 +192,8 @@ class Retriever:
         self._bm25_slugs: list[str] = []
         self._stemmer = None
         self._full: Retriever | None = None
-        self._exact_chunks: ExactChunks | bool | None = (
-            None  # None = not read yet, False = too many chunks
-        )
+        # None = not read yet, False = too many chunks
+        self._exact_chunks: ExactChunks | bool | None = None
 
     # --- dense ---------------------------------------------------------------------
     @property

@@ -66,9 +66,8 @@ class FakeLLMState:
     rules: list[Rule] = field(default_factory=list)
     latency_s: float = 0.0  # added to every reply
     hang_s: float = 30.0  # how long a "hang" fault sleeps
-    chunk_delay_s: float = (
-        0.0  # between streamed pieces (a slow model; lets a test kill the server mid-answer)
-    )
+    # between streamed pieces (a slow model; lets a test kill the server mid-answer)
+    chunk_delay_s: float = 0.0
     retry_after: str = "1"
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0

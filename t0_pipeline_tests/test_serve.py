@@ -407,9 +407,8 @@ def test_failing_models_give_plain_errors_mark_the_turn_failed_and_retry_works_o
     with FakeLLM() as server:
         script(server)
         app, cfg = make_app(built, retriever, tmp_path, server.api_base, reasoner_api_base=dead)
-        cfg.llm.max_attempts = (
-            5  # the pipeline's patience: serving must not use it (serve.model_attempts)
-        )
+        # the pipeline's patience: serving must not use it (serve.model_attempts)
+        cfg.llm.max_attempts = 5
         with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
             tid = client.post("/api/threads", json={}).json()["id"]
             started = time.monotonic()

@@ -89,19 +89,16 @@ class TrainingCompute(dg.ConfigurableResource):
     )  # project charged (required on most sites)
     partition: Optional[str] = None  # Slurm partition; defaults to the site profile's
     qos: Optional[str] = None  # Slurm QoS; defaults to the site profile's
-    deepspeed: Optional[str] = (
-        None  # None = the config's train.deepspeed; or auto, zero3, zero3_offload, none
-    )
+    # None = the config's train.deepspeed; or auto, zero3, zero3_offload, none
+    deepspeed: Optional[str] = None
     ssh_host: Optional[str] = None
     ssh_port: int = 22
     ssh_user: Optional[str] = None
     ssh_key_path: Optional[str] = None  # a private key file; never the key itself
-    env_path: Optional[str] = (
-        None  # pre-deployed environment on shared storage (see `t0 slurm-env`)
-    )
-    remote_base: Optional[str] = (
-        None  # where dagster-slurm stages job scripts and logs on the cluster
-    )
+    # pre-deployed environment on shared storage (see `t0 slurm-env`)
+    env_path: Optional[str] = None
+    # where dagster-slurm stages job scripts and logs on the cluster
+    remote_base: Optional[str] = None
     queue_wait_hours: int = 72  # how long to wait for a job to start before giving up watching it
 
     def run(
@@ -301,9 +298,8 @@ class ModelServer(dg.ConfigurableResource):
     account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None
     partition: Optional[str] = None
     qos: Optional[str] = None
-    venv: Optional[str] = (
-        None  # exported as $T0_VENV in the job (profiles' setup lines activate it)
-    )
+    # exported as $T0_VENV in the job (profiles' setup lines activate it)
+    venv: Optional[str] = None
     ssh_host: Optional[str] = None  # None = sbatch/squeue/scancel run on this machine
     ssh_port: int = 22
     ssh_user: Optional[str] = None

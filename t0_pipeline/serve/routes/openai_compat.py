@@ -31,9 +31,8 @@ class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessage]
     stream: bool = False
-    demographics: Optional[Demographics] = (
-        None  # an extension: the person's details for the reasoner
-    )
+    # an extension: the person's details for the reasoner
+    demographics: Optional[Demographics] = None
 
 
 def explained(exc: T0Error) -> str:
