@@ -60,6 +60,7 @@ from t0_pipeline.scoring import (
     score,
     summarise_runs,
 )
+from t0_pipeline.validate import students_below_base
 
 log = logging.getLogger(__name__)
 
@@ -712,29 +713,6 @@ def read_summaries(paths: DataPaths, config: EvaluationConfig) -> dict[str, dict
         if f.exists():
             out[name] = json.loads(f.read_text(encoding="utf-8"))
     return out
-
-
-def students_below_base(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fine-tuned models whose mean condition accuracy is below their base's at the same k on the same queries."""
-    found = []
-    for name, s in summaries.items():
-        base = summaries.get(s.get("base") or "")
-        if s["kind"] != "fine-tuned" or base is None or base["queries_hash"] != s["queries_hash"]:
-            continue
-        for k, stats in s["by_k"].items():
-            theirs = base["by_k"].get(k, {}).get("condition_accuracy")
-            ours = stats.get("condition_accuracy")
-            if theirs and ours and ours[0] < theirs[0]:
-                found.append(
-                    {
-                        "student": name,
-                        "base": s["base"],
-                        "k": int(k),
-                        "student_accuracy": round(ours[0], 4),
-                        "base_accuracy": round(theirs[0], 4),
-                    }
-                )
-    return found
 
 
 def _size_key(size: str | None) -> float:

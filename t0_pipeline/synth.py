@@ -37,6 +37,7 @@ from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
 from t0_pipeline.demographics import WrittenDemographics
 from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
 from t0_pipeline.prompts import load_template, render
+from t0_pipeline.validate import disjoint_problems
 
 log = logging.getLogger(__name__)
 
@@ -323,45 +324,6 @@ def _generate(
         "seed": config.seed,
     }
     return eval_df, train_df, report
-
-
-def query_set_problems(
-    df: pl.DataFrame, split: dict[str, Any], config: QueryGenConfig
-) -> list[str]:
-    """What is wrong with one query set: repeated ids or texts, or cells further apart than its losses explain.
-
-    A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most one; each
-    query lost afterwards (failed, refused to the end, overlapping, repeated) may widen that by one more.
-    """
-    problems = []
-    if df["id"].n_unique() != df.height:
-        problems.append(f"{df.height - df['id'].n_unique()} repeated ids")
-    distinct = len({text_key(text) for text in df["query"]})
-    if distinct != df.height:
-        problems.append(f"{df.height - distinct} repeated query texts")
-    if df.height:
-        combos = len(config.query_types) * len(config.dispositions) * len(config.sexes)
-        counts = list(cell_counts(df).values())
-        counts += [0] * (combos - len(counts))  # cells that got no query at all
-        lost = (
-            len(split["failures"])
-            + split["gave_up"]
-            + split["removed_overlaps"]
-            + split["repeated_texts"]
-        )
-        if max(counts) - min(counts) > 1 + lost:
-            problems.append(
-                f"cells range from {min(counts)} to {max(counts)} queries, more than the "
-                f"{lost} lost draws explain"
-            )
-    return problems
-
-
-def disjoint_problems(eval_df: pl.DataFrame, train_df: pl.DataFrame) -> list[str]:
-    pairs = set(zip(eval_df["slug"], eval_df["disposition"])) & set(
-        zip(train_df["slug"], train_df["disposition"])
-    )
-    return [f"({s}, {d}) is in both sets" for s, d in sorted(pairs)]
 
 
 def run_generate_queries(

@@ -1,6 +1,8 @@
 """Pure validators behind the asset checks (and usable from tests and notebooks).
 
-Each returns a list of problems, one sentence each; an empty list means the check passed.
+Each returns a list of problems, one sentence each; an empty list means the check passed (a
+few rates come with them, for the checks' metadata). Every asset check in ``defs/`` reads its
+asset's files, calls one of these and reports.
 """
 
 from __future__ import annotations
@@ -133,3 +135,141 @@ def prediction_problems(predictions: pl.DataFrame, summary: dict) -> list[str]:
     ):
         problems.append("a (k, run, query) is predicted twice")
     return problems
+
+
+# --- corpus ------------------------------------------------------------------------------------
+def crawl_failures(report: dict[str, Any]) -> list[str]:
+    """Condition pages the crawl could not fetch, from its report."""
+    return [f"{f['slug']} ({f['url']}): {f['error']}" for f in report.get("failed", [])]
+
+
+# --- retrieval ---------------------------------------------------------------------------------
+def unresolvable_queries(queries: list[Any], corpus: set[str]) -> list[str]:
+    """Evaluation queries none of whose targets is a document of the corpus (their first 60 characters)."""
+    return [q.query[:60] for q in queries if not any(t in corpus for t in q.targets)]
+
+
+def embedder_choice_problems(last_run: dict[str, Any], tuned_in_use: bool) -> list[str]:
+    """The tuned embedder is in use exactly when its last run measured a gain."""
+    if tuned_in_use and not last_run["used"]:
+        return ["the tuned embedder is in use, but its last run did not measure it better"]
+    if last_run["used"] and not tuned_in_use:
+        return ["the tuned embedder measured better, but the indexes do not use it"]
+    if last_run["used"] and not last_run["gain"] > 0:
+        return [f"the tuned embedder is in use with a gain of {last_run['gain']}"]
+    return []
+
+
+# --- synthetic queries and traces -------------------------------------------------------------
+def disjoint_problems(eval_df: pl.DataFrame, train_df: pl.DataFrame) -> list[str]:
+    """(condition, disposition) pairs found in both the evaluation and the training queries."""
+    pairs = set(zip(eval_df["slug"], eval_df["disposition"])) & set(
+        zip(train_df["slug"], train_df["disposition"])
+    )
+    return [f"({s}, {d}) is in both sets" for s, d in sorted(pairs)]
+
+
+def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: Any) -> list[str]:
+    """What is wrong with one query set: repeated ids or texts, or cells further apart than its losses explain.
+
+    A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most one; each
+    query lost afterwards (failed, refused to the end, overlapping, repeated) may widen that by one more.
+    """
+    from t0_pipeline.synth import cell_counts, text_key
+
+    problems = []
+    if df["id"].n_unique() != df.height:
+        problems.append(f"{df.height - df['id'].n_unique()} repeated ids")
+    distinct = len({text_key(text) for text in df["query"]})
+    if distinct != df.height:
+        problems.append(f"{df.height - distinct} repeated query texts")
+    if df.height:
+        combos = len(config.query_types) * len(config.dispositions) * len(config.sexes)
+        counts = list(cell_counts(df).values())
+        counts += [0] * (combos - len(counts))  # cells that got no query at all
+        lost = (
+            len(split["failures"])
+            + split["gave_up"]
+            + split["removed_overlaps"]
+            + split["repeated_texts"]
+        )
+        if max(counts) - min(counts) > 1 + lost:
+            problems.append(
+                f"cells range from {min(counts)} to {max(counts)} queries, more than the "
+                f"{lost} lost draws explain"
+            )
+    return problems
+
+
+def json_validity_rate(usage: dict[str, Any]) -> float:
+    """Share of the query writer's replies that were valid JSON (after one repair)."""
+    replies = usage["completed"] + usage["cache_hits"] - usage["repairs"]
+    return 1.0 - usage["invalid_json"] / max(1, replies)
+
+
+def json_validity_problems(usage: dict[str, Any], min_rate: float = 0.95) -> list[str]:
+    rate = json_validity_rate(usage)
+    return (
+        []
+        if rate >= min_rate
+        else [f"{rate:.1%} of replies were valid JSON (at least {min_rate:.0%} expected)"]
+    )
+
+
+def query_rates(report: dict[str, Any]) -> dict[str, float]:
+    """Failure and refusal rates of a query-writing run, over everything it asked for."""
+    requested = (
+        report["eval"]["requested"] + report["train"]["requested"] + report["train"]["top_up_draws"]
+    )
+    failed = len(report["eval"]["failures"]) + len(report["train"]["failures"])
+    refusals = report["eval"]["refusals"] + report["train"]["refusals"]
+    return {
+        "failure_rate": failed / max(1, requested),
+        "refusal_rate": refusals / max(1, requested + refusals),
+    }
+
+
+def query_rate_problems(
+    report: dict[str, Any], max_failure_rate: float, max_refusal_rate: float
+) -> list[str]:
+    rates = query_rates(report)
+    problems = []
+    if rates["failure_rate"] > max_failure_rate:
+        problems.append(f"failure rate {rates['failure_rate']:.1%} is over {max_failure_rate:.1%}")
+    if rates["refusal_rate"] > max_refusal_rate:
+        problems.append(f"refusal rate {rates['refusal_rate']:.1%} is over {max_refusal_rate:.1%}")
+    return problems
+
+
+def traces_outside_retrieved(traces: pl.DataFrame) -> list[str]:
+    """Kept traces whose answer names none of the documents they were shown (nor 'inconclusive')."""
+    return traces.filter(pl.col("kept") & ~pl.col("condition_in_retrieved"))["id"].to_list()
+
+
+def parsable_in_retrieved_share(traces: pl.DataFrame) -> float:
+    parsable = traces.filter(pl.col("parsable"))
+    return float(parsable["condition_in_retrieved"].mean()) if parsable.height else 1.0
+
+
+# --- evaluation --------------------------------------------------------------------------------
+def students_below_base(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fine-tuned models whose mean condition accuracy is below their base's at the same k on the same queries."""
+    found = []
+    for name, s in summaries.items():
+        base = summaries.get(s.get("base") or "")
+        if s["kind"] != "fine-tuned" or base is None or base["queries_hash"] != s["queries_hash"]:
+            continue
+        for k, stats in s["by_k"].items():
+            theirs = base["by_k"].get(k, {}).get("condition_accuracy")
+            ours = stats.get("condition_accuracy")
+            if theirs and ours and ours[0] < theirs[0]:
+                found.append(
+                    {
+                        "student": name,
+                        "base": s["base"],
+                        "k": int(k),
+                        "student_accuracy": round(ours[0], 4),
+                        "base_accuracy": round(theirs[0], 4),
+                    }
+                )
+    return found

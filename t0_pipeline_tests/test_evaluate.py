@@ -14,8 +14,8 @@ from t0_pipeline.evaluate import (
     combine,
     load_eval_queries,
     run_evaluation,
-    students_below_base,
 )
+from t0_pipeline.validate import students_below_base
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 

@@ -11,11 +11,10 @@ import polars as pl
 from t0_pipeline.artifacts import sha256_text
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig, RoleConfig
 from t0_pipeline.synth import (
-    disjoint_problems,
-    query_set_problems,
     remove_overlaps,
     run_generate_queries,
 )
+from t0_pipeline.validate import disjoint_problems, query_set_problems
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 PAGES = {

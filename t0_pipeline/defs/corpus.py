@@ -82,14 +82,13 @@ def condition_pages(
 def all_pages_fetched(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json
 
-    report = json.loads(settings.paths().crawl_report.read_text())
+    from t0_pipeline.validate import crawl_failures
+
+    failures = crawl_failures(json.loads(settings.paths().crawl_report.read_text()))
     return dg.AssetCheckResult(
-        passed=not report["failed"],
+        passed=not failures,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "failed": len(report["failed"]),
-            "first_failures": dg.MetadataValue.json(report["failed"][:10]),
-        },
+        metadata={"failed": len(failures), "first_failures": dg.MetadataValue.json(failures[:10])},
     )
 
 

@@ -24,7 +24,8 @@ from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_c
 from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries, usage_metadata
 from t0_pipeline.defs.training import student_checkpoint
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries, students_below_base
+from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries
+from t0_pipeline.validate import students_below_base
 
 GROUP = "evaluation"
 

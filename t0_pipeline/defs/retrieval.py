@@ -216,14 +216,10 @@ def eval_queries(
 )
 def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.retrieve import corpus_slugs
+    from t0_pipeline.validate import unresolvable_queries
 
     paths = settings.paths()
-    corpus = corpus_slugs(paths)
-    bad = [
-        q.query[:60]
-        for q in read_saved_queries(paths.eval_queries)
-        if not any(t in corpus for t in q.targets)
-    ]
+    bad = unresolvable_queries(read_saved_queries(paths.eval_queries), corpus_slugs(paths))
     return dg.AssetCheckResult(
         passed=not bad,
         metadata={"unresolvable": len(bad), "examples": dg.MetadataValue.json(bad[:5])},
@@ -368,15 +364,18 @@ def retriever_model(
 def better_embedder_in_use(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json
 
+    from t0_pipeline.validate import embedder_choice_problems
+
     paths = settings.paths()
     last = json.loads((paths.retriever_dir / "last_run.json").read_text(encoding="utf-8"))
     active = paths.retriever_dir / "active.json"
     in_use = settings.pipeline_config().embedding.model
     tuned_in_use = in_use is not None and active.exists() and in_use == last["model_dir"]
-    passed = tuned_in_use == last["used"] and (not last["used"] or last["gain"] > 0)
+    problems = embedder_choice_problems(last, tuned_in_use)
     return dg.AssetCheckResult(
-        passed=passed,
+        passed=not problems,
         metadata={
+            "problems": dg.MetadataValue.json(problems),
             "before": dg.MetadataValue.json(last["before"]),
             "after": dg.MetadataValue.json(last["after"]),
             "tuned_in_use": tuned_in_use,

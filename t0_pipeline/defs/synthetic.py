@@ -28,9 +28,19 @@ from t0_pipeline.index import build_bm25_index, build_dense_index
 from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
 from t0_pipeline.sft import run_sft
 from t0_pipeline.summarise import run_summarise
-from t0_pipeline.synth import disjoint_problems, query_set_problems, run_generate_queries
+from t0_pipeline.synth import run_generate_queries
 from t0_pipeline.traces import run_traces
-from t0_pipeline.validate import summary_problems
+from t0_pipeline.validate import (
+    disjoint_problems,
+    json_validity_problems,
+    json_validity_rate,
+    parsable_in_retrieved_share,
+    query_rate_problems,
+    query_rates,
+    query_set_problems,
+    summary_problems,
+    traces_outside_retrieved,
+)
 
 GROUP = "synthetic_data"
 
@@ -377,10 +387,10 @@ def queries_distinct_and_balanced(settings: PipelineSettings) -> dg.AssetCheckRe
 )
 def query_json_validity(settings: PipelineSettings) -> dg.AssetCheckResult:
     usage = _query_report(settings)["usage"]
-    replies = usage["completed"] + usage["cache_hits"] - usage["repairs"]
-    rate = 1.0 - usage["invalid_json"] / max(1, replies)
+    problems = json_validity_problems(usage, 0.95)
     return dg.AssetCheckResult(
-        passed=rate >= 0.95, metadata={"json_validity_rate": rate, "repairs": usage["repairs"]}
+        passed=not problems,
+        metadata={"json_validity_rate": json_validity_rate(usage), "repairs": usage["repairs"]},
     )
 
 
@@ -390,17 +400,11 @@ def query_json_validity(settings: PipelineSettings) -> dg.AssetCheckResult:
 )
 def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg, report = settings.pipeline_config().queries, _query_report(settings)
-    requested = (
-        report["eval"]["requested"] + report["train"]["requested"] + report["train"]["top_up_draws"]
-    )
-    failed = len(report["eval"]["failures"]) + len(report["train"]["failures"])
-    refusals = report["eval"]["refusals"] + report["train"]["refusals"]
-    failure_rate, refusal_rate = failed / max(1, requested), refusals / max(1, requested + refusals)
+    problems = query_rate_problems(report, cfg.max_failure_rate, cfg.max_refusal_rate)
     return dg.AssetCheckResult(
-        passed=failure_rate <= cfg.max_failure_rate and refusal_rate <= cfg.max_refusal_rate,
+        passed=not problems,
         metadata={
-            "failure_rate": failure_rate,
-            "refusal_rate": refusal_rate,
+            **query_rates(report),
             "max_failure_rate": cfg.max_failure_rate,
             "max_refusal_rate": cfg.max_refusal_rate,
         },
@@ -451,15 +455,12 @@ def reasoning_traces(
 )
 def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResult:
     traces = pl.read_parquet(settings.paths().traces)
-    kept = traces.filter(pl.col("kept"))
-    bad = kept.filter(~pl.col("condition_in_retrieved"))["id"].to_list()
-    parsable = traces.filter(pl.col("parsable"))
-    share = float(parsable["condition_in_retrieved"].mean()) if parsable.height else 1.0
+    bad = traces_outside_retrieved(traces)
     return dg.AssetCheckResult(
         passed=not bad,
         metadata={
             "kept_not_in_retrieved": dg.MetadataValue.json(bad[:20]),
-            "share_of_parsable_in_retrieved": share,
+            "share_of_parsable_in_retrieved": parsable_in_retrieved_share(traces),
         },
     )
 
