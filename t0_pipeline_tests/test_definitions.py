@@ -46,7 +46,8 @@ def test_definitions_load_with_lineage_groups_and_checks():
 
 
 def observe_source(resources, instance) -> str:
-    """Run an observation of corpus_source the way the daily schedule does; return its data version."""
+    """Run an observation of corpus_source the way the daily schedule does; return its data
+    version."""
     job = dg.define_asset_job("observe", selection=[corpus_source])
     result = (
         dg.Definitions(assets=[corpus_source], jobs=[job], resources=resources)
@@ -93,7 +94,8 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
     data = tmp_path / "data"
     assert pl.read_parquet(data / "corpus" / "conditions.parquet").height == 4
 
-    # a change to the source shows as a new data version, and an incremental rebuild touches one document
+    # a change to the source shows as a new data version, and an incremental rebuild touches one
+    # document
     before = observe_source(resources, instance)
     changed = [dict(p) for p in PAGES]
     changed[1]["text"] += " It can also stain the nails."
@@ -124,8 +126,9 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
 def test_the_default_graph_builds_on_a_corpus_unlike_the_sample_then_scores_its_synthetic_evaluation_split(
     tmp_path,
 ):
-    """No query file configured: the sample's conditions are not in this corpus, so nothing fails and nothing is
-    scored; once a synthetic evaluation split exists, eval_queries takes it (slug targets) and p@k follows."""
+    """No query file configured: the sample's conditions are not in this corpus, so nothing fails
+    and nothing is scored; once a synthetic evaluation split exists, eval_queries takes it (slug
+    targets) and p@k follows."""
     pages = write_jsonl(tmp_path / "pages.jsonl", PAGES)
     resources = {
         "settings": PipelineSettings(
@@ -189,9 +192,10 @@ def test_the_default_graph_builds_on_a_corpus_unlike_the_sample_then_scores_its_
 def test_a_new_source_version_asks_for_exactly_the_cheap_chain_and_nothing_that_calls_a_model(
     tmp_path,
 ):
-    """Dagster's own automation evaluation over the real definitions: after a source change, the corpus,
-    summaries, indexes, evaluation queries and report are requested in one tick; model-calling, training and
-    evaluation assets are not (automation.synthetic_data / training are off by default)."""
+    """Dagster's own automation evaluation over the real definitions: after a source change, the
+    corpus, summaries, indexes, evaluation queries and report are requested in one tick;
+    model-calling, training and evaluation assets are not (automation.synthetic_data / training are
+    off by default)."""
     from t0_pipeline.definitions import defs as location
 
     pages = write_jsonl(tmp_path / "pages.jsonl", PAGES)
@@ -257,7 +261,8 @@ def test_a_new_source_version_asks_for_exactly_the_cheap_chain_and_nothing_that_
 
 
 def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
-    """Code versions hash each asset's stage modules and prompt files; Dagster reads a changed one as stale."""
+    """Code versions hash each asset's stage modules and prompt files; Dagster reads a changed one
+    as stale."""
     import shutil
     from importlib import resources as package
 
@@ -306,7 +311,7 @@ def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
         )
 
 
-def test_code_versions_follow_the_code_not_its_layout_or_comments():
+def test_code_versions_follow_the_code_not_its_layout_comments_or_docstrings():
     from t0_pipeline.defs.versions import code_fingerprint
 
     original = b"def cut(x, limit=5):\n    return x[:limit]  # keep the head\n"
@@ -314,5 +319,8 @@ def test_code_versions_follow_the_code_not_its_layout_or_comments():
         b"# a helper\ndef cut(\n    x,\n    limit=5,\n):\n    return x[\n        :limit\n    ]\n"
     )
     changed = b"def cut(x, limit=6):\n    return x[:limit]  # keep the head\n"
-    assert code_fingerprint(original) == code_fingerprint(reformatted)
+    documented = b'def cut(x, limit=5):\n    """The head."""\n    return x[:limit]\n'
+    assert (
+        code_fingerprint(original) == code_fingerprint(reformatted) == code_fingerprint(documented)
+    )
     assert code_fingerprint(original) != code_fingerprint(changed)

@@ -1,7 +1,8 @@
-"""Code versions derived from what each asset's result depends on: the stage modules' source and the prompt
-templates it renders (the user's ``llm.prompts_dir`` copies when set). Editing a prompt file or a stage's code
-changes the version of exactly the assets that use it, and Dagster shows them stale; reformatting code or editing
-its comments does not (the code is hashed as its syntax tree).
+"""Code versions derived from what each asset's result depends on: the stage modules' source and the
+prompt templates it renders (the user's ``llm.prompts_dir`` copies when set). Editing a prompt file
+or a stage's code changes the version of exactly the assets that use it, and Dagster shows them
+stale; reformatting code or editing its comments or docstrings does not (the code is hashed as its
+syntax tree, docstrings left out).
 """
 
 from __future__ import annotations
@@ -46,11 +47,23 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def code_fingerprint(source: bytes) -> bytes:
-    """Python source as its syntax tree: reformatting it or editing its comments leaves its assets fresh."""
+    """Python source as its syntax tree without docstrings: reformatting it or editing its comments
+    and docstrings leaves its assets fresh."""
     try:
-        return ast.dump(ast.parse(source)).encode()
+        tree = ast.parse(source)
     except SyntaxError:
         return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def _module_source(name: str) -> bytes:
@@ -59,7 +72,8 @@ def _module_source(name: str) -> bytes:
 
 
 def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool = True) -> str:
-    """A short hash of the sources and prompt templates ``asset`` depends on (see :data:`DEPENDS_ON`)."""
+    """A short hash of the sources and prompt templates ``asset`` depends on (see
+    :data:`DEPENDS_ON`)."""
     modules, prompts = DEPENDS_ON[asset]
     prompts = prompts if with_prompts else ()
     digest = hashlib.sha256()
