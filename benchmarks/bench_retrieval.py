@@ -1,19 +1,21 @@
-"""Retrieval quality and index speed on the real NHS pages, judged on our own patient-style query sets.
+"""Retrieval quality and index speed on the real NHS pages, judged on our own patient-style query
+sets.
 
     python benchmarks/bench_retrieval.py [--sets dev,test] [--no-tune] [--latency-queries 300]
 
-On ../shared/bench/nhs/conditions.jsonl (~700 pages; outside the repository), with the project's defaults:
-  1. index build time (full pages + summaries, chunking + encoding + Chroma writes) against the reference
-     method's cost, a plain float PyTorch sentence-transformers encode of the very same chunks (batch 32,
-     its default), measured in the same run; and where the build's time goes;
-  2. p@k (1, 5, 10, 30) for every index × mode on each query set, for the int8-document index (default on
-     CPU) next to the all-float one, with the largest difference;
+On ../shared/bench/nhs/conditions.jsonl (~700 pages; outside the repository), with the project's
+defaults:
+  1. index build time (full pages + summaries, chunking + encoding + Chroma writes) against the
+     reference method's cost, a plain float PyTorch sentence-transformers encode of the very same
+     chunks (batch 32, its default), measured in the same run; and where the build's time goes;
+  2. p@k (1, 5, 10, 30) for every index × mode on each query set, for the int8-document index
+     (default on CPU) next to the all-float one, with the largest difference;
   3. query latency p50/p99 per mode on the summaries index (one query per call, k=5);
-  4. the retriever fine-tuned on the development set's pairs (standing in for synthetic training queries),
-     time and dense p@k on the test set before and after.
+  4. the retriever fine-tuned on the development set's pairs (standing in for synthetic training
+     queries), time and dense p@k on the test set before and after.
 
-Query sets: benchmarks/queries/patient_dev.jsonl (used while developing) and patient_test.jsonl (looked at
-only when reporting): first-person descriptions we wrote, labelled with acceptable slugs.
+Query sets: benchmarks/queries/patient_dev.jsonl (used while developing) and patient_test.jsonl
+(looked at only when reporting): first-person descriptions we wrote, labelled with acceptable slugs.
 Figures are printed and written to benchmarks/results/retrieval.json.
 """
 
@@ -81,7 +83,8 @@ def prepare(root: Path) -> DataPaths:
 
 
 def build(paths: DataPaths, embedding: EmbeddingConfig, embedder) -> tuple[dict, float]:
-    """Dense (both indexes, fresh store) and BM25 indexes; returns (stats, seconds for the dense part)."""
+    """Dense (both indexes, fresh store) and BM25 indexes; returns (stats, seconds for the dense
+    part)."""
     from t0_pipeline.index import build_bm25_index, build_dense_index, chroma_client
 
     started = time.perf_counter()
@@ -108,7 +111,8 @@ def build(paths: DataPaths, embedding: EmbeddingConfig, embedder) -> tuple[dict,
 def pk_tables(
     paths: DataPaths, embedding: EmbeddingConfig, embedder, sets: dict
 ) -> dict[str, pl.DataFrame]:
-    """The p@k table per query set, plus a row for summaries · hybrid without the full pages fused in."""
+    """The p@k table per query set, plus a row for summaries · hybrid without the full pages fused
+    in."""
     from t0_pipeline.retrieval_eval import evaluate_retrieval, first_hit_rank, precision_at_k
     from t0_pipeline.retrieve import Retriever
 

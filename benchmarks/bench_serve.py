@@ -1,4 +1,5 @@
-"""The service's own overhead per message, and its throughput, with a model server that replies instantly.
+"""The service's own overhead per message, and its throughput, with a model server that replies
+instantly.
 
 The ~700-page NHS extracts (../shared/bench/nhs/conditions.jsonl) are built once into
 benchmarks/results/serve_data/ (reused on later runs). ``t0 serve`` then runs as its own
@@ -127,8 +128,9 @@ def message(i: int) -> str:
 
 
 def searches_alone(data: Path, n: int, gap_s: float = 0.0) -> list[float]:
-    """The searches the service ran (the scripted agent searches "symptoms: <message>"), timed alone: back to
-    back, or with ``gap_s`` idle between them as in the service (caches and idle cores cool between messages)."""
+    """The searches the service ran (the scripted agent searches "symptoms: <message>"), timed
+    alone: back to back, or with ``gap_s`` idle between them as in the service (caches and idle
+    cores cool between messages)."""
     from t0_pipeline.config import load_config
     from t0_pipeline.retrieve import Retriever
 

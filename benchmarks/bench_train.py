@@ -1,15 +1,17 @@
-"""Student-training throughput: tokens/s, peak memory and model FLOPs utilisation of the real trainer.
+"""Student-training throughput: tokens/s, peak memory and model FLOPs utilisation of the real
+trainer.
 
 Builds a model from a config in the shape of a Qwen2.5 student (no weights are downloaded), an SFT
 dataset of full-length chats, and runs ``t0_pipeline.train.train`` for a few steps with and without
 gradient checkpointing. On one GPU the default is the 0.5B shape at block size 8,192 under DeepSpeed
 ZeRO-3 (target: MFU >= 35% on one H100); on CPU use ``--shape tiny`` to check that the script runs.
 
-    python benchmarks/bench_train.py                                  # GPU: 0.5B, block 8192, ZeRO-3
-    python benchmarks/bench_train.py --shape tiny --block 256 --steps 3 --deepspeed none   # CPU smoke run
+    python benchmarks/bench_train.py                                  # GPU: 0.5B, block 8192,
+    ZeRO-3 python benchmarks/bench_train.py --shape tiny --block 256 --steps 3 --deepspeed none   #
+    CPU smoke run
 
-MFU counts the model's FLOPs per token as 6 × (parameters outside the input embedding) plus
-12 × layers × hidden × block / 2 for causal attention, against the GPU's dense bf16 peak (--peak-tflops;
+MFU counts the model's FLOPs per token as 6 × (parameters outside the input embedding) plus 12 ×
+layers × hidden × block / 2 for causal attention, against the GPU's dense bf16 peak (--peak-tflops;
 989 for H100/H200 SXM). Recomputation under gradient checkpointing is not counted, by convention.
 Figures are printed as a table and written to benchmarks/results/train.json.
 """
@@ -47,7 +49,8 @@ SHAPES = {  # Qwen2.5-0.5B's shape (151,936-token vocabulary); tiny for CPU smok
 
 
 def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, dict]:
-    """A random-initialised model + word-level ChatML tokenizer in ``root/model`` and an SFT parquet of full blocks."""
+    """A random-initialised model + word-level ChatML tokenizer in ``root/model`` and an SFT parquet
+    of full blocks."""
     import polars as pl
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -66,7 +69,8 @@ def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, di
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
-    # ~16 tokens of chat scaffolding; the rest split 3:1 between question and answer, so each chat fills the block
+    # ~16 tokens of chat scaffolding; the rest split 3:1 between question and answer, so each chat
+    # fills the block
     room = block - 16
     chats = []
     for r in range(rows):

@@ -1,4 +1,5 @@
-"""t0-pipeline: document collection → lean retrieval-augmented reasoning model, as Dagster assets."""
+"""t0-pipeline: document collection → lean retrieval-augmented reasoning model, as Dagster
+assets."""
 
 import os
 

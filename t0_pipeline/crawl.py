@@ -9,7 +9,8 @@ concurrency limit, retries with backoff honouring Retry-After, conditional reque
 :class:`MirrorFetcher` (a wget-style directory: ``<slug>/index.html``,
 ``<slug>/<sub>/index.html``). The bundled sample corpus is such a mirror.
 
-Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config t0.yaml --data-dir DIR``.
+Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config t0.yaml --data-dir
+DIR``.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ TEXT_TYPES = ("text/", "application/xhtml", "application/xml")
 
 
 def refuse_non_text(raw: bytes, content_type: str | None, where: str) -> None:
-    """Raise FetchError for a body that is not text: a non-text Content-Type, or bytes that look binary."""
+    """Raise FetchError for a body that is not text: a non-text Content-Type, or bytes that look
+    binary."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind and not kind.startswith(TEXT_TYPES):
         raise FetchError(f"{where}: not text (Content-Type {kind}); page refused")
@@ -119,7 +121,8 @@ class Fetcher(Protocol):
 
 
 def decode_body(raw: bytes, declared: str | None, where: str) -> tuple[str, str | None]:
-    """Decode page bytes; bytes that are not valid in the declared charset are replaced and reported."""
+    """Decode page bytes; bytes that are not valid in the declared charset are replaced and
+    reported."""
     encoding = declared or "utf-8"
     try:
         return raw.decode(encoding), None
@@ -267,7 +270,8 @@ class HttpFetcher:
         raise FetchError(f"{error} after {self.config.max_attempts} attempts", status)
 
     async def _once(self, url: str, headers: dict[str, str]) -> Reply:
-        """One GET within the deadline, following same-host redirects, reading at most max_page_bytes."""
+        """One GET within the deadline, following same-host redirects, reading at most
+        max_page_bytes."""
         cap, origin = self.config.max_page_bytes, urlsplit(url)
         async with asyncio.timeout(self.config.deadline_s):
             current = url
@@ -574,7 +578,8 @@ def _tally(
     rows: list[dict[str, Any]],
     report: CrawlReport,
 ) -> None:
-    """Add one condition's outcome to the pages and the report; a failure keeps the previous version."""
+    """Add one condition's outcome to the pages and the report; a failure keeps the previous
+    version."""
     if result is None:
         report.failed.append({"slug": link.slug, "url": link.url, "error": error or "unknown"})
         log.warning(

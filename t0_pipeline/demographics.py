@@ -1,5 +1,6 @@
-"""A person's details, one definition for every stage: what a query writer must give, what a chat user may
-give, and the one text the prompts show them as (synthetic queries, traces, evaluation, serving)."""
+"""A person's details, one definition for every stage: what a query writer must give, what a chat
+user may give, and the one text the prompts show them as (synthetic queries, traces, evaluation,
+serving)."""
 
 from __future__ import annotations
 

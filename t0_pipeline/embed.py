@@ -32,15 +32,17 @@ def default_model_path() -> str:
 
 
 def quantized(config: EmbeddingConfig) -> bool:
-    """Documents encoded in int8: when asked, or by default on CPU (~2.4x faster there); float on GPUs."""
+    """Documents encoded in int8: when asked, or by default on CPU (~2.4x faster there); float on
+    GPUs."""
     return config.quantize == "int8" or (
         config.quantize == "auto" and config.device.startswith("cpu")
     )
 
 
 def model_name(config: EmbeddingConfig) -> str:
-    """The model identifier recorded in manifests: the configured name, or the bundled default's name, marked
-    when documents are int8 (their vectors differ slightly, so an index built one way is rebuilt the other)."""
+    """The model identifier recorded in manifests: the configured name, or the bundled default's
+    name, marked when documents are int8 (their vectors differ slightly, so an index built one way
+    is rebuilt the other)."""
     return (config.model or "all-MiniLM-L6-v2 (bundled)") + (INT8_MARK if quantized(config) else "")
 
 
@@ -48,13 +50,14 @@ INT8_MARK = " [int8 documents]"
 
 
 def vector_space(name: str) -> str:
-    """The model a recorded name embeds with: int8 and float documents of one model share its vector space."""
+    """The model a recorded name embeds with: int8 and float documents of one model share its vector
+    space."""
     return name.removesuffix(INT8_MARK)
 
 
 def quantize_int8(model: "SentenceTransformer") -> "SentenceTransformer":
-    """Dynamic int8 quantisation of every linear layer, per output channel (per-tensor scales cost MiniLM
-    ~0.07 of cosine similarity; per channel ~0.02), in place. CPU only."""
+    """Dynamic int8 quantisation of every linear layer, per output channel (per-tensor scales cost
+    MiniLM ~0.07 of cosine similarity; per channel ~0.02), in place. CPU only."""
     import warnings
 
     import torch
@@ -80,8 +83,8 @@ def _load(name_or_path: str, device: str) -> "SentenceTransformer":
 
 
 def load_embedder(config: EmbeddingConfig) -> "SentenceTransformer":
-    """Load (once per process) the configured sentence-transformers model, float (int8 and bf16 copies of it
-    encode documents and queries: :func:`document_encoder`, :func:`encode_queries`)."""
+    """Load (once per process) the configured sentence-transformers model, float (int8 and bf16
+    copies of it encode documents and queries: :func:`document_encoder`, :func:`encode_queries`)."""
     return _load(config.model or default_model_path(), config.device)
 
 
@@ -105,9 +108,10 @@ def _converted(embedder: "SentenceTransformer", kind: str) -> "SentenceTransform
 def document_encoder(
     config: EmbeddingConfig, embedder: "SentenceTransformer | None" = None
 ) -> "SentenceTransformer":
-    """What encodes documents for an index: ``embedder`` (default: the configured model), as an int8 copy when
-    :func:`quantized`. Queries stay (nearly) float: only one side of each similarity carries quantisation
-    error, which kept p@k within about 0.01 of all-float on our query sets, where int8 on both sides lost more."""
+    """What encodes documents for an index: ``embedder`` (default: the configured model), as an int8
+    copy when :func:`quantized`. Queries stay (nearly) float: only one side of each similarity
+    carries quantisation error, which kept p@k within about 0.01 of all-float on our query sets,
+    where int8 on both sides lost more."""
     embedder = embedder or load_embedder(config)
     return _converted(embedder, "int8") if quantized(config) else embedder
 
@@ -122,10 +126,10 @@ def _bf16_is_native() -> bool:
 
 
 def encode_queries(config: EmbeddingConfig, embedder: "SentenceTransformer", texts: list[str]):
-    """Query vectors (numpy, float32). With documents in int8 on a CPU with native bf16, queries run in bf16:
-    a short query's time is reading the weights, so halving them halves it (~13 → ~6 ms for MiniLM here),
-    at a cosine of 0.998 or more to float. One forward pass per 64 texts, without sentence-transformers'
-    per-call bookkeeping."""
+    """Query vectors (numpy, float32). With documents in int8 on a CPU with native bf16, queries run
+    in bf16: a short query's time is reading the weights, so halving them halves it (~13 → ~6 ms for
+    MiniLM here), at a cosine of 0.998 or more to float. One forward pass per 64 texts, without
+    sentence-transformers' per-call bookkeeping."""
     import torch
 
     model = (

@@ -1,4 +1,5 @@
-"""Condition and disposition accuracy over models, k and repeated runs (report, Tables 2-4, Figure 5).
+"""Condition and disposition accuracy over models, k and repeated runs (report, Tables 2-4, Figure
+5).
 
 Input: evaluation queries (the synthetic evaluation split, or any .jsonl/.json/.parquet whose
 records have ``query``, ``slug`` or ``condition``, ``disposition`` and optionally ``id``,
@@ -116,7 +117,8 @@ PREDICTION_SCHEMA = {
 
 # --- queries and cases --------------------------------------------------------------------
 def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """(queries, records skipped) from a query file; a record without text, condition or a valid disposition is skipped."""
+    """(queries, records skipped) from a query file; a record without text, condition or a valid
+    disposition is skipped."""
     queries, skipped = [], 0
     for i, rec in enumerate(read_records(path), start=1):
         slug = rec.get("slug") or rec.get("condition")
@@ -258,7 +260,8 @@ class ChatPredictor:
 
 
 class BudgetPredictor:
-    """A reasoning student with budget forcing: a vLLM completions endpoint, or a local transformers checkpoint."""
+    """A reasoning student with budget forcing: a vLLM completions endpoint, or a local transformers
+    checkpoint."""
 
     answer_format = "answer_text"
 
@@ -424,7 +427,8 @@ def evaluate_model(
     sections, prompt_hash = triage_prompt.load(prompts_dir)
     predictor = make_predictor(settings, client, pages)
     deterministic = settings.backend == "retrieval"
-    # our own decoding at temperature 0 is greedy: every run would compute the same thing, so one run is made
+    # our own decoding at temperature 0 is greedy: every run would compute the same thing, so one
+    # run is made
     greedy = settings.backend in ("transformers", "completions") and not settings.temperature
     ks = [k for k in config.ks if k > 0] if deterministic else list(config.ks)
     runs = 1 if deterministic or greedy else config.runs
@@ -640,8 +644,8 @@ def run_evaluation(
     progress=None,
     served_checkpoint: str | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Evaluate one configured model and write its predictions, summary and table (``served_checkpoint``:
-    what the pipeline's server for it loaded, recorded in the summary)."""
+    """Evaluate one configured model and write its predictions, summary and table
+    (``served_checkpoint``: what the pipeline's server for it loaded, recorded in the summary)."""
     config, llm = cfg.evaluation, cfg.llm
     settings = model_settings(config, name)
     queries, skipped = load_queries_for(paths, config)
@@ -689,9 +693,9 @@ def run_evaluation(
 def run_served_evaluation(
     paths: DataPaths, cfg: PipelineConfig, name: str, make_server, retriever=None, progress=None
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """:func:`run_evaluation` with the model's server started first when its entry has a ``serve`` section
-    (``make_server``: see :mod:`t0_pipeline.model_server`) and stopped after; the inputs are checked before
-    anything is started, so a missing query set never costs a model load."""
+    """:func:`run_evaluation` with the model's server started first when its entry has a ``serve``
+    section (``make_server``: see :mod:`t0_pipeline.model_server`) and stopped after; the inputs are
+    checked before anything is started, so a missing query set never costs a model load."""
     from t0_pipeline.model_server import endpoint_for
 
     load_queries_for(paths, cfg.evaluation)
@@ -734,7 +738,8 @@ class CombinedReport:
 
 
 def parsable_share(stats: dict[str, Any]) -> float | None:
-    """Share of a k's replies that parsed to a condition and a severity (right or wrong); None when not run."""
+    """Share of a k's replies that parsed to a condition and a severity (right or wrong); None when
+    not run."""
     counts = stats.get("status_counts") or {}
     total = sum(counts.values())
     return (
@@ -750,7 +755,8 @@ def fmt_share(share: float | None) -> str:
 
 
 def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
-    """The cross-model table (report's Table 2/4 layout), query-type table and Figure 5 style plot."""
+    """The cross-model table (report's Table 2/4 layout), query-type table and Figure 5 style
+    plot."""
     summaries = read_summaries(paths, config)
     missing = [m for m in config.models if m not in summaries]
     ks = sorted({int(k) for s in summaries.values() for k in s["by_k"]}) or list(config.ks)
@@ -875,7 +881,8 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
 
 
 def plot_by_size(summaries: dict[str, dict[str, Any]], ks: list[int], path: Path) -> Path:
-    """Condition accuracy by model size: base alone (k=0), base + retrieval and fine-tuned (largest k); others as lines."""
+    """Condition accuracy by model size: base alone (k=0), base + retrieval and fine-tuned (largest
+    k); others as lines."""
     import matplotlib
 
     matplotlib.use("Agg")

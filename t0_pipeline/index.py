@@ -129,8 +129,8 @@ def _complete_docs(collection) -> tuple[dict[tuple[str, str], list[str]], set[tu
 
 
 def document_batches(chunks: list, limit: int):
-    """Consecutive runs of chunks holding whole documents, each about ``limit`` chunks (one long document may
-    exceed it: a document is never split between batches)."""
+    """Consecutive runs of chunks holding whole documents, each about ``limit`` chunks (one long
+    document may exceed it: a document is never split between batches)."""
     part: list = []
     for i, chunk in enumerate(chunks):
         part.append(chunk)
@@ -145,7 +145,8 @@ def document_batches(chunks: list, limit: int):
 def write_docs_snapshot(
     docs: pl.DataFrame, paths: DataPaths, index: str, target: dict[str, str]
 ) -> Path:
-    """The documents an index version serves (slug, title, url, text, hash), written before its manifest.
+    """The documents an index version serves (slug, title, url, text, hash), written before its
+    manifest.
 
     Readers take text from here, never from the corpus files, which the next crawl or clean rewrites
     before the index catches up: a crash in between still serves one consistent version.
@@ -170,7 +171,8 @@ def build_dense_index(
     embedder=None,
     client=None,
 ) -> IndexStats:
-    """Bring the Chroma collection for ``index`` in line with ``docs`` (re-embedding only what changed)."""
+    """Bring the Chroma collection for ``index`` in line with ``docs`` (re-embedding only what
+    changed)."""
     started = time.perf_counter()
     if docs.is_empty():
         raise T0Error(
@@ -230,7 +232,8 @@ def build_dense_index(
         counts: dict[str, int] = {}
         for ch in chunks:
             counts[ch.slug] = counts.get(ch.slug, 0) + 1
-        # encode and write batch by batch, whole documents per batch: a kill loses at most the batch in hand,
+        # encode and write batch by batch, whole documents per batch: a kill loses at most the batch
+        # in hand,
         # and the documents already written are complete, so the next run keeps them
         limit = max(1, min(client.get_max_batch_size(), chroma.write_batch))
         with tqdm(
@@ -267,7 +270,8 @@ def build_dense_index(
                 )
                 stats.embedded_chunks += len(part)
                 bar.update(len(part))
-    # 2. commit: the manifest now names the new document versions, and the copy of their text that readers serve
+    # 2. commit: the manifest now names the new document versions, and the copy of their text that
+    # readers serve
     n_chunks = 0
     for s, h in target.items():
         n_chunks += len(by_doc.get((s, h), [])) if (s, h) in complete else 0
@@ -298,7 +302,8 @@ def build_dense_index(
         except Exception:  # already gone: nothing to clean
             pass
     stats.chunks = n_chunks
-    # reported against the last committed manifest, so a run that finishes an interrupted one still says what changed
+    # reported against the last committed manifest, so a run that finishes an interrupted one still
+    # says what changed
     stats.added = sorted(s for s in target if s not in committed)
     stats.changed = sorted(s for s, h in target.items() if s in committed and committed[s] != h)
     stats.removed = sorted(set(committed) - set(target))
@@ -313,8 +318,9 @@ def build_dense_index(
 
 @functools.cache
 def import_bm25s():
-    """bm25s, with its logger back at WARNING (it sets DEBUG on import and floods the CLI). Once: setting a
-    logger's level clears every logger's cache, which a search would otherwise pay for each time."""
+    """bm25s, with its logger back at WARNING (it sets DEBUG on import and floods the CLI). Once:
+    setting a logger's level clears every logger's cache, which a search would otherwise pay for
+    each time."""
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)

@@ -79,7 +79,8 @@ def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[s
 
 
 class ThinkSplitter:
-    """Splits streamed text into thinking and answer at inline ``<think>``/``</think>`` tags, across chunk borders."""
+    """Splits streamed text into thinking and answer at inline ``<think>``/``</think>`` tags, across
+    chunk borders."""
 
     def __init__(self, open_tag: str = "<think>", close_tag: str = "</think>"):
         self.open, self.close = open_tag, close_tag
@@ -246,8 +247,8 @@ RETRYABLE = (
 
 
 def short_error(text: str) -> str:
-    """An error without litellm's stacked prefixes ("InternalServerError: … OpenAIException - Connection error."
-    → "InternalServerError: Connection error.")."""
+    """An error without litellm's stacked prefixes ("InternalServerError: … OpenAIException -
+    Connection error." → "InternalServerError: Connection error.")."""
     text = text.replace("litellm.", "")
     kind = text.split(":", 1)[0]
     tail = re.split(r"\w*Exception - ", text)[-1].strip()
@@ -255,18 +256,21 @@ def short_error(text: str) -> str:
 
 
 class EndpointError(T0Error):
-    """The endpoint itself is unusable (nothing answering, key refused, model not served): the stage stops."""
+    """The endpoint itself is unusable (nothing answering, key refused, model not served): the stage
+    stops."""
 
 
 AUTH_KINDS = ("AuthenticationError", "PermissionDeniedError")
 
 
 def endpoint_trouble(kind: str, status: int | None, causes: Sequence[str] = ()) -> str | None:
-    """ "unreachable", "auth" or "not_found" when an error is the endpoint's rather than one request's.
+    """ "unreachable", "auth" or "not_found" when an error is the endpoint's rather than one
+    request's.
 
-    litellm reports a refused connection, an unknown host and a TLS failure as an InternalServerError
-    ("Connection error."); the cause chain (openai's APIConnectionError, httpx's ConnectError) tells them
-    apart from a real server error. A timeout is not "unreachable": a slow server may still answer.
+    litellm reports a refused connection, an unknown host and a TLS failure as an
+    InternalServerError ("Connection error."); the cause chain (openai's APIConnectionError, httpx's
+    ConnectError) tells them apart from a real server error. A timeout is not "unreachable": a slow
+    server may still answer.
     """
     if kind in AUTH_KINDS or status in (401, 403):
         return "auth"
@@ -307,7 +311,8 @@ def _retry_after(exc: Exception) -> float | None:
 
 
 async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """One litellm call → a plain outcome dict (reply fields, or the error's kind, status and Retry-After)."""
+    """One litellm call → a plain outcome dict (reply fields, or the error's kind, status and
+    Retry-After)."""
     litellm = _litellm()
     try:
         response = await litellm.acompletion(**kwargs)
@@ -403,7 +408,8 @@ class LLMClient:
             self._last_start = time.monotonic()
 
     def _price_entry(self) -> dict:
-        """This model's price for litellm's table, when litellm lacks it or the role sets one (default 0).
+        """This model's price for litellm's table, when litellm lacks it or the role sets one
+        (default 0).
 
         Besides right costs, a known model keeps litellm's per-reply cost lookup a fast hit
         instead of a chain of failing fallbacks, which costs more CPU than the HTTP call itself.
@@ -433,7 +439,8 @@ class LLMClient:
         self._started = True
 
     def _loop_state(self) -> asyncio.Semaphore:
-        """The concurrency gate for the running event loop (asyncio primitives belong to one loop)."""
+        """The concurrency gate for the running event loop (asyncio primitives belong to one
+        loop)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._slots, self._pace_lock = (
@@ -455,8 +462,9 @@ class LLMClient:
 
         ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
         overrides the role's seed (repeated runs). Both are part of the cache key. A reply is cached
-        only when it succeeded and ``accept`` (if given) takes it, so a reply the caller cannot use is
-        asked for again on the next run. ``response_format`` (a JSON schema) constrains the reply.
+        only when it succeeded and ``accept`` (if given) takes it, so a reply the caller cannot use
+        is asked for again on the next run. ``response_format`` (a JSON schema) constrains the
+        reply.
         """
         key, kwargs = self._request(messages, tools, seed, response_format)
         return await self.cached(key, lambda: self._call_with_retries(kwargs), accept)
@@ -507,8 +515,9 @@ class LLMClient:
     async def rehearse(
         self, tools: list[dict[str, Any]] | None = None, stream: bool = False
     ) -> None:
-        """Go through litellm's request path once without calling the model (its ``mock_response``): its lazy
-        imports and set-up then happen at start-up instead of in a waiting person's first turn."""
+        """Go through litellm's request path once without calling the model (its ``mock_response``):
+        its lazy imports and set-up then happen at start-up instead of in a waiting person's first
+        turn."""
         kwargs = {
             **self._kwargs([{"role": "user", "content": "warm-up"}], tools, None),
             "mock_response": "ok",
@@ -517,7 +526,9 @@ class LLMClient:
         if stream:
             async for _ in response:  # type: ignore[union-attr]
                 pass
-        try:  # what a mock leaves cold: the OpenAI SDK imports its API resources (~1 s) on the first real request
+        # what a mock leaves cold: the OpenAI SDK imports its API resources (~1 s) on the first real
+        # request
+        try:
             importlib.import_module("openai.resources")
         except ImportError:
             pass
@@ -527,7 +538,8 @@ class LLMClient:
         messages: Sequence[dict[str, Any]],
         think_tags: tuple[str, str] = ("<think>", "</think>"),
     ) -> AsyncIterator[tuple[str, Any]]:
-        """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then ("usage", dict).
+        """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then
+        ("usage", dict).
 
         Thinking is recognised in ``reasoning_content`` deltas and between inline ``think_tags``.
         Connection failures before the first piece are retried like :meth:`complete`; a failure
@@ -602,8 +614,8 @@ class LLMClient:
         produce: Callable[[], Awaitable[LLMReply]],
         accept: Callable[[LLMReply], bool] | None = None,
     ) -> LLMReply:
-        """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded and ``accept`` takes
-        it); counted in usage.
+        """The cached reply under ``key``, or ``produce()``'s (stored when it succeeded and
+        ``accept`` takes it); counted in usage.
 
         The one caching mechanism for every kind of model call (chat here; budget-forced
         generation in :mod:`t0_pipeline.evaluate`).
@@ -640,8 +652,9 @@ class LLMClient:
         self._down_since = None
 
     def check_endpoint(self, trouble: str | None, detail: str) -> None:
-        """After a failed attempt inside a batch: raise :class:`EndpointError` when the endpoint, not the item,
-        is at fault (key refused, model not served, nothing answering for ``llm.unreachable_after_s``)."""
+        """After a failed attempt inside a batch: raise :class:`EndpointError` when the endpoint,
+        not the item, is at fault (key refused, model not served, nothing answering for
+        ``llm.unreachable_after_s``)."""
         if not self._batch:
             return
         if self._fatal is None:
@@ -674,7 +687,8 @@ class LLMClient:
         )
 
     def check_failure_budget(self) -> None:
-        """Stop a batch in which more than ``llm.max_failure_share`` of the finished calls failed."""
+        """Stop a batch in which more than ``llm.max_failure_share`` of the finished calls
+        failed."""
         u = self.usage
         finished = (
             u.completed + u.cache_hits + u.failures - u.repairs
@@ -747,13 +761,14 @@ class LLMClient:
         seed: int | None = None,
         response_schema: dict[str, Any] | None = None,
     ) -> tuple[M | None, LLMReply]:
-        """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply with error).
+        """A reply parsed into ``schema``; one repair round on malformed JSON, then (None, reply
+        with error).
 
-        With the role's ``structured_output`` the server is asked for JSON of ``response_schema`` (default:
-        ``schema``'s own JSON schema) and can produce nothing else.
+        With the role's ``structured_output`` the server is asked for JSON of ``response_schema``
+        (default: ``schema``'s own JSON schema) and can produce nothing else.
 
-        Only a reply that parses is cached: a repaired one under the original request too (a re-run makes
-        no call), an unusable one not at all (a re-run asks again).
+        Only a reply that parses is cached: a repaired one under the original request too (a re-run
+        makes no call), an unusable one not at all (a re-run asks again).
         """
 
         def valid(r: LLMReply) -> bool:
@@ -796,7 +811,8 @@ class LLMClient:
     # --- many calls ----------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, name: str, total: int) -> Iterator[None]:
-        """Count the :meth:`run` calls (rounds) inside as one stage: one bar and one done/total in progress lines."""
+        """Count the :meth:`run` calls (rounds) inside as one stage: one bar and one done/total in
+        progress lines."""
         from tqdm.auto import tqdm
 
         self._stage, self._done = (name, total), 0
@@ -820,10 +836,12 @@ class LLMClient:
         desc: str,
         progress: Callable[[str], None] | None = None,
     ) -> list[Any]:
-        """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a progress bar.
+        """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a
+        progress bar.
 
-        The batch stops with one error as soon as the endpoint is found unusable (:meth:`check_endpoint`) or
-        the failure budget is spent (:meth:`check_failure_budget`); the calls still in flight are cancelled.
+        The batch stops with one error as soon as the endpoint is found unusable
+        (:meth:`check_endpoint`) or the failure budget is spent (:meth:`check_failure_budget`); the
+        calls still in flight are cancelled.
         """
         return asyncio.run(self.arun(items, call, desc, progress))
 
@@ -899,11 +917,12 @@ def function_tool(
 
 
 def bounded_text(low: int, high: int) -> dict[str, Any]:
-    """A JSON-schema string for constrained output: ``low``..``high`` printable ASCII characters, no escapes. A small
-    model writing under a grammar otherwise spends its tokens on byte pieces of rare characters and never closes
-    the string; one token per character at worst keeps ``high`` within a token budget. The bounds are in the
-    pattern (xgrammar, vLLM's default backend, ignores min/maxLength beside one), and ``high`` is capped at 128:
-    xgrammar refuses longer repetitions and takes seconds to compile chains of them."""
+    """A JSON-schema string for constrained output: ``low``..``high`` printable ASCII characters, no
+    escapes. A small model writing under a grammar otherwise spends its tokens on byte pieces of
+    rare characters and never closes the string; one token per character at worst keeps ``high``
+    within a token budget. The bounds are in the pattern (xgrammar, vLLM's default backend, ignores
+    min/maxLength beside one), and ``high`` is capped at 128: xgrammar refuses longer repetitions
+    and takes seconds to compile chains of them."""
     high = min(high, 128)
     low = min(low, high)
     return {
@@ -915,8 +934,9 @@ def bounded_text(low: int, high: int) -> dict[str, Any]:
 
 
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM structured outputs,
-    OpenAI, the CPU server): a role with ``structured_output`` sends it with every JSON request."""
+    """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM
+    structured outputs, OpenAI, the CPU server): a role with ``structured_output`` sends it with
+    every JSON request."""
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 

@@ -4,12 +4,13 @@ An evaluation entry with a ``serve`` section names what to serve (a local checkp
 name, or a trained student's ``final/``). :func:`serving` starts the server, on this machine
 (:class:`LocalServer`, a subprocess) or as a Slurm job through a site profile (:class:`SlurmServer`,
 the size's GPUs per node → tensor parallel size), follows its log, waits until its health endpoint
-answers and it lists the model, yields its ``api_base``, and stops it whatever happens. A server that
-fails to start ends in one error naming why (out of memory, a checkpoint that cannot be loaded, a port
-already taken, a job Slurm rejected, no health within the timeout) with the log's telling line and path.
+answers and it lists the model, yields its ``api_base``, and stops it whatever happens. A server
+that fails to start ends in one error naming why (out of memory, a checkpoint that cannot be loaded,
+a port already taken, a job Slurm rejected, no health within the timeout) with the log's telling
+line and path.
 
-The command is ``servers.command`` from the config (vLLM's by default), so CI runs the same code with
-the project's loopback server as the command.
+The command is ``servers.command`` from the config (vLLM's by default), so CI runs the same code
+with the project's loopback server as the command.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, RoleConfig
 
 R = TypeVar("R", bound=RoleConfig)
-ENDPOINT_TAG = "t0-server-endpoint"  # a Slurm server job prints this line, then its URL, before starting the server
+# a Slurm server job prints this line, then its URL, before starting the server
+ENDPOINT_TAG = "t0-server-endpoint"
 # stands for the job's port in a Slurm command line (the shell fills it in)
 PORT_VAR = "T0SERVERPORT"
 ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
@@ -59,7 +61,8 @@ FAILURES: list[tuple[str, str]] = [
 
 @dataclass
 class ServerPlan:
-    """What one server serves and how: the model's served name, the checkpoint and tensor parallel size."""
+    """What one server serves and how: the model's served name, the checkpoint and tensor parallel
+    size."""
 
     name: str
     checkpoint: str
@@ -87,7 +90,8 @@ class ServerPlan:
 
 
 def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
-    """The server a role or an evaluation entry asks for; a student entry serves that student's ``final/``."""
+    """The server a role or an evaluation entry asks for; a student entry serves that student's
+    ``final/``."""
     launch = entry.serve
     if launch is None:
         raise T0Error(f"model {name!r} has no serve section; it is reached at its api_base.")
@@ -127,7 +131,8 @@ def _looks_local(checkpoint: str) -> bool:
 
 
 def failure_reason(lines: list[str]) -> tuple[str, str] | None:
-    """(what went wrong, the log line that says so) from a server's log, or None when nothing matches."""
+    """(what went wrong, the log line that says so) from a server's log, or None when nothing
+    matches."""
     for pattern, reason in FAILURES:
         for line in reversed(lines):
             if re.search(pattern, line, re.I):
@@ -136,7 +141,8 @@ def failure_reason(lines: list[str]) -> tuple[str, str] | None:
 
 
 def start_error(plan: ServerPlan, what: str, lines: list[str], log_path: str) -> T0Error:
-    """One error for a server that did not come up: the known cause if its log shows one, else its last line."""
+    """One error for a server that did not come up: the known cause if its log shows one, else its
+    last line."""
     found = failure_reason(lines)
     last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
     detail = (
@@ -167,7 +173,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def visible_gpus() -> int:
-    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else what torch sees); 1 when none (a CPU server)."""
+    """GPUs this process may use (CUDA_VISIBLE_DEVICES, else what torch sees); 1 when none (a CPU
+    server)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return max(1, len([d for d in visible.split(",") if d.strip()]))
@@ -201,7 +208,8 @@ def served_models(api_base: str) -> list[str]:
 
 
 class _Server:
-    """The shared start loop: follow the log, watch the process or job, poll health until it answers."""
+    """The shared start loop: follow the log, watch the process or job, poll health until it
+    answers."""
 
     log_path: str
 
@@ -344,7 +352,8 @@ class LocalServer(_Server):
         if self.proc is None:
             return
         if self.proc.poll() is not None:
-            if self.api_base:  # it was healthy, then went away under the stage: say so where the run's log shows it
+            # it was healthy, then went away under the stage: say so where the run's log shows it
+            if self.api_base:
                 self._follow()
                 self.log(
                     f"model server for {self.plan.name} exited during the run (code {self.proc.returncode}); "
@@ -364,7 +373,8 @@ class LocalServer(_Server):
 
 
 class Shell:
-    """Runs a command on the cluster: here, or over SSH on a login node (OpenSSH, key authentication)."""
+    """Runs a command on the cluster: here, or over SSH on a login node (OpenSSH, key
+    authentication)."""
 
     def __init__(
         self,
@@ -399,7 +409,8 @@ class Shell:
 
 
 class SlurmServer(_Server):
-    """A server as a one-node Slurm job rendered from the site profile; it prints its endpoint, then serves."""
+    """A server as a one-node Slurm job rendered from the site profile; it prints its endpoint, then
+    serves."""
 
     def __init__(
         self,
@@ -478,12 +489,14 @@ class SlurmServer(_Server):
 
 
 def safe_name(name: str) -> str:
-    """A served name as a file and job name (``Qwen/Qwen2.5-7B-Instruct`` → ``Qwen_Qwen2.5-7B-Instruct``)."""
+    """A served name as a file and job name (``Qwen/Qwen2.5-7B-Instruct`` →
+    ``Qwen_Qwen2.5-7B-Instruct``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def slurm_command(servers: ModelServerConfig, plan: ServerPlan, tp: int) -> str:
-    """The server's command line inside a job: every interface of the node, the job's port from the shell."""
+    """The server's command line inside a job: every interface of the node, the job's port from the
+    shell."""
     return shlex.join(plan.command(servers, "0.0.0.0", PORT_VAR, tp)).replace(PORT_VAR, '"$PORT"')
 
 
@@ -501,11 +514,13 @@ def serving(server: _Server) -> Iterator[str]:
 def endpoint_for(
     name: str, entry: R, paths: DataPaths, make_server: Callable[[ServerPlan], _Server]
 ) -> Iterator[tuple[R, str | None]]:
-    """(the entry as the stage should call it, the checkpoint served or None), for a role or an evaluation entry.
+    """(the entry as the stage should call it, the checkpoint served or None), for a role or an
+    evaluation entry.
 
-    An entry without a ``serve`` section is reached where it says. Otherwise a server is started for it
-    with ``make_server`` and stopped when the block ends; the entry then points at it, and a served local
-    checkpoint's own tokenizer renders budget-forced prompts unless the entry names one.
+    An entry without a ``serve`` section is reached where it says. Otherwise a server is started for
+    it with ``make_server`` and stopped when the block ends; the entry then points at it, and a
+    served local checkpoint's own tokenizer renders budget-forced prompts unless the entry names
+    one.
     """
     backend = getattr(entry, "backend", "chat")
     if entry.serve is None or backend in ("retrieval", "transformers"):
@@ -530,8 +545,8 @@ def roles_served(
     paths: DataPaths,
     make_server: Callable[[ServerPlan], _Server],
 ) -> Iterator[PipelineConfig]:
-    """``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server started for the block
-    (one server per distinct model: two roles on one checkpoint share it)."""
+    """``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server started for
+    the block (one server per distinct model: two roles on one checkpoint share it)."""
     with contextlib.ExitStack() as stack:
         started: dict[tuple, RoleConfig] = {}
         for role in roles:

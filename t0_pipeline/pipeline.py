@@ -1,5 +1,5 @@
-"""The corpus → index half of the pipeline as plain function calls (no Dagster): crawl or read the source,
-clean, summarise, index, each stage logged.
+"""The corpus → index half of the pipeline as plain function calls (no Dagster): crawl or read the
+source, clean, summarise, index, each stage logged.
 
 Used by the ``t0 index`` command and by benchmarks; the Dagster assets call the same
 stage functions one at a time.
@@ -56,8 +56,8 @@ def build_indexes(
 
 
 def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=None) -> BuildResult:
-    """Crawl (or read) the source, clean, summarise and index everything; each stage is logged as it starts
-    and ends (what ``t0 index`` shows)."""
+    """Crawl (or read) the source, clean, summarise and index everything; each stage is logged as it
+    starts and ends (what ``t0 index`` shows)."""
     source = config.source
     with _stage(
         1,

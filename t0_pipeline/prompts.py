@@ -1,9 +1,10 @@
 """Prompt templates: plain text files with ``$name`` placeholders (``string.Template``).
 
-Defaults live in ``t0_pipeline/prompts/``; set ``llm.prompts_dir`` to a folder holding
-files of the same names to replace any of them. A file may hold several named parts, each
-starting on a line ``[name]`` (e.g. a system and a user turn); :func:`load_sections` splits them. Each rendered prompt's template hash is
-recorded with its outputs, so a changed prompt is visible in the artefacts.
+Defaults live in ``t0_pipeline/prompts/``; set ``llm.prompts_dir`` to a folder holding files of the
+same names to replace any of them. A file may hold several named parts, each starting on a line
+``[name]`` (e.g. a system and a user turn); :func:`load_sections` splits them. Each rendered
+prompt's template hash is recorded with its outputs, so a changed prompt is visible in the
+artefacts.
 """
 
 from __future__ import annotations

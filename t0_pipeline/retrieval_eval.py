@@ -47,7 +47,8 @@ class EvalQuery:
 def load_queries(
     path: Path, config: RetrievalEvalConfig, corpus: set[str] | None = None
 ) -> list[EvalQuery]:
-    """Validated queries: every record has query text and a target (slug or list of slugs) in the corpus."""
+    """Validated queries: every record has query text and a target (slug or list of slugs) in the
+    corpus."""
     queries: list[EvalQuery] = []
     unknown: list[str] = []
     for i, rec in enumerate(read_records(path), start=1):
@@ -88,8 +89,8 @@ def load_queries(
 
 
 def target_fields(config: RetrievalEvalConfig) -> list[str]:
-    """Where a query record names its correct document: the configured field, else ``condition`` (the bundled
-    sample, most labelled sets) or ``slug`` (the synthetic query sets)."""
+    """Where a query record names its correct document: the configured field, else ``condition``
+    (the bundled sample, most labelled sets) or ``slug`` (the synthetic query sets)."""
     return [config.target_field] if config.target_field else ["condition", "slug"]
 
 
@@ -106,8 +107,8 @@ class QuerySource:
 
 
 def query_source(paths: DataPaths, config: RetrievalEvalConfig) -> QuerySource:
-    """What retrieval is scored on: the configured file, else the synthetic evaluation split once it is written
-    (the report's Table 1), else the bundled sample."""
+    """What retrieval is scored on: the configured file, else the synthetic evaluation split once it
+    is written (the report's Table 1), else the bundled sample."""
     if config.queries is not None:
         return QuerySource(Path(config.queries), "configured")
     if paths.synthetic_queries("eval").exists():
@@ -118,9 +119,10 @@ def query_source(paths: DataPaths, config: RetrievalEvalConfig) -> QuerySource:
 def queries_for_corpus(
     source: QuerySource, config: RetrievalEvalConfig, corpus: set[str]
 ) -> tuple[list[EvalQuery], int]:
-    """(queries, how many were left out). A configured file must match the corpus (an error names the
-    mismatch); the sample and the synthetic split keep the queries whose condition is in it, so the
-    sample's conditions need not exist in another corpus and a removed page drops its queries."""
+    """(queries, how many were left out). A configured file must match the corpus (an error names
+    the mismatch); the sample and the synthetic split keep the queries whose condition is in it, so
+    the sample's conditions need not exist in another corpus and a removed page drops its
+    queries."""
     if source.kind == "configured":
         return load_queries(source.path, config, corpus), 0
     every = load_queries(source.path, config, None)
@@ -251,8 +253,9 @@ def evaluate_retrieval(
 ) -> RetrievalReport:
     """Score every (index, mode) pair; ``retrievers`` maps index name → Retriever.
 
-    ``queries`` defaults to :func:`query_source`'s set, validated against the corpus. ``rewritten`` (one text
-    per query, e.g. the agent's search queries) adds a ``<mode>+agent`` row per pair scored on those texts.
+    ``queries`` defaults to :func:`query_source`'s set, validated against the corpus. ``rewritten``
+    (one text per query, e.g. the agent's search queries) adds a ``<mode>+agent`` row per pair
+    scored on those texts.
     """
     source = query_source(paths, config)
     query_file = source.path

@@ -59,7 +59,8 @@ def best_chunk_per_doc(slugs: list[str], distances: list[float]) -> list[tuple[s
 
 
 class ExactChunks:
-    """Every live chunk vector of one index, grouped by document, scored exactly against query vectors.
+    """Every live chunk vector of one index, grouped by document, scored exactly against query
+    vectors.
 
     Distances are Chroma's own (squared L2, 1 - cosine, 1 - inner product), so scores and thresholds
     read the same whichever path answered.
@@ -101,8 +102,9 @@ class ExactChunks:
         return cls(vectors, slugs, starts.astype(np.int64), distance)
 
     def _matmul(self, queries: np.ndarray) -> np.ndarray:
-        """queries @ vectors.T in torch, on the threads that just encoded the queries: numpy's BLAS would keep a
-        second pool of threads spinning after the call, and the next query's encode would wait on them."""
+        """queries @ vectors.T in torch, on the threads that just encoded the queries: numpy's BLAS
+        would keep a second pool of threads spinning after the call, and the next query's encode
+        would wait on them."""
         import torch
 
         if self._torch_vectors is None:
@@ -226,7 +228,8 @@ class Retriever:
         return self._dense_chroma(vectors, depth) if exact is None else exact.rank(vectors, depth)
 
     def _exact(self) -> "ExactChunks | None":
-        """The index's live chunk vectors in memory, when it is small enough (retrieval.exact_max_chunks)."""
+        """The index's live chunk vectors in memory, when it is small enough
+        (retrieval.exact_max_chunks)."""
         if self._exact_chunks is None:
             collection = self.collection
             if self._n_chunks > self.config.exact_max_chunks:
@@ -238,14 +241,16 @@ class Retriever:
         return self._exact_chunks or None
 
     def _dense_chroma(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
-        """Dense search through Chroma's HNSW index, widening the chunk window until ``depth`` documents.
+        """Dense search through Chroma's HNSW index, widening the chunk window until ``depth``
+        documents.
 
         Chunk ids are ``slug::hash16::i``, so only ids and distances are fetched: no metadata
         look-ups (faster, and clear of SQLite's variable limit on large batches).
         """
         collection = self.collection
         total = self._n_chunks
-        # first window sized from this index's chunks per document, so one Chroma query usually suffices
+        # first window sized from this index's chunks per document, so one Chroma query usually
+        # suffices
         per_doc = max(1.0, total / max(1, len(self.live)))
         n = min(total, max(10, int(depth * per_doc * self.config.chunk_oversample)))
         live = self._live16
@@ -289,7 +294,8 @@ class Retriever:
                 )
             meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
             self._bm25 = bm25s.BM25.load(str(folder))
-            # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the manifest's version count
+            # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the
+            # manifest's version count
             hashes = meta.get(
                 "hashes"
             )  # absent in indexes written before hashes were saved: trust them all
@@ -323,7 +329,8 @@ class Retriever:
 
     # --- fusion with the full pages ---------------------------------------------------
     def _full_pages(self) -> "Retriever | None":
-        """The full-page index whose dense ranking joins this index's hybrid fusion (retrieval.fuse_full_pages)."""
+        """The full-page index whose dense ranking joins this index's hybrid fusion
+        (retrieval.fuse_full_pages)."""
         if not self.config.fuse_full_pages or self.index == "full":
             return None
         if self._full is None:

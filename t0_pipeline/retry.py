@@ -14,7 +14,8 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-# HTTP statuses that say "try again": timeouts, conflicts and early data, rate limits, server trouble
+# HTTP statuses that say "try again": timeouts, conflicts and early data, rate limits, server
+# trouble
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
@@ -35,7 +36,8 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None) -> float:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); 0 when absent or unreadable."""
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); 0 when absent or
+    unreadable."""
     value = (value or "").strip()
     if value.isdigit():
         return float(value)

@@ -55,7 +55,8 @@ class Prediction:
 
 
 def resolve_condition(text: str, allowed: dict[str, str]) -> str | None:
-    """A slug for a condition named by title or slug (any case, stray quotes); "inconclusive"; or None.
+    """A slug for a condition named by title or slug (any case, stray quotes); "inconclusive"; or
+    None.
 
     ``allowed`` maps slug → title.
     """
@@ -69,7 +70,8 @@ def resolve_condition(text: str, allowed: dict[str, str]) -> str | None:
 
 
 def parse_answer_text(text: str | None, allowed: dict[str, str]) -> Prediction:
-    """The last "(condition, severity)" after any thinking, tolerant of forms and brackets in titles."""
+    """The last "(condition, severity)" after any thinking, tolerant of forms and brackets in
+    titles."""
     if text is None or not text.strip():
         return Prediction(None, None, "empty", text or "")
     _, answer = split_thinking(text)
@@ -80,7 +82,8 @@ def parse_answer_text(text: str | None, allowed: dict[str, str]) -> Prediction:
 
 
 def last_answer_pair(answer: str) -> tuple[str, str] | None:
-    """(condition text, severity text) of the last "(…, …)" in ``answer``; titles may hold brackets."""
+    """(condition text, severity text) of the last "(…, …)" in ``answer``; titles may hold
+    brackets."""
     for close in reversed([m.end() for m in re.finditer(r"\)", answer)]):
         depth, i = 0, close - 2
         while i >= 0 and answer[i] != "\n":  # walk back to the bracket that opens this pair

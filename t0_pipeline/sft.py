@@ -32,8 +32,9 @@ from t0_pipeline.config import DataPaths, SFTConfig
 def messages_for(
     trace: dict[str, Any], chat_format: ChatFormat, sections: dict[str, str]
 ) -> list[dict[str, str]]:
-    """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher saw, and the
-    teacher's thinking and answer in the chat format budget forcing will ask the student for."""
+    """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher
+    saw, and the teacher's thinking and answer in the chat format budget forcing will ask the
+    student for."""
     context = triage_prompt.with_documents(
         sections, trace["retrieved_titles"], trace["scores"], trace["retrieved_texts"]
     )

@@ -81,7 +81,8 @@ class Unit:
 def _units(text: str) -> list[Unit]:
     """Sentences and list items in page order, each with the heading or lead-in line above it.
 
-    Lists come as ``- item`` lines (our cleaner) or as bare lines after a line ending in ":" (plain extracts).
+    Lists come as ``- item`` lines (our cleaner) or as bare lines after a line ending in ":" (plain
+    extracts).
     """
     units: list[Unit] = []
     heading, lead, block = "", "", 0
@@ -109,8 +110,8 @@ def _units(text: str) -> list[Unit]:
 
 
 def _score(unit: Unit, first: bool, symptom_blocks: set[int]) -> float:
-    """What a patient would describe (symptoms, in the page's words) and when to get help score; treatment,
-    causes and tests do not."""
+    """What a patient would describe (symptoms, in the page's words) and when to get help score;
+    treatment, causes and tests do not."""
     if first:
         return 10.0  # the opening sentence usually says what the condition is, or its main symptom
     context = unit.lead if unit.is_item else ""
@@ -136,7 +137,8 @@ def _score(unit: Unit, first: bool, symptom_blocks: set[int]) -> float:
 
 
 def _render(units: list[Unit]) -> str:
-    """Selected units in page order; consecutive list items under one lead-in become one sentence."""
+    """Selected units in page order; consecutive list items under one lead-in become one
+    sentence."""
     parts: list[str] = []
     i = 0
     while i < len(units):
@@ -160,7 +162,8 @@ class ExtractiveSummariser:
 
     def __init__(self, config: SummaryConfig):
         self.config = config
-        # the name carries the method's version and budget: changing either re-summarises instead of reusing
+        # the name carries the method's version and budget: changing either re-summarises instead of
+        # reusing
         self.name = f"extractive:{EXTRACTIVE_VERSION}:{config.max_words}:{config.max_sentences}"
 
     def summarise(self, title: str, text: str) -> str:
@@ -169,7 +172,8 @@ class ExtractiveSummariser:
         ]  # a repeated title
         if not units:
             return ""
-        # lists in the opening passage say how the condition shows; so do lists in passages that name symptoms
+        # lists in the opening passage say how the condition shows; so do lists in passages that
+        # name symptoms
         symptom_blocks = {units[0].block} | {
             u.block for u in units if SYMPTOM_CUE.search(u.lead) or SYMPTOM_CUE.search(u.text)
         }
@@ -180,7 +184,8 @@ class ExtractiveSummariser:
         chosen: list[Unit] = []
         used = 0
         leads: set[str] = set()
-        # best first, earlier first on ties; lead-in lines ("…include:") are printed with their items, not alone
+        # best first, earlier first on ties; lead-in lines ("…include:") are printed with their
+        # items, not alone
         for best in sorted(units, key=lambda u: (-u.score, u.position)):
             if best.score < MIN_SCORE or len(chosen) >= self.config.max_sentences * 4:
                 break
@@ -201,7 +206,8 @@ class ExtractiveSummariser:
 
 
 class LLMSummariser:
-    """The report's method: an LLM writes 3-4 sentences on symptoms and next steps (role ``summariser``)."""
+    """The report's method: an LLM writes 3-4 sentences on symptoms and next steps (role
+    ``summariser``)."""
 
     def __init__(self, client, prompts_dir=None, max_page_chars: int = 12000):
         from t0_pipeline.prompts import load_template
@@ -324,7 +330,8 @@ def summarise_documents(
 def run_summarise(
     paths: DataPaths, config: SummaryConfig, llm=None, out: Path | None = None, progress=None
 ) -> tuple[pl.DataFrame, dict]:
-    """Summaries of the conditions dataset → ``out`` (default summaries.parquet); returns (summaries, run info)."""
+    """Summaries of the conditions dataset → ``out`` (default summaries.parquet); returns
+    (summaries, run info)."""
     out = out or paths.summaries
     conditions = read_parquet(paths.conditions, "conditions dataset", "t0 clean")
     previous = pl.read_parquet(out) if out.exists() else None

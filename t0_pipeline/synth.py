@@ -58,10 +58,11 @@ class WrittenQuery(BaseModel):
 
     @classmethod
     def response_schema(cls, allow_refusal: bool = True, max_tokens: int = 1024) -> dict[str, Any]:
-        """What a server constraining its output (``structured_output``) may write: the refusal flag first (when
-        allowed), then a complete query (ignored when refused). Strings are bounded (about two characters a
-        token at worst, 220 set aside for the demographics and the keys) and free of escapes, so a rambling model still closes its
-        JSON within ``max_tokens``; the model's own schema would allow ``{}``."""
+        """What a server constraining its output (``structured_output``) may write: the refusal flag
+        first (when allowed), then a complete query (ignored when refused). Strings are bounded
+        (about two characters a token at worst, 220 set aside for the demographics and the keys) and
+        free of escapes, so a rambling model still closes its JSON within ``max_tokens``; the
+        model's own schema would allow ``{}``."""
         from t0_pipeline.llm import bounded_text
 
         demographics = WrittenDemographics.model_json_schema()
@@ -181,7 +182,8 @@ class QueryWriter:
             if not allowed:
                 break
             slug = rng.choice(allowed)
-            # the draw's own sampling seed: cells that share a prompt still get (and cache) their own message
+            # the draw's own sampling seed: cells that share a prompt still get (and cache) their
+            # own message
             written, reply = await self.client.complete_json(
                 [{"role": "user", "content": self.prompt(slug, cell)}],
                 WrittenQuery,
@@ -236,12 +238,14 @@ class QueryWriter:
 
 
 def text_key(text: str) -> str:
-    """A query text with case and spacing set aside: two texts with the same key are the same query."""
+    """A query text with case and spacing set aside: two texts with the same key are the same
+    query."""
     return " ".join(text.lower().split())
 
 
 def drop_repeated_texts(rows: list[dict], seen: set[str]) -> tuple[list[dict], int]:
-    """Rows whose query text (by :func:`text_key`) is not in ``seen``, which learns the kept ones."""
+    """Rows whose query text (by :func:`text_key`) is not in ``seen``, which learns the kept
+    ones."""
     kept = []
     for row in rows:
         key = text_key(row["query"])

@@ -1,4 +1,5 @@
-"""Teacher reasoning traces: training queries → retrieved summaries → the teacher's thinking + answer.
+"""Teacher reasoning traces: training queries → retrieved summaries → the teacher's thinking +
+answer.
 
 Input: ``queries_train.parquet``, the summaries index, the ``teacher`` role. Output:
 ``<data>/synthetic/traces.parquet``: per query the retrieved slugs, titles and scores, the
@@ -65,11 +66,13 @@ TRACE_SCHEMA = {
 
 
 def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str | None, str | None]:
-    """(condition text, slug or "inconclusive", severity) from the last "(condition, severity)" in the answer.
+    """(condition text, slug or "inconclusive", severity) from the last "(condition, severity)" in
+    the answer.
 
-    ``allowed`` maps the retrieved slugs to their titles; the condition is resolved as evaluation and serving
-    resolve it (:func:`t0_pipeline.scoring.resolve_condition`: title or slug, any case). A condition that is
-    neither one of them nor "inconclusive" comes back with slug None. No valid severity: unparsable.
+    ``allowed`` maps the retrieved slugs to their titles; the condition is resolved as evaluation
+    and serving resolve it (:func:`t0_pipeline.scoring.resolve_condition`: title or slug, any case).
+    A condition that is neither one of them nor "inconclusive" comes back with slug None. No valid
+    severity: unparsable.
     """
     pair = last_answer_pair(answer or "")
     severity = normalise_severity(pair[1]) if pair else None
@@ -79,11 +82,11 @@ def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str 
 
 
 def answer_schema(titles: list[str], max_tokens: int = 1024) -> dict[str, Any]:
-    """The teacher's reply as JSON when its role has ``structured_output`` (a small or non-reasoning teacher that
-    cannot keep the answer format): its thinking, then one of the retrieved conditions (or "inconclusive") and a
-    level of care, so every trace parses. A reasoning model's own thinking (``reasoning_content``) comes first.
-    The thinking is bounded (a token a character at worst, room left for the answer) so it ends within the
-    role's ``max_tokens`` and the JSON closes."""
+    """The teacher's reply as JSON when its role has ``structured_output`` (a small or non-reasoning
+    teacher that cannot keep the answer format): its thinking, then one of the retrieved conditions
+    (or "inconclusive") and a level of care, so every trace parses. A reasoning model's own thinking
+    (``reasoning_content``) comes first. The thinking is bounded (a token a character at worst, room
+    left for the answer) so it ends within the role's ``max_tokens`` and the JSON closes."""
     thinking_chars = max(40, max_tokens - 60)
     return json_schema_format(
         "TriageAnswer",
@@ -101,7 +104,8 @@ def answer_schema(titles: list[str], max_tokens: int = 1024) -> dict[str, Any]:
 
 
 def from_structured(reply: LLMReply) -> LLMReply:
-    """A structured reply (:func:`answer_schema`) as a free-text one: its thinking, then "(condition, severity)"."""
+    """A structured reply (:func:`answer_schema`) as a free-text one: its thinking, then
+    "(condition, severity)"."""
     import json
 
     if not reply.ok:

@@ -49,7 +49,8 @@ IGNORE = -100
 def tokenize_example(
     messages: list[dict[str, str]], tokenizer, block_size: int
 ) -> dict[str, list[int]] | None:
-    """input_ids / attention_mask / labels for one chat; None when it does not fit ``block_size`` whole."""
+    """input_ids / attention_mask / labels for one chat; None when it does not fit ``block_size``
+    whole."""
     prompt = generation_prompt(messages[:-1], tokenizer)
     full = render_chat(messages, tokenizer)
     if not full.startswith(prompt):
@@ -178,7 +179,8 @@ def rank() -> int:
 
 
 def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
-    """The DeepSpeed config this run uses: ``auto`` = ZeRO-3 for several processes fine-tuning all weights."""
+    """The DeepSpeed config this run uses: ``auto`` = ZeRO-3 for several processes fine-tuning all
+    weights."""
     from importlib.util import find_spec
 
     name = config.deepspeed
@@ -226,7 +228,8 @@ def _load_tokenizer(config: TrainConfig):
 
 
 def _load_model(config: TrainConfig, bf16: bool):
-    """Called after TrainingArguments exist: with ZeRO-3 active, from_pretrained shards while loading."""
+    """Called after TrainingArguments exist: with ZeRO-3 active, from_pretrained shards while
+    loading."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -250,7 +253,8 @@ def _load_model(config: TrainConfig, bf16: bool):
             ),
         )
         if config.gradient_checkpointing:
-            model.enable_input_require_grads()  # checkpointed frozen embeddings need grads to flow to adapters
+            # checkpointed frozen embeddings need grads to flow to adapters
+            model.enable_input_require_grads()
     return model
 
 
@@ -306,7 +310,8 @@ def _peak_memory_gb(cuda: bool) -> float:
 
 
 def _parameter_counts(model) -> tuple[int, int]:
-    """(held by this rank, whole model): a ZeRO-3 parameter keeps only its shard in ``ds_tensor``."""
+    """(held by this rank, whole model): a ZeRO-3 parameter keeps only its shard in
+    ``ds_tensor``."""
     local = total = 0
     for p in model.parameters():
         if hasattr(p, "ds_tensor"):
@@ -326,7 +331,8 @@ def tensor_digest(tensor) -> str:
 
 
 def _gathered_digest(model, zero3: bool, is_main: bool) -> dict[str, str]:
-    """Fingerprints of the full trained weights; ZeRO-3 gathers one parameter at a time to bound memory."""
+    """Fingerprints of the full trained weights; ZeRO-3 gathers one parameter at a time to bound
+    memory."""
     digest = {}
     for name, p in model.named_parameters():
         if zero3:
@@ -342,7 +348,8 @@ def _gathered_digest(model, zero3: bool, is_main: bool) -> dict[str, str]:
 
 
 def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
-    """Leave this rank's error where the submitter can read it (Dagster quotes it in the run's error)."""
+    """Leave this rank's error where the submitter can read it (Dagster quotes it in the run's
+    error)."""
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         lines = traceback.format_exception(exc)
@@ -367,8 +374,8 @@ def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
 
 
 def parse_failures(text: str) -> list[dict[str, Any]]:
-    """Rank errors (left by :func:`record_failure`, one JSON object per line as ``cat`` prints them), first
-    failure first; lines that are not such records are skipped."""
+    """Rank errors (left by :func:`record_failure`, one JSON object per line as ``cat`` prints
+    them), first failure first; lines that are not such records are skipped."""
     found = []
     for line in text.splitlines():
         try:
@@ -381,7 +388,8 @@ def parse_failures(text: str) -> list[dict[str, Any]]:
 
 
 def failure_order(failure: dict[str, Any]) -> tuple[float, int]:
-    """Sort key for rank errors: the rank that failed first caused the others (a dead peer breaks every collective)."""
+    """Sort key for rank errors: the rank that failed first caused the others (a dead peer breaks
+    every collective)."""
     return (failure.get("time", float("inf")), failure.get("rank", 0))
 
 
@@ -414,12 +422,14 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     if ds_config is not None and processes > 1 and not cuda:
         import deepspeed
 
-        # accelerate leaves DeepSpeed's own process group to the GPU path; CPU ranks join one over gloo first
+        # accelerate leaves DeepSpeed's own process group to the GPU path; CPU ranks join one over
+        # gloo first
         deepspeed.init_distributed(dist_backend="gloo")
     tokenizer = _load_tokenizer(config)
     train_rows, eval_rows, skipped = load_examples(dataset, tokenizer, config)
     checkpoints = output_dir / "checkpoints"
-    # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for from_pretrained below
+    # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for
+    # from_pretrained below
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
@@ -509,7 +519,8 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     zero3 = ds_config is not None and trainer.is_deepspeed_enabled
     if not config.lora.enabled:
         result.weights_digest = _gathered_digest(model, zero3, trainer.is_world_process_zero())
-    # every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint); rank 0 swaps it in
+    # every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint); rank
+    # 0 swaps it in
     staging = output_dir / ".final.tmp"
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():

@@ -1,10 +1,11 @@
 """Report a training run to Dagster through Pipes, when Dagster started it.
 
-``t0 train`` (and so every rank of a Slurm training job) runs inside :func:`dagster_reporter`. When the
-process was started by Dagster (its Pipes context is in the environment: a local Pipes subprocess, or the
-Slurm job that dagster-slurm submitted) and it is rank 0, the Pipes session is opened: progress and losses
-reach the run's log as they happen, and the result becomes the ``student_checkpoint`` materialisation's
-metadata. Other ranks, and runs started by hand, report nothing. Needs only ``dagster-pipes``, not Dagster.
+``t0 train`` (and so every rank of a Slurm training job) runs inside :func:`dagster_reporter`. When
+the process was started by Dagster (its Pipes context is in the environment: a local Pipes
+subprocess, or the Slurm job that dagster-slurm submitted) and it is rank 0, the Pipes session is
+opened: progress and losses reach the run's log as they happen, and the result becomes the
+``student_checkpoint`` materialisation's metadata. Other ranks, and runs started by hand, report
+nothing. Needs only ``dagster-pipes``, not Dagster.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The triage prompt the teacher answers, students are trained on and evaluated with: ``prompts/evaluator.txt``.
+"""The triage prompt the teacher answers, students are trained on and evaluated with:
+``prompts/evaluator.txt``.
 
 One template serves both, so a fine-tuned student is evaluated on the very prompt format it
 learnt: the SFT examples are the k > 0 form (retrieved documents with scores, their titles or
@@ -25,7 +26,8 @@ def load(prompts_dir: Path | None = None) -> tuple[dict[str, str], str]:
 def with_documents(
     sections: dict[str, str], titles: list[str], scores: list[float], texts: list[str]
 ) -> str:
-    """The context for k > 0: the documents with their scores; their titles (or inconclusive) are allowed."""
+    """The context for k > 0: the documents with their scores; their titles (or inconclusive) are
+    allowed."""
     return render(
         sections["context_documents"],
         NAME,
@@ -46,7 +48,8 @@ def messages(
     query: str,
     answer_format: str = "answer_text",
 ) -> list[dict[str, str]]:
-    """The system turn (instructions, context, answer format) and the user turn (demographics, message)."""
+    """The system turn (instructions, context, answer format) and the user turn (demographics,
+    message)."""
     system = render(
         sections["system"], NAME, context=context, answer_format=sections[answer_format]
     )

@@ -3,10 +3,11 @@
 Pairs: each synthetic query of the *training* split → the document of its condition (a summary by
 default: what traces, evaluation and serving retrieve from). Loss: multiple-negatives ranking (every
 other document in a batch is a negative) plus ``hard_negatives`` per query, the best-ranked wrong
-documents under the current embedder. Trained with sentence-transformers' own trainer, float weights.
+documents under the current embedder. Trained with sentence-transformers' own trainer, float
+weights.
 
-Judged on the *evaluation* split: dense p@k over the same documents before and after. The tuned model
-is made the embedder of every index (``<data>/models/retriever/active.json``, read by
+Judged on the *evaluation* split: dense p@k over the same documents before and after. The tuned
+model is made the embedder of every index (``<data>/models/retriever/active.json``, read by
 :func:`t0_pipeline.config.with_tuned_retriever`) only when its mean p@k gain is above ``min_gain``.
 
 Run it: ``t0 tune-retriever --data-dir DIR`` (or materialise ``retriever_model``).
@@ -60,7 +61,8 @@ class TuneResult:
 def dense_rankings(
     model, queries: list[str], slugs: list[str], texts: list[str], depth: int, batch_size: int = 16
 ) -> list[list[str]]:
-    """Slugs by cosine similarity of query to document (one vector per document, its first chunk's worth)."""
+    """Slugs by cosine similarity of query to document (one vector per document, its first chunk's
+    worth)."""
     docs = model.encode(
         texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
     )
@@ -86,7 +88,8 @@ def training_rows(
     max_pairs: int | None,
     seed: int,
 ) -> list[dict[str, str]]:
-    """(anchor, positive[, negative_1 …]) rows: one per training query whose condition is a document."""
+    """(anchor, positive[, negative_1 …]) rows: one per training query whose condition is a
+    document."""
     import random
 
     usable = [q for q in train if any(t in docs for t in q.targets)]
@@ -127,7 +130,8 @@ def tune_retriever(
     device: str = "cpu",
     log_fn=log.info,
 ) -> TuneResult:
-    """Fine-tune ``base`` (a sentence-transformers name or folder) and make it the indexes' embedder if better.
+    """Fine-tune ``base`` (a sentence-transformers name or folder) and make it the indexes' embedder
+    if better.
 
     A run with the same base, pairs and settings as a finished one reuses its model (no retraining).
     """
@@ -250,8 +254,9 @@ def _pk(pk: dict[int, float]) -> str:
 
 
 def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
-    """Tune from the configured base embedder (never from an earlier tuned one, so re-runs do not compound) on
-    the synthetic splits; ``cfg`` is the pipeline config without the tuned embedder substituted."""
+    """Tune from the configured base embedder (never from an earlier tuned one, so re-runs do not
+    compound) on the synthetic splits; ``cfg`` is the pipeline config without the tuned embedder
+    substituted."""
     from t0_pipeline.artifacts import read_parquet
     from t0_pipeline.embed import default_model_path
     from t0_pipeline.retrieval_eval import load_queries

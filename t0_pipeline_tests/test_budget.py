@@ -125,7 +125,8 @@ def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smoll
     out = generate_with_budget(
         model, tok, real_prompt(tok), BudgetConfig(thinking_budget=40, max_waits=2, answer_tokens=8)
     )
-    # this chat model ends its turn (<|im_end|>) after a few words: each early end became a "Wait", twice
+    # this chat model ends its turn (<|im_end|>) after a few words: each early end became a "Wait",
+    # twice
     assert out.waits == 2 and out.thinking.count(" Wait") == 2 and out.thinking_tokens <= 40
     after = out.text[len(out.thinking) :]
     assert out.text.startswith(out.thinking) and after.startswith(
@@ -144,7 +145,8 @@ def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smoll
 
 def test_a_real_model_gets_exactly_max_waits_and_the_budget_holds(smollm2):
     model, tok = smollm2
-    # "." as the end-of-thinking marker: this model ends a sentence within a few tokens, so it tries to stop often
+    # "." as the end-of-thinking marker: this model ends a sentence within a few tokens, so it tries
+    # to stop often
     config = BudgetConfig(thinking_budget=60, max_waits=2, answer_tokens=4, think_end=".")
     out = generate_with_budget(model, tok, real_prompt(tok), config)
     assert out.waits == 2 and out.thinking.count(" Wait") == 2 and "." not in out.thinking
@@ -166,7 +168,8 @@ def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget()
         out = complete_with_budget(server.api_base, "student", "question:", config)
         sent = server.state.requests
     thinking_calls = [r for r in sent if r.get("stop") == [MARKER]]
-    # decremented by the tokens generated and by each inserted " Wait" (1 token, from the server's /tokenize)
+    # decremented by the tokens generated and by each inserted " Wait" (1 token, from the server's
+    # /tokenize)
     assert [r["max_tokens"] for r in thinking_calls] == [10, 5]
     assert all(r["min_tokens"] == 1 and r["temperature"] == 0.0 for r in thinking_calls)
     assert thinking_calls[1]["prompt"] == "question: the toe is hot Wait"

@@ -207,7 +207,8 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
 
 
 def test_bad_files_and_folders_are_one_line_each_and_keep_what_was_built(tmp_path, capsys):
-    """Each case through the real entry point (`main`): exit status 2 and one line naming the problem."""
+    """Each case through the real entry point (`main`): exit status 2 and one line naming the
+    problem."""
     import pytest
 
     from t0_pipeline.cli import main

@@ -122,7 +122,8 @@ def test_profile_errors_are_one_clear_line(tmp_path):
 
 
 def test_dagster_submits_the_script_t0_sbatch_prints(tmp_path):
-    """One way to build a job, two ways to submit it: TrainingCompute's script, the launcher's payload, the CLI's."""
+    """One way to build a job, two ways to submit it: TrainingCompute's script, the launcher's
+    payload, the CLI's."""
     from typer.testing import CliRunner
 
     from t0_pipeline.cli import app

@@ -1,4 +1,5 @@
-"""Configuration layers: defaults ← file ← T0_…__… environment ← run config, each setting only what it names."""
+"""Configuration layers: defaults ← file ← T0_…__… environment ← run config, each setting only what
+it names."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The CPU model server on the real SmolLM2-135M-Instruct (converted from the bundled GGUF by base_models),
-started and stopped by the model-server resource as vLLM is: the protocol the stages rely on, constrained JSON,
-batching, and the failures a user meets (a checkpoint that does not load, an over-long request, tools)."""
+"""The CPU model server on the real SmolLM2-135M-Instruct (converted from the bundled GGUF by
+base_models), started and stopped by the model-server resource as vLLM is: the protocol the stages
+rely on, constrained JSON, batching, and the failures a user meets (a checkpoint that does not load,
+an over-long request, tools)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The crawler against a hostile loopback site: every case ends per page (or as one clear error), in bounded
-time and memory, and the rest of the crawl goes on."""
+"""The crawler against a hostile loopback site: every case ends per page (or as one clear error), in
+bounded time and memory, and the rest of the crawl goes on."""
 
 from __future__ import annotations
 
@@ -181,7 +181,8 @@ def test_robots_disallowing_everything_or_unreadable_stops_before_any_page(site)
 
 
 def test_a_killed_crawl_resumes_where_it_stopped(site, tmp_path):
-    """`t0 crawl` killed mid-way: the pages it had saved are not fetched again, and the result is whole."""
+    """`t0 crawl` killed mid-way: the pages it had saved are not fetched again, and the result is
+    whole."""
     for slug in ("acne", "gout", "stroke", "sepsis", "shingles", "tonsillitis"):
         site.state.slow[f"/conditions/{slug}/"] = 0.4
     data = tmp_path / "data"

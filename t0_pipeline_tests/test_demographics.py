@@ -1,4 +1,5 @@
-"""One definition of a person's details: the prompt text every stage shows, and the two ways they are given."""
+"""One definition of a person's details: the prompt text every stage shows, and the two ways they
+are given."""
 
 from __future__ import annotations
 

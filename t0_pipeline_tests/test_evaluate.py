@@ -1,4 +1,5 @@
-"""Accuracy evaluation against the loopback model server: every predictor, bad answers, caching, reports."""
+"""Accuracy evaluation against the loopback model server: every predictor, bad answers, caching,
+reports."""
 
 from __future__ import annotations
 
@@ -176,7 +177,8 @@ def test_tool_calling_model_counts_every_kind_of_bad_answer_and_runs_are_cached_
             # naming the right condition is only allowed when it was among the documents shown
             assert row["status"] == ("ok" if row["gold_retrieved"] else "unknown_condition")
 
-        # k=0 lists every condition; k=5 holds the retrieved documents and only their titles are allowed
+        # k=0 lists every condition; k=5 holds the retrieved documents and only their titles are
+        # allowed
         k0_prompt = next(r for r in first if "No documents" in system(r["messages"]))
         assert "- Warts and verrucas" in system(
             k0_prompt["messages"]
@@ -614,7 +616,8 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
     _, again = run_evaluation(paths, cfg, "local", retriever)
     assert again["usage"]["cache_hits"] == 1 and again["usage"]["completed"] == 0
 
-    # with a temperature, each run samples with its own seed: the runs differ, and a seed reproduces its run
+    # with a temperature, each run samples with its own seed: the runs differ, and a seed reproduces
+    # its run
     sampled = {
         **model,
         "temperature": 1.0,

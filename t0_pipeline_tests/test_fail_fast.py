@@ -1,5 +1,6 @@
-"""Model stages stop quickly, with one line naming the role, the URL and what to do, when the endpoint itself is
-the problem (nothing listening, key refused, model not served) or most calls fail; nothing produced is lost."""
+"""Model stages stop quickly, with one line naming the role, the URL and what to do, when the
+endpoint itself is the problem (nothing listening, key refused, model not served) or most calls
+fail; nothing produced is lost."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def llm_for(role: str, api_base: str, **llm) -> LLMConfig:
 
 
 def test_query_writing_with_no_server_stops_within_30_s_at_the_default_settings(tmp_path):
-    """As a new user meets it: `t0 synth-queries` with nothing listening, every retry setting at its default."""
+    """As a new user meets it: `t0 synth-queries` with nothing listening, every retry setting at its
+    default."""
     paths, url = corpus(tmp_path), closed_url()
     config = tmp_path / "t0.yaml"
     config.write_text(
@@ -193,7 +195,8 @@ def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_wha
     from t0_pipeline.synth import run_generate_queries
 
     with FakeLLM() as server:
-        # four pages in six cannot be written about: the server rejects those prompts (HTTP 400, not retried)
+        # four pages in six cannot be written about: the server rejects those prompts (HTTP 400, not
+        # retried)
         server.on('"(Beta cough|Gamma pain|Delta rash|Eps ache)"', "unused", faults=[400] * 10_000)
         server.on(".*", writer_reply)
         paths = corpus(tmp_path)

@@ -66,7 +66,8 @@ def setup(tmp_path, embedder):
         df = docs_frame(texts)
         paths.conditions.parent.mkdir(parents=True, exist_ok=True)
         df.write_parquet(paths.conditions)
-        # float documents: the counting wrapper must see every encode (int8 would encode with a quantised copy)
+        # float documents: the counting wrapper must see every encode (int8 would encode with a
+        # quantised copy)
         return build_dense_index(
             df,
             "full",
@@ -127,7 +128,8 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(
     with pytest.raises(RuntimeError):
         build(edited)
     monkeypatch.undo()
-    # the previous manifest still rules: searches see the old rash text, never the half-committed new one,
+    # the previous manifest still rules: searches see the old rash text, never the half-committed
+    # new one,
     # although conditions.parquet already holds the new text
     assert (
         "sunburn" in pl.read_parquet(paths.conditions).filter(pl.col("slug") == "rash")["text"][0]
@@ -139,7 +141,8 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(
         retriever.search("itchy red rash after touching a plant", k=1, mode="dense")[0].text
         == TOPICS["rash"]
     )
-    # the next run finds the new chunks complete, commits them without re-embedding, and removes the old ones
+    # the next run finds the new chunks complete, commits them without re-embedding, and removes the
+    # old ones
     recovered = build(edited)
     assert recovered.embedded_chunks == 0 and recovered.changed == ["rash"]
     assert ("rash", sha256_text(TOPICS["rash"])) not in collection_slugs(
@@ -148,8 +151,8 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(
 
 
 def test_a_corpus_rewritten_ahead_of_its_indexes_is_never_served(setup, embedder):
-    """Crash after the corpus files were rewritten (and after the dense index, before BM25): what is served stays
-    one consistent version, with its text and URLs."""
+    """Crash after the corpus files were rewritten (and after the dense index, before BM25): what is
+    served stays one consistent version, with its text and URLs."""
     paths, build, _ = setup
     build(TOPICS)
     build_bm25_index(docs_frame(TOPICS), "full", paths)
@@ -284,8 +287,8 @@ if os.environ.get("T0_TEST_KILL_AT_UPSERT"):
     "kill_at", [2, 6]
 )  # inside the full-page index (4 batches); inside the summaries index
 def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, kill_at):
-    """`t0 index` SIGKILLed at a chosen batch, then run again: the result equals an uninterrupted build, and
-    the batches written before the kill are not encoded again."""
+    """`t0 index` SIGKILLed at a chosen batch, then run again: the result equals an uninterrupted
+    build, and the batches written before the kill are not encoded again."""
     import os
     import re
 
@@ -346,5 +349,6 @@ def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, 
     if not full_done:  # killed in the full-page index: its finished batches were kept
         assert again["full"][0] <= total["full"][0] - written_before_kill
         assert again["summaries"][0] == total["summaries"][0]
-    else:  # killed in the summaries index: the full-page index was finished and is not touched again
+    # killed in the summaries index: the full-page index was finished and is not touched again
+    else:
         assert again["full"][0] == 0 and again["summaries"][0] < total["summaries"][0]

@@ -1,4 +1,5 @@
-"""The model-server lifecycle: start, health wait, calls, stop; and each way a start fails, with one clear error.
+"""The model-server lifecycle: start, health wait, calls, stop; and each way a start fails, with one
+clear error.
 
 vLLM needs a GPU, so the server command is the project's loopback server (``fake_llm``) started as a
 subprocess exactly as ``vllm serve`` would be (same placeholders, same /health, /v1/models and
@@ -244,7 +245,8 @@ def _slurm_over_ssh() -> Path | None:
 
 
 def test_a_server_runs_as_a_slurm_job_over_ssh_and_is_cancelled_after(tmp_path):
-    """ModelServer(mode=slurm) → SSH → sbatch → the server on the node → health → a call → scancel."""
+    """ModelServer(mode=slurm) → SSH → sbatch → the server on the node → health → a call →
+    scancel."""
     from t0_pipeline.config import PipelineConfig
     from t0_pipeline.defs.resources import ModelServer
     from t0_pipeline_tests.test_train import cpu_profile

@@ -78,8 +78,9 @@ def test_report_on_the_sample_corpus(built, embedder):
 
 
 def test_agent_search_queries_are_scored_beside_the_queries_as_written(built, embedder, tmp_path):
-    """The agent of a serve profile (the scripted model server, OpenAI tool calls) turns each query into its
-    search query exactly as a served turn does; the report scores both and says how many were rewritten."""
+    """The agent of a serve profile (the scripted model server, OpenAI tool calls) turns each query
+    into its search query exactly as a served turn does; the report scores both and says how many
+    were rewritten."""
     from t0_pipeline.config import RoleConfig
     from t0_pipeline.llm import LLMCache
     from t0_pipeline.serve.agent import agent_search_queries

@@ -1,4 +1,5 @@
-"""The one retry policy (crawler, LLM client, budget forcing): backoff bounds, jitter, Retry-After, attempts."""
+"""The one retry policy (crawler, LLM client, budget forcing): backoff bounds, jitter, Retry-After,
+attempts."""
 
 from __future__ import annotations
 

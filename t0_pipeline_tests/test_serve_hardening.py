@@ -1,4 +1,5 @@
-"""The service probed as an attacker and an unlucky client would: each guard here fails without it."""
+"""The service probed as an attacker and an unlucky client would: each guard here fails without
+it."""
 
 from __future__ import annotations
 

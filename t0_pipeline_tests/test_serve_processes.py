@@ -1,5 +1,5 @@
-"""`t0 serve` as real processes: two of them on one database behave as one service; a start warns about
-model endpoints that do not answer; the first turn is as quick as later ones (warm start)."""
+"""`t0 serve` as real processes: two of them on one database behave as one service; a start warns
+about model endpoints that do not answer; the first turn is as quick as later ones (warm start)."""
 
 from __future__ import annotations
 
@@ -197,8 +197,9 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
 
 
 def test_replicas_starting_together_on_a_fresh_database_all_open_it(tmp_path):
-    """Each Store is its own engine and connection, as in separate processes: the loser of the race to create a
-    table must not fail the start (it did, with "table api_keys already exists", in a CI run)."""
+    """Each Store is its own engine and connection, as in separate processes: the loser of the race
+    to create a table must not fail the start (it did, with "table api_keys already exists", in a CI
+    run)."""
     import threading
 
     for round_ in range(5):

@@ -41,7 +41,8 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
     config = SFTConfig(tokenizer="tiny")
     df, stats = build_sft(pl.DataFrame([TRACE]), config, tiny_tokenizer)
     system = json.loads(df["messages"][0])[0]["content"]
-    # the evaluation prompt at k > 0: the teacher's documents, their titles (or inconclusive) allowed
+    # the evaluation prompt at k > 0: the teacher's documents, their titles (or inconclusive)
+    # allowed
     assert (
         "\n[1] Stroke (score -0.500)\nCall 999.\n\n[2] Migraine (score -0.900)\nLie down.\n"
         in system
@@ -58,8 +59,8 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
 
 
 def test_a_real_chatml_tokenizer_renders_the_example_and_learns_only_the_answer_turn(smollm2_gguf):
-    """SmolLM2's own tokenizer and chat template (not one built here): the text is the ChatML we expect, and the
-    trainer's labels cover exactly the assistant turn."""
+    """SmolLM2's own tokenizer and chat template (not one built here): the text is the ChatML we
+    expect, and the trainer's labels cover exactly the assistant turn."""
     from transformers import AutoTokenizer
 
     from t0_pipeline.train import IGNORE, tokenize_example

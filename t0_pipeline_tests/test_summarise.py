@@ -1,4 +1,5 @@
-"""Extractive summaries: symptoms and when-to-get-help sentences within budget; reuse when unchanged."""
+"""Extractive summaries: symptoms and when-to-get-help sentences within budget; reuse when
+unchanged."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Synthetic queries: balanced seeded draws, refusal → redraw, disjoint eval/train with top-up, resume."""
+"""Synthetic queries: balanced seeded draws, refusal → redraw, disjoint eval/train with top-up,
+resume."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ PAGES = {
 
 
 def writer_reply(messages, body):
-    """Scripted query writer: refuses A&E for 'Alpha itch', otherwise writes a query naming its inputs.
+    """Scripted query writer: refuses A&E for 'Alpha itch', otherwise writes a query naming its
+    inputs.
 
-    Like a sampling model, the message depends on the request's seed, so two draws of one cell's prompt
-    with different seeds write different messages (and the same seed the same message).
+    Like a sampling model, the message depends on the request's seed, so two draws of one cell's
+    prompt with different seeds write different messages (and the same seed the same message).
     """
     prompt = messages[-1]["content"]
     condition = re.search(r'has "([^"]+)"', prompt).group(1)
@@ -79,7 +81,8 @@ def setup(tmp_path, server, **gen):
 def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
     with FakeLLM() as server:
         server.on("send to NHS 111", writer_reply)
-        # six pages, 18 of their 18 (condition, disposition) pairs in the evaluation set: most training draws
+        # six pages, 18 of their 18 (condition, disposition) pairs in the evaluation set: most
+        # training draws
         # overlap, so this tiny corpus needs more top-up draws than the default allowance (n_train)
         paths, cfg, llm = setup(tmp_path, server, max_top_up_draws=60)
         eval_df, train_df, report = run_generate_queries(paths, cfg, llm)
@@ -123,7 +126,8 @@ def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
             and eval_df["query"].n_unique() == 1000
         )
         assert sorted(eval_df["id"]) == [f"eval-{i:05d}" for i in range(1000)]
-        # every cell its own seed: the calls differ in seed, so no two cells shared a request (or a cached reply)
+        # every cell its own seed: the calls differ in seed, so no two cells shared a request (or a
+        # cached reply)
         seeds = [body.get("seed") for body in server.state.requests]
         assert len(set(seeds)) == len(seeds)
         cells = report["eval"][
@@ -189,8 +193,8 @@ def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writ
 
 
 def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_flight(tmp_path):
-    """`t0 synth-queries` SIGKILLed mid-way and run again gives exactly the sets of an uninterrupted run; the
-    only calls made twice are those in flight at the kill."""
+    """`t0 synth-queries` SIGKILLed mid-way and run again gives exactly the sets of an uninterrupted
+    run; the only calls made twice are those in flight at the kill."""
     import os
     import signal
     import sqlite3
@@ -261,7 +265,8 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
 
 
 def test_an_age_written_as_above_80_is_kept_not_failed(tmp_path):
-    """The prompt lets the writer answer "above 80", as the reference's did; such a draw is a query, not a failure."""
+    """The prompt lets the writer answer "above 80", as the reference's did; such a draw is a query,
+    not a failure."""
 
     def elderly(messages, body):
         reply = json.loads(writer_reply(messages, body))

@@ -139,7 +139,8 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     assert not by_id["train-00002"]["parsable"] and not by_id["train-00002"]["kept"]
     assert stats["kept"] == 1 and stats["parsable_rate"] == pytest.approx(2 / 3)
     assert (paths.traces).exists()
-    # the teacher was asked exactly what the student is trained on (and evaluated with): the SFT example's turns
+    # the teacher was asked exactly what the student is trained on (and evaluated with): the SFT
+    # example's turns
     from t0_pipeline import triage_prompt
     from t0_pipeline.chat import ChatFormat
     from t0_pipeline.sft import messages_for

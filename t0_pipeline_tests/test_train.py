@@ -39,7 +39,8 @@ def trace(i: int, condition: str, severity: str, query: str, thinking: str) -> d
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    """A 2-layer Qwen2 model + tokenizer saved to a folder, and an SFT dataset made by the real sft stage."""
+    """A 2-layer Qwen2 model + tokenizer saved to a folder, and an SFT dataset made by the real sft
+    stage."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -266,7 +267,8 @@ SMALL_JOB = {
 
 
 def job_workspace(tmp_path, root, **train):
-    """A data dir holding the SFT dataset, and a config training the tiny model for 6 steps as size "tiny"."""
+    """A data dir holding the SFT dataset, and a config training the tiny model for 6 steps as size
+    "tiny"."""
     import shutil
 
     import yaml
@@ -282,7 +284,8 @@ def job_workspace(tmp_path, root, **train):
 
 
 def cpu_profile(tmp_path, procs: int = 1, setup: list[str] | None = None, **fields):
-    """A site-profile folder with one CPU-only profile, "ci-cpu", offering size "tiny" as ``procs`` ranks."""
+    """A site-profile folder with one CPU-only profile, "ci-cpu", offering size "tiny" as ``procs``
+    ranks."""
     import yaml
 
     profiles = tmp_path / "profiles"
@@ -393,7 +396,8 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
 
 @pytest.mark.slow
 def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(student, tmp_path):
-    """The rendered script under a real Slurm cluster: Slurm's pre-timeout signal → checkpoint → requeue → resume."""
+    """The rendered script under a real Slurm cluster: Slurm's pre-timeout signal → checkpoint →
+    requeue → resume."""
     import os
     import subprocess
     import sys
@@ -447,7 +451,8 @@ def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(st
         time.sleep(0.5)  # wait until it is training
     # what Slurm does STOP_LEAD_S before the time limit (#SBATCH --signal=B:USR1@…), done now
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
-    # requeued, the job waits until its old credential expires (AuthInfo=cred_expire in .ci/slurm-up.sh), then resumes
+    # requeued, the job waits until its old credential expires (AuthInfo=cred_expire in
+    # .ci/slurm-up.sh), then resumes
     state = _wait_for_job(job, lambda s: s in FINAL_STATES, timeout=400)
     text = log.read_bytes().decode(errors="replace")
     assert state == "COMPLETED", text[-3000:]
@@ -481,7 +486,8 @@ if os.environ.get("RANK") == "1" and os.environ.get("T0_TEST_FAIL_AT_STEP"):
 
 @pytest.mark.slow
 def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm(student, tmp_path):
-    """student_checkpoint → dagster-slurm → SSH → sbatch → srun → torchrun → 2 CPU ranks, DeepSpeed ZeRO-3 (gloo)."""
+    """student_checkpoint → dagster-slurm → SSH → sbatch → srun → torchrun → 2 CPU ranks, DeepSpeed
+    ZeRO-3 (gloo)."""
     import os
     import sys
     from pathlib import Path
@@ -530,7 +536,8 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
             raise_on_error=False,
         )
 
-    # 1. rank 1 fails at step 4: the run fails with that rank's error; the checkpoints already saved stay
+    # 1. rank 1 fails at step 4: the run fails with that rank's error; the checkpoints already saved
+    # stay
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(FAULT)
@@ -553,7 +560,8 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     )
     assert saved and saved[0].name == "checkpoint-2"
 
-    # 2. the job submitted again: both ranks, parameters sharded, resumed from the last checkpoint, loss falls
+    # 2. the job submitted again: both ranks, parameters sharded, resumed from the last checkpoint,
+    # loss falls
     cpu_profile(tmp_path, procs=2)
     result = materialize()
     assert result.success, _failure_messages(result)
@@ -577,7 +585,8 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     base = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
     assert any(not torch.equal(base[k], v) for k, v in loaded.state_dict().items())
 
-    # 3. `t0 sbatch` prints exactly the script Slurm ran for Dagster (each job keeps a copy beside its output)
+    # 3. `t0 sbatch` prints exactly the script Slurm ran for Dagster (each job keeps a copy beside
+    # its output)
     ran = (
         data / "students" / "tiny" / "logs" / f"t0-train-tiny-{meta['slurm_job_id'].value}.sbatch"
     ).read_text()
@@ -629,9 +638,10 @@ def _failure_messages(result) -> list[str]:
 def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_step(
     student, built, tmp_path
 ):
-    """One line in train.sizes → student_checkpoint[tiny] trains (Pipes) → the evaluation sensor asks for
-    accuracy_report[t0-tiny] and its base → each is served by the model-server resource (the loopback server as
-    the vLLM command), evaluated and stopped → accuracy_comparison gains the rows."""
+    """One line in train.sizes → student_checkpoint[tiny] trains (Pipes) → the evaluation sensor
+    asks for accuracy_report[t0-tiny] and its base → each is served by the model-server resource
+    (the loopback server as the vLLM command), evaluated and stopped → accuracy_comparison gains the
+    rows."""
     import shutil
 
     import dagster as dg
@@ -659,7 +669,8 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
     config.write_text(
         yaml.safe_dump(
             {
-                # the new size: one line (the five default sizes are dropped here to keep the test small)
+                # the new size: one line (the five default sizes are dropped here to keep the test
+                # small)
                 "train": {
                     "sizes": {
                         "tiny": str(root / "base"),

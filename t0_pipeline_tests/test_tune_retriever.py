@@ -1,5 +1,6 @@
-"""Retriever fine-tuning: real MiniLM trained with sentence-transformers' trainer on synthetic-style queries of
-the sample corpus; the tuned model is used only when it measured better, and indexes follow it."""
+"""Retriever fine-tuning: real MiniLM trained with sentence-transformers' trainer on synthetic-style
+queries of the sample corpus; the tuned model is used only when it measured better, and indexes
+follow it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from t0_pipeline.retrieval_eval import sample_queries_path
 
 @pytest.fixture
 def tune_data(built, tmp_path):
-    """The built sample's documents, and its sample queries split in two as synthetic train / eval files."""
+    """The built sample's documents, and its sample queries split in two as synthetic train / eval
+    files."""
     _, source = built
     paths = DataPaths(tmp_path / "data")
     (paths.root / "corpus").mkdir(parents=True)
@@ -64,14 +66,16 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
         "itchy red eyes and sneezing in summer", 5, "dense"
     )
     assert len(hits) == 5
-    # a retriever configured with the base model refuses the tuned index rather than mixing vector spaces
+    # a retriever configured with the base model refuses the tuned index rather than mixing vector
+    # spaces
     with pytest.raises(T0Error, match="rebuild it"):
         Retriever("summaries", paths, PipelineConfig().embedding, cfg.chroma)
 
     again = run_tune(_config(min_gain=-1.0), paths)
     assert any("reused" in note for note in again.notes) and again.model_dir == result.model_dir
 
-    # a model that has to beat the current one by a whole p@k point is never used: the indexes go back
+    # a model that has to beat the current one by a whole p@k point is never used: the indexes go
+    # back
     worse = run_tune(_config(min_gain=1.0), paths)
     assert not worse.used and not (paths.retriever_dir / "active.json").exists()
     assert with_local_models(PipelineConfig(), paths).embedding.model is None

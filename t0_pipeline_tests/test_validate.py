@@ -1,4 +1,5 @@
-"""The pure validators behind the asset checks that had their logic inline before: each names what is wrong."""
+"""The pure validators behind the asset checks that had their logic inline before: each names what
+is wrong."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The chat page in headless Chromium (Debian's package, driven by Playwright); screenshots are kept.
+"""The chat page in headless Chromium (Debian's package, driven by Playwright); screenshots are
+kept.
 
 Screenshots go to ``$T0_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the repository), with the
 accessibility audit's findings (``axe-*.json``).
@@ -47,8 +48,9 @@ def browser():
 
 
 def open_page(browser, viewport, **kw):
-    """A page with the service's CSP not enforced: Playwright's own waits and axe are evaluated scripts. The
-    sanitising is thereby tested on its own (the CSP is a second line, checked in test_serve_hardening)."""
+    """A page with the service's CSP not enforced: Playwright's own waits and axe are evaluated
+    scripts. The sanitising is thereby tested on its own (the CSP is a second line, checked in
+    test_serve_hardening)."""
     return browser.new_page(viewport=viewport, bypass_csp=True, **kw)
 
 
@@ -115,7 +117,8 @@ def test_chat_page_streams_markdown_reasoning_sources_details_and_threads(
             page.click("#new-thread")
             page.wait_for_function("document.querySelectorAll('#threads li').length === 2")
             assert page.locator(".msg").count() == 0
-            # the person's details are theirs: a new conversation starts with them; "Saved" does not linger
+            # the person's details are theirs: a new conversation starts with them; "Saved" does not
+            # linger
             assert page.input_value("#demographics input[name=age]") == "67"
             assert page.inner_text("#demographics-status") == ""
             page.fill("#input", "hello")
@@ -171,7 +174,8 @@ def test_phone_and_desktop_layouts(built, retriever, tmp_path, browser):
 
 
 class HostileSources:
-    """The real retriever, with the first source's URL replaced as a hostile corpus page could set it."""
+    """The real retriever, with the first source's URL replaced as a hostile corpus page could set
+    it."""
 
     def __init__(self, real):
         self.real, self.docs = real, real.docs
@@ -274,7 +278,8 @@ def test_keyboard_only_create_switch_delete_send_and_open_reasoning(
 
 
 def start_model_process(port: int, chunk_delay: float) -> subprocess.Popen:
-    """The scripted model server as its own process (agent tool call + a long streamed answer), killable."""
+    """The scripted model server as its own process (agent tool call + a long streamed answer),
+    killable."""
     answer = " ".join(["Gout"] + [f"word{i}" for i in range(60)])
     proc = subprocess.Popen(
         [

@@ -1,6 +1,7 @@
-"""The whole chain on a real model, as `make demo` runs it: every asset of the graph, each model role the real
-SmolLM2-135M-Instruct served by the pipeline's model-server resource (the CPU server, litellm's real client),
-a real fine-tune and budget-forced evaluation. Only the sizes are smaller than the demo's."""
+"""The whole chain on a real model, as `make demo` runs it: every asset of the graph, each model
+role the real SmolLM2-135M-Instruct served by the pipeline's model-server resource (the CPU server,
+litellm's real client), a real fine-tune and budget-forced evaluation. Only the sizes are smaller
+than the demo's."""
 
 import json
 import os
@@ -79,7 +80,8 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
     table = out[out.index("Time per stage") : out.index("Retrieval p@k")]
     for asset in ASSETS:  # each one a successful Dagster run, its checks evaluated
         assert f"| {asset} |" in table, f"{asset} missing from\n{table}"
-    # no ERROR check fails (a WARN may: 16 summariser tokens sometimes give an empty summary, reported per page)
+    # no ERROR check fails (a WARN may: 16 summariser tokens sometimes give an empty summary,
+    # reported per page)
     failed = [line for line in table.splitlines() if "(ERROR)" in line]
     assert not failed, failed
     assert (
@@ -88,14 +90,16 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
         and "Stand-in:" in out
     )
 
-    # every role was served by the pipeline itself, from the converted checkpoint or the trained student
+    # every role was served by the pipeline itself, from the converted checkpoint or the trained
+    # student
     logs = sorted(p.name for p in (data / "servers").glob("*.log"))
     assert (
         sum(name.startswith("smollm2-135m-instruct-") for name in logs) == 4
     )  # summariser, writer, teacher, base
     assert sum(name.startswith("t0-135m-") for name in logs) == 1  # the student, from its final/
 
-    # structured output: every query and every trace parses (a 135M model writes valid JSON only when constrained)
+    # structured output: every query and every trace parses (a 135M model writes valid JSON only
+    # when constrained)
     queries = pl.read_parquet(data / "synthetic" / "queries_train.parquet")
     assert queries.height >= 1 and queries["query"].str.len_chars().min() >= 40
     traces = pl.read_parquet(data / "synthetic" / "traces.parquet")
@@ -103,7 +107,8 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
         traces["parsable"].all() and traces["condition_in_retrieved"].all() and traces["kept"].any()
     )
 
-    # the student is a real fine-tune of the converted base, evaluated with budget forcing against it
+    # the student is a real fine-tune of the converted base, evaluated with budget forcing against
+    # it
     metrics = json.loads((data / "students" / "135M" / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and metrics["config"]["model"].endswith(
         "models/smollm2-135m-instruct"

@@ -139,8 +139,9 @@ def no_empty_or_duplicate_documents(settings: PipelineSettings) -> dg.AssetCheck
 
 
 def build_summaries(backend: str) -> dg.AssetsDefinition:
-    """The summaries every downstream stage indexes and retrieves from, made by ``summary.backend``: extractive
-    (offline) or the LLM summariser (the report's choice; only new or changed pages are asked for)."""
+    """The summaries every downstream stage indexes and retrieves from, made by ``summary.backend``:
+    extractive (offline) or the LLM summariser (the report's choice; only new or changed pages are
+    asked for)."""
     llm = backend == "llm"
 
     @dg.asset(

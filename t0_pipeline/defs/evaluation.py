@@ -10,8 +10,9 @@ base model at the same k on the same queries.
 Each student size maps onto two partitions, ``student_checkpoint[7B]`` → ``accuracy_report[t0-7b]``
 and the base ``accuracy_report[qwen2.5-7b]`` beside it, so the lineage shows which checkpoint a
 report measured. When a checkpoint is materialised (a backfill of a new size), the evaluation sensor
-evaluates both partitions and refreshes ``accuracy_comparison``: no hand step. Models with a ``serve``
-section are served for the run by the ``model_server`` resource (vLLM here or as a Slurm job).
+evaluates both partitions and refreshes ``accuracy_comparison``: no hand step. Models with a
+``serve`` section are served for the run by the ``model_server`` resource (vLLM here or as a Slurm
+job).
 """
 
 import base64
@@ -45,7 +46,8 @@ def student_mapping(cfg: PipelineConfig) -> dict[str, set[str]]:
     return mapping
 
 
-# materialised after the student checkpoint it measures is (a backfill of a new size): evaluation follows training
+# materialised after the student checkpoint it measures is (a backfill of a new size): evaluation
+# follows training
 AFTER_TRAINING = (
     dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets("student_checkpoint"))
     & ~dg.AutomationCondition.in_progress()

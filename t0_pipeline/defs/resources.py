@@ -1,4 +1,5 @@
-"""Dagster resources: the pipeline's settings (which also hand out the embedder, Chroma and retrievers), training and model servers.
+"""Dagster resources: the pipeline's settings (which also hand out the embedder, Chroma and
+retrievers), training and model servers.
 
 Each resource only turns its fields into the stage modules' pydantic configs, so the
 CLI and the assets run exactly the same code with the same settings.
@@ -21,18 +22,20 @@ from t0_pipeline.config import (
 
 
 def location_config() -> PipelineConfig:
-    """The config the code location's shape comes from, read when it loads (``$T0_CONFIG`` and ``T0_…__…``):
-    partitions (sizes, evaluated models), which summaries are the retrieval corpus, what each stage
-    retrieves from, and which groups follow upstream changes on their own."""
+    """The config the code location's shape comes from, read when it loads (``$T0_CONFIG`` and
+    ``T0_…__…``): partitions (sizes, evaluated models), which summaries are the retrieval corpus,
+    what each stage retrieves from, and which groups follow upstream changes on their own."""
     return load_config(os.environ.get("T0_CONFIG") or None)
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """Where artefacts live and the pipeline's settings: the config file (``$T0_CONFIG``), ``T0_…__…``
-    environment variables, then ``overrides`` from the launchpad, each setting only the fields it names.
+    """Where artefacts live and the pipeline's settings: the config file (``$T0_CONFIG``),
+    ``T0_…__…`` environment variables, then ``overrides`` from the launchpad, each setting only the
+    fields it names.
 
-    Every asset reads its settings here, the same ``PipelineConfig`` the CLI reads, so an index built in
-    the UI and a ``t0 serve`` started from the same file use one embedding model and one Chroma store.
+    Every asset reads its settings here, the same ``PipelineConfig`` the CLI reads, so an index
+    built in the UI and a ``t0 serve`` started from the same file use one embedding model and one
+    Chroma store.
     """
 
     data_dir: str = os.environ.get("T0_DATA_DIR", "data")
@@ -41,8 +44,9 @@ class PipelineSettings(dg.ConfigurableResource):
     overrides: Dict[str, Any] = {}
 
     def pipeline_config(self, tuned: bool = True) -> PipelineConfig:
-        """The merged settings, with base_models names standing for their folders under the data root, and the
-        fine-tuned embedder in use once retriever_model measured it better (unless ``tuned`` is False)."""
+        """The merged settings, with base_models names standing for their folders under the data
+        root, and the fine-tuned embedder in use once retriever_model measured it better (unless
+        ``tuned`` is False)."""
         cfg = load_config(self.config_file, overrides=self.overrides)
         return (
             with_local_models(cfg, self.paths()) if tuned else with_base_models(cfg, self.paths())
@@ -63,7 +67,8 @@ class PipelineSettings(dg.ConfigurableResource):
         return chroma_client(self.pipeline_config().chroma, self.paths())
 
     def retriever(self, index: str, cfg: Optional[PipelineConfig] = None):
-        """A retriever over ``index`` with the configured embedding model, store and retrieval settings."""
+        """A retriever over ``index`` with the configured embedding model, store and retrieval
+        settings."""
         from t0_pipeline.retrieve import Retriever
 
         cfg = cfg or self.pipeline_config()
@@ -71,14 +76,15 @@ class PipelineSettings(dg.ConfigurableResource):
 
 
 class TrainingCompute(dg.ConfigurableResource):
-    """Where student training runs; ``python -m t0_pipeline.train`` either way, reporting through Pipes.
+    """Where student training runs; ``python -m t0_pipeline.train`` either way, reporting through
+    Pipes.
 
-    ``local``: a Dagster Pipes subprocess on this machine. ``slurm``: dagster-slurm submits, over SSH, the
-    job script that ``t0 sbatch`` renders for the partition's size from the site profile (nodes × GPUs,
-    torchrun on every node, DeepSpeed ZeRO-3, the profile's modules/container/setup). Rank 0 reports
-    progress and the result; a failing rank's error comes back as the run's error. Clusters without
-    accounting (no slurmdbd) never show finished jobs to squeue, so the SSH session exports
-    ``SQUEUE_STATES=all`` first.
+    ``local``: a Dagster Pipes subprocess on this machine. ``slurm``: dagster-slurm submits, over
+    SSH, the job script that ``t0 sbatch`` renders for the partition's size from the site profile
+    (nodes × GPUs, torchrun on every node, DeepSpeed ZeRO-3, the profile's modules/container/setup).
+    Rank 0 reports progress and the result; a failing rank's error comes back as the run's error.
+    Clusters without accounting (no slurmdbd) never show finished jobs to squeue, so the SSH session
+    exports ``SQUEUE_STATES=all`` first.
     """
 
     mode: str = "local"  # local | slurm
@@ -146,7 +152,8 @@ class TrainingCompute(dg.ConfigurableResource):
         return self._slurm(context, size, model, config_file, data_dir)
 
     def job_script(self, *, size: str, model: str, config_file: Optional[str], data_dir: str):
-        """(site profile, job shape, job script) for ``size``: the script is the one ``t0 sbatch`` prints."""
+        """(site profile, job shape, job script) for ``size``: the script is the one ``t0 sbatch``
+        prints."""
         from pathlib import Path
 
         from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
@@ -194,7 +201,8 @@ class TrainingCompute(dg.ConfigurableResource):
             f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
             f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}"
         )
-        queue = SlurmQueueConfig(  # the same shape the script's #SBATCH lines ask for (the command line wins)
+        # the same shape the script's #SBATCH lines ask for (the command line wins)
+        queue = SlurmQueueConfig(
             partition=job.partition or "",
             num_nodes=job.nodes,
             time_limit=job.time_limit,
@@ -241,14 +249,16 @@ class TrainingCompute(dg.ConfigurableResource):
 
 
 def job_log_dir(data_dir: str, size: str) -> str:
-    """Where a training job's output, script copy and rank errors go: the student's ``logs/`` folder."""
+    """Where a training job's output, script copy and rank errors go: the student's ``logs/``
+    folder."""
     from t0_pipeline.config import DataPaths
 
     return str(DataPaths(data_dir).student_dir(size) / "logs")
 
 
 def job_failure_message(size: str, error: str, rank_errors: str) -> str:
-    """One clear error for a failed training job: the failing rank's error and last lines, else Slurm's reason."""
+    """One clear error for a failed training job: the failing rank's error and last lines, else
+    Slurm's reason."""
     from t0_pipeline.train import parse_failures
 
     failures = parse_failures(rank_errors)
@@ -283,13 +293,15 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
 
 
 class ModelServer(dg.ConfigurableResource):
-    """Starts the model servers evaluation needs (entries with a ``serve`` section); see :mod:`t0_pipeline.model_server`.
+    """Starts the model servers evaluation needs (entries with a ``serve`` section); see
+    :mod:`t0_pipeline.model_server`.
 
-    ``local``: a subprocess on this machine (its GPUs → tensor parallel size), running ``servers.command``
-    from the config (vLLM by default). ``slurm``: a one-node job rendered from the site profile, with the
-    GPUs that profile gives the model's size per node; submitted with ``sbatch`` here, or over SSH on a
-    login node when ``ssh_host`` is set. The server's log lines go to the run's log; it is stopped when
-    the stage ends. Entries without ``serve`` are reached at their ``api_base`` as before.
+    ``local``: a subprocess on this machine (its GPUs → tensor parallel size), running
+    ``servers.command`` from the config (vLLM by default). ``slurm``: a one-node job rendered from
+    the site profile, with the GPUs that profile gives the model's size per node; submitted with
+    ``sbatch`` here, or over SSH on a login node when ``ssh_host`` is set. The server's log lines go
+    to the run's log; it is stopped when the stage ends. Entries without ``serve`` are reached at
+    their ``api_base`` as before.
     """
 
     mode: str = "local"  # local | slurm
@@ -321,8 +333,8 @@ class ModelServer(dg.ConfigurableResource):
         return lambda plan: self._slurm_server(cfg, paths, size, plan, log)
 
     def roles(self, cfg: PipelineConfig, paths: DataPaths, roles: list, log):
-        """A context manager: ``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server
-        started for the block (see :func:`t0_pipeline.model_server.roles_served`)."""
+        """A context manager: ``cfg`` with each of ``roles`` that has a ``serve`` section pointed at
+        a server started for the block (see :func:`t0_pipeline.model_server.roles_served`)."""
         from t0_pipeline.model_server import roles_served
 
         return roles_served(cfg, roles, paths, self.factory(cfg, paths, None, log))

@@ -27,8 +27,8 @@ RETRIEVER_MODEL = dg.AssetKey("retriever_model")
 
 
 def follows(*keys: dg.AssetKey) -> dg.AutomationCondition:
-    """Eager on the other deps, not waiting for ``keys`` (they need an LLM or a training run), and re-run
-    whenever one of them is newly materialised."""
+    """Eager on the other deps, not waiting for ``keys`` (they need an LLM or a training run), and
+    re-run whenever one of them is newly materialised."""
     selection = dg.AssetSelection.keys(*keys)
     return (
         EAGER.ignore(selection)
@@ -166,7 +166,8 @@ full_page_bm25, full_page_bm25_check = _bm25_asset("full")
 summary_bm25, summary_bm25_check = _bm25_asset("summaries")
 
 
-# rebuilt when the corpus changes, and when synthetic queries are written (not waiting for them: they need an LLM)
+# rebuilt when the corpus changes, and when synthetic queries are written (not waiting for them:
+# they need an LLM)
 FOLLOWS_QUERIES = follows(SYNTHETIC_QUERIES)
 
 
@@ -232,7 +233,8 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     code_version=version_of("retrieval_report"),
     automation_condition=EAGER,
     kinds={"python", "csv"},
-    # with retrieval_eval.rewrite_with the agent's model writes search queries (started here when it has serve:)
+    # with retrieval_eval.rewrite_with the agent's model writes search queries (started here when it
+    # has serve:)
     required_resource_keys={"model_server"}
     if location_config().retrieval_eval.rewrite_with
     else set(),

@@ -1,9 +1,11 @@
-"""Materialise every asset of the code location in dependency order: what ``make demo`` runs (``t0 run-all``).
+"""Materialise every asset of the code location in dependency order: what ``make demo`` runs (``t0
+run-all``).
 
 The source is observed first (its version goes on record), then each asset, and each partition of a
-partitioned one, is one Dagster run in the instance at ``$DAGSTER_HOME`` (the UI shows them, with metadata and
-check results, as if launched there). Runs execute in this process, one after another, so the time of each is
-its own. A failed asset stops the chain with its error; everything materialised before it stays.
+partitioned one, is one Dagster run in the instance at ``$DAGSTER_HOME`` (the UI shows them, with
+metadata and check results, as if launched there). Runs execute in this process, one after another,
+so the time of each is its own. A failed asset stops the chain with its error; everything
+materialised before it stays.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class StageTime:
 
 
 def run_all(echo: Callable[[str], None] = print, select: set[str] | None = None) -> list[StageTime]:
-    """Every materialisable asset (or those named in ``select``), in dependency order; one row per run."""
+    """Every materialisable asset (or those named in ``select``), in dependency order; one row per
+    run."""
     import dagster as dg
 
     from t0_pipeline.definitions import defs

@@ -87,8 +87,9 @@ FOLLOW_IF_SET = EAGER if LOCATION.automation.synthetic_data else None
 
 
 def build_summary_study() -> list:
-    """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them: their own
-    index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries *are* ``summaries``.)"""
+    """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them:
+    their own index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries
+    *are* ``summaries``.)"""
 
     @dg.asset(
         group_name=GROUP,
@@ -270,8 +271,8 @@ if LOCATION.summary.backend == "extractive":
 
 
 def retrieved_from(index: str, mode: str) -> list:
-    """The index assets a stage retrieving from ``index`` in ``mode`` (config values) depends on: lineage follows
-    config."""
+    """The index assets a stage retrieving from ``index`` in ``mode`` (config values) depends on:
+    lineage follows config."""
     assets = list(INDEX_ASSETS.get(index) or [])
     if (
         index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages

@@ -57,7 +57,8 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
             raise T0Error(
                 f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to the config."
             )
-        # the job reads the settings this run resolved (file, environment, launchpad overrides), wherever it runs
+        # the job reads the settings this run resolved (file, environment, launchpad overrides),
+        # wherever it runs
         resolved = (
             Path(job_log_dir(str(Path(settings.data_dir).resolve()), size)) / "pipeline.config.json"
         )

@@ -96,7 +96,8 @@ def fit_history(
     budget: int,
     count: Callable[[str], int] = approx_tokens,
 ) -> list[dict[str, str]]:
-    """The system prompt, as many of the latest turns as fit in ``budget`` tokens, and the new message.
+    """The system prompt, as many of the latest turns as fit in ``budget`` tokens, and the new
+    message.
 
     The system prompt and the new message are always kept; only answers are resent (thinking is
     stored apart); the kept history never starts with an orphaned assistant turn.
@@ -133,8 +134,10 @@ class ChatService:
         self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.llm.prompts_dir)
         self._retriever_factory = retriever_factory or self._default_retriever
         self._retrievers: dict[str, Any] = {}
-        # searches run one at a time (the embedder and store are shared) on one thread of their own, so torch's
-        # worker threads stay with it between searches instead of being set up again for each pool thread
+        # searches run one at a time (the embedder and store are shared) on one thread of their own,
+        # so torch's
+        # worker threads stay with it between searches instead of being set up again for each pool
+        # thread
         self._retrieval = ThreadPoolExecutor(1, thread_name_prefix="retrieval")
         self._clients: dict[str, LLMClient] = {}
         self._templates: dict[str | None, Any] = {}  # chat templates for budget-forced reasoners
@@ -182,7 +185,8 @@ class ChatService:
         return self._clients[role]
 
     async def rehearse_clients(self) -> None:
-        """Each profile's agent (with its tool) and streamed reasoner through litellm once, no model called."""
+        """Each profile's agent (with its tool) and streamed reasoner through litellm once, no model
+        called."""
         for profile in self.cfg.serve.profiles.values():
             await self.client(profile.agent).rehearse(
                 [SEARCH_TOOL] if profile.agent_tools else None
@@ -191,8 +195,9 @@ class ChatService:
                 await self.client(profile.reasoner).rehearse(stream=True)
 
     def warm_up(self) -> int:
-        """Load at start-up what a first turn would otherwise wait for: each profile's index, embedder and BM25
-        (one search), its model clients and litellm, a budget-forced reasoner's tokenizer. Documents served."""
+        """Load at start-up what a first turn would otherwise wait for: each profile's index,
+        embedder and BM25 (one search), its model clients and litellm, a budget-forced reasoner's
+        tokenizer. Documents served."""
         from t0_pipeline.chat import load_tokenizer
         from t0_pipeline.llm import _litellm
 
@@ -305,7 +310,8 @@ class ChatService:
     async def _budget_forced(
         self, profile: ServeProfile, messages: list[dict[str, str]]
     ) -> AsyncIterator[tuple[str, Any]]:
-        """The reasoner through budget forcing on a completions endpoint (the thinking cap and "Wait" insertions)."""
+        """The reasoner through budget forcing on a completions endpoint (the thinking cap and
+        "Wait" insertions)."""
         from t0_pipeline.budget import complete_with_budget
         from t0_pipeline.chat import generation_prompt, load_tokenizer
 
@@ -356,7 +362,8 @@ class ChatService:
 
 
 def search_query_roles(cfg: PipelineConfig, profile_name: str) -> list[str]:
-    """The LLM role that writes serve profile ``profile_name``'s search queries (to start its server first)."""
+    """The LLM role that writes serve profile ``profile_name``'s search queries (to start its server
+    first)."""
     profile = cfg.serve.profiles.get(profile_name)
     return [profile.agent] if profile else []
 
@@ -364,9 +371,10 @@ def search_query_roles(cfg: PipelineConfig, profile_name: str) -> list[str]:
 def agent_search_queries(
     cfg: PipelineConfig, profile_name: str, texts: list[str], cache=None, progress=None
 ) -> tuple[list[str], dict[str, int]]:
-    """What the agent of serve profile ``profile_name`` searches for when each text opens a conversation: the
-    same system prompt, tool and parsing as a served turn. A text the agent answers without searching, or a
-    failed call, keeps its own words. Returns (queries, counts of rewritten / kept / failed)."""
+    """What the agent of serve profile ``profile_name`` searches for when each text opens a
+    conversation: the same system prompt, tool and parsing as a served turn. A text the agent
+    answers without searching, or a failed call, keeps its own words. Returns (queries, counts of
+    rewritten / kept / failed)."""
     if profile_name not in cfg.serve.profiles:
         raise T0Error(
             f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not configured; "

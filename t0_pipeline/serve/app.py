@@ -1,10 +1,11 @@
-"""The HTTP service: a JSON API, server-sent-event streaming, an OpenAI-compatible endpoint and the chat page.
+"""The HTTP service: a JSON API, server-sent-event streaming, an OpenAI-compatible endpoint and the
+chat page.
 
 Routes (the OpenAPI schema at ``/docs`` and ``/openapi.json`` documents them):
 - ``GET /`` the chat page; ``GET /healthz`` index loaded and models reachable; ``GET /api/config``;
-- ``/api/threads``: create, list; ``/api/threads/{id}``: history, delete;
-  ``PUT /api/threads/{id}/demographics``; ``POST /api/threads/{id}/messages`` (JSON reply) and
-  ``POST /api/threads/{id}/messages/stream`` (events: search, sources, thinking, answer, final, error);
+- ``/api/threads``: create, list; ``/api/threads/{id}``: history, delete; ``PUT
+  /api/threads/{id}/demographics``; ``POST /api/threads/{id}/messages`` (JSON reply) and ``POST
+  /api/threads/{id}/messages/stream`` (events: search, sources, thinking, answer, final, error);
 - ``POST /v1/chat/completions`` (streaming or not) and ``GET /v1/models``: the model id names a
   serve profile, the client sends the history (nothing is stored).
 

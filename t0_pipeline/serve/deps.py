@@ -1,6 +1,6 @@
-"""What every route shares: the service's parts (:class:`ServeContext`, on ``app.state.ctx``) and the
-dependencies that routes declare: the context, the calling key (authentication and rate limits), a key's own
-thread, and the message length check."""
+"""What every route shares: the service's parts (:class:`ServeContext`, on ``app.state.ctx``) and
+the dependencies that routes declare: the context, the calling key (authentication and rate limits),
+a key's own thread, and the message length check."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def context(request: Request) -> ServeContext:
 
 
 async def limited(ctx: ServeContext, bucket: str, per_minute: int, burst: int, what: str) -> None:
-    """429 with Retry-After when ``bucket`` (kept in the database, shared by every process) is empty."""
+    """429 with Retry-After when ``bucket`` (kept in the database, shared by every process) is
+    empty."""
     wait = (
         await asyncio.to_thread(ctx.store.take_token, bucket, per_minute, burst)
         if per_minute > 0
@@ -58,7 +59,8 @@ async def owner(
     authorization: Optional[str] = Header(None),
     ctx: ServeContext = Depends(context),
 ) -> str:
-    """The calling key (its owner id), within its rate; wrong keys are limited per client address."""
+    """The calling key (its owner id), within its rate; wrong keys are limited per client
+    address."""
     serve = ctx.serve
     if ctx.insecure_local:
         key = LOCAL_OWNER
@@ -96,7 +98,8 @@ async def owner(
 
 
 async def owned(method, owner_id: str, thread_id: str, *args) -> Any:
-    """A store call on one key's thread, in a worker thread; another key's thread is a 404 like a missing one."""
+    """A store call on one key's thread, in a worker thread; another key's thread is a 404 like a
+    missing one."""
     try:
         return await asyncio.to_thread(method, owner_id, thread_id, *args)
     except NotFound:

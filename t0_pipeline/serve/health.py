@@ -1,4 +1,5 @@
-"""Whether the serve profiles' model endpoints answer: probed at start-up, then at most every ``serve.health_cache_s``.
+"""Whether the serve profiles' model endpoints answer: probed at start-up, then at most every
+``serve.health_cache_s``.
 
 ``/healthz`` is public, so it reads the cached result instead of calling the model servers on every
 hit; concurrent readers share one probe. Endpoints are never shown (only the model names).
@@ -54,7 +55,8 @@ class ModelProbe:
         return out
 
     async def warn_unreachable(self) -> list[str]:
-        """Log one warning per model endpoint that does not answer now (start-up); the roles concerned."""
+        """Log one warning per model endpoint that does not answer now (start-up); the roles
+        concerned."""
         down = []
         for role, entry in (await self.status(fresh=True)).items():
             if entry["reachable"] is False:

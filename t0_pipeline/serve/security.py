@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 
-# the chat page loads its own scripts and styles only: no inline script, no other origin, never framed
+# the chat page loads its own scripts and styles only: no inline script, no other origin, never
+# framed
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline bootstrap script
+# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline bootstrap
+# script
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
     "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
@@ -43,7 +45,8 @@ async def _reply(
 
 
 class BodySizeLimit:
-    """Refuses request bodies over ``max_bytes`` with 413, whether announced (Content-Length) or chunked.
+    """Refuses request bodies over ``max_bytes`` with 413, whether announced (Content-Length) or
+    chunked.
 
     The body is read here, before any route sees it, so a chunked body that grows too large is a 413
     (not a parse error from the framework); the buffered body is then handed on unchanged, and the
@@ -88,10 +91,11 @@ class BodySizeLimit:
 
 
 class HostCheck:
-    """Serves only requests whose Host header names this service (a DNS-rebinding page sends its own name).
+    """Serves only requests whose Host header names this service (a DNS-rebinding page sends its own
+    name).
 
-    ``allowed`` empty means any host (a service behind a proxy that checks it); a leading ``*.`` allows
-    subdomains. The port is ignored.
+    ``allowed`` empty means any host (a service behind a proxy that checks it); a leading ``*.``
+    allows subdomains. The port is ignored.
     """
 
     def __init__(self, app, allowed: list[str]):
@@ -125,7 +129,8 @@ class HostCheck:
 
 
 class SecurityHeaders:
-    """Content-Security-Policy (no inline script), frame denial, nosniff and a referrer policy on every response."""
+    """Content-Security-Policy (no inline script), frame denial, nosniff and a referrer policy on
+    every response."""
 
     def __init__(self, app):
         self.app = app

@@ -117,7 +117,8 @@ def default_url(path: Path) -> str:
 
 
 def _private_sqlite_file(url: sa.engine.URL) -> None:
-    """Create a SQLite database file readable by its owner only (SQLite gives its -wal/-shm files the same mode)."""
+    """Create a SQLite database file readable by its owner only (SQLite gives its -wal/-shm files
+    the same mode)."""
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return
     path = Path(url.database)
@@ -157,8 +158,9 @@ class Store:
             ) from None
 
     def _create_schema(self, attempts: int = 6) -> None:
-        """Tables and added columns. Replicas starting together on a fresh database race to create the same
-        tables ("already exists" for the loser): the schema is then there, so the loser looks again."""
+        """Tables and added columns. Replicas starting together on a fresh database race to create
+        the same tables ("already exists" for the loser): the schema is then there, so the loser
+        looks again."""
         for attempt in range(1, attempts + 1):
             try:
                 metadata.create_all(self.engine)
@@ -170,7 +172,8 @@ class Store:
                 time.sleep(0.05 * attempt)
 
     def _add_missing_columns(self) -> None:
-        """Columns added since a database was created (a conversation database outlives releases)."""
+        """Columns added since a database was created (a conversation database outlives
+        releases)."""
         inspector = sa.inspect(self.engine)
         for table, columns in ADDED_COLUMNS.items():
             have = {c["name"] for c in inspector.get_columns(table)}
@@ -342,8 +345,9 @@ class Store:
         status: str = "ok",
         answers: int | None = None,
     ) -> dict[str, Any]:
-        """Store a message (an answer marks the user message it ``answers`` ok in the same transaction);
-        NotFound when its thread is gone (deleted, say, while the answer was written)."""
+        """Store a message (an answer marks the user message it ``answers`` ok in the same
+        transaction); NotFound when its thread is gone (deleted, say, while the answer was
+        written)."""
         now = time.time()
         row = {
             "thread_id": thread_id,
@@ -380,7 +384,8 @@ class Store:
             )
 
     def take_failed(self, thread_id: str, message_id: int) -> str:
-        """Remove a failed user message to send it again; its text. NotFound if it is not a failed message here."""
+        """Remove a failed user message to send it again; its text. NotFound if it is not a failed
+        message here."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.select(messages.c.content).where(
@@ -402,8 +407,8 @@ class Store:
         return out
 
     def history(self, thread_id: str) -> list[dict[str, Any]]:
-        """Every message, oldest first; a ``pending`` one whose turn no process is running any more (its
-        server was stopped mid-turn) reads as ``failed``."""
+        """Every message, oldest first; a ``pending`` one whose turn no process is running any more
+        (its server was stopped mid-turn) reads as ``failed``."""
         with self.engine.connect() as conn:
             rows = (
                 conn.execute(
@@ -473,7 +478,8 @@ class Store:
         with self.engine.begin() as conn:
             refilled = rate_buckets.c.tokens + (now - rate_buckets.c.updated_at) * rate
             capped = sa.case((refilled > burst, float(burst)), else_=refilled)
-            # one UPDATE reads and writes the row (every SET sees the old values): no lost update between processes
+            # one UPDATE reads and writes the row (every SET sees the old values): no lost update
+            # between processes
             done = conn.execute(
                 rate_buckets.update()
                 .where(rate_buckets.c.name == name)

@@ -1,4 +1,5 @@
-"""Turns on stored threads: serialised per thread across processes, finished even if the client leaves.
+"""Turns on stored threads: serialised per thread across processes, finished even if the client
+leaves.
 
 - One turn per thread at a time, in every process on the database: a lease row in the database
   (``thread:<id>``), renewed while the turn runs and lapsing ``serve.turn_lease_s`` after its
@@ -70,7 +71,8 @@ class TurnRunner:
             yield event
 
     async def drain(self, timeout_s: float) -> None:
-        """At shutdown: let running turns finish (and store their answers) for up to ``timeout_s``."""
+        """At shutdown: let running turns finish (and store their answers) for up to
+        ``timeout_s``."""
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=timeout_s)
 

@@ -1,5 +1,6 @@
-"""Turns on stored threads: a message in, the reply as JSON or as server-sent events (search, sources,
-thinking, answer, final, error). The turn runs on if the client goes (see :mod:`t0_pipeline.serve.turns`)."""
+"""Turns on stored threads: a message in, the reply as JSON or as server-sent events (search,
+sources, thinking, answer, final, error). The turn runs on if the client goes (see
+:mod:`t0_pipeline.serve.turns`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""An OpenAI-compatible endpoint: ``GET /v1/models`` (the serve profiles) and ``POST /v1/chat/completions``,
-streaming or not. The client holds the history; nothing is stored. The thinking comes back as
-``reasoning_content`` and the retrieved documents as ``sources`` (an extension, as is ``demographics``)."""
+"""An OpenAI-compatible endpoint: ``GET /v1/models`` (the serve profiles) and ``POST
+/v1/chat/completions``, streaming or not. The client holds the history; nothing is stored. The
+thinking comes back as ``reasoning_content`` and the retrieved documents as ``sources`` (an
+extension, as is ``demographics``)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def openai_error(status: int, message: str) -> JSONResponse:
 def conversation(
     body: ChatCompletionRequest, ctx: ServeContext
 ) -> tuple[list[dict[str, str]], str] | JSONResponse:
-    """(history, the new user text) from the request, or the error reply saying what is wrong with it."""
+    """(history, the new user text) from the request, or the error reply saying what is wrong with
+    it."""
     profiles, limit = ctx.serve.profiles, ctx.serve.max_message_chars
     if body.model not in profiles:
         return openai_error(404, f"unknown model {body.model!r}; available: {', '.join(profiles)}")
@@ -140,7 +142,8 @@ async def complete(events, base: dict[str, Any]):
 
 
 async def stream(events, base: dict[str, Any]):
-    """chat.completion.chunk events: the role, thinking and answer deltas, the stop with the sources, [DONE]."""
+    """chat.completion.chunk events: the role, thinking and answer deltas, the stop with the
+    sources, [DONE]."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra) -> bytes:
         payload = {

@@ -1,5 +1,5 @@
-"""Threads and personal details: a key's own details, its threads (create, list, read, delete) and each
-thread's details."""
+"""Threads and personal details: a key's own details, its threads (create, list, read, delete) and
+each thread's details."""
 
 from __future__ import annotations
 
