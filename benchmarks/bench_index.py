@@ -144,11 +144,14 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
             "bm25_build_s": round(bm25_info["seconds"], 3),
         }
         print(
-            f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode (target ≤ 1.15); "
-            f"of which Chroma start-up {startup:.2f}s, so {(build - startup) / bare:.3f}× once the store is open"
+            f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode "
+            "(target ≤ 1.15); "
+            f"of which Chroma start-up {startup:.2f}s, so {(build - startup) / bare:.3f}× once the "
+            "store is open"
         )
         print(
-            f"re-index after one page changed: {reindex:.3f}s = {reindex / build:.2%} of a full build (target ≤ 5%), "
+            f"re-index after one page changed: {reindex:.3f}s = {reindex / build:.2%} of a full "
+            "build (target ≤ 5%), "
             f"{restats.embedded_chunks} chunks re-embedded | bm25 build {bm25_info['seconds']:.3f}s"
         )
 
@@ -187,7 +190,8 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
         report = evaluate_retrieval(paths, ev, retrievers, usable)
         out["p_at_k"] = report.table.to_dicts()
         print(
-            f"\np@k on {len(usable)} sample queries whose condition is in this corpus\n{report.markdown}"
+            f"\np@k on {len(usable)} sample queries whose condition is in this "
+            f"corpus\n{report.markdown}"
         )
     return out
 

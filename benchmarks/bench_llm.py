@@ -156,7 +156,8 @@ def main() -> None:
         "warm_cache_hits": warm_hits,
     }
     print(
-        f"{args.calls} calls, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms; "
+        f"{args.calls} calls, concurrency {args.concurrency}, server latency "
+        f"{args.latency * 1000:.0f} ms; "
         f"ideal {ideal:.2f}s"
     )
     print(f"  bare aiohttp (server floor):  {raw:.2f}s = {raw / ideal:.3f}× ideal")
@@ -166,7 +167,8 @@ def main() -> None:
         f"{cold / bare:.3f}× bare litellm, {cold_requests} requests"
     )
     print(
-        f"  t0 LLM client, warm cache:    {warm:.2f}s, {warm_requests} requests, {warm_hits} cache hits (target: 0 requests)"
+        f"  t0 LLM client, warm cache:    {warm:.2f}s, {warm_requests} requests, {warm_hits} cache "
+        "hits (target: 0 requests)"
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "llm.json").write_text(json.dumps(result, indent=2))

@@ -174,7 +174,8 @@ def main() -> None:
     args = parser.parse_args()
     if not NHS.exists():
         sys.exit(
-            f"{NHS} not found: this benchmark needs the NHS pages beside the repository (../shared)."
+            f"{NHS} not found: this benchmark needs the NHS pages beside the repository "
+            "(../shared)."
         )
     from t0_pipeline.embed import chunk_token_limit, document_encoder, load_embedder
     from t0_pipeline.retrieval_eval import load_queries
@@ -203,7 +204,8 @@ def main() -> None:
             )
             chunks += [c.text for c in made]
         print(
-            f"NHS pages: {pl.read_parquet(paths.conditions).height} documents, {len(chunks)} chunks "
+            f"NHS pages: {pl.read_parquet(paths.conditions).height} documents, {len(chunks)} "
+            "chunks "
             f"(full pages + summaries) of ≤{size} tokens"
         )
 
@@ -232,15 +234,18 @@ def main() -> None:
             "build_overhead_s": round(build_s - int8_encode, 1),
         }
         print(
-            f"\nindex build (dense, both indexes): {build_s:.1f} s vs the reference float encode of the same chunks "
+            f"\nindex build (dense, both indexes): {build_s:.1f} s vs the reference float encode "
+            "of the same chunks "
             f"{reference:.1f} s → {reference / build_s:.2f}× faster (target ≥ 2×)"
         )
         print(
-            f"  where the time goes: int8 encoding {int8_encode:.1f} s, the rest (chunking, Chroma start-up and "
+            f"  where the time goes: int8 encoding {int8_encode:.1f} s, the rest (chunking, Chroma "
+            "start-up and "
             f"writes, manifests) {build_s - int8_encode:.1f} s"
         )
         print(
-            f"  float alternatives: encode at batch 16 {float16:.1f} s; a float build {float_build_s:.1f} s"
+            f"  float alternatives: encode at batch 16 {float16:.1f} s; a float build "
+            f"{float_build_s:.1f} s"
         )
 
         int8_tables = pk_tables(paths, int8_cfg, model, sets)
@@ -255,7 +260,8 @@ def main() -> None:
             cols = [f"p@{k}" for k in KS]
             diff = (int8_tables[name].select(cols) - float_tables[name].select(cols)).to_numpy()
             print(
-                f"largest |int8 − float| on {name}: {abs(diff).max():.3f} (lowest {diff.min():+.3f})"
+                f"largest |int8 − float| on {name}: {abs(diff).max():.3f} (lowest "
+                f"{diff.min():+.3f})"
             )
             table = int8_tables[name]
             downstream = table.filter(
@@ -264,7 +270,8 @@ def main() -> None:
             best = table.sort("p@5", descending=True).row(0, named=True)
             print(
                 f"downstream index (summaries · hybrid) p@5 {downstream['p@5']:.3f}; best default "
-                f"({best['index']} · {best['mode']}) p@5 {best['p@5']:.3f}, p@30 {table['p@30'].max():.3f}"
+                f"({best['index']} · {best['mode']}) p@5 {best['p@5']:.3f}, p@30 "
+                f"{table['p@30'].max():.3f}"
             )
             out["p_at_k"][name] = {
                 "int8": table.to_dicts(),
@@ -309,8 +316,10 @@ def main() -> None:
                 log_fn=print,
             )
             print(
-                f"\nretriever fine-tuned on the dev set's {result.pairs} pairs ({result.steps} steps, "
-                f"{result.hard_negatives} hard negative each) in {result.seconds:.0f} s; dense p@k over summaries, "
+                f"\nretriever fine-tuned on the dev set's {result.pairs} pairs ({result.steps} "
+                "steps, "
+                f"{result.hard_negatives} hard negative each) in {result.seconds:.0f} s; dense p@k "
+                "over summaries, "
                 f"test set:\n{result.table()}"
             )
             out["tune"] = {

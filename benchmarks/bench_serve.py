@@ -224,24 +224,29 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"\nt0 serve on {result['documents']} NHS pages, instant model server, {args.messages} messages per phase"
+        f"\nt0 serve on {result['documents']} NHS pages, instant model server, {args.messages} "
+        "messages per phase"
     )
     print(
-        f"  own overhead per message (retrieval + prompts + persistence): p50 {result['overhead_ms_p50']} ms, "
+        "  own overhead per message (retrieval + prompts + persistence): p50 "
+        f"{result['overhead_ms_p50']} ms, "
         f"p99 {result['overhead_ms_p99']} ms"
     )
     print(f"  median parts (ms): {result['median_parts_ms']}")
     print(
-        f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms back to back, "
+        f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms back to "
+        "back, "
         f"{result['search_alone_spaced_ms_p50']} ms one every 0.1 s "
         f"(in the service: {result['median_parts_ms']['retrieval']} ms)"
     )
     print(
-        f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 {result['client_latency_ms_p99']} ms"
+        f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 "
+        f"{result['client_latency_ms_p99']} ms"
     )
     print(
         f"  {args.clients} concurrent clients: {result['messages_per_s']} messages/s "
-        f"(latency p50 {result['concurrent_latency_ms_p50']} ms, p99 {result['concurrent_latency_ms_p99']} ms)"
+        f"(latency p50 {result['concurrent_latency_ms_p50']} ms, p99 "
+        f"{result['concurrent_latency_ms_p99']} ms)"
     )
 
 

@@ -111,9 +111,12 @@ def body_html(lines: list[str]) -> str:
                 i += 1
             out.append(
                 f'<div class="nhsuk-card nhsuk-card--care nhsuk-card--care--{css}">'
-                f'<div class="nhsuk-card--care__heading-container"><h3 class="nhsuk-card--care__heading">'
-                f'<span role="text"><span class="nhsuk-u-visually-hidden">{hidden}</span>{html.escape(heading.strip())}'
-                f'</span></h3><span class="nhsuk-card--care__arrow" aria-hidden="true"></span></div>'
+                '<div class="nhsuk-card--care__heading-container"><h3 '
+                'class="nhsuk-card--care__heading">'
+                '<span role="text"><span '
+                f'class="nhsuk-u-visually-hidden">{hidden}</span>{html.escape(heading.strip())}'
+                '</span></h3><span class="nhsuk-card--care__arrow" '
+                'aria-hidden="true"></span></div>'
                 f'<div class="nhsuk-card__content">{_list(items)}</div></div>'
             )
             continue
@@ -128,7 +131,8 @@ def body_html(lines: list[str]) -> str:
                 for r in rows[1:]
             )
             out.append(
-                f'<table class="nhsuk-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+                "<table "
+                f'class="nhsuk-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             )
             continue
         elif line.strip() == "@further":
@@ -153,7 +157,8 @@ def page_html(cond: Condition, index: int) -> str:
             if j == index:
                 items.append(
                     f'<li class="nhsuk-contents-list__item" aria-current="page">'
-                    f'<span class="nhsuk-contents-list__current">{html.escape(p.heading)}</span></li>'
+                    "<span "
+                    f'class="nhsuk-contents-list__current">{html.escape(p.heading)}</span></li>'
                 )
             else:
                 items.append(
@@ -162,7 +167,8 @@ def page_html(cond: Condition, index: int) -> str:
                 )
         guide = (
             f'<nav class="nhsuk-contents-list" role="navigation" aria-label="Pages in this guide">'
-            f'<h2 class="nhsuk-u-visually-hidden">Contents</h2><ol class="nhsuk-contents-list__list">'
+            '<h2 class="nhsuk-u-visually-hidden">Contents</h2><ol '
+            'class="nhsuk-contents-list__list">'
             f"{''.join(items)}</ol></nav>"
         )
     pager = ""
@@ -189,7 +195,8 @@ def page_html(cond: Condition, index: int) -> str:
         f'<li class="nhsuk-breadcrumb__item"><a href="{BASE}">Health A to Z</a></li></ol></nav>'
         f'<main id="maincontent" class="nhsuk-main-wrapper" role="main"><article>'
         f"<h1>{html.escape(page.heading)}</h1>{guide}{body_html(page.lines)}"
-        f'<div class="nhsuk-review-date"><p class="nhsuk-body-s">Page last reviewed: 14 March 2025<br>'
+        '<div class="nhsuk-review-date"><p class="nhsuk-body-s">Page last reviewed: 14 March '
+        "2025<br>"
         f"Next review due: 14 March 2028</p></div>{pager}</article></main>",
     )
 
@@ -238,7 +245,8 @@ def index_html(conditions: list[Condition]) -> str:
     return _shell(
         "Health A to Z",
         f'<main id="maincontent" role="main"><h1>Health A to Z</h1><p>{DISCLAIMER}</p>'
-        f'<nav id="nhsuk-nav-a-z" class="nhsuk-nav-a-z" aria-label="A to Z Navigation"><ol>{letters}</ol></nav>'
+        '<nav id="nhsuk-nav-a-z" class="nhsuk-nav-a-z" aria-label="A to Z '
+        f'Navigation"><ol>{letters}</ol></nav>'
         f"{sections}</main>",
     )
 
@@ -257,7 +265,8 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "index.html").write_text(page_html(cond, j), encoding="utf-8")
     print(
-        f"rendered {len(conditions)} conditions, {sum(len(c.pages) for c in conditions)} pages into {SITE}"
+        f"rendered {len(conditions)} conditions, {sum(len(c.pages) for c in conditions)} pages "
+        f"into {SITE}"
     )
 
 

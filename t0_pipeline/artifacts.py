@@ -58,7 +58,8 @@ def read_parquet(path: Path, what: str, make_it: str) -> pl.DataFrame:
     path = Path(path)
     if not path.exists():
         raise T0Error(
-            f"{what} not found at {path}; run `{make_it}` first (or point --data-dir at an existing run)."
+            f"{what} not found at {path}; run `{make_it}` first (or point --data-dir at an "
+            "existing run)."
         )
     return pl.read_parquet(path)
 
@@ -131,7 +132,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
                 )  # a byte-order mark is allowed
             except UnicodeDecodeError as exc:
                 raise T0Error(
-                    f"{path}:{lineno} is not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8."
+                    f"{path}:{lineno} is not valid UTF-8 (byte {exc.start}); re-save the file as "
+                    "UTF-8."
                 ) from None
             try:
                 row = json.loads(line)

@@ -70,7 +70,8 @@ def _download(repo: str, out: Path) -> None:
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise T0Error(
-            f"cannot download {repo}: HF_HUB_OFFLINE=1 (this machine is offline); point the base_models "
+            f"cannot download {repo}: HF_HUB_OFFLINE=1 (this machine is offline); point the "
+            "base_models "
             "entry at a local folder, or unset HF_HUB_OFFLINE on a networked machine."
         )
     try:
@@ -81,7 +82,8 @@ def _download(repo: str, out: Path) -> None:
         )
     except Exception as exc:
         raise T0Error(
-            f"could not download {repo} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); check "
+            f"could not download {repo} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            "check "
             "the name, the network, and HF_TOKEN for gated models."
         ) from None
 
@@ -119,7 +121,8 @@ def materialise(
         folder = Path(source).expanduser().resolve()
         if not (folder / "config.json").is_file():
             raise T0Error(
-                f"base_models.{name}: {folder} holds no config.json; point it at a Hugging Face checkpoint "
+                f"base_models.{name}: {folder} holds no config.json; point it at a Hugging Face "
+                "checkpoint "
                 "folder (config.json, weights, tokenizer)."
             )
         if out.exists():

@@ -31,10 +31,11 @@ TRIGGERS = (  # most urgent first: a line matching several counts as the most ur
 )
 HEADING = re.compile(r"^(#+ |--- |=== |@)")
 STOPWORDS = frozenset(
-    """the and for you your has have had was were are but not can could its our get got one two all any
-about after again also been before being does doing down feel feeling from having into just like more most much only
-other over really same some such than that their them then there these they this those very what when where which
-while with would i've it's can't don't day days week weeks hour hours since last been see""".split()
+    """the and for you your has have had was were are but not can could its our get got one two all
+any about after again also been before being does doing down feel feeling from having into
+just like more most much only other over really same some such than that their them then
+there these they this those very what when where which while with would i've it's can't
+don't day days week weeks hour hours since last been see""".split()
 )
 SECTION_LINES = 12  # a passage ends after this many lines even without a new heading
 

@@ -92,13 +92,15 @@ def generate_with_budget(
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
     if not config.think_end:
         raise T0Error(
-            "budget.think_end is empty; set the end-of-thinking marker the model uses (chat_format.think_end)."
+            "budget.think_end is empty; set the end-of-thinking marker the model uses "
+            "(chat_format.think_end)."
         )
     marker_ids = _ids(tokenizer, config.think_end)
     wait_ids = _ids(tokenizer, " " + config.wait_text)
     if not wait_ids:
         raise T0Error(
-            f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set budget.wait_text to a word "
+            f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set "
+            "budget.wait_text to a word "
             "the model's tokenizer knows."
         )
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -212,12 +214,18 @@ def complete_with_budget(
                     timeout=timeout_s,
                 )
             except httpx.HTTPError as exc:
-                problem = f"cannot reach the completions endpoint at {api_base} ({exc.__class__.__name__})"
+                problem = (
+                    f"cannot reach the completions endpoint at {api_base} "
+                    f"({exc.__class__.__name__})"
+                )
                 trouble = endpoint_trouble(type(exc).__name__, None, [type(exc).__name__])
             else:
                 if resp.status_code < 400:
                     return resp.json()
-                problem = f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: {resp.text[:200]}"
+                problem = (
+                    f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: "
+                    f"{resp.text[:200]}"
+                )
                 trouble = endpoint_trouble("", resp.status_code)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             if on_failure:

@@ -35,7 +35,8 @@ class ChatFormat(BaseModel):
     answer_start: str = "\n"  # between think_end and the answer
 
     def assistant(self, thinking: str, answer: str) -> str:
-        return f"{self.think_start}{thinking.strip()}\n{self.think_end}{self.answer_start}{answer.strip()}"
+        thought = f"{self.think_start}{thinking.strip()}\n{self.think_end}"
+        return f"{thought}{self.answer_start}{answer.strip()}"
 
 
 def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):
@@ -49,12 +50,14 @@ def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except OSError as exc:
         raise T0Error(
-            f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local path or a "
+            f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local "
+            "path or a "
             f"name available offline with {setting}."
         ) from None
     if not getattr(tok, "chat_template", None):
         raise T0Error(
-            f"tokenizer {name_or_path!r} has no chat template; use the student model's instruct tokenizer."
+            f"tokenizer {name_or_path!r} has no chat template; use the student model's instruct "
+            "tokenizer."
         )
     return tok
 

@@ -27,7 +27,8 @@ def token_windows(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int
     tokens."""
     if size <= overlap:
         raise T0Error(
-            f"chunk size ({size} tokens) must be larger than the overlap ({overlap}); raise chunk.size or lower chunk.overlap."
+            f"chunk size ({size} tokens) must be larger than the overlap ({overlap}); raise "
+            "chunk.size or lower chunk.overlap."
         )
     if n_tokens == 0:
         return []

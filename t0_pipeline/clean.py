@@ -289,14 +289,16 @@ def clean_pages(
                 parts.append(text)
             else:
                 problems.append(
-                    f"record {slug} ({page['page_url'] or 'no url'}): field 'body' has no text after cleaning "
+                    f"record {slug} ({page['page_url'] or 'no url'}): field 'body' has no text "
+                    "after cleaning "
                     "(empty or malformed HTML); that page is left out"
                 )
         text = "\n\n".join(parts)
         first = group.row(0, named=True)
         if len(text) < config.min_chars:
             problems.append(
-                f"record {slug}: cleaned text is {len(text)} characters (< min_chars={config.min_chars}); "
+                f"record {slug}: cleaned text is {len(text)} characters (< "
+                f"min_chars={config.min_chars}); "
                 "the document is left out; check the page or the adapter's content selector"
             )
             continue
@@ -324,7 +326,8 @@ def run_clean(
         log.warning(problem)
     if conditions.is_empty():
         raise T0Error(
-            f"no document survived cleaning ({len(problems)} problems, first: {problems[0] if problems else 'no pages'}); "
+            f"no document survived cleaning ({len(problems)} problems, first: "
+            f"{problems[0] if problems else 'no pages'}); "
             "the previous conditions dataset is kept."
         )
     write_parquet(conditions, paths.conditions)

@@ -32,7 +32,8 @@ from t0_pipeline.config import (
 
 app = typer.Typer(
     name="t0",
-    help="t0-pipeline: corpus, index and retrieval evaluation; synthetic queries and teacher traces; student fine-tuning; accuracy evaluation; serving.",
+    help="t0-pipeline: corpus, index and retrieval evaluation; synthetic queries and teacher "
+    "traces; student fine-tuning; accuracy evaluation; serving.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -122,7 +123,8 @@ def _setup(
     paths = DataPaths(data_dir)
     if paths.root.exists() and not paths.root.is_dir():
         raise T0Error(
-            f"data directory {paths.root} is a file; pass a directory with --data-dir (or $T0_DATA_DIR)."
+            f"data directory {paths.root} is a file; pass a directory with --data-dir (or "
+            "$T0_DATA_DIR)."
         )
     cfg = load_config(
         config_file, overrides=command_line_settings(sets, flags), overrides_from="command line"
@@ -175,7 +177,8 @@ def crawl(
     config: Optional[Path] = ConfigFile,
     source: Optional[str] = typer.Option(
         None,
-        help="sample (bundled, offline), site (live HTTP), mirror (wget directory) or pages (JSONL/Parquet).",
+        help="sample (bundled, offline), site (live HTTP), mirror (wget directory) or pages "
+        "(JSONL/Parquet).",
     ),
     location: Optional[str] = typer.Option(
         None, help="Index URL for site, directory for mirror, file for pages."
@@ -267,7 +270,8 @@ def summarise(
     ):
         summaries, info = run_summarise(paths, cfg.summary, cfg.llm)
     typer.echo(
-        f"{summaries.height} summaries ({info['backend']}), mean compression {summaries['compression'].mean():.0%} → {paths.summaries}"
+        f"{summaries.height} summaries ({info['backend']}), mean compression "
+        f"{summaries['compression'].mean():.0%} → {paths.summaries}"
     )
     for slug in info["failures"]:
         typer.echo(f"  failed: {slug} (kept out; re-run to retry)", err=True)
@@ -422,7 +426,8 @@ def eval_retrieval(
                 LLMCache(paths.llm_cache(served.llm)),
             )
         typer.echo(
-            f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as written, "
+            f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as "
+            "written, "
             f"{counts['failed']} failed (kept as written)"
         )
         report = evaluate_retrieval(paths, ev, retrievers, queries_list, rewritten=rewritten)
@@ -498,8 +503,10 @@ def _int_list(text: str, flag: str, example: str) -> list[int]:
 
 def _usage_line(usage: dict) -> str:
     return (
-        f"calls {usage['completed']}, cache hits {usage['cache_hits']}, retries {usage['retries']}, "
-        f"failed {usage['failures']}, tokens {usage['prompt_tokens']}+{usage['completion_tokens']}, "
+        f"calls {usage['completed']}, cache hits {usage['cache_hits']}, retries "
+        f"{usage['retries']}, "
+        f"failed {usage['failures']}, tokens "
+        f"{usage['prompt_tokens']}+{usage['completion_tokens']}, "
         f"cost ${usage['cost']:.4f}"
     )
 
@@ -536,7 +543,8 @@ def synth_queries(
         r = info[split]
         typer.echo(
             f"{split}: {df.height}/{r['requested']} queries, {r['refusals']} refusals, "
-            f"{len(r['failures'])} failed, {r['removed_overlaps']} overlaps removed → {paths.synthetic_queries(split)}"
+            f"{len(r['failures'])} failed, {r['removed_overlaps']} overlaps removed → "
+            f"{paths.synthetic_queries(split)}"
         )
     typer.echo(_usage_line(info["usage"]))
 
@@ -571,8 +579,10 @@ def traces(
     with _served(cfg, paths, "teacher") as cfg:
         df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever)
     typer.echo(
-        f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable {stats['parsable_rate']:.0%}, "
-        f"condition accuracy {stats['condition_accuracy']:.0%}, disposition accuracy {stats['disposition_accuracy']:.0%} "
+        f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable "
+        f"{stats['parsable_rate']:.0%}, "
+        f"condition accuracy {stats['condition_accuracy']:.0%}, disposition accuracy "
+        f"{stats['disposition_accuracy']:.0%} "
         f"→ {paths.traces}"
     )
     typer.echo(_usage_line(stats["usage"]))
@@ -601,8 +611,10 @@ def sft(
     )
     df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
     typer.echo(
-        f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean {stats['tokens_mean']}, "
-        f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over {stats['block_size']} → {paths.sft_dir}"
+        f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean "
+        f"{stats['tokens_mean']}, "
+        f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over "
+        f"{stats['block_size']} → {paths.sft_dir}"
     )
 
 
@@ -698,9 +710,11 @@ def train(
         return
     last = result.eval_loss[-1][1] if result.eval_loss else float("nan")
     typer.echo(
-        f"{result.global_step} steps on {result.train_examples} examples (held out {result.eval_examples}) "
+        f"{result.global_step} steps on {result.train_examples} examples (held out "
+        f"{result.eval_examples}) "
         f"by {result.world_size} process(es), DeepSpeed {result.deepspeed or 'off'}; train loss "
-        f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} → {result.final_dir}"
+        f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} → "
+        f"{result.final_dir}"
     )
 
 
@@ -748,7 +762,8 @@ def sbatch(
     model = cfg.train.sizes.get(size)
     if model is None:
         raise T0Error(
-            f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add it to the config."
+            f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add "
+            "it to the config."
         )
     log_dir = paths.student_dir(size) / "logs"
     script = render_sbatch(
@@ -850,7 +865,8 @@ def evaluate(
         for k, s in summary["by_k"].items():
             typer.echo(
                 f"{name} k={k}: condition {fmt(s.get('condition_accuracy'))}, disposition "
-                f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × {summary['runs']} runs)"
+                f"{fmt(s.get('disposition_accuracy'))} ({summary['queries']} queries × "
+                f"{summary['runs']} runs)"
             )
         typer.echo(f"  notes: {'; '.join(summary['notes']) or 'none'}")
         typer.echo(f"  {_usage_line(summary['usage'])} → {paths.accuracy_dir(name)}")
@@ -870,7 +886,8 @@ def accuracy_report(
     report = combine(paths, cfg.evaluation)
     if not report.models:
         raise T0Error(
-            f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` first."
+            f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` "
+            "first."
         )
     typer.echo(report.markdown)
     typer.echo(f"csv: {report.csv}\nplot: {report.png}")
@@ -905,11 +922,13 @@ def serve(
     cfg, paths = _setup(data_dir, config, sets=sets)
     if insecure_local and host not in ("127.0.0.1", "localhost", "::1"):
         raise T0Error(
-            f"--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not {host})."
+            "--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not "
+            f"{host})."
         )
     app_ = create_app(cfg, paths, insecure_local=insecure_local)
     typer.echo(
-        f"t0 serve: http://{host}:{port}/  (API docs /docs; {'no API keys' if insecure_local else 'API keys required'})"
+        f"t0 serve: http://{host}:{port}/  (API docs /docs; "
+        f"{'no API keys' if insecure_local else 'API keys required'})"
     )
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
 
@@ -970,7 +989,8 @@ def report(data_dir: Optional[Path] = DataDir):
         data = json.loads(crawl_report.read_text())
         typer.echo(
             f"corpus: {data['conditions']} conditions from {data['source']} "
-            f"({len(data['new'])} new, {len(data['changed'])} changed, {len(data['failed'])} failed)"
+            f"({len(data['new'])} new, {len(data['changed'])} changed, {len(data['failed'])} "
+            "failed)"
         )
     table = paths.retrieval_report_dir / "pk.md"
     if not table.exists():
@@ -1003,7 +1023,8 @@ def run_all(
         os.environ["T0_DATA_DIR"] = str(data_dir)
     if not os.environ.get("DAGSTER_HOME"):
         raise T0Error(
-            "set DAGSTER_HOME to a folder for Dagster's run history (make demo uses the repository root)."
+            "set DAGSTER_HOME to a folder for Dagster's run history (make demo uses the repository "
+            "root)."
         )
     from t0_pipeline.defs.run_all import run_all as materialise_all
     from t0_pipeline.defs.run_all import timing_table
@@ -1024,7 +1045,8 @@ def run_all(
         )
     if cfg.base_models:
         typer.echo(
-            "\nStand-in: the models above are the small bundled ones named in base_models; every artefact is "
+            "\nStand-in: the models above are the small bundled ones named in base_models; every "
+            "artefact is "
             "real, no figure here is the method's result."
         )
     typer.echo(f"\nall stages materialised in {time.monotonic() - started:.0f} s")
@@ -1061,7 +1083,8 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("T0_TRACEBACK"):
             raise
         typer.secho(
-            f"error: unexpected {exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+            f"error: unexpected {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''} "
             "(set T0_TRACEBACK=1 for the traceback, and please report it)",
             fg="red",
             err=True,

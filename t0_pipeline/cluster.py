@@ -127,26 +127,32 @@ def job_spec(
     alloc = profile.sizes[size]
     if alloc.gpus_per_node > profile.gpus_per_node:
         raise T0Error(
-            f"site profile {profile.name!r}: size {size} asks for {alloc.gpus_per_node} GPUs per node "
-            f"but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add nodes."
+            f"site profile {profile.name!r}: size {size} asks for {alloc.gpus_per_node} GPUs per "
+            "node "
+            f"but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add "
+            "nodes."
         )
     procs = alloc.procs_per_node or max(1, alloc.gpus_per_node)
     if alloc.gpus_per_node and procs != alloc.gpus_per_node:
         raise T0Error(
-            f"site profile {profile.name!r}: size {size} runs {procs} ranks on {alloc.gpus_per_node} GPUs "
+            f"site profile {profile.name!r}: size {size} runs {procs} ranks on "
+            f"{alloc.gpus_per_node} GPUs "
             "per node; a GPU job runs one rank per GPU (drop procs_per_node)."
         )
     cpus = procs * profile.cpus_per_rank
     if cpus > profile.cpus_per_node:
         raise T0Error(
-            f"site profile {profile.name!r}: size {size} needs {procs} ranks × {profile.cpus_per_rank} "
+            f"site profile {profile.name!r}: size {size} needs {procs} ranks × "
+            f"{profile.cpus_per_rank} "
             f"cores = {cpus} per node but nodes have {profile.cpus_per_node}; lower cpus_per_rank."
         )
     account = account or profile.account
     if profile.account_required and not account:
         raise T0Error(
-            f"site profile {profile.name!r} charges every job to a project but no account is set; pass "
-            "--account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your project."
+            f"site profile {profile.name!r} charges every job to a project but no account is set; "
+            "pass "
+            "--account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your "
+            "project."
         )
     return JobSpec(
         nodes=alloc.nodes,
@@ -220,7 +226,8 @@ def deepspeed_config_path(name: str) -> Path:
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in (SLURM_DIR / "deepspeed").glob("*.json")))
         raise T0Error(
-            f"DeepSpeed config {name} not found; use one of {names}, a path to a JSON file, or 'none'."
+            f"DeepSpeed config {name} not found; use one of {names}, a path to a JSON file, or "
+            "'none'."
         )
     return path
 
@@ -236,7 +243,8 @@ def prepare_env_dir(path: Path, venv: Path) -> Path:
     venv = Path(venv).resolve()
     if not (venv / "bin" / "python").exists():
         raise T0Error(
-            f"{venv} is not a virtual environment (no bin/python); pass the venv holding t0-pipeline."
+            f"{venv} is not a virtual environment (no bin/python); pass the venv holding "
+            "t0-pipeline."
         )
     path.mkdir(parents=True, exist_ok=True)
     link = path / "env"

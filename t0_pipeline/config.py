@@ -813,7 +813,8 @@ def with_tuned_retriever(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfi
         chosen = Path(json.loads(active.read_text(encoding="utf-8"))["path"])
     except (OSError, ValueError, KeyError) as exc:
         raise T0Error(
-            f"{active} is unreadable ({exc.__class__.__name__}); delete it to use the base embedder, "
+            f"{active} is unreadable ({exc.__class__.__name__}); delete it to use the base "
+            "embedder, "
             "or re-materialise retriever_model."
         ) from None
     if not chosen.is_absolute():
@@ -950,11 +951,13 @@ def read_config_file(path: Path | str) -> dict:
             data = json.loads(text)
     except Exception as exc:  # syntax errors from json/yaml/toml
         raise T0Error(
-            f"config file {path} could not be parsed ({exc.__class__.__name__}: {str(exc).splitlines()[0]})."
+            f"config file {path} could not be parsed ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]})."
         ) from None
     if not isinstance(data, dict):
         raise T0Error(
-            f"config file {path} must hold a mapping of sections (source:, llm:, …), not {type(data).__name__}."
+            f"config file {path} must hold a mapping of sections (source:, llm:, …), not "
+            f"{type(data).__name__}."
         )
     return data
 
@@ -1074,7 +1077,8 @@ def load_config(
                 f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)"
             ) from None
         raise T0Error(
-            f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults)."
+            f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for "
+            "defaults)."
         ) from None
 
 

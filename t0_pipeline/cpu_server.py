@@ -73,7 +73,8 @@ class Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(
-                f"{checkpoint} has a tokenizer without a chat template; serve an instruct checkpoint"
+                f"{checkpoint} has a tokenizer without a chat template; serve an instruct "
+                "checkpoint"
             )
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -262,7 +263,8 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
         if body.get("model") != served_name:
             return error(
                 404,
-                f"The model `{body.get('model')}` does not exist; this server serves `{served_name}`.",
+                f"The model `{body.get('model')}` does not exist; this server serves "
+                f"`{served_name}`.",
             )
         used = [k for k in UNSUPPORTED if body.get(k) not in (None, [], 1, False)]
         if used:
@@ -417,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(
-        f"loaded in {time.monotonic() - started:.1f} s; serving on http://{args.host}:{args.port}/v1",
+        f"loaded in {time.monotonic() - started:.1f} s; serving on "
+        f"http://{args.host}:{args.port}/v1",
         flush=True,
     )
     import uvicorn

@@ -140,7 +140,8 @@ class MirrorFetcher:
         self.max_bytes = max_bytes
         if not self.root.is_dir():
             raise T0Error(
-                f"mirror directory {self.root} does not exist; pass an existing directory with --location."
+                f"mirror directory {self.root} does not exist; pass an existing directory with "
+                "--location."
             )
 
     def path_for(self, url: str) -> Path:
@@ -213,7 +214,8 @@ class HttpFetcher:
                 parser.parse([])  # no robots.txt (RFC 9309 "unavailable"): everything allowed
             else:
                 raise T0Error(
-                    f"robots.txt at {robots_url} could not be read ({exc}); the crawler treats that as disallow-all "
+                    f"robots.txt at {robots_url} could not be read ({exc}); the crawler treats "
+                    "that as disallow-all "
                     "(RFC 9309): retry later, or set respect_robots=false if you own the site."
                 ) from None
         else:
@@ -245,7 +247,10 @@ class HttpFetcher:
                 except httpx.TimeoutException:
                     error = f"timed out after {self.config.timeout_s:g}s without a byte"
                 except TimeoutError:
-                    error = f"timed out: the answer took longer than {self.config.deadline_s:g}s in all (deadline_s)"
+                    error = (
+                        "timed out: the answer took longer than "
+                        f"{self.config.deadline_s:g}s in all (deadline_s)"
+                    )
                 except httpx.TransportError as exc:
                     error = f"{type(exc).__name__}: {exc}"
                 else:
@@ -329,7 +334,10 @@ async def read_capped(resp: httpx.Response, cap: int) -> bytes:
     """
     import zlib
 
-    too_big = f"over the {cap}-byte page limit (max_page_bytes), counted after decompression; page refused"
+    too_big = (
+        f"over the {cap}-byte page limit (max_page_bytes), counted after decompression; "
+        "page refused"
+    )
     encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
         raise FetchError(f"unsupported Content-Encoding {encoding!r}; page refused")
@@ -376,7 +384,8 @@ class CrawlReport:
     def summary(self) -> str:
         return (
             f"{self.conditions} conditions: {len(self.new)} new, {len(self.changed)} changed, "
-            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed"
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} "
+            "failed"
         )
 
 
@@ -475,12 +484,14 @@ async def crawl_async(
                 index_html = (await fetcher.fetch(index_url)).text or ""
         except FetchError as exc:
             raise T0Error(
-                f"could not fetch the index page {index_url} ({exc}); check the URL or network. The previous corpus is kept."
+                f"could not fetch the index page {index_url} ({exc}); check the URL or network. "
+                "The previous corpus is kept."
             ) from None
         links = adapter.condition_links(index_html, index_url)
         if not links:
             raise T0Error(
-                f"the index page {index_url} links to no condition pages that the {adapter.name!r} adapter recognises; check --location and --adapter."
+                f"the index page {index_url} links to no condition pages that the {adapter.name!r} "
+                "adapter recognises; check --location and --adapter."
             )
         report.excluded = [lk.slug for lk in links if lk.slug in set(config.exclude_slugs)]
         links = [lk for lk in links if lk.slug not in set(config.exclude_slugs)]
@@ -562,7 +573,9 @@ async def crawl_async(
     report.removed = sorted(set(prev_rows_by_slug) - seen) if found == len(links) else []
     if not rows:
         raise T0Error(
-            f"every condition page failed to fetch ({report.failed[0]['error'] if report.failed else 'none found'}); the previous corpus is kept."
+            "every condition page failed to fetch "
+            f"({report.failed[0]['error'] if report.failed else 'none found'}); the previous "
+            "corpus is kept."
         )
     report.conditions = len({r["slug"] for r in rows})
     report.finished_at = _now()
@@ -690,7 +703,8 @@ def read_pages_file(config: SourceConfig) -> pl.DataFrame:
     dupes = df.group_by("slug").len().filter(pl.col("len") > 1)["slug"].to_list()
     if dupes:
         raise T0Error(
-            f"{path}: duplicate slug(s) {', '.join(sorted(dupes)[:5])} in field {f.slug!r}; each document needs a unique slug."
+            f"{path}: duplicate slug(s) {', '.join(sorted(dupes)[:5])} in field {f.slug!r}; each "
+            "document needs a unique slug."
         )
     return df.filter(~pl.col("slug").is_in(config.exclude_slugs))
 
@@ -742,7 +756,8 @@ def corpus_fingerprint(config: SourceConfig) -> str:
         root = sample_site_dir() if config.kind == "sample" else Path(config.location or "")
         if not root.is_dir():
             raise T0Error(
-                f"mirror directory {root} does not exist; pass an existing directory with --location."
+                f"mirror directory {root} does not exist; pass an existing directory with "
+                "--location."
             )
         for path in sorted(root.rglob("*.html")):
             digest.update(str(path.relative_to(root)).encode())
@@ -750,7 +765,8 @@ def corpus_fingerprint(config: SourceConfig) -> str:
     elif config.kind == "pages":
         if not config.location or not Path(config.location).is_file():
             raise T0Error(
-                f"pages file {config.location!r} does not exist; pass an existing .jsonl or .parquet file."
+                f"pages file {config.location!r} does not exist; pass an existing .jsonl or "
+                ".parquet file."
             )
         digest.update(Path(config.location).read_bytes())
     else:

@@ -19,12 +19,14 @@ refresh_corpus = dg.define_asset_job(
 synthetic_data_job = dg.define_asset_job(
     "synthetic_data",
     selection=dg.AssetSelection.groups("synthetic_data"),
-    description="LLM summaries, synthetic queries, teacher traces and the SFT dataset (needs LLM endpoints).",
+    description="LLM summaries, synthetic queries, teacher traces and the SFT dataset (needs LLM "
+    "endpoints).",
 )
 evaluation_job = dg.define_asset_job(
     "evaluation",
     selection=dg.AssetSelection.groups("evaluation"),
-    description="Accuracy of every configured model (one run per partition) and the combined report.",
+    description="Accuracy of every configured model (one run per partition) and the combined "
+    "report.",
 )
 observe_corpus = dg.define_asset_job(
     "observe_corpus",
@@ -44,14 +46,16 @@ daily_observe = dg.ScheduleDefinition(
     job=observe_corpus,
     cron_schedule="0 6 * * *",
     execution_timezone="Europe/London",
-    description="Daily 06:00: hash the source (no crawl of unchanged pages); a new version makes corpus_automation "
+    description="Daily 06:00: hash the source (no crawl of unchanged pages); a new version makes "
+    "corpus_automation "
     "rebuild the corpus, summaries, indexes and reports.",
 )
 corpus_automation = dg.AutomationConditionSensorDefinition(
     "corpus_automation",
     target=dg.AssetSelection.all() - dg.AssetSelection.groups("evaluation"),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Re-materialises assets whose upstream changed (a new corpus_source data version, new synthetic "
+    description="Re-materialises assets whose upstream changed (a new corpus_source data version, "
+    "new synthetic "
     "queries): corpus → summaries → indexes → evaluation queries → reports; the model-calling and "
     "training groups too when automation.synthetic_data / automation.training are set.",
 )
@@ -59,7 +63,8 @@ evaluation_automation = dg.AutomationConditionSensorDefinition(
     "evaluation_automation",
     target=dg.AssetSelection.assets(evaluation.accuracy_report, evaluation.accuracy_comparison),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Evaluates a student and its base once its checkpoint is materialised (a backfill of a new size), "
+    description="Evaluates a student and its base once its checkpoint is materialised (a backfill "
+    "of a new size), "
     "then refreshes the comparison table and plot.",
 )
 

@@ -68,7 +68,8 @@ log = logging.getLogger(__name__)
 TOOL_NAME = "submit_condition_recommendation"
 TOOL = function_tool(
     TOOL_NAME,
-    "Submit the condition that best explains the patient's message and how urgently they need care.",
+    "Submit the condition that best explains the patient's message and how urgently they need "
+    "care.",
     {
         "condition": {
             "type": "string",
@@ -282,7 +283,8 @@ class BudgetPredictor:
                 self.tokenizer = AutoTokenizer.from_pretrained(source)
             except OSError as exc:
                 raise T0Error(
-                    f"cannot load a tokenizer from {source!r} ({exc.__class__.__name__}); set the model "
+                    f"cannot load a tokenizer from {source!r} ({exc.__class__.__name__}); set the "
+                    "model "
                     "entry's `tokenizer` (or `model`) to a local checkpoint folder."
                 ) from None
             self.template = (
@@ -299,7 +301,8 @@ class BudgetPredictor:
                 self._model = AutoModelForCausalLM.from_pretrained(self.settings.model)
             except OSError as exc:
                 raise T0Error(
-                    f"cannot load the checkpoint {self.settings.model!r} ({exc.__class__.__name__}); "
+                    f"cannot load the checkpoint {self.settings.model!r} "
+                    f"({exc.__class__.__name__}); "
                     "set the model entry's `model` to a local Hugging Face checkpoint folder."
                 ) from None
             self._model.eval()
@@ -567,7 +570,8 @@ def model_table(summary: dict[str, Any]) -> str:
     lines = [
         f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",
         "",
-        f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), seeds "
+        f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), "
+        "seeds "
         f"{summary['seeds']}, prompt {summary['prompt_hash']}",
         "",
         "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
@@ -576,7 +580,8 @@ def model_table(summary: dict[str, Any]) -> str:
     for k, s in summary["by_k"].items():
         retrieved = f"{s['gold_retrieved_rate']:.2f}" if "gold_retrieved_rate" in s else "—"
         lines.append(
-            f"| {k} | {fmt(s.get('condition_accuracy'))} | {fmt(s.get('disposition_accuracy'))} | {retrieved} | "
+            f"| {k} | {fmt(s.get('condition_accuracy'))} | {fmt(s.get('disposition_accuracy'))} | "
+            f"{retrieved} | "
             f"{s.get('under_estimate_share', 0):.0%} | {s.get('over_estimate_share', 0):.0%} |"
         )
     for k, s in summary["by_k"].items():
@@ -619,7 +624,8 @@ def load_queries_for(
     source = eval_queries_path(paths, config)
     if not source.exists():
         raise T0Error(
-            f"no evaluation queries at {source}; run `t0 synth-queries` (or materialise synthetic_queries), "
+            f"no evaluation queries at {source}; run `t0 synth-queries` (or materialise "
+            "synthetic_queries), "
             "or set evaluation.queries / --queries to a .jsonl with query, slug and disposition."
         )
     queries, skipped = load_eval_queries(source)
@@ -833,13 +839,15 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
             )
         lines += [
             "",
-            f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate urgency",
+            f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate "
+            "urgency",
             "",
             "| model | under | over |",
             "|---|---|---|",
         ]
         lines += [
-            f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | {s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
+            f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | "
+            f"{s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
             for n, s in summaries.items()
             if "under_estimate_share" in s["by_k"].get(str(qk), {})
         ]
@@ -862,7 +870,8 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
             "",
             "Students below their base model: "
             + "; ".join(
-                f"{b['student']} < {b['base']} at k={b['k']} ({b['student_accuracy']:.2f} vs {b['base_accuracy']:.2f})"
+                f"{b['student']} < {b['base']} at k={b['k']} ({b['student_accuracy']:.2f} vs "
+                f"{b['base_accuracy']:.2f})"
                 for b in below
             ),
         ]

@@ -58,7 +58,8 @@ def chroma_client(config: ChromaConfig, paths: DataPaths):
         return client
     except Exception as exc:  # chromadb raises several types for a damaged store
         raise T0Error(
-            f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: {str(exc)[:100]}); "
+            f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: "
+            f"{str(exc)[:100]}); "
             "move it away and run `t0 index` to rebuild the index."
         ) from None
 
@@ -94,7 +95,8 @@ class IndexStats:
 
     def summary(self) -> str:
         return (
-            f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded {self.embedded_chunks} chunks "
+            f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded "
+            f"{self.embedded_chunks} chunks "
             f"({len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
             f"{self.unchanged} unchanged) in {self.seconds:.1f}s"
         )
@@ -107,7 +109,8 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         return read_json(path)
     except (json.JSONDecodeError, OSError) as exc:
         raise T0Error(
-            f"index manifest {path} is unreadable ({exc}); delete it to rebuild the index from scratch."
+            f"index manifest {path} is unreadable ({exc}); delete it to rebuild the index from "
+            "scratch."
         ) from None
 
 
@@ -176,7 +179,8 @@ def build_dense_index(
     started = time.perf_counter()
     if docs.is_empty():
         raise T0Error(
-            f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 clean`)."
+            f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 "
+            "clean`)."
         )
     embedder = document_encoder(
         embedding, embedder

@@ -144,7 +144,8 @@ class LLMCache:
             "PRAGMA synchronous=NORMAL"
         )  # WAL stays consistent; a power cut may lose the last replies only
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, created REAL)"
+            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, "
+            "created REAL)"
         )
         self._db.commit()
 
@@ -362,7 +363,8 @@ class LLMClient:
     ):
         if role not in config.roles:
             raise T0Error(
-                f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to the config."
+                f"no LLM role {role!r} configured; add llm.roles.{role} (model, api_base, ...) to "
+                "the config."
             )
         self.role = role
         self.setting = (
@@ -565,7 +567,8 @@ class LLMClient:
                     self.usage.failures += 1
                     first = str(exc).splitlines()[0][:200] if str(exc) else kind
                     raise ModelCallError(
-                        f"{self.role} model {s.model} at {s.api_base or 'the provider default'} failed "
+                        f"{self.role} model {s.model} at {s.api_base or 'the provider default'} "
+                        "failed "
                         f"({kind}: {first.replace('litellm.', '')}); check that the server is up.",
                         endpoint_trouble(kind, getattr(exc, "status_code", None), _causes(exc)),
                     ) from None
@@ -662,12 +665,14 @@ class LLMClient:
             if trouble == "auth":
                 key = f"${s.api_key_env}" if s.api_key_env else "an API key"
                 self._fatal = EndpointError(
-                    f"{self.role}: {self.where()} refused the API key ({detail}); set {key} to a valid key "
+                    f"{self.role}: {self.where()} refused the API key ({detail}); set {key} to a "
+                    "valid key "
                     f"({self.setting}.api_key_env names the variable)."
                 )
             elif trouble == "not_found":
                 self._fatal = EndpointError(
-                    f"{self.role}: {self.where()} does not serve {s.served_name!r} ({detail}); fix {self.setting}.model "
+                    f"{self.role}: {self.where()} does not serve {s.served_name!r} ({detail}); fix "
+                    f"{self.setting}.model "
                     "or serve the model under that name."
                 )
             elif trouble == "unreachable":
@@ -682,7 +687,8 @@ class LLMClient:
     def _unreachable(self, detail: str) -> EndpointError:
         return EndpointError(
             f"{self.role}: nothing answers at {self.where()} ({detail}) for "
-            f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model server "
+            f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model "
+            "server "
             f"there or fix {self.setting}.api_base. Successful calls are cached: a re-run resumes."
         )
 
@@ -705,9 +711,11 @@ class LLMClient:
             raise self._unreachable(self._last_unreachable)
         common = max(u.errors, key=u.errors.get) if u.errors else "error"
         raise T0Error(
-            f"{self.role}: {failed} of {finished} calls to {self.settings.model} at {self.where()} failed "
+            f"{self.role}: {failed} of {finished} calls to {self.settings.model} at {self.where()} "
+            "failed "
             f"(most often {common}; first: {short_error(u.first_error or '')[:200]}), over the "
-            f"failure budget llm.max_failure_share={self.config.max_failure_share:g}; stopped. Successful "
+            f"failure budget llm.max_failure_share={self.config.max_failure_share:g}; stopped. "
+            "Successful "
             "calls are cached: fix the cause and re-run."
         )
 
@@ -965,7 +973,9 @@ def require_some_success(usage: Usage, what: str, settings: RoleConfig) -> None:
     if usage.failures and not (usage.completed or usage.cache_hits):
         first = (usage.first_error or "error").replace("litellm.", "")
         raise T0Error(
-            f"every {what} call to {settings.model} at {settings.api_base or 'the provider default'} failed "
-            f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was lost: "
+            f"every {what} call to {settings.model} at "
+            f"{settings.api_base or 'the provider default'} failed "
+            f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was "
+            "lost: "
             "re-running resumes from the cache."
         )

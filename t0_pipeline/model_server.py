@@ -42,7 +42,8 @@ ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SU
 # what a server's log says when it cannot start, and what to do about it (first match wins)
 FAILURES: list[tuple[str, str]] = [
     (
-        r"out of memory|OutOfMemoryError|No available memory for the cache blocks|not enough (GPU )?memory",
+        r"out of memory|OutOfMemoryError|No available memory for the cache blocks|not enough (GPU "
+        r")?memory",
         "ran out of GPU memory; lower max_model_len, raise tensor_parallel_size or use larger GPUs",
     ),
     (
@@ -51,9 +52,11 @@ FAILURES: list[tuple[str, str]] = [
         "to a free port (0 = any free port)",
     ),
     (
-        r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a file|"
+        r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a "
+        r"file|"
         r"Unrecognized model|HeaderTooLarge|Error while deserializing|is not a checkpoint",
-        "could not load the checkpoint; check the path or name and that the folder holds config.json, weights and "
+        "could not load the checkpoint; check the path or name and that the folder holds "
+        "config.json, weights and "
         "tokenizer",
     ),
 ]
@@ -100,14 +103,17 @@ def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
     if checkpoint is None:
         if not student:
             raise T0Error(
-                f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or `student` "
+                f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or "
+                "`student` "
                 "naming a train.sizes entry whose checkpoint to serve."
             )
         final = paths.student_dir(student) / "final"
         if not (final / "config.json").is_file():
             raise T0Error(
-                f"model {name!r} serves the {student} student, but {final} holds no trained checkpoint; "
-                f"materialise student_checkpoint[{student}] (or `t0 train --partition {student}`) first."
+                f"model {name!r} serves the {student} student, but {final} holds no trained "
+                "checkpoint; "
+                f"materialise student_checkpoint[{student}] (or `t0 train --partition {student}`) "
+                "first."
             )
         checkpoint = str(final.resolve())
     elif _looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
@@ -151,7 +157,8 @@ def start_error(plan: ServerPlan, what: str, lines: list[str], log_path: str) ->
         else (f"its last log line: {last[:240]!r}" if last else "it wrote nothing")
     )
     return T0Error(
-        f"the model server for {plan.name} ({plan.checkpoint}) {what}: {detail}; full log: {log_path}"
+        f"the model server for {plan.name} ({plan.checkpoint}) {what}: {detail}; full log: "
+        f"{log_path}"
     )
 
 
@@ -167,7 +174,8 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError:
             raise T0Error(
-                f"port {port} on {host} is already in use (another server, or one left from an earlier run?); "
+                f"port {port} on {host} is already in use (another server, or one left from an "
+                "earlier run?); "
                 "stop it, or set servers.port to a free port (0 = any free port)."
             ) from None
 
@@ -262,8 +270,10 @@ class _Server:
                     models = served_models(endpoint)
                     if self.plan.name not in models:
                         raise T0Error(
-                            f"the model server at {endpoint} is healthy but serves {models or 'no models'}, "
-                            f"not {self.plan.name!r}; its command must pass {{name}} as the served model name."
+                            f"the model server at {endpoint} is healthy but serves "
+                            f"{models or 'no models'}, "
+                            f"not {self.plan.name!r}; its command must pass {{name}} as the served "
+                            "model name."
                         )
                     self.api_base = endpoint
                     self._follow()  # what it printed between the last read and answering
@@ -313,7 +323,8 @@ class LocalServer(_Server):
         tp = self.plan.tensor_parallel_size or visible_gpus()
         cmd = self.plan.command(self.servers, self.host, str(self.port), tp)
         self.log(
-            f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (log: {self.log_path})"
+            f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (log: "
+            f"{self.log_path})"
         )
         with open(self.log_path, "ab") as out:
             try:
@@ -326,9 +337,12 @@ class LocalServer(_Server):
                 )
             except FileNotFoundError:
                 raise T0Error(
-                    f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not installed here. "
-                    "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm (ModelServer "
-                    "mode=slurm), or use a server already running (t0 evaluate --api-base URL, or the "
+                    f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not "
+                    "installed here. "
+                    "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm "
+                    "(ModelServer "
+                    "mode=slurm), or use a server already running (t0 evaluate --api-base URL, or "
+                    "the "
                     "entry's api_base without a serve section)."
                 ) from None
 
@@ -356,8 +370,10 @@ class LocalServer(_Server):
             if self.api_base:
                 self._follow()
                 self.log(
-                    f"model server for {self.plan.name} exited during the run (code {self.proc.returncode}); "
-                    f"its last line: {next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; "
+                    f"model server for {self.plan.name} exited during the run (code "
+                    f"{self.proc.returncode}); "
+                    "its last line: "
+                    f"{next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; "
                     f"full log: {self.log_path}"
                 )
             return
@@ -404,7 +420,8 @@ class Shell:
             return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
             raise T0Error(
-                f"the cluster did not answer within 120 s ({command.split()[0]}); check the SSH settings."
+                f"the cluster did not answer within 120 s ({command.split()[0]}); check the SSH "
+                "settings."
             ) from None
 
 
@@ -444,7 +461,8 @@ class SlurmServer(_Server):
                 done.stderr.strip()[:200],
             )
             raise T0Error(
-                f"Slurm rejected the server job for {self.plan.name}: {reason.strip()}; fix the site profile or "
+                f"Slurm rejected the server job for {self.plan.name}: {reason.strip()}; fix the "
+                "site profile or "
                 "the ModelServer resource (partition, account, QoS, GPUs)."
             )
         self.job = done.stdout.strip().split(";")[0]

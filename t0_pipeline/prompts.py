@@ -53,7 +53,8 @@ def load_sections(
     missing = [part for part in required if part not in sections]
     if missing:
         raise T0Error(
-            f"prompt template {name!r} lacks the section(s) {', '.join(missing)}; each starts on a line "
+            f"prompt template {name!r} lacks the section(s) {', '.join(missing)}; each starts on a "
+            "line "
             f"like [{missing[0]}] (see t0_pipeline/prompts/{name}.txt)."
         )
     return sections, digest

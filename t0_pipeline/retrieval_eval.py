@@ -72,7 +72,8 @@ def load_queries(
         targets = [t for t in targets if isinstance(t, str) and t]
         if not targets:
             raise T0Error(
-                f"{path} record {i}: field {' or '.join(map(repr, target_fields(config)))} must be a slug or "
+                f"{path} record {i}: field {' or '.join(map(repr, target_fields(config)))} must be "
+                "a slug or "
                 "a list of slugs; set --target-field to the field holding the correct document."
             )
         if corpus is not None and not any(t in corpus for t in targets):
@@ -236,7 +237,8 @@ def scored_queries(paths: DataPaths, config: RetrievalEvalConfig) -> list[EvalQu
         log.warning("%d %s name conditions not in this corpus; left out", left_out, source.label)
     if not queries:
         raise T0Error(
-            f"none of the {source.label} ({source.path}) matches this corpus; write synthetic queries "
+            f"none of the {source.label} ({source.path}) matches this corpus; write synthetic "
+            "queries "
             "(`t0 synth-queries`) or pass --queries with labels from this corpus."
         )
     return queries

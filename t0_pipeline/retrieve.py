@@ -158,7 +158,8 @@ class Retriever:
         manifest = read_manifest(paths.index_manifest(index))
         if manifest is None:
             raise T0Error(
-                f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir {paths.root}`."
+                f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir "
+                f"{paths.root}`."
             )
         from t0_pipeline.embed import model_name, vector_space
 
@@ -167,8 +168,10 @@ class Retriever:
             configured
         ):  # queries would be embedded in another vector space
             raise T0Error(
-                f"the {index!r} index was built with embedding model {built_with!r}, but embedding.model is "
-                f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set embedding.model back."
+                f"the {index!r} index was built with embedding model {built_with!r}, but "
+                "embedding.model is "
+                f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set "
+                "embedding.model back."
             )
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
@@ -216,8 +219,10 @@ class Retriever:
                 )
             except Exception:
                 raise T0Error(
-                    f"Chroma collection {self.manifest['collection']!r} is missing from the store the "
-                    f"manifest {self.paths.index_manifest(self.index)} points to; rebuild with `t0 index`."
+                    f"Chroma collection {self.manifest['collection']!r} is missing from the store "
+                    "the "
+                    f"manifest {self.paths.index_manifest(self.index)} points to; rebuild with `t0 "
+                    "index`."
                 ) from None
             self._n_chunks = self.collection.count()
         return self._collection
@@ -290,7 +295,8 @@ class Retriever:
             folder = self.paths.bm25_dir(self.index)
             if not (folder / "t0_docs.json").exists():
                 raise T0Error(
-                    f"no BM25 index at {folder}; build it with `t0 index --data-dir {self.paths.root}`."
+                    f"no BM25 index at {folder}; build it with `t0 index --data-dir "
+                    f"{self.paths.root}`."
                 )
             meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
             self._bm25 = bm25s.BM25.load(str(folder))
@@ -336,8 +342,10 @@ class Retriever:
         if self._full is None:
             if read_manifest(self.paths.index_manifest("full")) is None:
                 raise T0Error(
-                    f"hybrid search of {self.index!r} also ranks the full pages (retrieval.fuse_full_pages), "
-                    f"but there is no full-page index in {self.paths.root}; build it (`t0 index`) or set "
+                    f"hybrid search of {self.index!r} also ranks the full pages "
+                    "(retrieval.fuse_full_pages), "
+                    f"but there is no full-page index in {self.paths.root}; build it (`t0 index`) "
+                    "or set "
                     "retrieval.fuse_full_pages: false."
                 )
             self._full = Retriever(
@@ -425,7 +433,8 @@ def write_ranked(
     for i, rec in enumerate(records, start=1):
         if not isinstance(rec.get(query_field), str) or not rec[query_field].strip():
             raise T0Error(
-                f"query record {i}: field {query_field!r} is missing or empty; set --query-field to the field holding the query text."
+                f"query record {i}: field {query_field!r} is missing or empty; set --query-field "
+                "to the field holding the query text."
             )
     with atomic_path(Path(out)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for start in tqdm(range(0, len(records), batch), desc=f"retrieve {mode}", leave=False):

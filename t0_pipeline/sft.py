@@ -111,19 +111,26 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
         "Chat examples for supervised fine-tuning of a retrieval-augmented reasoning student.",
         "",
         "- source assets: `synthetic_queries` (train split) → `reasoning_traces` → `sft_dataset`",
-        f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): {', '.join(hashes) or 'n/a'}",
-        f"- student prompt: `prompts/evaluator.txt` (hash {stats['student_prompt_hash']}), the k>0 form that "
+        f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): "
+        f"{', '.join(hashes) or 'n/a'}",
+        f"- student prompt: `prompts/evaluator.txt` (hash {stats['student_prompt_hash']}), the k>0 "
+        "form that "
         "evaluation uses, so students are evaluated on the format they learnt",
-        f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, examples: {stats['examples']}",
-        f"- over the block size ({stats['block_size']} tokens): {stats['dropped_overlong']} dropped, "
+        f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, "
+        f"examples: {stats['examples']}",
+        f"- over the block size ({stats['block_size']} tokens): {stats['dropped_overlong']} "
+        "dropped, "
         f"{stats['truncated_overlong']} truncated (policy: {config.overlong})",
-        f"- tokens per example: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, max {stats['tokens_max']} "
+        f"- tokens per example: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, max "
+        f"{stats['tokens_max']} "
         f"({stats['token_counts']})",
-        f"- tokenizer / chat template: {config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
+        "- tokenizer / chat template: "
+        f"{config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
         f"- assistant turn (chat_format): {stats['chat_format']['think_start']!r} thinking "
         f"{stats['chat_format']['think_end']!r}{stats['chat_format']['answer_start']!r} answer",
         "",
-        "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), `n_tokens`.",
+        "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), "
+        "`n_tokens`.",
         "Loss masking (assistant turn only) is applied by the trainer, not stored here.",
     ]
     return "\n".join(lines) + "\n"
@@ -139,7 +146,8 @@ def run_sft(
     if df.is_empty():
         raise T0Error(
             f"no SFT examples: {stats['kept_traces']} of {stats['traces']} traces kept, "
-            f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise sft.block_size."
+            f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise "
+            "sft.block_size."
         )
     out = paths.sft_dir
     with atomic_path(out) as tmp:

@@ -36,7 +36,8 @@ ACTION = re.compile(
     r"\b(999|111|a&e|urgent(ly)?|emergency|immediately|ambulance|right away|straight away)\b", re.I
 )
 SEE_IF = re.compile(
-    r"\b(gp|pharmacist|doctor|nurse|dentist|midwife|health visitor)\b[^.]*\bif\b|\bif\b[^.]*\b(see|contact|call|ask) "
+    r"\b(gp|pharmacist|doctor|nurse|dentist|midwife|health "
+    r"visitor)\b[^.]*\bif\b|\bif\b[^.]*\b(see|contact|call|ask) "
     r"(a|your) (gp|pharmacist|doctor)\b",
     re.I,
 )
@@ -47,13 +48,15 @@ SYMPTOM = re.compile(
     re.I,
 )
 SYMPTOM_CUE = re.compile(
-    r"\b(symptoms?|signs?|check if|how to tell|you (may|might|could|can) (also )?(notice|have|feel|get|see)|"
+    r"\b(symptoms?|signs?|check if|how to tell|you (may|might|could|can) (also "
+    r")?(notice|have|feel|get|see)|"
     r"can (cause|include|make)|feel(s|ing)? like)\b",
     re.I,
 )
 OFF_TOPIC = re.compile(
     r"\b(treat(ed|ing|ment|ments)?|medicines?|prescri\w+|surgery|operations?|tablets?|creams?|"
-    r"antibiotics?|injections?|therapy|vaccin\w+|screening|tests?|scans?|diagnos\w+|caused? by|causes|"
+    r"antibiotics?|injections?|therapy|vaccin\w+|screening|tests?|scans?|diagnos\w+|caused? "
+    r"by|causes|"
     r"triggers?|risks?|prevent\w*|things you can do|tips|how to|recover\w*|complications?)\b",
     re.I,
 )

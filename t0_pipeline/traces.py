@@ -235,7 +235,8 @@ def run_traces(
     queries = read_parquet(paths.synthetic_queries("train"), "training queries", "t0 synth-queries")
     if queries.is_empty():
         raise T0Error(
-            "the training query set is empty; run `t0 synth-queries` with a working query_writer first."
+            "the training query set is empty; run `t0 synth-queries` with a working query_writer "
+            "first."
         )
     client = LLMClient("teacher", llm, LLMCache(paths.llm_cache(llm)), overrides)
     traces = collect_traces(queries, retriever, client, config, llm.prompts_dir, progress)

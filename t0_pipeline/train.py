@@ -55,7 +55,8 @@ def tokenize_example(
     full = render_chat(messages, tokenizer)
     if not full.startswith(prompt):
         raise T0Error(
-            "the tokenizer's chat template does not render the prompt as a prefix of the full chat, so the "
+            "the tokenizer's chat template does not render the prompt as a prefix of the full "
+            "chat, so the "
             "assistant turn cannot be located; use the student model's own instruct tokenizer."
         )
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -119,7 +120,8 @@ def load_examples(
             messages = json.loads(raw)
         except json.JSONDecodeError:
             raise T0Error(
-                f"{dataset} row {i}: field 'messages' is not valid JSON; rebuild the dataset with `t0 sft`."
+                f"{dataset} row {i}: field 'messages' is not valid JSON; rebuild the dataset with "
+                "`t0 sft`."
             ) from None
         example = tokenize_example(messages, tokenizer, config.block_size)
         if example is None:
@@ -129,7 +131,8 @@ def load_examples(
     if not examples:
         raise T0Error(
             f"no trainable tokens in {dataset}: all {rows.height} examples are longer than "
-            f"block_size={config.block_size} tokens (or have empty answers); raise train.block_size."
+            f"block_size={config.block_size} tokens (or have empty answers); raise "
+            "train.block_size."
         )
     random.Random(config.seed).shuffle(examples)
     n_eval = int(round(len(examples) * config.eval_fraction)) if len(examples) > 1 else 0
@@ -192,7 +195,8 @@ def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
             return None
         if not installed:
             log.warning(
-                "train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain DDP, each "
+                "train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain "
+                "DDP, each "
                 "holding the whole model (pip install deepspeed for ZeRO-3)",
                 processes,
             )
@@ -210,7 +214,8 @@ def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
 
 def _cannot_load(config: TrainConfig, exc: Exception) -> T0Error:
     return T0Error(
-        f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local path "
+        f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local "
+        "path "
         "or a name available offline with train.model."
     )
 
@@ -545,18 +550,24 @@ def model_card(config: TrainConfig, result: TrainResult) -> str:
         [
             f"# Student model fine-tuned from {config.model}",
             "",
-            "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved documents, made by t0-pipeline.",
+            "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved "
+            "documents, made by t0-pipeline.",
             "Loss on the assistant turn (thinking + answer) only.",
             "",
             f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
-            f"left out (longer than block {config.block_size} or no answer): {result.skipped_examples}",
-            f"- steps: {result.global_step}; final train loss: {result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
+            f"left out (longer than block {config.block_size} or no answer): "
+            f"{result.skipped_examples}",
+            f"- steps: {result.global_step}; final train loss: "
+            f"{result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
             f"final held-out loss: {last_eval if last_eval is not None else 'n/a'}",
-            f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup {config.warmup_ratio:.0%}), "
-            f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, block {config.block_size}, "
+            f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup "
+            f"{config.warmup_ratio:.0%}), "
+            f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per "
+            f"device, block {config.block_size}, "
             f"weight decay {config.weight_decay}, betas {config.adam_beta1}/{config.adam_beta2}, "
             f"gradient checkpointing {config.gradient_checkpointing}, LoRA {config.lora.enabled}, "
-            f"{result.world_size} process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",
+            f"{result.world_size} process(es) on {result.device}, DeepSpeed "
+            f"{result.deepspeed or 'off'}",
             "",
             "Not medical advice: a research artefact for retrieval-augmented reasoning.",
             "",

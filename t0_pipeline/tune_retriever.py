@@ -146,7 +146,8 @@ def tune_retriever(
 
     if not evaluation:
         raise T0Error(
-            "no evaluation queries match the documents; write synthetic queries (synthetic_queries) "
+            "no evaluation queries match the documents; write synthetic queries "
+            "(synthetic_queries) "
             "so the tuned retriever can be compared with the current one."
         )
     started = time.perf_counter()

@@ -409,7 +409,8 @@ def main() -> None:
     parser.add_argument("--fail", help="print this as the loading error and exit 1")
     args = parser.parse_args()
     print(
-        f"stand-in server: loading {args.checkpoint} as {args.served_model_name} (tp {args.tensor_parallel_size})",
+        f"stand-in server: loading {args.checkpoint} as {args.served_model_name} (tp "
+        f"{args.tensor_parallel_size})",
         flush=True,
     )
     time.sleep(args.startup_delay)

@@ -19,25 +19,29 @@ PAGES = [
         "slug": "chalk-lung",
         "title": "Chalk lung",
         "url": "https://example.test/chalk-lung/",
-        "text": "Chalk lung causes a dry cough and wheezing in teachers. See a GP if the cough lasts 3 weeks. Call 999 if you cannot breathe.",
+        "text": "Chalk lung causes a dry cough and wheezing in teachers. See a GP if the cough "
+        "lasts 3 weeks. Call 999 if you cannot breathe.",
     },
     {
         "slug": "ink-rash",
         "title": "Ink rash",
         "url": "https://example.test/ink-rash/",
-        "text": "Ink rash is an itchy blue rash on the fingers after handling wet ink. A pharmacist can suggest a cream.",
+        "text": "Ink rash is an itchy blue rash on the fingers after handling wet ink. A "
+        "pharmacist can suggest a cream.",
     },
     {
         "slug": "glue-ear-fictional",
         "title": "Glue ear (fictional)",
         "url": "https://example.test/glue/",
-        "text": "Muffled hearing and a blocked ear after a cold. Ask for an urgent GP appointment if there is discharge.",
+        "text": "Muffled hearing and a blocked ear after a cold. Ask for an urgent GP appointment "
+        "if there is discharge.",
     },
     {
         "slug": "paper-cut-fever",
         "title": "Paper cut fever",
         "url": "https://example.test/pcf/",
-        "text": "A red, hot, spreading area around a paper cut with a high temperature. Call 111 for urgent advice.",
+        "text": "A red, hot, spreading area around a paper cut with a high temperature. Call 111 "
+        "for urgent advice.",
     },
 ]
 

@@ -105,7 +105,8 @@ def test_oversized_and_compressed_bombs_are_refused_in_bounded_memory(site):
         f"peak Python allocation {peak / MB:.1f} MB"
     )  # the cap, not the body, bounds memory
     print(
-        f"\nhostile bodies: peak Python allocation {peak / MB:.1f} MB for 200 MB plain and 1 GB gzip"
+        f"\nhostile bodies: peak Python allocation {peak / MB:.1f} MB for 200 MB plain and 1 GB "
+        "gzip"
     )
 
 
@@ -161,7 +162,8 @@ def test_a_huge_index_is_capped_and_scheduled_with_a_fixed_pool(site):
     assert any("links to 50010 conditions; only the first 25" in w for w in report.warnings)
     assert report.removed == []  # a capped crawl cannot tell what was removed
     print(
-        f"\n50,000-link index capped at 25: {seconds:.1f} s, peak Python allocation {peak / MB:.1f} MB"
+        f"\n50,000-link index capped at 25: {seconds:.1f} s, peak Python allocation "
+        f"{peak / MB:.1f} MB"
     )
 
 

@@ -123,7 +123,7 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
     )
 
 
-def test_the_default_graph_builds_on_a_corpus_unlike_the_sample_then_scores_its_synthetic_evaluation_split(
+def test_the_default_graph_builds_on_an_unfamiliar_corpus_and_scores_its_synthetic_eval_split(
     tmp_path,
 ):
     """No query file configured: the sample's conditions are not in this corpus, so nothing fails

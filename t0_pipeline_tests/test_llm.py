@@ -147,7 +147,8 @@ def test_all_calls_failing_is_one_clear_error(tmp_path):
     assert not ask(client, "anyone there?").ok
     with pytest.raises(
         T0Error,
-        match=r"every teacher call to openai/x at http://127.0.0.1:9/v1 failed \(.*Connection error",
+        match=r"every teacher call to openai/x at http://127.0.0.1:9/v1 failed "
+        r"\(.*Connection error",
     ):
         require_some_success(client.usage, "teacher", client.settings)
 
@@ -161,7 +162,8 @@ CRASHING_RUN = """
 import sys
 from t0_pipeline.config import LLMConfig, RoleConfig
 from t0_pipeline.llm import LLMCache, LLMClient
-cfg = LLMConfig(roles={"teacher": RoleConfig(model="openai/fake-model", api_base=sys.argv[1])}, concurrency=2)
+teacher = RoleConfig(model="openai/fake-model", api_base=sys.argv[1])
+cfg = LLMConfig(roles={"teacher": teacher}, concurrency=2)
 client = LLMClient("teacher", cfg, LLMCache(sys.argv[2]))
 async def one(i):
     return await client.complete([{"role": "user", "content": f"item {i}"}])

@@ -223,7 +223,8 @@ def test_the_slurm_server_script_asks_for_the_sizes_gpus_and_passes_them_as_tens
     )
     assert "module load CUDA/12.1.1" in script and "#SBATCH --time=02:00:00" in script
     assert (
-        'exec vllm serve Qwen/Qwen2.5-7B-Instruct --served-model-name qwen2.5-7b --host 0.0.0.0 --port "$PORT" '
+        "exec vllm serve Qwen/Qwen2.5-7B-Instruct --served-model-name qwen2.5-7b --host 0.0.0.0 "
+        '--port "$PORT" '
         "--tensor-parallel-size 4 --enable-prefix-caching"
     ) in script
     assert "#SBATCH --output=/shared/logs/t0-serve-qwen2.5-7b-%j.out" in script

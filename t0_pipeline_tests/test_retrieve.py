@@ -136,8 +136,10 @@ def test_a_retriever_refuses_an_index_built_with_another_embedding_model(built):
     cfg, paths = built
     with pytest.raises(
         T0Error,
-        match=r"the 'summaries' index was built with embedding model 'all-MiniLM-L6-v2 \(bundled\) \[int8 documents\]'"
-        r", but embedding.model is 'sentence-transformers/all-mpnet-base-v2 \[int8 documents\]'; rebuild it",
+        match=r"the 'summaries' index was built with embedding model 'all-MiniLM-L6-v2 \(bundled\) "
+        r"\[int8 documents\]'"
+        r", but embedding.model is 'sentence-transformers/all-mpnet-base-v2 \[int8 documents\]'; "
+        r"rebuild it",
     ):
         Retriever(
             "summaries", paths, EmbeddingConfig(model="sentence-transformers/all-mpnet-base-v2")

@@ -51,7 +51,8 @@ def test_example_renders_exactly_the_expected_chat_text(tiny_tokenizer):
     expected = (
         f"<|im_start|>system\n{system}<|im_end|>\n"
         '<|im_start|>user\nAbout me: {"age": 70}\n\nface dropped<|im_end|>\n'
-        "<|im_start|>assistant\n<|im_start|>think\nFace droop is FAST.\n<|im_start|>answer\n(Stroke, A&E)<|im_end|>\n"
+        "<|im_start|>assistant\n<|im_start|>think\nFace droop is "
+        "FAST.\n<|im_start|>answer\n(Stroke, A&E)<|im_end|>\n"
     )
     assert df["text"][0] == expected
     assert df["n_tokens"][0] == len(tiny_tokenizer(expected, add_special_tokens=False)["input_ids"])
@@ -90,8 +91,8 @@ def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
         BudgetConfig().with_format()
     )  # what budget forcing stops on and forces, from the same defaults
     assert (
-        default
-        == f"{budget.think_start}Face droop is FAST.\n{budget.think_end}{budget.answer_start}(Stroke, A&E)"
+        default == f"{budget.think_start}Face droop is "
+        f"FAST.\n{budget.think_end}{budget.answer_start}(Stroke, A&E)"
     )
 
     import tempfile
@@ -100,7 +101,8 @@ def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
         "w", suffix=".yaml"
     ) as f:  # set once in a config file: every budget follows
         f.write(
-            'chat_format: {think_start: "<think>\\n", think_end: "</think>", answer_start: "\\n\\n"}\n'
+            'chat_format: {think_start: "<think>\\n", think_end: "</think>", answer_start: '
+            '"\\n\\n"}\n'
             "serve: {profiles: {t0: {budget: {thinking_budget: 64}}}}\n"
         )
         f.flush()

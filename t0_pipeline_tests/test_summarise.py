@@ -89,7 +89,8 @@ def test_plain_extracts_keep_the_symptom_list_and_urgency_and_drop_treatment():
     """Page extracts without Markdown: a list is the bare lines after a line ending in ':'."""
     summary = ExtractiveSummariser(SummaryConfig()).summarise("Wobbly knee", PLAIN)
     assert (
-        "Other symptoms of wobbly knee can include: a clicking sound when you climb stairs; the knee giving way on "
+        "Other symptoms of wobbly knee can include: a clicking sound when you climb stairs; the "
+        "knee giving way on "
         "slopes; a dull ache behind the kneecap." in summary
     )
     assert "A&E" in summary and "cannot stand" in summary

@@ -54,7 +54,8 @@ def writer_reply(messages, body):
                 "social_support": "lives with partner",
                 "medical_history": "none",
             },
-            "symptoms_description": f"I feel unwell ({condition} / {disposition}) #{body.get('seed')}",
+            "symptoms_description": f"I feel unwell ({condition} / {disposition}) "
+            f"#{body.get('seed')}",
         }
     )
 

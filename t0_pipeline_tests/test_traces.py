@@ -61,7 +61,8 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
             "id": "train-00000",
             "slug": "stroke",
             "disposition": "A&E",
-            "query": "My dad's face has suddenly dropped on one side and he can't lift his left arm, his speech is slurred.",
+            "query": "My dad's face has suddenly dropped on one side and he can't lift his left "
+            "arm, his speech is slurred.",
         },
         {
             "id": "train-00001",

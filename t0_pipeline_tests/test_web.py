@@ -188,9 +188,13 @@ class HostileSources:
 PAYLOAD = (
     "**Gout** is likely.\n\n- rest the joint\n- see a GP\n\n"
     "<img src=x onerror=\"window.__pwned='img'\"> <script>window.__pwned='script'</script>\n\n"
-    "[click me](javascript:window.__pwned='link') or [the NHS page](https://www.nhs.uk/conditions/gout/)"
+    "[click me](javascript:window.__pwned='link') or [the NHS "
+    "page](https://www.nhs.uk/conditions/gout/)"
 )
-THINKING = "I weighed **gout** <img src=y onerror=\"window.__pwned='thinking'\"> [x](javascript:window.__pwned='t')"
+THINKING = (
+    "I weighed **gout** <img src=y onerror=\"window.__pwned='thinking'\"> "
+    "[x](javascript:window.__pwned='t')"
+)
 
 
 def test_model_output_and_corpus_urls_cannot_run_script(built, retriever, tmp_path, browser):

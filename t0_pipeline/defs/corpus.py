@@ -28,7 +28,8 @@ def preview(df: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.Metadata
 
 @dg.observable_source_asset(
     group_name="corpus",
-    description="The document source (bundled sample, live site, mirror or pages file). Its data version is the "
+    description="The document source (bundled sample, live site, mirror or pages file). Its data "
+    "version is the "
     "content hash of the source; a new version makes the corpus assets re-materialise.",
 )
 def corpus_source(settings: PipelineSettings) -> dg.DataVersion:
@@ -41,7 +42,8 @@ def corpus_source(settings: PipelineSettings) -> dg.DataVersion:
     code_version=version_of("condition_pages"),
     automation_condition=EAGER,
     kinds={"python", "parquet"},
-    description="Raw HTML (or text) of every condition page and sub-page, with fetch time, content hash and ETag.",
+    description="Raw HTML (or text) of every condition page and sub-page, with fetch time, content "
+    "hash and ETag.",
 )
 def condition_pages(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -98,7 +100,8 @@ def all_pages_fetched(settings: PipelineSettings) -> dg.AssetCheckResult:
     code_version=version_of("conditions"),
     automation_condition=EAGER,
     kinds={"python", "parquet"},
-    description="One clean plain-text document per condition (slug, title, url, text, content hash, source).",
+    description="One clean plain-text document per condition (slug, title, url, text, content "
+    "hash, source).",
 )
 def conditions(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -160,7 +163,8 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
             if llm
             else "Extractive summaries (summary.backend=extractive)"
         )
-        + " of each condition: symptoms and when/where to get help. What summary_index retrieves from.",
+        + " of each condition: symptoms and when/where to get help. What summary_index retrieves "
+        "from.",
     )
     def summaries(
         context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -168,7 +172,8 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
         cfg, paths = settings.pipeline_config(), settings.paths()
         if cfg.summary.backend != backend:
             raise T0Error(
-                f"summary.backend is {cfg.summary.backend!r} but the code location was loaded with {backend!r}; "
+                f"summary.backend is {cfg.summary.backend!r} but the code location was loaded with "
+                f"{backend!r}; "
                 "reload the code location (Deployment → Reload) after changing it."
             )
         serving = (

@@ -87,7 +87,8 @@ def build_accuracy_report(
         pool="llm",
         code_version=version_of("accuracy_report"),
         kinds={"python", "parquet"},
-        description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std over runs, by query "
+        description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std "
+        "over runs, by query "
         "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
     )
     def accuracy_report(
@@ -146,8 +147,10 @@ accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint, 
     automation_condition=(
         dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress()
     ).with_label("a model's accuracy report was updated"),
-    description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity error shares, "
-    "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like Figure 5.",
+    description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity "
+    "error shares, "
+    "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like "
+    "Figure 5.",
 )
 def accuracy_comparison(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -157,7 +160,8 @@ def accuracy_comparison(
     context.log.info("\n" + report.markdown)
     plot = ""
     if report.png is not None:
-        plot = f"\n\n![accuracy by size](data:image/png;base64,{base64.b64encode(report.png.read_bytes()).decode()})"
+        encoded = base64.b64encode(report.png.read_bytes()).decode()
+        plot = f"\n\n![accuracy by size](data:image/png;base64,{encoded})"
     return dg.MaterializeResult(
         metadata={
             "models": dg.MetadataValue.json(report.models),

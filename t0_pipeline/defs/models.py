@@ -18,7 +18,8 @@ def build_base_models() -> list:
         group_name="models",
         code_version=version_of("base_models"),
         kinds={"pytorch"},
-        description="Local Hugging Face checkpoints named in base_models: the bundled SmolLM2-135M-Instruct "
+        description="Local Hugging Face checkpoints named in base_models: the bundled "
+        "SmolLM2-135M-Instruct "
         "converted once, folders linked, hub names downloaded when online.",
     )
     def base_models(
@@ -40,7 +41,8 @@ def build_base_models() -> list:
                 ),
                 "paths": dg.MetadataValue.json({m["name"]: m["path"] for m in made}),
                 "stand_in": (
-                    "bundled tiny models (SmolLM2-135M) stand in for the report's Qwen2.5 / DeepSeek-R1: every "
+                    "bundled tiny models (SmolLM2-135M) stand in for the report's Qwen2.5 / "
+                    "DeepSeek-R1: every "
                     "artefact is real, no figure made with them is the method's result"
                 )
                 if any(m["source"].startswith("bundled:") for m in made)

@@ -147,7 +147,8 @@ class TrainingCompute(dg.ConfigurableResource):
         ]
         if missing:
             raise T0Error(
-                f"TrainingCompute in slurm mode needs {', '.join(missing)}; set them on the resource."
+                f"TrainingCompute in slurm mode needs {', '.join(missing)}; set them on the "
+                "resource."
             )
         return self._slurm(context, size, model, config_file, data_dir)
 
@@ -198,7 +199,8 @@ class TrainingCompute(dg.ConfigurableResource):
         )
         log_dir = job_log_dir(data_dir, size)
         context.log.info(
-            f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × {job.procs_per_node} "
+            f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × "
+            f"{job.procs_per_node} "
             f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}"
         )
         # the same shape the script's #SBATCH lines ask for (the command line wins)
@@ -243,7 +245,8 @@ class TrainingCompute(dg.ConfigurableResource):
             except RuntimeError as exc:  # dagster-slurm reports rejected or failed jobs this way
                 with SSHConnectionPool(ssh) as pool:
                     listing = pool.run(
-                        f'for f in {log_dir}/rank-*.error; do [ -f "$f" ] && cat "$f" && echo; done; true'
+                        f'for f in {log_dir}/rank-*.error; do [ -f "$f" ] && cat "$f" && echo; '
+                        "done; true"
                     )
                 raise T0Error(job_failure_message(size, str(exc), listing)) from None
 
@@ -272,8 +275,10 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
             else ""
         )
         return (
-            f"the Slurm job for {size} failed on rank {first.get('rank')} ({first.get('host')}){more}: "
-            f"{first.get('error')}; the previous checkpoint is kept. Last lines of that rank:\n{tail}"
+            f"the Slurm job for {size} failed on rank {first.get('rank')} "
+            f"({first.get('host')}){more}: "
+            f"{first.get('error')}; the previous checkpoint is kept. Last lines of that "
+            f"rank:\n{tail}"
         )
     lines = error.splitlines()
     rejected = next((ln.strip() for ln in lines if "error:" in ln), None)
@@ -282,13 +287,16 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
             r"^(?:std(?:err|out):\s*)+", "", rejected
         )  # how the SSH layer labels the stream varies
         return (
-            f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the resource "
+            f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the "
+            "resource "
             "(partition, account, QoS), and the previous checkpoint is kept."
         )
     reason = lines[0][:200] if lines else "no detail"
     return (
-        f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed by a signal, "
-        "out of memory, or out of time?): the job's output is in the run's logs; the previous checkpoint is kept."
+        f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed "
+        "by a signal, "
+        "out of memory, or out of time?): the job's output is in the run's logs; the previous "
+        "checkpoint is kept."
     )
 
 
@@ -348,8 +356,10 @@ class ModelServer(dg.ConfigurableResource):
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         if size is None or size not in profile.sizes:
             raise T0Error(
-                f"site profile {profile.name!r} has no allocation for size {size!r} (the model entry's size; "
-                f"role servers run with ModelServer mode=local), so the server's GPUs are unknown; it has "
+                f"site profile {profile.name!r} has no allocation for size {size!r} (the model "
+                "entry's size; "
+                "role servers run with ModelServer mode=local), so the server's GPUs are unknown; "
+                "it has "
                 f"{', '.join(profile.sizes)}."
             )
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}

@@ -53,8 +53,10 @@ def _dense_asset(index: str):
         code_version=version_of(DENSE_NAMES[index]),
         automation_condition=follows(RETRIEVER_MODEL),
         kinds={"chroma"},
-        description=f"Chroma collection of token chunks of the {index} documents (incremental by content hash), "
-        "embedded by the configured model, or by retriever_model's tuned one once it measured better.",
+        description=f"Chroma collection of token chunks of the {index} documents (incremental by "
+        "content hash), "
+        "embedded by the configured model, or by retriever_model's tuned one once it measured "
+        "better.",
     )
     def dense(
         context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -93,7 +95,8 @@ def _dense_asset(index: str):
     @dg.asset_check(
         asset=dense,
         name="every_document_indexed",
-        description="Every current document is in the index manifest and the collection holds its chunks.",
+        description="Every current document is in the index manifest and the collection holds its "
+        "chunks.",
     )
     def every_document_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
         paths = settings.paths()
@@ -126,7 +129,8 @@ def _bm25_asset(index: str):
         code_version=version_of(BM25_NAMES[index]),
         automation_condition=EAGER,
         kinds={"python"},
-        description=f"Document-level BM25 index (bm25s, English stop words and stemming) of the {index} documents.",
+        description="Document-level BM25 index (bm25s, English stop words and stemming) of the "
+        f"{index} documents.",
     )
     def bm25(settings: PipelineSettings) -> dg.MaterializeResult:
         paths = settings.paths()
@@ -177,7 +181,8 @@ FOLLOWS_QUERIES = follows(SYNTHETIC_QUERIES)
     code_version=version_of("eval_queries"),
     automation_condition=FOLLOWS_QUERIES,
     kinds={"parquet"},
-    description="The labelled retrieval-evaluation queries: retrieval_eval.queries when set, else the synthetic "
+    description="The labelled retrieval-evaluation queries: retrieval_eval.queries when set, else "
+    "the synthetic "
     "evaluation split once written (the report's Table 1), else the bundled sample; queries whose "
     "condition is not in the corpus are left out (and counted) unless the file was configured.",
 )
@@ -238,7 +243,8 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     required_resource_keys={"model_server"}
     if location_config().retrieval_eval.rewrite_with
     else set(),
-    description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, hybrid), with a plot; "
+    description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, "
+    "hybrid), with a plot; "
     "with retrieval_eval.rewrite_with also on the agent's search queries ('<mode>+agent' rows).",
 )
 def retrieval_report(
@@ -329,7 +335,8 @@ def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
         & ~dg.AutomationCondition.in_progress()
     ).with_label("after new synthetic queries"),
     kinds={"pytorch"},
-    description="The embedder fine-tuned on the synthetic training queries (query → its condition's document; "
+    description="The embedder fine-tuned on the synthetic training queries (query → its "
+    "condition's document; "
     "in-batch and mined hard negatives), compared with the current one on the evaluation split; "
     "when better it becomes the embedder of every dense index, which then re-index.",
 )

@@ -67,14 +67,16 @@ def run_all(echo: Callable[[str], None] = print, select: set[str] | None = None)
             rows.append(row)
             if not result.success:
                 raise T0Error(
-                    f"{label} failed after {row.seconds:.0f} s: {failure_message(result)} (every asset "
+                    f"{label} failed after {row.seconds:.0f} s: {failure_message(result)} (every "
+                    "asset "
                     "materialised before it is kept; fix and run again: finished stages are cached)"
                 )
             checks = f"; checks: {len(row.checks_passed)} passed" + (
                 f", failed: {', '.join(row.checks_failed)}" if row.checks_failed else ""
             )
             echo(
-                f"  {label}: {row.seconds:.1f} s{checks if row.checks_passed or row.checks_failed else ''}"
+                f"  {label}: {row.seconds:.1f} "
+                f"s{checks if row.checks_passed or row.checks_failed else ''}"
             )
     return rows
 
@@ -102,7 +104,8 @@ def timing_table(rows: list[StageTime]) -> str:
             f"; failed: {', '.join(r.checks_failed)}" if r.checks_failed else ""
         )
         lines.append(
-            f"| {label} | {r.seconds:.1f} | {checks if r.checks_passed or r.checks_failed else '-'} |"
+            f"| {label} | {r.seconds:.1f} | "
+            f"{checks if r.checks_passed or r.checks_failed else '-'} |"
         )
     lines.append(f"| **total** | {sum(r.seconds for r in rows):.1f} | |")
     return "\n".join(lines)

@@ -98,7 +98,8 @@ def build_summary_study() -> list:
         pool="llm",
         kinds={"python", "parquet"},
         automation_condition=FOLLOW_IF_SET,
-        description="LLM summaries of every page (role 'summariser'): symptoms and how to decide the next step.",
+        description="LLM summaries of every page (role 'summariser'): symptoms and how to decide "
+        "the next step.",
     )
     def llm_summaries(
         context: dg.AssetExecutionContext,
@@ -280,7 +281,8 @@ def retrieved_from(index: str, mode: str) -> list:
         assets.append(full_page_index)
     if not assets:
         raise T0Error(
-            f"nothing builds the {index!r} index in this code location (with summary.backend=llm the LLM "
+            f"nothing builds the {index!r} index in this code location (with summary.backend=llm "
+            "the LLM "
             "summaries are 'summaries'); set traces.index / evaluation.index to full or summaries."
         )
     return assets
@@ -293,7 +295,8 @@ def retrieved_from(index: str, mode: str) -> list:
     pool="llm",
     kinds={"python", "parquet"},
     automation_condition=FOLLOW_IF_SET,
-    description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set sharing "
+    description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set "
+    "sharing "
     "no (condition, disposition) pair, balanced over query type, disposition and sex.",
 )
 def synthetic_queries(
@@ -358,7 +361,8 @@ def eval_train_disjoint(settings: PipelineSettings) -> dg.AssetCheckResult:
 @dg.asset_check(
     asset=synthetic_queries,
     blocking=True,
-    description="Distinct ids and texts; type × disposition × sex cells balanced up to the draws lost.",
+    description="Distinct ids and texts; type × disposition × sex cells balanced up to the draws "
+    "lost.",
 )
 def queries_distinct_and_balanced(settings: PipelineSettings) -> dg.AssetCheckResult:
     paths, cfg, report = (
@@ -423,7 +427,8 @@ def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheck
     pool="llm",
     automation_condition=FOLLOW_IF_SET,
     kinds={"python", "parquet"},
-    description="The teacher's thinking and '(condition, severity)' answer over k retrieved summaries for each "
+    description="The teacher's thinking and '(condition, severity)' answer over k retrieved "
+    "summaries for each "
     "training query, parsed and filtered by the configured policy.",
 )
 def reasoning_traces(
@@ -472,7 +477,8 @@ def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResul
     code_version=version_of("sft_dataset"),
     kinds={"parquet"},
     automation_condition=FOLLOW_IF_SET,
-    description="Chat examples (system: retrieved context; user: demographics + query; assistant: thinking + "
+    description="Chat examples (system: retrieved context; user: demographics + query; assistant: "
+    "thinking + "
     "answer) rendered with the student's chat template, with a dataset card.",
 )
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:

@@ -55,7 +55,8 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
         sizes = cfg.train.sizes
         if size not in sizes:
             raise T0Error(
-                f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to the config."
+                f"no base model for size {size!r} in train.sizes ({', '.join(sizes)}); add it to "
+                "the config."
             )
         # the job reads the settings this run resolved (file, environment, launchpad overrides),
         # wherever it runs

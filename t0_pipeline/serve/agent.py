@@ -49,8 +49,10 @@ SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
 PLAIN = {
     "unreachable": UNREACHABLE,
-    "auth": "The assistant's model refused this service's credentials; please tell whoever runs the service.",
-    "not_found": "The assistant's model is not set up correctly; please tell whoever runs the service.",
+    "auth": "The assistant's model refused this service's credentials; please tell whoever runs "
+    "the service.",
+    "not_found": "The assistant's model is not set up correctly; please tell whoever runs the "
+    "service.",
     "interrupted": "The assistant stopped before finishing its answer; try again.",
     "search": "The health information search failed; try again, or tell whoever runs the service.",
     None: "The assistant could not answer this time; try again.",
@@ -145,7 +147,8 @@ class ChatService:
             for role in (profile.agent, profile.reasoner):
                 if role not in cfg.llm.roles:
                     raise T0Error(
-                        f"serve profile {name!r} uses LLM role {role!r}, which is not configured; add "
+                        f"serve profile {name!r} uses LLM role {role!r}, which is not configured; "
+                        "add "
                         f"llm.roles.{role} (model, api_base)."
                     )
 
@@ -377,7 +380,8 @@ def agent_search_queries(
     rewritten / kept / failed)."""
     if profile_name not in cfg.serve.profiles:
         raise T0Error(
-            f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not configured; "
+            f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not "
+            "configured; "
             f"available: {', '.join(cfg.serve.profiles)}."
         )
     profile = cfg.serve.profiles[profile_name]

@@ -85,7 +85,8 @@ def create_app(
         title="t0 conversational agent",
         version="1",
         lifespan=lifespan,
-        description="Retrieval-augmented reasoning over the indexed collection. Not medical advice.",
+        description="Retrieval-augmented reasoning over the indexed collection. "
+        "Not medical advice.",
     )
     if serve.cors_origins:
         app.add_middleware(

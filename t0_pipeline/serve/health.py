@@ -62,7 +62,8 @@ class ModelProbe:
             if entry["reachable"] is False:
                 settings = self.cfg.llm.roles[role]
                 log.warning(
-                    "the %s model (%s) does not answer at %s (%s): turns will fail until it does; start it "
+                    "the %s model (%s) does not answer at %s (%s): turns will fail until it does; "
+                    "start it "
                     "or fix llm.roles.%s.api_base",
                     role,
                     settings.model,

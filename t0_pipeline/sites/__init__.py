@@ -92,6 +92,7 @@ def get_adapter(name: str) -> SiteAdapter:
     adapters = {NHS.name: NHS}
     if name not in adapters:
         raise T0Error(
-            f"unknown site adapter {name!r}; choose one of {sorted(adapters)} or register a new one in t0_pipeline/sites."
+            f"unknown site adapter {name!r}; choose one of {sorted(adapters)} or register a new "
+            "one in t0_pipeline/sites."
         )
     return adapters[name]

@@ -164,5 +164,6 @@ async def stream(events, base: dict[str, Any]):
             elif kind == "done":
                 yield chunk({}, "stop", sources=data.sources)
     except T0Error as exc:
-        yield f"data: {json.dumps({'error': {'message': explained(exc), 'type': 'server_error'}})}\n\n".encode()
+        error = {"error": {"message": explained(exc), "type": "server_error"}}
+        yield f"data: {json.dumps(error)}\n\n".encode()
     yield b"data: [DONE]\n\n"
