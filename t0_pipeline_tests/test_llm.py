@@ -266,7 +266,7 @@ def test_the_double_streams_reasoning_and_content_through_litellm(fake):
 
 
 def test_per_run_role_overrides_only_touch_what_is_set():
-    from t0_pipeline.defs.synthetic import RoleOverrides
+    from t0_pipeline.defs.roles import RoleOverrides
 
     llm = RoleOverrides(model="openai/other", temperature=0.1).apply(LLMConfig(), "teacher")
     teacher = llm.roles["teacher"]

@@ -6,28 +6,23 @@ and takes an optional run config overriding its role (model, endpoint, sampling)
 """
 
 import json
-from typing import Optional
 
 import dagster as dg
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import LLMConfig, PipelineConfig
 from t0_pipeline.defs.corpus import EAGER, conditions, preview
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
 from t0_pipeline.defs.retrieval import (
-    eval_queries,
     full_page_bm25,
     full_page_index,
     summary_bm25,
     summary_index,
 )
+from t0_pipeline.defs.roles import RoleOverrides, role_config, usage_metadata
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.index import build_bm25_index, build_dense_index
-from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
 from t0_pipeline.sft import run_sft
-from t0_pipeline.summarise import run_summarise
 from t0_pipeline.synth import run_generate_queries
 from t0_pipeline.traces import run_traces
 from t0_pipeline.validate import (
@@ -38,47 +33,10 @@ from t0_pipeline.validate import (
     query_rate_problems,
     query_rates,
     query_set_problems,
-    summary_problems,
     traces_outside_retrieved,
 )
 
 GROUP = "synthetic_data"
-
-
-class RoleOverrides(dg.Config):
-    """Per-run overrides of the asset's LLM role (leave empty to use the config file)."""
-
-    model: Optional[str] = None
-    api_base: Optional[str] = None
-    temperature: Optional[float] = None
-    max_tokens: Optional[int] = None
-    seed: Optional[int] = None
-
-    def apply(self, llm: LLMConfig, role: str) -> LLMConfig:
-        changes = {k: v for k, v in self.model_dump().items() if v is not None}
-        if changes:
-            llm.roles[role] = llm.roles[role].model_copy(update=changes)
-        return llm
-
-
-def usage_metadata(usage: dict) -> dict:
-    return {
-        "llm_calls": usage["completed"],
-        "llm_cache_hits": usage["cache_hits"],
-        "llm_retries": usage["retries"],
-        "llm_failures": usage["failures"],
-        "llm_json_repairs": usage["repairs"],
-        "llm_invalid_json": usage["invalid_json"],
-        "prompt_tokens": usage["prompt_tokens"],
-        "completion_tokens": usage["completion_tokens"],
-        "cost_usd": round(usage["cost"], 6),
-    }
-
-
-def _config(settings: PipelineSettings, overrides: RoleOverrides, role: str) -> PipelineConfig:
-    cfg = settings.pipeline_config()
-    overrides.apply(cfg.llm, role)
-    return cfg
 
 
 LOCATION = location_config()
@@ -86,173 +44,17 @@ LOCATION = location_config()
 FOLLOW_IF_SET = EAGER if LOCATION.automation.synthetic_data else None
 
 
-def build_summary_study() -> list:
-    """With extractive summaries as the retrieval corpus, the LLM summaries as a study beside them:
-    their own index and p@k next to the extractive ones. (With summary.backend=llm the LLM summaries
-    *are* ``summaries``.)"""
+def _summary_study() -> tuple:
+    from t0_pipeline.defs import summary_study as study
 
-    @dg.asset(
-        group_name=GROUP,
-        deps=[conditions, *MODEL_DEPS],
-        code_version=version_of("llm_summaries"),
-        pool="llm",
-        kinds={"python", "parquet"},
-        automation_condition=FOLLOW_IF_SET,
-        description="LLM summaries of every page (role 'summariser'): symptoms and how to decide "
-        "the next step.",
+    return (
+        study.llm_summaries,
+        study.every_condition_llm_summarised,
+        study.llm_summary_index,
+        study.every_llm_summary_indexed,
+        study.summary_comparison,
+        study.both_summaries_scored,
     )
-    def llm_summaries(
-        context: dg.AssetExecutionContext,
-        settings: PipelineSettings,
-        model_server: ModelServer,
-        config: RoleOverrides,
-    ) -> dg.MaterializeResult:
-        cfg, paths = _config(settings, config, "summariser"), settings.paths()
-        summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
-        with model_server.roles(cfg, paths, ["summariser"], context.log.info) as cfg:
-            out, info = run_summarise(
-                paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info
-            )
-        for slug in info["failures"]:
-            context.log.warning(
-                f"summary failed for {slug}; re-materialise to retry (successful calls are cached)"
-            )
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": out.height,
-                "failed": len(info["failures"]),
-                "summariser": info["backend"],
-                "mean_compression": float(out["compression"].mean()),
-                "preview": preview(out, ["slug", "text"], rows=5),
-                **usage_metadata(info["usage"]),
-                "path": dg.MetadataValue.path(str(paths.llm_summaries)),
-            }
-        )
-
-    @dg.asset_check(
-        asset=llm_summaries,
-        description="Every condition has an LLM summary of its current text (WARN).",
-    )
-    def every_condition_llm_summarised(settings: PipelineSettings) -> dg.AssetCheckResult:
-        paths = settings.paths()
-        problems = summary_problems(
-            pl.read_parquet(paths.conditions), pl.read_parquet(paths.llm_summaries)
-        )
-        return dg.AssetCheckResult(
-            passed=not problems,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"problems": dg.MetadataValue.json(problems)},
-        )
-
-    @dg.asset(
-        group_name=GROUP,
-        deps=[llm_summaries],
-        code_version=version_of("llm_summary_index"),
-        kinds={"chroma"},
-        automation_condition=EAGER,
-        description="Dense (Chroma) and BM25 indexes of the LLM summaries.",
-    )
-    def llm_summary_index(
-        context: dg.AssetExecutionContext, settings: PipelineSettings
-    ) -> dg.MaterializeResult:
-        cfg, paths = settings.pipeline_config(), settings.paths()
-        docs = pl.read_parquet(paths.llm_summaries)
-        stats = build_dense_index(
-            docs,
-            "llm_summaries",
-            paths,
-            cfg.embedding,
-            cfg.chunk,
-            cfg.chroma,
-            embedder=settings.embedder(),
-            client=settings.chroma_client(),
-        )
-        bm25 = build_bm25_index(docs, "llm_summaries", paths)
-        context.log.info(stats.summary())
-        return dg.MaterializeResult(
-            metadata={
-                "documents": stats.documents,
-                "chunks": stats.chunks,
-                "embedded_chunks": stats.embedded_chunks,
-                "bm25_documents": bm25["documents"],
-            }
-        )
-
-    @dg.asset(
-        group_name=GROUP,
-        deps=[summary_index, summary_bm25, llm_summary_index, eval_queries],
-        code_version=version_of("summary_comparison"),
-        automation_condition=EAGER,
-        kinds={"python", "csv"},
-        description="p@k of extractive vs LLM summaries, for each retriever mode.",
-    )
-    def summary_comparison(settings: PipelineSettings) -> dg.MaterializeResult:
-        cfg, paths = settings.pipeline_config(), settings.paths()
-        retrievers = {
-            name: settings.retriever(name, cfg) for name in ("summaries", "llm_summaries")
-        }
-        ev = cfg.retrieval_eval.model_copy(update={"indexes": ["summaries", "llm_summaries"]})
-        report = evaluate_retrieval(
-            paths,
-            ev,
-            retrievers,
-            read_saved_queries(paths.eval_queries),
-            paths.summary_comparison_dir,
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "queries": report.n_queries,
-                "p_at_k": dg.MetadataValue.md(report.markdown),
-                "csv": dg.MetadataValue.path(str(report.csv)),
-            }
-        )
-
-    @dg.asset_check(
-        asset=llm_summary_index,
-        description="Every current LLM summary is in the dense and BM25 indexes.",
-    )
-    def every_llm_summary_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
-        from t0_pipeline.index import read_manifest
-        from t0_pipeline.validate import unindexed_documents
-
-        paths = settings.paths()
-        docs = pl.read_parquet(paths.llm_summaries)
-        dense = unindexed_documents(docs, read_manifest(paths.index_manifest("llm_summaries")))
-        meta = json.loads((paths.bm25_dir("llm_summaries") / "t0_docs.json").read_text())
-        bm25 = unindexed_documents(docs, {"docs": dict(zip(meta["slugs"], meta["hashes"]))})
-        return dg.AssetCheckResult(
-            passed=not dense and not bm25,
-            metadata={
-                "missing_dense": dg.MetadataValue.json(dense[:20]),
-                "missing_bm25": dg.MetadataValue.json(bm25[:20]),
-            },
-        )
-
-    @dg.asset_check(
-        asset=summary_comparison,
-        description="Both kinds of summary were scored in every mode, p@k sane.",
-    )
-    def both_summaries_scored(settings: PipelineSettings) -> dg.AssetCheckResult:
-        from t0_pipeline.validate import pk_problems
-
-        cfg, paths = settings.pipeline_config(), settings.paths()
-        problems = pk_problems(
-            pl.read_csv(paths.summary_comparison_dir / "pk.csv"),
-            ["summaries", "llm_summaries"],
-            cfg.retrieval_eval.modes,
-        )
-        return dg.AssetCheckResult(
-            passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)}
-        )
-
-    return [
-        llm_summaries,
-        every_condition_llm_summarised,
-        llm_summary_index,
-        every_llm_summary_indexed,
-        summary_comparison,
-        both_summaries_scored,
-    ]
 
 
 INDEX_ASSETS = {
@@ -267,7 +69,7 @@ if LOCATION.summary.backend == "extractive":
         every_llm_summary_indexed,
         summary_comparison,
         both_summaries_scored,
-    ) = build_summary_study()
+    ) = _summary_study()
     INDEX_ASSETS["llm_summaries"] = [llm_summary_index]
 
 
@@ -305,7 +107,7 @@ def synthetic_queries(
     model_server: ModelServer,
     config: RoleOverrides,
 ) -> dg.MaterializeResult:
-    cfg, paths = _config(settings, config, "query_writer"), settings.paths()
+    cfg, paths = role_config(settings, config, "query_writer"), settings.paths()
     with model_server.roles(cfg, paths, ["query_writer"], context.log.info) as cfg:
         eval_df, train_df, report = run_generate_queries(
             paths, cfg.queries, cfg.llm, progress=context.log.info
@@ -437,7 +239,7 @@ def reasoning_traces(
     model_server: ModelServer,
     config: RoleOverrides,
 ) -> dg.MaterializeResult:
-    cfg, paths = _config(settings, config, "teacher"), settings.paths()
+    cfg, paths = role_config(settings, config, "teacher"), settings.paths()
     retriever = settings.retriever(cfg.traces.index, cfg)
     with model_server.roles(cfg, paths, ["teacher"], context.log.info) as cfg:
         traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
