@@ -277,9 +277,8 @@ def clean_pages(
                     if page["format"] == "html"
                     else normalise_text(body)
                 )
-            except (
-                Exception
-            ) as exc:  # one hostile page must not stop the corpus: report it, leave it out
+            # one hostile page must not stop the corpus: report it, leave it out
+            except Exception as exc:
                 problems.append(
                     f"record {slug} ({page['page_url'] or 'no url'}): could not be cleaned "
                     f"({exc.__class__.__name__}: {str(exc)[:120]}); that page is left out"

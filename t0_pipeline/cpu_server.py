@@ -80,9 +80,8 @@ class Engine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        if (
-            quantize == "int8"
-        ):  # weights as int8, activations quantised per batch: ~2× the tokens per second here
+        # weights as int8, activations quantised per batch: ~2× the tokens per second here
+        if quantize == "int8":
             import warnings
 
             with warnings.catch_warnings():

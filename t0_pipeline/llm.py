@@ -705,9 +705,8 @@ class LLMClient:
             or failed <= self.config.max_failure_share * finished
         ):
             return
-        if (
-            self._down_since is not None
-        ):  # the failures are the endpoint's: say that, not "N calls failed"
+        # the failures are the endpoint's: say that, not "N calls failed"
+        if self._down_since is not None:
             raise self._unreachable(self._last_unreachable)
         common = max(u.errors, key=u.errors.get) if u.errors else "error"
         raise T0Error(

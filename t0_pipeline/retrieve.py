@@ -83,9 +83,8 @@ class ExactChunks:
             got = collection.get(include=["embeddings"], limit=page, offset=offset)
             for cid, vector in zip(got["ids"], got["embeddings"]):
                 slug, digest, _ = cid.rsplit("::", 2)
-                if (
-                    live16.get(slug) == digest
-                ):  # chunks of older versions of a document are not searched
+                # chunks of older versions of a document are not searched
+                if live16.get(slug) == digest:
                     rows.append((slug, vector))
             if len(got["ids"]) < page:
                 break

@@ -127,9 +127,8 @@ def _score(unit: Unit, first: bool, symptom_blocks: set[int]) -> float:
         or SYMPTOM_CUE.search(unit.text)
     ):
         score += 3.0
-    elif (
-        unit.block in symptom_blocks
-    ):  # a sentence beside a symptom list: kept when it names a symptom itself
+    # a sentence beside a symptom list: kept when it names a symptom itself
+    elif unit.block in symptom_blocks:
         score += 1.5
     score += min(2, len(SYMPTOM.findall(unit.text))) * 0.75
     if OFF_TOPIC.search(context or unit.lead):

@@ -86,9 +86,8 @@ class Reporter:
     def finished(self, result: TrainResult, config: TrainConfig) -> None:
         if self.pipes is None:
             return
-        if (
-            result.preempted
-        ):  # the job requeues and resumes; the materialisation comes from the run that finishes
+        # the job requeues and resumes; the materialisation comes from the run that finishes
+        if result.preempted:
             self.pipes.log.warning(
                 f"stopped at step {result.global_step} before the time limit; checkpoint saved"
             )

@@ -438,9 +438,8 @@ def main() -> None:
         server.healthy = not args.unhealthy
         server.state.chunk_delay_s = args.chunk_delay
         server.tool_choice = args.enable_auto_tool_choice and bool(args.tool_call_parser)
-        if (
-            args.thinking is not None
-        ):  # completions prompts are rendered chat templates; chat messages are not
+        # completions prompts are rendered chat templates; chat messages are not
+        if args.thinking is not None:
             server.on(r"<\|im_start\|>", budget_student(args.thinking, args.answer or ""))
         server.on(
             ".*",

@@ -585,9 +585,8 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
         "It is probably gout"
     )
     assert reply["sources"] and reply["completion_tokens"] == 6
-    if (
-        tok is not None
-    ):  # every ChatML marker is the tokenizer's one special token; "think" is a plain word after it
+    # every ChatML marker is the tokenizer's one special token; "think" is a plain word after it
+    if tok is not None:
         ids = tok(completions[0]["prompt"], add_special_tokens=False)["input_ids"]
         start = tok.convert_tokens_to_ids("<|im_start|>")
         assert (

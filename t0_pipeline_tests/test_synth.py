@@ -171,9 +171,9 @@ def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writ
         assert eval_df.height == 18 - len(failed) and "beta-cough" not in eval_df["slug"].to_list()
         assert report["usage"]["repairs"] == report["usage"]["invalid_json"] == len(failed)
 
-    with (
-        FakeLLM() as healthy
-    ):  # unusable replies were not cached: only the failed draws are asked again, and succeed
+    # unusable replies were not cached: only the failed draws are asked again, and succeed
+
+    with FakeLLM() as healthy:
         healthy.on("send to NHS 111", writer_reply)
         llm.roles["query_writer"].api_base = healthy.api_base
         again, _, report = run_generate_queries(paths, cfg, llm)

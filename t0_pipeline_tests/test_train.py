@@ -380,9 +380,8 @@ def _wait_for_job(job: str, until, timeout: float = 300) -> str:
     import time
 
     state, deadline = "PENDING", time.time() + timeout
-    while (
-        time.time() < deadline
-    ):  # no accounting database here: scontrol remembers finished jobs, squeue does not
+    # no accounting database here: scontrol remembers finished jobs, squeue does not
+    while time.time() < deadline:
         out = subprocess.run(
             ["scontrol", "show", "job", job, "-o"], capture_output=True, text=True
         ).stdout

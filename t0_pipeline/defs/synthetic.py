@@ -77,9 +77,8 @@ def retrieved_from(index: str, mode: str) -> list:
     """The index assets a stage retrieving from ``index`` in ``mode`` (config values) depends on:
     lineage follows config."""
     assets = list(INDEX_ASSETS.get(index) or [])
-    if (
-        index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages
-    ):  # fuses the full pages' ranking
+    # fuses the full pages' ranking
+    if index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages:
         assets.append(full_page_index)
     if not assets:
         raise T0Error(

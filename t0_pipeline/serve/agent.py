@@ -167,16 +167,14 @@ class ChatService:
         return self.cfg.serve.profiles[name]
 
     def retriever(self, profile: ServeProfile):
-        if (
-            profile.index not in self._retrievers
-        ):  # one per index, shared by the profiles that use it
+        # one per index, shared by the profiles that use it
+        if profile.index not in self._retrievers:
             self._retrievers[profile.index] = self._retriever_factory(profile)
         return self._retrievers[profile.index]
 
     def client(self, role: str) -> LLMClient:
-        if (
-            role not in self._clients
-        ):  # conversations are never cached; a person is waiting: few, short retries
+        # conversations are never cached; a person is waiting: few, short retries
+        if role not in self._clients:
             fast = self.cfg.llm.model_copy(
                 update={
                     "max_attempts": self.cfg.serve.model_attempts,

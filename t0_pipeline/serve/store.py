@@ -442,9 +442,8 @@ class Store:
                     leases.insert().values(name=name, holder=holder, expires_at=now + ttl_s)
                 )
             return True
-        except (
-            sa.exc.IntegrityError
-        ):  # held, or left behind by a process that died: take it once it has expired
+        # held, or left behind by a process that died: take it once it has expired
+        except sa.exc.IntegrityError:
             with self.engine.begin() as conn:
                 return (
                     conn.execute(

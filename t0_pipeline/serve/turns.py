@@ -108,9 +108,8 @@ class TurnRunner:
     ) -> AsyncIterator[tuple[str, Any]]:
         thread_id, store = thread["id"], self.store
         async with self._lease(thread_id):
-            if (
-                retry_of is not None
-            ):  # the failed message goes; the same text is sent again as a new turn
+            # the failed message goes; the same text is sent again as a new turn
+            if retry_of is not None:
                 try:
                     await asyncio.to_thread(store.take_failed, thread_id, retry_of)
                 except NotFound:

@@ -45,9 +45,8 @@ async def post_message(
     thread = await owned(ctx.store.get_thread, key, thread_id)
     out: dict[str, Any] = {}
     async for kind, data in ctx.turns.events(ctx.turns.start(thread, body.content, body.retry_of)):
-        if (
-            kind == "error"
-        ):  # the person's sentence in detail; what went wrong for the operator in technical
+        # the person's sentence in detail; what went wrong for the operator in technical
+        if kind == "error":
             return JSONResponse(
                 {
                     "detail": data["message"],

@@ -1,0 +1,102 @@
+"""Cluster commands: sbatch (the training job script for one size on one site) and slurm-env
+(the pre-deployed environment dagster-slurm expects)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.cli.common import (
+    ConfigFile,
+    DataDir,
+    SetOpt,
+    app,
+    setup,
+)
+
+
+@app.command()
+def sbatch(
+    site: str = typer.Option(
+        ..., help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."
+    ),
+    size: str = typer.Option(
+        ..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."
+    ),
+    config: Optional[Path] = ConfigFile,
+    data_dir: Optional[Path] = DataDir,
+    account: Optional[str] = typer.Option(
+        None,
+        envvar="T0_SLURM_ACCOUNT",
+        help="Project the job is charged to (required on Baskerville and Isambard-AI).",
+    ),
+    partition: Optional[str] = typer.Option(None, help="Slurm partition (default: the profile's)."),
+    qos: Optional[str] = typer.Option(
+        None, help="Slurm QoS (default: the profile's; per project on Baskerville)."
+    ),
+    profiles_dir: Optional[Path] = typer.Option(
+        None, help="Folder of your own site profiles (<site>.yaml)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write the script here instead of printing it."
+    ),
+    deepspeed: Optional[str] = typer.Option(
+        None,
+        help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
+        "zero3_offload, a path on the cluster, or none "
+        "(default: train.deepspeed).",
+    ),
+    sets: Optional[list[str]] = SetOpt,
+):
+    """Render the training job script for one student size on one cluster (submit it with sbatch).
+
+    It is the script Dagster submits for the same size: srun starts torchrun on every node, one rank
+    per GPU.
+    """
+    from t0_pipeline.cluster import load_profile, render_sbatch
+
+    cfg, paths = setup(data_dir, config, sets=sets)
+    model = cfg.train.sizes.get(size)
+    if model is None:
+        raise T0Error(
+            f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add "
+            "it to the config."
+        )
+    log_dir = paths.student_dir(size) / "logs"
+    script = render_sbatch(
+        load_profile(site, profiles_dir),
+        size,
+        config_file=str(config.resolve()) if config else None,
+        data_dir=str(paths.root.resolve()),
+        log_dir=str(log_dir.resolve()),
+        model=model,
+        deepspeed=deepspeed or cfg.train.deepspeed,
+        account=account,
+        partition=partition,
+        qos=qos,
+    )
+    if out:
+        log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log file before the job starts
+        out.write_text(script, encoding="utf-8")
+        typer.echo(f"wrote {out}; submit with: sbatch {out}")
+    else:
+        typer.echo(script, nl=False)
+
+
+@app.command("slurm-env")
+def slurm_env(
+    path: Path = typer.Option(..., help="Directory on storage the compute nodes share."),
+    venv: Optional[Path] = typer.Option(
+        None, help="The virtual environment holding t0-pipeline (default: this one)."
+    ),
+):
+    """Lay out a pre-deployed environment for dagster-slurm (activate.sh + env/ → the venv)."""
+
+    from t0_pipeline.cluster import prepare_env_dir
+
+    out = prepare_env_dir(path, venv or Path(sys.prefix))
+    typer.echo(f"pre-deployed environment ready at {out}; set TrainingCompute.env_path to it")

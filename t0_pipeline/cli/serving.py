@@ -1,0 +1,101 @@
+"""Serving commands: serve (the chat page, JSON API and OpenAI-compatible endpoint) and keys."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from t0_pipeline.artifacts import T0Error
+from t0_pipeline.cli.common import ConfigFile, DataDir, SetOpt, app, setup
+
+
+@app.command()
+def serve(
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."
+    ),
+    port: int = typer.Option(8080, help="TCP port."),
+    insecure_local: bool = typer.Option(
+        False, "--insecure-local", help="No API keys: a single user on this machine only."
+    ),
+    sets: Optional[list[str]] = SetOpt,
+):
+    """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions.
+
+    Over the built index; API keys are required unless --insecure-local.
+    """
+    # Before torch loads OpenMP: a query's encode is many short parallel regions with Python between
+    # them, and
+    # OpenMP's default lets its worker sleep ~0.1 ms after each, so every region waited for a
+    # wake-up (a search
+    # took ~2x as long in the service as alone). Spinning ~10x longer keeps the worker for the whole
+    # encode.
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000000")
+    import uvicorn
+
+    from t0_pipeline.serve.app import create_app
+
+    cfg, paths = setup(data_dir, config, sets=sets)
+    if insecure_local and host not in ("127.0.0.1", "localhost", "::1"):
+        raise T0Error(
+            "--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not "
+            f"{host})."
+        )
+    app_ = create_app(cfg, paths, insecure_local=insecure_local)
+    typer.echo(
+        f"t0 serve: http://{host}:{port}/  (API docs /docs; "
+        f"{'no API keys' if insecure_local else 'API keys required'})"
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
+
+
+keys_app = typer.Typer(
+    help="API keys for `t0 serve` (only a hash is stored; a key is shown once).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _store(data_dir: Optional[Path], config: Optional[Path]):
+    from t0_pipeline.serve.store import Store, default_url
+
+    cfg, paths = setup(data_dir, config)
+    return Store(cfg.serve.database_url or default_url(paths.conversations_db))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what the key is for."),
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+):
+    """Create a key and print it (store it now: it cannot be shown again)."""
+    key_id, token = _store(data_dir, config).create_key(name)
+    typer.echo(f"key id {key_id} ({name}):\n{token}")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: Optional[Path] = DataDir, config: Optional[Path] = ConfigFile):
+    """List keys (ids and names; never the keys)."""
+    import datetime
+
+    for k in _store(data_dir, config).list_keys():
+        when = datetime.datetime.fromtimestamp(k["created_at"]).isoformat(timespec="seconds")
+        typer.echo(f"{k['id']}  {k['name']}  created {when}{'  REVOKED' if k['revoked'] else ''}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key id from `t0 keys list`."),
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+):
+    """Revoke a key: its requests are refused from now on."""
+    if not _store(data_dir, config).revoke_key(key_id):
+        raise T0Error(f"no key with id {key_id}; see `t0 keys list`.")
+    typer.echo(f"revoked {key_id}")
