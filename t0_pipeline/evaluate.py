@@ -8,10 +8,12 @@ k > 0) and one entry of ``evaluation.models``.
 
 Output, under ``<data>/eval/accuracy/<model>/``: ``predictions.parquet`` (one row per query ×
 k × run: what was retrieved, what the model said, its thinking, the parsed answer, the
-status and the scores; for error analysis), ``summary.json`` and ``table.md``. :func:`combine`
-writes the cross-model ``report.md``, ``report.csv`` and ``accuracy_by_size.png``.
+status and the scores; for error analysis), ``summary.json`` and ``table.md``.
+:func:`t0_pipeline.accuracy_tables.combine` writes the cross-model ``report.md``, ``report.csv``
+and ``accuracy_by_size.png``.
 
-Predictors share one interface, ``async predict(case, seed) -> Answer``:
+The predictors (:mod:`t0_pipeline.predictors`) share one interface, ``async predict(case, seed)
+-> Answer``:
 - :class:`ChatPredictor`: any litellm chat model, answering in text ("(condition, severity)",
   parsed tolerantly) or through the ``submit_condition_recommendation`` tool;
 - :class:`BudgetPredictor`: a reasoning student with budget forcing, on a vLLM completions
@@ -29,56 +31,34 @@ Run it: ``t0 evaluate --model NAME`` then ``t0 accuracy-report``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from t0_pipeline import triage_prompt
+from t0_pipeline.accuracy_tables import fmt, model_table
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, read_records, write_json
-from t0_pipeline.baseline import disposition_from_page
-from t0_pipeline.budget import complete_with_budget, generate_with_budget
 from t0_pipeline.config import (
-    BudgetConfig,
     DataPaths,
     EvalModelConfig,
     EvaluationConfig,
     PipelineConfig,
 )
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.llm import EndpointError, LLMCache, LLMClient, LLMReply, cache_key, function_tool
+from t0_pipeline.llm import LLMCache, LLMClient
+from t0_pipeline.predictors import Case, make_predictor
 from t0_pipeline.scoring import (
-    Prediction,
-    judge,
     normalise_severity,
-    parse_answer_text,
     score,
     summarise_runs,
 )
-from t0_pipeline.validate import students_below_base
 
 log = logging.getLogger(__name__)
 
-TOOL_NAME = "submit_condition_recommendation"
-TOOL = function_tool(
-    TOOL_NAME,
-    "Submit the condition that best explains the patient's message and how urgently they need "
-    "care.",
-    {
-        "condition": {
-            "type": "string",
-            "description": "One of the allowed condition names, exactly as listed, or "
-            "'inconclusive' when that is allowed.",
-        },
-        "severity": {"type": "string", "enum": ["Self-care", "Urgent Primary Care", "A&E"]},
-    },
-)
 NOTE_LABELS = {
     "empty": "empty replies",
     "unparsable": "unparsable answers",
@@ -149,25 +129,6 @@ def queries_hash(queries: list[dict[str, Any]]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-@dataclass
-class Case:
-    query: dict[str, Any]
-    k: int
-    retrieved: list[str] | None  # None at k = 0
-    allowed: dict[str, str]  # slug → title
-    messages: list[dict[str, str]]
-
-
-@dataclass
-class Answer:
-    prediction: Prediction
-    thinking: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    error: str | None = None
-
-
 def build_cases(
     queries: list[dict[str, Any]],
     k: int,
@@ -210,199 +171,6 @@ def build_cases(
 
 
 # --- predictors ---------------------------------------------------------------------------
-def failed_answer(error: str) -> Answer:
-    status = "timeout" if "timeout" in error.lower() else "failed"
-    return Answer(Prediction(None, None, status), error=error)
-
-
-def from_tool_calls(reply: LLMReply, allowed: dict[str, str]) -> Prediction:
-    """The submitted (condition, severity); a reply without the tool call falls back to its text."""
-    calls = [c for c in reply.tool_calls if c.get("name") == TOOL_NAME]
-    if not calls:
-        if reply.tool_calls:
-            return Prediction(None, None, "wrong_tool", json.dumps(reply.tool_calls))
-        return parse_answer_text(reply.content, allowed)
-    raw = calls[-1].get("arguments") or ""
-    try:
-        args = json.loads(raw or "{}")
-    except json.JSONDecodeError:
-        return Prediction(None, None, "unparsable", raw)
-    if not isinstance(args, dict):
-        return Prediction(None, None, "unparsable", raw)
-    condition, severity = args.get("condition"), args.get("severity")
-    return judge(
-        None if condition is None else str(condition),
-        None if severity is None else str(severity),
-        allowed,
-        raw,
-    )
-
-
-class ChatPredictor:
-    """A litellm chat model; text answers or the submit tool."""
-
-    def __init__(self, client: LLMClient, answer: str):
-        self.client, self.answer = client, answer
-        self.answer_format = "answer_tool" if answer == "tool" else "answer_text"
-
-    async def predict(self, case: Case, seed: int) -> Answer:
-        reply = await self.client.complete(
-            case.messages, tools=[TOOL] if self.answer == "tool" else None, seed=seed
-        )
-        if not reply.ok:
-            return failed_answer(reply.error or "error")
-        if self.answer == "tool":
-            prediction = from_tool_calls(reply, case.allowed)
-        else:
-            prediction = parse_answer_text(reply.content, case.allowed)
-        return Answer(
-            prediction, reply.thinking, reply.prompt_tokens, reply.completion_tokens, reply.cached
-        )
-
-
-class BudgetPredictor:
-    """A reasoning student with budget forcing: a vLLM completions endpoint, or a local transformers
-    checkpoint."""
-
-    answer_format = "answer_text"
-
-    def __init__(self, client: LLMClient, settings: EvalModelConfig):
-        from t0_pipeline.chat import load_tokenizer
-
-        self.client, self.settings = client, settings
-        self.budget = (settings.budget or BudgetConfig()).with_format()
-        self._lock = threading.Lock()  # one local generation at a time
-        self._model = None
-        self.tokenizer = None  # generates (transformers)
-        self.template = None  # renders the prompt; None = ChatML by hand (Qwen's format)
-        if settings.backend == "transformers":
-            from transformers import AutoTokenizer
-
-            source = settings.tokenizer or settings.model
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(source)
-            except OSError as exc:
-                raise T0Error(
-                    f"cannot load a tokenizer from {source!r} ({exc.__class__.__name__}); set the "
-                    "model "
-                    "entry's `tokenizer` (or `model`) to a local checkpoint folder."
-                ) from None
-            self.template = (
-                self.tokenizer if getattr(self.tokenizer, "chat_template", None) else None
-            )
-        elif settings.tokenizer:
-            self.template = load_tokenizer(settings.tokenizer)
-
-    def _local(self):
-        if self._model is None:
-            from transformers import AutoModelForCausalLM
-
-            try:
-                self._model = AutoModelForCausalLM.from_pretrained(self.settings.model)
-            except OSError as exc:
-                raise T0Error(
-                    f"cannot load the checkpoint {self.settings.model!r} "
-                    f"({exc.__class__.__name__}); "
-                    "set the model entry's `model` to a local Hugging Face checkpoint folder."
-                ) from None
-            self._model.eval()
-        return self._model
-
-    def _generate(self, prompt: str, seed: int) -> LLMReply:
-        s = self.settings
-        try:
-            if s.backend == "transformers":
-                with self._lock:
-                    gen = generate_with_budget(
-                        self._local(),
-                        self.tokenizer,
-                        prompt,
-                        self.budget,
-                        sample=bool(s.temperature),
-                        seed=seed,
-                        temperature=s.temperature or 1.0,
-                    )
-            else:
-                retry = self.client.config  # retried like every other model call
-                gen = complete_with_budget(
-                    s.api_base or "",
-                    s.served_name,
-                    prompt,
-                    self.budget,
-                    timeout_s=s.timeout_s,
-                    api_key=s.api_key(),
-                    temperature=s.temperature,
-                    seed=seed,
-                    max_attempts=retry.max_attempts,
-                    backoff_s=retry.backoff_s,
-                    max_backoff_s=retry.max_backoff_s,
-                    on_failure=self.client.check_endpoint,
-                )
-                self.client.endpoint_ok()
-        except EndpointError:
-            raise
-        except T0Error as exc:
-            return LLMReply(error=f"{'Timeout' if 'Timeout' in str(exc) else 'BudgetError'}: {exc}")
-        return LLMReply(
-            content=gen.answer,
-            thinking=gen.thinking,
-            completion_tokens=gen.thinking_tokens,
-            finish_reason="budget" if gen.budget_exhausted else "stop",
-        )
-
-    async def predict(self, case: Case, seed: int) -> Answer:
-        from t0_pipeline.chat import generation_prompt
-
-        prompt = generation_prompt(case.messages, self.template, self.budget.think_start)
-        key = cache_key(
-            self.settings.model,
-            [{"role": "prompt", "content": prompt}],
-            {
-                "budget": self.budget.model_dump(),
-                "seed": seed,
-                "temperature": self.settings.temperature,
-                "backend": self.settings.backend,
-            },
-        )
-        reply = await self.client.cached(
-            key, lambda: asyncio.to_thread(self._generate, prompt, seed)
-        )
-        if not reply.ok:
-            return failed_answer(reply.error or "error")
-        return Answer(
-            parse_answer_text(reply.content, case.allowed),
-            reply.thinking,
-            0,
-            reply.completion_tokens,
-            reply.cached,
-        )
-
-
-class RetrievalBaseline:
-    """Top-1 retrieved condition; disposition from the urgency wording of its page."""
-
-    answer_format = "answer_text"
-
-    def __init__(self, pages: dict[str, str]):
-        self.pages = pages
-
-    async def predict(self, case: Case, seed: int) -> Answer:
-        if not case.retrieved:
-            return Answer(Prediction(None, None, "empty"))
-        top = case.retrieved[0]
-        severity = disposition_from_page(case.query["query"], self.pages.get(top, ""))
-        return Answer(Prediction(top, severity, "ok", f"({top}, {severity})"))
-
-
-def make_predictor(settings: EvalModelConfig, client: LLMClient, pages: dict[str, str]):
-    if settings.backend == "retrieval":
-        return RetrievalBaseline(pages)
-    if settings.backend in ("completions", "transformers"):
-        return BudgetPredictor(client, settings)
-    return ChatPredictor(client, settings.answer)
-
-
-# --- one model --------------------------------------------------------------------------
 def status_notes(status_counts: dict[str, int], skipped: int = 0, n_queries: int = 1) -> list[str]:
     notes = [
         f"{status_counts[s]} {label}" for s, label in NOTE_LABELS.items() if status_counts.get(s)
@@ -559,61 +327,6 @@ def _predict_at_k(
     return rows
 
 
-def fmt(value: tuple[float, float] | list[float] | None) -> str:
-    return "—" if not value else f"{value[0]:.2f} ± {value[1]:.2f}"
-
-
-def model_table(summary: dict[str, Any]) -> str:
-    """One model's Tables 2-3 rows, confusion matrices and error shares, as Markdown."""
-    from t0_pipeline.scoring import SEVERITIES
-
-    lines = [
-        f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",
-        "",
-        f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), "
-        "seeds "
-        f"{summary['seeds']}, prompt {summary['prompt_hash']}",
-        "",
-        "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
-        "|---|---|---|---|---|---|",
-    ]
-    for k, s in summary["by_k"].items():
-        retrieved = f"{s['gold_retrieved_rate']:.2f}" if "gold_retrieved_rate" in s else "—"
-        lines.append(
-            f"| {k} | {fmt(s.get('condition_accuracy'))} | {fmt(s.get('disposition_accuracy'))} | "
-            f"{retrieved} | "
-            f"{s.get('under_estimate_share', 0):.0%} | {s.get('over_estimate_share', 0):.0%} |"
-        )
-    for k, s in summary["by_k"].items():
-        if not s.get("by_query_type"):
-            continue
-        lines += [
-            "",
-            f"## By query type, k={k}",
-            "",
-            "| query type | condition | disposition |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {t} | {fmt(v['condition'])} | {fmt(v['disposition'])} |"
-            for t, v in s["by_query_type"].items()
-        ]
-        lines += [
-            "",
-            f"## Severity confusion, k={k} (rows: gold, columns: predicted; all runs)",
-            "",
-            "| gold \\ predicted | " + " | ".join([*SEVERITIES, "none"]) + " |",
-            "|---" * 5 + "|",
-        ]
-        lines += [
-            f"| {gold} | " + " | ".join(str(n) for n in row.values()) + " |"
-            for gold, row in s["confusion"].items()
-        ]
-    lines += ["", "Notes: " + ("; ".join(summary["notes"]) or "none")]
-    return "\n".join(lines) + "\n"
-
-
-# --- the stage ----------------------------------------------------------------------------
 def eval_queries_path(paths: DataPaths, config: EvaluationConfig) -> Path:
     return Path(config.queries) if config.queries is not None else paths.synthetic_queries("eval")
 
@@ -716,236 +429,3 @@ def run_served_evaluation(
 
 
 # --- across models ------------------------------------------------------------------------
-def read_summaries(paths: DataPaths, config: EvaluationConfig) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name in config.models:
-        f = paths.accuracy_dir(name) / "summary.json"
-        if f.exists():
-            out[name] = json.loads(f.read_text(encoding="utf-8"))
-    return out
-
-
-def _size_key(size: str | None) -> float:
-    try:
-        return float((size or "").rstrip("Bb"))
-    except ValueError:
-        return float("inf")
-
-
-@dataclass
-class CombinedReport:
-    table: pl.DataFrame
-    markdown: str
-    csv: Path
-    png: Path | None
-    models: list[str]
-    missing: list[str]
-    below_base: list[dict[str, Any]]
-
-
-def parsable_share(stats: dict[str, Any]) -> float | None:
-    """Share of a k's replies that parsed to a condition and a severity (right or wrong); None when
-    not run."""
-    counts = stats.get("status_counts") or {}
-    total = sum(counts.values())
-    return (
-        sum(n for status, n in counts.items() if status not in ("empty", "unparsable", "failed"))
-        / total
-        if total
-        else None
-    )
-
-
-def fmt_share(share: float | None) -> str:
-    return "—" if share is None else f"{share:.0%}"
-
-
-def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
-    """The cross-model table (report's Table 2/4 layout), query-type table and Figure 5 style
-    plot."""
-    summaries = read_summaries(paths, config)
-    missing = [m for m in config.models if m not in summaries]
-    ks = sorted({int(k) for s in summaries.values() for k in s["by_k"]}) or list(config.ks)
-    rows = []
-    for name, s in summaries.items():
-        row: dict[str, Any] = {
-            "model": name,
-            "kind": s["kind"],
-            "size": s["size"] or "",
-            "runs": s["runs"],
-            "queries": s["queries"],
-        }
-        for k in ks:
-            stats = s["by_k"].get(str(k), {})
-            for field in ("condition", "disposition"):
-                value = stats.get(f"{field}_accuracy")
-                row[f"{field}_k{k}"], row[f"{field}_k{k}_std"] = (
-                    (value[0], value[1]) if value else (None, None)
-                )
-            row[f"under_share_k{k}"] = stats.get("under_estimate_share")
-            row[f"over_share_k{k}"] = stats.get("over_estimate_share")
-        row["notes"] = "; ".join(s["notes"])
-        rows.append(row)
-    table = pl.DataFrame(rows) if rows else pl.DataFrame({"model": []}, schema={"model": pl.String})
-    head = (
-        "| model | kind | size | "
-        + " | ".join(f"condition k={k} | disposition k={k}" for k in ks)
-        + " | notes |"
-    )
-    lines = [
-        "# Condition and disposition accuracy (mean ± std over runs)",
-        "",
-        head,
-        "|---" * (4 + 2 * len(ks)) + "|",
-    ]
-    for r in rows:
-        cells = [
-            fmt((r[f"{f}_k{k}"], r[f"{f}_k{k}_std"]) if r[f"{f}_k{k}"] is not None else None)
-            for k in ks
-            for f in ("condition", "disposition")
-        ]
-        lines.append(
-            f"| {r['model']} | {r['kind']} | {r['size'] or '—'} | "
-            + " | ".join(cells)
-            + f" | {r['notes'] or ''} |"
-        )
-    if any(s["by_k"].get(str(k), {}).get("by_query_type") for s in summaries.values() for k in ks):
-        qk = max(ks)
-        types = sorted(
-            {
-                t
-                for s in summaries.values()
-                for t in s["by_k"].get(str(qk), {}).get("by_query_type", {})
-            }
-        )
-        lines += [
-            "",
-            f"## By query type (k={qk}; condition / disposition)",
-            "",
-            "| model | " + " | ".join(types) + " |",
-            "|---" * (1 + len(types)) + "|",
-        ]
-        for name, s in summaries.items():
-            by = s["by_k"].get(str(qk), {}).get("by_query_type", {})
-            lines.append(
-                f"| {name} | "
-                + " | ".join(
-                    f"{by[t]['condition'][0]:.2f} / {by[t]['disposition'][0]:.2f}"
-                    if t in by
-                    else "—"
-                    for t in types
-                )
-                + " |"
-            )
-        lines += [
-            "",
-            f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate "
-            "urgency",
-            "",
-            "| model | under | over |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | "
-            f"{s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
-            for n, s in summaries.items()
-            if "under_estimate_share" in s["by_k"].get(str(qk), {})
-        ]
-    lines += [
-        "",
-        "## Answers in the format: share of replies that parse to a condition and a level of care",
-        "",
-        "| model | " + " | ".join(f"k={k}" for k in ks) + " |",
-        "|---" * (1 + len(ks)) + "|",
-    ]
-    lines += [
-        f"| {name} | "
-        + " | ".join(fmt_share(parsable_share(s["by_k"].get(str(k), {}))) for k in ks)
-        + " |"
-        for name, s in summaries.items()
-    ]
-    below = students_below_base(summaries)
-    if below:
-        lines += [
-            "",
-            "Students below their base model: "
-            + "; ".join(
-                f"{b['student']} < {b['base']} at k={b['k']} ({b['student_accuracy']:.2f} vs "
-                f"{b['base_accuracy']:.2f})"
-                for b in below
-            ),
-        ]
-    if missing:
-        lines += ["", f"Not evaluated yet: {', '.join(missing)}."]
-    markdown = "\n".join(lines) + "\n"
-    out = paths.accuracy_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    csv = out / "report.csv"
-    with atomic_path(csv) as tmp:
-        table.write_csv(tmp)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(markdown, encoding="utf-8")
-    png = plot_by_size(summaries, ks, out / "accuracy_by_size.png") if summaries else None
-    return CombinedReport(table, markdown, csv, png, list(summaries), missing, below)
-
-
-def plot_by_size(summaries: dict[str, dict[str, Any]], ks: list[int], path: Path) -> Path:
-    """Condition accuracy by model size: base alone (k=0), base + retrieval and fine-tuned (largest
-    k); others as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kmax = max(ks)
-    series = {
-        "base alone (k=0)": ("base", 0),
-        f"base + retrieval (k={kmax})": ("base", kmax),
-        f"fine-tuned (k={kmax})": ("fine-tuned", kmax),
-    }
-    sizes = sorted({s["size"] for s in summaries.values() if s["size"]}, key=_size_key)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, (kind, k) in series.items():
-        points = [
-            (sizes.index(s["size"]), s["by_k"][str(k)]["condition_accuracy"])
-            for s in summaries.values()
-            if s["kind"] == kind
-            and s["size"] in sizes
-            and s["by_k"].get(str(k), {}).get("condition_accuracy")
-        ]
-        if points:
-            points.sort()
-            ax.errorbar(
-                [p[0] for p in points],
-                [p[1][0] for p in points],
-                yerr=[p[1][1] for p in points],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-    for name, s in summaries.items():
-        acc = s["by_k"].get(str(kmax), {}).get("condition_accuracy")
-        if s["kind"] in ("api", "baseline") and acc:
-            ax.axhline(
-                acc[0], linestyle="--" if s["kind"] == "api" else ":", linewidth=1, color="grey"
-            )
-            ax.annotate(
-                f"{name} (k={kmax})",
-                (0, acc[0]),
-                textcoords="offset points",
-                xytext=(2, 3),
-                fontsize=8,
-                color="dimgrey",
-            )
-    ax.set_xticks(range(len(sizes)), sizes)
-    ax.set_xlabel("model size (parameters)")
-    ax.set_ylabel("condition accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("Condition accuracy by model size")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path

@@ -19,6 +19,7 @@ import base64
 
 import dagster as dg
 
+from t0_pipeline.accuracy_tables import combine, fmt, model_table, read_summaries
 from t0_pipeline.config import PipelineConfig
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
@@ -26,7 +27,6 @@ from t0_pipeline.defs.roles import usage_metadata
 from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries
 from t0_pipeline.defs.training import student_checkpoint
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.evaluate import combine, fmt, model_table, read_summaries
 from t0_pipeline.validate import students_below_base
 
 GROUP = "evaluation"

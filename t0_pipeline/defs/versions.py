@@ -39,10 +39,19 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sft_dataset": (("sft", "triage_prompt", "chat"), ("evaluator",)),
     "student_checkpoint": (("train", "sft", "chat"), ()),
     "accuracy_report": (
-        ("evaluate", "scoring", "budget", "baseline", "triage_prompt", "chat", "demographics"),
+        (
+            "evaluate",
+            "predictors",
+            "scoring",
+            "budget",
+            "baseline",
+            "triage_prompt",
+            "chat",
+            "demographics",
+        ),
         ("evaluator",),
     ),
-    "accuracy_comparison": (("evaluate",), ()),
+    "accuracy_comparison": (("accuracy_tables",), ()),
 }
 
 

@@ -1,0 +1,313 @@
+"""Accuracy results read back and compared: one model's table, every model's combined report
+(report.md, report.csv) and the accuracy-by-size plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from t0_pipeline.artifacts import atomic_path
+from t0_pipeline.config import (
+    DataPaths,
+    EvaluationConfig,
+)
+from t0_pipeline.validate import students_below_base
+
+log = logging.getLogger(__name__)
+
+
+def fmt(value: tuple[float, float] | list[float] | None) -> str:
+    return "—" if not value else f"{value[0]:.2f} ± {value[1]:.2f}"
+
+
+def model_table(summary: dict[str, Any]) -> str:
+    """One model's Tables 2-3 rows, confusion matrices and error shares, as Markdown."""
+    from t0_pipeline.scoring import SEVERITIES
+
+    lines = [
+        f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",
+        "",
+        f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), "
+        "seeds "
+        f"{summary['seeds']}, prompt {summary['prompt_hash']}",
+        "",
+        "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, s in summary["by_k"].items():
+        retrieved = f"{s['gold_retrieved_rate']:.2f}" if "gold_retrieved_rate" in s else "—"
+        lines.append(
+            f"| {k} | {fmt(s.get('condition_accuracy'))} | {fmt(s.get('disposition_accuracy'))} | "
+            f"{retrieved} | "
+            f"{s.get('under_estimate_share', 0):.0%} | {s.get('over_estimate_share', 0):.0%} |"
+        )
+    for k, s in summary["by_k"].items():
+        if not s.get("by_query_type"):
+            continue
+        lines += [
+            "",
+            f"## By query type, k={k}",
+            "",
+            "| query type | condition | disposition |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {t} | {fmt(v['condition'])} | {fmt(v['disposition'])} |"
+            for t, v in s["by_query_type"].items()
+        ]
+        lines += [
+            "",
+            f"## Severity confusion, k={k} (rows: gold, columns: predicted; all runs)",
+            "",
+            "| gold \\ predicted | " + " | ".join([*SEVERITIES, "none"]) + " |",
+            "|---" * 5 + "|",
+        ]
+        lines += [
+            f"| {gold} | " + " | ".join(str(n) for n in row.values()) + " |"
+            for gold, row in s["confusion"].items()
+        ]
+    lines += ["", "Notes: " + ("; ".join(summary["notes"]) or "none")]
+    return "\n".join(lines) + "\n"
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+
+def read_summaries(paths: DataPaths, config: EvaluationConfig) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in config.models:
+        f = paths.accuracy_dir(name) / "summary.json"
+        if f.exists():
+            out[name] = json.loads(f.read_text(encoding="utf-8"))
+    return out
+
+
+def _size_key(size: str | None) -> float:
+    try:
+        return float((size or "").rstrip("Bb"))
+    except ValueError:
+        return float("inf")
+
+
+@dataclass
+class CombinedReport:
+    table: pl.DataFrame
+    markdown: str
+    csv: Path
+    png: Path | None
+    models: list[str]
+    missing: list[str]
+    below_base: list[dict[str, Any]]
+
+
+def parsable_share(stats: dict[str, Any]) -> float | None:
+    """Share of a k's replies that parsed to a condition and a severity (right or wrong); None when
+    not run."""
+    counts = stats.get("status_counts") or {}
+    total = sum(counts.values())
+    return (
+        sum(n for status, n in counts.items() if status not in ("empty", "unparsable", "failed"))
+        / total
+        if total
+        else None
+    )
+
+
+def fmt_share(share: float | None) -> str:
+    return "—" if share is None else f"{share:.0%}"
+
+
+def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
+    """The cross-model table (report's Table 2/4 layout), query-type table and Figure 5 style
+    plot."""
+    summaries = read_summaries(paths, config)
+    missing = [m for m in config.models if m not in summaries]
+    ks = sorted({int(k) for s in summaries.values() for k in s["by_k"]}) or list(config.ks)
+    rows = []
+    for name, s in summaries.items():
+        row: dict[str, Any] = {
+            "model": name,
+            "kind": s["kind"],
+            "size": s["size"] or "",
+            "runs": s["runs"],
+            "queries": s["queries"],
+        }
+        for k in ks:
+            stats = s["by_k"].get(str(k), {})
+            for field in ("condition", "disposition"):
+                value = stats.get(f"{field}_accuracy")
+                row[f"{field}_k{k}"], row[f"{field}_k{k}_std"] = (
+                    (value[0], value[1]) if value else (None, None)
+                )
+            row[f"under_share_k{k}"] = stats.get("under_estimate_share")
+            row[f"over_share_k{k}"] = stats.get("over_estimate_share")
+        row["notes"] = "; ".join(s["notes"])
+        rows.append(row)
+    table = pl.DataFrame(rows) if rows else pl.DataFrame({"model": []}, schema={"model": pl.String})
+    head = (
+        "| model | kind | size | "
+        + " | ".join(f"condition k={k} | disposition k={k}" for k in ks)
+        + " | notes |"
+    )
+    lines = [
+        "# Condition and disposition accuracy (mean ± std over runs)",
+        "",
+        head,
+        "|---" * (4 + 2 * len(ks)) + "|",
+    ]
+    for r in rows:
+        cells = [
+            fmt((r[f"{f}_k{k}"], r[f"{f}_k{k}_std"]) if r[f"{f}_k{k}"] is not None else None)
+            for k in ks
+            for f in ("condition", "disposition")
+        ]
+        lines.append(
+            f"| {r['model']} | {r['kind']} | {r['size'] or '—'} | "
+            + " | ".join(cells)
+            + f" | {r['notes'] or ''} |"
+        )
+    if any(s["by_k"].get(str(k), {}).get("by_query_type") for s in summaries.values() for k in ks):
+        qk = max(ks)
+        types = sorted(
+            {
+                t
+                for s in summaries.values()
+                for t in s["by_k"].get(str(qk), {}).get("by_query_type", {})
+            }
+        )
+        lines += [
+            "",
+            f"## By query type (k={qk}; condition / disposition)",
+            "",
+            "| model | " + " | ".join(types) + " |",
+            "|---" * (1 + len(types)) + "|",
+        ]
+        for name, s in summaries.items():
+            by = s["by_k"].get(str(qk), {}).get("by_query_type", {})
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{by[t]['condition'][0]:.2f} / {by[t]['disposition'][0]:.2f}"
+                    if t in by
+                    else "—"
+                    for t in types
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate "
+            "urgency",
+            "",
+            "| model | under | over |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | "
+            f"{s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
+            for n, s in summaries.items()
+            if "under_estimate_share" in s["by_k"].get(str(qk), {})
+        ]
+    lines += [
+        "",
+        "## Answers in the format: share of replies that parse to a condition and a level of care",
+        "",
+        "| model | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---" * (1 + len(ks)) + "|",
+    ]
+    lines += [
+        f"| {name} | "
+        + " | ".join(fmt_share(parsable_share(s["by_k"].get(str(k), {}))) for k in ks)
+        + " |"
+        for name, s in summaries.items()
+    ]
+    below = students_below_base(summaries)
+    if below:
+        lines += [
+            "",
+            "Students below their base model: "
+            + "; ".join(
+                f"{b['student']} < {b['base']} at k={b['k']} ({b['student_accuracy']:.2f} vs "
+                f"{b['base_accuracy']:.2f})"
+                for b in below
+            ),
+        ]
+    if missing:
+        lines += ["", f"Not evaluated yet: {', '.join(missing)}."]
+    markdown = "\n".join(lines) + "\n"
+    out = paths.accuracy_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "report.csv"
+    with atomic_path(csv) as tmp:
+        table.write_csv(tmp)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
+    png = plot_by_size(summaries, ks, out / "accuracy_by_size.png") if summaries else None
+    return CombinedReport(table, markdown, csv, png, list(summaries), missing, below)
+
+
+def plot_by_size(summaries: dict[str, dict[str, Any]], ks: list[int], path: Path) -> Path:
+    """Condition accuracy by model size: base alone (k=0), base + retrieval and fine-tuned (largest
+    k); others as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kmax = max(ks)
+    series = {
+        "base alone (k=0)": ("base", 0),
+        f"base + retrieval (k={kmax})": ("base", kmax),
+        f"fine-tuned (k={kmax})": ("fine-tuned", kmax),
+    }
+    sizes = sorted({s["size"] for s in summaries.values() if s["size"]}, key=_size_key)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, (kind, k) in series.items():
+        points = [
+            (sizes.index(s["size"]), s["by_k"][str(k)]["condition_accuracy"])
+            for s in summaries.values()
+            if s["kind"] == kind
+            and s["size"] in sizes
+            and s["by_k"].get(str(k), {}).get("condition_accuracy")
+        ]
+        if points:
+            points.sort()
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1][0] for p in points],
+                yerr=[p[1][1] for p in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+    for name, s in summaries.items():
+        acc = s["by_k"].get(str(kmax), {}).get("condition_accuracy")
+        if s["kind"] in ("api", "baseline") and acc:
+            ax.axhline(
+                acc[0], linestyle="--" if s["kind"] == "api" else ":", linewidth=1, color="grey"
+            )
+            ax.annotate(
+                f"{name} (k={kmax})",
+                (0, acc[0]),
+                textcoords="offset points",
+                xytext=(2, 3),
+                fontsize=8,
+                color="dimgrey",
+            )
+    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_xlabel("model size (parameters)")
+    ax.set_ylabel("condition accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Condition accuracy by model size")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
