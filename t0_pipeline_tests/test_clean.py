@@ -6,7 +6,7 @@ import polars as pl
 
 from t0_pipeline.clean import clean_pages, html_to_text, normalise_text
 from t0_pipeline.config import CleanConfig
-from t0_pipeline.crawl import PAGE_SCHEMA
+from t0_pipeline.pages_file import PAGE_SCHEMA
 from t0_pipeline.sites import get_adapter
 
 NHS = get_adapter("nhs")

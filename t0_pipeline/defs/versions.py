@@ -18,7 +18,7 @@ from t0_pipeline.prompts import load_template
 # what each asset's output is computed by (modules under t0_pipeline/, prompt template names)
 DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "base_models": (("base_models",), ()),
-    "condition_pages": (("crawl", "sites/__init__", "sites/nhs"), ()),
+    "condition_pages": (("crawl", "fetch", "pages_file", "sites/__init__", "sites/nhs"), ()),
     "conditions": (("clean",), ()),
     "summaries": (("summarise",), ("summarise",)),
     "full_page_index": (("index", "chunk", "embed"), ()),
