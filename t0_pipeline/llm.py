@@ -388,6 +388,7 @@ class LLMClient:
         self._slots: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
+        self._rehearsed = False
 
     # --- one call ------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -877,6 +878,11 @@ class LLMClient:
             async with gate:
                 await one(i, item)
 
+        if self.config.requests_per_minute and not self._rehearsed:
+            # litellm's first call sets itself up on the event loop (~0.2 s), holding back the
+            # requests paced behind it so that they leave together: done before the clock starts
+            await self.rehearse()
+            self._rehearsed = True
         self._batch, self._fatal, self._down_since = True, None, None
         if own_bar:
             self._done = 0

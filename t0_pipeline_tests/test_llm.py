@@ -237,9 +237,12 @@ def test_requests_per_minute_spaces_request_starts(tmp_path, fake):
     async def one(i):
         return await client.complete([{"role": "user", "content": f"paced {i}"}])
 
-    client.run(list(range(6)), one, "paced")
-    gaps = [b - a for a, b in zip(fake.state.started_at, fake.state.started_at[1:])]
-    assert len(gaps) == 5 and min(gaps) >= 0.09
+    client.run(list(range(7)), one, "paced")
+    # the first arrival is late by the HTTP client's set-up (its start was on time; litellm's own
+    # set-up is rehearsed before pacing begins), so spacing is measured from the second arrival on
+    starts = fake.state.started_at[1:]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(gaps) == 5 and min(gaps) >= 0.09, gaps
 
 
 def test_the_double_streams_reasoning_and_content_through_litellm(fake):
