@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.llm import LLMCache, LLMClient, _litellm
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.llm_calls import litellm_module
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,7 +64,7 @@ def bare_aiohttp(api_base: str, calls: int, concurrency: int) -> float:
 
 
 def bare_litellm(api_base: str, calls: int, concurrency: int) -> float:
-    litellm = _litellm()
+    litellm = litellm_module()
     litellm.register_model(
         {
             "bare": {

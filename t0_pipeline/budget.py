@@ -195,7 +195,7 @@ def complete_with_budget(
 
     import httpx
 
-    from t0_pipeline.llm import endpoint_trouble
+    from t0_pipeline.llm_calls import endpoint_trouble
     from t0_pipeline.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
 
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults

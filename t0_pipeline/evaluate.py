@@ -49,7 +49,8 @@ from t0_pipeline.config import (
     PipelineConfig,
 )
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.llm import LLMCache, LLMClient
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.predictors import Case, make_predictor
 from t0_pipeline.scoring import (
     normalise_severity,

@@ -17,337 +17,48 @@ provider works: a local vLLM or Ollama OpenAI-compatible server (``openai/<name>
   or inline ``<think>…</think>``.
 - **Accounting**: calls, cache hits, retries, failures, tokens and cost (litellm's price
   table, or per-token prices set on the role for self-hosted models).
+
+The parts live beside it: :mod:`t0_pipeline.llm_calls` (one call, replies, accounting, endpoint
+errors), :mod:`t0_pipeline.llm_cache`, :mod:`t0_pipeline.llm_json` (tools, schemas, parsing) and
+:mod:`t0_pipeline.thinking`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
-import json
 import logging
-import os
-import re
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.retry import RetryPolicy, parse_retry_after
-
-# litellm fetches its model price map from the internet on import unless told otherwise
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from t0_pipeline.llm_cache import LLMCache, cache_key
+from t0_pipeline.llm_calls import (
+    RETRYABLE,
+    EndpointError,
+    LLMReply,
+    ModelCallError,
+    Usage,
+    attempt_once,
+    endpoint_trouble,
+    exception_chain,
+    litellm_module,
+    retry_after_of,
+    short_error,
+)
+from t0_pipeline.llm_json import json_schema_format, parse_json
+from t0_pipeline.retry import RetryPolicy
+from t0_pipeline.thinking import ThinkSplitter, split_thinking
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-
-THINK = re.compile(r"<think>(.*?)</think>", re.S)
-
-
-def _litellm():
-    import litellm
-
-    litellm.suppress_debug_info = True
-    logging.getLogger("LiteLLM").setLevel(
-        logging.ERROR
-    )  # it warns on every self-hosted model's price entry
-    litellm.drop_params = True  # a provider that lacks e.g. `seed` ignores it instead of failing
-    return litellm
-
-
-def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[str, str]:
-    """(thinking, answer) from a reply, wherever the provider put the thinking."""
-    content = content or ""
-    if reasoning:
-        return reasoning.strip(), THINK.sub("", content).strip()
-    match = THINK.search(content)
-    if match:
-        return match.group(1).strip(), (content[: match.start()] + content[match.end() :]).strip()
-    if "</think>" in content:  # the chat template opened <think> in the prompt
-        thinking, answer = content.split("</think>", 1)
-        return thinking.strip(), answer.strip()
-    return "", content.strip()
-
-
-class ThinkSplitter:
-    """Splits streamed text into thinking and answer at inline ``<think>``/``</think>`` tags, across
-    chunk borders."""
-
-    def __init__(self, open_tag: str = "<think>", close_tag: str = "</think>"):
-        self.open, self.close = open_tag, close_tag
-        self.thinking = False
-        self.buffer = ""
-
-    def feed(self, text: str) -> list[tuple[str, str]]:
-        self.buffer += text
-        out: list[tuple[str, str]] = []
-        while True:
-            tag = self.close if self.thinking else self.open
-            at = self.buffer.find(tag)
-            if at < 0:
-                break
-            if at:
-                out.append(("thinking" if self.thinking else "answer", self.buffer[:at]))
-            self.buffer = self.buffer[at + len(tag) :]
-            self.thinking = not self.thinking
-        tag = self.close if self.thinking else self.open
-        keep = next(
-            (
-                n
-                for n in range(min(len(tag) - 1, len(self.buffer)), 0, -1)
-                if tag.startswith(self.buffer[-n:])
-            ),
-            0,
-        )
-        emit, self.buffer = (
-            self.buffer[: len(self.buffer) - keep],
-            self.buffer[len(self.buffer) - keep :],
-        )
-        if emit:
-            out.append(("thinking" if self.thinking else "answer", emit))
-        return out
-
-    def flush(self) -> list[tuple[str, str]]:
-        out = [("thinking" if self.thinking else "answer", self.buffer)] if self.buffer else []
-        self.buffer = ""
-        return out
-
-
-def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
-    payload = json.dumps(
-        {"model": model, "messages": list(messages), "params": params},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-class LLMCache:
-    """A SQLite key → reply store, safe across threads and processes (WAL)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "PRAGMA synchronous=NORMAL"
-        )  # WAL stays consistent; a power cut may lose the last replies only
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, reply TEXT, "
-            "created REAL)"
-        )
-        self._db.commit()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, model: str, reply: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)",
-                (key, model, json.dumps(reply, ensure_ascii=False), time.time()),
-            )
-            self._db.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
-
-    def close(self) -> None:
-        self._db.close()
-
-
-class ModelCallError(T0Error):
-    """A model call that failed for good; ``trouble`` says why when known: "unreachable", "auth",
-    "not_found" (the endpoint's fault) or "interrupted" (a stream that broke part-way)."""
-
-    def __init__(self, message: str, trouble: str | None = None):
-        super().__init__(message)
-        self.trouble = trouble
-
-
-@dataclass
-class LLMReply:
-    content: str = ""  # the answer, thinking removed
-    thinking: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    cached: bool = False
-    attempts: int = 0
-    error: str | None = None  # set when the call finally failed
-    finish_reason: str | None = None
-    tool_calls: list[dict[str, str]] = field(
-        default_factory=list
-    )  # {"name", "arguments" (JSON text)}
-    # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
-    trouble: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class Usage:
-    """What a run spent; goes into asset metadata."""
-
-    requests: int = 0  # HTTP calls made (retries included)
-    completed: int = 0  # calls that returned a reply
-    cache_hits: int = 0
-    retries: int = 0
-    failures: int = 0
-    repairs: int = 0  # malformed JSON re-asked
-    invalid_json: int = 0  # structured replies still invalid after the repair
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-    first_error: str | None = None
-
-    def add(self, reply: LLMReply) -> None:
-        if reply.cached:
-            self.cache_hits += 1
-        elif reply.ok:
-            self.completed += 1
-            self.prompt_tokens += reply.prompt_tokens
-            self.completion_tokens += reply.completion_tokens
-            self.cost += reply.cost
-        else:
-            self.failures += 1
-            kind = (reply.error or "error").split(":", 1)[0]
-            self.errors[kind] = self.errors.get(kind, 0) + 1
-            self.first_error = self.first_error or reply.error
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-RETRYABLE = (
-    "RateLimitError",
-    "InternalServerError",
-    "ServiceUnavailableError",
-    "BadGatewayError",
-    "Timeout",
-    "APIConnectionError",
-    "APIError",
-)
-
-
-def short_error(text: str) -> str:
-    """An error without litellm's stacked prefixes ("InternalServerError: … OpenAIException -
-    Connection error." → "InternalServerError: Connection error.")."""
-    text = text.replace("litellm.", "")
-    kind = text.split(":", 1)[0]
-    tail = re.split(r"\w*Exception - ", text)[-1].strip()
-    return f"{kind}: {tail}" if tail and tail != text else re.sub(r"^(\w+: )\1+", r"\1", text)
-
-
-class EndpointError(T0Error):
-    """The endpoint itself is unusable (nothing answering, key refused, model not served): the stage
-    stops."""
-
-
-AUTH_KINDS = ("AuthenticationError", "PermissionDeniedError")
-
-
-def endpoint_trouble(kind: str, status: int | None, causes: Sequence[str] = ()) -> str | None:
-    """ "unreachable", "auth" or "not_found" when an error is the endpoint's rather than one
-    request's.
-
-    litellm reports a refused connection, an unknown host and a TLS failure as an
-    InternalServerError ("Connection error."); the cause chain (openai's APIConnectionError, httpx's
-    ConnectError) tells them apart from a real server error. A timeout is not "unreachable": a slow
-    server may still answer.
-    """
-    if kind in AUTH_KINDS or status in (401, 403):
-        return "auth"
-    if kind == "NotFoundError" or status == 404:
-        return "not_found"
-    if "APITimeoutError" in causes or "Timeout" in kind:
-        return None
-    if kind == "APIConnectionError" or {
-        "ConnectError",
-        "APIConnectionError",
-        "SSLError",
-        "SSLCertVerificationError",
-        "ClientConnectorError",
-        "ClientConnectorDNSError",
-    } & set(causes):
-        return "unreachable"
-    return None
-
-
-def _causes(exc: BaseException) -> list[str]:
-    names, seen = [], set()
-    while exc is not None and id(exc) not in seen and len(names) < 12:
-        seen.add(id(exc))
-        names.append(type(exc).__name__)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return names
-
-
-def _retry_after(exc: Exception) -> float | None:
-    for headers in (
-        getattr(exc, "litellm_response_headers", None),
-        getattr(getattr(exc, "response", None), "headers", None),
-    ):
-        value = headers.get("retry-after") if headers else None
-        if value:
-            return parse_retry_after(value)
-    return None
-
-
-async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """One litellm call → a plain outcome dict (reply fields, or the error's kind, status and
-    Retry-After)."""
-    litellm = _litellm()
-    try:
-        response = await litellm.acompletion(**kwargs)
-    except Exception as exc:  # litellm maps provider errors onto its own exception types
-        status = getattr(exc, "status_code", None)
-        return {
-            "ok": False,
-            "kind": type(exc).__name__,
-            "status": status,
-            "message": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-            "retry_after": _retry_after(exc),
-            "trouble": endpoint_trouble(type(exc).__name__, status, _causes(exc)),
-        }
-    message = response.choices[0].message
-    usage = getattr(response, "usage", None)
-    try:
-        cost = float((getattr(response, "_hidden_params", None) or {}).get("response_cost") or 0.0)
-    except (TypeError, ValueError):
-        cost = 0.0
-    calls = [
-        {"name": c.function.name or "", "arguments": c.function.arguments or ""}
-        for c in (getattr(message, "tool_calls", None) or [])
-        if getattr(c, "function", None)
-    ]
-    return {
-        "ok": True,
-        "content": message.content,
-        "reasoning": getattr(message, "reasoning_content", None),
-        "tool_calls": calls,
-        "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
-        "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
-        "cost": cost,
-        "finish_reason": response.choices[0].finish_reason,
-    }
 
 
 class LLMClient:
@@ -417,7 +128,7 @@ class LLMClient:
         Besides right costs, a known model keeps litellm's per-reply cost lookup a fast hit
         instead of a chain of failing fallbacks, which costs more CPU than the HTTP call itself.
         """
-        litellm = _litellm()
+        litellm = litellm_module()
         s = self.settings
         name = s.served_name
         known = s.model in litellm.model_cost or name in litellm.model_cost
@@ -438,7 +149,7 @@ class LLMClient:
             return
         prices = self._price_entry()
         if prices:
-            _litellm().register_model(prices)
+            litellm_module().register_model(prices)
         self._started = True
 
     def _loop_state(self) -> asyncio.Semaphore:
@@ -525,7 +236,9 @@ class LLMClient:
             **self._kwargs([{"role": "user", "content": "warm-up"}], tools, None),
             "mock_response": "ok",
         }
-        response = await _litellm().acompletion(**kwargs, **({"stream": True} if stream else {}))
+        response = await litellm_module().acompletion(
+            **kwargs, **({"stream": True} if stream else {})
+        )
         if stream:
             async for _ in response:  # type: ignore[union-attr]
                 pass
@@ -548,7 +261,7 @@ class LLMClient:
         Connection failures before the first piece are retried like :meth:`complete`; a failure
         raises :class:`T0Error` with one line naming the model and endpoint.
         """
-        litellm = _litellm()
+        litellm = litellm_module()
         self.start()
         s = self.settings
         kwargs = {
@@ -571,10 +284,12 @@ class LLMClient:
                         f"{self.role} model {s.model} at {s.api_base or 'the provider default'} "
                         "failed "
                         f"({kind}: {first.replace('litellm.', '')}); check that the server is up.",
-                        endpoint_trouble(kind, getattr(exc, "status_code", None), _causes(exc)),
+                        endpoint_trouble(
+                            kind, getattr(exc, "status_code", None), exception_chain(exc)
+                        ),
                     ) from None
                 self.usage.retries += 1
-                await asyncio.sleep(self.retry.delay(attempt, _retry_after(exc)))
+                await asyncio.sleep(self.retry.delay(attempt, retry_after_of(exc)))
         splitter = ThinkSplitter(*think_tags)
         usage: dict[str, int] = {}
         chunks = aiter(response)  # type: ignore[arg-type]
@@ -909,78 +624,3 @@ class LLMClient:
             if own_bar:
                 bar.close()
         return results
-
-
-def function_tool(
-    name: str, description: str, properties: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """An OpenAI function-tool schema whose properties are all required."""
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": description,
-            "parameters": {
-                "type": "object",
-                "required": list(properties),
-                "properties": properties,
-            },
-        },
-    }
-
-
-def bounded_text(low: int, high: int) -> dict[str, Any]:
-    """A JSON-schema string for constrained output: ``low``..``high`` printable ASCII characters, no
-    escapes. A small model writing under a grammar otherwise spends its tokens on byte pieces of
-    rare characters and never closes the string; one token per character at worst keeps ``high``
-    within a token budget. The bounds are in the pattern (xgrammar, vLLM's default backend, ignores
-    min/maxLength beside one), and ``high`` is capped at 128: xgrammar refuses longer repetitions
-    and takes seconds to compile chains of them."""
-    high = min(high, 128)
-    low = min(low, high)
-    return {
-        "type": "string",
-        "minLength": low,
-        "maxLength": high,
-        "pattern": f"^[ -\\[\\]-~]{{{low},{high}}}$",
-    }
-
-
-def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM
-    structured outputs, OpenAI, the CPU server): a role with ``structured_output`` sends it with
-    every JSON request."""
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-
-
-def parse_json(text: str, schema: type[M]) -> tuple[M | None, str]:
-    """The first JSON object in ``text`` (code fences allowed) validated by ``schema``."""
-    body = text.strip()
-    fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.S)
-    if fence:
-        body = fence.group(1).strip()
-    start = body.find("{")
-    if start < 0:
-        return None, "no JSON object found"
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(body[start:])
-    except json.JSONDecodeError as exc:
-        return None, f"JSON syntax error: {exc.msg} at character {exc.pos}"
-    try:
-        return schema.model_validate(obj), ""
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        return None, f"field {'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}"
-
-
-def require_some_success(usage: Usage, what: str, settings: RoleConfig) -> None:
-    """A batch in which every call failed means a configuration problem: say so in one line."""
-    if usage.failures and not (usage.completed or usage.cache_hits):
-        first = (usage.first_error or "error").replace("litellm.", "")
-        raise T0Error(
-            f"every {what} call to {settings.model} at "
-            f"{settings.api_base or 'the provider default'} failed "
-            f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was "
-            "lost: "
-            "re-running resumes from the cache."
-        )

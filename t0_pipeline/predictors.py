@@ -23,7 +23,10 @@ from t0_pipeline.config import (
     BudgetConfig,
     EvalModelConfig,
 )
-from t0_pipeline.llm import EndpointError, LLMClient, LLMReply, cache_key, function_tool
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_cache import cache_key
+from t0_pipeline.llm_calls import EndpointError, LLMReply
+from t0_pipeline.llm_json import function_tool
 from t0_pipeline.scoring import (
     Prediction,
     judge,

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from t0_pipeline.llm import split_thinking
+from t0_pipeline.thinking import split_thinking
 
 SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")  # least to most urgent
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}

@@ -339,7 +339,7 @@ def run_summarise(
     previous = pl.read_parquet(out) if out.exists() else None
     cache = None
     if config.backend == "llm":
-        from t0_pipeline.llm import LLMCache
+        from t0_pipeline.llm_cache import LLMCache
 
         cache = LLMCache(paths.llm_cache(llm)) if llm is not None else None
     summariser = get_summariser(config, llm, cache)
@@ -347,7 +347,7 @@ def run_summarise(
     info: dict = {"backend": summariser.name, "failures": failures}
     client = getattr(summariser, "client", None)
     if client is not None:
-        from t0_pipeline.llm import require_some_success
+        from t0_pipeline.llm_calls import require_some_success
 
         info["usage"] = client.usage.as_dict()
         require_some_success(client.usage, "summariser", client.settings)

@@ -35,7 +35,9 @@ from t0_pipeline.artifacts import (
 )
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
 from t0_pipeline.demographics import WrittenDemographics
-from t0_pipeline.llm import LLMCache, LLMClient, require_some_success
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.llm_calls import require_some_success
 from t0_pipeline.prompts import load_template, render
 from t0_pipeline.validate import disjoint_problems
 
@@ -65,7 +67,7 @@ class WrittenQuery(BaseModel):
         (about two characters a token at worst, 220 set aside for the demographics and the keys) and
         free of escapes, so a rambling model still closes its JSON within ``max_tokens``; the
         model's own schema would allow ``{}``."""
-        from t0_pipeline.llm import bounded_text
+        from t0_pipeline.llm_json import bounded_text
 
         demographics = WrittenDemographics.model_json_schema()
         for name, prop in demographics["properties"].items():

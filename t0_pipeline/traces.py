@@ -22,14 +22,10 @@ from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.llm import (
-    LLMCache,
-    LLMClient,
-    LLMReply,
-    bounded_text,
-    json_schema_format,
-    require_some_success,
-)
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.llm_calls import LLMReply, require_some_success
+from t0_pipeline.llm_json import bounded_text, json_schema_format
 from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
 
 log = logging.getLogger(__name__)

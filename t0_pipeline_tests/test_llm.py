@@ -16,7 +16,11 @@ from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.llm import LLMCache, LLMClient, parse_json, require_some_success, split_thinking
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.llm_calls import require_some_success
+from t0_pipeline.llm_json import parse_json
+from t0_pipeline.thinking import split_thinking
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 
@@ -246,12 +250,12 @@ def test_requests_per_minute_spaces_request_starts(tmp_path, fake):
 
 
 def test_the_double_streams_reasoning_and_content_through_litellm(fake):
-    from t0_pipeline.llm import _litellm
+    from t0_pipeline.llm_calls import litellm_module
 
     fake.on("stream me", "(Gout, Self-care)", reasoning="Toe pain.")
 
     async def collect():
-        stream = await _litellm().acompletion(
+        stream = await litellm_module().acompletion(
             model="openai/fake",
             api_base=fake.api_base,
             api_key="none",

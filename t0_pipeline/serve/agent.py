@@ -29,7 +29,9 @@ from t0_pipeline.artifacts import T0Error
 from t0_pipeline.chat import documents_block
 from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.llm import LLMClient, ModelCallError, function_tool
+from t0_pipeline.llm import LLMClient
+from t0_pipeline.llm_calls import ModelCallError
+from t0_pipeline.llm_json import function_tool
 from t0_pipeline.prompts import load_sections, render
 
 SEARCH_TOOL_NAME = "search_health_information"
@@ -200,9 +202,9 @@ class ChatService:
         embedder and BM25 (one search), its model clients and litellm, a budget-forced reasoner's
         tokenizer. Documents served."""
         from t0_pipeline.chat import load_tokenizer
-        from t0_pipeline.llm import _litellm
+        from t0_pipeline.llm_calls import litellm_module
 
-        _litellm()
+        litellm_module()
         documents = 0
         for profile in self.cfg.serve.profiles.values():
             retriever = self._retrieval.submit(self.retriever, profile).result()

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.demographics import Demographics
-from t0_pipeline.llm import split_thinking
 from t0_pipeline.serve.agent import Turn, TurnFailed
 from t0_pipeline.serve.deps import ServeContext, context, owner
+from t0_pipeline.thinking import split_thinking
 
 router = APIRouter()
 
