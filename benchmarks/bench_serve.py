@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import yaml  # noqa: E402
 from t0_pipeline.config import DataPaths, PipelineConfig, SourceConfig  # noqa: E402
 from t0_pipeline.serve.store import Store, default_url  # noqa: E402
 from t0_pipeline_tests.fake_llm import FakeLLM  # noqa: E402
-from t0_pipeline_tests.serving import free_port, script  # noqa: E402
+from t0_pipeline_tests.serving import free_port, script, start_serve, wait_serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 NHS = ROOT.parents[0].parent / "shared" / "bench" / "nhs" / "conditions.jsonl"
@@ -92,35 +91,14 @@ def start_server(data: Path, api_base: str, port: int) -> subprocess.Popen:
             }
         )
     )
-    log = open(data.parent / "serve_bench.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "t0_pipeline.cli",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"t0 serve exited; see {data.parent / 'serve_bench.log'}")
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("t0 serve did not become healthy in 180 s")
+    log = data.parent / "serve_bench.log"
+    proc, url = start_serve(data, config, log, port=port)
+    try:
+        wait_serving(proc, url, log, timeout_s=180, healthy=True)
+    except AssertionError as exc:
+        proc.kill()
+        raise SystemExit(str(exc).splitlines()[0] + f"; see {log}") from None
+    return proc
 
 
 def message(i: int) -> str:

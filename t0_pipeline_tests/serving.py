@@ -4,9 +4,13 @@ uvicorn."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 AGENT_MARK = "conversational assistant of a health information service"
 REASONER_MARK = "You help people understand their symptoms"
@@ -72,3 +76,38 @@ def running(app, port: int | None = None):
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def start_serve(
+    data: Path, config: Path, log: Path, *extra: str, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`t0 serve` as its own process over ``data`` with ``config``, output to ``log``; its URL."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "t0_pipeline.cli", "serve", "--data-dir", str(data)]
+    command += ["--config", str(config), "--port", str(port), *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_serving(
+    proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 120, healthy: bool = False
+) -> None:
+    """Until the service answers (with ``healthy``: until /healthz says ok); AssertionError with its
+    log when the process exits or the time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"t0 serve exited:\n{log.read_text()}")
+        try:
+            reply = httpx.get(f"{url}/healthz" if healthy else f"{url}/api/config", timeout=2)
+            if not healthy or reply.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(
+        f"t0 serve did not {'become healthy' if healthy else 'start'}:\n{log.read_text()}"
+    )

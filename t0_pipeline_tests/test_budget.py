@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from t0_pipeline.budget import BudgetConfig, generate_with_budget
+from t0_pipeline.chat import ChatFormat, generation_prompt
 
 MARKER = "<|im_start|>answer"
 
@@ -111,10 +112,8 @@ def real_prompt(tokenizer) -> str:
     chat = [
         {"role": "user", "content": "My big toe is suddenly hot, red and very painful. What is it?"}
     ]
-    return (
-        tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        + "<|im_start|>think\n"
-    )
+    # through the pipeline's own chat rendering, as evaluation and serving build the prompt
+    return generation_prompt(chat, tokenizer, ChatFormat().think_start)
 
 
 def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smollm2):

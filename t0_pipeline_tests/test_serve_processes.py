@@ -4,10 +4,7 @@ about model endpoints that do not answer; the first turn is as quick as later on
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import yaml
 
 from t0_pipeline.serve.store import Store
 from t0_pipeline_tests.fake_llm import FakeLLM
-from t0_pipeline_tests.serving import free_port, script
+from t0_pipeline_tests.serving import free_port, script, start_serve, wait_serving
 from t0_pipeline_tests.test_serve import reasoner_requests
 
 
@@ -32,43 +29,6 @@ def write_config(path: Path, api_base: str, db: Path, **serve) -> Path:
         )
     )
     return path
-
-
-def start_serve(data: Path, config: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "t0_pipeline.cli",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            *extra,
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_started(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"t0 serve exited:\n{log.read_text()}")
-        try:
-            httpx.get(f"{url}/api/config", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise AssertionError(f"t0 serve did not start:\n{log.read_text()}")
 
 
 @pytest.fixture
@@ -87,7 +47,7 @@ def two_servers(built, tmp_path):
         procs = [start_serve(paths.root, config, tmp_path / f"serve{i}.log") for i in range(2)]
         try:
             for i, (proc, url) in enumerate(procs):
-                wait_started(proc, url, tmp_path / f"serve{i}.log")
+                wait_serving(proc, url, tmp_path / f"serve{i}.log")
             yield model, Store(f"sqlite:///{db}"), [url for _, url in procs]
         finally:
             for proc, _ in procs:
@@ -147,7 +107,7 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
     config = write_config(tmp_path / "dead.yaml", dead, tmp_path / "dead.sqlite")
     proc, url = start_serve(paths.root, config, tmp_path / "dead.log", "--insecure-local")
     try:
-        wait_started(proc, url, tmp_path / "dead.log")
+        wait_serving(proc, url, tmp_path / "dead.log")
         time.sleep(0.5)
         log = (tmp_path / "dead.log").read_text()
         for role in ("agent", "reasoner"):
@@ -173,7 +133,7 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
         config = write_config(tmp_path / "live.yaml", model.api_base, tmp_path / "live.sqlite")
         proc, url = start_serve(paths.root, config, tmp_path / "live.log", "--insecure-local")
         try:
-            wait_started(proc, url, tmp_path / "live.log")
+            wait_serving(proc, url, tmp_path / "live.log")
             tid = httpx.post(f"{url}/api/threads", json={}).json()["id"]
             times = []
             for i in range(6):
