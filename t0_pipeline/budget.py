@@ -72,6 +72,52 @@ def _before_marker(tokenizer, new: list[int], marker: str) -> list[int] | None:
     return new[:keep]
 
 
+def _local_markers(tokenizer, config: BudgetConfig) -> tuple[list[int], list[int]]:
+    """The end-of-thinking marker's and the wait text's token ids, or a clear error when either is
+    unusable."""
+    if not config.think_end:
+        raise T0Error(
+            "budget.think_end is empty; set the end-of-thinking marker the model uses "
+            "(chat_format.think_end)."
+        )
+    wait_ids = _ids(tokenizer, " " + config.wait_text)
+    if not wait_ids:
+        raise T0Error(
+            f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set "
+            "budget.wait_text to a word the model's tokenizer knows."
+        )
+    return _ids(tokenizer, config.think_end), wait_ids
+
+
+class _LocalGenerator:
+    """``model.generate`` on token ids, optionally stopping on the end-of-thinking marker's text."""
+
+    def __init__(self, model, tokenizer, config: BudgetConfig, marker_len: int, sampling: dict):
+        self.model, self.tokenizer, self.config, self.sampling = model, tokenizer, config, sampling
+        self.window = marker_len + 8
+        self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        pad = tokenizer.pad_token_id
+        self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)
+        self.device = next(model.parameters()).device
+
+    def __call__(self, context: list[int], max_new: int, stop_on_marker: bool) -> list[int]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        tensor = torch.tensor([context], dtype=torch.long, device=self.device)
+        marker = MarkerStop(self.tokenizer, self.config.think_end, len(context), self.window)
+        out = self.model.generate(
+            tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=max_new,
+            eos_token_id=self.eos or None,
+            pad_token_id=self.pad,
+            stopping_criteria=StoppingCriteriaList([marker] if stop_on_marker else []),
+            **self.sampling,
+        )
+        return out[0, len(context) :].tolist()
+
+
 def generate_with_budget(
     model,
     tokenizer,
@@ -90,51 +136,17 @@ def generate_with_budget(
     import torch
 
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
-    if not config.think_end:
-        raise T0Error(
-            "budget.think_end is empty; set the end-of-thinking marker the model uses "
-            "(chat_format.think_end)."
-        )
-    marker_ids = _ids(tokenizer, config.think_end)
-    wait_ids = _ids(tokenizer, " " + config.wait_text)
-    if not wait_ids:
-        raise T0Error(
-            f"the wait text {config.wait_text!r} is no tokens for this tokenizer; set "
-            "budget.wait_text to a word "
-            "the model's tokenizer knows."
-        )
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    device = next(model.parameters()).device
+    marker_ids, wait_ids = _local_markers(tokenizer, config)
     sampling = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
     if sample and seed is not None:
         torch.manual_seed(seed)
+    generate = _LocalGenerator(model, tokenizer, config, len(marker_ids), sampling)
+    eos = generate.eos
     ids = _ids(tokenizer, prompt)
     prompt_len = len(ids)
     thinking: list[int] = []
     waits = 0
     exhausted = False
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-
-    def generate(context: list[int], max_new: int, stop_on_marker: bool) -> list[int]:
-        from transformers import StoppingCriteriaList
-
-        tensor = torch.tensor([context], dtype=torch.long, device=device)
-        stops = StoppingCriteriaList(
-            [MarkerStop(tokenizer, config.think_end, len(context), len(marker_ids) + 8)]
-            if stop_on_marker
-            else []
-        )
-        out = model.generate(
-            tensor,
-            attention_mask=torch.ones_like(tensor),
-            max_new_tokens=max_new,
-            eos_token_id=eos or None,
-            pad_token_id=pad,
-            stopping_criteria=stops,
-            **sampling,
-        )
-        return out[0, len(context) :].tolist()
-
     while True:
         remaining = config.thinking_budget - len(thinking)
         if remaining <= 0:
@@ -157,15 +169,113 @@ def generate_with_budget(
         ids = ids + wait_ids
     ids = ids + marker_ids + _ids(tokenizer, config.answer_start)
     answer = generate(ids, config.answer_tokens, stop_on_marker=False)
-    generated = ids[prompt_len:] + answer
     return ForcedGeneration(
         thinking=tokenizer.decode(thinking),
         answer=tokenizer.decode(answer, skip_special_tokens=True),
         thinking_tokens=len(thinking),
         waits=waits,
         budget_exhausted=exhausted,
-        text=tokenizer.decode(generated),
+        text=tokenizer.decode(ids[prompt_len:] + answer),
     )
+
+
+class CompletionsEndpoint:
+    """A vLLM OpenAI-compatible ``/completions`` endpoint; each request is retried like every other
+    model call (429/5xx/timeouts, exponential backoff), and ``on_failure(trouble, detail)`` hears
+    every failed attempt."""
+
+    def __init__(
+        self,
+        api_base: str,
+        model: str,
+        api_key: str | None,
+        timeout_s: float,
+        retry,
+        on_failure=None,
+    ):
+        self.api_base, self.model, self.timeout_s = api_base, model, timeout_s
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.retry, self.on_failure = retry, on_failure
+
+    def post(self, body: dict) -> dict:
+        import time
+
+        import httpx
+
+        from t0_pipeline.llm_calls import endpoint_trouble
+        from t0_pipeline.retry import RETRYABLE_STATUS, parse_retry_after
+
+        problem, where = "no attempt", self.api_base
+        for attempt in range(1, self.retry.max_attempts + 1):
+            retry_after, trouble, resp = None, None, None
+            try:
+                resp = httpx.post(
+                    f"{where.rstrip('/')}/completions",
+                    json=body,
+                    headers=self.headers,
+                    timeout=self.timeout_s,
+                )
+            except httpx.HTTPError as exc:
+                name = exc.__class__.__name__
+                problem = f"cannot reach the completions endpoint at {where} ({name})"
+                trouble = endpoint_trouble(name, None, [name])
+            else:
+                if resp.status_code < 400:
+                    return resp.json()
+                problem = (
+                    f"the completions endpoint at {where} answered HTTP {resp.status_code}: "
+                    f"{resp.text[:200]}"
+                )
+                trouble = endpoint_trouble("", resp.status_code)
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if self.on_failure:
+                self.on_failure(trouble, problem)
+            if resp is not None and resp.status_code not in RETRYABLE_STATUS:
+                break
+            if self.retry.another(attempt):
+                time.sleep(self.retry.delay(attempt, retry_after))
+        raise T0Error(
+            f"{problem}, after {self.retry.max_attempts} attempt(s); start the vLLM server or fix "
+            "api_base."
+        )
+
+    def complete(self, text: str, max_tokens: int, stop: list[str], min_tokens: int, **sampling):
+        """(text, completion tokens, prompt tokens, finish reason) of one completion."""
+        body = {
+            "model": self.model,
+            "prompt": text,
+            "max_tokens": max_tokens,
+            **sampling,
+            "stop": stop,
+            "min_tokens": min_tokens,
+            "skip_special_tokens": False,
+            "include_stop_str_in_output": False,
+        }
+        reply = self.post(body)
+        choice, usage = reply["choices"][0], reply.get("usage") or {}
+        return (
+            choice.get("text") or "",
+            int(usage.get("completion_tokens") or 0),
+            int(usage.get("prompt_tokens") or 0),
+            choice.get("finish_reason") or "stop",
+        )
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of ``text`` by the server's own tokenizer (vLLM's /tokenize), or None where there
+        is none."""
+        import httpx
+
+        root = self.api_base.rstrip("/").removesuffix("/v1")
+        try:
+            resp = httpx.post(
+                f"{root}/tokenize",
+                json={"model": self.model, "prompt": text, "add_special_tokens": False},
+                headers=self.headers,
+                timeout=min(self.timeout_s, 30.0),
+            )
+            return int(resp.json()["count"]) if resp.status_code < 400 else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
 
 
 def complete_with_budget(
@@ -185,102 +295,20 @@ def complete_with_budget(
     """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a
     temperature is given).
 
-    Each request is retried like every other model call (429/5xx/timeouts, exponential backoff). The
-    "Wait" tokens count against the budget: the server's own prompt-token counts give their number
-    exactly. ``on_failure(trouble, detail)`` hears every failed attempt ("unreachable", "auth",
-    "not_found" or None, see :func:`t0_pipeline.llm.endpoint_trouble`) and may raise to stop the
-    whole stage.
+    Requests go through :class:`CompletionsEndpoint` (``on_failure`` hears "unreachable", "auth",
+    "not_found" or None, see :func:`t0_pipeline.llm_calls.endpoint_trouble`, and may raise to stop
+    the whole stage). The "Wait" tokens count against the budget: the server's own prompt-token
+    counts give their number exactly.
     """
-    import time
-
-    import httpx
-
-    from t0_pipeline.llm_calls import endpoint_trouble
-    from t0_pipeline.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+    from t0_pipeline.retry import RetryPolicy
 
     config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     retry = RetryPolicy(max(1, max_attempts), backoff_s, max_backoff_s)
-
-    def post(body: dict) -> dict:
-        problem = "no attempt"
-        for attempt in range(1, retry.max_attempts + 1):
-            retry_after, trouble, resp = None, None, None
-            try:
-                resp = httpx.post(
-                    f"{api_base.rstrip('/')}/completions",
-                    json=body,
-                    headers=headers,
-                    timeout=timeout_s,
-                )
-            except httpx.HTTPError as exc:
-                problem = (
-                    f"cannot reach the completions endpoint at {api_base} "
-                    f"({exc.__class__.__name__})"
-                )
-                trouble = endpoint_trouble(type(exc).__name__, None, [type(exc).__name__])
-            else:
-                if resp.status_code < 400:
-                    return resp.json()
-                problem = (
-                    f"the completions endpoint at {api_base} answered HTTP {resp.status_code}: "
-                    f"{resp.text[:200]}"
-                )
-                trouble = endpoint_trouble("", resp.status_code)
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            if on_failure:
-                on_failure(trouble, problem)
-            if resp is not None and resp.status_code not in RETRYABLE_STATUS:
-                break
-            if retry.another(attempt):
-                time.sleep(retry.delay(attempt, retry_after))
-        raise T0Error(
-            f"{problem}, after {max_attempts} attempt(s); start the vLLM server or fix api_base."
-        )
-
-    def complete(
-        text: str, max_tokens: int, stop: list[str], min_tokens: int
-    ) -> tuple[str, int, int, str]:
-        reply = post(
-            {
-                "model": model,
-                "prompt": text,
-                "max_tokens": max_tokens,
-                "temperature": temperature,
-                "seed": seed,
-                "stop": stop,
-                "min_tokens": min_tokens,
-                "skip_special_tokens": False,
-                "include_stop_str_in_output": False,
-            }
-        )
-        choice, usage = reply["choices"][0], reply.get("usage") or {}
-        return (
-            choice.get("text") or "",
-            int(usage.get("completion_tokens") or 0),
-            int(usage.get("prompt_tokens") or 0),
-            choice.get("finish_reason") or "stop",
-        )
-
-    def count_tokens(text: str) -> int | None:
-        """Tokens of ``text`` by the server's own tokenizer (vLLM's /tokenize), or None where there
-        is none."""
-        root = api_base.rstrip("/").removesuffix("/v1")
-        try:
-            resp = httpx.post(
-                f"{root}/tokenize",
-                json={"model": model, "prompt": text, "add_special_tokens": False},
-                headers=headers,
-                timeout=min(timeout_s, 30.0),
-            )
-            return int(resp.json()["count"]) if resp.status_code < 400 else None
-        except (httpx.HTTPError, ValueError, KeyError):
-            return None
-
+    endpoint = CompletionsEndpoint(api_base, model, api_key, timeout_s, retry, on_failure)
+    sampling = {"temperature": temperature, "seed": seed}
     wait = " " + config.wait_text
-    wait_tokens = count_tokens(
-        wait
-    )  # known up front, so no request is sent for more than the budget left
+    # known up front, so no request is sent for more than the budget left
+    wait_tokens = endpoint.count_tokens(wait)
     thinking, used, waits, exhausted = "", 0, 0, False
     last_prompt = last_completion = None
     while True:
@@ -288,12 +316,12 @@ def complete_with_budget(
         if remaining <= 0:
             exhausted = True
             break
-        text, n, prompt_tokens, finish = complete(
-            prompt + thinking, remaining, [config.think_end], config.min_tokens
+        text, n, prompt_tokens, finish = endpoint.complete(
+            prompt + thinking, remaining, [config.think_end], config.min_tokens, **sampling
         )
         if wait_tokens is None and last_prompt is not None and prompt_tokens:
-            # no /tokenize: what the wait text added to the prompt, counted by the server, after the
-            # fact
+            # no /tokenize: what the wait text added to the prompt, counted by the server, after
+            # the fact
             used += max(0, prompt_tokens - last_prompt - last_completion)
         last_prompt, last_completion = prompt_tokens, n
         thinking += text
@@ -307,7 +335,7 @@ def complete_with_budget(
         thinking += wait
         used += wait_tokens or 0
     forced = prompt + thinking + config.think_end + config.answer_start
-    answer = complete(forced, config.answer_tokens, [], 0)[0]
+    answer = endpoint.complete(forced, config.answer_tokens, [], 0, **sampling)[0]
     return ForcedGeneration(
         thinking=thinking.strip(),
         answer=answer.strip(),

@@ -17,9 +17,8 @@ DIR``.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from t0_pipeline.artifacts import (
     write_parquet,
 )
 from t0_pipeline.config import DataPaths, SourceConfig
+from t0_pipeline.crawl_records import CrawlJournal, CrawlReport
 from t0_pipeline.fetch import Fetcher, FetchError, HttpFetcher, MirrorFetcher
 from t0_pipeline.pages_file import PAGE_SCHEMA, now_iso, read_pages_file
 from t0_pipeline.sites import ConditionLink, SiteAdapter, get_adapter
@@ -46,33 +46,6 @@ log = logging.getLogger(__name__)
 def sample_site_dir() -> Path:
     """The bundled sample corpus, laid out like a wget mirror of the NHS conditions section."""
     return Path(str(resources.files("t0_pipeline") / "sample" / "site"))
-
-
-@dataclass
-class CrawlReport:
-    source: str
-    started_at: str
-    finished_at: str = ""
-    conditions: int = 0
-    requests: int = 0
-    not_modified: int = 0
-    new: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    excluded: list[str] = field(default_factory=list)
-    disallowed: list[str] = field(default_factory=list)
-    failed: list[dict[str, str]] = field(
-        default_factory=list
-    )  # slug, url, error; previous version kept if any
-    warnings: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"{self.conditions} conditions: {len(self.new)} new, {len(self.changed)} changed, "
-            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} "
-            "failed"
-        )
 
 
 def _previous_by_page(previous: pl.DataFrame | None) -> dict[str, dict[str, Any]]:
@@ -132,6 +105,113 @@ async def _crawl_condition(
     return rows, not_modified, warnings
 
 
+def _fetcher_for(config: SourceConfig, adapter: SiteAdapter) -> tuple[Fetcher, str]:
+    """The fetcher a source needs, and the index page's URL."""
+    if config.kind == "site":
+        return HttpFetcher(config), config.location or adapter.index_url
+    root = sample_site_dir() if config.kind == "sample" else Path(config.location or "")
+    return MirrorFetcher(root, adapter.index_url, config.max_page_bytes), adapter.index_url
+
+
+async def _condition_links(
+    config: SourceConfig,
+    fetcher: Fetcher,
+    adapter: SiteAdapter,
+    index_url: str,
+    report: CrawlReport,
+) -> tuple[list[ConditionLink], int]:
+    """The condition pages to crawl (robots.txt, exclusions and ``max_pages`` applied, each noted
+    in the report), and how many the index listed before ``max_pages``."""
+    if isinstance(fetcher, HttpFetcher):
+        await fetcher.load_robots(index_url)
+        if not fetcher.allowed(index_url):
+            raise T0Error(
+                f"robots.txt disallows the index page {index_url} for user agent "
+                f"{config.user_agent!r}; nothing was fetched and the previous corpus is kept."
+            )
+    try:
+        if isinstance(fetcher, MirrorFetcher) and not fetcher.path_for(index_url).is_file():
+            index_html = fetcher.synthetic_index(index_url)
+        else:
+            index_html = (await fetcher.fetch(index_url)).text or ""
+    except FetchError as exc:
+        raise T0Error(
+            f"could not fetch the index page {index_url} ({exc}); check the URL or network. "
+            "The previous corpus is kept."
+        ) from None
+    links = adapter.condition_links(index_html, index_url)
+    if not links:
+        raise T0Error(
+            f"the index page {index_url} links to no condition pages that the {adapter.name!r} "
+            "adapter recognises; check --location and --adapter."
+        )
+    excluded = set(config.exclude_slugs)
+    report.excluded = [lk.slug for lk in links if lk.slug in excluded]
+    links = [lk for lk in links if lk.slug not in excluded]
+    report.disallowed = [lk.url for lk in links if not fetcher.allowed(lk.url)]
+    links = [lk for lk in links if fetcher.allowed(lk.url)]
+    found = len(links)
+    if config.max_pages is not None and found > config.max_pages:
+        links = links[: config.max_pages]
+        report.warnings.append(
+            f"the index links to {found} conditions; only the first {config.max_pages} "
+            "(source.max_pages) were crawled"
+        )
+    return links, found
+
+
+async def _outcomes(
+    links: list[ConditionLink],
+    fetch_one,
+    concurrency: int,
+    journal: CrawlJournal | None,
+    report: CrawlReport,
+):
+    """Yield (link, result, error) per condition: first those a journal already holds, then the
+    others as a fixed pool of workers fetches them (not one task per link: memory stays flat for
+    any index)."""
+    done = journal.load(report.source) if journal else {}
+    if done:
+        log.info("resuming an interrupted crawl: %d conditions already fetched", len(done))
+        report.warnings.append(
+            f"resumed an interrupted crawl: {len(done)} conditions were already fetched"
+        )
+    todo: asyncio.Queue[ConditionLink] = asyncio.Queue()
+    for link in links:
+        if link.slug not in done:
+            todo.put_nowait(link)
+    pending = todo.qsize()
+    results: asyncio.Queue[tuple] = asyncio.Queue()
+
+    async def worker() -> None:
+        while True:
+            try:
+                link = todo.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                result = await fetch_one(link)
+                if journal:
+                    journal.add(link.slug, result)
+                await results.put((link, result, None))
+            except FetchError as exc:
+                await results.put((link, None, str(exc)))
+            except Exception as exc:  # one odd page must not stall or stop the crawl
+                await results.put((link, None, f"{exc.__class__.__name__}: {str(exc)[:200]}"))
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
+    by_slug = {lk.slug: lk for lk in links}
+    try:
+        for slug, result in done.items():
+            if slug in by_slug:
+                yield by_slug[slug], result, None
+        for _ in range(pending):
+            yield await results.get()
+    finally:
+        for task in workers:
+            task.cancel()
+
+
 async def crawl_async(
     config: SourceConfig,
     previous: pl.DataFrame | None = None,
@@ -140,117 +220,34 @@ async def crawl_async(
 ) -> tuple[pl.DataFrame, CrawlReport]:
     """Crawl the configured site or mirror. Failed pages keep their previous version."""
     adapter = get_adapter(config.adapter)
-    index_url = adapter.index_url
     owns_fetcher = fetcher is None
     if fetcher is None:
-        if config.kind == "site":
-            index_url = config.location or adapter.index_url
-            fetcher = HttpFetcher(config)
-        else:
-            root = sample_site_dir() if config.kind == "sample" else Path(config.location or "")
-            fetcher = MirrorFetcher(root, index_url, config.max_page_bytes)
+        fetcher, index_url = _fetcher_for(config, adapter)
+    else:
+        index_url = adapter.index_url
     label = "bundled sample mirror" if config.kind == "sample" else config.location or index_url
     report = CrawlReport(source=f"{config.kind}: {label}", started_at=now_iso())
+    prev_pages = _previous_by_page(previous)
+    prev_rows_by_slug: dict[str, list[dict[str, Any]]] = {}
+    for row in previous.to_dicts() if previous is not None else []:
+        prev_rows_by_slug.setdefault(row["slug"], []).append(row)
+    rows: list[dict[str, Any]] = []
     try:
-        if isinstance(fetcher, HttpFetcher):
-            await fetcher.load_robots(index_url)
-            if not fetcher.allowed(index_url):
-                raise T0Error(
-                    f"robots.txt disallows the index page {index_url} for user agent "
-                    f"{config.user_agent!r}; nothing was fetched and the previous corpus is kept."
-                )
-        try:
-            if isinstance(fetcher, MirrorFetcher) and not fetcher.path_for(index_url).is_file():
-                index_html = fetcher.synthetic_index(index_url)
-            else:
-                index_html = (await fetcher.fetch(index_url)).text or ""
-        except FetchError as exc:
-            raise T0Error(
-                f"could not fetch the index page {index_url} ({exc}); check the URL or network. "
-                "The previous corpus is kept."
-            ) from None
-        links = adapter.condition_links(index_html, index_url)
-        if not links:
-            raise T0Error(
-                f"the index page {index_url} links to no condition pages that the {adapter.name!r} "
-                "adapter recognises; check --location and --adapter."
-            )
-        report.excluded = [lk.slug for lk in links if lk.slug in set(config.exclude_slugs)]
-        links = [lk for lk in links if lk.slug not in set(config.exclude_slugs)]
-        report.disallowed = [lk.url for lk in links if not fetcher.allowed(lk.url)]
-        links = [lk for lk in links if fetcher.allowed(lk.url)]
-        found = len(links)
-        if config.max_pages is not None and found > config.max_pages:
-            links = links[: config.max_pages]
-            report.warnings.append(
-                f"the index links to {found} conditions; only the first {config.max_pages} "
-                "(source.max_pages) were crawled"
-            )
+        links, found = await _condition_links(config, fetcher, adapter, index_url, report)
 
-        prev_pages = _previous_by_page(previous)
-        prev_rows_by_slug: dict[str, list[dict[str, Any]]] = {}
-        if previous is not None:
-            for row in previous.to_dicts():
-                prev_rows_by_slug.setdefault(row["slug"], []).append(row)
+        def fetch_one(link: ConditionLink):
+            return _crawl_condition(link, fetcher, adapter, prev_pages, config.kind)
 
-        rows: list[dict[str, Any]] = []
-        done = journal.load(report.source) if journal else {}
-        if done:
-            log.info("resuming an interrupted crawl: %d conditions already fetched", len(done))
-            report.warnings.append(
-                f"resumed an interrupted crawl: {len(done)} conditions were already fetched"
-            )
-        todo: asyncio.Queue[ConditionLink] = asyncio.Queue()
-        for link in links:
-            if link.slug not in done:
-                todo.put_nowait(link)
-        pending = todo.qsize()
-        results: asyncio.Queue[tuple] = asyncio.Queue()
-
-        async def worker() -> (
-            None
-        ):  # a fixed pool, not one task per link: memory stays flat for any index
-            while True:
-                try:
-                    link = todo.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                try:
-                    result = await _crawl_condition(link, fetcher, adapter, prev_pages, config.kind)
-                    if journal:
-                        journal.add(link.slug, result)
-                    await results.put((link, result, None))
-                except FetchError as exc:
-                    await results.put((link, None, str(exc)))
-                except Exception as exc:  # one odd page must not stall or stop the crawl
-                    await results.put((link, None, f"{exc.__class__.__name__}: {str(exc)[:200]}"))
-
-        workers = [asyncio.ensure_future(worker()) for _ in range(max(1, config.concurrency))]
-        by_slug = {lk.slug: lk for lk in links}
-        finished = [
-            (by_slug[slug], result, None) for slug, result in done.items() if slug in by_slug
-        ]
-
-        async def outcomes():
-            for item in finished:
-                yield item
-            for _ in range(pending):
-                yield await results.get()
-
-        try:
-            async for link, result, error in tqdm(
-                outcomes(), total=len(links), desc="crawl", unit="condition", leave=False
-            ):
+        outcomes = _outcomes(links, fetch_one, config.concurrency, journal, report)
+        async with contextlib.aclosing(outcomes):  # its workers stop whatever happens here
+            bar = tqdm(outcomes, total=len(links), desc="crawl", unit="condition", leave=False)
+            async for link, result, error in bar:
                 _tally(link, result, error, prev_rows_by_slug.get(link.slug, []), rows, report)
-        finally:
-            for task in workers:
-                task.cancel()
         if isinstance(fetcher, HttpFetcher):
             report.requests = fetcher.requests
     finally:
         if owns_fetcher and isinstance(fetcher, HttpFetcher):
             await fetcher.aclose()
-
     seen = {lk.slug for lk in links}
     report.removed = sorted(set(prev_rows_by_slug) - seen) if found == len(links) else []
     if not rows:
@@ -291,50 +288,6 @@ def _tally(
     (
         report.unchanged if old_hash == new_hash else report.changed if old_rows else report.new
     ).append(link.slug)
-
-
-class CrawlJournal:
-    """Conditions fetched by a crawl still in progress, one JSON line each, appended as they arrive.
-
-    An interrupted crawl of the same source resumes from it instead of fetching those pages again;
-    :func:`run_crawl` removes it once pages.parquet is written.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def load(self, source: str) -> dict[str, tuple]:
-        done: dict[str, tuple] = {}
-        if not self.path.is_file():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"source": source}) + "\n", encoding="utf-8")
-            return done
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except ValueError:
-            header = {}
-        if header.get("source") != source:  # another source's leftovers: start over
-            self.path.write_text(json.dumps({"source": source}) + "\n", encoding="utf-8")
-            return done
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # the line being written when the crawl was killed
-            done[entry["slug"]] = (entry["rows"], entry["not_modified"], entry["warnings"])
-        return done
-
-    def add(self, slug: str, result: tuple) -> None:
-        rows, n304, warnings = result
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(
-                json.dumps({"slug": slug, "rows": rows, "not_modified": n304, "warnings": warnings})
-                + "\n"
-            )
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def run_crawl(config: SourceConfig, paths: DataPaths) -> tuple[pl.DataFrame, CrawlReport]:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,8 @@ def write_docs_snapshot(
     before the index catches up: a crash in between still serves one consistent version.
     """
     digest = hashlib.sha256(json.dumps(sorted(target.items())).encode()).hexdigest()[:12]
-    path = paths.index_manifest(index).with_name(
-        f"{index}.docs-{digest}.parquet"
-    )  # named in the manifest
+    # named in the manifest
+    path = paths.index_manifest(index).with_name(f"{index}.docs-{digest}.parquet")
     if not path.exists():
         columns = [c for c in ("slug", "title", "url", "text", "content_hash") if c in docs.columns]
         write_parquet(docs.select(columns), path)
@@ -182,9 +182,8 @@ def build_dense_index(
             f"no documents to index for {index!r}; build the corpus first (`t0 crawl` and `t0 "
             "clean`)."
         )
-    embedder = document_encoder(
-        embedding, embedder
-    )  # int8 on CPU unless embedding.quantize says otherwise
+    # int8 on CPU unless embedding.quantize says otherwise
+    embedder = document_encoder(embedding, embedder)
     client = client or chroma_client(chroma, paths)
     size = chunking.size or chunk_token_limit(embedder)
     spec = IndexSpec(index, model_name(embedding), size, chunking.overlap, chroma.distance)
@@ -207,79 +206,21 @@ def build_dense_index(
     )
     target = dict(zip(docs["slug"], docs["content_hash"]))
     by_doc, complete = _complete_docs(collection)
-
-    need = [s for s, h in target.items() if (s, h) not in complete]
-    todo = docs.filter(pl.col("slug").is_in(need))
     stats = IndexStats(
         index=index, collection=name, documents=len(target), chunks=0, rebuilt=old_name != name
     )
     # 1. add chunks for new/changed documents (ids carry the hash, so old chunks stay readable)
+    need = [s for s, h in target.items() if (s, h) not in complete]
+    todo = docs.filter(pl.col("slug").is_in(need))
     if not todo.is_empty():
-        partial = [
-            cid
-            for s, h in zip(todo["slug"], todo["content_hash"])
-            for cid in by_doc.get((s, h), [])
-        ]
-        if partial:  # left by an interrupted run: redo those documents whole
-            collection.delete(ids=partial)
-        from tqdm.auto import tqdm
-
-        chunks = chunk_documents(
-            todo["slug"].to_list(),
-            todo["text"].to_list(),
-            embedder.tokenizer,
-            size,
-            chunking.overlap,
-        )
-        hashes = dict(zip(todo["slug"], todo["content_hash"]))
-        titles = dict(zip(todo["slug"], todo["title"]))
-        counts: dict[str, int] = {}
-        for ch in chunks:
-            counts[ch.slug] = counts.get(ch.slug, 0) + 1
-        # encode and write batch by batch, whole documents per batch: a kill loses at most the batch
-        # in hand,
-        # and the documents already written are complete, so the next run keeps them
         limit = max(1, min(client.get_max_batch_size(), chroma.write_batch))
-        with tqdm(
-            total=len(chunks),
-            desc=f"embed {index}",
-            unit="chunk",
-            leave=False,
-            disable=len(chunks) <= 256,
-        ) as bar:
-            for part in document_batches(chunks, limit):
-                vectors = embedder.encode(
-                    [c.text for c in part],
-                    batch_size=embedding.batch_size,
-                    normalize_embeddings=embedding.normalize,
-                    show_progress_bar=False,
-                    convert_to_numpy=True,
-                )
-                collection.upsert(
-                    ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
-                    embeddings=vectors,
-                    documents=[c.text for c in part],
-                    metadatas=[
-                        {
-                            "slug": c.slug,
-                            "title": titles[c.slug],
-                            "doc_hash": hashes[c.slug],
-                            "chunk": c.index,
-                            "n_chunks": counts[c.slug],
-                            "start": c.start,
-                            "end": c.end,
-                        }
-                        for c in part
-                    ],
-                )
-                stats.embedded_chunks += len(part)
-                bar.update(len(part))
+        stats.embedded_chunks = _embed_documents(
+            todo, collection, by_doc, embedder, embedding, size, chunking.overlap, limit, index
+        )
     # 2. commit: the manifest now names the new document versions, and the copy of their text that
     # readers serve
-    n_chunks = 0
-    for s, h in target.items():
-        n_chunks += len(by_doc.get((s, h), [])) if (s, h) in complete else 0
-    n_chunks += stats.embedded_chunks
+    kept = sum(len(by_doc.get((s, h), [])) for s, h in target.items() if (s, h) in complete)
+    stats.chunks = kept + stats.embedded_chunks
     snapshot = write_docs_snapshot(docs, paths, index, target)
     write_json(
         {
@@ -288,24 +229,13 @@ def build_dense_index(
             **asdict(spec),
             "docs": target,
             "docs_file": snapshot.name,
-            "n_chunks": n_chunks,
+            "n_chunks": stats.chunks,
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         manifest_path,
     )
-    for old in manifest_path.parent.glob(f"{index}.docs-*.parquet"):
-        if old != snapshot:
-            old.unlink(missing_ok=True)
-    # 3. garbage-collect chunks the manifest no longer lists
-    stale = [cid for (s, h), ids in by_doc.items() if target.get(s) != h for cid in ids]
-    if stale:
-        collection.delete(ids=stale)
-    if old_name and old_name != name:
-        try:
-            client.delete_collection(old_name)
-        except Exception:  # already gone: nothing to clean
-            pass
-    stats.chunks = n_chunks
+    # 3. garbage-collect what the manifest no longer names
+    _collect_garbage(client, collection, by_doc, target, manifest_path, snapshot, index, old_name)
     # reported against the last committed manifest, so a run that finishes an interrupted one still
     # says what changed
     stats.added = sorted(s for s in target if s not in committed)
@@ -315,6 +245,92 @@ def build_dense_index(
     stats.seconds = time.perf_counter() - started
     log.info("dense index %s", stats.summary())
     return stats
+
+
+def _embed_documents(
+    todo: pl.DataFrame,
+    collection,
+    by_doc: dict,
+    embedder,
+    embedding: EmbeddingConfig,
+    size: int,
+    overlap: int,
+    limit: int,
+    index: str,
+) -> int:
+    """Chunk, encode and upsert ``todo``'s documents; returns the number of chunks written.
+
+    Batch by batch, whole documents per batch: a kill loses at most the batch in hand, and the
+    documents already written are complete, so the next run keeps them."""
+    from tqdm.auto import tqdm
+
+    partial = [
+        cid for s, h in zip(todo["slug"], todo["content_hash"]) for cid in by_doc.get((s, h), [])
+    ]
+    if partial:  # left by an interrupted run: redo those documents whole
+        collection.delete(ids=partial)
+    chunks = chunk_documents(
+        todo["slug"].to_list(), todo["text"].to_list(), embedder.tokenizer, size, overlap
+    )
+    hashes = dict(zip(todo["slug"], todo["content_hash"]))
+    titles = dict(zip(todo["slug"], todo["title"]))
+    counts = Counter(ch.slug for ch in chunks)
+    written = 0
+    bar = tqdm(
+        total=len(chunks),
+        desc=f"embed {index}",
+        unit="chunk",
+        leave=False,
+        disable=len(chunks) <= 256,
+    )
+    with bar:
+        for part in document_batches(chunks, limit):
+            vectors = embedder.encode(
+                [c.text for c in part],
+                batch_size=embedding.batch_size,
+                normalize_embeddings=embedding.normalize,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )
+            metadatas = [
+                {
+                    "slug": c.slug,
+                    "title": titles[c.slug],
+                    "doc_hash": hashes[c.slug],
+                    "chunk": c.index,
+                    "n_chunks": counts[c.slug],
+                    "start": c.start,
+                    "end": c.end,
+                }
+                for c in part
+            ]
+            collection.upsert(
+                ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
+                embeddings=vectors,
+                documents=[c.text for c in part],
+                metadatas=metadatas,
+            )
+            written += len(part)
+            bar.update(len(part))
+    return written
+
+
+def _collect_garbage(
+    client, collection, by_doc: dict, target: dict, manifest_path, snapshot, index, old_name
+) -> None:
+    """Remove older document snapshots, chunks of versions the manifest no longer lists, and the
+    previous collection when the index moved to a new one."""
+    for old in manifest_path.parent.glob(f"{index}.docs-*.parquet"):
+        if old != snapshot:
+            old.unlink(missing_ok=True)
+    stale = [cid for (s, h), ids in by_doc.items() if target.get(s) != h for cid in ids]
+    if stale:
+        collection.delete(ids=stale)
+    if old_name and old_name != collection.name:
+        try:
+            client.delete_collection(old_name)
+        except Exception:  # already gone: nothing to clean
+            pass
 
 
 # --- BM25 -----------------------------------------------------------------------------

@@ -18,7 +18,10 @@ from t0_pipeline.prompts import load_template
 # what each asset's output is computed by (modules under t0_pipeline/, prompt template names)
 DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "base_models": (("base_models",), ()),
-    "condition_pages": (("crawl", "fetch", "pages_file", "sites/__init__", "sites/nhs"), ()),
+    "condition_pages": (
+        ("crawl", "crawl_records", "fetch", "pages_file", "sites/__init__", "sites/nhs"),
+        (),
+    ),
     "conditions": (("clean",), ()),
     "summaries": (("summarise",), ("summarise",)),
     "full_page_index": (("index", "chunk", "embed"), ()),
@@ -77,7 +80,9 @@ def code_fingerprint(source: bytes) -> bytes:
 
 def _module_source(name: str) -> bytes:
     path = Path(str(resources.files("t0_pipeline"))) / f"{name}.py"
-    return code_fingerprint(path.read_bytes()) if path.is_file() else b""
+    if not path.is_file():  # a renamed module left behind here would silently drop out of versions
+        raise FileNotFoundError(f"DEPENDS_ON names t0_pipeline/{name}.py, which does not exist")
+    return code_fingerprint(path.read_bytes())
 
 
 def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool = True) -> str:
