@@ -1,13 +1,13 @@
 """Model servers the pipeline starts itself: a vLLM (or any OpenAI-compatible) server for one model.
 
 An evaluation entry with a ``serve`` section names what to serve (a local checkpoint, a Hugging Face
-name, or a trained student's ``final/``). :func:`serving` starts the server, on this machine
-(:class:`LocalServer`, a subprocess) or as a Slurm job through a site profile (:class:`SlurmServer`,
-the size's GPUs per node → tensor parallel size), follows its log, waits until its health endpoint
-answers and it lists the model, yields its ``api_base``, and stops it whatever happens. A server
-that fails to start ends in one error naming why (out of memory, a checkpoint that cannot be loaded,
-a port already taken, a job Slurm rejected, no health within the timeout) with the log's telling
-line and path.
+name, or a trained student's ``final/``; see :mod:`t0_pipeline.server_plan`). :func:`serving`
+starts the server, on this machine (:class:`LocalServer`, a subprocess) or as a Slurm job through a
+site profile (:class:`~t0_pipeline.slurm_server.SlurmServer`, the size's GPUs per node → tensor
+parallel size), follows its log, waits until its health endpoint answers and it lists the model,
+yields its ``api_base``, and stops it whatever happens. A server that fails to start ends in one
+error naming why (out of memory, a checkpoint that cannot be loaded, a port already taken, a job
+Slurm rejected, no health within the timeout) with the log's telling line and path.
 
 The command is ``servers.command`` from the config (vLLM's by default), so CI runs the same code
 with the project's loopback server as the command.
@@ -22,22 +22,16 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, RoleConfig
+from t0_pipeline.server_plan import ServerPlan, plan_for
 
 R = TypeVar("R", bound=RoleConfig)
-# a Slurm server job prints this line, then its URL, before starting the server
-ENDPOINT_TAG = "t0-server-endpoint"
-# stands for the job's port in a Slurm command line (the shell fills it in)
-PORT_VAR = "T0SERVERPORT"
-ALIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 # what a server's log says when it cannot start, and what to do about it (first match wins)
 FAILURES: list[tuple[str, str]] = [
@@ -53,87 +47,11 @@ FAILURES: list[tuple[str, str]] = [
     ),
     (
         r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a "
-        r"file|"
-        r"Unrecognized model|HeaderTooLarge|Error while deserializing|is not a checkpoint",
+        r"file|Unrecognized model|HeaderTooLarge|Error while deserializing|is not a checkpoint",
         "could not load the checkpoint; check the path or name and that the folder holds "
-        "config.json, weights and "
-        "tokenizer",
+        "config.json, weights and tokenizer",
     ),
 ]
-
-
-@dataclass
-class ServerPlan:
-    """What one server serves and how: the model's served name, the checkpoint and tensor parallel
-    size."""
-
-    name: str
-    checkpoint: str
-    tensor_parallel_size: int | None = None
-    max_model_len: int | None = None
-    args: list[str] = field(default_factory=list)
-
-    def command(self, servers: ModelServerConfig, host: str, port: str, tp: int) -> list[str]:
-        values = {
-            "checkpoint": self.checkpoint,
-            "name": self.name,
-            "host": host,
-            "port": port,
-            "tp": str(tp),
-            "python": sys.executable,
-        }
-        # only these placeholders are filled: other braces (JSON arguments) pass through untouched
-        cmd = [
-            re.sub(r"\{(checkpoint|name|host|port|tp|python)\}", lambda m: values[m.group(1)], part)
-            for part in servers.command
-        ]
-        if self.max_model_len:
-            cmd += ["--max-model-len", str(self.max_model_len)]
-        return cmd + list(self.args)
-
-
-def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
-    """The server a role or an evaluation entry asks for; a student entry serves that student's
-    ``final/``."""
-    launch = entry.serve
-    if launch is None:
-        raise T0Error(f"model {name!r} has no serve section; it is reached at its api_base.")
-    checkpoint = launch.checkpoint
-    student = getattr(entry, "student", None)
-    if checkpoint is None:
-        if not student:
-            raise T0Error(
-                f"model {name!r}: serve needs a checkpoint (a folder or Hugging Face name), or "
-                "`student` "
-                "naming a train.sizes entry whose checkpoint to serve."
-            )
-        final = paths.student_dir(student) / "final"
-        if not (final / "config.json").is_file():
-            raise T0Error(
-                f"model {name!r} serves the {student} student, but {final} holds no trained "
-                "checkpoint; "
-                f"materialise student_checkpoint[{student}] (or `t0 train --partition {student}`) "
-                "first."
-            )
-        checkpoint = str(final.resolve())
-    elif _looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
-        hint = (
-            "materialise base_models first (`t0 base-models`)"
-            if Path(checkpoint).parent.name == "models"
-            else "fix serve.checkpoint"
-        )
-        raise T0Error(f"model {name!r}: checkpoint folder {checkpoint} does not exist; {hint}.")
-    return ServerPlan(
-        name=entry.served_name,
-        checkpoint=checkpoint,
-        tensor_parallel_size=launch.tensor_parallel_size,
-        max_model_len=launch.max_model_len,
-        args=list(launch.args),
-    )
-
-
-def _looks_local(checkpoint: str) -> bool:
-    return checkpoint.startswith(("/", "./", "../", "~")) or checkpoint.count("/") >= 2
 
 
 def failure_reason(lines: list[str]) -> tuple[str, str] | None:
@@ -388,134 +306,10 @@ class LocalServer(_Server):
         self.log(f"model server for {self.plan.name} stopped")
 
 
-class Shell:
-    """Runs a command on the cluster: here, or over SSH on a login node (OpenSSH, key
-    authentication)."""
-
-    def __init__(
-        self,
-        ssh_host: str | None = None,
-        ssh_user: str | None = None,
-        ssh_port: int = 22,
-        ssh_key_path: str | None = None,
-    ):
-        self.prefix: list[str] = []
-        if ssh_host:
-            self.prefix = [
-                "ssh",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=20",
-                "-p",
-                str(ssh_port),
-            ]
-            if ssh_key_path:
-                self.prefix += ["-i", ssh_key_path]
-            self.prefix.append(f"{ssh_user}@{ssh_host}" if ssh_user else ssh_host)
-
-    def run(self, command: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        argv = [*self.prefix, command] if self.prefix else ["bash", "-c", command]
-        try:
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
-        except subprocess.TimeoutExpired:
-            raise T0Error(
-                f"the cluster did not answer within 120 s ({command.split()[0]}); check the SSH "
-                "settings."
-            ) from None
-
-
-class SlurmServer(_Server):
-    """A server as a one-node Slurm job rendered from the site profile; it prints its endpoint, then
-    serves."""
-
-    def __init__(
-        self,
-        servers: ModelServerConfig,
-        plan: ServerPlan,
-        script: str,
-        log_dir: str,
-        shell: Shell,
-        log: Callable[[str], None] | None = None,
-        queue_wait_s: float = 72 * 3600,
-    ):
-        super().__init__(servers, plan, log)
-        self.script, self.log_dir, self.shell, self.queue_wait_s = (
-            script,
-            log_dir,
-            shell,
-            queue_wait_s,
-        )
-        self.job: str | None = None
-        self.log_path = f"{log_dir}/(not submitted)"
-        self._seen = 0
-        self._state = "PENDING"
-        self._submitted = 0.0
-
-    def _launch(self) -> None:
-        self.shell.run(f"mkdir -p {shlex.quote(self.log_dir)}")
-        done = self.shell.run("sbatch --parsable", stdin=self.script)
-        if done.returncode != 0:
-            reason = next(
-                (ln for ln in done.stderr.splitlines() if "error" in ln.lower()),
-                done.stderr.strip()[:200],
-            )
-            raise T0Error(
-                f"Slurm rejected the server job for {self.plan.name}: {reason.strip()}; fix the "
-                "site profile or "
-                "the ModelServer resource (partition, account, QoS, GPUs)."
-            )
-        self.job = done.stdout.strip().split(";")[0]
-        self.log_path = f"{self.log_dir}/t0-serve-{safe_name(self.plan.name)}-{self.job}.out"
-        self._submitted = time.monotonic()
-        self.log(f"submitted server job {self.job} for {self.plan.name} (log: {self.log_path})")
-
-    def _poll_state(self) -> str:
-        out = self.shell.run(f"SQUEUE_STATES=all squeue -h -j {self.job} -o %T").stdout.strip()
-        state = out.split()[0] if out else "GONE"
-        if state != self._state:
-            self.log(f"server job {self.job}: {state}")
-            self._state = state
-        return state
-
-    def _dead(self) -> str | None:
-        state = self._poll_state()
-        if state in ALIVE_STATES:
-            if state == "PENDING" and time.monotonic() - self._submitted > self.queue_wait_s:
-                return f"still queued after {self.queue_wait_s / 3600:g} h"
-            return None
-        return f"job {self.job} {state.lower()}"
-
-    def _running(self) -> bool:
-        return self._state == "RUNNING"
-
-    def _new_lines(self) -> list[str]:
-        done = self.shell.run(f"tail -n +{self._seen + 1} {shlex.quote(self.log_path)} 2>/dev/null")
-        lines = done.stdout.splitlines() if done.returncode == 0 else []
-        self._seen += len(lines)
-        return lines
-
-    def _endpoint(self) -> str | None:
-        return next((ln.split()[1] for ln in self.lines if ln.startswith(ENDPOINT_TAG + " ")), None)
-
-    def stop(self) -> None:
-        if self.job and self._state in ALIVE_STATES:
-            self._follow()
-            self.shell.run(f"scancel {self.job}")
-            self.log(f"server job {self.job} for {self.plan.name} cancelled")
-            self._state = "CANCELLED"
-
-
 def safe_name(name: str) -> str:
     """A served name as a file and job name (``Qwen/Qwen2.5-7B-Instruct`` →
     ``Qwen_Qwen2.5-7B-Instruct``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def slurm_command(servers: ModelServerConfig, plan: ServerPlan, tp: int) -> str:
-    """The server's command line inside a job: every interface of the node, the job's port from the
-    shell."""
-    return shlex.join(plan.command(servers, "0.0.0.0", PORT_VAR, tp)).replace(PORT_VAR, '"$PORT"')
 
 
 @contextlib.contextmanager

@@ -7,11 +7,10 @@ card that loads with plain ``from_pretrained``, renamed into place only when com
 ``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
 ``logs/rank-<N>.error`` for a rank that failed.
 
-Each example is rendered with the student's own chat template; the prompt (system + user,
-plus the assistant header) is tokenised separately from the completion so the boundary is
-exact, and every prompt token's label is -100. Examples longer than ``block_size`` are
-dropped and counted, never cut. A held-out split is evaluated every ``eval_steps`` (the
-reference implementation evaluated on its training set).
+Examples come from :mod:`t0_pipeline.train_data` (loss on the completion only, examples longer
+than ``block_size`` left out and counted, never cut). A held-out split is evaluated every
+``eval_steps`` (the reference implementation evaluated on its training set). What ranks share
+and record is in :mod:`t0_pipeline.train_ranks`.
 
 Run on one process or under torchrun: several processes fine-tuning all weights use DeepSpeed
 ZeRO-3 by default (``train.deepspeed: auto``), with ``TrainingArguments`` built before the model
@@ -23,120 +22,32 @@ Needs no Dagster: a Slurm node runs ``python -m t0_pipeline.train --config t0.ya
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import socket
 import time
-import traceback
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.chat import generation_prompt, render_chat
 from t0_pipeline.cluster import deepspeed_config_path
 from t0_pipeline.config import DataPaths, TrainConfig
+from t0_pipeline.train_data import ListDataset, load_examples, pad_batch
+from t0_pipeline.train_ranks import (
+    gather_per_rank,
+    gathered_digest,
+    parameter_counts,
+    peak_memory_gb,
+    rank,
+    record_failure,
+    stop_file_callback,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
-IGNORE = -100
-
-
-def tokenize_example(
-    messages: list[dict[str, str]], tokenizer, block_size: int
-) -> dict[str, list[int]] | None:
-    """input_ids / attention_mask / labels for one chat; None when it does not fit ``block_size``
-    whole."""
-    prompt = generation_prompt(messages[:-1], tokenizer)
-    full = render_chat(messages, tokenizer)
-    if not full.startswith(prompt):
-        raise T0Error(
-            "the tokenizer's chat template does not render the prompt as a prefix of the full "
-            "chat, so the "
-            "assistant turn cannot be located; use the student model's own instruct tokenizer."
-        )
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    if len(prompt_ids) + len(completion_ids) > block_size or not completion_ids:
-        return None  # cutting would drop the answer: the example is left out and counted
-    ids = prompt_ids + completion_ids
-    labels = [IGNORE] * len(prompt_ids) + completion_ids
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-
-class ListDataset:
-    """A torch-style dataset over tokenised examples."""
-
-    def __init__(self, rows: list[dict[str, list[int]]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return self.rows[i]
-
-
-def pad_batch(pad_id: int):
-    import torch
-
-    def collate(batch: list[dict[str, list[int]]]) -> dict[str, Any]:
-        width = max(len(b["input_ids"]) for b in batch)
-        out = {"input_ids": [], "attention_mask": [], "labels": []}
-        for b in batch:
-            gap = width - len(b["input_ids"])
-            out["input_ids"].append(b["input_ids"] + [pad_id] * gap)
-            out["attention_mask"].append(b["attention_mask"] + [0] * gap)
-            out["labels"].append(b["labels"] + [IGNORE] * gap)
-        return {k: torch.tensor(v) for k, v in out.items()}
-
-    return collate
-
-
-def load_examples(
-    dataset: Path, tokenizer, config: TrainConfig
-) -> tuple[list[dict], list[dict], int]:
-    """(train, held-out, skipped) tokenised examples; a seeded split."""
-    import random
-
-    import polars as pl
-
-    if not Path(dataset).exists():
-        raise T0Error(
-            f"SFT dataset {dataset} not found; build it with `t0 sft` (or pass --dataset)."
-        )
-    rows = pl.read_parquet(dataset)
-    if "messages" not in rows.columns:
-        raise T0Error(
-            f"{dataset} has no 'messages' column; it is not an SFT dataset made by `t0 sft`."
-        )
-    examples, skipped = [], 0
-    for i, raw in enumerate(rows["messages"], start=1):
-        try:
-            messages = json.loads(raw)
-        except json.JSONDecodeError:
-            raise T0Error(
-                f"{dataset} row {i}: field 'messages' is not valid JSON; rebuild the dataset with "
-                "`t0 sft`."
-            ) from None
-        example = tokenize_example(messages, tokenizer, config.block_size)
-        if example is None:
-            skipped += 1
-        else:
-            examples.append(example)
-    if not examples:
-        raise T0Error(
-            f"no trainable tokens in {dataset}: all {rows.height} examples are longer than "
-            f"block_size={config.block_size} tokens (or have empty answers); raise "
-            "train.block_size."
-        )
-    random.Random(config.seed).shuffle(examples)
-    n_eval = int(round(len(examples) * config.eval_fraction)) if len(examples) > 1 else 0
-    return examples[n_eval:], examples[:n_eval], skipped
 
 
 @dataclass
@@ -155,30 +66,19 @@ class TrainResult:
     deepspeed: str | None = None  # the DeepSpeed config used, None = none
     train_seconds: float = 0.0
     tokens_per_second: float = 0.0  # input tokens seen (all ranks) per second of training
-    peak_memory_gb: list[float] = field(
-        default_factory=list
-    )  # per rank: GPU allocated, or process RSS on CPU
-    params_per_rank: list[int] = field(
-        default_factory=list
-    )  # parameters each rank holds (ZeRO-3: its shard)
+    # per rank: GPU allocated, or process RSS on CPU
+    peak_memory_gb: list[float] = field(default_factory=list)
+    # parameters each rank holds (ZeRO-3: its shard)
+    params_per_rank: list[int] = field(default_factory=list)
     params_total: int = 0
-    weights_digest: dict[str, str] = field(
-        default_factory=dict
-    )  # per tensor, gathered before saving final/
+    # per tensor, gathered before saving final/
+    weights_digest: dict[str, str] = field(default_factory=dict)
     preempted: bool = False  # stopped at a checkpoint before the time limit; final/ not written
 
     def metrics(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "final_dir"}
         out["final_dir"] = str(self.final_dir)
         return out
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
@@ -196,8 +96,7 @@ def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
         if not installed:
             log.warning(
                 "train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain "
-                "DDP, each "
-                "holding the whole model (pip install deepspeed for ZeRO-3)",
+                "DDP, each holding the whole model (pip install deepspeed for ZeRO-3)",
                 processes,
             )
             return None
@@ -215,8 +114,7 @@ def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
 def _cannot_load(config: TrainConfig, exc: Exception) -> T0Error:
     return T0Error(
         f"could not load model {config.model!r} ({exc.__class__.__name__}); pass an existing local "
-        "path "
-        "or a name available offline with train.model."
+        "path or a name available offline with train.model."
     )
 
 
@@ -263,141 +161,6 @@ def _load_model(config: TrainConfig, bf16: bool):
     return model
 
 
-def _stop_file_callback(stop_file: str | None):
-    """Save a checkpoint and stop, on every rank at the same step, once ``stop_file`` exists."""
-    from transformers import TrainerCallback
-
-    class StopFile(TrainerCallback):
-        stopped = False
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if not stop_file:
-                return
-            import torch
-            import torch.distributed as dist
-
-            flag = torch.tensor([1.0 if os.path.exists(stop_file) else 0.0], device=args.device)
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(
-                    flag, op=dist.ReduceOp.MAX
-                )  # ranks must agree, or the save's collectives hang
-            if flag.item() > 0:
-                log.warning(
-                    "stop requested (%s): saving a checkpoint at step %d and stopping",
-                    stop_file,
-                    state.global_step,
-                )
-                control.should_save = True
-                control.should_training_stop = True
-                self.stopped = True
-
-    return StopFile()
-
-
-def _gather_per_rank(value):
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        out = [None] * dist.get_world_size()
-        dist.all_gather_object(out, value)
-        return out
-    return [value]
-
-
-def _peak_memory_gb(cuda: bool) -> float:
-    import resource
-
-    import torch
-
-    if cuda:
-        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
-
-
-def _parameter_counts(model) -> tuple[int, int]:
-    """(held by this rank, whole model): a ZeRO-3 parameter keeps only its shard in
-    ``ds_tensor``."""
-    local = total = 0
-    for p in model.parameters():
-        if hasattr(p, "ds_tensor"):
-            local += p.ds_tensor.numel()
-            total += p.ds_numel
-        else:
-            local += p.numel()
-            total += p.numel()
-    return local, total
-
-
-def tensor_digest(tensor) -> str:
-    """A dtype-independent fingerprint of a tensor's values (compared with the saved ``final/``)."""
-    return hashlib.sha256(tensor.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[
-        :16
-    ]
-
-
-def _gathered_digest(model, zero3: bool, is_main: bool) -> dict[str, str]:
-    """Fingerprints of the full trained weights; ZeRO-3 gathers one parameter at a time to bound
-    memory."""
-    digest = {}
-    for name, p in model.named_parameters():
-        if zero3:
-            import deepspeed
-
-            ctx = deepspeed.zero.GatheredParameters([p], modifier_rank=None)
-        else:
-            ctx = nullcontext()
-        with ctx:
-            if is_main:
-                digest[name] = tensor_digest(p)
-    return digest
-
-
-def record_failure(log_dir: Path, exc: BaseException) -> Path | None:
-    """Leave this rank's error where the submitter can read it (Dagster quotes it in the run's
-    error)."""
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        lines = traceback.format_exception(exc)
-        tail = "".join(lines).rstrip().splitlines()[-25:]
-        path = log_dir / f"rank-{rank()}.error"
-        path.write_text(
-            json.dumps(
-                {
-                    "rank": rank(),
-                    "host": socket.gethostname(),
-                    "job": os.environ.get("SLURM_JOB_ID"),
-                    "time": time.time(),
-                    "error": f"{exc.__class__.__name__}: {exc}"[:500],
-                    "tail": tail,
-                }
-            ),
-            encoding="utf-8",
-        )
-        return path
-    except OSError:
-        return None
-
-
-def parse_failures(text: str) -> list[dict[str, Any]]:
-    """Rank errors (left by :func:`record_failure`, one JSON object per line as ``cat`` prints
-    them), first failure first; lines that are not such records are skipped."""
-    found = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "rank" in record:
-            found.append(record)
-    return sorted(found, key=failure_order)
-
-
-def failure_order(failure: dict[str, Any]) -> tuple[float, int]:
-    """Sort key for rank errors: the rank that failed first caused the others (a dead peer breaks
-    every collective)."""
-    return (failure.get("time", float("inf")), failure.get("rank", 0))
-
-
 def train(
     config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list | None = None
 ) -> TrainResult:
@@ -415,7 +178,7 @@ def train(
 
 def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list) -> TrainResult:
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
     cuda = torch.cuda.is_available()
@@ -435,43 +198,11 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     checkpoints = output_dir / "checkpoints"
     # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for
     # from_pretrained below
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        per_device_train_batch_size=config.per_device_batch_size,
-        per_device_eval_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        weight_decay=config.weight_decay,
-        adam_beta1=config.adam_beta1,
-        adam_beta2=config.adam_beta2,
-        bf16=bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}
-        if config.gradient_checkpointing
-        else None,
-        eval_strategy="steps" if eval_rows else "no",
-        eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        report_to=[],
-        remove_unused_columns=False,
-        deepspeed=str(ds_config) if ds_config else None,
-        use_cpu=not cuda,
-        disable_tqdm=False,
-        include_num_input_tokens_seen=True,
-    )
+    args = _training_arguments(config, checkpoints, bf16, cuda, bool(eval_rows), ds_config)
     model = _load_model(config, bf16)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    stop = _stop_file_callback(os.environ.get("T0_STOP_FILE"))
+    pad_id = tokenizer.pad_token_id
+    pad_id = pad_id if pad_id is not None else tokenizer.eos_token_id
+    stop = stop_file_callback(os.environ.get("T0_STOP_FILE"))
     trainer = Trainer(
         model=model,
         args=args,
@@ -483,11 +214,10 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
-    held = _gather_per_rank(_parameter_counts(model))
+    held = gather_per_rank(parameter_counts(model))
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
-
     result = TrainResult(
         final_dir=output_dir / "final",
         global_step=trainer.state.global_step,
@@ -503,16 +233,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         params_total=held[0][1],
         preempted=stop.stopped,
     )
-    tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or 0
-    result.tokens_per_second = round(tokens / seconds, 1) if seconds > 0 else 0.0
-    result.peak_memory_gb = _gather_per_rank(_peak_memory_gb(cuda))
-    for entry in trainer.state.log_history:
-        if "loss" in entry and not math.isnan(entry["loss"]):
-            result.train_loss.append((entry["step"], float(entry["loss"])))
-            if "learning_rate" in entry:
-                result.learning_rates.append((entry["step"], float(entry["learning_rate"])))
-        if "eval_loss" in entry:
-            result.eval_loss.append((entry["step"], float(entry["eval_loss"])))
+    _read_state(result, trainer.state, seconds, cuda)
     if stop.stopped:
         log.warning(
             "stopped at step %d with a checkpoint in %s; a re-run resumes from it",
@@ -520,28 +241,89 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
             checkpoints,
         )
         return result
-
     zero3 = ds_config is not None and trainer.is_deepspeed_enabled
     if not config.lora.enabled:
-        result.weights_digest = _gathered_digest(model, zero3, trainer.is_world_process_zero())
-    # every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint); rank
-    # 0 swaps it in
+        result.weights_digest = gathered_digest(model, zero3, trainer.is_world_process_zero())
+    _save_final(config, trainer, model, tokenizer, output_dir, result)
+    return result
+
+
+def _training_arguments(
+    config: TrainConfig,
+    checkpoints: Path,
+    bf16: bool,
+    cuda: bool,
+    evaluate: bool,
+    ds_config: Path | None,
+):
+    from transformers import TrainingArguments
+
+    checkpointing = config.gradient_checkpointing
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        bf16=bf16,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        deepspeed=str(ds_config) if ds_config else None,
+        use_cpu=not cuda,
+        disable_tqdm=False,
+        include_num_input_tokens_seen=True,
+    )
+
+
+def _read_state(result: TrainResult, state, seconds: float, cuda: bool) -> None:
+    """Throughput, memory per rank, and the loss and learning-rate curves from the trainer's log."""
+    tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+    result.tokens_per_second = round(tokens / seconds, 1) if seconds > 0 else 0.0
+    result.peak_memory_gb = gather_per_rank(peak_memory_gb(cuda))
+    for entry in state.log_history:
+        if "loss" in entry and not math.isnan(entry["loss"]):
+            result.train_loss.append((entry["step"], float(entry["loss"])))
+            if "learning_rate" in entry:
+                result.learning_rates.append((entry["step"], float(entry["learning_rate"])))
+        if "eval_loss" in entry:
+            result.eval_loss.append((entry["step"], float(entry["eval_loss"])))
+
+
+def _save_final(config: TrainConfig, trainer, model, tokenizer, output_dir: Path, result) -> None:
+    """Every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint);
+    rank 0 adds the tokenizer, model card and metrics and swaps ``final/`` in whole."""
     staging = output_dir / ".final.tmp"
     trainer.save_model(str(staging))
-    if trainer.is_world_process_zero():
-        if config.lora.enabled:
-            model.save_pretrained(str(staging))
-        tokenizer.save_pretrained(str(staging))
-        (staging / "README.md").write_text(model_card(config, result), encoding="utf-8")
-        old = output_dir / ".final.old"
-        if result.final_dir.exists():
-            result.final_dir.rename(old)
-        staging.rename(result.final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        metrics = result.metrics()
-        metrics["config"] = config.model_dump(mode="json")
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    return result
+    if not trainer.is_world_process_zero():
+        return
+    if config.lora.enabled:
+        model.save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    (staging / "README.md").write_text(model_card(config, result), encoding="utf-8")
+    old = output_dir / ".final.old"
+    if result.final_dir.exists():
+        result.final_dir.rename(old)
+    staging.rename(result.final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    metrics = result.metrics()
+    metrics["config"] = config.model_dump(mode="json")
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
 
 def model_card(config: TrainConfig, result: TrainResult) -> str:

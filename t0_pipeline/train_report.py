@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from t0_pipeline.config import TrainConfig
-from t0_pipeline.train import TrainResult, rank
+from t0_pipeline.train import TrainResult
+from t0_pipeline.train_ranks import rank
 
 
 def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any]:

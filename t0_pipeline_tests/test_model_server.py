@@ -201,7 +201,7 @@ def test_a_served_student_is_reached_with_its_own_tokenizer_and_the_server_stops
 
 def test_the_slurm_server_script_asks_for_the_sizes_gpus_and_passes_them_as_tensor_parallel_size():
     from t0_pipeline.cluster import load_profile, render_serve_sbatch
-    from t0_pipeline.model_server import slurm_command
+    from t0_pipeline.slurm_server import slurm_command
 
     plan = ServerPlan(
         name="qwen2.5-7b", checkpoint="Qwen/Qwen2.5-7B-Instruct", args=["--enable-prefix-caching"]

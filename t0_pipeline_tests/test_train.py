@@ -10,7 +10,8 @@ import pytest
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import SFTConfig, TrainConfig
 from t0_pipeline.sft import build_sft
-from t0_pipeline.train import IGNORE, tokenize_example, train
+from t0_pipeline.train import train
+from t0_pipeline.train_data import IGNORE, tokenize_example
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
 WORDS = (
@@ -501,7 +502,7 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     from t0_pipeline.cluster import prepare_env_dir
     from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
     from t0_pipeline.defs.training import build_student_checkpoint
-    from t0_pipeline.train import tensor_digest
+    from t0_pipeline.train_ranks import tensor_digest
 
     key = Path(os.environ.get("T0_CI_SSH_KEY", "/root/.ssh/t0_ci"))
     if not (_slurm_up() and key.exists()):

@@ -196,7 +196,8 @@ def train(
     One process, or one per GPU under torchrun (as the Slurm job script runs it).
     Reports to Dagster through Pipes when Dagster started it.
     """
-    from t0_pipeline.train import rank, run_train
+    from t0_pipeline.train import run_train
+    from t0_pipeline.train_ranks import rank
     from t0_pipeline.train_report import dagster_reporter
 
     cfg, paths = setup(

@@ -262,7 +262,7 @@ def job_log_dir(data_dir: str, size: str) -> str:
 def job_failure_message(size: str, error: str, rank_errors: str) -> str:
     """One clear error for a failed training job: the failing rank's error and last lines, else
     Slurm's reason."""
-    from t0_pipeline.train import parse_failures
+    from t0_pipeline.train_ranks import parse_failures
 
     failures = parse_failures(rank_errors)
     if failures:
@@ -350,17 +350,15 @@ class ModelServer(dg.ConfigurableResource):
     def _slurm_server(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], plan, log):
         from pathlib import Path
 
-        from t0_pipeline import model_server as ms
+        from t0_pipeline import slurm_server as slurm
         from t0_pipeline.cluster import job_spec, load_profile, render_serve_sbatch
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
         if size is None or size not in profile.sizes:
             raise T0Error(
                 f"site profile {profile.name!r} has no allocation for size {size!r} (the model "
-                "entry's size; "
-                "role servers run with ModelServer mode=local), so the server's GPUs are unknown; "
-                "it has "
-                f"{', '.join(profile.sizes)}."
+                "entry's size; role servers run with ModelServer mode=local), so the server's "
+                f"GPUs are unknown; it has {', '.join(profile.sizes)}."
             )
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         gpus = job_spec(profile, size, **overrides).gpus_per_node
@@ -370,15 +368,15 @@ class ModelServer(dg.ConfigurableResource):
             profile,
             size,
             name=plan.name,
-            command=ms.slurm_command(cfg.servers, plan, tp),
+            command=slurm.slurm_command(cfg.servers, plan, tp),
             tp=tp,
             log_dir=log_dir,
             time_limit=cfg.servers.time_limit,
             venv=self.venv,
             **overrides,
         )
-        shell = ms.Shell(self.ssh_host, self.ssh_user, self.ssh_port, self.ssh_key_path)
-        return ms.SlurmServer(
+        shell = slurm.Shell(self.ssh_host, self.ssh_user, self.ssh_port, self.ssh_key_path)
+        return slurm.SlurmServer(
             cfg.servers,
             plan,
             script,

@@ -40,7 +40,7 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("evaluator",),
     ),
     "sft_dataset": (("sft", "triage_prompt", "chat"), ("evaluator",)),
-    "student_checkpoint": (("train", "sft", "chat"), ()),
+    "student_checkpoint": (("train", "train_data", "train_ranks", "sft", "chat"), ()),
     "accuracy_report": (
         (
             "evaluate",

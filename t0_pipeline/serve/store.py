@@ -7,7 +7,8 @@ apart from its answer, so earlier thinking is never resent to a model; a user me
 ``pending`` while its turn runs and ``failed`` when it found no answer), and the two tables that
 make several server processes on one database behave as one: ``leases`` (who runs a thread's turn
 now, renewed while it runs and expiring if its process dies) and ``rate_buckets`` (token buckets,
-updated in one statement so that concurrent processes share them). Every method is one short
+updated in one statement so that concurrent processes share them; :mod:`~t0_pipeline.serve.leases`).
+The tables are defined in :mod:`~t0_pipeline.serve.schema`. Every method is one short
 transaction; callers in async code run them in a worker thread. JSON is the only serialisation used.
 A SQLite file is created readable by its owner only.
 """
@@ -26,81 +27,17 @@ from typing import Any
 import sqlalchemy as sa
 
 from t0_pipeline.artifacts import T0Error
-
-KEY_PREFIX = "t0k_"
-metadata = sa.MetaData()
-api_keys = sa.Table(
-    "api_keys",
+from t0_pipeline.serve.leases import SharedLimits
+from t0_pipeline.serve.schema import (
+    ADDED_COLUMNS,
+    KEY_PREFIX,
+    api_keys,
+    leases,
+    messages,
     metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    threads,
+    users,
 )
-threads = sa.Table(
-    "threads",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("owner", sa.String(32), nullable=False, index=True),
-    sa.Column("title", sa.String(200), nullable=False),
-    sa.Column("profile", sa.String(100), nullable=False),
-    sa.Column("demographics", sa.Text, nullable=False, default="{}"),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-messages = sa.Table(
-    "messages",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "thread_id",
-        sa.String(32),
-        sa.ForeignKey("threads.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column("role", sa.String(16), nullable=False),
-    sa.Column("content", sa.Text, nullable=False),
-    sa.Column("thinking", sa.Text, nullable=False, default=""),
-    sa.Column("sources", sa.Text, nullable=False, default="[]"),
-    sa.Column("search_query", sa.Text, nullable=True),
-    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
-    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column(
-        "status", sa.String(16), nullable=False, default="ok", server_default="ok"
-    ),  # ok | pending | failed
-    sa.Column(
-        "error", sa.Text, nullable=False, default="", server_default=""
-    ),  # why a turn failed (technical)
-)
-users = sa.Table(
-    "users",
-    metadata,
-    sa.Column("owner", sa.String(32), primary_key=True),
-    sa.Column("demographics", sa.Text, nullable=False, default="{}"),
-)
-leases = sa.Table(
-    "leases",
-    metadata,
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("holder", sa.String(64), nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
-)
-rate_buckets = sa.Table(
-    "rate_buckets",
-    metadata,
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("tokens", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column(
-        "allowed", sa.Integer, nullable=False, default=0
-    ),  # the last take's verdict, read back in its transaction
-)
-ADDED_COLUMNS = {
-    "messages": {"status": "VARCHAR(16) NOT NULL DEFAULT 'ok'", "error": "TEXT NOT NULL DEFAULT ''"}
-}
 
 
 class NotFound(Exception):
@@ -127,7 +64,7 @@ def _private_sqlite_file(url: sa.engine.URL) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
-class Store:
+class Store(SharedLimits):
     def __init__(self, url: str):
         try:
             self.engine = sa.create_engine(
@@ -432,79 +369,6 @@ class Store:
                     m["error"] or "the server stopped before this turn finished",
                 )
         return out
-
-    # --- leases: one holder at a time, across processes ------------------------------------
-    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        now = time.time()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    leases.insert().values(name=name, holder=holder, expires_at=now + ttl_s)
-                )
-            return True
-        # held, or left behind by a process that died: take it once it has expired
-        except sa.exc.IntegrityError:
-            with self.engine.begin() as conn:
-                return (
-                    conn.execute(
-                        leases.update()
-                        .where(leases.c.name == name, leases.c.expires_at < now)
-                        .values(holder=holder, expires_at=now + ttl_s)
-                    ).rowcount
-                    > 0
-                )
-
-    def renew_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    leases.update()
-                    .where(leases.c.name == name, leases.c.holder == holder)
-                    .values(expires_at=time.time() + ttl_s)
-                ).rowcount
-                > 0
-            )
-
-    def release_lease(self, name: str, holder: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
-
-    # --- rate limits shared by every process on this database -----------------------------
-    def take_token(self, name: str, per_minute: float, burst: int) -> float:
-        """Token bucket ``name``: 0 when a request may go now, else the seconds until one may."""
-        rate, burst = per_minute / 60.0, max(1, burst)
-        now = time.time()
-        with self.engine.begin() as conn:
-            refilled = rate_buckets.c.tokens + (now - rate_buckets.c.updated_at) * rate
-            capped = sa.case((refilled > burst, float(burst)), else_=refilled)
-            # one UPDATE reads and writes the row (every SET sees the old values): no lost update
-            # between processes
-            done = conn.execute(
-                rate_buckets.update()
-                .where(rate_buckets.c.name == name)
-                .values(
-                    allowed=sa.case((capped >= 1, 1), else_=0),
-                    tokens=sa.case((capped >= 1, capped - 1), else_=capped),
-                    updated_at=now,
-                )
-            ).rowcount
-            if done:
-                allowed, tokens = conn.execute(
-                    sa.select(rate_buckets.c.allowed, rate_buckets.c.tokens).where(
-                        rate_buckets.c.name == name
-                    )
-                ).one()
-                return 0.0 if allowed else (1 - tokens) / rate
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    rate_buckets.insert().values(
-                        name=name, tokens=burst - 1, updated_at=now, allowed=1
-                    )
-                )
-            return 0.0
-        except sa.exc.IntegrityError:  # another process created it first
-            return self.take_token(name, per_minute, burst)
 
     def close(self) -> None:
         self.engine.dispose()
