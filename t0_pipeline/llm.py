@@ -19,18 +19,18 @@ provider works: a local vLLM or Ollama OpenAI-compatible server (``openai/<name>
   table, or per-token prices set on the role for self-hosted models).
 
 The parts live beside it: :mod:`t0_pipeline.llm_calls` (one call, replies, accounting, endpoint
-errors), :mod:`t0_pipeline.llm_cache`, :mod:`t0_pipeline.llm_json` (tools, schemas, parsing) and
-:mod:`t0_pipeline.thinking`.
+errors), :mod:`t0_pipeline.llm_batch` (many calls, endpoint faults, the failure budget),
+:mod:`t0_pipeline.llm_stream` (streamed answers), :mod:`t0_pipeline.llm_cache`,
+:mod:`t0_pipeline.llm_json` (tools, schemas, parsing) and :mod:`t0_pipeline.thinking`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -38,30 +38,26 @@ from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import LLMConfig, RoleConfig
+from t0_pipeline.llm_batch import BatchRunner
 from t0_pipeline.llm_cache import LLMCache, cache_key
 from t0_pipeline.llm_calls import (
     RETRYABLE,
     EndpointError,
     LLMReply,
-    ModelCallError,
     Usage,
     attempt_once,
-    endpoint_trouble,
-    exception_chain,
     litellm_module,
-    retry_after_of,
-    short_error,
 )
 from t0_pipeline.llm_json import json_schema_format, parse_json
+from t0_pipeline.llm_stream import Streaming
 from t0_pipeline.retry import RetryPolicy
-from t0_pipeline.thinking import ThinkSplitter, split_thinking
+from t0_pipeline.thinking import split_thinking
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
-class LLMClient:
+class LLMClient(BatchRunner, Streaming):
     """Calls for one role, sharing a cache, a concurrency cap and a rate limit."""
 
     def __init__(
@@ -78,9 +74,8 @@ class LLMClient:
                 "the config."
             )
         self.role = role
-        self.setting = (
-            setting or f"llm.roles.{role}"
-        )  # where a user fixes this model's endpoint (for messages)
+        # where a user fixes this model's endpoint (for messages)
+        self.setting = setting or f"llm.roles.{role}"
         # inside run(): an endpoint failure stops every item (see check_endpoint)
         self._batch = False
         self._fatal: EndpointError | None = None
@@ -249,84 +244,6 @@ class LLMClient:
         except ImportError:
             pass
 
-    async def stream(
-        self,
-        messages: Sequence[dict[str, Any]],
-        think_tags: tuple[str, str] = ("<think>", "</think>"),
-    ) -> AsyncIterator[tuple[str, Any]]:
-        """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then
-        ("usage", dict).
-
-        Thinking is recognised in ``reasoning_content`` deltas and between inline ``think_tags``.
-        Connection failures before the first piece are retried like :meth:`complete`; a failure
-        raises :class:`T0Error` with one line naming the model and endpoint.
-        """
-        litellm = litellm_module()
-        self.start()
-        s = self.settings
-        kwargs = {
-            **self._kwargs(messages, None, s.seed),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        response = None
-        for attempt in range(1, self.retry.max_attempts + 1):
-            self.usage.requests += 1
-            try:
-                response = await litellm.acompletion(**kwargs)
-                break
-            except Exception as exc:  # litellm maps provider errors onto its own exception types
-                kind = type(exc).__name__
-                if kind not in RETRYABLE or not self.retry.another(attempt):
-                    self.usage.failures += 1
-                    first = str(exc).splitlines()[0][:200] if str(exc) else kind
-                    raise ModelCallError(
-                        f"{self.role} model {s.model} at {s.api_base or 'the provider default'} "
-                        "failed "
-                        f"({kind}: {first.replace('litellm.', '')}); check that the server is up.",
-                        endpoint_trouble(
-                            kind, getattr(exc, "status_code", None), exception_chain(exc)
-                        ),
-                    ) from None
-                self.usage.retries += 1
-                await asyncio.sleep(self.retry.delay(attempt, retry_after_of(exc)))
-        splitter = ThinkSplitter(*think_tags)
-        usage: dict[str, int] = {}
-        chunks = aiter(response)  # type: ignore[arg-type]
-        while True:
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            except Exception as exc:  # the stream broke part-way (connection lost, provider error)
-                self.usage.failures += 1
-                first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                raise ModelCallError(
-                    f"{self.role} model {s.model} stopped mid-answer ({type(exc).__name__}: "
-                    f"{first.replace('litellm.', '')}); ask again.",
-                    "interrupted",
-                ) from None
-            if getattr(chunk, "usage", None):
-                usage = {
-                    "prompt_tokens": int(chunk.usage.prompt_tokens or 0),
-                    "completion_tokens": int(chunk.usage.completion_tokens or 0),
-                }
-            if not chunk.choices:
-                continue
-            delta = chunk.choices[0].delta
-            reasoning = getattr(delta, "reasoning_content", None)
-            if reasoning:
-                yield "thinking", reasoning
-            if delta.content:
-                for piece in splitter.feed(delta.content):
-                    yield piece
-        for piece in splitter.flush():
-            yield piece
-        self.usage.completed += 1
-        self.usage.prompt_tokens += usage.get("prompt_tokens", 0)
-        self.usage.completion_tokens += usage.get("completion_tokens", 0)
-        yield "usage", usage
-
     async def cached(
         self,
         key: str,
@@ -362,77 +279,6 @@ class LLMClient:
                     if k not in ("cached", "attempts", "error")
                 },
             )
-
-    # --- the endpoint as a whole ----------------------------------------------------------
-    def where(self) -> str:
-        return self.settings.api_base or "the provider's default endpoint"
-
-    def endpoint_ok(self) -> None:
-        self._down_since = None
-
-    def check_endpoint(self, trouble: str | None, detail: str) -> None:
-        """After a failed attempt inside a batch: raise :class:`EndpointError` when the endpoint,
-        not the item, is at fault (key refused, model not served, nothing answering for
-        ``llm.unreachable_after_s``)."""
-        if not self._batch:
-            return
-        if self._fatal is None:
-            s, detail = self.settings, short_error(detail)
-            if trouble == "auth":
-                key = f"${s.api_key_env}" if s.api_key_env else "an API key"
-                self._fatal = EndpointError(
-                    f"{self.role}: {self.where()} refused the API key ({detail}); set {key} to a "
-                    "valid key "
-                    f"({self.setting}.api_key_env names the variable)."
-                )
-            elif trouble == "not_found":
-                self._fatal = EndpointError(
-                    f"{self.role}: {self.where()} does not serve {s.served_name!r} ({detail}); fix "
-                    f"{self.setting}.model "
-                    "or serve the model under that name."
-                )
-            elif trouble == "unreachable":
-                self._last_unreachable = detail
-                now = time.monotonic()
-                self._down_since = self._down_since or now
-                if now - self._down_since >= self.config.unreachable_after_s:
-                    self._fatal = self._unreachable(detail)
-        if self._fatal is not None:
-            raise self._fatal
-
-    def _unreachable(self, detail: str) -> EndpointError:
-        return EndpointError(
-            f"{self.role}: nothing answers at {self.where()} ({detail}) for "
-            f"{time.monotonic() - (self._down_since or time.monotonic()):.0f} s; start the model "
-            "server "
-            f"there or fix {self.setting}.api_base. Successful calls are cached: a re-run resumes."
-        )
-
-    def check_failure_budget(self) -> None:
-        """Stop a batch in which more than ``llm.max_failure_share`` of the finished calls
-        failed."""
-        u = self.usage
-        finished = (
-            u.completed + u.cache_hits + u.failures - u.repairs
-        )  # a repaired reply is one answer, not two
-        failed = u.failures + u.invalid_json
-        if (
-            finished < self.config.failure_budget_min_calls
-            or failed <= self.config.max_failure_share * finished
-        ):
-            return
-        # the failures are the endpoint's: say that, not "N calls failed"
-        if self._down_since is not None:
-            raise self._unreachable(self._last_unreachable)
-        common = max(u.errors, key=u.errors.get) if u.errors else "error"
-        raise T0Error(
-            f"{self.role}: {failed} of {finished} calls to {self.settings.model} at {self.where()} "
-            "failed "
-            f"(most often {common}; first: {short_error(u.first_error or '')[:200]}), over the "
-            f"failure budget llm.max_failure_share={self.config.max_failure_share:g}; stopped. "
-            "Successful "
-            "calls are cached: fix the cause and re-run."
-        )
 
     async def _call_with_retries(self, kwargs: dict[str, Any]) -> LLMReply:
         slots = self._loop_state()
@@ -530,97 +376,3 @@ class LLMClient:
         else:
             self.store(self._request(messages, seed=seed, response_format=fmt)[0], second)
         return parsed, second
-
-    # --- many calls ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def stage(self, name: str, total: int) -> Iterator[None]:
-        """Count the :meth:`run` calls (rounds) inside as one stage: one bar and one done/total in
-        progress lines."""
-        from tqdm.auto import tqdm
-
-        self._stage, self._done = (name, total), 0
-        self._bar = tqdm(total=total, desc=name, unit="item", leave=False)
-        try:
-            yield
-        finally:
-            self._bar.close()
-            self._bar, self._stage = None, None
-
-    def grow_stage(self, more: int) -> None:
-        """The stage has ``more`` items than planned (a top-up round)."""
-        if self._stage is not None:
-            self._stage = (self._stage[0], self._stage[1] + more)
-            self._bar.total = self._stage[1]  # type: ignore[union-attr]
-
-    def run(
-        self,
-        items: Sequence[T],
-        call: Callable[[T], Awaitable[Any]],
-        desc: str,
-        progress: Callable[[str], None] | None = None,
-    ) -> list[Any]:
-        """Run ``call`` over ``items`` concurrently (bounded); results in input order, with a
-        progress bar.
-
-        The batch stops with one error as soon as the endpoint is found unusable
-        (:meth:`check_endpoint`) or the failure budget is spent (:meth:`check_failure_budget`); the
-        calls still in flight are cancelled.
-        """
-        return asyncio.run(self.arun(items, call, desc, progress))
-
-    async def arun(
-        self,
-        items: Sequence[T],
-        call: Callable[[T], Awaitable[Any]],
-        desc: str,
-        progress: Callable[[str], None] | None = None,
-    ) -> list[Any]:
-        from tqdm.auto import tqdm
-
-        results: list[Any] = [None] * len(items)
-        own_bar = self._bar is None
-        bar = tqdm(total=len(items), desc=desc, unit="item", leave=False) if own_bar else self._bar
-        name, total = self._stage if self._stage else (desc, len(items))
-        step = max(1, total // 10)
-
-        async def one(i: int, item: T) -> None:
-            results[i] = await call(item)
-
-        # the semaphore inside complete() bounds HTTP concurrency; this bounds tasks in flight
-        gate = asyncio.Semaphore(max(1, self.config.concurrency * 2))
-
-        async def gated(i: int, item: T) -> None:
-            async with gate:
-                await one(i, item)
-
-        if self.config.requests_per_minute and not self._rehearsed:
-            # litellm's first call sets itself up on the event loop (~0.2 s), holding back the
-            # requests paced behind it so that they leave together: done before the clock starts
-            await self.rehearse()
-            self._rehearsed = True
-        self._batch, self._fatal, self._down_since = True, None, None
-        if own_bar:
-            self._done = 0
-        tasks = [asyncio.ensure_future(gated(i, item)) for i, item in enumerate(items)]
-        try:
-            for fut in asyncio.as_completed(tasks):
-                await fut
-                self._done += 1
-                bar.update(1)
-                bar.set_postfix(
-                    cached=self.usage.cache_hits, failed=self.usage.failures, refresh=False
-                )
-                if progress and (self._done % step == 0 or self._done == total):
-                    progress(
-                        f"{name}: {self._done}/{total} ({self.usage.cache_hits} cached, "
-                        f"{self.usage.failures} failed)"
-                    )
-                self.check_failure_budget()
-        finally:
-            self._batch = False
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if own_bar:
-                bar.close()
-        return results
