@@ -26,13 +26,13 @@ their scores and only their titles (or "inconclusive") are allowed. Each call is
 is new. Empty replies, unparsable answers, conditions outside the allowed list, severities
 outside the three and timeouts are counted in the notes; the run always completes.
 
+The queries and prompts come from :mod:`t0_pipeline.eval_cases`.
+
 Run it: ``t0 evaluate --model NAME`` then ``t0 accuracy-report``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,19 +41,18 @@ import polars as pl
 
 from t0_pipeline import triage_prompt
 from t0_pipeline.accuracy_tables import fmt, model_table
-from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, read_records, write_json
+from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_json
 from t0_pipeline.config import (
     DataPaths,
     EvalModelConfig,
     EvaluationConfig,
     PipelineConfig,
 )
-from t0_pipeline.demographics import demographics_text
+from t0_pipeline.eval_cases import build_cases, load_queries_for, queries_hash
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
-from t0_pipeline.predictors import Case, make_predictor
+from t0_pipeline.predictors import make_predictor
 from t0_pipeline.scoring import (
-    normalise_severity,
     score,
     summarise_runs,
 )
@@ -97,80 +96,6 @@ PREDICTION_SCHEMA = {
 }
 
 
-# --- queries and cases --------------------------------------------------------------------
-def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """(queries, records skipped) from a query file; a record without text, condition or a valid
-    disposition is skipped."""
-    queries, skipped = [], 0
-    for i, rec in enumerate(read_records(path), start=1):
-        slug = rec.get("slug") or rec.get("condition")
-        slug = slug[0] if isinstance(slug, list) and slug else slug
-        severity = normalise_severity(rec.get("disposition"))
-        text = rec.get("query")
-        if not (isinstance(text, str) and text.strip() and isinstance(slug, str) and severity):
-            skipped += 1
-            continue
-        queries.append(
-            {
-                "id": str(rec.get("id") or f"q{i:05d}"),
-                "query": text.strip(),
-                "slug": slug,
-                "disposition": severity,
-                "query_type": rec.get("query_type") or "unspecified",
-                "demographics": demographics_text(rec),
-            }
-        )
-    return queries, skipped
-
-
-def queries_hash(queries: list[dict[str, Any]]) -> str:
-    payload = json.dumps(
-        [[q["id"], q["query"], q["slug"], q["disposition"]] for q in queries], ensure_ascii=False
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def build_cases(
-    queries: list[dict[str, Any]],
-    k: int,
-    titles: dict[str, str],
-    ranked: list[list[tuple[str, float]]] | None,
-    docs: dict[str, dict] | None,
-    sections: dict[str, str],
-    answer_format: str,
-) -> list[Case]:
-    """The prompt for every query at one k (``ranked``/``docs`` from the retriever when k > 0)."""
-    cases = []
-    every_condition = (
-        triage_prompt.with_condition_list(sections, list(titles.values())) if k == 0 else ""
-    )
-    for i, q in enumerate(queries):
-        if k == 0:
-            retrieved, allowed, context = None, titles, every_condition
-        else:
-            hits = ranked[i]  # type: ignore[index]
-            retrieved = [slug for slug, _ in hits]
-            allowed = {slug: titles.get(slug, docs[slug]["title"]) for slug in retrieved}  # type: ignore[index]
-            context = triage_prompt.with_documents(
-                sections,
-                [allowed[s] for s in retrieved],
-                [float(x) for _, x in hits],
-                [docs[s]["text"] for s in retrieved],
-            )  # type: ignore[index]
-        cases.append(
-            Case(
-                q,
-                k,
-                retrieved,
-                allowed,
-                triage_prompt.messages(
-                    sections, context, q["demographics"], q["query"], answer_format
-                ),
-            )
-        )
-    return cases
-
-
 # --- predictors ---------------------------------------------------------------------------
 def status_notes(status_counts: dict[str, int], skipped: int = 0, n_queries: int = 1) -> list[str]:
     notes = [
@@ -206,9 +131,8 @@ def evaluate_model(
     runs = 1 if deterministic or greedy else config.runs
     seeds = [config.seed + r for r in range(runs)]
     rows: list[dict[str, Any]] = []
-    with client.stage(
-        f"evaluate {name}", len(ks) * len(seeds) * len(queries)
-    ):  # one bar and count for every k
+    # one bar and count for every k
+    with client.stage(f"evaluate {name}", len(ks) * len(seeds) * len(queries)):
         for k in ks:
             rows += _predict_at_k(
                 name,
@@ -233,8 +157,25 @@ def evaluate_model(
             stats["gold_retrieved_rate"] = float(sub["gold_retrieved"].mean())
         stats["notes"] = status_notes(stats.get("status_counts", {}), 0, len(queries))
         by_k[str(k)] = stats
+    summary = _summary(name, settings, queries, prompt_hash, seeds, ks, by_k, df)
+    if greedy and config.runs > 1:
+        summary["notes"].append("greedy decoding (temperature 0): one run, not repeated")
+    summary["usage"] = client.usage.as_dict()
+    return df, summary
+
+
+def _summary(
+    name: str,
+    settings: EvalModelConfig,
+    queries: list[dict[str, Any]],
+    prompt_hash: str,
+    seeds: list[int],
+    ks: list[int],
+    by_k: dict[str, Any],
+    df: pl.DataFrame,
+) -> dict[str, Any]:
     status_counts = dict(df.group_by("status").len().iter_rows()) if df.height else {}
-    summary = {
+    return {
         "model": name,
         "model_id": settings.model,
         "backend": settings.backend,
@@ -245,20 +186,44 @@ def evaluate_model(
         "queries": len(queries),
         "queries_hash": queries_hash(queries),
         "prompt_hash": prompt_hash,
-        "runs": runs,
+        "runs": len(seeds),
         "seeds": seeds,
         "ks": ks,
         "by_k": by_k,
         "status_counts": status_counts,
-        "notes": status_notes(status_counts, 0, len(queries))
-        + (
-            ["greedy decoding (temperature 0): one run, not repeated"]
-            if greedy and config.runs > 1
-            else []
-        ),
-        "usage": client.usage.as_dict(),
+        "notes": status_notes(status_counts, 0, len(queries)),
     }
-    return df, summary
+
+
+def _prediction_row(name: str, k: int, run: int, seed: int, case, answer, prompt_hash: str):
+    """One prediction's row of ``predictions.parquet`` (see :data:`PREDICTION_SCHEMA`)."""
+    q, pred = case.query, answer.prediction
+    scored = score(pred, q["slug"], q["disposition"], case.retrieved)
+    return {
+        "model": name,
+        "k": k,
+        "run": run,
+        "seed": seed,
+        "query_id": q["id"],
+        "query_type": q["query_type"],
+        "gold_slug": q["slug"],
+        "gold_severity": q["disposition"],
+        "retrieved_slugs": case.retrieved,
+        "gold_retrieved": None if case.retrieved is None else q["slug"] in case.retrieved,
+        "pred_condition": pred.condition,
+        "pred_severity": pred.severity,
+        "status": pred.status,
+        "condition_correct": scored["condition_correct"],
+        "disposition_correct": scored["disposition_correct"],
+        "severity_error": scored["severity_error"],
+        "thinking": answer.thinking,
+        "answer": pred.raw,
+        "error": answer.error,
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "cached": answer.cached,
+        "prompt_hash": prompt_hash,
+    }
 
 
 def _predict_at_k(
@@ -294,58 +259,10 @@ def _predict_at_k(
         return await predictor.predict(item[2], item[1])
 
     answers = client.run(items, one, f"{name} k={k}", progress) if items else []
-    rows = []
-    for (run, seed, case), answer in zip(items, answers):
-        q, pred = case.query, answer.prediction
-        scored = score(pred, q["slug"], q["disposition"], case.retrieved)
-        rows.append(
-            {
-                "model": name,
-                "k": k,
-                "run": run,
-                "seed": seed,
-                "query_id": q["id"],
-                "query_type": q["query_type"],
-                "gold_slug": q["slug"],
-                "gold_severity": q["disposition"],
-                "retrieved_slugs": case.retrieved,
-                "gold_retrieved": None if case.retrieved is None else q["slug"] in case.retrieved,
-                "pred_condition": pred.condition,
-                "pred_severity": pred.severity,
-                "status": pred.status,
-                "condition_correct": scored["condition_correct"],
-                "disposition_correct": scored["disposition_correct"],
-                "severity_error": scored["severity_error"],
-                "thinking": answer.thinking,
-                "answer": pred.raw,
-                "error": answer.error,
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens,
-                "cached": answer.cached,
-                "prompt_hash": prompt_hash,
-            }
-        )
-    return rows
-
-
-def eval_queries_path(paths: DataPaths, config: EvaluationConfig) -> Path:
-    return Path(config.queries) if config.queries is not None else paths.synthetic_queries("eval")
-
-
-def load_queries_for(
-    paths: DataPaths, config: EvaluationConfig
-) -> tuple[list[dict[str, Any]], int]:
-    source = eval_queries_path(paths, config)
-    if not source.exists():
-        raise T0Error(
-            f"no evaluation queries at {source}; run `t0 synth-queries` (or materialise "
-            "synthetic_queries), "
-            "or set evaluation.queries / --queries to a .jsonl with query, slug and disposition."
-        )
-    queries, skipped = load_eval_queries(source)
-    if config.max_queries is not None:
-        queries = queries[: config.max_queries]
-    return queries, skipped
+    return [
+        _prediction_row(name, k, run, seed, case, answer, prompt_hash)
+        for (run, seed, case), answer in zip(items, answers)
+    ]
 
 
 def model_settings(config: EvaluationConfig, name: str) -> EvalModelConfig:

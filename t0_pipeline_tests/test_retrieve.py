@@ -7,8 +7,9 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths
+from t0_pipeline.dense_search import ExactChunks, best_chunk_per_doc
 from t0_pipeline.embed import encode_queries
-from t0_pipeline.retrieve import ExactChunks, Retriever, best_chunk_per_doc, reciprocal_rank_fusion
+from t0_pipeline.retrieve import Retriever, reciprocal_rank_fusion
 
 
 def test_rrf_fuses_by_reciprocal_rank():

@@ -30,10 +30,10 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "summary_bm25": (("index",), ()),
     "eval_queries": (("retrieval_eval",), ()),
     "retriever_model": (("tune_retriever", "retrieval_eval"), ()),
-    "retrieval_report": (("retrieval_eval", "retrieve"), ()),
+    "retrieval_report": (("retrieval_eval", "retrieve", "dense_search"), ()),
     "llm_summaries": (("summarise",), ("summarise",)),
     "llm_summary_index": (("index", "chunk", "embed"), ()),
-    "summary_comparison": (("retrieval_eval", "retrieve"), ()),
+    "summary_comparison": (("retrieval_eval", "retrieve", "dense_search"), ()),
     "synthetic_queries": (("synth", "demographics"), ("query_writer",)),
     "reasoning_traces": (
         ("traces", "triage_prompt", "chat", "demographics", "scoring"),
@@ -44,6 +44,7 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "accuracy_report": (
         (
             "evaluate",
+            "eval_cases",
             "predictors",
             "scoring",
             "budget",

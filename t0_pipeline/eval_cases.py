@@ -1,0 +1,111 @@
+"""The accuracy evaluation's inputs: the query set (any .jsonl/.json/.parquet with ``query``,
+``slug`` or ``condition``, ``disposition``; records without them skipped and counted), its hash (so
+that only results on the same queries are compared), and the triage prompt of every query at one
+k (every condition listed at k = 0, the k retrieved documents otherwise)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from t0_pipeline import triage_prompt
+from t0_pipeline.artifacts import T0Error, read_records
+from t0_pipeline.config import DataPaths, EvaluationConfig
+from t0_pipeline.demographics import demographics_text
+from t0_pipeline.predictors import Case
+from t0_pipeline.scoring import normalise_severity
+
+
+def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(queries, records skipped) from a query file; a record without text, condition or a valid
+    disposition is skipped."""
+    queries, skipped = [], 0
+    for i, rec in enumerate(read_records(path), start=1):
+        slug = rec.get("slug") or rec.get("condition")
+        slug = slug[0] if isinstance(slug, list) and slug else slug
+        severity = normalise_severity(rec.get("disposition"))
+        text = rec.get("query")
+        if not (isinstance(text, str) and text.strip() and isinstance(slug, str) and severity):
+            skipped += 1
+            continue
+        queries.append(
+            {
+                "id": str(rec.get("id") or f"q{i:05d}"),
+                "query": text.strip(),
+                "slug": slug,
+                "disposition": severity,
+                "query_type": rec.get("query_type") or "unspecified",
+                "demographics": demographics_text(rec),
+            }
+        )
+    return queries, skipped
+
+
+def queries_hash(queries: list[dict[str, Any]]) -> str:
+    payload = json.dumps(
+        [[q["id"], q["query"], q["slug"], q["disposition"]] for q in queries], ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def build_cases(
+    queries: list[dict[str, Any]],
+    k: int,
+    titles: dict[str, str],
+    ranked: list[list[tuple[str, float]]] | None,
+    docs: dict[str, dict] | None,
+    sections: dict[str, str],
+    answer_format: str,
+) -> list[Case]:
+    """The prompt for every query at one k (``ranked``/``docs`` from the retriever when k > 0)."""
+    cases = []
+    every_condition = (
+        triage_prompt.with_condition_list(sections, list(titles.values())) if k == 0 else ""
+    )
+    for i, q in enumerate(queries):
+        if k == 0:
+            retrieved, allowed, context = None, titles, every_condition
+        else:
+            hits = ranked[i]  # type: ignore[index]
+            retrieved = [slug for slug, _ in hits]
+            allowed = {slug: titles.get(slug, docs[slug]["title"]) for slug in retrieved}  # type: ignore[index]
+            context = triage_prompt.with_documents(
+                sections,
+                [allowed[s] for s in retrieved],
+                [float(x) for _, x in hits],
+                [docs[s]["text"] for s in retrieved],  # type: ignore[index]
+            )
+        cases.append(
+            Case(
+                q,
+                k,
+                retrieved,
+                allowed,
+                triage_prompt.messages(
+                    sections, context, q["demographics"], q["query"], answer_format
+                ),
+            )
+        )
+    return cases
+
+
+def eval_queries_path(paths: DataPaths, config: EvaluationConfig) -> Path:
+    return Path(config.queries) if config.queries is not None else paths.synthetic_queries("eval")
+
+
+def load_queries_for(
+    paths: DataPaths, config: EvaluationConfig
+) -> tuple[list[dict[str, Any]], int]:
+    source = eval_queries_path(paths, config)
+    if not source.exists():
+        raise T0Error(
+            f"no evaluation queries at {source}; run `t0 synth-queries` (or materialise "
+            "synthetic_queries), or set evaluation.queries / --queries to a .jsonl with query, "
+            "slug and disposition."
+        )
+    queries, skipped = load_eval_queries(source)
+    if config.max_queries is not None:
+        queries = queries[: config.max_queries]
+    return queries, skipped
