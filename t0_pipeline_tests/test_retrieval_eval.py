@@ -83,7 +83,7 @@ def test_agent_search_queries_are_scored_beside_the_queries_as_written(built, em
     were rewritten."""
     from t0_pipeline.config import RoleConfig
     from t0_pipeline.llm_cache import LLMCache
-    from t0_pipeline.serve.agent import agent_search_queries
+    from t0_pipeline.serve.agent_search import agent_search_queries
     from t0_pipeline_tests.fake_llm import FakeLLM
     from t0_pipeline_tests.serving import script
 

@@ -278,7 +278,7 @@ def eval_retrieval(
     rewritten = None
     if ev.rewrite_with:
         from t0_pipeline.llm_cache import LLMCache
-        from t0_pipeline.serve.agent import agent_search_queries, search_query_roles
+        from t0_pipeline.serve.agent_search import agent_search_queries, search_query_roles
 
         queries_list = scored_queries(paths, ev)
         with serve_roles(cfg, paths, *search_query_roles(cfg, ev.rewrite_with)) as served:

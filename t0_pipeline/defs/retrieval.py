@@ -266,7 +266,7 @@ def retrieval_report(
     rewritten, counts = None, {}
     if cfg.retrieval_eval.rewrite_with:
         from t0_pipeline.llm_cache import LLMCache
-        from t0_pipeline.serve.agent import agent_search_queries, search_query_roles
+        from t0_pipeline.serve.agent_search import agent_search_queries, search_query_roles
 
         roles = search_query_roles(cfg, cfg.retrieval_eval.rewrite_with)
         with context.resources.model_server.roles(cfg, paths, roles, context.log.info) as served:

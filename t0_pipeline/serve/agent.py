@@ -17,8 +17,6 @@ plain sentence for the person, and the technical detail for whoever runs the ser
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,22 +29,11 @@ from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
 from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_calls import ModelCallError
-from t0_pipeline.llm_json import function_tool
 from t0_pipeline.prompts import load_sections, render
-
-SEARCH_TOOL_NAME = "search_health_information"
-SEARCH_TOOL = function_tool(
-    SEARCH_TOOL_NAME,
-    "Search the health information pages for documents relevant to the person's problem.",
-    {
-        "query": {
-            "type": "string",
-            "description": "A short search query written from the whole conversation.",
-        }
-    },
+from t0_pipeline.serve.agent_search import (
+    SEARCH_TOOL,
+    search_query,
 )
-SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
-
 
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
 PLAIN = {
@@ -217,9 +204,8 @@ class ChatService:
         return documents
 
     async def _search(self, profile: ServeProfile, query: str) -> list[Any]:
-        def search() -> list[
-            Any
-        ]:  # the retriever is opened (and its models loaded) on that thread too
+        # the retriever is opened (and its models loaded) on that thread too
+        def search() -> list[Any]:
             return self.retriever(profile).search(query, profile.k, profile.mode)
 
         return await asyncio.get_running_loop().run_in_executor(self._retrieval, search)
@@ -232,12 +218,42 @@ class ChatService:
         demographics: dict[str, Any],
     ) -> AsyncIterator[tuple[str, Any]]:
         profile = self.profile(profile_name)
-        budget = self.cfg.serve.context_tokens
         result = Turn()
-        started = time.perf_counter()
         new = {"role": "user", "content": text}
+        reply = await self._ask_agent(profile, history, new, result)
+        query = search_query(reply, text)
+        if query is None:  # a direct answer: greetings, thanks, small talk
+            result.answer = reply.content.strip()
+            yield "answer", result.answer
+            yield "done", result
+            return
+        result.search_query = query
+        yield "search", query
+        hits = await self._retrieve(profile, query, result)
+        yield "sources", result.sources
+        system = render(
+            self.reasoner_prompts["system"],
+            "reasoner",
+            search_query=query,
+            documents=documents_block(
+                [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
+            ),
+            demographics=demographics_text(demographics),
+        )
+        budget = self.cfg.serve.context_tokens
+        messages = fit_history(
+            {"role": "system", "content": system}, history, new, budget, self.count
+        )
+        async for event in self._reason(profile, messages, result):
+            yield event
+        yield "done", result
+
+    async def _ask_agent(self, profile: ServeProfile, history, new: dict, result: Turn):
+        """The agent's reply to the conversation so far (a tool call, a search line, an answer)."""
+        started = time.perf_counter()
         agent = self.client(profile.agent)
         system = self.agent_prompts["system" if profile.agent_tools else "system_no_tools"]
+        budget = self.cfg.serve.context_tokens
         reply = await agent.complete(
             fit_history({"role": "system", "content": system}, history, new, budget, self.count),
             tools=[SEARCH_TOOL] if profile.agent_tools else None,
@@ -251,49 +267,33 @@ class ChatService:
         result.prompt_tokens += reply.prompt_tokens
         result.completion_tokens += reply.completion_tokens
         result.timings_ms["agent"] = (time.perf_counter() - started) * 1000
-        query = self._search_query(reply, text, profile)
-        if query is None:  # a direct answer: greetings, thanks, small talk
-            result.answer = reply.content.strip()
-            yield "answer", result.answer
-            yield "done", result
-            return
-        result.search_query = query
-        yield "search", query
-        t0 = time.perf_counter()
+        return reply
+
+    async def _retrieve(self, profile: ServeProfile, query: str, result: Turn) -> list[Any]:
+        started = time.perf_counter()
         try:
             hits = await self._search(profile, query)
         except T0Error as exc:
-            raise TurnFailed(
-                "search", f"search of the {profile.index!r} index failed: {exc}"
-            ) from None
-        result.timings_ms["retrieval"] = (time.perf_counter() - t0) * 1000
+            detail = f"search of the {profile.index!r} index failed: {exc}"
+            raise TurnFailed("search", detail) from None
+        result.timings_ms["retrieval"] = (time.perf_counter() - started) * 1000
         result.sources = [
             {"slug": h.slug, "title": h.title, "url": h.url, "score": round(float(h.score), 4)}
             for h in hits
         ]
-        yield "sources", result.sources
-        documents = documents_block(
-            [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
-        )
-        system = render(
-            self.reasoner_prompts["system"],
-            "reasoner",
-            search_query=query,
-            documents=documents,
-            demographics=demographics_text(demographics),
-        )
-        messages = fit_history(
-            {"role": "system", "content": system}, history, new, budget, self.count
-        )
-        t0 = time.perf_counter()
+        return hits
+
+    async def _reason(
+        self, profile: ServeProfile, messages: list[dict[str, str]], result: Turn
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """The reasoner's thinking and answer pieces as they come (streamed, or budget-forced)."""
+        started = time.perf_counter()
         thinking, answer = [], []
-        pieces = (
-            self._budget_forced(profile, messages)
-            if profile.budget
-            else self.client(profile.reasoner).stream(
-                messages, (profile.think_open, profile.think_close)
-            )
-        )
+        if profile.budget:
+            pieces = self._budget_forced(profile, messages)
+        else:
+            tags = (profile.think_open, profile.think_close)
+            pieces = self.client(profile.reasoner).stream(messages, tags)
         try:
             async for kind, piece in pieces:
                 if kind == "usage":
@@ -306,9 +306,8 @@ class ChatService:
             raise TurnFailed(exc.trouble, str(exc)) from None
         except T0Error as exc:
             raise TurnFailed(None, str(exc)) from None
-        result.timings_ms["reasoner"] = (time.perf_counter() - t0) * 1000
+        result.timings_ms["reasoner"] = (time.perf_counter() - started) * 1000
         result.thinking, result.answer = "".join(thinking).strip(), "".join(answer).strip()
-        yield "done", result
 
     async def _budget_forced(
         self, profile: ServeProfile, messages: list[dict[str, str]]
@@ -345,63 +344,3 @@ class ChatService:
             yield "thinking", gen.thinking
         yield "answer", gen.answer
         yield "usage", {"completion_tokens": gen.thinking_tokens}
-
-    @staticmethod
-    def _search_query(reply, text: str, profile: ServeProfile) -> str | None:
-        for call in reply.tool_calls:
-            if call.get("name") == SEARCH_TOOL_NAME:
-                try:
-                    args = json.loads(call.get("arguments") or "{}")
-                except json.JSONDecodeError:
-                    args = {}
-                query = args.get("query") if isinstance(args, dict) else None
-                return (
-                    query.strip() if isinstance(query, str) and query.strip() else text
-                )  # bad arguments: the message
-        match = SEARCH_LINE.search(reply.content or "")
-        if match:  # the text protocol (also accepted from tool-calling models that wrote it out)
-            return match.group(1)
-        return None
-
-
-def search_query_roles(cfg: PipelineConfig, profile_name: str) -> list[str]:
-    """The LLM role that writes serve profile ``profile_name``'s search queries (to start its server
-    first)."""
-    profile = cfg.serve.profiles.get(profile_name)
-    return [profile.agent] if profile else []
-
-
-def agent_search_queries(
-    cfg: PipelineConfig, profile_name: str, texts: list[str], cache=None, progress=None
-) -> tuple[list[str], dict[str, int]]:
-    """What the agent of serve profile ``profile_name`` searches for when each text opens a
-    conversation: the same system prompt, tool and parsing as a served turn. A text the agent
-    answers without searching, or a failed call, keeps its own words. Returns (queries, counts of
-    rewritten / kept / failed)."""
-    if profile_name not in cfg.serve.profiles:
-        raise T0Error(
-            f"retrieval_eval.rewrite_with names serve profile {profile_name!r}, which is not "
-            "configured; "
-            f"available: {', '.join(cfg.serve.profiles)}."
-        )
-    profile = cfg.serve.profiles[profile_name]
-    prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.llm.prompts_dir)
-    client = LLMClient(profile.agent, cfg.llm, cache)
-    system = prompts["system" if profile.agent_tools else "system_no_tools"]
-
-    async def one(text: str):
-        return await client.complete(
-            [{"role": "system", "content": system}, {"role": "user", "content": text}],
-            tools=[SEARCH_TOOL] if profile.agent_tools else None,
-        )
-
-    replies = client.run(texts, one, f"search queries ({profile.agent})", progress)
-    counts = {"rewritten": 0, "kept": 0, "failed": 0}
-    out = []
-    for text, reply in zip(texts, replies):
-        query = ChatService._search_query(reply, text, profile) if reply.ok else None
-        counts[
-            "failed" if not reply.ok else "rewritten" if query and query != text else "kept"
-        ] += 1
-        out.append(query or text)
-    return out, counts
