@@ -110,12 +110,11 @@ def parsable_share(stats: dict[str, Any]) -> float | None:
     not run."""
     counts = stats.get("status_counts") or {}
     total = sum(counts.values())
-    return (
-        sum(n for status, n in counts.items() if status not in ("empty", "unparsable", "failed"))
-        / total
-        if total
-        else None
-    )
+    if not total:
+        return None
+    unusable = ("empty", "unparsable", "failed")
+    parsed = sum(n for status, n in counts.items() if status not in unusable)
+    return parsed / total
 
 
 def fmt_share(share: float | None) -> str:
@@ -128,104 +127,12 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
     summaries = read_summaries(paths, config)
     missing = [m for m in config.models if m not in summaries]
     ks = sorted({int(k) for s in summaries.values() for k in s["by_k"]}) or list(config.ks)
-    rows = []
-    for name, s in summaries.items():
-        row: dict[str, Any] = {
-            "model": name,
-            "kind": s["kind"],
-            "size": s["size"] or "",
-            "runs": s["runs"],
-            "queries": s["queries"],
-        }
-        for k in ks:
-            stats = s["by_k"].get(str(k), {})
-            for field in ("condition", "disposition"):
-                value = stats.get(f"{field}_accuracy")
-                row[f"{field}_k{k}"], row[f"{field}_k{k}_std"] = (
-                    (value[0], value[1]) if value else (None, None)
-                )
-            row[f"under_share_k{k}"] = stats.get("under_estimate_share")
-            row[f"over_share_k{k}"] = stats.get("over_estimate_share")
-        row["notes"] = "; ".join(s["notes"])
-        rows.append(row)
+    rows = [_table_row(name, s, ks) for name, s in summaries.items()]
     table = pl.DataFrame(rows) if rows else pl.DataFrame({"model": []}, schema={"model": pl.String})
-    head = (
-        "| model | kind | size | "
-        + " | ".join(f"condition k={k} | disposition k={k}" for k in ks)
-        + " | notes |"
-    )
-    lines = [
-        "# Condition and disposition accuracy (mean ± std over runs)",
-        "",
-        head,
-        "|---" * (4 + 2 * len(ks)) + "|",
-    ]
-    for r in rows:
-        cells = [
-            fmt((r[f"{f}_k{k}"], r[f"{f}_k{k}_std"]) if r[f"{f}_k{k}"] is not None else None)
-            for k in ks
-            for f in ("condition", "disposition")
-        ]
-        lines.append(
-            f"| {r['model']} | {r['kind']} | {r['size'] or '—'} | "
-            + " | ".join(cells)
-            + f" | {r['notes'] or ''} |"
-        )
+    lines = _accuracy_lines(rows, ks)
     if any(s["by_k"].get(str(k), {}).get("by_query_type") for s in summaries.values() for k in ks):
-        qk = max(ks)
-        types = sorted(
-            {
-                t
-                for s in summaries.values()
-                for t in s["by_k"].get(str(qk), {}).get("by_query_type", {})
-            }
-        )
-        lines += [
-            "",
-            f"## By query type (k={qk}; condition / disposition)",
-            "",
-            "| model | " + " | ".join(types) + " |",
-            "|---" * (1 + len(types)) + "|",
-        ]
-        for name, s in summaries.items():
-            by = s["by_k"].get(str(qk), {}).get("by_query_type", {})
-            lines.append(
-                f"| {name} | "
-                + " | ".join(
-                    f"{by[t]['condition'][0]:.2f} / {by[t]['disposition'][0]:.2f}"
-                    if t in by
-                    else "—"
-                    for t in types
-                )
-                + " |"
-            )
-        lines += [
-            "",
-            f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate "
-            "urgency",
-            "",
-            "| model | under | over |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | "
-            f"{s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
-            for n, s in summaries.items()
-            if "under_estimate_share" in s["by_k"].get(str(qk), {})
-        ]
-    lines += [
-        "",
-        "## Answers in the format: share of replies that parse to a condition and a level of care",
-        "",
-        "| model | " + " | ".join(f"k={k}" for k in ks) + " |",
-        "|---" * (1 + len(ks)) + "|",
-    ]
-    lines += [
-        f"| {name} | "
-        + " | ".join(fmt_share(parsable_share(s["by_k"].get(str(k), {}))) for k in ks)
-        + " |"
-        for name, s in summaries.items()
-    ]
+        lines += _query_type_lines(summaries, max(ks))
+    lines += _format_lines(summaries, ks)
     below = students_below_base(summaries)
     if below:
         lines += [
@@ -249,6 +156,103 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
         tmp.write_text(markdown, encoding="utf-8")
     png = plot_by_size(summaries, ks, out / "accuracy_by_size.png") if summaries else None
     return CombinedReport(table, markdown, csv, png, list(summaries), missing, below)
+
+
+def _table_row(name: str, s: dict[str, Any], ks: list[int]) -> dict[str, Any]:
+    """One model's row of ``report.csv``: accuracy mean and std per k, severity error shares."""
+    row: dict[str, Any] = {
+        "model": name,
+        "kind": s["kind"],
+        "size": s["size"] or "",
+        "runs": s["runs"],
+        "queries": s["queries"],
+    }
+    for k in ks:
+        stats = s["by_k"].get(str(k), {})
+        for field in ("condition", "disposition"):
+            value = stats.get(f"{field}_accuracy")
+            mean_std = (value[0], value[1]) if value else (None, None)
+            row[f"{field}_k{k}"], row[f"{field}_k{k}_std"] = mean_std
+        row[f"under_share_k{k}"] = stats.get("under_estimate_share")
+        row[f"over_share_k{k}"] = stats.get("over_estimate_share")
+    row["notes"] = "; ".join(s["notes"])
+    return row
+
+
+def _accuracy_lines(rows: list[dict[str, Any]], ks: list[int]) -> list[str]:
+    head = (
+        "| model | kind | size | "
+        + " | ".join(f"condition k={k} | disposition k={k}" for k in ks)
+        + " | notes |"
+    )
+    lines = [
+        "# Condition and disposition accuracy (mean ± std over runs)",
+        "",
+        head,
+        "|---" * (4 + 2 * len(ks)) + "|",
+    ]
+    for r in rows:
+        cells = [
+            fmt((r[f"{f}_k{k}"], r[f"{f}_k{k}_std"]) if r[f"{f}_k{k}"] is not None else None)
+            for k in ks
+            for f in ("condition", "disposition")
+        ]
+        lines.append(
+            f"| {r['model']} | {r['kind']} | {r['size'] or '—'} | "
+            + " | ".join(cells)
+            + f" | {r['notes'] or ''} |"
+        )
+    return lines
+
+
+def _query_type_lines(summaries: dict[str, dict[str, Any]], qk: int) -> list[str]:
+    """Accuracy by query type and the severity error shares, at k = ``qk``."""
+    types = sorted(
+        {t for s in summaries.values() for t in s["by_k"].get(str(qk), {}).get("by_query_type", {})}
+    )
+    lines = [
+        "",
+        f"## By query type (k={qk}; condition / disposition)",
+        "",
+        "| model | " + " | ".join(types) + " |",
+        "|---" * (1 + len(types)) + "|",
+    ]
+    for name, s in summaries.items():
+        by = s["by_k"].get(str(qk), {}).get("by_query_type", {})
+        cells = [
+            f"{by[t]['condition'][0]:.2f} / {by[t]['disposition'][0]:.2f}" if t in by else "—"
+            for t in types
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate "
+        "urgency",
+        "",
+        "| model | under | over |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {s['by_k'][str(qk)]['under_estimate_share']:.0%} | "
+        f"{s['by_k'][str(qk)]['over_estimate_share']:.0%} |"
+        for n, s in summaries.items()
+        if "under_estimate_share" in s["by_k"].get(str(qk), {})
+    ]
+    return lines
+
+
+def _format_lines(summaries: dict[str, dict[str, Any]], ks: list[int]) -> list[str]:
+    lines = [
+        "",
+        "## Answers in the format: share of replies that parse to a condition and a level of care",
+        "",
+        "| model | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---" * (1 + len(ks)) + "|",
+    ]
+    for name, s in summaries.items():
+        shares = [fmt_share(parsable_share(s["by_k"].get(str(k), {}))) for k in ks]
+        lines.append(f"| {name} | " + " | ".join(shares) + " |")
+    return lines
 
 
 def plot_by_size(summaries: dict[str, dict[str, Any]], ks: list[int], path: Path) -> Path:

@@ -135,20 +135,12 @@ def tune_retriever(
 
     A run with the same base, pairs and settings as a finished one reuses its model (no retraining).
     """
-    import logging as _logging
-
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.training_args import (
-        BatchSamplers,
-        SentenceTransformerTrainingArguments,
-    )
+    from sentence_transformers import SentenceTransformer
 
     if not evaluation:
         raise T0Error(
             "no evaluation queries match the documents; write synthetic queries "
-            "(synthetic_queries) "
-            "so the tuned retriever can be compared with the current one."
+            "(synthetic_queries) so the tuned retriever can be compared with the current one."
         )
     started = time.perf_counter()
     model = SentenceTransformer(base, device=device)
@@ -164,68 +156,25 @@ def tune_retriever(
         )
     out = (paths.retriever_dir / f"tuned-{_digest(base, rows, config)}").resolve()
     notes: list[str] = []
-    steps, loss = 0, None
     if (out / "t0_tune.json").exists():
         notes.append(f"reused {out.name}: same base, pairs and settings as a finished run")
         log_fn(notes[-1])
         meta = json.loads((out / "t0_tune.json").read_text(encoding="utf-8"))
         steps, loss = meta.get("steps", 0), meta.get("train_loss")
     else:
-        from datasets import Dataset
-
         log_fn(
             f"fine-tuning on {len(rows)} pairs with {config.hard_negatives} hard negative(s) each, "
             f"batch {config.batch_size}, {config.epochs:g} epoch(s)"
         )
-        with atomic_path(out) as tmp:
-            args = SentenceTransformerTrainingArguments(
-                output_dir=str(tmp / "trainer"),
-                num_train_epochs=config.epochs,
-                per_device_train_batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
-                warmup_steps=config.warmup,
-                seed=config.seed,
-                batch_sampler=BatchSamplers.NO_DUPLICATES,
-                save_strategy="no",
-                report_to="none",
-                logging_steps=10,
-                disable_tqdm=False,
-                use_cpu=device == "cpu",
-                dataloader_num_workers=0,
-            )
-            _logging.getLogger("sentence_transformers").setLevel(_logging.WARNING)
-            trainer = SentenceTransformerTrainer(
-                model=model,
-                args=args,
-                train_dataset=Dataset.from_list(rows),
-                loss=MultipleNegativesRankingLoss(model),
-            )
-            state = trainer.train()
-            steps, loss = int(state.global_step), float(state.training_loss)
-            shutil.rmtree(tmp / "trainer", ignore_errors=True)
-            model.save_pretrained(str(tmp))
-            write_json(
-                {
-                    "base": base,
-                    "pairs": len(rows),
-                    "steps": steps,
-                    "train_loss": loss,
-                    "config": config.model_dump(mode="json"),
-                },
-                tmp / "t0_tune.json",
-            )
+        steps, loss = _fine_tune(model, rows, base, config, device, out)
     tuned = SentenceTransformer(str(out), device=device)
     after = p_at_k(tuned, evaluation, slugs, texts, ks)
     gain = float(np.mean([after[k] - before[k] for k in ks]))
     used = gain > config.min_gain
-    log_fn(
-        f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); "
-        + (
-            "now the embedder of every index"
-            if used
-            else "not used: no better than the current one"
-        )
-    )
+    verdict = "now the embedder of every index"
+    if not used:
+        verdict = "not used: no better than the current one"
+    log_fn(f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); {verdict}")
     result = TuneResult(
         base=base,
         model_dir=str(out),
@@ -248,6 +197,59 @@ def tune_retriever(
             paths.retriever_dir / "active.json",
         )
     return result
+
+
+def _fine_tune(
+    model, rows: list[dict], base: str, config: RetrieverTuneConfig, device: str, out
+) -> tuple[int, float]:
+    """Train ``model`` on ``rows`` with sentence-transformers' trainer and save it whole into
+    ``out`` (with ``t0_tune.json``, which marks a finished run); returns (steps, train loss)."""
+    import logging as _logging
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
+
+    with atomic_path(out) as tmp:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(tmp / "trainer"),
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_steps=config.warmup,
+            seed=config.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=10,
+            disable_tqdm=False,
+            use_cpu=device == "cpu",
+            dataloader_num_workers=0,
+        )
+        _logging.getLogger("sentence_transformers").setLevel(_logging.WARNING)
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            loss=MultipleNegativesRankingLoss(model),
+        )
+        state = trainer.train()
+        steps, loss = int(state.global_step), float(state.training_loss)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        meta = {
+            "base": base,
+            "pairs": len(rows),
+            "steps": steps,
+            "train_loss": loss,
+            "config": config.model_dump(mode="json"),
+        }
+        write_json(meta, tmp / "t0_tune.json")
+    return steps, loss
 
 
 def _pk(pk: dict[int, float]) -> str:
