@@ -186,8 +186,6 @@ def load_config(
     """
     from pydantic import ValidationError
 
-    from t0_pipeline.artifacts import T0Error
-
     file_data = read_config_file(path) if path is not None else {}
     env = env_layer(environ)
     layers = [
@@ -200,66 +198,72 @@ def load_config(
     merged = defaults
     for _, layer in layers:
         merged = deep_merge(merged, layer)
+    _with_size_entries(merged, defaults)
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _config_error(exc, layers, env, path) from None
+
+
+def _with_size_entries(merged: dict, defaults: dict) -> None:
+    """Add each ``train.sizes`` entry's evaluation models (base and student) under the models the
+    layers set: a size's entries are defaults too, so settings naming one (``t0-7b.api_base``)
+    change only those fields."""
     evaluation, train = merged.get("evaluation") or {}, merged.get("train") or {}
-    if (
+    if not (
         isinstance(evaluation, dict)
         and evaluation.get("with_sizes", True)
         and isinstance(train.get("sizes"), dict)
     ):
-        # a size's entries are defaults too: settings naming one (t0-7b.api_base) change only those
-        # fields
-        derived: dict = {}
-        for size, base_model in train["sizes"].items():
-            if isinstance(base_model, str):
-                derived.update(
-                    {n: e.model_dump() for n, e in size_entries(size, base_model).items()}
-                )
-        models = evaluation.get("models") if isinstance(evaluation.get("models"), dict) else {}
-        combined = deep_merge(derived, models)
-        merged["evaluation"] = {
-            **evaluation,
-            "models": {
-                k: combined[k]
-                for k in dict.fromkeys([*defaults["evaluation"]["models"], *derived, *models])
-                if k in combined
-            },
-        }
-    try:
-        return PipelineConfig.model_validate(merged)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        where = ".".join(str(p) for p in loc)
-        source = next(
-            (name for name, layer in reversed(layers) if _has(layer, loc)),
-            layers[0][0] if path else "config",
-        )
-        if source == "environment":
-            source = "environment variable " + next(
-                (
-                    var
-                    for dotted, (var, _) in env.items()
-                    if where.startswith(dotted) or dotted.startswith(where)
-                ),
-                "T0_…",
-            )
-        if err["type"] == "extra_forbidden":
-            import difflib
+        return
+    derived: dict = {}
+    for size, base_model in train["sizes"].items():
+        if isinstance(base_model, str):
+            derived.update({n: e.model_dump() for n, e in size_entries(size, base_model).items()})
+    models = evaluation.get("models") if isinstance(evaluation.get("models"), dict) else {}
+    combined = deep_merge(derived, models)
+    order = dict.fromkeys([*defaults["evaluation"]["models"], *derived, *models])
+    merged["evaluation"] = {
+        **evaluation,
+        "models": {k: combined[k] for k in order if k in combined},
+    }
 
-            known = _fields_at(loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = (
-                f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
-                if close
-                else f"known here: {', '.join(known)}."
-            )
-            raise T0Error(
-                f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)"
-            ) from None
-        raise T0Error(
-            f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for "
-            "defaults)."
-        ) from None
+
+def _config_error(exc, layers: list[tuple[str, dict]], env: dict, path) -> Exception:
+    """One line for the first validation error: the layer that set the bad value (the environment
+    variable by name), the setting, and what to do (a close known name for a misspelt one)."""
+    from t0_pipeline.artifacts import T0Error
+
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc)
+    source = next(
+        (name for name, layer in reversed(layers) if _has(layer, loc)),
+        layers[0][0] if path else "config",
+    )
+    if source == "environment":
+        source = "environment variable " + next(
+            (
+                var
+                for dotted, (var, _) in env.items()
+                if where.startswith(dotted) or dotted.startswith(where)
+            ),
+            "T0_…",
+        )
+    if err["type"] == "extra_forbidden":
+        import difflib
+
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = (
+            f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
+            if close
+            else f"known here: {', '.join(known)}."
+        )
+        return T0Error(f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)")
+    return T0Error(
+        f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults)."
+    )
 
 
 def _fields_at(loc: tuple) -> list[str]:
