@@ -238,8 +238,7 @@ def scored_queries(paths: DataPaths, config: RetrievalEvalConfig) -> list[EvalQu
     if not queries:
         raise T0Error(
             f"none of the {source.label} ({source.path}) matches this corpus; write synthetic "
-            "queries "
-            "(`t0 synth-queries`) or pass --queries with labels from this corpus."
+            "queries (`t0 synth-queries`) or pass --queries with labels from this corpus."
         )
     return queries
 
@@ -260,77 +259,82 @@ def evaluate_retrieval(
     scored on those texts.
     """
     source = query_source(paths, config)
-    query_file = source.path
     if queries is None:
         queries = scored_queries(paths, config)
         label = label or source.label
     ks = sorted(set(config.ks))
-    depth = max(ks)
-    rows, rank_rows = [], []
     if rewritten is not None and len(rewritten) != len(queries):
         raise T0Error(
             f"{len(rewritten)} rewritten queries for {len(queries)} queries; they must pair up."
         )
-    variants = [("", [q.query for q in queries])] + (
-        [("+agent", rewritten)] if rewritten is not None else []
-    )
+    variants = [("", [q.query for q in queries])]
+    if rewritten is not None:
+        variants.append(("+agent", rewritten))
+    rows, rank_rows = [], []
     for index in config.indexes:
         for base_mode in config.modes:
             for suffix, texts in variants:
-                mode = base_mode + suffix
-                ranked = retrievers[index].rank(texts, depth, base_mode)
+                ranked = retrievers[index].rank(texts, max(ks), base_mode)
                 ranks = [
                     first_hit_rank([s for s, _ in r], q.targets) for r, q in zip(ranked, queries)
                 ]
-                pk = precision_at_k(ranks, ks)
-                rows.append(
-                    {
-                        "index": index,
-                        "mode": mode,
-                        "queries": len(queries),
-                        **{f"p@{k}": pk[k] for k in ks},
-                    }
-                )
-                rank_rows.extend(
-                    {
-                        "index": index,
-                        "mode": mode,
-                        "query": q.query,
-                        "targets": q.targets,
-                        "rank": r,
-                    }
-                    for q, r in zip(queries, ranks)
-                )
-                log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
-    table = pl.DataFrame(rows)
-    out = out_dir or paths.retrieval_report_dir
+                row, per_query = _scored(index, base_mode + suffix, queries, ranks, ks)
+                rows.append(row)
+                rank_rows.extend(per_query)
+    title = f"Retrieval p@k, {len(queries)} queries ({label or Path(source.path).name})"
+    return _write_report(
+        pl.DataFrame(rows),
+        rank_rows,
+        ks,
+        out_dir or paths.retrieval_report_dir,
+        title,
+        len(queries),
+        config,
+    )
+
+
+RANK_SCHEMA = {
+    "index": pl.String,
+    "mode": pl.String,
+    "query": pl.String,
+    "targets": pl.List(pl.String),
+    "rank": pl.Int32,
+}
+
+
+def _scored(index: str, mode: str, queries: list[EvalQuery], ranks: list, ks: list[int]):
+    """(the p@k row of one index and mode, its per-query rank rows)."""
+    pk = precision_at_k(ranks, ks)
+    log.info("p@k %s/%s: %s", index, mode, ", ".join(f"p@{k}={pk[k]:.3f}" for k in ks))
+    row = {"index": index, "mode": mode, "queries": len(queries), **{f"p@{k}": pk[k] for k in ks}}
+    per_query = [
+        {"index": index, "mode": mode, "query": q.query, "targets": q.targets, "rank": r}
+        for q, r in zip(queries, ranks)
+    ]
+    return row, per_query
+
+
+def _write_report(
+    table: pl.DataFrame,
+    rank_rows: list[dict],
+    ks: list[int],
+    out: Path,
+    title: str,
+    n_queries: int,
+    config: RetrievalEvalConfig,
+) -> RetrievalReport:
+    """``pk.csv``, ``pk.md``, ``ranks.parquet`` and ``pk.png`` under ``out``."""
     csv = out / "pk.csv"
     with atomic_path(csv) as tmp:
         table.write_csv(tmp)
     md = markdown_table(table, ks)
     with atomic_path(out / "pk.md") as tmp:
         tmp.write_text(md + "\n", encoding="utf-8")
-    ranks_path = write_parquet(
-        pl.DataFrame(
-            rank_rows,
-            schema={
-                "index": pl.String,
-                "mode": pl.String,
-                "query": pl.String,
-                "targets": pl.List(pl.String),
-                "rank": pl.Int32,
-            },
-        ),
-        out / "ranks.parquet",
-    )
-    png = plot_curves(
-        table,
-        ks,
-        out / "pk.png",
-        f"Retrieval p@k, {len(queries)} queries ({label or Path(query_file).name})",
-    )
+    ranks = pl.DataFrame(rank_rows, schema=RANK_SCHEMA)
+    ranks_path = write_parquet(ranks, out / "ranks.parquet")
+    png = plot_curves(table, ks, out / "pk.png", title)
     write_config_sidecar(csv, config)
-    return RetrievalReport(table, md, len(queries), csv, png, ranks_path)
+    return RetrievalReport(table, md, n_queries, csv, png, ranks_path)
 
 
 if __name__ == "__main__":
