@@ -55,42 +55,61 @@ AFTER_TRAINING = (
 ).with_label("a student checkpoint it measures was updated")
 
 
+def _accuracy_deps(cfg: PipelineConfig, checkpoints: dg.AssetsDefinition | None) -> list:
+    """What an accuracy report reads: the query set, the index it retrieves from, the base models,
+    and (per size) the student checkpoints of that size's entries."""
+    index = retrieved_from(cfg.evaluation.index, cfg.evaluation.mode)
+    deps: list = [synthetic_queries, *index, *MODEL_DEPS]
+    if checkpoints is None:
+        return deps
+    sizes = checkpoints.partitions_def.get_partition_keys()  # type: ignore[union-attr]
+    mapping = {size: names for size, names in student_mapping(cfg).items() if size in sizes}
+    if mapping:
+        deps.append(dg.AssetDep(checkpoints, partition_mapping=dg.StaticPartitionMapping(mapping)))
+    return deps
+
+
+def _report_metadata(summary: dict, rows: int, predictions) -> dict:
+    headline = {
+        f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
+        for k, s in summary["by_k"].items()
+        for field in ("condition", "disposition")
+    }
+    return {
+        **headline,
+        "queries": summary["queries"],
+        "runs": summary["runs"],
+        "seeds": dg.MetadataValue.json(summary["seeds"]),
+        "dagster/row_count": rows,
+        "notes": "; ".join(summary["notes"]) or "none",
+        "table": dg.MetadataValue.md(model_table(summary)),
+        "prompt_hash": summary["prompt_hash"],
+        "queries_hash": summary["queries_hash"],
+        **usage_metadata(summary["usage"]),
+        "predictions": dg.MetadataValue.path(str(predictions)),
+        "served_checkpoint": summary["served_checkpoint"] or "none (reached at its api_base)",
+    }
+
+
 def build_accuracy_report(
     partitions: dg.StaticPartitionsDefinition,
     checkpoints: dg.AssetsDefinition | None = None,
     cfg: PipelineConfig | None = None,
 ) -> dg.AssetsDefinition:
-    evaluation = (cfg or PipelineConfig()).evaluation
-    deps: list = [
-        synthetic_queries,
-        *retrieved_from(evaluation.index, evaluation.mode),
-        *MODEL_DEPS,
-    ]
-    if checkpoints is not None:
-        mapping = {
-            size: names
-            for size, names in student_mapping(cfg or PipelineConfig()).items()
-            if size in checkpoints.partitions_def.get_partition_keys()
-        }  # type: ignore[union-attr]
-        if mapping:
-            deps.append(
-                dg.AssetDep(checkpoints, partition_mapping=dg.StaticPartitionMapping(mapping))
-            )
+    cfg = cfg or PipelineConfig()
 
     @dg.asset(
         name="accuracy_report",
         group_name=GROUP,
-        deps=deps,
-        automation_condition=AFTER_TRAINING
-        if (cfg or PipelineConfig()).automation.evaluation
-        else None,
+        deps=_accuracy_deps(cfg, checkpoints),
+        automation_condition=AFTER_TRAINING if cfg.automation.evaluation else None,
         partitions_def=partitions,
         pool="llm",
         code_version=version_of("accuracy_report"),
         kinds={"python", "parquet"},
         description="Condition and disposition accuracy of one model at k=0 and k=5, mean ± std "
-        "over runs, by query "
-        "type, with the severity confusion matrix; per-query predictions kept for error analysis.",
+        "over runs, by query type, with the severity confusion matrix; per-query predictions kept "
+        "for error analysis.",
     )
     def accuracy_report(
         context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer
@@ -109,30 +128,8 @@ def build_accuracy_report(
         )
         for note in summary["notes"]:
             context.log.warning(f"{name}: {note}")
-        headline = {
-            f"{field}_accuracy_k{k}": fmt(s.get(f"{field}_accuracy"))
-            for k, s in summary["by_k"].items()
-            for field in ("condition", "disposition")
-        }
-        return dg.MaterializeResult(
-            metadata={
-                **headline,
-                "queries": summary["queries"],
-                "runs": summary["runs"],
-                "seeds": dg.MetadataValue.json(summary["seeds"]),
-                "dagster/row_count": df.height,
-                "notes": "; ".join(summary["notes"]) or "none",
-                "table": dg.MetadataValue.md(model_table(summary)),
-                "prompt_hash": summary["prompt_hash"],
-                "queries_hash": summary["queries_hash"],
-                **usage_metadata(summary["usage"]),
-                "predictions": dg.MetadataValue.path(
-                    str(paths.accuracy_dir(name) / "predictions.parquet")
-                ),
-                "served_checkpoint": summary["served_checkpoint"]
-                or "none (reached at its api_base)",
-            }
-        )
+        predictions = paths.accuracy_dir(name) / "predictions.parquet"
+        return dg.MaterializeResult(metadata=_report_metadata(summary, df.height, predictions))
 
     return accuracy_report
 
