@@ -66,7 +66,7 @@ def build(data: Path) -> None:
     paths = DataPaths(data)
     if paths.index_manifest("summaries").exists():
         return
-    from t0_pipeline.pipeline import build_all
+    from t0_pipeline.corpus_to_index import build_all
 
     print(f"building the NHS index once into {data} (reused next time) …", flush=True)
     build_all(PipelineConfig(source=SourceConfig(kind="pages", location=str(NHS))), paths)

@@ -12,11 +12,11 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline.artifacts import atomic_path
+from t0_pipeline.checks import students_below_base
 from t0_pipeline.config import (
     DataPaths,
     EvaluationConfig,
 )
-from t0_pipeline.validate import students_below_base
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def fmt(value: tuple[float, float] | list[float] | None) -> str:
 
 def model_table(summary: dict[str, Any]) -> str:
     """One model's Tables 2-3 rows, confusion matrices and error shares, as Markdown."""
-    from t0_pipeline.scoring import SEVERITIES
+    from t0_pipeline.triage_scoring import SEVERITIES
 
     lines = [
         f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",

@@ -27,7 +27,7 @@ from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import cache_key
 from t0_pipeline.llm_calls import EndpointError, LLMReply
 from t0_pipeline.llm_json import function_tool
-from t0_pipeline.scoring import (
+from t0_pipeline.triage_scoring import (
     Prediction,
     judge,
     parse_answer_text,

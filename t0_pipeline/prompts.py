@@ -9,7 +9,9 @@ artefacts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import re
 import string
 from importlib import resources
@@ -17,16 +19,40 @@ from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
 
+log = logging.getLogger(__name__)
+
+
+# templates renamed since a release: a user's folder may still hold the old name
+FORMER_NAMES = {"triage": "evaluator"}
+
 
 def load_template(name: str, prompts_dir: Path | None = None) -> tuple[str, str]:
-    """(template text, short sha256) for ``<name>.txt``, user folder first."""
-    if prompts_dir is not None and (Path(prompts_dir) / f"{name}.txt").is_file():
-        text = (Path(prompts_dir) / f"{name}.txt").read_text(encoding="utf-8")
+    """(template text, short sha256) for ``<name>.txt``, user folder first (under its former name
+    too, see :data:`FORMER_NAMES`)."""
+    user = _user_template(name, Path(prompts_dir)) if prompts_dir is not None else None
+    if user is not None:
+        text = user.read_text(encoding="utf-8")
     else:
         text = (resources.files("t0_pipeline") / "prompts" / f"{name}.txt").read_text(
             encoding="utf-8"
         )
     return text, hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _user_template(name: str, folder: Path) -> Path | None:
+    path = folder / f"{name}.txt"
+    if path.is_file():
+        return path
+    former = name in FORMER_NAMES and folder / f"{FORMER_NAMES[name]}.txt"
+    if former and former.is_file():
+        _warn_former(str(former), name)
+        return former
+    return None
+
+
+@functools.cache
+def _warn_former(path: str, name: str) -> None:
+    log.warning("%s uses the template's former name; rename it to %s.txt", path, name)
 
 
 def render(template: str, name: str, **values: object) -> str:
@@ -54,7 +80,6 @@ def load_sections(
     if missing:
         raise T0Error(
             f"prompt template {name!r} lacks the section(s) {', '.join(missing)}; each starts on a "
-            "line "
-            f"like [{missing[0]}] (see t0_pipeline/prompts/{name}.txt)."
+            f"line like [{missing[0]}] (see t0_pipeline/prompts/{name}.txt)."
         )
     return sections, digest

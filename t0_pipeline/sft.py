@@ -5,7 +5,7 @@ JSON, text, n_tokens; the trainer loads it directly) and ``README.md`` (a datase
 source assets, counts, filters, teacher model, prompt hashes, token statistics).
 
 Each example: a system turn holding the instructions and the retrieved documents (the
-evaluation prompt, ``prompts/evaluator.txt``, at k > 0: students are evaluated on the format
+evaluation prompt, ``prompts/triage.txt``, at k > 0: students are evaluated on the format
 they learn), a user turn with the demographics and the query, and an
 assistant turn = thinking + answer wrapped in configurable markers (Qwen/s1 style
 ``<|im_start|>think`` … ``<|im_start|>answer`` by default; ``<think>…</think>`` is one
@@ -32,7 +32,7 @@ from t0_pipeline.config import DataPaths, SFTConfig
 def messages_for(
     trace: dict[str, Any], chat_format: ChatFormat, sections: dict[str, str]
 ) -> list[dict[str, str]]:
-    """The evaluation prompt at k > 0 (``prompts/evaluator.txt``) over the documents the teacher
+    """The evaluation prompt at k > 0 (``prompts/triage.txt``) over the documents the teacher
     saw, and the teacher's thinking and answer in the chat format budget forcing will ask the
     student for."""
     context = triage_prompt.with_documents(
@@ -113,7 +113,7 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
         "- source assets: `synthetic_queries` (train split) → `reasoning_traces` → `sft_dataset`",
         f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): "
         f"{', '.join(hashes) or 'n/a'}",
-        f"- student prompt: `prompts/evaluator.txt` (hash {stats['student_prompt_hash']}), the k>0 "
+        f"- student prompt: `prompts/triage.txt` (hash {stats['student_prompt_hash']}), the k>0 "
         "form that "
         "evaluation uses, so students are evaluated on the format they learnt",
         f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, "

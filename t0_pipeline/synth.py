@@ -33,13 +33,13 @@ from t0_pipeline.artifacts import (
     write_json,
     write_parquet,
 )
+from t0_pipeline.checks import disjoint_problems
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
 from t0_pipeline.demographics import WrittenDemographics
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.llm_calls import require_some_success
 from t0_pipeline.prompts import load_template, render
-from t0_pipeline.validate import disjoint_problems
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,12 @@ from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.llm_calls import LLMReply, require_some_success
 from t0_pipeline.llm_json import bounded_text, json_schema_format
-from t0_pipeline.scoring import SEVERITIES, last_answer_pair, normalise_severity, resolve_condition
+from t0_pipeline.triage_scoring import (
+    SEVERITIES,
+    last_answer_pair,
+    normalise_severity,
+    resolve_condition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,8 @@ def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str 
     the answer.
 
     ``allowed`` maps the retrieved slugs to their titles; the condition is resolved as evaluation
-    and serving resolve it (:func:`t0_pipeline.scoring.resolve_condition`: title or slug, any case).
+    and serving resolve it (:func:`t0_pipeline.triage_scoring.resolve_condition`: title or slug,
+    any case).
     A condition that is neither one of them nor "inconclusive" comes back with slug None. No valid
     severity: unparsable.
     """

@@ -1,5 +1,5 @@
 """The triage prompt the teacher answers, students are trained on and evaluated with:
-``prompts/evaluator.txt``.
+``prompts/triage.txt``.
 
 One template serves both, so a fine-tuned student is evaluated on the very prompt format it
 learnt: the SFT examples are the k > 0 form (retrieved documents with scores, their titles or
@@ -14,7 +14,7 @@ from pathlib import Path
 from t0_pipeline.chat import documents_block
 from t0_pipeline.prompts import load_sections, render
 
-NAME = "evaluator"
+NAME = "triage"
 SECTIONS = ("system", "user", "context_none", "context_documents", "answer_text", "answer_tool")
 
 

@@ -24,7 +24,7 @@ def embedder():
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, embedder) -> tuple[PipelineConfig, DataPaths]:
     """The bundled sample corpus crawled, cleaned, summarised and indexed once for the session."""
-    from t0_pipeline.pipeline import build_all
+    from t0_pipeline.corpus_to_index import build_all
 
     paths = DataPaths(tmp_path_factory.mktemp("built"))
     cfg = PipelineConfig()

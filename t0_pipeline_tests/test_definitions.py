@@ -277,9 +277,9 @@ def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
     assert before == {
         asset: code_version(asset, None) for asset in DEPENDS_ON
     }  # identical copies: same versions
-    evaluator = prompts / "evaluator.txt"
-    evaluator.write_text(
-        evaluator.read_text().replace("decide which condition", "work out which condition")
+    triage = prompts / "triage.txt"
+    triage.write_text(
+        triage.read_text().replace("decide which condition", "work out which condition")
     )
     after = {asset: code_version(asset, prompts) for asset in DEPENDS_ON}
     assert {a for a in DEPENDS_ON if before[a] != after[a]} == {
@@ -324,3 +324,27 @@ def test_code_versions_follow_the_code_not_its_layout_comments_or_docstrings():
         code_fingerprint(original) == code_fingerprint(reformatted) == code_fingerprint(documented)
     )
     assert code_fingerprint(original) != code_fingerprint(changed)
+
+
+def test_a_prompts_folder_with_the_former_triage_file_name_still_replaces_the_triage_prompt(
+    tmp_path, caplog
+):
+    """The triage prompt was ``evaluator.txt``: a user's copy under that name keeps working, with a
+    warning that says how to rename it, and the assets it feeds follow its edits."""
+    from importlib import resources as package
+
+    from t0_pipeline import triage_prompt
+    from t0_pipeline.defs.versions import code_version
+
+    shipped = (package.files("t0_pipeline") / "prompts" / "triage.txt").read_text()
+    (tmp_path / "evaluator.txt").write_text(
+        shipped.replace("decide which condition", "work out which condition")
+    )
+    with caplog.at_level("WARNING"):
+        sections, digest = triage_prompt.load(tmp_path)
+    assert "work out which condition" in sections["system"]
+    assert digest != triage_prompt.load(None)[1]
+    assert "rename it to triage.txt" in caplog.text
+    assert code_version("sft_dataset", tmp_path) != code_version("sft_dataset", None)
+    (tmp_path / "triage.txt").write_text(shipped)  # the new name wins over the old one
+    assert triage_prompt.load(tmp_path)[1] == triage_prompt.load(None)[1]

@@ -92,7 +92,7 @@ def test_query_writing_with_no_server_stops_within_30_s_at_the_default_settings(
 
 @pytest.mark.parametrize("stage", ["summarise", "traces", "evaluate-chat", "evaluate-budget"])
 def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, retriever, stage):
-    from t0_pipeline.evaluate import run_evaluation
+    from t0_pipeline.accuracy import run_evaluation
     from t0_pipeline.summarise import run_summarise
     from t0_pipeline.traces import run_traces
 
@@ -124,7 +124,7 @@ def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, ret
             run_traces(paths, TraceConfig(), llm_for("teacher", url, **fast), retriever)
         else:
             from t0_pipeline.config import EvalModelConfig
-            from t0_pipeline_tests.test_evaluate import QUERIES
+            from t0_pipeline_tests.test_accuracy import QUERIES
 
             cfg, paths = built
             cfg = cfg.model_copy(deep=True)

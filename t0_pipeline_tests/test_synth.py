@@ -10,12 +10,12 @@ from collections import Counter
 import polars as pl
 
 from t0_pipeline.artifacts import sha256_text
+from t0_pipeline.checks import disjoint_problems, query_set_problems
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig, RoleConfig
 from t0_pipeline.synth import (
     remove_overlaps,
     run_generate_queries,
 )
-from t0_pipeline.validate import disjoint_problems, query_set_problems
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 PAGES = {

@@ -654,7 +654,7 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
     from t0_pipeline.defs.resources import ModelServer, PipelineSettings, TrainingCompute
     from t0_pipeline.defs.training import build_student_checkpoint
     from t0_pipeline_tests.conftest import write_jsonl
-    from t0_pipeline_tests.test_evaluate import QUERIES
+    from t0_pipeline_tests.test_accuracy import QUERIES
     from t0_pipeline_tests.test_model_server import stand_in
 
     root, _ = student

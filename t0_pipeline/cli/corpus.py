@@ -169,7 +169,7 @@ def index(
     Incremental: only changed documents are re-embedded. Each stage it runs (crawl or read,
     clean, summarise, index) is logged as it starts and ends.
     """
-    from t0_pipeline.pipeline import build_all
+    from t0_pipeline.corpus_to_index import build_all
 
     cfg, paths = setup(
         data_dir,
@@ -328,7 +328,7 @@ def tune_retriever(
         + (f"in use: {result.model_dir}" if result.used else "kept the current embedder")
     )
     if reindex:
-        from t0_pipeline.pipeline import build_indexes
+        from t0_pipeline.corpus_to_index import build_indexes
 
         cfg, _ = setup(data_dir, config, sets=sets, flags=flags)
         dense, _ = build_indexes(cfg, paths)

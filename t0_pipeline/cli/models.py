@@ -271,8 +271,8 @@ def evaluate(
     server on this machine for the run (servers.command, vLLM by default), stopped afterwards; its
     log is under <data>/servers/. Others are reached at their api_base.
     """
+    from t0_pipeline.accuracy import model_settings, run_served_evaluation
     from t0_pipeline.accuracy_tables import fmt
-    from t0_pipeline.evaluate import model_settings, run_served_evaluation
     from t0_pipeline.model_server import local_servers
 
     if runs is not None and runs < 1:

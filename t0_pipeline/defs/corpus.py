@@ -6,13 +6,13 @@ import dagster as dg
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.checks import document_problems, summary_problems
 from t0_pipeline.clean import run_clean
 from t0_pipeline.crawl import corpus_fingerprint, run_crawl
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.summarise import run_summarise
-from t0_pipeline.validate import document_problems, summary_problems
 
 EAGER = dg.AutomationCondition.eager()
 
@@ -84,7 +84,7 @@ def condition_pages(
 def all_pages_fetched(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json
 
-    from t0_pipeline.validate import crawl_failures
+    from t0_pipeline.checks import crawl_failures
 
     failures = crawl_failures(json.loads(settings.paths().crawl_report.read_text()))
     return dg.AssetCheckResult(

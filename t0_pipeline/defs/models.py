@@ -57,7 +57,7 @@ def build_base_models() -> list:
         "(config, weights, tokenizer with a chat template).",
     )
     def base_models_loadable(settings: PipelineSettings) -> dg.AssetCheckResult:
-        from t0_pipeline.validate import checkpoint_problems
+        from t0_pipeline.checks import checkpoint_problems
 
         cfg, paths = settings.pipeline_config(), settings.paths()
         problems = [

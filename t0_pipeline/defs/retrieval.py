@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.checks import unindexed_documents
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
 from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
@@ -19,7 +20,6 @@ from t0_pipeline.retrieval_eval import (
     read_saved_queries,
     save_queries,
 )
-from t0_pipeline.validate import unindexed_documents
 
 INDEX_SOURCES = {"full": conditions, "summaries": summaries}
 SYNTHETIC_QUERIES = dg.AssetKey("synthetic_queries")
@@ -221,8 +221,8 @@ def eval_queries(
     description="Every query's target is a document in the current corpus.",
 )
 def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
+    from t0_pipeline.checks import unresolvable_queries
     from t0_pipeline.retrieve import corpus_slugs
-    from t0_pipeline.validate import unresolvable_queries
 
     paths = settings.paths()
     bad = unresolvable_queries(read_saved_queries(paths.eval_queries), corpus_slugs(paths))
@@ -307,7 +307,7 @@ def retrieval_report(
     "share that never falls as k grows.",
 )
 def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
-    from t0_pipeline.validate import pk_problems
+    from t0_pipeline.checks import pk_problems
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     if not read_saved_queries(paths.eval_queries):
@@ -373,7 +373,7 @@ def retriever_model(
 def better_embedder_in_use(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json
 
-    from t0_pipeline.validate import embedder_choice_problems
+    from t0_pipeline.checks import embedder_choice_problems
 
     paths = settings.paths()
     last = json.loads((paths.retriever_dir / "last_run.json").read_text(encoding="utf-8"))

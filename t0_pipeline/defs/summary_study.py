@@ -7,6 +7,7 @@ import json
 import dagster as dg
 import polars as pl
 
+from t0_pipeline.checks import summary_problems
 from t0_pipeline.defs.corpus import EAGER, conditions, preview
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
@@ -16,7 +17,6 @@ from t0_pipeline.defs.versions import version_of
 from t0_pipeline.index import build_bm25_index, build_dense_index
 from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
 from t0_pipeline.summarise import run_summarise
-from t0_pipeline.validate import summary_problems
 
 GROUP = "synthetic_data"
 # the model-calling asset follows its inputs only when automation.synthetic_data says so
@@ -146,8 +146,8 @@ def summary_comparison(settings: PipelineSettings) -> dg.MaterializeResult:
     description="Every current LLM summary is in the dense and BM25 indexes.",
 )
 def every_llm_summary_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
+    from t0_pipeline.checks import unindexed_documents
     from t0_pipeline.index import read_manifest
-    from t0_pipeline.validate import unindexed_documents
 
     paths = settings.paths()
     docs = pl.read_parquet(paths.llm_summaries)
@@ -168,7 +168,7 @@ def every_llm_summary_indexed(settings: PipelineSettings) -> dg.AssetCheckResult
     description="Both kinds of summary were scored in every mode, p@k sane.",
 )
 def both_summaries_scored(settings: PipelineSettings) -> dg.AssetCheckResult:
-    from t0_pipeline.validate import pk_problems
+    from t0_pipeline.checks import pk_problems
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     problems = pk_problems(

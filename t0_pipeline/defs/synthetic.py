@@ -11,6 +11,16 @@ import dagster as dg
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.checks import (
+    disjoint_problems,
+    json_validity_problems,
+    json_validity_rate,
+    parsable_in_retrieved_share,
+    query_rate_problems,
+    query_rates,
+    query_set_problems,
+    traces_outside_retrieved,
+)
 from t0_pipeline.defs.corpus import EAGER, conditions, preview
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_config
@@ -25,16 +35,6 @@ from t0_pipeline.defs.versions import version_of
 from t0_pipeline.sft import run_sft
 from t0_pipeline.synth import run_generate_queries
 from t0_pipeline.traces import run_traces
-from t0_pipeline.validate import (
-    disjoint_problems,
-    json_validity_problems,
-    json_validity_rate,
-    parsable_in_retrieved_share,
-    query_rate_problems,
-    query_rates,
-    query_set_problems,
-    traces_outside_retrieved,
-)
 
 GROUP = "synthetic_data"
 
@@ -302,7 +302,7 @@ def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
     "thinking with the chat format's marker.",
 )
 def sft_examples_fit_the_format(settings: PipelineSettings) -> dg.AssetCheckResult:
-    from t0_pipeline.validate import sft_problems
+    from t0_pipeline.checks import sft_problems
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     df = pl.read_parquet(paths.sft_dir / "train.parquet")

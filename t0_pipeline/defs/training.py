@@ -85,7 +85,7 @@ student_checkpoint = build_student_checkpoint(size_partitions())
     "(config, weights, tokenizer).",
 )
 def final_checkpoints_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
-    from t0_pipeline.validate import checkpoint_problems
+    from t0_pipeline.checks import checkpoint_problems
 
     paths, sizes = settings.paths(), settings.pipeline_config().train.sizes
     trained = [size for size in sizes if (paths.student_dir(size) / "final").exists()]

@@ -15,7 +15,7 @@ from t0_pipeline.artifacts import T0Error, read_records
 from t0_pipeline.config import DataPaths, EvaluationConfig
 from t0_pipeline.demographics import demographics_text
 from t0_pipeline.predictors import Case
-from t0_pipeline.scoring import normalise_severity
+from t0_pipeline.triage_scoring import normalise_severity
 
 
 def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:

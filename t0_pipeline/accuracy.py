@@ -26,7 +26,7 @@ their scores and only their titles (or "inconclusive") are allowed. Each call is
 is new. Empty replies, unparsable answers, conditions outside the allowed list, severities
 outside the three and timeouts are counted in the notes; the run always completes.
 
-The queries and prompts come from :mod:`t0_pipeline.eval_cases`.
+The queries and prompts come from :mod:`t0_pipeline.accuracy_cases`.
 
 Run it: ``t0 evaluate --model NAME`` then ``t0 accuracy-report``.
 """
@@ -40,6 +40,7 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline import triage_prompt
+from t0_pipeline.accuracy_cases import build_cases, load_queries_for, queries_hash
 from t0_pipeline.accuracy_tables import fmt, model_table
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_json
 from t0_pipeline.config import (
@@ -48,11 +49,10 @@ from t0_pipeline.config import (
     EvaluationConfig,
     PipelineConfig,
 )
-from t0_pipeline.eval_cases import build_cases, load_queries_for, queries_hash
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.predictors import make_predictor
-from t0_pipeline.scoring import (
+from t0_pipeline.triage_scoring import (
     score,
     summarise_runs,
 )

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from t0_pipeline.retrieval_eval import EvalQuery
-from t0_pipeline.validate import (
+from t0_pipeline.checks import (
     crawl_failures,
     embedder_choice_problems,
     json_validity_problems,
@@ -17,6 +16,7 @@ from t0_pipeline.validate import (
     traces_outside_retrieved,
     unresolvable_queries,
 )
+from t0_pipeline.retrieval_eval import EvalQuery
 
 
 def test_crawl_failures_name_page_address_and_reason():

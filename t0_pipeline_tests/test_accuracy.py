@@ -8,13 +8,13 @@ import json
 import polars as pl
 import pytest
 
+from t0_pipeline.accuracy import run_evaluation
+from t0_pipeline.accuracy_cases import load_eval_queries
 from t0_pipeline.accuracy_tables import combine
 from t0_pipeline.baseline import disposition_from_page, urgency_passages
+from t0_pipeline.checks import students_below_base
 from t0_pipeline.config import BudgetConfig, EvalModelConfig
-from t0_pipeline.eval_cases import load_eval_queries
-from t0_pipeline.evaluate import run_evaluation
 from t0_pipeline.predictors import TOOL_NAME
-from t0_pipeline.validate import students_below_base
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 
