@@ -97,10 +97,16 @@ class IndexStats:
     def summary(self) -> str:
         return (
             f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded "
-            f"{self.embedded_chunks} chunks "
-            f"({len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
-            f"{self.unchanged} unchanged) in {self.seconds:.1f}s"
+            f"{self.embedded_chunks} chunks ({len(self.added)} added, {len(self.changed)} changed, "
+            f"{len(self.removed)} removed, {self.unchanged} unchanged) in {self.seconds:.1f}s"
         )
+
+    def compare(self, committed: dict[str, str], target: dict[str, str]) -> None:
+        """Documents added, changed, removed and unchanged between two {slug: hash} versions."""
+        self.added = sorted(s for s in target if s not in committed)
+        self.changed = sorted(s for s, h in target.items() if s in committed and committed[s] != h)
+        self.removed = sorted(set(committed) - set(target))
+        self.unchanged = len(target) - len(self.added) - len(self.changed)
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -188,8 +194,7 @@ def build_dense_index(
     size = chunking.size or chunk_token_limit(embedder)
     spec = IndexSpec(index, model_name(embedding), size, chunking.overlap, chroma.distance)
     name = spec.collection_name(chroma.collection_prefix)
-    manifest_path = paths.index_manifest(index)
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(paths.index_manifest(index))
     old_name = manifest["collection"] if manifest else None
     committed: dict[str, str] = manifest["docs"] if manifest and old_name == name else {}
 
@@ -197,12 +202,7 @@ def build_dense_index(
         name,
         embedding_function=None,
         configuration={"hnsw": {"space": chroma.distance}},
-        metadata={
-            "t0_index": index,
-            "t0_model": spec.model,
-            "t0_chunk_size": size,
-            "t0_overlap": chunking.overlap,
-        },
+        metadata={f"t0_{k}": v for k, v in asdict(spec).items() if k != "distance"},
     )
     target = dict(zip(docs["slug"], docs["content_hash"]))
     by_doc, complete = _complete_docs(collection)
@@ -221,27 +221,12 @@ def build_dense_index(
     # readers serve
     kept = sum(len(by_doc.get((s, h), [])) for s, h in target.items() if (s, h) in complete)
     stats.chunks = kept + stats.embedded_chunks
-    snapshot = write_docs_snapshot(docs, paths, index, target)
-    write_json(
-        {
-            "index": index,
-            "collection": name,
-            **asdict(spec),
-            "docs": target,
-            "docs_file": snapshot.name,
-            "n_chunks": stats.chunks,
-            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        manifest_path,
-    )
+    snapshot = _commit(docs, paths, spec, name, target, stats.chunks)
     # 3. garbage-collect what the manifest no longer names
-    _collect_garbage(client, collection, by_doc, target, manifest_path, snapshot, index, old_name)
+    _collect_garbage(client, collection, by_doc, target, snapshot, index, old_name)
     # reported against the last committed manifest, so a run that finishes an interrupted one still
     # says what changed
-    stats.added = sorted(s for s in target if s not in committed)
-    stats.changed = sorted(s for s, h in target.items() if s in committed and committed[s] != h)
-    stats.removed = sorted(set(committed) - set(target))
-    stats.unchanged = len(target) - len(stats.added) - len(stats.changed)
+    stats.compare(committed, target)
     stats.seconds = time.perf_counter() - started
     log.info("dense index %s", stats.summary())
     return stats
@@ -276,51 +261,67 @@ def _embed_documents(
     titles = dict(zip(todo["slug"], todo["title"]))
     counts = Counter(ch.slug for ch in chunks)
     written = 0
-    bar = tqdm(
-        total=len(chunks),
-        desc=f"embed {index}",
-        unit="chunk",
-        leave=False,
-        disable=len(chunks) <= 256,
-    )
-    with bar:
+    quiet = len(chunks) <= 256
+    with tqdm(
+        total=len(chunks), desc=f"embed {index}", unit="chunk", leave=False, disable=quiet
+    ) as bar:
         for part in document_batches(chunks, limit):
+            texts = [c.text for c in part]
             vectors = embedder.encode(
-                [c.text for c in part],
+                texts,
                 batch_size=embedding.batch_size,
                 normalize_embeddings=embedding.normalize,
                 show_progress_bar=False,
                 convert_to_numpy=True,
             )
-            metadatas = [
-                {
-                    "slug": c.slug,
-                    "title": titles[c.slug],
-                    "doc_hash": hashes[c.slug],
-                    "chunk": c.index,
-                    "n_chunks": counts[c.slug],
-                    "start": c.start,
-                    "end": c.end,
-                }
-                for c in part
-            ]
             collection.upsert(
                 ids=[_chunk_id(c.slug, hashes[c.slug], c.index) for c in part],
                 embeddings=vectors,
-                documents=[c.text for c in part],
-                metadatas=metadatas,
+                documents=texts,
+                metadatas=[_chunk_metadata(c, titles, hashes, counts) for c in part],
             )
             written += len(part)
             bar.update(len(part))
     return written
 
 
+def _chunk_metadata(c, titles: dict, hashes: dict, counts: Counter) -> dict:
+    return {
+        "slug": c.slug,
+        "title": titles[c.slug],
+        "doc_hash": hashes[c.slug],
+        "chunk": c.index,
+        "n_chunks": counts[c.slug],
+        "start": c.start,
+        "end": c.end,
+    }
+
+
+def _commit(
+    docs: pl.DataFrame, paths: DataPaths, spec: IndexSpec, name: str, target: dict, n_chunks: int
+) -> Path:
+    """Write the documents' snapshot, then the manifest naming it and the document versions: the
+    index's new version, in one atomic write. Returns the snapshot's path."""
+    snapshot = write_docs_snapshot(docs, paths, spec.index, target)
+    manifest = {
+        "index": spec.index,
+        "collection": name,
+        **asdict(spec),
+        "docs": target,
+        "docs_file": snapshot.name,
+        "n_chunks": n_chunks,
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(manifest, paths.index_manifest(spec.index))
+    return snapshot
+
+
 def _collect_garbage(
-    client, collection, by_doc: dict, target: dict, manifest_path, snapshot, index, old_name
+    client, collection, by_doc: dict, target: dict, snapshot: Path, index: str, old_name
 ) -> None:
     """Remove older document snapshots, chunks of versions the manifest no longer lists, and the
     previous collection when the index moved to a new one."""
-    for old in manifest_path.parent.glob(f"{index}.docs-*.parquet"):
+    for old in snapshot.parent.glob(f"{index}.docs-*.parquet"):
         if old != snapshot:
             old.unlink(missing_ok=True)
     stale = [cid for (s, h), ids in by_doc.items() if target.get(s) != h for cid in ids]

@@ -57,37 +57,47 @@ def create_app(
     serve = cfg.serve
     store = store or Store(serve.database_url or default_url(paths.conversations_db))
     service = service or ChatService(cfg, paths)
-    ctx = ServeContext(
-        cfg,
-        store,
-        service,
-        TurnRunner(store, service, serve.turn_lease_s),
-        ModelProbe(cfg),
-        insecure_local,
+    turns = TurnRunner(store, service, serve.turn_lease_s)
+    ctx = ServeContext(cfg, store, service, turns, ModelProbe(cfg), insecure_local)
+    app = FastAPI(
+        title="t0 conversational agent",
+        version="1",
+        lifespan=_lifespan(ctx),
+        description="Retrieval-augmented reasoning over the indexed collection. "
+        "Not medical advice.",
     )
+    _add_guards(app, cfg, insecure_local)
+    app.middleware("http")(_access_log)
+    app.mount("/static", StaticFiles(directory=str(page.STATIC)), name="static")
+    for router in (page.router, threads.router, messages.router, openai_compat.router):
+        app.include_router(router)
+    app.state.ctx = ctx
+    app.state.store, app.state.service, app.state.turns = store, service, turns
+    app.state.probe = ctx.probe
+    return app
 
+
+def _lifespan(ctx: ServeContext):
     async def lifespan(app: FastAPI):
         try:  # warm start: the first turn should not wait for models, indexes or clients to load
-            ctx.index["documents"] = await asyncio.to_thread(service.warm_up)
+            ctx.index["documents"] = await asyncio.to_thread(ctx.service.warm_up)
             ctx.index["loaded"] = True
-            await service.rehearse_clients()
+            await ctx.service.rehearse_clients()
         except T0Error as exc:
             ctx.index["error"] = str(exc)
             log.error("index not loaded: %s", exc)
         await ctx.probe.warn_unreachable()
         yield
-        await ctx.turns.drain(
-            timeout_s=30
-        )  # answers being written are stored before the process goes
-        store.close()
+        # answers being written are stored before the process goes
+        await ctx.turns.drain(timeout_s=30)
+        ctx.store.close()
 
-    app = FastAPI(
-        title="t0 conversational agent",
-        version="1",
-        lifespan=lifespan,
-        description="Retrieval-augmented reasoning over the indexed collection. "
-        "Not medical advice.",
-    )
+    return lifespan
+
+
+def _add_guards(app: FastAPI, cfg: PipelineConfig, insecure_local: bool) -> None:
+    """CORS (when origins are set), the body size limit, security headers and the Host check."""
+    serve = cfg.serve
     if serve.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -97,31 +107,13 @@ def create_app(
         )
     app.add_middleware(BodySizeLimit, max_bytes=serve.max_request_bytes)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(
-        HostCheck, allowed=[*serve.allowed_hosts, *(LOCAL_HOSTS if insecure_local else ())]
-    )
+    hosts = [*serve.allowed_hosts, *(LOCAL_HOSTS if insecure_local else ())]
+    app.add_middleware(HostCheck, allowed=hosts)
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info(
-            "%s %s %d %.1f ms",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
 
-    app.mount("/static", StaticFiles(directory=str(page.STATIC)), name="static")
-    for router in (page.router, threads.router, messages.router, openai_compat.router):
-        app.include_router(router)
-    app.state.ctx = ctx
-    app.state.store, app.state.service, app.state.turns, app.state.probe = (
-        store,
-        service,
-        ctx.turns,
-        ctx.probe,
-    )
-    return app
+async def _access_log(request: Request, call_next):
+    started = time.perf_counter()
+    response = await call_next(request)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    log.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code, elapsed_ms)
+    return response

@@ -108,25 +108,10 @@ class TurnRunner:
     ) -> AsyncIterator[tuple[str, Any]]:
         thread_id, store = thread["id"], self.store
         async with self._lease(thread_id):
-            # the failed message goes; the same text is sent again as a new turn
-            if retry_of is not None:
-                try:
-                    await asyncio.to_thread(store.take_failed, thread_id, retry_of)
-                except NotFound:
-                    yield failure(
-                        NOT_RETRYABLE,
-                        f"message {retry_of} is not a failed user message of thread {thread_id}",
-                    )
-                    return
-            stored = await asyncio.to_thread(store.history, thread_id)
-            history = [m for m in stored if m["status"] == "ok"]  # failed messages are never resent
-            title = content[:60] if thread["title"] == DEFAULT_TITLE and not history else None
             try:
-                user = await asyncio.to_thread(
-                    store.add_message, thread_id, "user", content, title=title, status="pending"
-                )
-            except NotFound:
-                yield failure(DELETED, f"thread {thread_id} was deleted before the turn began")
+                history, user = await self._begin(thread, content, retry_of)
+            except _Ended as end:
+                yield end.event
                 return
             yield "user", user
             started = time.perf_counter()
@@ -146,34 +131,72 @@ class TurnRunner:
                 yield failure(str(failed), failed.detail, user["id"])
                 return
             assert turn is not None
-            t0 = time.perf_counter()
+            persisting = time.perf_counter()
             try:
-                message = await asyncio.to_thread(
-                    store.add_message,
-                    thread_id,
-                    "assistant",
-                    turn.answer,
-                    thinking=turn.thinking,
-                    sources=turn.sources,
-                    search_query=turn.search_query,
-                    prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    answers=user["id"],
-                )
+                message = await asyncio.to_thread(self._store_answer, thread_id, turn, user["id"])
             except NotFound:
                 yield failure(DELETED, f"thread {thread_id} was deleted during the turn")
                 return
             timings = {
                 **turn.timings_ms,
-                "persist": (time.perf_counter() - t0) * 1000,
+                "persist": (time.perf_counter() - persisting) * 1000,
                 "total": (time.perf_counter() - started) * 1000,
             }
-            log.info(
-                "turn thread=%s search=%s tokens=%d+%d timings_ms=%s",
-                thread_id,
-                turn.search_query is not None,
-                turn.prompt_tokens,
-                turn.completion_tokens,
-                {k: round(v, 1) for k, v in timings.items()},
-            )
+            _log_turn(thread_id, turn, timings)
             yield "final", {**message, "timings_ms": timings}
+
+    async def _begin(
+        self, thread: dict[str, Any], content: str, retry_of: int | None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(the history to send, the stored pending user message); :class:`_Ended` with the
+        failure event when the retried message or the thread is gone."""
+        thread_id, store = thread["id"], self.store
+        # the failed message goes; the same text is sent again as a new turn
+        if retry_of is not None:
+            try:
+                await asyncio.to_thread(store.take_failed, thread_id, retry_of)
+            except NotFound:
+                detail = f"message {retry_of} is not a failed user message of thread {thread_id}"
+                raise _Ended(failure(NOT_RETRYABLE, detail)) from None
+        stored = await asyncio.to_thread(store.history, thread_id)
+        history = [m for m in stored if m["status"] == "ok"]  # failed messages are never resent
+        title = content[:60] if thread["title"] == DEFAULT_TITLE and not history else None
+        try:
+            user = await asyncio.to_thread(
+                store.add_message, thread_id, "user", content, title=title, status="pending"
+            )
+        except NotFound:
+            detail = f"thread {thread_id} was deleted before the turn began"
+            raise _Ended(failure(DELETED, detail)) from None
+        return history, user
+
+    def _store_answer(self, thread_id: str, turn: Turn, answers: int) -> dict[str, Any]:
+        return self.store.add_message(
+            thread_id,
+            "assistant",
+            turn.answer,
+            thinking=turn.thinking,
+            sources=turn.sources,
+            search_query=turn.search_query,
+            prompt_tokens=turn.prompt_tokens,
+            completion_tokens=turn.completion_tokens,
+            answers=answers,
+        )
+
+
+class _Ended(Exception):
+    """A turn that ends before the model is asked, with the event that says why."""
+
+    def __init__(self, event: tuple[str, Any]):
+        self.event = event
+
+
+def _log_turn(thread_id: str, turn: Turn, timings: dict[str, float]) -> None:
+    log.info(
+        "turn thread=%s search=%s tokens=%d+%d timings_ms=%s",
+        thread_id,
+        turn.search_query is not None,
+        turn.prompt_tokens,
+        turn.completion_tokens,
+        {k: round(v, 1) for k, v in timings.items()},
+    )
