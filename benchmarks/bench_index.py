@@ -87,9 +87,8 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
         )
         print(f"\n== {corpus}: {docs.height} documents, {len(chunks)} chunks of ≤{size} tokens")
 
-        encoder = document_encoder(
-            emb_cfg, model
-        )  # what the build encodes with (int8 on CPU by default)
+        # what the build encodes with (int8 on CPU by default)
+        encoder = document_encoder(emb_cfg, model)
         encoder.encode([c.text for c in chunks[:8]])
         t = time.perf_counter()
         encoder.encode(

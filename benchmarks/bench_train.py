@@ -117,9 +117,8 @@ def main() -> None:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": "29533",
     }.items():
-        os.environ.setdefault(
-            key, value
-        )  # DeepSpeed wants a (one-process) process group even on one GPU
+        # DeepSpeed wants a (one-process) process group even on one GPU
+        os.environ.setdefault(key, value)
 
     import torch
 

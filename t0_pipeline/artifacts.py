@@ -127,9 +127,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode(
-                    "utf-8-sig" if lineno == 1 else "utf-8"
-                )  # a byte-order mark is allowed
+                # a byte-order mark is allowed
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise T0Error(
                     f"{path}:{lineno} is not valid UTF-8 (byte {exc.start}); re-save the file as "

@@ -83,9 +83,8 @@ def generation_prompt(messages: list[dict[str, str]], tokenizer, assistant_open:
 
 def count_tokens(text: str, tokenizer) -> int:
     if tokenizer is None:
-        return len(
-            text.split()
-        )  # whitespace words: a stated approximation when no tokenizer is configured
+        # whitespace words: a stated approximation when no tokenizer is configured
+        return len(text.split())
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

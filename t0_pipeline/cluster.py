@@ -23,9 +23,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from t0_pipeline.artifacts import T0Error
 
-SLURM_DIR = (
-    Path(__file__).resolve().parent / "slurm"
-)  # package data: profiles, template, DeepSpeed configs
+# package data: profiles, template, DeepSpeed configs
+SLURM_DIR = Path(__file__).resolve().parent / "slurm"
 # a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
 JOB_ENV_FILE = "t0-job.env"
 # seconds before the time limit at which the trainer checkpoints and the job requeues
@@ -35,9 +34,8 @@ STOP_LEAD_S = 300
 class Allocation(BaseModel):
     nodes: int = Field(ge=1)
     gpus_per_node: int = Field(ge=0)  # 0 = a CPU-only job
-    procs_per_node: int | None = Field(
-        default=None, ge=1
-    )  # ranks per node; None = one per GPU (1 without GPUs)
+    # ranks per node; None = one per GPU (1 without GPUs)
+    procs_per_node: int | None = Field(default=None, ge=1)
     hours: int = Field(ge=1)
     mem: str | int = 0  # Slurm --mem per node; 0 = all of it
 
@@ -52,9 +50,8 @@ class SiteProfile(BaseModel):
     qos: str | None = None
     gpus_per_node: int = 4
     cpus_per_node: int = Field(default=8, ge=1)  # cores one job may use on a node
-    cpus_per_rank: int = Field(
-        default=1, ge=1
-    )  # cores per training process (OMP threads, data loading)
+    # cores per training process (OMP threads, data loading)
+    cpus_per_rank: int = Field(default=1, ge=1)
     modules: list[str] = Field(default_factory=list)
     container: str | None = None  # an Apptainer image; torchrun runs inside it
     setup: list[str] = Field(default_factory=list)

@@ -27,9 +27,8 @@ class Demographics(BaseModel):
 class WrittenDemographics(BaseModel):
     """Details as a synthetic query's writer must give them: every field."""
 
-    age: int = Field(
-        ge=0, le=120
-    )  # writers may answer "above 80" (as the prompt allows): read as 81
+    # writers may answer "above 80" (as the prompt allows): read as 81
+    age: int = Field(ge=0, le=120)
     sex: str
     occupation: str
     social_support: str

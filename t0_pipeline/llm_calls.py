@@ -25,9 +25,8 @@ def litellm_module():
     import litellm
 
     litellm.suppress_debug_info = True
-    logging.getLogger("LiteLLM").setLevel(
-        logging.ERROR
-    )  # it warns on every self-hosted model's price entry
+    # it warns on every self-hosted model's price entry
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
     litellm.drop_params = True  # a provider that lacks e.g. `seed` ignores it instead of failing
     return litellm
 
@@ -52,9 +51,8 @@ class LLMReply:
     attempts: int = 0
     error: str | None = None  # set when the call finally failed
     finish_reason: str | None = None
-    tool_calls: list[dict[str, str]] = field(
-        default_factory=list
-    )  # {"name", "arguments" (JSON text)}
+    # {"name", "arguments" (JSON text)}
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
     # on failure: "unreachable", "auth" or "not_found" when the endpoint is at fault
     trouble: str | None = None
 

@@ -149,11 +149,10 @@ class _Server:
 
     # implemented per kind
     def _launch(self) -> None: ...
+    # why the server is gone (e.g. "exited with code 1"), or None while it runs
     def _dead(
         self,
-    ) -> (
-        str | None
-    ): ...  # why the server is gone (e.g. "exited with code 1"), or None while it runs
+    ) -> str | None: ...
     def _running(self) -> bool:
         return True  # started (a Slurm job may still be queued)
 

@@ -77,9 +77,8 @@ class Retriever:
         from t0_pipeline.embed import model_name, vector_space
 
         built_with, configured = manifest.get("model"), model_name(self.embedding)
-        if built_with and vector_space(built_with) != vector_space(
-            configured
-        ):  # queries would be embedded in another vector space
+        # queries would be embedded in another vector space
+        if built_with and vector_space(built_with) != vector_space(configured):
             raise T0Error(
                 f"the {index!r} index was built with embedding model {built_with!r}, but "
                 "embedding.model is "
@@ -88,12 +87,10 @@ class Retriever:
             )
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
-        self._live16 = {
-            slug: digest[:16] for slug, digest in self.live.items()
-        }  # as chunk ids carry them
-        snapshot = manifest.get(
-            "docs_file"
-        )  # the text this index version serves (older manifests: the corpus)
+        # as chunk ids carry them
+        self._live16 = {slug: digest[:16] for slug, digest in self.live.items()}
+        # the text this index version serves (older manifests: the corpus)
+        snapshot = manifest.get("docs_file")
         source = (
             paths.index_manifest(index).with_name(snapshot) if snapshot else paths.documents(index)
         )
@@ -215,9 +212,8 @@ class Retriever:
             self._bm25 = bm25s.BM25.load(str(folder))
             # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the
             # manifest's version count
-            hashes = meta.get(
-                "hashes"
-            )  # absent in indexes written before hashes were saved: trust them all
+            # absent in indexes written before hashes were saved: trust them all
+            hashes = meta.get("hashes")
             self._bm25_slugs = (
                 list(meta["slugs"])
                 if hashes is None
@@ -232,9 +228,10 @@ class Retriever:
     def _bm25_rank(self, queries: list[str], depth: int) -> list[list[tuple[str, float]]]:
         bm25 = self._load_bm25()
         depth = min(depth, len(self._bm25_slugs))
+        # 0: in this thread (1 would start a pool per call)
         ids, scores = bm25.retrieve(
             bm25_tokenize(queries, self._stemmer), k=depth, show_progress=False, n_threads=0
-        )  # 0: in this thread (1 would start a pool per call)
+        )
         out = []
         for row_ids, row_scores in zip(ids, scores):
             out.append(

@@ -169,9 +169,8 @@ class ExtractiveSummariser:
         self.name = f"extractive:{EXTRACTIVE_VERSION}:{config.max_words}:{config.max_sentences}"
 
     def summarise(self, title: str, text: str) -> str:
-        units = [
-            u for u in _units(text) if u.text.strip().lower() != title.strip().lower()
-        ]  # a repeated title
+        # a repeated title
+        units = [u for u in _units(text) if u.text.strip().lower() != title.strip().lower()]
         if not units:
             return ""
         # lists in the opening passage say how the condition shows; so do lists in passages that

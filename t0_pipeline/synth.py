@@ -278,9 +278,8 @@ def remove_overlaps(train: list[dict], eval_pairs: set[tuple[str, str]]) -> tupl
 def generate_queries(
     pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None, progress=None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    with client.stage(
-        "synthetic queries", config.n_eval + config.n_train
-    ):  # both sets and top-ups: one count
+    # both sets and top-ups: one count
+    with client.stage("synthetic queries", config.n_eval + config.n_train):
         return _generate(pages, client, config, prompts_dir, progress)
 
 

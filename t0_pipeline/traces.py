@@ -150,9 +150,8 @@ def collect_traces(
     prompts_dir=None,
     progress=None,
 ) -> pl.DataFrame:
-    sections, prompt_hash = triage_prompt.load(
-        prompts_dir
-    )  # the very prompt the student learns and is evaluated on
+    # the very prompt the student learns and is evaluated on
+    sections, prompt_hash = triage_prompt.load(prompts_dir)
     rows = queries.to_dicts()
     ranked = retriever.rank([r["query"] for r in rows], config.k, config.mode)
     jobs = []

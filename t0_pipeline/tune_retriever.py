@@ -288,7 +288,6 @@ def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
         base, train, evaluation, docs, tune, paths, cfg.embedding.device, log_fn
     )
     if not result.used:
-        (paths.retriever_dir / "active.json").unlink(
-            missing_ok=True
-        )  # the indexes go back to the base embedder
+        # the indexes go back to the base embedder
+        (paths.retriever_dir / "active.json").unlink(missing_ok=True)
     return result

@@ -51,9 +51,8 @@ class Rule:
     reply: Reply  # the content, or a function of the messages returning it
     reasoning: str | None = None  # returned as reasoning_content
     inline_think: str | None = None  # prepended to the content as <think>…</think>
-    faults: list[str | int] = field(
-        default_factory=list
-    )  # consumed one per request: 429, 500, "hang", "malformed"
+    # consumed one per request: 429, 500, "hang", "malformed"
+    faults: list[str | int] = field(default_factory=list)
     # (name, arguments) pairs, or a function of the messages returning them; used when the request
     # offers tools.
     # Arguments may be a dict (sent as JSON) or a raw string (to script malformed arguments).

@@ -20,19 +20,16 @@ from typing import Any, Callable
 class SiteState:
     root: Path
     robots: str = "User-agent: *\nAllow: /\n"
-    overrides: dict[str, bytes] = field(
-        default_factory=dict
-    )  # path → body replacing the mirror file
-    fail: dict[str, list[int]] = field(
-        default_factory=dict
-    )  # path → statuses to answer first, in order
+    # path → body replacing the mirror file
+    overrides: dict[str, bytes] = field(default_factory=dict)
+    # path → statuses to answer first, in order
+    fail: dict[str, list[int]] = field(default_factory=dict)
     always: dict[str, int] = field(default_factory=dict)  # path → status answered every time
     retry_after: str | None = None  # sent with 429/503
     slow: dict[str, float] = field(default_factory=dict)  # path → seconds to sleep before answering
     robots_status: int = 200  # answer robots.txt with this status (its body only when 200)
-    custom: dict[str, Callable[[Any], None]] = field(
-        default_factory=dict
-    )  # path → writes its own raw answer
+    # path → writes its own raw answer
+    custom: dict[str, Callable[[Any], None]] = field(default_factory=dict)
     hits: list[tuple[str, int]] = field(default_factory=list)  # (path, status) per request
     user_agents: set[str] = field(default_factory=set)
 
@@ -60,10 +57,11 @@ def make_handler(state: SiteState):
                 state.hits.append((path, 0))
                 try:
                     return state.custom[path](self)
+                # the crawler gave up on it: that is the point
                 except (
                     BrokenPipeError,
                     ConnectionResetError,
-                ):  # the crawler gave up on it: that is the point
+                ):
                     return None
             if path == "/robots.txt":
                 if state.robots_status != 200:
@@ -102,9 +100,8 @@ class QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         import sys
 
-        if not isinstance(
-            sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)
-        ):  # a crawler hanging up is fine
+        # a crawler hanging up is fine
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
             super().handle_error(request, client_address)
 
 

@@ -120,9 +120,8 @@ def tool_model(messages):
             )
         ]
     if "Crushing" in text:
-        return [
-            ("submit_condition_recommendation", '{"condition": "Heart attack", ')
-        ]  # malformed arguments
+        # malformed arguments
+        return [("submit_condition_recommendation", '{"condition": "Heart attack", ')]
     return []  # e6: nothing at all
 
 
@@ -257,9 +256,8 @@ def test_text_model_with_thinking_inconclusive_timeouts_and_empty_replies(
     assert by[(0, "e7")]["gold_retrieved"] is None and not by[(0, "e7")]["condition_correct"]
     assert by[(5, "e3")]["gold_retrieved"] is True and not by[(5, "e3")]["condition_correct"]
     assert "2 timeouts" in summary["notes"]
-    right_at_k5 = (
-        2 + by[(5, "e1")]["gold_retrieved"]
-    )  # gout, frostbite's "inconclusive", and stroke if it was shown
+    # gout, frostbite's "inconclusive", and stroke if it was shown
+    right_at_k5 = 2 + by[(5, "e1")]["gold_retrieved"]
     assert summary["by_k"]["5"]["condition_accuracy"][0] == pytest.approx(right_at_k5 / 7)
 
 
@@ -285,16 +283,16 @@ def test_budget_forced_student_on_a_completions_endpoint(built, retriever, tmp_p
     thinking = [r for r in sent if r["stop"] == [marker]]
     assert thinking[0]["prompt"].endswith("<|im_start|>assistant\n<|im_start|>think\n")
     assert "<|im_start|>system\n" in thinking[0]["prompt"]
+    # less the 4 tokens thought and the 1-token " Wait"
     assert [r["max_tokens"] for r in thinking] == [
         10,
         5,
-    ]  # less the 4 tokens thought and the 1-token " Wait"
+    ]
     assert all(r["min_tokens"] == 2 for r in thinking)
     row = df.row(0, named=True)
     assert row["status"] == "ok" and row["condition_correct"] and row["disposition_correct"]
-    assert (
-        row["thinking"] == "the toe is hot Wait the toe is hot" and row["completion_tokens"] == 9
-    )  # Wait counts
+    # Wait counts
+    assert row["thinking"] == "the toe is hot Wait the toe is hot" and row["completion_tokens"] == 9
 
 
 def test_retrieval_baseline_reads_urgency_off_the_top_page(built, retriever, tmp_path):
@@ -305,14 +303,12 @@ def test_retrieval_baseline_reads_urgency_off_the_top_page(built, retriever, tmp
         mode="hybrid",
     )
     df, summary = run_evaluation(paths, cfg, "baseline", retriever)
-    assert (
-        summary["ks"] == [5] and summary["runs"] == 1 and df.height == 6
-    )  # no k=0 row; deterministic: one run
+    # no k=0 row; deterministic: one run
+    assert summary["ks"] == [5] and summary["runs"] == 1 and df.height == 6
     for row in df.iter_rows(named=True):
         assert row["pred_condition"] == row["retrieved_slugs"][0]
-    gout = df.filter(pl.col("query_id") == "e2").row(
-        0, named=True
-    )  # the gout page: "urgent GP appointment if … hot, red"
+    # the gout page: "urgent GP appointment if … hot, red"
+    gout = df.filter(pl.col("query_id") == "e2").row(0, named=True)
     assert (
         gout["pred_condition"] == "gout"
         and gout["pred_severity"] == "Urgent Primary Care"
@@ -524,9 +520,8 @@ def test_the_code_location_partitions_accuracy_by_the_configured_models():
         "summary_bm25",
         "student_checkpoint",
     }
-    mapping = node.partition_mappings[
-        dg.AssetKey("student_checkpoint")
-    ]  # each size → its student and its base
+    # each size → its student and its base
+    mapping = node.partition_mappings[dg.AssetKey("student_checkpoint")]
     assert mapping.downstream_partition_keys_by_upstream_partition_key["7B"] == {
         "t0-7b",
         "qwen2.5-7b",
@@ -580,12 +575,10 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
 
     from t0_pipeline_tests.test_budget import MARKER, pinned_model
 
-    pinned_model(
-        tmp_path, MARKER
-    )  # a saved checkpoint that always tries to end its thinking at once
-    (
-        tmp_path / "tok"
-    ).mkdir()  # its tokenizer on its own, so AutoTokenizer does not swap in the Qwen2 class
+    # a saved checkpoint that always tries to end its thinking at once
+    pinned_model(tmp_path, MARKER)
+    # its tokenizer on its own, so AutoTokenizer does not swap in the Qwen2 class
+    (tmp_path / "tok").mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tmp_path / "m" / name, tmp_path / "tok" / name)
     model = {
@@ -604,9 +597,8 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
         and df["thinking"].to_list() == ["Wait Wait"]
         and df["completion_tokens"].to_list() == [2]
     )
-    assert df["status"].to_list() == [
-        "empty"
-    ]  # the answer is the marker again: nothing to parse, counted
+    # the answer is the marker again: nothing to parse, counted
+    assert df["status"].to_list() == ["empty"]
     assert summary["notes"] == [
         "1 empty replies",
         "greedy decoding (temperature 0): one run, not repeated",

@@ -63,9 +63,8 @@ def test_a_local_folder_is_linked_and_names_resolve_everywhere_a_checkpoint_is_n
     local = str(paths.base_model("mine").resolve())
     assert cfg.train.sizes == {"tiny": local} and cfg.sft.tokenizer == local
     assert cfg.llm.roles["teacher"].serve.checkpoint == local
-    assert (
-        cfg.evaluation.models["mine"].serve.checkpoint == local
-    )  # the size's base entry, named after the entry
+    # the size's base entry, named after the entry
+    assert cfg.evaluation.models["mine"].serve.checkpoint == local
     assert cfg.llm.roles["summariser"].serve is None
 
 

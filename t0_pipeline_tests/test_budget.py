@@ -118,9 +118,8 @@ def real_prompt(tokenizer) -> str:
 
 def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smollm2):
     model, tok = smollm2
-    assert (
-        len(tok(MARKER, add_special_tokens=False)["input_ids"]) == 2
-    )  # <|im_start|> + answer, as in Qwen2.5
+    # <|im_start|> + answer, as in Qwen2.5
+    assert len(tok(MARKER, add_special_tokens=False)["input_ids"]) == 2
     out = generate_with_budget(
         model, tok, real_prompt(tok), BudgetConfig(thinking_budget=40, max_waits=2, answer_tokens=8)
     )
@@ -128,9 +127,8 @@ def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smoll
     # twice
     assert out.waits == 2 and out.thinking.count(" Wait") == 2 and out.thinking_tokens <= 40
     after = out.text[len(out.thinking) :]
-    assert out.text.startswith(out.thinking) and after.startswith(
-        MARKER + "\n"
-    )  # the two-token marker, forced
+    # the two-token marker, forced
+    assert out.text.startswith(out.thinking) and after.startswith(MARKER + "\n")
     assert out.text.count(MARKER) == 1
     for budget in (3, 9):  # with waits to spare, the budget is what stops it, and it holds
         capped = generate_with_budget(
@@ -172,9 +170,8 @@ def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget()
     assert [r["max_tokens"] for r in thinking_calls] == [10, 5]
     assert all(r["min_tokens"] == 1 and r["temperature"] == 0.0 for r in thinking_calls)
     assert thinking_calls[1]["prompt"] == "question: the toe is hot Wait"
-    assert (
-        out.waits == 2 and out.thinking_tokens == 10 and out.budget_exhausted
-    )  # 4 + 1 + 4 + 1: the cap
+    # 4 + 1 + 4 + 1: the cap
+    assert out.waits == 2 and out.thinking_tokens == 10 and out.budget_exhausted
     answer_call = sent[-1]
     assert answer_call["prompt"] == f"question: the toe is hot Wait the toe is hot Wait{MARKER}\n"
     assert answer_call["stop"] == []

@@ -48,12 +48,13 @@ def test_the_tuned_embedder_is_used_exactly_when_it_gained():
 
 
 def test_query_writer_json_and_rates():
+    # 100 replies, 5 invalid
     usage = {
         "completed": 90,
         "cache_hits": 20,
         "repairs": 10,
         "invalid_json": 5,
-    }  # 100 replies, 5 invalid
+    }
     assert json_validity_rate(usage) == 0.95 and json_validity_problems(usage) == []
     assert "94.0% of replies" in json_validity_problems({**usage, "invalid_json": 6})[0]
     split = {"requested": 50, "failures": [], "refusals": 0}

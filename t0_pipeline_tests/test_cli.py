@@ -251,9 +251,8 @@ def test_bad_files_and_folders_are_one_line_each_and_keep_what_was_built(tmp_pat
     assert "holds no records; the previous corpus is kept" in error_of(
         "index", "--pages", str(empty), "--data-dir", str(data)
     )
-    assert (
-        data / "corpus" / "pages.parquet"
-    ).read_bytes() == built  # nothing already produced was lost
+    # nothing already produced was lost
+    assert (data / "corpus" / "pages.parquet").read_bytes() == built
     assert "holds no queries; nothing was written" in error_of(
         "retrieve", "-d", str(data), "-q", str(empty), "-o", str(tmp_path / "r.jsonl")
     )
@@ -261,13 +260,11 @@ def test_bad_files_and_folders_are_one_line_each_and_keep_what_was_built(tmp_pat
     unwritable = error_of(
         "retrieve", "-d", str(data), "-q", str(queries), "-o", str(a_file / "r.jsonl")
     )
-    assert (
-        str(a_file) in unwritable and "check the path and its permissions" in unwritable
-    )  # under a file
+    # under a file
+    assert str(a_file) in unwritable and "check the path and its permissions" in unwritable
     bom = tmp_path / "bom.jsonl"
-    bom.write_bytes(
-        b"\xef\xbb\xbf" + json.dumps(PAGES[0]).encode() + b"\n"
-    )  # a byte-order mark is fine
+    # a byte-order mark is fine
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(PAGES[0]).encode() + b"\n")
     with pytest.raises(SystemExit) as done:
         main(["index", "--pages", str(bom), "--data-dir", str(tmp_path / "bom-data")])
     assert done.value.code == 0
@@ -297,22 +294,19 @@ def test_set_reaches_any_setting_and_flags_are_shorthands_in_the_same_checked_la
     assert cfg["chunk"]["size"] == 64 and cfg["retrieval_eval"]["ks"] == [1, 3]
     assert cfg["serve"]["allowed_hosts"] == ["t0.example.org"]
     agent, before = cfg["llm"]["roles"]["agent"], default["llm"]["roles"]["agent"]
-    assert (
-        agent["api_base"] == "http://gpu-box:8000/v1"
-    )  # only that field; the agent's model and tokens stay
+    # only that field; the agent's model and tokens stay
+    assert agent["api_base"] == "http://gpu-box:8000/v1"
     assert {k: v for k, v in agent.items() if k not in ("api_base", "serve")} == {
         k: v for k, v in before.items() if k not in ("api_base", "serve")
     }
-    demo = str(
-        Path(__file__).parents[1] / "t0_pipeline" / "demo.yaml"
-    )  # its teacher has a serve section
+    # its teacher has a serve section
+    demo = str(Path(__file__).parents[1] / "t0_pipeline" / "demo.yaml")
     assert resolved("-c", demo)["llm"]["roles"]["teacher"]["serve"]
     served = resolved("-c", demo, "--set", "llm.roles.teacher.api_base=http://gpu-box:8000/v1")[
         "llm"
     ]["roles"]["teacher"]
-    assert (
-        served["serve"] is None
-    )  # an endpoint given on the command line is a server already running there
+    # an endpoint given on the command line is a server already running there
+    assert served["serve"] is None
 
     for args, expected in (
         (

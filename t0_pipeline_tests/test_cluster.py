@@ -30,9 +30,8 @@ def test_sbatch_matches_the_golden_file_and_is_valid_bash(site, size, tmp_path):
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     for hyperparameter in ("learning", "epochs", "lr", "warmup", "block"):
-        assert (
-            hyperparameter not in text.split("set -euo pipefail")[1]
-        )  # they live in the config file
+        # they live in the config file
+        assert hyperparameter not in text.split("set -euo pipefail")[1]
 
 
 def test_every_shipped_profile_covers_the_default_sizes():
@@ -53,9 +52,8 @@ def test_every_shipped_profile_covers_the_default_sizes():
                 f"--nproc-per-node={job.gpus_per_node}" in text
                 and f"--gres=gpu:{job.gpus_per_node}" in text
             )
-            assert (
-                "--deepspeed auto" in text
-            )  # ZeRO-3 whenever more than one GPU trains all weights
+            # ZeRO-3 whenever more than one GPU trains all weights
+            assert "--deepspeed auto" in text
 
 
 def test_a_container_wraps_the_launcher(tmp_path):

@@ -56,15 +56,17 @@ def test_file_then_environment_then_run_config_each_override_only_their_fields(t
         path, environ=env, overrides={"llm": {"roles": {"teacher": {"temperature": 0.3}}}}
     )
     teacher = cfg.llm.roles["teacher"]
+    # env, run config, default
     assert (teacher.max_tokens, teacher.temperature, teacher.timeout_s) == (
         200,
         0.3,
         600.0,
-    )  # env, run config, default
+    )
+    # lists replace whole
     assert cfg.queries.n_eval == 10 and cfg.queries.dispositions == [
         "A&E",
         "Self-care",
-    ]  # lists replace whole
+    ]
     assert cfg.queries.n_train == 2000
 
 
@@ -83,16 +85,13 @@ def test_evaluation_entries_merge_into_the_size_entries_and_null_removes_a_defau
         "qwen2.5-7b",
         True,
     )
-    assert (
-        student.serve is None
-    )  # an address given and no serve section: it is already running there
-    assert (
-        cfg.evaluation.models["t0-3b"].serve is not None
-    )  # the untouched sizes are still served by the pipeline
+    # an address given and no serve section: it is already running there
+    assert student.serve is None
+    # the untouched sizes are still served by the pipeline
+    assert cfg.evaluation.models["t0-3b"].serve is not None
     assert "gpt-4o" not in cfg.evaluation.models and "retrieval-baseline" in cfg.evaluation.models
-    assert (
-        cfg.evaluation.models["mine"].backend == "chat"
-    )  # a new name starts from the class defaults
+    # a new name starts from the class defaults
+    assert cfg.evaluation.models["mine"].backend == "chat"
     assert list(cfg.evaluation.models)[:3] == ["retrieval-baseline", "qwen2.5-1.5b", "t0-1.5b"]
 
 
@@ -134,9 +133,8 @@ def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, 
         data = yaml.safe_load(text)
         for role, fields in data.get("llm", {}).get("roles", {}).items():
             assert cfg.llm.roles[role].model_dump(include=set(fields)) == fields
-        assert {"agent", "reasoner"} <= set(
-            cfg.llm.roles
-        )  # what `t0 serve` needs is still configured
+        # what `t0 serve` needs is still configured
+        assert {"agent", "reasoner"} <= set(cfg.llm.roles)
     from t0_pipeline_tests.serving import free_port
 
     port = free_port()

@@ -59,9 +59,8 @@ def test_the_server_speaks_the_protocol_the_stages_use(smol_server, smollm2_chec
         json={"model": "smol", "prompt": prompt, "max_tokens": 40, "temperature": 0, "stop": ["."]},
     ).json()
     text = done["choices"][0]["text"]
-    assert (
-        "." not in text and done["usage"]["completion_tokens"] <= 40
-    )  # stop strings are not returned
+    # stop strings are not returned
+    assert "." not in text and done["usage"]["completion_tokens"] <= 40
     counted = httpx.post(
         smol_server.removesuffix("/v1") + "/tokenize", json={"prompt": prompt}
     ).json()["count"]
@@ -175,12 +174,10 @@ def test_a_role_with_a_serve_section_gets_its_own_server_for_the_stage(
         local_servers(cfg.servers, paths, logged.append),
     ) as served:
         teacher, agent = served.llm.roles["teacher"], served.llm.roles["agent"]
-        assert (
-            teacher.api_base == agent.api_base != "http://127.0.0.1:8000/v1"
-        )  # one server for one model
-        assert (
-            served.llm.roles["query_writer"].api_base == "http://127.0.0.1:8000/v1"
-        )  # no serve: left alone
+        # one server for one model
+        assert teacher.api_base == agent.api_base != "http://127.0.0.1:8000/v1"
+        # no serve: left alone
+        assert served.llm.roles["query_writer"].api_base == "http://127.0.0.1:8000/v1"
         reply = asyncio.run(
             LLMClient("teacher", served.llm, LLMCache(tmp_path / "c.sqlite")).complete(
                 [{"role": "user", "content": "Hi"}]

@@ -94,16 +94,14 @@ def test_oversized_and_compressed_bombs_are_refused_in_bounded_memory(site):
     site.state.custom["/conditions/gout/"] = answer(
         200, gz, Content_Type="text/html", Content_Encoding="gzip"
     )
-    site.state.custom["/conditions/acne/"] = answer(
-        200, b"x" * (3 * MB), Content_Type="text/html"
-    )  # declared
+    # declared
+    site.state.custom["/conditions/acne/"] = answer(200, b"x" * (3 * MB), Content_Type="text/html")
     df, report, _, peak = crawl(config(site))
     for slug in ("stroke", "gout", "acne"):
         assert "over the 2097152-byte page limit" in failure(report, slug), slug
     assert report.conditions == 38 and len(gz) < 1.5 * MB
-    assert peak < 40 * MB, (
-        f"peak Python allocation {peak / MB:.1f} MB"
-    )  # the cap, not the body, bounds memory
+    # the cap, not the body, bounds memory
+    assert peak < 40 * MB, f"peak Python allocation {peak / MB:.1f} MB"
     print(
         f"\nhostile bodies: peak Python allocation {peak / MB:.1f} MB for 200 MB plain and 1 GB "
         "gzip"
@@ -131,9 +129,8 @@ def test_binary_content_is_refused_per_page(site):
     site.state.custom["/conditions/gout/"] = answer(
         200, garbage, Content_Type="application/octet-stream"
     )
-    site.state.custom["/conditions/acne/"] = answer(
-        200, garbage, Content_Type="text/html"
-    )  # lies about its type
+    # lies about its type
+    site.state.custom["/conditions/acne/"] = answer(200, garbage, Content_Type="text/html")
     df, report, _, _ = crawl(config(site))
     assert "not text (Content-Type application/octet-stream)" in failure(report, "gout")
     assert "binary content" in failure(report, "acne")
@@ -155,9 +152,8 @@ def test_a_huge_index_is_capped_and_scheduled_with_a_fixed_pool(site):
     )
     df, report, seconds, peak = crawl(config(site, max_pages=25, max_page_bytes=5 * MB))
     fetched = [p for p, _ in site.state.hits if re.fullmatch(r"/conditions/c\d{5}/", p)]
-    assert (
-        len(fetched) == 15 and len(report.failed) == 15
-    )  # 10 real pages, then 15 of the rest (404 here)
+    # 10 real pages, then 15 of the rest (404 here)
+    assert len(fetched) == 15 and len(report.failed) == 15
     assert report.conditions == 10
     assert any("links to 50010 conditions; only the first 25" in w for w in report.warnings)
     assert report.removed == []  # a capped crawl cannot tell what was removed
@@ -214,9 +210,8 @@ def test_a_killed_crawl_resumes_where_it_stopped(site, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(
-        1.0
-    )  # requests in flight at the kill finish on the server side before counting starts
+    # requests in flight at the kill finish on the server side before counting starts
+    time.sleep(1.0)
     saved = len(journal.read_text().splitlines()) - 1  # the first line names the source
     assert 10 <= saved < 41 and not (data / "corpus" / "pages.parquet").exists()
     first_hits = len(site.state.hits)

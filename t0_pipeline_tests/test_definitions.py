@@ -73,9 +73,8 @@ def test_materialise_the_whole_graph_then_react_to_a_source_change(tmp_path):
             overrides={"source": {"kind": "pages", "location": str(pages)}},
         ),
     }
-    offline = graph_subset(
-        {"corpus", "retrieval"}
-    )  # synthetic_data needs an LLM endpoint: see test_synthetic_assets
+    # synthetic_data needs an LLM endpoint: see test_synthetic_assets
+    offline = graph_subset({"corpus", "retrieval"})
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(offline, resources=resources, instance=instance, raise_on_error=True)
     assert result.success
@@ -151,9 +150,8 @@ def test_the_default_graph_builds_on_an_unfamiliar_corpus_and_scores_its_synthet
     assert mats["retrieval_report"]["queries"].value == 0
     assert all(e.passed for e in result.get_asset_check_evaluations())
 
-    split = (
-        tmp_path / "data" / "synthetic" / "queries_eval.parquet"
-    )  # what synthetic_queries writes
+    # what synthetic_queries writes
+    split = tmp_path / "data" / "synthetic" / "queries_eval.parquet"
     split.parent.mkdir(parents=True)
     pl.DataFrame(
         {
@@ -218,9 +216,8 @@ def test_a_new_source_version_asks_for_exactly_the_cheap_chain_and_nothing_that_
         },
     )
     instance = dg.DagsterInstance.ephemeral()
-    observe_source(
-        resources, instance
-    )  # as `make demo` does first: the source's version is on record
+    # as `make demo` does first: the source's version is on record
+    observe_source(resources, instance)
     dg.materialize(
         graph_subset({"corpus", "retrieval"}),
         resources=resources,
@@ -274,9 +271,8 @@ def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
     prompts = tmp_path / "prompts"
     shutil.copytree(str(package.files("t0_pipeline") / "prompts"), prompts)
     before = {asset: code_version(asset, prompts) for asset in DEPENDS_ON}
-    assert before == {
-        asset: code_version(asset, None) for asset in DEPENDS_ON
-    }  # identical copies: same versions
+    # identical copies: same versions
+    assert before == {asset: code_version(asset, None) for asset in DEPENDS_ON}
     triage = prompts / "triage.txt"
     triage.write_text(
         triage.read_text().replace("decide which condition", "work out which condition")

@@ -20,9 +20,8 @@ def test_the_prompt_text_keeps_given_fields_in_one_order_and_says_when_there_are
         "occupation": None,
         "query": "...",
     }
-    assert (
-        demographics_text(row) == '{"age": 34, "medical_history": "asthma"}'
-    )  # canonical order, no blanks/others
+    # canonical order, no blanks/others
+    assert demographics_text(row) == '{"age": 34, "medical_history": "asthma"}'
     full = {
         "sex": "female",
         "age": 70,

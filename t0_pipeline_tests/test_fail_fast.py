@@ -58,9 +58,8 @@ def test_query_writing_with_no_server_stops_within_30_s_at_the_default_settings(
     default."""
     paths, url = corpus(tmp_path), closed_url()
     config = tmp_path / "t0.yaml"
-    config.write_text(
-        f"llm:\n  roles:\n    query_writer:\n      api_base: {url}\n"
-    )  # a partial file: the rest default
+    # a partial file: the rest default
+    config.write_text(f"llm:\n  roles:\n    query_writer:\n      api_base: {url}\n")
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -156,9 +155,8 @@ def test_a_refused_key_stops_the_stage_at_the_first_answer(tmp_path):
     from t0_pipeline.synth import run_generate_queries
 
     with FakeLLM() as server:
-        server.on(
-            ".*", writer_reply, faults=[401] * 1000
-        )  # every request: HTTP 401, as a gateway answers a bad key
+        # every request: HTTP 401, as a gateway answers a bad key
+        server.on(".*", writer_reply, faults=[401] * 1000)
         paths = corpus(tmp_path)
         llm = llm_for("query_writer", server.api_base, backoff_s=0.01)
         with pytest.raises(
@@ -167,9 +165,8 @@ def test_a_refused_key_stops_the_stage_at_the_first_answer(tmp_path):
             r"set \$T0_LLM_API_KEY to a valid key",
         ):
             run_generate_queries(paths, QueryGenConfig(n_eval=200, n_train=200), llm)
-        assert (
-            len(server.state.requests) <= llm.concurrency * 2
-        )  # the calls already in flight, then nothing
+        # the calls already in flight, then nothing
+        assert len(server.state.requests) <= llm.concurrency * 2
 
 
 def test_a_model_the_server_does_not_serve_is_named(tmp_path):
@@ -228,14 +225,12 @@ def test_progress_counts_the_whole_stage_across_top_up_rounds(tmp_path):
         )
     counts = [tuple(map(int, line.split(": ", 1)[1].split(" ")[0].split("/"))) for line in lines]
     assert all(line.startswith("synthetic queries: ") for line in lines)
-    assert [d for d, _ in counts] == sorted(
-        d for d, _ in counts
-    )  # one count, never restarting per round
+    # one count, never restarting per round
+    assert [d for d, _ in counts] == sorted(d for d, _ in counts)
     planned = 18 + 12 + report["train"]["top_up_draws"]
     assert report["train"]["top_up_draws"] > 0 and counts[-1] == (planned, planned)
-    assert (
-        report["train"]["top_up_draws"] <= 12
-    )  # top-ups may spend at most as many draws as the training set
+    # top-ups may spend at most as many draws as the training set
+    assert report["train"]["top_up_draws"] <= 12
 
 
 def test_top_up_draws_are_bounded_by_the_setting(tmp_path):

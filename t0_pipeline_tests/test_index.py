@@ -89,9 +89,8 @@ def collection_slugs(paths, name):
 def test_incremental_update_embeds_only_what_changed(setup):
     paths, build, counting = setup
     first = build(TOPICS)
-    assert (
-        first.embedded_chunks == first.chunks > len(TOPICS)
-    )  # the long document has several chunks
+    # the long document has several chunks
+    assert first.embedded_chunks == first.chunks > len(TOPICS)
     assert sorted(first.added) == sorted(TOPICS)
 
     unchanged = build(TOPICS)
@@ -160,9 +159,8 @@ def test_a_corpus_rewritten_ahead_of_its_indexes_is_never_served(setup, embedder
         **{k: v for k, v in TOPICS.items() if k != "eye"},
         "rash": "A sunburn on the shoulders that peels.",
     }
-    docs_frame(edited).write_parquet(
-        paths.conditions
-    )  # the clean stage's new output; no index update yet
+    # the clean stage's new output; no index update yet
+    docs_frame(edited).write_parquet(paths.conditions)
     eye = Retriever("full", paths, embedder=embedder).search(
         "red gritty eye with sticky discharge", k=1, mode="hybrid"
     )
@@ -177,9 +175,8 @@ def test_a_corpus_rewritten_ahead_of_its_indexes_is_never_served(setup, embedder
         assert "eye" not in [h.slug for h in hits]  # removed in the committed version
         assert all(h.text and h.url for h in hits)
         assert all(h.text == edited[h.slug] for h in hits)
-    assert (
-        len(list(paths.index_manifest("full").parent.glob("full.docs-*.parquet"))) == 1
-    )  # old snapshot gone
+    # old snapshot gone
+    assert len(list(paths.index_manifest("full").parent.glob("full.docs-*.parquet"))) == 1
 
 
 def test_changing_distance_builds_a_new_collection_and_drops_the_old(setup):
@@ -283,9 +280,8 @@ if os.environ.get("T0_TEST_KILL_AT_UPSERT"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kill_at", [2, 6]
-)  # inside the full-page index (4 batches); inside the summaries index
+# inside the full-page index (4 batches); inside the summaries index
+@pytest.mark.parametrize("kill_at", [2, 6])
 def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, kill_at):
     """`t0 index` SIGKILLed at a chosen batch, then run again: the result equals an uninterrupted
     build, and the batches written before the kill are not encoded again."""
@@ -321,9 +317,8 @@ def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, 
     assert whole.returncode == 0, whole.stderr
     killed = t0_index(tmp_path / "killed", T0_TEST_KILL_AT_UPSERT=str(kill_at))
     assert killed.returncode == -9
-    full_done = (
-        DataPaths(tmp_path / "killed").index_manifest("full").exists()
-    )  # was the kill in the second index?
+    # was the kill in the second index?
+    full_done = DataPaths(tmp_path / "killed").index_manifest("full").exists()
     resumed = t0_index(tmp_path / "killed")
     assert resumed.returncode == 0, resumed.stderr
 
@@ -342,9 +337,8 @@ def test_a_killed_index_build_resumes_without_redoing_written_batches(tmp_path, 
         before = read_manifest(DataPaths(tmp_path / "whole").index_manifest(index))
         after = read_manifest(DataPaths(tmp_path / "killed").index_manifest(index))
         assert after["docs"] == before["docs"] and after["n_chunks"] == before["n_chunks"]
-    written_before_kill = (
-        kill_at - 1
-    ) * 16  # whole batches of 16 chunks at least (a batch ends on a document)
+    # whole batches of 16 chunks at least (a batch ends on a document)
+    written_before_kill = (kill_at - 1) * 16
     assert full_done == (kill_at == 6)
     if not full_done:  # killed in the full-page index: its finished batches were kept
         assert again["full"][0] <= total["full"][0] - written_before_kill

@@ -206,9 +206,8 @@ def test_a_run_killed_mid_way_resumes_without_repeating_a_call(tmp_path, fake):
     before = len(fake.state.requests)
     assert 6 <= len(stored) < 20  # it really died mid-run
 
-    client = make_client(
-        tmp_path, fake
-    )  # same model, messages and sampling parameters: same cache keys
+    # same model, messages and sampling parameters: same cache keys
+    client = make_client(tmp_path, fake)
 
     async def one(i):
         return await client.complete([{"role": "user", "content": f"item {i}"}])

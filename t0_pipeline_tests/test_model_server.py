@@ -82,14 +82,12 @@ def test_a_server_is_started_waited_on_called_and_stopped(tmp_path):
     assert server.proc.poll() is not None  # stopped when the block ended
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the whole process group is gone
-    assert any(
-        "stand-in server: loading" in m and m.startswith("[t0-tiny server]") for m in logged
-    )  # log lines forwarded
+    # log lines forwarded
+    assert any("stand-in server: loading" in m and m.startswith("[t0-tiny server]") for m in logged)
     assert any("healthy at" in m for m in logged) and any("stopped" in m for m in logged)
     assert "--max-model-len 4096" in next(m for m in logged if m.startswith("starting"))
-    assert (
-        "shutting down" in Path(server.log_path).read_text()
-    )  # SIGTERM: a clean shutdown, log kept
+    # SIGTERM: a clean shutdown, log kept
+    assert "shutting down" in Path(server.log_path).read_text()
 
 
 def test_a_server_that_dies_during_the_run_is_reported_in_the_runs_log(tmp_path):
@@ -172,9 +170,8 @@ def test_a_missing_server_program_and_a_missing_student_say_what_to_do(tmp_path)
     with endpoint_for(
         "x", served_elsewhere, DataPaths(tmp_path), local_servers(absent, DataPaths(tmp_path))
     ) as (e, ck):
-        assert (
-            e.api_base == "http://example.invalid/v1" and ck is None
-        )  # a running endpoint is used as configured
+        # a running endpoint is used as configured
+        assert e.api_base == "http://example.invalid/v1" and ck is None
 
 
 def test_a_served_student_is_reached_with_its_own_tokenizer_and_the_server_stops(tmp_path):
@@ -194,9 +191,8 @@ def test_a_served_student_is_reached_with_its_own_tokenizer_and_the_server_stops
         port = int(served.api_base.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # free again
-    assert list(
-        (tmp_path / "data" / "servers").glob("t0-1.5b-*.log")
-    )  # the log stays under <data>/servers
+    # the log stays under <data>/servers
+    assert list((tmp_path / "data" / "servers").glob("t0-1.5b-*.log"))
 
 
 def test_the_slurm_server_script_asks_for_the_sizes_gpus_and_passes_them_as_tensor_parallel_size():

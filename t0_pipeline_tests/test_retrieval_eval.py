@@ -65,12 +65,10 @@ def test_report_on_the_sample_corpus(built, embedder):
     assert table.height == 6 and report.n_queries == 123
     for row in table.iter_rows(named=True):
         values = [row[f"p@{k}"] for k in (1, 5, 10, 30, 50, 100)]
-        assert (
-            values == sorted(values) and values[-1] == 1.0
-        )  # 41 documents: all of them are in the top 100
-        assert (
-            values[1] >= 0.8
-        )  # the sample queries are answerable: a regression here means retrieval broke
+        # 41 documents: all of them are in the top 100
+        assert values == sorted(values) and values[-1] == 1.0
+        # the sample queries are answerable: a regression here means retrieval broke
+        assert values[1] >= 0.8
     assert report.csv.exists() and report.png.read_bytes()[:4] == b"\x89PNG"
     assert "| full | hybrid |" in report.markdown
     ranks = pl.read_parquet(report.ranks)
@@ -100,9 +98,8 @@ def test_agent_search_queries_are_scored_beside_the_queries_as_written(built, em
         asked = len(server.state.requests)
         again, _ = agent_search_queries(cfg, "t0", texts, cache)  # cached: no new calls
         assert len(server.state.requests) == asked
-    assert (
-        rewritten == again == ["hello", f"symptoms: {texts[1]}", f"symptoms: {texts[2]}"]
-    )  # a greeting is not searched
+    # a greeting is not searched
+    assert rewritten == again == ["hello", f"symptoms: {texts[1]}", f"symptoms: {texts[2]}"]
     assert counts == {"rewritten": 2, "kept": 1, "failed": 0}
 
     queries = load_queries(

@@ -31,9 +31,8 @@ def test_best_chunk_per_doc_keeps_first_occurrence():
 @pytest.mark.parametrize("distance", ["l2", "cosine", "ip"])
 def test_exact_chunks_rank_documents_by_their_nearest_chunk_in_chromas_distance(distance):
     vectors = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0], [0.8, 0.6]], dtype=np.float32)
-    chunks = ExactChunks(
-        vectors, ["a", "b", "c"], np.array([0, 2, 4]), distance
-    )  # a: rows 0-1, b: 2-3, c: 4
+    # a: rows 0-1, b: 2-3, c: 4
+    chunks = ExactChunks(vectors, ["a", "b", "c"], np.array([0, 2, 4]), distance)
     query = np.array([[0.0, 2.0]], dtype=np.float32)
     # l2 is Chroma's squared distance (|q|^2 + |d|^2 - 2 q.d), cosine 1 - cos, ip 1 - q.d
     expected = {
@@ -89,9 +88,8 @@ def test_k_counts_documents_not_chunks(retriever):
         n_results=30,
         include=["metadatas"],
     )
-    assert (
-        len({m["slug"] for m in raw["metadatas"][0]}) < 30
-    )  # 30 chunks would not have been 30 documents
+    # 30 chunks would not have been 30 documents
+    assert len({m["slug"] for m in raw["metadatas"][0]}) < 30
 
 
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
@@ -100,9 +98,8 @@ def test_every_mode_finds_an_obvious_condition(retriever, mode):
         "my dad's face dropped on one side and his speech is slurred", k=3, mode=mode
     )
     assert hits[0].slug == "stroke"
-    assert (
-        hits[0].text.startswith("# Stroke") and "Treatment for stroke" in hits[0].text
-    )  # the whole guide, all pages
+    # the whole guide, all pages
+    assert hits[0].text.startswith("# Stroke") and "Treatment for stroke" in hits[0].text
     assert [h.rank for h in hits] == [1, 2, 3]
     assert hits[0].score >= hits[1].score >= hits[2].score
 

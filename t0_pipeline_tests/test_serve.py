@@ -130,9 +130,8 @@ def test_streamed_reply_events_in_order(built, retriever, tmp_path):
                     events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
     assert kinds[:3] == ["user", "search", "sources"] and kinds[-1] == "final"
-    assert (
-        kinds.index("thinking") < kinds.index("answer") and kinds.count("answer") > 1
-    )  # token by token
+    # token by token
+    assert kinds.index("thinking") < kinds.index("answer") and kinds.count("answer") > 1
     assert (
         "".join(d["text"] for k, d in events if k == "answer")
         == "Answer to: sneezing and itchy eyes"
@@ -150,17 +149,19 @@ def test_history_is_trimmed_by_tokens_but_keeps_the_system_prompt_and_the_new_me
     new = {"role": "user", "content": "now"}
     kept = fit_history(system, history, new, budget=350)
     assert kept[0] is system and kept[-1] is new
+    # the latest that fit
     assert [m["content"].split()[1] for m in kept[1:-1]] == [
         "8",
         "8",
         "9",
         "9",
-    ]  # the latest that fit
+    ]
     assert all(set(m) == {"role", "content"} for m in kept[1:-1])
+    # over budget: still system + message
     assert fit_history(system, history, new, budget=10) == [
         system,
         new,
-    ]  # over budget: still system + message
+    ]
     # never starts with an orphaned assistant turn
     assert [m["role"] for m in fit_history(system, history, new, budget=290)] == [
         "system",
@@ -193,9 +194,8 @@ def test_conversations_survive_a_restart(built, retriever, tmp_path):
             httpx.post(
                 f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=30
             )
-        app, _ = make_app(
-            built, retriever, tmp_path, server.api_base
-        )  # a new process would open the same file
+        # a new process would open the same file
+        app, _ = make_app(built, retriever, tmp_path, server.api_base)
         with running(app, port) as url:
             thread = httpx.get(f"{url}/api/threads/{tid}").json()
             assert [m["content"] for m in thread["messages"]] == ["sore toe", "Answer to: sore toe"]
@@ -376,11 +376,12 @@ def test_openai_client_streaming_and_not(built, retriever, tmp_path):
                 == "I compared the documents with the symptoms."
             )
             sent = reasoner_requests(server)[-1]["messages"]
+            # client thinking stripped
             assert [m["content"] for m in sent[1:]] == [
                 "hello",
                 "Hi there",
                 "my ear hurts",
-            ]  # client thinking stripped
+            ]
 
             pieces, thinking = [], []
             for chunk in client.chat.completions.create(
@@ -455,9 +456,8 @@ def test_failing_models_give_plain_errors_mark_the_turn_failed_and_retry_works_o
                     and again.json()["message"]["content"] == "Answer to: still sore"
                 )
                 sent = back.state.requests[-1]["messages"]
-                assert [m["content"] for m in sent[1:]] == [
-                    "still sore"
-                ]  # failed turns are never resent
+                # failed turns are never resent
+                assert [m["content"] for m in sent[1:]] == ["still sore"]
                 refused = client.post(
                     f"/api/threads/{tid}/messages",
                     json={"content": "x", "retry_of": again.json()["message"]["id"]},
@@ -513,9 +513,8 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path):
     )
     assert store.key_owner(token) is None
     missing = runner.invoke(app, ["keys", "revoke", "nope", "--data-dir", str(tmp_path)])
-    assert "no key with id nope" in str(
-        missing.exception
-    )  # `t0` prints it as one line, exit status 2
+    # `t0` prints it as one line, exit status 2
+    assert "no key with id nope" in str(missing.exception)
 
 
 @pytest.mark.parametrize(
@@ -577,10 +576,11 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
     assert completions[0]["prompt"].endswith(
         "<|im_start|>user\nred hot toe<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n"
     )
+    # less 3 thought + 1 "Wait"
     assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [
         6,
         2,
-    ]  # less 3 thought + 1 "Wait"
+    ]
     assert reply["thinking"] == "toe is hot Wait toe is" and reply["content"].startswith(
         "It is probably gout"
     )
@@ -589,7 +589,6 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
     if tok is not None:
         ids = tok(completions[0]["prompt"], add_special_tokens=False)["input_ids"]
         start = tok.convert_tokens_to_ids("<|im_start|>")
-        assert (
-            ids.count(start) == completions[0]["prompt"].count("<|im_start|>") == 4
-        )  # system, user, assistant, think
+        # system, user, assistant, think
+        assert ids.count(start) == completions[0]["prompt"].count("<|im_start|>") == 4
         assert tok.decode(ids[ids.index(start, len(ids) - 4) :]) == "<|im_start|>think\n"

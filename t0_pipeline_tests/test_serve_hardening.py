@@ -51,9 +51,8 @@ def test_security_headers_on_the_page_the_api_and_errors(built, retriever, tmp_p
             assert response.headers["x-content-type-options"] == "nosniff"
             assert response.headers["referrer-policy"] == "no-referrer"
         page = client.get("/").text
-        assert not re.search(
-            r"<script(?![^>]*\bsrc=)", page
-        )  # no inline script: the CSP would block it
+        # no inline script: the CSP would block it
+        assert not re.search(r"<script(?![^>]*\bsrc=)", page)
         assert not re.search(r"<[^>]+\son[a-z]+\s*=", page)  # nor inline event handlers
 
 
@@ -111,9 +110,8 @@ def test_chunked_oversize_bodies_get_413_and_blank_messages_422(built, retriever
             json={"model": "t0", "messages": [{"role": "user", "content": "  "}]},
         )
         assert r.status_code == 422
-        assert (
-            len(client.get(f"/api/threads/{tid}").json()["messages"]) == 2
-        )  # nothing stored for the refused ones
+        # nothing stored for the refused ones
+        assert len(client.get(f"/api/threads/{tid}").json()["messages"]) == 2
 
 
 def test_deleting_a_thread_mid_turn_ends_its_stream_with_an_error_event(built, retriever, tmp_path):
@@ -165,9 +163,8 @@ def test_health_is_cached_and_the_database_is_private(built, retriever, tmp_path
     with served(built, retriever, tmp_path) as (_, app, client):
         for _ in range(20):
             assert client.get("/healthz").status_code == 200
-        assert (
-            app.state.probe.probes == 1
-        )  # the start-up probe serves every hit within serve.health_cache_s
+        # the start-up probe serves every hit within serve.health_cache_s
+        assert app.state.probe.probes == 1
         tid = client.post("/api/threads", json={}).json()["id"]
         client.post(f"/api/threads/{tid}/messages", json={"content": "sore toe"})
     for name in ("conversations.sqlite", "conversations.sqlite-wal"):
@@ -186,10 +183,11 @@ def test_personal_details_belong_to_the_key_and_prefill_new_threads(built, retri
             f"/api/threads/{thread['id']}/demographics",
             json={"age": 41, "occupation": "nurse", "sex": "female"},
         )
+        # per thread stays there
         assert client.get("/api/me/demographics").json() == {
             "age": 41,
             "occupation": "nurse",
-        }  # per thread stays there
+        }
         other = client.post("/api/threads", json={"demographics": {"age": 9}}).json()
         assert other["demographics"] == {"age": 9}
         client.post(f"/api/threads/{thread['id']}/messages", json={"content": "sore toe"})

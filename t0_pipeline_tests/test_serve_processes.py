@@ -75,15 +75,13 @@ def test_two_processes_on_one_database_serialise_a_thread_and_share_the_rate_lim
     assert asyncio.run(main()) == [200] * 20
     messages = httpx.get(f"{b}/api/threads/{tid}", headers=auth).json()["messages"]
     assert len(messages) == 40 and [m["role"] for m in messages] == ["user", "assistant"] * 20
-    for question, answer in zip(
-        messages[::2], messages[1::2]
-    ):  # each answer right after its own question
+    # each answer right after its own question
+    for question, answer in zip(messages[::2], messages[1::2]):
         assert (
             answer["content"] == f"Answer to: {question['content']}" and question["status"] == "ok"
         )
-    assert sorted(int(m["content"].split()[1]) for m in messages[::2]) == list(
-        range(20)
-    )  # none lost
+    # none lost
+    assert sorted(int(m["content"].split()[1]) for m in messages[::2]) == list(range(20))
     # every turn saw all the turns before it: the history sent grows by one exchange each time
     sizes = [len(r["messages"]) for r in reasoner_requests(model)]
     assert sizes == [2 + 2 * i for i in range(20)], sizes
@@ -117,9 +115,8 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
         r = httpx.post(
             f"{url}/api/threads/{tid}/messages", json={"content": "sore toe"}, timeout=60
         )
-        assert (
-            r.status_code == 502 and time.monotonic() - started < 10
-        )  # fails fast, in plain words
+        # fails fast, in plain words
+        assert r.status_code == 502 and time.monotonic() - started < 10
         assert (
             r.json()["detail"]
             == "The assistant's model is not reachable right now; try again in a minute."
@@ -151,9 +148,8 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
             proc.terminate()
             proc.wait(timeout=30)
     later = statistics.median(times[1:])
-    assert times[0] < 3 * later + 0.5, (
-        times
-    )  # a cold first turn took 8 s against an instant model server
+    # a cold first turn took 8 s against an instant model server
+    assert times[0] < 3 * later + 0.5, times
 
 
 def test_replicas_starting_together_on_a_fresh_database_all_open_it(tmp_path):

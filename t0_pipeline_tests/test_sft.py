@@ -87,9 +87,8 @@ def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
     assert assistant == "<think>\nFace droop is FAST.\n</think>\n\n(Stroke, A&E)"
 
     default = messages_for(TRACE, ChatFormat(), triage_prompt.load()[0])[-1]["content"]
-    budget = (
-        BudgetConfig().with_format()
-    )  # what budget forcing stops on and forces, from the same defaults
+    # what budget forcing stops on and forces, from the same defaults
+    budget = BudgetConfig().with_format()
     assert (
         default == f"{budget.think_start}Face droop is "
         f"FAST.\n{budget.think_end}{budget.answer_start}(Stroke, A&E)"
@@ -97,9 +96,8 @@ def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
 
     import tempfile
 
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".yaml"
-    ) as f:  # set once in a config file: every budget follows
+    # set once in a config file: every budget follows
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(
             'chat_format: {think_start: "<think>\\n", think_end: "</think>", answer_start: '
             '"\\n\\n"}\n'

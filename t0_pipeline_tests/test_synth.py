@@ -90,9 +90,8 @@ def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
 
         assert eval_df.height == 18 and train_df.height == 12
         cells = Counter(zip(eval_df["query_type"], eval_df["disposition"], eval_df["sex"]))
-        assert len(cells) == 18 and set(cells.values()) == {
-            1
-        }  # 3 types × 3 dispositions × 2 sexes, once each
+        # 3 types × 3 dispositions × 2 sexes, once each
+        assert len(cells) == 18 and set(cells.values()) == {1}
         assert disjoint_problems(eval_df, train_df) == []
         assert report["train"]["removed_overlaps"] > 0 and report["train"]["top_up_draws"] > 0
         # a refusal made a new condition be drawn for the same cell
@@ -131,9 +130,8 @@ def test_a_thousand_draws_are_a_thousand_distinct_balanced_queries(tmp_path):
         # cached reply)
         seeds = [body.get("seed") for body in server.state.requests]
         assert len(set(seeds)) == len(seeds)
-        cells = report["eval"][
-            "cells"
-        ]  # 18 cells: 1000 = 18 × 55 + 10, less the refused Alpha itch A&E redraws
+        # 18 cells: 1000 = 18 × 55 + 10, less the refused Alpha itch A&E redraws
+        cells = report["eval"]["cells"]
         assert len(cells) == 18 and max(cells.values()) - min(cells.values()) <= 1
         assert query_set_problems(eval_df, report["eval"], cfg) == []
         # the check sees what the old bug produced: ids shared between cells
@@ -159,9 +157,8 @@ def test_failed_draws_are_listed_retried_next_run_and_a_run_with_no_queries_writ
     from t0_pipeline.artifacts import T0Error
 
     with FakeLLM() as server:
-        server.on(
-            'has "Beta cough"', "Sorry, I can only chat."
-        )  # never JSON, even after the repair request
+        # never JSON, even after the repair request
+        server.on('has "Beta cough"', "Sorry, I can only chat.")
         server.on("send to NHS 111", writer_reply)
         paths, cfg, llm = setup(tmp_path, server, n_eval=18, n_train=0)
         eval_df, _, report = run_generate_queries(paths, cfg, llm)
@@ -256,9 +253,8 @@ def test_a_killed_query_stage_resumes_to_the_same_sets_paying_only_for_calls_in_
         assert subprocess.run(command, env=env, capture_output=True).returncode == 0
         after = len(server.state.requests) - before_kill
         in_flight = before_kill - stored
-        assert (
-            after == uninterrupted - stored and 0 <= in_flight <= 3
-        )  # paid twice: only those in flight
+        # paid twice: only those in flight
+        assert after == uninterrupted - stored and 0 <= in_flight <= 3
         for split in ("eval", "train"):
             resumed = pl.read_parquet(paths.synthetic_queries(split))
             reference = pl.read_parquet(whole_paths.synthetic_queries(split))

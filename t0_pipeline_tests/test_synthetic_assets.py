@@ -16,9 +16,8 @@ from t0_pipeline_tests.test_synth import writer_reply
 
 
 def teacher_reply(messages):
-    first_title = re.search(r"\[1\] (.+?) \(score", messages[0]["content"]).group(
-        1
-    )  # documents: the system turn
+    # documents: the system turn
+    first_title = re.search(r"\[1\] (.+?) \(score", messages[0]["content"]).group(1)
     return f"The first document fits best.\n({first_title}, Urgent Primary Care)"
 
 

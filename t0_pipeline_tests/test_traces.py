@@ -44,9 +44,8 @@ def test_parse_answer(answer, expected):
 
 
 def teacher(messages):
-    message = messages[-1]["content"].rsplit("\n", 1)[
-        -1
-    ]  # the evaluation prompt's user turn ends with the message
+    # the evaluation prompt's user turn ends with the message
+    message = messages[-1]["content"].rsplit("\n", 1)[-1]
     if "face has suddenly dropped" in message:
         return "(Stroke, A&E)"
     if "itchy" in message:

@@ -129,10 +129,11 @@ def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(stu
     losses = [loss for _, loss in result.train_loss]
     assert result.global_step == 8 and result.train_examples == 9 and result.eval_examples == 3
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learned
+    # held-out split evaluated every eval_steps
     assert [step for step, _ in result.eval_loss] == [
         4,
         8,
-    ]  # held-out split evaluated every eval_steps
+    ]
     after = AutoModelForCausalLM.from_pretrained(result.final_dir).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (
@@ -153,9 +154,8 @@ def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path):
         small(model=str(root / "base"), max_steps=8), root / "sft.parquet", tmp_path / "out"
     )
     assert second.resumed_from.endswith("checkpoint-4") and second.global_step == 8
-    assert (
-        min(step for step, _ in second.train_loss) == 1
-    )  # the log history came back with the checkpoint
+    # the log history came back with the checkpoint
+    assert min(step for step, _ in second.train_loss) == 1
 
 
 def test_lora_trains_adapters_and_leaves_the_base_weights_unchanged(student, tmp_path):
@@ -182,18 +182,16 @@ def test_lora_trains_adapters_and_leaves_the_base_weights_unchanged(student, tmp
     )
     state = tuned.state_dict()
     lora_b = [v for k, v in state.items() if "lora_B" in k]
-    assert lora_b and any(
-        v.abs().sum() > 0 for v in lora_b
-    )  # adapters start at zero: these were trained
+    # adapters start at zero: these were trained
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
     for key, value in state.items():
         if "lora_" in key:
             continue
         original = key.replace("base_model.model.", "").replace(".base_layer", "")
         assert torch.equal(value, base_before[original]), key  # every base weight as it was
     reloaded = AutoModelForCausalLM.from_pretrained(root / "base").state_dict()
-    assert all(
-        torch.equal(reloaded[k], v) for k, v in base_before.items()
-    )  # and the base checkpoint untouched
+    # and the base checkpoint untouched
+    assert all(torch.equal(reloaded[k], v) for k, v in base_before.items())
 
 
 def test_warm_up_is_a_ratio_of_the_steps(student, tmp_path):
@@ -221,9 +219,8 @@ def test_overlong_examples_are_dropped_never_cut(student):
     whole = tokenize_example(messages, tok, block_size=512)
     n = len(whole["input_ids"])
     assert tokenize_example(messages, tok, block_size=n)["input_ids"] == whole["input_ids"]
-    assert (
-        tokenize_example(messages, tok, block_size=n - 1) is None
-    )  # one token short: left out, not truncated
+    # one token short: left out, not truncated
+    assert tokenize_example(messages, tok, block_size=n - 1) is None
 
 
 def test_deepspeed_auto_picks_zero3_for_several_processes_training_all_weights(tmp_path):
@@ -345,9 +342,8 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     )
     assert result.success
     meta = materialization(result)
-    assert meta["checkpoint"].value == str(
-        data / "students" / "tiny" / "final"
-    )  # partition key in the path
+    # partition key in the path
+    assert meta["checkpoint"].value == str(data / "students" / "tiny" / "final")
     assert meta["global_step"].value == 6 and meta["base_model"].value == str(root / "base")
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
     assert (
@@ -361,9 +357,8 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     assert resolved["max_steps"] == 6 and resolved["model"] == str(root / "base")
     assert (data / "students" / "tiny" / "final" / "model.safetensors").exists()
     logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
-    assert any(
-        m.startswith("step 6/6: loss") for m in logged
-    )  # the trainer's progress reached the run's log
+    # the trainer's progress reached the run's log
+    assert any(m.startswith("step 6/6: loss") for m in logged)
 
 
 def _slurm_up() -> bool:
@@ -459,15 +454,13 @@ def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(st
     text = log.read_bytes().decode(errors="replace")
     assert state == "COMPLETED", text[-3000:]
     metrics = json.loads((data / "students" / "tiny" / "metrics.json").read_text())
-    assert (
-        metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"]
-    )  # the requeued run resumed
+    # the requeued run resumed
+    assert metrics["resumed_from"] and "checkpoint-" in metrics["resumed_from"]
     assert (
         0 < int(metrics["resumed_from"].rsplit("-", 1)[1]) < 3000 and metrics["global_step"] == 3000
     )
-    assert (
-        f"requeueing job {job} to resume" in text and text.count("/3000 [") >= 2
-    )  # both attempts, one log
+    # both attempts, one log
+    assert f"requeueing job {job} to resume" in text and text.count("/3000 [") >= 2
     assert AutoModelForCausalLM.from_pretrained(data / "students" / "tiny" / "final") is not None
 
 
@@ -571,16 +564,14 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     assert int(meta["slurm_job_id"].value) > 0 and meta["world_size"].value == 2
     assert meta["deepspeed"].value == "zero3.json" and meta["params_sharded"].value is True
     per_rank, total = json.loads(meta["params_per_rank"].value), meta["params_total"].value
-    assert len(per_rank) == 2 and all(
-        0 < n < total for n in per_rank
-    )  # each rank holds only its ZeRO-3 shard
+    # each rank holds only its ZeRO-3 shard
+    assert len(per_rank) == 2 and all(0 < n < total for n in per_rank)
     assert len(json.loads(meta["peak_memory_gb_per_rank"].value)) == 2
     assert meta["resumed_from"].value == str(saved[-1]) and meta["global_step"].value == 8
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
     final = data / "students" / "tiny" / "final"
-    loaded = AutoModelForCausalLM.from_pretrained(
-        final
-    )  # plain from_pretrained: consolidated weights
+    # plain from_pretrained: consolidated weights
+    loaded = AutoModelForCausalLM.from_pretrained(final)
     digest = json.loads((data / "students" / "tiny" / "metrics.json").read_text())["weights_digest"]
     params = dict(loaded.named_parameters())
     assert digest and all(tensor_digest(params[name]) == value for name, value in digest.items())
@@ -703,10 +694,11 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
         )
     )
     cfg = load_config(config)
+    # the size's base (named from its model) and student
     assert set(cfg.evaluation.models) == {
         "base",
         "t0-tiny",
-    }  # the size's base (named from its model) and student
+    }
     checkpoint = build_student_checkpoint(dg.StaticPartitionsDefinition(["tiny"]))
     report = build_accuracy_report(
         dg.StaticPartitionsDefinition(list(cfg.evaluation.models)), checkpoint, cfg
@@ -742,20 +734,16 @@ def test_a_backfill_of_a_new_size_trains_serves_and_evaluates_it_with_no_hand_st
             "stopped" in m for m in logged
         )
     meta = materialization(runs["t0-tiny"])
-    assert meta["served_checkpoint"].value == str(
-        (data / "students" / "tiny" / "final").resolve()
-    )  # what it measured
-    assert (
-        meta["condition_accuracy_k0"].value == "0.50 ± 0.00"
-    )  # the stand-in always answers Stroke: 1 of 2 queries
-    assert (
-        materialization(runs["base"])["condition_accuracy_k0"].value == "0.50 ± 0.00"
-    )  # through the submit tool
+    # what it measured
+    assert meta["served_checkpoint"].value == str((data / "students" / "tiny" / "final").resolve())
+    # the stand-in always answers Stroke: 1 of 2 queries
+    assert meta["condition_accuracy_k0"].value == "0.50 ± 0.00"
+    # through the submit tool
+    assert materialization(runs["base"])["condition_accuracy_k0"].value == "0.50 ± 0.00"
     assert asked.get_requested_partitions(dg.AssetKey("accuracy_comparison")) == set()
     again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=asked.cursor)
-    assert (
-        again.get_num_requested(dg.AssetKey("accuracy_comparison")) == 1
-    )  # the table follows the new reports
+    # the table follows the new reports
+    assert again.get_num_requested(dg.AssetKey("accuracy_comparison")) == 1
     table = materialization(
         dg.materialize(
             assets, selection=[accuracy_comparison], instance=instance, resources=resources

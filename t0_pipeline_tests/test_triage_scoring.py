@@ -53,9 +53,8 @@ def test_inconclusive_is_correct_only_when_the_gold_condition_was_not_retrieved(
     pred = parse_answer_text("(inconclusive, A&E)", ALLOWED)
     assert score(pred, "stroke", "A&E", retrieved=["gout", "migraine"])["condition_correct"]
     assert not score(pred, "stroke", "A&E", retrieved=["stroke", "gout"])["condition_correct"]
-    assert not score(pred, "stroke", "A&E", retrieved=None)[
-        "condition_correct"
-    ]  # k=0: every condition was listed
+    # k=0: every condition was listed
+    assert not score(pred, "stroke", "A&E", retrieved=None)["condition_correct"]
 
 
 def test_severity_errors_are_under_or_over_estimates():

@@ -47,16 +47,14 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
 
     paths = tune_data
     result = run_tune(_config(min_gain=-1.0), paths)  # any outcome counts as better
-    assert (
-        result.used and result.pairs == 40 and result.steps == 3
-    )  # 40 pairs / batch 16, one epoch
+    # 40 pairs / batch 16, one epoch
+    assert result.used and result.pairs == 40 and result.steps == 3
     assert result.train_loss is not None and result.train_loss > 0
     assert set(result.before) == set(result.after) == {1, 5, 10, 30}
     assert (paths.retriever_dir / "active.json").exists()
     cfg = with_local_models(PipelineConfig(), paths)
-    assert (
-        cfg.embedding.model == result.model_dir
-    )  # every index and query now embeds with the tuned model
+    # every index and query now embeds with the tuned model
+    assert cfg.embedding.model == result.model_dir
 
     # the index is rebuilt in the tuned model's space and answers queries
     docs = pl.read_parquet(paths.summaries)

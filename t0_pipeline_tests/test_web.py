@@ -140,9 +140,8 @@ def test_phone_and_desktop_layouts(built, retriever, tmp_path, browser):
             page.goto(url)
             page.fill("#input", "I have had a **sore** throat for two days")
             page.click("#send")
-            wait_answer(
-                page, "Answer to: I have had a sore throat for two days"
-            )  # Markdown, rendered
+            # Markdown, rendered
+            wait_answer(page, "Answer to: I have had a sore throat for two days")
             assert page.locator(".msg.assistant .answer strong").count() == 1
             box = page.locator("#input").bounding_box()
             assert box["width"] >= 300, box
@@ -246,9 +245,8 @@ def test_keyboard_only_create_switch_delete_send_and_open_reasoning(
             page.goto(url)
             page.wait_for_load_state("networkidle")
             tab_to(page, "#new-thread")
-            assert (
-                page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
-            )  # focus is visible
+            # focus is visible
+            assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
             page.keyboard.press("Enter")
             page.wait_for_function("document.activeElement.id === 'input'")
             page.keyboard.type("hello")
@@ -263,16 +261,14 @@ def test_keyboard_only_create_switch_delete_send_and_open_reasoning(
             tab_to(page, ".msg.assistant details.reasoning summary")
             page.keyboard.press("Enter")
             assert page.locator(".msg.assistant details.reasoning").last.evaluate("d => d.open")
-            tab_to(
-                page, "#threads li:nth-child(2) .thread", back=True
-            )  # the first conversation ("hello")
+            # the first conversation ("hello")
+            tab_to(page, "#threads li:nth-child(2) .thread", back=True)
             page.keyboard.press("Enter")
             page.wait_for_function("document.querySelector('.msg.user')?.textContent === 'hello'")
             tab_to(page, "#threads li:nth-child(2) .delete")
             page.keyboard.press("Enter")
-            page.wait_for_function(
-                "document.activeElement.textContent === 'Keep'"
-            )  # asks first, safe choice focused
+            # asks first, safe choice focused
+            page.wait_for_function("document.activeElement.textContent === 'Keep'")
             assert page.locator("#threads li").count() == 2
             page.keyboard.press("Shift+Tab")
             assert page.evaluate("document.activeElement.textContent") == "Delete"
@@ -331,13 +327,11 @@ def test_model_server_killed_mid_answer_then_back_and_retry(built, retriever, tm
             page.wait_for_selector(".msg.error")
             error = page.locator(".msg.error")
             assert "stopped before finishing" in error.locator("p").inner_text()
-            assert not error.locator("details").evaluate(
-                "d => d.open"
-            )  # the technical line is folded away
+            # the technical line is folded away
+            assert not error.locator("details").evaluate("d => d.open")
             assert "litellm" not in error.locator("p").inner_text()
-            assert (
-                page.locator(".msg.assistant:not(.error)").count() == 0
-            )  # no half or empty reply left
+            # no half or empty reply left
+            assert page.locator(".msg.assistant:not(.error)").count() == 0
             assert page.locator(".msg.user.failed .failure button").inner_text() == "Retry"
             shot(page, "chat-model-killed")
             page.reload()  # the failure is stored: it is still shown, and not silently resent

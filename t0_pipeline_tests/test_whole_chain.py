@@ -93,9 +93,8 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
     # every role was served by the pipeline itself, from the converted checkpoint or the trained
     # student
     logs = sorted(p.name for p in (data / "servers").glob("*.log"))
-    assert (
-        sum(name.startswith("smollm2-135m-instruct-") for name in logs) == 4
-    )  # summariser, writer, teacher, base
+    # summariser, writer, teacher, base
+    assert sum(name.startswith("smollm2-135m-instruct-") for name in logs) == 4
     assert sum(name.startswith("t0-135m-") for name in logs) == 1  # the student, from its final/
 
     # structured output: every query and every trace parses (a 135M model writes valid JSON only

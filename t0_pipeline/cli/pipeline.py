@@ -31,9 +31,8 @@ def run_all(
     accuracy tables. A failed stage stops the chain; the stages before it stay materialised,
     and model calls are cached, so a re-run resumes.
     """
-    if (
-        config is not None
-    ):  # the code location's shape (partitions, lineage) is read from these when it loads
+    # the code location's shape (partitions, lineage) is read from these when it loads
+    if config is not None:
         os.environ["T0_CONFIG"] = str(config.resolve())
     if data_dir is not None:
         os.environ["T0_DATA_DIR"] = str(data_dir)

@@ -35,9 +35,8 @@ class SourceConfig(BaseModel):
     kind: SourceKind = "sample"  # sample = the bundled offline mirror; site = live HTTP crawl
     location: str | None = None  # site: index URL; mirror: directory; pages: .jsonl/.parquet file
     adapter: str = "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.sites)
-    exclude_slugs: list[str] = Field(
-        default_factory=lambda: ["mental-health"]
-    )  # aggregate pages, not conditions
+    # aggregate pages, not conditions
+    exclude_slugs: list[str] = Field(default_factory=lambda: ["mental-health"])
     fields: PageFields = Field(default_factory=PageFields)
     user_agent: str = "t0-pipeline/0.1 (+corpus crawler; contact: set T0 user_agent)"
     delay_s: float = 0.5  # minimum gap between request starts to one host
@@ -99,14 +98,12 @@ class RetrieverTuneConfig(BaseModel):
     # what a query is paired with, and what p@k before/after is measured on
     documents: IndexName = "summaries"
     epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(
-        32, ge=2
-    )  # in-batch negatives: every other document in the batch is a negative
+    # in-batch negatives: every other document in the batch is a negative
+    batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(5e-5, gt=0)
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps
-    hard_negatives: int = Field(
-        1, ge=0
-    )  # per query: best-ranked wrong documents under the current embedder
+    # per query: best-ranked wrong documents under the current embedder
+    hard_negatives: int = Field(1, ge=0)
     max_pairs: int | None = None  # cap on training pairs (None = every training query)
     seed: int = 0
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 30])
@@ -132,17 +129,15 @@ class ChromaConfig(BaseModel):
     port: int = 8000
     distance: Distance = "l2"  # report: L2; cosine selectable
     collection_prefix: str = "t0"  # collections are <prefix>_full and <prefix>_summaries
-    write_batch: int = Field(
-        512, ge=1
-    )  # chunks encoded then written together: a kill loses at most one batch
+    # chunks encoded then written together: a kill loses at most one batch
+    write_batch: int = Field(512, ge=1)
 
 
 class RetrievalConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
     rrf_k: int = Field(60, gt=0)  # reciprocal rank fusion constant (Cormack et al.)
-    fusion_depth: int = Field(
-        50, ge=1
-    )  # documents taken from each ranker before fusing (k wins when larger)
+    # documents taken from each ranker before fusing (k wins when larger)
+    fusion_depth: int = Field(50, ge=1)
     # dense: first window = depth × chunks-per-document × this; doubles if short
     chunk_oversample: float = 1.5
     # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded

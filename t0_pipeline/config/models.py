@@ -28,9 +28,8 @@ class LaunchConfig(BaseModel):
     # None = every GPU the server gets (local: visible; Slurm: the profile's)
     tensor_parallel_size: int | None = None
     max_model_len: int | None = None  # None = the model's own context length
-    args: list[str] = Field(
-        default_factory=list
-    )  # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
+    # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
+    args: list[str] = Field(default_factory=list)
 
 
 class RoleConfig(BaseModel):
@@ -47,9 +46,8 @@ class RoleConfig(BaseModel):
     max_tokens: int = 1024
     seed: int | None = 0  # fixed so a re-run asks the same question (and hits the cache)
     timeout_s: float = 120.0  # per request
-    extra_body: dict = Field(
-        default_factory=dict
-    )  # provider-specific fields, e.g. vLLM's chat_template_kwargs
+    # provider-specific fields, e.g. vLLM's chat_template_kwargs
+    extra_body: dict = Field(default_factory=dict)
     # JSON requests send their schema as response_format and the server only produces valid JSON
     # (vLLM's
     # structured outputs, OpenAI, the CPU server); off by default because some providers refuse the
@@ -109,12 +107,10 @@ class LLMConfig(BaseModel):
     max_backoff_s: float = 60.0
     # a stage stops with one error instead of retrying every item when the endpoint itself is the
     # problem:
-    unreachable_after_s: float = Field(
-        20.0, gt=0
-    )  # nothing answering (refused, DNS, TLS) this long, no success between
-    max_failure_share: float = Field(
-        0.5, gt=0, le=1
-    )  # share of a stage's calls that may fail (for other reasons) …
+    # nothing answering (refused, DNS, TLS) this long, no success between
+    unreachable_after_s: float = Field(20.0, gt=0)
+    # share of a stage's calls that may fail (for other reasons) …
+    max_failure_share: float = Field(0.5, gt=0, le=1)
     failure_budget_min_calls: int = Field(20, ge=1)  # … counted once this many calls have finished
     # None = <data_dir>/llm_cache.sqlite; point several runs at one file to share
     cache_path: Path | None = None
@@ -136,9 +132,8 @@ class QueryGenConfig(BaseModel):
     # the writer may refuse a (condition, disposition) it cannot write (structured: a flag)
     allow_refusal: bool = True
     max_top_up_rounds: int = 10  # rounds of extra training draws after removing overlaps
-    max_top_up_draws: int | None = Field(
-        None, ge=0
-    )  # draws all those rounds may spend; None = n_train
+    # draws all those rounds may spend; None = n_train
+    max_top_up_draws: int | None = Field(None, ge=0)
     # which text the writer sees (report: full page)
     source: Literal["conditions", "summaries"] = "conditions"
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
@@ -181,9 +176,8 @@ class TrainConfig(BaseModel):
     epochs: float = 5.0
     learning_rate: float = 1e-5
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(
-        default=0.05, ge=0, lt=1
-    )  # share of the steps; transformers ≥5 reads <1 as a ratio
+    # share of the steps; transformers ≥5 reads <1 as a ratio
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     block_size: int = 32768  # tokens; longer examples are dropped (and counted), never cut
@@ -329,14 +323,12 @@ def _default_eval_models() -> dict[str, EvalModelConfig]:
 class EvaluationConfig(BaseModel):
     """Condition and disposition accuracy (report, Tables 2-4 and Figure 5)."""
 
-    models: dict[str, EvalModelConfig] = Field(
-        default_factory=_default_eval_models
-    )  # partition key → model
+    # partition key → model
+    models: dict[str, EvalModelConfig] = Field(default_factory=_default_eval_models)
     # also evaluate every train.sizes student and its base (entries named here win)
     with_sizes: bool = True
-    ks: list[int] = Field(
-        default_factory=lambda: [0, 5]
-    )  # 0 = the list of every condition instead of documents
+    # 0 = the list of every condition instead of documents
+    ks: list[int] = Field(default_factory=lambda: [0, 5])
     runs: int = 10  # repeated runs per (model, k); seeds are seed, seed+1, ...
     seed: int = 0
     # None = the synthetic evaluation set; or a .jsonl/.parquet with slug, disposition
@@ -374,13 +366,11 @@ class ModelServerConfig(BaseModel):
     )
     # local servers listen here (Slurm jobs listen on every interface of their node)
     host: str = "127.0.0.1"
-    port: int = Field(
-        0, ge=0, le=65535
-    )  # local servers; 0 = any free port (several evaluations may run at once)
+    # local servers; 0 = any free port (several evaluations may run at once)
+    port: int = Field(0, ge=0, le=65535)
     health_path: str = "/health"  # polled until it answers 200 (vLLM: /health)
-    startup_timeout_s: float = Field(
-        1800.0, gt=0
-    )  # loading a 32B model from network storage is slow
+    # loading a 32B model from network storage is slow
+    startup_timeout_s: float = Field(1800.0, gt=0)
     stop_timeout_s: float = Field(30.0, gt=0)  # after SIGTERM, then SIGKILL
     time_limit: str = "04:00:00"  # Slurm: wall-clock limit of a server job
     log_dir: Path | None = None  # None = <data_dir>/servers

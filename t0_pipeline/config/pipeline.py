@@ -62,9 +62,8 @@ class ServeConfig(BaseModel):
     context_tokens: int = 8192
     # counts tokens for trimming; None = about four characters per token
     tokenizer: str | None = None
-    cors_origins: list[str] = Field(
-        default_factory=list
-    )  # browser origins allowed to call the API (none by default)
+    # browser origins allowed to call the API (none by default)
+    cors_origins: list[str] = Field(default_factory=list)
     max_request_bytes: int = 65536  # larger request bodies are refused (413)
     max_message_chars: int = 4000  # longer user messages are refused (422)
     # requests per API key, shared by every process on the database; 0 = unlimited
@@ -77,16 +76,13 @@ class ServeConfig(BaseModel):
     # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS
     # rebinding
     allowed_hosts: list[str] = Field(default_factory=list)
-    model_attempts: int = Field(
-        2, ge=1
-    )  # tries per model call in a turn: a person is waiting, so fail fast
+    # tries per model call in a turn: a person is waiting, so fail fast
+    model_attempts: int = Field(2, ge=1)
     model_backoff_s: float = 0.5  # wait before the second try
-    health_cache_s: float = Field(
-        15.0, ge=0
-    )  # /healthz probes the model servers at most this often
-    turn_lease_s: float = Field(
-        30.0, gt=1
-    )  # a thread's turn lease; renewed while it runs, lapses if its process dies
+    # /healthz probes the model servers at most this often
+    health_cache_s: float = Field(15.0, ge=0)
+    # a thread's turn lease; renewed while it runs, lapses if its process dies
+    turn_lease_s: float = Field(30.0, gt=1)
 
 
 class AutomationConfig(BaseModel):

@@ -90,9 +90,8 @@ class TrainingCompute(dg.ConfigurableResource):
     mode: str = "local"  # local | slurm
     site: Optional[str] = None  # slurm: a site profile (slurm/profiles, or profiles_dir)
     profiles_dir: Optional[str] = None  # a folder of your own site profiles
-    account: Optional[str] = (
-        os.environ.get("T0_SLURM_ACCOUNT") or None
-    )  # project charged (required on most sites)
+    # project charged (required on most sites)
+    account: Optional[str] = os.environ.get("T0_SLURM_ACCOUNT") or None
     partition: Optional[str] = None  # Slurm partition; defaults to the site profile's
     qos: Optional[str] = None  # Slurm QoS; defaults to the site profile's
     # None = the config's train.deepspeed; or auto, zero3, zero3_offload, none
@@ -184,12 +183,6 @@ class TrainingCompute(dg.ConfigurableResource):
         import tempfile
         from pathlib import Path
 
-        from dagster_slurm import (
-            ComputeResource,
-            SlurmQueueConfig,
-            SlurmResource,
-            SSHConnectionResource,
-        )
         from dagster_slurm.helpers.ssh_pool import SSHConnectionPool
 
         from t0_pipeline.defs.launcher import TrainingJobLauncher
@@ -200,37 +193,13 @@ class TrainingCompute(dg.ConfigurableResource):
         log_dir = job_log_dir(data_dir, size)
         context.log.info(
             f"training {model} as {size} on {profile.name}: {job.nodes} node(s) × "
-            f"{job.procs_per_node} "
-            f"rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per node, {job.time_limit}"
-        )
-        # the same shape the script's #SBATCH lines ask for (the command line wins)
-        queue = SlurmQueueConfig(
-            partition=job.partition or "",
-            num_nodes=job.nodes,
-            time_limit=job.time_limit,
-            gpus_per_node=job.gpus_per_node,
-            cpus=job.cpus_per_task,
-            mem=None if job.mem == "0" else job.mem,
-            qos=job.qos,
-            account=job.account,
-        )
-        ssh = SSHConnectionResource(
-            host=self.ssh_host,
-            port=self.ssh_port,
-            user=self.ssh_user,  # type: ignore[arg-type]
-            key_path=self.ssh_key_path,
-            post_login_command="export SQUEUE_STATES=all",
+            f"{job.procs_per_node} rank(s) = {job.world_size}, {job.gpus_per_node} GPU(s) per "
+            f"node, {job.time_limit}"
         )
         launcher = TrainingJobLauncher(script=script)
-        compute = ComputeResource(
-            mode="slurm",
-            default_launcher=launcher,
-            pre_deployed_env_path=self.env_path,
-            slurm=SlurmResource(ssh=ssh, queue=queue, remote_base=self.remote_base),
-        )
-        with SSHConnectionPool(
-            ssh
-        ) as pool:  # errors of an earlier run must not be read as this one's
+        compute, ssh = self._compute(job, launcher)
+        # errors of an earlier run must not be read as this one's
+        with SSHConnectionPool(ssh) as pool:
             pool.run(f"mkdir -p {log_dir} && rm -f {log_dir}/rank-*.error")
         with tempfile.TemporaryDirectory() as tmp:
             payload = Path(tmp) / f"train-{size}.sbatch"
@@ -249,6 +218,41 @@ class TrainingCompute(dg.ConfigurableResource):
                         "done; true"
                     )
                 raise T0Error(job_failure_message(size, str(exc), listing)) from None
+
+    def _compute(self, job, launcher):
+        """dagster-slurm's compute resource for ``job`` (the queue shaped as the script's #SBATCH
+        lines ask, the command line winning), and its SSH connection."""
+        from dagster_slurm import (
+            ComputeResource,
+            SlurmQueueConfig,
+            SlurmResource,
+            SSHConnectionResource,
+        )
+
+        queue = SlurmQueueConfig(
+            partition=job.partition or "",
+            num_nodes=job.nodes,
+            time_limit=job.time_limit,
+            gpus_per_node=job.gpus_per_node,
+            cpus=job.cpus_per_task,
+            mem=None if job.mem == "0" else job.mem,
+            qos=job.qos,
+            account=job.account,
+        )
+        ssh = SSHConnectionResource(
+            host=self.ssh_host,
+            port=self.ssh_port,
+            user=self.ssh_user,  # type: ignore[arg-type]
+            key_path=self.ssh_key_path,
+            post_login_command="export SQUEUE_STATES=all",
+        )
+        compute = ComputeResource(
+            mode="slurm",
+            default_launcher=launcher,
+            pre_deployed_env_path=self.env_path,
+            slurm=SlurmResource(ssh=ssh, queue=queue, remote_base=self.remote_base),
+        )
+        return compute, ssh
 
 
 def job_log_dir(data_dir: str, size: str) -> str:
@@ -283,9 +287,8 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
     lines = error.splitlines()
     rejected = next((ln.strip() for ln in lines if "error:" in ln), None)
     if rejected:
-        reason = re.sub(
-            r"^(?:std(?:err|out):\s*)+", "", rejected
-        )  # how the SSH layer labels the stream varies
+        # how the SSH layer labels the stream varies
+        reason = re.sub(r"^(?:std(?:err|out):\s*)+", "", rejected)
         return (
             f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the "
             "resource "

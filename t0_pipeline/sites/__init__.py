@@ -34,12 +34,10 @@ class SiteAdapter:
     subpage_link_selector: str  # CSS selector for a multi-page guide's page links, in order
     content_selector: str  # CSS selector of the element holding the page's own content
     drop_selectors: tuple[str, ...]  # boilerplate removed before text extraction
-    drop_section_headings: tuple[re.Pattern[str], ...] = field(
-        default_factory=tuple
-    )  # heading text → drop section
-    drop_line_patterns: tuple[re.Pattern[str], ...] = field(
-        default_factory=tuple
-    )  # stray boilerplate lines
+    # heading text → drop section
+    drop_section_headings: tuple[re.Pattern[str], ...] = field(default_factory=tuple)
+    # stray boilerplate lines
+    drop_line_patterns: tuple[re.Pattern[str], ...] = field(default_factory=tuple)
 
     def condition_links(self, index_html: str, index_url: str) -> list[ConditionLink]:
         """Condition pages linked from the index, in page order, first link per slug."""

@@ -69,9 +69,8 @@ async def stream_message(
 ):
     check_length(ctx, body.content)
     thread = await owned(ctx.store.get_thread, key, thread_id)
-    queue = ctx.turns.start(
-        thread, body.content, body.retry_of
-    )  # runs on if the client goes: the answer is stored
+    # runs on if the client goes: the answer is stored
+    queue = ctx.turns.start(thread, body.content, body.retry_of)
 
     async def events():
         async for kind, data in ctx.turns.events(queue):
