@@ -211,8 +211,8 @@ class Retriever:
             meta = json.loads((folder / "t0_docs.json").read_text(encoding="utf-8"))
             self._bm25 = bm25s.BM25.load(str(folder))
             # a BM25 index rebuilt ahead of (or behind) the dense manifest: only documents at the
-            # manifest's version count
-            # absent in indexes written before hashes were saved: trust them all
+            # manifest's version count (hashes are absent in indexes written before they were
+            # saved: trust them all)
             hashes = meta.get("hashes")
             self._bm25_slugs = (
                 list(meta["slugs"])

@@ -128,8 +128,7 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(
         build(edited)
     monkeypatch.undo()
     # the previous manifest still rules: searches see the old rash text, never the half-committed
-    # new one,
-    # although conditions.parquet already holds the new text
+    # new one, although conditions.parquet already holds the new text
     assert (
         "sunburn" in pl.read_parquet(paths.conditions).filter(pl.col("slug") == "rash")["text"][0]
     )

@@ -83,8 +83,8 @@ def test_balanced_disjoint_topped_up_and_resumable(tmp_path):
     with FakeLLM() as server:
         server.on("send to NHS 111", writer_reply)
         # six pages, 18 of their 18 (condition, disposition) pairs in the evaluation set: most
-        # training draws
-        # overlap, so this tiny corpus needs more top-up draws than the default allowance (n_train)
+        # training draws overlap, so this tiny corpus needs more top-up draws than the default
+        # allowance (n_train)
         paths, cfg, llm = setup(tmp_path, server, max_top_up_draws=60)
         eval_df, train_df, report = run_generate_queries(paths, cfg, llm)
 

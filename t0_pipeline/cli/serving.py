@@ -30,11 +30,9 @@ def serve(
     Over the built index; API keys are required unless --insecure-local.
     """
     # Before torch loads OpenMP: a query's encode is many short parallel regions with Python between
-    # them, and
-    # OpenMP's default lets its worker sleep ~0.1 ms after each, so every region waited for a
-    # wake-up (a search
-    # took ~2x as long in the service as alone). Spinning ~10x longer keeps the worker for the whole
-    # encode.
+    # them, and OpenMP's default lets its worker sleep ~0.1 ms after each, so every region waited
+    # for a wake-up (a search took ~2x as long in the service as alone). Spinning ~10x longer keeps
+    # the worker for the whole encode.
     os.environ.setdefault("GOMP_SPINCOUNT", "3000000")
     import uvicorn
 

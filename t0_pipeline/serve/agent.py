@@ -126,9 +126,8 @@ class ChatService:
         self._retriever_factory = retriever_factory or self._default_retriever
         self._retrievers: dict[str, Any] = {}
         # searches run one at a time (the embedder and store are shared) on one thread of their own,
-        # so torch's
-        # worker threads stay with it between searches instead of being set up again for each pool
-        # thread
+        # so torch's worker threads stay with it between searches instead of being set up again for
+        # each pool thread
         self._retrieval = ThreadPoolExecutor(1, thread_name_prefix="retrieval")
         self._clients: dict[str, LLMClient] = {}
         self._templates: dict[str | None, Any] = {}  # chat templates for budget-forced reasoners
