@@ -144,14 +144,13 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
         }
         print(
             f"bare encode {bare:.2f}s | index build {build:.2f}s = {build / bare:.3f}× encode "
-            "(target ≤ 1.15); "
-            f"of which Chroma start-up {startup:.2f}s, so {(build - startup) / bare:.3f}× once the "
-            "store is open"
+            f"(target ≤ 1.15); of which Chroma start-up {startup:.2f}s, so "
+            f"{(build - startup) / bare:.3f}× once the store is open"
         )
         print(
             f"re-index after one page changed: {reindex:.3f}s = {reindex / build:.2%} of a full "
-            "build (target ≤ 5%), "
-            f"{restats.embedded_chunks} chunks re-embedded | bm25 build {bm25_info['seconds']:.3f}s"
+            f"build (target ≤ 5%), {restats.embedded_chunks} chunks re-embedded | bm25 build "
+            f"{bm25_info['seconds']:.3f}s"
         )
 
         sample = [json.loads(line) for line in sample_queries_path().read_text().splitlines()]

@@ -159,8 +159,7 @@ def main() -> None:
     }
     print(
         f"{args.calls} calls, concurrency {args.concurrency}, server latency "
-        f"{args.latency * 1000:.0f} ms; "
-        f"ideal {ideal:.2f}s"
+        f"{args.latency * 1000:.0f} ms; ideal {ideal:.2f}s"
     )
     print(f"  bare aiohttp (server floor):  {raw:.2f}s = {raw / ideal:.3f}× ideal")
     print(f"  bare litellm.acompletion:     {bare:.2f}s = {bare / ideal:.3f}× ideal")

@@ -205,8 +205,7 @@ def main() -> None:
             chunks += [c.text for c in made]
         print(
             f"NHS pages: {pl.read_parquet(paths.conditions).height} documents, {len(chunks)} "
-            "chunks "
-            f"(full pages + summaries) of ≤{size} tokens"
+            f"chunks (full pages + summaries) of ≤{size} tokens"
         )
 
         _, reference = timed(model.encode, chunks, batch_size=32, convert_to_numpy=True)
@@ -235,13 +234,12 @@ def main() -> None:
         }
         print(
             f"\nindex build (dense, both indexes): {build_s:.1f} s vs the reference float encode "
-            "of the same chunks "
-            f"{reference:.1f} s → {reference / build_s:.2f}× faster (target ≥ 2×)"
+            f"of the same chunks {reference:.1f} s → {reference / build_s:.2f}× faster (target ≥ "
+            "2×)"
         )
         print(
             f"  where the time goes: int8 encoding {int8_encode:.1f} s, the rest (chunking, Chroma "
-            "start-up and "
-            f"writes, manifests) {build_s - int8_encode:.1f} s"
+            f"start-up and writes, manifests) {build_s - int8_encode:.1f} s"
         )
         print(
             f"  float alternatives: encode at batch 16 {float16:.1f} s; a float build "
@@ -317,10 +315,8 @@ def main() -> None:
             )
             print(
                 f"\nretriever fine-tuned on the dev set's {result.pairs} pairs ({result.steps} "
-                "steps, "
-                f"{result.hard_negatives} hard negative each) in {result.seconds:.0f} s; dense p@k "
-                "over summaries, "
-                f"test set:\n{result.table()}"
+                f"steps, {result.hard_negatives} hard negative each) in {result.seconds:.0f} s; "
+                f"dense p@k over summaries, test set:\n{result.table()}"
             )
             out["tune"] = {
                 "pairs": result.pairs,

@@ -207,15 +207,13 @@ def main() -> None:
     )
     print(
         "  own overhead per message (retrieval + prompts + persistence): p50 "
-        f"{result['overhead_ms_p50']} ms, "
-        f"p99 {result['overhead_ms_p99']} ms"
+        f"{result['overhead_ms_p50']} ms, p99 {result['overhead_ms_p99']} ms"
     )
     print(f"  median parts (ms): {result['median_parts_ms']}")
     print(
         f"  the same searches alone in one process: p50 {result['search_alone_ms_p50']} ms back to "
-        "back, "
-        f"{result['search_alone_spaced_ms_p50']} ms one every 0.1 s "
-        f"(in the service: {result['median_parts_ms']['retrieval']} ms)"
+        f"back, {result['search_alone_spaced_ms_p50']} ms one every 0.1 s (in the service: "
+        f"{result['median_parts_ms']['retrieval']} ms)"
     )
     print(
         f"  one client, end to end: p50 {result['client_latency_ms_p50']} ms, p99 "

@@ -33,8 +33,7 @@ def model_table(summary: dict[str, Any]) -> str:
         f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",
         "",
         f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), "
-        "seeds "
-        f"{summary['seeds']}, prompt {summary['prompt_hash']}",
+        f"seeds {summary['seeds']}, prompt {summary['prompt_hash']}",
         "",
         "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
         "|---|---|---|---|---|---|",
@@ -43,8 +42,8 @@ def model_table(summary: dict[str, Any]) -> str:
         retrieved = f"{s['gold_retrieved_rate']:.2f}" if "gold_retrieved_rate" in s else "—"
         lines.append(
             f"| {k} | {fmt(s.get('condition_accuracy'))} | {fmt(s.get('disposition_accuracy'))} | "
-            f"{retrieved} | "
-            f"{s.get('under_estimate_share', 0):.0%} | {s.get('over_estimate_share', 0):.0%} |"
+            f"{retrieved} | {s.get('under_estimate_share', 0):.0%} | "
+            f"{s.get('over_estimate_share', 0):.0%} |"
         )
     for k, s in summary["by_k"].items():
         if not s.get("by_query_type"):

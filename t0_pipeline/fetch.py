@@ -179,8 +179,8 @@ class HttpFetcher:
             else:
                 raise T0Error(
                     f"robots.txt at {robots_url} could not be read ({exc}); the crawler treats "
-                    "that as disallow-all "
-                    "(RFC 9309): retry later, or set respect_robots=false if you own the site."
+                    "that as disallow-all (RFC 9309): retry later, or set respect_robots=false if "
+                    "you own the site."
                 ) from None
         else:
             parser.parse(resp.text.splitlines())
@@ -212,8 +212,8 @@ class HttpFetcher:
                     error = f"timed out after {self.config.timeout_s:g}s without a byte"
                 except TimeoutError:
                     error = (
-                        "timed out: the answer took longer than "
-                        f"{self.config.deadline_s:g}s in all (deadline_s)"
+                        f"timed out: the answer took longer than {self.config.deadline_s:g}s in "
+                        "all (deadline_s)"
                     )
                 except httpx.TransportError as exc:
                     error = f"{type(exc).__name__}: {exc}"
@@ -299,8 +299,8 @@ async def read_capped(resp: httpx.Response, cap: int) -> bytes:
     import zlib
 
     too_big = (
-        f"over the {cap}-byte page limit (max_page_bytes), counted after decompression; "
-        "page refused"
+        f"over the {cap}-byte page limit (max_page_bytes), counted after decompression; page "
+        "refused"
     )
     encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):

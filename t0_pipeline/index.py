@@ -60,8 +60,7 @@ def chroma_client(config: ChromaConfig, paths: DataPaths):
     except Exception as exc:  # chromadb raises several types for a damaged store
         raise T0Error(
             f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: "
-            f"{str(exc)[:100]}); "
-            "move it away and run `t0 index` to rebuild the index."
+            f"{str(exc)[:100]}); move it away and run `t0 index` to rebuild the index."
         ) from None
 
 

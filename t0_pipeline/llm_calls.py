@@ -216,8 +216,7 @@ def require_some_success(usage: Usage, what: str, settings: RoleConfig) -> None:
         first = (usage.first_error or "error").replace("litellm.", "")
         raise T0Error(
             f"every {what} call to {settings.model} at "
-            f"{settings.api_base or 'the provider default'} failed "
-            f"({first}); check the endpoint is up and llm.roles settings are right. Nothing was "
-            "lost: "
-            "re-running resumes from the cache."
+            f"{settings.api_base or 'the provider default'} failed ({first}); check the endpoint "
+            "is up and llm.roles settings are right. Nothing was lost: re-running resumes from "
+            "the cache."
         )

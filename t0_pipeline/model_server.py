@@ -42,8 +42,8 @@ FAILURES: list[tuple[str, str]] = [
     ),
     (
         r"address already in use|Errno 98",
-        "could not bind its port, which another process holds; set servers.port "
-        "to a free port (0 = any free port)",
+        "could not bind its port, which another process holds; set servers.port to a free port (0 "
+        "= any free port)",
     ),
     (
         r"config\.json|not a valid model identifier|Repository Not Found|does not appear to have a "
@@ -93,8 +93,7 @@ def check_port_free(host: str, port: int) -> None:
         except OSError:
             raise T0Error(
                 f"port {port} on {host} is already in use (another server, or one left from an "
-                "earlier run?); "
-                "stop it, or set servers.port to a free port (0 = any free port)."
+                "earlier run?); stop it, or set servers.port to a free port (0 = any free port)."
             ) from None
 
 
@@ -188,9 +187,8 @@ class _Server:
                     if self.plan.name not in models:
                         raise T0Error(
                             f"the model server at {endpoint} is healthy but serves "
-                            f"{models or 'no models'}, "
-                            f"not {self.plan.name!r}; its command must pass {{name}} as the served "
-                            "model name."
+                            f"{models or 'no models'}, not {self.plan.name!r}; its command must "
+                            f"pass {{name}} as the served model name."
                         )
                     self.api_base = endpoint
                     self._follow()  # what it printed between the last read and answering
@@ -255,12 +253,9 @@ class LocalServer(_Server):
             except FileNotFoundError:
                 raise T0Error(
                     f"cannot start a model server for {self.plan.name}: {cmd[0]!r} is not "
-                    "installed here. "
-                    "vLLM runs on GPU machines (pip install vllm); or run servers on Slurm "
-                    "(ModelServer "
-                    "mode=slurm), or use a server already running (t0 evaluate --api-base URL, or "
-                    "the "
-                    "entry's api_base without a serve section)."
+                    "installed here. vLLM runs on GPU machines (pip install vllm); or run servers "
+                    "on Slurm (ModelServer mode=slurm), or use a server already running (t0 "
+                    "evaluate --api-base URL, or the entry's api_base without a serve section)."
                 ) from None
 
     def _dead(self) -> str | None:
@@ -288,10 +283,9 @@ class LocalServer(_Server):
                 self._follow()
                 self.log(
                     f"model server for {self.plan.name} exited during the run (code "
-                    f"{self.proc.returncode}); "
-                    "its last line: "
-                    f"{next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; "
-                    f"full log: {self.log_path}"
+                    f"{self.proc.returncode}); its last line: "
+                    f"{next((ln for ln in reversed(self.lines) if ln.strip()), '')[:240]!r}; full "
+                    f"log: {self.log_path}"
                 )
             return
         with contextlib.suppress(ProcessLookupError):

@@ -145,8 +145,7 @@ class BudgetPredictor:
             except OSError as exc:
                 raise T0Error(
                     f"cannot load a tokenizer from {source!r} ({exc.__class__.__name__}); set the "
-                    "model "
-                    "entry's `tokenizer` (or `model`) to a local checkpoint folder."
+                    "model entry's `tokenizer` (or `model`) to a local checkpoint folder."
                 ) from None
             self.template = (
                 self.tokenizer if getattr(self.tokenizer, "chat_template", None) else None
@@ -163,8 +162,8 @@ class BudgetPredictor:
             except OSError as exc:
                 raise T0Error(
                     f"cannot load the checkpoint {self.settings.model!r} "
-                    f"({exc.__class__.__name__}); "
-                    "set the model entry's `model` to a local Hugging Face checkpoint folder."
+                    f"({exc.__class__.__name__}); set the model entry's `model` to a local Hugging "
+                    "Face checkpoint folder."
                 ) from None
             self._model.eval()
         return self._model

@@ -55,8 +55,8 @@ def load_queries(
         text = rec.get(config.query_field)
         if not isinstance(text, str) or not text.strip():
             raise T0Error(
-                f"{path} record {i}: field {config.query_field!r} is missing or empty; "
-                "set --query-field to the field holding the query text."
+                f"{path} record {i}: field {config.query_field!r} is missing or empty; set "
+                "--query-field to the field holding the query text."
             )
         field = next(
             (f for f in target_fields(config) if rec.get(f) is not None), target_fields(config)[0]
@@ -73,8 +73,8 @@ def load_queries(
         if not targets:
             raise T0Error(
                 f"{path} record {i}: field {' or '.join(map(repr, target_fields(config)))} must be "
-                "a slug or "
-                "a list of slugs; set --target-field to the field holding the correct document."
+                "a slug or a list of slugs; set --target-field to the field holding the correct "
+                "document."
             )
         if corpus is not None and not any(t in corpus for t in targets):
             unknown.append(f"record {i} ({', '.join(targets)})")

@@ -81,9 +81,8 @@ class Retriever:
         if built_with and vector_space(built_with) != vector_space(configured):
             raise T0Error(
                 f"the {index!r} index was built with embedding model {built_with!r}, but "
-                "embedding.model is "
-                f"{configured!r}; rebuild it (`t0 index`, or re-materialise it) or set "
-                "embedding.model back."
+                f"embedding.model is {configured!r}; rebuild it (`t0 index`, or re-materialise it) "
+                "or set embedding.model back."
             )
         self.manifest = manifest
         self.live: dict[str, str] = manifest["docs"]
@@ -130,9 +129,8 @@ class Retriever:
             except Exception:
                 raise T0Error(
                     f"Chroma collection {self.manifest['collection']!r} is missing from the store "
-                    "the "
-                    f"manifest {self.paths.index_manifest(self.index)} points to; rebuild with `t0 "
-                    "index`."
+                    f"the manifest {self.paths.index_manifest(self.index)} points to; rebuild with "
+                    "`t0 index`."
                 ) from None
             self._n_chunks = self.collection.count()
         return self._collection
@@ -253,10 +251,9 @@ class Retriever:
             if read_manifest(self.paths.index_manifest("full")) is None:
                 raise T0Error(
                     f"hybrid search of {self.index!r} also ranks the full pages "
-                    "(retrieval.fuse_full_pages), "
-                    f"but there is no full-page index in {self.paths.root}; build it (`t0 index`) "
-                    "or set "
-                    "retrieval.fuse_full_pages: false."
+                    "(retrieval.fuse_full_pages), but there is no full-page index in "
+                    f"{self.paths.root}; build it (`t0 index`) or set retrieval.fuse_full_pages: "
+                    "false."
                 )
             self._full = Retriever(
                 "full",

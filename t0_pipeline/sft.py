@@ -114,16 +114,13 @@ def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
         f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): "
         f"{', '.join(hashes) or 'n/a'}",
         f"- student prompt: `prompts/triage.txt` (hash {stats['student_prompt_hash']}), the k>0 "
-        "form that "
-        "evaluation uses, so students are evaluated on the format they learnt",
+        "form that evaluation uses, so students are evaluated on the format they learnt",
         f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, "
         f"examples: {stats['examples']}",
         f"- over the block size ({stats['block_size']} tokens): {stats['dropped_overlong']} "
-        "dropped, "
-        f"{stats['truncated_overlong']} truncated (policy: {config.overlong})",
+        f"dropped, {stats['truncated_overlong']} truncated (policy: {config.overlong})",
         f"- tokens per example: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, max "
-        f"{stats['tokens_max']} "
-        f"({stats['token_counts']})",
+        f"{stats['tokens_max']} ({stats['token_counts']})",
         "- tokenizer / chat template: "
         f"{config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
         f"- assistant turn (chat_format): {stats['chat_format']['think_start']!r} thinking "

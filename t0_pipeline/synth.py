@@ -46,11 +46,9 @@ log = logging.getLogger(__name__)
 STYLE = {
     "basic": "a plain, honest description of what they are experiencing.",
     "hypochondriac": "an anxious person who adds several unrelated minor complaints and worries "
-    "that it is something "
-    "very serious, while the real symptoms are still in there.",
+    "that it is something very serious, while the real symptoms are still in there.",
     "downplay": "someone who understates how bad things are and plays down their symptoms, though "
-    "the details still "
-    "show how serious it is.",
+    "the details still show how serious it is.",
 }
 
 
@@ -354,9 +352,8 @@ def run_generate_queries(
         first = (report["eval"]["failures"] or [{"error": "every draw was refused"}])[0]["error"]
         raise T0Error(
             f"no evaluation queries were produced ({len(report['eval']['failures'])} failed draws, "
-            f"first: {first}); "
-            "check the query_writer model and prompt. Nothing was written; successful calls are "
-            "cached."
+            f"first: {first}); check the query_writer model and prompt. Nothing was written; "
+            "successful calls are cached."
         )
     problems = disjoint_problems(eval_df, train_df)
     if problems:  # cannot happen by construction; refuse to write a leaky split if it ever does

@@ -340,16 +340,15 @@ def model_card(config: TrainConfig, result: TrainResult) -> str:
             f"left out (longer than block {config.block_size} or no answer): "
             f"{result.skipped_examples}",
             f"- steps: {result.global_step}; final train loss: "
-            f"{result.train_loss[-1][1] if result.train_loss else 'n/a'}; "
-            f"final held-out loss: {last_eval if last_eval is not None else 'n/a'}",
+            f"{result.train_loss[-1][1] if result.train_loss else 'n/a'}; final held-out loss: "
+            f"{last_eval if last_eval is not None else 'n/a'}",
             f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup "
-            f"{config.warmup_ratio:.0%}), "
-            f"batch {config.per_device_batch_size}×{config.gradient_accumulation_steps} per "
-            f"device, block {config.block_size}, "
-            f"weight decay {config.weight_decay}, betas {config.adam_beta1}/{config.adam_beta2}, "
-            f"gradient checkpointing {config.gradient_checkpointing}, LoRA {config.lora.enabled}, "
-            f"{result.world_size} process(es) on {result.device}, DeepSpeed "
-            f"{result.deepspeed or 'off'}",
+            f"{config.warmup_ratio:.0%}), batch "
+            f"{config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, "
+            f"block {config.block_size}, weight decay {config.weight_decay}, betas "
+            f"{config.adam_beta1}/{config.adam_beta2}, gradient checkpointing "
+            f"{config.gradient_checkpointing}, LoRA {config.lora.enabled}, {result.world_size} "
+            f"process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",
             "",
             "Not medical advice: a research artefact for retrieval-augmented reasoning.",
             "",

@@ -157,8 +157,8 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     missing = t0("query", "--data-dir", str(tmp_path / "nothing"), "cough")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
-        f"error: no 'summaries' index in {tmp_path / 'nothing'}; "
-        f"build it with `t0 index --data-dir {tmp_path / 'nothing'}`."
+        f"error: no 'summaries' index in {tmp_path / 'nothing'}; build it with `t0 index "
+        f"--data-dir {tmp_path / 'nothing'}`."
     ]
     bad_config = tmp_path / "c.yaml"
     bad_config.write_text("chunk:\n  overlap: -3\n")

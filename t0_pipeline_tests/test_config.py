@@ -175,8 +175,8 @@ def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, 
 def test_null_drops_a_default_size_and_its_evaluation_entries_but_sets_none_elsewhere(tmp_path):
     path = write(
         tmp_path,
-        "train:\n  sizes: {0.5B: Qwen/Qwen2.5-0.5B-Instruct, 32B: null}\n"
-        "llm:\n  roles:\n    agent: {api_base: null}\n",
+        "train:\n  sizes: {0.5B: Qwen/Qwen2.5-0.5B-Instruct, 32B: null}\nllm:\n  roles:\n    "
+        "agent: {api_base: null}\n",
     )
     cfg = load_config(path, environ={})
     assert list(cfg.train.sizes) == ["1.5B", "3B", "7B", "14B", "0.5B"]

@@ -32,8 +32,8 @@ TRACE = {
 def tiny_tokenizer(tmp_path):
     return build_tiny_tokenizer(
         tmp_path / "tok",
-        "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] "
-        "1 2 Call 999 Lie down face dropped Face droop is FAST About me age 70 score -0.500 -0.900",
+        "system user assistant think answer Stroke Migraine A&E ( ) , . : [ ] 1 2 Call 999 Lie "
+        "down face dropped Face droop is FAST About me age 70 score -0.500 -0.900",
     )
 
 

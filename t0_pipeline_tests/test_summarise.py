@@ -90,8 +90,7 @@ def test_plain_extracts_keep_the_symptom_list_and_urgency_and_drop_treatment():
     summary = ExtractiveSummariser(SummaryConfig()).summarise("Wobbly knee", PLAIN)
     assert (
         "Other symptoms of wobbly knee can include: a clicking sound when you climb stairs; the "
-        "knee giving way on "
-        "slopes; a dull ache behind the kneecap." in summary
+        "knee giving way on slopes; a dull ache behind the kneecap." in summary
     )
     assert "A&E" in summary and "cannot stand" in summary
     for treatment in ("physiotherapy", "brace", "scan"):

@@ -15,11 +15,9 @@ from t0_pipeline.train_data import IGNORE, tokenize_example
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
 WORDS = (
-    "system user assistant think answer Stroke Gout Migraine A&E Self-care Urgent Primary Care ( ) "
-    ", . : [ ] 1 2 "
-    "Call 999 Lie down Rest face dropped toe hot red Face droop is FAST Big toe About me age 70 "
-    "score -0.500 -0.900 "
-    "Documents You are a clinical triage assistant"
+    "system user assistant think answer Stroke Gout Migraine A&E Self-care Urgent Primary Care ( "
+    ") , . : [ ] 1 2 Call 999 Lie down Rest face dropped toe hot red Face droop is FAST Big toe "
+    "About me age 70 score -0.500 -0.900 Documents You are a clinical triage assistant"
 )
 
 

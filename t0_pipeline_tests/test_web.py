@@ -61,8 +61,8 @@ def shot(page, name: str) -> None:
 
 def wait_answer(page, text: str) -> None:
     page.wait_for_function(
-        "t => [...document.querySelectorAll('.msg.assistant .answer')]"
-        ".some(e => e.textContent.trim() === t)",
+        "t => [...document.querySelectorAll('.msg.assistant .answer')].some(e => "
+        "e.textContent.trim() === t)",
         arg=text,
     )
 
@@ -185,10 +185,9 @@ class HostileSources:
 
 
 PAYLOAD = (
-    "**Gout** is likely.\n\n- rest the joint\n- see a GP\n\n"
-    "<img src=x onerror=\"window.__pwned='img'\"> <script>window.__pwned='script'</script>\n\n"
-    "[click me](javascript:window.__pwned='link') or [the NHS "
-    "page](https://www.nhs.uk/conditions/gout/)"
+    "**Gout** is likely.\n\n- rest the joint\n- see a GP\n\n<img src=x "
+    "onerror=\"window.__pwned='img'\"> <script>window.__pwned='script'</script>\n\n[click "
+    "me](javascript:window.__pwned='link') or [the NHS page](https://www.nhs.uk/conditions/gout/)"
 )
 THINKING = (
     "I weighed **gout** <img src=y onerror=\"window.__pwned='thinking'\"> "

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(
             f"error: unexpected {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else ''} "
-            "(set T0_TRACEBACK=1 for the traceback, and please report it)",
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''} (set T0_TRACEBACK=1 for the "
+            "traceback, and please report it)",
             fg="red",
             err=True,
         )

@@ -46,9 +46,8 @@ def sbatch(
     ),
     deepspeed: Optional[str] = typer.Option(
         None,
-        help="auto (ZeRO-3 when several GPUs train all weights), zero3, "
-        "zero3_offload, a path on the cluster, or none "
-        "(default: train.deepspeed).",
+        help="auto (ZeRO-3 when several GPUs train all weights), zero3, zero3_offload, a path on "
+        "the cluster, or none (default: train.deepspeed).",
     ),
     sets: Optional[list[str]] = SetOpt,
 ):

@@ -35,8 +35,8 @@ ConfigFile = typer.Option(
     None,
     "--config",
     "-c",
-    help="JSON/YAML/TOML file with any subset of the settings (merged "
-    "into the defaults field by field; T0_<SECTION>__<FIELD> variables go on top).",
+    help="JSON/YAML/TOML file with any subset of the settings (merged into the defaults field by "
+    "field; T0_<SECTION>__<FIELD> variables go on top).",
 )
 IndexOpt = typer.Option(
     "summaries",
@@ -53,8 +53,8 @@ ModeOpt = typer.Option(
 SetOpt = typer.Option(
     None,
     "--set",
-    help="Any setting for this run: section.field=value (repeatable; the value is "
-    "read as YAML, so 5, true, null and [a, b] work). `t0 config` lists the settings.",
+    help="Any setting for this run: section.field=value (repeatable; the value is read as YAML, "
+    "so 5, true, null and [a, b] work). `t0 config` lists the settings.",
 )
 
 
@@ -172,8 +172,6 @@ def int_list(text: str, flag: str, example: str) -> list[int]:
 def usage_line(usage: dict) -> str:
     return (
         f"calls {usage['completed']}, cache hits {usage['cache_hits']}, retries "
-        f"{usage['retries']}, "
-        f"failed {usage['failures']}, tokens "
-        f"{usage['prompt_tokens']}+{usage['completion_tokens']}, "
-        f"cost ${usage['cost']:.4f}"
+        f"{usage['retries']}, failed {usage['failures']}, tokens "
+        f"{usage['prompt_tokens']}+{usage['completion_tokens']}, cost ${usage['cost']:.4f}"
     )

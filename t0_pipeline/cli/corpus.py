@@ -46,8 +46,8 @@ def crawl(
     concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once."),
     max_pages: Optional[int] = typer.Option(
         None,
-        help="Crawl at most this many conditions (default 5000; a "
-        "smaller number for a smoke test).",
+        help="Crawl at most this many conditions (default 5000; a smaller number for a smoke "
+        "test).",
     ),
     no_robots: bool = typer.Option(
         False, "--no-robots", help="Ignore robots.txt (only for sites you own)."
@@ -249,8 +249,8 @@ def eval_retrieval(
     ),
     rewrite_with: Optional[str] = typer.Option(
         None,
-        help="A serve profile: also score each query as its agent "
-        "rewrites it into a search query (rows '<mode>+agent').",
+        help="A serve profile: also score each query as its agent rewrites it into a search query "
+        "(rows '<mode>+agent').",
     ),
     sets: Optional[list[str]] = SetOpt,
 ):
@@ -290,8 +290,7 @@ def eval_retrieval(
             )
         typer.echo(
             f"agent search queries: {counts['rewritten']} rewritten, {counts['kept']} kept as "
-            "written, "
-            f"{counts['failed']} failed (kept as written)"
+            f"written, {counts['failed']} failed (kept as written)"
         )
         report = evaluate_retrieval(paths, ev, retrievers, queries_list, rewritten=rewritten)
     else:

@@ -95,10 +95,8 @@ def traces(
         df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever)
     typer.echo(
         f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable "
-        f"{stats['parsable_rate']:.0%}, "
-        f"condition accuracy {stats['condition_accuracy']:.0%}, disposition accuracy "
-        f"{stats['disposition_accuracy']:.0%} "
-        f"→ {paths.traces}"
+        f"{stats['parsable_rate']:.0%}, condition accuracy {stats['condition_accuracy']:.0%}, "
+        f"disposition accuracy {stats['disposition_accuracy']:.0%} → {paths.traces}"
     )
     typer.echo(usage_line(stats["usage"]))
 
@@ -127,9 +125,8 @@ def sft(
     df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
     typer.echo(
         f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean "
-        f"{stats['tokens_mean']}, "
-        f"max {stats['tokens_max']}; {stats['dropped_overlong']} dropped over "
-        f"{stats['block_size']} → {paths.sft_dir}"
+        f"{stats['tokens_mean']}, max {stats['tokens_max']}; {stats['dropped_overlong']} dropped "
+        f"over {stats['block_size']} → {paths.sft_dir}"
     )
 
 
@@ -166,8 +163,8 @@ def train(
     config: Optional[Path] = ConfigFile,
     model: Optional[str] = typer.Option(
         None,
-        help="Base model name or local path (default: the partition's entry in "
-        "train.sizes, else Qwen/Qwen2.5-1.5B-Instruct).",
+        help="Base model name or local path (default: the partition's entry in train.sizes, else "
+        "Qwen/Qwen2.5-1.5B-Instruct).",
     ),
     dataset: Optional[Path] = typer.Option(
         None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."
@@ -183,8 +180,8 @@ def train(
     ),
     deepspeed: Optional[str] = typer.Option(
         None,
-        help="auto (ZeRO-3 when several processes train all weights), "
-        "zero3, zero3_offload, a JSON path, or none.",
+        help="auto (ZeRO-3 when several processes train all weights), zero3, zero3_offload, a "
+        "JSON path, or none.",
     ),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
     sets: Optional[list[str]] = SetOpt,
@@ -230,10 +227,9 @@ def train(
     last = result.eval_loss[-1][1] if result.eval_loss else float("nan")
     typer.echo(
         f"{result.global_step} steps on {result.train_examples} examples (held out "
-        f"{result.eval_examples}) "
-        f"by {result.world_size} process(es), DeepSpeed {result.deepspeed or 'off'}; train loss "
-        f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f} → "
-        f"{result.final_dir}"
+        f"{result.eval_examples}) by {result.world_size} process(es), DeepSpeed "
+        f"{result.deepspeed or 'off'}; train loss {result.train_loss[0][1]:.3f} → "
+        f"{result.train_loss[-1][1]:.3f}, held-out {last:.3f} → {result.final_dir}"
     )
 
 
@@ -246,8 +242,8 @@ def evaluate(
     config: Optional[Path] = ConfigFile,
     queries: Optional[Path] = typer.Option(
         None,
-        help="Query file (.jsonl/.parquet with query, slug, disposition); "
-        "default: the synthetic evaluation set.",
+        help="Query file (.jsonl/.parquet with query, slug, disposition); default: the synthetic "
+        "evaluation set.",
     ),
     runs: Optional[int] = typer.Option(
         None, help="Repeated runs per model and k (default 10); seeds recorded."
@@ -260,8 +256,8 @@ def evaluate(
     ),
     api_base: Optional[str] = typer.Option(
         None,
-        help="Use the server already running here for every --model given "
-        "instead of starting one (models with a serve section).",
+        help="Use the server already running here for every --model given instead of starting one "
+        "(models with a serve section).",
     ),
     sets: Optional[list[str]] = SetOpt,
 ):

@@ -61,8 +61,7 @@ def run_all(
     if cfg.base_models:
         typer.echo(
             "\nStand-in: the models above are the small bundled ones named in base_models; every "
-            "artefact is "
-            "real, no figure here is the method's result."
+            "artefact is real, no figure here is the method's result."
         )
     typer.echo(f"\nall stages materialised in {time.monotonic() - started:.0f} s")
 

@@ -141,8 +141,7 @@ def with_tuned_retriever(cfg: PipelineConfig, paths: DataPaths) -> PipelineConfi
     except (OSError, ValueError, KeyError) as exc:
         raise T0Error(
             f"{active} is unreadable ({exc.__class__.__name__}); delete it to use the base "
-            "embedder, "
-            "or re-materialise retriever_model."
+            "embedder, or re-materialise retriever_model."
         ) from None
     if not chosen.is_absolute():
         chosen = (paths.retriever_dir / chosen).resolve()

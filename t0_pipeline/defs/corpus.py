@@ -29,8 +29,8 @@ def preview(df: pl.DataFrame, columns: list[str], rows: int = 10) -> dg.Metadata
 @dg.observable_source_asset(
     group_name="corpus",
     description="The document source (bundled sample, live site, mirror or pages file). Its data "
-    "version is the "
-    "content hash of the source; a new version makes the corpus assets re-materialise.",
+    "version is the content hash of the source; a new version makes the corpus assets "
+    "re-materialise.",
 )
 def corpus_source(settings: PipelineSettings) -> dg.DataVersion:
     return dg.DataVersion(corpus_fingerprint(settings.pipeline_config().source)[:16])
@@ -173,8 +173,7 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
         if cfg.summary.backend != backend:
             raise T0Error(
                 f"summary.backend is {cfg.summary.backend!r} but the code location was loaded with "
-                f"{backend!r}; "
-                "reload the code location (Deployment → Reload) after changing it."
+                f"{backend!r}; reload the code location (Deployment → Reload) after changing it."
             )
         serving = (
             context.resources.model_server.roles(cfg, paths, ["summariser"], context.log.info)

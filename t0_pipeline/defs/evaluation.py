@@ -146,9 +146,8 @@ accuracy_report = build_accuracy_report(model_partitions(), student_checkpoint, 
         dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress()
     ).with_label("a model's accuracy report was updated"),
     description="Every evaluated model in one table (Tables 2-4 layout), by query type, severity "
-    "error shares, "
-    "and condition accuracy by model size (base alone / base + retrieval / fine-tuned), like "
-    "Figure 5.",
+    "error shares, and condition accuracy by model size (base alone / base + retrieval / "
+    "fine-tuned), like Figure 5.",
 )
 def accuracy_comparison(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -173,8 +172,8 @@ def accuracy_comparison(
 
 @dg.asset_check(
     asset=accuracy_comparison,
-    description="No fine-tuned student scores below its base model (same k, "
-    "same queries) on condition accuracy (WARN).",
+    description="No fine-tuned student scores below its base model (same k, same queries) on "
+    "condition accuracy (WARN).",
 )
 def students_not_below_base(settings: PipelineSettings) -> dg.AssetCheckResult:
     cfg, paths = settings.pipeline_config(), settings.paths()

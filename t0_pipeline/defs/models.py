@@ -19,8 +19,7 @@ def build_base_models() -> list:
         code_version=version_of("base_models"),
         kinds={"pytorch"},
         description="Local Hugging Face checkpoints named in base_models: the bundled "
-        "SmolLM2-135M-Instruct "
-        "converted once, folders linked, hub names downloaded when online.",
+        "SmolLM2-135M-Instruct converted once, folders linked, hub names downloaded when online.",
     )
     def base_models(
         context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -42,8 +41,8 @@ def build_base_models() -> list:
                 "paths": dg.MetadataValue.json({m["name"]: m["path"] for m in made}),
                 "stand_in": (
                     "bundled tiny models (SmolLM2-135M) stand in for the report's Qwen2.5 / "
-                    "DeepSeek-R1: every "
-                    "artefact is real, no figure made with them is the method's result"
+                    "DeepSeek-R1: every artefact is real, no figure made with them is the "
+                    "method's result"
                 )
                 if any(m["source"].startswith("bundled:") for m in made)
                 else "none",
@@ -53,8 +52,8 @@ def build_base_models() -> list:
     @dg.asset_check(
         asset=base_models,
         blocking=True,
-        description="Every base model is a loadable checkpoint "
-        "(config, weights, tokenizer with a chat template).",
+        description="Every base model is a loadable checkpoint (config, weights, tokenizer with a "
+        "chat template).",
     )
     def base_models_loadable(settings: PipelineSettings) -> dg.AssetCheckResult:
         from t0_pipeline.checks import checkpoint_problems

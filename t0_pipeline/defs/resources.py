@@ -280,9 +280,8 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
         )
         return (
             f"the Slurm job for {size} failed on rank {first.get('rank')} "
-            f"({first.get('host')}){more}: "
-            f"{first.get('error')}; the previous checkpoint is kept. Last lines of that "
-            f"rank:\n{tail}"
+            f"({first.get('host')}){more}: {first.get('error')}; the previous checkpoint is kept. "
+            f"Last lines of that rank:\n{tail}"
         )
     lines = error.splitlines()
     rejected = next((ln.strip() for ln in lines if "error:" in ln), None)
@@ -291,15 +290,13 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
         reason = re.sub(r"^(?:std(?:err|out):\s*)+", "", rejected)
         return (
             f"the Slurm job for {size} did not complete: {reason}; fix the site profile or the "
-            "resource "
-            "(partition, account, QoS), and the previous checkpoint is kept."
+            "resource (partition, account, QoS), and the previous checkpoint is kept."
         )
     reason = lines[0][:200] if lines else "no detail"
     return (
         f"the Slurm job for {size} did not complete: {reason} No rank left a Python error (killed "
-        "by a signal, "
-        "out of memory, or out of time?): the job's output is in the run's logs; the previous "
-        "checkpoint is kept."
+        "by a signal, out of memory, or out of time?): the job's output is in the run's logs; the "
+        "previous checkpoint is kept."
     )
 
 

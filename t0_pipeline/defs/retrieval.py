@@ -54,9 +54,8 @@ def _dense_asset(index: str):
         automation_condition=follows(RETRIEVER_MODEL),
         kinds={"chroma"},
         description=f"Chroma collection of token chunks of the {index} documents (incremental by "
-        "content hash), "
-        "embedded by the configured model, or by retriever_model's tuned one once it measured "
-        "better.",
+        "content hash), embedded by the configured model, or by retriever_model's tuned one once "
+        "it measured better.",
     )
     def dense(
         context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -182,9 +181,9 @@ FOLLOWS_QUERIES = follows(SYNTHETIC_QUERIES)
     automation_condition=FOLLOWS_QUERIES,
     kinds={"parquet"},
     description="The labelled retrieval-evaluation queries: retrieval_eval.queries when set, else "
-    "the synthetic "
-    "evaluation split once written (the report's Table 1), else the bundled sample; queries whose "
-    "condition is not in the corpus are left out (and counted) unless the file was configured.",
+    "the synthetic evaluation split once written (the report's Table 1), else the bundled sample; "
+    "queries whose condition is not in the corpus are left out (and counted) unless the file was "
+    "configured.",
 )
 def eval_queries(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -244,8 +243,8 @@ def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     if location_config().retrieval_eval.rewrite_with
     else set(),
     description="p@k (k = 1, 5, 10, 30, 50, 100) for each index × retriever mode (dense, bm25, "
-    "hybrid), with a plot; "
-    "with retrieval_eval.rewrite_with also on the agent's search queries ('<mode>+agent' rows).",
+    "hybrid), with a plot; with retrieval_eval.rewrite_with also on the agent's search queries "
+    "('<mode>+agent' rows).",
 )
 def retrieval_report(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -303,8 +302,8 @@ def retrieval_report(
 
 @dg.asset_check(
     asset=retrieval_report,
-    description="Every configured index × mode was scored, and each p@k row is a "
-    "share that never falls as k grows.",
+    description="Every configured index × mode was scored, and each p@k row is a share that never "
+    "falls as k grows.",
 )
 def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.checks import pk_problems
@@ -336,9 +335,9 @@ def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     ).with_label("after new synthetic queries"),
     kinds={"pytorch"},
     description="The embedder fine-tuned on the synthetic training queries (query → its "
-    "condition's document; "
-    "in-batch and mined hard negatives), compared with the current one on the evaluation split; "
-    "when better it becomes the embedder of every dense index, which then re-index.",
+    "condition's document; in-batch and mined hard negatives), compared with the current one on "
+    "the evaluation split; when better it becomes the embedder of every dense index, which then "
+    "re-index.",
 )
 def retriever_model(
     context: dg.AssetExecutionContext, settings: PipelineSettings
@@ -367,8 +366,8 @@ def retriever_model(
 
 @dg.asset_check(
     asset=retriever_model,
-    description="The dense indexes use whichever embedder scored better on the "
-    "evaluation split: the tuned one only when it gained p@k.",
+    description="The dense indexes use whichever embedder scored better on the evaluation split: "
+    "the tuned one only when it gained p@k.",
 )
 def better_embedder_in_use(settings: PipelineSettings) -> dg.AssetCheckResult:
     import json

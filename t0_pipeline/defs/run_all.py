@@ -68,8 +68,8 @@ def run_all(echo: Callable[[str], None] = print, select: set[str] | None = None)
             if not result.success:
                 raise T0Error(
                     f"{label} failed after {row.seconds:.0f} s: {failure_message(result)} (every "
-                    "asset "
-                    "materialised before it is kept; fix and run again: finished stages are cached)"
+                    "asset materialised before it is kept; fix and run again: finished stages are "
+                    "cached)"
                 )
             checks = f"; checks: {len(row.checks_passed)} passed" + (
                 f", failed: {', '.join(row.checks_failed)}" if row.checks_failed else ""

@@ -83,8 +83,8 @@ def retrieved_from(index: str, mode: str) -> list:
     if not assets:
         raise T0Error(
             f"nothing builds the {index!r} index in this code location (with summary.backend=llm "
-            "the LLM "
-            "summaries are 'summaries'); set traces.index / evaluation.index to full or summaries."
+            "the LLM summaries are 'summaries'); set traces.index / evaluation.index to full or "
+            "summaries."
         )
     return assets
 
@@ -96,9 +96,9 @@ def retrieved_from(index: str, mode: str) -> list:
     pool="llm",
     kinds={"python", "parquet"},
     automation_condition=FOLLOW_IF_SET,
-    description="Synthetic patient queries (role 'query_writer'): an evaluation and a training set "
-    "sharing "
-    "no (condition, disposition) pair, balanced over query type, disposition and sex.",
+    description="Synthetic patient queries (role 'query_writer'): an evaluation and a training "
+    "set sharing no (condition, disposition) pair, balanced over query type, disposition and "
+    "sex.",
 )
 def synthetic_queries(
     context: dg.AssetExecutionContext,
@@ -229,8 +229,7 @@ def query_refusal_and_failure_rates(settings: PipelineSettings) -> dg.AssetCheck
     automation_condition=FOLLOW_IF_SET,
     kinds={"python", "parquet"},
     description="The teacher's thinking and '(condition, severity)' answer over k retrieved "
-    "summaries for each "
-    "training query, parsed and filtered by the configured policy.",
+    "summaries for each training query, parsed and filtered by the configured policy.",
 )
 def reasoning_traces(
     context: dg.AssetExecutionContext,
@@ -279,8 +278,7 @@ def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResul
     kinds={"parquet"},
     automation_condition=FOLLOW_IF_SET,
     description="Chat examples (system: retrieved context; user: demographics + query; assistant: "
-    "thinking + "
-    "answer) rendered with the student's chat template, with a dataset card.",
+    "thinking + answer) rendered with the student's chat template, with a dataset card.",
 )
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
@@ -298,8 +296,8 @@ def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
 @dg.asset_check(
     asset=sft_dataset,
     blocking=True,
-    description="Examples exist, fit the block size and end their "
-    "thinking with the chat format's marker.",
+    description="Examples exist, fit the block size and end their thinking with the chat format's "
+    "marker.",
 )
 def sft_examples_fit_the_format(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.checks import sft_problems

@@ -81,8 +81,8 @@ student_checkpoint = build_student_checkpoint(size_partitions())
 
 @dg.asset_check(
     asset=student_checkpoint,
-    description="Every trained size's final/ is a loadable checkpoint "
-    "(config, weights, tokenizer).",
+    description="Every trained size's final/ is a loadable checkpoint (config, weights, "
+    "tokenizer).",
 )
 def final_checkpoints_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.checks import checkpoint_problems

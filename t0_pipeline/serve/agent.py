@@ -136,8 +136,7 @@ class ChatService:
                 if role not in cfg.llm.roles:
                     raise T0Error(
                         f"serve profile {name!r} uses LLM role {role!r}, which is not configured; "
-                        "add "
-                        f"llm.roles.{role} (model, api_base)."
+                        f"add llm.roles.{role} (model, api_base)."
                     )
 
     def _default_retriever(self, profile: ServeProfile):

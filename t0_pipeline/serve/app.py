@@ -63,8 +63,8 @@ def create_app(
         title="t0 conversational agent",
         version="1",
         lifespan=_lifespan(ctx),
-        description="Retrieval-augmented reasoning over the indexed collection. "
-        "Not medical advice.",
+        description="Retrieval-augmented reasoning over the indexed collection. Not medical "
+        "advice.",
     )
     _add_guards(app, cfg, insecure_local)
     app.middleware("http")(_access_log)

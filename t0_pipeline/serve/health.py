@@ -63,8 +63,7 @@ class ModelProbe:
                 settings = self.cfg.llm.roles[role]
                 log.warning(
                     "the %s model (%s) does not answer at %s (%s): turns will fail until it does; "
-                    "start it "
-                    "or fix llm.roles.%s.api_base",
+                    "start it or fix llm.roles.%s.api_base",
                     role,
                     settings.model,
                     settings.api_base,

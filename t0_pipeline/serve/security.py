@@ -12,8 +12,7 @@ import json
 # framed
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src "
-    "'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 # FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline bootstrap
 # script
@@ -123,8 +122,8 @@ class HostCheck:
                 return await _reply(
                     send,
                     421,
-                    f"this service does not answer to host {host!r}; use its own "
-                    "address, or add the name to serve.allowed_hosts",
+                    f"this service does not answer to host {host!r}; use its own address, or add "
+                    "the name to serve.allowed_hosts",
                 )
         return await self.app(scope, receive, send)
 

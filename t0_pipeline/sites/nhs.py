@@ -17,8 +17,8 @@ NHS = SiteAdapter(
     condition_url=re.compile(r"/conditions/(?P<slug>[a-z0-9][a-z0-9-]*)/?"),
     index_link_selector="main a[href]",
     subpage_link_selector=(
-        "nav.nhsuk-contents-list a.nhsuk-contents-list__link, "
-        "nav.nhsuk-contents-list span.nhsuk-contents-list__current"
+        "nav.nhsuk-contents-list a.nhsuk-contents-list__link, nav.nhsuk-contents-list "
+        "span.nhsuk-contents-list__current"
     ),
     content_selector="main#maincontent, main",
     drop_selectors=(
