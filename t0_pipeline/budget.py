@@ -278,34 +278,9 @@ class CompletionsEndpoint:
             return None
 
 
-def complete_with_budget(
-    api_base: str,
-    model: str,
-    prompt: str,
-    config: BudgetConfig,
-    timeout_s: float = 600.0,
-    api_key: str | None = None,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    max_attempts: int = 4,
-    backoff_s: float = 1.0,
-    max_backoff_s: float = 60.0,
-    on_failure=None,
-) -> ForcedGeneration:
-    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a
-    temperature is given).
-
-    Requests go through :class:`CompletionsEndpoint` (``on_failure`` hears "unreachable", "auth",
-    "not_found" or None, see :func:`t0_pipeline.llm_calls.endpoint_trouble`, and may raise to stop
-    the whole stage). The "Wait" tokens count against the budget: the server's own prompt-token
-    counts give their number exactly.
-    """
-    from t0_pipeline.retry import RetryPolicy
-
-    config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
-    retry = RetryPolicy(max(1, max_attempts), backoff_s, max_backoff_s)
-    endpoint = CompletionsEndpoint(api_base, model, api_key, timeout_s, retry, on_failure)
-    sampling = {"temperature": temperature, "seed": seed}
+def _think_remotely(endpoint: CompletionsEndpoint, prompt: str, config: BudgetConfig, sampling):
+    """The thinking loop on a completions endpoint: (thinking text, tokens used, waits, whether the
+    budget ended it)."""
     wait = " " + config.wait_text
     # known up front, so no request is sent for more than the budget left
     wait_tokens = endpoint.count_tokens(wait)
@@ -334,6 +309,38 @@ def complete_with_budget(
         waits += 1
         thinking += wait
         used += wait_tokens or 0
+    return thinking, used, waits, exhausted
+
+
+def complete_with_budget(
+    api_base: str,
+    model: str,
+    prompt: str,
+    config: BudgetConfig,
+    timeout_s: float = 600.0,
+    api_key: str | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    max_attempts: int = 4,
+    backoff_s: float = 1.0,
+    max_backoff_s: float = 60.0,
+    on_failure=None,
+) -> ForcedGeneration:
+    """Budget forcing against a vLLM OpenAI-compatible completions endpoint (greedy unless a
+    temperature is given).
+
+    Requests go through :class:`CompletionsEndpoint` (``on_failure`` hears "unreachable", "auth",
+    "not_found" or None, see :func:`t0_pipeline.llm_calls.endpoint_trouble`, and may raise to stop
+    the whole stage). The "Wait" tokens count against the budget: the server's own prompt-token
+    counts give their number exactly.
+    """
+    from t0_pipeline.retry import RetryPolicy
+
+    config = config.with_format()  # markers not set by the pipeline's chat_format: the s1 defaults
+    retry = RetryPolicy(max(1, max_attempts), backoff_s, max_backoff_s)
+    endpoint = CompletionsEndpoint(api_base, model, api_key, timeout_s, retry, on_failure)
+    sampling = {"temperature": temperature, "seed": seed}
+    thinking, used, waits, exhausted = _think_remotely(endpoint, prompt, config, sampling)
     forced = prompt + thinking + config.think_end + config.answer_start
     answer = endpoint.complete(forced, config.answer_tokens, [], 0, **sampling)[0]
     return ForcedGeneration(

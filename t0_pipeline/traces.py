@@ -174,39 +174,47 @@ def collect_traces(
         return await client.complete(job[4])
 
     replies = client.run(jobs, one, "teacher traces", progress)
-    out = []
-    for (row, slugs, titles, scores, _, texts), reply in zip(jobs, replies):
-        condition, slug, severity = parse_answer(reply.content, dict(zip(slugs, titles)))
-        trace = {
-            "id": row["id"],
-            "query": row["query"],
-            "demographics": demographics_text(row),
-            "gold_slug": row["slug"],
-            "gold_disposition": row["disposition"],
-            "query_type": row["query_type"],
-            "retrieved_slugs": slugs,
-            "retrieved_titles": titles,
-            "retrieved_texts": texts,
-            "scores": scores,
-            "gold_retrieved": row["slug"] in slugs,
-            "thinking": reply.thinking,
-            "answer": reply.content,
-            "pred_condition": condition,
-            "pred_slug": slug,
-            "pred_severity": severity,
-            "parsable": condition is not None,
-            "condition_in_retrieved": slug is not None,
-            "correct_condition": slug == row["slug"],
-            "correct_disposition": severity == row["disposition"],
-            "prompt_tokens": reply.prompt_tokens,
-            "completion_tokens": reply.completion_tokens,
-            "error": reply.error,
-            "model": client.settings.model,
-            "prompt_hash": prompt_hash,
-        }
-        trace["kept"] = keep(trace, config)
-        out.append(trace)
+    out = [
+        _trace(job, reply, client.settings.model, prompt_hash, config)
+        for job, reply in zip(jobs, replies)
+    ]
     return pl.DataFrame(out, schema=TRACE_SCHEMA)
+
+
+def _trace(job: tuple, reply, model: str, prompt_hash: str, config: TraceConfig) -> dict[str, Any]:
+    """One row of the traces: the query, what was retrieved, the teacher's answer read and scored,
+    and whether the filter keeps it."""
+    row, slugs, titles, scores, _, texts = job
+    condition, slug, severity = parse_answer(reply.content, dict(zip(slugs, titles)))
+    trace = {
+        "id": row["id"],
+        "query": row["query"],
+        "demographics": demographics_text(row),
+        "gold_slug": row["slug"],
+        "gold_disposition": row["disposition"],
+        "query_type": row["query_type"],
+        "retrieved_slugs": slugs,
+        "retrieved_titles": titles,
+        "retrieved_texts": texts,
+        "scores": scores,
+        "gold_retrieved": row["slug"] in slugs,
+        "thinking": reply.thinking,
+        "answer": reply.content,
+        "pred_condition": condition,
+        "pred_slug": slug,
+        "pred_severity": severity,
+        "parsable": condition is not None,
+        "condition_in_retrieved": slug is not None,
+        "correct_condition": slug == row["slug"],
+        "correct_disposition": severity == row["disposition"],
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "error": reply.error,
+        "model": model,
+        "prompt_hash": prompt_hash,
+    }
+    trace["kept"] = keep(trace, config)
+    return trace
 
 
 def trace_stats(traces: pl.DataFrame) -> dict[str, Any]:

@@ -186,13 +186,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         config.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported()
     )
     processes = world_size()
-    ds_config = resolve_deepspeed(config, processes)
-    if ds_config is not None and processes > 1 and not cuda:
-        import deepspeed
-
-        # accelerate leaves DeepSpeed's own process group to the GPU path; CPU ranks join one over
-        # gloo first
-        deepspeed.init_distributed(dist_backend="gloo")
+    ds_config = _deepspeed_for(config, processes, cuda)
     tokenizer = _load_tokenizer(config)
     train_rows, eval_rows, skipped = load_examples(dataset, tokenizer, config)
     checkpoints = output_dir / "checkpoints"
@@ -200,15 +194,13 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     # from_pretrained below
     args = _training_arguments(config, checkpoints, bf16, cuda, bool(eval_rows), ds_config)
     model = _load_model(config, bf16)
-    pad_id = tokenizer.pad_token_id
-    pad_id = pad_id if pad_id is not None else tokenizer.eos_token_id
     stop = stop_file_callback(os.environ.get("T0_STOP_FILE"))
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=ListDataset(train_rows),
         eval_dataset=ListDataset(eval_rows) if eval_rows else None,
-        data_collator=pad_batch(pad_id or 0),
+        data_collator=pad_batch(_pad_id(tokenizer)),
         callbacks=[stop, *callbacks],
     )
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
@@ -235,17 +227,30 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     )
     _read_state(result, trainer.state, seconds, cuda)
     if stop.stopped:
-        log.warning(
-            "stopped at step %d with a checkpoint in %s; a re-run resumes from it",
-            result.global_step,
-            checkpoints,
-        )
+        message = "stopped at step %d with a checkpoint in %s; a re-run resumes from it"
+        log.warning(message, result.global_step, checkpoints)
         return result
     zero3 = ds_config is not None and trainer.is_deepspeed_enabled
     if not config.lora.enabled:
         result.weights_digest = gathered_digest(model, zero3, trainer.is_world_process_zero())
     _save_final(config, trainer, model, tokenizer, output_dir, result)
     return result
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return (pad if pad is not None else tokenizer.eos_token_id) or 0
+
+
+def _deepspeed_for(config: TrainConfig, processes: int, cuda: bool) -> Path | None:
+    """The DeepSpeed config this run uses; CPU ranks first join DeepSpeed's process group over gloo
+    (accelerate leaves it to the GPU path)."""
+    ds_config = resolve_deepspeed(config, processes)
+    if ds_config is not None and processes > 1 and not cuda:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    return ds_config
 
 
 def _training_arguments(

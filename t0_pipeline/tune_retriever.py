@@ -120,6 +120,16 @@ def _digest(base: str, rows: list[dict], config: RetrieverTuneConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+NO_EVALUATION_QUERIES = (
+    "no evaluation queries match the documents; write synthetic queries (synthetic_queries) so the "
+    "tuned retriever can be compared with the current one."
+)
+_VERDICT = {
+    True: "now the embedder of every index",
+    False: "not used: no better than the current one",
+}
+
+
 def tune_retriever(
     base: str,
     train: list[EvalQuery],
@@ -138,10 +148,7 @@ def tune_retriever(
     from sentence_transformers import SentenceTransformer
 
     if not evaluation:
-        raise T0Error(
-            "no evaluation queries match the documents; write synthetic queries "
-            "(synthetic_queries) so the tuned retriever can be compared with the current one."
-        )
+        raise T0Error(NO_EVALUATION_QUERIES)
     started = time.perf_counter()
     model = SentenceTransformer(base, device=device)
     slugs, texts = list(docs), list(docs.values())
@@ -156,25 +163,12 @@ def tune_retriever(
         )
     out = (paths.retriever_dir / f"tuned-{_digest(base, rows, config)}").resolve()
     notes: list[str] = []
-    if (out / "t0_tune.json").exists():
-        notes.append(f"reused {out.name}: same base, pairs and settings as a finished run")
-        log_fn(notes[-1])
-        meta = json.loads((out / "t0_tune.json").read_text(encoding="utf-8"))
-        steps, loss = meta.get("steps", 0), meta.get("train_loss")
-    else:
-        log_fn(
-            f"fine-tuning on {len(rows)} pairs with {config.hard_negatives} hard negative(s) each, "
-            f"batch {config.batch_size}, {config.epochs:g} epoch(s)"
-        )
-        steps, loss = _fine_tune(model, rows, base, config, device, out)
+    steps, loss = _trained_or_reused(model, rows, base, config, device, out, notes, log_fn)
     tuned = SentenceTransformer(str(out), device=device)
     after = p_at_k(tuned, evaluation, slugs, texts, ks)
     gain = float(np.mean([after[k] - before[k] for k in ks]))
     used = gain > config.min_gain
-    verdict = "now the embedder of every index"
-    if not used:
-        verdict = "not used: no better than the current one"
-    log_fn(f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); {verdict}")
+    log_fn(f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); {_VERDICT[used]}")
     result = TuneResult(
         base=base,
         model_dir=str(out),
@@ -192,11 +186,23 @@ def tune_retriever(
     )
     write_json(asdict(result), paths.retriever_dir / "last_run.json")
     if used:
-        write_json(
-            {"path": out.name, "base": base, "gain": gain, "before": before, "after": after},
-            paths.retriever_dir / "active.json",
-        )
+        active = {"path": out.name, "base": base, "gain": gain, "before": before, "after": after}
+        write_json(active, paths.retriever_dir / "active.json")
     return result
+
+
+def _trained_or_reused(model, rows, base, config, device, out, notes: list[str], log_fn):
+    """(steps, train loss) of the model in ``out``: a finished run's, or a new fine-tuning's."""
+    if (out / "t0_tune.json").exists():
+        notes.append(f"reused {out.name}: same base, pairs and settings as a finished run")
+        log_fn(notes[-1])
+        meta = json.loads((out / "t0_tune.json").read_text(encoding="utf-8"))
+        return meta.get("steps", 0), meta.get("train_loss")
+    log_fn(
+        f"fine-tuning on {len(rows)} pairs with {config.hard_negatives} hard negative(s) each, "
+        f"batch {config.batch_size}, {config.epochs:g} epoch(s)"
+    )
+    return _fine_tune(model, rows, base, config, device, out)
 
 
 def _fine_tune(

@@ -18,43 +18,49 @@ from t0_pipeline.cli.common import (
     setup,
 )
 
+_SBATCH_SITE = typer.Option(
+    ..., help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."
+)
+_SBATCH_SIZE = typer.Option(
+    ..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."
+)
+_SBATCH_ACCOUNT = typer.Option(
+    None,
+    envvar="T0_SLURM_ACCOUNT",
+    help="Project the job is charged to (required on Baskerville and Isambard-AI).",
+)
+_SBATCH_QOS = typer.Option(
+    None, help="Slurm QoS (default: the profile's; per project on Baskerville)."
+)
+_SBATCH_PROFILES_DIR = typer.Option(None, help="Folder of your own site profiles (<site>.yaml).")
+_SBATCH_OUT = typer.Option(
+    None, "--out", "-o", help="Write the script here instead of printing it."
+)
+_SBATCH_DEEPSPEED = typer.Option(
+    None,
+    help="auto (ZeRO-3 when several GPUs train all weights), zero3, zero3_offload, a path on "
+    "the cluster, or none (default: train.deepspeed).",
+)
+
 
 @app.command()
 def sbatch(
-    site: str = typer.Option(
-        ..., help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."
-    ),
-    size: str = typer.Option(
-        ..., help="Student size, a key of the profile's sizes and of train.sizes (e.g. 7B)."
-    ),
+    site: str = _SBATCH_SITE,
+    size: str = _SBATCH_SIZE,
     config: Optional[Path] = ConfigFile,
     data_dir: Optional[Path] = DataDir,
-    account: Optional[str] = typer.Option(
-        None,
-        envvar="T0_SLURM_ACCOUNT",
-        help="Project the job is charged to (required on Baskerville and Isambard-AI).",
-    ),
+    account: Optional[str] = _SBATCH_ACCOUNT,
     partition: Optional[str] = typer.Option(None, help="Slurm partition (default: the profile's)."),
-    qos: Optional[str] = typer.Option(
-        None, help="Slurm QoS (default: the profile's; per project on Baskerville)."
-    ),
-    profiles_dir: Optional[Path] = typer.Option(
-        None, help="Folder of your own site profiles (<site>.yaml)."
-    ),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Write the script here instead of printing it."
-    ),
-    deepspeed: Optional[str] = typer.Option(
-        None,
-        help="auto (ZeRO-3 when several GPUs train all weights), zero3, zero3_offload, a path on "
-        "the cluster, or none (default: train.deepspeed).",
-    ),
+    qos: Optional[str] = _SBATCH_QOS,
+    profiles_dir: Optional[Path] = _SBATCH_PROFILES_DIR,
+    out: Optional[Path] = _SBATCH_OUT,
+    deepspeed: Optional[str] = _SBATCH_DEEPSPEED,
     sets: Optional[list[str]] = SetOpt,
 ):
     """Render the training job script for one student size on one cluster (submit it with sbatch).
 
-    It is the script Dagster submits for the same size: srun starts torchrun on every node, one rank
-    per GPU.
+    It is the script Dagster submits for the same size: srun starts torchrun on every node,
+    one rank per GPU.
     """
     from t0_pipeline.cluster import load_profile, render_sbatch
 

@@ -225,33 +225,40 @@ def retrieve(
     typer.echo(f"{n} queries ranked ({index}, {mode}, k={k}) → {out}")
 
 
+_EVAL_RETRIEVAL_QUERIES = typer.Option(
+    None, "--queries", "-q", help="Labelled queries (default: bundled sample set)."
+)
+_EVAL_RETRIEVAL_QUERY_FIELD = typer.Option(
+    None, help="Field holding the query text (default: query)."
+)
+_EVAL_RETRIEVAL_TARGET_FIELD = typer.Option(
+    None, help="Field holding the correct slug or list of slugs (default: condition)."
+)
+_EVAL_RETRIEVAL_INDEX = typer.Option(
+    None, "--index", "-i", help="Index to score (repeatable; default both)."
+)
+_EVAL_RETRIEVAL_MODE = typer.Option(
+    None, "--mode", "-m", help="Mode to score (repeatable; default all three)."
+)
+_EVAL_RETRIEVAL_KS = typer.Option(None, help="Comma-separated k values (default 1,5,10,30,50,100).")
+_EVAL_RETRIEVAL_REWRITE_WITH = typer.Option(
+    None,
+    help="A serve profile: also score each query as its agent rewrites it into a search query "
+    "(rows '<mode>+agent').",
+)
+
+
 @app.command("eval-retrieval")
 def eval_retrieval(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    queries: Optional[Path] = typer.Option(
-        None, "--queries", "-q", help="Labelled queries (default: bundled sample set)."
-    ),
-    query_field: Optional[str] = typer.Option(
-        None, help="Field holding the query text (default: query)."
-    ),
-    target_field: Optional[str] = typer.Option(
-        None, help="Field holding the correct slug or list of slugs (default: condition)."
-    ),
-    index: Optional[list[str]] = typer.Option(
-        None, "--index", "-i", help="Index to score (repeatable; default both)."
-    ),
-    mode: Optional[list[str]] = typer.Option(
-        None, "--mode", "-m", help="Mode to score (repeatable; default all three)."
-    ),
-    ks: Optional[str] = typer.Option(
-        None, help="Comma-separated k values (default 1,5,10,30,50,100)."
-    ),
-    rewrite_with: Optional[str] = typer.Option(
-        None,
-        help="A serve profile: also score each query as its agent rewrites it into a search query "
-        "(rows '<mode>+agent').",
-    ),
+    queries: Optional[Path] = _EVAL_RETRIEVAL_QUERIES,
+    query_field: Optional[str] = _EVAL_RETRIEVAL_QUERY_FIELD,
+    target_field: Optional[str] = _EVAL_RETRIEVAL_TARGET_FIELD,
+    index: Optional[list[str]] = _EVAL_RETRIEVAL_INDEX,
+    mode: Optional[list[str]] = _EVAL_RETRIEVAL_MODE,
+    ks: Optional[str] = _EVAL_RETRIEVAL_KS,
+    rewrite_with: Optional[str] = _EVAL_RETRIEVAL_REWRITE_WITH,
     sets: Optional[list[str]] = SetOpt,
 ):
     """Print and save the p@k table (CSV, Markdown, PNG) for each index × retriever mode."""

@@ -157,32 +157,38 @@ def base_models(
         )
 
 
+_TRAIN_MODEL = typer.Option(
+    None,
+    help="Base model name or local path (default: the partition's entry in train.sizes, else "
+    "Qwen/Qwen2.5-1.5B-Instruct).",
+)
+_TRAIN_DATASET = typer.Option(
+    None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."
+)
+_TRAIN_OUTPUT_DIR = typer.Option(
+    None, help="Where checkpoints/, final/, logs/ and metrics.json go."
+)
+_TRAIN_PARTITION = typer.Option(
+    "default", help="Partition key (model size) used in the default output path."
+)
+_TRAIN_MAX_STEPS = typer.Option(None, help="Stop after this many optimizer steps (smoke tests).")
+_TRAIN_DEEPSPEED = typer.Option(
+    None,
+    help="auto (ZeRO-3 when several processes train all weights), zero3, zero3_offload, a "
+    "JSON path, or none.",
+)
+
+
 @app.command()
 def train(
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    model: Optional[str] = typer.Option(
-        None,
-        help="Base model name or local path (default: the partition's entry in train.sizes, else "
-        "Qwen/Qwen2.5-1.5B-Instruct).",
-    ),
-    dataset: Optional[Path] = typer.Option(
-        None, help="SFT Parquet (default <data>/synthetic/sft/train.parquet)."
-    ),
-    output_dir: Optional[Path] = typer.Option(
-        None, help="Where checkpoints/, final/, logs/ and metrics.json go."
-    ),
-    partition: str = typer.Option(
-        "default", help="Partition key (model size) used in the default output path."
-    ),
-    max_steps: Optional[int] = typer.Option(
-        None, help="Stop after this many optimizer steps (smoke tests)."
-    ),
-    deepspeed: Optional[str] = typer.Option(
-        None,
-        help="auto (ZeRO-3 when several processes train all weights), zero3, zero3_offload, a "
-        "JSON path, or none.",
-    ),
+    model: Optional[str] = _TRAIN_MODEL,
+    dataset: Optional[Path] = _TRAIN_DATASET,
+    output_dir: Optional[Path] = _TRAIN_OUTPUT_DIR,
+    partition: str = _TRAIN_PARTITION,
+    max_steps: Optional[int] = _TRAIN_MAX_STEPS,
+    deepspeed: Optional[str] = _TRAIN_DEEPSPEED,
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters instead of all weights."),
     sets: Optional[list[str]] = SetOpt,
 ):
@@ -233,32 +239,38 @@ def train(
     )
 
 
+_EVALUATE_MODEL = typer.Option(
+    [], "--model", help="A name from evaluation.models (repeat for several); see `t0 config`."
+)
+_EVALUATE_QUERIES = typer.Option(
+    None,
+    help="Query file (.jsonl/.parquet with query, slug, disposition); default: the synthetic "
+    "evaluation set.",
+)
+_EVALUATE_RUNS = typer.Option(
+    None, help="Repeated runs per model and k (default 10); seeds recorded."
+)
+_EVALUATE_KS = typer.Option(
+    None, help="Comma-separated k values (default 0,5; 0 = list every condition)."
+)
+_EVALUATE_MAX_QUERIES = typer.Option(None, help="Evaluate only the first n queries (smoke test).")
+_EVALUATE_API_BASE = typer.Option(
+    None,
+    help="Use the server already running here for every --model given instead of starting one "
+    "(models with a serve section).",
+)
+
+
 @app.command()
 def evaluate(
-    model: list[str] = typer.Option(
-        [], "--model", help="A name from evaluation.models (repeat for several); see `t0 config`."
-    ),
+    model: list[str] = _EVALUATE_MODEL,
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
-    queries: Optional[Path] = typer.Option(
-        None,
-        help="Query file (.jsonl/.parquet with query, slug, disposition); default: the synthetic "
-        "evaluation set.",
-    ),
-    runs: Optional[int] = typer.Option(
-        None, help="Repeated runs per model and k (default 10); seeds recorded."
-    ),
-    ks: Optional[str] = typer.Option(
-        None, help="Comma-separated k values (default 0,5; 0 = list every condition)."
-    ),
-    max_queries: Optional[int] = typer.Option(
-        None, help="Evaluate only the first n queries (smoke test)."
-    ),
-    api_base: Optional[str] = typer.Option(
-        None,
-        help="Use the server already running here for every --model given instead of starting one "
-        "(models with a serve section).",
-    ),
+    queries: Optional[Path] = _EVALUATE_QUERIES,
+    runs: Optional[int] = _EVALUATE_RUNS,
+    ks: Optional[str] = _EVALUATE_KS,
+    max_queries: Optional[int] = _EVALUATE_MAX_QUERIES,
+    api_base: Optional[str] = _EVALUATE_API_BASE,
     sets: Optional[list[str]] = SetOpt,
 ):
     """Condition and disposition accuracy of the given models (cached per model, prompt and seed).

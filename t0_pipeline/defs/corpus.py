@@ -141,6 +141,24 @@ def no_empty_or_duplicate_documents(settings: PipelineSettings) -> dg.AssetCheck
     )
 
 
+def _summary_metadata(out, info: dict, paths) -> dict:
+    usage = info.get("usage")
+    calls = {}
+    if usage:
+        calls = {"llm_calls": usage["completed"], "llm_cache_hits": usage["cache_hits"]}
+    return {
+        "dagster/row_count": out.height,
+        "backend": info["backend"],
+        "failed": len(info["failures"]),
+        "mean_compression": float(out["compression"].mean()),
+        "mean_chars_in": float(out["chars_in"].mean()),
+        "mean_chars_out": float(out["chars_out"].mean()),
+        "preview": preview(out, ["slug", "text"], rows=5),
+        **calls,
+        "path": dg.MetadataValue.path(str(paths.summaries)),
+    }
+
+
 def build_summaries(backend: str) -> dg.AssetsDefinition:
     """The summaries every downstream stage indexes and retrieves from, made by ``summary.backend``:
     extractive (offline) or the LLM summariser (the report's choice; only new or changed pages are
@@ -154,9 +172,8 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
         code_version=version_of("summaries"),
         automation_condition=EAGER,
         pool="llm" if llm else None,
-        required_resource_keys={"model_server"}
-        if llm
-        else set(),  # the corpus group needs no model otherwise
+        # the corpus group needs no model otherwise
+        required_resource_keys={"model_server"} if llm else set(),
         kinds={"python", "parquet"},
         description=(
             "LLM summaries (role 'summariser', summary.backend=llm)"
@@ -186,26 +203,7 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
             context.log.warning(
                 f"summary failed: {failure}; re-materialise to retry (successful calls are cached)"
             )
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": out.height,
-                "backend": info["backend"],
-                "failed": len(info["failures"]),
-                "mean_compression": float(out["compression"].mean()),
-                "mean_chars_in": float(out["chars_in"].mean()),
-                "mean_chars_out": float(out["chars_out"].mean()),
-                "preview": preview(out, ["slug", "text"], rows=5),
-                **(
-                    {
-                        "llm_calls": info["usage"]["completed"],
-                        "llm_cache_hits": info["usage"]["cache_hits"],
-                    }
-                    if "usage" in info
-                    else {}
-                ),
-                "path": dg.MetadataValue.path(str(paths.summaries)),
-            }
-        )
+        return dg.MaterializeResult(metadata=_summary_metadata(out, info, paths))
 
     return summaries
 

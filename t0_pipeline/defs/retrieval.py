@@ -45,6 +45,24 @@ DENSE_NAMES = {"full": "full_page_index", "summaries": "summary_index"}
 BM25_NAMES = {"full": "full_page_bm25", "summaries": "summary_bm25"}
 
 
+def _index_metadata(stats, cfg, paths, index: str) -> dict:
+    return {
+        "collection": stats.collection,
+        "documents": stats.documents,
+        "chunks": stats.chunks,
+        "embedded_chunks": stats.embedded_chunks,
+        "added": len(stats.added),
+        "changed": len(stats.changed),
+        "removed": len(stats.removed),
+        "unchanged": stats.unchanged,
+        "rebuilt": stats.rebuilt,
+        "seconds": round(stats.seconds, 2),
+        "model": model_name(cfg.embedding),
+        "distance": cfg.chroma.distance,
+        "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),
+    }
+
+
 def _dense_asset(index: str):
     @dg.asset(
         name=DENSE_NAMES[index],
@@ -73,23 +91,7 @@ def _dense_asset(index: str):
             client=settings.chroma_client(),
         )
         context.log.info(stats.summary())
-        return dg.MaterializeResult(
-            metadata={
-                "collection": stats.collection,
-                "documents": stats.documents,
-                "chunks": stats.chunks,
-                "embedded_chunks": stats.embedded_chunks,
-                "added": len(stats.added),
-                "changed": len(stats.changed),
-                "removed": len(stats.removed),
-                "unchanged": stats.unchanged,
-                "rebuilt": stats.rebuilt,
-                "seconds": round(stats.seconds, 2),
-                "model": model_name(cfg.embedding),
-                "distance": cfg.chroma.distance,
-                "manifest": dg.MetadataValue.path(str(paths.index_manifest(index))),  # type: ignore[arg-type]
-            }
-        )
+        return dg.MaterializeResult(metadata=_index_metadata(stats, cfg, paths, index))
 
     @dg.asset_check(
         asset=dense,
