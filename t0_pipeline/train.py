@@ -342,7 +342,7 @@ def model_card(config: TrainConfig, result: TrainResult) -> str:
             "Loss on the assistant turn (thinking + answer) only.",
             "",
             f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
-            f"left out (longer than block {config.block_size} or no answer): "
+            f"left out (longer than block {config.block} or no answer): "
             f"{result.skipped_examples}",
             f"- steps: {result.global_step}; final train loss: "
             f"{result.train_loss[-1][1] if result.train_loss else 'n/a'}; final held-out loss: "
@@ -350,7 +350,7 @@ def model_card(config: TrainConfig, result: TrainResult) -> str:
             f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup "
             f"{config.warmup_ratio:.0%}), batch "
             f"{config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, "
-            f"block {config.block_size}, weight decay {config.weight_decay}, betas "
+            f"block {config.block}, weight decay {config.weight_decay}, betas "
             f"{config.adam_beta1}/{config.adam_beta2}, gradient checkpointing "
             f"{config.gradient_checkpointing}, LoRA {config.lora.enabled}, {result.world_size} "
             f"process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",

@@ -93,7 +93,7 @@ def load_examples(
                 f"{dataset} row {i}: field 'messages' is not valid JSON; rebuild the dataset with "
                 "`t0 sft`."
             ) from None
-        example = tokenize_example(messages, tokenizer, config.block_size)
+        example = tokenize_example(messages, tokenizer, config.block)
         if example is None:
             skipped += 1
         else:
@@ -101,7 +101,7 @@ def load_examples(
     if not examples:
         raise T0Error(
             f"no trainable tokens in {dataset}: all {rows.height} examples are longer than "
-            f"block_size={config.block_size} tokens (or have empty answers); raise "
+            f"block_size={config.block} tokens (or have empty answers); raise "
             "train.block_size."
         )
     random.Random(config.seed).shuffle(examples)

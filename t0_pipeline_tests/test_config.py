@@ -185,3 +185,16 @@ def test_null_drops_a_default_size_and_its_evaluation_entries_but_sets_none_else
         cfg.llm.roles["agent"].api_base is None
         and cfg.llm.roles["agent"].model == PipelineConfig().llm.roles["agent"].model
     )
+
+
+def test_training_takes_the_block_the_sft_data_was_built_for_unless_it_sets_its_own():
+    """One block setting: sft.block_size decides what the SFT data keeps, and training follows it;
+    train.block_size only where a user wants training to differ."""
+    from t0_pipeline.config import load_config
+    from t0_pipeline.config.models import DEFAULT_BLOCK_SIZE, TrainConfig
+
+    assert load_config().train.block_size == load_config().sft.block_size == DEFAULT_BLOCK_SIZE
+    assert load_config(overrides={"sft": {"block_size": 4096}}).train.block_size == 4096
+    both = load_config(overrides={"sft": {"block_size": 4096}, "train": {"block_size": 2048}})
+    assert (both.sft.block_size, both.train.block_size) == (4096, 2048)
+    assert TrainConfig().block == DEFAULT_BLOCK_SIZE and TrainConfig(block_size=512).block == 512

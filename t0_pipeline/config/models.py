@@ -147,10 +147,14 @@ class TraceConfig(BaseModel):
     correct_on: Literal["condition", "both"] = "condition"  # what "correct" means for keep=correct
 
 
+# the report's block: the longest example, in tokens, the SFT data keeps and training takes whole
+DEFAULT_BLOCK_SIZE = 32768
+
+
 class SFTConfig(BaseModel):
     # student tokenizer name or path; None = a Qwen-style template rendered by hand
     tokenizer: str | None = None
-    block_size: int = 32768  # tokens (report)
+    block_size: int = DEFAULT_BLOCK_SIZE  # tokens (report); training follows unless it sets its own
     # truncating would cut the answer off: drop by default
     overlong: Literal["drop", "truncate"] = "drop"
 
@@ -178,7 +182,9 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    block_size: int = 32768  # tokens; longer examples are dropped (and counted), never cut
+    # tokens; longer examples are dropped (and counted), never cut. None = sft.block_size, the block
+    # the SFT data was built for (32,768 for a TrainConfig on its own)
+    block_size: int | None = None
     weight_decay: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -201,6 +207,12 @@ class TrainConfig(BaseModel):
             size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")
         }
     )
+
+    @property
+    def block(self) -> int:
+        """The block in tokens: ``block_size``, else the default (a pipeline config fills
+        ``block_size`` from ``sft.block_size``)."""
+        return self.block_size or DEFAULT_BLOCK_SIZE
 
 
 class BudgetConfig(BaseModel):

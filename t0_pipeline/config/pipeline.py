@@ -137,4 +137,6 @@ class PipelineConfig(BaseModel):
         for holder in [*self.evaluation.models.values(), *self.serve.profiles.values()]:
             if holder.budget is not None:
                 holder.budget = holder.budget.with_format(self.chat_format)
+        if self.train.block_size is None:  # training takes the block the SFT data was built for
+            self.train.block_size = self.sft.block_size
         return self
