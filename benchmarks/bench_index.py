@@ -172,9 +172,8 @@ def bench_corpus(corpus: str, n_queries: int) -> dict:
                 "p99_ms": round(percentile(times, 99), 2),
                 "mean_ms": round(statistics.mean(times), 2),
             }
-            print(
-                f"{mode:<8}{latency[mode]['p50_ms']:>8.2f}{latency[mode]['p99_ms']:>8.2f}{latency[mode]['mean_ms']:>8.2f}"
-            )
+            row = latency[mode]
+            print(f"{mode:<8}{row['p50_ms']:>8.2f}{row['p99_ms']:>8.2f}{row['mean_ms']:>8.2f}")
         out["latency"] = latency
 
         slugs = set(docs["slug"])

@@ -104,7 +104,7 @@ def build(paths: DataPaths, embedding: EmbeddingConfig, embedder) -> tuple[dict,
         )
     seconds = time.perf_counter() - started
     for index in ("full", "summaries"):
-        build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)  # type: ignore[arg-type]
+        build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)
     return stats, seconds
 
 

@@ -70,7 +70,7 @@ def build_cases(
         else:
             hits = ranked[i]  # type: ignore[index]
             retrieved = [slug for slug, _ in hits]
-            allowed = {slug: titles.get(slug, docs[slug]["title"]) for slug in retrieved}  # type: ignore[index]
+            allowed = {slug: titles.get(slug, docs[slug]["title"]) for slug in retrieved}
             context = triage_prompt.with_documents(
                 sections,
                 [allowed[s] for s in retrieved],

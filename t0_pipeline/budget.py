@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import BudgetConfig  # noqa: F401  (re-exported: callers import it from here)
+
+# re-exported: callers import it from here
+from t0_pipeline.config import BudgetConfig  # noqa: F401
 
 
 @dataclass

@@ -42,9 +42,10 @@ SEE_IF = re.compile(
     re.I,
 )
 SYMPTOM = re.compile(
-    r"\b(symptoms?|signs?|pain(ful)?|aches?|aching|itch(y|ing)?|rash|swollen|swelling|lumps?|temperature|fever|sick|"
-    r"vomit\w*|cough\w*|breath\w*|blisters?|bleed\w*|blood|red|sore|tired\w*|dizz\w*|numb\w*|weak\w*|tingl\w*|"
-    r"feel(s|ing)?|discharge|headaches?|confus\w*|stiff\w*|diarrhoea|constipation|pee\w*|poo\w*|skin|tummy)\b",
+    r"\b(symptoms?|signs?|pain(ful)?|aches?|aching|itch(y|ing)?|rash|swollen|swelling|lumps?|"
+    r"temperature|fever|sick|vomit\w*|cough\w*|breath\w*|blisters?|bleed\w*|blood|red|sore|"
+    r"tired\w*|dizz\w*|numb\w*|weak\w*|tingl\w*|feel(s|ing)?|discharge|headaches?|confus\w*|"
+    r"stiff\w*|diarrhoea|constipation|pee\w*|poo\w*|skin|tummy)\b",
     re.I,
 )
 SYMPTOM_CUE = re.compile(

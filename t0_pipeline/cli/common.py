@@ -152,7 +152,7 @@ def open_retriever(cfg: PipelineConfig, paths: DataPaths, index: str):
 
     if index not in ("full", "summaries", "llm_summaries"):
         raise T0Error(f"--index must be full, summaries or llm_summaries, got {index!r}.")
-    return Retriever(index, paths, cfg.embedding, cfg.chroma, cfg.retrieval)  # type: ignore[arg-type]
+    return Retriever(index, paths, cfg.embedding, cfg.chroma, cfg.retrieval)
 
 
 def check_mode(mode: str) -> None:

@@ -19,7 +19,7 @@ def default_layer() -> dict:
     from pydantic import TypeAdapter
 
     return {
-        name: TypeAdapter(field.annotation).dump_python(field.default_factory(), mode="python")  # type: ignore[misc]
+        name: TypeAdapter(field.annotation).dump_python(field.default_factory(), mode="python")
         for name, field in PipelineConfig.model_fields.items()
     }
 

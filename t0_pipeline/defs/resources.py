@@ -72,7 +72,7 @@ class PipelineSettings(dg.ConfigurableResource):
         from t0_pipeline.retrieve import Retriever
 
         cfg = cfg or self.pipeline_config()
-        return Retriever(index, self.paths(), cfg.embedding, cfg.chroma, cfg.retrieval)  # type: ignore[arg-type]
+        return Retriever(index, self.paths(), cfg.embedding, cfg.chroma, cfg.retrieval)
 
 
 class TrainingCompute(dg.ConfigurableResource):
@@ -158,7 +158,7 @@ class TrainingCompute(dg.ConfigurableResource):
 
         from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
 
-        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
+        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         script = render_sbatch(
             profile,
@@ -353,7 +353,7 @@ class ModelServer(dg.ConfigurableResource):
         from t0_pipeline import slurm_server as slurm
         from t0_pipeline.cluster import job_spec, load_profile, render_serve_sbatch
 
-        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)  # type: ignore[arg-type]
+        profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)
         if size is None or size not in profile.sizes:
             raise T0Error(
                 f"site profile {profile.name!r} has no allocation for size {size!r} (the model "

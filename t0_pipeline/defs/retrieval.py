@@ -135,7 +135,7 @@ def _bm25_asset(index: str):
     )
     def bm25(settings: PipelineSettings) -> dg.MaterializeResult:
         paths = settings.paths()
-        info = build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)  # type: ignore[arg-type]
+        info = build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)
         return dg.MaterializeResult(
             metadata={
                 "documents": info["documents"],
@@ -155,7 +155,7 @@ def _bm25_asset(index: str):
 
         paths = settings.paths()
         docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
-        meta = json.loads((paths.bm25_dir(index) / "t0_docs.json").read_text())  # type: ignore[arg-type]
+        meta = json.loads((paths.bm25_dir(index) / "t0_docs.json").read_text())
         live = dict(zip(meta["slugs"], meta["hashes"]))
         missing = unindexed_documents(docs, {"docs": live})
         return dg.AssetCheckResult(
