@@ -39,7 +39,7 @@ from t0_pipeline.config import DataPaths, PipelineConfig
 from t0_pipeline.serve.agent import ChatService
 from t0_pipeline.serve.deps import ServeContext
 from t0_pipeline.serve.health import ModelProbe
-from t0_pipeline.serve.routes import messages, openai_compat, page, threads
+from t0_pipeline.serve.routes import health, messages, openai_compat, page, threads
 from t0_pipeline.serve.security import LOCAL_HOSTS, BodySizeLimit, HostCheck, SecurityHeaders
 from t0_pipeline.serve.store import Store, default_url
 from t0_pipeline.serve.turns import TurnRunner
@@ -69,7 +69,8 @@ def create_app(
     _add_guards(app, cfg, insecure_local)
     app.middleware("http")(_access_log)
     app.mount("/static", StaticFiles(directory=str(page.STATIC)), name="static")
-    for router in (page.router, threads.router, messages.router, openai_compat.router):
+    routers = (page.router, health.router, threads.router, messages.router, openai_compat.router)
+    for router in routers:
         app.include_router(router)
     app.state.ctx = ctx
     app.state.store, app.state.service, app.state.turns = store, service, turns

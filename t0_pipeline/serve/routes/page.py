@@ -1,11 +1,11 @@
-"""The chat page and its assets, what the page needs to know, and the health check."""
+"""The chat page and its assets, and what the page needs to know."""
 
 from __future__ import annotations
 
 from importlib import resources
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from t0_pipeline.serve.deps import ServeContext, context
 
@@ -25,17 +25,3 @@ async def page_config(ctx: ServeContext = Depends(context)):
         "profiles": list(ctx.serve.profiles),
         "max_message_chars": ctx.serve.max_message_chars,
     }
-
-
-@router.get(
-    "/healthz",
-    summary="Index loaded and models reachable (model servers probed at most every "
-    "serve.health_cache_s)",
-)
-async def healthz(ctx: ServeContext = Depends(context)):
-    models = await ctx.probe.status()
-    ok = ctx.index["loaded"] and all(m["reachable"] is not False for m in models.values())
-    return JSONResponse(
-        {"status": "ok" if ok else "degraded", "index": ctx.index, "models": models},
-        status_code=200 if ok else 503,
-    )
