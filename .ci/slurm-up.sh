@@ -3,6 +3,7 @@
 # Used by .ci/run before the tests; safe to run again (it restarts the daemons).
 set -euo pipefail
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v sshd >/dev/null; then
+  echo "ci: installing the missing system packages: slurm-wlm munge openssh-server"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge openssh-server >/dev/null
 fi

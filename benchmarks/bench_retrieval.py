@@ -85,7 +85,8 @@ def prepare(root: Path) -> DataPaths:
 def build(paths: DataPaths, embedding: EmbeddingConfig, embedder) -> tuple[dict, float]:
     """Dense (both indexes, fresh store) and BM25 indexes; returns (stats, seconds for the dense
     part)."""
-    from t0_pipeline.index import build_bm25_index, build_dense_index, chroma_client
+    from t0_pipeline.chroma_store import chroma_client
+    from t0_pipeline.index import build_bm25_index, build_dense_index
 
     started = time.perf_counter()
     client = chroma_client(ChromaConfig(), paths)

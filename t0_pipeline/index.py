@@ -30,38 +30,12 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error, atomic_path, read_json, write_json, write_parquet
+from t0_pipeline.chroma_store import COMMITTED, NOTHING_COMMITTED, chroma_client, server_faults
 from t0_pipeline.chunk import chunk_documents
 from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig, IndexName
 from t0_pipeline.embed import chunk_token_limit, document_encoder, model_name
 
 log = logging.getLogger(__name__)
-
-
-def chroma_client(config: ChromaConfig, paths: DataPaths):
-    """An embedded PersistentClient by default, an HttpClient when a host is configured."""
-    import chromadb
-    from chromadb.config import Settings
-
-    settings = Settings(anonymized_telemetry=False)
-    if config.host:
-        try:
-            return chromadb.HttpClient(host=config.host, port=config.port, settings=settings)
-        except Exception as exc:  # chromadb raises several types for an unreachable server
-            raise T0Error(
-                f"cannot reach the Chroma server at {config.host}:{config.port} ({exc}); start it "
-                "(`chroma run --path DIR`) or unset chroma.host to use the embedded store."
-            ) from None
-    path = paths.chroma_dir(config)
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        client = chromadb.PersistentClient(path=str(path), settings=settings)
-        client.list_collections()  # opens the SQLite file: a damaged one fails here, not mid-run
-        return client
-    except Exception as exc:  # chromadb raises several types for a damaged store
-        raise T0Error(
-            f"the Chroma store at {path} cannot be opened ({exc.__class__.__name__}: "
-            f"{str(exc)[:100]}); move it away and run `t0 index` to rebuild the index."
-        ) from None
 
 
 @dataclass
@@ -197,32 +171,34 @@ def build_dense_index(
     old_name = manifest["collection"] if manifest else None
     committed: dict[str, str] = manifest["docs"] if manifest and old_name == name else {}
 
-    collection = client.get_or_create_collection(
-        name,
-        embedding_function=None,
-        configuration={"hnsw": {"space": chroma.distance}},
-        metadata={f"t0_{k}": v for k, v in asdict(spec).items() if k != "distance"},
-    )
     target = dict(zip(docs["slug"], docs["content_hash"]))
-    by_doc, complete = _complete_docs(collection)
     stats = IndexStats(
         index=index, collection=name, documents=len(target), chunks=0, rebuilt=old_name != name
     )
     # 1. add chunks for new/changed documents (ids carry the hash, so old chunks stay readable)
-    need = [s for s, h in target.items() if (s, h) not in complete]
-    todo = docs.filter(pl.col("slug").is_in(need))
-    if not todo.is_empty():
-        limit = max(1, min(client.get_max_batch_size(), chroma.write_batch))
-        stats.embedded_chunks = _embed_documents(
-            todo, collection, by_doc, embedder, embedding, size, chunking.overlap, limit, index
+    with server_faults(chroma, f"writing the {index!r} index", NOTHING_COMMITTED):
+        collection = client.get_or_create_collection(
+            name,
+            embedding_function=None,
+            configuration={"hnsw": {"space": chroma.distance}},
+            metadata={f"t0_{k}": v for k, v in asdict(spec).items() if k != "distance"},
         )
+        by_doc, complete = _complete_docs(collection)
+        need = [s for s, h in target.items() if (s, h) not in complete]
+        todo = docs.filter(pl.col("slug").is_in(need))
+        if not todo.is_empty():
+            limit = max(1, min(client.get_max_batch_size(), chroma.write_batch))
+            stats.embedded_chunks = _embed_documents(
+                todo, collection, by_doc, embedder, embedding, size, chunking.overlap, limit, index
+            )
     # 2. commit: the manifest now names the new document versions, and the copy of their text that
     # readers serve
     kept = sum(len(by_doc.get((s, h), [])) for s, h in target.items() if (s, h) in complete)
     stats.chunks = kept + stats.embedded_chunks
     snapshot = _commit(docs, paths, spec, name, target, stats.chunks)
     # 3. garbage-collect what the manifest no longer names
-    _collect_garbage(client, collection, by_doc, target, snapshot, index, old_name)
+    with server_faults(chroma, f"removing old chunks of the {index!r} index", COMMITTED):
+        _collect_garbage(client, collection, by_doc, target, snapshot, index, old_name)
     # reported against the last committed manifest, so a run that finishes an interrupted one still
     # says what changed
     stats.compare(committed, target)

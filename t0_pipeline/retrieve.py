@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from t0_pipeline.artifacts import T0Error, read_parquet
+from t0_pipeline.chroma_store import chroma_client
 from t0_pipeline.config import (
     ChromaConfig,
     DataPaths,
@@ -28,7 +29,7 @@ from t0_pipeline.config import (
     RetrieverMode,
 )
 from t0_pipeline.dense_search import ExactChunks, best_chunk_per_doc
-from t0_pipeline.index import _stemmer, bm25_tokenize, chroma_client, import_bm25s, read_manifest
+from t0_pipeline.index import _stemmer, bm25_tokenize, import_bm25s, read_manifest
 
 
 @dataclass

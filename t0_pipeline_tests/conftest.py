@@ -151,3 +151,14 @@ def graph_subset(groups: set[str]) -> list:
         if all(graph.get(k.asset_key).group_name in groups for k in c.check_keys)
     ]
     return [*assets, *checks]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for the session (password authentication); tests make
+    their own databases in it."""
+    from t0_pipeline_tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.close()

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from t0_pipeline.artifacts import T0Error, sha256_text
+from t0_pipeline.chroma_store import chroma_client
 from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig
-from t0_pipeline.index import build_bm25_index, build_dense_index, chroma_client, read_manifest
+from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
 from t0_pipeline.retrieve import Retriever
 
 TOPICS = {
@@ -198,68 +196,99 @@ def test_unreachable_chroma_server_is_a_clear_error(tmp_path):
         chroma_client(ChromaConfig(host="127.0.0.1", port=9), DataPaths(tmp_path))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def chroma_server(tmp_path):
+    from t0_pipeline_tests.chroma_server import ChromaServer
+
+    server = ChromaServer(tmp_path / "chroma-server").start()
+    yield server
+    server.stop()
 
 
 @pytest.mark.slow
-def test_index_and_search_through_a_real_chroma_server(tmp_path, embedder):
-    exe = shutil.which("chroma") or shutil.which("chroma", path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.skip("chroma CLI not installed")
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            exe,
-            "run",
-            "--path",
-            str(tmp_path / "server"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def test_index_and_search_through_a_real_chroma_server(tmp_path, embedder, chroma_server):
+    chroma = chroma_server.config
+    paths = DataPaths(tmp_path / "data")
+    df = docs_frame(TOPICS)
+    paths.conditions.parent.mkdir(parents=True)
+    df.write_parquet(paths.conditions)
+    stats = build_dense_index(
+        df, "full", paths, EmbeddingConfig(), ChunkConfig(size=32, overlap=8), chroma, embedder
     )
-    try:
-        chroma = ChromaConfig(host="127.0.0.1", port=port)
-        paths = DataPaths(tmp_path / "data")
-        deadline = time.time() + 60
-        while True:
-            try:
-                chroma_client(chroma, paths).heartbeat()
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
-        df = docs_frame(TOPICS)
-        paths.conditions.parent.mkdir(parents=True)
-        df.write_parquet(paths.conditions)
-        stats = build_dense_index(
-            df,
-            "full",
-            paths,
-            EmbeddingConfig(),
-            ChunkConfig(size=32, overlap=8),
-            chroma,
-            embedder=embedder,
-        )
-        assert not (paths.root / "index" / "chroma").exists()  # nothing embedded locally
-        hits = Retriever("full", paths, chroma=chroma, embedder=embedder).search(
-            "sticky eye stuck shut in the morning", 2, "dense"
-        )
-        assert (
-            hits[0].slug == "eye"
-            and stats.chunks
-            == chroma_client(chroma, paths).get_collection(stats.collection).count()
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert not (paths.root / "index" / "chroma").exists()  # nothing embedded locally
+    hits = Retriever("full", paths, chroma=chroma, embedder=embedder).search(
+        "sticky eye stuck shut in the morning", 2, "dense"
+    )
+    assert (
+        hits[0].slug == "eye"
+        and stats.chunks == chroma_client(chroma, paths).get_collection(stats.collection).count()
+    )
+
+
+@pytest.mark.slow
+def test_chroma_server_killed_mid_build_stops_with_one_line_and_a_rerun_completes(
+    tmp_path, embedder, chroma_server, monkeypatch
+):
+    """Version 1 is built on the server; version 2 (every document changed) is being written when
+    the server is SIGKILLed. The build stops at once with one line; the manifest still names
+    version 1, which serves as before once the server is back; a re-run completes version 2 and
+    encodes only what the killed run had not written."""
+    from chromadb.api.models.Collection import Collection
+
+    chroma = chroma_server.config.model_copy(update={"write_batch": 4})
+    paths = DataPaths(tmp_path / "data")
+    chunking = ChunkConfig(size=32, overlap=8)
+    # float documents: the counting wrapper must see every encode
+    emb = EmbeddingConfig(quantize="none")
+    v1 = docs_frame(TOPICS)
+    build_dense_index(v1, "full", paths, emb, chunking, chroma, embedder)
+    before = read_manifest(paths.index_manifest("full"))
+
+    changed = {slug: text + " It may come back." for slug, text in TOPICS.items()}
+    changed["rash"] += " Blisters may weep."
+    v2 = docs_frame(changed)
+    upserts, upsert = [0], Collection.upsert
+
+    def upsert_then_die(self, *args, **kwargs):
+        written = upsert(self, *args, **kwargs)
+        upserts[0] += 1
+        if upserts[0] == 1:  # the first batch of version 2 is written; then the server dies
+            chroma_server.kill()
+        return written
+
+    monkeypatch.setattr(Collection, "upsert", upsert_then_die)
+    started = time.monotonic()
+    with pytest.raises(T0Error) as caught:
+        build_dense_index(v2, "full", paths, emb, chunking, chroma, embedder)
+    message = str(caught.value)
+    assert time.monotonic() - started < 60 and "\n" not in message
+    assert f"Chroma server at 127.0.0.1:{chroma.port} stopped answering" in message, message
+    assert "previous version is unchanged" in message and "re-run" in message
+    assert read_manifest(paths.index_manifest("full")) == before  # nothing committed
+
+    monkeypatch.setattr(Collection, "upsert", upsert)
+    chroma_server.start()  # the same folder: what the server had written is still there
+    served = Retriever("full", paths, emb, chroma=chroma, embedder=embedder)
+    rash = served.search("itchy red rash from a plant", 5, "dense")[0]
+    assert rash.slug == "rash" and "Blisters" not in rash.text  # version 1 serves
+
+    counting = CountingEmbedder(embedder)
+    stats = build_dense_index(v2, "full", paths, emb, chunking, chroma, counting)
+    after = read_manifest(paths.index_manifest("full"))
+    assert after["docs"] == dict(zip(v2["slug"], v2["content_hash"]))
+    assert stats.embedded_chunks == len(counting.encoded) > 0
+    # the batch written before the kill (whole documents) is not encoded again
+    whole_v2 = CountingEmbedder(embedder)
+    build_dense_index(
+        v2,
+        "full",
+        DataPaths(tmp_path / "fresh"),
+        emb,
+        chunking,
+        ChromaConfig(write_batch=4),
+        whole_v2,
+    )
+    assert len(counting.encoded) < len(whole_v2.encoded)
 
 
 KILL_AT_UPSERT = """import os

@@ -62,7 +62,7 @@ class PipelineSettings(dg.ConfigurableResource):
         return load_embedder(self.pipeline_config().embedding)
 
     def chroma_client(self):
-        from t0_pipeline.index import chroma_client
+        from t0_pipeline.chroma_store import chroma_client
 
         return chroma_client(self.pipeline_config().chroma, self.paths())
 

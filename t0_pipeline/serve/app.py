@@ -30,19 +30,22 @@ import asyncio
 import logging
 import time
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig
+from t0_pipeline.database import describe_database_error
 from t0_pipeline.serve.agent import ChatService
 from t0_pipeline.serve.deps import ServeContext
 from t0_pipeline.serve.health import ModelProbe
 from t0_pipeline.serve.routes import health, messages, openai_compat, page, threads
 from t0_pipeline.serve.security import LOCAL_HOSTS, BodySizeLimit, HostCheck, SecurityHeaders
 from t0_pipeline.serve.store import Store, default_url
-from t0_pipeline.serve.turns import TurnRunner
+from t0_pipeline.serve.turns import STORE_DOWN, TurnRunner
 
 log = logging.getLogger("t0_pipeline.serve")
 
@@ -68,6 +71,7 @@ def create_app(
     )
     _add_guards(app, cfg, insecure_local)
     app.middleware("http")(_access_log)
+    app.add_exception_handler(sa.exc.DBAPIError, _store_unreachable)
     app.mount("/static", StaticFiles(directory=str(page.STATIC)), name="static")
     routers = (page.router, health.router, threads.router, messages.router, openai_compat.router)
     for router in routers:
@@ -118,3 +122,15 @@ async def _access_log(request: Request, call_next):
     elapsed_ms = (time.perf_counter() - started) * 1000
     log.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code, elapsed_ms)
     return response
+
+
+async def _store_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    """A request the conversation database could not serve (stopped, restarting, refusing): 503
+    in plain words, the cause in the log, instead of a 500 and a traceback."""
+    meaning, _ = describe_database_error(exc)
+    log.warning("%s %s: conversation database: %s", request.method, request.url.path, meaning)
+    return JSONResponse(
+        {"detail": STORE_DOWN, "technical": f"conversation database: {meaning}"},
+        status_code=503,
+        headers={"Retry-After": "30"},
+    )

@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.database import describe_database_error, safe_url
 from t0_pipeline.serve.leases import SharedLimits
 from t0_pipeline.serve.schema import (
     ADDED_COLUMNS,
@@ -88,9 +89,15 @@ class Store(SharedLimits):
 
             _private_sqlite_file(self.engine.url)
             self._create_schema()
-        except (sa.exc.ArgumentError, sa.exc.DBAPIError, ModuleNotFoundError) as exc:
+        except sa.exc.DBAPIError as exc:
+            meaning, action = describe_database_error(exc)
             raise T0Error(
-                f"cannot open the conversation database {url!r} ({exc.__class__.__name__}: "
+                f"cannot open the conversation database {safe_url(url)}: {meaning}; {action} in "
+                "serve.database_url. Nothing stored there is changed."
+            ) from None
+        except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
+            raise T0Error(
+                f"cannot open the conversation database {safe_url(url)} ({exc.__class__.__name__}: "
                 f"{str(exc).splitlines()[0][:120]}); check serve.database_url."
             ) from None
 

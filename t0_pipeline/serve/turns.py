@@ -21,20 +21,41 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import sqlalchemy as sa
+
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.database import describe_database_error
 from t0_pipeline.serve.agent import PLAIN, ChatService, Turn, TurnFailed
 from t0_pipeline.serve.store import NotFound, Store
 
 log = logging.getLogger("t0_pipeline.serve")
 DEFAULT_TITLE = "New conversation"
 DELETED = "This conversation was deleted while the answer was being written."
+STORE_DOWN = (
+    "This conversation could not be saved: its storage is not reachable right now. Try again in a "
+    "minute."
+)
 NOT_RETRYABLE = (
     "That message cannot be sent again: it is not a failed message of this conversation."
 )
 
 
-def failure(message: str, detail: str, message_id: int | None = None) -> tuple[str, dict[str, Any]]:
-    return "error", {"message": message, "detail": detail, "message_id": message_id}
+def failure(
+    message: str, detail: str, message_id: int | None = None, status: int = 502
+) -> tuple[str, dict[str, Any]]:
+    """An error event: the person's sentence, the operator's detail, and the HTTP status a JSON
+    reply carries (502: the model failed; 503: the conversation store did)."""
+    return "error", {
+        "message": message,
+        "detail": detail,
+        "message_id": message_id,
+        "status": status,
+    }
+
+
+def store_failure(exc: Exception, message_id: int | None = None) -> tuple[str, dict[str, Any]]:
+    meaning, _ = describe_database_error(exc)
+    return failure(STORE_DOWN, f"conversation database: {meaning}", message_id, status=503)
 
 
 class TurnRunner:
@@ -54,6 +75,9 @@ class TurnRunner:
             try:
                 async for event in self._run(thread, content, retry_of):
                     queue.put_nowait(event)
+            except sa.exc.DBAPIError as exc:  # before the model was asked: nothing to lose
+                log.warning("turn on thread %s: %s", thread["id"], store_failure(exc)[1]["detail"])
+                queue.put_nowait(store_failure(exc))
             except Exception as exc:  # never leave a client waiting on a turn that crashed
                 log.exception("turn on thread %s crashed", thread["id"])
                 queue.put_nowait(failure(PLAIN[None], f"{type(exc).__name__}: {exc}"))
@@ -96,12 +120,18 @@ class TurnRunner:
                 yield
             finally:
                 renew.cancel()
-                await asyncio.to_thread(self.store.release_lease, name, self.holder)
+                try:
+                    await asyncio.to_thread(self.store.release_lease, name, self.holder)
+                except sa.exc.DBAPIError as exc:  # the lease lapses by itself after lease_s
+                    log.warning("lease %s not released (%s)", name, describe_database_error(exc)[0])
 
     async def _renew(self, name: str) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await asyncio.to_thread(self.store.renew_lease, name, self.holder, self.lease_s)
+            try:
+                await asyncio.to_thread(self.store.renew_lease, name, self.holder, self.lease_s)
+            except sa.exc.DBAPIError as exc:  # keep trying: the database may come back
+                log.warning("lease %s not renewed (%s)", name, describe_database_error(exc)[0])
 
     async def _run(
         self, thread: dict[str, Any], content: str, retry_of: int | None
@@ -136,6 +166,13 @@ class TurnRunner:
                 message = await asyncio.to_thread(self._store_answer, thread_id, turn, user["id"])
             except NotFound:
                 yield failure(DELETED, f"thread {thread_id} was deleted during the turn")
+                return
+            # the database went away: the user message stays pending and reads as failed once
+            # the lease lapses (Store.history), so the person can send it again
+            except sa.exc.DBAPIError as exc:
+                event = store_failure(exc, user["id"])
+                log.warning("answer on thread %s not stored: %s", thread_id, event[1]["detail"])
+                yield event
                 return
             timings = {
                 **turn.timings_ms,

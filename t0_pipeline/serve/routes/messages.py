@@ -53,7 +53,7 @@ async def post_message(
                     "technical": data["detail"],
                     "message_id": data["message_id"],
                 },
-                status_code=502,
+                status_code=data.get("status", 502),
             )
         if kind in ("user", "final"):
             out[kind] = data
