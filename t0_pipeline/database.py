@@ -17,6 +17,17 @@ def safe_url(url: str) -> str:
         return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def with_installed_driver(url: str) -> str:
+    """A bare ``postgresql://`` URL with the driver that is installed (psycopg2, which
+    dagster-postgres brings): SQLAlchemy 2.1 reads a bare one as psycopg 3, which is not."""
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
 # (pattern in the driver's message, what it means, what to do)
 _KNOWN = (
     (

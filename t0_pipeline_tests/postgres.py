@@ -91,12 +91,15 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
 
     def url(self, db: str = "postgres", password: str = PASSWORD) -> str:
-        return f"postgresql+psycopg2://{USER}:{password}@127.0.0.1:{self.port}/{db}"
+        """The URL as a user writes it in serve.database_url (no driver named)."""
+        return f"postgresql://{USER}:{password}@127.0.0.1:{self.port}/{db}"
 
     def create_database(self, name: str) -> str:
         import sqlalchemy as sa
 
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        from t0_pipeline.database import with_installed_driver
+
+        engine = sa.create_engine(with_installed_driver(self.url()), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         engine.dispose()

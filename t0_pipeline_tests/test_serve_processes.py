@@ -251,7 +251,7 @@ def test_postgres_down_or_refusing_is_one_line_naming_the_cause_without_the_pass
         Store(url.replace(PASSWORD, "not-the-password"))
     with pytest.raises(T0Error) as missing:
         Store(url.rsplit("/", 1)[0] + "/no_such_db")
-    closed = f"postgresql+psycopg2://t0:{PASSWORD}@127.0.0.1:{free_port()}/conv"
+    closed = f"postgresql://t0:{PASSWORD}@127.0.0.1:{free_port()}/conv"
     started = time.monotonic()
     with pytest.raises(T0Error) as down:
         Store(closed)

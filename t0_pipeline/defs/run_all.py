@@ -26,14 +26,41 @@ class StageTime:
     checks_failed: list[str] = field(default_factory=list)  # "name (WARN)" for warnings
 
 
+def open_instance():
+    """The Dagster instance at ``$DAGSTER_HOME``, its storage opened; a storage that cannot be
+    reached (PostgreSQL down, a refused password) is one line naming the cause, before any run."""
+    import os
+
+    import dagster as dg
+    import sqlalchemy as sa
+
+    from t0_pipeline.database import describe_database_error
+
+    try:
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)
+        return instance
+    except Exception as exc:  # dagster-postgres wraps the driver's error after its retries
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, sa.exc.DBAPIError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        meaning, action = describe_database_error(cause)
+        home = os.environ.get("DAGSTER_HOME", "")
+        raise T0Error(
+            f"cannot open the Dagster instance's storage ({home}/dagster.yaml): {meaning}; "
+            f"{action} (for deploy/dagster.yaml: the DAGSTER_PG_* variables). Nothing was run."
+        ) from None
+
+
 def run_all(echo: Callable[[str], None] = print, select: set[str] | None = None) -> list[StageTime]:
     """Every materialisable asset (or those named in ``select``), in dependency order; one row per
     run."""
-    import dagster as dg
 
     from t0_pipeline.definitions import defs
 
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     graph = defs.resolve_asset_graph()
     rows: list[StageTime] = []
     started = time.monotonic()

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.database import describe_database_error, safe_url
+from t0_pipeline.database import describe_database_error, safe_url, with_installed_driver
 from t0_pipeline.serve.leases import SharedLimits
 from t0_pipeline.serve.schema import (
     ADDED_COLUMNS,
@@ -69,7 +69,7 @@ class Store(SharedLimits):
     def __init__(self, url: str):
         try:
             self.engine = sa.create_engine(
-                url,
+                with_installed_driver(url),
                 future=True,
                 **(
                     {"connect_args": {"timeout": 30, "check_same_thread": False}}
