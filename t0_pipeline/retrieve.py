@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from t0_pipeline.artifacts import T0Error, read_parquet
-from t0_pipeline.chroma_store import chroma_client
+from t0_pipeline.chroma_store import chroma_client, server_faults
 from t0_pipeline.config import (
     ChromaConfig,
     DataPaths,
@@ -138,8 +138,12 @@ class Retriever:
 
     def _dense(self, vectors: np.ndarray, depth: int) -> list[list[tuple[str, float]]]:
         """Per query: up to ``depth`` documents with their best chunk distance, nearest first."""
-        exact = self._exact()
-        return self._dense_chroma(vectors, depth) if exact is None else exact.rank(vectors, depth)
+        again = "nothing changed; search again once it is back"
+        with server_faults(self.chroma, f"searching the {self.index!r} index", again):
+            exact = self._exact()
+            if exact is None:
+                return self._dense_chroma(vectors, depth)
+        return exact.rank(vectors, depth)
 
     def _exact(self) -> "ExactChunks | None":
         """The index's live chunk vectors in memory, when it is small enough

@@ -11,7 +11,13 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error, sha256_text
 from t0_pipeline.chroma_store import chroma_client
-from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig
+from t0_pipeline.config import (
+    ChromaConfig,
+    ChunkConfig,
+    DataPaths,
+    EmbeddingConfig,
+    RetrievalConfig,
+)
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
 from t0_pipeline.retrieve import Retriever
 
@@ -243,6 +249,16 @@ def test_chroma_server_killed_mid_build_stops_with_one_line_and_a_rerun_complete
     v1 = docs_frame(TOPICS)
     build_dense_index(v1, "full", paths, emb, chunking, chroma, embedder)
     before = read_manifest(paths.index_manifest("full"))
+    # a reader asking the server's HNSW index on every search, as a large index's does
+    served = Retriever(
+        "full",
+        paths,
+        emb,
+        chroma=chroma,
+        config=RetrievalConfig(exact_max_chunks=0),
+        embedder=embedder,
+    )
+    assert served.search("itchy red rash from a plant", 5, "dense")[0].slug == "rash"
 
     changed = {slug: text + " It may come back." for slug, text in TOPICS.items()}
     changed["rash"] += " Blisters may weep."
@@ -265,11 +281,12 @@ def test_chroma_server_killed_mid_build_stops_with_one_line_and_a_rerun_complete
     assert f"Chroma server at 127.0.0.1:{chroma.port} stopped answering" in message, message
     assert "previous version is unchanged" in message and "re-run" in message
     assert read_manifest(paths.index_manifest("full")) == before  # nothing committed
+    with pytest.raises(T0Error, match="stopped answering while searching the 'full' index"):
+        served.search("itchy red rash from a plant", 5, "dense")
 
     monkeypatch.setattr(Collection, "upsert", upsert)
     chroma_server.start()  # the same folder: what the server had written is still there
-    served = Retriever("full", paths, emb, chroma=chroma, embedder=embedder)
-    rash = served.search("itchy red rash from a plant", 5, "dense")[0]
+    rash = served.search("itchy red rash from a plant", 5, "dense")[0]  # the same reader
     assert rash.slug == "rash" and "Blisters" not in rash.text  # version 1 serves
 
     counting = CountingEmbedder(embedder)
