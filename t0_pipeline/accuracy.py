@@ -51,7 +51,7 @@ from t0_pipeline.config import (
 )
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
-from t0_pipeline.predictors import make_predictor
+from t0_pipeline.predictors import answering_weights, make_predictor
 from t0_pipeline.triage_scoring import (
     score,
     summarise_runs,
@@ -309,6 +309,8 @@ def run_evaluation(
         )
     summary["skipped_queries"] = skipped
     summary["served_checkpoint"] = served_checkpoint
+    # the weights the answers came from (the cache is keyed by them too)
+    summary["weights"] = answering_weights(settings)
     out = paths.accuracy_dir(name)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)

@@ -33,7 +33,8 @@ def model_table(summary: dict[str, Any]) -> str:
         f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",
         "",
         f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), "
-        f"seeds {summary['seeds']}, prompt {summary['prompt_hash']}",
+        f"seeds {summary['seeds']}, prompt {summary['prompt_hash']}"
+        + (f", weights {summary['weights']}" if summary.get("weights") else ""),
         "",
         "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
         "|---|---|---|---|---|---|",

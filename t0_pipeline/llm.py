@@ -98,14 +98,19 @@ class LLMClient(BatchRunner, Streaming):
 
     # --- one call ------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
+        """The sampling parameters, and the weights behind the endpoint when known: both are part
+        of every cache key (a retrained checkpoint is asked afresh)."""
         s = self.settings
-        return {
+        params = {
             "temperature": s.temperature,
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "extra_body": s.extra_body,
             "top_p": s.top_p,
         }
+        if s.weights:  # absent otherwise: API models' cached replies keep their keys
+            params["weights"] = s.weights
+        return params
 
     async def _pace(self) -> None:
         if not self.config.requests_per_minute:

@@ -30,6 +30,7 @@ from typing import TypeVar
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, RoleConfig
 from t0_pipeline.server_plan import ServerPlan, plan_for
+from t0_pipeline.weights import weights_digest
 
 R = TypeVar("R", bound=RoleConfig)
 
@@ -332,8 +333,11 @@ def endpoint_for(
         yield entry, None
         return
     plan = plan_for(name, entry, paths)
+    weights = weights_digest(plan.checkpoint)  # before the start: a missing folder costs nothing
     with serving(make_server(plan)) as api_base:
         update: dict = {"api_base": api_base, "api_key_env": None}
+        if weights:
+            update["weights"] = weights
         if (
             getattr(entry, "tokenizer", "") is None
             and backend == "completions"
@@ -361,8 +365,10 @@ def roles_served(
             key = (entry.served_name, entry.serve.model_dump_json())
             if key not in started:
                 started[key], _ = stack.enter_context(endpoint_for(role, entry, paths, make_server))
+            served = started[key]
+            update = {"api_base": served.api_base, "api_key_env": None}
             cfg.llm.roles[role] = entry.model_copy(
-                update={"api_base": started[key].api_base, "api_key_env": None}
+                update={**update, "weights": served.weights or entry.weights}
             )
         yield cfg
 

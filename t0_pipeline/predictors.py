@@ -32,6 +32,7 @@ from t0_pipeline.triage_scoring import (
     judge,
     parse_answer_text,
 )
+from t0_pipeline.weights import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,15 @@ class ChatPredictor:
         )
 
 
+def answering_weights(settings: EvalModelConfig) -> str | None:
+    """The weights an entry's answers come from: the served checkpoint's digest (set by
+    model_server when the pipeline serves it, or by the user), a local transformers checkpoint's
+    own, or None (an API model: its name says it)."""
+    if settings.weights:
+        return settings.weights
+    return weights_digest(settings.model) if settings.backend == "transformers" else None
+
+
 class BudgetPredictor:
     """A reasoning student with budget forcing: a vLLM completions endpoint, or a local transformers
     checkpoint."""
@@ -132,6 +142,7 @@ class BudgetPredictor:
 
         self.client, self.settings = client, settings
         self.budget = (settings.budget or BudgetConfig()).with_format()
+        self.weights = answering_weights(settings)
         self._lock = threading.Lock()  # one local generation at a time
         self._model = None
         self.tokenizer = None  # generates (transformers)
@@ -214,16 +225,15 @@ class BudgetPredictor:
         from t0_pipeline.chat import generation_prompt
 
         prompt = generation_prompt(case.messages, self.template, self.budget.think_start)
-        key = cache_key(
-            self.settings.model,
-            [{"role": "prompt", "content": prompt}],
-            {
-                "budget": self.budget.model_dump(),
-                "seed": seed,
-                "temperature": self.settings.temperature,
-                "backend": self.settings.backend,
-            },
-        )
+        params = {
+            "budget": self.budget.model_dump(),
+            "seed": seed,
+            "temperature": self.settings.temperature,
+            "backend": self.settings.backend,
+        }
+        if self.weights:  # the checkpoint's digest: a retrained student is asked afresh
+            params["weights"] = self.weights
+        key = cache_key(self.settings.model, [{"role": "prompt", "content": prompt}], params)
         reply = await self.client.cached(
             key, lambda: asyncio.to_thread(self._generate, prompt, seed)
         )

@@ -13,7 +13,7 @@ from t0_pipeline.accuracy_cases import load_eval_queries
 from t0_pipeline.accuracy_tables import combine
 from t0_pipeline.baseline import disposition_from_page, urgency_passages
 from t0_pipeline.checks import students_below_base
-from t0_pipeline.config import BudgetConfig, EvalModelConfig
+from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig
 from t0_pipeline.predictors import TOOL_NAME
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
@@ -605,6 +605,19 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
     ]
     _, again = run_evaluation(paths, cfg, "local", retriever)
     assert again["usage"]["cache_hits"] == 1 and again["usage"]["completed"] == 0
+    assert again["weights"] == summary["weights"] and summary["weights"].startswith("sha256:")
+    assert f"weights {summary['weights']}" in (paths.accuracy_dir("local") / "table.md").read_text()
+
+    # "retrained": the same folder with other weights is asked afresh, not read from the cache
+    from transformers import AutoModelForCausalLM
+
+    retrained = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    with __import__("torch").no_grad():
+        retrained.model.embed_tokens.weight.add_(0.01)  # the output is pinned: same answers
+    retrained.save_pretrained(tmp_path / "m")
+    _, fresh = run_evaluation(paths, cfg, "local", retriever)
+    assert fresh["usage"]["completed"] == 1 and fresh["usage"]["cache_hits"] == 0
+    assert fresh["weights"] != summary["weights"]
 
     # with a temperature, each run samples with its own seed: the runs differ, and a seed reproduces
     # its run
@@ -627,3 +640,40 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
         run_evaluation(paths, cfg, "local", retriever)[0]["thinking"].to_list()
         == df["thinking"].to_list()
     )
+
+
+def test_a_retrained_served_checkpoint_is_asked_afresh_and_an_unchanged_one_costs_no_call(
+    built, retriever, tmp_path
+):
+    """The pipeline serves a checkpoint (the loopback server standing in for vLLM, started by the
+    model-server resource) and evaluates it twice: the second run is all cache hits. New weights in
+    the same folder (a retrained student) are asked again, and the summary names each digest."""
+    from t0_pipeline.accuracy import run_served_evaluation
+    from t0_pipeline.config import LaunchConfig
+    from t0_pipeline.model_server import local_servers
+    from t0_pipeline_tests.test_model_server import servers
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"first weights")
+    model = {
+        "model": "openai/t0-tiny",
+        "answer": "text",
+        "kind": "fine-tuned",
+        "serve": LaunchConfig(checkpoint=str(ckpt)),
+    }
+    cfg, paths = configure(built, tmp_path, {"t0-tiny": model}, runs=1, ks=[0], queries=QUERIES[:2])
+    make_server = local_servers(servers("--reply", "(Stroke, A&E)"), DataPaths(tmp_path / "d"))
+
+    def evaluate() -> dict:
+        return run_served_evaluation(paths, cfg, "t0-tiny", make_server, retriever)[1]
+
+    first, same = evaluate(), evaluate()
+    assert first["usage"]["completed"] == 2 and first["usage"]["cache_hits"] == 0
+    assert same["usage"]["completed"] == 0 and same["usage"]["cache_hits"] == 2
+    assert same["weights"] == first["weights"] and first["served_checkpoint"] == str(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"retrained weights")
+    retrained = evaluate()
+    assert retrained["usage"]["completed"] == 2 and retrained["usage"]["cache_hits"] == 0
+    assert retrained["weights"] != first["weights"]

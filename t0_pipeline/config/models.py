@@ -56,6 +56,9 @@ class RoleConfig(BaseModel):
     output_cost_per_token: float | None = None
     # the pipeline starts a server for it; None = api_base is already running
     serve: LaunchConfig | None = None
+    # what answers at api_base, in every cache key: set by the pipeline to the served
+    # checkpoint's digest (t0_pipeline.weights); set it (any text) when your endpoint changes model
+    weights: str | None = None
 
     @property
     def served_name(self) -> str:

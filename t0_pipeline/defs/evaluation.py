@@ -88,6 +88,8 @@ def _report_metadata(summary: dict, rows: int, predictions) -> dict:
         **usage_metadata(summary["usage"]),
         "predictions": dg.MetadataValue.path(str(predictions)),
         "served_checkpoint": summary["served_checkpoint"] or "none (reached at its api_base)",
+        # the digest of the weights measured (what the cached answers are keyed by)
+        "weights": summary.get("weights") or "not local (the model's name identifies it)",
     }
 
 
