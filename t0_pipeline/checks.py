@@ -250,6 +250,17 @@ def traces_outside_retrieved(traces: pl.DataFrame) -> list[str]:
     return traces.filter(pl.col("kept") & ~pl.col("condition_in_retrieved"))["id"].to_list()
 
 
+def traces_without_thinking(traces: pl.DataFrame) -> tuple[list[str], float]:
+    """(kept traces whose thinking is empty, the share of answered traces with no thinking). The
+    first must be empty; a high share means the teacher's thinking is not being read (its server
+    puts it in a field or tags the client does not know)."""
+    empty = pl.col("thinking").fill_null("").str.strip_chars() == ""
+    kept = traces.filter(pl.col("kept") & empty)["id"].to_list()
+    answered = traces.filter(pl.col("error").is_null())
+    share = float(answered.select(empty.mean()).item() or 0.0) if answered.height else 0.0
+    return kept, share
+
+
 def parsable_in_retrieved_share(traces: pl.DataFrame) -> float:
     parsable = traces.filter(pl.col("parsable"))
     return float(parsable["condition_in_retrieved"].mean()) if parsable.height else 1.0

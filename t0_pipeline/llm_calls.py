@@ -14,6 +14,7 @@ from typing import Any
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import RoleConfig
 from t0_pipeline.retry import parse_retry_after
+from t0_pipeline.thinking import reasoning_of
 
 # litellm fetches its model price map from the internet on import unless told otherwise
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -201,7 +202,7 @@ async def attempt_once(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {
         "ok": True,
         "content": message.content,
-        "reasoning": getattr(message, "reasoning_content", None),
+        "reasoning": reasoning_of(message),
         "tool_calls": calls,
         "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
         "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),

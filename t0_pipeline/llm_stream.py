@@ -17,7 +17,7 @@ from t0_pipeline.llm_calls import (
     litellm_module,
     retry_after_of,
 )
-from t0_pipeline.thinking import ThinkSplitter
+from t0_pipeline.thinking import ThinkSplitter, reasoning_of
 
 
 class Streaming:
@@ -32,7 +32,8 @@ class Streaming:
         """A streamed chat completion (never cached): ("thinking" | "answer", text) pieces, then
         ("usage", dict).
 
-        Thinking is recognised in ``reasoning_content`` deltas and between inline ``think_tags``.
+        Thinking is recognised in ``reasoning_content`` or ``reasoning`` deltas and between inline
+        ``think_tags``.
         Connection failures before the first piece are retried like :meth:`complete`; a failure
         raises :class:`T0Error` with one line naming the model and endpoint.
         """
@@ -68,7 +69,7 @@ class Streaming:
             if not chunk.choices:
                 continue
             delta = chunk.choices[0].delta
-            reasoning = getattr(delta, "reasoning_content", None)
+            reasoning = reasoning_of(delta)
             if reasoning:
                 yield "thinking", reasoning
             if delta.content:

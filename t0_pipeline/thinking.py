@@ -1,5 +1,6 @@
-"""Thinking apart from the answer, wherever a model put it: ``reasoning_content``, inline
-``<think>…</think>``, or split while a reply streams (:class:`ThinkSplitter`).
+"""Thinking apart from the answer, wherever a model put it: a separate field (``reasoning_content``,
+or ``reasoning`` as newer vLLM releases name it), inline ``<think>…</think>``, or split while a
+reply streams (:class:`ThinkSplitter`).
 """
 
 from __future__ import annotations
@@ -7,6 +8,22 @@ from __future__ import annotations
 import re
 
 THINK = re.compile(r"<think>(.*?)</think>", re.S)
+
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_of(message) -> str | None:
+    """The separate thinking field of a reply message or a streamed delta, under either name (also
+    where litellm keeps fields it does not know, ``provider_specific_fields``)."""
+    extra = getattr(message, "provider_specific_fields", None) or {}
+    for name in REASONING_FIELDS:
+        value = getattr(message, name, None) or (
+            extra.get(name) if isinstance(extra, dict) else None
+        )
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def split_thinking(content: str | None, reasoning: str | None = None) -> tuple[str, str]:

@@ -128,7 +128,9 @@ def from_structured(reply: LLMReply) -> LLMReply:
 
 
 def keep(row: dict[str, Any], config: TraceConfig) -> bool:
-    if row["error"]:
+    """Whether a trace trains the student. Never one that failed or has no thinking (a teacher
+    whose thinking was lost would teach answering without it), whatever ``traces.keep`` says."""
+    if row["error"] or not (row["thinking"] or "").strip():
         return False
     if config.keep == "all":
         return True
@@ -224,6 +226,10 @@ def trace_stats(traces: pl.DataFrame) -> dict[str, Any]:
         "traces": traces.height,
         "failed": traces.height - ok.height,
         "kept": int(traces["kept"].sum()),
+        # answered but with no thinking: rejected whatever the policy
+        "empty_thinking": int(
+            ok.filter(pl.col("thinking").fill_null("").str.strip_chars() == "").height
+        ),
         "parsable_rate": float(ok["parsable"].sum()) / n,
         "condition_in_retrieved_rate": float(ok["condition_in_retrieved"].sum()) / n,
         "condition_accuracy": float(ok["correct_condition"].sum()) / n,

@@ -49,7 +49,9 @@ def scripted(reply: Reply, body: dict[str, Any]) -> str:
 class Rule:
     pattern: re.Pattern[str]
     reply: Reply  # the content, or a function of the messages returning it
-    reasoning: str | None = None  # returned as reasoning_content
+    reasoning: str | None = None  # returned as reasoning_content (or reasoning_field)
+    # where the thinking goes: vLLM before 0.10 says reasoning_content, newer ones reasoning
+    reasoning_field: str = "reasoning_content"
     inline_think: str | None = None  # prepended to the content as <think>…</think>
     # consumed one per request: 429, 500, "hang", "malformed"
     faults: list[str | int] = field(default_factory=list)
@@ -178,7 +180,7 @@ class FakeLLM:
         }
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if rule.reasoning is not None:
-            message["reasoning_content"] = rule.reasoning
+            message[rule.reasoning_field] = rule.reasoning
         calls = rule.tool_calls(body["messages"]) if callable(rule.tool_calls) else rule.tool_calls
         tool_calls = (
             [
@@ -217,11 +219,8 @@ class FakeLLM:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await stream.prepare(request)
-        pieces = [
-            {"reasoning_content": w + " "}
-            for w in (message.get("reasoning_content") or "").split(" ")
-            if w
-        ]
+        field_name = rule.reasoning_field
+        pieces = [{field_name: w + " "} for w in (message.get(field_name) or "").split(" ") if w]
         pieces += [{"content": w} for w in re.findall(r"\S+\s*|\s+", content)]
         for i, call in enumerate(tool_calls):  # name first, then the arguments in two fragments
             args = call["function"]["arguments"]

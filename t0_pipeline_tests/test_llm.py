@@ -55,6 +55,27 @@ def test_thinking_is_captured_from_reasoning_content_or_inline_tags(tmp_path, fa
     assert a.completion_tokens > 0 and a.prompt_tokens > 0
 
 
+def test_thinking_in_newer_vllm_reasoning_field_is_read_whole_and_streamed(tmp_path, fake):
+    """vLLM 0.10 and later return the thinking as ``reasoning``, earlier ones as
+    ``reasoning_content``: both are thinking, never lost (a teacher's empty thinking would train
+    students to answer without it)."""
+    fake.on(
+        "newer", "(Stroke, A&E)", reasoning="Face droop means stroke.", reasoning_field="reasoning"
+    )
+    client = make_client(tmp_path, fake)
+    reply = ask(client, "newer")
+    assert (reply.thinking, reply.content) == ("Face droop means stroke.", "(Stroke, A&E)")
+
+    async def streamed():
+        pieces = {"thinking": "", "answer": ""}
+        async for kind, text in client.stream([{"role": "user", "content": "newer"}]):
+            if kind in pieces:
+                pieces[kind] += text
+        return pieces["thinking"].strip(), pieces["answer"]
+
+    assert asyncio.run(streamed()) == ("Face droop means stroke.", "(Stroke, A&E)")
+
+
 def test_split_thinking_handles_a_template_that_opened_the_tag():
     assert split_thinking("reasoning here</think>answer") == ("reasoning here", "answer")
     assert split_thinking("plain") == ("", "plain")

@@ -146,3 +146,26 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     from t0_pipeline.sft import messages_for
 
     assert messages_for(stroke, ChatFormat(), triage_prompt.load()[0])[:-1] == request
+
+
+@pytest.mark.parametrize("policy", ["all", "parsable", "correct"])
+def test_a_correct_answer_without_thinking_is_a_rejected_trace_under_every_policy(policy):
+    from t0_pipeline.checks import traces_without_thinking
+    from t0_pipeline.traces import TRACE_SCHEMA, keep
+
+    answered = {"error": None, "parsable": True, "condition_in_retrieved": True}
+    answered |= {"correct_condition": True, "correct_disposition": True}
+    config = TraceConfig(keep=policy)
+    assert keep({**answered, "thinking": "The droop points to a stroke."}, config)
+    for nothing in ("", "  \n ", None):
+        assert not keep({**answered, "thinking": nothing}, config)
+
+    # the check behind the asset: a kept trace without thinking is named; the share is reported
+    rows = [
+        {**{k: None for k in TRACE_SCHEMA}, "id": f"t{i}", "thinking": t, "kept": kept, "error": e}
+        for i, (t, kept, e) in enumerate(
+            [("why", True, None), ("", True, None), ("", False, None), ("", False, "Timeout")]
+        )
+    ]
+    kept_empty, share = traces_without_thinking(pl.DataFrame(rows, schema=TRACE_SCHEMA))
+    assert kept_empty == ["t1"] and share == pytest.approx(2 / 3)

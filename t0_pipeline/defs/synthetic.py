@@ -20,6 +20,7 @@ from t0_pipeline.checks import (
     query_rates,
     query_set_problems,
     traces_outside_retrieved,
+    traces_without_thinking,
 )
 from t0_pipeline.defs.corpus import EAGER, conditions, preview
 from t0_pipeline.defs.models import MODEL_DEPS
@@ -268,6 +269,24 @@ def trace_conditions_retrieved(settings: PipelineSettings) -> dg.AssetCheckResul
             "kept_not_in_retrieved": dg.MetadataValue.json(bad[:20]),
             "share_of_parsable_in_retrieved": parsable_in_retrieved_share(traces),
         },
+    )
+
+
+@dg.asset_check(
+    asset=reasoning_traces,
+    blocking=True,
+    description="No kept trace lacks thinking (ERROR); most answered traces have thinking (WARN "
+    "otherwise: the teacher's thinking is probably not being read).",
+)
+def trace_thinking_present(settings: PipelineSettings) -> dg.AssetCheckResult:
+    traces = pl.read_parquet(settings.paths().traces)
+    kept_empty, share = traces_without_thinking(traces)
+    metadata = {"kept_without_thinking": dg.MetadataValue.json(kept_empty[:20])}
+    metadata["share_without_thinking"] = round(share, 4)
+    if kept_empty:
+        return dg.AssetCheckResult(passed=False, metadata=metadata)
+    return dg.AssetCheckResult(
+        passed=share <= 0.5, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
     )
 
 
