@@ -1,8 +1,9 @@
 """Fine-tune a student on the SFT dataset (s1-style): loss on the assistant turn only.
 
 Input: ``<data>/synthetic/sft/train.parquet`` (``messages`` as JSON) and a base model (name
-or local path). Output under the output directory: ``checkpoints/`` (for resuming after
-preemption), ``final/`` (a consolidated Hugging Face model + tokenizer + ``README.md`` model
+or local path). Output under the output directory: ``checkpoints/run-<digest>/`` (for resuming
+after preemption; one folder per training settings, so a run with other settings starts afresh:
+:mod:`t0_pipeline.train_runs`), ``final/`` (a consolidated Hugging Face model + tokenizer + ``README.md`` model
 card that loads with plain ``from_pretrained``, renamed into place only when complete),
 ``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
 ``logs/rank-<N>.error`` for a rank that failed.
@@ -46,6 +47,7 @@ from t0_pipeline.train_ranks import (
     stop_file_callback,
     world_size,
 )
+from t0_pipeline.train_runs import record_run, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,8 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     ds_config = _deepspeed_for(config, processes, cuda)
     tokenizer = _load_tokenizer(config)
     train_rows, eval_rows, skipped = load_examples(dataset, tokenizer, config)
-    checkpoints = output_dir / "checkpoints"
+    # a folder per training settings: a run resumes only checkpoints trained the same way
+    checkpoints, settings = run_dir(config, dataset, output_dir)
     # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for
     # from_pretrained below
     args = _training_arguments(config, checkpoints, bf16, cuda, bool(eval_rows), ds_config)
@@ -206,6 +209,8 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
+    if trainer.is_world_process_zero():
+        record_run(checkpoints, settings)
     held = gather_per_rank(parameter_counts(model))
     started = time.time()
     trainer.train(resume_from_checkpoint=last)

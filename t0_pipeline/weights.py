@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".npz")
@@ -51,7 +52,7 @@ def weights_digest(checkpoint: str | Path | None) -> str | None:
                 digest.update(block)
     value = f"sha256:{digest.hexdigest()[:20]}"
     try:  # a read-only checkpoint is hashed again next time, nothing worse
-        tmp = sidecar.with_suffix(".tmp")
+        tmp = sidecar.with_suffix(f".{os.getpid()}.tmp")  # ranks may hash at once
         tmp.write_text(json.dumps({"digest": value, "files": stats}))
         tmp.replace(sidecar)
     except OSError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -142,18 +143,57 @@ def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(stu
     assert metrics["global_step"] == 8 and len(metrics["eval_loss"]) == 2
 
 
-def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path):
+def stop_at(step: int, stop_file: Path):
+    """A callback that asks for a stop (the Slurm script's stop file) once ``step`` is done."""
+    from transformers import TrainerCallback
+
+    class Preempt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                stop_file.touch()
+
+    return Preempt()
+
+
+def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path, monkeypatch):
     root, _ = student
-    first = train(
-        small(model=str(root / "base"), max_steps=4), root / "sft.parquet", tmp_path / "out"
-    )
-    assert first.global_step == 4 and first.resumed_from is None
-    second = train(
-        small(model=str(root / "base"), max_steps=8), root / "sft.parquet", tmp_path / "out"
-    )
+    stop_file = tmp_path / "stop"
+    monkeypatch.setenv("T0_STOP_FILE", str(stop_file))
+    config = small(model=str(root / "base"), max_steps=8)
+    # asked to stop after step 3: checkpoints at the next step
+    first = train(config, root / "sft.parquet", tmp_path / "out", [stop_at(3, stop_file)])
+    assert first.preempted and first.global_step == 4 and first.resumed_from is None
+    stop_file.unlink()
+    second = train(config, root / "sft.parquet", tmp_path / "out")  # the requeued job
     assert second.resumed_from.endswith("checkpoint-4") and second.global_step == 8
     # the log history came back with the checkpoint
     assert min(step for step, _ in second.train_loss) == 1
+
+
+def test_a_finished_run_trained_again_with_other_settings_starts_afresh(student, tmp_path):
+    """`t0 train --set train.learning_rate=…` on a finished run: the old checkpoints were trained
+    another way, so the new settings train from the base in their own folder, and final/ and
+    metrics.json describe weights trained with them (not the old ones, relabelled)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root, _ = student
+    out = tmp_path / "out"
+    first = train(small(model=str(root / "base")), root / "sft.parquet", out)
+    weights = AutoModelForCausalLM.from_pretrained(first.final_dir).state_dict()
+    same = train(small(model=str(root / "base")), root / "sft.parquet", out)
+    assert same.resumed_from and same.resumed_from.endswith(f"checkpoint-{first.global_step}")
+
+    faster = train(small(model=str(root / "base"), learning_rate=0.05), root / "sft.parquet", out)
+    assert faster.resumed_from is None and faster.global_step == first.global_step
+    retrained = AutoModelForCausalLM.from_pretrained(faster.final_dir).state_dict()
+    assert any(not torch.equal(weights[k], retrained[k]) for k in weights)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["learning_rate"] == 0.05 and metrics["resumed_from"] is None
+    runs = sorted((out / "checkpoints").glob("run-*"))
+    assert len(runs) == 2  # the first run's checkpoints are kept, beside the new ones
+    recorded = {json.loads((r / "run.json").read_text())["learning_rate"] for r in runs}
+    assert recorded == {small().learning_rate, 0.05}
 
 
 def test_lora_trains_adapters_and_leaves_the_base_weights_unchanged(student, tmp_path):
@@ -548,7 +588,7 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     ), messages
     assert not (data / "students" / "tiny" / "final").exists()
     saved = sorted(
-        (data / "students" / "tiny" / "checkpoints").glob("checkpoint-*"),
+        (data / "students" / "tiny" / "checkpoints").glob("run-*/checkpoint-*"),
         key=lambda p: int(p.name[11:]),
     )
     assert saved and saved[0].name == "checkpoint-2"
