@@ -65,6 +65,8 @@ NOTE_LABELS = {
     "unknown_condition": "conditions not in the allowed list",
     "bad_severity": "severities outside the three",
     "wrong_tool": "calls to another tool",
+    "no_tool_call": "answers without the submit tool (reference scoring)",
+    "several_tool_calls": "answers with several submit calls (reference scoring)",
     "timeout": "timeouts",
     "failed": "failed calls",
 }
@@ -122,7 +124,7 @@ def evaluate_model(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Predictions for every (k, run, query) and the summary for one model."""
     sections, prompt_hash = triage_prompt.load(prompts_dir)
-    predictor = make_predictor(settings, client, pages)
+    predictor = make_predictor(settings, client, pages, config.scoring)
     deterministic = settings.backend == "retrieval"
     # our own decoding at temperature 0 is greedy: every run would compute the same thing, so one
     # run is made
@@ -158,6 +160,7 @@ def evaluate_model(
         stats["notes"] = status_notes(stats.get("status_counts", {}), 0, len(queries))
         by_k[str(k)] = stats
     summary = _summary(name, settings, queries, prompt_hash, seeds, ks, by_k, df)
+    summary["scoring"] = config.scoring
     if greedy and config.runs > 1:
         summary["notes"].append("greedy decoding (temperature 0): one run, not repeated")
     summary["usage"] = client.usage.as_dict()

@@ -34,7 +34,8 @@ def model_table(summary: dict[str, Any]) -> str:
         "",
         f"{summary['queries']} queries (hash {summary['queries_hash']}), {summary['runs']} run(s), "
         f"seeds {summary['seeds']}, prompt {summary['prompt_hash']}"
-        + (f", weights {summary['weights']}" if summary.get("weights") else ""),
+        + (f", weights {summary['weights']}" if summary.get("weights") else "")
+        + f", scoring {summary.get('scoring', 'tolerant')}",
         "",
         "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
         "|---|---|---|---|---|---|",
@@ -121,6 +122,23 @@ def fmt_share(share: float | None) -> str:
     return "—" if share is None else f"{share:.0%}"
 
 
+SCORING_WORDS = {
+    "reference": 'reference (as the report: the first "(condition, level)" pair, the levels of '
+    "care exactly, exactly one submit call)",
+    "tolerant": "tolerant (the last pair, level synonyms, the text when the tool was not called; "
+    "not comparable with the report's tables)",
+}
+
+
+def scoring_line(summaries: dict[str, dict[str, Any]]) -> str:
+    """Which reading of the answers the figures above used (summaries from before the setting
+    existed were read tolerantly)."""
+    used = sorted({s.get("scoring", "tolerant") for s in summaries.values()}) or ["reference"]
+    if len(used) > 1:
+        return "Scoring: mixed (" + ", ".join(used) + "): re-evaluate so the rows compare."
+    return f"Scoring: {SCORING_WORDS[used[0]]}."
+
+
 def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
     """The cross-model table (report's Table 2/4 layout), query-type table and Figure 5 style
     plot."""
@@ -146,6 +164,7 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
         ]
     if missing:
         lines += ["", f"Not evaluated yet: {', '.join(missing)}."]
+    lines += ["", scoring_line(summaries)]
     markdown = "\n".join(lines) + "\n"
     out = paths.accuracy_dir()
     out.mkdir(parents=True, exist_ok=True)

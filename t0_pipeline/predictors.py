@@ -77,13 +77,18 @@ def failed_answer(error: str) -> Answer:
     return Answer(Prediction(None, None, status), error=error)
 
 
-def from_tool_calls(reply: LLMReply, allowed: dict[str, str]) -> Prediction:
-    """The submitted (condition, severity); a reply without the tool call falls back to its text."""
+def from_tool_calls(reply: LLMReply, allowed: dict[str, str], tolerant: bool = True) -> Prediction:
+    """The submitted (condition, severity). The reference's reading wants exactly one call of the
+    submit tool; ``tolerant`` reads the text of a reply without one, and the last of several."""
     calls = [c for c in reply.tool_calls if c.get("name") == TOOL_NAME]
     if not calls:
         if reply.tool_calls:
             return Prediction(None, None, "wrong_tool", json.dumps(reply.tool_calls))
+        if not tolerant:
+            return Prediction(None, None, "no_tool_call", reply.content or "")
         return parse_answer_text(reply.content, allowed)
+    if len(calls) > 1 and not tolerant:
+        return Prediction(None, None, "several_tool_calls", json.dumps(calls))
     raw = calls[-1].get("arguments") or ""
     try:
         args = json.loads(raw or "{}")
@@ -97,14 +102,15 @@ def from_tool_calls(reply: LLMReply, allowed: dict[str, str]) -> Prediction:
         None if severity is None else str(severity),
         allowed,
         raw,
+        tolerant,
     )
 
 
 class ChatPredictor:
     """A litellm chat model; text answers or the submit tool."""
 
-    def __init__(self, client: LLMClient, answer: str):
-        self.client, self.answer = client, answer
+    def __init__(self, client: LLMClient, answer: str, tolerant: bool = False):
+        self.client, self.answer, self.tolerant = client, answer, tolerant
         self.answer_format = "answer_tool" if answer == "tool" else "answer_text"
 
     async def predict(self, case: Case, seed: int) -> Answer:
@@ -114,9 +120,9 @@ class ChatPredictor:
         if not reply.ok:
             return failed_answer(reply.error or "error")
         if self.answer == "tool":
-            prediction = from_tool_calls(reply, case.allowed)
+            prediction = from_tool_calls(reply, case.allowed, self.tolerant)
         else:
-            prediction = parse_answer_text(reply.content, case.allowed)
+            prediction = parse_answer_text(reply.content, case.allowed, self.tolerant)
         return Answer(
             prediction, reply.thinking, reply.prompt_tokens, reply.completion_tokens, reply.cached
         )
@@ -137,10 +143,10 @@ class BudgetPredictor:
 
     answer_format = "answer_text"
 
-    def __init__(self, client: LLMClient, settings: EvalModelConfig):
+    def __init__(self, client: LLMClient, settings: EvalModelConfig, tolerant: bool = False):
         from t0_pipeline.chat import load_tokenizer
 
-        self.client, self.settings = client, settings
+        self.client, self.settings, self.tolerant = client, settings, tolerant
         self.budget = (settings.budget or BudgetConfig()).with_format()
         self.weights = answering_weights(settings)
         self._lock = threading.Lock()  # one local generation at a time
@@ -240,7 +246,7 @@ class BudgetPredictor:
         if not reply.ok:
             return failed_answer(reply.error or "error")
         return Answer(
-            parse_answer_text(reply.content, case.allowed),
+            parse_answer_text(reply.content, case.allowed, self.tolerant),
             reply.thinking,
             0,
             reply.completion_tokens,
@@ -264,12 +270,16 @@ class RetrievalBaseline:
         return Answer(Prediction(top, severity, "ok", f"({top}, {severity})"))
 
 
-def make_predictor(settings: EvalModelConfig, client: LLMClient, pages: dict[str, str]):
+def make_predictor(
+    settings: EvalModelConfig, client: LLMClient, pages: dict[str, str], scoring: str = "reference"
+):
+    """The predictor for an entry; ``scoring`` (evaluation.scoring): how its answers are read."""
+    tolerant = scoring == "tolerant"
     if settings.backend == "retrieval":
         return RetrievalBaseline(pages)
     if settings.backend in ("completions", "transformers"):
-        return BudgetPredictor(client, settings)
-    return ChatPredictor(client, settings.answer)
+        return BudgetPredictor(client, settings, tolerant)
+    return ChatPredictor(client, settings.answer, tolerant)
 
 
 # --- one model --------------------------------------------------------------------------

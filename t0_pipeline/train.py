@@ -3,8 +3,9 @@
 Input: ``<data>/synthetic/sft/train.parquet`` (``messages`` as JSON) and a base model (name
 or local path). Output under the output directory: ``checkpoints/run-<digest>/`` (for resuming
 after preemption; one folder per training settings, so a run with other settings starts afresh:
-:mod:`t0_pipeline.train_runs`), ``final/`` (a consolidated Hugging Face model + tokenizer + ``README.md`` model
-card that loads with plain ``from_pretrained``, renamed into place only when complete),
+:mod:`t0_pipeline.train_runs`), ``final/`` (a consolidated Hugging Face model + tokenizer +
+``README.md`` model card that loads with plain ``from_pretrained``, renamed into place only when
+complete),
 ``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
 ``logs/rank-<N>.error`` for a rank that failed.
 

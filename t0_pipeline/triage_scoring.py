@@ -8,6 +8,14 @@ Scoring rules: the condition is correct when it is the gold condition, or when t
 says "inconclusive" and the gold condition was *not* among the documents it was shown.
 Unparsable answers, conditions outside the allowed list and severities outside the three
 are counted in their own columns, never dropped.
+
+Two ways to read an answer (``evaluation.scoring``):
+- ``reference`` (default; as the report scored): the *first* "(condition, level)" pair of a text
+  answer, a level of care written exactly as one of the three, and exactly one call of the submit
+  tool (none, or several, is a failed answer: ``no_tool_call``, ``several_tool_calls``).
+- ``tolerant``: the *last* pair, level synonyms ("self care", "emergency", "ae"), a missing tool
+  call read from the reply's text, the last of several calls. Kinder to weak models; not
+  comparable with the report's tables.
 """
 
 from __future__ import annotations
@@ -35,9 +43,16 @@ _SEVERITY_WORDS = {
 }
 
 
-def normalise_severity(text: str | None) -> str | None:
+SCORING_MODES = ("reference", "tolerant")
+
+
+def normalise_severity(text: str | None, tolerant: bool = True) -> str | None:
+    """One of :data:`SEVERITIES`, or None. Not ``tolerant``: only the exact words (spaces around
+    them aside)."""
     if not text:
         return None
+    if not tolerant:
+        return text.strip() if text.strip() in SEVERITIES else None
     key = re.sub(r"\s+", " ", text.strip().strip("\"'*`.").lower())
     return _SEVERITY_WORDS.get(key) or _SEVERITY_WORDS.get(key.replace(" ", ""))
 
@@ -69,22 +84,33 @@ def resolve_condition(text: str, allowed: dict[str, str]) -> str | None:
     return None
 
 
-def parse_answer_text(text: str | None, allowed: dict[str, str]) -> Prediction:
-    """The last "(condition, severity)" after any thinking, tolerant of forms and brackets in
-    titles."""
+def parse_answer_text(
+    text: str | None, allowed: dict[str, str], tolerant: bool = True
+) -> Prediction:
+    """The "(condition, severity)" after any thinking: the last pair and level synonyms when
+    ``tolerant``, else the first pair and exact levels (the reference's reading). Brackets inside
+    titles are allowed."""
     if text is None or not text.strip():
         return Prediction(None, None, "empty", text or "")
     _, answer = split_thinking(text)
-    pair = last_answer_pair(answer or text)
-    if pair is None:
+    pairs = answer_pairs(answer or text)
+    if not pairs:
         return Prediction(None, None, "unparsable", text)
-    return judge(pair[0], pair[1], allowed, text)
+    condition, severity = pairs[-1] if tolerant else pairs[0]
+    return judge(condition, severity, allowed, text, tolerant)
 
 
 def last_answer_pair(answer: str) -> tuple[str, str] | None:
-    """(condition text, severity text) of the last "(…, …)" in ``answer``; titles may hold
-    brackets."""
-    for close in reversed([m.end() for m in re.finditer(r"\)", answer)]):
+    """(condition text, severity text) of the last "(…, …)" in ``answer``."""
+    pairs = answer_pairs(answer)
+    return pairs[-1] if pairs else None
+
+
+def answer_pairs(answer: str) -> list[tuple[str, str]]:
+    """Every (condition text, severity text) written as "(…, …)" in ``answer``, in order; a title
+    may hold brackets of its own ("(Stroke (mini, TIA), A&E)" is one pair, not two)."""
+    spans: list[tuple[int, int]] = []
+    for close in [m.end() for m in re.finditer(r"\)", answer)]:
         depth, i = 0, close - 2
         while i >= 0 and answer[i] != "\n":  # walk back to the bracket that opens this pair
             if answer[i] == ")":
@@ -94,19 +120,26 @@ def last_answer_pair(answer: str) -> tuple[str, str] | None:
                     break
                 depth -= 1
             i -= 1
-        if i < 0 or answer[i] != "(" or "," not in answer[i + 1 : close - 1]:
-            continue
-        condition, severity = answer[i + 1 : close - 1].rsplit(",", 1)
-        return condition.strip().strip("\"'*` "), severity.strip()
-    return None
+        if i >= 0 and answer[i] == "(" and "," in answer[i + 1 : close - 1]:
+            spans.append((i, close))
+    outer = [a for a in spans if not any(b != a and b[0] <= a[0] and a[1] <= b[1] for b in spans)]
+    pairs = []
+    for start, close in outer:
+        condition, severity = answer[start + 1 : close - 1].rsplit(",", 1)
+        pairs.append((condition.strip().strip("\"'*` "), severity.strip()))
+    return pairs
 
 
 def judge(
-    condition_text: str | None, severity_text: str | None, allowed: dict[str, str], raw: str = ""
+    condition_text: str | None,
+    severity_text: str | None,
+    allowed: dict[str, str],
+    raw: str = "",
+    tolerant: bool = True,
 ) -> Prediction:
     """Validate a (condition, severity) pair from free text or a tool call."""
     condition = resolve_condition(condition_text or "", allowed)
-    severity = normalise_severity(severity_text)
+    severity = normalise_severity(severity_text, tolerant)
     if condition is None:
         return Prediction(None, severity, "unknown_condition", raw)
     if severity is None:

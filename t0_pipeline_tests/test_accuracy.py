@@ -135,6 +135,7 @@ def test_tool_calling_model_counts_every_kind_of_bad_answer_and_runs_are_cached_
             tmp_path,
             {"tooly": {"model": "openai/tooly", "api_base": server.api_base, "answer": "tool"}},
             runs=2,
+            scoring="tolerant",  # level synonyms; the reference reading has its own test
         )
         df, summary = run_evaluation(paths, cfg, "tooly", retriever)
         first = list(server.state.requests)
@@ -201,6 +202,69 @@ def test_tool_calling_model_counts_every_kind_of_bad_answer_and_runs_are_cached_
     )
 
 
+def reference_tool_model(messages):
+    text = user_query(messages)
+    submit = "submit_condition_recommendation"
+    if "face dropped" in text:  # one call, the exact level: counted
+        return [(submit, {"condition": "Stroke", "severity": "A&E"})]
+    if "big toe" in text:  # a level synonym
+        return [(submit, {"condition": "Gout", "severity": "urgent primary care"})]
+    if "Itchy eyes" in text:  # two calls, the last one right
+        return [
+            (submit, {"condition": "Common cold", "severity": "Self-care"}),
+            (submit, {"condition": "Hay fever", "severity": "Self-care"}),
+        ]
+    return []  # no call: the answer is only in the text
+
+
+def test_reference_scoring_reads_answers_as_the_report_did(built, retriever, tmp_path):
+    """The default reading: exactly one submit call (none, or several, fails the answer even when
+    the text or the last call is right), the three levels of care written exactly, the first
+    "(condition, level)" pair of a text answer. The same replies read tolerantly score higher,
+    from the cache, and each table says which reading it used."""
+    queries = QUERIES[:4]
+
+    def text_reply(messages):
+        text = user_query(messages)
+        if "face dropped" in text:
+            return "(Stroke, A&E)"
+        if "big toe" in text:
+            return "(Gout, Urgent Primary Care) or maybe (Stroke, A&E)"  # the first pair counts
+        return "(Hay fever, self care)"  # not one of the three as written
+
+    with FakeLLM() as tool_server, FakeLLM() as text_server:
+        text_server.on(".*", text_reply)
+        tool_server.on(
+            ".*", "I would say (Common cold, Self-care).", tool_calls=reference_tool_model
+        )
+        models = {
+            "tooly": {"model": "openai/tooly", "api_base": tool_server.api_base, "answer": "tool"},
+            "texty": {"model": "openai/texty", "api_base": text_server.api_base},
+        }
+        cfg, paths = configure(built, tmp_path, models, runs=1, ks=[0], queries=queries)
+        assert cfg.evaluation.scoring == "reference"  # the default
+        tool_df, tool = run_evaluation(paths, cfg, "tooly", retriever)
+        text_df, text = run_evaluation(paths, cfg, "texty", retriever)
+        cfg.evaluation.scoring = "tolerant"
+        _, kind = run_evaluation(paths, cfg, "tooly", retriever)
+    status = dict(zip(tool_df["query_id"], tool_df["status"]))
+    assert status == {
+        "e1": "ok",
+        "e2": "bad_severity",
+        "e3": "several_tool_calls",
+        "e4": "no_tool_call",
+    }
+    assert tool["by_k"]["0"]["condition_accuracy"][0] == pytest.approx(2 / 4)  # e1; e2's condition
+    assert "1 answers without the submit tool (reference scoring)" in tool["notes"]
+    picked = dict(zip(text_df["query_id"], zip(text_df["pred_condition"], text_df["status"])))
+    assert picked["e2"] == ("gout", "ok") and picked["e3"][1] == "bad_severity"
+    # tolerantly: e2's synonym, e3's last call and e4's text (a cold: right for e4) all count
+    assert kind["by_k"]["0"]["condition_accuracy"][0] == pytest.approx(4 / 4)
+    assert kind["usage"]["cache_hits"] == 4 and kind["usage"]["completed"] == 0
+    assert "scoring reference" in (paths.accuracy_dir("texty") / "table.md").read_text()
+    assert tool["scoring"] == "reference" and kind["scoring"] == "tolerant"
+
+
 def text_model(messages):
     text, k0 = user_query(messages), "No documents" in system(messages)
     if "face dropped" in text:
@@ -241,6 +305,7 @@ def test_text_model_with_thinking_inconclusive_timeouts_and_empty_replies(
             {"texty": {"model": "openai/texty", "api_base": server.api_base, "timeout_s": 1.0}},
             runs=1,
             queries=queries,
+            scoring="tolerant",
         )
         df, summary = run_evaluation(paths, cfg, "texty", retriever)
     by = {(r["k"], r["query_id"]): r for r in df.iter_rows(named=True)}

@@ -1,4 +1,5 @@
-"""Tolerant answer parsing and the scoring rules for condition/disposition accuracy."""
+"""Answer parsing (tolerant and as the reference read answers) and the scoring rules for
+condition/disposition accuracy."""
 
 from __future__ import annotations
 
@@ -40,6 +41,39 @@ ALLOWED = {
 )
 def test_parse_answer_text(text, condition, severity, status):
     pred = parse_answer_text(text, ALLOWED)
+    assert (pred.condition, pred.severity, pred.status) == (condition, severity, status)
+
+
+@pytest.mark.parametrize(
+    "text, condition, severity, status",
+    [
+        ("<think>face droop</think>(Stroke, A&E)", "stroke", "A&E", "ok"),
+        # the first pair, not the last
+        (
+            "I think (gout, Self-care) ... final: (Gout, Urgent Primary Care)",
+            "gout",
+            "Self-care",
+            "ok",
+        ),
+        # a title's own brackets are part of it, with or without a comma inside
+        (
+            "(Urinary tract infections (UTIs), Urgent Primary Care) then (Gout, A&E)",
+            "urinary-tract-infections",
+            "Urgent Primary Care",
+            "ok",
+        ),
+        ("(Stroke (mini, TIA), A&E)", None, "A&E", "unknown_condition"),
+        # levels of care only as written: no synonyms, no other case, no quotes
+        ("(INCONCLUSIVE, Self care)", "inconclusive", None, "bad_severity"),
+        ('("urinary-tract-infections", "A&E")', "urinary-tract-infections", None, "bad_severity"),
+        ("(Stroke, a&e)", "stroke", None, "bad_severity"),
+        ("(Stroke, emergency)", "stroke", None, "bad_severity"),
+        ("(Gout,  Urgent Primary Care )", "gout", "Urgent Primary Care", "ok"),
+        ("no idea, sorry", None, None, "unparsable"),
+    ],
+)
+def test_reference_reading_takes_the_first_pair_and_exact_levels(text, condition, severity, status):
+    pred = parse_answer_text(text, ALLOWED, tolerant=False)
     assert (pred.condition, pred.severity, pred.status) == (condition, severity, status)
 
 

@@ -348,6 +348,9 @@ class EvaluationConfig(BaseModel):
     max_queries: int | None = None  # evaluate the first n (smoke tests)
     index: IndexName = "summaries"  # what k>0 retrieves from (report: summaries, dense)
     mode: RetrieverMode = "dense"
+    # how answers are read: reference = as the report (first pair, exact levels of care, exactly one
+    # tool call); tolerant = last pair, level synonyms, text when the tool was not called
+    scoring: Literal["reference", "tolerant"] = "reference"
 
 
 class ModelServerConfig(BaseModel):
