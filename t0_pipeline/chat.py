@@ -10,7 +10,7 @@ traces, evaluation, budget forcing, training labels and serving.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from t0_pipeline.artifacts import T0Error
 
@@ -33,10 +33,18 @@ class ChatFormat(BaseModel):
     # ends it: budget forcing stops on this text, then forces it
     think_end: str = "<|im_start|>answer"
     answer_start: str = "\n"  # between think_end and the answer
+    # the template's turn tokens: generation stops on any of them (a model that starts another
+    # turn, or repeats a marker, has ended what it was writing)
+    turn_tokens: list[str] = Field(default_factory=lambda: ["<|im_start|>", "<|im_end|>"])
 
     def assistant(self, thinking: str, answer: str) -> str:
-        thought = f"{self.think_start}{thinking.strip()}\n{self.think_end}"
+        thought = f"{self.think_start}{thinking.strip()}{BEFORE_THINK_END}{self.think_end}"
         return f"{thought}{self.answer_start}{answer.strip()}"
+
+
+# what the training text puts between the thinking and ``think_end``: budget forcing forces the
+# marker after the same text
+BEFORE_THINK_END = "\n"
 
 
 def load_tokenizer(name_or_path: str | None, setting: str = "sft.tokenizer"):

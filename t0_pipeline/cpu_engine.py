@@ -22,12 +22,23 @@ class Job:
     stop: tuple[str, ...]
     min_tokens: int
     schema: str | None  # JSON schema text ("" = any JSON object), None = free text
+    # token ids that end the sequence like its end token (and, like it, are barred before
+    # min_tokens), and whether special tokens are left out of the text (vLLM's default)
+    stop_token_ids: tuple[int, ...] = ()
+    skip_special_tokens: bool = True
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
     error: str | None = None
 
     def batch_key(self) -> tuple:
-        return (self.temperature, self.top_p, self.stop, self.min_tokens, self.schema)
+        return (
+            self.temperature,
+            self.top_p,
+            self.stop,
+            self.min_tokens,
+            self.schema,
+            self.stop_token_ids,
+        )
 
 
 class Engine:
@@ -162,7 +173,8 @@ class Engine:
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            # min_new_tokens bars every one of them, as vLLM's min_tokens bars stop_token_ids
+            "eos_token_id": [self.tokenizer.eos_token_id, *first.stop_token_ids],
         }
         if first.temperature > 0:
             kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
@@ -182,11 +194,13 @@ class Engine:
 
     def _result(self, job: Job, new: list[int], prompt_tokens: int) -> dict[str, Any]:
         """One job's text, cut at its end of sequence, token limit or stop string."""
-        ended = self.tokenizer.eos_token_id in new
-        if ended:
-            new = new[: new.index(self.tokenizer.eos_token_id)]
-        new = new[: job.max_tokens]
-        text = self.tokenizer.decode(new, skip_special_tokens=False)
+        enders = {self.tokenizer.eos_token_id, *job.stop_token_ids}
+        end = next((i for i, t in enumerate(new[: job.max_tokens]) if t in enders), None)
+        ended = end is not None
+        # vLLM counts the token it stopped on
+        counted = end + 1 if ended else min(len(new), job.max_tokens)
+        new = new[:end] if ended else new[: job.max_tokens]
+        text = self.tokenizer.decode(new, skip_special_tokens=job.skip_special_tokens)
         cut = min((at for at in (text.find(s) for s in job.stop) if at >= 0), default=-1)
         if cut >= 0:  # OpenAI semantics: the stop string itself is not returned
             text, ended = text[:cut], True
@@ -194,5 +208,5 @@ class Engine:
             "text": text,
             "finish_reason": "stop" if ended or len(new) < job.max_tokens else "length",
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(new),
+            "completion_tokens": counted,
         }

@@ -18,7 +18,8 @@ from typing import Any
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.baseline import disposition_from_page
-from t0_pipeline.budget import complete_with_budget, generate_with_budget
+from t0_pipeline.budget import generate_with_budget
+from t0_pipeline.budget_endpoint import complete_with_budget
 from t0_pipeline.config import (
     BudgetConfig,
     EvalModelConfig,

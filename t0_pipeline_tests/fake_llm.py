@@ -71,6 +71,7 @@ class FakeLLMState:
     # between streamed pieces (a slow model; lets a test kill the server mid-answer)
     chunk_delay_s: float = 0.0
     retry_after: str = "1"
+    tokenize: bool = True  # serve /tokenize (vLLM does; other completions servers do not)
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0  # the most requests the server was handling at once
@@ -283,16 +284,9 @@ class FakeLLM:
             return web.json_response(
                 {"error": {"message": "no scripted reply matches this prompt"}}, status=400
             )
-        words = (rule.reply(messages) if callable(rule.reply) else rule.reply).split()
-        limit = int(body.get("max_tokens") or len(words))
-        # a token is a word with its leading space, as BPE tokens carry theirs: texts join without
-        # merging words
-        text, finish = (
-            ("".join(" " + w for w in words[:limit]), "length")
-            if len(words) > limit
-            else ("".join(" " + w for w in words), "stop")
-        )
-        n, prompt_tokens = len(text.split()), len(str(body.get("prompt", "")).split())
+        script = rule.reply(messages) if callable(rule.reply) else rule.reply
+        text, n, finish = complete_script(script, body)
+        prompt_tokens = len(str(body.get("prompt", "")).split())
         return web.json_response(
             {
                 "id": "cmpl-" + uuid.uuid4().hex[:12],
@@ -309,9 +303,12 @@ class FakeLLM:
         )
 
     async def _tokenize(self, request: web.Request) -> web.StreamResponse:
-        """vLLM's /tokenize: the token count of a prompt (here: its words)."""
+        """vLLM's /tokenize: the token count of a prompt (here: its words); 404 with ``tokenize``
+        off, as servers without it answer."""
+        if not self.state.tokenize:
+            return web.json_response({"detail": "Not Found"}, status=404)
         body = await request.json()
-        tokens = list(range(len(str(body.get("prompt", "")).split())))
+        tokens = token_ids(str(body.get("prompt", "")))
         return web.json_response({"count": len(tokens), "tokens": tokens, "max_model_len": 32768})
 
     # --- lifecycle -----------------------------------------------------------------
@@ -349,14 +346,75 @@ class FakeLLM:
         self._thread.join(timeout=10)
 
 
+SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")  # ChatML's, as Qwen2.5 and SmolLM2 have them
+SPECIAL_IDS = {t: 100_000 + i for i, t in enumerate(SPECIAL_TOKENS)}
+EOS = "<|im_end|>"
+_TOKEN = re.compile(r"\s+(?=<\|im_)|<\|im_start\|>|<\|im_end\|>|\s*(?:[^\s<]+|<)")
+
+
+def script_tokens(script: str) -> list[str]:
+    """A scripted text as tokens: each special token alone (the whitespace before it a token of its
+    own), every other token a word (or a piece before a special token) with the whitespace before
+    it."""
+    tokens = _TOKEN.findall(script)
+    if tokens and not tokens[0][0].isspace():
+        tokens[0] = " " + tokens[0]
+    return tokens
+
+
+def token_ids(text: str) -> list[int]:
+    """The double's token ids: special tokens have fixed ids, other tokens any stable number."""
+    return [SPECIAL_IDS.get(t.strip(), len(t.strip()) % 1000) for t in script_tokens(text)]
+
+
+def complete_script(script: str, body: dict[str, Any]) -> tuple[str, int, str]:
+    """(text, completion tokens, finish reason) of a scripted continuation, generated as vLLM's
+    completions endpoint would. ``<|im_end|>`` is the end of sequence, and a special token whose id
+    is in ``stop_token_ids`` ends it too (left out of the text); before ``min_tokens`` tokens are
+    out, those tokens are never sampled (the script's next token comes instead) and no stop string
+    ends it. ``stop`` strings end it, cut, not included; ``max_tokens`` cuts it ("length"); with
+    ``skip_special_tokens`` (on unless the request says otherwise) special tokens are left out of
+    the text, and so cannot match a stop string either."""
+    tokens = script_tokens(script)
+    limit = int(body.get("max_tokens") or len(tokens) or 1)
+    stops = [x for x in (body.get("stop") or []) if x]
+    stop_ids = {*(body.get("stop_token_ids") or []), SPECIAL_IDS[EOS]}
+    least = int(body.get("min_tokens") or 0)
+    skip = body.get("skip_special_tokens", True)
+    text, n = "", 0
+    for token in tokens:
+        if n >= limit:
+            return text, n, "length"
+        if SPECIAL_IDS.get(token.strip()) in stop_ids:
+            if n < least:
+                continue  # masked: not sampled before min_tokens
+            return text, n + 1, "stop"
+        piece = token
+        if skip:
+            for special in SPECIAL_TOKENS:
+                piece = piece.replace(special, "")
+        n += 1
+        start = max(0, len(text) - max((len(x) for x in stops), default=0))
+        text += piece
+        if n >= least:
+            found = [at for at in (text.find(x, start) for x in stops) if at >= 0]
+            if found:
+                return text[: min(found)], n, "stop"
+    return text, n, "stop"
+
+
 def budget_student(
     thinking: str, answer: str, marker: str = "<|im_start|>answer"
 ) -> Callable[[list[dict[str, Any]]], str]:
-    """A completions-endpoint reply for budget forcing: ``thinking`` until the prompt ends with the
-    forced answer marker, then ``answer``."""
+    """A student on a completions endpoint, as a model trained on the chat format writes: while
+    thinking, ``thinking`` then the end of its thinking (a newline and ``marker``, as in its
+    training text); once the prompt ends with the forced answer marker, ``answer`` and the end of
+    its turn."""
 
     def reply(messages: list[dict[str, Any]]) -> str:
-        return answer if messages[-1]["content"].endswith(marker + "\n") else thinking
+        if messages[-1]["content"].endswith(marker + "\n"):
+            return f"{answer}{EOS}"
+        return f"{thinking}\n{marker}\n{answer}{EOS}"
 
     return reply
 

@@ -345,19 +345,17 @@ def test_budget_forced_student_on_a_completions_endpoint(built, retriever, tmp_p
         sent = list(server.state.requests)
         run_evaluation(paths, cfg, "t0-tiny", retriever)
         assert len(server.state.requests) == len(sent)  # cached by (model, prompt, seed)
-    thinking = [r for r in sent if r["stop"] == [marker]]
+    thinking = [r for r in sent if marker in r["stop"]]
     assert thinking[0]["prompt"].endswith("<|im_start|>assistant\n<|im_start|>think\n")
     assert "<|im_start|>system\n" in thinking[0]["prompt"]
-    # less the 4 tokens thought and the 1-token " Wait"
-    assert [r["max_tokens"] for r in thinking] == [
-        10,
-        5,
-    ]
+    # less the 6 tokens generated (4 words, the newline, the turn token it stopped on) and the
+    # 1-token " Wait"
+    assert [r["max_tokens"] for r in thinking] == [10, 3]
     assert all(r["min_tokens"] == 2 for r in thinking)
     row = df.row(0, named=True)
     assert row["status"] == "ok" and row["condition_correct"] and row["disposition_correct"]
-    # Wait counts
-    assert row["thinking"] == "the toe is hot Wait the toe is hot" and row["completion_tokens"] == 9
+    # the Wait counts, and the budget holds
+    assert row["thinking"] == "the toe is hot\n Wait the toe is" and row["completion_tokens"] == 10
 
 
 def test_retrieval_baseline_reads_urgency_off_the_top_page(built, retriever, tmp_path):
@@ -659,10 +657,10 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
     # greedy: one run computed and reported as one, not three identical ones
     assert (
         summary["runs"] == 1
-        and df["thinking"].to_list() == ["Wait Wait"]
-        and df["completion_tokens"].to_list() == [2]
+        and df["thinking"].to_list() == ["Wait <unk> Wait <unk>"]  # a token after each Wait
+        and df["completion_tokens"].to_list() == [4]
     )
-    # the answer is the marker again: nothing to parse, counted
+    # the answer starts another marker, where it stops: nothing to parse, counted
     assert df["status"].to_list() == ["empty"]
     assert summary["notes"] == [
         "1 empty replies",

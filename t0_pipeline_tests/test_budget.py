@@ -72,9 +72,12 @@ def test_early_ends_of_thinking_become_exactly_max_waits_waits(tmp_path):
     out = generate_with_budget(
         model, tok, "question", BudgetConfig(thinking_budget=50, max_waits=3, answer_tokens=3)
     )
-    assert out.waits == 3 and out.thinking.split() == ["Wait"] * 3
-    assert out.thinking_tokens == 3 and not out.budget_exhausted
-    assert out.text.split()[:4] == ["Wait", "Wait", "Wait", MARKER]  # then the forced answer marker
+    # after each "Wait" the ends of thinking are barred for one token (s1's min_tokens 1): the
+    # pinned model's next choice, <unk>, comes instead
+    assert out.waits == 3 and out.thinking.split() == ["Wait", "<unk>"] * 3
+    assert out.thinking_tokens == 6 and not out.budget_exhausted
+    # then the forced answer marker (the newline before it: in the real tokenizer's test below)
+    assert out.text.split()[6] == MARKER
 
 
 def test_a_model_that_never_stops_is_cut_at_the_budget_and_the_answer_is_forced(tmp_path):
@@ -86,17 +89,18 @@ def test_a_model_that_never_stops_is_cut_at_the_budget_and_the_answer_is_forced(
     assert out.text.split()[7] == MARKER and out.answer.split() == ["the", "the"]
 
 
-def test_thinking_never_exceeds_the_budget_even_while_waiting(tmp_path):
+def test_thinking_never_exceeds_the_budget_and_a_wait_never_takes_its_last_token(tmp_path):
     model, tok = pinned_model(tmp_path, MARKER)
-    for budget in (1, 2, 4):
+    for budget in (1, 2, 3, 4, 5):
         out = generate_with_budget(
             model,
             tok,
             "question",
             BudgetConfig(thinking_budget=budget, max_waits=10, answer_tokens=1),
         )
-        assert out.thinking_tokens <= budget and out.waits == budget
-        assert MARKER in out.text
+        assert out.thinking_tokens <= budget and MARKER in out.text
+        # every "Wait" is followed by a thinking token: never "Wait" then the forced marker
+        assert out.waits == budget // 2 and not out.thinking.endswith("Wait"), (budget, out)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +131,9 @@ def test_a_real_tokenizer_splits_the_marker_and_budget_forcing_still_works(smoll
     # twice
     assert out.waits == 2 and out.thinking.count(" Wait") == 2 and out.thinking_tokens <= 40
     after = out.text[len(out.thinking) :]
-    # the two-token marker, forced
-    assert out.text.startswith(out.thinking) and after.startswith(MARKER + "\n")
+    # the two-token marker, forced after the newline the training text puts before it
+    assert out.text.startswith(out.thinking) and after.startswith("\n" + MARKER + "\n")
+    assert not out.thinking.rstrip().endswith("Wait")  # a token of thinking after each Wait
     assert out.text.count(MARKER) == 1
     for budget in (3, 9):  # with waits to spare, the budget is what stops it, and it holds
         capped = generate_with_budget(
@@ -154,25 +159,70 @@ def test_a_real_model_gets_exactly_max_waits_and_the_budget_holds(smollm2):
     assert tight.thinking_tokens <= 6  # waits count against the budget too
 
 
-def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget():
-    from t0_pipeline.budget import complete_with_budget
+def budget_requests(config: BudgetConfig, tokenize: bool = True):
+    """Budget forcing against the completions double (which honours stop, stop_token_ids,
+    min_tokens and skip_special_tokens as vLLM does) for a student that thinks "the toe is hot",
+    then ends its thinking as it was trained to; (result, thinking requests, every request)."""
+    from t0_pipeline.budget_endpoint import complete_with_budget
     from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 
     with FakeLLM() as server:
-        # 4 tokens of thinking, then (by the stop string) the end of thinking
+        server.state.tokenize = tokenize
         server.on(".*", budget_student("the toe is hot", "(Gout, Urgent Primary Care)", MARKER))
-        config = BudgetConfig(thinking_budget=10, max_waits=3, answer_tokens=20, min_tokens=1)
         out = complete_with_budget(server.api_base, "student", "question:", config)
-        sent = server.state.requests
-    thinking_calls = [r for r in sent if r.get("stop") == [MARKER]]
-    # decremented by the tokens generated and by each inserted " Wait" (1 token, from the server's
-    # /tokenize)
-    assert [r["max_tokens"] for r in thinking_calls] == [10, 5]
-    assert all(r["min_tokens"] == 1 and r["temperature"] == 0.0 for r in thinking_calls)
-    assert thinking_calls[1]["prompt"] == "question: the toe is hot Wait"
-    # 4 + 1 + 4 + 1: the cap
-    assert out.waits == 2 and out.thinking_tokens == 10 and out.budget_exhausted
+        sent = list(server.state.requests)
+    return out, [r for r in sent if MARKER in (r.get("stop") or [])], sent
+
+
+def test_vllm_path_stops_at_the_marker_and_resubmits_with_the_remaining_budget():
+    config = BudgetConfig(thinking_budget=10, max_waits=3, answer_tokens=20)
+    out, thinking, sent = budget_requests(config)
+    # 4 words, the newline, then the turn token that starts the marker (6 tokens, the stop counted
+    # as vLLM counts it); " Wait" (1 token by /tokenize); then the 3 tokens left: the cap
+    assert [r["max_tokens"] for r in thinking] == [10, 3]
+    assert [r["min_tokens"] for r in thinking] == [0, 1]  # at least one token after a Wait (s1)
+    assert thinking[1]["prompt"] == "question: the toe is hot\n Wait"
+    assert all(r["stop"] == [MARKER, "<|im_start|>", "<|im_end|>"] for r in thinking)
+    # the turn tokens as ids too (from /tokenize), so that min_tokens bars them; special tokens kept
+    # in the text, or the marker could never be found
+    assert all(len(r["stop_token_ids"]) == 2 and r["skip_special_tokens"] is False for r in sent)
+    assert out.waits == 1 and out.thinking_tokens == 10 and out.budget_exhausted
     answer_call = sent[-1]
-    assert answer_call["prompt"] == f"question: the toe is hot Wait the toe is hot Wait{MARKER}\n"
-    assert answer_call["stop"] == []
+    # the marker forced after the newline its training text has before it, then the answer marker
+    assert answer_call["prompt"].endswith(" Wait the toe is\n" + MARKER + "\n")
+    assert answer_call["stop"] == ["<|im_start|>", "<|im_end|>"]  # the answer ends with its turn
     assert out.answer == "(Gout, Urgent Primary Care)"
+
+
+def test_vllm_path_never_lets_a_wait_take_the_last_token_and_keeps_the_trained_newline():
+    # 6 tokens thought: a " Wait" would leave no token to think with, so the answer is forced
+    out, thinking, sent = budget_requests(BudgetConfig(thinking_budget=7, max_waits=3))
+    assert len(thinking) == 1 and out.waits == 0 and not out.budget_exhausted
+    assert out.thinking_tokens == 6
+    # the thinking already ends with the newline: none is added
+    assert sent[-1]["prompt"] == "question: the toe is hot\n" + MARKER + "\n"
+
+
+def test_vllm_path_without_tokenize_counts_the_wait_before_sending_it():
+    """A completions server without /tokenize: the wait text is measured by a one-token completion
+    before any thinking request, so no request asks for more than the budget left."""
+    config = BudgetConfig(thinking_budget=10, max_waits=3, answer_tokens=20)
+    out, thinking, sent = budget_requests(config, tokenize=False)
+    assert sent[0]["prompt"] == " Wait" and sent[0]["max_tokens"] == 1
+    assert [r["max_tokens"] for r in thinking] == [10, 3] and out.thinking_tokens == 10
+    assert all("stop_token_ids" not in r for r in thinking)  # no ids known: text stops only
+
+
+def test_the_completions_double_honours_stop_min_tokens_and_special_tokens():
+    """The double the vLLM-path tests run against: without skip_special_tokens=False the marker's
+    special token is dropped from the text and its stop string never matches (vLLM's default)."""
+    from t0_pipeline_tests.fake_llm import SPECIAL_IDS, complete_script
+
+    script = f"the toe is hot\n{MARKER}\n(Gout, A&E)<|im_end|>"
+    assert complete_script(script, {"stop": [MARKER]})[0] == " the toe is hot\nanswer\n(Gout, A&E)"
+    kept = {"stop": [MARKER], "skip_special_tokens": False}
+    assert complete_script(script, kept) == (" the toe is hot\n", 7, "stop")  # <|im_start|>, answer
+    assert complete_script(script, {**kept, "max_tokens": 2}) == (" the toe", 2, "length")
+    # before min_tokens a stop token id is not sampled: the script's next token comes instead
+    barred = {**kept, "stop_token_ids": list(SPECIAL_IDS.values()), "min_tokens": 1}
+    assert complete_script(f"{MARKER} more", barred) == ("answer more", 2, "stop")

@@ -190,3 +190,30 @@ def test_a_role_with_a_serve_section_gets_its_own_server_for_the_stage(
     assert str(smollm2_checkpoint.resolve()) in json.dumps(logged) or "models/smol" in json.dumps(
         logged
     )
+
+
+def test_budget_forcing_on_the_real_model_through_the_server(smol_server, smollm2_checkpoint):
+    """The real SmolLM2 (a ChatML model whose <|im_start|> is one special token, as Qwen2.5's)
+    behind the server, budget-forced over the completions protocol: the turn tokens go as
+    stop_token_ids (from /tokenize), so min_tokens bars them after a Wait; the budget holds; the
+    marker is forced after the newline training puts before it; the answer stops at its turn."""
+    from transformers import AutoTokenizer
+
+    from t0_pipeline.budget_endpoint import complete_with_budget
+    from t0_pipeline.chat import ChatFormat, generation_prompt
+    from t0_pipeline.config import BudgetConfig
+
+    tok = AutoTokenizer.from_pretrained(smollm2_checkpoint)
+    chat = [{"role": "user", "content": "My big toe is suddenly hot, red and painful. What is it?"}]
+    prompt = generation_prompt(chat, tok, ChatFormat().think_start)
+    marker = ChatFormat().think_end
+    for budget, waits in ((24, 2), (5, 50)):
+        config = BudgetConfig(thinking_budget=budget, max_waits=waits, answer_tokens=12)
+        out = complete_with_budget(smol_server, "smol", prompt, config)
+        assert out.thinking_tokens <= budget, (budget, out)
+        assert not out.thinking.endswith("Wait"), out  # a token of thinking after every Wait
+        if budget == 24:  # this chat model ends its turn within a few tokens: each end a Wait
+            assert out.waits == 2, out
+        closing = out.text[out.text.index(marker) - 1 :]
+        assert closing.startswith("\n" + marker + "\n") and out.text.count(marker) == 1
+        assert "<|im_start|>" not in out.answer and "<|im_end|>" not in out.answer

@@ -563,7 +563,7 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
         )
         script(server)
         profile = ServeProfile(
-            budget=BudgetConfig(thinking_budget=6, max_waits=1), tokenizer=tokenizer
+            budget=BudgetConfig(thinking_budget=8, max_waits=1), tokenizer=tokenizer
         )
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles={"t0": profile})
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
@@ -576,15 +576,12 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
     assert completions[0]["prompt"].endswith(
         "<|im_start|>user\nred hot toe<|im_end|>\n<|im_start|>assistant\n<|im_start|>think\n"
     )
-    # less 3 thought + 1 "Wait"
-    assert [r["max_tokens"] for r in completions if r["stop"] == [marker]] == [
-        6,
-        2,
-    ]
-    assert reply["thinking"] == "toe is hot Wait toe is" and reply["content"].startswith(
+    # less 3 words, the newline and the turn token it stopped on, and 1 "Wait"
+    assert [r["max_tokens"] for r in completions if marker in r["stop"]] == [8, 2]
+    assert reply["thinking"] == "toe is hot\n Wait toe is" and reply["content"].startswith(
         "It is probably gout"
     )
-    assert reply["sources"] and reply["completion_tokens"] == 6
+    assert reply["sources"] and reply["completion_tokens"] == 8
     # every ChatML marker is the tokenizer's one special token; "think" is a plain word after it
     if tok is not None:
         ids = tok(completions[0]["prompt"], add_special_tokens=False)["input_ids"]

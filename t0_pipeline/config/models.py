@@ -229,8 +229,10 @@ class BudgetConfig(BaseModel):
     think_start: str | None = None
     think_end: str | None = None
     answer_start: str | None = None
+    turn_tokens: list[str] | None = None  # generation stops on these too; None = chat_format's
     wait_text: str = "Wait"
-    min_tokens: int = 0  # vLLM: tokens to generate before a stop may end a thinking request
+    # vLLM: tokens before a stop may end the first thinking request; after a "Wait" at least 1 (s1)
+    min_tokens: int = 0
 
     def with_format(self, chat_format: "ChatFormat | None" = None) -> "BudgetConfig":
         """These settings with every unset marker taken from ``chat_format`` (default: the s1
@@ -239,7 +241,7 @@ class BudgetConfig(BaseModel):
         return self.model_copy(
             update={
                 k: getattr(fmt, k)
-                for k in ("think_start", "think_end", "answer_start")
+                for k in ("think_start", "think_end", "answer_start", "turn_tokens")
                 if getattr(self, k) is None
             }
         )

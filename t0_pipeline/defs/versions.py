@@ -40,7 +40,10 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("triage",),
     ),
     "sft_dataset": (("sft", "triage_prompt", "chat"), ("triage",)),
-    "student_checkpoint": (("train", "train_data", "train_ranks", "sft", "chat"), ()),
+    "student_checkpoint": (
+        ("train", "train_data", "train_ranks", "train_runs", "sft", "chat"),
+        (),
+    ),
     "accuracy_report": (
         (
             "accuracy",
@@ -48,6 +51,7 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "predictors",
             "triage_scoring",
             "budget",
+            "budget_endpoint",
             "baseline",
             "triage_prompt",
             "chat",

@@ -312,7 +312,7 @@ class ChatService:
     ) -> AsyncIterator[tuple[str, Any]]:
         """The reasoner through budget forcing on a completions endpoint (the thinking cap and
         "Wait" insertions)."""
-        from t0_pipeline.budget import complete_with_budget
+        from t0_pipeline.budget_endpoint import complete_with_budget
         from t0_pipeline.chat import generation_prompt, load_tokenizer
 
         settings = self.cfg.llm.roles[profile.reasoner]
