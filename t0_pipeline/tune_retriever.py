@@ -6,9 +6,12 @@ other document in a batch is a negative) plus ``hard_negatives`` per query, the 
 documents under the current embedder. Trained with sentence-transformers' own trainer, float
 weights.
 
-Judged on the *evaluation* split: dense p@k over the same documents before and after. The tuned
-model is made the embedder of every index (``<data>/models/retriever/active.json``, read by
-:func:`t0_pipeline.config.with_tuned_retriever`) only when its mean p@k gain is above ``min_gain``.
+Selected on a *development* split held out from the training queries (``dev_fraction`` of their
+(condition, disposition) pairs, never trained on): dense p@k over the same documents before and
+after. The tuned model is made the embedder of every index (``<data>/models/retriever/active.json``,
+read by :func:`t0_pipeline.config.with_tuned_retriever`) only when its mean dev p@k gain is above
+``min_gain``. The *evaluation* split is scored too, after the choice, for the report only: what is
+reported on it was never used to choose.
 
 Run it: ``t0 tune-retriever --data-dir DIR`` (or materialise ``retriever_model``).
 """
@@ -36,26 +39,55 @@ class TuneResult:
     base: str
     model_dir: str
     pairs: int
-    eval_queries: int
+    dev_queries: int  # held out from the training queries: what the choice is made on
+    eval_queries: int  # the evaluation split: reported only
     steps: int
     seconds: float
-    before: dict[int, float]
-    after: dict[int, float]
-    gain: float  # mean p@k gain over the configured ks
+    before: dict[int, float]  # dev p@k, current embedder
+    after: dict[int, float]  # dev p@k, tuned
+    gain: float  # mean dev p@k gain over the configured ks: the choice
     used: bool  # the tuned model is now the indexes' embedder
     hard_negatives: int
+    eval_before: dict[int, float] = field(default_factory=dict)
+    eval_after: dict[int, float] = field(default_factory=dict)
     train_loss: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         ks = sorted(self.before)
         lines = [
-            "| embedder | " + " | ".join(f"p@{k}" for k in ks) + " |",
-            "|---|" + "---:|" * len(ks),
+            "| split | embedder | " + " | ".join(f"p@{k}" for k in ks) + " |",
+            "|---|---|" + "---:|" * len(ks),
         ]
-        for name, pk in (("current", self.before), ("tuned", self.after)):
-            lines.append(f"| {name} | " + " | ".join(f"{pk[k]:.3f}" for k in ks) + " |")
+        rows = [
+            (f"dev ({self.dev_queries}, chooses)", "current", self.before),
+            (f"dev ({self.dev_queries}, chooses)", "tuned", self.after),
+            (f"evaluation ({self.eval_queries}, reported)", "current", self.eval_before),
+            (f"evaluation ({self.eval_queries}, reported)", "tuned", self.eval_after),
+        ]
+        for split, name, pk in rows:
+            if pk:
+                cells = " | ".join(f"{pk[k]:.3f}" for k in ks)
+                lines.append(f"| {split} | {name} | {cells} |")
         return "\n".join(lines)
+
+
+def split_dev(
+    train: list[EvalQuery], fraction: float, seed: int
+) -> tuple[list[EvalQuery], list[EvalQuery]]:
+    """(queries to train on, development queries): ``fraction`` of the (condition, disposition)
+    pairs, drawn with ``seed``, held out whole, as the evaluation split shares no pair with the
+    training one."""
+    import random
+
+    def pair(q: EvalQuery) -> tuple:
+        return (tuple(q.targets), str(q.record.get("disposition", "")))
+
+    pairs = sorted({pair(q) for q in train})
+    held = set(random.Random(seed).sample(pairs, max(1, round(fraction * len(pairs)))))
+    if len(held) == len(pairs):  # a single pair: nothing left to train on
+        return train, []
+    return [q for q in train if pair(q) not in held], [q for q in train if pair(q) in held]
 
 
 def dense_rankings(
@@ -120,13 +152,13 @@ def _digest(base: str, rows: list[dict], config: RetrieverTuneConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-NO_EVALUATION_QUERIES = (
-    "no evaluation queries match the documents; write synthetic queries (synthetic_queries) so the "
-    "tuned retriever can be compared with the current one."
+NO_DEV_QUERIES = (
+    "no development queries: the training queries hold too few (condition, disposition) pairs to "
+    "hold some out; write more synthetic queries (queries.n_train) before tuning the retriever."
 )
 _VERDICT = {
     True: "now the embedder of every index",
-    False: "not used: no better than the current one",
+    False: "not used: no better than the current one on the development split",
 }
 
 
@@ -140,22 +172,25 @@ def tune_retriever(
     device: str = "cpu",
     log_fn=log.info,
 ) -> TuneResult:
-    """Fine-tune ``base`` (a sentence-transformers name or folder) and make it the indexes' embedder
-    if better.
+    """Fine-tune ``base`` (a sentence-transformers name or folder) on ``train`` less a development
+    split, and make it the indexes' embedder if better *on that split*; ``evaluation`` is scored
+    only after the choice, for the report.
 
     A run with the same base, pairs and settings as a finished one reuses its model (no retraining).
     """
     from sentence_transformers import SentenceTransformer
 
-    if not evaluation:
-        raise T0Error(NO_EVALUATION_QUERIES)
     started = time.perf_counter()
+    fit, dev = split_dev(train, config.dev_fraction, config.seed)
+    dev = [q for q in dev if any(t in docs for t in q.targets)]
+    if not dev:
+        raise T0Error(NO_DEV_QUERIES)
     model = SentenceTransformer(base, device=device)
     slugs, texts = list(docs), list(docs.values())
     ks = sorted(set(config.ks))
-    before = p_at_k(model, evaluation, slugs, texts, ks)
-    log_fn("current embedder on %d evaluation queries: %s" % (len(evaluation), _pk(before)))
-    rows = training_rows(model, train, docs, config.hard_negatives, config.max_pairs, config.seed)
+    before = p_at_k(model, dev, slugs, texts, ks)
+    log_fn("current embedder on %d development queries: %s" % (len(dev), _pk(before)))
+    rows = training_rows(model, fit, docs, config.hard_negatives, config.max_pairs, config.seed)
     if len(rows) < 2:
         raise T0Error(
             f"only {len(rows)} training queries match the documents; write more synthetic queries "
@@ -165,17 +200,18 @@ def tune_retriever(
     notes: list[str] = []
     steps, loss = _trained_or_reused(model, rows, base, config, device, out, notes, log_fn)
     tuned = SentenceTransformer(str(out), device=device)
-    after = p_at_k(tuned, evaluation, slugs, texts, ks)
+    after = p_at_k(tuned, dev, slugs, texts, ks)
     gain = float(np.mean([after[k] - before[k] for k in ks]))
-    used = gain > config.min_gain
-    log_fn(f"tuned embedder: {_pk(after)} (mean gain {gain:+.3f}); {_VERDICT[used]}")
+    used = gain > config.min_gain  # decided: the evaluation split has not been read
+    log_fn(f"tuned embedder on development: {_pk(after)} (mean gain {gain:+.3f}); {_VERDICT[used]}")
     result = TuneResult(
         base=base,
         model_dir=str(out),
         pairs=len(rows),
+        dev_queries=len(dev),
         eval_queries=len(evaluation),
         steps=steps,
-        seconds=round(time.perf_counter() - started, 1),
+        seconds=0.0,
         before=before,
         after=after,
         gain=gain,
@@ -184,11 +220,37 @@ def tune_retriever(
         train_loss=loss,
         notes=notes,
     )
+    _record_choice(result, out, base, paths)
+    _report_on_evaluation(result, model, tuned, evaluation, slugs, texts, ks, log_fn)
+    result.seconds = round(time.perf_counter() - started, 1)
     write_json(asdict(result), paths.retriever_dir / "last_run.json")
-    if used:
-        active = {"path": out.name, "base": base, "gain": gain, "before": before, "after": after}
-        write_json(active, paths.retriever_dir / "active.json")
     return result
+
+
+def _record_choice(result: TuneResult, out, base: str, paths: DataPaths) -> None:
+    if result.used:
+        active = {
+            "path": out.name,
+            "base": base,
+            "gain": result.gain,
+            "before": result.before,
+            "after": result.after,
+            "chosen_on": "development split",
+        }
+        write_json(active, paths.retriever_dir / "active.json")
+
+
+def _report_on_evaluation(result, model, tuned, evaluation, slugs, texts, ks, log_fn) -> None:
+    """p@k of both embedders on the evaluation split, once the choice is made (report only)."""
+    if not evaluation:
+        result.notes.append("no evaluation queries match the documents: nothing reported there")
+        return
+    result.eval_before = p_at_k(model, evaluation, slugs, texts, ks)
+    result.eval_after = p_at_k(tuned, evaluation, slugs, texts, ks)
+    log_fn(
+        f"on {len(evaluation)} evaluation queries (reported, not used to choose): current "
+        f"{_pk(result.eval_before)}; tuned {_pk(result.eval_after)}"
+    )
 
 
 def _trained_or_reused(model, rows, base, config, device, out, notes: list[str], log_fn):

@@ -169,3 +169,66 @@ def test_a_correct_answer_without_thinking_is_a_rejected_trace_under_every_polic
     ]
     kept_empty, share = traces_without_thinking(pl.DataFrame(rows, schema=TRACE_SCHEMA))
     assert kept_empty == ["t1"] and share == pytest.approx(2 / 3)
+
+
+def test_traces_evaluation_and_serving_retrieve_the_same_documents_for_a_query(
+    built, embedder, tmp_path
+):
+    """A student is trained on the traces' contexts, measured on the evaluation's and served on the
+    service's: with the default settings the three stages, through their own code, show it the same
+    documents in the same order; a config where they differ is refused in one line."""
+    import asyncio
+
+    from t0_pipeline.accuracy import run_evaluation
+    from t0_pipeline.artifacts import T0Error
+    from t0_pipeline.config import EvalModelConfig, PipelineConfig, load_config
+    from t0_pipeline.serve.agent import ChatService
+    from t0_pipeline_tests.conftest import write_jsonl
+
+    _, paths = built
+    cfg = PipelineConfig()
+    query = "my big toe joint went red, hot and swollen overnight and I can't bear the sheet on it"
+    row = {
+        **{k: None for k in QUERY_SCHEMA},
+        "id": "train-00000",
+        "split": "train",
+        "slug": "gout",
+        "title": "Gout",
+        "disposition": "Urgent Primary Care",
+        "query": query,
+        "query_type": "basic",
+        "sex": "male",
+        "age": 50,
+        "draws": 1,
+        "refused_slugs": [],
+        "model": "m",
+        "prompt_hash": "p",
+    }
+    paths.synthetic_queries("train").parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame([row], schema=QUERY_SCHEMA).write_parquet(paths.synthetic_queries("train"))
+    retriever = Retriever(
+        cfg.traces.index, paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder
+    )
+    with FakeLLM() as server:
+        server.on(".*", "(Gout, Urgent Primary Care)", reasoning="A hot toe.")
+        llm = LLMConfig(roles={"teacher": RoleConfig(model="openai/t", api_base=server.api_base)})
+        traces, _ = run_traces(paths, cfg.traces, llm, retriever)
+    in_traces = traces["retrieved_slugs"].to_list()[0]
+
+    cfg.evaluation.models = {"baseline": EvalModelConfig(model="none", backend="retrieval")}
+    cfg.evaluation.queries = write_jsonl(tmp_path / "q.jsonl", [{**row, "id": "e1"}])
+    cfg.evaluation.ks = [cfg.traces.k]
+    df, _ = run_evaluation(paths, cfg, "baseline", retriever)
+    in_evaluation = df["retrieved_slugs"].to_list()[0]
+
+    service = ChatService(cfg, paths, retriever_factory=lambda profile: retriever)
+    profile = cfg.serve.profiles["t0"]
+    in_serving = [h.slug for h in asyncio.run(service._search(profile, query))]
+    assert len(in_traces) == cfg.traces.k and in_traces == in_evaluation == in_serving
+
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("evaluation: {mode: dense}\n")
+    with pytest.raises(T0Error, match=r"^config: evaluation.mode is 'dense' but traces.mode is"):
+        load_config(mixed)
+    mixed.write_text("evaluation: {mode: dense}\nretrieval: {mixed_contexts: true}\n")
+    assert load_config(mixed).evaluation.mode == "dense"

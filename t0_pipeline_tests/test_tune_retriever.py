@@ -51,6 +51,14 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
     assert result.used and result.pairs == 40 and result.steps == 3
     assert result.train_loss is not None and result.train_loss > 0
     assert set(result.before) == set(result.after) == {1, 5, 10, 30}
+    # chosen on the development split; the evaluation split is reported beside it
+    assert result.dev_queries > 0 and set(result.eval_before) == set(result.eval_after) == {
+        1,
+        5,
+        10,
+        30,
+    }
+    assert "chooses" in result.table() and "reported" in result.table()
     assert (paths.retriever_dir / "active.json").exists()
     cfg = with_local_models(PipelineConfig(), paths)
     # every index and query now embeds with the tuned model
@@ -94,3 +102,34 @@ def test_unreadable_active_record_is_a_clear_error(tmp_path):
     (paths.retriever_dir / "active.json").write_text("{not json")
     with pytest.raises(T0Error, match="delete it to use the base embedder"):
         with_local_models(PipelineConfig(), paths)
+
+
+def test_the_development_split_is_held_out_whole_and_the_choice_never_reads_the_evaluation_split(
+    tune_data,
+):
+    """Development queries are whole (condition, disposition) pairs that are not trained on; the
+    choice is made before the evaluation split is read, so it is the same with an evaluation split
+    that matches no document at all (a selection that read it would have nothing to go on)."""
+    from t0_pipeline.retrieval_eval import EvalQuery
+    from t0_pipeline.tune_retriever import run_tune, split_dev
+
+    train = [
+        EvalQuery(f"q{i}", [f"c{i % 10}"], {"disposition": ("A&E", "Self-care")[i % 2]})
+        for i in range(60)
+    ]
+    fit, dev = split_dev(train, 0.2, seed=0)
+    key = lambda q: (q.targets[0], q.record["disposition"])  # noqa: E731
+    assert {key(q) for q in fit}.isdisjoint({key(q) for q in dev})
+    assert len({key(q) for q in dev}) == 2 and len(fit) + len(dev) == 60
+    assert split_dev(train, 0.2, seed=0) == (fit, dev)  # seeded
+
+    paths = tune_data
+    reported = run_tune(_config(min_gain=0.0), paths)
+    rows = pl.read_parquet(paths.synthetic_queries("eval"))
+    rows.with_columns(pl.lit("no-such-page").alias("slug")).write_parquet(
+        paths.synthetic_queries("eval")
+    )
+    blind = run_tune(_config(min_gain=0.0), paths)
+    assert blind.eval_queries == 0 and not blind.eval_before
+    assert (blind.used, blind.gain, blind.before) == (reported.used, reported.gain, reported.before)
+    assert any("nothing reported there" in note for note in blind.notes)

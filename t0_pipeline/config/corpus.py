@@ -107,6 +107,9 @@ class RetrieverTuneConfig(BaseModel):
     seed: int = 0
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 30])
     min_gain: float = 0.0  # mean p@k gain the tuned model needs over the current one to be used
+    # share of the training (condition, disposition) pairs held out as the development split that
+    # decides whether the tuned model is used; the evaluation split is only reported, never used
+    dev_fraction: float = Field(0.2, gt=0, lt=1)
 
 
 class ChunkConfig(BaseModel):
@@ -147,6 +150,9 @@ class RetrievalConfig(BaseModel):
     # vectors read once out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW
     # query at this size; 0 = always Chroma
     exact_max_chunks: int = Field(50_000, ge=0)
+    # traces, evaluation and every serve profile must retrieve alike (index, mode, k): a student is
+    # trained, measured and served on one kind of context. true = let them differ on purpose
+    mixed_contexts: bool = False
 
 
 class RetrievalEvalConfig(BaseModel):

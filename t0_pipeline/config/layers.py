@@ -237,6 +237,8 @@ def _config_error(exc, layers: list[tuple[str, dict]], env: dict, path) -> Excep
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     where = ".".join(str(p) for p in loc)
+    if not loc:  # a rule across settings (PipelineConfig's own check): its message says it all
+        return T0Error(f"config: {str(err['msg']).removeprefix('Value error, ')}.")
     source = next(
         (name for name, layer in reversed(layers) if _has(layer, loc)),
         layers[0][0] if path else "config",

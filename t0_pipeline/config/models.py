@@ -145,7 +145,9 @@ class QueryGenConfig(BaseModel):
 class TraceConfig(BaseModel):
     k: int = 5  # retrieved summaries per query (report: 5)
     index: IndexName = "summaries"
-    mode: RetrieverMode = "dense"  # report: dense
+    # report: dense; here as evaluation and serving retrieve (retrieval.mixed_contexts), hybrid: the
+    # best measured on real patients' words
+    mode: RetrieverMode = "hybrid"
     keep: Literal["all", "parsable", "correct"] = "parsable"  # which traces go into the SFT data
     correct_on: Literal["condition", "both"] = "condition"  # what "correct" means for keep=correct
 
@@ -349,7 +351,7 @@ class EvaluationConfig(BaseModel):
     queries: Path | None = None
     max_queries: int | None = None  # evaluate the first n (smoke tests)
     index: IndexName = "summaries"  # what k>0 retrieves from (report: summaries, dense)
-    mode: RetrieverMode = "dense"
+    mode: RetrieverMode = "hybrid"  # as traces and serving (retrieval.mixed_contexts)
     # how answers are read: reference = as the report (first pair, exact levels of care, exactly one
     # tool call); tolerant = last pair, level synonyms, text when the tool was not called
     scoring: Literal["reference", "tolerant"] = "reference"

@@ -139,4 +139,31 @@ class PipelineConfig(BaseModel):
                 holder.budget = holder.budget.with_format(self.chat_format)
         if self.train.block_size is None:  # training takes the block the SFT data was built for
             self.train.block_size = self.sft.block_size
+        if not self.retrieval.mixed_contexts:
+            _one_context(self)
         return self
+
+
+def _one_context(cfg: "PipelineConfig") -> None:
+    """Traces, evaluation (at each k > 0 of ``evaluation.ks``) and every serve profile retrieve the
+    same way (index, mode, k): else a ValueError naming the first difference and what to do."""
+    first = ("traces", cfg.traces.index, cfg.traces.mode, cfg.traces.k)
+    # evaluation's k: each k > 0 it measures at (k = 0 lists every condition: no retrieval)
+    others = [
+        ("evaluation", cfg.evaluation.index, cfg.evaluation.mode, k)
+        for k in ({k for k in cfg.evaluation.ks if k > 0} or {cfg.traces.k})
+    ]
+    others += [(f"serve.profiles.{n}", p.index, p.mode, p.k) for n, p in cfg.serve.profiles.items()]
+    for name, index, mode, k in others:
+        for field, ours, theirs in (
+            ("index", index, first[1]),
+            ("mode", mode, first[2]),
+            ("k", k, first[3]),
+        ):
+            if ours != theirs:
+                raise ValueError(
+                    f"{name}.{field} is {ours!r} but traces.{field} is {theirs!r}: traces, "
+                    "evaluation and serving must retrieve alike, so that a student is trained, "
+                    "measured and served on one kind of context; set them the same, or "
+                    "retrieval.mixed_contexts: true to mix on purpose"
+                )
