@@ -192,54 +192,42 @@ def test_start_warns_about_unreachable_models_and_the_first_turn_is_warm(built, 
     assert times[0] < 3 * later + 0.5, times
 
 
-def test_replicas_starting_together_on_a_fresh_database_all_open_it(tmp_path):
-    """Each Store is its own engine and connection, as in separate processes: the loser of the race
-    to create a table must not fail the start (it did, with "table api_keys already exists", in a CI
-    run)."""
+def open_together(url: str, replicas: int = 6) -> list[str]:
+    """Replicas opening one fresh database at the same moment, each Store its own engine and
+    connection as in separate processes; the errors they met."""
     import threading
 
-    for round_ in range(5):
-        url = f"sqlite:///{tmp_path / f'fresh{round_}.sqlite'}"
-        gate, errors = threading.Barrier(6), []
+    gate, errors = threading.Barrier(replicas), []
 
-        def open_store():
-            gate.wait()
-            try:
-                Store(url).close()
-            except Exception as exc:  # noqa: BLE001 - collected and asserted on below
-                errors.append(str(exc))
+    def open_store():
+        gate.wait()
+        try:
+            Store(url).close()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on below
+            errors.append(str(exc))
 
-        workers = [threading.Thread(target=open_store) for _ in range(6)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        assert errors == []
+    workers = [threading.Thread(target=open_store) for _ in range(replicas)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return errors
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_replicas_starting_together_on_a_fresh_database_all_open_it(database, tmp_path, request):
+    """The loser of the race to create a table must not fail the start (it did, with "table
+    api_keys already exists", in a CI run; on PostgreSQL the loser gets a duplicate-type error)."""
+    for round_ in range(5 if database == "sqlite" else 3):
+        if database == "sqlite":
+            url = sqlite_url(tmp_path / f"fresh{round_}.sqlite")
+        else:
+            url = request.getfixturevalue("postgres").create_database(
+                f"fresh_{uuid.uuid4().hex[:8]}"
+            )
+        assert open_together(url) == []
         _, key = Store(url).create_key("after")
         assert Store(url).key_owner(key) is not None
-
-
-def test_replicas_starting_together_on_a_fresh_postgres_database_all_open_it(postgres):
-    """The same race on PostgreSQL, where the loser of CREATE TABLE gets a duplicate-type error."""
-    import threading
-
-    for _ in range(3):
-        url = postgres.create_database(f"fresh_{uuid.uuid4().hex[:8]}")
-        gate, errors = threading.Barrier(6), []
-
-        def open_store():
-            gate.wait()
-            try:
-                Store(url).close()
-            except Exception as exc:  # noqa: BLE001 - collected and asserted on below
-                errors.append(str(exc))
-
-        workers = [threading.Thread(target=open_store) for _ in range(6)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        assert errors == []
 
 
 def test_postgres_down_or_refusing_is_one_line_naming_the_cause_without_the_password(postgres):
