@@ -577,10 +577,12 @@ def test_the_code_location_partitions_accuracy_by_the_configured_models():
     graph = defs.resolve_asset_graph()
     node = graph.get(dg.AssetKey("accuracy_report"))
     assert node.partitions_def.get_partition_keys() == list(PipelineConfig().evaluation.models)
+    # hybrid search of the summaries fuses the full pages' dense ranking: all three indexes
     assert {k.to_user_string() for k in node.parent_keys} == {
         "synthetic_queries",
         "summary_index",
         "summary_bm25",
+        "full_page_index",
         "student_checkpoint",
     }
     # each size → its student and its base
@@ -612,7 +614,7 @@ def test_cli_evaluates_the_baseline_and_prints_the_combined_report(built, tmp_pa
             "--data-dir",
             str(paths.root),
             "--ks",
-            "0,3",
+            "0,3,5",  # 5: the k the traces were collected at, the others measured beside it
         ],
     )
     assert result.exit_code == 0, result.output

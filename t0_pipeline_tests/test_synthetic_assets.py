@@ -48,6 +48,9 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
                     },
                     "queries": {"n_eval": 6, "n_train": 6, "seed": 3},
                     "traces": {"k": 2, "keep": "parsable"},
+                    # measured and served on the traces' contexts too
+                    "evaluation": {"ks": [0, 2]},
+                    "serve": {"profiles": {"t0": {"k": 2}}},
                     "sft": {"block_size": 4096},
                     "retrieval_eval": {"ks": [1, 2]},
                 }
@@ -119,5 +122,6 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
 
     graph = defs.resolve_asset_graph()
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("reasoning_traces")).parent_keys}
-    assert parents == {"synthetic_queries", "summary_index", "summary_bm25"}
+    # hybrid search of the summaries fuses the full pages' dense ranking: all three indexes
+    assert parents == {"synthetic_queries", "summary_index", "summary_bm25", "full_page_index"}
     assert graph.get(dg.AssetKey("reasoning_traces")).pools == {"llm"}

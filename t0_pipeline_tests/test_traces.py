@@ -230,5 +230,11 @@ def test_traces_evaluation_and_serving_retrieve_the_same_documents_for_a_query(
     mixed.write_text("evaluation: {mode: dense}\n")
     with pytest.raises(T0Error, match=r"^config: evaluation.mode is 'dense' but traces.mode is"):
         load_config(mixed)
+    mixed.write_text("evaluation: {ks: [0, 3]}\n")  # never at the k the traces were collected at
+    with pytest.raises(T0Error, match=r"^config: evaluation.k is 3 but traces.k is 5"):
+        load_config(mixed)
+    mixed.write_text("evaluation: {ks: [0, 3, 5]}\nserve: {profiles: {t0: {k: 3}}}\n")
+    with pytest.raises(T0Error, match=r"^config: serve.profiles.t0.k is 3 but traces.k is 5"):
+        load_config(mixed)
     mixed.write_text("evaluation: {mode: dense}\nretrieval: {mixed_contexts: true}\n")
     assert load_config(mixed).evaluation.mode == "dense"

@@ -145,14 +145,14 @@ class PipelineConfig(BaseModel):
 
 
 def _one_context(cfg: "PipelineConfig") -> None:
-    """Traces, evaluation (at each k > 0 of ``evaluation.ks``) and every serve profile retrieve the
+    """Traces, evaluation (its ``ks`` include the traces' k) and every serve profile retrieve the
     same way (index, mode, k): else a ValueError naming the first difference and what to do."""
     first = ("traces", cfg.traces.index, cfg.traces.mode, cfg.traces.k)
-    # evaluation's k: each k > 0 it measures at (k = 0 lists every condition: no retrieval)
-    others = [
-        ("evaluation", cfg.evaluation.index, cfg.evaluation.mode, k)
-        for k in ({k for k in cfg.evaluation.ks if k > 0} or {cfg.traces.k})
-    ]
+    # evaluation measures at the traces' k (k = 0 lists every condition: no retrieval; other ks
+    # may be measured beside it)
+    ks = {k for k in cfg.evaluation.ks if k > 0}
+    k = cfg.traces.k if not ks or cfg.traces.k in ks else min(ks)
+    others = [("evaluation", cfg.evaluation.index, cfg.evaluation.mode, k)]
     others += [(f"serve.profiles.{n}", p.index, p.mode, p.k) for n, p in cfg.serve.profiles.items()]
     for name, index, mode, k in others:
         for field, ours, theirs in (
