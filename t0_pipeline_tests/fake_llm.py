@@ -404,17 +404,19 @@ def complete_script(script: str, body: dict[str, Any]) -> tuple[str, int, str]:
 
 
 def budget_student(
-    thinking: str, answer: str, marker: str = "<|im_start|>answer"
+    thinking: str, answer: str | Callable[[str], str], marker: str = "<|im_start|>answer"
 ) -> Callable[[list[dict[str, Any]]], str]:
     """A student on a completions endpoint, as a model trained on the chat format writes: while
     thinking, ``thinking`` then the end of its thinking (a newline and ``marker``, as in its
-    training text); once the prompt ends with the forced answer marker, ``answer`` and the end of
-    its turn."""
+    training text); once the prompt ends with the forced answer marker, ``answer`` (or what
+    ``answer(prompt)`` returns) and the end of its turn."""
 
     def reply(messages: list[dict[str, Any]]) -> str:
-        if messages[-1]["content"].endswith(marker + "\n"):
-            return f"{answer}{EOS}"
-        return f"{thinking}\n{marker}\n{answer}{EOS}"
+        prompt = messages[-1]["content"]
+        said = answer(prompt) if callable(answer) else answer
+        if prompt.endswith(marker + "\n"):
+            return f"{said}{EOS}"
+        return f"{thinking}\n{marker}\n{said}{EOS}"
 
     return reply
 

@@ -26,9 +26,8 @@ def make_app(
     for role in ("agent", "reasoner"):
         base = reasoner_api_base if role == "reasoner" and reasoner_api_base else api_base
         cfg.llm.roles[role] = RoleConfig(model=f"openai/{role}", api_base=base, seed=None)
-    profiles = serve.pop("profiles", None)
-    if profiles:
-        cfg.serve.profiles = profiles
+    # a chat reasoner unless a test names its profiles (the student's are tested on their own)
+    cfg.serve.profiles = serve.pop("profiles", None) or {"t0": ServeProfile(student=None)}
     cfg.serve.database_url = f"sqlite:///{tmp_path / 'conversations.sqlite'}"
     for key, value in serve.items():
         setattr(cfg.serve, key, value)
@@ -478,7 +477,10 @@ def test_agents_without_tool_calling_use_the_text_protocol(built, retriever, tmp
     with FakeLLM() as server:
         server.on(REASONER_MARK, "(Gout) see a GP today", reasoning="thinking")
         server.on("SEARCH:", "SEARCH: red painful big toe joint")
-        profiles = {"plain": ServeProfile(agent_tools=False), "t0": ServeProfile()}
+        profiles = {
+            "plain": ServeProfile(agent_tools=False, student=None),
+            "t0": ServeProfile(student=None),
+        }
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles=profiles)
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             tid = client.post("/api/threads", json={"profile": "plain"}).json()["id"]
@@ -563,7 +565,7 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
         )
         script(server)
         profile = ServeProfile(
-            budget=BudgetConfig(thinking_budget=8, max_waits=1), tokenizer=tokenizer
+            student=None, budget=BudgetConfig(thinking_budget=8, max_waits=1), tokenizer=tokenizer
         )
         app, _ = make_app(built, retriever, tmp_path, server.api_base, profiles={"t0": profile})
         with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:

@@ -30,6 +30,8 @@ def write_config(path: Path, api_base: str, database_url: str, chroma=None, **se
         r: {"model": f"openai/{r}", "api_base": api_base, "seed": None}
         for r in ("agent", "reasoner")
     }
+    # a chat reasoner (not a trained student): these tests are about the service itself
+    serve = {"profiles": {"t0": {"student": None}}, **serve}
     config = {"llm": {"roles": roles}, "serve": {"database_url": database_url, **serve}}
     if chroma is not None:
         config["chroma"] = {"host": chroma.host, "port": chroma.port}

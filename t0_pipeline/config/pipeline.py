@@ -27,6 +27,7 @@ from t0_pipeline.config.models import (
     TraceConfig,
     TrainConfig,
     size_entries,
+    student_entry_name,
 )
 
 
@@ -41,15 +42,28 @@ class ServeProfile(BaseModel):
     k: int = 5  # documents retrieved per search
     index: IndexName = "summaries"
     mode: RetrieverMode = "hybrid"
-    # how the reasoner marks its thinking when the server does not split it out (reasoning_content):
-    # "<think>"/"</think>", or "<|im_start|>think"/"<|im_start|>answer" for s1-style students
+    # a train.sizes key: the reasoner is that trained student (the reasoner role says where it is
+    # served, as a completions endpoint). It is asked as it was trained and evaluated: the triage
+    # prompt over the retrieved documents, budget forcing (``budget``) with ``chat_format``'s
+    # markers; its "(condition, level of care)" becomes a plain reply naming the condition's page
+    # and what the level means. None = any chat reasoner (below).
+    student: str | None = "7B"
+    # a reasoner that is not a student, streamed over chat: how it marks its thinking when the
+    # server does not split it out (reasoning_content / reasoning)
     think_open: str = "<think>"
     think_close: str = "</think>"
-    # budget forcing for a reasoning student: the reasoner's api_base is then a vLLM *completions*
-    # endpoint and the reply arrives whole (thinking, then answer) instead of token by token
+    # budget forcing: the reasoner's api_base is then a vLLM *completions* endpoint and the reply
+    # arrives whole (thinking, then answer) instead of token by token; a student always has it
     budget: BudgetConfig | None = None
-    # with budget: the student's chat template; None = ChatML (Qwen's format)
+    # with budget: the chat template (a tokenizer folder or name); None = ChatML, as evaluation
+    # renders a served student's prompt. A student's budget and tokenizer, when unset, are its
+    # evaluation entry's (evaluation.models.t0-<size>)
     tokenizer: str | None = None
+
+    @property
+    def budget_forced(self) -> bool:
+        """The reasoner runs through budget forcing (a student always does)."""
+        return self.budget is not None or self.student is not None
 
 
 class ServeConfig(BaseModel):
@@ -134,6 +148,14 @@ class PipelineConfig(BaseModel):
             for size, base_model in self.train.sizes.items():
                 for name, entry in size_entries(size, base_model).items():
                     self.evaluation.models.setdefault(name, entry)
+        for profile in self.serve.profiles.values():
+            if profile.student is not None:  # asked as its evaluation asks it
+                entry = self.evaluation.models.get(student_entry_name(profile.student))
+                if profile.budget is None:
+                    profile.budget = (entry.budget if entry else None) or BudgetConfig()
+                    profile.budget = profile.budget.model_copy()
+                if profile.tokenizer is None and entry is not None:
+                    profile.tokenizer = entry.tokenizer
         for holder in [*self.evaluation.models.values(), *self.serve.profiles.values()]:
             if holder.budget is not None:
                 holder.budget = holder.budget.with_format(self.chat_format)

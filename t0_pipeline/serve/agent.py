@@ -4,9 +4,12 @@ The *agent* model sees the conversation (answers only, earlier thinking stripped
 answers directly (greetings, thanks, small talk) or calls ``search_health_information`` with a
 query it writes from the whole conversation. Models without native tool calling use a
 plain-text protocol instead (a ``SEARCH: …`` line; ``ServeProfile.agent_tools``). After a
-search, the *reasoning* model gets the retrieved documents and the person's demographics in
-its **system** prompt (so context never piles up in the history), plus the trimmed history
-and the new message, and streams its thinking and answer.
+search, the *reasoning* model answers over the retrieved documents. A trained student
+(``ServeProfile.student``) is asked as it was trained and evaluated (the triage prompt, budget
+forcing; :mod:`t0_pipeline.serve.student_turn`) and its "(condition, level of care)" becomes a
+plain reply. Any other reasoner gets the documents and the person's demographics in its
+**system** prompt (so context never piles up in the history), plus the trimmed history and the
+new message, and streams its thinking and answer.
 
 Input: a profile name, the stored history, the new message and the demographics. Output: an
 async stream of events: ``("search", query)``, ``("sources", [...])``, ``("thinking", text)``,
@@ -23,13 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.chat import documents_block
-from t0_pipeline.config import DataPaths, PipelineConfig, ServeProfile
+from t0_pipeline.config import BudgetConfig, DataPaths, PipelineConfig, ServeProfile
 from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_calls import ModelCallError
 from t0_pipeline.prompts import load_sections, render
+from t0_pipeline.serve import student_turn
 from t0_pipeline.serve.agent_search import (
     SEARCH_TOOL,
     search_query,
@@ -123,6 +128,9 @@ class ChatService:
             "agent", ("system", "system_no_tools"), cfg.llm.prompts_dir
         )
         self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.llm.prompts_dir)
+        # a student is asked with the prompt it was trained on, its answer turned into a reply
+        self.triage_sections, _ = triage_prompt.load(cfg.llm.prompts_dir)
+        self.replies = student_turn.load_replies(cfg.llm.prompts_dir)
         self._retriever_factory = retriever_factory or self._default_retriever
         self._retrievers: dict[str, Any] = {}
         # searches run one at a time (the embedder and store are shared) on one thread of their own,
@@ -138,6 +146,13 @@ class ChatService:
                         f"serve profile {name!r} uses LLM role {role!r}, which is not configured; "
                         f"add llm.roles.{role} (model, api_base)."
                     )
+            if profile.student is not None and profile.student not in cfg.train.sizes:
+                raise T0Error(
+                    f"serve profile {name!r} serves the {profile.student} student, but train.sizes "
+                    f"has no {profile.student} ({', '.join(cfg.train.sizes) or 'none'}); set "
+                    f"serve.profiles.{name}.student to a trained size, or to null for a reasoner "
+                    "that is not a student."
+                )
 
     def _default_retriever(self, profile: ServeProfile):
         from t0_pipeline.retrieve import Retriever
@@ -179,7 +194,7 @@ class ChatService:
             await self.client(profile.agent).rehearse(
                 [SEARCH_TOOL] if profile.agent_tools else None
             )
-            if not profile.budget:
+            if not profile.budget_forced:
                 await self.client(profile.reasoner).rehearse(stream=True)
 
     def warm_up(self) -> int:
@@ -197,7 +212,7 @@ class ChatService:
             documents = max(documents, len(retriever.docs))
             for role in (profile.agent, profile.reasoner):
                 self.client(role)
-            if profile.budget and profile.tokenizer not in self._templates:
+            if profile.budget_forced and profile.tokenizer not in self._templates:
                 self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
         return documents
 
@@ -229,20 +244,24 @@ class ChatService:
         yield "search", query
         hits = await self._retrieve(profile, query, result)
         yield "sources", result.sources
-        system = render(
-            self.reasoner_prompts["system"],
-            "reasoner",
-            search_query=query,
-            documents=documents_block(
-                [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
-            ),
-            demographics=demographics_text(demographics),
-        )
         budget = self.cfg.serve.context_tokens
-        messages = fit_history(
-            {"role": "system", "content": system}, history, new, budget, self.count
-        )
-        async for event in self._reason(profile, messages, result):
+        if profile.student:
+            words = student_turn.patient_words(history, text, budget // 2, self.count)
+            messages = student_turn.triage_messages(self.triage_sections, hits, words, demographics)
+        else:
+            system = render(
+                self.reasoner_prompts["system"],
+                "reasoner",
+                search_query=query,
+                documents=documents_block(
+                    [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
+                ),
+                demographics=demographics_text(demographics),
+            )
+            messages = fit_history(
+                {"role": "system", "content": system}, history, new, budget, self.count
+            )
+        async for event in self._reason(profile, messages, result, hits):
             yield event
         yield "done", result
 
@@ -282,13 +301,13 @@ class ChatService:
         return hits
 
     async def _reason(
-        self, profile: ServeProfile, messages: list[dict[str, str]], result: Turn
+        self, profile: ServeProfile, messages: list[dict[str, str]], result: Turn, hits: list[Any]
     ) -> AsyncIterator[tuple[str, Any]]:
         """The reasoner's thinking and answer pieces as they come (streamed, or budget-forced)."""
         started = time.perf_counter()
         thinking, answer = [], []
-        if profile.budget:
-            pieces = self._budget_forced(profile, messages)
+        if profile.budget_forced:
+            pieces = self._budget_forced(profile, messages, hits)
         else:
             tags = (profile.think_open, profile.think_close)
             pieces = self.client(profile.reasoner).stream(messages, tags)
@@ -308,17 +327,18 @@ class ChatService:
         result.thinking, result.answer = "".join(thinking).strip(), "".join(answer).strip()
 
     async def _budget_forced(
-        self, profile: ServeProfile, messages: list[dict[str, str]]
+        self, profile: ServeProfile, messages: list[dict[str, str]], hits: list[Any]
     ) -> AsyncIterator[tuple[str, Any]]:
         """The reasoner through budget forcing on a completions endpoint (the thinking cap and
-        "Wait" insertions)."""
+        "Wait" insertions); a student's answer becomes a plain reply, what it wrote kept with its
+        thinking."""
         from t0_pipeline.budget_endpoint import complete_with_budget
         from t0_pipeline.chat import generation_prompt, load_tokenizer
 
         settings = self.cfg.llm.roles[profile.reasoner]
         if profile.tokenizer not in self._templates:
             self._templates[profile.tokenizer] = load_tokenizer(profile.tokenizer)
-        budget = profile.budget.with_format(self.cfg.chat_format)  # type: ignore[union-attr]
+        budget = (profile.budget or BudgetConfig()).with_format(self.cfg.chat_format)
         prompt = generation_prompt(messages, self._templates[profile.tokenizer], budget.think_start)
         try:
             serve = self.cfg.serve
@@ -338,7 +358,11 @@ class ChatService:
             )
         except T0Error as exc:
             raise T0Error(f"the reasoner model {settings.model} failed: {exc}") from None
-        if gen.thinking:
-            yield "thinking", gen.thinking
-        yield "answer", gen.answer
+        thinking, answer = gen.thinking, gen.answer
+        if profile.student:
+            thinking = f"{thinking.strip()}\n\nThe model's answer: {answer.strip()}".strip()
+            answer = student_turn.plain_reply(answer, hits, self.replies)
+        if thinking:
+            yield "thinking", thinking
+        yield "answer", answer
         yield "usage", {"completion_tokens": gen.thinking_tokens}
