@@ -38,7 +38,7 @@ install: $(VENV)/.installed
 demo: install
 	@mkdir -p .dagster
 	@echo "materialising every asset on the bundled sample corpus with SmolLM2-135M-Instruct in every model role"
-	@echo "(config: t0_pipeline/demo.yaml; Dagster's own log: .dagster/demo.log; about 10 minutes on 2 cores) ..."
+	@echo "(config: t0_pipeline/demo.yaml; Dagster's own log: .dagster/demo.log; about 15 minutes on 2 cores) ..."
 	@$(BIN)/t0 run-all --config t0_pipeline/demo.yaml 2> .dagster/demo.log \
 		|| { tail -n 25 .dagster/demo.log; echo "demo failed: see .dagster/demo.log"; exit 1; }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,8 @@ class CombinedReport:
     models: list[str]
     missing: list[str]
     below_base: list[dict[str, Any]]
+    # one sentence per student (learned_lines)
+    learned: list[str] = dataclass_field(default_factory=list)
 
 
 def parsable_share(stats: dict[str, Any]) -> float | None:
@@ -164,6 +167,8 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
         ]
     if missing:
         lines += ["", f"Not evaluated yet: {', '.join(missing)}."]
+    learned = learned_lines(summaries)
+    lines += ["", *learned] if learned else []
     lines += ["", scoring_line(summaries)]
     markdown = "\n".join(lines) + "\n"
     out = paths.accuracy_dir()
@@ -174,7 +179,29 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown, encoding="utf-8")
     png = plot_by_size(summaries, ks, out / "accuracy_by_size.png") if summaries else None
-    return CombinedReport(table, markdown, csv, png, list(summaries), missing, below)
+    return CombinedReport(table, markdown, csv, png, list(summaries), missing, below, learned)
+
+
+def learned_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """What each fine-tuned student learned, in one sentence: its share of answers in the format and
+    its condition accuracy against its base's, on the same queries at the largest k both ran."""
+    lines = []
+    for name, s in summaries.items():
+        base = summaries.get(s.get("base") or "")
+        if s["kind"] != "fine-tuned" or base is None or base["queries_hash"] != s["queries_hash"]:
+            continue
+        ks = [k for k in s["by_k"] if k in base["by_k"] and int(k) > 0]
+        if not ks:
+            continue
+        k = max(ks, key=int)
+        ours, theirs = s["by_k"][k], base["by_k"][k]
+        acc = [(x.get("condition_accuracy") or [0.0])[0] for x in (theirs, ours)]
+        lines.append(
+            f"{name} against its base {s['base']} (k={k}): answers in the format "
+            f"{fmt_share(parsable_share(theirs))} → {fmt_share(parsable_share(ours))}, condition "
+            f"accuracy {acc[0]:.2f} → {acc[1]:.2f} ({acc[1] - acc[0]:+.2f})."
+        )
+    return lines
 
 
 def _table_row(name: str, s: dict[str, Any], ks: list[int]) -> dict[str, Any]:

@@ -26,6 +26,10 @@ class Job:
     # min_tokens), and whether special tokens are left out of the text (vLLM's default)
     stop_token_ids: tuple[int, ...] = ()
     skip_special_tokens: bool = True
+    # OpenAI's (and vLLM's): subtracted from a token's logit per time it was already generated, and
+    # once if it was at all (a small model's loops)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -38,6 +42,8 @@ class Job:
             self.min_tokens,
             self.schema,
             self.stop_token_ids,
+            self.frequency_penalty,
+            self.presence_penalty,
         )
 
 
@@ -161,14 +167,15 @@ class Engine:
         if batch[0].seed is not None:
             torch.manual_seed(batch[0].seed)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **self._settings(batch, longest))
+            out = self.model.generate(**enc, **self._settings(batch, longest, width))
         return [
             self._result(job, out[row, width:].tolist(), int(enc["attention_mask"][row].sum()))
             for row, job in enumerate(batch)
         ]
 
-    def _settings(self, batch: list[Job], max_new: int) -> dict[str, Any]:
-        """``generate`` keyword arguments for the batch's shared settings."""
+    def _settings(self, batch: list[Job], max_new: int, width: int) -> dict[str, Any]:
+        """``generate`` keyword arguments for the batch's shared settings (``width``: the padded
+        prompts' length, where generated tokens start)."""
         first = batch[0]
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
@@ -184,12 +191,17 @@ class Engine:
             kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
         if first.min_tokens:
             kwargs["min_new_tokens"] = first.min_tokens
+        processors: list[Any] = []
+        if first.frequency_penalty or first.presence_penalty:
+            processors.append(Penalties(width, first.frequency_penalty, first.presence_penalty))
         if first.schema is not None:
             import xgrammar as xgr
 
-            kwargs["logits_processor"] = [
+            processors.append(
                 xgr.contrib.hf.LogitsProcessor([self.grammar(first.schema)] * len(batch))
-            ]
+            )
+        if processors:
+            kwargs["logits_processor"] = processors
         return kwargs
 
     def _result(self, job: Job, new: list[int], prompt_tokens: int) -> dict[str, Any]:
@@ -210,3 +222,22 @@ class Engine:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": counted,
         }
+
+
+class Penalties:
+    """OpenAI's frequency and presence penalties, as vLLM applies them: over the tokens generated so
+    far (from ``width`` on), never the prompt's."""
+
+    def __init__(self, width: int, frequency: float, presence: float):
+        self.width, self.frequency, self.presence = width, frequency, presence
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids[:, self.width :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, generated, torch.ones(generated.shape, dtype=scores.dtype)
+        )
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)

@@ -12,12 +12,12 @@ code run.
 Input: a Hugging Face checkpoint folder (config, weights, tokenizer with a chat template). It speaks
 the part of vLLM's protocol the pipeline uses: ``GET /health``, ``GET /v1/models``, ``POST
 /v1/chat/completions`` and ``POST /v1/completions`` (``max_tokens``, ``temperature``, ``top_p``,
-``seed``, ``stop``, ``stop_token_ids``, ``min_tokens``, ``skip_special_tokens``, ``response_format``
-with a JSON schema, enforced token by token with xgrammar as vLLM's structured outputs do), and
-``POST /tokenize``. Concurrent requests with the
-same sampling settings are generated together in one batch (a 2-core machine makes ~3× the tokens
-per second at batch 8). Tool calling is refused with a 400 naming the alternative (``answer:
-text``): small models here have no tool-call format.
+``seed``, ``stop``, ``stop_token_ids``, ``min_tokens``, ``skip_special_tokens``,
+``frequency_penalty``, ``presence_penalty``, ``response_format`` with a JSON schema, enforced
+token by token with xgrammar as vLLM's structured outputs do), and ``POST /tokenize``. Concurrent
+requests with the same sampling settings are generated together in one batch (a 2-core machine
+makes ~3× the tokens per second at batch 8). Tool calling is refused with a 400 naming the
+alternative (``answer: text``): small models here have no tool-call format.
 """
 
 import argparse
@@ -54,6 +54,8 @@ def _job(body: dict[str, Any], prompt: str) -> Job:
         schema=schema,
         stop_token_ids=tuple(int(t) for t in body.get("stop_token_ids") or ()),
         skip_special_tokens=bool(body.get("skip_special_tokens", True)),
+        frequency_penalty=float(body.get("frequency_penalty") or 0.0),
+        presence_penalty=float(body.get("presence_penalty") or 0.0),
     )
 
 

@@ -6,7 +6,7 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 
 import dagster as dg
 
-from t0_pipeline.defs import corpus, evaluation, models, retrieval, synthetic, training
+from t0_pipeline.defs import content, corpus, evaluation, models, retrieval, synthetic, training
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, TrainingCompute
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
@@ -71,7 +71,7 @@ defs = dg.Definitions(
         [models, corpus, retrieval, synthetic, training, evaluation]
     ),
     asset_checks=dg.load_asset_checks_from_modules(
-        [models, corpus, retrieval, synthetic, training, evaluation]
+        [models, corpus, retrieval, synthetic, content, training, evaluation]
     ),
     jobs=[refresh_corpus, observe_corpus, synthetic_data_job, evaluation_job],
     schedules=[weekly_recrawl, daily_observe],

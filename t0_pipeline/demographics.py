@@ -12,6 +12,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FIELDS = ("age", "sex", "occupation", "social_support", "medical_history")
 
+# plausible values a constrained writer picks from (synth_prompt.response_schema): a small model
+# given free text invents "occupation: 1901-2022"
+OCCUPATION_CHOICES = (
+    "Teacher", "Nurse", "Office worker", "Retired", "Student", "Shop assistant", "Builder",
+    "Delivery driver", "Cleaner", "Accountant", "Chef", "Unemployed", "Farmer", "Hairdresser",
+    "Software developer", "Care worker",
+)  # fmt: skip
+SUPPORT_CHOICES = (
+    "Lives alone", "Lives with partner", "Lives with partner and children", "Lives with parents",
+    "Lives with flatmates", "Single parent of two", "Daughter visits daily", "No support network",
+)  # fmt: skip
+HISTORY_CHOICES = (
+    "None relevant", "Asthma, uses an inhaler", "Type 2 diabetes, takes metformin",
+    "High blood pressure, takes amlodipine", "Allergic to penicillin", "Eczema",
+    "Depression, takes sertraline", "Underactive thyroid, takes levothyroxine",
+    "High cholesterol, takes a statin", "Had a heart attack five years ago",
+)  # fmt: skip
+
 
 class Demographics(BaseModel):
     """Details as a user gives them: each optional, bounded; no other fields."""

@@ -48,6 +48,19 @@ def bounded_text(low: int, high: int) -> dict[str, Any]:
     }
 
 
+def plain_words(min_words: int, max_words: int, first: str = "[A-Z][a-z']{0,11}") -> dict[str, Any]:
+    """A JSON-schema string of ``min_words``..``max_words`` plain words (letters and apostrophes, at
+    most 12 a word, each maybe followed by one , . ! or ?) separated by single spaces, the first
+    matching ``first`` (a capitalised word; e.g. ``(I|My)`` for a first-person message): what a
+    person writes, and nothing a small model's ramble of digits and symbols ("1901-2022,
+    m_t_f_2017") can be. At most about 14 characters a word keeps it within a token budget."""
+    word = "[A-Za-z][a-z']{0,11}[,.!?]?"
+    return {
+        "type": "string",
+        "pattern": f"^{first}[,.!?]?( {word}){{{min_words - 1},{max_words - 1}}}$",
+    }
+
+
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """``response_format`` asking the server to produce only JSON valid for ``schema`` (vLLM
     structured outputs, OpenAI, the CPU server): a role with ``structured_output`` sends it with

@@ -40,6 +40,7 @@ from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.llm_calls import require_some_success
 from t0_pipeline.prompts import load_template, render
+from t0_pipeline.synth_prompt import examples_block, load_examples, pick_examples, response_schema
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +58,6 @@ class WrittenQuery(BaseModel):
     reason: str | None = None
     demographics: WrittenDemographics | None = None
     symptoms_description: str | None = None
-
-    @classmethod
-    def response_schema(cls, allow_refusal: bool = True, max_tokens: int = 1024) -> dict[str, Any]:
-        """What a server constraining its output (``structured_output``) may write: the refusal flag
-        first (when allowed), then a complete query (ignored when refused). Strings are bounded
-        (about two characters a token at worst, 220 set aside for the demographics and the keys) and
-        free of escapes, so a rambling model still closes its JSON within ``max_tokens``; the
-        model's own schema would allow ``{}``."""
-        from t0_pipeline.llm_json import bounded_text
-
-        demographics = WrittenDemographics.model_json_schema()
-        for name, prop in demographics["properties"].items():
-            if prop.get("type") == "string":
-                demographics["properties"][name] = {**prop, **bounded_text(1, 24)}
-        properties = {"refused": {"type": "boolean"}} if allow_refusal else {}
-        properties.update(
-            demographics=demographics,
-            symptoms_description=bounded_text(40, max(40, min(1500, max_tokens - 220))),
-        )
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": list(properties),
-            "properties": properties,
-        }
 
     @model_validator(mode="after")
     def _complete_unless_refused(self) -> "WrittenQuery":
@@ -157,9 +133,21 @@ class QueryWriter:
         self.pages = {r["slug"]: r for r in pages.iter_rows(named=True)}
         self.slugs = sorted(self.pages)
         self.template, self.prompt_hash = load_template("query_writer", prompts_dir)
+        self.prompts_dir = prompts_dir
+        self.examples = load_examples(config.examples_file) if config.examples else []
 
-    def prompt(self, slug: str, cell: Cell) -> str:
+    def prompt(self, slug: str, cell: Cell, rng: random.Random | None = None) -> str:
+        """The writer's prompt for ``slug`` in ``cell``; examples (``queries.examples``) after the
+        page, picked with ``rng``."""
         page = self.pages[slug]
+        picked = pick_examples(
+            self.examples,
+            self.config.examples,
+            cell.disposition,
+            cell.query_type,
+            rng or random.Random(f"{self.config.seed}:{slug}:{cell.index}"),
+        )
+        examples = examples_block(picked, self.prompts_dir)
         return render(
             self.template,
             "query_writer",
@@ -169,7 +157,7 @@ class QueryWriter:
             query_type=cell.query_type,
             query_type_instructions=STYLE.get(cell.query_type, cell.query_type),
             page=page["text"][: self.config.max_page_chars],
-        )
+        ) + (f"\n\n{examples}" if examples else "")
 
     async def draw(
         self, split: str, cell: Cell, banned: set[tuple[str, str]], report: SplitReport
@@ -187,12 +175,10 @@ class QueryWriter:
             # the draw's own sampling seed: cells that share a prompt still get (and cache) their
             # own message
             written, reply = await self.client.complete_json(
-                [{"role": "user", "content": self.prompt(slug, cell)}],
+                [{"role": "user", "content": self.prompt(slug, cell, rng)}],
                 WrittenQuery,
                 seed=rng.randrange(2**31),
-                response_schema=WrittenQuery.response_schema(
-                    self.config.allow_refusal, self.client.settings.max_tokens
-                ),
+                response_schema=response_schema(self.config.allow_refusal, cell.sex),
             )
             if written is None:
                 report.failures.append({"cell": cell.index, "slug": slug, "error": reply.error})

@@ -13,7 +13,6 @@ Run it: ``t0 traces --data-dir DIR`` (needs the teacher endpoint).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -24,10 +23,9 @@ from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.demographics import demographics_text
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
-from t0_pipeline.llm_calls import LLMReply, require_some_success
-from t0_pipeline.llm_json import bounded_text, json_schema_format
+from t0_pipeline.llm_calls import require_some_success
+from t0_pipeline.teacher_schema import answer_schema, from_structured
 from t0_pipeline.triage_scoring import (
-    SEVERITIES,
     last_answer_pair,
     normalise_severity,
     resolve_condition,
@@ -38,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TRACE_SCHEMA = {
     "id": pl.String,
+    "sample": pl.Int64,  # the teacher's sample for this query (traces.samples), from 0
     "query": pl.String,
     "demographics": pl.String,
     "gold_slug": pl.String,
@@ -83,50 +82,6 @@ def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str 
     return pair[0], resolve_condition(pair[0], allowed), severity
 
 
-def answer_schema(titles: list[str], max_tokens: int = 1024) -> dict[str, Any]:
-    """The teacher's reply as JSON when its role has ``structured_output`` (a small or non-reasoning
-    teacher that cannot keep the answer format): its thinking, then one of the retrieved conditions
-    (or "inconclusive") and a level of care, so every trace parses. A reasoning model's own thinking
-    (``reasoning_content``) comes first. The thinking is bounded (a token a character at worst, room
-    left for the answer) so it ends within the role's ``max_tokens`` and the JSON closes."""
-    thinking_chars = max(40, max_tokens - 60)
-    return json_schema_format(
-        "TriageAnswer",
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["thinking", "condition", "severity"],
-            "properties": {
-                "thinking": bounded_text(1, thinking_chars),
-                "condition": {"enum": [*titles, "inconclusive"]},
-                "severity": {"enum": list(SEVERITIES)},
-            },
-        },
-    )
-
-
-def from_structured(reply: LLMReply) -> LLMReply:
-    """A structured reply (:func:`answer_schema`) as a free-text one: its thinking, then
-    "(condition, severity)"."""
-    import json
-
-    if not reply.ok:
-        return reply
-    try:
-        data = json.loads(reply.content)
-        answer = f"({data['condition']}, {data['severity']})"
-        return replace(
-            reply,
-            thinking="\n".join(t for t in (reply.thinking, data["thinking"].strip()) if t),
-            content=answer,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return replace(
-            reply,
-            error=f"InvalidJSON: the structured answer did not parse: {reply.content[:120]!r}",
-        )
-
-
 def keep(row: dict[str, Any], config: TraceConfig) -> bool:
     """Whether a trace trains the student. Never one that failed or has no thinking (a teacher
     whose thinking was lost would teach answering without it), whatever ``traces.keep`` says."""
@@ -166,30 +121,37 @@ def collect_traces(
         prompt = triage_prompt.messages(sections, context, demographics_text(row), row["query"])
         jobs.append((row, slugs, titles, scores, prompt, [d["text"] for d in docs]))
 
-    async def one(job):
-        if client.settings.structured_output:
-            return from_structured(
-                await client.complete(
-                    job[4], response_format=answer_schema(job[2], client.settings.max_tokens)
-                )
-            )
-        return await client.complete(job[4])
+    # each query's samples (rejection sampling): the first at the role's own seed (as one sample
+    # always was, so its cache still answers), the others at seeds counted on from it
+    samples = [(job, i) for job in jobs for i in range(config.samples)]
+    first_seed = client.settings.seed or 0
 
-    replies = client.run(jobs, one, "teacher traces", progress)
+    async def one(sample):
+        job, i = sample
+        seed = None if i == 0 else first_seed + i
+        if client.settings.structured_output:
+            schema = answer_schema(job[0]["query"], job[2], job[5])
+            return from_structured(await client.complete(job[4], seed=seed, response_format=schema))
+        return await client.complete(job[4], seed=seed)
+
+    replies = client.run(samples, one, "teacher traces", progress)
     out = [
-        _trace(job, reply, client.settings.model, prompt_hash, config)
-        for job, reply in zip(jobs, replies)
+        _trace(job, i, reply, client.settings.model, prompt_hash, config)
+        for (job, i), reply in zip(samples, replies)
     ]
     return pl.DataFrame(out, schema=TRACE_SCHEMA)
 
 
-def _trace(job: tuple, reply, model: str, prompt_hash: str, config: TraceConfig) -> dict[str, Any]:
+def _trace(
+    job: tuple, sample: int, reply, model: str, prompt_hash: str, config: TraceConfig
+) -> dict[str, Any]:
     """One row of the traces: the query, what was retrieved, the teacher's answer read and scored,
     and whether the filter keeps it."""
     row, slugs, titles, scores, _, texts = job
     condition, slug, severity = parse_answer(reply.content, dict(zip(slugs, titles)))
     trace = {
         "id": row["id"],
+        "sample": sample,
         "query": row["query"],
         "demographics": demographics_text(row),
         "gold_slug": row["slug"],
@@ -207,7 +169,10 @@ def _trace(job: tuple, reply, model: str, prompt_hash: str, config: TraceConfig)
         "pred_severity": severity,
         "parsable": condition is not None,
         "condition_in_retrieved": slug is not None,
-        "correct_condition": slug == row["slug"],
+        # as evaluation scores it (triage_scoring.score): "inconclusive" is right when the gold
+        # page was not among the documents shown
+        "correct_condition": slug == row["slug"]
+        or (slug == "inconclusive" and row["slug"] not in slugs),
         "correct_disposition": severity == row["disposition"],
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
@@ -224,8 +189,11 @@ def trace_stats(traces: pl.DataFrame) -> dict[str, Any]:
     ok = traces.filter(pl.col("error").is_null())
     return {
         "traces": traces.height,
+        "queries": traces["id"].n_unique(),
         "failed": traces.height - ok.height,
         "kept": int(traces["kept"].sum()),
+        # queries with at least one kept trace (rejection sampling keeps 0..samples per query)
+        "queries_kept": traces.filter(pl.col("kept"))["id"].n_unique(),
         # answered but with no thinking: rejected whatever the policy
         "empty_thinking": int(
             ok.filter(pl.col("thinking").fill_null("").str.strip_chars() == "").height

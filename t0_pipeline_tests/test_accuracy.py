@@ -4,6 +4,7 @@ reports."""
 from __future__ import annotations
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -454,6 +455,11 @@ def test_combined_report_plot_and_student_below_base(built, retriever, tmp_path)
         and "Not evaluated yet: not-run." in report.markdown
     )
     assert "## By query type" in report.markdown and "| t0-1.5b |" in report.markdown
+    # one sentence on what the student learned, at the largest k both ran
+    [learned] = report.learned
+    assert learned.startswith("t0-1.5b against its base base-1.5b (k=5): answers in the format ")
+    before, after = (float(x) for x in re.findall(r"accuracy (\S+) → (\S+) ", learned)[0])
+    assert after < before and f"({after - before:+.2f})" in learned and learned in report.markdown
     assert report.png.read_bytes()[:4] == b"\x89PNG"
     table = pl.read_csv(report.csv)
     assert {"condition_k0", "disposition_k5_std", "under_share_k5"} <= set(table.columns)

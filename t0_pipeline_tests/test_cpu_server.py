@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 
 import httpx
@@ -14,10 +15,12 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, LLMConfig, ModelServerConfig, RoleConfig
+from t0_pipeline.demographics import OCCUPATION_CHOICES
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.model_server import LocalServer, ServerPlan, serving
 from t0_pipeline.synth import WrittenQuery
+from t0_pipeline.synth_prompt import response_schema
 
 CPU_SERVER = [
     "{python}",
@@ -96,7 +99,7 @@ def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(
     llm = LLMConfig(roles={"query_writer": role}, concurrency=8)
     client = LLMClient("query_writer", llm, LLMCache(tmp_path / "cache.sqlite"))
     prompt = [{"role": "user", "content": "Write a patient with tonsillitis as JSON."}]
-    schema = WrittenQuery.response_schema(allow_refusal=False, max_tokens=200)
+    schema = response_schema(allow_refusal=False, sex="female")
 
     async def one(seed: int):
         return await client.complete_json(prompt, WrittenQuery, seed=seed, response_schema=schema)
@@ -107,6 +110,25 @@ def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(
     ]
     assert len({parsed.symptoms_description for parsed, _ in results}) > 1  # each its own seed
     assert client.usage.invalid_json == 0
+    # the message is plain words opening in the first person; the details are from the choices
+    word = re.compile(r"^[A-Za-z][a-z']*[,.!?]?$")
+    for parsed, _ in results:
+        words = parsed.symptoms_description.split(" ")
+        assert words[0] in ("I", "My") and all(word.match(w) for w in words), words
+        assert parsed.demographics.sex == "female" and 18 <= parsed.demographics.age <= 90
+        assert parsed.demographics.occupation in OCCUPATION_CHOICES
+
+
+def test_frequency_and_presence_penalties_count_only_generated_tokens():
+    import torch
+
+    from t0_pipeline.cpu_engine import Penalties
+
+    # a prompt of two tokens (5, 6), then 7 generated twice and 5 once
+    ids = torch.tensor([[5, 6, 7, 7, 5]])
+    scores = Penalties(2, frequency=1.0, presence=0.5)(ids, torch.zeros(1, 10))
+    assert scores[0, 7] == -2.5 and scores[0, 5] == -1.5 and scores[0, 6] == 0
+    assert torch.equal(Penalties(5, 1.0, 0.5)(ids, torch.zeros(1, 10)), torch.zeros(1, 10))
 
 
 def test_a_request_longer_than_the_context_fails_alone_with_the_reason(smol_server):
@@ -217,3 +239,44 @@ def test_budget_forcing_on_the_real_model_through_the_server(smol_server, smollm
         closing = out.text[out.text.index(marker) - 1 :]
         assert closing.startswith("\n" + marker + "\n") and out.text.count(marker) == 1
         assert "<|im_start|>" not in out.answer and "<|im_end|>" not in out.answer
+
+
+def test_a_structured_teacher_on_the_real_model_cites_the_query_and_a_document(smol_server):
+    """The real SmolLM2 as a structured teacher (its grammar from teacher_schema): whatever it
+    chooses, the trace's thinking quotes one of the patient's phrases and, unless inconclusive, a
+    sentence of the document it named, and the answer is one of its documents with a level."""
+    from t0_pipeline import triage_prompt
+    from t0_pipeline.teacher_schema import answer_schema, from_structured, phrases, sentences
+    from t0_pipeline.triage_scoring import SEVERITIES, last_answer_pair
+
+    role = RoleConfig(
+        model="openai/smol",
+        api_base=smol_server,
+        api_key_env=None,
+        temperature=0.3,
+        max_tokens=256,
+        structured_output=True,
+    )
+    client = LLMClient("teacher", LLMConfig(roles={"teacher": role}), None)
+    sections = triage_prompt.load()[0]
+    query = "My big toe went red, hot and swollen overnight. I can't bear the sheet touching it."
+    titles = ["Gout", "Cellulitis"]
+    texts = [
+        "Gout is a type of arthritis. It causes sudden severe pain in a joint, often the big toe.",
+        "Cellulitis is an infection of the skin. The skin becomes red, hot and swollen.",
+    ]
+    context = triage_prompt.with_documents(sections, titles, [0.8, 0.5], texts)
+    messages = triage_prompt.messages(sections, context, "not given", query)
+
+    async def one(_):
+        schema = answer_schema(query, titles, texts)
+        return from_structured(await client.complete(messages, response_format=schema))
+
+    [reply] = client.run([0], one, "teacher")
+    assert reply.ok, reply.error
+    condition, severity = last_answer_pair(reply.content)
+    assert condition in [*titles, "inconclusive"] and severity in SEVERITIES
+    assert any(f"The patient says: {p}." in reply.thinking for p in phrases(query)), reply.thinking
+    if condition != "inconclusive":
+        text = texts[titles.index(condition)]
+        assert any(s in reply.thinking for s in sentences(text)), reply.thinking

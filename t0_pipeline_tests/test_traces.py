@@ -53,6 +53,31 @@ def teacher(messages):
     return "I am not sure what this is."
 
 
+def write_train_queries(paths, rows: list[dict]) -> None:
+    """Training queries as synthetic_queries writes them (id, slug, disposition and query given)."""
+    full = [
+        {
+            **{k: None for k in QUERY_SCHEMA},
+            "split": "train",
+            "title": r["slug"],
+            "query_type": "basic",
+            "sex": "male",
+            "age": 70,
+            "occupation": "retired",
+            "social_support": "wife",
+            "medical_history": "none",
+            "draws": 1,
+            "refused_slugs": [],
+            "model": "m",
+            "prompt_hash": "p",
+            **r,
+        }
+        for r in rows
+    ]
+    paths.synthetic_queries("train").parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(full, schema=QUERY_SCHEMA).write_parquet(paths.synthetic_queries("train"))
+
+
 def test_traces_carry_context_thinking_and_policy(built, embedder):
     cfg, paths = built
     rows = [
@@ -76,27 +101,7 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
             "query": "my big toe is red and sore",
         },
     ]
-    full = [
-        {
-            **{k: None for k in QUERY_SCHEMA},
-            "split": "train",
-            "title": r["slug"],
-            "query_type": "basic",
-            "sex": "male",
-            "age": 70,
-            "occupation": "retired",
-            "social_support": "wife",
-            "medical_history": "none",
-            "draws": 1,
-            "refused_slugs": [],
-            "model": "m",
-            "prompt_hash": "p",
-            **r,
-        }
-        for r in rows
-    ]
-    paths.synthetic_queries("train").parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(full, schema=QUERY_SCHEMA).write_parquet(paths.synthetic_queries("train"))
+    write_train_queries(paths, rows)
     retriever = Retriever("summaries", paths, embedder=embedder)
     with FakeLLM() as server:
         server.on(
@@ -238,3 +243,55 @@ def test_traces_evaluation_and_serving_retrieve_the_same_documents_for_a_query(
         load_config(mixed)
     mixed.write_text("evaluation: {mode: dense}\nretrieval: {mixed_contexts: true}\n")
     assert load_config(mixed).evaluation.mode == "dense"
+
+
+def test_rejection_sampling_keeps_only_the_correct_of_several_teacher_samples(built, embedder):
+    """traces.samples asks the teacher several times (the first at the role's seed, so one sample's
+    cache still answers); keep=correct trains only on samples whose condition is right."""
+    cfg, paths = built
+    write_train_queries(
+        paths,
+        [
+            {"id": "q-stroke", "slug": "stroke", "disposition": "A&E", "query": "face dropped"},
+            {"id": "q-gout", "slug": "gout", "disposition": "Urgent Primary Care", "query": "toe"},
+        ],
+    )
+    retriever = Retriever("summaries", paths, embedder=embedder)
+
+    def sampling_teacher(messages, body) -> str:
+        # a sampling model: right about the stroke only at seed 8, never about the toe
+        if "face dropped" in messages[-1]["content"]:
+            return "(Stroke, A&E)" if body.get("seed") == 8 else "(inconclusive, Self-care)"
+        return "(inconclusive, Self-care)"
+
+    with FakeLLM() as server:
+        server.on("triage patients", sampling_teacher, reasoning="Comparing the documents.")
+        role = RoleConfig(model="openai/teacher", api_base=server.api_base, seed=7)
+        llm = LLMConfig(roles={"teacher": role})
+        config = TraceConfig(k=5, mode="hybrid", keep="correct", samples=3)
+        traces, stats = run_traces(paths, config, llm, retriever)
+        seeds = sorted(r.get("seed") for r in server.state.requests)
+    assert seeds == [7, 7, 8, 8, 9, 9]  # three samples of each query, the first at the role's seed
+    assert traces.height == 6 and sorted(traces["sample"].to_list()) == [0, 0, 1, 1, 2, 2]
+    kept = traces.filter(pl.col("kept"))
+    assert kept.select("id", "sample").rows() == [("q-stroke", 1)] and kept["correct_condition"][0]
+    assert (stats["kept"], stats["queries"], stats["queries_kept"]) == (1, 2, 1)
+
+
+def test_a_trace_is_correct_as_evaluation_scores_it():
+    """'inconclusive' is a correct condition when the gold page was not among the documents shown
+    (the evaluation's rule), so keep=correct keeps it; never when the gold page was shown."""
+    from t0_pipeline.llm_calls import LLMReply
+    from t0_pipeline.traces import _trace
+
+    row = {"id": "q", "query": "toe", "slug": "gout", "disposition": "Self-care"}
+    row |= {"query_type": "basic", "age": 40, "sex": "male"}
+    config = TraceConfig(keep="correct")
+
+    def traced(slugs: list[str], answer: str) -> dict:
+        job = (row, slugs, [s.title() for s in slugs], [1.0] * len(slugs), [], [""] * len(slugs))
+        return _trace(job, 0, LLMReply(content=answer, thinking="Weighing it."), "m", "p", config)
+
+    assert traced(["cellulitis"], "(inconclusive, Self-care)")["kept"]
+    assert not traced(["gout", "cellulitis"], "(inconclusive, Self-care)")["kept"]
+    assert traced(["gout", "cellulitis"], "(Gout, Self-care)")["kept"]

@@ -23,13 +23,19 @@ TINY = {
     "T0_LLM__ROLES__SUMMARISER__MAX_TOKENS": "16",
     "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "96",
     "T0_LLM__ROLES__QUERY_WRITER__MAX_TOKENS": "280",
-    "T0_TRAIN__MAX_STEPS": "2",
+    # every parsable trace trains (the demo keeps only correct ones, of which 4 queries may have
+    # none), for steps enough that the student learns the answer format
+    "T0_TRACES__KEEP": "parsable",
+    # one looping message in four sets is 75%: the demo's 30 queries meet 0.8
+    "T0_QUERIES__MIN_READABLE_SHARE": "0.5",
+    "T0_TRAIN__MAX_STEPS": "6",
+    "T0_TRAIN__LEARNING_RATE": "0.0003",
     "T0_TRAIN__SAVE_STEPS": "100",
     "T0_TRAIN__EVAL_STEPS": "100",
     "T0_EVALUATION__MAX_QUERIES": "2",
     "T0_EVALUATION__MODELS__SMOLLM2-135M__MAX_TOKENS": "24",
     "T0_EVALUATION__MODELS__T0-135M__BUDGET": json.dumps(
-        {"thinking_budget": 12, "max_waits": 1, "answer_tokens": 16}
+        {"thinking_budget": 48, "max_waits": 0, "answer_tokens": 16}
     ),
 }
 ASSETS = [
@@ -112,7 +118,7 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
     # the student is a real fine-tune of the converted base, evaluated with budget forcing against
     # it
     metrics = json.loads((data / "students" / "135M" / "metrics.json").read_text())
-    assert metrics["global_step"] == 2 and metrics["config"]["model"].endswith(
+    assert metrics["global_step"] == 6 and metrics["config"]["model"].endswith(
         "models/smollm2-135m-instruct"
     )
     student = json.loads((data / "eval" / "accuracy" / "t0-135m" / "summary.json").read_text())
@@ -126,3 +132,18 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
         predictions.height == 2 * len(student["ks"])
         and predictions["thinking"].str.len_chars().max() > 0
     )
+    # fine-tuning taught the answer format: more of the student's answers parse than its base's,
+    # on the contexts it was trained on (the base SmolLM2 never writes "(condition, level)")
+    from t0_pipeline.accuracy_tables import parsable_share
+
+    k = str(max(student["ks"]))
+    ours, theirs = parsable_share(student["by_k"][k]), parsable_share(base["by_k"][k])
+    assert ours is not None and theirs is not None and ours > theirs, (ours, theirs)
+    assert "What fine-tuning taught: t0-135m against its base smollm2-135m" in out
+    # the synthetic data a person would read: first-person messages in words, thinking about them
+    from t0_pipeline.config import DataPaths
+    from t0_pipeline.content_checks import corpus_vocabulary, query_content, trace_content
+
+    vocabulary = corpus_vocabulary(DataPaths(data))
+    assert query_content(queries, vocabulary, 0.5)[0]["readable_first_person_share"] >= 0.5
+    assert trace_content(traces, vocabulary, 0.8)[0]["readable_grounded_share"] >= 0.8

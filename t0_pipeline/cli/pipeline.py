@@ -58,6 +58,8 @@ def run_all(
         typer.echo(
             f"\nAccuracy (mean ± std over runs; the plot: {accuracy.png})\n\n{accuracy.markdown}"
         )
+    for line in accuracy.learned:  # the closing lines: what each student learned
+        typer.echo(f"\nWhat fine-tuning taught: {line}")
     if cfg.base_models:
         typer.echo(
             "\nStand-in: the models above are the small bundled ones named in base_models; every "

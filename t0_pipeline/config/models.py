@@ -140,6 +140,12 @@ class QueryGenConfig(BaseModel):
     max_page_chars: int = 12000  # longer pages are cut to fit the writer's context
     max_failure_rate: float = 0.05  # asset check: failed draws / requested
     max_refusal_rate: float = 0.5  # asset check: refusals / draws (pages often lack an A&E case)
+    # example messages the writer sees (about conditions outside the corpus; a small model needs
+    # them), from examples_file (None = the bundled prompts/query_examples.jsonl); 0 = none
+    examples: int = Field(0, ge=0)
+    examples_file: Path | None = None
+    # blocking check: at least this share of the queries read as a first-person message in words
+    min_readable_share: float = Field(0.8, ge=0, le=1)
 
 
 class TraceConfig(BaseModel):
@@ -150,6 +156,12 @@ class TraceConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
     keep: Literal["all", "parsable", "correct"] = "parsable"  # which traces go into the SFT data
     correct_on: Literal["condition", "both"] = "condition"  # what "correct" means for keep=correct
+    # teacher samples per query (each its own seed): with keep=correct, more queries get a correct
+    # trace (rejection sampling); every kept sample trains
+    samples: int = Field(1, ge=1)
+    # blocking check: at least this share of the kept traces think in readable words about their
+    # query (a complaint word of it, or a retrieved title)
+    min_grounded_share: float = Field(0.8, ge=0, le=1)
 
 
 # the report's block: the longest example, in tokens, the SFT data keeps and training takes whole
