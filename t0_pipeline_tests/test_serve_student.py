@@ -113,7 +113,7 @@ def test_a_student_profile_is_asked_with_its_evaluation_budget_and_the_chat_form
     # the demo serves its 135M student with the small budget its evaluation uses
     demo = load_config(Path(__file__).parents[1] / "t0_pipeline" / "demo.yaml", environ={})
     served, measured = demo.serve.profiles["t0"].budget, demo.evaluation.models["t0-135m"].budget
-    assert served == measured and served is not None and served.thinking_budget == 64
+    assert served == measured and served is not None and served.thinking_budget == 128
 
 
 def test_a_served_student_on_the_real_cpu_server_splits_thinking_from_its_reply(
@@ -148,7 +148,8 @@ def test_a_served_student_on_the_real_cpu_server_splits_thinking_from_its_reply(
     assert thinking and "<|im_start|>" not in thinking and "<|im_end|>" not in thinking
     assert reply["completion_tokens"] <= budget.thinking_budget
     assert "<|im_start|>" not in content and "<|im_end|>" not in content
-    written = thinking.rsplit("The model's answer: ", 1)[1]
+    # what it wrote after the forced marker (the scripted test pins the exact line)
+    written = thinking.rsplit("The model's answer: ", 1)[-1]
     assert MARKER not in written and len(written) < 400
     shapes = [
         re.escape(replies_text["unreadable"]),

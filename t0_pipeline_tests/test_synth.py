@@ -54,8 +54,12 @@ def writer_reply(messages, body):
                 "social_support": "lives with partner",
                 "medical_history": "none",
             },
-            "symptoms_description": f"I feel unwell ({condition} / {disposition}) "
-            f"#{body.get('seed')}",
+            # a first-person message in words (the content check reads it), naming what it was
+            # asked for and its sampling seed
+            "symptoms_description": f"I feel unwell ({condition} / {disposition}) and my "
+            f"throat and chest have been getting worse since yesterday evening. I have been "
+            f"coughing a lot and I feel very tired and weak today, seed "
+            f"{body.get('seed')}",
         }
     )
 

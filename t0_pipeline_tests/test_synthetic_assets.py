@@ -16,9 +16,12 @@ from t0_pipeline_tests.test_synth import writer_reply
 
 
 def teacher_reply(messages):
-    # documents: the system turn
+    # documents: the system turn; thinking (inline, as a reasoning model writes it) about the
+    # patient's message and the document it picks, as the content checks want
     first_title = re.search(r"\[1\] (.+?) \(score", messages[0]["content"]).group(1)
-    return f"The first document fits best.\n({first_title}, Urgent Primary Care)"
+    said = messages[-1]["content"].splitlines()[-1][:120]
+    thinking = f"The patient says: {said}. The first document, {first_title}, fits best."
+    return f"<think>{thinking}</think>\n({first_title}, Urgent Primary Care)"
 
 
 def metadata(result):
@@ -34,9 +37,7 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
             "condensing a health information page", "Symptoms are mild. Call 111 if they get worse."
         )
         server.on("send to NHS 111", writer_reply)
-        server.on(
-            "triage patients", teacher_reply, reasoning="Compare symptoms with each document."
-        )
+        server.on("triage patients", teacher_reply)
         role = {"model": "openai/fake", "api_base": server.api_base}
         config = tmp_path / "t0.yaml"
         config.write_text(

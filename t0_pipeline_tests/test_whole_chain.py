@@ -21,7 +21,6 @@ TINY = {
     "T0_QUERIES__MAX_PAGE_CHARS": "400",
     "T0_SUMMARY__MAX_PAGE_CHARS": "300",
     "T0_LLM__ROLES__SUMMARISER__MAX_TOKENS": "16",
-    "T0_LLM__ROLES__TEACHER__MAX_TOKENS": "96",
     "T0_LLM__ROLES__QUERY_WRITER__MAX_TOKENS": "280",
     # every parsable trace trains (the demo keeps only correct ones, of which 4 queries may have
     # none), for steps enough that the student learns the answer format
@@ -35,7 +34,7 @@ TINY = {
     "T0_EVALUATION__MAX_QUERIES": "2",
     "T0_EVALUATION__MODELS__SMOLLM2-135M__MAX_TOKENS": "24",
     "T0_EVALUATION__MODELS__T0-135M__BUDGET": json.dumps(
-        {"thinking_budget": 48, "max_waits": 0, "answer_tokens": 16}
+        {"thinking_budget": 128, "max_waits": 0, "answer_tokens": 16}
     ),
 }
 ASSETS = [
@@ -136,9 +135,10 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
     # on the contexts it was trained on (the base SmolLM2 never writes "(condition, level)")
     from t0_pipeline.accuracy_tables import parsable_share
 
-    k = str(max(student["ks"]))
-    ours, theirs = parsable_share(student["by_k"][k]), parsable_share(base["by_k"][k])
-    assert ours is not None and theirs is not None and ours > theirs, (ours, theirs)
+    def in_format(summary: dict) -> float:  # over every k measured (2 queries each)
+        return sum(parsable_share(summary["by_k"][str(k)]) or 0.0 for k in summary["ks"])
+
+    assert in_format(student) > in_format(base), (student["by_k"], base["by_k"])
     assert "What fine-tuning taught: t0-135m against its base smollm2-135m" in out
     # the synthetic data a person would read: first-person messages in words, thinking about them
     from t0_pipeline.config import DataPaths
