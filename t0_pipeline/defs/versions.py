@@ -34,9 +34,12 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llm_summaries": (("summarise",), ("summarise",)),
     "llm_summary_index": (("index", "chunk", "embed"), ()),
     "summary_comparison": (("retrieval_eval", "retrieve", "dense_search"), ()),
-    "synthetic_queries": (("synth", "demographics"), ("query_writer",)),
+    "synthetic_queries": (
+        ("synth", "synth_prompt", "demographics"),
+        ("query_writer", "query_examples"),
+    ),
     "reasoning_traces": (
-        ("traces", "triage_prompt", "chat", "demographics", "triage_scoring"),
+        ("traces", "teacher_schema", "triage_prompt", "chat", "demographics", "triage_scoring"),
         ("triage",),
     ),
     "sft_dataset": (("sft", "triage_prompt", "chat"), ("triage",)),
