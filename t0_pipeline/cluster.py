@@ -250,6 +250,26 @@ def prepare_env_dir(path: Path, venv: Path) -> Path:
     return path
 
 
+def server_size(profile: SiteProfile, size: str | None, name: str) -> str:
+    """The allocation a model server job takes: ``size`` (a student's, or a role's
+    ``serve.size``), else the profile's allocation with the most GPUs on one node."""
+    if size is not None:
+        if size not in profile.sizes:
+            raise T0Error(
+                f"the server for {name} asks for the {size} allocation, but site profile "
+                f"{profile.name!r} has {', '.join(profile.sizes)}; set its serve.size to one of "
+                "them, or add it under sizes:."
+            )
+        return size
+    one_node = [(a.gpus_per_node, s) for s, a in profile.sizes.items() if a.nodes == 1]
+    if not one_node:
+        raise T0Error(
+            f"site profile {profile.name!r} has no one-node allocation for the server of {name}; "
+            "set its serve.size, or add a one-node size under sizes:."
+        )
+    return max(one_node, key=lambda pair: pair[0])[1]
+
+
 def render_serve_sbatch(
     profile: SiteProfile,
     size: str,

@@ -171,16 +171,18 @@ class LLMClient(BatchRunner, Streaming):
         seed: int | None = None,
         accept: Callable[[LLMReply], bool] | None = None,
         response_format: dict[str, Any] | None = None,
+        tool_choice: str = "auto",
     ) -> LLMReply:
         """One chat completion, from the cache when possible; failures come back with ``error`` set.
 
-        ``tools`` (OpenAI function schemas) are offered with ``tool_choice="auto"``; ``seed``
+        ``tools`` (OpenAI function schemas) are offered with ``tool_choice`` ("auto", or "required"
+        for a call the model must make); ``seed``
         overrides the role's seed (repeated runs). Both are part of the cache key. A reply is cached
         only when it succeeded and ``accept`` (if given) takes it, so a reply the caller cannot use
         is asked for again on the next run. ``response_format`` (a JSON schema) constrains the
         reply.
         """
-        key, kwargs = self._request(messages, tools, seed, response_format)
+        key, kwargs = self._request(messages, tools, seed, response_format, tool_choice)
         return await self.cached(key, lambda: self._call_with_retries(kwargs), accept)
 
     def _request(
@@ -189,6 +191,7 @@ class LLMClient(BatchRunner, Streaming):
         tools: list[dict[str, Any]] | None = None,
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
+        tool_choice: str = "auto",
     ) -> tuple[str, dict[str, Any]]:
         """(cache key, litellm arguments) of one chat request."""
         params = self.params()
@@ -196,9 +199,13 @@ class LLMClient(BatchRunner, Streaming):
             params["seed"] = seed
         if tools:
             params["tools"] = tools
+            if tool_choice != "auto":
+                params["tool_choice"] = tool_choice
         if response_format:
             params["response_format"] = response_format
         kwargs = self._kwargs(messages, tools, params["seed"])
+        if tools:
+            kwargs["tool_choice"] = tool_choice
         if response_format:
             kwargs["response_format"] = response_format
         return cache_key(self.settings.model, messages, params), kwargs

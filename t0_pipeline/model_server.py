@@ -236,11 +236,11 @@ class LocalServer(_Server):
 
     def _launch(self) -> None:
         check_port_free(self.host, self.port)
-        tp = self.plan.tensor_parallel_size or visible_gpus()
+        tp, why = self.plan.tensor_parallel(visible_gpus())
         cmd = self.plan.command(self.servers, self.host, str(self.port), tp)
         self.log(
-            f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (log: "
-            f"{self.log_path})"
+            f"starting a model server for {self.plan.name}: {shlex.join(cmd)} (tensor parallel "
+            f"{tp}: {why}; log: {self.log_path})"
         )
         with open(self.log_path, "ab") as out:
             try:

@@ -1,9 +1,15 @@
 """What a model server serves and how: the served name, the checkpoint (a folder, a Hugging Face
 name, or a trained student's ``final/``), its tensor parallel size and the command line that starts
-it (``servers.command`` with its placeholders filled)."""
+it (``servers.command`` with its placeholders filled).
+
+The tensor parallel size, unless set, is the most of the server's GPUs that vLLM accepts for the
+model: it must divide the attention heads, and divide or be a multiple of the key-value heads (read
+from the checkpoint's ``config.json``, a local folder or the Hugging Face cache; no weights needed).
+Qwen2.5-7B's 28 heads on an 8-GPU node give 4, not 8."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +29,19 @@ class ServerPlan:
     tensor_parallel_size: int | None = None
     max_model_len: int | None = None
     args: list[str] = field(default_factory=list)
+    gpu_memory_utilization: float | None = None
+    size: str | None = None  # Slurm: the site profile allocation the job takes
+
+    def tensor_parallel(self, gpus: int) -> tuple[int, str]:
+        """(tensor parallel size on ``gpus`` GPUs, why): the entry's own, else the most the model's
+        attention heads allow."""
+        if self.tensor_parallel_size:
+            return self.tensor_parallel_size, "set by serve.tensor_parallel_size"
+        heads = attention_heads(self.checkpoint)
+        if heads is None:
+            return gpus, f"every GPU ({gpus}); the model's config.json is not readable here"
+        tp = tensor_parallel_size(gpus, *heads)
+        return tp, f"the most of {gpus} GPU(s) that fits {heads[0]} attention heads ({heads[1]} KV)"
 
     def command(self, servers: ModelServerConfig, host: str, port: str, tp: int) -> list[str]:
         values = {
@@ -40,7 +59,44 @@ class ServerPlan:
         ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
+        if self.gpu_memory_utilization:
+            cmd += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
         return cmd + list(self.args)
+
+
+def tensor_parallel_size(gpus: int, heads: int, kv_heads: int | None = None) -> int:
+    """The largest count ≤ ``gpus`` that divides ``heads`` and divides, or is a multiple of,
+    ``kv_heads`` (vLLM splits attention heads evenly and replicates key-value heads beyond their
+    number)."""
+    kv = kv_heads or heads
+    for tp in range(max(1, gpus), 0, -1):
+        if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
+            return tp
+    return 1
+
+
+def attention_heads(checkpoint: str) -> tuple[int, int] | None:
+    """(attention heads, key-value heads) from the checkpoint's config.json (a folder, or a Hugging
+    Face name already in the local cache), or None when it cannot be read here."""
+    config = Path(checkpoint).expanduser() / "config.json"
+    if not config.is_file() and not _looks_local(checkpoint):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(checkpoint, "config.json")
+            config = Path(cached) if isinstance(cached, str) else config
+        except Exception:  # not a valid repository name, no hub library: unknown
+            return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    heads = data.get("num_attention_heads")
+    if not isinstance(heads, int) or heads < 1:
+        return None
+    kv = data.get("num_key_value_heads")
+    return heads, kv if isinstance(kv, int) and kv > 0 else heads
 
 
 def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
@@ -78,6 +134,8 @@ def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
         tensor_parallel_size=launch.tensor_parallel_size,
         max_model_len=launch.max_model_len,
         args=list(launch.args),
+        gpu_memory_utilization=launch.gpu_memory_utilization,
+        size=launch.size or student,
     )
 
 

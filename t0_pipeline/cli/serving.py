@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,27 @@ import typer
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.cli.common import ConfigFile, DataDir, SetOpt, app, setup
+
+_SERVE_STUDENT = typer.Option(
+    None,
+    "--student",
+    help="Serve this trained size (a train.sizes key, e.g. 7B) in every profile: its final/ as "
+    "the reasoner, asked as it was trained, and its base model as the agent.",
+)
+_SERVE_SERVERS = typer.Option(
+    "local",
+    "--servers",
+    help="Where the models with a serve section start: local (this machine: vLLM on its GPUs, or "
+    "servers.command) or slurm (one job per model on --site).",
+)
+_SERVE_SITE = typer.Option(None, "--site", help="Slurm: the site profile (slurm/profiles).")
+_SERVE_PROFILES_DIR = typer.Option(None, help="Slurm: a folder of your own site profiles.")
+_SERVE_ACCOUNT = typer.Option(None, help="Slurm: the project charged ($T0_SLURM_ACCOUNT).")
+_SERVE_PARTITION = typer.Option(None, help="Slurm: the partition (default: the profile's).")
+_SERVE_VENV = typer.Option(None, help="Slurm: the environment the job activates ($T0_VENV).")
+_SERVE_SSH_HOST = typer.Option(None, help="Slurm: submit over SSH on this login node.")
+_SERVE_SSH_USER = typer.Option(None, help="Slurm: the SSH user.")
+_SERVE_SSH_KEY = typer.Option(None, help="Slurm: the SSH private key file.")
 
 
 @app.command()
@@ -23,27 +45,71 @@ def serve(
     insecure_local: bool = typer.Option(
         False, "--insecure-local", help="No API keys: a single user on this machine only."
     ),
+    student: Optional[str] = _SERVE_STUDENT,
+    servers: str = _SERVE_SERVERS,
+    site: Optional[str] = _SERVE_SITE,
+    profiles_dir: Optional[Path] = _SERVE_PROFILES_DIR,
+    account: Optional[str] = _SERVE_ACCOUNT,
+    partition: Optional[str] = _SERVE_PARTITION,
+    venv: Optional[str] = _SERVE_VENV,
+    ssh_host: Optional[str] = _SERVE_SSH_HOST,
+    ssh_user: Optional[str] = _SERVE_SSH_USER,
+    ssh_key: Optional[Path] = _SERVE_SSH_KEY,
     sets: Optional[list[str]] = SetOpt,
 ):
     """Serve the chat page (/), the JSON API (/docs) and /v1/chat/completions.
 
-    Over the built index; API keys are required unless --insecure-local.
+    Over the built index. Models with a serve section (by default a profile's student, from its
+    final/, and its base as the agent) are started first, on this machine or as Slurm jobs, and
+    stopped when the service stops (Ctrl-C, SIGTERM); roles without one are reached at their
+    api_base. API keys are required unless --insecure-local.
     """
     # Before torch loads OpenMP: a query's encode is many short parallel regions with Python between
     # them, and OpenMP's default lets its worker sleep ~0.1 ms after each, so every region waited
     # for a wake-up (a search took ~2x as long in the service as alone). Spinning ~10x longer keeps
     # the worker for the whole encode.
     os.environ.setdefault("GOMP_SPINCOUNT", "3000000")
-    import uvicorn
-
-    from t0_pipeline.serve.app import create_app
-
-    cfg, paths = setup(data_dir, config, sets=sets)
     if insecure_local and host not in ("127.0.0.1", "localhost", "::1"):
         raise T0Error(
             "--insecure-local only listens on this machine; drop it or use --host 127.0.0.1 (not "
             f"{host})."
         )
+    if servers not in ("local", "slurm"):
+        raise T0Error(f"--servers must be local or slurm, got {servers!r}.")
+    cfg, paths = setup(data_dir, config, sets=sets)
+    if student is not None:
+        flags = {f"serve.profiles.{name}.student": student for name in cfg.serve.profiles}
+        cfg, paths = setup(data_dir, config, sets=sets, flags=flags)
+    from t0_pipeline.defs.resources import ModelServer
+    from t0_pipeline.serve.models import serving_models
+
+    where = ModelServer(
+        mode=servers,
+        site=site,
+        profiles_dir=str(profiles_dir) if profiles_dir else None,
+        account=account or os.environ.get("T0_SLURM_ACCOUNT") or None,
+        partition=partition,
+        venv=venv,
+        ssh_host=ssh_host,
+        ssh_user=ssh_user,
+        ssh_key_path=str(ssh_key) if ssh_key else None,
+    )
+    # a SIGTERM while the model servers start (or after) unwinds, so that they are stopped too
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    factory = where.factory(cfg, paths, None, lambda line: typer.echo(line, err=True))
+    with serving_models(cfg, paths, factory, local=servers == "local") as served:
+        _run(served, paths, host, port, insecure_local)
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run(cfg, paths, host: str, port: int, insecure_local: bool) -> None:
+    import uvicorn
+
+    from t0_pipeline.serve.app import create_app
+
     app_ = create_app(cfg, paths, insecure_local=insecure_local)
     typer.echo(
         f"t0 serve: http://{host}:{port}/  (API docs /docs; "

@@ -66,6 +66,7 @@ from t0_pipeline.config.pipeline import (
     PipelineConfig,
     ServeConfig,
     ServeProfile,
+    resolve_profiles,
 )
 
 __all__ = [
@@ -113,6 +114,7 @@ __all__ = [
     "env_layer",
     "load_config",
     "read_config_file",
+    "resolve_profiles",
     "size_entries",
     "student_entry_name",
     "with_base_models",

@@ -25,8 +25,15 @@ class LaunchConfig(BaseModel):
     # local checkpoint folder, Hugging Face name, or a base_models entry's name; None with `student`
     # = its final/
     checkpoint: str | None = None
-    # None = every GPU the server gets (local: visible; Slurm: the profile's)
+    # None = the most GPUs the server gets (local: visible; Slurm: its allocation's) that divide the
+    # model's attention heads (its config.json), as vLLM requires
     tensor_parallel_size: int | None = None
+    # Slurm: the site profile's allocation whose GPUs per node and memory the server job takes;
+    # None = the student's size, else the allocation with the most GPUs on one node
+    size: str | None = None
+    # vLLM's share of each GPU's memory (--gpu-memory-utilization); None = vLLM's default. Set
+    # when two servers share GPUs (t0 serve's agent and student on one machine)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     max_model_len: int | None = None  # None = the model's own context length
     # extra server arguments, e.g. ["--reasoning-parser", "deepseek_r1"]
     args: list[str] = Field(default_factory=list)
@@ -56,6 +63,9 @@ class RoleConfig(BaseModel):
     output_cost_per_token: float | None = None
     # the pipeline starts a server for it; None = api_base is already running
     serve: LaunchConfig | None = None
+    # a train.sizes key: this model is that trained student (with ``serve``, its final/ is served;
+    # lineage, serving)
+    student: str | None = None
     # what answers at api_base, in every cache key: set by the pipeline to the served
     # checkpoint's digest (t0_pipeline.weights); set it (any text) when your endpoint changes model
     weights: str | None = None
@@ -277,8 +287,6 @@ class EvalModelConfig(RoleConfig):
     size: str | None = None  # e.g. "1.5B": the plot's x axis
     # fine-tuned: the name of its base model's entry (the "below base" check)
     base: str | None = None
-    # a train.sizes key: this entry measures that student's checkpoint (lineage, serving)
-    student: str | None = None
     # completions/transformers: thinking budget (markers: chat_format)
     budget: BudgetConfig | None = None
     # completions/transformers: chat template source; None = a served checkpoint's own

@@ -23,31 +23,40 @@ from t0_pipeline.config.models import (
     LLMConfig,
     ModelServerConfig,
     QueryGenConfig,
+    RoleConfig,
     SFTConfig,
     TraceConfig,
     TrainConfig,
     size_entries,
-    student_entry_name,
 )
 
 
 class ServeProfile(BaseModel):
     """One pipeline configuration behind the service; its name is the model id clients ask for."""
 
-    agent: str = "agent"  # llm.roles entry that talks to the user and decides when to search
-    # llm.roles entry that answers over the retrieved documents, thinking first
-    reasoner: str = "reasoner"
-    # native tool calling; False = a plain-text "SEARCH: …" protocol for other models
-    agent_tools: bool = True
+    # a train.sizes key: the reasoner is that trained student, asked as it was trained and evaluated
+    # (the triage prompt over the retrieved documents, budget forcing with ``budget`` and
+    # ``chat_format``'s markers); its "(condition, level of care)" becomes a plain reply naming the
+    # condition's page and what the level means. None = any chat reasoner (think_open/close).
+    student: str | None = "7B"
+    # the llm.roles entry that talks to the user and decides when to search; None = with a student,
+    # its base model (served as evaluation serves it: evaluation.models.<base>), else "agent"
+    agent: str | None = None
+    # the llm.roles entry that answers over the retrieved documents, thinking first; None = with a
+    # student, the student itself (served from its final/ as evaluation.models.t0-<size>), else
+    # "reasoner". A role with a serve section is started by `t0 serve`; one without is reached at
+    # its api_base
+    reasoner: str | None = None
+    # native tool calling; False = a plain-text "SEARCH: …" protocol for other models; None = as
+    # the agent's evaluation entry answers (tool or text), else True
+    agent_tools: bool | None = None
+    # search on every message: the agent must call the search (tool_choice "required"; with the
+    # text protocol its SEARCH line, else the person's own words are the query). For agents too
+    # small to decide (the demo's)
+    always_search: bool = False
     k: int = 5  # documents retrieved per search
     index: IndexName = "summaries"
     mode: RetrieverMode = "hybrid"
-    # a train.sizes key: the reasoner is that trained student (the reasoner role says where it is
-    # served, as a completions endpoint). It is asked as it was trained and evaluated: the triage
-    # prompt over the retrieved documents, budget forcing (``budget``) with ``chat_format``'s
-    # markers; its "(condition, level of care)" becomes a plain reply naming the condition's page
-    # and what the level means. None = any chat reasoner (below).
-    student: str | None = "7B"
     # a reasoner that is not a student, streamed over chat: how it marks its thinking when the
     # server does not split it out (reasoning_content / reasoning)
     think_open: str = "<think>"
@@ -148,14 +157,7 @@ class PipelineConfig(BaseModel):
             for size, base_model in self.train.sizes.items():
                 for name, entry in size_entries(size, base_model).items():
                     self.evaluation.models.setdefault(name, entry)
-        for profile in self.serve.profiles.values():
-            if profile.student is not None:  # asked as its evaluation asks it
-                entry = self.evaluation.models.get(student_entry_name(profile.student))
-                if profile.budget is None:
-                    profile.budget = (entry.budget if entry else None) or BudgetConfig()
-                    profile.budget = profile.budget.model_copy()
-                if profile.tokenizer is None and entry is not None:
-                    profile.tokenizer = entry.tokenizer
+        resolve_profiles(self)
         for holder in [*self.evaluation.models.values(), *self.serve.profiles.values()]:
             if holder.budget is not None:
                 holder.budget = holder.budget.with_format(self.chat_format)
@@ -164,6 +166,50 @@ class PipelineConfig(BaseModel):
         if not self.retrieval.mixed_contexts:
             _one_context(self)
         return self
+
+
+def resolve_profiles(cfg: "PipelineConfig") -> "PipelineConfig":
+    """Each serve profile's agent, reasoner, tool use, budget and tokenizer as its student implies
+    (see :func:`_profile_models`); idempotent, for profiles set after the config was read."""
+    for profile in cfg.serve.profiles.values():
+        _profile_models(cfg, profile)
+    return cfg
+
+
+def _profile_models(cfg: "PipelineConfig", profile: ServeProfile) -> None:
+    """A student profile as its evaluation asks it (budget, tokenizer), its reasoner the student and
+    its agent the student's base, each served as evaluation serves them (the evaluation entries,
+    copied into ``llm.roles`` under their names unless a role of that name exists, sampled as the
+    "agent" and "reasoner" roles sample); a profile
+    without a student (or naming a size train.sizes lacks, refused when served) keeps the "agent"
+    and "reasoner" roles."""
+    student = profile.student
+    entries = {}
+    if student is not None and student in cfg.train.sizes:
+        entries = size_entries(student, cfg.train.sizes[student])
+        entries = {name: cfg.evaluation.models.get(name, e) for name, e in entries.items()}
+    base, trained = (list(entries.items()) + [(None, None)] * 2)[:2]
+    if trained[1] is not None:
+        if profile.budget is None:
+            profile.budget = (trained[1].budget or BudgetConfig()).model_copy()
+        if profile.tokenizer is None:
+            profile.tokenizer = trained[1].tokenizer
+    pairs = (("agent", base, "agent"), ("reasoner", trained, "reasoner"))
+    for field, (name, entry), plain in pairs:
+        if getattr(profile, field) is not None:
+            continue
+        if entry is None:
+            setattr(profile, field, plain)
+            continue
+        if name not in cfg.llm.roles:  # sampled as the plain role, the model evaluation's
+            which = entry.model_dump(include={"model", "serve", "student", "api_base", "weights"})
+            sampling = cfg.llm.roles.get(plain) or RoleConfig()
+            cfg.llm.roles[name] = RoleConfig.model_validate({**sampling.model_dump(), **which})
+        setattr(profile, field, name)
+        if field == "agent" and profile.agent_tools is None:
+            profile.agent_tools = entry.answer == "tool"
+    if profile.agent_tools is None:
+        profile.agent_tools = True
 
 
 def _one_context(cfg: "PipelineConfig") -> None:

@@ -306,7 +306,8 @@ class ModelServer(dg.ConfigurableResource):
 
     ``local``: a subprocess on this machine (its GPUs → tensor parallel size), running
     ``servers.command`` from the config (vLLM by default). ``slurm``: a one-node job rendered from
-    the site profile, with the GPUs that profile gives the model's size per node; submitted with
+    the site profile, with the GPUs that profile gives the model's size per node (a role's server:
+    its ``serve.size``, else the profile's widest one-node allocation); submitted with
     ``sbatch`` here, or over SSH on a login node when ``ssh_host`` is set. The server's log lines go
     to the run's log; it is stopped when the stage ends. Entries without ``serve`` are reached at
     their ``api_base`` as before.
@@ -351,18 +352,15 @@ class ModelServer(dg.ConfigurableResource):
         from pathlib import Path
 
         from t0_pipeline import slurm_server as slurm
-        from t0_pipeline.cluster import job_spec, load_profile, render_serve_sbatch
+        from t0_pipeline.cluster import job_spec, load_profile, render_serve_sbatch, server_size
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)
-        if size is None or size not in profile.sizes:
-            raise T0Error(
-                f"site profile {profile.name!r} has no allocation for size {size!r} (the model "
-                "entry's size; role servers run with ModelServer mode=local), so the server's "
-                f"GPUs are unknown; it has {', '.join(profile.sizes)}."
-            )
+        size = server_size(profile, plan.size or size, plan.name)
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
         gpus = job_spec(profile, size, **overrides).gpus_per_node
-        tp = plan.tensor_parallel_size or max(1, gpus)
+        tp, why = plan.tensor_parallel(max(1, gpus))
+        if log:
+            log(f"server job for {plan.name}: the {size} allocation, tensor parallel {tp} ({why})")
         log_dir = str(paths.server_logs(cfg.servers).resolve())
         script = render_serve_sbatch(
             profile,

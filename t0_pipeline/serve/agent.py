@@ -3,7 +3,8 @@
 The *agent* model sees the conversation (answers only, earlier thinking stripped) and either
 answers directly (greetings, thanks, small talk) or calls ``search_health_information`` with a
 query it writes from the whole conversation. Models without native tool calling use a
-plain-text protocol instead (a ``SEARCH: …`` line; ``ServeProfile.agent_tools``). After a
+plain-text protocol instead (a ``SEARCH: …`` line; ``ServeProfile.agent_tools``); an agent too
+small to decide is made to search every message (``always_search``). After a
 search, the *reasoning* model answers over the retrieved documents. A trained student
 (``ServeProfile.student``) is asked as it was trained and evaluated (the triage prompt, budget
 forcing; :mod:`t0_pipeline.serve.student_turn`) and its "(condition, level of care)" becomes a
@@ -39,6 +40,7 @@ from t0_pipeline.serve.agent_search import (
     SEARCH_TOOL,
     search_query,
 )
+from t0_pipeline.serve.models import check_profiles
 
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
 PLAIN = {
@@ -139,20 +141,7 @@ class ChatService:
         self._retrieval = ThreadPoolExecutor(1, thread_name_prefix="retrieval")
         self._clients: dict[str, LLMClient] = {}
         self._templates: dict[str | None, Any] = {}  # chat templates for budget-forced reasoners
-        for name, profile in cfg.serve.profiles.items():
-            for role in (profile.agent, profile.reasoner):
-                if role not in cfg.llm.roles:
-                    raise T0Error(
-                        f"serve profile {name!r} uses LLM role {role!r}, which is not configured; "
-                        f"add llm.roles.{role} (model, api_base)."
-                    )
-            if profile.student is not None and profile.student not in cfg.train.sizes:
-                raise T0Error(
-                    f"serve profile {name!r} serves the {profile.student} student, but train.sizes "
-                    f"has no {profile.student} ({', '.join(cfg.train.sizes) or 'none'}); set "
-                    f"serve.profiles.{name}.student to a trained size, or to null for a reasoner "
-                    "that is not a student."
-                )
+        check_profiles(cfg)
 
     def _default_retriever(self, profile: ServeProfile):
         from t0_pipeline.retrieve import Retriever
@@ -235,6 +224,8 @@ class ChatService:
         new = {"role": "user", "content": text}
         reply = await self._ask_agent(profile, history, new, result)
         query = search_query(reply, text)
+        if query is None and profile.always_search:  # the agent must search: the person's words
+            query = text
         if query is None:  # a direct answer: greetings, thanks, small talk
             result.answer = reply.content.strip()
             yield "answer", result.answer
@@ -274,6 +265,7 @@ class ChatService:
         reply = await agent.complete(
             fit_history({"role": "system", "content": system}, history, new, budget, self.count),
             tools=[SEARCH_TOOL] if profile.agent_tools else None,
+            tool_choice="required" if profile.always_search else "auto",
         )
         if not reply.ok:
             raise TurnFailed(
