@@ -8,11 +8,13 @@ export DAGSTER_HOME := $(CURDIR)
 export T0_DATA_DIR ?= $(DATA)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test format ui bench clean help
+.PHONY: install demo chat test format ui bench clean help
 
 help:
 	@echo "make demo   install, then materialise every asset (corpus -> ... -> student -> accuracy) on the bundled sample"
 	@echo "            with the bundled SmolLM2-135M-Instruct in every model role, on CPU (t0_pipeline/demo.yaml)"
+	@echo "make chat   after make demo: the chat page on the demo's trained 135M student (its base as the agent), on CPU,"
+	@echo "            no keys, at http://127.0.0.1:8080/ (t0 serve starts both model servers; Ctrl-C stops everything)"
 	@echo "make test   install, then lint (ruff: pyflakes, import order, formatting) and run the test suite"
 	@echo "make format rewrite the code in the project's format (ruff)"
 	@echo "make ui     open the Dagster web UI (http://127.0.0.1:3000) on the same assets"
@@ -41,6 +43,13 @@ demo: install
 	@echo "(config: t0_pipeline/demo.yaml; Dagster's own log: .dagster/demo.log; about 15 minutes on 2 cores) ..."
 	@$(BIN)/t0 run-all --config t0_pipeline/demo.yaml 2> .dagster/demo.log \
 		|| { tail -n 25 .dagster/demo.log; echo "demo failed: see .dagster/demo.log"; exit 1; }
+
+chat: install
+	@test -f $(T0_DATA_DIR)/students/135M/final/config.json \
+		|| { echo "make chat talks to the student make demo trains: run make demo first"; exit 1; }
+	@echo "the chat page on the demo's 135M student, its base as the agent (t0_pipeline/demo.yaml, CPU, no keys):"
+	@echo "http://127.0.0.1:8080/ once both model servers are healthy; Ctrl-C stops the page and the servers"
+	@$(BIN)/t0 serve --config t0_pipeline/demo.yaml --insecure-local --port 8080
 
 test: install
 	$(BIN)/ruff check .

@@ -56,7 +56,12 @@ def test_a_student_is_asked_as_trained_and_its_answer_becomes_a_plain_reply(
     with FakeLLM() as server:
         server.on(r"<\|im_start\|>think", budget_student("toe is hot and red", student_answer))
         script(server)
-        profile = ServeProfile(student="7B", budget=BudgetConfig(thinking_budget=16, max_waits=0))
+        profile = ServeProfile(
+            student="7B",
+            agent="agent",
+            reasoner="reasoner",
+            budget=BudgetConfig(thinking_budget=16, max_waits=0),
+        )
         replies, cfg = ask(
             built, retriever, tmp_path, server, profile, ["red hot toe", "it started last night"]
         )
@@ -136,7 +141,9 @@ def test_a_served_student_on_the_real_cpu_server_splits_thinking_from_its_reply(
             tmp_path,
             agent.api_base,
             reasoner_api_base=student,
-            profiles={"t0": ServeProfile(student="7B", budget=budget)},
+            profiles={
+                "t0": ServeProfile(student="7B", agent="agent", reasoner="reasoner", budget=budget)
+            },
         )
         with running(app) as url, httpx.Client(base_url=url, timeout=300) as client:
             tid = client.post("/api/threads", json={}).json()["id"]

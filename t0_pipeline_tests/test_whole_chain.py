@@ -5,8 +5,10 @@ than the demo's."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -62,10 +64,12 @@ ASSETS = [
 ]
 
 
-# ~3.5 min on a quiet 2-core machine and past 10 on a loaded one: the bound only catches a hang
-@pytest.mark.timeout(2400)
-def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path, smollm2_gguf):
-    home, data = tmp_path / "dagster", tmp_path / "data"
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, smollm2_gguf):
+    """The demo's config at the smallest sizes, every asset materialised: (data folder, env, what
+    `t0 run-all` printed)."""
+    root = tmp_path_factory.mktemp("chain")
+    home, data = root / "dagster", root / "data"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {
@@ -84,7 +88,13 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
         timeout=2100,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    out = done.stdout
+    return data, env, done.stdout
+
+
+# ~3.5 min on a quiet 2-core machine and past 10 on a loaded one: the bound only catches a hang
+@pytest.mark.timeout(2400)
+def test_every_asset_materialises_with_the_bundled_model_in_every_role(chain):
+    data, _, out = chain
     table = out[out.index("Time per stage") : out.index("Retrieval p@k")]
     for asset in ASSETS:  # each one a successful Dagster run, its checks evaluated
         assert f"| {asset} |" in table, f"{asset} missing from\n{table}"
@@ -147,3 +157,102 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(tmp_path,
     vocabulary = corpus_vocabulary(DataPaths(data))
     assert query_content(queries, vocabulary, 0.5)[0]["readable_first_person_share"] >= 0.5
     assert trace_content(traces, vocabulary, 0.8)[0]["readable_grounded_share"] >= 0.8
+
+
+# the real student served: ~1 min of server start and index load, then a turn of ~15 s on 2 cores
+@pytest.mark.timeout(900)
+def test_the_trained_student_answers_on_the_chat_page_and_to_the_openai_client(chain):
+    """`make chat` on the chain's data: `t0 serve` with the demo's config starts the student this
+    run trained (its final/) and its base as the agent behind the CPU server; in Chromium a
+    question gets a reply whose thinking is behind the toggle and whose sources link to retrieved
+    pages; the official `openai` client gets the same student; SIGTERM stops every server."""
+    from openai import OpenAI
+
+    from t0_pipeline_tests.serving import free_port
+    from t0_pipeline_tests.test_web import CHROMIUM, DESKTOP, open_page, shot
+
+    if CHROMIUM is None and os.environ.get("CI") != "true":
+        pytest.skip("no Chromium here; `apt-get install chromium` (CI installs it)")
+    data, env, _ = chain
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "t0_pipeline.cli", "serve", "--config", str(DEMO)]
+    proc = subprocess.Popen(
+        [*command, "--insecure-local", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        health = wait_healthy(url, proc)
+        assert set(health["models"]) == {"smollm2-135m", "t0-135m"}, health
+        asked = "My big toe is suddenly red, hot and swollen and it hurts to walk."
+        answer, thinking, links = ask_in_browser(url, asked, CHROMIUM, open_page, shot, DESKTOP)
+        assert answer and "<|im_start|>" not in answer and "The model's answer:" not in answer
+        assert "The model's answer: " in thinking  # what the student wrote, behind the toggle
+        assert len(links) == 3 and all(href.startswith("http") for href in links)
+
+        client = OpenAI(base_url=url + "/v1", api_key="unused", timeout=300)
+        assert [m.id for m in client.models.list().data] == ["t0"]
+        reply = client.chat.completions.create(
+            model="t0", messages=[{"role": "user", "content": asked}]
+        )
+        message = reply.choices[0].message
+        assert message.content and "This is information, not a diagnosis" in message.content
+        assert "The model's answer: " in message.model_extra["reasoning_content"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    # the student from this run's final/, its base from the converted checkpoint; both stopped
+    assert f"{data.resolve()}/students/135M/final --served-model-name t0-135m" in out
+    assert "model server for t0-135m stopped" in out
+    assert "model server for smollm2-135m-instruct stopped" in out
+    left = subprocess.run(["pgrep", "-f", f"cpu_server {data.resolve()}"], capture_output=True)
+    assert left.stdout.strip() == b""
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, within_s: float = 400) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read()[-3000:])
+        try:
+            reply = httpx.get(url + "/healthz", timeout=5)
+            if reply.status_code == 200:
+                return reply.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"t0 serve was not healthy within {within_s:g} s")
+
+
+def ask_in_browser(url, text, chromium, open_page, shot, viewport):
+    """(answer, thinking, source links) of one question asked on the chat page."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        try:
+            page = open_page(browser, viewport)
+            page.goto(url)
+            page.fill("#input", text)
+            page.click("#send")
+            done = ".msg.assistant:not([aria-busy]) .answer"
+            page.wait_for_function(
+                f"document.querySelector({done!r})?.textContent.trim().length > 0",
+                timeout=300_000,
+            )
+            reasoning = page.locator(".msg.assistant details.reasoning").last
+            assert not reasoning.evaluate("d => d.open")  # the thinking is folded away
+            reasoning.locator("summary").click()
+            thinking = reasoning.inner_text()
+            links = page.locator(".msg.assistant .sources a")
+            hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+            shot(page, "chat-real-student")
+            return page.locator(done).inner_text(), thinking, hrefs
+        finally:
+            browser.close()

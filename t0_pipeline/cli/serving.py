@@ -102,7 +102,9 @@ def serve(
 
 
 def _exit_on_term(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    # a stop asked for (systemd, the scheduler, kill): unwind so the model servers stop, exit 0.
+    # uvicorn handles it while serving, then raises it again here once it has shut down
+    raise SystemExit(0)
 
 
 def _run(cfg, paths, host: str, port: int, insecure_local: bool) -> None:
