@@ -138,23 +138,22 @@ def test_the_readmes_example_config_loads_and_t0_serve_starts_with_it(tmp_path, 
     from t0_pipeline_tests.serving import free_port
 
     port = free_port()
+    command = [sys.executable, "-m", "t0_pipeline.cli", "serve", "--data-dir", str(paths.root)]
+    command += ["--config", str(tmp_path / "t0.yaml"), "--port", str(port), "--insecure-local"]
+    # the default profile serves the 7B student, which nobody trained here: one line, what to do
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert (
+        done.returncode == 2 and "materialise student_checkpoint[7B]" in done.stdout + done.stderr
+    )
+    # the roles the README's config points at running servers
+    running = [
+        "--set",
+        "serve.profiles.t0.agent=agent",
+        "--set",
+        "serve.profiles.t0.reasoner=reasoner",
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "t0_pipeline.cli",
-            "serve",
-            "--data-dir",
-            str(paths.root),
-            "--config",
-            str(tmp_path / "t0.yaml"),
-            "--port",
-            str(port),
-            "--insecure-local",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command + running, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         deadline, answered = time.monotonic() + 90, None

@@ -93,6 +93,7 @@ def test_agent_search_queries_are_scored_beside_the_queries_as_written(built, em
         cfg.llm.roles["agent"] = RoleConfig(
             model="openai/agent", api_base=server.api_base, seed=None
         )
+        cfg.serve.profiles["t0"].agent = "agent"  # a running server (not the student's base)
         cache = LLMCache(tmp_path / "cache.sqlite")
         rewritten, counts = agent_search_queries(cfg, "t0", texts, cache)
         asked = len(server.state.requests)

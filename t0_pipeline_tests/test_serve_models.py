@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -198,6 +199,14 @@ def test_a_model_that_fails_to_start_stops_the_others_in_one_line(tmp_path):
     proc = start_serve(config, data, free_port(), "--student", "70B")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "serves the 70B student, but train.sizes has no 70B" in out
+    assert "starting a model server" not in out
+    # the service's own port taken: one line, before any model server starts
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        proc = start_serve(config, data, held.getsockname()[1], "--student", "tiny")
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "is already in use; pass --port" in out
     assert "starting a model server" not in out
 
 

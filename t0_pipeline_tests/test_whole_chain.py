@@ -199,7 +199,16 @@ def test_the_trained_student_answers_on_the_chat_page_and_to_the_openai_client(c
             model="t0", messages=[{"role": "user", "content": asked}]
         )
         message = reply.choices[0].message
-        assert message.content and "This is information, not a diagnosis" in message.content
+        # one of the plain replies (a condition's page, none fits, or no clear answer)
+        assert message.content and "<|im_start|>" not in message.content
+        assert any(
+            message.content.startswith(opening)
+            for opening in (
+                "What you describe sounds most like",
+                "None of the pages",
+                "I could not",
+            )
+        ), message.content
         assert "The model's answer: " in message.model_extra["reasoning_content"]
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -76,6 +76,14 @@ def serve(
         )
     if servers not in ("local", "slurm"):
         raise T0Error(f"--servers must be local or slurm, got {servers!r}.")
+    from t0_pipeline.model_server import check_port_free
+
+    try:  # before any model server starts for nothing
+        check_port_free(host, port)
+    except T0Error:
+        raise T0Error(
+            f"port {port} on {host} is already in use; pass --port with a free one."
+        ) from None
     cfg, paths = setup(data_dir, config, sets=sets)
     if student is not None:
         flags = {f"serve.profiles.{name}.student": student for name in cfg.serve.profiles}
