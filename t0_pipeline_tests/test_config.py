@@ -212,5 +212,11 @@ def test_the_team_environment_file_sets_the_shared_engines_and_the_dagster_insta
     cfg = load_config(None, environ=environ)
     assert cfg.serve.database_url.startswith("postgresql://")
     assert (cfg.chroma.host, cfg.chroma.port) == ("127.0.0.1", 8001)
+    # workers reach shared model servers: none starts a model of its own
+    from t0_pipeline.serve.models import profile_roles
+
+    roles = profile_roles(cfg)
+    assert roles == ["agent", "reasoner"] and all(cfg.llm.roles[r].serve is None for r in roles)
+    assert cfg.serve.profiles["t0"].student == "7B"  # still asked as the 7B student was trained
     wanted = set(re.findall(r"\{env: (\w+)\}", (deploy / "dagster.yaml").read_text()))
     assert wanted and wanted <= set(environ), wanted - set(environ)
