@@ -241,25 +241,31 @@ def _slurm_over_ssh() -> Path | None:
     pytest.skip("no Slurm cluster reachable over SSH here; run `sudo bash .ci/slurm-up.sh`")
 
 
-def test_a_server_runs_as_a_slurm_job_over_ssh_and_is_cancelled_after(tmp_path):
-    """ModelServer(mode=slurm) → SSH → sbatch → the server on the node → health → a call →
-    scancel."""
-    from t0_pipeline.config import PipelineConfig
-    from t0_pipeline.defs.resources import ModelServer
+def slurm_over_ssh(tmp_path: Path) -> dict:
+    """ModelServer settings for the CI cluster: the CPU-only "ci-cpu" profile, over SSH to
+    localhost (skips, or fails in CI, when the cluster is not up)."""
     from t0_pipeline_tests.test_train import cpu_profile
 
-    key = _slurm_over_ssh()
-    cfg = PipelineConfig(servers=servers("--reply", "from the cluster", startup_timeout_s=120))
-    paths = DataPaths(tmp_path / "data")
-    where = dict(
+    return dict(
         mode="slurm",
         site="ci-cpu",
         profiles_dir=str(cpu_profile(tmp_path)),
         venv=sys.prefix,
         ssh_host="localhost",
         ssh_user="root",
-        ssh_key_path=str(key),
+        ssh_key_path=str(_slurm_over_ssh()),
     )
+
+
+def test_a_server_runs_as_a_slurm_job_over_ssh_and_is_cancelled_after(tmp_path):
+    """ModelServer(mode=slurm) → SSH → sbatch → the server on the node → health → a call →
+    scancel."""
+    from t0_pipeline.config import PipelineConfig
+    from t0_pipeline.defs.resources import ModelServer
+
+    cfg = PipelineConfig(servers=servers("--reply", "from the cluster", startup_timeout_s=120))
+    paths = DataPaths(tmp_path / "data")
+    where = slurm_over_ssh(tmp_path)
     logged: list[str] = []
     make = ModelServer(**where, partition="debug").factory(cfg, paths, "tiny", logged.append)
     server = make(ServerPlan(name="t0-tiny", checkpoint=str(checkpoint(tmp_path))))

@@ -208,6 +208,9 @@ def test_a_model_that_fails_to_start_stops_the_others_in_one_line(tmp_path):
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "is already in use; pass --port" in out
     assert "starting a model server" not in out
+    proc = start_serve(config, data, free_port(), "--servers", "slurm")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--servers slurm needs --site" in out
 
 
 def test_a_role_server_takes_the_sites_widest_one_node_allocation_or_its_own():
@@ -224,26 +227,16 @@ def test_a_role_server_runs_as_a_slurm_job_for_its_stage(tmp_path):
     """A teacher with a serve section, through ModelServer(mode=slurm): sbatch over SSH, health,
     a call, scancel; no size needed (the site's widest one-node allocation)."""
     from t0_pipeline.defs.resources import ModelServer
-    from t0_pipeline_tests.test_model_server import _slurm_over_ssh
-    from t0_pipeline_tests.test_train import cpu_profile
+    from t0_pipeline_tests.test_model_server import slurm_over_ssh
 
-    key = _slurm_over_ssh()
+    where = slurm_over_ssh(tmp_path)
     cfg = PipelineConfig(servers=servers("--reply", "a teacher on the cluster"))
     cfg.servers.startup_timeout_s = 120
     cfg.llm.roles["teacher"] = RoleConfig(
         model="openai/teacher-model", serve={"checkpoint": str(checkpoint(tmp_path))}
     )
     logged: list[str] = []
-    resource = ModelServer(
-        mode="slurm",
-        site="ci-cpu",
-        profiles_dir=str(cpu_profile(tmp_path)),
-        venv=sys.prefix,
-        ssh_host="localhost",
-        ssh_user="root",
-        ssh_key_path=str(key),
-        partition="debug",
-    )
+    resource = ModelServer(**where, partition="debug")
     paths = DataPaths(tmp_path / "data")
     with resource.roles(cfg, paths, ["teacher"], logged.append) as served:
         teacher = served.llm.roles["teacher"]

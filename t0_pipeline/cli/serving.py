@@ -76,6 +76,8 @@ def serve(
         )
     if servers not in ("local", "slurm"):
         raise T0Error(f"--servers must be local or slurm, got {servers!r}.")
+    if servers == "slurm" and not site:
+        raise T0Error("--servers slurm needs --site (a site profile: t0 sbatch --help lists them).")
     from t0_pipeline.model_server import check_port_free
 
     try:  # before any model server starts for nothing
