@@ -249,3 +249,29 @@ def test_a_role_server_runs_as_a_slurm_job_for_its_stage(tmp_path):
     job = next(m.split()[3] for m in logged if m.startswith("submitted server job"))
     assert any("the tiny allocation" in m for m in logged)
     assert any(f"server job {job} for teacher-model cancelled" in m for m in logged)
+
+
+@pytest.mark.parametrize("tools", [True, False], ids=["tool calling", "SEARCH line"])
+def test_an_agent_made_to_search_searches_every_message(built, retriever, tmp_path, tools):
+    """``always_search`` (the demo's 135M agent): a tool-calling agent is asked with
+    tool_choice "required"; a message it answers anyway (a greeting, here) is searched in the
+    person's own words and answered over the documents; without it, a greeting is answered
+    directly."""
+    from t0_pipeline.config import ServeProfile
+    from t0_pipeline_tests.test_serve import agent_requests, served
+
+    profile = ServeProfile(student=None, agent_tools=tools, always_search=True)
+    with served(built, retriever, tmp_path, profiles={"t0": profile}) as (server, _, client):
+        tid = client.post("/api/threads", json={}).json()["id"]
+        reply = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()
+        asked = agent_requests(server)[-1]
+    message = reply["message"]
+    assert message["search_query"] == "hello" and message["content"] == "Answer to: hello"
+    assert len(message["sources"]) == 5
+    assert asked.get("tool_choice") == ("required" if tools else None)
+
+    plain = ServeProfile(student=None, agent_tools=tools)
+    with served(built, retriever, tmp_path / "plain", profiles={"t0": plain}) as (_, _, client):
+        tid = client.post("/api/threads", json={}).json()["id"]
+        reply = client.post(f"/api/threads/{tid}/messages", json={"content": "hello"}).json()
+    assert reply["message"]["content"] == "Hello! How can I help you today?"
