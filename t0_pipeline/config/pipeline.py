@@ -180,22 +180,21 @@ def _profile_models(cfg: "PipelineConfig", profile: ServeProfile) -> None:
     """A student profile as its evaluation asks it (budget, tokenizer), its reasoner the student and
     its agent the student's base, each served as evaluation serves them (the evaluation entries,
     copied into ``llm.roles`` under their names unless a role of that name exists, sampled as the
-    "agent" and "reasoner" roles sample); a profile
-    without a student (or naming a size train.sizes lacks, refused when served) keeps the "agent"
-    and "reasoner" roles."""
-    student = profile.student
-    entries = {}
-    if student is not None and student in cfg.train.sizes:
-        entries = size_entries(student, cfg.train.sizes[student])
-        entries = {name: cfg.evaluation.models.get(name, e) for name, e in entries.items()}
-    base, trained = (list(entries.items()) + [(None, None)] * 2)[:2]
-    if trained[1] is not None:
+    "agent" and "reasoner" roles sample). A profile without a student (or naming a size
+    train.sizes lacks, refused when served) keeps the "agent" and "reasoner" roles."""
+    chosen = {"agent": (None, None), "reasoner": (None, None)}
+    if profile.student is not None and profile.student in cfg.train.sizes:
+        derived = size_entries(profile.student, cfg.train.sizes[profile.student])
+        base, trained = (
+            (name, cfg.evaluation.models.get(name, entry)) for name, entry in derived.items()
+        )
+        chosen = {"agent": base, "reasoner": trained}
         if profile.budget is None:
             profile.budget = (trained[1].budget or BudgetConfig()).model_copy()
         if profile.tokenizer is None:
             profile.tokenizer = trained[1].tokenizer
-    pairs = (("agent", base, "agent"), ("reasoner", trained, "reasoner"))
-    for field, (name, entry), plain in pairs:
+    for field, (name, entry) in chosen.items():
+        plain = field  # the role of that name serves a profile without a student
         if getattr(profile, field) is not None:
             continue
         if entry is None:
