@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from t0_pipeline.artifacts import T0Error
 
@@ -49,6 +49,11 @@ class SiteProfile(BaseModel):
     partition: str | None = None
     qos: str | None = None
     gpus_per_node: int = 4
+    # the GPU model, a key of t0_pipeline.gpus.GPUS (a100-40gb, a100-80gb, h100-sxm, h200,
+    # gh200-96gb): its memory is what `t0 plan` and the training pre-check plan against
+    gpu: str | None = None
+    gpu_memory_gib: float | None = Field(default=None, gt=0)  # overrides the table's
+    cpu_memory_gib: float | None = Field(default=None, gt=0)  # per node, for optimizer offload
     cpus_per_node: int = Field(default=8, ge=1)  # cores one job may use on a node
     # cores per training process (OMP threads, data loading)
     cpus_per_rank: int = Field(default=1, ge=1)
@@ -56,6 +61,24 @@ class SiteProfile(BaseModel):
     container: str | None = None  # an Apptainer image; torchrun runs inside it
     setup: list[str] = Field(default_factory=list)
     sizes: dict[str, Allocation]
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, value: str | None) -> str | None:
+        from t0_pipeline.gpus import GPUS
+
+        if value is not None and value.lower() not in GPUS:
+            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(GPUS)}")
+        return value.lower() if value else None
+
+    def gpu_memory(self) -> float | None:
+        """GiB per GPU: the profile's own figure, else the GPU table's; None when unknown."""
+        from t0_pipeline.gpus import gpu_named
+
+        if self.gpu_memory_gib:
+            return self.gpu_memory_gib
+        gpu = gpu_named(self.gpu) if self.gpu else None
+        return gpu.memory_gib if gpu else None
 
 
 class JobSpec(BaseModel):

@@ -9,7 +9,6 @@ Qwen2.5-7B's 28 heads on an 8-GPU node give 4, not 8."""
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, ModelServerConfig, RoleConfig
+from t0_pipeline.model_shape import looks_local, read_model_config
 
 
 @dataclass
@@ -78,20 +78,7 @@ def tensor_parallel_size(gpus: int, heads: int, kv_heads: int | None = None) -> 
 def attention_heads(checkpoint: str) -> tuple[int, int] | None:
     """(attention heads, key-value heads) from the checkpoint's config.json (a folder, or a Hugging
     Face name already in the local cache), or None when it cannot be read here."""
-    config = Path(checkpoint).expanduser() / "config.json"
-    if not config.is_file() and not _looks_local(checkpoint):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(checkpoint, "config.json")
-            config = Path(cached) if isinstance(cached, str) else config
-        except Exception:  # not a valid repository name, no hub library: unknown
-            return None
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    data = read_model_config(checkpoint) or {}
     heads = data.get("num_attention_heads")
     if not isinstance(heads, int) or heads < 1:
         return None
@@ -121,7 +108,7 @@ def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
                 f"{student}`) first."
             )
         checkpoint = str(final.resolve())
-    elif _looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
+    elif looks_local(checkpoint) and not Path(checkpoint).expanduser().exists():
         hint = (
             "materialise base_models first (`t0 base-models`)"
             if Path(checkpoint).parent.name == "models"
@@ -137,7 +124,3 @@ def plan_for(name: str, entry: RoleConfig, paths: DataPaths) -> ServerPlan:
         gpu_memory_utilization=launch.gpu_memory_utilization,
         size=launch.size or student,
     )
-
-
-def _looks_local(checkpoint: str) -> bool:
-    return checkpoint.startswith(("/", "./", "../", "~")) or checkpoint.count("/") >= 2

@@ -14,6 +14,12 @@ than ``block_size`` left out and counted, never cut). A held-out split is evalua
 ``eval_steps`` (the reference implementation evaluated on its training set). What ranks share
 and record is in :mod:`t0_pipeline.train_ranks`.
 
+Before the model loads, the run's memory plan (:mod:`t0_pipeline.train_plan`) is made for its
+longest example on this node's GPU and logged; ``train.loss: auto`` takes the chunked loss
+(:mod:`t0_pipeline.train_loss`; Liger Kernel's fused one where installed) and ``train.deepspeed:
+auto`` optimizer offload only when the plan needs them. ``metrics.json`` records tokens/s per GPU
+and MFU against the GPU's dense bf16 peak (:mod:`t0_pipeline.gpus`).
+
 Run on one process or under torchrun: several processes fine-tuning all weights use DeepSpeed
 ZeRO-3 by default (``train.deepspeed: auto``), with ``TrainingArguments`` built before the model
 so ZeRO-3 shards it while loading. On CPU ranks DeepSpeed uses gloo (``DS_ACCELERATOR=cpu``).
@@ -35,16 +41,19 @@ from pathlib import Path
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.cluster import deepspeed_config_path
 from t0_pipeline.config import DataPaths, TrainConfig
 from t0_pipeline.train_data import ListDataset, load_examples, pad_batch
+from t0_pipeline.train_loss import use_chunked_loss
+from t0_pipeline.train_plan import choose_settings, join_deepspeed
 from t0_pipeline.train_ranks import (
     gather_per_rank,
     gathered_digest,
+    memory_now_gb,
     parameter_counts,
     peak_memory_gb,
     rank,
     record_failure,
+    reset_peak_memory,
     stop_file_callback,
     world_size,
 )
@@ -77,41 +86,19 @@ class TrainResult:
     # per tensor, gathered before saving final/
     weights_digest: dict[str, str] = field(default_factory=dict)
     preempted: bool = False  # stopped at a checkpoint before the time limit; final/ not written
+    loss: str = "plain"  # plain, chunked or liger (train.loss auto resolved by the memory plan)
+    memory_plan: dict[str, Any] = field(default_factory=dict)  # t0_pipeline.memory_plan, as run
+    # per rank, before the model was loaded (libraries, data): peak − baseline is what the plan
+    # predicts on CPU ranks
+    baseline_memory_gb: list[float] = field(default_factory=list)
+    tokens_per_second_per_gpu: float = 0.0
+    mfu: float | None = None  # model FLOPs utilisation against the GPU's dense bf16 peak
+    gpu: str | None = None  # the GPU table's entry (t0_pipeline.gpus), None on CPU
 
     def metrics(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "final_dir"}
         out["final_dir"] = str(self.final_dir)
         return out
-
-
-def resolve_deepspeed(config: TrainConfig, processes: int) -> Path | None:
-    """The DeepSpeed config this run uses: ``auto`` = ZeRO-3 for several processes fine-tuning all
-    weights."""
-    from importlib.util import find_spec
-
-    name = config.deepspeed
-    if name in (None, "", "none"):
-        return None
-    installed = find_spec("deepspeed") is not None
-    if name == "auto":
-        if processes <= 1 or config.lora.enabled:
-            return None
-        if not installed:
-            log.warning(
-                "train.deepspeed is auto but DeepSpeed is not installed: %d processes run plain "
-                "DDP, each holding the whole model (pip install deepspeed for ZeRO-3)",
-                processes,
-            )
-            return None
-        name = "zero3"
-    path = deepspeed_config_path(str(name))
-    if not installed:
-        raise T0Error(
-            f"train.deepspeed is {name} but DeepSpeed is not installed; install it (GPU nodes: "
-            "pip install 't0-pipeline[gpu]'; CPU: DS_BUILD_OPS=0 pip install deepspeed "
-            "--no-build-isolation) or set train.deepspeed: none."
-        )
-    return path
 
 
 def _cannot_load(config: TrainConfig, exc: Exception) -> T0Error:
@@ -189,15 +176,25 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         config.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported()
     )
     processes = world_size()
-    ds_config = _deepspeed_for(config, processes, cuda)
     tokenizer = _load_tokenizer(config)
     train_rows, eval_rows, skipped = load_examples(dataset, tokenizer, config)
+    rows = train_rows + eval_rows
+    chosen = choose_settings(config, processes, max(len(r["input_ids"]) for r in rows), cuda)
+    if rank() == 0:
+        log.info("%s", chosen.said)
+    ds_config = chosen.deepspeed
+    join_deepspeed(ds_config, processes, cuda)
     # a folder per training settings: a run resumes only checkpoints trained the same way
     checkpoints, settings = run_dir(config, dataset, output_dir)
     # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for
     # from_pretrained below
     args = _training_arguments(config, checkpoints, bf16, cuda, bool(eval_rows), ds_config)
+    if chosen.loss == "liger":
+        args.use_liger_kernel = True
+    baseline = memory_now_gb(cuda)
     model = _load_model(config, bf16)
+    if chosen.loss == "chunked":
+        use_chunked_loss(model, config.loss_chunk_tokens)
     stop = stop_file_callback(os.environ.get("T0_STOP_FILE"))
     trainer = Trainer(
         model=model,
@@ -213,6 +210,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     if trainer.is_world_process_zero():
         record_run(checkpoints, settings)
     held = gather_per_rank(parameter_counts(model))
+    reset_peak_memory(cuda)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
@@ -230,8 +228,12 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         params_per_rank=[h[0] for h in held],
         params_total=held[0][1],
         preempted=stop.stopped,
+        loss=chosen.loss,
+        memory_plan=chosen.plan.as_dict() if chosen.plan else {},
+        baseline_memory_gb=gather_per_rank(baseline),
     )
     _read_state(result, trainer.state, seconds, cuda)
+    throughput(result, config.model, rows)
     if stop.stopped:
         message = "stopped at step %d with a checkpoint in %s; a re-run resumes from it"
         log.warning(message, result.global_step, checkpoints)
@@ -246,17 +248,6 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
 def _pad_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id
     return (pad if pad is not None else tokenizer.eos_token_id) or 0
-
-
-def _deepspeed_for(config: TrainConfig, processes: int, cuda: bool) -> Path | None:
-    """The DeepSpeed config this run uses; CPU ranks first join DeepSpeed's process group over gloo
-    (accelerate leaves it to the GPU path)."""
-    ds_config = resolve_deepspeed(config, processes)
-    if ds_config is not None and processes > 1 and not cuda:
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")
-    return ds_config
 
 
 def _training_arguments(
@@ -299,7 +290,30 @@ def _training_arguments(
         use_cpu=not cuda,
         disable_tqdm=False,
         include_num_input_tokens_seen=True,
+        # evaluation reports the held-out loss only: no vocabulary-wide logits kept per example
+        prediction_loss_only=True,
     )
+
+
+def throughput(result: TrainResult, model: str, rows: list[dict]) -> None:
+    """Tokens/s per device and, on a GPU in the table, MFU: model FLOPs per token (6·N + attention
+    at the mean example length) × tokens/s per GPU over the dense bf16 peak."""
+    from t0_pipeline.gpus import local_gpu, mfu
+    from t0_pipeline.model_shape import model_shape
+
+    per_device = result.tokens_per_second / max(1, result.world_size)
+    result.tokens_per_second_per_gpu = round(per_device, 1)
+    here = local_gpu()
+    if here is None or here[0] is None or not rows:
+        return
+    result.gpu = here[0].key
+    try:
+        shape = model_shape(model)
+    except T0Error:
+        return
+    mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    value = mfu(shape.train_flops_per_token(mean_len), per_device, here[0])
+    result.mfu = round(value, 4) if value is not None else None
 
 
 def _read_state(result: TrainResult, state, seconds: float, cuda: bool) -> None:

@@ -66,6 +66,39 @@ def gather_per_rank(value):
     return [value]
 
 
+def _status_gib(field: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (Linux), in GiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_now_gb(cuda: bool) -> float:
+    """GPU memory allocated, or the process's resident memory on CPU."""
+    import torch
+
+    if cuda:
+        return round(torch.cuda.memory_allocated() / 2**30, 3)
+    return round(_status_gib("VmRSS") or 0.0, 3)
+
+
+def reset_peak_memory(cuda: bool) -> None:
+    """Start measuring the peak afresh (model loading can peak higher than training on CPU)."""
+    import torch
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # "5" resets the resident-set high-water mark (Linux ≥ 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_gb(cuda: bool) -> float:
     import resource
 
@@ -73,6 +106,9 @@ def peak_memory_gb(cuda: bool) -> float:
 
     if cuda:
         return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    hwm = _status_gib("VmHWM")
+    if hwm is not None:
+        return round(hwm, 3)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # KiB on Linux
 
 

@@ -262,7 +262,7 @@ def test_overlong_examples_are_dropped_never_cut(student):
 
 
 def test_deepspeed_auto_picks_zero3_for_several_processes_training_all_weights(tmp_path):
-    from t0_pipeline.train import resolve_deepspeed
+    from t0_pipeline.train_plan import resolve_deepspeed
 
     assert resolve_deepspeed(TrainConfig(), 1) is None
     assert resolve_deepspeed(TrainConfig(), 2).name == "zero3.json"

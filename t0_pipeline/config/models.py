@@ -228,6 +228,13 @@ class TrainConfig(BaseModel):
     # none; or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP /
     # one device)
     deepspeed: str | None = "auto"
+    # the loss over the vocabulary: plain (transformers'), chunked (t0_pipeline.train_loss: a chunk
+    # of loss_chunk_tokens at a time, same loss and gradients), liger (Liger Kernel's fused linear
+    # cross-entropy; GPUs, the gpu extra), or auto: plain when the run's memory plan fits with it,
+    # else chunked (see t0_pipeline.memory_plan). train.deepspeed auto likewise adds optimizer
+    # offload, then parameter offload, on GPUs when the plan needs them
+    loss: Literal["auto", "plain", "chunked", "liger"] = "auto"
+    loss_chunk_tokens: int = Field(default=1024, ge=16)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     sizes: dict[str, str] = Field(
         default_factory=lambda: {  # partition key → base model (report's five sizes)
