@@ -91,6 +91,7 @@ class TrainResult:
     # per rank, before the model was loaded (libraries, data): peak − baseline is what the plan
     # predicts on CPU ranks
     baseline_memory_gb: list[float] = field(default_factory=list)
+    loaded_memory_gb: list[float] = field(default_factory=list)  # per rank, the model loaded
     tokens_per_second_per_gpu: float = 0.0
     mfu: float | None = None  # model FLOPs utilisation against the GPU's dense bf16 peak
     gpu: str | None = None  # the GPU table's entry (t0_pipeline.gpus), None on CPU
@@ -210,6 +211,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     if trainer.is_world_process_zero():
         record_run(checkpoints, settings)
     held = gather_per_rank(parameter_counts(model))
+    loaded = memory_now_gb(cuda)
     reset_peak_memory(cuda)
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
@@ -231,6 +233,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         loss=chosen.loss,
         memory_plan=chosen.plan.as_dict() if chosen.plan else {},
         baseline_memory_gb=gather_per_rank(baseline),
+        loaded_memory_gb=gather_per_rank(loaded),
     )
     _read_state(result, trainer.state, seconds, cuda)
     throughput(result, config.model, rows)

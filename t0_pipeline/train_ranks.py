@@ -77,12 +77,23 @@ def _status_gib(field: str) -> float | None:
     return None
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the system (glibc), so resident memory counts live data."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_now_gb(cuda: bool) -> float:
     """GPU memory allocated, or the process's resident memory on CPU."""
     import torch
 
     if cuda:
         return round(torch.cuda.memory_allocated() / 2**30, 3)
+    _trim()
     return round(_status_gib("VmRSS") or 0.0, 3)
 
 
@@ -93,6 +104,7 @@ def reset_peak_memory(cuda: bool) -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         return
+    _trim()
     try:  # "5" resets the resident-set high-water mark (Linux ≥ 4.0)
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
