@@ -200,9 +200,10 @@ def render_sbatch(
     partition: str | None = None,
     qos: str | None = None,
     template: Path | None = None,
+    plan_lines: list[str] | tuple[str, ...] = (),
 ) -> str:
     """The job script for one student size on one site (``deepspeed``: a name in slurm/deepspeed, a
-    path, auto)."""
+    path, auto); ``plan_lines`` (the memory plan) become comments in its header."""
     import jinja2
 
     job = job_spec(profile, size, account=account, partition=partition, qos=qos)
@@ -220,6 +221,7 @@ def render_sbatch(
         deepspeed=deepspeed,
         container_prefix=prefix,
         env_file=JOB_ENV_FILE,
+        plan_lines=list(plan_lines),
     )
 
 

@@ -94,6 +94,7 @@ class SitePlan:
 
     size: str
     site: str
+    model: str
     configured: Plan
     chosen: Plan
     lengths: list[int] | None
@@ -103,9 +104,29 @@ class SitePlan:
         said = settings_text(chosen.run)
         return f"{self.size} on {self.site}: {chosen.verdict()} ({said}, sequence {chosen.run.seq})"
 
+    def header(self) -> str:
+        run = self.configured.run
+        gpu = f"{run.gpu_memory_gib:.1f} GiB per GPU" if run.gpu_memory_gib else "no GPU memory"
+        data = (
+            f"the SFT data's longest example within the block: {run.seq} tokens"
+            if self.lengths
+            else f"block {run.seq} (the SFT data is not built yet)"
+        )
+        return f"{self.model} (size {self.size}) on {self.site} ({gpu}); {data}"
+
+    def lines(self) -> list[str]:
+        """The plan in a few comment lines (the job script's header)."""
+        chosen = self.chosen
+        items = ", ".join(f"{name} {gib:.1f}" for name, gib, _ in chosen.items)
+        return [
+            f"memory plan: {self.header()}",
+            f"memory plan with {settings_text(chosen.run)}: {chosen.verdict()}",
+            f"memory plan items (GiB per GPU): {items}",
+        ]
+
     def report(self) -> str:
         fixes = remedies(self.configured.run, self.lengths)
-        text = render(self.configured, fixes)
+        text = self.header() + "\n" + render(self.configured, fixes)
         if self.chosen is not self.configured:
             text += f"\n\nWith the auto settings ({settings_text(self.chosen.run)}): "
             text += self.chosen.verdict()
@@ -148,7 +169,7 @@ def plan_for_site(config: TrainConfig, profile, size: str, model: str, dataset: 
         cpu_memory_gib=profile.cpu_memory_gib,
     )
     configured = plan_memory(run)
-    return SitePlan(size, profile.name, configured, automatic(config, run), lengths)
+    return SitePlan(size, profile.name, model, configured, automatic(config, run), lengths)
 
 
 def plan_here(config: TrainConfig, processes: int, longest: int, ds_name: str | None) -> Plan:
@@ -256,3 +277,30 @@ def _need_liger(cuda: bool) -> None:
             "train.loss is liger but Liger Kernel is not installed; pip install "
             "'t0-pipeline[gpu]' (or liger-kernel), or use train.loss: chunked."
         )
+
+
+def base_model_for(cfg, paths, size: str) -> str:
+    """The base model ``size`` trains from: a ``base_models`` entry's folder, else the name."""
+    model = cfg.train.sizes.get(size)
+    if model is None:
+        raise T0Error(
+            f"no base model for size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}); add "
+            "it to the config."
+        )
+    return str(paths.base_model(model).resolve()) if model in cfg.base_models else model
+
+
+def size_plan(cfg, paths, profile, size: str) -> SitePlan:
+    """The plan of training ``size`` on ``profile`` with a pipeline config and its data folder."""
+    dataset = cfg.train.dataset or paths.sft_dir / "train.parquet"
+    return plan_for_site(cfg.train, profile, size, base_model_for(cfg, paths, size), dataset)
+
+
+def job_plan(cfg, paths, profile, size: str) -> tuple[SitePlan | None, list[str]]:
+    """(the plan, its lines for the job script's header); no plan, and a line saying why, for a
+    model whose config.json cannot be read here."""
+    try:
+        planned = size_plan(cfg, paths, profile, size)
+    except T0Error as exc:  # the plan advises; a model it cannot read still gets its script
+        return None, [f"memory plan: none ({exc})"]
+    return planned, planned.lines()

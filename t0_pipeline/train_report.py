@@ -42,6 +42,12 @@ def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any
         "device_hours": round(hours * result.world_size, 4),
         "gpu_hours": round(hours * result.world_size, 4) if result.device == "cuda" else 0.0,
         "tokens_per_second": result.tokens_per_second,
+        "tokens_per_second_per_gpu": result.tokens_per_second_per_gpu,
+        # model FLOPs utilisation against the GPU's dense bf16 peak (t0_pipeline.gpus); None on CPU
+        "mfu": result.mfu,
+        "gpu": result.gpu or "",
+        "loss": result.loss,
+        "memory_plan_as_run": {"raw_value": json.dumps(result.memory_plan), "type": "json"},
         "peak_memory_gb_max": max(result.peak_memory_gb) if result.peak_memory_gb else None,
         "peak_memory_gb_per_rank": {"raw_value": json.dumps(result.peak_memory_gb), "type": "json"},
         "params_total": result.params_total,

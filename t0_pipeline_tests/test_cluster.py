@@ -154,7 +154,8 @@ def test_dagster_submits_the_script_t0_sbatch_prints(tmp_path):
         ],
     )
     assert printed.exit_code == 0, printed.output
-    assert printed.output == script and job.world_size == 4
+    assert printed.stdout == script and job.world_size == 4
+    assert "# memory plan: none (cannot read config.json of 'my-org/my-7b'" in script
     plan = TrainingJobLauncher(script=script).prepare_execution(
         payload_path="/remote/job/train-7B.sbatch",
         python_executable="/shared/env/bin/python",

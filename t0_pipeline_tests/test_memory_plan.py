@@ -263,7 +263,9 @@ def _measured(metrics: dict) -> list[float]:
     return [p - b for p, b in zip(metrics["peak_memory_gb"], metrics["baseline_memory_gb"])]
 
 
-def test_two_rank_zero3_peak_memory_per_rank_is_within_tolerance_of_the_plan(wide_student, tmp_path):
+def test_two_rank_zero3_peak_memory_per_rank_is_within_tolerance_of_the_plan(
+    wide_student, tmp_path
+):
     plain = _two_ranks(wide_student, tmp_path / "plain", "plain")
     chunked = _two_ranks(wide_student, tmp_path / "chunked", "chunked")
     for metrics, loss in ((plain, "plain"), (chunked, "chunked")):
@@ -322,3 +324,102 @@ def test_the_chunked_loss_gives_the_plain_loss_and_gradients_on_the_real_smollm2
     with torch.no_grad():  # without labels it still gives logits (generation)
         logits = model(input_ids=ids[:1, :8]).logits
     assert logits.shape == (1, 8, model.config.vocab_size)
+
+
+# --- where users meet the plan: t0 plan, t0 sbatch, the student_checkpoint pre-check -------------
+
+
+def test_t0_plan_itemises_one_run_and_lists_every_size_and_site(tmp_path):
+    from typer.testing import CliRunner
+
+    from t0_pipeline.cli import app
+
+    runner = CliRunner()
+    one = runner.invoke(
+        app, ["plan", "--site", "baskerville", "--size", "7B", "--data-dir", str(tmp_path)]
+    )
+    assert one.exit_code == 0, one.output
+    for line in ("optimizer states", "activations (checkpoints)", "logits and loss", "total"):
+        assert line in one.stdout
+    assert "Qwen/Qwen2.5-7B-Instruct (size 7B) on baskerville (39.4 GiB per GPU)" in one.stdout
+    assert "does not fit" in one.stdout and "cheapest first" in one.stdout
+    assert (
+        "With the auto settings (train.loss: chunked, train.deepspeed: zero3_offload_optimizer)"
+        in one.stdout
+    )
+    table = runner.invoke(app, ["plan", "--all", "--data-dir", str(tmp_path)])
+    assert table.exit_code == 0, table.output
+    lines = [line for line in table.stdout.splitlines() if " on " in line]
+    assert len(lines) == 10 and all(": fits: " in x or ": does not fit: " in x for x in lines)
+    assert sum(": does not fit: " in x for x in lines) == 1  # 32B on Baskerville at block 32,768
+    # a shorter block is a setting like any other
+    short = runner.invoke(
+        app,
+        [
+            "plan",
+            "--site",
+            "baskerville",
+            "--size",
+            "32B",
+            "--data-dir",
+            str(tmp_path),
+            "--set",
+            "train.block_size=8192",
+        ],
+    )
+    assert "block 8192" in short.stdout and "With the auto settings" in short.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "t0_pipeline.cli", "plan", "--site", "baskerville", "--size", "70B"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "T0_DATA_DIR": str(tmp_path)},
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "no base model for size '70B' in train.sizes" in bad.stderr
+
+
+def test_the_plan_counts_the_examples_a_shorter_block_drops(tmp_path):
+    import polars as pl
+
+    from t0_pipeline.cluster import load_profile
+    from t0_pipeline.train_plan import plan_for_site
+
+    data = tmp_path / "sft.parquet"
+    lengths = [2000, 9000, 20000, 31000, 32000, 40000]  # the last is over the block: never trained
+    pl.DataFrame({"n_tokens": lengths, "messages": ["[]"] * 6}).write_parquet(data)
+    planned = plan_for_site(
+        TrainConfig(), load_profile("baskerville"), "32B", "Qwen/Qwen2.5-32B-Instruct", data
+    )
+    assert planned.configured.run.seq == 32000  # the longest example within the block
+    report = planned.report()
+    assert "the SFT data's longest example within the block: 32000 tokens" in report
+    shorter = [line for line in report.splitlines() if "train.block_size:" in line]
+    assert shorter and "drops 2 of 6 examples" in shorter[0] or "drops 3 of 6" in shorter[0]
+
+
+def test_student_checkpoint_refuses_a_run_that_cannot_fit_before_submitting_it(tmp_path):
+    import dagster as dg
+
+    from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
+    from t0_pipeline.defs.training import build_student_checkpoint
+
+    config = tmp_path / "t0.yaml"
+    config.write_text("train:\n  sizes: {32B: Qwen/Qwen2.5-32B-Instruct}\n  deepspeed: zero3\n")
+    # no SSH host: had the job been submitted, the run would fail on the connection instead
+    compute = TrainingCompute(mode="slurm", site="baskerville", account="proj")
+    result = dg.materialize(
+        [build_student_checkpoint(dg.StaticPartitionsDefinition(["32B"]))],
+        partition_key="32B",
+        resources={
+            "settings": PipelineSettings(data_dir=str(tmp_path / "data"), config_file=str(config)),
+            "training_compute": compute,
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    from t0_pipeline_tests.test_train import _failure_messages
+
+    message = " | ".join(_failure_messages(result))
+    assert "student 32B on baskerville: does not fit" in message
+    assert "t0 plan --site baskerville --size 32B" in message and "ssh" not in message.lower()

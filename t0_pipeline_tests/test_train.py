@@ -605,6 +605,10 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     # each rank holds only its ZeRO-3 shard
     assert len(per_rank) == 2 and all(0 < n < total for n in per_rank)
     assert len(json.loads(meta["peak_memory_gb_per_rank"].value)) == 2
+    # the memory plan made before submitting (CPU ranks: no GPU to plan against), and as run
+    assert "per rank (no GPU memory to plan against)" in meta["memory_plan_verdict"].value
+    assert json.loads(meta["memory_plan_as_run"].value)["gpus"] == 2
+    assert meta["loss"].value == "plain" and meta["tokens_per_second_per_gpu"].value > 0
     assert meta["resumed_from"].value == str(saved[-1]) and meta["global_step"].value == 8
     assert meta["final_train_loss"].value < meta["first_train_loss"].value
     final = data / "students" / "tiny" / "final"
@@ -640,7 +644,7 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
         ],
     )
     assert printed.exit_code == 0, printed.output
-    assert printed.output == ran
+    assert printed.stdout == ran
 
     # 4. a cluster that rejects the job: one clear error, and the checkpoint just made stays
     cpu_profile(tmp_path, procs=2, partition="no-such-partition")

@@ -63,6 +63,7 @@ def sbatch(
     one rank per GPU.
     """
     from t0_pipeline.cluster import load_profile, render_sbatch
+    from t0_pipeline.train_plan import job_plan
 
     cfg, paths = setup(data_dir, config, sets=sets)
     model = cfg.train.sizes.get(size)
@@ -72,8 +73,10 @@ def sbatch(
             "it to the config."
         )
     log_dir = paths.student_dir(size) / "logs"
+    profile = load_profile(site, profiles_dir)
+    planned, lines = job_plan(cfg, paths, profile, size)
     script = render_sbatch(
-        load_profile(site, profiles_dir),
+        profile,
         size,
         config_file=str(config.resolve()) if config else None,
         data_dir=str(paths.root.resolve()),
@@ -83,7 +86,11 @@ def sbatch(
         account=account,
         partition=partition,
         qos=qos,
+        plan_lines=lines,
     )
+    typer.echo(lines[-2] if planned else lines[0], err=True)
+    if planned and planned.blocking_reason():
+        typer.echo(f"warning: {planned.blocking_reason()}", err=True)
     if out:
         log_dir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log file before the job starts
         out.write_text(script, encoding="utf-8")
@@ -105,3 +112,50 @@ def slurm_env(
 
     out = prepare_env_dir(path, venv or Path(sys.prefix))
     typer.echo(f"pre-deployed environment ready at {out}; set TrainingCompute.env_path to it")
+
+
+def site_plans(cfg, paths, site: str, size: str, profiles_dir: Optional[Path] = None):
+    from t0_pipeline.cluster import load_profile
+    from t0_pipeline.train_plan import size_plan
+
+    return size_plan(cfg, paths, load_profile(site, profiles_dir), size)
+
+
+@app.command()
+def plan(
+    site: Optional[str] = typer.Option(
+        None, help="Site profile (baskerville, isambard-ai, or one in --profiles-dir)."
+    ),
+    size: Optional[str] = typer.Option(None, help="Student size, a key of train.sizes (e.g. 7B)."),
+    every: bool = typer.Option(
+        False, "--all", help="One line per size on every site profile instead of one itemised plan."
+    ),
+    config: Optional[Path] = ConfigFile,
+    data_dir: Optional[Path] = DataDir,
+    profiles_dir: Optional[Path] = _SBATCH_PROFILES_DIR,
+    sets: Optional[list[str]] = SetOpt,
+):
+    """Per-GPU memory of a training run before it is submitted: itemised, against the site's GPUs.
+
+    Made from the base model's config.json (no weights needed; the report's Qwen2.5 sizes are
+    built in), the site profile's allocation and GPU, train.block_size (or the SFT data's longest
+    example once it is built) and the memory settings. Prints the verdict and the changes that
+    would make it fit, cheapest first; `train.loss: auto` and `train.deepspeed: auto` take them by
+    themselves at run time. `--set train.block_size=16384` plans another block.
+    """
+    from t0_pipeline.cluster import profile_names
+
+    cfg, paths = setup(data_dir, config, sets=sets)
+    if every:
+        sites = [site] if site else profile_names(profiles_dir)
+        sizes = [size] if size else list(cfg.train.sizes)
+        for name in sites:
+            for each in sizes:
+                try:
+                    typer.echo(site_plans(cfg, paths, name, each, profiles_dir).summary())
+                except T0Error as exc:
+                    typer.echo(f"{each} on {name}: no plan ({exc})")
+        return
+    if not site or not size:
+        raise T0Error("t0 plan needs --site and --size (or --all for every site and size).")
+    typer.echo(site_plans(cfg, paths, site, size, profiles_dir).report())

@@ -151,15 +151,43 @@ class TrainingCompute(dg.ConfigurableResource):
             )
         return self._slurm(context, size, model, config_file, data_dir)
 
+    def memory_plan(self, cfg, paths, size: str):
+        """The plan of training ``size`` where this resource runs it: the site profile's allocation
+        (Slurm), or this machine's GPU (local; None without one, or for a model whose config.json
+        cannot be read here)."""
+        from pathlib import Path
+
+        from t0_pipeline.cluster import Allocation, SiteProfile, load_profile
+        from t0_pipeline.gpus import local_gpu
+        from t0_pipeline.train_plan import job_plan
+
+        if self.mode == "slurm":
+            profile = load_profile(
+                self.site, Path(self.profiles_dir) if self.profiles_dir else None
+            )
+        else:
+            here = local_gpu()
+            if here is None:
+                return None
+            one = Allocation(nodes=1, gpus_per_node=1, hours=1)
+            profile = SiteProfile(
+                name="this machine", gpus_per_node=1, gpu_memory_gib=here[1], sizes={size: one}
+            )
+        return job_plan(cfg, paths, profile, size)[0]
+
     def job_script(self, *, size: str, model: str, config_file: Optional[str], data_dir: str):
         """(site profile, job shape, job script) for ``size``: the script is the one ``t0 sbatch``
         prints."""
         from pathlib import Path
 
         from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
+        from t0_pipeline.config import DataPaths
+        from t0_pipeline.train_plan import job_plan
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
+        cfg = load_config(config_file)
+        _, lines = job_plan(cfg, DataPaths(data_dir), profile, size)
         script = render_sbatch(
             profile,
             size,
@@ -167,7 +195,8 @@ class TrainingCompute(dg.ConfigurableResource):
             data_dir=data_dir,
             model=model,
             log_dir=job_log_dir(data_dir, size),
-            deepspeed=self.deepspeed or load_config(config_file).train.deepspeed,
+            deepspeed=self.deepspeed or cfg.train.deepspeed,
+            plan_lines=lines,
             **overrides,
         )
         return profile, job_spec(profile, size, **overrides), script

@@ -65,15 +65,37 @@ def build_student_checkpoint(partitions: dg.StaticPartitionsDefinition) -> dg.As
         )
         resolved.parent.mkdir(parents=True, exist_ok=True)
         resolved.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
-        return training_compute.run(
+        # blocking pre-check: a run the memory plan says cannot fit is not queued
+        planned = training_compute.memory_plan(cfg, settings.paths(), size)
+        if planned is not None and planned.blocking_reason():
+            raise T0Error(planned.blocking_reason())
+        if planned is not None:
+            context.log.info(planned.lines()[1])
+        result = training_compute.run(
             context,
             size=size,
             model=sizes[size],
             data_dir=str(Path(settings.data_dir).resolve()),
             config_file=str(resolved),
         )
+        return result._replace(metadata={**(result.metadata or {}), **plan_metadata(planned)})
 
     return student_checkpoint
+
+
+def plan_metadata(planned) -> dict:
+    """The memory plan as materialisation metadata: the verdict and the itemised table."""
+    if planned is None:
+        return {}
+    chosen = planned.chosen
+    rows = "\n".join(f"| {name} | {gib:.2f} | {how} |" for name, gib, how in chosen.items)
+    total = f"| total | {chosen.total_gib:.2f} | |"
+    table = f"| item | GiB per GPU | counted as |\n|---|---|---|\n{rows}\n{total}"
+    return {
+        "memory_plan": dg.MetadataValue.md(f"{planned.header()}\n\n{table}\n\n{chosen.verdict()}"),
+        "memory_plan_gib_per_gpu": round(chosen.total_gib, 2),
+        "memory_plan_verdict": chosen.verdict(),
+    }
 
 
 student_checkpoint = build_student_checkpoint(size_partitions())
