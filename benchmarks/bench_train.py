@@ -26,12 +26,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHAPES = {  # Qwen2.5-0.5B's shape (151,936-token vocabulary); tiny for CPU smoke runs
+SHAPES = {  # Qwen2.5-0.5B and 1.5B shapes (151,936-token vocabulary); tiny for CPU smoke runs
     "0.5B": dict(
         hidden_size=896,
         intermediate_size=4864,
         num_hidden_layers=24,
         num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "1.5B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
         num_key_value_heads=2,
         vocab_size=151936,
         tie_word_embeddings=True,
@@ -88,12 +97,10 @@ def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, di
 
 
 def model_flops_per_token(dims: dict, block: int) -> float:
-    embed = dims["vocab_size"] * dims["hidden_size"]
-    h, i, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
-    kv = h // dims["num_attention_heads"] * dims["num_key_value_heads"]
-    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i  # q, o, k, v projections and the SwiGLU MLP
-    params = layers * per_layer + embed  # the tied LM head does a full vocabulary matmul per token
-    return 6 * params + 12 * layers * h * block / 2
+    """6·N + causal attention per token, as the trainer's MFU counts it (model_shape)."""
+    from t0_pipeline.model_shape import shape_from_config
+
+    return shape_from_config({**dims, "model_type": "qwen2"}).train_flops_per_token(block)
 
 
 def main() -> None:

@@ -67,9 +67,10 @@ class ModelShape:
 
     def train_flops_per_token(self, seq_len: float) -> float:
         """Model FLOPs per trained token at a mean sequence length (forward + backward, no
-        recomputation): 6·N for the weights plus 12·layers·hidden·seq for attention scores and
-        values, the PaLM paper's accounting (Chowdhery et al. 2022, appendix B)."""
-        return 6 * self.matmul_params() + 12 * self.layers * self.hidden * seq_len
+        recomputation): 6·N for the weights plus the attention scores and values, 12·layers·
+        hidden·seq (the PaLM paper's accounting, Chowdhery et al. 2022, appendix B) halved because
+        a causal mask computes half of them (FlashAttention's convention)."""
+        return 6 * self.matmul_params() + 12 * self.layers * self.hidden * seq_len / 2
 
 
 # Published config.json figures of the report's students (hidden, layers, intermediate, heads, KV
