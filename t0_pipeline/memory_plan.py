@@ -265,7 +265,7 @@ def remedies(run: RunShape, lengths: list[int] | None = None, max_nodes: int = 3
             )
     if run.zero3:
         for nodes in range(run.nodes + 1, max_nodes + 1):
-            more = fitting_settings(replace(run, nodes=nodes))
+            more = fitting_settings(replace(run, nodes=nodes), offload=False)
             if more.fits:
                 change = f"{nodes} nodes (the site profile's sizes.<size>.nodes)"
                 out.append(Remedy(f"{change} with {settings_text(more.run)}", more))
