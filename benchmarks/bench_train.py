@@ -26,25 +26,25 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+def _qwen25(size: str) -> dict:
+    """A Qwen2.5 student's config.json figures (t0_pipeline.model_shape.QWEN25)."""
+    from t0_pipeline.model_shape import QWEN25
+
+    hidden, layers, inter, heads, kv, vocab, tied = QWEN25[size]
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=vocab,
+        tie_word_embeddings=tied,
+    )
+
+
 SHAPES = {  # Qwen2.5-0.5B and 1.5B shapes (151,936-token vocabulary); tiny for CPU smoke runs
-    "0.5B": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
-    "1.5B": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    ),
+    "0.5B": _qwen25("0.5B"),
+    "1.5B": _qwen25("1.5B"),
     "tiny": dict(
         hidden_size=64,
         intermediate_size=128,

@@ -127,33 +127,44 @@ MODEL_STATE_ITEMS = ("parameters", "gradients", "optimizer states", "gathered mo
 
 
 def _model_states(run: RunShape) -> tuple[list[tuple[str, float, str]], float]:
+    if not run.zero3:
+        return _unsharded_states(run), 0.0
     shape, w = run.shape, run.dtype_bytes
-    p = shape.params()
-    n = run.gpus if run.zero3 else 1
+    p, n = shape.params(), run.gpus
     dtype = "bf16" if w == 2 else f"{8 * w}-bit"
     params = w * p / n if run.offload != "all" else 0.0
-    states = 16 * p / n if run.offload == "none" and not run.lora else 0.0
+    states = p / n if run.offload == "none" and not run.lora else 0.0  # × bytes per parameter
     where = "" if run.offload == "none" else " (offloaded: on CPU)"
+    largest = shape.largest_module_params()
     items = [
         ("parameters", params / GIB, f"{dtype} shard: {w} B × {p / 1e9:.2f}B params / {n}"),
-        ("gradients", 4 * states / 16 / GIB, f"fp32 shard: 4 B × params / {n}{where}"),
+        ("gradients", 4 * states / GIB, f"fp32 shard: 4 B × params / {n}{where}"),
         (
             "optimizer states",
-            12 * states / 16 / GIB,
+            12 * states / GIB,
             f"fp32 master + Adam m, v: 12 B × params / {n}{where}",
         ),
+        (
+            "gathered module",
+            2 * w * largest / GIB,
+            f"ZeRO-3 gathers the largest module whole: {2 * w} B × {largest / 1e6:.0f}M",
+        ),
     ]
-    if run.zero3:
-        largest = shape.largest_module_params()
-        items.append(
-            (
-                "gathered module",
-                2 * w * largest / GIB,
-                f"ZeRO-3 gathers the largest module whole: {2 * w} B × {largest / 1e6:.0f}M",
-            )
-        )
     offloaded = {"none": 0.0, "optimizer": 16 * p, "all": (16 + w) * p}[run.offload]
     return items, offloaded / run.nodes / GIB
+
+
+def _unsharded_states(run: RunShape) -> list[tuple[str, float, str]]:
+    """One process, or plain DDP: every rank holds the whole model, its gradients and torch
+    AdamW's two moments, all in the weights' dtype (no fp32 master copy)."""
+    p, w = run.shape.params(), run.dtype_bytes
+    trained = 0 if run.lora else p
+    dtype = "bf16" if w == 2 else f"{8 * w}-bit"
+    return [
+        ("parameters", w * p / GIB, f"{dtype}: {w} B × {p / 1e9:.2f}B params, not sharded"),
+        ("gradients", w * trained / GIB, f"{w} B × trained params"),
+        ("optimizer states", 2 * w * trained / GIB, f"Adam m, v: {2 * w} B × trained params"),
+    ]
 
 
 def layer_activation_bytes_per_token(shape: ModelShape, w: int) -> int:

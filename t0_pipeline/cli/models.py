@@ -234,8 +234,11 @@ def train(
     typer.echo(
         f"{result.global_step} steps on {result.train_examples} examples (held out "
         f"{result.eval_examples}) by {result.world_size} process(es), DeepSpeed "
-        f"{result.deepspeed or 'off'}; train loss {result.train_loss[0][1]:.3f} → "
-        f"{result.train_loss[-1][1]:.3f}, held-out {last:.3f} → {result.final_dir}"
+        f"{result.deepspeed or 'off'}, {result.loss} loss; train loss "
+        f"{result.train_loss[0][1]:.3f} → {result.train_loss[-1][1]:.3f}, held-out {last:.3f}; "
+        f"{result.tokens_per_second_per_gpu:.0f} tokens/s per device"
+        + (f", MFU {result.mfu:.1%}" if result.mfu is not None else "")
+        + f" → {result.final_dir}"
     )
 
 
