@@ -26,6 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
 def _qwen25(size: str) -> dict:
     """A Qwen2.5 student's config.json figures (t0_pipeline.model_shape.QWEN25)."""
     from t0_pipeline.model_shape import QWEN25

@@ -74,7 +74,7 @@ def test_7b_on_one_baskerville_node_needs_optimizer_offload():
 
 
 def test_32b_on_baskerville_cannot_fit_a_full_block_without_offload():
-    # 18 B × 32.8e9 / 16 GPUs = 36.9 GB of states + 64 × 32,768 × 5,120 × 2 B = 21.5 GB of checkpoints
+    # 18 B × 32.8e9 / 16 GPUs = 36.9 GB of states; 64 × 32,768 × 5,120 × 2 B = 21.5 GB checkpoints
     assert 18 * 32.8e9 / 16 / GB + 64 * BLOCK * 5120 * 2 / GB > 42.3
     plan = site_plan("baskerville", "32B", loss="chunked", deepspeed="zero3")
     assert not plan.chosen.fits
