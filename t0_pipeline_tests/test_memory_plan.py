@@ -423,3 +423,33 @@ def test_student_checkpoint_refuses_a_run_that_cannot_fit_before_submitting_it(t
     message = " | ".join(_failure_messages(result))
     assert "student 32B on baskerville: does not fit" in message
     assert "t0 plan --site baskerville --size 32B" in message and "ssh" not in message.lower()
+
+
+def test_auto_settings_keep_the_plain_loss_on_cpu_and_liger_is_refused_there(tmp_path):
+    from t0_pipeline.artifacts import T0Error
+    from t0_pipeline.train_plan import choose_settings, resolve_deepspeed
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "qwen2",
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 1000,
+            }
+        )
+    )
+    chosen = choose_settings(TrainConfig(model=str(folder)), 1, 512, cuda=False)
+    assert chosen.loss == "plain" and chosen.deepspeed is None and chosen.plan is not None
+    assert "no GPU memory to plan against" in chosen.said
+    with pytest.raises(T0Error, match="runs on GPUs only; use train.loss: chunked"):
+        choose_settings(TrainConfig(model=str(folder), loss="liger"), 1, 512, cuda=False)
+    named = resolve_deepspeed(TrainConfig(deepspeed="zero3_offload_optimizer"), 2)
+    assert named.name == "zero3_offload_optimizer.json"
+    offload = json.loads(named.read_text())["zero_optimization"]
+    assert offload["offload_optimizer"]["device"] == "cpu" and "offload_param" not in offload
