@@ -5,7 +5,9 @@ chunk and returns the whole document. An index of up to ``retrieval.exact_max_ch
 is scored exactly in memory (its vectors read once from Chroma); a larger one asks Chroma's
 HNSW index, widening the chunk window until it has k distinct documents (or has seen every
 chunk). BM25 ranks whole documents.
-Hybrid fuses the two rankings with reciprocal rank fusion.
+Hybrid fuses the two rankings with weighted reciprocal rank fusion (``retrieval.rrf_k``,
+``retrieval.fusion_weights``); hybrid search of the summaries also fuses the full pages' dense and
+BM25 rankings (``retrieval.fuse_full_pages``).
 
 Run it: ``t0 query --data-dir DIR "text"`` or ``t0 retrieve --queries Q.jsonl --out ranked.jsonl``.
 """
@@ -42,12 +44,15 @@ class Hit:
     text: str = ""
 
 
-def reciprocal_rank_fusion(rankings: list[list[str]], k: int = 60) -> list[tuple[str, float]]:
-    """Fuse ranked lists of ids: score(d) = Σ 1 / (k + rank_d), rank starting at 1."""
+def reciprocal_rank_fusion(
+    rankings: list[list[str]], k: int = 60, weights: list[float] | None = None
+) -> list[tuple[str, float]]:
+    """Fuse ranked lists of ids: score(d) = Σ weight / (k + rank_d), rank starting at 1 (every
+    weight 1 unless given)."""
     scores: dict[str, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings)):
         for rank, doc in enumerate(ranking, start=1):
-            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+            scores[doc] = scores.get(doc, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -294,17 +299,25 @@ class Retriever:
             return [r[:k] for r in dense]
         if mode != "hybrid":
             raise T0Error(f"unknown retriever mode {mode!r}; use dense, bm25 or hybrid.")
+        w = self.config.fusion_weights
         rankings = [
             [[s for s, _ in d] for d in dense],
             [[s for s, _ in b] for b in self._bm25_rank(queries, depth)],
         ]
+        weights = [w.dense, w.bm25]
         full = self._full_pages()
-        if full is not None:  # same model, so the query vectors serve both indexes
+        if full is not None and w.full_dense > 0:  # same model: the query vectors serve both
             rankings.append(
                 [[s for s, _ in docs if s in self.live] for docs in full._dense(vectors, depth)]
             )
+            weights.append(w.full_dense)
+        if full is not None and w.full_bm25 > 0:
+            rankings.append(
+                [[s for s, _ in b if s in self.live] for b in full._bm25_rank(queries, depth)]
+            )
+            weights.append(w.full_bm25)
         return [
-            reciprocal_rank_fusion(list(per_query), self.config.rrf_k)[:k]
+            reciprocal_rank_fusion(list(per_query), self.config.rrf_k, weights)[:k]
             for per_query in zip(*rankings)
         ]
 

@@ -18,6 +18,11 @@ def test_rrf_fuses_by_reciprocal_rank():
     assert [d for d, _ in fused] == ["a", "c", "b", "d"]
     assert scores["a"] == pytest.approx(1 / 61 + 1 / 62)
     assert scores["d"] == pytest.approx(1 / 63)
+    # weighted: the first ranking counts double, so its second place beats the other's first
+    weighted = dict(reciprocal_rank_fusion([["a", "b"], ["b", "c"]], k=10, weights=[1.0, 0.5]))
+    assert weighted["a"] == pytest.approx(1 / 11)
+    assert weighted["b"] == pytest.approx(1 / 12 + 0.5 / 11)
+    assert weighted["c"] == pytest.approx(0.5 / 12) and weighted["b"] > weighted["a"]
 
 
 def test_best_chunk_per_doc_keeps_first_occurrence():
@@ -106,11 +111,20 @@ def test_every_mode_finds_an_obvious_condition(retriever, mode):
 
 def test_hybrid_is_rrf_of_dense_and_bm25(retriever):
     q = ["itchy scalp and tiny eggs stuck to my child's hair"]
-    depth = retriever.config.fusion_depth
-    dense = [s for s, _ in retriever.rank(q, depth, "dense")[0]]
-    bm25 = [s for s, _ in retriever.rank(q, depth, "bm25")[0]]
-    expected = reciprocal_rank_fusion([dense, bm25], retriever.config.rrf_k)[:5]
-    got = retriever.rank(q, 5, "hybrid")[0]
+    alone = Retriever(
+        "summaries",
+        retriever.paths,
+        retriever.embedding,
+        retriever.chroma,
+        retriever.config.model_copy(update={"fuse_full_pages": False}),
+        embedder=retriever.embedder,
+    )
+    depth = alone.config.fusion_depth
+    dense = [s for s, _ in alone.rank(q, depth, "dense")[0]]
+    bm25 = [s for s, _ in alone.rank(q, depth, "bm25")[0]]
+    w = alone.config.fusion_weights
+    expected = reciprocal_rank_fusion([dense, bm25], alone.config.rrf_k, [w.dense, w.bm25])[:5]
+    got = alone.rank(q, 5, "hybrid")[0]
     assert [s for s, _ in got] == [s for s, _ in expected]
     assert [x for _, x in got] == pytest.approx([x for _, x in expected])
 
@@ -167,15 +181,15 @@ def test_hybrid_search_of_the_summaries_fuses_the_full_pages_and_says_when_they_
     query = ["I sneeze all the time and my eyes itch and water every summer"]
     with_full, without = fused.rank(query, 10, "hybrid")[0], alone.rank(query, 10, "hybrid")[0]
     assert with_full[0][0] == without[0][0] == "hay-fever"
-    full_rank = [
-        s
-        for s, _ in Retriever("full", paths, cfg.embedding, cfg.chroma, embedder=embedder).rank(
-            query, 50, "dense"
-        )[0]
-    ]
-    # RRF over three rankings: the top document gains exactly its full-page dense term
+    full = Retriever("full", paths, cfg.embedding, cfg.chroma, embedder=embedder)
+    full_dense = [s for s, _ in full.rank(query, 50, "dense")[0]]
+    full_bm25 = [s for s, _ in full.rank(query, 50, "bm25")[0]]
+    # weighted RRF over four rankings: the top document gains exactly its two full-page terms
+    w, k = RetrievalConfig().fusion_weights, RetrievalConfig().rrf_k
     assert with_full[0][1] == pytest.approx(
-        without[0][1] + 1 / (60 + full_rank.index("hay-fever") + 1)
+        without[0][1]
+        + w.full_dense / (k + full_dense.index("hay-fever") + 1)
+        + w.full_bm25 / (k + full_bm25.index("hay-fever") + 1)
     )
     assert all(slug in fused.live for slug, _ in with_full)
     assert fused.rank(query, 10, "dense") == alone.rank(query, 10, "dense")  # only hybrid fuses

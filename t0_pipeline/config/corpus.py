@@ -135,16 +135,31 @@ class ChromaConfig(BaseModel):
     write_batch: int = Field(512, ge=1)
 
 
+class FusionWeights(BaseModel):
+    """How much each ranking counts in a hybrid search (weighted reciprocal rank fusion). Chosen on
+    our hard development queries (benchmarks/queries/hard_dev.jsonl) from a coarse grid, and better
+    on the easy sets too: the index's own dense ranking counts double; 0 leaves a ranking out."""
+
+    dense: float = Field(1.0, ge=0)  # the index's own dense ranking
+    bm25: float = Field(0.5, ge=0)  # the index's own BM25 ranking
+    full_dense: float = Field(0.5, ge=0)  # summaries only, with fuse_full_pages: full pages, dense
+    full_bm25: float = Field(0.5, ge=0)  # … and full pages, BM25
+
+
 class RetrievalConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
-    rrf_k: int = Field(60, gt=0)  # reciprocal rank fusion constant (Cormack et al.)
+    # reciprocal rank fusion constant: score = Σ weight / (rrf_k + rank). 10 (Cormack et al. used
+    # 60) lets the top of each ranking count more; chosen with fusion_weights on the hard
+    # development set
+    rrf_k: int = Field(10, gt=0)
+    fusion_weights: FusionWeights = Field(default_factory=FusionWeights)
     # documents taken from each ranker before fusing (k wins when larger)
     fusion_depth: int = Field(50, ge=1)
     # dense: first window = depth × chunks-per-document × this; doubles if short
     chunk_oversample: float = 1.5
-    # hybrid search of the summaries also fuses the full pages' dense ranking (the query is encoded
-    # once): summaries carry the symptoms, full pages the rest of what a patient may mention (needs
-    # the full index)
+    # hybrid search of the summaries also fuses the full pages' dense and BM25 rankings (the query
+    # is encoded once): summaries carry the symptoms, full pages the rest of what a patient may
+    # mention (needs the full indexes)
     fuse_full_pages: bool = True
     # dense search of an index with at most this many chunks scores every chunk exactly, from
     # vectors read once out of Chroma into memory (~1.5 KB a chunk): exact, and faster than an HNSW

@@ -78,9 +78,14 @@ def retrieved_from(index: str, mode: str) -> list:
     """The index assets a stage retrieving from ``index`` in ``mode`` (config values) depends on:
     lineage follows config."""
     assets = list(INDEX_ASSETS.get(index) or [])
-    # fuses the full pages' ranking
+    # fuses the full pages' rankings
     if index != "full" and mode == "hybrid" and LOCATION.retrieval.fuse_full_pages:
-        assets.append(full_page_index)
+        weights = LOCATION.retrieval.fusion_weights
+        assets += [
+            a
+            for a, w in ((full_page_index, weights.full_dense), (full_page_bm25, weights.full_bm25))
+            if w > 0
+        ]
     if not assets:
         raise T0Error(
             f"nothing builds the {index!r} index in this code location (with summary.backend=llm "
