@@ -123,6 +123,13 @@ def test_synthetic_group_end_to_end_and_warm_rerun_makes_no_calls(tmp_path):
 
     graph = defs.resolve_asset_graph()
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("reasoning_traces")).parent_keys}
-    # hybrid search of the summaries fuses the full pages' dense ranking: all three indexes
-    assert parents == {"synthetic_queries", "summary_index", "summary_bm25", "full_page_index"}
+    # hybrid search of the summaries fuses the full pages' dense and BM25 rankings: all four
+    # indexes
+    assert parents == {
+        "synthetic_queries",
+        "summary_index",
+        "summary_bm25",
+        "full_page_index",
+        "full_page_bm25",
+    }
     assert graph.get(dg.AssetKey("reasoning_traces")).pools == {"llm"}
