@@ -583,12 +583,14 @@ def test_the_code_location_partitions_accuracy_by_the_configured_models():
     graph = defs.resolve_asset_graph()
     node = graph.get(dg.AssetKey("accuracy_report"))
     assert node.partitions_def.get_partition_keys() == list(PipelineConfig().evaluation.models)
-    # hybrid search of the summaries fuses the full pages' dense ranking: all three indexes
+    # hybrid search of the summaries fuses the full pages' dense and BM25 rankings: all four
+    # indexes
     assert {k.to_user_string() for k in node.parent_keys} == {
         "synthetic_queries",
         "summary_index",
         "summary_bm25",
         "full_page_index",
+        "full_page_bm25",
         "student_checkpoint",
     }
     # each size → its student and its base
