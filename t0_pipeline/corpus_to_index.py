@@ -36,11 +36,19 @@ def build_indexes(
     config: PipelineConfig, paths: DataPaths, embedder=None, client=None
 ) -> tuple[dict, dict]:
     """Dense and BM25 indexes for full pages and summaries from the datasets already on disk."""
-    import polars as pl
+    from t0_pipeline.expansion import index_documents
 
     dense, bm25 = {}, {}
     for index in INDEX_NAMES:
-        docs = pl.read_parquet(paths.documents(index))
+        docs, expansion = index_documents(paths, index, config.expansion)
+        if expansion.enabled:
+            log.info(
+                "%s: expanded with %d queries for %d documents from %s",
+                index,
+                expansion.queries,
+                expansion.documents,
+                expansion.source,
+            )
         dense[index] = build_dense_index(
             docs,
             index,
@@ -50,6 +58,7 @@ def build_indexes(
             config.chroma,
             embedder=embedder,
             client=client,
+            expansion=expansion.as_dict(),
         )
         bm25[index] = build_bm25_index(docs, index, paths)
     return dense, bm25
@@ -58,6 +67,9 @@ def build_indexes(
 def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=None) -> BuildResult:
     """Crawl (or read) the source, clean, summarise and index everything; each stage is logged as it
     starts and ends (what ``t0 index`` shows)."""
+    from t0_pipeline.expansion import check_source
+
+    check_source(config.expansion)  # before anything is rewritten
     source = config.source
     with _stage(
         1,

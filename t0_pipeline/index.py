@@ -34,6 +34,7 @@ from t0_pipeline.chroma_store import COMMITTED, NOTHING_COMMITTED, chroma_client
 from t0_pipeline.chunk import chunk_documents
 from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig, IndexName
 from t0_pipeline.embed import chunk_token_limit, document_encoder, model_name
+from t0_pipeline.expansion import with_expansion_chunks
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,12 @@ class IndexStats:
     embedded_chunks: int = 0
     seconds: float = 0.0
     rebuilt: bool = False
+    expansions: int = 0  # of the chunks, query texts indexed as document expansions
 
     def summary(self) -> str:
+        expanded = f" (of them {self.expansions} expansions)" if self.expansions else ""
         return (
-            f"{self.index}: {self.documents} documents / {self.chunks} chunks; embedded "
+            f"{self.index}: {self.documents} documents / {self.chunks} chunks{expanded}; embedded "
             f"{self.embedded_chunks} chunks ({len(self.added)} added, {len(self.changed)} changed, "
             f"{len(self.removed)} removed, {self.unchanged} unchanged) in {self.seconds:.1f}s"
         )
@@ -152,9 +155,11 @@ def build_dense_index(
     chroma: ChromaConfig,
     embedder=None,
     client=None,
+    expansion: dict | None = None,
 ) -> IndexStats:
     """Bring the Chroma collection for ``index`` in line with ``docs`` (re-embedding only what
-    changed)."""
+    changed). ``docs`` may carry ``expansions`` (:mod:`t0_pipeline.expansion`), described in the
+    manifest by ``expansion``."""
     started = time.perf_counter()
     if docs.is_empty():
         raise T0Error(
@@ -173,7 +178,12 @@ def build_dense_index(
 
     target = dict(zip(docs["slug"], docs["content_hash"]))
     stats = IndexStats(
-        index=index, collection=name, documents=len(target), chunks=0, rebuilt=old_name != name
+        index=index,
+        collection=name,
+        documents=len(target),
+        chunks=0,
+        rebuilt=old_name != name,
+        expansions=(expansion or {}).get("queries") or 0,
     )
     # 1. add chunks for new/changed documents (ids carry the hash, so old chunks stay readable)
     with server_faults(chroma, f"writing the {index!r} index", NOTHING_COMMITTED):
@@ -195,7 +205,7 @@ def build_dense_index(
     # readers serve
     kept = sum(len(by_doc.get((s, h), [])) for s, h in target.items() if (s, h) in complete)
     stats.chunks = kept + stats.embedded_chunks
-    snapshot = _commit(docs, paths, spec, name, target, stats.chunks)
+    snapshot = _commit(docs, paths, spec, name, target, stats.chunks, expansion)
     # 3. garbage-collect what the manifest no longer names
     with server_faults(chroma, f"removing old chunks of the {index!r} index", COMMITTED):
         _collect_garbage(client, collection, by_doc, target, snapshot, index, old_name)
@@ -229,8 +239,11 @@ def _embed_documents(
     ]
     if partial:  # left by an interrupted run: redo those documents whole
         collection.delete(ids=partial)
-    chunks = chunk_documents(
-        todo["slug"].to_list(), todo["text"].to_list(), embedder.tokenizer, size, overlap
+    chunks = with_expansion_chunks(
+        chunk_documents(
+            todo["slug"].to_list(), todo["text"].to_list(), embedder.tokenizer, size, overlap
+        ),
+        todo,
     )
     hashes = dict(zip(todo["slug"], todo["content_hash"]))
     titles = dict(zip(todo["slug"], todo["title"]))
@@ -269,11 +282,18 @@ def _chunk_metadata(c, titles: dict, hashes: dict, counts: Counter) -> dict:
         "n_chunks": counts[c.slug],
         "start": c.start,
         "end": c.end,
+        "kind": "expansion" if c.start < 0 else "text",
     }
 
 
 def _commit(
-    docs: pl.DataFrame, paths: DataPaths, spec: IndexSpec, name: str, target: dict, n_chunks: int
+    docs: pl.DataFrame,
+    paths: DataPaths,
+    spec: IndexSpec,
+    name: str,
+    target: dict,
+    n_chunks: int,
+    expansion: dict | None = None,
 ) -> Path:
     """Write the documents' snapshot, then the manifest naming it and the document versions: the
     index's new version, in one atomic write. Returns the snapshot's path."""
@@ -285,6 +305,7 @@ def _commit(
         "docs": target,
         "docs_file": snapshot.name,
         "n_chunks": n_chunks,
+        "expansion": expansion or {"enabled": False},
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(manifest, paths.index_manifest(spec.index))
@@ -344,6 +365,8 @@ def build_bm25_index(docs: pl.DataFrame, index: IndexName, paths: DataPaths) -> 
         raise T0Error(f"no documents to index for {index!r}; build the corpus first.")
     stemmer = _stemmer()
     texts = [f"{t}\n{x}" for t, x in zip(docs["title"], docs["text"])]
+    if "expansions" in docs.columns:  # a patient's words for it, beside the page's
+        texts = [f"{x}\n" + "\n".join(e or []) for x, e in zip(texts, docs["expansions"].to_list())]
     retriever = bm25s.BM25()
     retriever.index(bm25_tokenize(texts, stemmer), show_progress=False)
     out = paths.bm25_dir(index)

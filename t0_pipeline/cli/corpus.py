@@ -162,6 +162,13 @@ def index(
         None, help="Use a Chroma server at this host instead of the embedded store."
     ),
     chroma_port: Optional[int] = typer.Option(None, help="Chroma server port."),
+    expand_from: Optional[Path] = typer.Option(
+        None,
+        "--expand-from",
+        help="Index each document with the queries written for it in this file (query + slug or "
+        "condition): document expansion. With expansion.enabled and no file, the synthetic "
+        "training split.",
+    ),
     sets: Optional[list[str]] = SetOpt,
 ):
     """Build conditions, summaries and every index (dense + BM25, full pages + summaries).
@@ -182,6 +189,8 @@ def index(
             "chroma.distance": distance or None,
             "chroma.host": chroma_host or None,
             "chroma.port": chroma_port or None,
+            "expansion.enabled": True if expand_from else None,
+            "expansion.source": str(expand_from) if expand_from else None,
         },
     )
     result = build_all(cfg, paths)

@@ -146,6 +146,21 @@ class FusionWeights(BaseModel):
     full_bm25: float = Field(0.5, ge=0)  # … and full pages, BM25
 
 
+class ExpansionConfig(BaseModel):
+    """Document expansion (doc2query): queries written for a document are indexed with it, as extra
+    vectors pointing to it (dense) and extra words (BM25); the text served stays the document's. Off
+    by default; when on, the index assets depend on synthetic_queries and read its training split
+    only (the evaluation split scores the result)."""
+
+    enabled: bool = False
+    indexes: list[IndexName] = Field(default_factory=lambda: list(INDEX_NAMES))
+    # query texts kept per document (in the file's order); more adds vectors, not much recall
+    per_document: int = Field(16, ge=1)
+    # a query file (JSONL, JSON or Parquet: ``query`` and ``slug`` or ``condition``) to expand from
+    # instead of the synthetic training split
+    source: Path | None = None
+
+
 class RetrievalConfig(BaseModel):
     mode: RetrieverMode = "hybrid"
     # reciprocal rank fusion constant: score = Σ weight / (rrf_k + rank). 10 (Cormack et al. used

@@ -11,6 +11,7 @@ from t0_pipeline.config.corpus import (
     ChunkConfig,
     CleanConfig,
     EmbeddingConfig,
+    ExpansionConfig,
     RetrievalConfig,
     RetrievalEvalConfig,
     RetrieverTuneConfig,
@@ -129,6 +130,7 @@ class PipelineConfig(BaseModel):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     retriever_tune: RetrieverTuneConfig = Field(default_factory=RetrieverTuneConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
+    expansion: ExpansionConfig = Field(default_factory=ExpansionConfig)
     chroma: ChromaConfig = Field(default_factory=ChromaConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     retrieval_eval: RetrievalEvalConfig = Field(default_factory=RetrievalEvalConfig)

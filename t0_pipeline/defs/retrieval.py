@@ -12,6 +12,7 @@ from t0_pipeline.defs.corpus import EAGER, conditions, summaries
 from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.embed import model_name
+from t0_pipeline.expansion import index_documents, leaked_queries
 from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
 from t0_pipeline.retrieval_eval import (
     evaluate_retrieval,
@@ -41,6 +42,17 @@ def follows(*keys: dg.AssetKey) -> dg.AutomationCondition:
     ).with_label("eager; also after " + ", ".join(k.to_user_string() for k in keys))
 
 
+def _expanded(index: str) -> bool:
+    expansion = location_config().expansion
+    return expansion.enabled and index in expansion.indexes
+
+
+def _index_deps(index: str, *more: dg.AssetKey) -> list:
+    """An index's inputs: its documents (and ``more``), and the synthetic queries it is expanded
+    with when expansion is on for it."""
+    return [INDEX_SOURCES[index], *more, *([SYNTHETIC_QUERIES] if _expanded(index) else [])]
+
+
 DENSE_NAMES = {"full": "full_page_index", "summaries": "summary_index"}
 BM25_NAMES = {"full": "full_page_bm25", "summaries": "summary_bm25"}
 
@@ -67,19 +79,20 @@ def _dense_asset(index: str):
     @dg.asset(
         name=DENSE_NAMES[index],
         group_name="retrieval",
-        deps=[INDEX_SOURCES[index], RETRIEVER_MODEL],
+        deps=_index_deps(index, RETRIEVER_MODEL),
         code_version=version_of(DENSE_NAMES[index]),
-        automation_condition=follows(RETRIEVER_MODEL),
+        automation_condition=follows(RETRIEVER_MODEL, *_index_deps(index)[1:]),
         kinds={"chroma"},
         description=f"Chroma collection of token chunks of the {index} documents (incremental by "
         "content hash), embedded by the configured model, or by retriever_model's tuned one once "
-        "it measured better.",
+        "it measured better; with expansion on, plus one vector per training query written for a "
+        "document.",
     )
     def dense(
         context: dg.AssetExecutionContext, settings: PipelineSettings
     ) -> dg.MaterializeResult:
         cfg, paths = settings.pipeline_config(), settings.paths()
-        docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
+        docs, expansion = index_documents(paths, index, cfg.expansion)  # type: ignore[arg-type]
         stats = build_dense_index(
             docs,
             index,
@@ -89,9 +102,15 @@ def _dense_asset(index: str):
             cfg.chroma,
             embedder=settings.embedder(),
             client=settings.chroma_client(),
+            expansion=expansion.as_dict(),
         )
         context.log.info(stats.summary())
-        return dg.MaterializeResult(metadata=_index_metadata(stats, cfg, paths, index))
+        return dg.MaterializeResult(
+            metadata={
+                **_index_metadata(stats, cfg, paths, index),
+                "expansion": dg.MetadataValue.json(expansion.as_dict()),
+            }
+        )
 
     @dg.asset_check(
         asset=dense,
@@ -101,7 +120,8 @@ def _dense_asset(index: str):
     )
     def every_document_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
         paths = settings.paths()
-        docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
+        expansion = settings.pipeline_config().expansion
+        docs, _ = index_documents(paths, index, expansion)  # type: ignore[arg-type]
         manifest = read_manifest(paths.index_manifest(index))  # type: ignore[arg-type]
         missing = unindexed_documents(docs, manifest)
         count = (
@@ -126,18 +146,22 @@ def _bm25_asset(index: str):
     @dg.asset(
         name=BM25_NAMES[index],
         group_name="retrieval",
-        deps=[INDEX_SOURCES[index]],
+        deps=_index_deps(index),
         code_version=version_of(BM25_NAMES[index]),
-        automation_condition=EAGER,
+        automation_condition=follows(*_index_deps(index)[1:]) if _expanded(index) else EAGER,
         kinds={"python"},
         description="Document-level BM25 index (bm25s, English stop words and stemming) of the "
-        f"{index} documents.",
+        f"{index} documents (with expansion on, plus the words of the training queries written for "
+        "each).",
     )
     def bm25(settings: PipelineSettings) -> dg.MaterializeResult:
         paths = settings.paths()
-        info = build_bm25_index(pl.read_parquet(paths.documents(index)), index, paths)
+        expansion = settings.pipeline_config().expansion
+        docs, info_expansion = index_documents(paths, index, expansion)  # type: ignore[arg-type]
+        info = build_bm25_index(docs, index, paths)
         return dg.MaterializeResult(
             metadata={
+                "expansion": dg.MetadataValue.json(info_expansion.as_dict()),
                 "documents": info["documents"],
                 "stemmed": info["stemmed"],
                 "seconds": round(info["seconds"], 3),
@@ -154,7 +178,8 @@ def _bm25_asset(index: str):
         import json
 
         paths = settings.paths()
-        docs = pl.read_parquet(paths.documents(index))  # type: ignore[arg-type]
+        expansion = settings.pipeline_config().expansion
+        docs, _ = index_documents(paths, index, expansion)  # type: ignore[arg-type]
         meta = json.loads((paths.bm25_dir(index) / "t0_docs.json").read_text())
         live = dict(zip(meta["slugs"], meta["hashes"]))
         missing = unindexed_documents(docs, {"docs": live})
@@ -282,6 +307,15 @@ def retrieval_report(
     report = evaluate_retrieval(
         paths, cfg.retrieval_eval, retrievers, queries, label=source.label, rewritten=rewritten
     )
+    expansion = {n: r.manifest.get("expansion", {"enabled": False}) for n, r in retrievers.items()}
+    leaks = leaked_queries(
+        [q.query for q in queries], {n: r.manifest for n, r in retrievers.items()}
+    )
+    if any(leaks.values()):
+        context.log.warning(
+            f"evaluation queries also indexed as document expansions: {leaks}; their scores "
+            "measure recall of indexed text (expand from the training split only)"
+        )
     context.log.info("\n" + report.markdown)
     png = base64.b64encode(report.png.read_bytes()).decode()
     ks = sorted(cfg.retrieval_eval.ks)
@@ -292,6 +326,8 @@ def retrieval_report(
             "queries": report.n_queries,
             "query_source": source.label,
             "agent_search_queries": dg.MetadataValue.json(counts),
+            "expansion": dg.MetadataValue.json(expansion),
+            "expansion_leaks": dg.MetadataValue.json(leaks),
             "p_at_k": dg.MetadataValue.md(report.markdown),
             "plot": dg.MetadataValue.md(f"![p@k curves](data:image/png;base64,{png})"),
             f"best_{headline}": float(best[headline]),
@@ -304,8 +340,8 @@ def retrieval_report(
 
 @dg.asset_check(
     asset=retrieval_report,
-    description="Every configured index × mode was scored, and each p@k row is a share that never "
-    "falls as k grows.",
+    description="Every configured index × mode was scored, each p@k row is a share that never "
+    "falls as k grows, and no evaluation query is among the texts an index was expanded with.",
 )
 def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.checks import pk_problems
@@ -320,6 +356,13 @@ def pk_table_complete(settings: PipelineSettings) -> dg.AssetCheckResult:
         cfg.retrieval_eval.indexes,
         cfg.retrieval_eval.modes,
     )
+    queries = [q.query for q in read_saved_queries(paths.eval_queries)]
+    manifests = {n: read_manifest(paths.index_manifest(n)) for n in cfg.retrieval_eval.indexes}
+    problems += [
+        f"{n} of the evaluation queries are indexed as expansions of the {name!r} documents"
+        for name, n in leaked_queries(queries, manifests).items()
+        if n
+    ]
     return dg.AssetCheckResult(
         passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)}
     )
