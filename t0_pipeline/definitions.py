@@ -6,7 +6,16 @@ Open it with ``dagster dev`` (``make ui``); materialise it headless with
 
 import dagster as dg
 
-from t0_pipeline.defs import content, corpus, evaluation, models, retrieval, synthetic, training
+from t0_pipeline.defs import (
+    content,
+    corpus,
+    evaluation,
+    models,
+    retrieval,
+    retriever_tuning,
+    synthetic,
+    training,
+)
 from t0_pipeline.defs.resources import ModelServer, PipelineSettings, TrainingCompute
 
 # Everything downstream of the source that needs no LLM endpoint: what a re-crawl refreshes.
@@ -68,10 +77,10 @@ evaluation_automation = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(
-        [models, corpus, retrieval, synthetic, training, evaluation]
+        [models, corpus, retrieval, retriever_tuning, synthetic, training, evaluation]
     ),
     asset_checks=dg.load_asset_checks_from_modules(
-        [models, corpus, retrieval, synthetic, content, training, evaluation]
+        [models, corpus, retrieval, retriever_tuning, synthetic, content, training, evaluation]
     ),
     jobs=[refresh_corpus, observe_corpus, synthetic_data_job, evaluation_job],
     schedules=[weekly_recrawl, daily_observe],
