@@ -30,6 +30,8 @@ class BuildResult:
     compression: float
     dense: dict[str, IndexStats] = field(default_factory=dict)
     bm25: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # pages or files that could not be read: slug, url (a folder's: the file), error
+    failed: list[dict[str, str]] = field(default_factory=list)
 
 
 def build_indexes(
@@ -94,6 +96,7 @@ def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=No
         compression=float(summaries["compression"].mean()),
         dense=dense,
         bm25=bm25,
+        failed=report.failed,
     )
 
 

@@ -1,4 +1,5 @@
-"""Crawl: a site's A-to-Z index (live, a local mirror, or a pre-scraped file) → raw pages.
+"""Crawl: a site's A-to-Z index (live, a local mirror, or a pre-scraped file), or a folder of
+documents (:mod:`t0_pipeline.documents`) → raw pages.
 
 Input: a :class:`~t0_pipeline.config.SourceConfig`. Output: ``<data>/corpus/pages.parquet``
 (one row per fetched page: slug, part, url, body, content hash, ETag, fetch time) and
@@ -293,7 +294,11 @@ def _tally(
 def run_crawl(config: SourceConfig, paths: DataPaths) -> tuple[pl.DataFrame, CrawlReport]:
     """Crawl (or read) the source and write pages.parquet + crawl_report.json atomically."""
     previous = pl.read_parquet(paths.pages) if paths.pages.exists() else None
-    if config.kind == "pages":
+    if config.kind == "documents":
+        from t0_pipeline.documents import read_documents
+
+        df, report = read_documents(config, previous)
+    elif config.kind == "pages":
         started = now_iso()
         df = read_pages_file(config)
         report = CrawlReport(
@@ -318,7 +323,7 @@ def run_crawl(config: SourceConfig, paths: DataPaths) -> tuple[pl.DataFrame, Cra
     write_parquet(df, paths.pages)
     write_json(report.__dict__, paths.crawl_report)
     write_config_sidecar(paths.pages, config)
-    if config.kind != "pages":
+    if config.kind not in ("pages", "documents"):
         journal.remove()
     log.info("crawl: %s", report.summary())
     return df, report
@@ -341,6 +346,13 @@ def corpus_fingerprint(config: SourceConfig) -> str:
                 "--location."
             )
         for path in sorted(root.rglob("*.html")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    elif config.kind == "documents":
+        from t0_pipeline.documents import document_files
+
+        root, files = document_files(config)
+        for path in files:
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     elif config.kind == "pages":

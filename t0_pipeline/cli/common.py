@@ -130,11 +130,19 @@ def serve_roles(cfg: PipelineConfig, paths: DataPaths, *roles: str):
 
 
 def source_flags(
-    source: Optional[str], location: Optional[str], pages: Optional[Path]
+    source: Optional[str],
+    location: Optional[str],
+    pages: Optional[Path],
+    documents: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """--pages FILE is --source pages --location FILE."""
+    """--pages FILE is --source pages --location FILE; --documents DIR is --source documents
+    --location DIR."""
+    if pages is not None and documents is not None:
+        raise T0Error("give --pages FILE or --documents DIR, not both.")
     if pages is not None:
         return {"source.kind": "pages", "source.location": str(pages)}
+    if documents is not None:
+        return {"source.kind": "documents", "source.location": str(documents)}
     return {"source.kind": source, "source.location": location}
 
 

@@ -34,11 +34,12 @@ def crawl(
     config: Optional[Path] = ConfigFile,
     source: Optional[str] = typer.Option(
         None,
-        help="sample (bundled, offline), site (live HTTP), mirror (wget directory) or pages "
-        "(JSONL/Parquet).",
+        help="sample (bundled, offline), site (live HTTP), mirror (wget directory), pages "
+        "(JSONL/Parquet) or documents (a folder of PDF, DOCX, HTML, Markdown and text files).",
     ),
     location: Optional[str] = typer.Option(
-        None, help="Index URL for site, directory for mirror, file for pages."
+        None,
+        help="Index URL for site, directory for mirror, file for pages, folder for documents.",
     ),
     delay: Optional[float] = typer.Option(
         None, help="Seconds between request starts (politeness)."
@@ -76,6 +77,12 @@ def crawl(
     typer.echo(f"{report.summary()} → {paths.pages}")
     for failure in report.failed:
         typer.echo(f"  failed: {failure['slug']} ({failure['url']}): {failure['error']}", err=True)
+    if cfg.source.kind == "documents" and report.failed:
+        typer.echo(
+            f"  {len(report.failed)} file(s) skipped; a file that was read before keeps its "
+            "previous text",
+            err=True,
+        )
 
 
 @app.command()
@@ -143,6 +150,12 @@ def index(
     pages: Optional[Path] = typer.Option(
         None, "--pages", help="Pre-scraped pages (.jsonl/.parquet with slug, title, url, text)."
     ),
+    documents: Optional[Path] = typer.Option(
+        None,
+        "--documents",
+        help="A folder of PDF, DOCX, HTML, Markdown and text files: one document per file "
+        "(unreadable files are skipped and named).",
+    ),
     data_dir: Optional[Path] = DataDir,
     config: Optional[Path] = ConfigFile,
     source: Optional[str] = typer.Option(
@@ -183,7 +196,7 @@ def index(
         config,
         sets=sets,
         flags={
-            **source_flags(source, location, pages),
+            **source_flags(source, location, pages, documents),
             "embedding.model": model or None,
             "chunk.size": chunk_size or None,
             "chroma.distance": distance or None,
@@ -195,6 +208,8 @@ def index(
     )
     result = build_all(cfg, paths)
     typer.echo(f"crawl: {result.crawl}")
+    for failure in result.failed:
+        typer.echo(f"  skipped: {failure['url']}: {failure['error']}", err=True)
     typer.echo(
         f"{result.documents} documents; summaries {result.compression:.0%} shorter than pages"
     )

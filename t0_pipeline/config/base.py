@@ -10,7 +10,7 @@ from pydantic import BaseModel as _PydanticModel
 from pydantic import ConfigDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SourceKind = Literal["sample", "site", "mirror", "pages"]
+SourceKind = Literal["sample", "site", "mirror", "pages", "documents"]
 IndexName = Literal["full", "summaries", "llm_summaries"]
 RetrieverMode = Literal["dense", "bm25", "hybrid"]
 Distance = Literal["l2", "cosine"]

@@ -33,7 +33,13 @@ class SourceConfig(BaseModel):
     """Where the corpus comes from and how politely to fetch it."""
 
     kind: SourceKind = "sample"  # sample = the bundled offline mirror; site = live HTTP crawl
-    location: str | None = None  # site: index URL; mirror: directory; pages: .jsonl/.parquet file
+    # site: index URL; mirror: directory; pages: .jsonl/.parquet file; documents: a folder of PDF,
+    # DOCX, HTML, Markdown and text files (t0_pipeline.documents)
+    location: str | None = None
+    # documents: which files under the folder (globs on the path relative to it; hidden files never)
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    max_file_mb: float = Field(50.0, gt=0)  # documents: a larger file is skipped and named
     adapter: str = "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.sites)
     # aggregate pages, not conditions
     exclude_slugs: list[str] = Field(default_factory=lambda: ["mental-health"])

@@ -94,3 +94,28 @@ def get_adapter(name: str) -> SiteAdapter:
             "one in t0_pipeline/sites."
         )
     return adapters[name]
+
+
+# An HTML file of a documents folder (an export, a saved page): its main content when marked, else
+# its body, without the navigation, banners and scripts around it.
+DOCUMENT_HTML = SiteAdapter(
+    name="documents",
+    index_url="",
+    condition_url=re.compile(r"(?!)"),
+    index_link_selector="",
+    subpage_link_selector="",
+    content_selector="main, article, [role=main]",
+    drop_selectors=(
+        "script",
+        "style",
+        "noscript",
+        "nav",
+        "header",
+        "footer",
+        "aside",
+        "form",
+        "[role=navigation]",
+        "[role=banner]",
+        "[role=contentinfo]",
+    ),
+)
