@@ -27,8 +27,9 @@ class CrawlReport:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        noun = "files" if self.source.startswith("documents:") else "conditions"
         return (
-            f"{self.conditions} conditions: {len(self.new)} new, {len(self.changed)} changed, "
+            f"{self.conditions} {noun}: {len(self.new)} new, {len(self.changed)} changed, "
             f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} "
             "failed"
         )

@@ -204,7 +204,7 @@ def test_t0_index_on_a_folder_names_what_it_skipped(folder, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "skipped: scan.pdf: no text layer: needs OCR" in run.stderr
     assert "skipped: locked.pdf: encrypted" in run.stderr
-    assert "bm25 summaries: 7 documents" in run.stdout
+    assert "crawl: 7 files: 7 new" in run.stdout and "bm25 summaries: 7 documents" in run.stdout
     query = [sys.executable, "-m", "t0_pipeline.cli", "query", "--data-dir", str(data)]
     found = subprocess.run(
         [*query, "how do I work from home on the office network"],
@@ -228,3 +228,35 @@ def test_the_corpus_fingerprint_follows_the_folder(folder):
     assert corpus_fingerprint(source) == before  # what the corpus-change sensor compares
     (folder / "phones.txt").write_text("Desk phones: dial 7 for an outside line from now on.\n")
     assert corpus_fingerprint(source) != before
+
+
+# an asker's words, none of them an article's title
+IT_DESK_QUESTIONS = {
+    "I typed my work password into a page that an email sent me to": "clicked-phishing-link",
+    "left my work laptop on the train this morning": "laptop-stolen",
+    "people outside say my voice keeps cutting out on calls": "teams-audio-not-working",
+    "the second screen on my desk stays black": "external-monitor-no-signal",
+    "I saved over yesterday's spreadsheet by mistake, can I get it back": "file-deleted-restore",
+    "all my files have odd endings and a note asks for bitcoin": "ransomware-message",
+}
+
+
+def test_the_it_desk_example_is_a_corpus_that_answers_its_questions(tmp_path, embedder):
+    from t0_pipeline.clean import run_clean
+    from t0_pipeline.config import PipelineConfig
+    from t0_pipeline.corpus_to_index import build_indexes
+    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.summarise import run_summarise
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "it-desk" / "articles"
+    cfg = PipelineConfig(source=SourceConfig(kind="documents", location=str(folder)))
+    paths = DataPaths(tmp_path / "data")
+    df, report = run_crawl(cfg.source, paths)
+    assert df.height == 32 and not report.failed
+    run_clean(paths, cfg.source, cfg.clean)
+    run_summarise(paths, cfg.summary)
+    build_indexes(cfg, paths, embedder=embedder)
+    retriever = Retriever("summaries", paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder)
+    for question, slug in IT_DESK_QUESTIONS.items():
+        top = [hit.slug for hit in retriever.search(question, k=3)]
+        assert slug in top, (question, top)
