@@ -241,6 +241,38 @@ IT_DESK_QUESTIONS = {
 }
 
 
+def mixed_copy(articles: Path, dest: Path) -> dict[str, str]:
+    """The articles copied to ``dest``, three of them as a PDF, a DOCX and an HTML page instead of
+    Markdown; returns {slug: title} of those three."""
+    import shutil
+
+    shutil.copytree(articles, dest)
+    made = {}
+    for slug, kind in (
+        ("clicked-phishing-link", "pdf"),
+        ("laptop-stolen", "docx"),
+        ("ransomware-message", "html"),
+    ):
+        source = dest / f"{slug}.md"
+        heading, *rest = source.read_text(encoding="utf-8").splitlines()
+        title = heading.lstrip("# ").strip()
+        lines = [line.lstrip("#- ").strip() for line in rest if line.strip()]
+        if kind == "pdf":
+            make_pdf(dest / f"{slug}.pdf", lines, title=title)
+        elif kind == "docx":
+            make_docx(dest / f"{slug}.docx", None, title, lines)
+        else:
+            body = "".join(f"<p>{line}</p>" for line in lines)
+            (dest / f"{slug}.html").write_text(
+                f"<html><head><title>{title}</title></head><body><nav>Desk home | Tickets</nav>"
+                f"<main>{body}</main><footer>Kestrel IT</footer></body></html>",
+                encoding="utf-8",
+            )
+        source.unlink()
+        made[slug] = title
+    return made
+
+
 def test_the_it_desk_example_is_a_corpus_that_answers_its_questions(tmp_path, embedder):
     from t0_pipeline.clean import run_clean
     from t0_pipeline.config import PipelineConfig
@@ -248,11 +280,15 @@ def test_the_it_desk_example_is_a_corpus_that_answers_its_questions(tmp_path, em
     from t0_pipeline.retrieve import Retriever
     from t0_pipeline.summarise import run_summarise
 
-    folder = Path(__file__).resolve().parents[1] / "examples" / "it-desk" / "articles"
+    articles = Path(__file__).resolve().parents[1] / "examples" / "it-desk" / "articles"
+    folder = tmp_path / "articles"
+    converted = mixed_copy(articles, folder)
     cfg = PipelineConfig(source=SourceConfig(kind="documents", location=str(folder)))
     paths = DataPaths(tmp_path / "data")
     df, report = run_crawl(cfg.source, paths)
     assert df.height == 32 and not report.failed
+    titles = dict(zip(df["slug"], df["title"]))
+    assert {slug: titles[slug] for slug in converted} == converted
     run_clean(paths, cfg.source, cfg.clean)
     run_summarise(paths, cfg.summary)
     build_indexes(cfg, paths, embedder=embedder)
