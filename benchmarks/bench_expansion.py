@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import polars as pl  # noqa: E402
 from bench_retrieval import KS, NHS, QUERY_SETS, prepare  # noqa: E402
