@@ -25,11 +25,11 @@ class CrawlReport:
     # slug, url, error; the previous version is kept if any
     failed: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unit: str = "conditions"  # what the source's items are called in the summary
 
     def summary(self) -> str:
-        noun = "files" if self.source.startswith("documents:") else "conditions"
         return (
-            f"{self.conditions} {noun}: {len(self.new)} new, {len(self.changed)} changed, "
+            f"{self.conditions} {self.unit}: {len(self.new)} new, {len(self.changed)} changed, "
             f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} "
             "failed"
         )

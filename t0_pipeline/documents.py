@@ -212,7 +212,7 @@ def read_documents(
 ) -> tuple[pl.DataFrame, CrawlReport]:
     """Every selected file as one raw page, converting only what changed since ``previous``."""
     root, files = document_files(config)
-    report = CrawlReport(source=f"documents: {root}", started_at=now_iso())
+    report = CrawlReport(source=f"documents: {root}", started_at=now_iso(), unit="files")
     before = {}
     if previous is not None and not previous.is_empty():
         before = {r["slug"]: r for r in previous.to_dicts() if r.get("source") == "documents"}
