@@ -4,9 +4,8 @@ Input: ``<data>/synthetic/sft/train.parquet`` (``messages`` as JSON) and a base 
 or local path). Output under the output directory: ``checkpoints/run-<digest>/`` (for resuming
 after preemption; one folder per training settings, so a run with other settings starts afresh:
 :mod:`t0_pipeline.train_runs`), ``final/`` (a consolidated Hugging Face model + tokenizer +
-``README.md`` model card that loads with plain ``from_pretrained``, renamed into place only when
-complete),
-``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
+``README.md`` model card that loads with plain ``from_pretrained``, renamed into place when
+complete), ``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
 ``logs/rank-<N>.error`` for a rank that failed.
 
 Examples come from :mod:`t0_pipeline.train_data` (loss on the completion only, examples longer
@@ -46,6 +45,7 @@ from t0_pipeline.train_data import ListDataset, load_examples, pad_batch
 from t0_pipeline.train_loss import use_chunked_loss
 from t0_pipeline.train_plan import choose_settings, join_deepspeed
 from t0_pipeline.train_ranks import (
+    close_process_group,
     gather_per_rank,
     gathered_digest,
     memory_now_gb,
@@ -160,11 +160,13 @@ def train(
     logs = output_dir / "logs"
     (logs / f"rank-{rank()}.error").unlink(missing_ok=True)
     try:
-        return _train(config, dataset, output_dir, callbacks or [])
+        result = _train(config, dataset, output_dir, callbacks or [])
     except BaseException as exc:
         if world_size() > 1 and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             record_failure(logs, exc)
         raise
+    close_process_group()
+    return result
 
 
 def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list) -> TrainResult:

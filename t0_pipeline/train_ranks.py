@@ -26,6 +26,18 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def close_process_group() -> None:
+    """Leave the process group cleanly once training is done: a rank that exits with it still open
+    can abort in its communication threads ("terminate called without an active exception")."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def stop_file_callback(stop_file: str | None):
     """Save a checkpoint and stop, on every rank at the same step, once ``stop_file`` exists."""
     from transformers import TrainerCallback
