@@ -52,6 +52,7 @@ from t0_pipeline.config import (
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.predictors import answering_weights, make_predictor
+from t0_pipeline.prompts import domain_of
 from t0_pipeline.triage_scoring import (
     score,
     summarise_runs,
@@ -124,7 +125,7 @@ def evaluate_model(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Predictions for every (k, run, query) and the summary for one model."""
     sections, prompt_hash = triage_prompt.load(prompts_dir)
-    predictor = make_predictor(settings, client, pages, config.scoring)
+    predictor = make_predictor(settings, client, pages, config.scoring, domain_of(prompts_dir))
     deterministic = settings.backend == "retrieval"
     # our own decoding at temperature 0 is greedy: every run would compute the same thing, so one
     # run is made
@@ -154,13 +155,15 @@ def evaluate_model(
     by_k = {}
     for k in ks:
         sub = df.filter(pl.col("k") == k)
-        stats = summarise_runs(list(sub.iter_rows(named=True)))
+        stats = summarise_runs(list(sub.iter_rows(named=True)), predictor.scale)
         if k > 0 and sub.height:
             stats["gold_retrieved_rate"] = float(sub["gold_retrieved"].mean())
         stats["notes"] = status_notes(stats.get("status_counts", {}), 0, len(queries))
         by_k[str(k)] = stats
     summary = _summary(name, settings, queries, prompt_hash, seeds, ks, by_k, df)
     summary["scoring"] = config.scoring
+    domain = domain_of(prompts_dir)
+    summary["domain"], summary["labels"] = domain.name, list(domain.score_labels)
     if greedy and config.runs > 1:
         summary["notes"].append("greedy decoding (temperature 0): one run, not repeated")
     summary["usage"] = client.usage.as_dict()
@@ -198,10 +201,12 @@ def _summary(
     }
 
 
-def _prediction_row(name: str, k: int, run: int, seed: int, case, answer, prompt_hash: str):
+def _prediction_row(
+    name: str, k: int, run: int, seed: int, case, answer, prompt_hash: str, scale=None
+):
     """One prediction's row of ``predictions.parquet`` (see :data:`PREDICTION_SCHEMA`)."""
     q, pred = case.query, answer.prediction
-    scored = score(pred, q["slug"], q["disposition"], case.retrieved)
+    scored = score(pred, q["slug"], q["disposition"], case.retrieved, scale)
     return {
         "model": name,
         "k": k,
@@ -263,7 +268,7 @@ def _predict_at_k(
 
     answers = client.run(items, one, f"{name} k={k}", progress) if items else []
     return [
-        _prediction_row(name, k, run, seed, case, answer, prompt_hash)
+        _prediction_row(name, k, run, seed, case, answer, prompt_hash, predictor.scale)
         for (run, seed, case), answer in zip(items, answers)
     ]
 
@@ -288,7 +293,7 @@ def run_evaluation(
     (``served_checkpoint``: what the pipeline's server for it loaded, recorded in the summary)."""
     config, llm = cfg.evaluation, cfg.llm
     settings = model_settings(config, name)
-    queries, skipped = load_queries_for(paths, config)
+    queries, skipped = load_queries_for(paths, config, cfg.domain_spec)
     conditions = read_parquet(paths.conditions, "conditions dataset", "t0 clean")
     titles = dict(zip(conditions["slug"].to_list(), conditions["title"].to_list()))
     pages = dict(zip(conditions["slug"].to_list(), conditions["text"].to_list()))
@@ -304,7 +309,7 @@ def run_evaluation(
         name, role_llm, LLMCache(paths.llm_cache(llm)), setting=f"evaluation.models.{name}"
     )
     df, summary = evaluate_model(
-        name, settings, queries, config, client, titles, pages, retriever, llm.prompts_dir, progress
+        name, settings, queries, config, client, titles, pages, retriever, cfg.prompts, progress
     )
     if skipped:
         summary["notes"].append(
@@ -340,7 +345,7 @@ def run_served_evaluation(
     checked before anything is started, so a missing query set never costs a model load."""
     from t0_pipeline.model_server import endpoint_for
 
-    load_queries_for(paths, cfg.evaluation)
+    load_queries_for(paths, cfg.evaluation, cfg.domain_spec)
     read_parquet(paths.conditions, "conditions dataset", "t0 clean")
     cfg = cfg.model_copy(deep=True)
     with endpoint_for(name, model_settings(cfg.evaluation, name), paths, make_server) as (

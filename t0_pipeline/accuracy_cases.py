@@ -14,18 +14,21 @@ from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_records
 from t0_pipeline.config import DataPaths, EvaluationConfig
 from t0_pipeline.demographics import demographics_text
+from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.predictors import Case
-from t0_pipeline.triage_scoring import normalise_severity
+from t0_pipeline.triage_scoring import Scale, normalise_severity
 
 
-def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:
+def load_eval_queries(path: Path, domain: Domain | None = None) -> tuple[list[dict[str, Any]], int]:
     """(queries, records skipped) from a query file; a record without text, condition or a valid
-    disposition is skipped."""
+    disposition (one of ``domain``'s categories; default the NHS levels of care) is skipped."""
+    domain = domain or default_domain()
+    scale = Scale.of(domain)
     queries, skipped = [], 0
     for i, rec in enumerate(read_records(path), start=1):
         slug = rec.get("slug") or rec.get("condition")
         slug = slug[0] if isinstance(slug, list) and slug else slug
-        severity = normalise_severity(rec.get("disposition"))
+        severity = normalise_severity(rec.get("disposition"), scale=scale)
         text = rec.get("query")
         if not (isinstance(text, str) and text.strip() and isinstance(slug, str) and severity):
             skipped += 1
@@ -37,7 +40,7 @@ def load_eval_queries(path: Path) -> tuple[list[dict[str, Any]], int]:
                 "slug": slug,
                 "disposition": severity,
                 "query_type": rec.get("query_type") or "unspecified",
-                "demographics": demographics_text(rec),
+                "demographics": demographics_text(rec, domain.field_names),
             }
         )
     return queries, skipped
@@ -96,7 +99,7 @@ def eval_queries_path(paths: DataPaths, config: EvaluationConfig) -> Path:
 
 
 def load_queries_for(
-    paths: DataPaths, config: EvaluationConfig
+    paths: DataPaths, config: EvaluationConfig, domain: Domain | None = None
 ) -> tuple[list[dict[str, Any]], int]:
     source = eval_queries_path(paths, config)
     if not source.exists():
@@ -105,7 +108,7 @@ def load_queries_for(
             "synthetic_queries), or set evaluation.queries / --queries to a .jsonl with query, "
             "slug and disposition."
         )
-    queries, skipped = load_eval_queries(source)
+    queries, skipped = load_eval_queries(source, domain)
     if config.max_queries is not None:
         queries = queries[: config.max_queries]
     return queries, skipped

@@ -26,10 +26,16 @@ def fmt(value: tuple[float, float] | list[float] | None) -> str:
     return "—" if not value else f"{value[0]:.2f} ± {value[1]:.2f}"
 
 
+def labels(summary: dict[str, Any]) -> tuple[str, str]:
+    """What the two accuracies are called in the summary's domain (the NHS domain's: condition,
+    disposition); summaries from before domains carry none."""
+    first, second = summary.get("labels") or ("condition", "disposition")
+    return first, second
+
+
 def model_table(summary: dict[str, Any]) -> str:
     """One model's Tables 2-3 rows, confusion matrices and error shares, as Markdown."""
-    from t0_pipeline.triage_scoring import SEVERITIES
-
+    topic, answer = labels(summary)
     lines = [
         f"# {summary['model']} ({summary['model_id']}, {summary['backend']})",
         "",
@@ -38,7 +44,7 @@ def model_table(summary: dict[str, Any]) -> str:
         + (f", weights {summary['weights']}" if summary.get("weights") else "")
         + f", scoring {summary.get('scoring', 'tolerant')}",
         "",
-        "| k | condition | disposition | gold retrieved | under-estimates | over-estimates |",
+        f"| k | {topic} | {answer} | gold retrieved | under-estimates | over-estimates |",
         "|---|---|---|---|---|---|",
     ]
     for k, s in summary["by_k"].items():
@@ -55,7 +61,7 @@ def model_table(summary: dict[str, Any]) -> str:
             "",
             f"## By query type, k={k}",
             "",
-            "| query type | condition | disposition |",
+            f"| query type | {topic} | {answer} |",
             "|---|---|---|",
         ]
         lines += [
@@ -66,8 +72,8 @@ def model_table(summary: dict[str, Any]) -> str:
             "",
             f"## Severity confusion, k={k} (rows: gold, columns: predicted; all runs)",
             "",
-            "| gold \\ predicted | " + " | ".join([*SEVERITIES, "none"]) + " |",
-            "|---" * 5 + "|",
+            "| gold \\ predicted | " + " | ".join(_predicted_columns(s)) + " |",
+            "|---" * (1 + len(_predicted_columns(s))) + "|",
         ]
         lines += [
             f"| {gold} | " + " | ".join(str(n) for n in row.values()) + " |"
@@ -150,7 +156,7 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
     ks = sorted({int(k) for s in summaries.values() for k in s["by_k"]}) or list(config.ks)
     rows = [_table_row(name, s, ks) for name, s in summaries.items()]
     table = pl.DataFrame(rows) if rows else pl.DataFrame({"model": []}, schema={"model": pl.String})
-    lines = _accuracy_lines(rows, ks)
+    lines = _accuracy_lines(rows, ks, labels(next(iter(summaries.values()), {})))
     if any(s["by_k"].get(str(k), {}).get("by_query_type") for s in summaries.values() for k in ks):
         lines += _query_type_lines(summaries, max(ks))
     lines += _format_lines(summaries, ks)
@@ -225,14 +231,22 @@ def _table_row(name: str, s: dict[str, Any], ks: list[int]) -> dict[str, Any]:
     return row
 
 
-def _accuracy_lines(rows: list[dict[str, Any]], ks: list[int]) -> list[str]:
+def _predicted_columns(stats: dict[str, Any]) -> list[str]:
+    """The confusion matrix's columns: the domain's categories, then "none"."""
+    return list(next(iter(stats["confusion"].values()), {"none": 0}))
+
+
+def _accuracy_lines(
+    rows: list[dict[str, Any]], ks: list[int], names: tuple[str, str] = ("condition", "disposition")
+) -> list[str]:
+    topic, answer = names
     head = (
         "| model | kind | size | "
-        + " | ".join(f"condition k={k} | disposition k={k}" for k in ks)
+        + " | ".join(f"{topic} k={k} | {answer} k={k}" for k in ks)
         + " | notes |"
     )
     lines = [
-        "# Condition and disposition accuracy (mean ± std over runs)",
+        f"# {topic.capitalize()} and {answer} accuracy (mean ± std over runs)",
         "",
         head,
         "|---" * (4 + 2 * len(ks)) + "|",

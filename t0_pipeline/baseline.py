@@ -1,34 +1,32 @@
 """The model-free reference row: the top retrieved condition, and a disposition read off its page.
 
 Health pages say when to seek which care: "Call 999 if: …", "Ask for an urgent GP
-appointment if: …", followed by the symptoms that warrant it. The baseline finds those
+appointment if: …", followed by the symptoms that warrant it (the phrases are the domain's
+categories' ``triggers``: another domain names its own). The baseline finds those
 passages in the top-1 document's page (a trigger line and the lines after it, until the
 next trigger or heading), and picks the urgency whose passage shares the most content
 words with the patient's message. When no passage shares at least ``min_overlap`` words
-the answer is Self-care. It is deliberately simple: it shows what retrieval alone is worth.
+the answer is the least urgent category (Self-care). It is deliberately simple: it shows what
+retrieval alone is worth.
 """
 
 from __future__ import annotations
 
 import re
 
-A_AND_E, URGENT, SELF_CARE = "A&E", "Urgent Primary Care", "Self-care"
-TRIGGERS = (  # most urgent first: a line matching several counts as the most urgent
-    (
-        A_AND_E,
-        re.compile(
-            r"call 999|dial 999|go to a ?& ?e|immediate action required|emergency department", re.I
-        ),
-    ),
-    (
-        URGENT,
-        re.compile(
-            r"urgent gp appointment|call 111|111 online|get help from 111|see a gp urgently|"
-            r"contact (?:your|a) gp urgently|urgent advice|non-urgent advice|see a gp if",
-            re.I,
-        ),
-    ),
-)
+from t0_pipeline.domain import Domain, default_domain
+
+
+def triggers(domain: Domain | None = None) -> list[tuple[str, re.Pattern]]:
+    """(category, pattern) for each category with trigger phrases in ``domain`` (default: the NHS
+    domain's "call 999", "urgent GP appointment", …), most urgent first: a line matching several
+    counts as the most urgent."""
+    categories = (domain or default_domain()).categories
+    return [
+        (c.name, re.compile("|".join(c.triggers), re.I)) for c in reversed(categories) if c.triggers
+    ]
+
+
 HEADING = re.compile(r"^(#+ |--- |=== |@)")
 STOPWORDS = frozenset(
     """the and for you your has have had was were are but not can could its our get got one two all
@@ -52,12 +50,13 @@ def _words(text: str) -> set[str]:
     return {_stem(w) for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOPWORDS}
 
 
-def urgency_passages(page: str) -> list[tuple[str, str]]:
+def urgency_passages(page: str, domain: Domain | None = None) -> list[tuple[str, str]]:
     """(urgency, passage text) for each trigger line and the lines that follow it."""
+    patterns = triggers(domain)
     passages: list[tuple[str, list[str]]] = []
     current: tuple[str, list[str]] | None = None
     for line in page.splitlines():
-        level = next((lvl for lvl, pattern in TRIGGERS if pattern.search(line)), None)
+        level = next((lvl for lvl, pattern in patterns if pattern.search(line)), None)
         if level is not None:
             current = (level, [line])
             passages.append(current)
@@ -69,10 +68,15 @@ def urgency_passages(page: str) -> list[tuple[str, str]]:
     return [(level, "\n".join(lines)) for level, lines in passages]
 
 
-def disposition_from_page(query: str, page: str, min_overlap: int = 2) -> str:
+def disposition_from_page(
+    query: str, page: str, min_overlap: int = 2, domain: Domain | None = None
+) -> str:
+    """The category whose page passage shares most words with ``query``; the least urgent when
+    none shares ``min_overlap``."""
+    domain = domain or default_domain()
     query_words = _words(query)
-    best, best_overlap = SELF_CARE, min_overlap - 1
-    for level, passage in urgency_passages(page):
+    best, best_overlap = domain.category_names[0], min_overlap - 1
+    for level, passage in urgency_passages(page, domain):
         overlap = len(query_words & _words(passage))
         if overlap > best_overlap:  # ties keep the earlier (page order puts emergencies first)
             best, best_overlap = level, overlap

@@ -179,8 +179,11 @@ def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: Any) -> 
     one; each query lost afterwards (failed, refused to the end, overlapping, repeated) may widen
     that by one more.
     """
-    from t0_pipeline.synth import cell_counts, text_key
+    from t0_pipeline.domain import default_domain
+    from t0_pipeline.synth import cell_counts, draws_of, text_key
 
+    if config.query_types is None or config.dispositions is None:  # a section read on its own
+        config = draws_of(config, default_domain())
     problems = []
     if df["id"].n_unique() != df.height:
         problems.append(f"{df.height - df['id'].n_unique()} repeated ids")

@@ -82,7 +82,7 @@ def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=No
     with _stage(2, f"clean: pages → conditions dataset {paths.conditions}"):
         conditions, problems = run_clean(paths, source, config.clean)
     with _stage(3, f"summarise ({config.summary.backend}): conditions → {paths.summaries}"):
-        summaries, _ = run_summarise(paths, config.summary, config.llm)
+        summaries, _ = run_summarise(paths, config.summary, config.llm, prompts=config.prompts)
     with _stage(
         4,
         f"index: dense ({config.embedding.model or 'bundled all-MiniLM-L6-v2'}) and BM25, "

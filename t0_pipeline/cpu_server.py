@@ -18,11 +18,16 @@ token by token with xgrammar as vLLM's structured outputs do), and ``POST /token
 requests with the same sampling settings are generated together in one batch (a 2-core machine
 makes ~3× the tokens per second at batch 8). Tool calling is refused with a 400 naming the
 alternative (``answer: text``): small models here have no tool-call format.
+
+With ``$T0_REQUEST_LOG`` set to a file, every generation request is appended to it as one JSON line
+(served name, endpoint, the prompt exactly as the model reads it, the JSON schema it was held to):
+what a run really asked its models, for audits and for tests that judge the prompts.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -123,6 +128,20 @@ class _Api:
         }
         return {"object": "list", "data": [model]}
 
+    def record(self, endpoint: str, prompt: str, body: dict[str, Any]) -> None:
+        """One line in ``$T0_REQUEST_LOG`` (see the module's docstring), when it is set."""
+        path = os.environ.get("T0_REQUEST_LOG")
+        if not path:
+            return
+        line = {
+            "model": self.name,
+            "endpoint": endpoint,
+            "prompt": prompt,
+            "response_format": body.get("response_format"),
+        }
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
     def tokenize(self, body: dict[str, Any]) -> dict:
         text = body.get("prompt")
         if text is None:
@@ -137,8 +156,10 @@ class _Api:
             return self.error(
                 400, "streaming is not supported by this CPU server; send stream: false"
             )
+        prompt = self.engine.render(body.get("messages") or [])
+        self.record("chat", prompt, body)
         try:
-            result = await self.run(_job(body, self.engine.render(body.get("messages") or [])))
+            result = await self.run(_job(body, prompt))
         except ValueError as exc:
             return self.error(400, str(exc))
         message = {"role": "assistant", "content": result["text"]}
@@ -153,6 +174,7 @@ class _Api:
                 prompt = prompt[0]
             else:
                 prompt = self.engine.tokenizer.decode(prompt)
+        self.record("completions", prompt or "", body)
         try:
             result = await self.run(_job(body, prompt or ""))
         except ValueError as exc:

@@ -6,29 +6,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from t0_pipeline.domain import Domain
+
+# the NHS domain's profile; another domain's fields and choices are in its file (see domain.py)
 FIELDS = ("age", "sex", "occupation", "social_support", "medical_history")
-
-# plausible values a constrained writer picks from (synth_prompt.response_schema): a small model
-# given free text invents "occupation: 1901-2022"
-OCCUPATION_CHOICES = (
-    "Teacher", "Nurse", "Office worker", "Retired", "Student", "Shop assistant", "Builder",
-    "Delivery driver", "Cleaner", "Accountant", "Chef", "Unemployed", "Farmer", "Hairdresser",
-    "Software developer", "Care worker",
-)  # fmt: skip
-SUPPORT_CHOICES = (
-    "Lives alone", "Lives with partner", "Lives with partner and children", "Lives with parents",
-    "Lives with flatmates", "Single parent of two", "Daughter visits daily", "No support network",
-)  # fmt: skip
-HISTORY_CHOICES = (
-    "None relevant", "Asthma, uses an inhaler", "Type 2 diabetes, takes metformin",
-    "High blood pressure, takes amlodipine", "Allergic to penicillin", "Eczema",
-    "Depression, takes sertraline", "Underactive thyroid, takes levothyroxine",
-    "High cholesterol, takes a statin", "Had a heart attack five years ago",
-)  # fmt: skip
 
 
 class Demographics(BaseModel):
@@ -64,12 +49,35 @@ class WrittenDemographics(BaseModel):
         return value
 
 
-def known(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields given (not missing, None or empty), in the canonical order."""
-    return {k: values[k] for k in FIELDS if values.get(k) not in (None, "")}
+def known(values: Mapping[str, Any], fields: Sequence[str] = FIELDS) -> dict[str, Any]:
+    """The ``fields`` given (not missing, None or empty), in their order (a domain's profile;
+    default: the NHS domain's)."""
+    return {k: values[k] for k in fields if values.get(k) not in (None, "")}
 
 
-def demographics_text(values: Mapping[str, Any]) -> str:
+def demographics_text(values: Mapping[str, Any], fields: Sequence[str] = FIELDS) -> str:
     """The details as the prompts show them: a JSON object of the fields given, or "not given"."""
-    given = known(values)
+    given = known(values, fields)
     return json.dumps(given, ensure_ascii=False) if given else "not given"
+
+
+def written_profile_model(domain: Domain) -> type[BaseModel]:
+    """What a synthetic query's writer must give about the asker in ``domain``: every profile
+    field, whole numbers where the field has a range (read "above 80" as 81), else text. The NHS
+    domain's is :class:`WrittenDemographics`."""
+    if domain.field_names == FIELDS:
+        return WrittenDemographics
+    fields: dict[str, Any] = {
+        f.name: (int, Field(ge=0, le=max(f.range[1], 120))) if f.integer else (str, ...)
+        for f in domain.profile
+    }
+    validators = {
+        f"_{f.name}_in_words": field_validator(f.name, mode="before")(_number_in_words)
+        for f in domain.profile
+        if f.integer
+    }
+    return create_model("WrittenProfile", __validators__=validators, **fields)
+
+
+def _number_in_words(cls, value: Any) -> Any:
+    return WrittenDemographics._age_in_words(value)

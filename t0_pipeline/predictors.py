@@ -24,12 +24,14 @@ from t0_pipeline.config import (
     BudgetConfig,
     EvalModelConfig,
 )
+from t0_pipeline.domain import Domain, default_domain, topic_key
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import cache_key
 from t0_pipeline.llm_calls import EndpointError, LLMReply
 from t0_pipeline.llm_json import function_tool
 from t0_pipeline.triage_scoring import (
     Prediction,
+    Scale,
     judge,
     parse_answer_text,
 )
@@ -38,20 +40,27 @@ from t0_pipeline.weights import weights_digest
 log = logging.getLogger(__name__)
 
 
-TOOL_NAME = "submit_condition_recommendation"
-TOOL = function_tool(
-    TOOL_NAME,
-    "Submit the condition that best explains the patient's message and how urgently they need "
-    "care.",
-    {
-        "condition": {
-            "type": "string",
-            "description": "One of the allowed condition names, exactly as listed, or "
-            "'inconclusive' when that is allowed.",
+def submit_tool(domain: Domain | None = None) -> dict[str, Any]:
+    """The tool a model answers through, in ``domain``'s words (the NHS domain's:
+    ``submit_condition_recommendation`` with a condition and a severity)."""
+    domain = domain or default_domain()
+    return function_tool(
+        domain.tool_name,
+        f"Submit the {domain.topic} that best explains the {domain.asker}'s message and "
+        f"{domain.decide}.",
+        {
+            topic_key(domain): {
+                "type": "string",
+                "description": f"One of the allowed {domain.plural('topic')}, exactly as listed, "
+                "or 'inconclusive' when that is allowed.",
+            },
+            domain.answer: {"type": "string", "enum": list(domain.category_names)},
         },
-        "severity": {"type": "string", "enum": ["Self-care", "Urgent Primary Care", "A&E"]},
-    },
-)
+    )
+
+
+TOOL = submit_tool()
+TOOL_NAME = TOOL["function"]["name"]
 
 
 @dataclass
@@ -78,16 +87,20 @@ def failed_answer(error: str) -> Answer:
     return Answer(Prediction(None, None, status), error=error)
 
 
-def from_tool_calls(reply: LLMReply, allowed: dict[str, str], tolerant: bool = True) -> Prediction:
+def from_tool_calls(
+    reply: LLMReply, allowed: dict[str, str], tolerant: bool = True, domain: Domain | None = None
+) -> Prediction:
     """The submitted (condition, severity). The reference's reading wants exactly one call of the
     submit tool; ``tolerant`` reads the text of a reply without one, and the last of several."""
-    calls = [c for c in reply.tool_calls if c.get("name") == TOOL_NAME]
+    domain = domain or default_domain()
+    scale = Scale.of(domain)
+    calls = [c for c in reply.tool_calls if c.get("name") == domain.tool_name]
     if not calls:
         if reply.tool_calls:
             return Prediction(None, None, "wrong_tool", json.dumps(reply.tool_calls))
         if not tolerant:
             return Prediction(None, None, "no_tool_call", reply.content or "")
-        return parse_answer_text(reply.content, allowed)
+        return parse_answer_text(reply.content, allowed, scale=scale)
     if len(calls) > 1 and not tolerant:
         return Prediction(None, None, "several_tool_calls", json.dumps(calls))
     raw = calls[-1].get("arguments") or ""
@@ -97,33 +110,38 @@ def from_tool_calls(reply: LLMReply, allowed: dict[str, str], tolerant: bool = T
         return Prediction(None, None, "unparsable", raw)
     if not isinstance(args, dict):
         return Prediction(None, None, "unparsable", raw)
-    condition, severity = args.get("condition"), args.get("severity")
+    condition, severity = args.get(topic_key(domain)), args.get(domain.answer)
     return judge(
         None if condition is None else str(condition),
         None if severity is None else str(severity),
         allowed,
         raw,
         tolerant,
+        scale,
     )
 
 
 class ChatPredictor:
     """A litellm chat model; text answers or the submit tool."""
 
-    def __init__(self, client: LLMClient, answer: str, tolerant: bool = False):
+    def __init__(
+        self, client: LLMClient, answer: str, tolerant: bool = False, domain: Domain | None = None
+    ):
         self.client, self.answer, self.tolerant = client, answer, tolerant
         self.answer_format = "answer_tool" if answer == "tool" else "answer_text"
+        self.domain = domain or default_domain()
+        self.tool, self.scale = submit_tool(self.domain), Scale.of(self.domain)
 
     async def predict(self, case: Case, seed: int) -> Answer:
         reply = await self.client.complete(
-            case.messages, tools=[TOOL] if self.answer == "tool" else None, seed=seed
+            case.messages, tools=[self.tool] if self.answer == "tool" else None, seed=seed
         )
         if not reply.ok:
             return failed_answer(reply.error or "error")
         if self.answer == "tool":
-            prediction = from_tool_calls(reply, case.allowed, self.tolerant)
+            prediction = from_tool_calls(reply, case.allowed, self.tolerant, self.domain)
         else:
-            prediction = parse_answer_text(reply.content, case.allowed, self.tolerant)
+            prediction = parse_answer_text(reply.content, case.allowed, self.tolerant, self.scale)
         return Answer(
             prediction, reply.thinking, reply.prompt_tokens, reply.completion_tokens, reply.cached
         )
@@ -144,10 +162,17 @@ class BudgetPredictor:
 
     answer_format = "answer_text"
 
-    def __init__(self, client: LLMClient, settings: EvalModelConfig, tolerant: bool = False):
+    def __init__(
+        self,
+        client: LLMClient,
+        settings: EvalModelConfig,
+        tolerant: bool = False,
+        scale: Scale | None = None,
+    ):
         from t0_pipeline.chat import load_tokenizer
 
         self.client, self.settings, self.tolerant = client, settings, tolerant
+        self.scale = scale or Scale.of()
         self.budget = (settings.budget or BudgetConfig()).with_format()
         self.weights = answering_weights(settings)
         self._lock = threading.Lock()  # one local generation at a time
@@ -247,7 +272,7 @@ class BudgetPredictor:
         if not reply.ok:
             return failed_answer(reply.error or "error")
         return Answer(
-            parse_answer_text(reply.content, case.allowed, self.tolerant),
+            parse_answer_text(reply.content, case.allowed, self.tolerant, self.scale),
             reply.thinking,
             0,
             reply.completion_tokens,
@@ -260,27 +285,35 @@ class RetrievalBaseline:
 
     answer_format = "answer_text"
 
-    def __init__(self, pages: dict[str, str]):
+    def __init__(self, pages: dict[str, str], domain: Domain | None = None):
+        self.domain, self.scale = domain, Scale.of(domain)
         self.pages = pages
 
     async def predict(self, case: Case, seed: int) -> Answer:
         if not case.retrieved:
             return Answer(Prediction(None, None, "empty"))
         top = case.retrieved[0]
-        severity = disposition_from_page(case.query["query"], self.pages.get(top, ""))
+        severity = disposition_from_page(
+            case.query["query"], self.pages.get(top, ""), domain=self.domain
+        )
         return Answer(Prediction(top, severity, "ok", f"({top}, {severity})"))
 
 
 def make_predictor(
-    settings: EvalModelConfig, client: LLMClient, pages: dict[str, str], scoring: str = "reference"
+    settings: EvalModelConfig,
+    client: LLMClient,
+    pages: dict[str, str],
+    scoring: str = "reference",
+    domain: Domain | None = None,
 ):
-    """The predictor for an entry; ``scoring`` (evaluation.scoring): how its answers are read."""
+    """The predictor for an entry; ``scoring`` (evaluation.scoring): how its answers are read,
+    in ``domain``'s categories and tool (default: the NHS domain's)."""
     tolerant = scoring == "tolerant"
     if settings.backend == "retrieval":
-        return RetrievalBaseline(pages)
+        return RetrievalBaseline(pages, domain)
     if settings.backend in ("completions", "transformers"):
-        return BudgetPredictor(client, settings, tolerant)
-    return ChatPredictor(client, settings.answer, tolerant)
+        return BudgetPredictor(client, settings, tolerant, Scale.of(domain))
+    return ChatPredictor(client, settings.answer, tolerant, domain)
 
 
 # --- one model --------------------------------------------------------------------------

@@ -243,7 +243,7 @@ class LLMSummariser:
         return out
 
 
-def get_summariser(config: SummaryConfig, llm=None, cache=None) -> Summariser:
+def get_summariser(config: SummaryConfig, llm=None, cache=None, prompts=None) -> Summariser:
     """The configured backend; ``llm`` (an LLMConfig) and ``cache`` are needed for backend='llm'."""
     if config.backend == "extractive":
         return ExtractiveSummariser(config)
@@ -255,7 +255,7 @@ def get_summariser(config: SummaryConfig, llm=None, cache=None) -> Summariser:
     from t0_pipeline.llm import LLMClient
 
     return LLMSummariser(
-        LLMClient("summariser", llm, cache), llm.prompts_dir, config.max_page_chars
+        LLMClient("summariser", llm, cache), prompts or llm.prompts_dir, config.max_page_chars
     )
 
 
@@ -330,7 +330,12 @@ def summarise_documents(
 
 
 def run_summarise(
-    paths: DataPaths, config: SummaryConfig, llm=None, out: Path | None = None, progress=None
+    paths: DataPaths,
+    config: SummaryConfig,
+    llm=None,
+    out: Path | None = None,
+    progress=None,
+    prompts=None,
 ) -> tuple[pl.DataFrame, dict]:
     """Summaries of the conditions dataset → ``out`` (default summaries.parquet); returns
     (summaries, run info)."""
@@ -342,7 +347,7 @@ def run_summarise(
         from t0_pipeline.llm_cache import LLMCache
 
         cache = LLMCache(paths.llm_cache(llm)) if llm is not None else None
-    summariser = get_summariser(config, llm, cache)
+    summariser = get_summariser(config, llm, cache, prompts)
     summaries, failures = summarise_documents(conditions, summariser, previous, progress)
     info: dict = {"backend": summariser.name, "failures": failures}
     client = getattr(summariser, "client", None)

@@ -21,10 +21,10 @@ import itertools
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import polars as pl
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, create_model, model_validator
 
 from t0_pipeline.artifacts import (
     T0Error,
@@ -35,22 +35,15 @@ from t0_pipeline.artifacts import (
 )
 from t0_pipeline.checks import disjoint_problems
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
-from t0_pipeline.demographics import WrittenDemographics
+from t0_pipeline.demographics import WrittenDemographics, written_profile_model
+from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.llm_calls import require_some_success
-from t0_pipeline.prompts import load_template, render
+from t0_pipeline.prompts import domain_of, load_template, render
 from t0_pipeline.synth_prompt import examples_block, load_examples, pick_examples, response_schema
 
 log = logging.getLogger(__name__)
-
-STYLE = {
-    "basic": "a plain, honest description of what they are experiencing.",
-    "hypochondriac": "an anxious person who adds several unrelated minor complaints and worries "
-    "that it is something very serious, while the real symptoms are still in there.",
-    "downplay": "someone who understates how bad things are and plays down their symptoms, though "
-    "the details still show how serious it is.",
-}
 
 
 class WrittenQuery(BaseModel):
@@ -70,24 +63,41 @@ class WrittenQuery(BaseModel):
         return self
 
 
-QUERY_SCHEMA = {
-    "id": pl.String,
-    "split": pl.String,
-    "slug": pl.String,
-    "title": pl.String,
-    "disposition": pl.String,
-    "query_type": pl.String,
-    "sex": pl.String,
-    "age": pl.Int32,
-    "occupation": pl.String,
-    "social_support": pl.String,
-    "medical_history": pl.String,
-    "query": pl.String,
-    "draws": pl.Int32,
-    "refused_slugs": pl.List(pl.String),
-    "model": pl.String,
-    "prompt_hash": pl.String,
-}
+def written_query_model(domain: Domain) -> type[WrittenQuery]:
+    """:class:`WrittenQuery` with ``domain``'s profile as its demographics."""
+    profile = written_profile_model(domain)
+    if profile is WrittenDemographics:
+        return WrittenQuery
+    return create_model(
+        "WrittenDomainQuery", __base__=WrittenQuery, demographics=(Optional[profile], None)
+    )
+
+
+def query_schema(domain: Domain | None = None) -> dict[str, Any]:
+    """The query sets' columns: the draw, the sex drawn, the domain's profile fields (whole
+    numbers where a field has a range), the message and how it was made."""
+    domain = domain or default_domain()
+    profile = {
+        f.name: pl.Int32 if f.integer else pl.String for f in domain.profile if f.name != "sex"
+    }
+    return {
+        "id": pl.String,
+        "split": pl.String,
+        "slug": pl.String,
+        "title": pl.String,
+        "disposition": pl.String,
+        "query_type": pl.String,
+        "sex": pl.String,
+        **profile,
+        "query": pl.String,
+        "draws": pl.Int32,
+        "refused_slugs": pl.List(pl.String),
+        "model": pl.String,
+        "prompt_hash": pl.String,
+    }
+
+
+QUERY_SCHEMA = query_schema()  # the NHS domain's
 
 
 @dataclass
@@ -134,6 +144,8 @@ class QueryWriter:
         self.slugs = sorted(self.pages)
         self.template, self.prompt_hash = load_template("query_writer", prompts_dir)
         self.prompts_dir = prompts_dir
+        self.domain = domain_of(prompts_dir)
+        self.written = written_query_model(self.domain)
         self.examples = load_examples(config.examples_file) if config.examples else []
 
     def prompt(self, slug: str, cell: Cell, rng: random.Random | None = None) -> str:
@@ -155,7 +167,7 @@ class QueryWriter:
             disposition=cell.disposition,
             sex=cell.sex,
             query_type=cell.query_type,
-            query_type_instructions=STYLE.get(cell.query_type, cell.query_type),
+            query_type_instructions=self.domain.personas.get(cell.query_type, cell.query_type),
             page=page["text"][: self.config.max_page_chars],
         ) + (f"\n\n{examples}" if examples else "")
 
@@ -176,9 +188,9 @@ class QueryWriter:
             # own message
             written, reply = await self.client.complete_json(
                 [{"role": "user", "content": self.prompt(slug, cell, rng)}],
-                WrittenQuery,
+                self.written,
                 seed=rng.randrange(2**31),
-                response_schema=response_schema(self.config.allow_refusal, cell.sex),
+                response_schema=response_schema(self.config.allow_refusal, cell.sex, self.domain),
             )
             if written is None:
                 report.failures.append({"cell": cell.index, "slug": slug, "error": reply.error})
@@ -197,10 +209,7 @@ class QueryWriter:
                 "disposition": cell.disposition,
                 "query_type": cell.query_type,
                 "sex": cell.sex,
-                "age": demo.age,
-                "occupation": demo.occupation,
-                "social_support": demo.social_support,
-                "medical_history": demo.medical_history,
+                **{k: v for k, v in demo.model_dump().items() if k != "sex"},
                 "query": (written.symptoms_description or "").strip(),
                 "draws": attempt + 1,
                 "refused_slugs": refused,
@@ -267,9 +276,20 @@ def generate_queries(
         return _generate(pages, client, config, prompts_dir, progress)
 
 
+def draws_of(config: QueryGenConfig, domain: Domain) -> QueryGenConfig:
+    """``config`` with its unset styles and categories the domain's."""
+    return config.model_copy(
+        update={
+            "query_types": config.query_types or list(domain.personas),
+            "dispositions": config.dispositions or list(domain.category_names),
+        }
+    )
+
+
 def _generate(
     pages: pl.DataFrame, client: LLMClient, config: QueryGenConfig, prompts_dir=None, progress=None
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    config = draws_of(config, domain_of(prompts_dir))
     writer = QueryWriter(client, config, pages, prompts_dir)
     rng = random.Random(config.seed)
     ev = SplitReport(config.n_eval)
@@ -302,9 +322,10 @@ def _generate(
         train_rows += more
         tr.repeated_texts += repeated
     tr.produced = len(train_rows)
+    schema = query_schema(writer.domain)
     eval_df, train_df = (
-        pl.DataFrame(eval_rows, schema=QUERY_SCHEMA),
-        pl.DataFrame(train_rows, schema=QUERY_SCHEMA),
+        pl.DataFrame(eval_rows, schema=schema),
+        pl.DataFrame(train_rows, schema=schema),
     )
     report = {
         "eval": {**ev.__dict__, "cells": cell_counts(eval_df)},
@@ -323,6 +344,7 @@ def run_generate_queries(
     llm: LLMConfig,
     overrides: dict | None = None,
     progress=None,
+    prompts=None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     pages = read_parquet(
         paths.documents(config.source if config.source == "summaries" else "full"),
@@ -332,7 +354,9 @@ def run_generate_queries(
     if pages.is_empty():
         raise T0Error("no condition pages to write queries from; build the corpus first.")
     client = LLMClient("query_writer", llm, LLMCache(paths.llm_cache(llm)), overrides)
-    eval_df, train_df, report = generate_queries(pages, client, config, llm.prompts_dir, progress)
+    eval_df, train_df, report = generate_queries(
+        pages, client, config, prompts or llm.prompts_dir, progress
+    )
     require_some_success(client.usage, "query_writer", client.settings)
     if eval_df.is_empty():
         first = (report["eval"]["failures"] or [{"error": "every draw was refused"}])[0]["error"]

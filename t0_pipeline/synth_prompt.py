@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.demographics import HISTORY_CHOICES, OCCUPATION_CHOICES, SUPPORT_CHOICES
+from t0_pipeline.domain import Domain, ProfileField, default_domain
 from t0_pipeline.llm_json import plain_words
 from t0_pipeline.prompts import load_template, render
 
@@ -78,19 +78,17 @@ def examples_block(picked: list[dict[str, str]], prompts_dir: Path | None = None
     return render(template, "query_examples", examples=lines).strip()
 
 
-def response_schema(allow_refusal: bool, sex: str | None = None) -> dict[str, Any]:
-    """The reply a constraining server lets the writer produce (see the module's docstring)."""
+def response_schema(
+    allow_refusal: bool, sex: str | None = None, domain: Domain | None = None
+) -> dict[str, Any]:
+    """The reply a constraining server lets the writer produce (see the module's docstring); the
+    demographics are ``domain``'s profile fields (default: the NHS domain's)."""
+    profile = (domain or default_domain()).profile
     demographics = {
         "type": "object",
         "additionalProperties": False,
-        "required": ["age", "sex", "occupation", "social_support", "medical_history"],
-        "properties": {
-            "age": {"type": "integer", "enum": list(range(18, 91))},
-            "sex": {"enum": [sex]} if sex else {"enum": ["female", "male"]},
-            "occupation": {"enum": list(OCCUPATION_CHOICES)},
-            "social_support": {"enum": list(SUPPORT_CHOICES)},
-            "medical_history": {"enum": list(HISTORY_CHOICES)},
-        },
+        "required": [f.name for f in profile],
+        "properties": {f.name: _field_schema(f, sex) for f in profile},
     }
     properties: dict[str, Any] = {"refused": {"type": "boolean"}} if allow_refusal else {}
     properties.update(demographics=demographics, symptoms_description=plain_words(8, 32, "(I|My)"))
@@ -100,3 +98,16 @@ def response_schema(allow_refusal: bool, sex: str | None = None) -> dict[str, An
         "required": list(properties),
         "properties": properties,
     }
+
+
+def _field_schema(field: ProfileField, sex: str | None) -> dict[str, Any]:
+    """One profile field as a constrained writer may fill it: a whole number in its range, the
+    draw's sex, one of its choices, or plain words."""
+    if field.integer:
+        lo, hi = field.range
+        return {"type": "integer", "enum": list(range(lo, hi + 1))}
+    if field.name == "sex":
+        return {"enum": [sex]} if sex else {"enum": ["female", "male"]}
+    if field.choices:
+        return {"enum": list(field.choices)}
+    return plain_words(1, 8)

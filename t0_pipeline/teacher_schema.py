@@ -24,9 +24,9 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from t0_pipeline.domain import Domain, default_domain, topic_key
 from t0_pipeline.llm_calls import LLMReply
 from t0_pipeline.llm_json import json_schema_format
-from t0_pipeline.triage_scoring import SEVERITIES
 
 MAX_OPTIONS = 8  # phrases or sentences offered per choice: a short grammar, enough to choose from
 
@@ -47,15 +47,20 @@ def sentences(text: str) -> list[str]:
     return kept[:MAX_OPTIONS] or [" ".join((text or "").split()[:30]) or "no text"]
 
 
-def answer_schema(query: str, titles: list[str], texts: list[str]) -> dict[str, Any]:
-    """The reply a constraining server lets the teacher write (see the module's docstring)."""
+def answer_schema(
+    query: str, titles: list[str], texts: list[str], domain: Domain | None = None
+) -> dict[str, Any]:
+    """The reply a constraining server lets the teacher write (see the module's docstring), its
+    fields named in ``domain``'s words (the NHS domain's: condition, severity)."""
+    domain = domain or default_domain()
+    topic = topic_key(domain)
     documents = [
         {
             "type": "object",
             "additionalProperties": False,
-            "required": ["condition", "evidence"],
+            "required": [topic, "evidence"],
             "properties": {
-                "condition": {"enum": [title]},
+                topic: {"enum": [title]},
                 "evidence": {"enum": sentences(text)},
             },
         }
@@ -64,40 +69,42 @@ def answer_schema(query: str, titles: list[str], texts: list[str]) -> dict[str, 
     none_fits = {
         "type": "object",
         "additionalProperties": False,
-        "required": ["condition"],
-        "properties": {"condition": {"enum": ["inconclusive"]}},
+        "required": [topic],
+        "properties": {topic: {"enum": ["inconclusive"]}},
     }
     return json_schema_format(
         "TriageAnswer",
         {
             "type": "object",
             "additionalProperties": False,
-            "required": ["complaint", "choice", "severity"],
+            "required": ["complaint", "choice", domain.answer],
             "properties": {
                 "complaint": {"enum": phrases(query)},
                 "choice": {"anyOf": [*documents, none_fits]},
-                "severity": {"enum": list(SEVERITIES)},
+                domain.answer: {"enum": list(domain.category_names)},
             },
         },
     )
 
 
-def from_structured(reply: LLMReply) -> LLMReply:
+def from_structured(reply: LLMReply, domain: Domain | None = None) -> LLMReply:
     """A structured reply (:func:`answer_schema`) as a free-text one: the choices in words as its
     thinking (after any thinking of its own), then "(condition, severity)"."""
     if not reply.ok:
         return reply
+    domain = domain or default_domain()
     try:
         data = json.loads(reply.content)
-        condition, severity = str(data["choice"]["condition"]), str(data["severity"])
-        said = [f"The patient says: {data['complaint'].strip().rstrip('.')}."]
+        condition = str(data["choice"][topic_key(domain)])
+        severity = str(data[domain.answer])
+        said = [f"The {domain.asker} says: {data['complaint'].strip().rstrip('.')}."]
         if condition == "inconclusive":
             said.append("None of the documents fits what they describe.")
         else:
             evidence = str(data["choice"]["evidence"]).strip()
             said.append(f"The page on {condition} says: {evidence}")
             said.append(f"So {condition} fits best.")
-        said.append(f"The level of care: {severity}.")
+        said.append(f"The {domain.answer_label}: {severity}.")
     except (ValueError, KeyError, TypeError, AttributeError):
         return replace(
             reply,

@@ -21,11 +21,14 @@ from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.demographics import demographics_text
+from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.llm_calls import require_some_success
+from t0_pipeline.prompts import domain_of
 from t0_pipeline.teacher_schema import answer_schema, from_structured
 from t0_pipeline.triage_scoring import (
+    Scale,
     last_answer_pair,
     normalise_severity,
     resolve_condition,
@@ -65,7 +68,9 @@ TRACE_SCHEMA = {
 }
 
 
-def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str | None, str | None]:
+def parse_answer(
+    answer: str, allowed: dict[str, str], scale: Scale | None = None
+) -> tuple[str | None, str | None, str | None]:
     """(condition text, slug or "inconclusive", severity) from the last "(condition, severity)" in
     the answer.
 
@@ -76,7 +81,7 @@ def parse_answer(answer: str, allowed: dict[str, str]) -> tuple[str | None, str 
     severity: unparsable.
     """
     pair = last_answer_pair(answer or "")
-    severity = normalise_severity(pair[1]) if pair else None
+    severity = normalise_severity(pair[1], scale=scale) if pair else None
     if pair is None or severity is None:
         return None, None, None
     return pair[0], resolve_condition(pair[0], allowed), severity
@@ -109,6 +114,7 @@ def collect_traces(
 ) -> pl.DataFrame:
     # the very prompt the student learns and is evaluated on
     sections, prompt_hash = triage_prompt.load(prompts_dir)
+    domain = domain_of(prompts_dir)
     rows = queries.to_dicts()
     ranked = retriever.rank([r["query"] for r in rows], config.k, config.mode)
     jobs = []
@@ -118,7 +124,8 @@ def collect_traces(
         titles = [d["title"] for d in docs]
         scores = [float(x) for _, x in hits]
         context = triage_prompt.with_documents(sections, titles, scores, [d["text"] for d in docs])
-        prompt = triage_prompt.messages(sections, context, demographics_text(row), row["query"])
+        about = demographics_text(row, domain.field_names)
+        prompt = triage_prompt.messages(sections, context, about, row["query"])
         jobs.append((row, slugs, titles, scores, prompt, [d["text"] for d in docs]))
 
     # each query's samples (rejection sampling): the first at the role's own seed (as one sample
@@ -130,30 +137,40 @@ def collect_traces(
         job, i = sample
         seed = None if i == 0 else first_seed + i
         if client.settings.structured_output:
-            schema = answer_schema(job[0]["query"], job[2], job[5])
-            return from_structured(await client.complete(job[4], seed=seed, response_format=schema))
+            schema = answer_schema(job[0]["query"], job[2], job[5], domain)
+            reply = await client.complete(job[4], seed=seed, response_format=schema)
+            return from_structured(reply, domain)
         return await client.complete(job[4], seed=seed)
 
     replies = client.run(samples, one, "teacher traces", progress)
     out = [
-        _trace(job, i, reply, client.settings.model, prompt_hash, config)
+        _trace(job, i, reply, client.settings.model, prompt_hash, config, domain)
         for (job, i), reply in zip(samples, replies)
     ]
     return pl.DataFrame(out, schema=TRACE_SCHEMA)
 
 
 def _trace(
-    job: tuple, sample: int, reply, model: str, prompt_hash: str, config: TraceConfig
+    job: tuple,
+    sample: int,
+    reply,
+    model: str,
+    prompt_hash: str,
+    config: TraceConfig,
+    domain: Domain | None = None,
 ) -> dict[str, Any]:
     """One row of the traces: the query, what was retrieved, the teacher's answer read and scored,
     and whether the filter keeps it."""
     row, slugs, titles, scores, _, texts = job
-    condition, slug, severity = parse_answer(reply.content, dict(zip(slugs, titles)))
+    domain = domain or default_domain()
+    condition, slug, severity = parse_answer(
+        reply.content, dict(zip(slugs, titles)), Scale.of(domain)
+    )
     trace = {
         "id": row["id"],
         "sample": sample,
         "query": row["query"],
-        "demographics": demographics_text(row),
+        "demographics": demographics_text(row, domain.field_names),
         "gold_slug": row["slug"],
         "gold_disposition": row["disposition"],
         "query_type": row["query_type"],
@@ -214,7 +231,10 @@ def run_traces(
     retriever,
     overrides: dict | None = None,
     progress=None,
+    prompts=None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Traces for the training queries; ``prompts`` (a PromptSet: folder and domain) defaults to
+    ``llm.prompts_dir`` with the default domain."""
     queries = read_parquet(paths.synthetic_queries("train"), "training queries", "t0 synth-queries")
     if queries.is_empty():
         raise T0Error(
@@ -222,7 +242,9 @@ def run_traces(
             "first."
         )
     client = LLMClient("teacher", llm, LLMCache(paths.llm_cache(llm)), overrides)
-    traces = collect_traces(queries, retriever, client, config, llm.prompts_dir, progress)
+    traces = collect_traces(
+        queries, retriever, client, config, prompts or llm.prompts_dir, progress
+    )
     require_some_success(client.usage, "teacher", client.settings)
     write_parquet(traces, paths.traces)
     write_config_sidecar(paths.traces, config, llm)

@@ -26,35 +26,53 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.thinking import split_thinking
 
-SEVERITIES = ("Self-care", "Urgent Primary Care", "A&E")  # least to most urgent
-_RANK = {s: i for i, s in enumerate(SEVERITIES)}
-_SEVERITY_WORDS = {
-    "selfcare": "Self-care",
-    "self-care": "Self-care",
-    "self care": "Self-care",
-    "urgent primary care": "Urgent Primary Care",
-    "urgentprimarycare": "Urgent Primary Care",
-    "a&e": "A&E",
-    "a & e": "A&E",
-    "ae": "A&E",
-    "emergency": "A&E",
-}
+
+@dataclass(frozen=True)
+class Scale:
+    """A domain's answer categories, least to most urgent, and the spellings tolerant scoring
+    reads as each (its name and aliases, any case, with or without spaces)."""
+
+    names: tuple[str, ...]
+    words: dict[str, str]
+
+    @classmethod
+    def of(cls, domain: Domain | None = None) -> "Scale":
+        domain = domain or default_domain()
+        words: dict[str, str] = {}
+        for category in domain.categories:
+            for spelling in (category.name, *category.aliases):
+                key = re.sub(r"\s+", " ", spelling.strip().lower())
+                words.setdefault(key, category.name)
+                words.setdefault(key.replace(" ", ""), category.name)
+        return cls(domain.category_names, words)
+
+    def rank(self, name: str | None) -> int | None:
+        return self.names.index(name) if name in self.names else None
+
+    def normalise(self, text: str | None, tolerant: bool = True) -> str | None:
+        """One of :attr:`names`, or None. Not ``tolerant``: only the exact words (spaces around
+        them aside)."""
+        if not text:
+            return None
+        if not tolerant:
+            return text.strip() if text.strip() in self.names else None
+        key = re.sub(r"\s+", " ", text.strip().strip("\"'*`.").lower())
+        return self.words.get(key) or self.words.get(key.replace(" ", ""))
 
 
+DEFAULT_SCALE = Scale.of()
+SEVERITIES = DEFAULT_SCALE.names  # the default domain's levels of care, least to most urgent
 SCORING_MODES = ("reference", "tolerant")
 
 
-def normalise_severity(text: str | None, tolerant: bool = True) -> str | None:
-    """One of :data:`SEVERITIES`, or None. Not ``tolerant``: only the exact words (spaces around
-    them aside)."""
-    if not text:
-        return None
-    if not tolerant:
-        return text.strip() if text.strip() in SEVERITIES else None
-    key = re.sub(r"\s+", " ", text.strip().strip("\"'*`.").lower())
-    return _SEVERITY_WORDS.get(key) or _SEVERITY_WORDS.get(key.replace(" ", ""))
+def normalise_severity(
+    text: str | None, tolerant: bool = True, scale: Scale | None = None
+) -> str | None:
+    """One of the scale's categories (default: the NHS levels of care), or None."""
+    return (scale or DEFAULT_SCALE).normalise(text, tolerant)
 
 
 def _key(text: str) -> str:
@@ -85,7 +103,7 @@ def resolve_condition(text: str, allowed: dict[str, str]) -> str | None:
 
 
 def parse_answer_text(
-    text: str | None, allowed: dict[str, str], tolerant: bool = True
+    text: str | None, allowed: dict[str, str], tolerant: bool = True, scale: Scale | None = None
 ) -> Prediction:
     """The "(condition, severity)" after any thinking: the last pair and level synonyms when
     ``tolerant``, else the first pair and exact levels (the reference's reading). Brackets inside
@@ -97,7 +115,7 @@ def parse_answer_text(
     if not pairs:
         return Prediction(None, None, "unparsable", text)
     condition, severity = pairs[-1] if tolerant else pairs[0]
-    return judge(condition, severity, allowed, text, tolerant)
+    return judge(condition, severity, allowed, text, tolerant, scale)
 
 
 def last_answer_pair(answer: str) -> tuple[str, str] | None:
@@ -136,10 +154,11 @@ def judge(
     allowed: dict[str, str],
     raw: str = "",
     tolerant: bool = True,
+    scale: Scale | None = None,
 ) -> Prediction:
     """Validate a (condition, severity) pair from free text or a tool call."""
     condition = resolve_condition(condition_text or "", allowed)
-    severity = normalise_severity(severity_text, tolerant)
+    severity = normalise_severity(severity_text, tolerant, scale)
     if condition is None:
         return Prediction(None, severity, "unknown_condition", raw)
     if severity is None:
@@ -148,7 +167,11 @@ def judge(
 
 
 def score(
-    pred: Prediction, gold_condition: str, gold_severity: str, retrieved: list[str] | None
+    pred: Prediction,
+    gold_condition: str,
+    gold_severity: str,
+    retrieved: list[str] | None,
+    scale: Scale | None = None,
 ) -> dict[str, Any]:
     """Correctness of one prediction; ``retrieved`` None means k=0 (every condition was listed)."""
     inconclusive_ok = (
@@ -157,8 +180,12 @@ def score(
         and gold_condition not in retrieved
     )
     error = None
-    if pred.severity in _RANK and gold_severity in _RANK and pred.severity != gold_severity:
-        error = "under" if _RANK[pred.severity] < _RANK[gold_severity] else "over"
+    ours, gold = (
+        (scale or DEFAULT_SCALE).rank(pred.severity),
+        (scale or DEFAULT_SCALE).rank(gold_severity),
+    )
+    if ours is not None and gold is not None and ours != gold:
+        error = "under" if ours < gold else "over"
     return {
         "condition_correct": pred.condition == gold_condition or inconclusive_ok,
         "disposition_correct": pred.severity == gold_severity,
@@ -167,7 +194,7 @@ def score(
     }
 
 
-def summarise_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_runs(rows: list[dict[str, Any]], scale: Scale | None = None) -> dict[str, Any]:
     """Mean ± std over runs, per query type, the confusion matrix and error shares.
 
     Each row: run, query_type, gold_severity, pred_severity, condition_correct, disposition_correct,
@@ -198,9 +225,9 @@ def summarise_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for f in ("condition", "disposition")
         }
     matrix = Counter((r["gold_severity"], r["pred_severity"] or "none") for r in rows)
+    names = (scale or DEFAULT_SCALE).names
     out["confusion"] = {
-        gold: {pred: matrix.get((gold, pred), 0) for pred in (*SEVERITIES, "none")}
-        for gold in SEVERITIES
+        gold: {pred: matrix.get((gold, pred), 0) for pred in (*names, "none")} for gold in names
     }
     wrong = [r for r in rows if r["severity_error"]]
     out["under_estimate_share"] = (

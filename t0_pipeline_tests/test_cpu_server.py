@@ -15,7 +15,7 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, LLMConfig, ModelServerConfig, RoleConfig
-from t0_pipeline.demographics import OCCUPATION_CHOICES
+from t0_pipeline.domain import default_domain
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.model_server import LocalServer, ServerPlan, serving
@@ -116,7 +116,8 @@ def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(
         words = parsed.symptoms_description.split(" ")
         assert words[0] in ("I", "My") and all(word.match(w) for w in words), words
         assert parsed.demographics.sex == "female" and 18 <= parsed.demographics.age <= 90
-        assert parsed.demographics.occupation in OCCUPATION_CHOICES
+        occupations = next(f for f in default_domain().profile if f.name == "occupation").choices
+        assert parsed.demographics.occupation in occupations
 
 
 def test_frequency_and_presence_penalties_count_only_generated_tokens():

@@ -136,7 +136,7 @@ def summarise(
         if cfg.summary.backend == "llm"
         else contextlib.nullcontext(cfg) as cfg
     ):
-        summaries, info = run_summarise(paths, cfg.summary, cfg.llm)
+        summaries, info = run_summarise(paths, cfg.summary, cfg.llm, prompts=cfg.prompts)
     typer.echo(
         f"{summaries.height} summaries ({info['backend']}), mean compression "
         f"{summaries['compression'].mean():.0%} → {paths.summaries}"

@@ -51,7 +51,9 @@ def synth_queries(
         },
     )
     with serve_roles(cfg, paths, "query_writer") as cfg:
-        eval_df, train_df, info = run_generate_queries(paths, cfg.queries, cfg.llm)
+        eval_df, train_df, info = run_generate_queries(
+            paths, cfg.queries, cfg.llm, prompts=cfg.prompts
+        )
     for split, df in (("eval", eval_df), ("train", train_df)):
         r = info[split]
         typer.echo(
@@ -92,7 +94,7 @@ def traces(
     )
     retriever = open_retriever(cfg, paths, cfg.traces.index)
     with serve_roles(cfg, paths, "teacher") as cfg:
-        df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever)
+        df, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, prompts=cfg.prompts)
     typer.echo(
         f"{stats['traces']} traces, {stats['kept']} kept ({cfg.traces.keep}); parsable "
         f"{stats['parsable_rate']:.0%}, condition accuracy {stats['condition_accuracy']:.0%}, "
@@ -122,7 +124,7 @@ def sft(
         sets=sets,
         flags={"sft.tokenizer": tokenizer, "sft.block_size": block_size},
     )
-    df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
+    df, stats = run_sft(paths, cfg.sft, cfg.prompts, cfg.chat_format)
     typer.echo(
         f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean "
         f"{stats['tokens_mean']}, max {stats['tokens_max']}; {stats['dropped_overlong']} dropped "

@@ -108,8 +108,24 @@ def _nest(dotted: dict[str, object]) -> dict:
     return out
 
 
-def read_config_file(path: Path | str) -> dict:
-    """The settings in a .json/.yaml/.toml file, as data (not yet validated)."""
+def read_config_file(path: Path | str, _seen: tuple[Path, ...] = ()) -> dict:
+    """The settings in a .json/.yaml/.toml file, as data (not yet validated). A file with
+    ``extends: OTHER`` (a path relative to the file) is OTHER's settings with its own on top."""
+    from t0_pipeline.artifacts import T0Error
+
+    data = _read_one_file(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise T0Error(f"config file {path}: extends must be one file's path, not {parent!r}.")
+    base = (Path(path).parent / parent).resolve()
+    if base in _seen or base == Path(path).resolve():
+        raise T0Error(f"config file {path}: extends {parent} extends it back; break the circle.")
+    return deep_merge(read_config_file(base, (*_seen, Path(path).resolve())), data)
+
+
+def _read_one_file(path: Path | str) -> dict:
     import json
 
     from t0_pipeline.artifacts import T0Error

@@ -134,10 +134,10 @@ class QueryGenConfig(BaseModel):
     n_eval: int = 1000
     n_train: int = 2000
     seed: int = 0
-    query_types: list[str] = Field(default_factory=lambda: ["basic", "hypochondriac", "downplay"])
-    dispositions: list[str] = Field(
-        default_factory=lambda: ["Self-care", "Urgent Primary Care", "A&E"]
-    )
+    # the draws' styles and categories; None = the domain's personas and categories (all of them:
+    # the NHS domain's basic, hypochondriac, downplay and Self-care, Urgent Primary Care, A&E)
+    query_types: list[str] | None = None
+    dispositions: list[str] | None = None
     sexes: list[str] = Field(default_factory=lambda: ["female", "male"])
     max_redraws: int = 5  # after a refusal, new conditions tried for the same cell before giving up
     # the writer may refuse a (condition, disposition) it cannot write (structured: a flag)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
+from t0_pipeline.artifacts import T0Error
 from t0_pipeline.chat import ChatFormat
 from t0_pipeline.config.base import BaseModel, IndexName, RetrieverMode
 from t0_pipeline.config.corpus import (
@@ -30,6 +33,8 @@ from t0_pipeline.config.models import (
     TrainConfig,
     size_entries,
 )
+from t0_pipeline.domain import Domain, load_domain
+from t0_pipeline.prompts import PromptSet
 
 
 class ServeProfile(BaseModel):
@@ -150,6 +155,50 @@ class PipelineConfig(BaseModel):
     # serve.checkpoint, sft.tokenizer, an entry's tokenizer), an entry's name stands for its folder,
     # <data>/models/<name>.
     base_models: dict[str, str] = Field(default_factory=dict)
+    # the task's words (t0_pipeline/domain.py): a built-in domain's name, a domain YAML file's path
+    # or the mapping itself; prompts, schemas, tools, scoring and tables are made from it
+    domain: str | dict[str, Any] = Field(default_factory=lambda: "nhs-triage")
+
+    @property
+    def domain_spec(self) -> "Domain":
+        """The domain, read (and checked) once per file version."""
+        return load_domain(self.domain)
+
+    @property
+    def prompts(self) -> PromptSet:
+        """Where every stage's prompts come from: ``llm.prompts_dir`` and the domain."""
+        return PromptSet(self.llm.prompts_dir, self.domain_spec)
+
+    @model_validator(mode="after")
+    def _domain_words(self) -> "PipelineConfig":
+        """The query draws' categories and styles default to the domain's, and must be its."""
+        try:
+            domain = self.domain_spec
+        except T0Error as exc:
+            raise ValueError(str(exc)) from None
+        queries = self.queries
+        for field, known, what in (
+            ("dispositions", list(domain.category_names), "categories"),
+            ("query_types", list(domain.personas), "personas"),
+        ):
+            if getattr(queries, field) is None:
+                setattr(queries, field, known)
+                continue
+            unknown = [v for v in getattr(queries, field) if v not in known]
+            if unknown:
+                raise ValueError(
+                    f"queries.{field} names {unknown[0]!r}, which is not among the domain "
+                    f"{domain.name!r}'s {what} ({', '.join(known)}); use those, or change the "
+                    "domain"
+                )
+        if domain.name != "nhs-triage" and queries.examples and queries.examples_file is None:
+            raise ValueError(
+                f"queries.examples is {queries.examples} but queries.examples_file is unset: the "
+                f"bundled examples are NHS patients' messages, not the domain {domain.name!r}'s; "
+                "write a few of its own (query, disposition, query_type per JSON line) and name "
+                "the file, or set queries.examples: 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _size_entries(self) -> "PipelineConfig":

@@ -198,7 +198,9 @@ def build_summaries(backend: str) -> dg.AssetsDefinition:
             else contextlib.nullcontext(cfg)
         )
         with serving as cfg:
-            out, info = run_summarise(paths, cfg.summary, cfg.llm, progress=context.log.info)
+            out, info = run_summarise(
+                paths, cfg.summary, cfg.llm, progress=context.log.info, prompts=cfg.prompts
+            )
         for failure in info["failures"]:
             context.log.warning(
                 f"summary failed: {failure}; re-materialise to retry (successful calls are cached)"

@@ -43,7 +43,12 @@ def llm_summaries(
     summary_cfg = cfg.summary.model_copy(update={"backend": "llm"})
     with model_server.roles(cfg, paths, ["summariser"], context.log.info) as cfg:
         out, info = run_summarise(
-            paths, summary_cfg, cfg.llm, out=paths.llm_summaries, progress=context.log.info
+            paths,
+            summary_cfg,
+            cfg.llm,
+            out=paths.llm_summaries,
+            progress=context.log.info,
+            prompts=cfg.prompts,
         )
     for slug in info["failures"]:
         context.log.warning(

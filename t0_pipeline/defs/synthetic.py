@@ -115,7 +115,7 @@ def synthetic_queries(
     cfg, paths = role_config(settings, config, "query_writer"), settings.paths()
     with model_server.roles(cfg, paths, ["query_writer"], context.log.info) as cfg:
         eval_df, train_df, report = run_generate_queries(
-            paths, cfg.queries, cfg.llm, progress=context.log.info
+            paths, cfg.queries, cfg.llm, progress=context.log.info, prompts=cfg.prompts
         )
     counts = lambda df, col: dg.MetadataValue.json(
         dict(df.group_by(col).len().sort(col).iter_rows())
@@ -246,7 +246,9 @@ def reasoning_traces(
     cfg, paths = role_config(settings, config, "teacher"), settings.paths()
     retriever = settings.retriever(cfg.traces.index, cfg)
     with model_server.roles(cfg, paths, ["teacher"], context.log.info) as cfg:
-        traces, stats = run_traces(paths, cfg.traces, cfg.llm, retriever, progress=context.log.info)
+        traces, stats = run_traces(
+            paths, cfg.traces, cfg.llm, retriever, progress=context.log.info, prompts=cfg.prompts
+        )
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in stats.items() if k != "usage"},
@@ -306,7 +308,7 @@ def trace_thinking_present(settings: PipelineSettings) -> dg.AssetCheckResult:
 )
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
-    df, stats = run_sft(paths, cfg.sft, cfg.llm.prompts_dir, cfg.chat_format)
+    df, stats = run_sft(paths, cfg.sft, cfg.prompts, cfg.chat_format)
     return dg.MaterializeResult(
         metadata={
             **stats,

@@ -1,8 +1,8 @@
 """Code versions derived from what each asset's result depends on: the stage modules' source and the
-prompt templates it renders (the user's ``llm.prompts_dir`` copies when set). Editing a prompt file
-or a stage's code changes the version of exactly the assets that use it, and Dagster shows them
-stale; reformatting code or editing its comments or docstrings does not (the code is hashed as its
-syntax tree, docstrings left out).
+prompt templates it renders (the user's ``llm.prompts_dir`` copies when set) with the domain's
+words, and the domain. Editing a prompt file, the domain or a stage's code changes the version of
+exactly the assets that use it, and Dagster shows them stale; reformatting code or editing its
+comments or docstrings does not (the code is hashed as its syntax tree, docstrings left out).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from t0_pipeline.prompts import load_template
+from t0_pipeline.prompts import PromptSet, load_template, prompt_set
 
 # what each asset's output is computed by (modules under t0_pipeline/, prompt template names)
 DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -23,7 +23,7 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (),
     ),
     "conditions": (("clean",), ()),
-    "summaries": (("summarise",), ("summarise",)),
+    "summaries": (("summarise", "domain"), ("summarise",)),
     "full_page_index": (("index", "chunk", "embed", "expansion"), ()),
     "summary_index": (("index", "chunk", "embed", "expansion"), ()),
     "full_page_bm25": (("index", "expansion"), ()),
@@ -31,18 +31,26 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eval_queries": (("retrieval_eval",), ()),
     "retriever_model": (("tune_retriever", "retrieval_eval"), ()),
     "retrieval_report": (("retrieval_eval", "retrieve", "dense_search", "expansion"), ()),
-    "llm_summaries": (("summarise",), ("summarise",)),
+    "llm_summaries": (("summarise", "domain"), ("summarise",)),
     "llm_summary_index": (("index", "chunk", "embed"), ()),
     "summary_comparison": (("retrieval_eval", "retrieve", "dense_search"), ()),
     "synthetic_queries": (
-        ("synth", "synth_prompt", "demographics"),
+        ("synth", "synth_prompt", "demographics", "domain"),
         ("query_writer", "query_examples"),
     ),
     "reasoning_traces": (
-        ("traces", "teacher_schema", "triage_prompt", "chat", "demographics", "triage_scoring"),
+        (
+            "traces",
+            "teacher_schema",
+            "triage_prompt",
+            "chat",
+            "demographics",
+            "triage_scoring",
+            "domain",
+        ),
         ("triage",),
     ),
-    "sft_dataset": (("sft", "triage_prompt", "chat"), ("triage",)),
+    "sft_dataset": (("sft", "triage_prompt", "chat", "domain"), ("triage",)),
     "student_checkpoint": (
         (
             "train",
@@ -68,6 +76,7 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "triage_prompt",
             "chat",
             "demographics",
+            "domain",
         ),
         ("triage",),
     ),
@@ -102,9 +111,12 @@ def _module_source(name: str) -> bytes:
     return code_fingerprint(path.read_bytes())
 
 
-def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool = True) -> str:
+def code_version(
+    asset: str, prompts_dir: PromptSet | Path | None = None, with_prompts: bool = True
+) -> str:
     """A short hash of the sources and prompt templates ``asset`` depends on (see
-    :data:`DEPENDS_ON`)."""
+    :data:`DEPENDS_ON`), the templates with the domain's words in them, and the domain itself
+    (its categories' aliases and triggers score and answer too)."""
     modules, prompts = DEPENDS_ON[asset]
     prompts = prompts if with_prompts else ()
     digest = hashlib.sha256()
@@ -114,6 +126,8 @@ def code_version(asset: str, prompts_dir: Path | None = None, with_prompts: bool
         digest.update(
             prompt.encode() + b"\0" + load_template(prompt, prompts_dir)[0].encode() + b"\0"
         )
+    if prompts:
+        digest.update(prompt_set(prompts_dir).domain.model_dump_json().encode())
     return digest.hexdigest()[:12]
 
 
@@ -126,6 +140,6 @@ def version_of(asset: str) -> str:
     # extractive summaries render no prompt: editing summarise.txt leaves them fresh
     return code_version(
         asset,
-        cfg.llm.prompts_dir,
+        cfg.prompts,
         with_prompts=not (asset == "summaries" and cfg.summary.backend != "llm"),
     )

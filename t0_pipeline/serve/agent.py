@@ -37,10 +37,11 @@ from t0_pipeline.llm_calls import ModelCallError
 from t0_pipeline.prompts import load_sections, render
 from t0_pipeline.serve import student_turn
 from t0_pipeline.serve.agent_search import (
-    SEARCH_TOOL,
     search_query,
+    search_tool,
 )
 from t0_pipeline.serve.models import check_profiles
+from t0_pipeline.triage_scoring import Scale
 
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
 PLAIN = {
@@ -126,13 +127,13 @@ class ChatService:
     ):
         self.cfg, self.paths = cfg, paths
         self.count = token_counter(cfg.serve.tokenizer)
-        self.agent_prompts, _ = load_sections(
-            "agent", ("system", "system_no_tools"), cfg.llm.prompts_dir
-        )
-        self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.llm.prompts_dir)
+        self.agent_prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.prompts)
+        self.reasoner_prompts, _ = load_sections("reasoner", ("system",), cfg.prompts)
         # a student is asked with the prompt it was trained on, its answer turned into a reply
-        self.triage_sections, _ = triage_prompt.load(cfg.llm.prompts_dir)
-        self.replies = student_turn.load_replies(cfg.llm.prompts_dir)
+        self.triage_sections, _ = triage_prompt.load(cfg.prompts)
+        self.replies = student_turn.load_replies(cfg.prompts)
+        self.search_tool, self.scale = search_tool(cfg.domain_spec), Scale.of(cfg.domain_spec)
+        self.profile_fields = cfg.domain_spec.field_names
         self._retriever_factory = retriever_factory or self._default_retriever
         self._retrievers: dict[str, Any] = {}
         # searches run one at a time (the embedder and store are shared) on one thread of their own,
@@ -181,7 +182,7 @@ class ChatService:
         called."""
         for profile in self.cfg.serve.profiles.values():
             await self.client(profile.agent).rehearse(
-                [SEARCH_TOOL] if profile.agent_tools else None
+                [self.search_tool] if profile.agent_tools else None
             )
             if not profile.budget_forced:
                 await self.client(profile.reasoner).rehearse(stream=True)
@@ -223,7 +224,7 @@ class ChatService:
         result = Turn()
         new = {"role": "user", "content": text}
         reply = await self._ask_agent(profile, history, new, result)
-        query = search_query(reply, text)
+        query = search_query(reply, text, self.search_tool["function"]["name"])
         if query is None and profile.always_search:  # the agent must search: the person's words
             query = text
         if query is None:  # a direct answer: greetings, thanks, small talk
@@ -238,7 +239,9 @@ class ChatService:
         budget = self.cfg.serve.context_tokens
         if profile.student:
             words = student_turn.patient_words(history, text, budget // 2, self.count)
-            messages = student_turn.triage_messages(self.triage_sections, hits, words, demographics)
+            messages = student_turn.triage_messages(
+                self.triage_sections, hits, words, demographics, self.profile_fields
+            )
         else:
             system = render(
                 self.reasoner_prompts["system"],
@@ -247,7 +250,7 @@ class ChatService:
                 documents=documents_block(
                     [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
                 ),
-                demographics=demographics_text(demographics),
+                demographics=demographics_text(demographics, self.profile_fields),
             )
             messages = fit_history(
                 {"role": "system", "content": system}, history, new, budget, self.count
@@ -264,7 +267,7 @@ class ChatService:
         budget = self.cfg.serve.context_tokens
         reply = await agent.complete(
             fit_history({"role": "system", "content": system}, history, new, budget, self.count),
-            tools=[SEARCH_TOOL] if profile.agent_tools else None,
+            tools=[self.search_tool] if profile.agent_tools else None,
             tool_choice="required" if profile.always_search else "auto",
         )
         if not reply.ok:
@@ -353,7 +356,7 @@ class ChatService:
         thinking, answer = gen.thinking, gen.answer
         if profile.student:
             thinking = f"{thinking.strip()}\n\nThe model's answer: {answer.strip()}".strip()
-            answer = student_turn.plain_reply(answer, hits, self.replies)
+            answer = student_turn.plain_reply(answer, hits, self.replies, self.scale)
         if thinking:
             yield "thinking", thinking
         yield "answer", answer

@@ -1,4 +1,5 @@
-"""The agent's search: the tool it may call (``search_health_information``), the plain-text
+"""The agent's search: the tool it may call (the domain's ``search_tool``: the NHS domain's
+``search_health_information``), the plain-text
 ``SEARCH:`` line for models without tool calling, reading the query out of a reply, and the same
 decision made over a list of texts (the retrieval evaluation scores the agent's queries beside the
 texts as written)."""
@@ -10,29 +11,37 @@ import re
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import PipelineConfig
+from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_json import function_tool
 from t0_pipeline.prompts import load_sections
 
-SEARCH_TOOL_NAME = "search_health_information"
-SEARCH_TOOL = function_tool(
-    SEARCH_TOOL_NAME,
-    "Search the health information pages for documents relevant to the person's problem.",
-    {
-        "query": {
-            "type": "string",
-            "description": "A short search query written from the whole conversation.",
-        }
-    },
-)
+
+def search_tool(domain: Domain | None = None) -> dict:
+    """The search tool in ``domain``'s words (default: the NHS domain's)."""
+    domain = domain or default_domain()
+    return function_tool(
+        domain.search_tool,
+        domain.words()["search_description"],
+        {
+            "query": {
+                "type": "string",
+                "description": "A short search query written from the whole conversation.",
+            }
+        },
+    )
+
+
+SEARCH_TOOL = search_tool()
+SEARCH_TOOL_NAME = SEARCH_TOOL["function"]["name"]
 SEARCH_LINE = re.compile(r"^\s*SEARCH:\s*(.+?)\s*$", re.M | re.I)
 
 
-def search_query(reply, text: str) -> str | None:
+def search_query(reply, text: str, tool_name: str = SEARCH_TOOL_NAME) -> str | None:
     """What the agent's reply searches for: its tool call's query (the person's own message when the
     arguments are unusable), or a ``SEARCH:`` line; None when it answered directly."""
     for call in reply.tool_calls:
-        if call.get("name") == SEARCH_TOOL_NAME:
+        if call.get("name") == tool_name:
             try:
                 args = json.loads(call.get("arguments") or "{}")
             except json.JSONDecodeError:
@@ -66,21 +75,22 @@ def agent_search_queries(
             f"configured; available: {', '.join(cfg.serve.profiles)}."
         )
     profile = cfg.serve.profiles[profile_name]
-    prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.llm.prompts_dir)
+    prompts, _ = load_sections("agent", ("system", "system_no_tools"), cfg.prompts)
     client = LLMClient(profile.agent, cfg.llm, cache)
     system = prompts["system" if profile.agent_tools else "system_no_tools"]
+    tool = search_tool(cfg.domain_spec)
 
     async def one(text: str):
         return await client.complete(
             [{"role": "system", "content": system}, {"role": "user", "content": text}],
-            tools=[SEARCH_TOOL] if profile.agent_tools else None,
+            tools=[tool] if profile.agent_tools else None,
         )
 
     replies = client.run(texts, one, f"search queries ({profile.agent})", progress)
     counts = {"rewritten": 0, "kept": 0, "failed": 0}
     out = []
     for text, reply in zip(texts, replies):
-        query = search_query(reply, text) if reply.ok else None
+        query = search_query(reply, text, tool["function"]["name"]) if reply.ok else None
         kind = "failed" if not reply.ok else "rewritten" if query and query != text else "kept"
         counts[kind] += 1
         out.append(query or text)

@@ -20,8 +20,8 @@ from typing import Any
 
 from t0_pipeline import triage_prompt
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.prompts import load_sections, render
-from t0_pipeline.triage_scoring import SEVERITIES, parse_answer_text
+from t0_pipeline.prompts import PromptSet, domain_of, load_sections, render
+from t0_pipeline.triage_scoring import Scale, parse_answer_text
 
 REPLY = "triage_reply"
 
@@ -33,11 +33,15 @@ def level_section(level: str | None) -> str:
     return "level_" + re.sub(r"[^a-z]+", "_", level.lower()).strip("_")
 
 
-def load_replies(prompts_dir: Path | None = None) -> dict[str, str]:
+def load_replies(prompts: PromptSet | Path | None = None) -> dict[str, str]:
+    """The reply sections, with one ``level_<category>`` section per category of the domain: what
+    the domain's ``reply`` (else its meaning) says, unless the template file has that section."""
     required = ("found", "inconclusive", "unreadable", "level_unknown")
-    sections, _ = load_sections(
-        REPLY, (*required, *(level_section(s) for s in SEVERITIES)), prompts_dir
-    )
+    sections, _ = load_sections(REPLY, required, prompts)
+    for category in domain_of(prompts).categories:
+        sections.setdefault(
+            level_section(category.name), category.reply or f"{category.name}: {category.meaning}."
+        )
     return sections
 
 
@@ -63,18 +67,22 @@ def triage_messages(
     hits: list[Any],
     words: str,
     demographics: dict[str, Any],
+    fields: tuple[str, ...] | None = None,
 ) -> list[dict[str, str]]:
     """The system and user turns the student was trained on, over ``hits``."""
     context = triage_prompt.with_documents(
         sections, [h.title for h in hits], [float(h.score) for h in hits], [h.text for h in hits]
     )
-    return triage_prompt.messages(sections, context, demographics_text(demographics), words)
+    about = demographics_text(demographics, fields) if fields else demographics_text(demographics)
+    return triage_prompt.messages(sections, context, about, words)
 
 
-def plain_reply(answer: str, hits: list[Any], replies: dict[str, str]) -> str:
+def plain_reply(
+    answer: str, hits: list[Any], replies: dict[str, str], scale: Scale | None = None
+) -> str:
     """The reply a person reads for the student's "(condition, level of care)" ``answer``."""
     allowed = {h.slug: h.title for h in hits}
-    prediction = parse_answer_text(answer, allowed, tolerant=True)
+    prediction = parse_answer_text(answer, allowed, tolerant=True, scale=scale)
     if prediction.condition is None:
         return replies["unreadable"].strip()
     level = replies[level_section(prediction.severity)].strip()

@@ -24,4 +24,11 @@ async def page_config(ctx: ServeContext = Depends(context)):
         "auth_required": not ctx.insecure_local,
         "profiles": list(ctx.serve.profiles),
         "max_message_chars": ctx.serve.max_message_chars,
+        # the page's own words, the domain's (title, the bold warning and notice under it, the
+        # message box's placeholder)
+        "page": {
+            key[len("page_") :]: value
+            for key, value in ctx.cfg.domain_spec.words().items()
+            if key.startswith("page_")
+        },
     }

@@ -164,6 +164,17 @@ async function loadThreads() {
   renderThreads();
 }
 
+// the domain's words (t0_pipeline/domain.py): the page is written for the NHS domain until they arrive
+function showDomainWords(page) {
+  if (page.title) { document.title = page.title; $("header h1").textContent = page.title; }
+  if (page.warning || page.notice) {
+    const strong = document.createElement("strong");
+    strong.textContent = page.warning || "";
+    $("#notice").replaceChildren(strong, document.createTextNode(" " + (page.notice || "")));
+  }
+  if (page.placeholder) $("#input").placeholder = page.placeholder;
+}
+
 function fillDemographics(d) {
   const form = $("#demographics");
   for (const name of FIELDS) form.elements[name].value = d && d[name] != null ? d[name] : "";
@@ -350,6 +361,7 @@ async function start() {
     $("#key-box").hidden = !config.auth_required || Boolean(state.key);
     $("#api-key").value = state.key;
     $("#input").maxLength = config.max_message_chars;
+    showDomainWords(config.page || {});
     if (!config.auth_required || state.key) {
       await loadThreads();
       if (state.threads.length) await selectThread(state.threads[0].id);
