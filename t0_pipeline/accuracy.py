@@ -49,6 +49,7 @@ from t0_pipeline.config import (
     EvaluationConfig,
     PipelineConfig,
 )
+from t0_pipeline.domain import default_domain, plural
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
 from t0_pipeline.predictors import answering_weights, make_predictor
@@ -63,8 +64,8 @@ log = logging.getLogger(__name__)
 NOTE_LABELS = {
     "empty": "empty replies",
     "unparsable": "unparsable answers",
-    "unknown_condition": "conditions not in the allowed list",
-    "bad_severity": "severities outside the three",
+    "unknown_condition": "{topics} not in the allowed list",
+    "bad_severity": "{answers} outside the {n}",
     "wrong_tool": "calls to another tool",
     "no_tool_call": "answers without the submit tool (reference scoring)",
     "several_tool_calls": "answers with several submit calls (reference scoring)",
@@ -100,9 +101,20 @@ PREDICTION_SCHEMA = {
 
 
 # --- predictors ---------------------------------------------------------------------------
-def status_notes(status_counts: dict[str, int], skipped: int = 0, n_queries: int = 1) -> list[str]:
+def status_notes(
+    status_counts: dict[str, int], skipped: int = 0, n_queries: int = 1, domain=None
+) -> list[str]:
+    """One note per kind of failed answer, in ``domain``'s words (default: the NHS domain's)."""
+    domain = domain or default_domain()
+    words = {
+        "topics": domain.plural("topic"),
+        "answers": plural(domain.answer.replace("_", " ")),
+        "n": domain.words()["n_categories"],
+    }
     notes = [
-        f"{status_counts[s]} {label}" for s, label in NOTE_LABELS.items() if status_counts.get(s)
+        f"{status_counts[s]} {label.format(**words)}"
+        for s, label in NOTE_LABELS.items()
+        if status_counts.get(s)
     ]
     if skipped:
         notes.append(f"{skipped} query records skipped (no text, condition or valid disposition)")
@@ -125,7 +137,8 @@ def evaluate_model(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Predictions for every (k, run, query) and the summary for one model."""
     sections, prompt_hash = triage_prompt.load(prompts_dir)
-    predictor = make_predictor(settings, client, pages, config.scoring, domain_of(prompts_dir))
+    domain = domain_of(prompts_dir)
+    predictor = make_predictor(settings, client, pages, config.scoring, domain)
     deterministic = settings.backend == "retrieval"
     # our own decoding at temperature 0 is greedy: every run would compute the same thing, so one
     # run is made
@@ -158,11 +171,10 @@ def evaluate_model(
         stats = summarise_runs(list(sub.iter_rows(named=True)), predictor.scale)
         if k > 0 and sub.height:
             stats["gold_retrieved_rate"] = float(sub["gold_retrieved"].mean())
-        stats["notes"] = status_notes(stats.get("status_counts", {}), 0, len(queries))
+        stats["notes"] = status_notes(stats.get("status_counts", {}), 0, len(queries), domain)
         by_k[str(k)] = stats
-    summary = _summary(name, settings, queries, prompt_hash, seeds, ks, by_k, df)
+    summary = _summary(name, settings, queries, prompt_hash, seeds, ks, by_k, df, domain)
     summary["scoring"] = config.scoring
-    domain = domain_of(prompts_dir)
     summary["domain"], summary["labels"] = domain.name, list(domain.score_labels)
     if greedy and config.runs > 1:
         summary["notes"].append("greedy decoding (temperature 0): one run, not repeated")
@@ -179,6 +191,7 @@ def _summary(
     ks: list[int],
     by_k: dict[str, Any],
     df: pl.DataFrame,
+    domain=None,
 ) -> dict[str, Any]:
     status_counts = dict(df.group_by("status").len().iter_rows()) if df.height else {}
     return {
@@ -197,7 +210,7 @@ def _summary(
         "ks": ks,
         "by_k": by_k,
         "status_counts": status_counts,
-        "notes": status_notes(status_counts, 0, len(queries)),
+        "notes": status_notes(status_counts, 0, len(queries), domain),
     }
 
 

@@ -18,6 +18,7 @@ from t0_pipeline.config import (
     DataPaths,
     EvaluationConfig,
 )
+from t0_pipeline.domain import plural
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,10 @@ def fmt_share(share: float | None) -> str:
 
 
 SCORING_WORDS = {
-    "reference": 'reference (as the report: the first "(condition, level)" pair, the levels of '
-    "care exactly, exactly one submit call)",
-    "tolerant": "tolerant (the last pair, level synonyms, the text when the tool was not called; "
-    "not comparable with the report's tables)",
+    "reference": 'reference (as the report: the first "(…, …)" answer pair, the categories '
+    "written exactly, exactly one submit call)",
+    "tolerant": "tolerant (the last pair, other spellings of the categories, the text when the "
+    "tool was not called; not comparable with the report's tables)",
 }
 
 
@@ -156,10 +157,11 @@ def combine(paths: DataPaths, config: EvaluationConfig) -> CombinedReport:
     ks = sorted({int(k) for s in summaries.values() for k in s["by_k"]}) or list(config.ks)
     rows = [_table_row(name, s, ks) for name, s in summaries.items()]
     table = pl.DataFrame(rows) if rows else pl.DataFrame({"model": []}, schema={"model": pl.String})
-    lines = _accuracy_lines(rows, ks, labels(next(iter(summaries.values()), {})))
+    names = labels(next(iter(summaries.values()), {}))
+    lines = _accuracy_lines(rows, ks, names)
     if any(s["by_k"].get(str(k), {}).get("by_query_type") for s in summaries.values() for k in ks):
-        lines += _query_type_lines(summaries, max(ks))
-    lines += _format_lines(summaries, ks)
+        lines += _query_type_lines(summaries, max(ks), names)
+    lines += _format_lines(summaries, ks, names)
     below = students_below_base(summaries)
     if below:
         lines += [
@@ -204,8 +206,8 @@ def learned_lines(summaries: dict[str, dict[str, Any]]) -> list[str]:
         acc = [(x.get("condition_accuracy") or [0.0])[0] for x in (theirs, ours)]
         lines.append(
             f"{name} against its base {s['base']} (k={k}): answers in the format "
-            f"{fmt_share(parsable_share(theirs))} → {fmt_share(parsable_share(ours))}, condition "
-            f"accuracy {acc[0]:.2f} → {acc[1]:.2f} ({acc[1] - acc[0]:+.2f})."
+            f"{fmt_share(parsable_share(theirs))} → {fmt_share(parsable_share(ours))}, "
+            f"{labels(s)[0]} accuracy {acc[0]:.2f} → {acc[1]:.2f} ({acc[1] - acc[0]:+.2f})."
         )
     return lines
 
@@ -265,14 +267,16 @@ def _accuracy_lines(
     return lines
 
 
-def _query_type_lines(summaries: dict[str, dict[str, Any]], qk: int) -> list[str]:
+def _query_type_lines(
+    summaries: dict[str, dict[str, Any]], qk: int, names: tuple[str, str]
+) -> list[str]:
     """Accuracy by query type and the severity error shares, at k = ``qk``."""
     types = sorted(
         {t for s in summaries.values() for t in s["by_k"].get(str(qk), {}).get("by_query_type", {})}
     )
     lines = [
         "",
-        f"## By query type (k={qk}; condition / disposition)",
+        f"## By query type (k={qk}; {names[0]} / {names[1]})",
         "",
         "| model | " + " | ".join(types) + " |",
         "|---" * (1 + len(types)) + "|",
@@ -286,8 +290,8 @@ def _query_type_lines(summaries: dict[str, dict[str, Any]], qk: int) -> list[str
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"## Severity errors (k={qk}): share of wrong dispositions that under- / over-estimate "
-        "urgency",
+        f"## Severity errors (k={qk}): share of wrong {plural(names[1])} that under- / "
+        "over-estimate urgency",
         "",
         "| model | under | over |",
         "|---|---|---|",
@@ -301,10 +305,12 @@ def _query_type_lines(summaries: dict[str, dict[str, Any]], qk: int) -> list[str
     return lines
 
 
-def _format_lines(summaries: dict[str, dict[str, Any]], ks: list[int]) -> list[str]:
+def _format_lines(
+    summaries: dict[str, dict[str, Any]], ks: list[int], names: tuple[str, str]
+) -> list[str]:
     lines = [
         "",
-        "## Answers in the format: share of replies that parse to a condition and a level of care",
+        f"## Answers in the format: share of replies that parse to a {names[0]} and a {names[1]}",
         "",
         "| model | " + " | ".join(f"k={k}" for k in ks) + " |",
         "|---" * (1 + len(ks)) + "|",

@@ -225,6 +225,13 @@ def fill(text: str, words: dict[str, str], where: str) -> str:
     return re.sub(r"\{\{\s*([a-z_]+)\s*\}\}", one, text)
 
 
+def plural(noun: str) -> str:
+    """``severity`` → ``severities``, ``route`` → ``routes`` (enough for a field's name)."""
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + ("es" if re.search(r"(s|x|ch|sh)$", noun) else "s")
+
+
 def _snake(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 

@@ -274,9 +274,7 @@ def test_a_prompt_edit_marks_exactly_the_assets_that_render_it_stale(tmp_path):
     # identical copies: same versions
     assert before == {asset: code_version(asset, None) for asset in DEPENDS_ON}
     triage = prompts / "triage.txt"
-    triage.write_text(
-        triage.read_text().replace("most likely explains it", "best explains it")
-    )
+    triage.write_text(triage.read_text().replace("most likely explains it", "best explains it"))
     after = {asset: code_version(asset, prompts) for asset in DEPENDS_ON}
     assert {a for a in DEPENDS_ON if before[a] != after[a]} == {
         "reasoning_traces",

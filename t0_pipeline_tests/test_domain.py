@@ -131,6 +131,14 @@ def test_another_domain_reaches_every_prompt_schema_tool_score_and_table():
         in (table)
     )
     assert load_replies(prompts)["level_call_the_urgent_line"].startswith("Call the urgent line")
+    from t0_pipeline.accuracy import status_notes
+
+    counts = {"unknown_condition": 2, "bad_severity": 1}
+    assert status_notes(counts, domain=domain) == [
+        "2 issues not in the allowed list",
+        "1 routes outside the three",
+    ]
+    assert status_notes(counts)[1] == "1 severities outside the three"  # the NHS domain's
 
 
 def _domain(**changes):
