@@ -61,6 +61,20 @@ def demographics_text(values: Mapping[str, Any], fields: Sequence[str] = FIELDS)
     return json.dumps(given, ensure_ascii=False) if given else "not given"
 
 
+def user_profile_model(domain: Domain) -> type[BaseModel]:
+    """Details as a chat user gives them in ``domain``: each profile field optional, whole numbers
+    in the field's range, text bounded, no other fields (NHS: :class:`Demographics`)."""
+    if domain.field_names == FIELDS:
+        return Demographics
+    fields: dict[str, Any] = {
+        f.name: (Optional[int], Field(None, ge=f.range[0], le=f.range[1]))
+        if f.integer
+        else (Optional[str], Field(None, max_length=500))
+        for f in domain.profile
+    }
+    return create_model("Profile", __config__=ConfigDict(extra="forbid"), **fields)
+
+
 def written_profile_model(domain: Domain) -> type[BaseModel]:
     """What a synthetic query's writer must give about the asker in ``domain``: every profile
     field, whole numbers where the field has a range (read "above 80" as 81), else text. The NHS

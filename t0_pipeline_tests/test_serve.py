@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -591,3 +592,52 @@ def test_budget_forced_reasoner_on_a_completions_endpoint(
         # system, user, assistant, think
         assert ids.count(start) == completions[0]["prompt"].count("<|im_start|>") == 4
         assert tok.decode(ids[ids.index(start, len(ids) - 4) :]) == "<|im_start|>think\n"
+
+
+def test_another_domain_is_served_in_its_own_words_tools_and_profile(built, retriever, tmp_path):
+    """The IT desk's domain behind the service: its search tool, its reasoner prompt, its page
+    words and the profile fields a person may give (the NHS ones refused)."""
+    from t0_pipeline_tests.serving import last_user
+
+    cfg, paths = built
+    it_desk = Path(__file__).resolve().parents[1] / "examples" / "it-desk" / "domain.yaml"
+    domain_built = (cfg.model_copy(update={"domain": str(it_desk)}), paths)
+    with FakeLLM() as server:
+        server.on(
+            "You help people understand their IT problem",
+            lambda messages: f"Answer to: {last_user(messages)}",
+            reasoning="I read the articles.",
+        )
+        server.on(
+            "conversational assistant of the Kestrel Logistics IT service desk",
+            lambda messages: "",
+            tool_calls=lambda messages: [("search_help_articles", {"query": last_user(messages)})],
+        )
+        app, _ = make_app(domain_built, retriever, tmp_path, server.api_base)
+        with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            config = client.get("/api/config").json()
+            assert [f["name"] for f in config["profile"]] == [
+                "department",
+                "device",
+                "location",
+                "years_at_company",
+            ]
+            assert config["page"]["title"] == "Kestrel IT help"
+            details = {"department": "Finance", "years_at_company": 3}
+            assert client.put("/api/me/demographics", json=details).json() == details
+            for bad, field in (
+                ({"age": 40}, "age"),
+                ({"years_at_company": 99}, "years_at_company"),
+            ):
+                refused = client.put("/api/me/demographics", json=bad)
+                assert refused.status_code == 422
+                assert refused.json()["detail"][0]["loc"] == ["body", field]
+            thread = client.post("/api/threads", json={}).json()
+            assert thread["demographics"] == details  # the key's own details
+            client.post(
+                f"/api/threads/{thread['id']}/messages", json={"content": "My VPN will not connect"}
+            )
+        agent, reasoner = server.state.requests[0], server.state.requests[-1]
+        assert [t["function"]["name"] for t in agent["tools"]] == ["search_help_articles"]
+        system = reasoner["messages"][0]["content"]
+        assert '"department": "Finance"' in system and "patient" not in system.lower()

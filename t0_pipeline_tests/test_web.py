@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from t0_pipeline_tests.fake_llm import FakeLLM
@@ -393,3 +394,39 @@ def test_accessibility_audit_finds_nothing_serious(built, retriever, tmp_path, b
         if v["impact"] in ("serious", "critical")
     ]
     assert not serious, serious
+
+
+def test_another_domain_s_page_speaks_its_words_and_asks_its_profile(
+    built, retriever, tmp_path, browser
+):
+    """The IT desk's domain: the page's title, notice and placeholder are its own, the details
+    form asks for its profile fields (its choices suggested), and what is saved comes back."""
+    cfg, paths = built
+    it_desk = ROOT / "examples" / "it-desk" / "domain.yaml"
+    with FakeLLM() as server:
+        app, _ = make_app(
+            (cfg.model_copy(update={"domain": str(it_desk)}), paths),
+            retriever,
+            tmp_path,
+            server.api_base,
+        )
+        with running(app) as url:
+            page = open_page(browser, DESKTOP)
+            page.goto(url)
+            page.wait_for_selector("#demographics input[name=department]", state="attached")
+            assert page.title() == "Kestrel IT help" and page.inner_text("h1") == "Kestrel IT help"
+            assert "urgent line" in page.inner_text("#notice")
+            assert "health" not in page.inner_text("header").lower()
+            assert page.get_attribute("#input", "placeholder") == "Describe what is going wrong…"
+            assert page.locator("#demographics input[name=age]").count() == 0
+            page.click("#demographics-box summary")
+            page.fill("#demographics input[name=department]", "Finance")
+            page.fill("#demographics input[name=years_at_company]", "7")
+            options = page.locator("#choices-device option").count()
+            page.click("#demographics button[type=submit]")
+            page.wait_for_selector("#demographics-status:has-text('Saved')")
+            shot(page, "chat-it-desk-profile")
+            # the details reached the service as the domain's fields, the number as a number
+            saved = httpx.get(f"{url}/api/me/demographics", timeout=30).json()
+    assert options == 6
+    assert saved == {"department": "Finance", "years_at_company": 7}

@@ -5,10 +5,13 @@ a key's own thread, and the message length check."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fastapi import Depends, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from t0_pipeline.config import PipelineConfig, ServeConfig
 from t0_pipeline.serve.agent import ChatService
@@ -34,6 +37,24 @@ class ServeContext:
     @property
     def serve(self) -> ServeConfig:
         return self.cfg.serve
+
+    @functools.cached_property
+    def profile_model(self):
+        """What a person may say about themselves here: the domain's profile fields."""
+        from t0_pipeline.demographics import user_profile_model
+
+        return user_profile_model(self.cfg.domain_spec)
+
+    def person_details(self, data: Any, where: tuple = ("body",)) -> dict[str, Any]:
+        """``data`` checked against the domain's profile: the fields given, or the same 422 as a
+        typed body's (each error located under ``where``)."""
+        try:
+            details = self.profile_model.model_validate(data if data is not None else {})
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": (*where, *e["loc"])} for e in exc.errors()]
+            ) from None
+        return details.model_dump(exclude_none=True)
 
 
 def context(request: Request) -> ServeContext:

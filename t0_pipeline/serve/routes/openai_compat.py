@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.demographics import Demographics
 from t0_pipeline.serve.agent import Turn, TurnFailed
 from t0_pipeline.serve.deps import ServeContext, context, owner
 from t0_pipeline.thinking import split_thinking
@@ -33,7 +32,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage]
     stream: bool = False
     # an extension: the person's details for the reasoner
-    demographics: Optional[Demographics] = None
+    demographics: Optional[dict[str, Any]] = None
 
 
 def explained(exc: T0Error) -> str:
@@ -92,7 +91,7 @@ async def chat_completions(
     if isinstance(parsed, JSONResponse):
         return parsed
     history, text = parsed
-    demographics = body.demographics.model_dump(exclude_none=True) if body.demographics else {}
+    demographics = ctx.person_details(body.demographics, ("body", "demographics"))
     base = {
         "id": "chatcmpl-" + uuid.uuid4().hex[:16],
         "created": int(time.time()),

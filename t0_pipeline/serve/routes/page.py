@@ -26,6 +26,11 @@ async def page_config(ctx: ServeContext = Depends(context)):
         "max_message_chars": ctx.serve.max_message_chars,
         # the page's own words, the domain's (title, the bold warning and notice under it, the
         # message box's placeholder)
+        # the person's details the page may ask for: the domain's profile fields
+        "profile": [
+            {"name": f.name, "range": f.range, "choices": f.choices}
+            for f in ctx.cfg.domain_spec.profile
+        ],
         "page": {
             key[len("page_") :]: value
             for key, value in ctx.cfg.domain_spec.words().items()

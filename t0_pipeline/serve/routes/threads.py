@@ -4,16 +4,19 @@ each thread's details."""
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Body, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from t0_pipeline.demographics import Demographics
 from t0_pipeline.serve.deps import ServeContext, context, owned, owner
 from t0_pipeline.serve.turns import DEFAULT_TITLE
 
 router = APIRouter()
+DETAILS = (
+    "the person's details: the domain's profile fields (GET /api/config lists them; the NHS "
+    "domain's: age, sex, occupation, social_support, medical_history), each optional"
+)
 
 
 class ThreadCreate(BaseModel):
@@ -22,7 +25,7 @@ class ThreadCreate(BaseModel):
     profile: Optional[str] = Field(
         None, max_length=100, description="serve profile (model id); default: the first"
     )
-    demographics: Optional[Demographics] = None
+    demographics: Optional[dict[str, Any]] = Field(None, description=DETAILS)
 
 
 @router.get(
@@ -34,11 +37,11 @@ async def my_demographics(key: str = Depends(owner), ctx: ServeContext = Depends
 
 @router.put("/api/me/demographics", summary="Set this key's own personal details")
 async def set_my_demographics(
-    body: Demographics, key: str = Depends(owner), ctx: ServeContext = Depends(context)
+    body: dict[str, Any] = Body(..., description=DETAILS),
+    key: str = Depends(owner),
+    ctx: ServeContext = Depends(context),
 ):
-    return await asyncio.to_thread(
-        ctx.store.set_user_demographics, key, body.model_dump(exclude_none=True)
-    )
+    return await asyncio.to_thread(ctx.store.set_user_demographics, key, ctx.person_details(body))
 
 
 @router.post(
@@ -52,7 +55,7 @@ async def create_thread(
     if profile not in profiles:
         raise HTTPException(422, f"unknown profile {profile!r}; available: {', '.join(profiles)}")
     if body.demographics is not None:
-        demographics = body.demographics.model_dump(exclude_none=True)
+        demographics = ctx.person_details(body.demographics, ("body", "demographics"))
     else:
         demographics = await asyncio.to_thread(ctx.store.user_demographics, key)
     return await asyncio.to_thread(
@@ -88,10 +91,8 @@ async def delete_thread(
 )
 async def set_demographics(
     thread_id: str,
-    body: Demographics,
+    body: dict[str, Any] = Body(..., description=DETAILS),
     key: str = Depends(owner),
     ctx: ServeContext = Depends(context),
 ):
-    return await owned(
-        ctx.store.set_demographics, key, thread_id, body.model_dump(exclude_none=True)
-    )
+    return await owned(ctx.store.set_demographics, key, thread_id, ctx.person_details(body))

@@ -3,7 +3,9 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const FIELDS = ["age", "sex", "occupation", "social_support", "medical_history"];
+// the person's details the form asks for: the NHS domain's until /api/config names the domain's own
+let FIELDS = ["age", "sex", "occupation", "social_support", "medical_history"];
+let NUMERIC = new Set(["age"]);
 const KEY_HELP = "This service needs an API key. Ask whoever runs it for one, then enter it here.";
 const state = {
   key: sessionStorage.getItem("t0-key") || localStorage.getItem("t0-key") || "",
@@ -175,6 +177,37 @@ function showDomainWords(page) {
   if (page.placeholder) $("#input").placeholder = page.placeholder;
 }
 
+// another domain's profile fields replace the page's own (its choices offered as suggestions)
+function buildProfileForm(profile) {
+  const names = profile.map((f) => f.name);
+  if (!names.length || names.join() === FIELDS.join()) return;
+  const form = $("#demographics");
+  form.querySelectorAll("label:not(.inline), datalist").forEach((node) => node.remove());
+  const anchor = form.querySelector("label.inline");
+  for (const f of profile) {
+    const label = document.createElement("label");
+    label.textContent = f.name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase()) + " ";
+    const input = document.createElement("input");
+    input.name = f.name;
+    if (f.range) {
+      Object.assign(input, { type: "number", min: f.range[0], max: f.range[1], inputMode: "numeric" });
+    } else {
+      input.maxLength = 500;
+    }
+    if (f.choices && f.choices.length) {
+      const list = document.createElement("datalist");
+      list.id = `choices-${f.name}`;
+      for (const choice of f.choices) list.append(Object.assign(document.createElement("option"), { value: choice }));
+      input.setAttribute("list", list.id);
+      form.insertBefore(list, anchor);
+    }
+    label.append(input);
+    form.insertBefore(label, anchor);
+  }
+  FIELDS = names;
+  NUMERIC = new Set(profile.filter((f) => f.range).map((f) => f.name));
+}
+
 function fillDemographics(d) {
   const form = $("#demographics");
   for (const name of FIELDS) form.elements[name].value = d && d[name] != null ? d[name] : "";
@@ -215,7 +248,7 @@ async function saveDemographics(event) {
   const body = {};
   for (const name of FIELDS) {
     const value = form.elements[name].value.trim();
-    if (value) body[name] = name === "age" ? Number(value) : value;
+    if (value) body[name] = NUMERIC.has(name) ? Number(value) : value;
   }
   const asDefault = form.elements.as_default.checked;
   if (!state.current) await newThread();  // read the form first: opening the new thread refills it
@@ -362,6 +395,7 @@ async function start() {
     $("#api-key").value = state.key;
     $("#input").maxLength = config.max_message_chars;
     showDomainWords(config.page || {});
+    buildProfileForm(config.profile || []);
     if (!config.auth_required || state.key) {
       await loadThreads();
       if (state.threads.length) await selectThread(state.threads[0].id);
