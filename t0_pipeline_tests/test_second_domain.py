@@ -5,16 +5,13 @@ fine-tune and budget-forced evaluation. Every prompt the models were sent is rea
 servers' request log: none speaks of patients, the NHS, A&E or conditions."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from t0_pipeline_tests.test_whole_chain import ASSETS, TINY
+from t0_pipeline_tests.test_whole_chain import ASSETS, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "it-desk.yaml"
@@ -23,30 +20,12 @@ NHS_WORDS = re.compile(r"patient|\bNHS\b|A&E|condition", re.I)
 
 @pytest.fixture(scope="module")
 def it_chain(tmp_path_factory, smollm2_gguf):
+    """The example's config at the whole-chain test's sizes, every request to a model logged:
+    (data folder, request log, what `t0 run-all` printed)."""
     root = tmp_path_factory.mktemp("it-chain")
-    home, data = root / "dagster", root / "data"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     requests = root / "requests.jsonl"
-    env = {
-        **os.environ,
-        **TINY,
-        "DAGSTER_HOME": str(home),
-        "T0_DATA_DIR": str(data),
-        "HF_HUB_OFFLINE": "1",
-        "T0_REQUEST_LOG": str(requests),
-    }
-    env.pop("T0_CONFIG", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "t0_pipeline.cli", "run-all", "--config", str(CONFIG)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=2100,
-        cwd=ROOT,  # the example's paths are the repository's
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return data, requests, done.stdout
+    data, _, out = run_all(root, CONFIG, T0_REQUEST_LOG=str(requests))
+    return data, requests, out
 
 
 # as long as the NHS whole chain: ~4 min on a quiet 2-core machine, past 10 on a loaded one

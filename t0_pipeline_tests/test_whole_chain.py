@@ -66,11 +66,10 @@ ASSETS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory, smollm2_gguf):
-    """The demo's config at the smallest sizes, every asset materialised: (data folder, env, what
-    `t0 run-all` printed)."""
-    root = tmp_path_factory.mktemp("chain")
+def run_all(root: Path, config: Path, **env_extra: str) -> tuple[Path, dict, str]:
+    """`t0 run-all --config CONFIG` at the smallest sizes (:data:`TINY`) with its own Dagster home
+    and data folder under ``root``, from the repository's root: (data folder, env, what it
+    printed)."""
     home, data = root / "dagster", root / "data"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -80,17 +79,26 @@ def chain(tmp_path_factory, smollm2_gguf):
         "DAGSTER_HOME": str(home),
         "T0_DATA_DIR": str(data),
         "HF_HUB_OFFLINE": "1",
+        **env_extra,
     }
     env.pop("T0_CONFIG", None)
     done = subprocess.run(
-        [sys.executable, "-m", "t0_pipeline.cli", "run-all", "--config", str(DEMO)],
+        [sys.executable, "-m", "t0_pipeline.cli", "run-all", "--config", str(config)],
         env=env,
         capture_output=True,
         text=True,
         timeout=2100,
+        cwd=DEMO.parents[1],
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return data, env, done.stdout
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, smollm2_gguf):
+    """The demo's config at the smallest sizes, every asset materialised: (data folder, env, what
+    `t0 run-all` printed)."""
+    return run_all(tmp_path_factory.mktemp("chain"), DEMO)
 
 
 # ~3.5 min on a quiet 2-core machine and past 10 on a loaded one: the bound only catches a hang
