@@ -18,7 +18,7 @@ from t0_pipeline.config import (
     DataPaths,
     EvaluationConfig,
 )
-from t0_pipeline.domain import plural
+from t0_pipeline.domain import article, plural
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,8 @@ def _format_lines(
 ) -> list[str]:
     lines = [
         "",
-        f"## Answers in the format: share of replies that parse to a {names[0]} and a {names[1]}",
+        f"## Answers in the format: share of replies that parse to {article(names[0])} and "
+        f"{article(names[1])}",
         "",
         "| model | " + " | ".join(f"k={k}" for k in ks) + " |",
         "|---" * (1 + len(ks)) + "|",

@@ -178,10 +178,10 @@ class Domain(BaseModel):
             "service": self.service,
             "topic": self.topic,
             "topics": self.plural("topic"),
-            "an_topic": _article(self.topic),
+            "an_topic": article(self.topic),
             "asker": self.asker,
             "askers": self.plural("asker"),
-            "an_asker": _article(self.asker),
+            "an_asker": article(self.asker),
             "describes": self.describes,
             "decide": self.decide,
             "answer": self.answer,
@@ -236,7 +236,7 @@ def _snake(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def _article(noun: str) -> str:
+def article(noun: str) -> str:
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 

@@ -405,6 +405,6 @@ def report(data_dir: Optional[Path] = DataDir):
         raise T0Error(
             f"no retrieval report in {paths.root}; run `make demo` or `t0 eval-retrieval` first."
         )
-    typer.echo("\nRetrieval p@k (share of queries whose condition is in the top k documents)\n")
+    typer.echo("\nRetrieval p@k (share of queries whose own document is in the top k)\n")
     typer.echo(table.read_text())
     typer.echo(f"plot: {paths.retrieval_report_dir / 'pk.png'}")

@@ -51,7 +51,7 @@ def run_all(
     typer.echo(f"\nTime per stage (this machine, {os.cpu_count()} cores)\n\n{timing_table(rows)}\n")
     report_table = paths.retrieval_report_dir / "pk.md"
     if report_table.exists():
-        typer.echo("Retrieval p@k (share of queries whose condition is in the top k documents)\n")
+        typer.echo("Retrieval p@k (share of queries whose own document is in the top k)\n")
         typer.echo(report_table.read_text())
     accuracy = combine(paths, cfg.evaluation)
     if accuracy.models:
