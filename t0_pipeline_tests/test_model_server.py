@@ -9,6 +9,7 @@ completions protocol). Process groups, ports, logs, Slurm jobs and SSH are real.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -224,6 +225,57 @@ def test_the_slurm_server_script_asks_for_the_sizes_gpus_and_passes_them_as_tens
         "--tensor-parallel-size 4 --enable-prefix-caching"
     ) in script
     assert "#SBATCH --output=/shared/logs/t0-serve-qwen2.5-7b-%j.out" in script
+
+
+def test_the_slurm_server_script_takes_the_next_port_when_its_job_s_port_is_held():
+    """The job-id port lies in Linux's ephemeral range: another process's socket may hold it (a CI
+    run's job 94 failed on 40094 so). The script serves, and says it serves, on the next free one;
+    without python3 on the node it keeps the job-id port."""
+    from t0_pipeline.cluster import load_profile, render_serve_sbatch
+
+    script = render_serve_sbatch(
+        load_profile("baskerville"),
+        "7B",
+        name="m",
+        tp=1,
+        log_dir="/tmp",
+        command='echo "serving on $PORT"',
+        time_limit="00:10:00",
+        account="proj",
+    )
+    # from the port on: the site's modules and virtual environment are not on this machine
+    ports = "set -euo pipefail\n" + script[script.index("PORT=$((") :]
+    held, holder = _held_job_port()
+    with holder:
+        env = {**os.environ, "SLURM_JOB_ID": str(held - 40000)}
+        done = subprocess.run(["bash", "-c", ports], env=env, capture_output=True, text=True)
+        bare = subprocess.run(
+            ["/bin/bash", "-c", ports],
+            env={"SLURM_JOB_ID": str(held - 40000), "PATH": "/nonexistent"},
+            capture_output=True,
+            text=True,
+        )
+    assert done.returncode == 0, done.stderr
+    endpoint, served = done.stdout.splitlines()[-2:]
+    assert endpoint.endswith(f":{held + 1}/v1") and served == f"serving on {held + 1}"
+    assert bare.stdout.splitlines()[0].endswith(f":{held}/v1")  # no python3: the job's port
+
+
+def _held_job_port() -> tuple[int, socket.socket]:
+    """A port a job id maps to (40000-59999), held by a listening socket; the next one is free."""
+    for port in random.Random().sample(range(40000, 59999), 200):
+        holder, probe = socket.socket(), socket.socket()
+        try:
+            holder.bind(("0.0.0.0", port))
+            probe.bind(("0.0.0.0", port + 1))
+        except OSError:
+            holder.close()
+            continue
+        finally:
+            probe.close()
+        holder.listen()
+        return port, holder
+    raise AssertionError("no free pair of ports in 40000-59999")
 
 
 def _slurm_over_ssh() -> Path | None:
