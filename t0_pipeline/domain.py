@@ -69,6 +69,12 @@ PASSAGES = {
     "unreadable_advice": "if you need help, contact {{service}} directly",
     "unknown_level": "I could not tell which {{answer_label}} fits; if you need help, contact "
     "{{service}} directly.",
+    # model cards: what a trained student is for, and what it must not be taken for
+    "card_use": "Research on retrieval-augmented reasoning: reading a message from {{an_asker}} "
+    "with documents retrieved from {{service}}, and proposing which document's {{topic}} fits and "
+    "which {{answer_label}} follows, with the reasoning shown.",
+    "card_caution": "Its answers can be wrong and are no decision: a person who can decide must "
+    "check them before anyone acts on one.",
 }
 # passages that list the categories: a domain's own text for them must name every category
 LISTING_PASSAGES = ("writer_categories",)

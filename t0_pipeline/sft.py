@@ -1,8 +1,9 @@
 """SFT dataset: kept teacher traces → chat examples rendered with the student's chat template.
 
 Input: ``traces.parquet``. Output: ``<data>/synthetic/sft/train.parquet`` (id, messages as
-JSON, text, n_tokens; the trainer loads it directly) and ``README.md`` (a dataset card:
-source assets, counts, filters, teacher model, prompt hashes, token statistics).
+JSON, text, n_tokens; the trainer loads it directly), ``dataset.json`` (what made it: counts per
+filter, teacher, prompt hashes, tokenizer, licence, the Parquet file's digest) and ``README.md``
+(the dataset card made from it, :mod:`t0_pipeline.cards`).
 
 Each example: a system turn holding the instructions and the retrieved documents (the
 evaluation prompt, ``prompts/triage.txt``, at k > 0: students are evaluated on the format
@@ -24,7 +25,16 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline import triage_prompt
-from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_config_sidecar
+from t0_pipeline.artifacts import (
+    T0Error,
+    atomic_path,
+    file_digest,
+    read_parquet,
+    write_config_sidecar,
+    write_json,
+)
+from t0_pipeline.base_models import public_name
+from t0_pipeline.cards import Provenance, dataset_card, dataset_info
 from t0_pipeline.chat import ChatFormat, count_tokens, load_tokenizer, render_chat
 from t0_pipeline.config import DataPaths, SFTConfig
 
@@ -102,40 +112,15 @@ def build_sft(
     return df, stats
 
 
-def dataset_card(stats: dict, traces: pl.DataFrame, config: SFTConfig) -> str:
-    models = sorted(set(traces["model"].drop_nulls())) if traces.height else []
-    hashes = sorted(set(traces["prompt_hash"].drop_nulls())) if traces.height else []
-    lines = [
-        "# SFT dataset (t0-pipeline)",
-        "",
-        "Chat examples for supervised fine-tuning of a retrieval-augmented reasoning student.",
-        "",
-        "- source assets: `synthetic_queries` (train split) → `reasoning_traces` → `sft_dataset`",
-        f"- teacher model(s): {', '.join(models) or 'n/a'}; teacher prompt hash(es): "
-        f"{', '.join(hashes) or 'n/a'}",
-        f"- student prompt: `prompts/triage.txt` (hash {stats['student_prompt_hash']}), the k>0 "
-        "form that evaluation uses, so students are evaluated on the format they learnt",
-        f"- traces: {stats['traces']}, kept by the filter policy: {stats['kept_traces']}, "
-        f"examples: {stats['examples']}",
-        f"- over the block size ({stats['block_size']} tokens): {stats['dropped_overlong']} "
-        f"dropped, {stats['truncated_overlong']} truncated (policy: {config.overlong})",
-        f"- tokens per example: mean {stats['tokens_mean']}, median {stats['tokens_p50']}, max "
-        f"{stats['tokens_max']} ({stats['token_counts']})",
-        "- tokenizer / chat template: "
-        f"{config.tokenizer or 'built-in ChatML (no tokenizer configured)'}",
-        f"- assistant turn (chat_format): {stats['chat_format']['think_start']!r} thinking "
-        f"{stats['chat_format']['think_end']!r}{stats['chat_format']['answer_start']!r} answer",
-        "",
-        "Columns: `id`, `messages` (JSON list of role/content), `text` (rendered chat), "
-        "`n_tokens`.",
-        "Loss masking (assistant turn only) is applied by the trainer, not stored here.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def run_sft(
-    paths: DataPaths, config: SFTConfig, prompts_dir=None, chat_format: ChatFormat | None = None
+    paths: DataPaths,
+    config: SFTConfig,
+    prompts_dir=None,
+    chat_format: ChatFormat | None = None,
+    facts: Provenance | None = None,
 ) -> tuple[pl.DataFrame, dict]:
+    """Write ``train.parquet``, ``dataset.json`` (what made it) and the card ``README.md``;
+    ``facts``: the task and licence the card names (:func:`t0_pipeline.cards.provenance`)."""
     traces = read_parquet(paths.traces, "reasoning traces", "t0 traces")
     df, stats = build_sft(
         traces, config, load_tokenizer(config.tokenizer), prompts_dir, chat_format
@@ -146,12 +131,24 @@ def run_sft(
             f"{stats['dropped_overlong']} over the block size; loosen traces.keep or raise "
             "sft.block_size."
         )
+    eval_file = paths.synthetic_queries("eval")
+    eval_queries = (
+        pl.scan_parquet(eval_file).select(pl.len()).collect().item()
+        if (eval_file.exists())
+        else None
+    )
+    info = dataset_info(
+        stats, traces, facts or Provenance(), public_name(config.tokenizer), eval_queries
+    )
     out = paths.sft_dir
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         df.write_parquet(tmp / "train.parquet")
-        (tmp / "README.md").write_text(dataset_card(stats, traces, config), encoding="utf-8")
+        info["sha256"] = file_digest(tmp / "train.parquet")
+        write_json(info, tmp / "dataset.json")
+        (tmp / "README.md").write_text(dataset_card(info, config.overlong), encoding="utf-8")
     write_config_sidecar(out / "train.parquet", config)
+    stats["sha256"] = info["sha256"]
     return df, stats
 
 

@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.base_models import public_name
 from t0_pipeline.config import DataPaths, TrainConfig
+from t0_pipeline.model_card import CardContext, read_dataset_info
+from t0_pipeline.trackers import log_settings, tracking
+from t0_pipeline.trackers import run_name as tracker_run_name
 from t0_pipeline.train_data import ListDataset, load_examples, pad_batch
 from t0_pipeline.train_loss import use_chunked_loss
 from t0_pipeline.train_plan import choose_settings, join_deepspeed
@@ -50,56 +51,16 @@ from t0_pipeline.train_ranks import (
     gathered_digest,
     memory_now_gb,
     parameter_counts,
-    peak_memory_gb,
     rank,
     record_failure,
     reset_peak_memory,
     stop_file_callback,
     world_size,
 )
+from t0_pipeline.train_result import TrainResult, read_state, throughput
 from t0_pipeline.train_runs import record_run, run_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    final_dir: Path
-    train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
-    eval_loss: list[tuple[int, float]] = field(default_factory=list)
-    learning_rates: list[tuple[int, float]] = field(default_factory=list)
-    global_step: int = 0
-    resumed_from: str | None = None
-    train_examples: int = 0
-    eval_examples: int = 0
-    skipped_examples: int = 0  # longer than block_size (or no answer): left out, never cut
-    world_size: int = 1
-    device: str = "cpu"
-    deepspeed: str | None = None  # the DeepSpeed config used, None = none
-    train_seconds: float = 0.0
-    tokens_per_second: float = 0.0  # input tokens seen (all ranks) per second of training
-    # per rank: GPU allocated, or process RSS on CPU
-    peak_memory_gb: list[float] = field(default_factory=list)
-    # parameters each rank holds (ZeRO-3: its shard)
-    params_per_rank: list[int] = field(default_factory=list)
-    params_total: int = 0
-    # per tensor, gathered before saving final/
-    weights_digest: dict[str, str] = field(default_factory=dict)
-    preempted: bool = False  # stopped at a checkpoint before the time limit; final/ not written
-    loss: str = "plain"  # plain, chunked or liger (train.loss auto resolved by the memory plan)
-    memory_plan: dict[str, Any] = field(default_factory=dict)  # t0_pipeline.memory_plan, as run
-    # per rank, before the model was loaded (libraries, data): peak − baseline is what the plan
-    # predicts on CPU ranks
-    baseline_memory_gb: list[float] = field(default_factory=list)
-    loaded_memory_gb: list[float] = field(default_factory=list)  # per rank, the model loaded
-    tokens_per_second_per_gpu: float = 0.0
-    mfu: float | None = None  # model FLOPs utilisation against the GPU's dense bf16 peak
-    gpu: str | None = None  # the GPU table's entry (t0_pipeline.gpus), None on CPU
-
-    def metrics(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "final_dir"}
-        out["final_dir"] = str(self.final_dir)
-        return out
 
 
 def _cannot_load(config: TrainConfig, exc: Exception) -> T0Error:
@@ -153,14 +114,23 @@ def _load_model(config: TrainConfig, bf16: bool):
 
 
 def train(
-    config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list | None = None
+    config: TrainConfig,
+    dataset: Path,
+    output_dir: Path,
+    callbacks: list | None = None,
+    card: CardContext | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
-    """Train (resuming from the newest checkpoint in ``output_dir`` if any) and save ``final/``."""
+    """Train (resuming from the newest checkpoint in ``output_dir`` if any) and save ``final/``
+    with its card (``card``: what the card says beyond training; ``run_name``: the trackers')."""
     output_dir = Path(output_dir)
     logs = output_dir / "logs"
     (logs / f"rank-{rank()}.error").unlink(missing_ok=True)
+    card = card or CardContext(base_model=public_name(config.model) or config.model)
+    name = run_name or tracker_run_name(card.size)
     try:
-        result = _train(config, dataset, output_dir, callbacks or [])
+        with tracking(config.report_to, output_dir, name, "train.report_to") as report_to:
+            result = _train(config, dataset, output_dir, callbacks or [], card, report_to, name)
     except BaseException as exc:
         if world_size() > 1 and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             record_failure(logs, exc)
@@ -169,7 +139,15 @@ def train(
     return result
 
 
-def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    dataset: Path,
+    output_dir: Path,
+    callbacks: list,
+    card: CardContext,
+    report_to: list[str],
+    name: str,
+) -> TrainResult:
     import torch
     from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
@@ -192,12 +170,15 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     # TrainingArguments first: with a ZeRO-3 config they switch on sharded loading for
     # from_pretrained below
     args = _training_arguments(config, checkpoints, bf16, cuda, bool(eval_rows), ds_config)
+    args.report_to, args.run_name = [t for t in report_to if t != "none"], name
     if chosen.loss == "liger":
         args.use_liger_kernel = True
     baseline = memory_now_gb(cuda)
     model = _load_model(config, bf16)
     if chosen.loss == "chunked":
         use_chunked_loss(model, config.loss_chunk_tokens)
+    # the trackers log these as the run's parameters; taken off before anything is saved
+    untrack = log_settings(model, {**card.tracked(), "train": config.model_dump(mode="json")})
     stop = stop_file_callback(os.environ.get("T0_STOP_FILE"))
     trainer = Trainer(
         model=model,
@@ -218,6 +199,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     started = time.time()
     trainer.train(resume_from_checkpoint=last)
     seconds = time.time() - started
+    untrack()
     result = TrainResult(
         final_dir=output_dir / "final",
         global_step=trainer.state.global_step,
@@ -237,7 +219,7 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
         baseline_memory_gb=gather_per_rank(baseline),
         loaded_memory_gb=gather_per_rank(loaded),
     )
-    _read_state(result, trainer.state, seconds, cuda)
+    read_state(result, trainer.state, seconds, cuda)
     throughput(result, config.model, rows)
     if stop.stopped:
         message = "stopped at step %d with a checkpoint in %s; a re-run resumes from it"
@@ -246,7 +228,10 @@ def _train(config: TrainConfig, dataset: Path, output_dir: Path, callbacks: list
     zero3 = ds_config is not None and trainer.is_deepspeed_enabled
     if not config.lora.enabled:
         result.weights_digest = gathered_digest(model, zero3, trainer.is_world_process_zero())
-    _save_final(config, trainer, model, tokenizer, output_dir, result)
+    data = read_dataset_info(dataset)
+    if data and data.get("sha256") != settings["dataset_sha256"]:
+        data = None  # dataset.json describes another file
+    _save_final(config, trainer, model, tokenizer, output_dir, result, card, data)
     return result
 
 
@@ -289,7 +274,7 @@ def _training_arguments(
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
         seed=config.seed,
-        report_to=[],
+        report_to=["none"],
         remove_unused_columns=False,
         deepspeed=str(ds_config) if ds_config else None,
         use_cpu=not cuda,
@@ -300,44 +285,15 @@ def _training_arguments(
     )
 
 
-def throughput(result: TrainResult, model: str, rows: list[dict]) -> None:
-    """Tokens/s per device and, on a GPU in the table, MFU: model FLOPs per token (6·N + attention
-    at the mean example length) × tokens/s per GPU over the dense bf16 peak."""
-    from t0_pipeline.gpus import local_gpu, mfu
-    from t0_pipeline.model_shape import model_shape
-
-    per_device = result.tokens_per_second / max(1, result.world_size)
-    result.tokens_per_second_per_gpu = round(per_device, 1)
-    here = local_gpu()
-    if here is None or here[0] is None or not rows:
-        return
-    result.gpu = here[0].key
-    try:
-        shape = model_shape(model)
-    except T0Error:
-        return
-    mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
-    value = mfu(shape.train_flops_per_token(mean_len), per_device, here[0])
-    result.mfu = round(value, 4) if value is not None else None
-
-
-def _read_state(result: TrainResult, state, seconds: float, cuda: bool) -> None:
-    """Throughput, memory per rank, and the loss and learning-rate curves from the trainer's log."""
-    tokens = getattr(state, "num_input_tokens_seen", 0) or 0
-    result.tokens_per_second = round(tokens / seconds, 1) if seconds > 0 else 0.0
-    result.peak_memory_gb = gather_per_rank(peak_memory_gb(cuda))
-    for entry in state.log_history:
-        if "loss" in entry and not math.isnan(entry["loss"]):
-            result.train_loss.append((entry["step"], float(entry["loss"])))
-            if "learning_rate" in entry:
-                result.learning_rates.append((entry["step"], float(entry["learning_rate"])))
-        if "eval_loss" in entry:
-            result.eval_loss.append((entry["step"], float(entry["eval_loss"])))
-
-
-def _save_final(config: TrainConfig, trainer, model, tokenizer, output_dir: Path, result) -> None:
+def _save_final(
+    config: TrainConfig, trainer, model, tokenizer, output_dir: Path, result, ctx, data
+):
     """Every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint);
-    rank 0 adds the tokenizer, model card and metrics and swaps ``final/`` in whole."""
+    rank 0 adds the tokenizer, model card, generation settings and loss curve, and swaps ``final/``
+    in whole."""
+    from t0_pipeline.model_card import loss_plot, model_card, write_generation_config
+    from t0_pipeline.weights import weights_digest
+
     staging = output_dir / ".final.tmp"
     trainer.save_model(str(staging))
     if not trainer.is_world_process_zero():
@@ -345,7 +301,12 @@ def _save_final(config: TrainConfig, trainer, model, tokenizer, output_dir: Path
     if config.lora.enabled:
         model.save_pretrained(str(staging))
     tokenizer.save_pretrained(str(staging))
-    (staging / "README.md").write_text(model_card(config, result), encoding="utf-8")
+    write_generation_config(staging, ctx, tokenizer)
+    plot = loss_plot(result, output_dir / "loss.png", f"t0-{ctx.size or 'student'}: loss by step")
+    if plot is not None:
+        shutil.copy2(plot, staging / "loss.png")
+    text = model_card(ctx, config, result, data, weights_digest(staging))
+    (staging / "README.md").write_text(text, encoding="utf-8")
     old = output_dir / ".final.old"
     if result.final_dir.exists():
         result.final_dir.rename(old)
@@ -356,42 +317,17 @@ def _save_final(config: TrainConfig, trainer, model, tokenizer, output_dir: Path
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
 
-def model_card(config: TrainConfig, result: TrainResult) -> str:
-    last_eval = result.eval_loss[-1][1] if result.eval_loss else None
-    return "\n".join(
-        [
-            f"# Student model fine-tuned from {config.model}",
-            "",
-            "Supervised fine-tuning (s1-style) on teacher reasoning traces over retrieved "
-            "documents, made by t0-pipeline.",
-            "Loss on the assistant turn (thinking + answer) only.",
-            "",
-            f"- training examples: {result.train_examples}, held-out: {result.eval_examples}, "
-            f"left out (longer than block {config.block} or no answer): "
-            f"{result.skipped_examples}",
-            f"- steps: {result.global_step}; final train loss: "
-            f"{result.train_loss[-1][1] if result.train_loss else 'n/a'}; final held-out loss: "
-            f"{last_eval if last_eval is not None else 'n/a'}",
-            f"- epochs {config.epochs}, lr {config.learning_rate} {config.lr_scheduler} (warmup "
-            f"{config.warmup_ratio:.0%}), batch "
-            f"{config.per_device_batch_size}×{config.gradient_accumulation_steps} per device, "
-            f"block {config.block}, weight decay {config.weight_decay}, betas "
-            f"{config.adam_beta1}/{config.adam_beta2}, gradient checkpointing "
-            f"{config.gradient_checkpointing}, LoRA {config.lora.enabled}, {result.world_size} "
-            f"process(es) on {result.device}, DeepSpeed {result.deepspeed or 'off'}",
-            "",
-            "Not medical advice: a research artefact for retrieval-augmented reasoning.",
-            "",
-        ]
-    )
-
-
 def run_train(
-    paths: DataPaths, config: TrainConfig, partition: str = "default", callbacks: list | None = None
+    paths: DataPaths,
+    config: TrainConfig,
+    partition: str = "default",
+    callbacks: list | None = None,
+    card: CardContext | None = None,
+    run_name: str | None = None,
 ) -> TrainResult:
     dataset = config.dataset or paths.sft_dir / "train.parquet"
     output = config.output_dir or paths.student_dir(partition)
-    return train(config, dataset, output, callbacks)
+    return train(config, dataset, output, callbacks, card, run_name)
 
 
 if __name__ == "__main__":

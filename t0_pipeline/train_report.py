@@ -10,14 +10,15 @@ nothing. Needs only ``dagster-pipes``, not Dagster.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from t0_pipeline.config import TrainConfig
-from t0_pipeline.train import TrainResult
 from t0_pipeline.train_ranks import rank
+from t0_pipeline.train_result import TrainResult
 
 
 def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any]:
@@ -59,7 +60,28 @@ def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any
             "raw_value": json.dumps(config.model_dump(mode="json")),
             "type": "json",
         },
+        **_files(result),
     }
+
+
+def _files(result: TrainResult) -> dict[str, Any]:
+    """The loss curve (shown in the UI and linked) and the model card, where written."""
+    out: dict[str, Any] = {}
+    plot = result.final_dir.parent / "loss.png"
+    if plot.is_file():
+        encoded = base64.b64encode(plot.read_bytes()).decode()
+        out["loss_plot"] = {
+            "raw_value": f"![loss by step](data:image/png;base64,{encoded})",
+            "type": "md",
+        }
+        out["loss_png"] = {"raw_value": str(plot), "type": "path"}
+    card = result.final_dir / "README.md"
+    if card.is_file():
+        out["model_card"] = {"raw_value": card.read_text(encoding="utf-8"), "type": "md"}
+    runs = result.final_dir.parent / "runs"
+    if runs.is_dir():
+        out["tracker_files"] = {"raw_value": str(runs), "type": "path"}
+    return out
 
 
 class Reporter:
@@ -67,6 +89,11 @@ class Reporter:
 
     def __init__(self, pipes=None):
         self.pipes = pipes
+
+    @property
+    def run_id(self) -> str | None:
+        """The Dagster run that started this training (names the trackers' run), else None."""
+        return self.pipes.run_id if self.pipes is not None else None
 
     def callbacks(self) -> list:
         if self.pipes is None:

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from t0_pipeline.artifacts import file_digest
 from t0_pipeline.config import TrainConfig
 from t0_pipeline.weights import weights_digest
 
@@ -41,7 +42,7 @@ def run_settings(config: TrainConfig, dataset: Path) -> dict[str, Any]:
     """What decides the weights a run produces."""
     settings = config.model_dump(mode="json", exclude=OPERATIONAL)
     settings["block_size"] = config.block
-    settings["dataset_sha256"] = _file_digest(dataset)
+    settings["dataset_sha256"] = file_digest(dataset)
     settings["base_weights"] = weights_digest(config.model) or config.model
     return settings
 
@@ -80,11 +81,3 @@ def differing_keys(settings: dict[str, Any], others: list[Path]) -> str:
         return "settings not recorded"
     keys = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
     return "differing: " + ", ".join(keys) if keys else "same settings"
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()[:20]

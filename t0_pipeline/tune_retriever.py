@@ -24,6 +24,7 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -147,7 +148,13 @@ def training_rows(
 
 def _digest(base: str, rows: list[dict], config: RetrieverTuneConfig) -> str:
     payload = json.dumps(
-        {"base": base, "rows": rows, "config": config.model_dump(mode="json")}, sort_keys=True
+        {
+            "base": base,
+            "rows": rows,
+            # where the run is reported does not change the model
+            "config": config.model_dump(mode="json", exclude={"report_to"}),
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -282,7 +289,11 @@ def _fine_tune(
         SentenceTransformerTrainingArguments,
     )
 
-    with atomic_path(out) as tmp:
+    from t0_pipeline.trackers import run_name, tracking
+
+    name = run_name(f"retriever-{Path(out).name}")
+    report = tracking(config.report_to, Path(out).parent, name, "retriever_tune.report_to")
+    with report as report_to, atomic_path(out) as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=str(tmp / "trainer"),
             num_train_epochs=config.epochs,
@@ -292,7 +303,8 @@ def _fine_tune(
             seed=config.seed,
             batch_sampler=BatchSamplers.NO_DUPLICATES,
             save_strategy="no",
-            report_to="none",
+            report_to=report_to,
+            run_name=name,
             logging_steps=10,
             disable_tqdm=False,
             use_cpu=device == "cpu",

@@ -135,12 +135,68 @@ def test_training_lowers_the_loss_changes_weights_and_saves_a_loadable_model(stu
     ]
     after = AutoModelForCausalLM.from_pretrained(result.final_dir).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    assert (
-        (result.final_dir / "README.md").read_text().startswith("# Student model fine-tuned from")
-    )
     assert (result.final_dir / "tokenizer_config.json").exists()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["global_step"] == 8 and len(metrics["eval_loss"]) == 2
+
+
+def test_final_holds_a_model_card_generation_settings_the_loss_curve_and_tracker_files(
+    student, tmp_path
+):
+    from transformers import GenerationConfig
+
+    from t0_pipeline.cards import read_front_matter
+    from t0_pipeline.weights import weights_digest
+    from t0_pipeline_tests.tracker_files import logged_scalars
+
+    root, tok = student
+    result = train(small(model=str(root / "base")), root / "sft.parquet", tmp_path / "out")
+    card = (result.final_dir / "README.md").read_text()
+    head = read_front_matter(card)
+    # named by the folder's name, never by a path of this machine
+    assert head["base_model"] == "base" and head["library_name"] == "transformers"
+    assert str(tmp_path) not in card and str(root) not in card
+    assert f"`{weights_digest(result.final_dir)}`" in card
+    assert "Not evaluated yet" in card and "| steps | 8" in card
+    # the budget it is asked with travels with it; generation ends at the turn end
+    generation = GenerationConfig.from_pretrained(result.final_dir)
+    budget = generation.t0_budget_forcing
+    assert budget["thinking_budget"] == 1024 and budget["think_end"] == "<|im_start|>answer"
+    assert tok.convert_tokens_to_ids("<|im_end|>") in generation.eos_token_id
+    assert generation.max_new_tokens > 1024 + 256
+    # loss.png beside metrics.json (and in final/ for the card): a real PNG
+    for plot in (tmp_path / "out" / "loss.png", result.final_dir / "loss.png"):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the default tracker: TensorBoard files under the run's folder, the loss at every step
+    runs = list((tmp_path / "out" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("t0-student-")
+    scalars = logged_scalars(runs[0])
+    assert sorted(scalars["train/loss"]) == list(range(1, 9))
+    assert sorted(scalars["eval/loss"]) == [4, 8]
+    # the run's parameters are logged there; the saved config holds none of them
+    assert "t0.train.learning_rate" in scalars["texts"]
+    assert "t0." not in (result.final_dir / "config.json").read_text()
+
+
+def test_a_named_tracker_that_is_not_installed_is_one_error_before_anything_loads(
+    student, tmp_path
+):
+    import importlib.util
+
+    from t0_pipeline.trackers import TRACKERS
+
+    root, _ = student
+    missing = next(
+        n for n in ("wandb", "mlflow", "trackio", "swanlab") if not importlib.util.find_spec(n)
+    )
+    with pytest.raises(T0Error) as caught:
+        train(small(model=str(root / "base"), report_to=missing), root / "sft.parquet", tmp_path)
+    said = str(caught.value)
+    assert f"train.report_to names {missing}" in said and TRACKERS[missing][1] in said
+    assert "\n" not in said and not (tmp_path / "checkpoints").exists()
+    with pytest.raises(ValueError, match="unknown tracker.*tensorbord"):
+        TrainConfig(report_to="tensorbord")
+    assert TrainConfig(report_to="none").report_to == []
 
 
 def stop_at(step: int, stop_file: Path):
@@ -290,6 +346,63 @@ def test_bad_inputs_are_one_clear_error_and_keep_the_previous_model(student, tmp
             tmp_path / "out",
         )
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_export_hands_on_a_folder_that_loads_alone_and_generates_with_its_chat_template(
+    student, tmp_path
+):
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from typer.testing import CliRunner
+
+    from t0_pipeline.cards import read_front_matter
+    from t0_pipeline.cli import app
+
+    root, _ = student
+    data, config = job_workspace(tmp_path, root)
+    common = ["--data-dir", str(data), "--config", str(config)]
+    trained = CliRunner().invoke(app, ["train", *common, "--partition", "tiny"])
+    assert trained.exit_code == 0, trained.output
+    handed = tmp_path / "handed" / "t0-tiny"
+    done = CliRunner().invoke(app, ["export", *common, "--size", "tiny", "--to", str(handed)])
+    assert done.exit_code == 0, done.output
+    assert "no evaluation yet" in done.stdout and str(handed) in done.stdout
+    names = {p.name for p in handed.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "generation_config.json"} <= names
+    assert "loss.png" in names and "t0-weights-digest.json" not in names
+    card = (handed / "README.md").read_text()
+    assert read_front_matter(card)["base_model"] == "base" and "# t0-tiny (nhs-triage)" in card
+    assert str(tmp_path) not in card
+    # a second export into a folder that is not empty, or of a size never trained: one line each
+    cases = {
+        "not an empty folder": ["--size", "tiny", "--to", str(handed)],
+        "no size 'huge'": ["--size", "huge", "--to", str(tmp_path / "x")],
+    }
+    for said, args in cases.items():
+        failed = subprocess.run(
+            [sys.executable, "-m", "t0_pipeline.cli", "export", *common, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+        assert said in failed.stderr
+    assert (handed / "README.md").read_text() == card
+    shutil.rmtree(data / "students")  # the folder alone
+    tokenizer = AutoTokenizer.from_pretrained(handed)
+    model = AutoModelForCausalLM.from_pretrained(handed)
+    messages = [{"role": "system", "content": "Documents"}, {"role": "user", "content": "Gout"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    inputs = tokenizer(prompt + "<|im_start|>think\n", return_tensors="pt")
+    torch.manual_seed(0)
+    out = model.generate(**inputs, do_sample=False)  # its generation_config: the budget, the end
+    new = out[0][inputs["input_ids"].shape[1] :].tolist()
+    assert 0 < len(new) <= model.generation_config.max_new_tokens
 
 
 SMALL_JOB = {

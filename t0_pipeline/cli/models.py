@@ -124,7 +124,9 @@ def sft(
         sets=sets,
         flags={"sft.tokenizer": tokenizer, "sft.block_size": block_size},
     )
-    df, stats = run_sft(paths, cfg.sft, cfg.prompts, cfg.chat_format)
+    from t0_pipeline.cards import provenance
+
+    df, stats = run_sft(paths, cfg.sft, cfg.prompts, cfg.chat_format, provenance(cfg))
     typer.echo(
         f"{stats['examples']} examples from {stats['kept_traces']} kept traces; tokens mean "
         f"{stats['tokens_mean']}, max {stats['tokens_max']}; {stats['dropped_overlong']} dropped "
@@ -201,6 +203,8 @@ def train(
     One process, or one per GPU under torchrun (as the Slurm job script runs it).
     Reports to Dagster through Pipes when Dagster started it.
     """
+    from t0_pipeline.model_card import card_context
+    from t0_pipeline.trackers import run_name
     from t0_pipeline.train import run_train
     from t0_pipeline.train_ranks import rank
     from t0_pipeline.train_report import dagster_reporter
@@ -223,9 +227,11 @@ def train(
         t.model = t.sizes[partition]
     elif model in cfg.base_models:  # a base_models entry's name stands for its folder
         t.model = str(paths.base_model(model).resolve())
+    card = card_context(cfg, partition if partition != "default" else None, t.model)
     with dagster_reporter() as report:
         report.info(f"training {t.model} for partition {partition}")
-        result = run_train(paths, t, partition, callbacks=report.callbacks())
+        name = run_name(card.size, report.run_id)
+        result = run_train(paths, t, partition, report.callbacks(), card, name)
         report.finished(result, t)
     if rank() != 0:
         return
@@ -242,6 +248,41 @@ def train(
         + (f", MFU {result.mfu:.1%}" if result.mfu is not None else "")
         + f" → {result.final_dir}"
     )
+
+
+@app.command("export")
+def export(
+    size: str = typer.Option(
+        ..., "--size", help="The trained size to hand on (a train.sizes key)."
+    ),
+    to: Path = typer.Option(..., "--to", help="A new (or empty) folder to write it into."),
+    push: Optional[str] = typer.Option(
+        None, "--push", help="Also upload it to this private hub repository (owner/name)."
+    ),
+    hub_url: Optional[str] = typer.Option(
+        None, "--hub-url", help="The hub to push to (default $HF_ENDPOINT, else huggingface.co)."
+    ),
+    data_dir: Optional[Path] = DataDir,
+    config: Optional[Path] = ConfigFile,
+    sets: Optional[list[str]] = SetOpt,
+):
+    """Copy a trained student (weights, tokenizer, generation settings, model card, loss curve)
+    into a folder that loads alone with from_pretrained; optionally push it to a private hub."""
+    from t0_pipeline.export import export_student
+    from t0_pipeline.export import push as push_folder
+
+    cfg, paths = setup(data_dir, config, sets=sets)
+    if size not in cfg.train.sizes:
+        raise T0Error(f"no size {size!r} in train.sizes ({', '.join(cfg.train.sizes)}).")
+    done = export_student(paths.student_dir(size) / "final", to)
+    for name, size_bytes in done.files:
+        typer.echo(f"  {name:<28} {size_bytes / 1e6:9.2f} MB")
+    typer.echo(
+        f"exported {size} (weights {done.weights}) → {done.folder}"
+        + ("" if done.evaluated else "; its card has no evaluation yet (run the evaluation)")
+    )
+    if push:
+        typer.echo(f"pushed to {push_folder(done.folder, push, hub_url)}")
 
 
 _EVALUATE_MODEL = typer.Option(

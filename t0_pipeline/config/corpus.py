@@ -40,6 +40,11 @@ class SourceConfig(BaseModel):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     max_file_mb: float = Field(50.0, gt=0)  # documents: a larger file is skipped and named
+    # the documents' licence, named in the dataset and model cards: a Hugging Face licence id (mit,
+    # apache-2.0, cc-by-4.0, …) or another licence's short name (ogl-uk-3.0); None = the site
+    # adapter's (nhs: ogl-uk-3.0) for the sample and site sources, else "unknown"
+    license: str | None = None
+    license_link: str | None = None  # where the licence's text is
     adapter: str = "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.sites)
     # aggregate pages, not conditions
     exclude_slugs: list[str] = Field(default_factory=lambda: ["mental-health"])
@@ -116,6 +121,15 @@ class RetrieverTuneConfig(BaseModel):
     # share of the training (condition, disposition) pairs held out as the development split that
     # decides whether the tuned model is used; the evaluation split is only reported, never used
     dev_fraction: float = Field(0.2, gt=0, lt=1)
+    # experiment trackers, as train.report_to (files under the retriever folder's runs/)
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value):
+        from t0_pipeline.trackers import normalise
+
+        return normalise(value)
 
 
 class ChunkConfig(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from t0_pipeline.chat import ChatFormat
 from t0_pipeline.config.base import BaseModel, IndexName, RetrieverMode
@@ -236,11 +236,21 @@ class TrainConfig(BaseModel):
     loss: Literal["auto", "plain", "chunked", "liger"] = "auto"
     loss_chunk_tokens: int = Field(default=1024, ge=16)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    # experiment trackers (the trainer's integrations): tensorboard (local files under
+    # <output>/runs/, no account), wandb, mlflow, trackio, … or none; see t0_pipeline.trackers
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     sizes: dict[str, str] = Field(
         default_factory=lambda: {  # partition key → base model (report's five sizes)
             size: f"Qwen/Qwen2.5-{size}-Instruct" for size in ("1.5B", "3B", "7B", "14B", "32B")
         }
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value):
+        from t0_pipeline.trackers import normalise
+
+        return normalise(value)
 
     @property
     def block(self) -> int:

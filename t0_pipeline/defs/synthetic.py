@@ -308,7 +308,9 @@ def trace_thinking_present(settings: PipelineSettings) -> dg.AssetCheckResult:
 )
 def sft_dataset(settings: PipelineSettings) -> dg.MaterializeResult:
     cfg, paths = settings.pipeline_config(), settings.paths()
-    df, stats = run_sft(paths, cfg.sft, cfg.prompts, cfg.chat_format)
+    from t0_pipeline.cards import provenance
+
+    df, stats = run_sft(paths, cfg.sft, cfg.prompts, cfg.chat_format, provenance(cfg))
     return dg.MaterializeResult(
         metadata={
             **stats,

@@ -38,6 +38,9 @@ class SiteAdapter:
     drop_section_headings: tuple[re.Pattern[str], ...] = field(default_factory=tuple)
     # stray boilerplate lines
     drop_line_patterns: tuple[re.Pattern[str], ...] = field(default_factory=tuple)
+    # the pages' licence, for the dataset and model cards (source.license overrides it)
+    license: str | None = None
+    license_link: str | None = None
 
     def condition_links(self, index_html: str, index_url: str) -> list[ConditionLink]:
         """Condition pages linked from the index, in page order, first link per slug."""

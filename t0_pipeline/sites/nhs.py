@@ -13,6 +13,9 @@ from t0_pipeline.sites import SiteAdapter
 
 NHS = SiteAdapter(
     name="nhs",
+    # NHS website content is published under the Open Government Licence v3.0
+    license="ogl-uk-3.0",
+    license_link="https://www.nationalarchives.gov.uk/doc/open-government-licence/version/3/",
     index_url="https://www.nhs.uk/conditions/",
     condition_url=re.compile(r"/conditions/(?P<slug>[a-z0-9][a-z0-9-]*)/?"),
     index_link_selector="main a[href]",
