@@ -74,9 +74,8 @@ class Provenance(BaseModel):
 
 
 STAND_IN = (
-    "Made with bundled tiny models standing in for the method's (here SmolLM2-135M-Instruct for "
-    "the query writer, the teacher and the base model): every artefact is real, but no figure "
-    "on this card is the method's result."
+    "Made with small bundled models ({names}) standing in for the method's larger ones: every "
+    "artefact is real, but no figure here is the method's result."
 )
 
 
@@ -90,14 +89,18 @@ def provenance(cfg) -> Provenance:
         adapter = get_adapter(source.adapter)
         licence, link = adapter.license, link or adapter.license_link
     words = cfg.domain_spec.words()
-    bundled = any(str(v).startswith("bundled:") for v in (cfg.base_models or {}).values())
+    bundled = [
+        str(v).removeprefix("bundled:")
+        for v in (cfg.base_models or {}).values()
+        if str(v).startswith("bundled:")
+    ]
     return Provenance(
         domain=cfg.domain_spec.name,
         use=words["card_use"],
         caution=words["card_caution"],
         licence=licence or "unknown",
         licence_link=link,
-        stand_in=STAND_IN if bundled else None,
+        stand_in=STAND_IN.format(names=", ".join(bundled)) if bundled else None,
     )
 
 

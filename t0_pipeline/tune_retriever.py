@@ -305,7 +305,7 @@ def _fine_tune(
             save_strategy="no",
             report_to=report_to,
             run_name=name,
-            logging_steps=10,
+            logging_steps=1,
             disable_tqdm=False,
             use_cpu=device == "cpu",
             dataloader_num_workers=0,

@@ -266,8 +266,19 @@ def _measured(metrics: dict) -> list[float]:
 def test_two_rank_zero3_peak_memory_per_rank_is_within_tolerance_of_the_plan(
     wide_student, tmp_path
 ):
+    from t0_pipeline_tests.tracker_files import logged_scalars
+
     plain = _two_ranks(wide_student, tmp_path / "plain", "plain")
     chunked = _two_ranks(wide_student, tmp_path / "chunked", "chunked")
+    # the default tracker: one TensorBoard run (rank 0's) under the run's folder, holding the
+    # loss at every logged step (logging_steps 1) as metrics.json has it
+    for metrics, loss in ((plain, "plain"), (chunked, "chunked")):
+        runs = list((tmp_path / loss / "student" / "runs").iterdir())
+        assert len(runs) == 1 and runs[0].name.startswith("t0-student-")
+        logged = logged_scalars(runs[0])["train/loss"]
+        assert sorted(logged) == [step for step, _ in metrics["train_loss"]] == [1, 2]
+        for step, value in metrics["train_loss"]:
+            assert logged[step] == pytest.approx(value, rel=1e-5)
     for metrics, loss in ((plain, "plain"), (chunked, "chunked")):
         plan = metrics["memory_plan"]
         assert metrics["world_size"] == 2 and metrics["deepspeed"] == "zero3.json"

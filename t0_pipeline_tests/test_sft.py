@@ -118,3 +118,74 @@ def test_overlong_examples_are_dropped_or_truncated_by_policy(tiny_tokenizer):
     assert dropped.is_empty() and stats["dropped_overlong"] == 1 and stats["kept_traces"] == 1
     cut, stats = build_sft(traces, SFTConfig(block_size=20, overlong="truncate"), tiny_tokenizer)
     assert cut["n_tokens"].to_list() == [20] and stats["truncated_overlong"] == 1
+
+
+def _scored(i: int, **fields) -> dict:
+    """A trace as the traces stage writes it: kept, unless ``fields`` make it fail a filter."""
+    row = {
+        **TRACE,
+        "id": f"q{i // 2}",
+        "sample": i % 2,
+        "error": None,
+        "parsable": True,
+        "condition_in_retrieved": True,
+        "correct_condition": True,
+        "correct_disposition": True,
+        **fields,
+    }
+    row["kept"] = fields.get("kept", True)
+    return row
+
+
+def test_the_dataset_card_counts_what_the_dataset_holds_and_names_no_path(tiny_tokenizer, tmp_path):
+    from t0_pipeline.artifacts import file_digest
+    from t0_pipeline.cards import Provenance, read_front_matter
+    from t0_pipeline.config import DataPaths
+    from t0_pipeline.sft import run_sft
+
+    rejected = [
+        {"error": "timeout", "thinking": "", "kept": False},
+        {"thinking": "  ", "kept": False},
+        {"parsable": False, "kept": False},
+        {"condition_in_retrieved": False, "kept": False},
+        {"correct_condition": False, "kept": False},
+        {"correct_condition": False, "kept": False},
+        {"correct_disposition": False, "kept": False},
+    ]
+    rows = [_scored(i, **f) for i, f in enumerate([{}, {}, {}, *rejected])]
+    paths = DataPaths(tmp_path / "data")
+    paths.traces.parent.mkdir(parents=True)
+    pl.DataFrame(rows).write_parquet(paths.traces)
+    pl.DataFrame({"query": ["a", "b"]}).write_parquet(paths.synthetic_queries("eval"))
+    facts = Provenance(licence="ogl-uk-3.0", licence_link="https://example.org/ogl")
+    tokenizer = tiny_tokenizer.name_or_path
+    df, _ = run_sft(paths, SFTConfig(tokenizer=tokenizer, block_size=400), facts=facts)
+    info = json.loads((paths.sft_dir / "dataset.json").read_text())
+    stored = pl.read_parquet(paths.sft_dir / "train.parquet")
+    assert info["examples"] == stored.height == df.height == 3
+    assert info["sha256"] == file_digest(paths.sft_dir / "train.parquet")
+    traces = info["traces"]
+    assert traces["generated"] == len(rows) and traces["kept"] == 3 and traces["queries"] == 5
+    assert traces["rejected"] == {
+        "failed": 1,
+        "no_thinking": 1,
+        "unparsable_or_outside": 2,
+        "wrong_topic": 2,
+        "wrong_answer": 1,
+    }
+    assert sum(traces["rejected"].values()) == traces["generated"] - traces["kept"]
+    assert info["teacher"] == ["openai/teacher"] and info["tokenizer"] == "tok"
+    assert info["evaluation_queries"] == 2
+    card = (paths.sft_dir / "README.md").read_text()
+    head = read_front_matter(card)
+    assert head["license"] == "other" and head["license_name"] == "ogl-uk-3.0"
+    assert head["license_link"] == "https://example.org/ogl"
+    for line in (
+        f"| traces generated | {len(rows)} |",
+        "| traces kept | 3 |",
+        "| rejected: wrong topic | 2 |",
+        "| examples | 3 |",
+        "| tokenizer and chat template | tok |",
+    ):
+        assert line in card
+    assert str(tmp_path) not in card and "Not medical advice" in card

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -510,6 +511,16 @@ def test_student_checkpoint_partition_trains_through_dagster_pipes(student, tmp_
     logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
     # the trainer's progress reached the run's log
     assert any(m.startswith("step 6/6: loss") for m in logged)
+    # the loss curve shown in the UI (an embedded PNG) and linked; the card; the tracker's run,
+    # named after the size and this Dagster run
+    student = data / "students" / "tiny"
+    assert meta["loss_png"].value == str(student / "loss.png")
+    shown = meta["loss_plot"].value
+    assert shown.startswith("![loss by step](data:image/png;base64,")
+    png = base64.b64decode(shown.split("base64,", 1)[1].rstrip(")"))
+    assert png == (student / "loss.png").read_bytes()
+    assert meta["model_card"].value == (student / "final" / "README.md").read_text()
+    assert [p.name for p in (student / "runs").iterdir()] == [f"t0-tiny-{result.run_id[:8]}"]
 
 
 def _slurm_up() -> bool:

@@ -59,6 +59,12 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
         30,
     }
     assert "chooses" in result.table() and "reported" in result.table()
+    # reported to the default tracker: a TensorBoard run beside the tuned models, loss every step
+    from t0_pipeline_tests.tracker_files import logged_scalars
+
+    runs = list((paths.retriever_dir / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("t0-retriever-tuned-")
+    assert sorted(logged_scalars(runs[0])["train/loss"]) == [1, 2, 3]
     assert (paths.retriever_dir / "active.json").exists()
     cfg = with_local_models(PipelineConfig(), paths)
     # every index and query now embeds with the tuned model
