@@ -313,18 +313,18 @@ def refresh_cards(paths, evaluation, name: str) -> list[Path]:
 
 def generation_settings(ctx: CardContext, tokenizer) -> dict[str, Any]:
     """``generation_config.json`` fields: where generation ends and the budget it is asked with."""
-    budget, fmt = ctx.budget or {}, ctx.chat_format or {}
+    budget = ctx.budget or {}
     enders = [tokenizer.eos_token_id]
     for token in ("<|im_end|>", "<|endoftext|>"):
         ids = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
         if isinstance(ids, int) and ids not in enders:
             enders.append(ids)
-    markers = len(tokenizer(fmt.get("think_end", ""), add_special_tokens=False)["input_ids"])
+    markers = len(tokenizer(budget.get("think_end") or "", add_special_tokens=False)["input_ids"])
     total = budget.get("thinking_budget", 1024) + budget.get("answer_tokens", 256) + markers + 2
     return {
         "eos_token_id": [e for e in enders if e is not None],
         "max_new_tokens": total,
-        "t0_budget_forcing": {**budget, "chat_format": fmt},
+        "t0_budget_forcing": budget,  # with the markers (the chat format's unless set)
     }
 
 

@@ -68,3 +68,12 @@ def test_the_it_desk_runs_the_whole_method_in_its_own_words(it_chain):
     assert "| k | issue | next step |" in (accuracy / "t0-135m" / "table.md").read_text()
     report = (accuracy / "report.md").read_text()
     assert "# Issue and next step accuracy" in report and not NHS_WORDS.search(report), report
+    # the cards say this task, this corpus's licence and the domain's caution, not the NHS's
+    from t0_pipeline.cards import read_front_matter
+
+    card = (data / "students" / "135M" / "final" / "README.md").read_text()
+    assert read_front_matter(card)["license"] == "mit" and "# t0-135M (it-desk)" in card
+    assert "| t0-135m (this model) | 3 |" in card and "issue accuracy" in card
+    dataset_card = (data / "synthetic" / "sft" / "README.md").read_text()
+    for text in (card, dataset_card):
+        assert not NHS_WORDS.search(text) and "medical" not in text, text

@@ -382,6 +382,11 @@ def test_export_hands_on_a_folder_that_loads_alone_and_generates_with_its_chat_t
     cases = {
         "not an empty folder": ["--size", "tiny", "--to", str(handed)],
         "no size 'huge'": ["--size", "huge", "--to", str(tmp_path / "x")],
+        # exported, then the push fails: the folder stays
+        "cannot reach the hub at http://127.0.0.1:9": [
+            *("--size", "tiny", "--to", str(tmp_path / "pushed")),
+            *("--push", "me/t0-tiny", "--hub-url", "http://127.0.0.1:9"),
+        ],
     }
     for said, args in cases.items():
         failed = subprocess.run(
@@ -393,6 +398,7 @@ def test_export_hands_on_a_folder_that_loads_alone_and_generates_with_its_chat_t
         assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
         assert said in failed.stderr
     assert (handed / "README.md").read_text() == card
+    assert (tmp_path / "pushed" / "README.md").read_text() == card
     shutil.rmtree(data / "students")  # the folder alone
     tokenizer = AutoTokenizer.from_pretrained(handed)
     model = AutoModelForCausalLM.from_pretrained(handed)

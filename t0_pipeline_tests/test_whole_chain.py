@@ -169,6 +169,61 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(chain):
     assert trace_content(traces, vocabulary, 0.8)[0]["readable_grounded_share"] >= 0.8
 
 
+@pytest.mark.timeout(600)
+def test_the_students_card_names_its_base_and_data_shows_its_evaluation_and_exports(
+    chain, tmp_path
+):
+    """What a run hands on: final/README.md as a Hugging Face model card (front matter, the base
+    by its hub name, the SFT data's digest, the evaluation of these weights), the dataset card's
+    counts, the tracker's files, and `t0 export` into a folder the real SmolLM2 student loads and
+    chats from alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from t0_pipeline.artifacts import file_digest
+    from t0_pipeline.cards import read_front_matter
+    from t0_pipeline.weights import weights_digest
+    from t0_pipeline_tests.tracker_files import logged_scalars
+
+    data, env, _ = chain
+    student, sft = data / "students" / "135M", data / "synthetic" / "sft"
+    card = (student / "final" / "README.md").read_text()
+    head = read_front_matter(card)
+    assert head["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert head["library_name"] == "transformers" and head["license_name"] == "ogl-uk-3.0"
+    dataset = json.loads((sft / "dataset.json").read_text())
+    assert dataset["sha256"] == file_digest(sft / "train.parquet") and dataset["sha256"] in card
+    assert f"`{weights_digest(student / 'final')}`" in card
+    assert "**Stand-in.**" in card and "Not medical advice" in card and str(data) not in card
+    # the evaluation of these weights, at every k, with the base beside it
+    assert "Not evaluated yet" not in card
+    for row in ("| t0-135m (this model) | 0 |", "| t0-135m (this model) | 3 |", "(its base) | 3"):
+        assert row in card
+    # the dataset card counts what the dataset holds
+    traces = pl.read_parquet(data / "synthetic" / "traces.parquet")
+    assert dataset["examples"] == pl.read_parquet(sft / "train.parquet").height
+    assert dataset["traces"]["generated"] == traces.height
+    assert dataset["traces"]["kept"] == traces["kept"].sum()
+    assert f"| traces kept | {traces['kept'].sum()} |" in (sft / "README.md").read_text()
+    # the default tracker's run, the loss at each of the 12 steps; the curve beside metrics.json
+    (run,) = (student / "runs").iterdir()
+    assert sorted(logged_scalars(run)["train/loss"]) == list(range(1, 13))
+    assert (student / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    handed = tmp_path / "t0-135m"
+    cmd = [sys.executable, "-m", "t0_pipeline.cli", "export", "--config", str(DEMO)]
+    done = subprocess.run(
+        [*cmd, "--size", "135M", "--to", str(handed)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    tokenizer = AutoTokenizer.from_pretrained(handed)
+    model = AutoModelForCausalLM.from_pretrained(handed)
+    messages = [{"role": "user", "content": "My big toe is hot, red and swollen."}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    budget = model.generation_config.t0_budget_forcing
+    inputs = tokenizer(prompt + budget["think_start"], return_tensors="pt")
+    reply = model.generate(**inputs, do_sample=False, max_new_tokens=24)
+    assert tokenizer.decode(reply[0][inputs["input_ids"].shape[1] :]).strip()
+
+
 # the real student served: ~1 min of server start and index load, then a turn of ~15 s on 2 cores
 @pytest.mark.timeout(900)
 def test_the_trained_student_answers_on_the_chat_page_and_to_the_openai_client(chain):
