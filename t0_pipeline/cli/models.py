@@ -266,8 +266,12 @@ def export(
     config: Optional[Path] = ConfigFile,
     sets: Optional[list[str]] = SetOpt,
 ):
-    """Copy a trained student (weights, tokenizer, generation settings, model card, loss curve)
-    into a folder that loads alone with from_pretrained; optionally push it to a private hub."""
+    """Copy a trained student, with its model card, into a folder that loads on its own.
+
+    The folder holds the weights, the tokenizer and chat template, generation_config.json (the
+    budget-forcing settings), README.md (the model card) and loss.png; plain from_pretrained
+    loads it. --push also uploads it to a private repository on a Hugging Face hub ($HF_TOKEN).
+    """
     from t0_pipeline.export import export_student
     from t0_pipeline.export import push as push_folder
 
