@@ -158,14 +158,8 @@ class Engine:
             [j.prompt for j in batch], return_tensors="pt", padding=True, add_special_tokens=False
         )
         width = enc["input_ids"].shape[1]
+        # every job was checked alone (check_fits) before it could join; padding adds no positions
         longest = max(j.max_tokens for j in batch)
-        if width + longest > self.max_len:
-            raise ValueError(
-                f"prompt ({width} tokens) + max_tokens ({longest}) exceed the model's context "
-                f"({self.max_len}); shorten the prompt or lower max_tokens"
-            )
-        if batch[0].seed is not None:
-            torch.manual_seed(batch[0].seed)
         with torch.inference_mode():
             out = self.model.generate(**enc, **self._settings(batch, longest, width))
         return [
@@ -183,10 +177,9 @@ class Engine:
             # min_new_tokens bars every one of them, as vLLM's min_tokens bars stop_token_ids
             "eos_token_id": [self.tokenizer.eos_token_id, *first.stop_token_ids],
         }
-        if first.temperature > 0:
-            kwargs.update(do_sample=True, temperature=first.temperature, top_p=first.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        # sampling is done by SeededSampler, row by row with each job's own generator, after every
+        # other processor; generate itself only takes the one token left
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if first.stop:
             kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
         if first.min_tokens:
@@ -200,9 +193,22 @@ class Engine:
             processors.append(
                 xgr.contrib.hf.LogitsProcessor([self.grammar(first.schema)] * len(batch))
             )
+        if first.temperature > 0:
+            top_k = getattr(self.model.generation_config, "top_k", None)
+            processors.append(SeededSampler(batch, top_k))
         if processors:
             kwargs["logits_processor"] = processors
         return kwargs
+
+    def check_fits(self, prompt: str, max_tokens: int) -> str | None:
+        """Why a job cannot be generated (its prompt and max_tokens past the context), else None."""
+        tokens = self.count(prompt)
+        if tokens + max_tokens > self.max_len:
+            return (
+                f"the prompt ({tokens} tokens) + max_tokens ({max_tokens}) exceed the model's "
+                f"context ({self.max_len}); shorten the prompt or lower max_tokens"
+            )
+        return None
 
     def _result(self, job: Job, new: list[int], prompt_tokens: int) -> dict[str, Any]:
         """One job's text, cut at its end of sequence, token limit or stop string."""
@@ -241,3 +247,47 @@ class Penalties:
             1, generated, torch.ones(generated.shape, dtype=scores.dtype)
         )
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class SeededSampler:
+    """Sampling row by row, each job with its own generator (seeded by its request's seed, else
+    from the global one): a seeded request gives the same text alone or batched. Temperature, top-p
+    and the model's top-k are applied here, after every other processor; the row's scores are then
+    left with the one sampled token, which generate's greedy step takes."""
+
+    def __init__(self, batch: list[Job], top_k: int | None):
+        import torch
+
+        self.temperature = [j.temperature for j in batch]
+        self.top_p = [j.top_p for j in batch]
+        self.top_k = top_k or 0
+        self.generators = []
+        for job in batch:
+            generator = torch.Generator()
+            if job.seed is not None:
+                generator.manual_seed(job.seed % 2**64)
+            else:
+                generator.seed()
+            self.generators.append(generator)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        out = torch.full_like(scores, float("-inf"))
+        for row in range(scores.shape[0]):
+            logits = scores[row].float() / self.temperature[row]
+            if not torch.isfinite(logits).any():  # nothing allowed: leave the row as it was
+                out[row] = scores[row]
+                continue
+            if self.top_k and self.top_k < logits.shape[0]:
+                cut = torch.topk(logits, self.top_k).values[-1]
+                logits = logits.masked_fill(logits < cut, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            if self.top_p[row] < 1.0:
+                ordered, order = torch.sort(probs, descending=True)
+                before = torch.cumsum(ordered, dim=-1) - ordered  # mass above each token
+                ordered = ordered.masked_fill(before >= self.top_p[row], 0.0)
+                probs = torch.zeros_like(probs).scatter_(0, order, ordered)
+            token = torch.multinomial(probs, 1, generator=self.generators[row])
+            out[row, token] = 0.0
+        return out

@@ -35,33 +35,47 @@ from pathlib import Path
 from typing import Any
 
 from t0_pipeline.cpu_engine import Engine, Job
+from t0_pipeline.cpu_requests import (
+    BadRequest,
+    ChatRequest,
+    CompletionRequest,
+    Message,
+    Sampling,
+    TokenizeRequest,
+    parse,
+    read_body,
+)
 
 UNSUPPORTED = ("tools", "tool_choice", "functions", "logprobs", "n")
 
 
-def _job(body: dict[str, Any], prompt: str) -> Job:
-    stop = body.get("stop") or []
-    schema = None
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        # key order is the output's order
-        schema = json.dumps((fmt.get("json_schema") or {}).get("schema") or {})
-    elif fmt.get("type") == "json_object":
-        schema = ""
+def _job(req: Sampling, prompt: str) -> Job:
+    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
     return Job(
         prompt=prompt,
-        max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
-        temperature=float(body["temperature"] if body.get("temperature") is not None else 1.0),
-        top_p=float(body.get("top_p") or 1.0),
-        seed=body.get("seed"),
-        stop=tuple([stop] if isinstance(stop, str) else stop),
-        min_tokens=int(body.get("min_tokens") or 0),
-        schema=schema,
-        stop_token_ids=tuple(int(t) for t in body.get("stop_token_ids") or ()),
-        skip_special_tokens=bool(body.get("skip_special_tokens", True)),
-        frequency_penalty=float(body.get("frequency_penalty") or 0.0),
-        presence_penalty=float(body.get("presence_penalty") or 0.0),
+        max_tokens=req.wanted_tokens(),
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=req.top_p or 1.0,
+        seed=req.seed,
+        stop=tuple(stops),
+        min_tokens=req.min_tokens,
+        schema=req.schema(),
+        stop_token_ids=tuple(req.stop_token_ids or ()),
+        skip_special_tokens=req.skip_special_tokens,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
     )
+
+
+def _plain(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them (text parts joined)."""
+    out = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(part["text"] for part in content)
+        out.append({"role": m.role, "content": content or ""})
+    return out
 
 
 class _Api:
@@ -72,34 +86,61 @@ class _Api:
         self.created = int(time.time())
 
     @staticmethod
-    def error(status: int, message: str):
+    def error(status: int, message: str, param: str | None = None):
         from fastapi.responses import JSONResponse
 
-        body = {"error": {"message": message, "type": "invalid_request_error", "code": status}}
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
         return JSONResponse(body, status_code=status)
 
-    def check(self, body: dict[str, Any]):
-        """An error reply for a request this server cannot answer, else None."""
-        if body.get("model") != self.name:
-            return self.error(
+    def served(self, body: dict[str, Any]) -> None:
+        """A 404 first for a request to another model, whatever else is wrong with it (as vLLM)."""
+        model = body.get("model")
+        if isinstance(model, str) and model != self.name:
+            raise BadRequest(
+                f"The model `{model}` does not exist; this server serves `{self.name}`.",
+                "model",
                 404,
-                f"The model `{body.get('model')}` does not exist; this server serves "
-                f"`{self.name}`.",
             )
-        used = [k for k in UNSUPPORTED if body.get(k) not in (None, [], 1, False)]
+
+    def check(self, req: Sampling) -> None:
+        """A :class:`BadRequest` for a request this server cannot answer."""
+        extra = req.model_extra or {}
+        used = [k for k in UNSUPPORTED if extra.get(k) not in (None, [], 1, False)]
         if used:
-            return self.error(
-                400,
+            raise BadRequest(
                 f"this CPU server does not support {', '.join(used)}; small models here answer in "
                 "text (set answer: text on the model's evaluation entry)",
+                used[0],
             )
-        return None
+        if req.stream:
+            raise BadRequest(
+                "streaming is not supported by this CPU server; send stream: false", "stream"
+            )
+
+    async def prepared(self, req: Sampling, prompt: str) -> Job:
+        """The request's job, checked alone before it may join a batch: its prompt and max_tokens
+        fit the context, and its JSON schema compiles."""
+        job = _job(req, prompt)
+        if (why := self.engine.check_fits(prompt, job.max_tokens)) is not None:
+            raise BadRequest(why, "max_tokens")
+        if job.schema is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, self.engine.grammar, job.schema)
+            except Exception as exc:  # xgrammar's own errors: the schema is what is wrong
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise BadRequest(
+                    f"response_format: the JSON schema cannot be used ({first[:200]})",
+                    "response_format",
+                ) from None
+        return job
 
     async def run(self, job: Job) -> dict[str, Any]:
         self.engine.submit(job)
         await asyncio.get_running_loop().run_in_executor(None, job.done.wait)
         if job.error:
-            raise ValueError(job.error)
+            raise RuntimeError(job.error)
         return job.result  # type: ignore[return-value]
 
     def reply(self, kind: str, result: dict[str, Any], choice: dict[str, Any]) -> dict[str, Any]:
@@ -143,42 +184,39 @@ class _Api:
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def tokenize(self, body: dict[str, Any]) -> dict:
-        text = body.get("prompt")
-        if text is None:
-            text = self.engine.render(body.get("messages") or [])
+        req = parse(TokenizeRequest, body)
+        text = req.prompt if req.prompt is not None else self.engine.render(_plain(req.messages))
         ids = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
         return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.max_len}
 
     async def chat(self, body: dict[str, Any]):
-        if (bad := self.check(body)) is not None:
-            return bad
-        if body.get("stream"):
-            return self.error(
-                400, "streaming is not supported by this CPU server; send stream: false"
-            )
-        prompt = self.engine.render(body.get("messages") or [])
+        self.served(body)
+        req = parse(ChatRequest, body)
+        self.check(req)
+        prompt = self.engine.render(_plain(req.messages))
+        job = await self.prepared(req, prompt)
         self.record("chat", prompt, body)
-        try:
-            result = await self.run(_job(body, prompt))
-        except ValueError as exc:
-            return self.error(400, str(exc))
+        result = await self.run(job)
         message = {"role": "assistant", "content": result["text"]}
         return self.reply("chat.completion", result, {"message": message})
 
     async def completions(self, body: dict[str, Any]):
-        if (bad := self.check(body)) is not None:
-            return bad
-        prompt = body.get("prompt")
+        self.served(body)
+        req = parse(CompletionRequest, body)
+        self.check(req)
+        prompt = req.prompt
         if isinstance(prompt, list):  # a batch of one prompt, or token ids
+            if len(prompt) > 1 and isinstance(prompt[0], str):
+                raise BadRequest("send one prompt per request", "prompt")
             if prompt and isinstance(prompt[0], str):
                 prompt = prompt[0]
             else:
+                if any(not 0 <= t < self.engine.vocab_size for t in prompt):
+                    raise BadRequest("prompt holds token ids outside the vocabulary", "prompt")
                 prompt = self.engine.tokenizer.decode(prompt)
-        self.record("completions", prompt or "", body)
-        try:
-            result = await self.run(_job(body, prompt or ""))
-        except ValueError as exc:
-            return self.error(400, str(exc))
+        job = await self.prepared(req, prompt)
+        self.record("completions", prompt, body)
+        result = await self.run(job)
         return self.reply("text_completion", result, {"text": result["text"], "logprobs": None})
 
 
@@ -188,6 +226,17 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
     app = FastAPI(title=f"t0 CPU model server ({served_name})")
     api = _Api(engine, served_name, checkpoint)
 
+    async def answer(request: Request, handle):
+        """One request: read and checked alone (a 4xx names what is wrong), then answered; a
+        failure while generating is a 500 with its reason."""
+        try:
+            body = read_body(await request.body())
+            return await handle(body)
+        except BadRequest as bad:
+            return api.error(bad.status, bad.message, bad.param)
+        except RuntimeError as exc:
+            return api.error(500, f"generation failed: {exc}")
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok"}
@@ -196,17 +245,20 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
     def models() -> dict:
         return api.models()
 
+    async def tokenize_body(body):
+        return api.tokenize(body)
+
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        return api.tokenize(await request.json())
+        return await answer(request, tokenize_body)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await api.chat(await request.json())
+        return await answer(request, api.chat)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await api.completions(await request.json())
+        return await answer(request, api.completions)
 
     return app
 

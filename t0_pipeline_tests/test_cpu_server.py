@@ -281,3 +281,51 @@ def test_a_structured_teacher_on_the_real_model_cites_the_query_and_a_document(s
     if condition != "inconclusive":
         text = texts[titles.index(condition)]
         assert any(s in reply.thinking for s in sentences(text)), reply.thinking
+
+
+def _together(api_base: str, bodies: list[dict]) -> list[httpx.Response]:
+    """``bodies`` sent at once to /completions (they reach the engine within its batching
+    window)."""
+
+    async def send():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(
+                *(client.post(api_base + "/completions", json=b) for b in bodies)
+            )
+
+    return asyncio.run(send())
+
+
+def test_a_bad_request_batched_with_good_ones_fails_alone_and_names_its_field(smol_server):
+    good = {"model": "smol", "prompt": "Name a colour:", "max_tokens": 6, "temperature": 0}
+    bad = [
+        {**good, "prompt": "word " * 9000},  # past the context
+        {**good, "max_tokens": 10**9},
+        {**good, "response_format": {"type": "json_schema", "json_schema": {"schema": 5}}},
+        {**good, "prompt": [10**9]},  # a token id outside the vocabulary
+    ]
+    replies = _together(smol_server, [good, bad[0], good, bad[1], good, bad[2], bad[3], good])
+    statuses = [r.status_code for r in replies]
+    assert statuses == [200, 400, 200, 400, 200, 400, 400, 200], [r.text for r in replies]
+    fields = [replies[i].json()["error"]["param"] for i in (1, 3, 5, 6)]
+    assert fields == ["max_tokens", "max_tokens", "response_format", "prompt"]
+    texts = {r.json()["choices"][0]["text"] for r in replies if r.status_code == 200}
+    assert len(texts) == 1  # the good ones were answered alike, none with another's error
+    assert "9000" not in "".join(r.text for r in replies if r.status_code == 200)
+
+
+def test_a_seeded_request_gives_the_same_text_alone_and_batched(smollm2_checkpoint, tmp_path):
+    """In full precision (how the demo serves the models it measures): int8 quantises activations
+    per batch, so there a batch's other prompts move the logits themselves."""
+    command = [*CPU_SERVER[:-1], "none"]
+    plan = ServerPlan("smol", str(smollm2_checkpoint))
+    config = ModelServerConfig(command=command, startup_timeout_s=120)
+    asked = {"model": "smol", "prompt": "Tell me a story:", "max_tokens": 24, "temperature": 1.0}
+    batch = [{**asked, "seed": s} for s in (3, 7, 11, 7)]
+    with serving(LocalServer(config, plan, tmp_path)) as api_base:
+        alone = _together(api_base, [{**asked, "seed": 7}])[0].json()["choices"][0]["text"]
+        texts = [r.json()["choices"][0]["text"] for r in _together(api_base, batch)]
+    logged = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert "batch of 4:" in logged  # they really were generated together
+    assert texts[1] == texts[3] == alone, (alone, texts)
+    assert len({texts[0], texts[1], texts[2]}) == 3  # other seeds, other stories
