@@ -58,7 +58,7 @@ from t0_pipeline.train_ranks import (
     world_size,
 )
 from t0_pipeline.train_result import TrainResult, read_state, throughput
-from t0_pipeline.train_runs import record_run, run_dir
+from t0_pipeline.train_runs import last_complete_checkpoint, record_run, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,6 @@ def _train(
 ) -> TrainResult:
     import torch
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     cuda = torch.cuda.is_available()
     bf16 = config.bf16 == "on" or (
@@ -188,7 +187,7 @@ def _train(
         data_collator=pad_batch(_pad_id(tokenizer)),
         callbacks=[stop, *callbacks],
     )
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
     if last:
         log.info("resuming from %s", last)
     if trainer.is_world_process_zero():

@@ -81,3 +81,49 @@ def differing_keys(settings: dict[str, Any], others: list[Path]) -> str:
         return "settings not recorded"
     keys = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
     return "differing: " + ", ".join(keys) if keys else "same settings"
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+)
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """Whether a ``checkpoint-N`` folder was written whole: the trainer writes its
+    ``trainer_state.json`` last, after the weights (or DeepSpeed's shards), optimizer and RNG
+    states, so a run killed mid-write leaves a folder without it (or with it cut short)."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        step = int(folder.name.rsplit("-", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    weights = any((folder / name).is_file() for name in WEIGHT_FILES) or any(
+        folder.glob("global_step*")
+    )
+    return weights and state.get("global_step") == step
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint in ``folder`` written whole; each newer, incomplete one is named in a
+    warning and left out (a run killed while writing it, a pre-empted job's last save)."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        tail = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and tail.isdigit():
+            found.append((int(tail), path))
+    for _, path in sorted(found, reverse=True):
+        if checkpoint_complete(path):
+            return str(path)
+        log.warning(
+            "%s is incomplete (written when the run stopped: no whole trainer_state.json or "
+            "weights); resuming from an earlier checkpoint",
+            path,
+        )
+    return None
+

@@ -227,6 +227,54 @@ def test_a_preempted_run_resumes_from_its_last_checkpoint(student, tmp_path, mon
     assert min(step for step, _ in second.train_loss) == 1
 
 
+KILLED_MID_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from transformers import Trainer
+from t0_pipeline.config import TrainConfig
+from t0_pipeline.train import train
+
+plain = Trainer._save_rng_state
+
+def killed(self, output_dir):  # weights and optimizer written, the trainer state not yet
+    if self.state.global_step == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return plain(self, output_dir)
+
+Trainer._save_rng_state = killed
+config = TrainConfig.model_validate_json(sys.argv[1])
+train(config, Path(sys.argv[2]), Path(sys.argv[3]))
+"""
+
+
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_whole_one(
+    student, tmp_path, caplog
+):
+    import subprocess
+    import sys
+
+    root, _ = student
+    config = small(model=str(root / "base"), max_steps=12, save_steps=4, save_total_limit=3)
+    out = tmp_path / "out"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_SAVE, config.model_dump_json(), str(root / "sft.parquet")]
+        + [str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (run,) = (out / "checkpoints").iterdir()
+    half = run / "checkpoint-8"
+    assert half.is_dir() and not (half / "trainer_state.json").exists()
+    assert not (out / "final").exists()
+    with caplog.at_level("WARNING", logger="t0_pipeline.train_runs"):
+        again = train(config, root / "sft.parquet", out)  # the requeued job
+    assert again.resumed_from == str(run / "checkpoint-4") and again.global_step == 12
+    assert any("checkpoint-8 is incomplete" in r.getMessage() for r in caplog.records)
+    assert (out / "final" / "model.safetensors").exists()
+
+
 def test_a_finished_run_trained_again_with_other_settings_starts_afresh(student, tmp_path):
     """`t0 train --set train.learning_rate=…` on a finished run: the old checkpoints were trained
     another way, so the new settings train from the base in their own folder, and final/ and
