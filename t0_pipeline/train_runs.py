@@ -126,4 +126,3 @@ def last_complete_checkpoint(folder: Path) -> str | None:
             path,
         )
     return None
-

@@ -43,6 +43,12 @@ class PipelineSettings(dg.ConfigurableResource):
     # any subset of the config, e.g. {"source": {"kind": "pages", "location": "pages.jsonl"}}
     overrides: Dict[str, Any] = {}
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # the host the run's steps run on, which the run launcher's health check reads
+        from t0_pipeline.defs.watch import tag_host
+
+        tag_host(context.instance, context.run_id)
+
     def pipeline_config(self, tuned: bool = True) -> PipelineConfig:
         """The merged settings, with base_models names standing for their folders under the data
         root, and the fine-tuned embedder in use once retriever_model measured it better (unless
