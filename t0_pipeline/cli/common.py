@@ -139,6 +139,12 @@ def source_flags(
     --location DIR."""
     if pages is not None and documents is not None:
         raise T0Error("give --pages FILE or --documents DIR, not both.")
+    given = [f for f, v in (("--source", source), ("--location", location)) if v is not None]
+    if given and (pages is not None or documents is not None):
+        which = "--pages FILE" if pages is not None else "--documents DIR"
+        raise T0Error(
+            f"{which} already names the corpus; drop {' and '.join(given)} (or drop {which})."
+        )
     if pages is not None:
         return {"source.kind": "pages", "source.location": str(pages)}
     if documents is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel as _PydanticModel
-from pydantic import ConfigDict
+from pydantic import ConfigDict, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SourceKind = Literal["sample", "site", "mirror", "pages", "documents"]
@@ -21,9 +21,16 @@ RETRIEVER_MODES: tuple[RetrieverMode, ...] = ("dense", "bm25", "hybrid")
 
 class BaseModel(_PydanticModel):
     """Every config section: an unknown key (a typo such as ``chunk.sise``) is an error, never
-    ignored."""
+    ignored, and a number outside its setting's range (:mod:`t0_pipeline.config.ranges`) too."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_range(cls, value, info: ValidationInfo):
+        from t0_pipeline.config.ranges import check
+
+        return check(cls.__name__, info.field_name, value)
 
 
 class Settings(BaseSettings):

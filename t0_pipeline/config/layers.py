@@ -279,8 +279,9 @@ def _config_error(exc, layers: list[tuple[str, dict]], env: dict, path) -> Excep
             else f"known here: {', '.join(known)}."
         )
         return T0Error(f"{source}: unknown setting {where!r}; {hint} (`t0 config` lists them all)")
+    said = str(err["msg"]).removeprefix("Value error, ")
     return T0Error(
-        f"{source}: field {where!r}: {err['msg']}; fix the value (see `t0 config` for defaults)."
+        f"{source}: field {where!r}: {said}; fix the value (see `t0 config` for defaults)."
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from t0_pipeline.chat import ChatFormat
 from t0_pipeline.config.base import BaseModel, IndexName, RetrieverMode
@@ -251,6 +251,15 @@ class TrainConfig(BaseModel):
         from t0_pipeline.trackers import normalise
 
         return normalise(value)
+
+    @model_validator(mode="after")
+    def _lora_without_zero3(self):
+        if self.lora.enabled and str(self.deepspeed or "").lower().startswith("zero3"):
+            raise ValueError(
+                f"lora.enabled with deepspeed {self.deepspeed}: LoRA trains its adapters with "
+                "plain data parallelism here; set train.deepspeed to auto or none, or turn LoRA off"
+            )
+        return self
 
     @property
     def block(self) -> int:
