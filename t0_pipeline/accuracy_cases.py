@@ -24,14 +24,16 @@ def load_eval_queries(path: Path, domain: Domain | None = None) -> tuple[list[di
     disposition (one of ``domain``'s categories; default the NHS levels of care) is skipped."""
     domain = domain or default_domain()
     scale = Scale.of(domain)
-    queries, skipped = [], 0
-    for i, rec in enumerate(read_records(path), start=1):
+    queries, skipped, first = [], 0, ""
+    records = read_records(path)
+    for i, rec in enumerate(records, start=1):
         slug = rec.get("slug") or rec.get("condition")
         slug = slug[0] if isinstance(slug, list) and slug else slug
         severity = normalise_severity(rec.get("disposition"), scale=scale)
         text = rec.get("query")
         if not (isinstance(text, str) and text.strip() and isinstance(slug, str) and severity):
             skipped += 1
+            first = first or _why_skipped(i, text, slug, rec.get("disposition"), scale)
             continue
         queries.append(
             {
@@ -43,7 +45,21 @@ def load_eval_queries(path: Path, domain: Domain | None = None) -> tuple[list[di
                 "demographics": demographics_text(rec, domain.field_names),
             }
         )
+    if not queries:
+        raise T0Error(
+            f"{path} holds no usable evaluation query"
+            + (f" ({len(records)} records; {first})" if records else " (it is empty)")
+            + "; each needs query text, a slug or condition, and a disposition."
+        )
     return queries, skipped
+
+
+def _why_skipped(i: int, text: Any, slug: Any, disposition: Any, scale: Scale) -> str:
+    if not (isinstance(text, str) and text.strip()):
+        return f"record {i} has no query text"
+    if not isinstance(slug, str):
+        return f"record {i} has no slug or condition"
+    return f"record {i}'s disposition {disposition!r} is not one of {', '.join(scale.names)}"
 
 
 def queries_hash(queries: list[dict[str, Any]]) -> str:

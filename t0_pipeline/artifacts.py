@@ -26,8 +26,13 @@ class T0Error(Exception):
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it over ``final`` (file or directory)."""
+    """Yield a temporary sibling path; on success rename it over ``final`` (file or directory).
+    A ``final`` that is a pipe or a device (``/dev/stdout``) is written as given: nothing replaces
+    it."""
     final = Path(final)
+    if final.exists() and not (final.is_file() or final.is_dir()):
+        yield final
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -61,7 +66,13 @@ def read_parquet(path: Path, what: str, make_it: str) -> pl.DataFrame:
             f"{what} not found at {path}; run `{make_it}` first (or point --data-dir at an "
             "existing run)."
         )
-    return pl.read_parquet(path)
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for a damaged or foreign file
+        raise T0Error(
+            f"{what} at {path} is not a readable Parquet file ({exc.__class__.__name__}); run "
+            f"`{make_it}` again to rewrite it."
+        ) from None
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> Path:
@@ -129,6 +140,12 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             raise T0Error(
                 f"{path} must hold a JSON array of objects (or use .jsonl, one object per line)."
             )
+        for i, item in enumerate(data, start=1):
+            if not isinstance(item, dict):
+                raise T0Error(
+                    f"{path} item {i} is a JSON {type(item).__name__}, not an object; the array "
+                    "must hold one object per record."
+                )
         return data
     rows: list[dict[str, Any]] = []
     with open(path, "rb") as fh:

@@ -48,19 +48,7 @@ def read_pages_file(config: SourceConfig) -> pl.DataFrame:
     if not records:
         raise T0Error(f"{path} holds no records; the previous corpus is kept.")
     for i, rec in enumerate(records, start=1):
-        missing = [
-            name for name in (f.slug, f.title, f.text) if not str(rec.get(name) or "").strip()
-        ]
-        if missing:
-            raise T0Error(
-                f"{path} record {i}: missing or empty field(s) {', '.join(map(repr, missing))}; "
-                "fix the record or map the field names with source.fields."
-            )
-        if not isinstance(rec[f.text], str):
-            raise T0Error(
-                f"{path} record {i}: field {f.text!r} is {type(rec[f.text]).__name__}, not text; "
-                "each document's text must be a string."
-            )
+        _check_record(path, i, rec, config)
         text = rec[f.text]
         url = str(rec.get(f.url) or "")
         rows.append(
@@ -86,4 +74,38 @@ def read_pages_file(config: SourceConfig) -> pl.DataFrame:
             f"{path}: duplicate slug(s) {', '.join(sorted(dupes)[:5])} in field {f.slug!r}; each "
             "document needs a unique slug."
         )
-    return df.filter(~pl.col("slug").is_in(config.exclude_slugs))
+    kept = df.filter(~pl.col("slug").is_in(config.exclude_slugs))
+    if kept.is_empty():
+        raise T0Error(
+            f"{path}: every one of its {df.height} pages is excluded by source.exclude_slugs; "
+            "nothing would be indexed, so the previous corpus is kept."
+        )
+    return kept
+
+
+def _check_record(path: Path, i: int, rec: dict, config: SourceConfig) -> None:
+    """One error naming the file, the record and the field for a record that cannot be a page."""
+    f = config.fields
+    where = f"{path} record {i}"
+    missing = [name for name in (f.slug, f.title, f.text) if not str(rec.get(name) or "").strip()]
+    if missing:
+        raise T0Error(
+            f"{where}: missing or empty field(s) {', '.join(map(repr, missing))}; "
+            "fix the record or map the field names with source.fields."
+        )
+    for name, kinds in ((f.text, (str,)), (f.title, (str,)), (f.slug, (str, int)), (f.url, (str,))):
+        value = rec.get(name)
+        if name == f.url and value is None:
+            continue
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise T0Error(
+                f"{where}: field {name!r} is a {type(value).__name__}, not text; each page's "
+                "slug, title, url and text must be strings."
+            )
+    size = len(rec[f.text].encode("utf-8"))
+    if size > config.max_page_bytes:
+        raise T0Error(
+            f"{where}: field {f.text!r} is {size / 1e6:.1f} MB, over source.max_page_bytes "
+            f"({config.max_page_bytes / 1e6:.1f} MB); split the document or raise the limit. "
+            "The previous corpus is kept."
+        )

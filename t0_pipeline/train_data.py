@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from t0_pipeline.artifacts import T0Error
+from t0_pipeline.artifacts import T0Error, read_parquet
 from t0_pipeline.chat import generation_prompt, render_chat
 from t0_pipeline.config import TrainConfig
 
@@ -73,13 +73,11 @@ def load_examples(
     """(train, held-out, skipped) tokenised examples; a seeded split."""
     import random
 
-    import polars as pl
-
     if not Path(dataset).exists():
         raise T0Error(
             f"SFT dataset {dataset} not found; build it with `t0 sft` (or pass --dataset)."
         )
-    rows = pl.read_parquet(dataset)
+    rows = read_parquet(dataset, "SFT dataset", "t0 sft")
     if "messages" not in rows.columns:
         raise T0Error(
             f"{dataset} has no 'messages' column; it is not an SFT dataset made by `t0 sft`."

@@ -189,3 +189,21 @@ def usage_line(usage: dict) -> str:
         f"{usage['retries']}, failed {usage['failures']}, tokens "
         f"{usage['prompt_tokens']}+{usage['completion_tokens']}, cost ${usage['cost']:.4f}"
     )
+
+
+def query_text(text: str, what: str = "the query") -> str:
+    """A query from the command line: UTF-8 and not blank, else one error saying so."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that were not UTF-8 arrive as surrogates
+        raise T0Error(f"{what} is not valid UTF-8; pass it in UTF-8 (check the terminal's locale).")
+    if not text.strip():
+        raise T0Error(f"{what} is empty; give the words to search for.")
+    return text
+
+
+def at_least(value: int, low: int, flag: str) -> int:
+    """A command's count option in its range, else one error naming the flag."""
+    if value < low:
+        raise T0Error(f"{flag} must be at least {low}, not {value}.")
+    return value

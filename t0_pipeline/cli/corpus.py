@@ -18,9 +18,11 @@ from t0_pipeline.cli.common import (
     ModeOpt,
     SetOpt,
     app,
+    at_least,
     check_mode,
     int_list,
     open_retriever,
+    query_text,
     role_flags,
     serve_roles,
     setup,
@@ -241,6 +243,7 @@ def retrieve(
     from t0_pipeline.artifacts import read_records
     from t0_pipeline.retrieve import write_ranked
 
+    at_least(k, 1, "--k")
     cfg, paths = setup(data_dir, config, sets=sets)
     check_mode(mode)
     n = write_ranked(
@@ -378,6 +381,8 @@ def query(
     sets: Optional[list[str]] = SetOpt,
 ):
     """Print the top documents for one query, with scores."""
+    query_text(text)
+    at_least(k, 1, "--k")
     cfg, paths = setup(data_dir, config, sets=sets)
     check_mode(mode)
     hits = open_retriever(cfg, paths, index).search(text, k, mode)  # type: ignore[arg-type]

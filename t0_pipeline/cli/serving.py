@@ -78,14 +78,7 @@ def serve(
         raise T0Error(f"--servers must be local or slurm, got {servers!r}.")
     if servers == "slurm" and not site:
         raise T0Error("--servers slurm needs --site (a site profile: t0 sbatch --help lists them).")
-    from t0_pipeline.model_server import check_port_free
-
-    try:  # before any model server starts for nothing
-        check_port_free(host, port)
-    except T0Error:
-        raise T0Error(
-            f"port {port} on {host} is already in use; pass --port with a free one."
-        ) from None
+    check_listen(host, port)  # before any model server starts for nothing
     cfg, paths = setup(data_dir, config, sets=sets)
     if student is not None:
         flags = {f"serve.profiles.{name}.student": student for name in cfg.serve.profiles}
@@ -115,6 +108,34 @@ def _exit_on_term(signum, frame) -> None:
     # a stop asked for (systemd, the scheduler, kill): unwind so the model servers stop, exit 0.
     # uvicorn handles it while serving, then raises it again here once it has shut down
     raise SystemExit(0)
+
+
+def check_listen(host: str, port: int) -> None:
+    """One error, before anything starts, for an address this process cannot listen on."""
+    import errno
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise T0Error(f"--port must be between 1 and 65535, not {port}.")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise T0Error(
+            f"--host {host!r} is not an address or a name this machine can resolve; use 127.0.0.1 "
+            "(this machine only) or 0.0.0.0 (every interface)."
+        ) from None
+    with socket.socket(family, kind) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise T0Error(
+                    f"port {port} on {host} is already in use; pass --port with a free one."
+                ) from None
+            raise T0Error(
+                f"cannot listen on {host}:{port} ({exc.strerror}); use an address of this machine "
+                "(127.0.0.1, 0.0.0.0) and a port you may open (1024 and above without root)."
+            ) from None
 
 
 def _run(cfg, paths, host: str, port: int, insecure_local: bool) -> None:
@@ -151,6 +172,11 @@ def keys_create(
     config: Optional[Path] = ConfigFile,
 ):
     """Create a key and print it (store it now: it cannot be shown again)."""
+    name = name.strip()
+    if not name or len(name) > 200 or not name.isprintable():
+        raise T0Error(
+            "a key needs a name of 1 to 200 printable characters saying who or what it is for."
+        )
     key_id, token = _store(data_dir, config).create_key(name)
     typer.echo(f"key id {key_id} ({name}):\n{token}")
 

@@ -133,7 +133,16 @@ def _read_one_file(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise T0Error(f"config file {path} does not exist; check the --config path.")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise T0Error(f"config file {path} is binary, not a text file; pass a .yaml/.json/.toml.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise T0Error(
+            f"config file {path} is not UTF-8 (line {line}, byte {exc.start}); re-save it as UTF-8."
+        ) from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
