@@ -114,6 +114,14 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in words (for errors naming a field of the wrong type)."""
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = {int: "a number", float: "a number", str: "text", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Rows of a .jsonl/.json/.parquet file; a bad line is reported by number."""
     path = Path(path)
@@ -143,7 +151,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         for i, item in enumerate(data, start=1):
             if not isinstance(item, dict):
                 raise T0Error(
-                    f"{path} item {i} is a JSON {type(item).__name__}, not an object; the array "
+                    f"{path} item {i} is {json_kind(item)}, not an object; the array "
                     "must hold one object per record."
                 )
         return data

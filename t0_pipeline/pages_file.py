@@ -10,6 +10,7 @@ import polars as pl
 
 from t0_pipeline.artifacts import (
     T0Error,
+    json_kind,
     read_records,
     sha256_text,
 )
@@ -99,8 +100,8 @@ def _check_record(path: Path, i: int, rec: dict, config: SourceConfig) -> None:
             continue
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise T0Error(
-                f"{where}: field {name!r} is a {type(value).__name__}, not text; each page's "
-                "slug, title, url and text must be strings."
+                f"{where}: field {name!r} is {json_kind(value)}, not text; each page's slug, "
+                "title, url and text must be strings."
             )
     size = len(rec[f.text].encode("utf-8"))
     if size > config.max_page_bytes:

@@ -243,7 +243,7 @@ def test_bad_files_and_folders_are_one_line_each_and_keep_what_was_built(tmp_pat
         "index", "--pages", str(blank), "--data-dir", str(data)
     )
     number = write_jsonl(tmp_path / "number.jsonl", [{**PAGES[0], "text": 12345}])
-    assert "field 'text' is int, not text" in error_of(
+    assert "field 'text' is a number, not text" in error_of(
         "index", "--pages", str(number), "--data-dir", str(data)
     )
     empty = tmp_path / "empty.jsonl"

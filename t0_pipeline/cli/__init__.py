@@ -26,8 +26,27 @@ from t0_pipeline.cli.common import app
 
 
 def main(argv: list[str] | None = None) -> None:
+    from typer import _click as click  # typer carries its own click
+    from typer import exceptions as typer_exits
+
     try:
-        app(args=argv)
+        code = app(args=argv, standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode ends
+    except typer_exits.Abort:
+        typer.secho("aborted", fg="red", err=True)
+        sys.exit(130)
+    except typer_exits.Exit as done:  # --help, and commands that stop early on purpose
+        sys.exit(getattr(done, "exit_code", 0) or 0)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `t0 keys`: the help, as asked
+        typer.echo(exc.format_message() if hasattr(exc, "format_message") else str(exc))
+        sys.exit(0)
+    except click.exceptions.UsageError as exc:  # an unknown option, a missing or mistyped value
+        command = exc.ctx.command_path if exc.ctx is not None else "t0"
+        typer.secho(f"error: {exc.format_message()} (see `{command} --help`)", fg="red", err=True)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        typer.secho(f"error: {exc.format_message()}", fg="red", err=True)
+        sys.exit(2)
     except T0Error as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
