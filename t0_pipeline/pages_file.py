@@ -106,7 +106,11 @@ def _check_record(path: Path, i: int, rec: dict, config: SourceConfig) -> None:
     size = len(rec[f.text].encode("utf-8"))
     if size > config.max_page_bytes:
         raise T0Error(
-            f"{where}: field {f.text!r} is {size / 1e6:.1f} MB, over source.max_page_bytes "
-            f"({config.max_page_bytes / 1e6:.1f} MB); split the document or raise the limit. "
+            f"{where}: field {f.text!r} is {_bytes(size)}, over source.max_page_bytes "
+            f"({_bytes(config.max_page_bytes)}); split the document or raise the limit. "
             "The previous corpus is kept."
         )
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"

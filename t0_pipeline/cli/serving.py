@@ -158,10 +158,14 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 
 
-def _store(data_dir: Optional[Path], config: Optional[Path]):
+def _store(data_dir: Optional[Path], config: Optional[Path], create: bool = True):
+    """The key store; ``create=False``: None where the default SQLite file does not exist yet
+    (listing or revoking keys never makes a database)."""
     from t0_pipeline.serve.store import Store, default_url
 
     cfg, paths = setup(data_dir, config)
+    if not (create or cfg.serve.database_url or paths.conversations_db.exists()):
+        return None
     return Store(cfg.serve.database_url or default_url(paths.conversations_db))
 
 
@@ -186,7 +190,8 @@ def keys_list(data_dir: Optional[Path] = DataDir, config: Optional[Path] = Confi
     """List keys (ids and names; never the keys)."""
     import datetime
 
-    for k in _store(data_dir, config).list_keys():
+    store = _store(data_dir, config, create=False)
+    for k in store.list_keys() if store is not None else []:
         when = datetime.datetime.fromtimestamp(k["created_at"]).isoformat(timespec="seconds")
         typer.echo(f"{k['id']}  {k['name']}  created {when}{'  REVOKED' if k['revoked'] else ''}")
 
@@ -198,6 +203,7 @@ def keys_revoke(
     config: Optional[Path] = ConfigFile,
 ):
     """Revoke a key: its requests are refused from now on."""
-    if not _store(data_dir, config).revoke_key(key_id):
+    store = _store(data_dir, config, create=False)
+    if store is None or not store.revoke_key(key_id):
         raise T0Error(f"no key with id {key_id}; see `t0 keys list`.")
     typer.echo(f"revoked {key_id}")

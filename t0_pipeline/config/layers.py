@@ -170,6 +170,8 @@ def _read_one_file(path: Path | str) -> dict:
 def _has(data: dict, loc: tuple) -> bool:
     node: object = data
     for part in loc:
+        if isinstance(node, list):  # an item of a list this layer set
+            return True
         if not isinstance(node, dict) or str(part) not in node:
             return False
         node = node[str(part)]
@@ -237,6 +239,7 @@ def _with_size_entries(merged: dict, defaults: dict) -> None:
     evaluation, train = merged.get("evaluation") or {}, merged.get("train") or {}
     if not (
         isinstance(evaluation, dict)
+        and isinstance(train, dict)
         and evaluation.get("with_sizes", True)
         and isinstance(train.get("sizes"), dict)
     ):
@@ -263,7 +266,7 @@ def _config_error(exc, layers: list[tuple[str, dict]], env: dict, path) -> Excep
     loc = tuple(err["loc"])
     where = ".".join(str(p) for p in loc)
     if not loc:  # a rule across settings (PipelineConfig's own check): its message says it all
-        return T0Error(f"config: {str(err['msg']).removeprefix('Value error, ')}.")
+        return T0Error(f"config: {str(err['msg']).removeprefix('Value error, ').rstrip('.')}.")
     source = next(
         (name for name, layer in reversed(layers) if _has(layer, loc)),
         layers[0][0] if path else "config",
