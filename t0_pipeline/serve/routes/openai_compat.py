@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.serve.agent import Turn, TurnFailed
@@ -23,14 +23,15 @@ router = APIRouter()
 
 
 class ChatMessage(BaseModel):
-    role: str
+    # OpenAI's roles; system and developer turns are read by nobody here (the service has its own)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Any] = None
 
 
 class ChatCompletionRequest(BaseModel):
     model: str
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: StrictBool = False  # "yes" is not true
     # an extension: the person's details for the reasoner
     demographics: Optional[dict[str, Any]] = None
 
