@@ -379,8 +379,9 @@ def accuracy_report(
     from t0_pipeline.accuracy_tables import combine
 
     cfg, paths = setup(data_dir, config, sets=sets)
-    report = combine(paths, cfg.evaluation)
-    if not report.models:
+    evaluated = any(paths.accuracy_dir().glob("*/summary.json"))
+    report = combine(paths, cfg.evaluation) if evaluated else None  # it writes the report
+    if report is None or not report.models:
         raise T0Error(
             f"no evaluated models under {paths.accuracy_dir()}; run `t0 evaluate --model NAME` "
             "first."
