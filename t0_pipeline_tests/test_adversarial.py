@@ -614,3 +614,25 @@ def test_there_are_enough_cases():
     from t0_pipeline_tests.test_adversarial_http import MODEL_SERVER, SERVE
 
     assert len(ALL) + len(LAUNCHPAD) + 1 + len(SERVE) + len(MODEL_SERVER) >= 150
+
+
+def test_retrieve_writes_into_a_named_pipe_as_given_and_leaves_it_a_pipe(ws, tmp_path):
+    import os
+    import stat
+    import threading
+
+    from t0_pipeline.cli import main
+
+    pipe = tmp_path / "ranked.fifo"
+    os.mkfifo(pipe)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()), daemon=True)
+    reader.start()
+    argv = ["retrieve", "-d", str(ws.data), "-q", str(ws.files / "queries.jsonl")]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "-o", str(pipe), "--k", "3"])
+    reader.join(30)
+    assert done.value.code == 0
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # not replaced by a file
+    ranked = json.loads(read[0].splitlines()[0])
+    assert ranked["query"] == "my big toe is hot and red" and len(ranked["ranked"]) == 3
