@@ -135,6 +135,11 @@ SERVE = {
         "stream",
     ),
     "host-rebinding": ("GET", "/api/config", None, {"Host": "evil.example"}, 421, ""),
+    "page-host-rebinding": ("GET", "/", None, {"Host": "evil.example"}, 421, ""),
+    "threads-list-host": ("GET", "/api/threads", None, {"Host": "evil.example"}, 421, ""),
+    "me-details-host": ("GET", "/api/me/demographics", None, {"Host": "evil.example"}, 421, ""),
+    "healthz-post": ("POST", "/healthz", {}, None, 405, ""),
+    "models-post": ("POST", "/v1/models", {}, None, 405, ""),
     "method-not-allowed": ("PATCH", "/api/threads", {}, None, 405, ""),
     "no-such-path": ("GET", "/api/nothing-here", None, None, 404, ""),
 }
@@ -251,6 +256,8 @@ MODEL_SERVER = {
     "tokenize-neither": ("/tokenize", {}, 400, "prompt or messages"),
     "tokenize-both": ("/tokenize", {"prompt": "a", "messages": HI}, 400, "prompt or messages"),
     "tokenize-prompt-number": ("/tokenize", {"prompt": 5}, 400, "prompt"),
+    "health-post": ("/health", {}, 405, "Method Not Allowed"),
+    "models-post": ("/v1/models", {}, 405, "Method Not Allowed"),
 }
 
 
@@ -275,6 +282,7 @@ def test_the_cpu_model_server_refuses_each_bad_request_alone_with_its_field(smol
             took = time.monotonic() - started
             error = reply.json().get("error", {}) if reply.status_code < 500 else {}
             named = said in (error.get("param") or "") or said in (error.get("message") or "")
+            named = named or (reply.status_code == 405 and said in reply.text)
             if reply.status_code != status or not named or took > 30:
                 failures.append((name, reply.status_code, reply.text[:200], round(took, 1)))
         assert not failures, failures  # each entry names its case
