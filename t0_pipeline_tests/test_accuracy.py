@@ -404,7 +404,11 @@ def test_disposition_rules(query, expected):
     assert disposition_from_page(query, PAGE) == expected
 
 
-def test_empty_query_set_completes_with_a_note(built, retriever, tmp_path):
+def test_a_query_set_with_no_usable_query_is_one_error_naming_why(built, retriever, tmp_path):
+    """An evaluation of nothing would report empty figures as if measured: it is refused, naming
+    the first record's problem, before any model is asked or any report written."""
+    from t0_pipeline.artifacts import T0Error
+
     with FakeLLM() as server:
         server.on(".*", "(Stroke, A&E)")
         cfg, paths = configure(
@@ -413,11 +417,10 @@ def test_empty_query_set_completes_with_a_note(built, retriever, tmp_path):
             {"empty": {"model": "openai/e", "api_base": server.api_base}},
             queries=[{"query": "", "slug": "x", "disposition": "A&E"}],
         )
-        df, summary = run_evaluation(paths, cfg, "empty", retriever)
+        with pytest.raises(T0Error, match="no usable evaluation query .*record 1 has no query"):
+            run_evaluation(paths, cfg, "empty", retriever)
         assert not server.state.requests
-    assert df.height == 0 and summary["queries"] == 0
-    assert "empty query set: nothing to score" in summary["notes"]
-    assert "1 query records skipped" in "; ".join(summary["notes"])
+    assert not paths.accuracy_dir("empty").exists()
 
 
 def answers_well(messages):
