@@ -527,7 +527,9 @@ def ws(built, tmp_path_factory) -> Workspace:
     _, paths = built
     root = tmp_path_factory.mktemp("adversarial")
     data, files = root / "data", root / "files"
-    shutil.copytree(paths.root, data)
+    # the built corpus and index only: other tests add evaluations and more to the shared one
+    for part in ("corpus", "index"):
+        shutil.copytree(paths.root / part, data / part)
     files.mkdir()
     _bad_files(files)
     _tiny_model(files)
