@@ -93,10 +93,13 @@ def tracking(names: list[str], folder: Path, name: str, setting: str) -> Iterato
     }
     chosen = {local[t][0]: local[t][1] for t in names if t in local}
     saved = {variable: os.environ.get(variable) for variable in chosen}
+    # the trackers write from the first rank only; the others (whose start time, and so the run's
+    # name, may differ by a second) make no folder
+    first_rank = os.environ.get("RANK", "0") == "0"
     for variable, value in chosen.items():
         if saved[variable] is None:
             os.environ[variable] = value
-            if not value.startswith("file:"):
+            if first_rank and not value.startswith("file:"):
                 Path(value).mkdir(parents=True, exist_ok=True)
     try:
         # "none": the trainer would otherwise pick every installed tracker when given none

@@ -110,3 +110,22 @@ def test_the_evaluation_fills_in_the_card_only_for_the_weights_it_measured(train
     assert refresh_cards(paths, evaluation, "smollm2-135m") == [final / "README.md"]
     assert "its base" not in (final / "README.md").read_text()
     assert refresh_cards(paths, evaluation, "gpt-4o") == []
+
+
+def test_only_the_first_rank_makes_the_tracker_folder_and_the_environment_is_restored(
+    tmp_path, monkeypatch
+):
+    """Ranks start a second apart, so their run names can differ; only rank 0 (which alone
+    writes) makes a folder, and the variables set for the block are taken away after it."""
+    import os
+
+    from t0_pipeline.trackers import tracking
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    for rank, name in (("1", "t0-tiny-later"), ("0", "t0-tiny-first")):
+        monkeypatch.setenv("RANK", rank)
+        with tracking(["tensorboard"], tmp_path, name, "train.report_to") as report_to:
+            assert report_to == ["tensorboard"]
+            assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path.resolve() / "runs" / name)
+        assert "TENSORBOARD_LOGGING_DIR" not in os.environ
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["t0-tiny-first"]

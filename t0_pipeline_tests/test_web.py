@@ -88,6 +88,7 @@ def test_chat_page_streams_markdown_reasoning_sources_details_and_threads(
         with running(app) as url:
             page = open_page(browser, DESKTOP)
             page.goto(url)
+            page.wait_for_selector("body[data-ready]")  # start() has filled the form
             assert "Not medical advice" in page.inner_text("#notice")
 
             page.click("text=About you")
@@ -414,6 +415,7 @@ def test_another_domain_s_page_speaks_its_words_and_asks_its_profile(
             page = open_page(browser, DESKTOP)
             page.goto(url)
             page.wait_for_selector("#demographics input[name=department]", state="attached")
+            page.wait_for_selector("body[data-ready]")  # start() has filled the form
             assert page.title() == "Kestrel IT help" and page.inner_text("h1") == "Kestrel IT help"
             assert "urgent line" in page.inner_text("#notice")
             assert "health" not in page.inner_text("header").lower()

@@ -406,6 +406,7 @@ async function start() {
   } catch (err) {
     showError(err.message);
   }
+  document.body.dataset.ready = "true";  // the form is filled: what is typed now stays
 }
 
 $("#key-box").addEventListener("submit", async (e) => {
