@@ -3,6 +3,10 @@ prompt templates it renders (the user's ``llm.prompts_dir`` copies when set) wit
 words, and the domain. Editing a prompt file, the domain or a stage's code changes the version of
 exactly the assets that use it, and Dagster shows them stale; reformatting code or editing its
 comments or docstrings does not (the code is hashed as its syntax tree, docstrings left out).
+
+Moving a module into a stage package changes neither: modules are named here by the name they had
+when the package was flat (:data:`MOVED`), and an import of a moved module is hashed as the import
+of its former name, in the order its former name sorts in.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from pathlib import Path
 
 from t0_pipeline.prompts import PromptSet, load_template, prompt_set
 
-# what each asset's output is computed by (modules under t0_pipeline/, prompt template names)
+# where each stage module moved when the flat package became stage packages: its former name (which
+# names it below and in every hash) → its path under t0_pipeline/
+MOVED: dict[str, str] = {}
+
+# what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt
+# template names)
 DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "base_models": (("base_models",), ()),
     "condition_pages": (
@@ -84,13 +93,72 @@ DEPENDS_ON: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _former(module: str) -> str:
+    """``t0_pipeline.<package>.<name>`` as the flat name it had (``t0_pipeline.<former>``)."""
+    inside = module.removeprefix("t0_pipeline.").replace(".", "/")
+    for former, path in MOVED.items():
+        if path in (inside, f"{inside}/__init__"):
+            return "t0_pipeline." + former.removesuffix("/__init__").replace("/", ".")
+    return module
+
+
+def _as_before_the_move(statement: ast.stmt) -> ast.stmt:
+    """An import of moved modules, written as it was when the package was flat."""
+    if isinstance(statement, ast.ImportFrom) and statement.level == 0 and statement.module:
+        module = _former(statement.module)
+        if module == statement.module and statement.module.startswith("t0_pipeline."):
+            # ``from t0_pipeline.<package> import <module>``
+            names = [_former(f"{statement.module}.{a.name}") for a in statement.names]
+            if all(n.count(".") == 1 for n in names):
+                aliases = []
+                for name, alias in zip(names, statement.names):
+                    name = name.removeprefix("t0_pipeline.")
+                    aliases.append(ast.alias(name, None if alias.asname == name else alias.asname))
+                return ast.ImportFrom("t0_pipeline", aliases, 0)
+        statement.module = module
+    elif isinstance(statement, ast.Import):
+        for alias in statement.names:
+            alias.name = _former(alias.name)
+    return statement
+
+
+def _import_key(statement: ast.stmt) -> tuple:
+    if isinstance(statement, ast.Import):
+        return (0, statement.names[0].name)
+    return (1, statement.module or "")
+
+
+def _unmove_imports(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Each run of consecutive first-party imports, written and sorted as before the move (the
+    import sorter orders them by their new names)."""
+    out: list[ast.stmt] = []
+    run: list[ast.stmt] = []
+    for statement in [*body, None]:
+        if isinstance(statement, (ast.Import, ast.ImportFrom)) and (
+            (statement.module or "")
+            if isinstance(statement, ast.ImportFrom)
+            else statement.names[0].name
+        ).startswith("t0_pipeline"):
+            run.append(_as_before_the_move(statement))
+            continue
+        out.extend(sorted(run, key=_import_key))
+        run = []
+        if statement is not None:
+            out.append(statement)
+    return out
+
+
 def code_fingerprint(source: bytes) -> bytes:
     """Python source as its syntax tree without docstrings: reformatting it or editing its comments
-    and docstrings leaves its assets fresh."""
+    and docstrings leaves its assets fresh, and so does moving the modules it imports."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return source
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            if isinstance(getattr(node, field, None), list):
+                setattr(node, field, _unmove_imports(getattr(node, field)))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (
@@ -105,7 +173,7 @@ def code_fingerprint(source: bytes) -> bytes:
 
 
 def _module_source(name: str) -> bytes:
-    path = Path(str(resources.files("t0_pipeline"))) / f"{name}.py"
+    path = Path(str(resources.files("t0_pipeline"))) / f"{MOVED.get(name, name)}.py"
     if not path.is_file():  # a renamed module left behind here would silently drop out of versions
         raise FileNotFoundError(f"DEPENDS_ON names t0_pipeline/{name}.py, which does not exist")
     return code_fingerprint(path.read_bytes())
