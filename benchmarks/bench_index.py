@@ -33,7 +33,6 @@ import polars as pl  # noqa: E402
 from t0_pipeline.artifacts import sha256_text  # noqa: E402
 from t0_pipeline.chroma_store import chroma_client  # noqa: E402
 from t0_pipeline.chunk import chunk_documents  # noqa: E402
-from t0_pipeline.clean import run_clean  # noqa: E402
 from t0_pipeline.config import (  # noqa: E402
     ChromaConfig,
     ChunkConfig,
@@ -44,7 +43,8 @@ from t0_pipeline.config import (  # noqa: E402
     SourceConfig,
     SummaryConfig,
 )
-from t0_pipeline.crawl import run_crawl  # noqa: E402
+from t0_pipeline.corpus.clean import run_clean  # noqa: E402
+from t0_pipeline.corpus.crawl import run_crawl  # noqa: E402
 from t0_pipeline.embed import chunk_token_limit, document_encoder, load_embedder  # noqa: E402
 from t0_pipeline.index import build_bm25_index, build_dense_index  # noqa: E402
 from t0_pipeline.retrieval_eval import evaluate_retrieval, load_queries, sample_queries_path  # noqa: E402

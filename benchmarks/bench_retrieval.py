@@ -80,8 +80,8 @@ def timed(fn, *args, **kwargs):
 
 
 def prepare(root: Path) -> DataPaths:
-    from t0_pipeline.clean import run_clean
-    from t0_pipeline.crawl import run_crawl
+    from t0_pipeline.corpus.clean import run_clean
+    from t0_pipeline.corpus.crawl import run_crawl
     from t0_pipeline.summarise import run_summarise
 
     paths = DataPaths(root)

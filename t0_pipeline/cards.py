@@ -81,7 +81,7 @@ STAND_IN = (
 
 def provenance(cfg) -> Provenance:
     """The cards' facts from a pipeline config (a :class:`t0_pipeline.config.PipelineConfig`)."""
-    from t0_pipeline.sites import get_adapter
+    from t0_pipeline.corpus.sites import get_adapter
 
     source = cfg.source
     licence, link = source.license, source.license_link

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from t0_pipeline.clean import run_clean
 from t0_pipeline.config import INDEX_NAMES, DataPaths, PipelineConfig
-from t0_pipeline.crawl import run_crawl
+from t0_pipeline.corpus.clean import run_clean
+from t0_pipeline.corpus.crawl import run_crawl
 from t0_pipeline.index import IndexStats, build_bm25_index, build_dense_index
 from t0_pipeline.summarise import run_summarise
 

@@ -45,7 +45,7 @@ def retriever(built, embedder):
 
 @pytest.fixture
 def sample_site() -> Path:
-    from t0_pipeline.crawl import sample_site_dir
+    from t0_pipeline.corpus.crawl import sample_site_dir
 
     return sample_site_dir()
 

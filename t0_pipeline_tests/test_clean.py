@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from t0_pipeline.clean import clean_pages, html_to_text, normalise_text
 from t0_pipeline.config import CleanConfig
-from t0_pipeline.pages_file import PAGE_SCHEMA
-from t0_pipeline.sites import get_adapter
+from t0_pipeline.corpus.clean import clean_pages, html_to_text, normalise_text
+from t0_pipeline.corpus.pages_file import PAGE_SCHEMA
+from t0_pipeline.corpus.sites import get_adapter
 
 NHS = get_adapter("nhs")
 
@@ -169,7 +169,7 @@ def test_deeply_nested_pages_are_cleaned_without_recursion():
 
 
 def test_a_page_that_cannot_be_cleaned_is_reported_and_the_rest_go_on(monkeypatch):
-    import t0_pipeline.clean as clean
+    import t0_pipeline.corpus.clean as clean
 
     real = clean.html_to_text
 

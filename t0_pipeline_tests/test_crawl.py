@@ -11,8 +11,8 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PageFields, SourceConfig
-from t0_pipeline.crawl import crawl_async, run_crawl
-from t0_pipeline.pages_file import read_pages_file
+from t0_pipeline.corpus.crawl import crawl_async, run_crawl
+from t0_pipeline.corpus.pages_file import read_pages_file
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fixture_site import FixtureSite
 

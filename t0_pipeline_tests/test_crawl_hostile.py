@@ -18,7 +18,7 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import SourceConfig
-from t0_pipeline.crawl import crawl_async
+from t0_pipeline.corpus.crawl import crawl_async
 from t0_pipeline_tests.fixture_site import FixtureSite
 from t0_pipeline_tests.test_crawl import http_config
 

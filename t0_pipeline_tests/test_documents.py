@@ -12,10 +12,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from t0_pipeline import documents
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, SourceConfig
-from t0_pipeline.crawl import run_crawl
+from t0_pipeline.corpus import documents
+from t0_pipeline.corpus.crawl import run_crawl
 
 VPN = "Connect to the office network from home with the VPN client installed on every laptop."
 PRINTER = (
@@ -221,7 +221,7 @@ def test_t0_index_on_a_folder_names_what_it_skipped(folder, tmp_path):
 
 
 def test_the_corpus_fingerprint_follows_the_folder(folder):
-    from t0_pipeline.crawl import corpus_fingerprint
+    from t0_pipeline.corpus.crawl import corpus_fingerprint
 
     source = SourceConfig(kind="documents", location=str(folder))
     before = corpus_fingerprint(source)
@@ -274,8 +274,8 @@ def mixed_copy(articles: Path, dest: Path) -> dict[str, str]:
 
 
 def test_the_it_desk_example_is_a_corpus_that_answers_its_questions(tmp_path, embedder):
-    from t0_pipeline.clean import run_clean
     from t0_pipeline.config import PipelineConfig
+    from t0_pipeline.corpus.clean import run_clean
     from t0_pipeline.corpus_to_index import build_indexes
     from t0_pipeline.retrieve import Retriever
     from t0_pipeline.summarise import run_summarise

@@ -61,7 +61,7 @@ def crawl(
 
     A re-crawl fetches only what changed (ETags, Last-Modified).
     """
-    from t0_pipeline.crawl import run_crawl
+    from t0_pipeline.corpus.crawl import run_crawl
 
     cfg, paths = setup(
         data_dir,
@@ -94,7 +94,7 @@ def clean(
     sets: Optional[list[str]] = SetOpt,
 ):
     """Turn raw pages into the conditions dataset (plain text, one document per condition)."""
-    from t0_pipeline.clean import run_clean
+    from t0_pipeline.corpus.clean import run_clean
 
     cfg, paths = setup(data_dir, config, sets=sets)
     conditions, problems = run_clean(paths, cfg.source, cfg.clean)

@@ -34,7 +34,7 @@ class SourceConfig(BaseModel):
 
     kind: SourceKind = "sample"  # sample = the bundled offline mirror; site = live HTTP crawl
     # site: index URL; mirror: directory; pages: .jsonl/.parquet file; documents: a folder of PDF,
-    # DOCX, HTML, Markdown and text files (t0_pipeline.documents)
+    # DOCX, HTML, Markdown and text files (t0_pipeline.corpus.documents)
     location: str | None = None
     # documents: which files under the folder (globs on the path relative to it; hidden files never)
     include: list[str] = Field(default_factory=lambda: ["*"])
@@ -45,7 +45,9 @@ class SourceConfig(BaseModel):
     # adapter's (nhs: ogl-uk-3.0) for the sample and site sources, else "unknown"
     license: str | None = None
     license_link: str | None = None  # where the licence's text is
-    adapter: str = "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.sites)
+    adapter: str = (
+        "nhs"  # site adapter holding selectors and URL patterns (t0_pipeline.corpus.sites)
+    )
     # aggregate pages, not conditions
     exclude_slugs: list[str] = Field(default_factory=lambda: ["mental-health"])
     fields: PageFields = Field(default_factory=PageFields)

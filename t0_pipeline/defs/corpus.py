@@ -7,8 +7,8 @@ import polars as pl
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.checks import document_problems, summary_problems
-from t0_pipeline.clean import run_clean
-from t0_pipeline.crawl import corpus_fingerprint, run_crawl
+from t0_pipeline.corpus.clean import run_clean
+from t0_pipeline.corpus.crawl import corpus_fingerprint, run_crawl
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of

@@ -21,7 +21,16 @@ from t0_pipeline.prompts import PromptSet, load_template, prompt_set
 
 # where each stage module moved when the flat package became stage packages: its former name (which
 # names it below and in every hash) → its path under t0_pipeline/
-MOVED: dict[str, str] = {}
+MOVED: dict[str, str] = {
+    "crawl": "corpus/crawl",
+    "crawl_records": "corpus/crawl_records",
+    "fetch": "corpus/fetch",
+    "pages_file": "corpus/pages_file",
+    "documents": "corpus/documents",
+    "clean": "corpus/clean",
+    "sites/__init__": "corpus/sites/__init__",
+    "sites/nhs": "corpus/sites/nhs",
+}
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt
 # template names)

@@ -30,7 +30,7 @@ from t0_pipeline.artifacts import (
     write_parquet,
 )
 from t0_pipeline.config import CleanConfig, DataPaths, SourceConfig
-from t0_pipeline.sites import SiteAdapter, get_adapter
+from t0_pipeline.corpus.sites import SiteAdapter, get_adapter
 
 log = logging.getLogger(__name__)
 

@@ -88,7 +88,7 @@ def _normalise(url: str) -> str:
 
 
 def get_adapter(name: str) -> SiteAdapter:
-    from t0_pipeline.sites.nhs import NHS
+    from t0_pipeline.corpus.sites.nhs import NHS
 
     adapters = {NHS.name: NHS}
     if name not in adapters:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from t0_pipeline.sites import SiteAdapter
+from t0_pipeline.corpus.sites import SiteAdapter
 
 NHS = SiteAdapter(
     name="nhs",

@@ -1,15 +1,15 @@
 """Crawl: a site's A-to-Z index (live, a local mirror, or a pre-scraped file), or a folder of
-documents (:mod:`t0_pipeline.documents`) → raw pages.
+documents (:mod:`t0_pipeline.corpus.documents`) → raw pages.
 
 Input: a :class:`~t0_pipeline.config.SourceConfig`. Output: ``<data>/corpus/pages.parquet``
 (one row per fetched page: slug, part, url, body, content hash, ETag, fetch time) and
 ``crawl_report.json`` (new / changed / unchanged / removed / failed pages).
 
-One crawl algorithm runs over two fetchers (:mod:`t0_pipeline.fetch`): ``HttpFetcher``
+One crawl algorithm runs over two fetchers (:mod:`t0_pipeline.corpus.fetch`): ``HttpFetcher``
 (robots.txt, a delay and concurrency limit, retries with backoff honouring Retry-After,
 conditional requests) and ``MirrorFetcher`` (a wget-style directory: ``<slug>/index.html``,
 ``<slug>/<sub>/index.html``); the bundled sample corpus is such a mirror. A pre-scraped pages
-file is read by :mod:`t0_pipeline.pages_file`.
+file is read by :mod:`t0_pipeline.corpus.pages_file`.
 
 Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config t0.yaml --data-dir
 DIR``.
@@ -36,10 +36,10 @@ from t0_pipeline.artifacts import (
     write_parquet,
 )
 from t0_pipeline.config import DataPaths, SourceConfig
-from t0_pipeline.crawl_records import CrawlJournal, CrawlReport
-from t0_pipeline.fetch import Fetcher, FetchError, HttpFetcher, MirrorFetcher
-from t0_pipeline.pages_file import PAGE_SCHEMA, now_iso, read_pages_file
-from t0_pipeline.sites import ConditionLink, SiteAdapter, get_adapter
+from t0_pipeline.corpus.crawl_records import CrawlJournal, CrawlReport
+from t0_pipeline.corpus.fetch import Fetcher, FetchError, HttpFetcher, MirrorFetcher
+from t0_pipeline.corpus.pages_file import PAGE_SCHEMA, now_iso, read_pages_file
+from t0_pipeline.corpus.sites import ConditionLink, SiteAdapter, get_adapter
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def run_crawl(config: SourceConfig, paths: DataPaths) -> tuple[pl.DataFrame, Cra
     """Crawl (or read) the source and write pages.parquet + crawl_report.json atomically."""
     previous = pl.read_parquet(paths.pages) if paths.pages.exists() else None
     if config.kind == "documents":
-        from t0_pipeline.documents import read_documents
+        from t0_pipeline.corpus.documents import read_documents
 
         df, report = read_documents(config, previous)
     elif config.kind == "pages":
@@ -349,7 +349,7 @@ def corpus_fingerprint(config: SourceConfig) -> str:
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
     elif config.kind == "documents":
-        from t0_pipeline.documents import document_files
+        from t0_pipeline.corpus.documents import document_files
 
         root, files = document_files(config)
         for path in files:

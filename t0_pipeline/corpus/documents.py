@@ -2,9 +2,9 @@
 directory becomes one document.
 
 Input: ``source.kind: documents`` with ``source.location: DIR`` (``source.include`` /
-``source.exclude`` globs, ``source.max_file_mb``). Output: the crawl's own ``pages.parquet`` rows
-(format ``text``) and a :class:`~t0_pipeline.crawl_records.CrawlReport`, so cleaning, indexing and
-the corpus-change sensor work on a folder as on a site.
+``source.exclude`` globs, ``source.max_file_mb``). Output: the crawl's own ``pages.parquet``
+rows (format ``text``) and a :class:`~t0_pipeline.corpus.crawl_records.CrawlReport`, so
+cleaning, indexing and the corpus-change sensor work on a folder as on a site.
 
 - slug: the file's path relative to DIR without its extension, lower-cased, every run of
   characters other than a-z and 0-9 one hyphen (``network/VPN Guide.pdf`` → ``network-vpn-guide``);
@@ -32,8 +32,8 @@ import polars as pl
 
 from t0_pipeline.artifacts import T0Error, sha256_text
 from t0_pipeline.config import SourceConfig
-from t0_pipeline.crawl_records import CrawlReport
-from t0_pipeline.pages_file import PAGE_SCHEMA, now_iso
+from t0_pipeline.corpus.crawl_records import CrawlReport
+from t0_pipeline.corpus.pages_file import PAGE_SCHEMA, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ def _docx(path: Path) -> Converted:
 def _html(raw: str) -> Converted:
     from bs4 import BeautifulSoup
 
-    from t0_pipeline.clean import html_to_text
-    from t0_pipeline.sites import DOCUMENT_HTML
+    from t0_pipeline.corpus.clean import html_to_text
+    from t0_pipeline.corpus.sites import DOCUMENT_HTML
 
     text = html_to_text(raw, DOCUMENT_HTML)
     if not text.strip():
