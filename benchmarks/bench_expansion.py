@@ -59,8 +59,8 @@ def restrict(paths: DataPaths, keep: set[str]) -> None:
 
 
 def score(paths: DataPaths, cfg: PipelineConfig, embedder, sets: dict) -> dict:
-    from t0_pipeline.retrieval_eval import evaluate_retrieval
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.evaluate import evaluate_retrieval
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     retrievers = {
         i: Retriever(i, paths, cfg.embedding, cfg.chroma, cfg.retrieval, embedder=embedder)
@@ -117,9 +117,9 @@ def main() -> None:
     args = parser.parse_args()
     if not NHS.exists():
         sys.exit(f"{NHS} not found: this benchmark needs the NHS pages beside the repository.")
-    from t0_pipeline.embed import load_embedder
-    from t0_pipeline.expansion import read_expansions
-    from t0_pipeline.retrieval_eval import load_queries
+    from t0_pipeline.retrieval.embed import load_embedder
+    from t0_pipeline.retrieval.evaluate import load_queries
+    from t0_pipeline.retrieval.expansion import read_expansions
 
     sets = {n: load_queries(QUERY_SETS[n], RetrievalEvalConfig()) for n in SCORED}
     embedder = load_embedder(PipelineConfig().embedding)

@@ -31,8 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import polars as pl  # noqa: E402
 
 from t0_pipeline.artifacts import sha256_text  # noqa: E402
-from t0_pipeline.chroma_store import chroma_client  # noqa: E402
-from t0_pipeline.chunk import chunk_documents  # noqa: E402
 from t0_pipeline.config import (  # noqa: E402
     ChromaConfig,
     ChunkConfig,
@@ -45,10 +43,12 @@ from t0_pipeline.config import (  # noqa: E402
 )
 from t0_pipeline.corpus.clean import run_clean  # noqa: E402
 from t0_pipeline.corpus.crawl import run_crawl  # noqa: E402
-from t0_pipeline.embed import chunk_token_limit, document_encoder, load_embedder  # noqa: E402
-from t0_pipeline.index import build_bm25_index, build_dense_index  # noqa: E402
-from t0_pipeline.retrieval_eval import evaluate_retrieval, load_queries, sample_queries_path  # noqa: E402
-from t0_pipeline.retrieve import Retriever  # noqa: E402
+from t0_pipeline.retrieval.chroma_store import chroma_client  # noqa: E402
+from t0_pipeline.retrieval.chunk import chunk_documents  # noqa: E402
+from t0_pipeline.retrieval.embed import chunk_token_limit, document_encoder, load_embedder  # noqa: E402
+from t0_pipeline.retrieval.evaluate import evaluate_retrieval, load_queries, sample_queries_path  # noqa: E402
+from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index  # noqa: E402
+from t0_pipeline.retrieval.retrieve import Retriever  # noqa: E402
 from t0_pipeline.summarise import run_summarise  # noqa: E402
 
 NHS = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "nhs" / "conditions.jsonl"

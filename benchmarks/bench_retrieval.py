@@ -40,7 +40,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import polars as pl  # noqa: E402
 
-from t0_pipeline.chunk import chunk_documents  # noqa: E402
 from t0_pipeline.config import (  # noqa: E402
     ChromaConfig,
     ChunkConfig,
@@ -53,6 +52,7 @@ from t0_pipeline.config import (  # noqa: E402
     SourceConfig,
     SummaryConfig,
 )
+from t0_pipeline.retrieval.chunk import chunk_documents  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NHS = HERE.parents[1] / "shared" / "bench" / "nhs" / "conditions.jsonl"
@@ -95,8 +95,8 @@ def prepare(root: Path) -> DataPaths:
 def build(paths: DataPaths, embedding: EmbeddingConfig, embedder) -> tuple[dict, float]:
     """Dense (both indexes, fresh store) and BM25 indexes; returns (stats, seconds for the dense
     part)."""
-    from t0_pipeline.chroma_store import chroma_client
-    from t0_pipeline.index import build_bm25_index, build_dense_index
+    from t0_pipeline.retrieval.chroma_store import chroma_client
+    from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index
 
     started = time.perf_counter()
     client = chroma_client(ChromaConfig(), paths)
@@ -124,8 +124,8 @@ def pk_tables(
 ) -> dict[str, pl.DataFrame]:
     """The p@k table per query set, plus a row for summaries · hybrid without the full pages fused
     in."""
-    from t0_pipeline.retrieval_eval import evaluate_retrieval, first_hit_rank, precision_at_k
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.evaluate import evaluate_retrieval, first_hit_rank, precision_at_k
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     retrievers = {
         i: Retriever(i, paths, embedding, ChromaConfig(), embedder=embedder)
@@ -206,8 +206,8 @@ def main() -> None:
             f"{NHS} not found: this benchmark needs the NHS pages beside the repository "
             "(../shared)."
         )
-    from t0_pipeline.embed import chunk_token_limit, document_encoder, load_embedder
-    from t0_pipeline.retrieval_eval import load_queries
+    from t0_pipeline.retrieval.embed import chunk_token_limit, document_encoder, load_embedder
+    from t0_pipeline.retrieval.evaluate import load_queries
 
     sets = {
         name: load_queries(QUERY_SETS[name], RetrievalEvalConfig()) for name in args.sets.split(",")
@@ -308,7 +308,7 @@ def main() -> None:
 
         side_by_side(int8_tables)
 
-        from t0_pipeline.retrieve import Retriever
+        from t0_pipeline.retrieval.retrieve import Retriever
 
         texts = [q.query for q in next(iter(sets.values()))]
         texts = (texts * (args.latency_queries // len(texts) + 1))[: args.latency_queries]
@@ -331,8 +331,8 @@ def main() -> None:
             print(f"{mode:<8}{row['p50']:>8.2f}{row['p99']:>8.2f}{row['mean']:>8.2f}")
 
         if not args.no_tune and {"dev", "test"} <= set(sets):
-            from t0_pipeline.embed import default_model_path
-            from t0_pipeline.tune_retriever import tune_retriever
+            from t0_pipeline.retrieval.embed import default_model_path
+            from t0_pipeline.retrieval.tune import tune_retriever
 
             docs = pl.read_parquet(paths.summaries)
             result = tune_retriever(

@@ -110,7 +110,7 @@ def searches_alone(data: Path, n: int, gap_s: float = 0.0) -> list[float]:
     alone: back to back, or with ``gap_s`` idle between them as in the service (caches and idle
     cores cool between messages)."""
     from t0_pipeline.config import load_config
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     cfg = load_config(None)
     retriever = Retriever("summaries", DataPaths(data), cfg.embedding, cfg.chroma, cfg.retrieval)

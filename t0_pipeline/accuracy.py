@@ -313,7 +313,7 @@ def run_evaluation(
     pages = dict(zip(conditions["slug"].to_list(), conditions["text"].to_list()))
     needs_index = any(k > 0 for k in config.ks) and queries
     if retriever is None and needs_index:
-        from t0_pipeline.retrieve import Retriever
+        from t0_pipeline.retrieval.retrieve import Retriever
 
         retriever = Retriever(config.index, paths, cfg.embedding, cfg.chroma, cfg.retrieval)
     role_llm = llm.model_copy(update={"roles": {name: settings}})

@@ -16,7 +16,7 @@ from typing import Any
 from t0_pipeline.config import INDEX_NAMES, DataPaths, PipelineConfig
 from t0_pipeline.corpus.clean import run_clean
 from t0_pipeline.corpus.crawl import run_crawl
-from t0_pipeline.index import IndexStats, build_bm25_index, build_dense_index
+from t0_pipeline.retrieval.index import IndexStats, build_bm25_index, build_dense_index
 from t0_pipeline.summarise import run_summarise
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def build_indexes(
     config: PipelineConfig, paths: DataPaths, embedder=None, client=None
 ) -> tuple[dict, dict]:
     """Dense and BM25 indexes for full pages and summaries from the datasets already on disk."""
-    from t0_pipeline.expansion import index_documents
+    from t0_pipeline.retrieval.expansion import index_documents
 
     dense, bm25 = {}, {}
     for index in INDEX_NAMES:
@@ -69,7 +69,7 @@ def build_indexes(
 def build_all(config: PipelineConfig, paths: DataPaths, embedder=None, client=None) -> BuildResult:
     """Crawl (or read) the source, clean, summarise and index everything; each stage is logged as it
     starts and ends (what ``t0 index`` shows)."""
-    from t0_pipeline.expansion import check_source
+    from t0_pipeline.retrieval.expansion import check_source
 
     check_source(config.expansion)  # before anything is rewritten
     source = config.source

@@ -31,7 +31,7 @@ class ChromaServer:
         return ChromaConfig(host="127.0.0.1", port=self.port)
 
     def start(self, timeout_s: float = 90) -> ChromaServer:
-        from t0_pipeline.chroma_store import chroma_client
+        from t0_pipeline.retrieval.chroma_store import chroma_client
 
         command = [self.exe, "run", "--path", str(self.path), "--host", "127.0.0.1"]
         command += ["--port", str(self.port)]

@@ -16,7 +16,7 @@ from t0_pipeline.config import DataPaths, EmbeddingConfig, PipelineConfig  # noq
 
 @pytest.fixture(scope="session")
 def embedder():
-    from t0_pipeline.embed import load_embedder
+    from t0_pipeline.retrieval.embed import load_embedder
 
     return load_embedder(EmbeddingConfig())
 
@@ -35,7 +35,7 @@ def built(tmp_path_factory, embedder) -> tuple[PipelineConfig, DataPaths]:
 @pytest.fixture(scope="session")
 def retriever(built, embedder):
     """A retriever over the built sample's summaries (the index evaluation and serving use)."""
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     cfg, paths = built
     return Retriever(

@@ -16,7 +16,7 @@ from t0_pipeline.checks import (
     traces_outside_retrieved,
     unresolvable_queries,
 )
-from t0_pipeline.retrieval_eval import EvalQuery
+from t0_pipeline.retrieval.evaluate import EvalQuery
 
 
 def test_crawl_failures_name_page_address_and_reason():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.chunk import chunk_documents, token_windows
+from t0_pipeline.retrieval.chunk import chunk_documents, token_windows
 
 
 def test_windows_cover_everything_with_exact_overlap():

@@ -12,12 +12,12 @@ import polars as pl
 import pytest
 
 from t0_pipeline.artifacts import sha256_text
-from t0_pipeline.chroma_store import chroma_client
 from t0_pipeline.config import DataPaths, EmbeddingConfig, ExpansionConfig, PipelineConfig
 from t0_pipeline.corpus_to_index import build_indexes
-from t0_pipeline.expansion import leaked_queries
-from t0_pipeline.index import read_manifest
-from t0_pipeline.retrieve import Retriever
+from t0_pipeline.retrieval.chroma_store import chroma_client
+from t0_pipeline.retrieval.expansion import leaked_queries
+from t0_pipeline.retrieval.index import read_manifest
+from t0_pipeline.retrieval.retrieve import Retriever
 from t0_pipeline_tests.test_index import CountingEmbedder
 
 # written in the clinician's words; the queries below are a lay person's

@@ -10,7 +10,6 @@ import polars as pl
 import pytest
 
 from t0_pipeline.artifacts import T0Error, sha256_text
-from t0_pipeline.chroma_store import chroma_client
 from t0_pipeline.config import (
     ChromaConfig,
     ChunkConfig,
@@ -18,8 +17,9 @@ from t0_pipeline.config import (
     EmbeddingConfig,
     RetrievalConfig,
 )
-from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
-from t0_pipeline.retrieve import Retriever
+from t0_pipeline.retrieval.chroma_store import chroma_client
+from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index, read_manifest
+from t0_pipeline.retrieval.retrieve import Retriever
 
 TOPICS = {
     "rash": "An itchy red rash spreads over the arms and chest after contact with a plant.",
@@ -122,7 +122,7 @@ def test_crash_before_commit_keeps_the_previous_index_and_next_run_recovers(
     paths, build, counting = setup
     build(TOPICS)
     edited = {**TOPICS, "rash": "Completely new text about a sunburn on the shoulders."}
-    import t0_pipeline.index as index_module
+    import t0_pipeline.retrieval.index as index_module
 
     def crash(*args, **kwargs):
         raise RuntimeError("power cut")

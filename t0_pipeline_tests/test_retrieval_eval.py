@@ -7,13 +7,13 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import RetrievalEvalConfig
-from t0_pipeline.retrieval_eval import (
+from t0_pipeline.retrieval.evaluate import (
     evaluate_retrieval,
     first_hit_rank,
     load_queries,
     precision_at_k,
 )
-from t0_pipeline.retrieve import Retriever
+from t0_pipeline.retrieval.retrieve import Retriever
 from t0_pipeline_tests.conftest import write_jsonl
 
 

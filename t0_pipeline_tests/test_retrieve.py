@@ -7,9 +7,9 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths
-from t0_pipeline.dense_search import ExactChunks, best_chunk_per_doc
-from t0_pipeline.embed import encode_queries
-from t0_pipeline.retrieve import Retriever, reciprocal_rank_fusion
+from t0_pipeline.retrieval.dense_search import ExactChunks, best_chunk_per_doc
+from t0_pipeline.retrieval.embed import encode_queries
+from t0_pipeline.retrieval.retrieve import Retriever, reciprocal_rank_fusion
 
 
 def test_rrf_fuses_by_reciprocal_rank():
@@ -143,7 +143,7 @@ def test_missing_index_is_a_clear_error(tmp_path):
 def test_a_retriever_refuses_an_index_built_with_another_embedding_model(built):
     from t0_pipeline.artifacts import T0Error
     from t0_pipeline.config import EmbeddingConfig
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     cfg, paths = built
     with pytest.raises(
@@ -164,7 +164,7 @@ def test_hybrid_search_of_the_summaries_fuses_the_full_pages_and_says_when_they_
     import shutil
 
     from t0_pipeline.config import RetrievalConfig
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     cfg, paths = built
     fused = Retriever(

@@ -12,7 +12,7 @@ import pytest
 
 from t0_pipeline.content_checks import copies_an_example, query_content, trace_content
 from t0_pipeline.readable import Vocabulary, grounded, offensive_words
-from t0_pipeline.retrieval_eval import sample_queries_path
+from t0_pipeline.retrieval.evaluate import sample_queries_path
 from t0_pipeline.traces import TRACE_SCHEMA
 
 GARBAGE_QUERIES = [

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from t0_pipeline.config import LLMConfig, RoleConfig, TraceConfig
-from t0_pipeline.retrieve import Retriever
+from t0_pipeline.retrieval.retrieve import Retriever
 from t0_pipeline.synth import QUERY_SCHEMA
 from t0_pipeline.traces import parse_answer, run_traces
 from t0_pipeline_tests.fake_llm import FakeLLM

@@ -12,7 +12,7 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig, with_local_models
-from t0_pipeline.retrieval_eval import sample_queries_path
+from t0_pipeline.retrieval.evaluate import sample_queries_path
 
 
 @pytest.fixture
@@ -41,9 +41,9 @@ def _config(min_gain: float) -> PipelineConfig:
 
 
 def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
-    from t0_pipeline.index import build_dense_index
-    from t0_pipeline.retrieve import Retriever
-    from t0_pipeline.tune_retriever import run_tune
+    from t0_pipeline.retrieval.index import build_dense_index
+    from t0_pipeline.retrieval.retrieve import Retriever
+    from t0_pipeline.retrieval.tune import run_tune
 
     paths = tune_data
     result = run_tune(_config(min_gain=-1.0), paths)  # any outcome counts as better
@@ -96,7 +96,7 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
 
 
 def test_tuning_without_synthetic_queries_names_what_to_run(tmp_path):
-    from t0_pipeline.tune_retriever import run_tune
+    from t0_pipeline.retrieval.tune import run_tune
 
     with pytest.raises(T0Error, match="synth-queries"):
         run_tune(PipelineConfig(), DataPaths(tmp_path))
@@ -116,8 +116,8 @@ def test_the_development_split_is_held_out_whole_and_the_choice_never_reads_the_
     """Development queries are whole (condition, disposition) pairs that are not trained on; the
     choice is made before the evaluation split is read, so it is the same with an evaluation split
     that matches no document at all (a selection that read it would have nothing to go on)."""
-    from t0_pipeline.retrieval_eval import EvalQuery
-    from t0_pipeline.tune_retriever import run_tune, split_dev
+    from t0_pipeline.retrieval.evaluate import EvalQuery
+    from t0_pipeline.retrieval.tune import run_tune, split_dev
 
     train = [
         EvalQuery(f"q{i}", [f"c{i % 10}"], {"disposition": ("A&E", "Self-care")[i % 2]})

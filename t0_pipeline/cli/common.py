@@ -162,7 +162,7 @@ def role_flags(role: str, model: Optional[str], api_base: Optional[str]) -> dict
 
 
 def open_retriever(cfg: PipelineConfig, paths: DataPaths, index: str):
-    from t0_pipeline.retrieve import Retriever
+    from t0_pipeline.retrieval.retrieve import Retriever
 
     if index not in ("full", "summaries", "llm_summaries"):
         raise T0Error(f"--index must be full, summaries or llm_summaries, got {index!r}.")

@@ -241,7 +241,7 @@ def retrieve(
 ):
     """Write the ranked document list for every query, for any outside scorer."""
     from t0_pipeline.artifacts import read_records
-    from t0_pipeline.retrieve import write_ranked
+    from t0_pipeline.retrieval.retrieve import write_ranked
 
     at_least(k, 1, "--k")
     cfg, paths = setup(data_dir, config, sets=sets)
@@ -289,7 +289,7 @@ def eval_retrieval(
     sets: Optional[list[str]] = SetOpt,
 ):
     """Print and save the p@k table (CSV, Markdown, PNG) for each index × retriever mode."""
-    from t0_pipeline.retrieval_eval import evaluate_retrieval, scored_queries
+    from t0_pipeline.retrieval.evaluate import evaluate_retrieval, scored_queries
 
     for m in mode or []:
         check_mode(m)
@@ -350,7 +350,7 @@ def tune_retriever(
     p@k on the evaluation split before and after is printed; the dense indexes are rebuilt
     with whichever embedder is then in use.
     """
-    from t0_pipeline.tune_retriever import run_tune
+    from t0_pipeline.retrieval.tune import run_tune
 
     flags = {"retriever_tune.epochs": epochs or None}
     base_cfg, paths = setup(data_dir, config, tuned=False, sets=sets, flags=flags)

@@ -63,19 +63,19 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def embedder(self):
         """The configured sentence-transformers model (loaded once per process)."""
-        from t0_pipeline.embed import load_embedder
+        from t0_pipeline.retrieval.embed import load_embedder
 
         return load_embedder(self.pipeline_config().embedding)
 
     def chroma_client(self):
-        from t0_pipeline.chroma_store import chroma_client
+        from t0_pipeline.retrieval.chroma_store import chroma_client
 
         return chroma_client(self.pipeline_config().chroma, self.paths())
 
     def retriever(self, index: str, cfg: Optional[PipelineConfig] = None):
         """A retriever over ``index`` with the configured embedding model, store and retrieval
         settings."""
-        from t0_pipeline.retrieve import Retriever
+        from t0_pipeline.retrieval.retrieve import Retriever
 
         cfg = cfg or self.pipeline_config()
         return Retriever(index, self.paths(), cfg.embedding, cfg.chroma, cfg.retrieval)

@@ -11,16 +11,16 @@ from t0_pipeline.checks import unindexed_documents
 from t0_pipeline.defs.corpus import EAGER, conditions, summaries
 from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.embed import model_name
-from t0_pipeline.expansion import index_documents, leaked_queries
-from t0_pipeline.index import build_bm25_index, build_dense_index, read_manifest
-from t0_pipeline.retrieval_eval import (
+from t0_pipeline.retrieval.embed import model_name
+from t0_pipeline.retrieval.evaluate import (
     evaluate_retrieval,
     queries_for_corpus,
     query_source,
     read_saved_queries,
     save_queries,
 )
+from t0_pipeline.retrieval.expansion import index_documents, leaked_queries
+from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index, read_manifest
 
 INDEX_SOURCES = {"full": conditions, "summaries": summaries}
 SYNTHETIC_QUERIES = dg.AssetKey("synthetic_queries")
@@ -215,7 +215,7 @@ FOLLOWS_QUERIES = follows(SYNTHETIC_QUERIES)
 def eval_queries(
     context: dg.AssetExecutionContext, settings: PipelineSettings
 ) -> dg.MaterializeResult:
-    from t0_pipeline.retrieve import corpus_slugs
+    from t0_pipeline.retrieval.retrieve import corpus_slugs
 
     cfg, paths = settings.pipeline_config(), settings.paths()
     source = query_source(paths, cfg.retrieval_eval)
@@ -248,7 +248,7 @@ def eval_queries(
 )
 def eval_queries_resolvable(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.checks import unresolvable_queries
-    from t0_pipeline.retrieve import corpus_slugs
+    from t0_pipeline.retrieval.retrieve import corpus_slugs
 
     paths = settings.paths()
     bad = unresolvable_queries(read_saved_queries(paths.eval_queries), corpus_slugs(paths))

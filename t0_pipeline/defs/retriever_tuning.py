@@ -28,7 +28,7 @@ from t0_pipeline.defs.versions import version_of
 def retriever_model(
     context: dg.AssetExecutionContext, settings: PipelineSettings
 ) -> dg.MaterializeResult:
-    from t0_pipeline.tune_retriever import run_tune
+    from t0_pipeline.retrieval.tune import run_tune
 
     cfg, paths = settings.pipeline_config(tuned=False), settings.paths()
     result = run_tune(cfg, paths, log_fn=context.log.info)

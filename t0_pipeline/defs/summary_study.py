@@ -14,8 +14,8 @@ from t0_pipeline.defs.resources import ModelServer, PipelineSettings, location_c
 from t0_pipeline.defs.retrieval import eval_queries, summary_bm25, summary_index
 from t0_pipeline.defs.roles import RoleOverrides, role_config, usage_metadata
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.index import build_bm25_index, build_dense_index
-from t0_pipeline.retrieval_eval import evaluate_retrieval, read_saved_queries
+from t0_pipeline.retrieval.evaluate import evaluate_retrieval, read_saved_queries
+from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index
 from t0_pipeline.summarise import run_summarise
 
 GROUP = "synthetic_data"
@@ -152,7 +152,7 @@ def summary_comparison(settings: PipelineSettings) -> dg.MaterializeResult:
 )
 def every_llm_summary_indexed(settings: PipelineSettings) -> dg.AssetCheckResult:
     from t0_pipeline.checks import unindexed_documents
-    from t0_pipeline.index import read_manifest
+    from t0_pipeline.retrieval.index import read_manifest
 
     paths = settings.paths()
     docs = pl.read_parquet(paths.llm_summaries)

@@ -30,6 +30,15 @@ MOVED: dict[str, str] = {
     "clean": "corpus/clean",
     "sites/__init__": "corpus/sites/__init__",
     "sites/nhs": "corpus/sites/nhs",
+    "chunk": "retrieval/chunk",
+    "embed": "retrieval/embed",
+    "chroma_store": "retrieval/chroma_store",
+    "expansion": "retrieval/expansion",
+    "index": "retrieval/index",
+    "dense_search": "retrieval/dense_search",
+    "retrieve": "retrieval/retrieve",
+    "retrieval_eval": "retrieval/evaluate",
+    "tune_retriever": "retrieval/tune",
 }
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt

@@ -145,7 +145,7 @@ class ChatService:
         check_profiles(cfg)
 
     def _default_retriever(self, profile: ServeProfile):
-        from t0_pipeline.retrieve import Retriever
+        from t0_pipeline.retrieval.retrieve import Retriever
 
         return Retriever(
             profile.index, self.paths, self.cfg.embedding, self.cfg.chroma, self.cfg.retrieval

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from t0_pipeline.artifacts import T0Error, read_parquet
-from t0_pipeline.chroma_store import chroma_client, server_faults
 from t0_pipeline.config import (
     ChromaConfig,
     DataPaths,
@@ -30,8 +29,9 @@ from t0_pipeline.config import (
     RetrievalConfig,
     RetrieverMode,
 )
-from t0_pipeline.dense_search import ExactChunks, best_chunk_per_doc
-from t0_pipeline.index import _stemmer, bm25_tokenize, import_bm25s, read_manifest
+from t0_pipeline.retrieval.chroma_store import chroma_client, server_faults
+from t0_pipeline.retrieval.dense_search import ExactChunks, best_chunk_per_doc
+from t0_pipeline.retrieval.index import _stemmer, bm25_tokenize, import_bm25s, read_manifest
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Retriever:
                 f"no {index!r} index in {paths.root}; build it with `t0 index --data-dir "
                 f"{paths.root}`."
             )
-        from t0_pipeline.embed import model_name, vector_space
+        from t0_pipeline.retrieval.embed import model_name, vector_space
 
         built_with, configured = manifest.get("model"), model_name(self.embedding)
         # queries would be embedded in another vector space
@@ -119,7 +119,7 @@ class Retriever:
     @property
     def embedder(self):
         if self._embedder is None:
-            from t0_pipeline.embed import load_embedder
+            from t0_pipeline.retrieval.embed import load_embedder
 
             self._embedder = load_embedder(self.embedding)
         return self._embedder
@@ -289,7 +289,7 @@ class Retriever:
         if mode == "bm25":
             return [r[:k] for r in self._bm25_rank(queries, k)]
         depth = k if mode == "dense" else max(k, self.config.fusion_depth)
-        from t0_pipeline.embed import encode_queries
+        from t0_pipeline.retrieval.embed import encode_queries
 
         vectors = encode_queries(self.embedding, self.embedder, queries)
         dense = [

@@ -30,11 +30,16 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline.artifacts import T0Error, atomic_path, read_json, write_json, write_parquet
-from t0_pipeline.chroma_store import COMMITTED, NOTHING_COMMITTED, chroma_client, server_faults
-from t0_pipeline.chunk import chunk_documents
 from t0_pipeline.config import ChromaConfig, ChunkConfig, DataPaths, EmbeddingConfig, IndexName
-from t0_pipeline.embed import chunk_token_limit, document_encoder, model_name
-from t0_pipeline.expansion import with_expansion_chunks
+from t0_pipeline.retrieval.chroma_store import (
+    COMMITTED,
+    NOTHING_COMMITTED,
+    chroma_client,
+    server_faults,
+)
+from t0_pipeline.retrieval.chunk import chunk_documents
+from t0_pipeline.retrieval.embed import chunk_token_limit, document_encoder, model_name
+from t0_pipeline.retrieval.expansion import with_expansion_chunks
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +163,8 @@ def build_dense_index(
     expansion: dict | None = None,
 ) -> IndexStats:
     """Bring the Chroma collection for ``index`` in line with ``docs`` (re-embedding only what
-    changed). ``docs`` may carry ``expansions`` (:mod:`t0_pipeline.expansion`), described in the
-    manifest by ``expansion``."""
+    changed). ``docs`` may carry ``expansions`` (:mod:`t0_pipeline.retrieval.expansion`),
+    described in the manifest by ``expansion``."""
     started = time.perf_counter()
     if docs.is_empty():
         raise T0Error(

@@ -30,7 +30,7 @@ import numpy as np
 
 from t0_pipeline.artifacts import T0Error, atomic_path, write_json
 from t0_pipeline.config import DataPaths, RetrieverTuneConfig
-from t0_pipeline.retrieval_eval import EvalQuery, first_hit_rank, precision_at_k
+from t0_pipeline.retrieval.evaluate import EvalQuery, first_hit_rank, precision_at_k
 
 log = logging.getLogger(__name__)
 
@@ -341,8 +341,8 @@ def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
     compound) on the synthetic splits; ``cfg`` is the pipeline config without the tuned embedder
     substituted."""
     from t0_pipeline.artifacts import read_parquet
-    from t0_pipeline.embed import default_model_path
-    from t0_pipeline.retrieval_eval import load_queries
+    from t0_pipeline.retrieval.embed import default_model_path
+    from t0_pipeline.retrieval.evaluate import load_queries
 
     tune = cfg.retriever_tune
     split_files = {split: paths.synthetic_queries(split) for split in ("train", "eval")}

@@ -229,7 +229,7 @@ def read_saved_queries(path: Path) -> list[EvalQuery]:
 
 def scored_queries(paths: DataPaths, config: RetrievalEvalConfig) -> list[EvalQuery]:
     """:func:`query_source`'s queries whose condition is in the corpus (an error when none is)."""
-    from t0_pipeline.retrieve import corpus_slugs
+    from t0_pipeline.retrieval.retrieve import corpus_slugs
 
     source = query_source(paths, config)
     queries, left_out = queries_for_corpus(source, config, corpus_slugs(paths))

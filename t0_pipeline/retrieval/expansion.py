@@ -68,7 +68,7 @@ def read_expansions(path: Path, per_document: int) -> dict[str, list[str]]:
     """{slug: query texts} from a query file (JSONL, JSON or Parquet with ``query`` and ``slug`` or
     ``condition``), in file order, repeated texts once, at most ``per_document`` each."""
     from t0_pipeline.config import RetrievalEvalConfig
-    from t0_pipeline.retrieval_eval import load_queries
+    from t0_pipeline.retrieval.evaluate import load_queries
 
     out: dict[str, list[str]] = {}
     seen: set[tuple[str, str]] = set()
@@ -138,7 +138,7 @@ def index_documents(
 def with_expansion_chunks(chunks: list, docs: pl.DataFrame) -> list:
     """``chunks`` (in document order) with one more per expansion after each document's own,
     numbered on from them; start and end are -1 (not a slice of the text)."""
-    from t0_pipeline.chunk import Chunk
+    from t0_pipeline.retrieval.chunk import Chunk
 
     if "expansions" not in docs.columns:
         return chunks
