@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_cache import LLMCache
-from t0_pipeline.llm_calls import litellm_module
+from t0_pipeline.llm.cache import LLMCache
+from t0_pipeline.llm.calls import litellm_module
+from t0_pipeline.llm.client import LLMClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -50,8 +50,8 @@ from t0_pipeline.config import (
     PipelineConfig,
 )
 from t0_pipeline.domain import default_domain, plural
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.llm.cache import LLMCache
+from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.model_card import refresh_cards
 from t0_pipeline.predictors import answering_weights, make_predictor
 from t0_pipeline.prompts import domain_of

@@ -37,7 +37,7 @@ class CompletionsEndpoint:
 
         import httpx
 
-        from t0_pipeline.llm_calls import endpoint_trouble
+        from t0_pipeline.llm.calls import endpoint_trouble
         from t0_pipeline.retry import RETRYABLE_STATUS, parse_retry_after
 
         problem, where = "no attempt", self.api_base
@@ -196,7 +196,7 @@ def complete_with_budget(
     temperature is given).
 
     Requests go through :class:`CompletionsEndpoint` (``on_failure`` hears "unreachable", "auth",
-    "not_found" or None, see :func:`t0_pipeline.llm_calls.endpoint_trouble`, and may raise to stop
+    "not_found" or None, see :func:`t0_pipeline.llm.calls.endpoint_trouble`, and may raise to stop
     the whole stage). The "Wait" tokens count against the budget, counted before they are sent.
     """
     from t0_pipeline.retry import RetryPolicy

@@ -25,10 +25,10 @@ from t0_pipeline.config import (
     EvalModelConfig,
 )
 from t0_pipeline.domain import Domain, default_domain, topic_key
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_cache import cache_key
-from t0_pipeline.llm_calls import EndpointError, LLMReply
-from t0_pipeline.llm_json import function_tool
+from t0_pipeline.llm.cache import cache_key
+from t0_pipeline.llm.calls import EndpointError, LLMReply
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.llm.structured import function_tool
 from t0_pipeline.triage_scoring import (
     Prediction,
     Scale,

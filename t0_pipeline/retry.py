@@ -4,7 +4,8 @@ A failed attempt that may succeed later (a transient HTTP status, a dropped conn
 ``base_s · 2^(attempt-1)``, scaled by a random factor in [0.5, 1.5) so that many clients do not
 retry in step, at least as long as the server's ``Retry-After`` asks, never longer than ``cap_s``;
 after ``max_attempts`` attempts the caller reports the failure. Which errors are worth another
-attempt is the caller's to say (HTTP statuses here; exception kinds in :mod:`t0_pipeline.llm`).
+attempt is the caller's to say (HTTP statuses here; exception kinds in
+:mod:`t0_pipeline.llm.client`).
 """
 
 from __future__ import annotations

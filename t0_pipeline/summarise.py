@@ -252,7 +252,7 @@ def get_summariser(config: SummaryConfig, llm=None, cache=None, prompts=None) ->
             "summary backend 'llm' needs the llm section of the config (roles.summariser); "
             "or use backend='extractive'."
         )
-    from t0_pipeline.llm import LLMClient
+    from t0_pipeline.llm.client import LLMClient
 
     return LLMSummariser(
         LLMClient("summariser", llm, cache), prompts or llm.prompts_dir, config.max_page_chars
@@ -344,7 +344,7 @@ def run_summarise(
     previous = pl.read_parquet(out) if out.exists() else None
     cache = None
     if config.backend == "llm":
-        from t0_pipeline.llm_cache import LLMCache
+        from t0_pipeline.llm.cache import LLMCache
 
         cache = LLMCache(paths.llm_cache(llm)) if llm is not None else None
     summariser = get_summariser(config, llm, cache, prompts)
@@ -352,7 +352,7 @@ def run_summarise(
     info: dict = {"backend": summariser.name, "failures": failures}
     client = getattr(summariser, "client", None)
     if client is not None:
-        from t0_pipeline.llm_calls import require_some_success
+        from t0_pipeline.llm.calls import require_some_success
 
         info["usage"] = client.usage.as_dict()
         require_some_success(client.usage, "summariser", client.settings)

@@ -23,7 +23,7 @@ from typing import Any
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.domain import Domain, ProfileField, default_domain
-from t0_pipeline.llm_json import plain_words
+from t0_pipeline.llm.structured import plain_words
 from t0_pipeline.prompts import load_template, render
 
 

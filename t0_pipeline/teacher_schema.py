@@ -25,8 +25,8 @@ from dataclasses import replace
 from typing import Any
 
 from t0_pipeline.domain import Domain, default_domain, topic_key
-from t0_pipeline.llm_calls import LLMReply
-from t0_pipeline.llm_json import json_schema_format
+from t0_pipeline.llm.calls import LLMReply
+from t0_pipeline.llm.structured import json_schema_format
 
 MAX_OPTIONS = 8  # phrases or sentences offered per choice: a short grammar, enough to choose from
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from t0_pipeline.domain import Domain, default_domain
-from t0_pipeline.thinking import split_thinking
+from t0_pipeline.llm.thinking import split_thinking
 
 
 @dataclass(frozen=True)

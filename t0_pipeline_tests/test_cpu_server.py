@@ -16,8 +16,8 @@ import pytest
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, LLMConfig, ModelServerConfig, RoleConfig
 from t0_pipeline.domain import default_domain
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_cache import LLMCache
+from t0_pipeline.llm.cache import LLMCache
+from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.model_server import LocalServer, ServerPlan, serving
 from t0_pipeline.synth import WrittenQuery
 from t0_pipeline.synth_prompt import response_schema

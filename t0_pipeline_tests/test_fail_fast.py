@@ -23,7 +23,7 @@ from t0_pipeline.config import (
     SummaryConfig,
     TraceConfig,
 )
-from t0_pipeline.llm_calls import EndpointError
+from t0_pipeline.llm.calls import EndpointError
 from t0_pipeline_tests.fake_llm import FakeLLM
 from t0_pipeline_tests.serving import free_port
 from t0_pipeline_tests.test_synth import PAGES, writer_reply
@@ -195,7 +195,7 @@ def test_a_model_the_server_does_not_serve_is_named(tmp_path):
 def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_what_succeeded(
     tmp_path,
 ):
-    from t0_pipeline.llm_cache import LLMCache
+    from t0_pipeline.llm.cache import LLMCache
     from t0_pipeline.synth import run_generate_queries
 
     with FakeLLM() as server:

@@ -16,11 +16,11 @@ from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_cache import LLMCache
-from t0_pipeline.llm_calls import require_some_success
-from t0_pipeline.llm_json import parse_json
-from t0_pipeline.thinking import split_thinking
+from t0_pipeline.llm.cache import LLMCache
+from t0_pipeline.llm.calls import require_some_success
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.llm.structured import parse_json
+from t0_pipeline.llm.thinking import split_thinking
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 
@@ -186,7 +186,7 @@ def test_unknown_role_is_a_clear_error(tmp_path):
 CRASHING_RUN = """
 import sys
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.llm import LLMCache, LLMClient
+from t0_pipeline.llm.client import LLMCache, LLMClient
 teacher = RoleConfig(model="openai/fake-model", api_base=sys.argv[1])
 cfg = LLMConfig(roles={"teacher": teacher}, concurrency=2)
 client = LLMClient("teacher", cfg, LLMCache(sys.argv[2]))
@@ -270,7 +270,7 @@ def test_requests_per_minute_spaces_request_starts(tmp_path, fake):
 
 
 def test_the_double_streams_reasoning_and_content_through_litellm(fake):
-    from t0_pipeline.llm_calls import litellm_module
+    from t0_pipeline.llm.calls import litellm_module
 
     fake.on("stream me", "(Gout, Self-care)", reasoning="Toe pain.")
 

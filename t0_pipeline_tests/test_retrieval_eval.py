@@ -80,7 +80,7 @@ def test_agent_search_queries_are_scored_beside_the_queries_as_written(built, em
     into its search query exactly as a served turn does; the report scores both and says how many
     were rewritten."""
     from t0_pipeline.config import RoleConfig
-    from t0_pipeline.llm_cache import LLMCache
+    from t0_pipeline.llm.cache import LLMCache
     from t0_pipeline.serve.agent_search import agent_search_queries
     from t0_pipeline_tests.fake_llm import FakeLLM
     from t0_pipeline_tests.serving import script

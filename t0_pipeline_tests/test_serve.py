@@ -531,7 +531,7 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path):
     ],
 )
 def test_inline_thinking_is_split_across_any_chunk_boundaries(tags, text):
-    from t0_pipeline.thinking import ThinkSplitter
+    from t0_pipeline.llm.thinking import ThinkSplitter
 
     for size in (1, 2, 3, 5, 8, len(text)):
         splitter, pieces = ThinkSplitter(*tags), []

@@ -142,7 +142,7 @@ def test_the_writer_sees_examples_of_its_cells_level_and_may_only_write_words(bu
 
 
 def test_a_structured_teachers_choices_become_readable_thinking_about_the_query(vocabulary):
-    from t0_pipeline.llm_calls import LLMReply
+    from t0_pipeline.llm.calls import LLMReply
     from t0_pipeline.teacher_schema import answer_schema, from_structured, phrases, sentences
 
     query = "My big toe is red and hot. It started last night, and I can't sleep. Help"

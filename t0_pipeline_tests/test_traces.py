@@ -281,7 +281,7 @@ def test_rejection_sampling_keeps_only_the_correct_of_several_teacher_samples(bu
 def test_a_trace_is_correct_as_evaluation_scores_it():
     """'inconclusive' is a correct condition when the gold page was not among the documents shown
     (the evaluation's rule), so keep=correct keeps it; never when the gold page was shown."""
-    from t0_pipeline.llm_calls import LLMReply
+    from t0_pipeline.llm.calls import LLMReply
     from t0_pipeline.traces import _trace
 
     row = {"id": "q", "query": "toe", "slug": "gout", "disposition": "Self-care"}

@@ -311,7 +311,7 @@ def eval_retrieval(
     retrievers = {name: open_retriever(cfg, paths, name) for name in ev.indexes}
     rewritten = None
     if ev.rewrite_with:
-        from t0_pipeline.llm_cache import LLMCache
+        from t0_pipeline.llm.cache import LLMCache
         from t0_pipeline.serve.agent_search import agent_search_queries, search_query_roles
 
         queries_list = scored_queries(paths, ev)

@@ -291,7 +291,7 @@ def retrieval_report(
     source = query_source(paths, cfg.retrieval_eval)
     rewritten, counts = None, {}
     if cfg.retrieval_eval.rewrite_with:
-        from t0_pipeline.llm_cache import LLMCache
+        from t0_pipeline.llm.cache import LLMCache
         from t0_pipeline.serve.agent_search import agent_search_queries, search_query_roles
 
         roles = search_query_roles(cfg, cfg.retrieval_eval.rewrite_with)

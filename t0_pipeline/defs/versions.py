@@ -39,6 +39,13 @@ MOVED: dict[str, str] = {
     "retrieve": "retrieval/retrieve",
     "retrieval_eval": "retrieval/evaluate",
     "tune_retriever": "retrieval/tune",
+    "llm": "llm/client",
+    "llm_calls": "llm/calls",
+    "llm_batch": "llm/batch",
+    "llm_cache": "llm/cache",
+    "llm_json": "llm/structured",
+    "llm_stream": "llm/stream",
+    "thinking": "llm/thinking",
 }
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt

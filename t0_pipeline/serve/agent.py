@@ -32,8 +32,8 @@ from t0_pipeline.artifacts import T0Error
 from t0_pipeline.chat import documents_block
 from t0_pipeline.config import BudgetConfig, DataPaths, PipelineConfig, ServeProfile
 from t0_pipeline.demographics import demographics_text
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_calls import ModelCallError
+from t0_pipeline.llm.calls import ModelCallError
+from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import load_sections, render
 from t0_pipeline.serve import student_turn
 from t0_pipeline.serve.agent_search import (
@@ -192,7 +192,7 @@ class ChatService:
         embedder and BM25 (one search), its model clients and litellm, a budget-forced reasoner's
         tokenizer. Documents served."""
         from t0_pipeline.chat import load_tokenizer
-        from t0_pipeline.llm_calls import litellm_module
+        from t0_pipeline.llm.calls import litellm_module
 
         litellm_module()
         documents = 0

@@ -12,8 +12,8 @@ import re
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import PipelineConfig
 from t0_pipeline.domain import Domain, default_domain
-from t0_pipeline.llm import LLMClient
-from t0_pipeline.llm_json import function_tool
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.llm.structured import function_tool
 from t0_pipeline.prompts import load_sections
 
 

@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, StrictBool
 
 from t0_pipeline.artifacts import T0Error
+from t0_pipeline.llm.thinking import split_thinking
 from t0_pipeline.serve.agent import Turn, TurnFailed
 from t0_pipeline.serve.deps import ServeContext, context, owner
-from t0_pipeline.thinking import split_thinking
 
 router = APIRouter()
 

@@ -1,7 +1,7 @@
-"""Streamed chat completions for :class:`~t0_pipeline.llm.LLMClient` (the chat service's answers):
-never cached; thinking told apart from the answer as it arrives, whether the provider sends
-``reasoning_content`` deltas or inline think tags; a failure before the first piece is retried, one
-part-way through ends the stream with one line naming the model."""
+"""Streamed chat completions for :class:`~t0_pipeline.llm.client.LLMClient` (the chat service's
+answers): never cached; thinking told apart from the answer as it arrives, whether the provider
+sends ``reasoning_content`` deltas or inline think tags; a failure before the first piece is
+retried, one part-way through ends the stream with one line naming the model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from t0_pipeline.llm_calls import (
+from t0_pipeline.llm.calls import (
     RETRYABLE,
     ModelCallError,
     endpoint_trouble,
@@ -17,12 +17,12 @@ from t0_pipeline.llm_calls import (
     litellm_module,
     retry_after_of,
 )
-from t0_pipeline.thinking import ThinkSplitter, reasoning_of
+from t0_pipeline.llm.thinking import ThinkSplitter, reasoning_of
 
 
 class Streaming:
-    """The streaming half of :class:`~t0_pipeline.llm.LLMClient` (its settings, retry policy and
-    usage)."""
+    """The streaming half of :class:`~t0_pipeline.llm.client.LLMClient` (its settings, retry
+    policy and usage)."""
 
     async def stream(
         self,

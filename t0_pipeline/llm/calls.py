@@ -13,8 +13,8 @@ from typing import Any
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import RoleConfig
+from t0_pipeline.llm.thinking import reasoning_of
 from t0_pipeline.retry import parse_retry_after
-from t0_pipeline.thinking import reasoning_of
 
 # litellm fetches its model price map from the internet on import unless told otherwise
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

@@ -1,8 +1,8 @@
-"""Many model calls as one batch, for :class:`~t0_pipeline.llm.LLMClient`: bounded concurrency with
-results in input order, one progress bar per stage, and the two reasons a whole batch stops early
-with one error: the endpoint itself is at fault (a refused key, a model not served, nothing
-answering for ``llm.unreachable_after_s``), or more calls failed than ``llm.max_failure_share``
-allows."""
+"""Many model calls as one batch, for :class:`~t0_pipeline.llm.client.LLMClient`: bounded
+concurrency with results in input order, one progress bar per stage, and the two reasons a whole
+batch stops early with one error: the endpoint itself is at fault (a refused key, a model not
+served, nothing answering for ``llm.unreachable_after_s``), or more calls failed than
+``llm.max_failure_share`` allows."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.llm_calls import EndpointError, short_error
+from t0_pipeline.llm.calls import EndpointError, short_error
 
 T = TypeVar("T")
 
 
 class BatchRunner:
-    """The batch half of :class:`~t0_pipeline.llm.LLMClient` (which sets the attributes below)."""
+    """The batch half of :class:`~t0_pipeline.llm.client.LLMClient` (which sets the attributes
+    below)."""
 
     role: str
     setting: str

@@ -18,10 +18,10 @@ provider works: a local vLLM or Ollama OpenAI-compatible server (``openai/<name>
 - **Accounting**: calls, cache hits, retries, failures, tokens and cost (litellm's price
   table, or per-token prices set on the role for self-hosted models).
 
-The parts live beside it: :mod:`t0_pipeline.llm_calls` (one call, replies, accounting, endpoint
-errors), :mod:`t0_pipeline.llm_batch` (many calls, endpoint faults, the failure budget),
-:mod:`t0_pipeline.llm_stream` (streamed answers), :mod:`t0_pipeline.llm_cache`,
-:mod:`t0_pipeline.llm_json` (tools, schemas, parsing) and :mod:`t0_pipeline.thinking`.
+The parts live beside it: :mod:`t0_pipeline.llm.calls` (one call, replies, accounting, endpoint
+errors), :mod:`t0_pipeline.llm.batch` (many calls, endpoint faults, the failure budget),
+:mod:`t0_pipeline.llm.stream` (streamed answers), :mod:`t0_pipeline.llm.cache`,
+:mod:`t0_pipeline.llm.structured` (tools, schemas, parsing) and :mod:`t0_pipeline.llm.thinking`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from pydantic import BaseModel
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import LLMConfig, RoleConfig
-from t0_pipeline.llm_batch import BatchRunner
-from t0_pipeline.llm_cache import LLMCache, cache_key
-from t0_pipeline.llm_calls import (
+from t0_pipeline.llm.batch import BatchRunner
+from t0_pipeline.llm.cache import LLMCache, cache_key
+from t0_pipeline.llm.calls import (
     RETRYABLE,
     EndpointError,
     LLMReply,
@@ -48,10 +48,10 @@ from t0_pipeline.llm_calls import (
     attempt_once,
     litellm_module,
 )
-from t0_pipeline.llm_json import json_schema_format, parse_json
-from t0_pipeline.llm_stream import Streaming
+from t0_pipeline.llm.stream import Streaming
+from t0_pipeline.llm.structured import json_schema_format, parse_json
+from t0_pipeline.llm.thinking import split_thinking
 from t0_pipeline.retry import RetryPolicy
-from t0_pipeline.thinking import split_thinking
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
