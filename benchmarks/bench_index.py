@@ -49,7 +49,7 @@ from t0_pipeline.retrieval.embed import chunk_token_limit, document_encoder, loa
 from t0_pipeline.retrieval.evaluate import evaluate_retrieval, load_queries, sample_queries_path  # noqa: E402
 from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index  # noqa: E402
 from t0_pipeline.retrieval.retrieve import Retriever  # noqa: E402
-from t0_pipeline.summarise import run_summarise  # noqa: E402
+from t0_pipeline.synthetic.summarise import run_summarise  # noqa: E402
 
 NHS = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "nhs" / "conditions.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -82,7 +82,7 @@ def timed(fn, *args, **kwargs):
 def prepare(root: Path) -> DataPaths:
     from t0_pipeline.corpus.clean import run_clean
     from t0_pipeline.corpus.crawl import run_crawl
-    from t0_pipeline.summarise import run_summarise
+    from t0_pipeline.synthetic.summarise import run_summarise
 
     paths = DataPaths(root)
     source = SourceConfig(kind="pages", location=str(NHS))

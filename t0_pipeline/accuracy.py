@@ -39,7 +39,6 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline import triage_prompt
 from t0_pipeline.accuracy_cases import build_cases, load_queries_for, queries_hash
 from t0_pipeline.accuracy_tables import fmt, model_table
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_json
@@ -55,6 +54,7 @@ from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.model_card import refresh_cards
 from t0_pipeline.predictors import answering_weights, make_predictor
 from t0_pipeline.prompts import domain_of
+from t0_pipeline.synthetic import triage_prompt
 from t0_pipeline.triage_scoring import (
     score,
     summarise_runs,

@@ -180,7 +180,7 @@ def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: Any) -> 
     that by one more.
     """
     from t0_pipeline.domain import default_domain
-    from t0_pipeline.synth import cell_counts, draws_of, text_key
+    from t0_pipeline.synthetic.queries import cell_counts, draws_of, text_key
 
     if config.query_types is None or config.dispositions is None:  # a section read on its own
         config = draws_of(config, default_domain())

@@ -17,7 +17,7 @@ from t0_pipeline.config import INDEX_NAMES, DataPaths, PipelineConfig
 from t0_pipeline.corpus.clean import run_clean
 from t0_pipeline.corpus.crawl import run_crawl
 from t0_pipeline.retrieval.index import IndexStats, build_bm25_index, build_dense_index
-from t0_pipeline.summarise import run_summarise
+from t0_pipeline.synthetic.summarise import run_summarise
 
 log = logging.getLogger(__name__)
 

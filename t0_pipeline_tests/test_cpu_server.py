@@ -19,8 +19,8 @@ from t0_pipeline.domain import default_domain
 from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.model_server import LocalServer, ServerPlan, serving
-from t0_pipeline.synth import WrittenQuery
-from t0_pipeline.synth_prompt import response_schema
+from t0_pipeline.synthetic.queries import WrittenQuery
+from t0_pipeline.synthetic.query_prompt import response_schema
 
 CPU_SERVER = [
     "{python}",
@@ -246,8 +246,13 @@ def test_a_structured_teacher_on_the_real_model_cites_the_query_and_a_document(s
     """The real SmolLM2 as a structured teacher (its grammar from teacher_schema): whatever it
     chooses, the trace's thinking quotes one of the patient's phrases and, unless inconclusive, a
     sentence of the document it named, and the answer is one of its documents with a level."""
-    from t0_pipeline import triage_prompt
-    from t0_pipeline.teacher_schema import answer_schema, from_structured, phrases, sentences
+    from t0_pipeline.synthetic import triage_prompt
+    from t0_pipeline.synthetic.teacher_schema import (
+        answer_schema,
+        from_structured,
+        phrases,
+        sentences,
+    )
     from t0_pipeline.triage_scoring import SEVERITIES, last_answer_pair
 
     role = RoleConfig(

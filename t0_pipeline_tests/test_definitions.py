@@ -327,8 +327,8 @@ def test_a_prompts_folder_with_the_former_triage_file_name_still_replaces_the_tr
     warning that says how to rename it, and the assets it feeds follow its edits."""
     from importlib import resources as package
 
-    from t0_pipeline import triage_prompt
     from t0_pipeline.defs.versions import code_version
+    from t0_pipeline.synthetic import triage_prompt
 
     shipped = (package.files("t0_pipeline") / "prompts" / "triage.txt").read_text()
     (tmp_path / "evaluator.txt").write_text(

@@ -278,7 +278,7 @@ def test_the_it_desk_example_is_a_corpus_that_answers_its_questions(tmp_path, em
     from t0_pipeline.corpus.clean import run_clean
     from t0_pipeline.corpus_to_index import build_indexes
     from t0_pipeline.retrieval.retrieve import Retriever
-    from t0_pipeline.summarise import run_summarise
+    from t0_pipeline.synthetic.summarise import run_summarise
 
     articles = Path(__file__).resolve().parents[1] / "examples" / "it-desk" / "articles"
     folder = tmp_path / "articles"

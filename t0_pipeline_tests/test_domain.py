@@ -60,8 +60,8 @@ def test_another_domain_reaches_every_prompt_schema_tool_score_and_table():
     from t0_pipeline.baseline import disposition_from_page
     from t0_pipeline.predictors import submit_tool
     from t0_pipeline.serve.student_turn import load_replies
-    from t0_pipeline.synth_prompt import response_schema
-    from t0_pipeline.teacher_schema import answer_schema
+    from t0_pipeline.synthetic.query_prompt import response_schema
+    from t0_pipeline.synthetic.teacher_schema import answer_schema
     from t0_pipeline.triage_scoring import Scale, parse_answer_text, summarise_runs
 
     domain = load_domain(IT_DESK)

@@ -99,8 +99,8 @@ def test_query_writing_with_no_server_stops_after_its_unreachable_window_at_the_
 @pytest.mark.parametrize("stage", ["summarise", "traces", "evaluate-chat", "evaluate-budget"])
 def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, retriever, stage):
     from t0_pipeline.accuracy import run_evaluation
-    from t0_pipeline.summarise import run_summarise
-    from t0_pipeline.traces import run_traces
+    from t0_pipeline.synthetic.summarise import run_summarise
+    from t0_pipeline.synthetic.traces import run_traces
 
     url = closed_url()
     fast = {"unreachable_after_s": 2.0, "backoff_s": 0.2}
@@ -159,7 +159,7 @@ def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, ret
 
 
 def test_a_refused_key_stops_the_stage_at_the_first_answer(tmp_path):
-    from t0_pipeline.synth import run_generate_queries
+    from t0_pipeline.synthetic.queries import run_generate_queries
 
     with FakeLLM() as server:
         # every request: HTTP 401, as a gateway answers a bad key
@@ -177,7 +177,7 @@ def test_a_refused_key_stops_the_stage_at_the_first_answer(tmp_path):
 
 
 def test_a_model_the_server_does_not_serve_is_named(tmp_path):
-    from t0_pipeline.summarise import run_summarise
+    from t0_pipeline.synthetic.summarise import run_summarise
 
     with FakeLLM() as server:
         server.on(".*", "unused", faults=[404] * 100)
@@ -196,7 +196,7 @@ def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_wha
     tmp_path,
 ):
     from t0_pipeline.llm.cache import LLMCache
-    from t0_pipeline.synth import run_generate_queries
+    from t0_pipeline.synthetic.queries import run_generate_queries
 
     with FakeLLM() as server:
         # four pages in six cannot be written about: the server rejects those prompts (HTTP 400, not
@@ -217,7 +217,7 @@ def test_a_stage_where_most_calls_fail_stops_at_the_failure_budget_and_keeps_wha
 
 
 def test_progress_counts_the_whole_stage_across_top_up_rounds(tmp_path):
-    from t0_pipeline.synth import run_generate_queries
+    from t0_pipeline.synthetic.queries import run_generate_queries
 
     with FakeLLM() as server:
         server.on(".*", writer_reply)
@@ -241,7 +241,7 @@ def test_progress_counts_the_whole_stage_across_top_up_rounds(tmp_path):
 
 
 def test_top_up_draws_are_bounded_by_the_setting(tmp_path):
-    from t0_pipeline.synth import run_generate_queries
+    from t0_pipeline.synthetic.queries import run_generate_queries
 
     with FakeLLM() as server:
         server.on(".*", writer_reply)

@@ -203,7 +203,7 @@ def wide_student(tmp_path_factory, smollm2_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     from t0_pipeline.config import SFTConfig
-    from t0_pipeline.sft import build_sft
+    from t0_pipeline.synthetic.sft import build_sft
 
     root = tmp_path_factory.mktemp("wide")
     tok = AutoTokenizer.from_pretrained(smollm2_checkpoint)

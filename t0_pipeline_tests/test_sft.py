@@ -9,7 +9,7 @@ import pytest
 
 from t0_pipeline.chat import ChatFormat
 from t0_pipeline.config import BudgetConfig, SFTConfig
-from t0_pipeline.sft import build_sft, messages_for
+from t0_pipeline.synthetic.sft import build_sft, messages_for
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
 TRACE = {
@@ -79,8 +79,8 @@ def test_a_real_chatml_tokenizer_renders_the_example_and_learns_only_the_answer_
 
 
 def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
-    from t0_pipeline import triage_prompt
     from t0_pipeline.config import load_config
+    from t0_pipeline.synthetic import triage_prompt
 
     think = ChatFormat(think_start="<think>\n", think_end="</think>", answer_start="\n\n")
     assistant = messages_for(TRACE, think, triage_prompt.load()[0])[-1]["content"]
@@ -141,7 +141,7 @@ def test_the_dataset_card_counts_what_the_dataset_holds_and_names_no_path(tiny_t
     from t0_pipeline.artifacts import file_digest
     from t0_pipeline.cards import Provenance, read_front_matter
     from t0_pipeline.config import DataPaths
-    from t0_pipeline.sft import run_sft
+    from t0_pipeline.synthetic.sft import run_sft
 
     rejected = [
         {"error": "timeout", "thinking": "", "kept": False},

@@ -8,7 +8,11 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error, sha256_text
 from t0_pipeline.config import SummaryConfig
-from t0_pipeline.summarise import ExtractiveSummariser, get_summariser, summarise_documents
+from t0_pipeline.synthetic.summarise import (
+    ExtractiveSummariser,
+    get_summariser,
+    summarise_documents,
+)
 
 DOC = """# Fictional fever
 Fictional fever is a made-up infection used in tests.

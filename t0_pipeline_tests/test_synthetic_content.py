@@ -10,10 +10,10 @@ import random
 import polars as pl
 import pytest
 
-from t0_pipeline.content_checks import copies_an_example, query_content, trace_content
-from t0_pipeline.readable import Vocabulary, grounded, offensive_words
 from t0_pipeline.retrieval.evaluate import sample_queries_path
-from t0_pipeline.traces import TRACE_SCHEMA
+from t0_pipeline.synthetic.content_checks import copies_an_example, query_content, trace_content
+from t0_pipeline.synthetic.readable import Vocabulary, grounded, offensive_words
+from t0_pipeline.synthetic.traces import TRACE_SCHEMA
 
 GARBAGE_QUERIES = [
     "1901-2022, fiait-comic-m_t_f_2017-j_f_2020, 201-2017-v_2017-10-27_2017, 2017-2017-f_2020",
@@ -57,7 +57,7 @@ def test_queries_that_are_garbage_fail_and_the_hand_written_samples_pass(vocabul
 
 
 def test_a_copy_of_the_writers_example_is_not_a_query_of_its_own(vocabulary):
-    from t0_pipeline.synth_prompt import load_examples
+    from t0_pipeline.synthetic.query_prompt import load_examples
 
     example = load_examples()[0]["query"]
     assert copies_an_example(example.replace(".", "!"), [example])
@@ -119,8 +119,8 @@ def test_the_writer_sees_examples_of_its_cells_level_and_may_only_write_words(bu
     import re
 
     from t0_pipeline.config import QueryGenConfig
-    from t0_pipeline.synth import Cell, QueryWriter
-    from t0_pipeline.synth_prompt import load_examples, response_schema
+    from t0_pipeline.synthetic.queries import Cell, QueryWriter
+    from t0_pipeline.synthetic.query_prompt import load_examples, response_schema
 
     cfg, paths = built
     pages = pl.read_parquet(paths.documents("summaries"))
@@ -143,7 +143,12 @@ def test_the_writer_sees_examples_of_its_cells_level_and_may_only_write_words(bu
 
 def test_a_structured_teachers_choices_become_readable_thinking_about_the_query(vocabulary):
     from t0_pipeline.llm.calls import LLMReply
-    from t0_pipeline.teacher_schema import answer_schema, from_structured, phrases, sentences
+    from t0_pipeline.synthetic.teacher_schema import (
+        answer_schema,
+        from_structured,
+        phrases,
+        sentences,
+    )
 
     query = "My big toe is red and hot. It started last night, and I can't sleep. Help"
     assert phrases(query) == [

@@ -7,8 +7,8 @@ import pytest
 
 from t0_pipeline.config import LLMConfig, RoleConfig, TraceConfig
 from t0_pipeline.retrieval.retrieve import Retriever
-from t0_pipeline.synth import QUERY_SCHEMA
-from t0_pipeline.traces import parse_answer, run_traces
+from t0_pipeline.synthetic.queries import QUERY_SCHEMA
+from t0_pipeline.synthetic.traces import parse_answer, run_traces
 from t0_pipeline_tests.fake_llm import FakeLLM
 
 TITLES = {
@@ -146,9 +146,9 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     assert (paths.traces).exists()
     # the teacher was asked exactly what the student is trained on (and evaluated with): the SFT
     # example's turns
-    from t0_pipeline import triage_prompt
     from t0_pipeline.chat import ChatFormat
-    from t0_pipeline.sft import messages_for
+    from t0_pipeline.synthetic import triage_prompt
+    from t0_pipeline.synthetic.sft import messages_for
 
     assert messages_for(stroke, ChatFormat(), triage_prompt.load()[0])[:-1] == request
 
@@ -156,7 +156,7 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
 @pytest.mark.parametrize("policy", ["all", "parsable", "correct"])
 def test_a_correct_answer_without_thinking_is_a_rejected_trace_under_every_policy(policy):
     from t0_pipeline.checks import traces_without_thinking
-    from t0_pipeline.traces import TRACE_SCHEMA, keep
+    from t0_pipeline.synthetic.traces import TRACE_SCHEMA, keep
 
     answered = {"error": None, "parsable": True, "condition_in_retrieved": True}
     answered |= {"correct_condition": True, "correct_disposition": True}
@@ -282,7 +282,7 @@ def test_a_trace_is_correct_as_evaluation_scores_it():
     """'inconclusive' is a correct condition when the gold page was not among the documents shown
     (the evaluation's rule), so keep=correct keeps it; never when the gold page was shown."""
     from t0_pipeline.llm.calls import LLMReply
-    from t0_pipeline.traces import _trace
+    from t0_pipeline.synthetic.traces import _trace
 
     row = {"id": "q", "query": "toe", "slug": "gout", "disposition": "Self-care"}
     row |= {"query_type": "basic", "age": 40, "sex": "male"}

@@ -11,7 +11,7 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import SFTConfig, TrainConfig
-from t0_pipeline.sft import build_sft
+from t0_pipeline.synthetic.sft import build_sft
 from t0_pipeline.train import train
 from t0_pipeline.train_data import IGNORE, tokenize_example
 from t0_pipeline_tests.conftest import build_tiny_tokenizer

@@ -162,7 +162,7 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(chain):
     assert "What fine-tuning taught: t0-135m against its base smollm2-135m" in out
     # the synthetic data a person would read: first-person messages in words, thinking about them
     from t0_pipeline.config import DataPaths
-    from t0_pipeline.content_checks import corpus_vocabulary, query_content, trace_content
+    from t0_pipeline.synthetic.content_checks import corpus_vocabulary, query_content, trace_content
 
     vocabulary = corpus_vocabulary(DataPaths(data))
     assert query_content(queries, vocabulary, 0.5)[0]["readable_first_person_share"] >= 0.5

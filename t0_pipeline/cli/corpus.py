@@ -121,7 +121,7 @@ def summarise(
 
     Pages whose text is unchanged reuse their summary.
     """
-    from t0_pipeline.summarise import run_summarise
+    from t0_pipeline.synthetic.summarise import run_summarise
 
     cfg, paths = setup(
         data_dir,

@@ -37,7 +37,7 @@ def synth_queries(
 
     No (condition, disposition) pair is in both sets.
     """
-    from t0_pipeline.synth import run_generate_queries
+    from t0_pipeline.synthetic.queries import run_generate_queries
 
     cfg, paths = setup(
         data_dir,
@@ -79,7 +79,7 @@ def traces(
 
     One trace per training query; parsed and filtered by traces.keep.
     """
-    from t0_pipeline.traces import run_traces
+    from t0_pipeline.synthetic.traces import run_traces
 
     cfg, paths = setup(
         data_dir,
@@ -116,7 +116,7 @@ def sft(
     sets: Optional[list[str]] = SetOpt,
 ):
     """Turn kept traces into chat examples for fine-tuning (Parquet + dataset card)."""
-    from t0_pipeline.sft import run_sft
+    from t0_pipeline.synthetic.sft import run_sft
 
     cfg, paths = setup(
         data_dir,

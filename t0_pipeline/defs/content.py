@@ -1,14 +1,15 @@
 """Content checks on the synthetic data, blocking: the queries read as patients' messages and the
 kept teacher thinking is about its query, with nothing offensive in what a student trains on
-(:mod:`t0_pipeline.content_checks`). A check that passes on gibberish would be a defect."""
+(:mod:`t0_pipeline.synthetic.content_checks`). A check that passes on gibberish would be a
+defect."""
 
 import dagster as dg
 import polars as pl
 
-from t0_pipeline.content_checks import corpus_vocabulary, query_content, trace_content
 from t0_pipeline.defs.resources import PipelineSettings
 from t0_pipeline.defs.synthetic import reasoning_traces, synthetic_queries
-from t0_pipeline.synth_prompt import load_examples
+from t0_pipeline.synthetic.content_checks import corpus_vocabulary, query_content, trace_content
+from t0_pipeline.synthetic.query_prompt import load_examples
 
 
 @dg.asset_check(

@@ -12,7 +12,7 @@ from t0_pipeline.corpus.crawl import corpus_fingerprint, run_crawl
 from t0_pipeline.defs.models import MODEL_DEPS
 from t0_pipeline.defs.resources import PipelineSettings, location_config
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.summarise import run_summarise
+from t0_pipeline.synthetic.summarise import run_summarise
 
 EAGER = dg.AutomationCondition.eager()
 

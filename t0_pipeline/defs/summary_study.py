@@ -16,7 +16,7 @@ from t0_pipeline.defs.roles import RoleOverrides, role_config, usage_metadata
 from t0_pipeline.defs.versions import version_of
 from t0_pipeline.retrieval.evaluate import evaluate_retrieval, read_saved_queries
 from t0_pipeline.retrieval.index import build_bm25_index, build_dense_index
-from t0_pipeline.summarise import run_summarise
+from t0_pipeline.synthetic.summarise import run_summarise
 
 GROUP = "synthetic_data"
 # the model-calling asset follows its inputs only when automation.synthetic_data says so

@@ -33,9 +33,9 @@ from t0_pipeline.defs.retrieval import (
 )
 from t0_pipeline.defs.roles import RoleOverrides, role_config, usage_metadata
 from t0_pipeline.defs.versions import version_of
-from t0_pipeline.sft import run_sft
-from t0_pipeline.synth import run_generate_queries
-from t0_pipeline.traces import run_traces
+from t0_pipeline.synthetic.queries import run_generate_queries
+from t0_pipeline.synthetic.sft import run_sft
+from t0_pipeline.synthetic.traces import run_traces
 
 GROUP = "synthetic_data"
 

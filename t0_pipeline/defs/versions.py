@@ -46,6 +46,16 @@ MOVED: dict[str, str] = {
     "llm_json": "llm/structured",
     "llm_stream": "llm/stream",
     "thinking": "llm/thinking",
+    "summarise": "synthetic/summarise",
+    "synth": "synthetic/queries",
+    "synth_prompt": "synthetic/query_prompt",
+    "demographics": "synthetic/demographics",
+    "teacher_schema": "synthetic/teacher_schema",
+    "triage_prompt": "synthetic/triage_prompt",
+    "traces": "synthetic/traces",
+    "sft": "synthetic/sft",
+    "content_checks": "synthetic/content_checks",
+    "readable": "synthetic/readable",
 }
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt

@@ -5,12 +5,11 @@
   those of the draw's level of care and style first. A small model writes far better with them; a
   message that copies one is no query (the readable-queries check shows such copies).
 - **The reply schema** for a ``structured_output`` role: the refusal flag first (when allowed),
-  then demographics, then the message. The message is plain words and punctuation, opening with
-  "I" or "My" (word by word: no digits, no symbols: a small model's "1901-2022, m_t_f_2017"
-  cannot be written) and the
-  demographics are plausible values from fixed choices (:mod:`t0_pipeline.demographics`), so a
-  tiny model cannot invent "occupation: 1901-2022". A frontier model without a schema writes
-  freely, as the prompt asks.
+  then demographics, then the message. The message is plain words and punctuation, opening with "I"
+  or "My" (word by word: no digits, no symbols: a small model's "1901-2022, m_t_f_2017" cannot be
+  written) and the demographics are plausible values from fixed choices
+  (:mod:`t0_pipeline.synthetic.demographics`), so a tiny model cannot invent "occupation:
+  1901-2022". A frontier model without a schema writes freely, as the prompt asks.
 """
 
 from __future__ import annotations

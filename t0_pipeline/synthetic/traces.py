@@ -17,16 +17,16 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
-from t0_pipeline.demographics import demographics_text
 from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.calls import require_some_success
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import domain_of
-from t0_pipeline.teacher_schema import answer_schema, from_structured
+from t0_pipeline.synthetic import triage_prompt
+from t0_pipeline.synthetic.demographics import demographics_text
+from t0_pipeline.synthetic.teacher_schema import answer_schema, from_structured
 from t0_pipeline.triage_scoring import (
     Scale,
     last_answer_pair,

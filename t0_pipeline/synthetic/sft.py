@@ -24,7 +24,6 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline import triage_prompt
 from t0_pipeline.artifacts import (
     T0Error,
     atomic_path,
@@ -37,6 +36,7 @@ from t0_pipeline.base_models import public_name
 from t0_pipeline.cards import Provenance, dataset_card, dataset_info
 from t0_pipeline.chat import ChatFormat, count_tokens, load_tokenizer, render_chat
 from t0_pipeline.config import DataPaths, SFTConfig
+from t0_pipeline.synthetic import triage_prompt
 
 
 def messages_for(

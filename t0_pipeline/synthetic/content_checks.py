@@ -1,7 +1,7 @@
-"""Content checks on the synthetic data (measures: :mod:`t0_pipeline.readable`): do the queries
-read as patients' messages, does the kept teacher thinking talk about its query, and is anything
-a student trains on offensive? Each returns its figures and a list of problems (empty = passed),
-with examples a person can look at."""
+"""Content checks on the synthetic data (measures: :mod:`t0_pipeline.synthetic.readable`): do the
+queries read as patients' messages, does the kept teacher thinking talk about its query, and is
+anything a student trains on offensive? Each returns its figures and a list of problems (empty =
+passed), with examples a person can look at."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from typing import Any
 import polars as pl
 
 from t0_pipeline.config import DataPaths
-from t0_pipeline.readable import Vocabulary, first_person, grounded, offensive_words, tokens
+from t0_pipeline.synthetic.readable import (
+    Vocabulary,
+    first_person,
+    grounded,
+    offensive_words,
+    tokens,
+)
 
 
 def _examples(texts: list[str], n: int = 5, width: int = 160) -> list[str]:

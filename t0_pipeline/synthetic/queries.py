@@ -35,13 +35,18 @@ from t0_pipeline.artifacts import (
 )
 from t0_pipeline.checks import disjoint_problems
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig
-from t0_pipeline.demographics import WrittenDemographics, written_profile_model
 from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.calls import require_some_success
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import domain_of, load_template, render
-from t0_pipeline.synth_prompt import examples_block, load_examples, pick_examples, response_schema
+from t0_pipeline.synthetic.demographics import WrittenDemographics, written_profile_model
+from t0_pipeline.synthetic.query_prompt import (
+    examples_block,
+    load_examples,
+    pick_examples,
+    response_schema,
+)
 
 log = logging.getLogger(__name__)
 
