@@ -2,9 +2,10 @@
 trainer.
 
 Builds a model from a config in the shape of a Qwen2.5 student (no weights are downloaded), an SFT
-dataset of full-length chats, and runs ``t0_pipeline.train.train`` for a few steps with and without
-gradient checkpointing. On one GPU the default is the 0.5B shape at block size 8,192 under DeepSpeed
-ZeRO-3 (target: MFU >= 35% on one H100); on CPU use ``--shape tiny`` to check that the script runs.
+dataset of full-length chats, and runs ``t0_pipeline.training.train.train`` for a few steps with and
+without gradient checkpointing. On one GPU the default is the 0.5B shape at block size 8,192 under
+DeepSpeed ZeRO-3 (target: MFU >= 35% on one H100); on CPU use ``--shape tiny`` to check that the
+script runs.
 
     python benchmarks/bench_train.py                                  # GPU: 0.5B, block 8192,
     ZeRO-3 python benchmarks/bench_train.py --shape tiny --block 256 --steps 3 --deepspeed none   #
@@ -28,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _qwen25(size: str) -> dict:
-    """A Qwen2.5 student's config.json figures (t0_pipeline.model_shape.QWEN25)."""
-    from t0_pipeline.model_shape import QWEN25
+    """A Qwen2.5 student's config.json figures (t0_pipeline.training.model_shape.QWEN25)."""
+    from t0_pipeline.training.model_shape import QWEN25
 
     hidden, layers, inter, heads, kv, vocab, tied = QWEN25[size]
     return dict(
@@ -99,7 +100,7 @@ def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, di
 
 def model_flops_per_token(dims: dict, block: int) -> float:
     """6·N + causal attention per token, as the trainer's MFU counts it (model_shape)."""
-    from t0_pipeline.model_shape import shape_from_config
+    from t0_pipeline.training.model_shape import shape_from_config
 
     return shape_from_config({**dims, "model_type": "qwen2"}).train_flops_per_token(block)
 
@@ -131,7 +132,7 @@ def main() -> None:
     import torch
 
     from t0_pipeline.config import TrainConfig
-    from t0_pipeline.train import train
+    from t0_pipeline.training.train import train
 
     rows, device = [], torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:

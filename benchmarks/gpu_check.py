@@ -1,13 +1,14 @@
 """The one prepared GPU check (``benchmarks/gpu_check.sh``; ≤ 8 minutes on one H100 or H200;
 nothing downloaded).
 
-1. **Training**: the real trainer (``t0_pipeline.train.train``) with DeepSpeed ZeRO-3 on one GPU,
+1. **Training**: the real trainer (``t0_pipeline.training.train.train``) with DeepSpeed ZeRO-3 on
+   one GPU,
    on a model built from a config in the shape of the report's smallest student (Qwen2.5-1.5B,
    random weights) and an SFT dataset of full-length chats, at blocks 4,096 and 16,384 with
    ``train.loss: auto``. Per block: tokens/s per GPU, MFU against the GPU's dense bf16 peak
-   (``t0_pipeline.gpus``), peak memory allocated against the memory plan's prediction (the plan
-   less its framework reserve, which ``max_memory_allocated`` does not see), and the loss the plan
-   chose.
+   (``t0_pipeline.training.gpus``), peak memory allocated against the memory plan's prediction (the
+   plan less its framework reserve, which ``max_memory_allocated`` does not see), and the loss the
+   plan chose.
 2. **Serving**: the bundled SmolLM2-135M-Instruct converted from its GGUF file and served by vLLM
    (``--server cpu``: the project's CPU server, for a smoke run without a GPU); start-to-healthy
    seconds, then the same prompts generated plainly and with budget forcing
@@ -44,7 +45,7 @@ def environment() -> dict:
 
     import torch
 
-    from t0_pipeline.gpus import local_gpu
+    from t0_pipeline.training.gpus import local_gpu
 
     here = local_gpu()
     return {
@@ -79,7 +80,7 @@ def train_one(shape: str, block: int, steps: int) -> dict:
     from bench_train import build
 
     from t0_pipeline.config import TrainConfig
-    from t0_pipeline.train import train
+    from t0_pipeline.training.train import train
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(key, value)

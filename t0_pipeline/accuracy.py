@@ -51,10 +51,10 @@ from t0_pipeline.config import (
 from t0_pipeline.domain import default_domain, plural
 from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.client import LLMClient
-from t0_pipeline.model_card import refresh_cards
 from t0_pipeline.predictors import answering_weights, make_predictor
 from t0_pipeline.prompts import domain_of
 from t0_pipeline.synthetic import triage_prompt
+from t0_pipeline.training.model_card import refresh_cards
 from t0_pipeline.triage_scoring import (
     score,
     summarise_runs,

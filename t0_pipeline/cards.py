@@ -1,7 +1,7 @@
 """Cards that travel with what the pipeline makes, in the Hugging Face card form (YAML front
 matter, then Markdown): the SFT dataset's ``README.md`` (:func:`dataset_card`; ``dataset.json``
 beside it holds the same facts for programs) and every student checkpoint's ``final/README.md``
-(:mod:`t0_pipeline.model_card`).
+(:mod:`t0_pipeline.training.model_card`).
 
 A card names models by their public names (:func:`t0_pipeline.base_models.public_name`), never
 by a path of the machine that made them. What the cards say about the task and its documents (the

@@ -11,8 +11,13 @@ from t0_pipeline.base_models import SOURCE_FILE, public_name
 from t0_pipeline.cards import provenance, read_front_matter
 from t0_pipeline.config import DataPaths, EvaluationConfig, PipelineConfig, TrainConfig
 from t0_pipeline.config.models import size_entries
-from t0_pipeline.model_card import CardContext, model_card, record_evaluation, refresh_cards
-from t0_pipeline.train_result import TrainResult
+from t0_pipeline.training.model_card import (
+    CardContext,
+    model_card,
+    record_evaluation,
+    refresh_cards,
+)
+from t0_pipeline.training.result import TrainResult
 from t0_pipeline.weights import weights_digest
 
 
@@ -119,7 +124,7 @@ def test_only_the_first_rank_makes_the_tracker_folder_and_the_environment_is_res
     writes) makes a folder, and the variables set for the block are taken away after it."""
     import os
 
-    from t0_pipeline.trackers import tracking
+    from t0_pipeline.training.trackers import tracking
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     for rank, name in (("1", "t0-tiny-later"), ("0", "t0-tiny-first")):

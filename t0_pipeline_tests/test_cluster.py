@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.cluster import job_spec, load_profile, profile_names, render_sbatch
+from t0_pipeline.training.cluster import job_spec, load_profile, profile_names, render_sbatch
 
 GOLDEN = Path(__file__).parent / "golden"
 

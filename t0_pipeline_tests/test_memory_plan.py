@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from t0_pipeline.config import TrainConfig
-from t0_pipeline.memory_plan import RunShape, fitting_settings, plan_memory
-from t0_pipeline.model_shape import QWEN25, ModelShape, model_shape
+from t0_pipeline.training.memory_plan import RunShape, fitting_settings, plan_memory
+from t0_pipeline.training.model_shape import QWEN25, ModelShape, model_shape
 
 GB = 1e9
 GIB = 2**30
@@ -30,8 +30,8 @@ def qwen(size: str) -> ModelShape:
 
 
 def site_plan(site: str, size: str, **config):
-    from t0_pipeline.cluster import load_profile
-    from t0_pipeline.train_plan import plan_for_site
+    from t0_pipeline.training.cluster import load_profile
+    from t0_pipeline.training.plan import plan_for_site
 
     train = TrainConfig(**config)
     model = f"Qwen/Qwen2.5-{size}-Instruct"
@@ -305,7 +305,7 @@ def test_the_chunked_loss_gives_the_plain_loss_and_gradients_on_the_real_smollm2
     import torch
     from transformers import AutoModelForCausalLM
 
-    from t0_pipeline.train_loss import use_chunked_loss
+    from t0_pipeline.training.loss import use_chunked_loss
 
     torch.manual_seed(0)
     ids = torch.randint(0, 49152, (2, 160))
@@ -393,8 +393,8 @@ def test_t0_plan_itemises_one_run_and_lists_every_size_and_site(tmp_path):
 def test_the_plan_counts_the_examples_a_shorter_block_drops(tmp_path):
     import polars as pl
 
-    from t0_pipeline.cluster import load_profile
-    from t0_pipeline.train_plan import plan_for_site
+    from t0_pipeline.training.cluster import load_profile
+    from t0_pipeline.training.plan import plan_for_site
 
     data = tmp_path / "sft.parquet"
     lengths = [2000, 9000, 20000, 31000, 32000, 40000]  # the last is over the block: never trained
@@ -438,7 +438,7 @@ def test_student_checkpoint_refuses_a_run_that_cannot_fit_before_submitting_it(t
 
 def test_auto_settings_keep_the_plain_loss_on_cpu_and_liger_is_refused_there(tmp_path):
     from t0_pipeline.artifacts import T0Error
-    from t0_pipeline.train_plan import choose_settings, resolve_deepspeed
+    from t0_pipeline.training.plan import choose_settings, resolve_deepspeed
 
     folder = tmp_path / "m"
     folder.mkdir()

@@ -197,8 +197,8 @@ def test_a_served_student_is_reached_with_its_own_tokenizer_and_the_server_stops
 
 
 def test_the_slurm_server_script_asks_for_the_sizes_gpus_and_passes_them_as_tensor_parallel_size():
-    from t0_pipeline.cluster import load_profile, render_serve_sbatch
     from t0_pipeline.slurm_server import slurm_command
+    from t0_pipeline.training.cluster import load_profile, render_serve_sbatch
 
     plan = ServerPlan(
         name="qwen2.5-7b", checkpoint="Qwen/Qwen2.5-7B-Instruct", args=["--enable-prefix-caching"]
@@ -231,7 +231,7 @@ def test_the_slurm_server_script_takes_the_next_port_when_its_job_s_port_is_held
     """The job-id port lies in Linux's ephemeral range: another process's socket may hold it (a CI
     run's job 94 failed on 40094 so). The script serves, and says it serves, on the next free one;
     without python3 on the node it keeps the job-id port."""
-    from t0_pipeline.cluster import load_profile, render_serve_sbatch
+    from t0_pipeline.training.cluster import load_profile, render_serve_sbatch
 
     script = render_serve_sbatch(
         load_profile("baskerville"),

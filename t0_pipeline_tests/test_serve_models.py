@@ -214,7 +214,7 @@ def test_a_model_that_fails_to_start_stops_the_others_in_one_line(tmp_path):
 
 
 def test_a_role_server_takes_the_sites_widest_one_node_allocation_or_its_own():
-    from t0_pipeline.cluster import load_profile, server_size
+    from t0_pipeline.training.cluster import load_profile, server_size
 
     baskerville = load_profile("baskerville")
     assert server_size(baskerville, None, "teacher") == "1.5B"  # 4 GPUs on one node

@@ -64,7 +64,7 @@ def test_a_real_chatml_tokenizer_renders_the_example_and_learns_only_the_answer_
     expect, and the trainer's labels cover exactly the assistant turn."""
     from transformers import AutoTokenizer
 
-    from t0_pipeline.train_data import IGNORE, tokenize_example
+    from t0_pipeline.training.data import IGNORE, tokenize_example
 
     tok = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
     df, stats = build_sft(pl.DataFrame([TRACE]), SFTConfig(tokenizer="smollm2"), tok)

@@ -12,8 +12,8 @@ import pytest
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import SFTConfig, TrainConfig
 from t0_pipeline.synthetic.sft import build_sft
-from t0_pipeline.train import train
-from t0_pipeline.train_data import IGNORE, tokenize_example
+from t0_pipeline.training.data import IGNORE, tokenize_example
+from t0_pipeline.training.train import train
 from t0_pipeline_tests.conftest import build_tiny_tokenizer
 
 WORDS = (
@@ -184,7 +184,7 @@ def test_a_named_tracker_that_is_not_installed_is_one_error_before_anything_load
 ):
     import importlib.util
 
-    from t0_pipeline.trackers import TRACKERS
+    from t0_pipeline.training.trackers import TRACKERS
 
     root, _ = student
     missing = next(
@@ -232,7 +232,7 @@ import os, signal, sys
 from pathlib import Path
 from transformers import Trainer
 from t0_pipeline.config import TrainConfig
-from t0_pipeline.train import train
+from t0_pipeline.training.train import train
 
 plain = Trainer._save_rng_state
 
@@ -268,7 +268,7 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_whole_one
     half = run / "checkpoint-8"
     assert half.is_dir() and not (half / "trainer_state.json").exists()
     assert not (out / "final").exists()
-    with caplog.at_level("WARNING", logger="t0_pipeline.train_runs"):
+    with caplog.at_level("WARNING", logger="t0_pipeline.training.runs"):
         again = train(config, root / "sft.parquet", out)  # the requeued job
     assert again.resumed_from == str(run / "checkpoint-4") and again.global_step == 12
     assert any("checkpoint-8 is incomplete" in r.getMessage() for r in caplog.records)
@@ -367,7 +367,7 @@ def test_overlong_examples_are_dropped_never_cut(student):
 
 
 def test_deepspeed_auto_picks_zero3_for_several_processes_training_all_weights(tmp_path):
-    from t0_pipeline.train_plan import resolve_deepspeed
+    from t0_pipeline.training.plan import resolve_deepspeed
 
     assert resolve_deepspeed(TrainConfig(), 1) is None
     assert resolve_deepspeed(TrainConfig(), 2).name == "zero3.json"
@@ -619,7 +619,7 @@ def test_a_job_stopped_before_its_time_limit_checkpoints_requeues_and_resumes(st
 
     from transformers import AutoModelForCausalLM
 
-    from t0_pipeline.cluster import load_profile, render_sbatch
+    from t0_pipeline.training.cluster import load_profile, render_sbatch
 
     if not _slurm_up():
         if os.environ.get("CI"):
@@ -708,10 +708,10 @@ def test_student_checkpoint_trains_on_two_ranks_with_zero3_through_dagster_slurm
     from typer.testing import CliRunner
 
     from t0_pipeline.cli import app
-    from t0_pipeline.cluster import prepare_env_dir
     from t0_pipeline.defs.resources import PipelineSettings, TrainingCompute
     from t0_pipeline.defs.training import build_student_checkpoint
-    from t0_pipeline.train_ranks import tensor_digest
+    from t0_pipeline.training.cluster import prepare_env_dir
+    from t0_pipeline.training.ranks import tensor_digest
 
     key = Path(os.environ.get("T0_CI_SSH_KEY", "/root/.ssh/t0_ci"))
     if not (_slurm_up() and key.exists()):

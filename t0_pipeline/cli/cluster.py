@@ -62,8 +62,8 @@ def sbatch(
     It is the script Dagster submits for the same size: srun starts torchrun on every node,
     one rank per GPU.
     """
-    from t0_pipeline.cluster import load_profile, render_sbatch
-    from t0_pipeline.train_plan import job_plan
+    from t0_pipeline.training.cluster import load_profile, render_sbatch
+    from t0_pipeline.training.plan import job_plan
 
     cfg, paths = setup(data_dir, config, sets=sets)
     model = cfg.train.sizes.get(size)
@@ -108,15 +108,15 @@ def slurm_env(
 ):
     """Lay out a pre-deployed environment for dagster-slurm (activate.sh + env/ → the venv)."""
 
-    from t0_pipeline.cluster import prepare_env_dir
+    from t0_pipeline.training.cluster import prepare_env_dir
 
     out = prepare_env_dir(path, venv or Path(sys.prefix))
     typer.echo(f"pre-deployed environment ready at {out}; set TrainingCompute.env_path to it")
 
 
 def site_plans(cfg, paths, site: str, size: str, profiles_dir: Optional[Path] = None):
-    from t0_pipeline.cluster import load_profile
-    from t0_pipeline.train_plan import size_plan
+    from t0_pipeline.training.cluster import load_profile
+    from t0_pipeline.training.plan import size_plan
 
     return size_plan(cfg, paths, load_profile(site, profiles_dir), size)
 
@@ -143,7 +143,7 @@ def plan(
     would make it fit, cheapest first; `train.loss: auto` and `train.deepspeed: auto` take them by
     themselves at run time. `--set train.block_size=16384` plans another block.
     """
-    from t0_pipeline.cluster import profile_names
+    from t0_pipeline.training.cluster import profile_names
 
     cfg, paths = setup(data_dir, config, sets=sets)
     if every:

@@ -203,11 +203,11 @@ def train(
     One process, or one per GPU under torchrun (as the Slurm job script runs it).
     Reports to Dagster through Pipes when Dagster started it.
     """
-    from t0_pipeline.model_card import card_context
-    from t0_pipeline.trackers import run_name
-    from t0_pipeline.train import run_train
-    from t0_pipeline.train_ranks import rank
-    from t0_pipeline.train_report import dagster_reporter
+    from t0_pipeline.training.model_card import card_context
+    from t0_pipeline.training.ranks import rank
+    from t0_pipeline.training.report import dagster_reporter
+    from t0_pipeline.training.trackers import run_name
+    from t0_pipeline.training.train import run_train
 
     cfg, paths = setup(
         data_dir,
@@ -272,8 +272,8 @@ def export(
     budget-forcing settings), README.md (the model card) and loss.png; plain from_pretrained
     loads it. --push also uploads it to a private repository on a Hugging Face hub ($HF_TOKEN).
     """
-    from t0_pipeline.export import export_student
-    from t0_pipeline.export import push as push_folder
+    from t0_pipeline.training.export import export_student
+    from t0_pipeline.training.export import push as push_folder
 
     cfg, paths = setup(data_dir, config, sets=sets)
     if size not in cfg.train.sizes:

@@ -228,16 +228,17 @@ class TrainConfig(BaseModel):
     # none; or a name in slurm/deepspeed (zero3, zero3_offload), a JSON path, or "none" (plain DDP /
     # one device)
     deepspeed: str | None = "auto"
-    # the loss over the vocabulary: plain (transformers'), chunked (t0_pipeline.train_loss: a chunk
-    # of loss_chunk_tokens at a time, same loss and gradients), liger (Liger Kernel's fused linear
-    # cross-entropy; GPUs, the gpu extra), or auto: plain when the run's memory plan fits with it,
-    # else chunked (see t0_pipeline.memory_plan). train.deepspeed auto likewise adds optimizer
-    # offload, then parameter offload, on GPUs when the plan needs them
+    # the loss over the vocabulary: plain (transformers'), chunked (t0_pipeline.training.loss: a
+    # chunk of loss_chunk_tokens at a time, same loss and gradients), liger (Liger Kernel's fused
+    # linear cross-entropy; GPUs, the gpu extra), or auto: plain when the run's memory plan fits
+    # with it, else chunked (see t0_pipeline.training.memory_plan). train.deepspeed auto likewise
+    # adds optimizer offload, then parameter offload, on GPUs when the plan needs them
     loss: Literal["auto", "plain", "chunked", "liger"] = "auto"
     loss_chunk_tokens: int = Field(default=1024, ge=16)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     # experiment trackers (the trainer's integrations): tensorboard (local files under
-    # <output>/runs/, no account), wandb, mlflow, trackio, … or none; see t0_pipeline.trackers
+    # <output>/runs/, no account), wandb, mlflow, trackio, … or none; see
+    # t0_pipeline.training.trackers
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     sizes: dict[str, str] = Field(
         default_factory=lambda: {  # partition key → base model (report's five sizes)
@@ -248,7 +249,7 @@ class TrainConfig(BaseModel):
     @field_validator("report_to", mode="before")
     @classmethod
     def _trackers(cls, value):
-        from t0_pipeline.trackers import normalise
+        from t0_pipeline.training.trackers import normalise
 
         return normalise(value)
 

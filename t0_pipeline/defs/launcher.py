@@ -3,11 +3,10 @@
 dagster-slurm's own ``BashLauncher`` runs its payload once, as one process. Training needs the job
 shaped by the site profile (``srun`` → one ``torchrun`` per node → one rank per GPU, DeepSpeed
 ZeRO-3, the profile's modules, container and setup lines), so this launcher hands dagster-slurm the
-script rendered by :func:`t0_pipeline.cluster.render_sbatch`, unchanged. What Dagster adds (the
-Pipes context and the pre-deployed environment as ``$T0_VENV``) goes into ``t0-job.env`` beside it
-in the job's working directory, which the script sources; ``srun`` and ``torchrun`` pass it on to
-every rank, and rank 0 opens the Pipes session.
-"""
+script rendered by :func:`t0_pipeline.training.cluster.render_sbatch`, unchanged. What Dagster adds
+(the Pipes context and the pre-deployed environment as ``$T0_VENV``) goes into ``t0-job.env`` beside
+it in the job's working directory, which the script sources; ``srun`` and ``torchrun`` pass it on to
+every rank, and rank 0 opens the Pipes session."""
 
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -15,7 +14,7 @@ from typing import Any, Dict, Optional
 from dagster_slurm.config.runtime import RuntimeVariant
 from dagster_slurm.launchers.base import ComputeLauncher, ExecutionPlan
 
-from t0_pipeline.cluster import JOB_ENV_FILE, job_env_file
+from t0_pipeline.training.cluster import JOB_ENV_FILE, job_env_file
 
 
 class TrainingJobLauncher(ComputeLauncher):

@@ -127,7 +127,7 @@ class TrainingCompute(dg.ConfigurableResource):
             command = [
                 sys.executable,
                 "-m",
-                "t0_pipeline.train",
+                "t0_pipeline.training.train",
                 "--partition",
                 size,
                 "--model",
@@ -163,9 +163,9 @@ class TrainingCompute(dg.ConfigurableResource):
         cannot be read here)."""
         from pathlib import Path
 
-        from t0_pipeline.cluster import Allocation, SiteProfile, load_profile
-        from t0_pipeline.gpus import local_gpu
-        from t0_pipeline.train_plan import job_plan
+        from t0_pipeline.training.cluster import Allocation, SiteProfile, load_profile
+        from t0_pipeline.training.gpus import local_gpu
+        from t0_pipeline.training.plan import job_plan
 
         if self.mode == "slurm":
             profile = load_profile(
@@ -186,9 +186,9 @@ class TrainingCompute(dg.ConfigurableResource):
         prints."""
         from pathlib import Path
 
-        from t0_pipeline.cluster import job_spec, load_profile, render_sbatch
         from t0_pipeline.config import DataPaths
-        from t0_pipeline.train_plan import job_plan
+        from t0_pipeline.training.cluster import job_spec, load_profile, render_sbatch
+        from t0_pipeline.training.plan import job_plan
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)
         overrides = {"account": self.account, "partition": self.partition, "qos": self.qos}
@@ -301,7 +301,7 @@ def job_log_dir(data_dir: str, size: str) -> str:
 def job_failure_message(size: str, error: str, rank_errors: str) -> str:
     """One clear error for a failed training job: the failing rank's error and last lines, else
     Slurm's reason."""
-    from t0_pipeline.train_ranks import parse_failures
+    from t0_pipeline.training.ranks import parse_failures
 
     failures = parse_failures(rank_errors)
     if failures:
@@ -387,7 +387,12 @@ class ModelServer(dg.ConfigurableResource):
         from pathlib import Path
 
         from t0_pipeline import slurm_server as slurm
-        from t0_pipeline.cluster import job_spec, load_profile, render_serve_sbatch, server_size
+        from t0_pipeline.training.cluster import (
+            job_spec,
+            load_profile,
+            render_serve_sbatch,
+            server_size,
+        )
 
         profile = load_profile(self.site, Path(self.profiles_dir) if self.profiles_dir else None)
         size = server_size(profile, plan.size or size, plan.name)

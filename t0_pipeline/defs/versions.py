@@ -56,6 +56,21 @@ MOVED: dict[str, str] = {
     "sft": "synthetic/sft",
     "content_checks": "synthetic/content_checks",
     "readable": "synthetic/readable",
+    "train": "training/train",
+    "train_data": "training/data",
+    "train_loss": "training/loss",
+    "train_ranks": "training/ranks",
+    "train_runs": "training/runs",
+    "train_result": "training/result",
+    "train_report": "training/report",
+    "train_plan": "training/plan",
+    "memory_plan": "training/memory_plan",
+    "model_shape": "training/model_shape",
+    "gpus": "training/gpus",
+    "cluster": "training/cluster",
+    "trackers": "training/trackers",
+    "model_card": "training/model_card",
+    "export": "training/export",
 }
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from t0_pipeline.artifacts import T0Error
 
 # package data: profiles, template, DeepSpeed configs
-SLURM_DIR = Path(__file__).resolve().parent / "slurm"
+SLURM_DIR = Path(__file__).resolve().parent.parent / "slurm"  # t0_pipeline/slurm/
 # a submitter's additions (Dagster's Pipes context), sourced from the job's work dir
 JOB_ENV_FILE = "t0-job.env"
 # seconds before the time limit at which the trainer checkpoints and the job requeues
@@ -49,7 +49,7 @@ class SiteProfile(BaseModel):
     partition: str | None = None
     qos: str | None = None
     gpus_per_node: int = 4
-    # the GPU model, a key of t0_pipeline.gpus.GPUS (a100-40gb, a100-80gb, h100-sxm, h200,
+    # the GPU model, a key of t0_pipeline.training.gpus.GPUS (a100-40gb, a100-80gb, h100-sxm, h200,
     # gh200-96gb): its memory is what `t0 plan` and the training pre-check plan against
     gpu: str | None = None
     gpu_memory_gib: float | None = Field(default=None, gt=0)  # overrides the table's
@@ -65,7 +65,7 @@ class SiteProfile(BaseModel):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, value: str | None) -> str | None:
-        from t0_pipeline.gpus import GPUS
+        from t0_pipeline.training.gpus import GPUS
 
         if value is not None and value.lower() not in GPUS:
             raise ValueError(f"unknown GPU {value!r}; known: {', '.join(GPUS)}")
@@ -73,7 +73,7 @@ class SiteProfile(BaseModel):
 
     def gpu_memory(self) -> float | None:
         """GiB per GPU: the profile's own figure, else the GPU table's; None when unknown."""
-        from t0_pipeline.gpus import gpu_named
+        from t0_pipeline.training.gpus import gpu_named
 
         if self.gpu_memory_gib:
             return self.gpu_memory_gib

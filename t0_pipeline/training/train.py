@@ -3,21 +3,21 @@
 Input: ``<data>/synthetic/sft/train.parquet`` (``messages`` as JSON) and a base model (name
 or local path). Output under the output directory: ``checkpoints/run-<digest>/`` (for resuming
 after preemption; one folder per training settings, so a run with other settings starts afresh:
-:mod:`t0_pipeline.train_runs`), ``final/`` (a consolidated Hugging Face model + tokenizer +
+:mod:`t0_pipeline.training.runs`), ``final/`` (a consolidated Hugging Face model + tokenizer +
 ``README.md`` model card that loads with plain ``from_pretrained``, renamed into place when
 complete), ``metrics.json`` (losses, world size, throughput, memory, parameters held per rank) and
 ``logs/rank-<N>.error`` for a rank that failed.
 
-Examples come from :mod:`t0_pipeline.train_data` (loss on the completion only, examples longer
+Examples come from :mod:`t0_pipeline.training.data` (loss on the completion only, examples longer
 than ``block_size`` left out and counted, never cut). A held-out split is evaluated every
 ``eval_steps`` (the reference implementation evaluated on its training set). What ranks share
-and record is in :mod:`t0_pipeline.train_ranks`.
+and record is in :mod:`t0_pipeline.training.ranks`.
 
-Before the model loads, the run's memory plan (:mod:`t0_pipeline.train_plan`) is made for its
+Before the model loads, the run's memory plan (:mod:`t0_pipeline.training.plan`) is made for its
 longest example on this node's GPU and logged; ``train.loss: auto`` takes the chunked loss
-(:mod:`t0_pipeline.train_loss`; Liger Kernel's fused one where installed) and ``train.deepspeed:
+(:mod:`t0_pipeline.training.loss`; Liger Kernel's fused one where installed) and ``train.deepspeed:
 auto`` optimizer offload only when the plan needs them. ``metrics.json`` records tokens/s per GPU
-and MFU against the GPU's dense bf16 peak (:mod:`t0_pipeline.gpus`).
+and MFU against the GPU's dense bf16 peak (:mod:`t0_pipeline.training.gpus`).
 
 Run on one process or under torchrun: several processes fine-tuning all weights use DeepSpeed
 ZeRO-3 by default (``train.deepspeed: auto``), with ``TrainingArguments`` built before the model
@@ -39,13 +39,11 @@ from pathlib import Path
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.base_models import public_name
 from t0_pipeline.config import DataPaths, TrainConfig
-from t0_pipeline.model_card import CardContext, read_dataset_info
-from t0_pipeline.trackers import log_settings, tracking
-from t0_pipeline.trackers import run_name as tracker_run_name
-from t0_pipeline.train_data import ListDataset, load_examples, pad_batch
-from t0_pipeline.train_loss import use_chunked_loss
-from t0_pipeline.train_plan import choose_settings, join_deepspeed
-from t0_pipeline.train_ranks import (
+from t0_pipeline.training.data import ListDataset, load_examples, pad_batch
+from t0_pipeline.training.loss import use_chunked_loss
+from t0_pipeline.training.model_card import CardContext, read_dataset_info
+from t0_pipeline.training.plan import choose_settings, join_deepspeed
+from t0_pipeline.training.ranks import (
     close_process_group,
     gather_per_rank,
     gathered_digest,
@@ -57,8 +55,10 @@ from t0_pipeline.train_ranks import (
     stop_file_callback,
     world_size,
 )
-from t0_pipeline.train_result import TrainResult, read_state, throughput
-from t0_pipeline.train_runs import last_complete_checkpoint, record_run, run_dir
+from t0_pipeline.training.result import TrainResult, read_state, throughput
+from t0_pipeline.training.runs import last_complete_checkpoint, record_run, run_dir
+from t0_pipeline.training.trackers import log_settings, tracking
+from t0_pipeline.training.trackers import run_name as tracker_run_name
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _save_final(
     """Every rank takes part in saving (ZeRO-3 gathers the 16-bit weights into one checkpoint);
     rank 0 adds the tokenizer, model card, generation settings and loss curve, and swaps ``final/``
     in whole."""
-    from t0_pipeline.model_card import loss_plot, model_card, write_generation_config
+    from t0_pipeline.training.model_card import loss_plot, model_card, write_generation_config
     from t0_pipeline.weights import weights_digest
 
     staging = output_dir / ".final.tmp"

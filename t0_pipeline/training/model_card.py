@@ -33,7 +33,7 @@ from t0_pipeline.config.models import BudgetConfig
 
 if TYPE_CHECKING:
     from t0_pipeline.config import TrainConfig
-    from t0_pipeline.train_result import TrainResult
+    from t0_pipeline.training.result import TrainResult
 
 EVALUATION_START, EVALUATION_END = "<!-- t0:evaluation -->", "<!-- /t0:evaluation -->"
 NOT_EVALUATED = (

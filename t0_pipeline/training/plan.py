@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.cluster import deepspeed_config_path
 from t0_pipeline.config import TrainConfig
-from t0_pipeline.memory_plan import (
+from t0_pipeline.training.cluster import deepspeed_config_path
+from t0_pipeline.training.memory_plan import (
     OFFLOAD_CONFIGS,
     Plan,
     RunShape,
@@ -27,7 +27,7 @@ from t0_pipeline.memory_plan import (
     render,
     settings_text,
 )
-from t0_pipeline.model_shape import model_shape
+from t0_pipeline.training.model_shape import model_shape
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class SitePlan:
 
 def plan_for_site(config: TrainConfig, profile, size: str, model: str, dataset: Path) -> SitePlan:
     """The plan of training ``size`` (base model ``model``) on a site profile's allocation."""
-    from t0_pipeline.cluster import job_spec
+    from t0_pipeline.training.cluster import job_spec
 
     if size not in profile.sizes:
         raise T0Error(
@@ -177,7 +177,7 @@ def plan_here(config: TrainConfig, processes: int, longest: int, ds_name: str | 
     auto settings applied; no cap on CPU ranks."""
     from importlib.util import find_spec
 
-    from t0_pipeline.gpus import local_gpu
+    from t0_pipeline.training.gpus import local_gpu
 
     here = local_gpu()
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)

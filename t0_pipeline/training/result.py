@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.train_ranks import gather_per_rank, peak_memory_gb
+from t0_pipeline.training.ranks import gather_per_rank, peak_memory_gb
 
 
 @dataclass
@@ -38,14 +38,15 @@ class TrainResult:
     weights_digest: dict[str, str] = field(default_factory=dict)
     preempted: bool = False  # stopped at a checkpoint before the time limit; final/ not written
     loss: str = "plain"  # plain, chunked or liger (train.loss auto resolved by the memory plan)
-    memory_plan: dict[str, Any] = field(default_factory=dict)  # t0_pipeline.memory_plan, as run
+    # t0_pipeline.training.memory_plan, as run
+    memory_plan: dict[str, Any] = field(default_factory=dict)
     # per rank, before the model was loaded (libraries, data): peak − baseline is what the plan
     # predicts on CPU ranks
     baseline_memory_gb: list[float] = field(default_factory=list)
     loaded_memory_gb: list[float] = field(default_factory=list)  # per rank, the model loaded
     tokens_per_second_per_gpu: float = 0.0
     mfu: float | None = None  # model FLOPs utilisation against the GPU's dense bf16 peak
-    gpu: str | None = None  # the GPU table's entry (t0_pipeline.gpus), None on CPU
+    gpu: str | None = None  # the GPU table's entry (t0_pipeline.training.gpus), None on CPU
 
     def metrics(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "final_dir"}
@@ -56,8 +57,8 @@ class TrainResult:
 def throughput(result: TrainResult, model: str, rows: list[dict]) -> None:
     """Tokens/s per device and, on a GPU in the table, MFU: model FLOPs per token (6·N + attention
     at the mean example length) × tokens/s per GPU over the dense bf16 peak."""
-    from t0_pipeline.gpus import local_gpu, mfu
-    from t0_pipeline.model_shape import model_shape
+    from t0_pipeline.training.gpus import local_gpu, mfu
+    from t0_pipeline.training.model_shape import model_shape
 
     per_device = result.tokens_per_second / max(1, result.world_size)
     result.tokens_per_second_per_gpu = round(per_device, 1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.model_card import EVALUATION_START, NOT_EVALUATED
+from t0_pipeline.training.model_card import EVALUATION_START, NOT_EVALUATED
 from t0_pipeline.weights import SIDECAR, weights_digest
 
 LEFT_BEHIND = {SIDECAR}

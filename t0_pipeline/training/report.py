@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from t0_pipeline.config import TrainConfig
-from t0_pipeline.train_ranks import rank
-from t0_pipeline.train_result import TrainResult
+from t0_pipeline.training.ranks import rank
+from t0_pipeline.training.result import TrainResult
 
 
 def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any]:
@@ -44,7 +44,8 @@ def training_metadata(result: TrainResult, config: TrainConfig) -> dict[str, Any
         "gpu_hours": round(hours * result.world_size, 4) if result.device == "cuda" else 0.0,
         "tokens_per_second": result.tokens_per_second,
         "tokens_per_second_per_gpu": result.tokens_per_second_per_gpu,
-        # model FLOPs utilisation against the GPU's dense bf16 peak (t0_pipeline.gpus); None on CPU
+        # model FLOPs utilisation against the GPU's dense bf16 peak (t0_pipeline.training.gpus);
+        # None on CPU
         "mfu": result.mfu,
         "gpu": result.gpu or "",
         "loss": result.loss,

@@ -1,7 +1,7 @@
 """Per-GPU memory of a training run, planned before it is submitted.
 
-A plan is made from the model's shape (``config.json``, :mod:`t0_pipeline.model_shape`), the
-allocation (nodes × GPUs, GPU memory), the longest sequence trained and the memory settings
+A plan is made from the model's shape (``config.json``, :mod:`t0_pipeline.training.model_shape`),
+the allocation (nodes × GPUs, GPU memory), the longest sequence trained and the memory settings
 (loss: plain / chunked / liger; DeepSpeed ZeRO-3 with no offload, optimizer offload or full
 offload). Items, per GPU, with P parameters on N GPUs and w bytes per element (2 in bf16):
 
@@ -16,7 +16,7 @@ offload). Items, per GPU, with P parameters on N GPUs and w bytes per element (2
 - **logits and loss**: the plain loss (transformers' ``ForCausalLMLoss``) holds the fp32
   log-probabilities, their gradient and the logits' gradient together: 12 bytes × seq × vocab,
   ~60 GB for one 32,768-token sequence of Qwen2.5's 151,936-token vocabulary. The chunked loss
-  (``t0_pipeline.train_loss``) holds that for one chunk of ``loss_chunk_tokens``; Liger Kernel's
+  (``t0_pipeline.training.loss``) holds that for one chunk of ``loss_chunk_tokens``; Liger Kernel's
   fused linear cross-entropy holds a chunk plus the output projection's fp32 gradient.
 - **framework reserve**: CUDA context, NCCL and cuBLAS workspaces and the caching allocator's
   fragmentation: 2 GiB + 5% of the GPU.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from t0_pipeline.model_shape import ModelShape
+from t0_pipeline.training.model_shape import ModelShape
 
 GIB = 2**30
 LOSSES = ("plain", "chunked", "liger")
