@@ -12,8 +12,8 @@ nothing downloaded).
 2. **Serving**: the bundled SmolLM2-135M-Instruct converted from its GGUF file and served by vLLM
    (``--server cpu``: the project's CPU server, for a smoke run without a GPU); start-to-healthy
    seconds, then the same prompts generated plainly and with budget forcing
-   (``t0_pipeline.budget_endpoint``), concurrently; the budget-forced throughput as a share of the
-   plain one (target ≥ 80%).
+   (``t0_pipeline.evaluation.budget_endpoint``), concurrently; the budget-forced throughput as a
+   share of the plain one (target ≥ 80%).
 
     bash benchmarks/gpu_check.sh                                    # on a GPU machine
     python benchmarks/gpu_check.py --shape tiny --blocks 256,512 --steps 2 --server cpu  # CPU smoke
@@ -194,8 +194,8 @@ def serve_check(server: str, prompts_n: int, budget: int, timeout: float) -> dic
     import httpx
     from transformers import AutoTokenizer
 
-    from t0_pipeline.budget_endpoint import complete_with_budget
     from t0_pipeline.config import BudgetConfig
+    from t0_pipeline.evaluation.budget_endpoint import complete_with_budget
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = _smollm2(Path(tmp) / "smollm2")

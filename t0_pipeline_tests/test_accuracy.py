@@ -9,13 +9,13 @@ import re
 import polars as pl
 import pytest
 
-from t0_pipeline.accuracy import run_evaluation
-from t0_pipeline.accuracy_cases import load_eval_queries
-from t0_pipeline.accuracy_tables import combine
-from t0_pipeline.baseline import disposition_from_page, urgency_passages
 from t0_pipeline.checks import students_below_base
 from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig
-from t0_pipeline.predictors import TOOL_NAME
+from t0_pipeline.evaluation.accuracy import run_evaluation
+from t0_pipeline.evaluation.baseline import disposition_from_page, urgency_passages
+from t0_pipeline.evaluation.cases import load_eval_queries
+from t0_pipeline.evaluation.predictors import TOOL_NAME
+from t0_pipeline.evaluation.tables import combine
 from t0_pipeline_tests.conftest import write_jsonl
 from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 
@@ -724,8 +724,8 @@ def test_a_retrained_served_checkpoint_is_asked_afresh_and_an_unchanged_one_cost
     """The pipeline serves a checkpoint (the loopback server standing in for vLLM, started by the
     model-server resource) and evaluates it twice: the second run is all cache hits. New weights in
     the same folder (a retrained student) are asked again, and the summary names each digest."""
-    from t0_pipeline.accuracy import run_served_evaluation
     from t0_pipeline.config import LaunchConfig
+    from t0_pipeline.evaluation.accuracy import run_served_evaluation
     from t0_pipeline.model_server import local_servers
     from t0_pipeline_tests.test_model_server import servers
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from t0_pipeline.budget import BudgetConfig, generate_with_budget
 from t0_pipeline.chat import ChatFormat, generation_prompt
+from t0_pipeline.evaluation.budget import BudgetConfig, generate_with_budget
 
 MARKER = "<|im_start|>answer"
 
@@ -163,7 +163,7 @@ def budget_requests(config: BudgetConfig, tokenize: bool = True):
     """Budget forcing against the completions double (which honours stop, stop_token_ids,
     min_tokens and skip_special_tokens as vLLM does) for a student that thinks "the toe is hot",
     then ends its thinking as it was trained to; (result, thinking requests, every request)."""
-    from t0_pipeline.budget_endpoint import complete_with_budget
+    from t0_pipeline.evaluation.budget_endpoint import complete_with_budget
     from t0_pipeline_tests.fake_llm import FakeLLM, budget_student
 
     with FakeLLM() as server:

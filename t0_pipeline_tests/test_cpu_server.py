@@ -222,9 +222,9 @@ def test_budget_forcing_on_the_real_model_through_the_server(smol_server, smollm
     marker is forced after the newline training puts before it; the answer stops at its turn."""
     from transformers import AutoTokenizer
 
-    from t0_pipeline.budget_endpoint import complete_with_budget
     from t0_pipeline.chat import ChatFormat, generation_prompt
     from t0_pipeline.config import BudgetConfig
+    from t0_pipeline.evaluation.budget_endpoint import complete_with_budget
 
     tok = AutoTokenizer.from_pretrained(smollm2_checkpoint)
     chat = [{"role": "user", "content": "My big toe is suddenly hot, red and painful. What is it?"}]
@@ -246,6 +246,7 @@ def test_a_structured_teacher_on_the_real_model_cites_the_query_and_a_document(s
     """The real SmolLM2 as a structured teacher (its grammar from teacher_schema): whatever it
     chooses, the trace's thinking quotes one of the patient's phrases and, unless inconclusive, a
     sentence of the document it named, and the answer is one of its documents with a level."""
+    from t0_pipeline.evaluation.scoring import SEVERITIES, last_answer_pair
     from t0_pipeline.synthetic import triage_prompt
     from t0_pipeline.synthetic.teacher_schema import (
         answer_schema,
@@ -253,7 +254,6 @@ def test_a_structured_teacher_on_the_real_model_cites_the_query_and_a_document(s
         phrases,
         sentences,
     )
-    from t0_pipeline.triage_scoring import SEVERITIES, last_answer_pair
 
     role = RoleConfig(
         model="openai/smol",

@@ -35,7 +35,7 @@ def test_the_nhs_domain_renders_exactly_the_prompts_of_before(name):
 
 
 def test_the_nhs_replies_and_tools_are_those_of_before():
-    from t0_pipeline.predictors import TOOL
+    from t0_pipeline.evaluation.predictors import TOOL
     from t0_pipeline.serve.agent_search import SEARCH_TOOL
     from t0_pipeline.serve.student_turn import load_replies
 
@@ -56,13 +56,13 @@ def test_the_nhs_replies_and_tools_are_those_of_before():
 
 
 def test_another_domain_reaches_every_prompt_schema_tool_score_and_table():
-    from t0_pipeline.accuracy_tables import model_table
-    from t0_pipeline.baseline import disposition_from_page
-    from t0_pipeline.predictors import submit_tool
+    from t0_pipeline.evaluation.baseline import disposition_from_page
+    from t0_pipeline.evaluation.predictors import submit_tool
+    from t0_pipeline.evaluation.scoring import Scale, parse_answer_text, summarise_runs
+    from t0_pipeline.evaluation.tables import model_table
     from t0_pipeline.serve.student_turn import load_replies
     from t0_pipeline.synthetic.query_prompt import response_schema
     from t0_pipeline.synthetic.teacher_schema import answer_schema
-    from t0_pipeline.triage_scoring import Scale, parse_answer_text, summarise_runs
 
     domain = load_domain(IT_DESK)
     prompts = PromptSet(None, domain)
@@ -131,7 +131,7 @@ def test_another_domain_reaches_every_prompt_schema_tool_score_and_table():
         in (table)
     )
     assert load_replies(prompts)["level_call_the_urgent_line"].startswith("Call the urgent line")
-    from t0_pipeline.accuracy import status_notes
+    from t0_pipeline.evaluation.accuracy import status_notes
 
     counts = {"unknown_condition": 2, "bad_severity": 1}
     assert status_notes(counts, domain=domain) == [

@@ -98,7 +98,7 @@ def test_query_writing_with_no_server_stops_after_its_unreachable_window_at_the_
 
 @pytest.mark.parametrize("stage", ["summarise", "traces", "evaluate-chat", "evaluate-budget"])
 def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, retriever, stage):
-    from t0_pipeline.accuracy import run_evaluation
+    from t0_pipeline.evaluation.accuracy import run_evaluation
     from t0_pipeline.synthetic.summarise import run_summarise
     from t0_pipeline.synthetic.traces import run_traces
 

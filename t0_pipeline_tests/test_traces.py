@@ -184,9 +184,9 @@ def test_traces_evaluation_and_serving_retrieve_the_same_documents_for_a_query(
     documents in the same order; a config where they differ is refused in one line."""
     import asyncio
 
-    from t0_pipeline.accuracy import run_evaluation
     from t0_pipeline.artifacts import T0Error
     from t0_pipeline.config import EvalModelConfig, PipelineConfig, load_config
+    from t0_pipeline.evaluation.accuracy import run_evaluation
     from t0_pipeline.serve.agent import ChatService
     from t0_pipeline_tests.conftest import write_jsonl
 

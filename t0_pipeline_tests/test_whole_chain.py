@@ -153,7 +153,7 @@ def test_every_asset_materialises_with_the_bundled_model_in_every_role(chain):
     )
     # fine-tuning taught the answer format: more of the student's answers parse than its base's,
     # on the contexts it was trained on (the base SmolLM2 never writes "(condition, level)")
-    from t0_pipeline.accuracy_tables import parsable_share
+    from t0_pipeline.evaluation.tables import parsable_share
 
     def in_format(summary: dict) -> float:  # over every k measured (2 queries each)
         return sum(parsable_share(summary["by_k"][str(k)]) or 0.0 for k in summary["ks"])

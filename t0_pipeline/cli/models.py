@@ -329,8 +329,8 @@ def evaluate(
     server on this machine for the run (servers.command, vLLM by default), stopped afterwards; its
     log is under <data>/servers/. Others are reached at their api_base.
     """
-    from t0_pipeline.accuracy import model_settings, run_served_evaluation
-    from t0_pipeline.accuracy_tables import fmt
+    from t0_pipeline.evaluation.accuracy import model_settings, run_served_evaluation
+    from t0_pipeline.evaluation.tables import fmt
     from t0_pipeline.model_server import local_servers
 
     if runs is not None and runs < 1:
@@ -376,7 +376,7 @@ def accuracy_report(
 
     Writes report.md and report.csv under <data>/eval/accuracy/.
     """
-    from t0_pipeline.accuracy_tables import combine
+    from t0_pipeline.evaluation.tables import combine
 
     cfg, paths = setup(data_dir, config, sets=sets)
     evaluated = any(paths.accuracy_dir().glob("*/summary.json"))

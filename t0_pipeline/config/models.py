@@ -270,7 +270,7 @@ class TrainConfig(BaseModel):
 
 
 class BudgetConfig(BaseModel):
-    """Budget forcing (s1-style) for reasoning models; see :mod:`t0_pipeline.budget`."""
+    """Budget forcing (s1-style) for reasoning models; see :mod:`t0_pipeline.evaluation.budget`."""
 
     thinking_budget: int = 1024  # tokens of thinking at most (report)
     max_waits: int = 3  # times an early end of thinking is replaced by wait_text (report)

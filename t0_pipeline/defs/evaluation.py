@@ -19,7 +19,6 @@ import base64
 
 import dagster as dg
 
-from t0_pipeline.accuracy_tables import combine, fmt, model_table, read_summaries
 from t0_pipeline.checks import students_below_base
 from t0_pipeline.config import PipelineConfig
 from t0_pipeline.defs.models import MODEL_DEPS
@@ -28,6 +27,7 @@ from t0_pipeline.defs.roles import usage_metadata
 from t0_pipeline.defs.synthetic import retrieved_from, synthetic_queries
 from t0_pipeline.defs.training import student_checkpoint
 from t0_pipeline.defs.versions import version_of
+from t0_pipeline.evaluation.tables import combine, fmt, model_table, read_summaries
 
 GROUP = "evaluation"
 
@@ -116,7 +116,7 @@ def build_accuracy_report(
     def accuracy_report(
         context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer
     ) -> dg.MaterializeResult:
-        from t0_pipeline.accuracy import model_settings, run_served_evaluation
+        from t0_pipeline.evaluation.accuracy import model_settings, run_served_evaluation
 
         cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
         retriever = None

@@ -71,6 +71,14 @@ MOVED: dict[str, str] = {
     "trackers": "training/trackers",
     "model_card": "training/model_card",
     "export": "training/export",
+    "accuracy": "evaluation/accuracy",
+    "accuracy_cases": "evaluation/cases",
+    "accuracy_tables": "evaluation/tables",
+    "predictors": "evaluation/predictors",
+    "budget": "evaluation/budget",
+    "budget_endpoint": "evaluation/budget_endpoint",
+    "baseline": "evaluation/baseline",
+    "triage_scoring": "evaluation/scoring",
 }
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt

@@ -266,7 +266,7 @@ class LLMClient(BatchRunner, Streaming):
         ``accept`` takes it); counted in usage.
 
         The one caching mechanism for every kind of model call (chat here; budget-forced
-        generation in :mod:`t0_pipeline.predictors`).
+        generation in :mod:`t0_pipeline.evaluation.predictors`).
         """
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:

@@ -30,6 +30,7 @@ from typing import Any
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.chat import documents_block
 from t0_pipeline.config import BudgetConfig, DataPaths, PipelineConfig, ServeProfile
+from t0_pipeline.evaluation.scoring import Scale
 from t0_pipeline.llm.calls import ModelCallError
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import load_sections, render
@@ -41,7 +42,6 @@ from t0_pipeline.serve.agent_search import (
 from t0_pipeline.serve.models import check_profiles
 from t0_pipeline.synthetic import triage_prompt
 from t0_pipeline.synthetic.demographics import demographics_text
-from t0_pipeline.triage_scoring import Scale
 
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
 PLAIN = {
@@ -327,8 +327,8 @@ class ChatService:
         """The reasoner through budget forcing on a completions endpoint (the thinking cap and
         "Wait" insertions); a student's answer becomes a plain reply, what it wrote kept with its
         thinking."""
-        from t0_pipeline.budget_endpoint import complete_with_budget
         from t0_pipeline.chat import generation_prompt, load_tokenizer
+        from t0_pipeline.evaluation.budget_endpoint import complete_with_budget
 
         settings = self.cfg.llm.roles[profile.reasoner]
         if profile.tokenizer not in self._templates:

@@ -1,17 +1,16 @@
 """Budget forcing against a vLLM OpenAI-compatible ``/v1/completions`` endpoint (greedy unless a
-temperature is given): the same rules as
-:mod:`t0_pipeline.budget` (budget never exceeded, a "Wait" only when a thinking token can follow it,
-at least one token after it, the end marker forced after what training put before it), in
-requests: each thinking request stops at the end-of-thinking marker or a turn token and asks only
-for the budget left; the turn tokens are also sent as ``stop_token_ids`` where the server's
-``/tokenize`` names them, so ``min_tokens`` bars them.
+temperature is given): the same rules as :mod:`t0_pipeline.evaluation.budget` (budget never
+exceeded, a "Wait" only when a thinking token can follow it, at least one token after it, the end
+marker forced after what training put before it), in requests: each thinking request stops at the
+end-of-thinking marker or a turn token and asks only for the budget left; the turn tokens are also
+sent as ``stop_token_ids`` where the server's ``/tokenize`` names them, so ``min_tokens`` bars them.
 """
 
 from __future__ import annotations
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.budget import BudgetConfig, ForcedGeneration
 from t0_pipeline.chat import BEFORE_THINK_END
+from t0_pipeline.evaluation.budget import BudgetConfig, ForcedGeneration
 
 
 class CompletionsEndpoint:

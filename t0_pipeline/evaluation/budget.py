@@ -13,7 +13,7 @@ name.
 
 Input: a causal LM + tokenizer, and a rendered prompt (ending where thinking starts). Output:
 :class:`ForcedGeneration` with the thinking, the answer and the counts. The same on a vLLM
-completions endpoint: :mod:`t0_pipeline.budget_endpoint`.
+completions endpoint: :mod:`t0_pipeline.evaluation.budget_endpoint`.
 """
 
 from __future__ import annotations

@@ -17,24 +17,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.baseline import disposition_from_page
-from t0_pipeline.budget import generate_with_budget
-from t0_pipeline.budget_endpoint import complete_with_budget
 from t0_pipeline.config import (
     BudgetConfig,
     EvalModelConfig,
 )
 from t0_pipeline.domain import Domain, default_domain, topic_key
-from t0_pipeline.llm.cache import cache_key
-from t0_pipeline.llm.calls import EndpointError, LLMReply
-from t0_pipeline.llm.client import LLMClient
-from t0_pipeline.llm.structured import function_tool
-from t0_pipeline.triage_scoring import (
+from t0_pipeline.evaluation.baseline import disposition_from_page
+from t0_pipeline.evaluation.budget import generate_with_budget
+from t0_pipeline.evaluation.budget_endpoint import complete_with_budget
+from t0_pipeline.evaluation.scoring import (
     Prediction,
     Scale,
     judge,
     parse_answer_text,
 )
+from t0_pipeline.llm.cache import cache_key
+from t0_pipeline.llm.calls import EndpointError, LLMReply
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.llm.structured import function_tool
 from t0_pipeline.weights import weights_digest
 
 log = logging.getLogger(__name__)

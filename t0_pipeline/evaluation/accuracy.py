@@ -9,11 +9,11 @@ k > 0) and one entry of ``evaluation.models``.
 Output, under ``<data>/eval/accuracy/<model>/``: ``predictions.parquet`` (one row per query ×
 k × run: what was retrieved, what the model said, its thinking, the parsed answer, the
 status and the scores; for error analysis), ``summary.json`` and ``table.md``.
-:func:`t0_pipeline.accuracy_tables.combine` writes the cross-model ``report.md``, ``report.csv``
+:func:`t0_pipeline.evaluation.tables.combine` writes the cross-model ``report.md``, ``report.csv``
 and ``accuracy_by_size.png``.
 
-The predictors (:mod:`t0_pipeline.predictors`) share one interface, ``async predict(case, seed)
--> Answer``:
+The predictors (:mod:`t0_pipeline.evaluation.predictors`) share one interface,
+``async predict(case, seed) -> Answer``:
 - :class:`ChatPredictor`: any litellm chat model, answering in text ("(condition, severity)",
   parsed tolerantly) or through the ``submit_condition_recommendation`` tool;
 - :class:`BudgetPredictor`: a reasoning student with budget forcing, on a vLLM completions
@@ -26,7 +26,7 @@ their scores and only their titles (or "inconclusive") are allowed. Each call is
 is new. Empty replies, unparsable answers, conditions outside the allowed list, severities
 outside the three and timeouts are counted in the notes; the run always completes.
 
-The queries and prompts come from :mod:`t0_pipeline.accuracy_cases`.
+The queries and prompts come from :mod:`t0_pipeline.evaluation.cases`.
 
 Run it: ``t0 evaluate --model NAME`` then ``t0 accuracy-report``.
 """
@@ -39,8 +39,6 @@ from typing import Any
 
 import polars as pl
 
-from t0_pipeline.accuracy_cases import build_cases, load_queries_for, queries_hash
-from t0_pipeline.accuracy_tables import fmt, model_table
 from t0_pipeline.artifacts import T0Error, atomic_path, read_parquet, write_json
 from t0_pipeline.config import (
     DataPaths,
@@ -49,16 +47,18 @@ from t0_pipeline.config import (
     PipelineConfig,
 )
 from t0_pipeline.domain import default_domain, plural
-from t0_pipeline.llm.cache import LLMCache
-from t0_pipeline.llm.client import LLMClient
-from t0_pipeline.predictors import answering_weights, make_predictor
-from t0_pipeline.prompts import domain_of
-from t0_pipeline.synthetic import triage_prompt
-from t0_pipeline.training.model_card import refresh_cards
-from t0_pipeline.triage_scoring import (
+from t0_pipeline.evaluation.cases import build_cases, load_queries_for, queries_hash
+from t0_pipeline.evaluation.predictors import answering_weights, make_predictor
+from t0_pipeline.evaluation.scoring import (
     score,
     summarise_runs,
 )
+from t0_pipeline.evaluation.tables import fmt, model_table
+from t0_pipeline.llm.cache import LLMCache
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.prompts import domain_of
+from t0_pipeline.synthetic import triage_prompt
+from t0_pipeline.training.model_card import refresh_cards
 
 log = logging.getLogger(__name__)
 
