@@ -132,7 +132,7 @@ def _free_port() -> int:
 
 
 def _smollm2(folder: Path) -> Path:
-    from t0_pipeline.base_models import _convert_gguf, bundled_gguf
+    from t0_pipeline.servers.base_models import _convert_gguf, bundled_gguf
 
     if not (folder / "config.json").is_file():
         _convert_gguf(bundled_gguf("smollm2-135m-instruct"), folder)
@@ -145,7 +145,7 @@ def _start(server: str, checkpoint: Path, port: int, log: Path) -> subprocess.Po
         cmd = ["vllm", "serve", str(checkpoint), *name, "--max-model-len", "4096"]
         cmd += ["--gpu-memory-utilization", "0.5"]
     else:
-        cmd = [sys.executable, "-m", "t0_pipeline.cpu_server", str(checkpoint), *name]
+        cmd = [sys.executable, "-m", "t0_pipeline.servers.cpu_server", str(checkpoint), *name]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

@@ -3,11 +3,10 @@ matter, then Markdown): the SFT dataset's ``README.md`` (:func:`dataset_card`; `
 beside it holds the same facts for programs) and every student checkpoint's ``final/README.md``
 (:mod:`t0_pipeline.training.model_card`).
 
-A card names models by their public names (:func:`t0_pipeline.base_models.public_name`), never
-by a path of the machine that made them. What the cards say about the task and its documents (the
-domain, the corpus's licence, whether stand-in models made the data) is resolved once from the
-pipeline config where a stage starts (:func:`provenance`) and handed to the stage.
-"""
+A card names models by their public names (:func:`t0_pipeline.servers.base_models.public_name`),
+never by a path of the machine that made them. What the cards say about the task and its documents
+(the domain, the corpus's licence, whether stand-in models made the data) is resolved once from the
+pipeline config where a stage starts (:func:`provenance`) and handed to the stage."""
 
 from __future__ import annotations
 

@@ -70,8 +70,8 @@ def smollm2_gguf() -> Path:
 def smollm2_checkpoint(smollm2_gguf, tmp_path_factory) -> Path:
     """The bundled SmolLM2-135M-Instruct converted to a safetensors checkpoint by base_models (once
     per session)."""
-    from t0_pipeline.base_models import materialise
     from t0_pipeline.config import DataPaths
+    from t0_pipeline.servers.base_models import materialise
 
     paths = DataPaths(tmp_path_factory.mktemp("base-models"))
     return Path(

@@ -726,7 +726,7 @@ def test_a_retrained_served_checkpoint_is_asked_afresh_and_an_unchanged_one_cost
     the same folder (a retrained student) are asked again, and the summary names each digest."""
     from t0_pipeline.config import LaunchConfig
     from t0_pipeline.evaluation.accuracy import run_served_evaluation
-    from t0_pipeline.model_server import local_servers
+    from t0_pipeline.servers.model_server import local_servers
     from t0_pipeline_tests.test_model_server import servers
 
     ckpt = tmp_path / "ckpt"

@@ -264,7 +264,7 @@ MODEL_SERVER = {
 @pytest.fixture(scope="module")
 def smol(smollm2_checkpoint, tmp_path_factory):
     from t0_pipeline.config import ModelServerConfig
-    from t0_pipeline.model_server import LocalServer, ServerPlan, serving
+    from t0_pipeline.servers.model_server import LocalServer, ServerPlan, serving
     from t0_pipeline_tests.test_cpu_server import CPU_SERVER
 
     logs = tmp_path_factory.mktemp("adversarial-server")

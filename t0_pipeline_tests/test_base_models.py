@@ -8,8 +8,8 @@ import json
 import pytest
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.base_models import materialise
 from t0_pipeline.config import DataPaths, load_config, with_base_models
+from t0_pipeline.servers.base_models import materialise
 
 
 def test_the_bundled_model_becomes_a_chat_checkpoint_made_once(smollm2_checkpoint):

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from t0_pipeline.base_models import SOURCE_FILE, public_name
 from t0_pipeline.cards import provenance, read_front_matter
 from t0_pipeline.config import DataPaths, EvaluationConfig, PipelineConfig, TrainConfig
 from t0_pipeline.config.models import size_entries
+from t0_pipeline.servers.base_models import SOURCE_FILE, public_name
 from t0_pipeline.training.model_card import (
     CardContext,
     model_card,

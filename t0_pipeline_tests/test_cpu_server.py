@@ -18,14 +18,14 @@ from t0_pipeline.config import DataPaths, LLMConfig, ModelServerConfig, RoleConf
 from t0_pipeline.domain import default_domain
 from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.client import LLMClient
-from t0_pipeline.model_server import LocalServer, ServerPlan, serving
+from t0_pipeline.servers.model_server import LocalServer, ServerPlan, serving
 from t0_pipeline.synthetic.queries import WrittenQuery
 from t0_pipeline.synthetic.query_prompt import response_schema
 
 CPU_SERVER = [
     "{python}",
     "-m",
-    "t0_pipeline.cpu_server",
+    "t0_pipeline.servers.cpu_server",
     "{checkpoint}",
     "--served-model-name",
     "{name}",
@@ -123,7 +123,7 @@ def test_structured_output_makes_a_tiny_model_write_valid_json_through_litellm(
 def test_frequency_and_presence_penalties_count_only_generated_tokens():
     import torch
 
-    from t0_pipeline.cpu_engine import Penalties
+    from t0_pipeline.servers.cpu_engine import Penalties
 
     # a prompt of two tokens (5, 6), then 7 generated twice and 5 once
     ids = torch.tensor([[5, 6, 7, 7, 5]])
@@ -165,7 +165,7 @@ def test_a_role_with_a_serve_section_gets_its_own_server_for_the_stage(
     smollm2_checkpoint, tmp_path
 ):
     from t0_pipeline.config import load_config, with_base_models
-    from t0_pipeline.model_server import local_servers, roles_served
+    from t0_pipeline.servers.model_server import local_servers, roles_served
 
     paths = DataPaths(tmp_path)
     (tmp_path / "models").mkdir()

@@ -21,7 +21,7 @@ import pytest
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, EvalModelConfig, LaunchConfig, ModelServerConfig
-from t0_pipeline.model_server import (
+from t0_pipeline.servers.model_server import (
     LocalServer,
     ServerPlan,
     endpoint_for,
@@ -197,7 +197,7 @@ def test_a_served_student_is_reached_with_its_own_tokenizer_and_the_server_stops
 
 
 def test_the_slurm_server_script_asks_for_the_sizes_gpus_and_passes_them_as_tensor_parallel_size():
-    from t0_pipeline.slurm_server import slurm_command
+    from t0_pipeline.servers.slurm import slurm_command
     from t0_pipeline.training.cluster import load_profile, render_serve_sbatch
 
     plan = ServerPlan(

@@ -23,7 +23,7 @@ import yaml
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, PipelineConfig, RoleConfig, load_config
-from t0_pipeline.server_plan import ServerPlan, tensor_parallel_size
+from t0_pipeline.servers.plan import ServerPlan, tensor_parallel_size
 from t0_pipeline_tests.serving import free_port
 from t0_pipeline_tests.test_model_server import checkpoint, servers, stand_in
 
@@ -100,7 +100,7 @@ def test_a_student_size_is_one_setting_its_base_is_the_agent():
 
 
 def test_any_role_can_name_a_student(tmp_path):
-    from t0_pipeline.server_plan import plan_for
+    from t0_pipeline.servers.plan import plan_for
 
     paths = DataPaths(tmp_path)
     final = paths.student_dir("1.5B") / "final"

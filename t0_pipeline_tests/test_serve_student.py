@@ -127,7 +127,7 @@ def test_a_served_student_on_the_real_cpu_server_splits_thinking_from_its_reply(
     """The real SmolLM2 behind the real CPU server stands in for a student: whatever it writes, the
     thinking is what came before the forced marker (no marker text, within the budget) and the
     reply is one of the plain replies."""
-    from t0_pipeline.model_server import LocalServer, ServerPlan, serving
+    from t0_pipeline.servers.model_server import LocalServer, ServerPlan, serving
     from t0_pipeline_tests.test_cpu_server import cpu_servers
 
     replies_text = load_replies()

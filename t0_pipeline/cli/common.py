@@ -124,7 +124,7 @@ def setup(
 def serve_roles(cfg: PipelineConfig, paths: DataPaths, *roles: str):
     """``cfg`` with each of ``roles`` that has a serve section pointed at a model server started on
     this machine for the block (one per distinct model)."""
-    from t0_pipeline.model_server import local_servers, roles_served
+    from t0_pipeline.servers.model_server import local_servers, roles_served
 
     return roles_served(cfg, list(roles), paths, local_servers(cfg.servers, paths, typer.echo))
 

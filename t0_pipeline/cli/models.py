@@ -145,7 +145,7 @@ def base_models(
     The bundled SmolLM2 is converted, local folders are linked, hub names are downloaded when
     online; other settings name these checkpoints by their entry's name.
     """
-    from t0_pipeline.base_models import materialise_all
+    from t0_pipeline.servers.base_models import materialise_all
 
     cfg, paths = setup(data_dir, config, sets=sets)
     if not cfg.base_models:
@@ -331,7 +331,7 @@ def evaluate(
     """
     from t0_pipeline.evaluation.accuracy import model_settings, run_served_evaluation
     from t0_pipeline.evaluation.tables import fmt
-    from t0_pipeline.model_server import local_servers
+    from t0_pipeline.servers.model_server import local_servers
 
     if runs is not None and runs < 1:
         raise T0Error("--runs must be at least 1.")

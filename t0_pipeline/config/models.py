@@ -406,14 +406,13 @@ class EvaluationConfig(BaseModel):
 
 class ModelServerConfig(BaseModel):
     """How the pipeline starts a server for a model with a ``serve`` section (see
-    :mod:`t0_pipeline.model_server`).
+    :mod:`t0_pipeline.servers.model_server`).
 
     ``command`` is the server's argument list; ``{checkpoint}``, ``{name}``, ``{host}``, ``{port}``,
     ``{tp}`` and ``{python}`` (this interpreter) are filled in, and ``--max-model-len`` and the
     entry's ``args`` are appended. The default is vLLM's OpenAI-compatible server; any server
-    speaking the same protocol works: ``[{python}, -m, t0_pipeline.cpu_server, …]`` serves small
-    models on CPU (``make demo``).
-    """
+    speaking the same protocol works: ``[{python}, -m, t0_pipeline.servers.cpu_server, …]`` serves
+    small models on CPU (``make demo``)."""
 
     command: list[str] = Field(
         default_factory=lambda: [

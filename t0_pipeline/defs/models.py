@@ -24,7 +24,7 @@ def build_base_models() -> list:
     def base_models(
         context: dg.AssetExecutionContext, settings: PipelineSettings
     ) -> dg.MaterializeResult:
-        from t0_pipeline.base_models import materialise_all
+        from t0_pipeline.servers.base_models import materialise_all
 
         cfg, paths = settings.pipeline_config(), settings.paths()
         made = materialise_all(cfg.base_models, paths, context.log.info)

@@ -337,7 +337,7 @@ def job_failure_message(size: str, error: str, rank_errors: str) -> str:
 
 class ModelServer(dg.ConfigurableResource):
     """Starts the model servers evaluation needs (entries with a ``serve`` section); see
-    :mod:`t0_pipeline.model_server`.
+    :mod:`t0_pipeline.servers.model_server`.
 
     ``local``: a subprocess on this machine (its GPUs → tensor parallel size), running
     ``servers.command`` from the config (vLLM by default). ``slurm``: a one-node job rendered from
@@ -364,7 +364,7 @@ class ModelServer(dg.ConfigurableResource):
 
     def factory(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], log):
         """A function making the server for a plan: here, or as a Slurm job shaped for ``size``."""
-        from t0_pipeline import model_server as ms
+        from t0_pipeline.servers import model_server as ms
 
         if self.mode == "local":
             return ms.local_servers(cfg.servers, paths, log)
@@ -378,15 +378,16 @@ class ModelServer(dg.ConfigurableResource):
 
     def roles(self, cfg: PipelineConfig, paths: DataPaths, roles: list, log):
         """A context manager: ``cfg`` with each of ``roles`` that has a ``serve`` section pointed at
-        a server started for the block (see :func:`t0_pipeline.model_server.roles_served`)."""
-        from t0_pipeline.model_server import roles_served
+        a server started for the block (see
+        :func:`t0_pipeline.servers.model_server.roles_served`)."""
+        from t0_pipeline.servers.model_server import roles_served
 
         return roles_served(cfg, roles, paths, self.factory(cfg, paths, None, log))
 
     def _slurm_server(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], plan, log):
         from pathlib import Path
 
-        from t0_pipeline import slurm_server as slurm
+        from t0_pipeline.servers import slurm as slurm
         from t0_pipeline.training.cluster import (
             job_spec,
             load_profile,

@@ -79,6 +79,13 @@ MOVED: dict[str, str] = {
     "budget_endpoint": "evaluation/budget_endpoint",
     "baseline": "evaluation/baseline",
     "triage_scoring": "evaluation/scoring",
+    "base_models": "servers/base_models",
+    "server_plan": "servers/plan",
+    "model_server": "servers/model_server",
+    "cpu_requests": "servers/cpu_requests",
+    "cpu_engine": "servers/cpu_engine",
+    "cpu_server": "servers/cpu_server",
+    "slurm_server": "servers/slurm",
 }
 
 # what each asset's output is computed by (modules under t0_pipeline/ by former name, prompt

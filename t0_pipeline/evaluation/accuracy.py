@@ -357,9 +357,10 @@ def run_served_evaluation(
     paths: DataPaths, cfg: PipelineConfig, name: str, make_server, retriever=None, progress=None
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """:func:`run_evaluation` with the model's server started first when its entry has a ``serve``
-    section (``make_server``: see :mod:`t0_pipeline.model_server`) and stopped after; the inputs are
-    checked before anything is started, so a missing query set never costs a model load."""
-    from t0_pipeline.model_server import endpoint_for
+    section (``make_server``: see :mod:`t0_pipeline.servers.model_server`) and stopped after; the
+    inputs are checked before anything is started, so a missing query set never costs a model
+    load."""
+    from t0_pipeline.servers.model_server import endpoint_for
 
     load_queries_for(paths, cfg.evaluation, cfg.domain_spec)
     read_parquet(paths.conditions, "conditions dataset", "t0 clean")

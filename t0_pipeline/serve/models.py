@@ -73,8 +73,8 @@ def serving_models(
 ) -> Iterator[PipelineConfig]:
     """``cfg`` with every served role of the profiles pointed at its running server for the
     block; a student profile renders its prompts with its served checkpoint's own template."""
-    from t0_pipeline.model_server import roles_served
-    from t0_pipeline.server_plan import plan_for
+    from t0_pipeline.servers.model_server import roles_served
+    from t0_pipeline.servers.plan import plan_for
 
     check_profiles(cfg)
     roles = profile_roles(cfg)

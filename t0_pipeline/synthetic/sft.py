@@ -32,10 +32,10 @@ from t0_pipeline.artifacts import (
     write_config_sidecar,
     write_json,
 )
-from t0_pipeline.base_models import public_name
 from t0_pipeline.cards import Provenance, dataset_card, dataset_info
 from t0_pipeline.chat import ChatFormat, count_tokens, load_tokenizer, render_chat
 from t0_pipeline.config import DataPaths, SFTConfig
+from t0_pipeline.servers.base_models import public_name
 from t0_pipeline.synthetic import triage_prompt
 
 

@@ -313,8 +313,8 @@ def render_serve_sbatch(
     site."""
     import jinja2
 
-    from t0_pipeline.model_server import safe_name
-    from t0_pipeline.slurm_server import ENDPOINT_TAG
+    from t0_pipeline.servers.model_server import safe_name
+    from t0_pipeline.servers.slurm import ENDPOINT_TAG
 
     job = job_spec(profile, size, account=account, partition=partition, qos=qos)
     source = (SLURM_DIR / "templates" / "serve.sbatch.j2").read_text(encoding="utf-8")

@@ -15,7 +15,7 @@
 - :func:`loss_plot`: training and held-out loss by step.
 
 No path of the machine goes into a card: models are named by
-:func:`t0_pipeline.base_models.public_name`.
+:func:`t0_pipeline.servers.base_models.public_name`.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class CardContext(BaseModel):
 
 def card_context(cfg, size: str | None, model: str) -> CardContext:
     """From a pipeline config (base_models names already standing for their folders)."""
-    from t0_pipeline.base_models import public_name
     from t0_pipeline.cards import provenance
     from t0_pipeline.config.models import student_entry_name
+    from t0_pipeline.servers.base_models import public_name
 
     entry = student_entry_name(size) if size else "t0-student"
     settings = cfg.evaluation.models.get(entry)

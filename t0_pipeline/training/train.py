@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.base_models import public_name
 from t0_pipeline.config import DataPaths, TrainConfig
+from t0_pipeline.servers.base_models import public_name
 from t0_pipeline.training.data import ListDataset, load_examples, pad_batch
 from t0_pipeline.training.loss import use_chunked_loss
 from t0_pipeline.training.model_card import CardContext, read_dataset_info

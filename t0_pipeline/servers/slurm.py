@@ -1,7 +1,8 @@
 """Model servers as Slurm jobs: a one-node job rendered from the site profile prints its endpoint,
 then serves; :class:`SlurmServer` submits it (here, or over SSH on a login node through
 :class:`Shell`), follows its state and log, and cancels it. The rest of the life cycle (health,
-failure reasons, stopping whatever happens) is :class:`~t0_pipeline.model_server._Server`'s."""
+failure reasons, stopping whatever happens) is
+:class:`~t0_pipeline.servers.model_server._Server`'s."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from collections.abc import Callable
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import ModelServerConfig
-from t0_pipeline.model_server import _Server, safe_name
-from t0_pipeline.server_plan import ServerPlan
+from t0_pipeline.servers.model_server import _Server, safe_name
+from t0_pipeline.servers.plan import ServerPlan
 
 # a Slurm server job prints this line, then its URL, before starting the server
 ENDPOINT_TAG = "t0-server-endpoint"

@@ -1,6 +1,7 @@
 """The CPU model server's engine: a Hugging Face chat model, its tokenizer, and a worker thread that
 generates concurrent requests with the same sampling settings together in one batch (JSON schemas
-enforced token by token with xgrammar). :mod:`t0_pipeline.cpu_server` speaks the protocol."""
+enforced token by token with xgrammar). :mod:`t0_pipeline.servers.cpu_server` speaks the
+protocol."""
 
 import queue
 import threading

@@ -1,9 +1,9 @@
 """Model servers the pipeline starts itself: a vLLM (or any OpenAI-compatible) server for one model.
 
 An evaluation entry with a ``serve`` section names what to serve (a local checkpoint, a Hugging Face
-name, or a trained student's ``final/``; see :mod:`t0_pipeline.server_plan`). :func:`serving`
+name, or a trained student's ``final/``; see :mod:`t0_pipeline.servers.plan`). :func:`serving`
 starts the server, on this machine (:class:`LocalServer`, a subprocess) or as a Slurm job through a
-site profile (:class:`~t0_pipeline.slurm_server.SlurmServer`, the size's GPUs per node → tensor
+site profile (:class:`~t0_pipeline.servers.slurm.SlurmServer`, the size's GPUs per node → tensor
 parallel size), follows its log, waits until its health endpoint answers and it lists the model,
 yields its ``api_base``, and stops it whatever happens. A server that fails to start ends in one
 error naming why (out of memory, a checkpoint that cannot be loaded, a port already taken, a job
@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, RoleConfig
-from t0_pipeline.server_plan import ServerPlan, plan_for
+from t0_pipeline.servers.plan import ServerPlan, plan_for
 from t0_pipeline.weights import weights_digest
 
 R = TypeVar("R", bound=RoleConfig)

@@ -6,8 +6,8 @@ teacher, student, agent) are served by this process, started and stopped by the 
 resource exactly as vLLM is (``servers.command``), so litellm's real client and every stage's real
 code run.
 
-    python -m t0_pipeline.cpu_server CHECKPOINT --served-model-name NAME --host 127.0.0.1 --port
-    8000
+    python -m t0_pipeline.servers.cpu_server CHECKPOINT --served-model-name NAME --host 127.0.0.1
+    --port 8000
 
 Input: a Hugging Face checkpoint folder (config, weights, tokenizer with a chat template). It speaks
 the part of vLLM's protocol the pipeline uses: ``GET /health``, ``GET /v1/models``, ``POST
@@ -34,8 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from t0_pipeline.cpu_engine import Engine, Job
-from t0_pipeline.cpu_requests import (
+from t0_pipeline.servers.cpu_engine import Engine, Job
+from t0_pipeline.servers.cpu_requests import (
     BadRequest,
     ChatRequest,
     CompletionRequest,
@@ -265,7 +265,7 @@ def build_app(engine: Engine, served_name: str, checkpoint: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m t0_pipeline.cpu_server", description=__doc__.split("\n\n")[0]
+        prog="python -m t0_pipeline.servers.cpu_server", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "checkpoint", help="a Hugging Face checkpoint folder (config.json, weights, tokenizer)"
