@@ -10,8 +10,9 @@ from collections import Counter
 import polars as pl
 
 from t0_pipeline.artifacts import sha256_text
-from t0_pipeline.checks import disjoint_problems, query_set_problems
+from t0_pipeline.checks import disjoint_problems
 from t0_pipeline.config import DataPaths, LLMConfig, QueryGenConfig, RoleConfig
+from t0_pipeline.synthetic.content_checks import query_set_problems
 from t0_pipeline.synthetic.queries import (
     remove_overlaps,
     run_generate_queries,

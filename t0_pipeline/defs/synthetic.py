@@ -18,7 +18,6 @@ from t0_pipeline.checks import (
     parsable_in_retrieved_share,
     query_rate_problems,
     query_rates,
-    query_set_problems,
     traces_outside_retrieved,
     traces_without_thinking,
 )
@@ -33,6 +32,7 @@ from t0_pipeline.defs.retrieval import (
 )
 from t0_pipeline.defs.roles import RoleOverrides, role_config, usage_metadata
 from t0_pipeline.defs.versions import version_of
+from t0_pipeline.synthetic.content_checks import query_set_problems
 from t0_pipeline.synthetic.queries import run_generate_queries
 from t0_pipeline.synthetic.sft import run_sft
 from t0_pipeline.synthetic.traces import run_traces

@@ -107,3 +107,40 @@ def trace_content(
     if offensive:
         problems.append(f"offensive words in the kept traces: {offensive}")
     return figures, problems
+
+
+def query_set_problems(df: pl.DataFrame, split: dict[str, Any], config: Any) -> list[str]:
+    """What is wrong with one query set: repeated ids or texts, or cells further apart than its
+    losses explain.
+
+    A full cycle draws every type × disposition × sex cell once, so cell counts differ by at most
+    one; each query lost afterwards (failed, refused to the end, overlapping, repeated) may widen
+    that by one more.
+    """
+    from t0_pipeline.domain import default_domain
+    from t0_pipeline.synthetic.queries import cell_counts, draws_of, text_key
+
+    if config.query_types is None or config.dispositions is None:  # a section read on its own
+        config = draws_of(config, default_domain())
+    problems = []
+    if df["id"].n_unique() != df.height:
+        problems.append(f"{df.height - df['id'].n_unique()} repeated ids")
+    distinct = len({text_key(text) for text in df["query"]})
+    if distinct != df.height:
+        problems.append(f"{df.height - distinct} repeated query texts")
+    if df.height:
+        combos = len(config.query_types) * len(config.dispositions) * len(config.sexes)
+        counts = list(cell_counts(df).values())
+        counts += [0] * (combos - len(counts))  # cells that got no query at all
+        lost = (
+            len(split["failures"])
+            + split["gave_up"]
+            + split["removed_overlaps"]
+            + split["repeated_texts"]
+        )
+        if max(counts) - min(counts) > 1 + lost:
+            problems.append(
+                f"cells range from {min(counts)} to {max(counts)} queries, more than the "
+                f"{lost} lost draws explain"
+            )
+    return problems
