@@ -153,6 +153,67 @@ def t0(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_python_m_reaches_every_stage_by_the_entry_point_and_by_the_former_module_paths(tmp_path):
+    """``python -m t0_pipeline <command>`` is ``t0``; the module paths from before the stage
+    packages (in users' Slurm scripts and model server commands) still run what they ran, and
+    importing one gives the moved module's names."""
+    former = {
+        "crawl": "crawl",
+        "clean": "clean",
+        "index": "index",
+        "retrieve": "retrieve",
+        "retrieval_eval": "eval-retrieval",
+        "synth": "synth-queries",
+        "traces": "traces",
+        "sft": "sft",
+        "train": "train",
+    }
+    for module, command in former.items():
+        new = subprocess.run(
+            [sys.executable, "-m", "t0_pipeline", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        old = subprocess.run(
+            [sys.executable, "-m", f"t0_pipeline.{module}", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert new.returncode == old.returncode == 0, (module, old.stderr[-500:])
+        assert f"Usage: python -m t0_pipeline {command} " in new.stdout, module
+        assert new.stdout == old.stdout, module
+    wrong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t0_pipeline.train",
+            "--max-steps",
+            "-5",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+    served = subprocess.run(
+        [sys.executable, "-m", "t0_pipeline.cpu_server", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 0 and "--served-model-name" in served.stdout
+    from t0_pipeline.retrieval.retrieve import Retriever
+    from t0_pipeline.retrieve import Retriever as FormerRetriever
+    from t0_pipeline.train import train as former_train
+    from t0_pipeline.training.train import train
+
+    assert FormerRetriever is Retriever and former_train is train
+
+
 def test_user_errors_are_one_line_with_exit_status_2(tmp_path):
     missing = t0("query", "--data-dir", str(tmp_path / "nothing"), "cough")
     assert missing.returncode == 2

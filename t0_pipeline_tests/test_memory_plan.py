@@ -253,7 +253,7 @@ def _two_ranks(root: Path, out: Path, loss: str) -> dict:
     # threshold would keep freed logits chunks in the heap), so resident memory follows live tensors
     env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
-    cmd += ["--master-port=29613", "-m", "t0_pipeline.train", "--config", str(config)]
+    cmd += ["--master-port=29613", "-m", "t0_pipeline", "train", "--config", str(config)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "student" / "metrics.json").read_text())

@@ -25,12 +25,12 @@ from t0_pipeline.cli import corpus, models, cluster, serving, pipeline  # noqa: 
 from t0_pipeline.cli.common import app
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     from typer import _click as click  # typer carries its own click
     from typer import exceptions as typer_exits
 
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name=prog_name, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode ends
     except typer_exits.Abort:
         typer.secho("aborted", fg="red", err=True)
@@ -75,6 +75,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_stage(command: str) -> None:
-    """``python -m t0_pipeline.<stage> [options]`` runs ``t0 <command> [options]`` (for Slurm nodes
-    and scripts)."""
-    main([command, *sys.argv[1:]])
+    """``python -m t0_pipeline.<former module path> [options]`` runs ``t0 <command> [options]`` (the
+    shims in ``t0_pipeline/former_paths/``, for scripts written before the stage packages)."""
+    main([command, *sys.argv[1:]], prog_name="python -m t0_pipeline")

@@ -331,9 +331,3 @@ def run_clean(
     write_jsonl(conditions.to_dicts(), paths.conditions.with_suffix(".jsonl"))
     write_config_sidecar(paths.conditions, source, config)
     return conditions, problems
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("clean")

@@ -11,7 +11,7 @@ conditional requests) and ``MirrorFetcher`` (a wget-style directory: ``<slug>/in
 ``<slug>/<sub>/index.html``); the bundled sample corpus is such a mirror. A pre-scraped pages
 file is read by :mod:`t0_pipeline.corpus.pages_file`.
 
-Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline.crawl --config t0.yaml --data-dir
+Run it: ``t0 crawl --source site`` or ``python -m t0_pipeline crawl --config t0.yaml --data-dir
 DIR``.
 """
 
@@ -373,9 +373,3 @@ def corpus_fingerprint(config: SourceConfig) -> str:
         resp.raise_for_status()
         digest.update(resp.content)
     return digest.hexdigest()
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("crawl")

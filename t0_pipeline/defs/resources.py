@@ -82,7 +82,7 @@ class PipelineSettings(dg.ConfigurableResource):
 
 
 class TrainingCompute(dg.ConfigurableResource):
-    """Where student training runs; ``python -m t0_pipeline.train`` either way, reporting through
+    """Where student training runs; ``python -m t0_pipeline train`` either way, reporting through
     Pipes.
 
     ``local``: a Dagster Pipes subprocess on this machine. ``slurm``: dagster-slurm submits, over
@@ -127,7 +127,8 @@ class TrainingCompute(dg.ConfigurableResource):
             command = [
                 sys.executable,
                 "-m",
-                "t0_pipeline.training.train",
+                "t0_pipeline",
+                "train",
                 "--partition",
                 size,
                 "--model",

@@ -2,7 +2,7 @@
 
 The partitions are ``train.sizes`` from the config file named by ``$T0_CONFIG`` (read when
 the code location loads), so a new size is a new partition and a backfill. Materialising
-a partition runs ``python -m t0_pipeline.train`` through the ``training_compute`` resource: a local
+a partition runs ``python -m t0_pipeline train`` through the ``training_compute`` resource: a local
 Pipes subprocess, or the site profile's Slurm job (torchrun on every node, DeepSpeed ZeRO-3) via
 dagster-slurm; rank 0 reports back through Pipes.
 One partition per run, in the ``gpu`` concurrency pool so two partitions never fight for one

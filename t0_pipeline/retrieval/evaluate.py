@@ -335,9 +335,3 @@ def _write_report(
     png = plot_curves(table, ks, out / "pk.png", title)
     write_config_sidecar(csv, config)
     return RetrievalReport(table, md, n_queries, csv, png, ranks_path)
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("eval-retrieval")

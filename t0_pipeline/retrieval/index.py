@@ -394,9 +394,3 @@ def build_bm25_index(docs: pl.DataFrame, index: IndexName, paths: DataPaths) -> 
         "seconds": time.perf_counter() - started,
         "path": str(out),
     }
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("index")

@@ -381,9 +381,3 @@ def write_ranked(
 
 def corpus_slugs(paths: DataPaths) -> set[str]:
     return set(read_parquet(paths.conditions, "conditions dataset", "t0 clean")["slug"].to_list())
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("retrieve")

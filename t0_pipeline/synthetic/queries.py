@@ -390,9 +390,3 @@ def run_generate_queries(
             ", ".join(f"{k}: {n}" for k, n in cells.items()),
         )
     return eval_df, train_df, report
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("synth-queries")

@@ -150,9 +150,3 @@ def run_sft(
     write_config_sidecar(out / "train.parquet", config)
     stats["sha256"] = info["sha256"]
     return df, stats
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("sft")

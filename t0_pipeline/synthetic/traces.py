@@ -251,9 +251,3 @@ def run_traces(
     stats = {**trace_stats(traces), "usage": client.usage.as_dict(), "policy": config.keep}
     log.info("traces: %s", stats)
     return traces, stats
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("traces")

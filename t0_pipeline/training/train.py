@@ -24,7 +24,7 @@ ZeRO-3 by default (``train.deepspeed: auto``), with ``TrainingArguments`` built 
 so ZeRO-3 shards it while loading. On CPU ranks DeepSpeed uses gloo (``DS_ACCELERATOR=cpu``).
 When ``$T0_STOP_FILE`` appears (the Slurm job script creates it before the time limit), every
 rank saves a checkpoint at the next step and stops; the requeued job resumes from it.
-Needs no Dagster: a Slurm node runs ``python -m t0_pipeline.train --config t0.yaml``.
+Needs no Dagster: a Slurm node runs ``python -m t0_pipeline train --config t0.yaml``.
 """
 
 from __future__ import annotations
@@ -327,9 +327,3 @@ def run_train(
     dataset = config.dataset or paths.sft_dir / "train.parquet"
     output = config.output_dir or paths.student_dir(partition)
     return train(config, dataset, output, callbacks, card, run_name)
-
-
-if __name__ == "__main__":
-    from t0_pipeline.cli import run_stage
-
-    run_stage("train")
