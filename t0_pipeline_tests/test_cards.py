@@ -124,7 +124,7 @@ def test_only_the_first_rank_makes_the_tracker_folder_and_the_environment_is_res
     writes) makes a folder, and the variables set for the block are taken away after it."""
     import os
 
-    from t0_pipeline.training.trackers import tracking
+    from t0_pipeline.trackers import tracking
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     for rank, name in (("1", "t0-tiny-later"), ("0", "t0-tiny-first")):

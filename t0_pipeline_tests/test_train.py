@@ -184,7 +184,7 @@ def test_a_named_tracker_that_is_not_installed_is_one_error_before_anything_load
 ):
     import importlib.util
 
-    from t0_pipeline.training.trackers import TRACKERS
+    from t0_pipeline.trackers import TRACKERS
 
     root, _ = student
     missing = next(

@@ -203,10 +203,10 @@ def train(
     One process, or one per GPU under torchrun (as the Slurm job script runs it).
     Reports to Dagster through Pipes when Dagster started it.
     """
+    from t0_pipeline.trackers import run_name
     from t0_pipeline.training.model_card import card_context
     from t0_pipeline.training.ranks import rank
     from t0_pipeline.training.report import dagster_reporter
-    from t0_pipeline.training.trackers import run_name
     from t0_pipeline.training.train import run_train
 
     cfg, paths = setup(

@@ -129,7 +129,7 @@ class RetrieverTuneConfig(BaseModel):
     @field_validator("report_to", mode="before")
     @classmethod
     def _trackers(cls, value):
-        from t0_pipeline.training.trackers import normalise
+        from t0_pipeline.trackers import normalise
 
         return normalise(value)
 

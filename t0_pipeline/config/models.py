@@ -238,7 +238,7 @@ class TrainConfig(BaseModel):
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     # experiment trackers (the trainer's integrations): tensorboard (local files under
     # <output>/runs/, no account), wandb, mlflow, trackio, … or none; see
-    # t0_pipeline.training.trackers
+    # t0_pipeline.trackers
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     sizes: dict[str, str] = Field(
         default_factory=lambda: {  # partition key → base model (report's five sizes)
@@ -249,7 +249,7 @@ class TrainConfig(BaseModel):
     @field_validator("report_to", mode="before")
     @classmethod
     def _trackers(cls, value):
-        from t0_pipeline.training.trackers import normalise
+        from t0_pipeline.trackers import normalise
 
         return normalise(value)
 

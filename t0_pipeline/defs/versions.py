@@ -68,7 +68,6 @@ MOVED: dict[str, str] = {
     "model_shape": "training/model_shape",
     "gpus": "training/gpus",
     "cluster": "training/cluster",
-    "trackers": "training/trackers",
     "model_card": "training/model_card",
     "export": "training/export",
     "accuracy": "evaluation/accuracy",

@@ -289,7 +289,7 @@ def _fine_tune(
         SentenceTransformerTrainingArguments,
     )
 
-    from t0_pipeline.training.trackers import run_name, tracking
+    from t0_pipeline.trackers import run_name, tracking
 
     name = run_name(f"retriever-{Path(out).name}")
     report = tracking(config.report_to, Path(out).parent, name, "retriever_tune.report_to")

@@ -39,6 +39,8 @@ from pathlib import Path
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, TrainConfig
 from t0_pipeline.servers.base_models import public_name
+from t0_pipeline.trackers import log_settings, tracking
+from t0_pipeline.trackers import run_name as tracker_run_name
 from t0_pipeline.training.data import ListDataset, load_examples, pad_batch
 from t0_pipeline.training.loss import use_chunked_loss
 from t0_pipeline.training.model_card import CardContext, read_dataset_info
@@ -57,8 +59,6 @@ from t0_pipeline.training.ranks import (
 )
 from t0_pipeline.training.result import TrainResult, read_state, throughput
 from t0_pipeline.training.runs import last_complete_checkpoint, record_run, run_dir
-from t0_pipeline.training.trackers import log_settings, tracking
-from t0_pipeline.training.trackers import run_name as tracker_run_name
 
 log = logging.getLogger(__name__)
 
