@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _qwen25(size: str) -> dict:
-    """A Qwen2.5 student's config.json figures (t0_pipeline.training.model_shape.QWEN25)."""
-    from t0_pipeline.training.model_shape import QWEN25
+    """A Qwen2.5 student's config.json figures (t0_pipeline.servers.model_shape.QWEN25)."""
+    from t0_pipeline.servers.model_shape import QWEN25
 
     hidden, layers, inter, heads, kv, vocab, tied = QWEN25[size]
     return dict(
@@ -100,7 +100,7 @@ def build(root: Path, shape: str, block: int, rows: int) -> tuple[Path, Path, di
 
 def model_flops_per_token(dims: dict, block: int) -> float:
     """6·N + causal attention per token, as the trainer's MFU counts it (model_shape)."""
-    from t0_pipeline.training.model_shape import shape_from_config
+    from t0_pipeline.servers.model_shape import shape_from_config
 
     return shape_from_config({**dims, "model_type": "qwen2"}).train_flops_per_token(block)
 

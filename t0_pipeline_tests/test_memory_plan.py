@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from t0_pipeline.config import TrainConfig
+from t0_pipeline.servers.model_shape import QWEN25, ModelShape, model_shape
 from t0_pipeline.training.memory_plan import RunShape, fitting_settings, plan_memory
-from t0_pipeline.training.model_shape import QWEN25, ModelShape, model_shape
 
 GB = 1e9
 GIB = 2**30

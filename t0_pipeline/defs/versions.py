@@ -65,7 +65,7 @@ MOVED: dict[str, str] = {
     "train_report": "training/report",
     "train_plan": "training/plan",
     "memory_plan": "training/memory_plan",
-    "model_shape": "training/model_shape",
+    "model_shape": "servers/model_shape",
     "gpus": "training/gpus",
     "cluster": "training/cluster",
     "model_card": "training/model_card",

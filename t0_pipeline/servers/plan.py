@@ -16,7 +16,7 @@ from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import DataPaths, ModelServerConfig, RoleConfig
-from t0_pipeline.training.model_shape import looks_local, read_model_config
+from t0_pipeline.servers.model_shape import looks_local, read_model_config
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Per-GPU memory of a training run, planned before it is submitted.
 
-A plan is made from the model's shape (``config.json``, :mod:`t0_pipeline.training.model_shape`),
+A plan is made from the model's shape (``config.json``, :mod:`t0_pipeline.servers.model_shape`),
 the allocation (nodes × GPUs, GPU memory), the longest sequence trained and the memory settings
 (loss: plain / chunked / liger; DeepSpeed ZeRO-3 with no offload, optimizer offload or full
 offload). Items, per GPU, with P parameters on N GPUs and w bytes per element (2 in bf16):
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from t0_pipeline.training.model_shape import ModelShape
+from t0_pipeline.servers.model_shape import ModelShape
 
 GIB = 2**30
 LOSSES = ("plain", "chunked", "liger")

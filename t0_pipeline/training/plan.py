@@ -16,6 +16,7 @@ from pathlib import Path
 
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.config import TrainConfig
+from t0_pipeline.servers.model_shape import model_shape
 from t0_pipeline.training.cluster import deepspeed_config_path
 from t0_pipeline.training.memory_plan import (
     OFFLOAD_CONFIGS,
@@ -27,7 +28,6 @@ from t0_pipeline.training.memory_plan import (
     render,
     settings_text,
 )
-from t0_pipeline.training.model_shape import model_shape
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,8 @@ class TrainResult:
 def throughput(result: TrainResult, model: str, rows: list[dict]) -> None:
     """Tokens/s per device and, on a GPU in the table, MFU: model FLOPs per token (6·N + attention
     at the mean example length) × tokens/s per GPU over the dense bf16 peak."""
+    from t0_pipeline.servers.model_shape import model_shape
     from t0_pipeline.training.gpus import local_gpu, mfu
-    from t0_pipeline.training.model_shape import model_shape
 
     per_device = result.tokens_per_second / max(1, result.world_size)
     result.tokens_per_second_per_gpu = round(per_device, 1)
