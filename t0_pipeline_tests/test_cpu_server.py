@@ -246,9 +246,9 @@ def test_a_structured_teacher_on_the_real_model_cites_the_query_and_a_document(s
     """The real SmolLM2 as a structured teacher (its grammar from teacher_schema): whatever it
     chooses, the trace's thinking quotes one of the patient's phrases and, unless inconclusive, a
     sentence of the document it named, and the answer is one of its documents with a level."""
-    from t0_pipeline.evaluation.scoring import SEVERITIES, last_answer_pair
-    from t0_pipeline.synthetic import triage_prompt
-    from t0_pipeline.synthetic.teacher_schema import (
+    from t0_pipeline.task import prompt as triage_prompt
+    from t0_pipeline.task.scoring import SEVERITIES, last_answer_pair
+    from t0_pipeline.task.teacher_schema import (
         answer_schema,
         from_structured,
         phrases,

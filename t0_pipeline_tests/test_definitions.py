@@ -328,7 +328,7 @@ def test_a_prompts_folder_with_the_former_triage_file_name_still_replaces_the_tr
     from importlib import resources as package
 
     from t0_pipeline.defs.versions import code_version
-    from t0_pipeline.synthetic import triage_prompt
+    from t0_pipeline.task import prompt as triage_prompt
 
     shipped = (package.files("t0_pipeline") / "prompts" / "triage.txt").read_text()
     (tmp_path / "evaluator.txt").write_text(

@@ -8,7 +8,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from t0_pipeline.synthetic.demographics import Demographics, WrittenDemographics, demographics_text
+from t0_pipeline.task.demographics import Demographics, WrittenDemographics, demographics_text
 
 
 def test_the_prompt_text_keeps_given_fields_in_one_order_and_says_when_there_are_none():

@@ -58,11 +58,11 @@ def test_the_nhs_replies_and_tools_are_those_of_before():
 def test_another_domain_reaches_every_prompt_schema_tool_score_and_table():
     from t0_pipeline.evaluation.baseline import disposition_from_page
     from t0_pipeline.evaluation.predictors import submit_tool
-    from t0_pipeline.evaluation.scoring import Scale, parse_answer_text, summarise_runs
     from t0_pipeline.evaluation.tables import model_table
     from t0_pipeline.serve.student_turn import load_replies
     from t0_pipeline.synthetic.query_prompt import response_schema
-    from t0_pipeline.synthetic.teacher_schema import answer_schema
+    from t0_pipeline.task.scoring import Scale, parse_answer_text, summarise_runs
+    from t0_pipeline.task.teacher_schema import answer_schema
 
     domain = load_domain(IT_DESK)
     prompts = PromptSet(None, domain)

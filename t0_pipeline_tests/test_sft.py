@@ -80,7 +80,7 @@ def test_a_real_chatml_tokenizer_renders_the_example_and_learns_only_the_answer_
 
 def test_the_chat_format_is_one_setting_for_sft_budget_forcing_and_serving():
     from t0_pipeline.config import load_config
-    from t0_pipeline.synthetic import triage_prompt
+    from t0_pipeline.task import prompt as triage_prompt
 
     think = ChatFormat(think_start="<think>\n", think_end="</think>", answer_start="\n\n")
     assistant = messages_for(TRACE, think, triage_prompt.load()[0])[-1]["content"]

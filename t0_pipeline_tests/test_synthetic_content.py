@@ -143,7 +143,7 @@ def test_the_writer_sees_examples_of_its_cells_level_and_may_only_write_words(bu
 
 def test_a_structured_teachers_choices_become_readable_thinking_about_the_query(vocabulary):
     from t0_pipeline.llm.calls import LLMReply
-    from t0_pipeline.synthetic.teacher_schema import (
+    from t0_pipeline.task.teacher_schema import (
         answer_schema,
         from_structured,
         phrases,

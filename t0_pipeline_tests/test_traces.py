@@ -147,8 +147,8 @@ def test_traces_carry_context_thinking_and_policy(built, embedder):
     # the teacher was asked exactly what the student is trained on (and evaluated with): the SFT
     # example's turns
     from t0_pipeline.chat import ChatFormat
-    from t0_pipeline.synthetic import triage_prompt
     from t0_pipeline.synthetic.sft import messages_for
+    from t0_pipeline.task import prompt as triage_prompt
 
     assert messages_for(stroke, ChatFormat(), triage_prompt.load()[0])[:-1] == request
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from t0_pipeline.evaluation.scoring import judge, parse_answer_text, score, summarise_runs
+from t0_pipeline.task.scoring import judge, parse_answer_text, score, summarise_runs
 
 ALLOWED = {
     "stroke": "Stroke",

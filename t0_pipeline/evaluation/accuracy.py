@@ -49,15 +49,15 @@ from t0_pipeline.config import (
 from t0_pipeline.domain import default_domain, plural
 from t0_pipeline.evaluation.cases import build_cases, load_queries_for, queries_hash
 from t0_pipeline.evaluation.predictors import answering_weights, make_predictor
-from t0_pipeline.evaluation.scoring import (
-    score,
-    summarise_runs,
-)
 from t0_pipeline.evaluation.tables import fmt, model_table
 from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import domain_of
-from t0_pipeline.synthetic import triage_prompt
+from t0_pipeline.task import prompt as triage_prompt
+from t0_pipeline.task.scoring import (
+    score,
+    summarise_runs,
+)
 from t0_pipeline.training.model_card import refresh_cards
 
 log = logging.getLogger(__name__)

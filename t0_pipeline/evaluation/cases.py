@@ -14,9 +14,9 @@ from t0_pipeline.artifacts import T0Error, read_records
 from t0_pipeline.config import DataPaths, EvaluationConfig
 from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.evaluation.predictors import Case
-from t0_pipeline.evaluation.scoring import Scale, normalise_severity
-from t0_pipeline.synthetic import triage_prompt
-from t0_pipeline.synthetic.demographics import demographics_text
+from t0_pipeline.task import prompt as triage_prompt
+from t0_pipeline.task.demographics import demographics_text
+from t0_pipeline.task.scoring import Scale, normalise_severity
 
 
 def load_eval_queries(path: Path, domain: Domain | None = None) -> tuple[list[dict[str, Any]], int]:

@@ -25,16 +25,16 @@ from t0_pipeline.domain import Domain, default_domain, topic_key
 from t0_pipeline.evaluation.baseline import disposition_from_page
 from t0_pipeline.evaluation.budget import generate_with_budget
 from t0_pipeline.evaluation.budget_endpoint import complete_with_budget
-from t0_pipeline.evaluation.scoring import (
+from t0_pipeline.llm.cache import cache_key
+from t0_pipeline.llm.calls import EndpointError, LLMReply
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.llm.structured import function_tool
+from t0_pipeline.task.scoring import (
     Prediction,
     Scale,
     judge,
     parse_answer_text,
 )
-from t0_pipeline.llm.cache import cache_key
-from t0_pipeline.llm.calls import EndpointError, LLMReply
-from t0_pipeline.llm.client import LLMClient
-from t0_pipeline.llm.structured import function_tool
 from t0_pipeline.weights import weights_digest
 
 log = logging.getLogger(__name__)

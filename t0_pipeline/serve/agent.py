@@ -30,7 +30,6 @@ from typing import Any
 from t0_pipeline.artifacts import T0Error
 from t0_pipeline.chat import documents_block
 from t0_pipeline.config import BudgetConfig, DataPaths, PipelineConfig, ServeProfile
-from t0_pipeline.evaluation.scoring import Scale
 from t0_pipeline.llm.calls import ModelCallError
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import load_sections, render
@@ -40,8 +39,9 @@ from t0_pipeline.serve.agent_search import (
     search_tool,
 )
 from t0_pipeline.serve.models import check_profiles
-from t0_pipeline.synthetic import triage_prompt
-from t0_pipeline.synthetic.demographics import demographics_text
+from t0_pipeline.task import prompt as triage_prompt
+from t0_pipeline.task.demographics import demographics_text
+from t0_pipeline.task.scoring import Scale
 
 UNREACHABLE = "The assistant's model is not reachable right now; try again in a minute."
 PLAIN = {

@@ -41,7 +41,7 @@ class ServeContext:
     @functools.cached_property
     def profile_model(self):
         """What a person may say about themselves here: the domain's profile fields."""
-        from t0_pipeline.synthetic.demographics import user_profile_model
+        from t0_pipeline.task.demographics import user_profile_model
 
         return user_profile_model(self.cfg.domain_spec)
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from t0_pipeline.evaluation.scoring import Scale, parse_answer_text
 from t0_pipeline.prompts import PromptSet, domain_of, load_sections, render
-from t0_pipeline.synthetic import triage_prompt
-from t0_pipeline.synthetic.demographics import demographics_text
+from t0_pipeline.task import prompt as triage_prompt
+from t0_pipeline.task.demographics import demographics_text
+from t0_pipeline.task.scoring import Scale, parse_answer_text
 
 REPLY = "triage_reply"
 

@@ -40,13 +40,13 @@ from t0_pipeline.llm.cache import LLMCache
 from t0_pipeline.llm.calls import require_some_success
 from t0_pipeline.llm.client import LLMClient
 from t0_pipeline.prompts import domain_of, load_template, render
-from t0_pipeline.synthetic.demographics import WrittenDemographics, written_profile_model
 from t0_pipeline.synthetic.query_prompt import (
     examples_block,
     load_examples,
     pick_examples,
     response_schema,
 )
+from t0_pipeline.task.demographics import WrittenDemographics, written_profile_model
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   then demographics, then the message. The message is plain words and punctuation, opening with "I"
   or "My" (word by word: no digits, no symbols: a small model's "1901-2022, m_t_f_2017" cannot be
   written) and the demographics are plausible values from fixed choices
-  (:mod:`t0_pipeline.synthetic.demographics`), so a tiny model cannot invent "occupation:
+  (:mod:`t0_pipeline.task.demographics`), so a tiny model cannot invent "occupation:
   1901-2022". A frontier model without a schema writes freely, as the prompt asks.
 """
 

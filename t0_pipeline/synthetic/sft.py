@@ -36,7 +36,7 @@ from t0_pipeline.cards import Provenance, dataset_card, dataset_info
 from t0_pipeline.chat import ChatFormat, count_tokens, load_tokenizer, render_chat
 from t0_pipeline.config import DataPaths, SFTConfig
 from t0_pipeline.servers.base_models import public_name
-from t0_pipeline.synthetic import triage_prompt
+from t0_pipeline.task import prompt as triage_prompt
 
 
 def messages_for(

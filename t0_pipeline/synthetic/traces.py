@@ -20,19 +20,19 @@ import polars as pl
 from t0_pipeline.artifacts import T0Error, read_parquet, write_config_sidecar, write_parquet
 from t0_pipeline.config import DataPaths, LLMConfig, TraceConfig
 from t0_pipeline.domain import Domain, default_domain
-from t0_pipeline.evaluation.scoring import (
+from t0_pipeline.llm.cache import LLMCache
+from t0_pipeline.llm.calls import require_some_success
+from t0_pipeline.llm.client import LLMClient
+from t0_pipeline.prompts import domain_of
+from t0_pipeline.task import prompt as triage_prompt
+from t0_pipeline.task.demographics import demographics_text
+from t0_pipeline.task.scoring import (
     Scale,
     last_answer_pair,
     normalise_severity,
     resolve_condition,
 )
-from t0_pipeline.llm.cache import LLMCache
-from t0_pipeline.llm.calls import require_some_success
-from t0_pipeline.llm.client import LLMClient
-from t0_pipeline.prompts import domain_of
-from t0_pipeline.synthetic import triage_prompt
-from t0_pipeline.synthetic.demographics import demographics_text
-from t0_pipeline.synthetic.teacher_schema import answer_schema, from_structured
+from t0_pipeline.task.teacher_schema import answer_schema, from_structured
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def parse_answer(
     the answer.
 
     ``allowed`` maps the retrieved slugs to their titles; the condition is resolved as evaluation
-    and serving resolve it (:func:`t0_pipeline.evaluation.scoring.resolve_condition`: title or slug,
+    and serving resolve it (:func:`t0_pipeline.task.scoring.resolve_condition`: title or slug,
     any case).
     A condition that is neither one of them nor "inconclusive" comes back with slug None. No valid
     severity: unparsable.
