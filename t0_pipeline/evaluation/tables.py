@@ -19,19 +19,9 @@ from t0_pipeline.config import (
     EvaluationConfig,
 )
 from t0_pipeline.domain import article, plural
+from t0_pipeline.task.figures import fmt, labels
 
 log = logging.getLogger(__name__)
-
-
-def fmt(value: tuple[float, float] | list[float] | None) -> str:
-    return "—" if not value else f"{value[0]:.2f} ± {value[1]:.2f}"
-
-
-def labels(summary: dict[str, Any]) -> tuple[str, str]:
-    """What the two accuracies are called in the summary's domain (the NHS domain's: condition,
-    disposition); summaries from before domains carry none."""
-    first, second = summary.get("labels") or ("condition", "disposition")
-    return first, second
 
 
 def model_table(summary: dict[str, Any]) -> str:

@@ -246,7 +246,7 @@ def model_card(
 def evaluation_section(summary: dict[str, Any], base: dict[str, Any] | None) -> str:
     """The evaluation section's text: the student's accuracy at every k evaluated, with its base's
     beside it when the base was evaluated on the same queries."""
-    from t0_pipeline.evaluation.tables import fmt, labels
+    from t0_pipeline.task.figures import fmt, labels
 
     topic, answer = labels(summary)
     rows = [(summary, "this model")]
