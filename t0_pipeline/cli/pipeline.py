@@ -41,8 +41,8 @@ def run_all(
             "set DAGSTER_HOME to a folder for Dagster's run history (make demo uses the repository "
             "root)."
         )
-    from t0_pipeline.defs.run_all import run_all as materialise_all
-    from t0_pipeline.defs.run_all import timing_table
+    from t0_pipeline.cli.run_all import run_all as materialise_all
+    from t0_pipeline.cli.run_all import timing_table
     from t0_pipeline.evaluation.tables import combine
 
     cfg, paths = setup(data_dir, config)
