@@ -191,18 +191,20 @@ def test_a_role_with_a_serve_section_gets_its_own_server_for_the_stage(
     )
     logged: list[str] = []
     with roles_served(
-        cfg,
+        cfg.llm,
         ["teacher", "agent", "query_writer"],
         paths,
         local_servers(cfg.servers, paths, logged.append),
     ) as served:
-        teacher, agent = served.llm.roles["teacher"], served.llm.roles["agent"]
+        teacher, agent = served.roles["teacher"], served.roles["agent"]
         # one server for one model
         assert teacher.api_base == agent.api_base != "http://127.0.0.1:8000/v1"
         # no serve: left alone
-        assert served.llm.roles["query_writer"].api_base == "http://127.0.0.1:8000/v1"
+        assert served.roles["query_writer"].api_base == "http://127.0.0.1:8000/v1"
+        # the settings handed in stay as they were: only the block sees the servers
+        assert cfg.llm.roles["teacher"].api_base != teacher.api_base
         reply = asyncio.run(
-            LLMClient("teacher", served.llm, LLMCache(tmp_path / "c.sqlite")).complete(
+            LLMClient("teacher", served, LLMCache(tmp_path / "c.sqlite")).complete(
                 [{"role": "user", "content": "Hi"}]
             )
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -121,12 +122,15 @@ def setup(
     return (with_local_models(cfg, paths) if tuned else with_base_models(cfg, paths)), paths
 
 
+@contextlib.contextmanager
 def serve_roles(cfg: PipelineConfig, paths: DataPaths, *roles: str):
     """``cfg`` with each of ``roles`` that has a serve section pointed at a model server started on
     this machine for the block (one per distinct model)."""
     from t0_pipeline.servers.model_server import local_servers, roles_served
 
-    return roles_served(cfg, list(roles), paths, local_servers(cfg.servers, paths, typer.echo))
+    servers = local_servers(cfg.servers, paths, typer.echo)
+    with roles_served(cfg.llm, list(roles), paths, servers) as llm:
+        yield cfg.model_copy(update={"llm": llm})
 
 
 def source_flags(

@@ -5,6 +5,7 @@ Each resource only turns its fields into the stage modules' pydantic configs, so
 CLI and the assets run exactly the same code with the same settings.
 """
 
+import contextlib
 import os
 import re
 from typing import Any, Dict, Optional
@@ -377,13 +378,14 @@ class ModelServer(dg.ConfigurableResource):
             )
         return lambda plan: self._slurm_server(cfg, paths, size, plan, log)
 
+    @contextlib.contextmanager
     def roles(self, cfg: PipelineConfig, paths: DataPaths, roles: list, log):
-        """A context manager: ``cfg`` with each of ``roles`` that has a ``serve`` section pointed at
-        a server started for the block (see
-        :func:`t0_pipeline.servers.model_server.roles_served`)."""
+        """``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server started
+        for the block (see :func:`t0_pipeline.servers.model_server.roles_served`)."""
         from t0_pipeline.servers.model_server import roles_served
 
-        return roles_served(cfg, roles, paths, self.factory(cfg, paths, None, log))
+        with roles_served(cfg.llm, roles, paths, self.factory(cfg, paths, None, log)) as llm:
+            yield cfg.model_copy(update={"llm": llm})
 
     def _slurm_server(self, cfg: PipelineConfig, paths: DataPaths, size: Optional[str], plan, log):
         from pathlib import Path

@@ -87,7 +87,8 @@ def serving_models(
             checkpoint = plan_for(profile.reasoner, entry, paths).checkpoint  # fails early
             if Path(checkpoint).is_dir():
                 templates[name] = checkpoint
-    with roles_served(cfg, roles, paths, make_server) as served:
+    with roles_served(cfg.llm, roles, paths, make_server) as llm:
+        served = cfg.model_copy(update={"llm": llm, "serve": cfg.serve.model_copy(deep=True)})
         for name, checkpoint in templates.items():
             served.serve.profiles[name].tokenizer = checkpoint
         yield served

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from t0_pipeline.artifacts import T0Error
-from t0_pipeline.config import DataPaths, ModelServerConfig, PipelineConfig, RoleConfig
+from t0_pipeline.config import DataPaths, LLMConfig, ModelServerConfig, RoleConfig
 from t0_pipeline.servers.plan import ServerPlan, plan_for
 from t0_pipeline.weights import weights_digest
 
@@ -349,17 +349,19 @@ def endpoint_for(
 
 @contextlib.contextmanager
 def roles_served(
-    cfg: PipelineConfig,
+    llm: LLMConfig,
     roles: list[str],
     paths: DataPaths,
     make_server: Callable[[ServerPlan], _Server],
-) -> Iterator[PipelineConfig]:
-    """``cfg`` with each of ``roles`` that has a ``serve`` section pointed at a server started for
-    the block (one server per distinct model: two roles on one checkpoint share it)."""
+) -> Iterator[LLMConfig]:
+    """The model settings (``llm``) with each of ``roles`` that has a ``serve`` section pointed at a
+    server started for the block (one server per distinct model: two roles on one checkpoint share
+    it); ``llm`` itself is left as it was."""
+    llm = llm.model_copy(update={"roles": dict(llm.roles)})
     with contextlib.ExitStack() as stack:
         started: dict[tuple, RoleConfig] = {}
         for role in roles:
-            entry = cfg.llm.roles.get(role)
+            entry = llm.roles.get(role)
             if entry is None or entry.serve is None:
                 continue
             key = (entry.served_name, entry.serve.model_dump_json())
@@ -367,10 +369,10 @@ def roles_served(
                 started[key], _ = stack.enter_context(endpoint_for(role, entry, paths, make_server))
             served = started[key]
             update = {"api_base": served.api_base, "api_key_env": None}
-            cfg.llm.roles[role] = entry.model_copy(
+            llm.roles[role] = entry.model_copy(
                 update={**update, "weights": served.weights or entry.weights}
             )
-        yield cfg
+        yield llm
 
 
 def local_servers(
