@@ -13,7 +13,7 @@ from t0_pipeline.checks import students_below_base
 from t0_pipeline.config import BudgetConfig, DataPaths, EvalModelConfig
 from t0_pipeline.evaluation.accuracy import run_evaluation
 from t0_pipeline.evaluation.baseline import disposition_from_page, urgency_passages
-from t0_pipeline.evaluation.cases import load_eval_queries
+from t0_pipeline.evaluation.cases import EvaluationInputs, load_eval_queries
 from t0_pipeline.evaluation.predictors import TOOL_NAME
 from t0_pipeline.evaluation.tables import combine
 from t0_pipeline_tests.conftest import write_jsonl
@@ -138,7 +138,9 @@ def test_tool_calling_model_counts_every_kind_of_bad_answer_and_runs_are_cached_
             runs=2,
             scoring="tolerant",  # level synonyms; the reference reading has its own test
         )
-        df, summary = run_evaluation(paths, cfg, "tooly", retriever)
+        df, summary = run_evaluation(
+            paths, EvaluationInputs.resolve(cfg, paths, retriever), "tooly"
+        )
         first = list(server.state.requests)
 
         assert len(first) == 6 * 2 * 2  # queries × k × runs
@@ -191,7 +193,9 @@ def test_tool_calling_model_counts_every_kind_of_bad_answer_and_runs_are_cached_
 
         # three runs instead of two: only the third seed is asked
         cfg.evaluation.runs = 3
-        df3, summary3 = run_evaluation(paths, cfg, "tooly", retriever)
+        df3, summary3 = run_evaluation(
+            paths, EvaluationInputs.resolve(cfg, paths, retriever), "tooly"
+        )
         new = server.state.requests[len(first) :]
         assert len(new) == 6 * 2 and {r["seed"] for r in new} == {2}
         assert df3.height == 36 and summary3["usage"]["cache_hits"] == 24
@@ -244,10 +248,14 @@ def test_reference_scoring_reads_answers_as_the_report_did(built, retriever, tmp
         }
         cfg, paths = configure(built, tmp_path, models, runs=1, ks=[0], queries=queries)
         assert cfg.evaluation.scoring == "reference"  # the default
-        tool_df, tool = run_evaluation(paths, cfg, "tooly", retriever)
-        text_df, text = run_evaluation(paths, cfg, "texty", retriever)
+        tool_df, tool = run_evaluation(
+            paths, EvaluationInputs.resolve(cfg, paths, retriever), "tooly"
+        )
+        text_df, text = run_evaluation(
+            paths, EvaluationInputs.resolve(cfg, paths, retriever), "texty"
+        )
         cfg.evaluation.scoring = "tolerant"
-        _, kind = run_evaluation(paths, cfg, "tooly", retriever)
+        _, kind = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "tooly")
     status = dict(zip(tool_df["query_id"], tool_df["status"]))
     assert status == {
         "e1": "ok",
@@ -308,7 +316,9 @@ def test_text_model_with_thinking_inconclusive_timeouts_and_empty_replies(
             queries=queries,
             scoring="tolerant",
         )
-        df, summary = run_evaluation(paths, cfg, "texty", retriever)
+        df, summary = run_evaluation(
+            paths, EvaluationInputs.resolve(cfg, paths, retriever), "texty"
+        )
     by = {(r["k"], r["query_id"]): r for r in df.iter_rows(named=True)}
     assert (
         by[(0, "e1")]["thinking"] == "Let me compare the symptoms."
@@ -342,9 +352,11 @@ def test_budget_forced_student_on_a_completions_endpoint(built, retriever, tmp_p
         cfg, paths = configure(
             built, tmp_path, {"t0-tiny": model}, runs=1, ks=[5], queries=QUERIES[1:2]
         )
-        df, summary = run_evaluation(paths, cfg, "t0-tiny", retriever)
+        df, summary = run_evaluation(
+            paths, EvaluationInputs.resolve(cfg, paths, retriever), "t0-tiny"
+        )
         sent = list(server.state.requests)
-        run_evaluation(paths, cfg, "t0-tiny", retriever)
+        run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "t0-tiny")
         assert len(server.state.requests) == len(sent)  # cached by (model, prompt, seed)
     thinking = [r for r in sent if marker in r["stop"]]
     assert thinking[0]["prompt"].endswith("<|im_start|>assistant\n<|im_start|>think\n")
@@ -366,7 +378,7 @@ def test_retrieval_baseline_reads_urgency_off_the_top_page(built, retriever, tmp
         {"baseline": {"backend": "retrieval", "kind": "baseline", "model": "retrieval"}},
         mode="hybrid",
     )
-    df, summary = run_evaluation(paths, cfg, "baseline", retriever)
+    df, summary = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "baseline")
     # no k=0 row; deterministic: one run
     assert summary["ks"] == [5] and summary["runs"] == 1 and df.height == 6
     for row in df.iter_rows(named=True):
@@ -418,7 +430,7 @@ def test_a_query_set_with_no_usable_query_is_one_error_naming_why(built, retriev
             queries=[{"query": "", "slug": "x", "disposition": "A&E"}],
         )
         with pytest.raises(T0Error, match="no usable evaluation query .*record 1 has no query"):
-            run_evaluation(paths, cfg, "empty", retriever)
+            run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "empty")
         assert not server.state.requests
     assert not paths.accuracy_dir("empty").exists()
 
@@ -446,10 +458,10 @@ def test_combined_report_plot_and_student_below_base(built, retriever, tmp_path)
             {"base-1.5b": base, "t0-1.5b": student, "not-run": {**base, "model": "openai/nothing"}},
             runs=2,
         )
-        run_evaluation(paths, cfg, "base-1.5b", retriever)
+        run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "base-1.5b")
         server.state.rules.clear()
         server.on(".*", "(Common cold, A&E)")  # the student answers everything wrongly
-        run_evaluation(paths, cfg, "t0-1.5b", retriever)
+        run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "t0-1.5b")
     report = combine(paths, cfg.evaluation)
     assert report.models == ["base-1.5b", "t0-1.5b"] and report.missing == ["not-run"]
     assert {(b["student"], b["k"]) for b in report.below_base} == {("t0-1.5b", 0), ("t0-1.5b", 5)}
@@ -666,7 +678,7 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
         "temperature": 0.0,
     }
     cfg, paths = configure(built, tmp_path, {"local": model}, runs=3, ks=[0], queries=QUERIES[:1])
-    df, summary = run_evaluation(paths, cfg, "local", retriever)
+    df, summary = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "local")
     # greedy: one run computed and reported as one, not three identical ones
     assert (
         summary["runs"] == 1
@@ -679,7 +691,7 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
         "1 empty replies",
         "greedy decoding (temperature 0): one run, not repeated",
     ]
-    _, again = run_evaluation(paths, cfg, "local", retriever)
+    _, again = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "local")
     assert again["usage"]["cache_hits"] == 1 and again["usage"]["completed"] == 0
     assert again["weights"] == summary["weights"] and summary["weights"].startswith("sha256:")
     assert f"weights {summary['weights']}" in (paths.accuracy_dir("local") / "table.md").read_text()
@@ -691,7 +703,7 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
     with __import__("torch").no_grad():
         retrained.model.embed_tokens.weight.add_(0.01)  # the output is pinned: same answers
     retrained.save_pretrained(tmp_path / "m")
-    _, fresh = run_evaluation(paths, cfg, "local", retriever)
+    _, fresh = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "local")
     assert fresh["usage"]["completed"] == 1 and fresh["usage"]["cache_hits"] == 0
     assert fresh["weights"] != summary["weights"]
 
@@ -707,13 +719,15 @@ def test_transformers_backend_budget_forces_a_local_checkpoint(built, retriever,
     cfg, paths = configure(
         built, tmp_path / "sampled", {"local": sampled}, runs=3, ks=[0], queries=QUERIES[:1]
     )
-    df, summary = run_evaluation(paths, cfg, "local", retriever)
+    df, summary = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "local")
     assert summary["runs"] == 3 and df["thinking"].n_unique() == 3
     cfg, paths = configure(
         built, tmp_path / "again", {"local": sampled}, runs=3, ks=[0], queries=QUERIES[:1]
     )
     assert (
-        run_evaluation(paths, cfg, "local", retriever)[0]["thinking"].to_list()
+        run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "local")[0][
+            "thinking"
+        ].to_list()
         == df["thinking"].to_list()
     )
 
@@ -743,7 +757,8 @@ def test_a_retrained_served_checkpoint_is_asked_afresh_and_an_unchanged_one_cost
     make_server = local_servers(servers("--reply", "(Stroke, A&E)"), DataPaths(tmp_path / "d"))
 
     def evaluate() -> dict:
-        return run_served_evaluation(paths, cfg, "t0-tiny", make_server, retriever)[1]
+        inputs = EvaluationInputs.resolve(cfg, paths, retriever)
+        return run_served_evaluation(paths, inputs, "t0-tiny", make_server)[1]
 
     first, same = evaluate(), evaluate()
     assert first["usage"]["completed"] == 2 and first["usage"]["cache_hits"] == 0

@@ -99,6 +99,7 @@ def test_query_writing_with_no_server_stops_after_its_unreachable_window_at_the_
 @pytest.mark.parametrize("stage", ["summarise", "traces", "evaluate-chat", "evaluate-budget"])
 def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, retriever, stage):
     from t0_pipeline.evaluation.accuracy import run_evaluation
+    from t0_pipeline.evaluation.cases import EvaluationInputs
     from t0_pipeline.synthetic.summarise import run_summarise
     from t0_pipeline.synthetic.traces import run_traces
 
@@ -145,7 +146,7 @@ def test_every_model_stage_stops_on_an_unreachable_endpoint(tmp_path, built, ret
 
             cfg.evaluation.queries = write_jsonl(tmp_path / "q.jsonl", QUERIES[:6])
             cfg.evaluation.runs = 3
-            run_evaluation(paths, cfg, "m", retriever)
+            run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "m")
     took = time.monotonic() - started
     message = str(caught.value)
     assert url in message and "nothing answers" in message and took < 15, (took, message)

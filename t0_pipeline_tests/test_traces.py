@@ -187,6 +187,7 @@ def test_traces_evaluation_and_serving_retrieve_the_same_documents_for_a_query(
     from t0_pipeline.artifacts import T0Error
     from t0_pipeline.config import EvalModelConfig, PipelineConfig, load_config
     from t0_pipeline.evaluation.accuracy import run_evaluation
+    from t0_pipeline.evaluation.cases import EvaluationInputs
     from t0_pipeline.serve.agent import ChatService
     from t0_pipeline_tests.conftest import write_jsonl
 
@@ -223,7 +224,7 @@ def test_traces_evaluation_and_serving_retrieve_the_same_documents_for_a_query(
     cfg.evaluation.models = {"baseline": EvalModelConfig(model="none", backend="retrieval")}
     cfg.evaluation.queries = write_jsonl(tmp_path / "q.jsonl", [{**row, "id": "e1"}])
     cfg.evaluation.ks = [cfg.traces.k]
-    df, _ = run_evaluation(paths, cfg, "baseline", retriever)
+    df, _ = run_evaluation(paths, EvaluationInputs.resolve(cfg, paths, retriever), "baseline")
     in_evaluation = df["retrieved_slugs"].to_list()[0]
 
     service = ChatService(cfg, paths, retriever_factory=lambda profile: retriever)

@@ -330,6 +330,7 @@ def evaluate(
     log is under <data>/servers/. Others are reached at their api_base.
     """
     from t0_pipeline.evaluation.accuracy import model_settings, run_served_evaluation
+    from t0_pipeline.evaluation.cases import EvaluationInputs
     from t0_pipeline.evaluation.tables import fmt
     from t0_pipeline.servers.model_server import local_servers
 
@@ -354,7 +355,10 @@ def evaluate(
         if api_base:
             entry.api_base, entry.serve = api_base, None
         _, summary = run_served_evaluation(
-            paths, cfg, name, local_servers(cfg.servers, paths, typer.echo)
+            paths,
+            EvaluationInputs.resolve(cfg, paths),
+            name,
+            local_servers(cfg.servers, paths, typer.echo),
         )
         for k, s in summary["by_k"].items():
             typer.echo(

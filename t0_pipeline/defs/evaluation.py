@@ -117,17 +117,16 @@ def build_accuracy_report(
         context: dg.AssetExecutionContext, settings: PipelineSettings, model_server: ModelServer
     ) -> dg.MaterializeResult:
         from t0_pipeline.evaluation.accuracy import model_settings, run_served_evaluation
+        from t0_pipeline.evaluation.cases import EvaluationInputs
 
         cfg, paths, name = settings.pipeline_config(), settings.paths(), context.partition_key
-        retriever = None
-        if any(k > 0 for k in cfg.evaluation.ks):
-            retriever = settings.retriever(cfg.evaluation.index, cfg)
+        # the resource's retriever (one per process), opened only when some k needs it
+        inputs = EvaluationInputs.resolve(cfg, paths)
+        inputs.retriever = lambda: settings.retriever(cfg.evaluation.index, cfg)
         servers = model_server.factory(
             cfg, paths, model_settings(cfg.evaluation, name).size, context.log.info
         )
-        df, summary = run_served_evaluation(
-            paths, cfg, name, servers, retriever, progress=context.log.info
-        )
+        df, summary = run_served_evaluation(paths, inputs, name, servers, progress=context.log.info)
         for note in summary["notes"]:
             context.log.warning(f"{name}: {note}")
         predictions = paths.accuracy_dir(name) / "predictions.parquet"

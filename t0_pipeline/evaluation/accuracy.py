@@ -34,6 +34,7 @@ Run it: ``t0 evaluate --model NAME`` then ``t0 accuracy-report``.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,14 @@ from t0_pipeline.config import (
     DataPaths,
     EvalModelConfig,
     EvaluationConfig,
-    PipelineConfig,
 )
 from t0_pipeline.domain import default_domain, plural
-from t0_pipeline.evaluation.cases import build_cases, load_queries_for, queries_hash
+from t0_pipeline.evaluation.cases import (
+    EvaluationInputs,
+    build_cases,
+    load_queries_for,
+    queries_hash,
+)
 from t0_pipeline.evaluation.predictors import answering_weights, make_predictor
 from t0_pipeline.evaluation.tables import fmt, model_table
 from t0_pipeline.llm.cache import LLMCache
@@ -297,25 +302,21 @@ def model_settings(config: EvaluationConfig, name: str) -> EvalModelConfig:
 
 def run_evaluation(
     paths: DataPaths,
-    cfg: PipelineConfig,
+    inputs: EvaluationInputs,
     name: str,
-    retriever=None,
     progress=None,
     served_checkpoint: str | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Evaluate one configured model and write its predictions, summary and table
     (``served_checkpoint``: what the pipeline's server for it loaded, recorded in the summary)."""
-    config, llm = cfg.evaluation, cfg.llm
+    config, llm = inputs.config, inputs.llm
     settings = model_settings(config, name)
-    queries, skipped = load_queries_for(paths, config, cfg.domain_spec)
+    queries, skipped = load_queries_for(paths, config, inputs.domain)
     conditions = read_parquet(paths.conditions, "conditions dataset", "t0 clean")
     titles = dict(zip(conditions["slug"].to_list(), conditions["title"].to_list()))
     pages = dict(zip(conditions["slug"].to_list(), conditions["text"].to_list()))
     needs_index = any(k > 0 for k in config.ks) and queries
-    if retriever is None and needs_index:
-        from t0_pipeline.retrieval.retrieve import Retriever
-
-        retriever = Retriever(config.index, paths, cfg.embedding, cfg.chroma, cfg.retrieval)
+    retriever = inputs.retriever() if needs_index else None
     role_llm = llm.model_copy(update={"roles": {name: settings}})
     if settings.backend == "transformers":
         role_llm.concurrency = 1
@@ -323,7 +324,7 @@ def run_evaluation(
         name, role_llm, LLMCache(paths.llm_cache(llm)), setting=f"evaluation.models.{name}"
     )
     df, summary = evaluate_model(
-        name, settings, queries, config, client, titles, pages, retriever, cfg.prompts, progress
+        name, settings, queries, config, client, titles, pages, retriever, inputs.prompts, progress
     )
     if skipped:
         summary["notes"].append(
@@ -354,7 +355,7 @@ def run_evaluation(
 
 
 def run_served_evaluation(
-    paths: DataPaths, cfg: PipelineConfig, name: str, make_server, retriever=None, progress=None
+    paths: DataPaths, inputs: EvaluationInputs, name: str, make_server, progress=None
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """:func:`run_evaluation` with the model's server started first when its entry has a ``serve``
     section (``make_server``: see :mod:`t0_pipeline.servers.model_server`) and stopped after; the
@@ -362,15 +363,16 @@ def run_served_evaluation(
     load."""
     from t0_pipeline.servers.model_server import endpoint_for
 
-    load_queries_for(paths, cfg.evaluation, cfg.domain_spec)
+    load_queries_for(paths, inputs.config, inputs.domain)
     read_parquet(paths.conditions, "conditions dataset", "t0 clean")
-    cfg = cfg.model_copy(deep=True)
-    with endpoint_for(name, model_settings(cfg.evaluation, name), paths, make_server) as (
+    config = inputs.config.model_copy(deep=True)
+    with endpoint_for(name, model_settings(config, name), paths, make_server) as (
         served,
         checkpoint,
     ):
-        cfg.evaluation.models[name] = served
-        return run_evaluation(paths, cfg, name, retriever, progress, served_checkpoint=checkpoint)
+        config.models[name] = served
+        served_inputs = replace(inputs, config=config)
+        return run_evaluation(paths, served_inputs, name, progress, served_checkpoint=checkpoint)
 
 
 # --- across models ------------------------------------------------------------------------

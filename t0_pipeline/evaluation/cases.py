@@ -7,16 +7,53 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from t0_pipeline.artifacts import T0Error, read_records
-from t0_pipeline.config import DataPaths, EvaluationConfig
+from t0_pipeline.config import DataPaths, EvaluationConfig, LLMConfig
 from t0_pipeline.domain import Domain, default_domain
 from t0_pipeline.evaluation.predictors import Case
+from t0_pipeline.prompts import PromptSet
 from t0_pipeline.task import prompt as triage_prompt
 from t0_pipeline.task.demographics import demographics_text
 from t0_pipeline.task.scoring import Scale, normalise_severity
+
+if TYPE_CHECKING:
+    from t0_pipeline.config import PipelineConfig
+
+
+@dataclass
+class EvaluationInputs:
+    """What an evaluation needs, resolved once where it starts (``t0 evaluate`` or the
+    ``accuracy_report`` asset) and handed down: the evaluation section, the model settings, the
+    prompts with their domain, and how to get the retriever (asked only when some k > 0)."""
+
+    config: EvaluationConfig
+    llm: LLMConfig
+    prompts: PromptSet
+    retriever: Callable[[], Any]
+
+    @property
+    def domain(self) -> Domain:
+        return self.prompts.domain
+
+    @classmethod
+    def resolve(
+        cls, cfg: "PipelineConfig", paths: DataPaths, retriever: Any = None
+    ) -> "EvaluationInputs":
+        """The one place an evaluation reads the pipeline config (``retriever``: one already
+        open, else the evaluation's index is opened when first needed)."""
+
+        def get_retriever():
+            if retriever is not None:
+                return retriever
+            from t0_pipeline.retrieval.retrieve import Retriever
+
+            return Retriever(cfg.evaluation.index, paths, cfg.embedding, cfg.chroma, cfg.retrieval)
+
+        return cls(cfg.evaluation, cfg.llm, cfg.prompts, get_retriever)
 
 
 def load_eval_queries(path: Path, domain: Domain | None = None) -> tuple[list[dict[str, Any]], int]:
