@@ -32,6 +32,11 @@ def tune_data(built, tmp_path):
     return paths
 
 
+def sections(cfg: PipelineConfig) -> tuple:
+    """What run_tune takes from a pipeline config."""
+    return cfg.retriever_tune, cfg.retrieval_eval, cfg.embedding
+
+
 def _config(min_gain: float) -> PipelineConfig:
     cfg = PipelineConfig()
     cfg.retriever_tune = cfg.retriever_tune.model_copy(
@@ -46,7 +51,7 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
     from t0_pipeline.retrieval.tune import run_tune
 
     paths = tune_data
-    result = run_tune(_config(min_gain=-1.0), paths)  # any outcome counts as better
+    result = run_tune(*sections(_config(min_gain=-1.0)), paths)  # any outcome counts as better
     # 40 pairs / batch 16, one epoch
     assert result.used and result.pairs == 40 and result.steps == 3
     assert result.train_loss is not None and result.train_loss > 0
@@ -83,12 +88,12 @@ def test_tuned_model_is_used_only_when_better_and_reused_on_a_rerun(tune_data):
     with pytest.raises(T0Error, match="rebuild it"):
         Retriever("summaries", paths, PipelineConfig().embedding, cfg.chroma)
 
-    again = run_tune(_config(min_gain=-1.0), paths)
+    again = run_tune(*sections(_config(min_gain=-1.0)), paths)
     assert any("reused" in note for note in again.notes) and again.model_dir == result.model_dir
 
     # a model that has to beat the current one by a whole p@k point is never used: the indexes go
     # back
-    worse = run_tune(_config(min_gain=1.0), paths)
+    worse = run_tune(*sections(_config(min_gain=1.0)), paths)
     assert not worse.used and not (paths.retriever_dir / "active.json").exists()
     assert with_local_models(PipelineConfig(), paths).embedding.model is None
     last = json.loads((paths.retriever_dir / "last_run.json").read_text())
@@ -99,7 +104,7 @@ def test_tuning_without_synthetic_queries_names_what_to_run(tmp_path):
     from t0_pipeline.retrieval.tune import run_tune
 
     with pytest.raises(T0Error, match="synth-queries"):
-        run_tune(PipelineConfig(), DataPaths(tmp_path))
+        run_tune(*sections(PipelineConfig()), DataPaths(tmp_path))
 
 
 def test_unreadable_active_record_is_a_clear_error(tmp_path):
@@ -130,12 +135,12 @@ def test_the_development_split_is_held_out_whole_and_the_choice_never_reads_the_
     assert split_dev(train, 0.2, seed=0) == (fit, dev)  # seeded
 
     paths = tune_data
-    reported = run_tune(_config(min_gain=0.0), paths)
+    reported = run_tune(*sections(_config(min_gain=0.0)), paths)
     rows = pl.read_parquet(paths.synthetic_queries("eval"))
     rows.with_columns(pl.lit("no-such-page").alias("slug")).write_parquet(
         paths.synthetic_queries("eval")
     )
-    blind = run_tune(_config(min_gain=0.0), paths)
+    blind = run_tune(*sections(_config(min_gain=0.0)), paths)
     assert blind.eval_queries == 0 and not blind.eval_before
     assert (blind.used, blind.gain, blind.before) == (reported.used, reported.gain, reported.before)
     assert any("nothing reported there" in note for note in blind.notes)

@@ -354,7 +354,9 @@ def tune_retriever(
 
     flags = {"retriever_tune.epochs": epochs or None}
     base_cfg, paths = setup(data_dir, config, tuned=False, sets=sets, flags=flags)
-    result = run_tune(base_cfg, paths, log_fn=typer.echo)
+    result = run_tune(
+        base_cfg.retriever_tune, base_cfg.retrieval_eval, base_cfg.embedding, paths, typer.echo
+    )
     typer.echo(result.table())
     typer.echo(
         f"{result.pairs} pairs, {result.steps} steps, {result.seconds:.0f} s; "

@@ -31,7 +31,9 @@ def retriever_model(
     from t0_pipeline.retrieval.tune import run_tune
 
     cfg, paths = settings.pipeline_config(tuned=False), settings.paths()
-    result = run_tune(cfg, paths, log_fn=context.log.info)
+    result = run_tune(
+        cfg.retriever_tune, cfg.retrieval_eval, cfg.embedding, paths, log_fn=context.log.info
+    )
     context.log.info("\n" + result.table())
     return dg.MaterializeResult(
         metadata={

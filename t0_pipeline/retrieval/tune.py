@@ -29,7 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from t0_pipeline.artifacts import T0Error, atomic_path, write_json
-from t0_pipeline.config import DataPaths, RetrieverTuneConfig
+from t0_pipeline.config import (
+    DataPaths,
+    EmbeddingConfig,
+    RetrievalEvalConfig,
+    RetrieverTuneConfig,
+)
 from t0_pipeline.retrieval.evaluate import EvalQuery, first_hit_rank, precision_at_k
 
 log = logging.getLogger(__name__)
@@ -336,15 +341,19 @@ def _pk(pk: dict[int, float]) -> str:
     return ", ".join(f"p@{k}={v:.3f}" for k, v in sorted(pk.items()))
 
 
-def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
-    """Tune from the configured base embedder (never from an earlier tuned one, so re-runs do not
-    compound) on the synthetic splits; ``cfg`` is the pipeline config without the tuned embedder
-    substituted."""
+def run_tune(
+    tune: RetrieverTuneConfig,
+    queries: RetrievalEvalConfig,
+    embedding: EmbeddingConfig,
+    paths: DataPaths,
+    log_fn=log.info,
+) -> TuneResult:
+    """Tune from the configured base embedder (``embedding`` as configured, never an earlier tuned
+    one, so re-runs do not compound) on the synthetic splits, read with ``queries``' settings."""
     from t0_pipeline.artifacts import read_parquet
     from t0_pipeline.retrieval.embed import default_model_path
     from t0_pipeline.retrieval.evaluate import load_queries
 
-    tune = cfg.retriever_tune
     split_files = {split: paths.synthetic_queries(split) for split in ("train", "eval")}
     for split, path in split_files.items():
         if not path.exists():
@@ -356,17 +365,13 @@ def run_tune(cfg, paths: DataPaths, log_fn=log.info) -> TuneResult:
         paths.documents(tune.documents), f"{tune.documents} documents", "t0 summarise"
     )
     docs = dict(zip(documents["slug"].to_list(), documents["text"].to_list()))
-    eval_cfg = cfg.retrieval_eval.model_copy(
-        update={"query_field": "query", "target_field": "slug"}
-    )
+    eval_cfg = queries.model_copy(update={"query_field": "query", "target_field": "slug"})
     train = load_queries(split_files["train"], eval_cfg)
     evaluation = [
         q for q in load_queries(split_files["eval"], eval_cfg) if any(t in docs for t in q.targets)
     ]
-    base = cfg.embedding.model or default_model_path()
-    result = tune_retriever(
-        base, train, evaluation, docs, tune, paths, cfg.embedding.device, log_fn
-    )
+    base = embedding.model or default_model_path()
+    result = tune_retriever(base, train, evaluation, docs, tune, paths, embedding.device, log_fn)
     if not result.used:
         # the indexes go back to the base embedder
         (paths.retriever_dir / "active.json").unlink(missing_ok=True)
