@@ -157,18 +157,10 @@ def test_python_m_reaches_every_stage_by_the_entry_point_and_by_the_former_modul
     """``python -m t0_pipeline <command>`` is ``t0``; the module paths from before the stage
     packages (in users' Slurm scripts and model server commands) still run what they ran, and
     importing one gives the moved module's names."""
-    former = {
-        "crawl": "crawl",
-        "clean": "clean",
-        "index": "index",
-        "retrieve": "retrieve",
-        "retrieval_eval": "eval-retrieval",
-        "synth": "synth-queries",
-        "traces": "traces",
-        "sft": "sft",
-        "train": "train",
-    }
-    for module, command in former.items():
+    from t0_pipeline.defs.versions import FORMER_ENTRY  # the modules that had a python -m block
+
+    assert len(FORMER_ENTRY) == 9
+    for module, command in FORMER_ENTRY.items():
         new = subprocess.run(
             [sys.executable, "-m", "t0_pipeline", command, "--help"],
             capture_output=True,
